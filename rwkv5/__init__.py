@@ -1,0 +1,9 @@
+"""rwkv5: RWKV-5 ("Eagle") language models on the CPU, the RWKV World tokenizer, and
+multilingual training-data preparation, with a C core.
+
+    >>> import rwkv5
+    >>> model = rwkv5.load("RWKV-5-World-0.4B-v2.pth", dtype="bf16")
+    >>> tok = rwkv5.tokenizer.WorldTokenizer()
+    >>> logits, state = model.forward(tok.encode("The capital of France is"))
+"""
+__version__ = "0.1.0"

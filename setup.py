@@ -1,0 +1,110 @@
+"""Build for rwkv5: three C extensions compiled from csrc/ against the NumPy C API.
+
+Layout of csrc/ (see DESIGN.md):
+  common/     thread pool, CPU feature detection, shared helpers    (pure C)
+  model/      RWKV-5 forward pass and kernels                        (pure C)
+  tokenizer/  World tokenizer (vocab parser, trie encoder, decoder)  (pure C)
+  dataprep/   corpus readers, JSON field extractor, shard writers    (pure C, libzstd)
+  py_*.c      the only files that include Python.h / numpy
+
+Environment knobs:
+  RWKV5_DEBUG=1       -O0 -g, assertions on
+  RWKV5_SANITIZE=1    AddressSanitizer + UndefinedBehaviorSanitizer (run Python with libasan preloaded;
+                      `make test-asan` does it)
+  RWKV5_NATIVE=1      add -march=native (never the default: wheels must run on any x86-64)
+  RWKV5_EXTENSIONS    comma list restricting which extensions are built (model,tokenizer,dataprep)
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from setuptools import Extension, setup
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def c_sources(*dirs):
+    out = []
+    for d in dirs:
+        out += sorted(glob.glob(os.path.join("csrc", d, "*.c")))
+    return out
+
+
+def zstd_flags():
+    """Find libzstd with pkg-config; fail with a message naming the Debian package otherwise."""
+    if shutil.which("pkg-config"):
+        try:
+            cflags = subprocess.check_output(["pkg-config", "--cflags", "libzstd"], text=True).split()
+            libs = subprocess.check_output(["pkg-config", "--libs", "libzstd"], text=True).split()
+            return cflags, libs
+        except subprocess.CalledProcessError:
+            pass
+    if os.path.exists("/usr/include/zstd.h"):
+        return [], ["-lzstd"]
+    sys.exit(
+        "rwkv5: libzstd development files not found.\n"
+        "  Install them with:  apt-get install libzstd-dev pkg-config   (Debian/Ubuntu)\n"
+        "  or:                 dnf install libzstd-devel pkgconf        (Fedora)\n"
+        "  (`make test` and `make demo` install them for you on Debian.)"
+    )
+
+
+debug = env_flag("RWKV5_DEBUG")
+sanitize = env_flag("RWKV5_SANITIZE")
+
+cflags = ["-std=c11", "-Wall", "-Wextra", "-pthread", "-fvisibility=hidden", "-D_GNU_SOURCE"]
+ldflags = ["-pthread", "-lm"]
+if debug or sanitize:
+    cflags += ["-O1" if sanitize else "-O0", "-g", "-fno-omit-frame-pointer", "-UNDEBUG"]
+else:
+    cflags += ["-O3", "-DNDEBUG"]
+if sanitize:
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    cflags += san
+    ldflags += san
+if env_flag("RWKV5_NATIVE"):
+    cflags.append("-march=native")
+
+include_dirs = ["csrc", np.get_include()]
+define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+
+wanted = os.environ.get("RWKV5_EXTENSIONS", "model,tokenizer,dataprep").split(",")
+extensions = []
+if "model" in wanted:
+    extensions.append(Extension(
+        "rwkv5._model",
+        sources=["csrc/py_model.c"] + c_sources("common", "model"),
+        include_dirs=include_dirs, define_macros=define_macros,
+        extra_compile_args=cflags, extra_link_args=ldflags,
+    ))
+if "tokenizer" in wanted:
+    extensions.append(Extension(
+        "rwkv5.tokenizer._tokenizer",
+        sources=["csrc/py_tokenizer.c"] + c_sources("common", "tokenizer"),
+        include_dirs=include_dirs, define_macros=define_macros,
+        extra_compile_args=cflags, extra_link_args=ldflags,
+    ))
+if "dataprep" in wanted:
+    zc, zl = zstd_flags()
+    extensions.append(Extension(
+        "rwkv5.dataprep._dataprep",
+        sources=["csrc/py_dataprep.c"] + c_sources("common", "tokenizer", "dataprep"),
+        include_dirs=include_dirs, define_macros=define_macros,
+        extra_compile_args=cflags + zc, extra_link_args=ldflags + zl,
+    ))
+
+setup(
+    ext_modules=extensions,
+    package_dir={
+        "rwkv5": "rwkv5",
+        "rwkv5.tokenizer": "tokenizer",
+        "rwkv5.dataprep": "dataprep",
+    },
+    packages=["rwkv5", "rwkv5.formats", "rwkv5.tokenizer", "rwkv5.dataprep"],
+    package_data={"rwkv5": ["py.typed"]},
+)
