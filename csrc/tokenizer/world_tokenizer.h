@@ -1,0 +1,37 @@
+/* RWKV World tokenizer, pure C core (no Python).
+ *
+ * Contract shared by the tokenizer binding (csrc/py_tokenizer.c) and the data-prep pipeline
+ * (csrc/dataprep/). A wt_tokenizer is immutable after wt_load and may be used from any number
+ * of threads at once.
+ *
+ * Vocab file format (rwkv5-spec.md §4.1): one token per line, `<id> <python literal> <byte length>`,
+ * LF or CRLF; str literals with \\ \' \" \n \r \t \xHH \uHHHH escapes (code points, UTF-8 encoded),
+ * bytes literals b'...' (raw bytes). Id 0 is not in the file: it is end-of-text.
+ */
+#ifndef RWKV5_WORLD_TOKENIZER_H
+#define RWKV5_WORLD_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct wt_tokenizer wt_tokenizer;
+
+/* Parse a vocab file held in memory. On failure returns NULL and writes a message naming the
+ * line and the problem into err (errlen bytes, NUL-terminated). */
+wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen);
+void wt_free(wt_tokenizer *tok);
+
+/* One more than the largest id in the vocab (65530 for the World vocab; models have 65536 rows). */
+uint32_t wt_n_vocab(const wt_tokenizer *tok);
+
+/* Greedy leftmost-longest match over bytes. `out` must have room for n ids (every token
+ * consumes at least one byte). Returns the number of ids written. Never fails: every single
+ * byte is a token in a valid vocab (wt_load refuses a vocab without all 256 single bytes). */
+size_t wt_encode(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint32_t *out);
+/* The same, writing uint16 ids (only valid when wt_n_vocab(tok) <= 65536). */
+size_t wt_encode_u16(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint16_t *out);
+
+/* The bytes of one token, or NULL (and *len = 0) when the id has no entry (id 0, out of range). */
+const uint8_t *wt_token_bytes(const wt_tokenizer *tok, uint32_t id, size_t *len);
+
+#endif
