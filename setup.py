@@ -106,5 +106,5 @@ setup(
         "rwkv5.dataprep": "dataprep",
     },
     packages=["rwkv5", "rwkv5.formats", "rwkv5.tokenizer", "rwkv5.dataprep"],
-    package_data={"rwkv5": ["py.typed"]},
+    package_data={"rwkv5": ["py.typed", "data/*"]},
 )

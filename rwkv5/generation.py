@@ -1,0 +1,196 @@
+"""Sampling and text generation, in the order of operations of the ChatRWKV pipeline (spec §4.6).
+
+Per generated token:
+
+1. ``logits`` come from the model (float32, never modified in place: a copy is penalised);
+2. repetition penalties: ``logit[n] -= presence_penalty + count[n] * frequency_penalty`` for every token n
+   generated so far, where ``count`` decays by ``penalty_decay`` each step and tokens whose text is
+   whitespace or a digit (a substring of ``" \\t0123456789"``) are not counted — as ChatRWKV does;
+3. ``p = softmax(logits)``; top-p: every probability below the one at which the sorted cumulative sum
+   first reaches ``top_p`` is zeroed; top-k (if 0 < top_k < V): all but the k largest are zeroed;
+4. temperature: ``p = p ** (1 / temperature)``, renormalised (applied *after* the top-p/top-k cut,
+   as ChatRWKV does — Hugging Face and llama.cpp divide the logits by the temperature *before* the cut,
+   which makes the cut depend on the temperature);
+5. the token is drawn with ``numpy.random.Generator(PCG64(seed))``; ``temperature=0`` is greedy (arg-max of
+   the penalised logits), and so is ``top_p=0``.
+
+Text is produced through an incremental UTF-8 decoder, so a piece never ends inside a character.
+"""
+from __future__ import annotations
+
+import codecs
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+#: Tokens whose decoded text is a substring of this are not counted for repetition penalties.
+PENALTY_FREE_TEXT = " \t0123456789"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def sample_logits(logits: np.ndarray, temperature: float = 1.0, top_p: float = 0.85, top_k: int = 0,
+                  rng: np.random.Generator | None = None) -> int:
+    """Draw one token id from ``logits`` (1-D) as ChatRWKV's ``sample_logits`` does.
+
+    >>> sample_logits(np.array([0.0, 5.0, 1.0]), temperature=0)
+    1
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 1 or logits.size == 0:
+        raise ValueError(f"logits: expected a non-empty 1-D array, got shape {logits.shape}")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
+    if not (0.0 <= top_p <= 1.0):
+        raise ValueError(f"top_p: expected a number in [0, 1], got {top_p!r}")
+    if top_k < 0:
+        raise ValueError(f"top_k: expected an integer >= 0, got {top_k!r}")
+    if temperature == 0 or top_p == 0:
+        return int(np.argmax(logits))
+    probs = softmax(logits)
+    if top_p < 1.0:
+        sorted_probs = np.sort(probs)[::-1]
+        cumulative = np.cumsum(sorted_probs)
+        cutoff = sorted_probs[min(int(np.searchsorted(cumulative, top_p)), len(sorted_probs) - 1)]
+        probs[probs < cutoff] = 0.0
+    if 0 < top_k < len(probs):
+        keep = np.argpartition(-probs, top_k - 1)[:top_k]
+        mask = np.zeros(len(probs), dtype=bool)
+        mask[keep] = True
+        probs[~mask] = 0.0
+    if temperature != 1.0:
+        probs = probs ** (1.0 / temperature)
+    total = probs.sum()
+    if not np.isfinite(total) or total <= 0:
+        return int(np.argmax(logits))
+    probs /= total
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.choice(len(probs), p=probs))
+
+
+class ByteTokenizer:
+    """Byte-level vocabulary (token id = byte value, 256 ids) used by small test models such as the
+    rwkv.cpp fixture. Same decode API as :class:`rwkv5.tokenizer.WorldTokenizer`."""
+
+    n_vocab = 256
+    eot_token = None  # byte 0 is an ordinary byte here
+
+    def encode(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        return list(data)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return bytes(int(i) for i in ids)
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+
+def default_tokenizer(model):
+    """The tokenizer that fits ``model``: a byte tokenizer for 256-row vocabularies, else the World one."""
+    if model.config.vocab_size <= 256:
+        return ByteTokenizer()
+    from rwkv5.tokenizer import WorldTokenizer
+    return WorldTokenizer()
+
+
+class Penalties:
+    """Decaying presence/frequency counts of generated tokens (ChatRWKV ``occurrence``)."""
+
+    def __init__(self, presence: float, frequency: float, decay: float):
+        self.presence, self.frequency, self.decay = float(presence), float(frequency), float(decay)
+        self.counts: dict[int, float] = {}
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        if not self.counts or (self.presence == 0 and self.frequency == 0):
+            return logits
+        out = np.array(logits, dtype=np.float32, copy=True)
+        ids = np.fromiter(self.counts.keys(), dtype=np.int64, count=len(self.counts))
+        cnt = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
+        out[ids] -= (self.presence + cnt * self.frequency).astype(np.float32)
+        return out
+
+    def update(self, token: int, token_text: bytes):
+        for n in self.counts:
+            self.counts[n] *= self.decay
+        weight = 0.0 if token_text.decode("utf-8", "replace") in PENALTY_FREE_TEXT else 1.0
+        self.counts[token] = self.counts.get(token, 0.0) + weight
+
+
+def _as_tokens(prompt, tokenizer) -> list[int]:
+    if isinstance(prompt, (str, bytes)):
+        return list(tokenizer.encode(prompt))
+    if isinstance(prompt, np.ndarray):
+        return [int(t) for t in prompt.ravel()]
+    return [int(t) for t in prompt]
+
+
+def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top_p: float = 0.85,
+             top_k: int = 0, presence_penalty: float = 0.2, frequency_penalty: float = 0.2,
+             penalty_decay: float = 0.996, stop: str | Sequence[str] | None = None, stop_tokens=None,
+             seed: int | None = None, state=None, tokenizer=None, chunk_len: int = 256,
+             on_state=None) -> Iterator[str]:
+    """Generate text after ``prompt`` (str, bytes or token ids), yielding text pieces as they complete.
+
+    Stops after ``max_tokens`` tokens, at the end-of-text token (id 0 of the World vocab; add more with
+    ``stop_tokens``), or when the text contains one of ``stop`` (the stop string itself is not yielded).
+    ``state`` is the state to continue from (not mutated). If ``on_state`` is given it is called with the
+    final state, so a conversation can continue from it.
+
+    >>> for piece in model.generate("The capital of France is", max_tokens=20, seed=0):  # doctest: +SKIP
+    ...     print(piece, end="", flush=True)
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens: expected an integer >= 0, got {max_tokens!r}")
+    tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
+    tokens = _as_tokens(prompt, tokenizer)
+    if not tokens:
+        raise ValueError("prompt: expected at least one token, got an empty prompt")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    stop_ids = set(stop_tokens or [])
+    eot = getattr(tokenizer, "eot_token", None)
+    if eot is not None:
+        stop_ids.add(eot)
+    rng = np.random.default_rng(seed)
+    penalties = Penalties(presence_penalty, frequency_penalty, penalty_decay)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    logits = None
+    for start in range(0, len(tokens), chunk_len):
+        logits, state = model.forward(tokens[start:start + chunk_len], state)
+    pending = ""       # decoded text held back while it could be the start of a stop string
+    for _ in range(max_tokens):
+        token = sample_logits(penalties.apply(logits), temperature, top_p, top_k, rng)
+        if token in stop_ids:
+            break
+        piece_bytes = tokenizer.decode_bytes([token])
+        penalties.update(token, piece_bytes)
+        pending += decoder.decode(piece_bytes)
+        logits, state = model.forward([token], state)
+        if stops:
+            hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+            if hit >= 0:
+                if hit:
+                    yield pending[:hit]
+                pending = ""
+                break
+            # keep back the longest tail that is a prefix of some stop string
+            keep = max((k for s in stops for k in range(1, min(len(s), len(pending)) + 1)
+                        if s.startswith(pending[-k:])), default=0)
+            emit, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+        else:
+            emit, pending = pending, ""
+        if emit:
+            yield emit
+    else:
+        pending += decoder.decode(b"", final=True)
+    if pending and not any(s in pending for s in stops):
+        yield pending
+    if on_state is not None:
+        on_state(state)
