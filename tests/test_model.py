@@ -84,10 +84,11 @@ def test_every_isa_path_matches_reference(isa, isa_name, dtype):
 
 
 def test_isa_environment_variable_is_honoured():
+    import os
     import subprocess
     import sys
     code = "import rwkv5._model as m; print(m.get_isa()[0])"
-    out = subprocess.run([sys.executable, "-c", code], env={"RWKV5_ISA": "scalar", "PATH": ""},
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "RWKV5_ISA": "scalar"},
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "scalar"
 
