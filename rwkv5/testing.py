@@ -36,14 +36,16 @@ def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_
     F = n_ffn if n_ffn is not None else (4 * C if version == "5.0" else int(C * 3.5) // 32 * 32)
     gated = version != "5.0"
 
-    def mat(rows, cols):
-        return rng.standard_normal((rows, cols)) / np.sqrt(cols)
+    def mat(rows, cols):   # drawn in float32: large models stay cheap to generate
+        m = rng.standard_normal((rows, cols), dtype=np.float32)
+        m *= np.float32(1 / np.sqrt(cols))
+        return m
 
     def near(val, n, s=0.1):
         return val + s * rng.standard_normal(n)
 
     sd = {
-        "emb.weight": rng.standard_normal((V, C)),
+        "emb.weight": rng.standard_normal((V, C), dtype=np.float32),
         "blocks.0.ln0.weight": near(1.0, C), "blocks.0.ln0.bias": near(0.0, C),
         "ln_out.weight": near(1.0, C), "ln_out.bias": near(0.0, C),
         "head.weight": mat(V, C),
@@ -71,7 +73,7 @@ def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_
         sd[p + "ffn.value.weight"] = mat(C, F)
     if isinstance(dtype, str) and dtype == "bf16":
         return {k: float32_to_bf16_bits(v.astype(np.float32)) for k, v in sd.items()}
-    return {k: v.astype(dtype) for k, v in sd.items()}
+    return {k: v.astype(dtype, copy=False) for k, v in sd.items()}
 
 
 def round_weights(sd, dtype):

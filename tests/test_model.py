@@ -350,3 +350,10 @@ def test_c_binding_rejects_bad_arrays(model):
         c.forward(np.full((1, 2), 300, np.int32), s.att_x, s.att_kv, s.ffn_x, 0, False)
     with pytest.raises(ValueError, match="mode"):
         c.forward(tok, s.att_x, s.att_kv, s.ffn_x, 7, False)
+
+
+def test_demo_runs(capsys):
+    from rwkv5 import demo
+    demo.main()
+    out = capsys.readouterr().out
+    assert "parallel vs recurrent" in out and "tok/s" in out
