@@ -171,14 +171,24 @@ class Model:
         cfg = (arch.n_layer, C, arch.n_head, arch.head_size, arch.n_ffn, V, int(gated), gn_eps)
         self._c = _model.CModel(cfg, glob, layers)     # holds references to every array it reads
         self._weights = (glob, layers)
+        self._initial_state = None   # a State from state-tuning (set by rwkv5.load via formats.state_io)
         return self
 
     # ------------------------------------------------------------------------------------------
 
-    def new_state(self, batch=None) -> State:
-        """A zero state for one sequence, or for `batch` sequences (leading B axis)."""
+    def new_state(self, batch=None, from_file=None) -> State:
+        """A fresh state for one sequence, or for `batch` sequences (leading B axis).
+
+        Zeros, unless the checkpoint carried a state-tuning initial state or `from_file` names a
+        state file (both handled by rwkv5.formats.state_io).
+        """
+        if batch is not None:
+            batch = self._check_batch(batch)
+        if from_file is not None or self._initial_state is not None:
+            from .formats.state_io import initial_state
+            return initial_state(self, batch, from_file)
         c = self.config
-        lead = () if batch is None else (self._check_batch(batch),)
+        lead = () if batch is None else (batch,)
         return State(np.zeros(lead + (c.n_layer, c.n_embd), np.float32),
                      np.zeros(lead + (c.n_layer, c.n_head, c.head_size, c.head_size), np.float32),
                      np.zeros(lead + (c.n_layer, c.n_embd), np.float32))
@@ -213,8 +223,9 @@ class Model:
         V = self.config.vocab_size
         lo, hi = a.min(), a.max()
         if lo < 0 or hi >= V:
-            bad = np.argwhere((a < 0) | (a >= V))[0]
-            raise ValueError(f"tokens{list(bad)} = {a[tuple(bad)]} is outside the vocabulary [0, {V})")
+            bad = tuple(int(i) for i in np.argwhere((a < 0) | (a >= V))[0])
+            where = ", ".join(map(str, bad))
+            raise ValueError(f"tokens[{where}] = {int(a[bad])} is outside the vocabulary [0, {V})")
         single = a.ndim == 1
         return np.ascontiguousarray(a.reshape(1, -1) if single else a, dtype=np.int32), single
 
@@ -225,7 +236,7 @@ class Model:
                   "ffn_x": (c.n_layer, c.n_embd)}
         if state is None:
             s = self.new_state(B)
-            return s.att_x, s.att_kv, s.ffn_x
+            return s.att_x, s.att_kv, s.ffn_x   # fresh arrays: the C code may write into them
         if not isinstance(state, State):
             raise TypeError(f"state: expected rwkv5.State or None, got {type(state).__name__}")
         out = []

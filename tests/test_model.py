@@ -357,3 +357,32 @@ def test_demo_runs(capsys):
     demo.main()
     out = capsys.readouterr().out
     assert "parallel vs recurrent" in out and "tok/s" in out
+
+
+def test_no_reference_leaks():
+    import sys
+    import tracemalloc
+    import weakref
+    sd = small_sd(seed=17)
+    model = rwkv5.Model.from_state_dict(sd)
+    s = model.new_state()
+    toks = np.arange(20)
+    refs = [sys.getrefcount(a) for a in (s.att_x, s.att_kv, s.ffn_x, toks)]
+    model.forward(toks, s)
+    tracemalloc.start()
+    for _ in range(3):
+        model.forward(toks, s, mode="parallel")
+        model.forward(toks[:1], s, mode="recurrent")
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(50):
+        model.forward(toks, s, mode="parallel")
+        model.forward(toks[:1], s, mode="recurrent")
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024
+    assert [sys.getrefcount(a) for a in (s.att_x, s.att_kv, s.ffn_x, toks)] == refs
+    # the model's references to the weights go away with the model
+    w = weakref.ref(sd["emb.weight"])
+    del sd, model
+    gc.collect()
+    assert w() is None

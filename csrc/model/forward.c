@@ -2,6 +2,7 @@
  * (chunks of RWKV5_CHUNK positions) mode. Both modes run the same per-layer code on a block of
  * rows (row = b * n + t for sequence b, position t of the block); they differ only in the WKV. */
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,17 +22,32 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
     return code;
 }
 
+/* One scratch buffer per model, reused by successive forward calls so that generating token by
+ * token allocates nothing. A call that finds it in use (another thread) allocates its own. */
+struct rwkv5_scratch_cache {
+    pthread_mutex_t lock;
+    float *mem;
+    size_t cap;   /* floats */
+};
+
 int rwkv5_model_alloc_layers(rwkv5_model *m, int n_layer) {
     m->layers = n_layer > 0 ? (rwkv5_layer *)calloc((size_t)n_layer, sizeof(rwkv5_layer)) : NULL;
     m->pow_table = NULL;
+    m->scratch = NULL;
     return m->layers ? RWKV5_OK : RWKV5_ENOMEM;
 }
 
 void rwkv5_model_free(rwkv5_model *m) {
     free(m->layers);
     free(m->pow_table);
+    if (m->scratch) {
+        pthread_mutex_destroy(&m->scratch->lock);
+        free(m->scratch->mem);
+        free(m->scratch);
+    }
     m->layers = NULL;
     m->pow_table = NULL;
+    m->scratch = NULL;
 }
 
 static int check_mat(const rwkv5_mat *w, const char *name, int layer, int rows, int cols, char *err,
@@ -80,6 +96,11 @@ int rwkv5_model_init(rwkv5_model *m, char *err, size_t errlen) {
     if (!m->pow_table) return fail(err, errlen, RWKV5_ENOMEM, "out of memory for the decay power table");
     for (int l = 0; l < c->n_layer; l++)
         rwkv5_power_table(m->pow_table + l * per_layer, m->layers[l].decay_logw, A, RWKV5_CHUNK);
+    if (!m->scratch) {
+        m->scratch = (struct rwkv5_scratch_cache *)calloc(1, sizeof *m->scratch);
+        if (!m->scratch) return fail(err, errlen, RWKV5_ENOMEM, "out of memory");
+        pthread_mutex_init(&m->scratch->lock, NULL);
+    }
     return RWKV5_OK;
 }
 
@@ -96,10 +117,29 @@ typedef struct {
     float *mem;          /* the one allocation all of the above are carved from */
 } scratch_t;
 
-static int scratch_alloc(scratch_t *s, const rwkv5_config *c, int R, int B) {
+/* Carve the buffers for R rows out of the model's cached buffer (taking its lock) or, when another
+ * call holds it, out of a private allocation; the end of rwkv5_forward undoes either. */
+static int scratch_acquire(scratch_t *s, const rwkv5_model *m, int R, int B, int *cached) {
+    const rwkv5_config *c = &m->cfg;
     size_t C = c->n_embd, A = (size_t)c->n_head * c->head_size, F = c->n_ffn;
     size_t total = R * (C * 8 + A * 5 + F) + (size_t)B * C;
-    float *p = (float *)malloc(total * sizeof(float));
+    struct rwkv5_scratch_cache *cache = m->scratch;
+    float *p = NULL;
+    *cached = 0;
+    if (cache && pthread_mutex_trylock(&cache->lock) == 0) {
+        if (cache->cap < total) {
+            free(cache->mem);
+            cache->mem = (float *)malloc(total * sizeof(float));
+            cache->cap = cache->mem ? total : 0;
+        }
+        if (cache->mem) {
+            p = cache->mem;
+            *cached = 1;
+        } else {
+            pthread_mutex_unlock(&cache->lock);
+        }
+    }
+    if (!p) p = (float *)malloc(total * sizeof(float));
     if (!p) return RWKV5_ENOMEM;
     s->mem = p;
     s->x = p; p += R * C;
@@ -221,6 +261,7 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
     const rwkv5_config *c = &m->cfg;
     int C = c->n_embd, V = c->n_vocab;
     scratch_t s = {0};
+    int cached = 0;
     if (B <= 0 || T <= 0) return fail(err, errlen, RWKV5_EINVAL, "need B >= 1 and T >= 1, got B=%d T=%d", B, T);
     if (mode != RWKV5_RECURRENT && mode != RWKV5_PARALLEL)
         return fail(err, errlen, RWKV5_EINVAL, "mode must be 0 (recurrent) or 1 (parallel), got %d", mode);
@@ -229,7 +270,7 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
         if (tokens[i] < 0 || tokens[i] >= V)
             return fail(err, errlen, RWKV5_EINVAL, "tokens[%zu] = %d is outside [0, %d)", i, (int)tokens[i], V);
     int nmax = mode == RWKV5_PARALLEL ? (T < RWKV5_CHUNK ? T : RWKV5_CHUNK) : 1;
-    if (scratch_alloc(&s, c, B * nmax, B) != RWKV5_OK)
+    if (scratch_acquire(&s, m, B * nmax, B, &cached) != RWKV5_OK)
         return fail(err, errlen, RWKV5_ENOMEM, "out of memory for scratch buffers (%d rows)", B * nmax);
 
     for (int c0 = 0; c0 < T; c0 += nmax) {
@@ -256,6 +297,7 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
             rwkv5_matmul(logits, s.last, &m->g.head, B, C, V);
         }
     }
-    free(s.mem);
+    if (cached) pthread_mutex_unlock(&m->scratch->lock);
+    else free(s.mem);
     return RWKV5_OK;
 }

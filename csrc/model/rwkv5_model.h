@@ -61,6 +61,8 @@ typedef struct {
     rwkv5_layer *layers;   /* (L), owned */
     float *pow_table;      /* (L, RWKV5_CHUNK+1, A), owned: P[l][d][i] = w_i^d = exp(d ln w_i) in
                               double, rounded to fp32; values below FLT_MIN flushed to 0 */
+    struct rwkv5_scratch_cache *scratch;  /* owned: activation buffers reused by rwkv5_forward
+                                             calls (grown to the largest call shape) */
 } rwkv5_model;
 
 /* Caller-owned state of B sequences, updated in place by rwkv5_forward. */
