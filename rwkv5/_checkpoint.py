@@ -68,6 +68,14 @@ def _squeezed(shape):
     return tuple(s for s in shape if s != 1)
 
 
+def _strip_trailing_ones(shape):
+    """(H, N, 1) -> (H, N); (H, 1, 1) -> (H,); (1, N) stays (one head of N channels)."""
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
 def detect_architecture(sd) -> Architecture:
     """Version, sizes and bonus kind from names and shapes; validates every tensor's shape.
 
@@ -102,7 +110,9 @@ def detect_architecture(sd) -> Architecture:
         raise ValueError("state dict has 'time_maa' tensors: an RWKV-6 checkpoint, not RWKV-5")
 
     gated = "blocks.0.att.gate.weight" in sd
-    ds = _squeezed(_shape(sd, "blocks.0.att.time_decay"))
+    # Only trailing unit dims are dropped (pip/rwkv.cpp add them): a single-head 5.2 model has
+    # time_decay (1, N), which full squeezing would misread as N heads.
+    ds = _strip_trailing_ones(_shape(sd, "blocks.0.att.time_decay"))
     if len(ds) == 1:                 # one decay per head
         H = ds[0]
         per_channel = False
@@ -111,7 +121,7 @@ def detect_architecture(sd) -> Architecture:
         per_channel = True
         if ds[0] * ds[1] != A:
             raise ValueError(f"tensor 'blocks.0.att.time_decay': expected shape (H, N) with H*N = {A}, got {ds}")
-    elif len(ds) == 0:               # a single head with N = 1 or a scalar: treat as one head
+    elif len(ds) == 0:               # a 0-d scalar: one head
         H = 1
         per_channel = False
     else:

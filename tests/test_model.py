@@ -93,6 +93,17 @@ def test_isa_environment_variable_is_honoured():
     assert out == "scalar"
 
 
+@pytest.mark.parametrize("C,N", [(16, 16), (24, 8), (40, 40)])
+def test_unusual_head_counts_match_reference(C, N):
+    sd = random_state_dict("5.2", n_layer=2, n_embd=C, head_size=N, seed=C + N)
+    model = rwkv5.Model.from_state_dict(sd)
+    assert model.config.n_head == C // N and model.config.head_size == N
+    toks = tokens_for(1, 80, seed=2)[0]
+    ref, _ = ReferenceModel(sd).forward(toks, full_output=True, mode="parallel")
+    for mode in ("recurrent", "parallel"):
+        np.testing.assert_allclose(model.forward(toks, mode=mode, full_output=True)[0], ref, atol=ATOL)
+
+
 def test_acceptance_4_layers_256_wide_200_tokens():
     """The acceptance check of issue 2: parallel vs recurrent relative 1e-5, C vs float64 1e-4."""
     sd = random_state_dict("5.2", n_layer=4, n_embd=256, head_size=64, seed=7)

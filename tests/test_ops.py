@@ -114,3 +114,27 @@ def test_every_half_and_bf16_bit_pattern_widens_exactly(isa):
         nan = np.isnan(want)
         np.testing.assert_array_equal(np.isnan(got), nan)
         np.testing.assert_array_equal(got[~nan], want[~nan])
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:      # hypothesis is in the test extra; without it this one test is skipped
+    given = None
+
+if given is not None:
+    @settings(max_examples=40, deadline=None)
+    @given(T=st.integers(1, 140), H=st.integers(1, 3), N=st.integers(1, 20), seed=st.integers(0, 2**31),
+           lo=st.floats(-9, 4.5), span=st.floats(0, 3), per_head=st.booleans())
+    def test_wkv5_both_modes_match_reference_hypothesis(T, H, N, seed, lo, span, per_head):
+        rng = np.random.default_rng(seed)
+        r, k, v = rand(rng, T, H, N), rand(rng, T, H, N), rand(rng, T, H, N)
+        w = np.exp(-np.exp(rng.uniform(lo, lo + span, (H,) if per_head else (H, N)))).astype(np.float32)
+        u, S0 = rand(rng, H, N), rand(rng, H, N, N)
+        wf = np.broadcast_to(w.reshape(H, -1), (H, N)).astype(np.float64)
+        yr, Sr = wkv_recurrent(r.astype(np.float64), k.astype(np.float64), v.astype(np.float64), wf,
+                               u.astype(np.float64), S0.astype(np.float64))
+        for mode in ("recurrent", "parallel"):
+            y, S = rwkv5.ops.wkv5(r, k, v, w, u, S0, mode=mode)
+            assert np.abs(y - yr).max() <= 1e-5 * max(1, np.abs(yr).max()) * np.sqrt(N)
+            assert np.abs(S - Sr).max() <= 1e-5 * max(1, np.abs(Sr).max()) * np.sqrt(N)

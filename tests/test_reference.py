@@ -85,6 +85,17 @@ def test_detection_robust_to_one_layer_and_squeezable_shapes():
         assert detect_architecture(sd2) == arch
 
 
+def test_single_head_52_is_not_mistaken_for_n_heads():
+    sd = random_state_dict("5.2", n_layer=1, n_embd=16, head_size=16, seed=7)
+    assert sd["blocks.0.att.time_decay"].shape == (1, 16)
+    arch = detect_architecture(sd)
+    assert (arch.version, arch.n_head, arch.head_size) == ("5.2", 1, 16)
+    sd3 = dict(sd)
+    sd3["blocks.0.att.time_decay"] = sd["blocks.0.att.time_decay"][..., None]   # rwkv.cpp-style (1, N, 1)
+    sd3["blocks.0.att.time_faaaa"] = sd["blocks.0.att.time_faaaa"][..., None]
+    assert detect_architecture(sd3) == arch
+
+
 def test_detection_errors_name_the_tensor():
     sd = random_state_dict("5.2", n_layer=2, n_embd=32, head_size=8)
     for name in ("emb.weight", "blocks.1.att.time_faaaa", "blocks.0.att.ln_x.weight", "ln_out.bias"):

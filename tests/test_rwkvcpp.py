@@ -98,6 +98,18 @@ def test_bad_magic_version_type_truncation(tmp_path):
     _write(p, (0x1234, 101, 4, 2, 1, 0), [])
     with pytest.raises(ValueError, match="magic"):
         read_rwkvcpp(p)
+    p.write_bytes(struct.pack(">6i", 0x67676D66, 101, 4, 2, 1, 0))
+    with pytest.raises(ValueError, match="big-endian"):
+        read_rwkvcpp(p)
+    _write(p, (0x67676D66, 101, 0, 2, 1, 0), [])
+    with pytest.raises(ValueError, match="counts"):
+        read_rwkvcpp(p)
+    _write(p, good, [("emb.weight", 0, (5, 2), b"\0" * 40)])
+    with pytest.raises(ValueError, match="header says"):
+        read_rwkvcpp(p)
+    _write(p, good, [("emb.weight", 0, (4, 2), emb.tobytes()), ("emb.weight", 0, (4, 2), emb.tobytes())])
+    with pytest.raises(ValueError, match="twice"):
+        read_rwkvcpp(p)
     _write(p, (0x67676D66, 99, 4, 2, 1, 0), [])
     with pytest.raises(ValueError, match="version 99"):
         read_rwkvcpp(p)

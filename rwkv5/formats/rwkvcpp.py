@@ -62,6 +62,8 @@ def read_rwkvcpp(path):
     buf = np.frombuffer(mm, dtype=np.uint8)
     hdr = buf[:24].view("<i4")
     magic, version, n_vocab, n_embd, n_layer, data_type = (int(x) for x in hdr)
+    if magic != MAGIC and int.from_bytes(int(magic & 0xFFFFFFFF).to_bytes(4, "little"), "big") == MAGIC:
+        _fail(path, "written on a big-endian machine (byte-swapped magic); only little-endian files are read")
     if magic != MAGIC:
         _fail(path, f"bad magic 0x{magic & 0xFFFFFFFF:08x}, expected 0x{MAGIC:08x} ('ggmf')")
     if version not in VERSIONS:
