@@ -53,7 +53,26 @@ T512 static inline __m512 ld512_bf16(const void *p, size_t i, __mmask16 k) {
         int o = o0;                                                                              \
         for (; o + 4 <= o1; o += 4) {                                                            \
             const T *w0 = W + (size_t)o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;          \
-            for (int m = 0; m < M; m++) {                                                        \
+            int m = 0;                                                                           \
+            /* 4 input rows x 4 output rows: each weight vector is widened once for 4 FMAs */   \
+            for (; m + 4 <= M; m += 4) {                                                         \
+                const float *x0 = x + (size_t)m * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;  \
+                __m512 acc[4][4];                                                                \
+                for (int a = 0; a < 4; a++)                                                      \
+                    for (int b = 0; b < 4; b++) acc[a][b] = _mm512_setzero_ps();                 \
+                for (size_t i = 0; i < n; i += 16) {                                             \
+                    __mmask16 k = i < nfull ? (__mmask16)0xffff : tail;                          \
+                    __m512 wv[4] = {LD(w0, i, k), LD(w1, i, k), LD(w2, i, k), LD(w3, i, k)};    \
+                    __m512 xv[4] = {_mm512_maskz_loadu_ps(k, x0 + i), _mm512_maskz_loadu_ps(k, x1 + i), \
+                                    _mm512_maskz_loadu_ps(k, x2 + i), _mm512_maskz_loadu_ps(k, x3 + i)}; \
+                    for (int a = 0; a < 4; a++)                                                  \
+                        for (int b = 0; b < 4; b++) acc[a][b] = _mm512_fmadd_ps(xv[a], wv[b], acc[a][b]); \
+                }                                                                                \
+                for (int a = 0; a < 4; a++)                                                      \
+                    for (int b = 0; b < 4; b++)                                                  \
+                        out[(size_t)(m + a) * d + o + b] = _mm512_reduce_add_ps(acc[a][b]);      \
+            }                                                                                    \
+            for (; m < M; m++) {                                                                 \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
                 size_t i = 0;                                                                    \
