@@ -138,3 +138,15 @@ if given is not None:
             y, S = rwkv5.ops.wkv5(r, k, v, w, u, S0, mode=mode)
             assert np.abs(y - yr).max() <= 1e-5 * max(1, np.abs(yr).max()) * np.sqrt(N)
             assert np.abs(S - Sr).max() <= 1e-5 * max(1, np.abs(Sr).max()) * np.sqrt(N)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import rwkv5.model
+    import rwkv5.ops
+    import rwkv5.reference
+    import rwkv5.testing
+    for mod in (rwkv5.ops, rwkv5.model, rwkv5.reference, rwkv5.testing):
+        res = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert res.failed == 0 and res.attempted > 0, mod.__name__
