@@ -127,3 +127,44 @@ def test_bad_magic_version_type_truncation(tmp_path):
     assert sd["emb.weight"].shape == (4, 2) and info["n_vocab"] == 4
     with pytest.raises(OSError):
         read_rwkvcpp(tmp_path / "absent.bin")
+
+
+def _to_rwkvcpp(path, sd, ftype=0):
+    """Write sd the way rwkv.cpp's converter does (spec §1.7): w = exp(-exp(d)) and the bonus
+    (time_first exponentiated) shaped (H, N|1, 1); time_mix squeezed; 2-D matrices in `ftype`."""
+    gated = "blocks.0.att.gate.weight" in sd
+    V, C = sd["emb.weight"].shape
+    L = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    tensors = []
+    for k, v in sd.items():
+        v = np.asarray(v, np.float64)
+        if k.endswith("time_decay"):
+            v = np.exp(-np.exp(v)).reshape(v.shape[0], -1, 1)
+        elif k.endswith("time_first"):
+            v = np.exp(v).reshape(v.shape[0], -1, 1)
+        elif k.endswith("time_faaaa"):
+            v = v.reshape(v.shape[0], -1, 1)
+        elif ".time_mix" in k:
+            v = v.reshape(-1)
+        t = ftype if v.ndim == 2 else 0
+        payload = v.astype(np.float16 if t == 1 else np.float32).tobytes()
+        tensors.append((k, t, v.shape, payload))
+    _write(path, (0x67676D66, 101, V, C, L, ftype), tensors)
+    return "5v2" if gated else "5v1"
+
+
+@pytest.mark.parametrize("version,time_first,ftype", [("5.2", False, 0), ("5.2", False, 1), ("5.0", True, 0)])
+def test_converted_files_round_trip(tmp_path, version, time_first, ftype):
+    from rwkv5.testing import random_state_dict
+    sd = random_state_dict(version, n_layer=2, n_embd=32, head_size=8, seed=4, time_first=time_first)
+    kind = _to_rwkvcpp(tmp_path / "m.bin", sd, ftype)
+    back, info = read_rwkvcpp(tmp_path / "m.bin")
+    assert info["rwkvcpp_arch"] == kind and info["data_type"] == ("FP16" if ftype else "FP32")
+    assert "blocks.0.att.time_first" not in back and back["blocks.1.att.time_faaaa"].ndim == (2 if version == "5.2" else 1)
+    np.testing.assert_allclose(back["blocks.1.att.time_decay"], sd["blocks.1.att.time_decay"].reshape(
+        back["blocks.1.att.time_decay"].shape), atol=2e-5)
+    model = rwkv5.Model.from_state_dict(back)
+    assert model.config.version == version
+    want, _ = ReferenceModel(sd).forward([1, 2, 3, 4])
+    got, _ = model.forward([1, 2, 3, 4])
+    np.testing.assert_allclose(got, want, atol=2e-3 if ftype else 1e-4)
