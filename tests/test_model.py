@@ -424,3 +424,26 @@ def test_state_save_load_roundtrip(tmp_path):
     back = rwkv5.State.load(tmp_path / "s.state")
     for n in ("att_x", "att_kv", "ffn_x"):
         np.testing.assert_array_equal(getattr(back, n), getattr(s, n))
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:      # hypothesis is in the test extra
+    given = None
+
+if given is not None:
+    @settings(max_examples=60, deadline=None)
+    @given(version=st.sampled_from(["5.0", "5.1", "5.2"]), n_layer=st.integers(1, 2), H=st.integers(1, 4),
+           N=st.integers(1, 12), F=st.integers(1, 40), V=st.integers(1, 40), B=st.integers(1, 3),
+           T=st.integers(1, 80), dtype=st.sampled_from(["fp32", "fp16", "bf16"]), seed=st.integers(0, 2**31))
+    def test_random_shapes_match_reference_hypothesis(version, n_layer, H, N, F, V, B, T, dtype, seed):
+        sd = random_state_dict(version, n_layer=n_layer, n_embd=H * N, head_size=N, vocab_size=V, n_ffn=F,
+                               seed=seed)
+        model = rwkv5.Model.from_state_dict(sd, dtype=dtype)
+        toks = np.random.default_rng(seed).integers(0, V, (B, T))
+        ref = ReferenceModel(round_weights(sd, dtype))
+        want = np.stack([ref.forward(row, mode="parallel", full_output=True, chunk_len=64)[0] for row in toks])
+        for mode in ("recurrent", "parallel"):
+            got, _ = model.forward(toks, mode=mode, full_output=True)
+            np.testing.assert_allclose(got, want, rtol=0, atol=ATOL * max(1, np.abs(want).max() / 5))
