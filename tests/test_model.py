@@ -447,3 +447,49 @@ if given is not None:
         for mode in ("recurrent", "parallel"):
             got, _ = model.forward(toks, mode=mode, full_output=True)
             np.testing.assert_allclose(got, want, rtol=0, atol=ATOL * max(1, np.abs(want).max() / 5))
+
+
+def test_resizing_the_pool_while_another_thread_computes():
+    model = rwkv5.Model.from_state_dict(small_sd(seed=21))
+    toks = tokens_for(2, 70, seed=22)
+    want, _ = model.forward(toks, mode="parallel")
+    n0 = rwkv5.get_num_threads()
+    errors = []
+
+    def work():
+        for _ in range(20):
+            got, _ = model.forward(toks, mode="parallel")
+            if not np.array_equal(got, want):
+                errors.append("mismatch")
+
+    th = threading.Thread(target=work)
+    th.start()
+    try:
+        for n in (1, 3, 2, 1, 2) * 4:
+            rwkv5.set_num_threads(n)
+    finally:
+        th.join()
+        rwkv5.set_num_threads(n0)
+    assert not errors
+
+
+def test_forked_child_can_compute():
+    """The pool's workers do not survive fork(); the child must rebuild it instead of hanging."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import os, numpy as np, rwkv5\n"
+        "from rwkv5.testing import random_state_dict\n"
+        "m = rwkv5.Model.from_state_dict(random_state_dict('5.2', n_layer=1, n_embd=64, head_size=16))\n"
+        "a, _ = m.forward(np.arange(70) % 256, mode='parallel')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    b, _ = m.forward(np.arange(70) % 256, mode='parallel')\n"
+        "    os._exit(0 if np.array_equal(a, b) else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
