@@ -41,9 +41,11 @@ static void shape_str(char *buf, size_t len, int nd, const npy_intp *dims) {
     if (o < len) snprintf(buf + o, len - o, nd == 1 ? ",)" : ")");
 }
 
-/* dims[i] < 0 means "any size". writeable: the kernel writes into it. */
+/* dims[i] < 0 means "any size". flags: WRITE (the kernel writes into it), UNALIGNED_OK (matrix
+ * storage, read with unaligned loads: views into files need not be aligned). */
+enum { WRITE = 1, UNALIGNED_OK = 2 };
 static PyArrayObject *check_array(PyObject *obj, const char *name, int type, int nd, const npy_intp *dims,
-                                  int writeable) {
+                                  int flags) {
     char want[128], got[128];
     if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
@@ -63,11 +65,12 @@ static PyArrayObject *check_array(PyObject *obj, const char *name, int type, int
         PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, want, got);
         return NULL;
     }
-    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous aligned array", name);
+    if (!PyArray_IS_C_CONTIGUOUS(a) || (!(flags & UNALIGNED_OK) && !PyArray_ISALIGNED(a))) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous%s array", name,
+                     flags & UNALIGNED_OK ? "" : " aligned");
         return NULL;
     }
-    if (writeable && !PyArray_ISWRITEABLE(a)) {
+    if ((flags & WRITE) && !PyArray_ISWRITEABLE(a)) {
         PyErr_Format(PyExc_ValueError, "%s: array must be writeable", name);
         return NULL;
     }
@@ -90,10 +93,15 @@ typedef struct {
 } CModelObject;
 
 /* Appends obj to the owner list (as a new reference) and returns its data pointer. */
-static const void *take(PyObject *owner, PyObject *obj, const char *name, int type, int nd, const npy_intp *dims) {
-    PyArrayObject *a = check_array(obj, name, type, nd, dims, 0);
+static const void *take_flags(PyObject *owner, PyObject *obj, const char *name, int type, int nd,
+                              const npy_intp *dims, int flags) {
+    PyArrayObject *a = check_array(obj, name, type, nd, dims, flags);
     if (!a || PyList_Append(owner, obj) < 0) return NULL;
     return PyArray_DATA(a);
+}
+
+static const void *take(PyObject *owner, PyObject *obj, const char *name, int type, int nd, const npy_intp *dims) {
+    return take_flags(owner, obj, name, type, nd, dims, 0);
 }
 
 static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, int cols, rwkv5_mat *out) {
@@ -108,7 +116,7 @@ static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, 
                      PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
         return -1;
     }
-    out->data = take(owner, obj, name, t, 2, d);
+    out->data = take_flags(owner, obj, name, t, 2, d, UNALIGNED_OK);
     if (!out->data) return -1;
     out->dtype = t == NPY_FLOAT32 ? RWKV5_F32 : t == NPY_FLOAT16 ? RWKV5_F16 : RWKV5_BF16;
     out->rows = rows;
@@ -244,9 +252,9 @@ static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
     }
     npy_intp dx[3] = {B, c->n_layer, c->n_embd};
     npy_intp dkv[5] = {B, c->n_layer, c->n_head, c->head_size, c->head_size};
-    PyArrayObject *ax = check_array(oax, "state.att_x", NPY_FLOAT32, 3, dx, 1);
-    PyArrayObject *kv = ax ? check_array(okv, "state.att_kv", NPY_FLOAT32, 5, dkv, 1) : NULL;
-    PyArrayObject *fx = kv ? check_array(ofx, "state.ffn_x", NPY_FLOAT32, 3, dx, 1) : NULL;
+    PyArrayObject *ax = check_array(oax, "state.att_x", NPY_FLOAT32, 3, dx, WRITE);
+    PyArrayObject *kv = ax ? check_array(okv, "state.att_kv", NPY_FLOAT32, 5, dkv, WRITE) : NULL;
+    PyArrayObject *fx = kv ? check_array(ofx, "state.ffn_x", NPY_FLOAT32, 3, dx, WRITE) : NULL;
     if (!fx) return NULL;
     npy_intp dl3[3] = {B, T, c->n_vocab}, dl2[2] = {B, c->n_vocab};
     PyArrayObject *logits = (PyArrayObject *)(full ? PyArray_SimpleNew(3, dl3, NPY_FLOAT32)
@@ -417,7 +425,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     if (t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16)
         return PyErr_Format(PyExc_TypeError, "w: expected dtype float32, float16 or uint16");
     npy_intp dw[2] = {-1, PyArray_DIM(x, 1)};
-    PyArrayObject *w = check_array(ow, "w", t, 2, dw, 0);
+    PyArrayObject *w = check_array(ow, "w", t, 2, dw, UNALIGNED_OK);
     if (!w) return NULL;
     npy_intp M = PyArray_DIM(x, 0), n = PyArray_DIM(x, 1), d = PyArray_DIM(w, 0);
     if (M > INT32_MAX || n > INT32_MAX || d > INT32_MAX) return PyErr_Format(PyExc_ValueError, "too large");

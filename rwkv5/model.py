@@ -103,8 +103,10 @@ def _as_matrix(a, dtype):
             a = float32_to_bf16_bits(as_float(a, np.float32))
         else:
             a = as_float(a, np.float32).astype(target)
-    if not (a.flags.c_contiguous and a.flags.aligned):
-        a = np.array(a, order="C", copy=True)   # e.g. an unaligned view into a file
+    if not a.flags.c_contiguous:
+        a = np.array(a, order="C", copy=True)
+    # unaligned is fine: the kernels read matrices with unaligned loads, so views into a file
+    # (rwkv.cpp tensors start at arbitrary byte offsets) are used in place
     return a
 
 

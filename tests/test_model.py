@@ -241,6 +241,27 @@ def test_zero_copy_and_memmap(tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("isa_name", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16])
+def test_unaligned_matrices_are_used_in_place(isa, isa_name, dtype):
+    """Views at odd byte offsets (as in rwkv.cpp files) are read in place, with the same results."""
+    isa(isa_name)
+    sd = random_state_dict("5.2", n_layer=1, n_embd=40, head_size=8, vocab_size=50, seed=23,
+                           dtype="bf16" if dtype == np.uint16 else dtype)
+    want, _ = rwkv5.Model.from_state_dict(sd).forward(np.arange(70) % 50, full_output=True)
+    odd = {}
+    for k, v in sd.items():
+        buf = np.zeros(v.nbytes + 1, np.uint8)
+        odd[k] = buf[1:].view(v.dtype).reshape(v.shape)     # starts 1 byte past an aligned address
+        odd[k][...] = v
+    assert not odd["head.weight"].flags.aligned
+    m = rwkv5.Model.from_state_dict(odd)
+    assert np.shares_memory(m._weights[0][5], odd["head.weight"])
+    for mode in ("recurrent", "parallel"):
+        got, _ = m.forward(np.arange(70) % 50, mode=mode, full_output=True)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_model_keeps_weights_alive():
     sd = small_sd(seed=13)
     model = rwkv5.Model.from_state_dict(sd)

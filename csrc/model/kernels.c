@@ -8,23 +8,19 @@
 void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r) {
     size_t n = (size_t)m->cols;
     switch (m->dtype) {
-    case RWKV5_F16: {
-        const uint16_t *p = (const uint16_t *)m->data + r * n;
-        for (size_t i = 0; i < n; i++) out[i] = rwkv5_f16_to_f32(p[i]);
+    case RWKV5_F16:
+        for (size_t i = 0; i < n; i++) out[i] = rwkv5_ld_f16(m->data, r * n + i);
         break;
-    }
-    case RWKV5_BF16: {
-        const uint16_t *p = (const uint16_t *)m->data + r * n;
-        for (size_t i = 0; i < n; i++) out[i] = rwkv5_bf16_to_f32(p[i]);
+    case RWKV5_BF16:
+        for (size_t i = 0; i < n; i++) out[i] = rwkv5_ld_bf16(m->data, r * n + i);
         break;
-    }
-    case RWKV5_I8: {
+    case RWKV5_I8: {   /* reserved layout: one fp32 scale per row */
         const int8_t *p = (const int8_t *)m->data + r * n;
         for (size_t i = 0; i < n; i++) out[i] = (float)p[i] * m->scale[r];
         break;
     }
     default:
-        memcpy(out, (const float *)m->data + r * n, n * sizeof(float));
+        memcpy(out, (const unsigned char *)m->data + r * n * 4, n * sizeof(float));
     }
 }
 

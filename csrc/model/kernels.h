@@ -30,6 +30,25 @@ static inline float rwkv5_f16_to_f32(uint16_t h) {
     return f;
 }
 
+/* Element i of matrix storage at p. Matrices may be unaligned (views into a file such as an
+ * rwkv.cpp .bin, whose tensors start at arbitrary byte offsets), so loads go through memcpy, which
+ * compiles to a plain load. */
+static inline float rwkv5_ld_f32(const void *p, size_t i) {
+    float v;
+    memcpy(&v, (const unsigned char *)p + i * 4, 4);
+    return v;
+}
+static inline float rwkv5_ld_f16(const void *p, size_t i) {
+    uint16_t h;
+    memcpy(&h, (const unsigned char *)p + i * 2, 2);
+    return rwkv5_f16_to_f32(h);
+}
+static inline float rwkv5_ld_bf16(const void *p, size_t i) {
+    uint16_t h;
+    memcpy(&h, (const unsigned char *)p + i * 2, 2);
+    return rwkv5_bf16_to_f32(h);
+}
+
 /* out[i] = float(row r of m)[i], i < m->cols */
 void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r);
 

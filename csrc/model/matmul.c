@@ -9,38 +9,39 @@
 
 /* ---------------- scalar ---------------- */
 
-#define SCALAR_KERNEL(NAME, T, WIDEN)                                                              \
+/* Weight rows are addressed in bytes (`const unsigned char *`): storage may be unaligned. */
+#define SCALAR_KERNEL(NAME, T, LDE)                                                                \
     static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {    \
         size_t n = (size_t)w->cols, d = (size_t)w->rows;                                       \
         for (int o = o0; o < o1; o++) {                                                          \
-            const T *wr = (const T *)w->data + (size_t)o * n;                                    \
+            const unsigned char *wr = (const unsigned char *)w->data + (size_t)o * n * sizeof(T); \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 /* out[m][o] = sum_i x[m][i] * W[o][i] */                                        \
                 float acc = 0.0f;                                                                \
-                for (size_t i = 0; i < n; i++) acc += xm[i] * WIDEN(wr[i]);                      \
+                for (size_t i = 0; i < n; i++) acc += xm[i] * LDE(wr, i);                        \
                 out[(size_t)m * d + o] = acc;                                                    \
             }                                                                                    \
         }                                                                                        \
     }
 
-#define ID(v) (v)
-SCALAR_KERNEL(mm_scalar_f32, float, ID)
-SCALAR_KERNEL(mm_scalar_f16, uint16_t, rwkv5_f16_to_f32)
-SCALAR_KERNEL(mm_scalar_bf16, uint16_t, rwkv5_bf16_to_f32)
+SCALAR_KERNEL(mm_scalar_f32, float, rwkv5_ld_f32)
+SCALAR_KERNEL(mm_scalar_f16, uint16_t, rwkv5_ld_f16)
+SCALAR_KERNEL(mm_scalar_bf16, uint16_t, rwkv5_ld_bf16)
 
 /* ---------------- AVX-512: 16 lanes, 4 output rows at a time, masked tail ---------------- */
 #if defined(__x86_64__)
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
-T512 static inline __m512 ld512_f32(const void *p, size_t i, __mmask16 k) {
-    return _mm512_maskz_loadu_ps(k, (const float *)p + i);
+/* unaligned loads (loadu) of 16 elements starting at element i of byte address p */
+T512 static inline __m512 ld512_f32(const unsigned char *p, size_t i, __mmask16 k) {
+    return _mm512_maskz_loadu_ps(k, p + 4 * i);
 }
-T512 static inline __m512 ld512_f16(const void *p, size_t i, __mmask16 k) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, (const uint16_t *)p + i));
+T512 static inline __m512 ld512_f16(const unsigned char *p, size_t i, __mmask16 k) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p + 2 * i));
 }
-T512 static inline __m512 ld512_bf16(const void *p, size_t i, __mmask16 k) {
-    __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, (const uint16_t *)p + i));
+T512 static inline __m512 ld512_bf16(const unsigned char *p, size_t i, __mmask16 k) {
+    __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p + 2 * i));
     return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
 }
 
@@ -49,10 +50,11 @@ T512 static inline __m512 ld512_bf16(const void *p, size_t i, __mmask16 k) {
         size_t n = (size_t)w->cols, d = (size_t)w->rows;                                         \
         size_t nfull = n & ~(size_t)15;                                                          \
         __mmask16 tail = (__mmask16)((1u << (n - nfull)) - 1u);                                  \
-        const T *W = (const T *)w->data;                                                         \
+        const unsigned char *W = (const unsigned char *)w->data;                                 \
+        size_t rb = n * sizeof(T); /* bytes per weight row */                                    \
         int o = o0;                                                                              \
         for (; o + 4 <= o1; o += 4) {                                                            \
-            const T *w0 = W + (size_t)o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;          \
+            const unsigned char *w0 = W + (size_t)o * rb, *w1 = w0 + rb, *w2 = w1 + rb, *w3 = w2 + rb; \
             int m = 0;                                                                           \
             /* 4 input rows x 4 output rows: each weight vector is widened once for 4 FMAs */   \
             for (; m + 4 <= M; m += 4) {                                                         \
@@ -98,7 +100,7 @@ T512 static inline __m512 ld512_bf16(const void *p, size_t i, __mmask16 k) {
             }                                                                                    \
         }                                                                                        \
         for (; o < o1; o++) {                                                                    \
-            const T *w0 = W + (size_t)o * n;                                                     \
+            const unsigned char *w0 = W + (size_t)o * rb;                                        \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m512 a0 = _mm512_setzero_ps();                                                 \
@@ -118,12 +120,12 @@ AVX512_KERNEL(mm_avx512_bf16, uint16_t, ld512_bf16)
 /* ---------------- AVX2 + FMA + F16C: 8 lanes, 4 rows at a time, scalar tail ---------------- */
 #define T256 __attribute__((target("avx2,fma,f16c")))
 
-T256 static inline __m256 ld256_f32(const void *p, size_t i) { return _mm256_loadu_ps((const float *)p + i); }
-T256 static inline __m256 ld256_f16(const void *p, size_t i) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+T256 static inline __m256 ld256_f32(const unsigned char *p, size_t i) { return _mm256_loadu_ps((const float *)(p + 4 * i)); }
+T256 static inline __m256 ld256_f16(const unsigned char *p, size_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
 }
-T256 static inline __m256 ld256_bf16(const void *p, size_t i) {
-    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+T256 static inline __m256 ld256_bf16(const unsigned char *p, size_t i) {
+    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
 }
 T256 static inline float hsum256(__m256 v) {
@@ -133,14 +135,15 @@ T256 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-#define AVX2_KERNEL(NAME, T, LD, WIDEN)                                                            \
+#define AVX2_KERNEL(NAME, T, LD, LDE)                                                             \
     T256 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
         size_t n = (size_t)w->cols, d = (size_t)w->rows;                                         \
         size_t nfull = n & ~(size_t)7;                                                           \
-        const T *W = (const T *)w->data;                                                         \
+        const unsigned char *W = (const unsigned char *)w->data;                                 \
+        size_t rb = n * sizeof(T); /* bytes per weight row */                                    \
         int o = o0;                                                                              \
         for (; o + 4 <= o1; o += 4) {                                                            \
-            const T *w0 = W + (size_t)o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;          \
+            const unsigned char *w0 = W + (size_t)o * rb, *w1 = w0 + rb, *w2 = w1 + rb, *w3 = w2 + rb; \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
@@ -154,10 +157,10 @@ T256 static inline float hsum256(__m256 v) {
                 }                                                                                \
                 float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);    \
                 for (; i < n; i++) {                                                             \
-                    s0 += xm[i] * WIDEN(w0[i]);                                                  \
-                    s1 += xm[i] * WIDEN(w1[i]);                                                  \
-                    s2 += xm[i] * WIDEN(w2[i]);                                                  \
-                    s3 += xm[i] * WIDEN(w3[i]);                                                  \
+                    s0 += xm[i] * LDE(w0, i);                                                    \
+                    s1 += xm[i] * LDE(w1, i);                                                    \
+                    s2 += xm[i] * LDE(w2, i);                                                    \
+                    s3 += xm[i] * LDE(w3, i);                                                    \
                 }                                                                                \
                 float *om = out + (size_t)m * d + o;                                             \
                 om[0] = s0;                                                                      \
@@ -167,22 +170,22 @@ T256 static inline float hsum256(__m256 v) {
             }                                                                                    \
         }                                                                                        \
         for (; o < o1; o++) {                                                                    \
-            const T *w0 = W + (size_t)o * n;                                                     \
+            const unsigned char *w0 = W + (size_t)o * rb;                                        \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m256 a0 = _mm256_setzero_ps();                                                 \
                 size_t i = 0;                                                                    \
                 for (; i < nfull; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), LD(w0, i), a0); \
                 float s0 = hsum256(a0);                                                          \
-                for (; i < n; i++) s0 += xm[i] * WIDEN(w0[i]);                                   \
+                for (; i < n; i++) s0 += xm[i] * LDE(w0, i);                                     \
                 out[(size_t)m * d + o] = s0;                                                     \
             }                                                                                    \
         }                                                                                        \
     }
 
-AVX2_KERNEL(mm_avx2_f32, float, ld256_f32, ID)
-AVX2_KERNEL(mm_avx2_f16, uint16_t, ld256_f16, rwkv5_f16_to_f32)
-AVX2_KERNEL(mm_avx2_bf16, uint16_t, ld256_bf16, rwkv5_bf16_to_f32)
+AVX2_KERNEL(mm_avx2_f32, float, ld256_f32, rwkv5_ld_f32)
+AVX2_KERNEL(mm_avx2_f16, uint16_t, ld256_f16, rwkv5_ld_f16)
+AVX2_KERNEL(mm_avx2_bf16, uint16_t, ld256_bf16, rwkv5_ld_bf16)
 #endif
 
 /* ---------------- dispatch ---------------- */

@@ -62,13 +62,23 @@ static void test_matmul(void) {
                     ref[m * d + o] = (float)s;
                 }
             }
+            /* the same storage one byte past an aligned address (as in rwkv.cpp files) */
+            size_t wbytes = (size_t)d * n * (dt == RWKV5_F32 ? 4 : 2);
+            unsigned char *odd = malloc(wbytes + 1);
+            memcpy(odd + 1, w, wbytes);
+            rwkv5_mat omat = {odd + 1, NULL, dt, d, n};
+            float *out2 = malloc(sizeof(float) * M * d);
             for (int isa = 0; isa <= best; isa++) {
                 memset(out, 0xff, sizeof(float) * M * d);   /* NaN: every output must be written */
                 rwkv5_matmul_rows_isa(isa, out, x, &mat, M, 0, d);
                 for (int i = 0; i < M * d; i++)
                     CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "matmul isa=%d dtype=%d M=%d n=%d d=%d [%d]: %g vs %g",
                           isa, dt, M, n, d, i, out[i], ref[i]);
+                rwkv5_matmul_rows_isa(isa, out2, x, &omat, M, 0, d);
+                CHECK(!memcmp(out, out2, sizeof(float) * M * d), "unaligned storage isa=%d dtype=%d", isa, dt);
             }
+            free(odd);
+            free(out2);
             rwkv5_matmul(out, x, &mat, M, n, d);    /* threaded, current ISA */
             for (int i = 0; i < M * d; i++) CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "threaded matmul [%d]", i);
         }
