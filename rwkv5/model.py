@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 
 from . import _model
-from ._checkpoint import (Architecture, as_float, bf16_bits_to_float32, decay_and_bonus,
-                          detect_architecture, float32_to_bf16_bits)
+from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
+                          float32_to_bf16_bits)
 
 GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (spec §1.3); rwkv.cpp uses 1e-5
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
@@ -320,4 +320,4 @@ def _is_ragged(tokens):
     return len({len(s) for s in tokens}) > 1
 
 
-__all__ = ["Model", "State", "ModelConfig", "bf16_bits_to_float32"]
+__all__ = ["Model", "State", "ModelConfig"]
