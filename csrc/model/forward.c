@@ -167,6 +167,24 @@ static void mix_rows(float *out, const float *cur, const float *carried, const f
     for (int i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
 }
 
+/* xn = LN(x) for each row; then for each mix j: outs[j] = xn * mus[j] + prev * (1 - mus[j]) with
+ * prev the row before in the same sequence, or for t = 0 the carried row of `carried` (B, L, C) at
+ * layer l; finally the carried row <- the sequence's last LN row. */
+static void norm_shift_mix(scratch_t *s, const rwkv5_config *c, int l, float *carried, const float *ln_w,
+                           const float *ln_b, float *const *outs, const float *const *mus, int nmix, int B, int n) {
+    int C = c->n_embd;
+    for (int row = 0; row < B * n; row++)
+        rwkv5_layer_norm(s->xn + (size_t)row * C, s->x + (size_t)row * C, ln_w, ln_b, C, LN_EPS);
+    for (int b = 0; b < B; b++) {
+        float *prev0 = carried + ((size_t)b * c->n_layer + l) * C;
+        for (int t = 0; t < n; t++) {
+            size_t o = ((size_t)b * n + t) * C;
+            for (int j = 0; j < nmix; j++) mix_rows(outs[j] + o, s->xn + o, prev0, mus[j], t, C);
+        }
+        memcpy(prev0, s->xn + ((size_t)b * n + n - 1) * C, C * sizeof(float));
+    }
+}
+
 typedef struct {
     const rwkv5_model *m;
     const rwkv5_state *st;
@@ -202,19 +220,11 @@ static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, sc
     const rwkv5_layer *L = &m->layers[l];
     int C = c->n_embd, H = c->n_head, A = H * c->head_size, F = c->n_ffn, R = B * n;
 
-    /* ---- time mix ---- */
-    for (int row = 0; row < R; row++)
-        rwkv5_layer_norm(s->xn + (size_t)row * C, s->x + (size_t)row * C, L->ln1_w, L->ln1_b, C, LN_EPS);
-    for (int b = 0; b < B; b++) {
-        float *carried = st->att_x + ((size_t)b * c->n_layer + l) * C;
-        for (int t = 0; t < n; t++) {
-            size_t o = ((size_t)b * n + t) * C;
-            mix_rows(s->xk + o, s->xn + o, carried, L->att_mix_k, t, C);
-            mix_rows(s->xv + o, s->xn + o, carried, L->att_mix_v, t, C);
-            mix_rows(s->xr + o, s->xn + o, carried, L->att_mix_r, t, C);
-            if (c->has_gate) mix_rows(s->xg + o, s->xn + o, carried, L->att_mix_g, t, C);
-        }
-        memcpy(carried, s->xn + ((size_t)b * n + n - 1) * C, C * sizeof(float));   /* att_x <- last LN1 row */
+    /* ---- time mix: token shift over LN1 outputs ---- */
+    {
+        float *outs[4] = {s->xk, s->xv, s->xr, s->xg};
+        const float *mus[4] = {L->att_mix_k, L->att_mix_v, L->att_mix_r, L->att_mix_g};
+        norm_shift_mix(s, c, l, st->att_x, L->ln1_w, L->ln1_b, outs, mus, c->has_gate ? 4 : 3, B, n);
     }
     rwkv5_matmul(s->r, s->xr, &L->att_r, R, C, A);   /* r = x_r @ W_r^T (no sigmoid in v5) */
     rwkv5_matmul(s->k, s->xk, &L->att_k, R, C, A);
@@ -233,17 +243,11 @@ static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, sc
     rwkv5_matmul(s->fv, s->y, &L->att_o, R, A, C);
     for (size_t i = 0; i < (size_t)R * C; i++) s->x[i] += s->fv[i];
 
-    /* ---- channel mix ---- */
-    for (int row = 0; row < R; row++)
-        rwkv5_layer_norm(s->xn + (size_t)row * C, s->x + (size_t)row * C, L->ln2_w, L->ln2_b, C, LN_EPS);
-    for (int b = 0; b < B; b++) {
-        float *carried = st->ffn_x + ((size_t)b * c->n_layer + l) * C;
-        for (int t = 0; t < n; t++) {
-            size_t o = ((size_t)b * n + t) * C;
-            mix_rows(s->xk + o, s->xn + o, carried, L->ffn_mix_k, t, C);
-            mix_rows(s->xr + o, s->xn + o, carried, L->ffn_mix_r, t, C);
-        }
-        memcpy(carried, s->xn + ((size_t)b * n + n - 1) * C, C * sizeof(float));   /* ffn_x <- last LN2 row */
+    /* ---- channel mix: token shift over LN2 outputs ---- */
+    {
+        float *outs[2] = {s->xk, s->xr};
+        const float *mus[2] = {L->ffn_mix_k, L->ffn_mix_r};
+        norm_shift_mix(s, c, l, st->ffn_x, L->ln2_w, L->ln2_b, outs, mus, 2, B, n);
     }
     rwkv5_matmul(s->fk, s->xk, &L->ffn_k, R, C, F);
     for (size_t i = 0; i < (size_t)R * F; i++) {   /* relu(k)^2 */
