@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define MAX_THREADS 256
 
@@ -36,12 +37,15 @@ static pool_t pool = {
 static int configured = 0;     /* under job_lock: has the pool been sized at least once */
 
 int rwkv5_available_cpus(void) {
-    cpu_set_t set;
+#ifdef __linux__
+    cpu_set_t set;   /* the CPUs this process may run on (taskset, cgroups cpusets) */
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
         int n = CPU_COUNT(&set);
         if (n > 0) return n;
     }
-    return 1;
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
 }
 
 static void run_pieces(void) {
