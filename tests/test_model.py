@@ -514,3 +514,13 @@ def test_forked_child_can_compute():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_default_threads_are_the_cpus_of_the_process():
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import os, rwkv5; print(rwkv5.get_num_threads(), "
+                          "len(os.sched_getaffinity(0)))"], env=dict(os.environ), capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[0] == out[1]
