@@ -23,6 +23,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .model import State
+
 #: Tokens whose decoded text is a substring of this are not counted for repetition penalties.
 PENALTY_FREE_TEXT = " \t0123456789"
 
@@ -123,7 +125,7 @@ class Penalties:
         self.counts[token] = self.counts.get(token, 0.0) + weight
 
 
-def _as_tokens(prompt, tokenizer) -> list[int]:
+def as_tokens(prompt, tokenizer) -> list[int]:
     if isinstance(prompt, (str, bytes)):
         return list(tokenizer.encode(prompt))
     if isinstance(prompt, np.ndarray):
@@ -149,7 +151,7 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
     if max_tokens < 0:
         raise ValueError(f"max_tokens: expected an integer >= 0, got {max_tokens!r}")
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
-    tokens = _as_tokens(prompt, tokenizer)
+    tokens = as_tokens(prompt, tokenizer)
     if not tokens:
         raise ValueError("prompt: expected at least one token, got an empty prompt")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -194,3 +196,61 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
         yield pending
     if on_state is not None:
         on_state(state)
+
+
+def generate_batch(model, prompts, max_tokens: int = 200, temperature: float = 1.0, top_p: float = 0.85,
+                   top_k: int = 0, presence_penalty: float = 0.2, frequency_penalty: float = 0.2,
+                   penalty_decay: float = 0.996, stop: str | Sequence[str] | None = None, stop_tokens=None,
+                   seed: int | None = None, tokenizer=None) -> list[str]:
+    """Complete every prompt; all unfinished sequences advance together as one (B, 1) recurrent step.
+
+    Sequence b draws from its own generator seeded with ``(seed, b)``, so a completion does not depend on
+    which other prompts share the batch.
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens: expected an integer >= 0, got {max_tokens!r}")
+    tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
+    seqs = [as_tokens(p, tokenizer) for p in prompts]
+    if not seqs:
+        return []
+    for b, s in enumerate(seqs):
+        if not s:
+            raise ValueError(f"prompts[{b}]: expected at least one token, got an empty prompt")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    stop_ids = set(stop_tokens or [])
+    if getattr(tokenizer, "eot_token", None) is not None:
+        stop_ids.add(tokenizer.eot_token)
+    B = len(seqs)
+    rngs = [np.random.default_rng(None if seed is None else [seed, b]) for b in range(B)]
+    pens = [Penalties(presence_penalty, frequency_penalty, penalty_decay) for _ in range(B)]
+    out = [bytearray() for _ in range(B)]
+    logits, state = model.forward(seqs, None)          # ragged prompts: each state stops at its own length
+    logits = np.asarray(logits).reshape(B, -1)
+    active = list(range(B))
+    for _ in range(max_tokens):
+        nxt, still = [], []
+        for row, b in enumerate(active):
+            tok = sample_logits(pens[b].apply(logits[row]), temperature, top_p, top_k, rngs[b])
+            if tok in stop_ids:
+                continue
+            piece = tokenizer.decode_bytes([tok])
+            pens[b].update(tok, piece)
+            out[b] += piece
+            if stops and any(s in out[b].decode("utf-8", "replace") for s in stops):
+                continue
+            nxt.append(tok)
+            still.append(row)
+        if not still:
+            break
+        sub = State(state.att_x[still], state.att_kv[still], state.ffn_x[still])
+        logits, state = model.forward(np.array(nxt, dtype=np.int64).reshape(-1, 1), sub)
+        active = [active[r] for r in still]
+    texts = []
+    for b in range(B):
+        text = out[b].decode("utf-8", "replace")
+        for s in stops:
+            i = text.find(s)
+            if i >= 0:
+                text = text[:i]
+        texts.append(text)
+    return texts

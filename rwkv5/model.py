@@ -305,6 +305,37 @@ class Model:
             states.append(st)
         return (outs if full_output else np.stack(outs)), State.stack(states)
 
+    # --- using the model (thin wrappers; the logic lives in generation.py and scoring.py) ---
+
+    def generate(self, prompt, max_tokens: int = 200, **kwargs):
+        """Generate text after ``prompt`` (str, bytes or token ids); yields text pieces as they complete.
+
+        Keyword arguments as :func:`rwkv5.generation.generate`: temperature=1.0, top_p=0.85, top_k=0,
+        presence_penalty=0.2, frequency_penalty=0.2, penalty_decay=0.996, stop=None, seed=None,
+        state=None, tokenizer=None (the World tokenizer, or bytes for a 256-token vocabulary).
+
+        >>> print("".join(model.generate("Once upon a time", max_tokens=50, seed=0)))  # doctest: +SKIP
+        """
+        from .generation import generate
+        return generate(self, prompt, max_tokens=max_tokens, **kwargs)
+
+    def generate_batch(self, prompts, max_tokens: int = 200, **kwargs):
+        """Generate a completion for each prompt, stepping all of them as one batch; returns a list of str."""
+        from .generation import generate_batch
+        return generate_batch(self, prompts, max_tokens=max_tokens, **kwargs)
+
+    def score(self, text_or_tokens, tokenizer=None, state=None, chunk_len: int = 256):
+        """Loss (nats/token), perplexity and next-token accuracy of a text (rwkv5.scoring.Score)."""
+        from .generation import as_tokens, default_tokenizer
+        from .scoring import score
+        tokens = as_tokens(text_or_tokens, tokenizer or default_tokenizer(self))
+        return score(self, tokens, state=state, chunk_len=chunk_len)
+
+    def perplexity(self, text_or_tokens, tokenizer=None, state=None, chunk_len: int = 256) -> float:
+        """exp(mean negative log-likelihood) of each token given the ones before it (parallel mode,
+        chunk by chunk so memory stays bounded)."""
+        return self.score(text_or_tokens, tokenizer=tokenizer, state=state, chunk_len=chunk_len).perplexity
+
     def __repr__(self):
         c = self.config
         return (f"<rwkv5.Model {c.version} L{c.n_layer} C{c.n_embd} H{c.n_head}x{c.head_size} F{c.n_ffn} "
