@@ -100,7 +100,7 @@ typedef struct {
     volatile int *cancel;    /* optional: set non-zero from outside to stop early */
 } dp_task_opts;
 
-#define DP_MAX_LISTED 32
+#define DP_MAX_LISTED 100 /* = MAX_LISTED in build.py: the run lists the first 100 overall */
 #define DP_MAX_LANGS 4096
 
 typedef struct {
