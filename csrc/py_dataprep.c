@@ -126,6 +126,48 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* encode_batch_count(tok, texts: list[bytes], n_threads) -> total ids. The tokenizer's own
+ * wt_encode_batch, exposed for the benchmark's reference throughput. */
+static PyObject *py_encode_batch_count(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *list, *seq = NULL, *res = NULL;
+    int n_threads;
+    const uint8_t **texts = NULL;
+    size_t *lens = NULL, *offs = NULL, *nout = NULL, total = 0;
+    uint32_t *out = NULL;
+    if (!PyArg_ParseTuple(args, "OOi:encode_batch_count", &cap, &list, &n_threads)) return NULL;
+    wt_tokenizer *t = get_tok(cap);
+    if (!t) return NULL;
+    seq = PySequence_Fast(list, "texts: expected a list of bytes");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    texts = PyMem_Calloc((size_t)n + 1, sizeof *texts);
+    lens = PyMem_Calloc((size_t)n + 1, sizeof *lens);
+    offs = PyMem_Calloc((size_t)n + 1, sizeof *offs);
+    nout = PyMem_Calloc((size_t)n + 1, sizeof *nout);
+    if (!texts || !lens || !offs || !nout) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(b)) { PyErr_Format(PyExc_TypeError, "texts[%zd]: expected bytes", i); goto done; }
+        texts[i] = (const uint8_t *)PyBytes_AS_STRING(b);
+        lens[i] = (size_t)PyBytes_GET_SIZE(b);
+        offs[i] = total;
+        total += lens[i];
+    }
+    out = PyMem_Malloc((total + 1) * sizeof *out);
+    if (!out) { PyErr_NoMemory(); goto done; }
+    size_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    wt_encode_batch(t, (size_t)n, texts, lens, out, offs, nout, n_threads);
+    for (Py_ssize_t i = 0; i < n; i++) count += nout[i];
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromSize_t(count);
+done:
+    PyMem_Free(texts); PyMem_Free(lens); PyMem_Free(offs); PyMem_Free(nout); PyMem_Free(out);
+    Py_XDECREF(seq);
+    return res;
+}
+
 static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end", "text_field", "lang_field",
                                     "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
                                     "batch_bytes", NULL};
@@ -353,7 +395,7 @@ static PyObject *py_json_extract(PyObject *self, PyObject *args) {
     size_t len = 0;
     char lang[64];
     uint64_t nrep = 0;
-    int st = dp_json_extract(buf.buf, (size_t)buf.len, field, lang_field, repair, out, &len, lang, &nrep);
+    int st = dp_json_extract(buf.buf, (size_t)buf.len, field, lang_field, repair, out, &len, lang, &nrep, NULL);
     PyBuffer_Release(&buf);
     PyObject *r;
     if (st == DP_OK) r = Py_BuildValue("(sy#sK)", dp_status_names[st], (const char *)out, (Py_ssize_t)len, lang, nrep);
@@ -409,6 +451,8 @@ static PyMethodDef methods[] = {
     {"load_vocab", py_load_vocab, METH_VARARGS, "load_vocab(data: bytes) -> tokenizer capsule"},
     {"n_vocab", py_n_vocab, METH_O, "n_vocab(tokenizer) -> int"},
     {"encode", py_encode, METH_VARARGS, "encode(tokenizer, data: bytes) -> uint16 ndarray"},
+    {"encode_batch_count", py_encode_batch_count, METH_VARARGS,
+     "encode_batch_count(tokenizer, texts: list[bytes], n_threads) -> total ids (wt_encode_batch; benchmarks)"},
     {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
      "run_task(tokenizer, path, kind, start, end, text_field, lang_field, repair_utf8, fail_fast, n_threads, "

@@ -566,12 +566,13 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
             # temporaries live in the work folder (same file system), renamed into place at the end
             tmp_bin = os.path.join(workdir, os.path.basename(stem) + ".bin.tmp")
             tmp_idx = os.path.join(workdir, os.path.basename(stem) + ".idx.tmp")
-            _copy(tmp_bin, workdir_tok, ranges)
+            known_sha = _assemble(tmp_bin, workdir_tok, ranges, records)
             write_idx(tmp_idx, shard_sizes)
             files_out = {".bin": tmp_bin, ".idx": tmp_idx}
         else:
             tmp_stream = os.path.join(workdir, f"shard-{si:05d}.stream")
-            _copy(tmp_stream, workdir_tok, ranges)
+            _assemble(tmp_stream, workdir_tok, ranges, records)
+            known_sha = None
             tmp_zst = os.path.join(workdir, os.path.basename(stem) + ".zst.tmp")
             write_zst_shard(tmp_zst, tmp_stream, shard_sizes, n_vocab, options["zst_level"], options["frame_tokens"])
             os.remove(tmp_stream)
@@ -581,7 +582,8 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         for ext, tmp in files_out.items():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            entry["files"][os.path.basename(stem) + ext] = {"bytes": os.path.getsize(tmp), "sha256": sha256_file(tmp)}
+            sha = known_sha if ext == ".bin" and known_sha else sha256_file(tmp)
+            entry["files"][os.path.basename(stem) + ext] = {"bytes": os.path.getsize(tmp), "sha256": sha}
         if options["ctx_len"]:
             entry["magic_prime"] = magic_prime(ntok, int(options["ctx_len"]))
         shards.append((entry, files_out, stem))
@@ -640,6 +642,24 @@ def _coalesce(ranges: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(np.concatenate([[True], ~cont]))
     lens = np.add.reduceat(r[:, 2], starts)
     return np.stack([r[starts, 0], r[starts, 1], lens], axis=1)
+
+
+def _assemble(dst: str, srcs: list, ranges: np.ndarray, records) -> str:
+    """Write the ranges of the part files to dst. When they are exactly one whole part, hard-link
+    it instead of copying and return its recorded SHA-256 (else None: the caller hashes dst)."""
+    if len(ranges) == 1:
+        ti, off, n = (int(x) for x in ranges[0])
+        part = records[ti]["parts"]["tok"]
+        if off == 0 and n == part["bytes"]:
+            try:
+                if os.path.exists(dst):
+                    os.remove(dst)
+                os.link(srcs[ti], dst)
+                return part["sha256"]
+            except OSError:
+                pass
+    _copy(dst, srcs, ranges)
+    return None
 
 
 def _copy(dst: str, srcs: list, ranges: np.ndarray) -> None:
