@@ -170,7 +170,7 @@ done:
 
 static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end", "text_field", "lang_field",
                                     "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
-                                    "batch_bytes", NULL};
+                                    "batch_bytes", "fsync", NULL};
 
 /* run_task(...) -> dict. Never raises for bad input data: a fail-fast stop or an I/O error is
  * returned as result["error"] (with result["fail_line"] / result["fail_status"] for a bad record)
@@ -182,14 +182,15 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     int kind, repair, fail_fast, n_threads;
     unsigned long long start, end;
     Py_ssize_t batch = 0;
+    int do_fsync = 0;
     dp_task_opts o;
     dp_task_result res;
     int rc;
     memset(&res, 0, sizeof res);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|n:run_task", (char **)kw_run_task, &cap,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|np:run_task", (char **)kw_run_task, &cap,
                                      PyUnicode_FSConverter, &path_o, &kind, &start, &end, &text_field, &lang_field,
                                      &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
-                                     PyUnicode_FSConverter, &metap_o, &batch))
+                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync))
         goto fail;
     wt_tokenizer *t = get_tok(cap);
     if (!t) goto fail;
@@ -208,6 +209,7 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     o.fail_fast = fail_fast;
     o.n_threads = n_threads;
     o.batch_bytes = (size_t)batch;
+    o.fsync = do_fsync;
     o.encode = encode_cb;
     o.encode_ctx = t;
     o.tok_path = PyBytes_AS_STRING(tokp_o);
@@ -456,7 +458,7 @@ static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
      "run_task(tokenizer, path, kind, start, end, text_field, lang_field, repair_utf8, fail_fast, n_threads, "
-     "tok_path, meta_path, batch_bytes=0) -> dict (GIL released)"},
+     "tok_path, meta_path, batch_bytes=0, fsync=False) -> dict (GIL released)"},
     {"copy_ranges", py_copy_ranges, METH_VARARGS, "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
     {"zstd_compress", py_zstd_compress, METH_VARARGS, "zstd_compress(data, level) -> one checksummed frame"},
     {"zstd_decompress", py_zstd_decompress, METH_VARARGS, "zstd_decompress(frame, size) -> bytes"},

@@ -102,6 +102,8 @@ typedef struct {
     const void *encode_ctx;
     const char *tok_path;    /* uint16 tokens of kept documents, each followed by 0 */
     const char *meta_path;   /* dp_doc_meta records */
+    int fsync;               /* 1: fsync the parts before returning (not needed for resume: the
+                              * driver re-checks part sizes and SHA-256 against the record) */
     volatile int *cancel;    /* optional: set non-zero from outside to stop early */
 } dp_task_opts;
 

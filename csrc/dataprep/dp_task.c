@@ -353,10 +353,10 @@ static int write_slot(writer *w, slot *s) {
 
 /* ------------------------------------------------------------------ the task */
 
-static int close_file(FILE **f, const char *path, char *err, size_t errlen) {
+static int close_file(FILE **f, int sync, const char *path, char *err, size_t errlen) {
     int bad = fflush(*f) != 0 || ferror(*f);
     int e = errno;
-    if (!bad && fsync(fileno(*f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
+    if (!bad && sync && fsync(fileno(*f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
     if (fclose(*f) != 0 && !bad) { bad = 1; e = errno; }
     *f = NULL;
     if (bad) { snprintf(err, errlen, "%s: write failed: %s", path, strerror(e ? e : EIO)); return -1; }
@@ -551,8 +551,8 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     }
     cur = NULL;
     if (drain(&pl, &w)) goto done;
-    if (close_file(&w.tok, opt->tok_path, res->err, sizeof res->err)) goto done;
-    if (close_file(&w.meta, opt->meta_path, res->err, sizeof res->err)) goto done;
+    if (close_file(&w.tok, opt->fsync, opt->tok_path, res->err, sizeof res->err)) goto done;
+    if (close_file(&w.meta, opt->fsync, opt->meta_path, res->err, sizeof res->err)) goto done;
     rc = 0;
 
 done:
