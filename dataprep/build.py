@@ -19,6 +19,7 @@ import glob as _glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -86,22 +87,36 @@ def _kind_of(path: str, txt_mode: str) -> int:
     raise DataprepError(f"{path}: unsupported input type (expected .jsonl, .jsonl.zst or .txt)")
 
 
-_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.zst", ".json.zst", ".ndjson.zst", ".txt")
+# what a folder search picks up (plain .json and .zst only when named explicitly: a folder may
+# hold our own manifests and zst shards)
+_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.zst", ".ndjson.zst", ".txt")
 
 
-def expand_inputs(inputs: Sequence[str]) -> list:
-    """Files, globs and folders (searched recursively for known suffixes) -> sorted unique paths."""
+def expand_inputs(inputs: Sequence[str], exclude_prefix: str = None) -> list:
+    """Files, globs and folders (searched recursively for .jsonl, .ndjson, .jsonl.zst, .txt) ->
+    sorted unique absolute paths. Folder and glob hits that belong to the output set
+    (exclude_prefix*, its work folder) are left out."""
     out = set()
+
+    ours_re = re.compile(re.escape(exclude_prefix) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") if exclude_prefix else None
+
+    def ours(path):
+        if exclude_prefix is None:
+            return False
+        p = os.path.abspath(path)
+        return bool(ours_re.match(p)) or p.startswith(exclude_prefix + ".work" + os.sep)
+
     for arg in inputs:
         if os.path.isdir(arg):
             for root, _dirs, files in os.walk(arg):
                 for name in files:
-                    if name.lower().endswith(_SUFFIXES):
-                        out.add(os.path.abspath(os.path.join(root, name)))
+                    p = os.path.join(root, name)
+                    if name.lower().endswith(_SUFFIXES) and not ours(p):
+                        out.add(os.path.abspath(p))
         elif os.path.isfile(arg):
             out.add(os.path.abspath(arg))
         elif any(c in arg for c in "*?["):
-            hits = [h for h in _glob.glob(arg, recursive=True) if os.path.isfile(h)]
+            hits = [h for h in _glob.glob(arg, recursive=True) if os.path.isfile(h) and not ours(h)]
             if not hits:
                 raise DataprepError(f"input {arg!r}: the pattern matches no file")
             out.update(os.path.abspath(h) for h in hits)
@@ -216,6 +231,12 @@ def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dic
     if done is not None:
         done["resumed"] = True
         return done
+    res = tokenize_task(task, options, workdir, n_threads)
+    return res if res.get("error") else finish_task(task, res, workdir)
+
+
+def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
+    """First half of run_task: the C pipeline writes task-N.tok.tmp / .meta.tmp."""
     stem = _task_stem(workdir, task)
     tok = load_tokenizer(options["vocab"])
     t0 = time.perf_counter()
@@ -224,14 +245,14 @@ def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dic
         options["text_field"], options["lang_field"] or None, options["repair_utf8"],
         options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
         options.get("batch_bytes", 0))
-    elapsed = time.perf_counter() - t0
+    res["seconds"] = round(time.perf_counter() - t0, 3)
     if res["error"] is not None:
         for ext in ("tok", "meta"):
             try:
                 os.remove(f"{stem}.{ext}.tmp")
             except FileNotFoundError:
                 pass
-        if res.get("fail_line") is None and ":" in res["error"] and res["error"].startswith(task["path"] + ":"):
+        if res["error"].startswith(task["path"] + ":"):
             # "path:LOCAL_LINE: reason" -> the caller turns the local line into a file line
             rest = res["error"][len(task["path"]) + 1:]
             line, _, reason = rest.partition(": ")
@@ -239,14 +260,21 @@ def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dic
                 return {"task": task, "error": "bad_record", "fail_line": int(line), "reason": reason,
                         "lines": res["lines"]}
         raise OSError(res["error"])
+    return res
+
+
+def finish_task(task: dict, res: dict, workdir: str) -> dict:
+    """Second half of run_task: hash the parts, rename them into place, write the completion record.
+
+    No fsync: a resumed run re-checks part sizes and SHA-256 against the record, so a part lost
+    in a power cut is simply redone (the final outputs are fsynced before the manifest)."""
+    stem = _task_stem(workdir, task)
     parts = {}
     for ext in ("tok", "meta"):
         tmp = f"{stem}.{ext}.tmp"
         parts[ext] = {"bytes": os.path.getsize(tmp), "sha256": sha256_file(tmp)}
         os.replace(tmp, f"{stem}.{ext}")
-    # no fsync here: a resumed run re-checks part sizes and SHA-256 against this record, so a
-    # part lost in a power cut is simply redone; the final outputs are fsynced before the manifest
-    rec = {"task": task, "parts": parts, "seconds": round(elapsed, 3),
+    rec = {"task": task, "parts": parts, "seconds": res["seconds"],
            **{k: res[k] for k in ("lines", "docs", "tokens", "text_bytes", "input_bytes", "blank_lines",
                                   "repaired_docs", "skipped", "listed", "langs")}}
     _write_json_atomic(stem + ".done.json", rec, sync=False)
@@ -384,8 +412,8 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     if n_threads < 1:
         raise DataprepError(f"--workers: expected >= 1, got {workers}")
 
-    files = expand_inputs(inputs)
     out = os.path.abspath(out)
+    files = expand_inputs(inputs, exclude_prefix=out)
     out_dir = os.path.dirname(out)
     if not os.path.isdir(out_dir):
         raise DataprepError(f"--out {out}: folder {out_dir} does not exist")
@@ -429,11 +457,29 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
                 f"{done_bytes / 1e6:.1f} of {total_in / 1e6:.1f} MB, {done_bytes / dt / 1e6:.1f} MB/s")
 
     if executor is None:
-        for i, task in enumerate(tasks):
-            records[i] = run_task(task, options, workdir, n_threads)
-            report(i, records[i])
-            if records[i].get("error"):
-                break
+        # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as finisher:
+            pending = []
+            for i, task in enumerate(tasks):
+                rec = load_done(workdir, task)
+                if rec is not None:
+                    rec["resumed"] = True
+                    records[i] = rec
+                    report(i, rec)
+                    continue
+                res = tokenize_task(task, options, workdir, n_threads)
+                if res.get("error"):
+                    records[i] = res
+                    break
+                pending.append((i, finisher.submit(finish_task, task, res, workdir)))
+                while pending and pending[0][1].done():
+                    j, fut = pending.pop(0)
+                    records[j] = fut.result()
+                    report(j, records[j])
+            for j, fut in pending:
+                records[j] = fut.result()
+                report(j, records[j])
     else:
         futures = [executor.submit(run_task, task, options, workdir, n_threads) for task in tasks]
         for i, fut in enumerate(futures):
@@ -589,6 +635,12 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         if options["ctx_len"]:
             entry["magic_prime"] = magic_prime(ntok, int(options["ctx_len"]))
         shards.append((entry, files_out, stem))
+    # a manifest from an earlier run must not vouch for the new files while they are renamed
+    # in: no manifest = an unfinished set
+    try:
+        os.remove(out + ".manifest.json")
+    except FileNotFoundError:
+        pass
     for entry, files_out, stem in shards:
         for ext, tmp in files_out.items():
             os.replace(tmp, stem + ext)

@@ -418,3 +418,14 @@ def test_50mb_single_document(tmp_path):
         docs, _ = read_binidx_independent(out)
         assert len(docs) == 1 and np.array_equal(docs[0], want)
         assert m["totals"]["text_bytes"] == len(unit.encode()) * k
+
+
+def test_folder_inputs_skip_our_outputs(tmp_path):
+    write_jsonl(tmp_path / "train_extra.jsonl", [b'{"text": "extra"}'])
+    write_jsonl(tmp_path / "a.jsonl", [b'{"text": "alpha"}'])
+    m1 = quiet(inputs=[str(tmp_path)], out=str(tmp_path / "train"), format="zst", shard_size=1)
+    # a second build into the same folder must not read train_0000N.zst or train.manifest.json
+    m2 = quiet(inputs=[str(tmp_path)], out=str(tmp_path / "train"), format="zst", shard_size=1)
+    assert [i["path"] for i in m1["inputs"]] == [i["path"] for i in m2["inputs"]] == [
+        str(tmp_path / "a.jsonl"), str(tmp_path / "train_extra.jsonl")]
+    verify(str(tmp_path / "train"))
