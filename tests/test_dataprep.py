@@ -18,7 +18,10 @@ from rwkv5.dataprep import DataprepError, build, magic_prime, open_shards, verif
 
 
 def quiet(**kw):
-    return build(log=lambda s: None, **kw)
+    """build() without progress output; every output it produces must pass verify()."""
+    m = build(log=lambda s: None, **kw)
+    verify(kw["out"])
+    return m
 
 
 def expected_docs(expected):
