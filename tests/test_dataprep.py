@@ -71,6 +71,13 @@ def test_build_binidx_matches_reference(tmp_path):
     assert doc_idx.tolist() == list(range(len(docs) + 1))
     for d, text in zip(docs, want):
         assert tuple(d.tolist()) == ref_encode(text)
+    try:
+        from rwkv5.tokenizer import WorldTokenizer
+    except ImportError:  # the tokenizer binding is a sibling part; the reference check above stands alone
+        WorldTokenizer = None
+    if WorldTokenizer is not None and hasattr(WorldTokenizer, "encode"):
+        wt = WorldTokenizer()
+        assert [d.tolist() for d in docs] == [wt.encode(t) + [0] for t in want]
     assert m["skipped"]["counts"] == expected_skips(expected)
     assert m["totals"]["blank_lines"] == sum(1 for e in expected if e[0] == "blank")
     # every skipped record is listed as file:line:reason with the right line
