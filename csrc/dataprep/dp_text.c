@@ -137,13 +137,24 @@ int dp_script_of(uint32_t cp) {
 }
 
 /* ASCII letters among 8 ASCII bytes: b | 0x20 in 'a'..'z'. Adding 0x1F sets a byte's high bit
- * iff b|0x20 >= 'a'; adding 0x05 sets it iff b|0x20 >= '{'; bytes are < 0x80 so nothing carries. */
-static inline int ascii_letters8(uint64_t w) {
+ * iff b|0x20 >= 'a'; adding 0x05 sets it iff b|0x20 >= '{'; bytes are < 0x80 so nothing carries.
+ * The flags are then summed with one multiply (a portable popcount of the 8 high bits). */
+static inline uint64_t ascii_letters8(uint64_t w) {
     const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
     uint64_t l = w | (ones * 0x20);
     uint64_t ge_a = l + ones * (0x80 - 'a'), ge_brace = l + ones * (0x80 - '{');
-    return __builtin_popcountll(ge_a & ~ge_brace & high);
+    return (((ge_a & ~ge_brace & high) >> 7) * ones) >> 56;
 }
+
+/* 1 for the ASCII letters, by byte */
+static const uint8_t ascii_letter[128] = {
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,
+    ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+    ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
 
 int dp_text_scan(const uint8_t *s, size_t n) {
     uint64_t count[DP_N_SCRIPTS] = {0};
@@ -156,19 +167,18 @@ int dp_text_scan(const uint8_t *s, size_t n) {
     size_t i = 0;
     pthread_once(&script_once, script_init);
     while (i < n) {
-        while (i + 8 <= n) { /* ASCII fast path */
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (w & 0x8080808080808080ull) break;
-            latin += (uint64_t)ascii_letters8(w);
-            i += 8;
-        }
-        if (i >= n) break;
         uint8_t c = s[i];
         uint32_t cp;
         if (c < 0x80) {
-            latin += script_table[c] == DP_SCRIPT_LATIN;
-            i++;
+            /* ASCII: 8 at a time while the next 8 bytes are all ASCII, else this byte alone */
+            uint64_t w;
+            if (i + 8 <= n && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull))) {
+                latin += ascii_letters8(w);
+                i += 8;
+            } else {
+                latin += ascii_letter[c];
+                i++;
+            }
             continue;
         }
         /* decode one multi-byte sequence, checking it as Unicode Table 3-7 does */
