@@ -170,7 +170,7 @@ done:
 
 static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end", "text_field", "lang_field",
                                     "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
-                                    "batch_bytes", "fsync", NULL};
+                                    "batch_bytes", "fsync", "cancel", NULL};
 
 /* run_task(...) -> dict. Never raises for bad input data: a fail-fast stop or an I/O error is
  * returned as result["error"] (with result["fail_line"] / result["fail_status"] for a bad record)
@@ -183,14 +183,17 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     unsigned long long start, end;
     Py_ssize_t batch = 0;
     int do_fsync = 0;
+    PyObject *cancel_o = Py_None;
+    Py_buffer cancel_buf = {0};
+    int have_cancel = 0;
     dp_task_opts o;
     dp_task_result res;
     int rc;
     memset(&res, 0, sizeof res);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|np:run_task", (char **)kw_run_task, &cap,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|npO:run_task", (char **)kw_run_task, &cap,
                                      PyUnicode_FSConverter, &path_o, &kind, &start, &end, &text_field, &lang_field,
                                      &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
-                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync))
+                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o))
         goto fail;
     wt_tokenizer *t = get_tok(cap);
     if (!t) goto fail;
@@ -198,7 +201,16 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     if (kind < 0 || kind > DP_KIND_TXT_BLANK) { PyErr_Format(PyExc_ValueError, "kind: expected 0..3, got %d", kind); goto fail; }
     if (batch < 0) { PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch); goto fail; }
     if (start > end) { PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end); goto fail; }
+    if (cancel_o != Py_None) { /* a writable buffer whose first int another thread may set to stop */
+        if (PyObject_GetBuffer(cancel_o, &cancel_buf, PyBUF_WRITABLE) < 0) goto fail;
+        have_cancel = 1;
+        if (cancel_buf.len < (Py_ssize_t)sizeof(int) || ((uintptr_t)cancel_buf.buf % sizeof(int))) {
+            PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
+            goto fail;
+        }
+    }
     memset(&o, 0, sizeof o);
+    o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
     o.path = PyBytes_AS_STRING(path_o);
     o.kind = kind;
     o.start = start;
@@ -264,12 +276,14 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     if (rc) SET("error", PyUnicode_DecodeFSDefault(res.err));
     else SET("error", Py_NewRef(Py_None));
 #undef SET
+    if (have_cancel) PyBuffer_Release(&cancel_buf);
     dp_task_result_free(&res);
     Py_XDECREF(path_o);
     Py_XDECREF(tokp_o);
     Py_XDECREF(metap_o);
     return out;
 fail:
+    if (have_cancel) PyBuffer_Release(&cancel_buf);
     dp_task_result_free(&res);
     Py_XDECREF(tmp);
     Py_XDECREF(out);
@@ -458,7 +472,8 @@ static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
      "run_task(tokenizer, path, kind, start, end, text_field, lang_field, repair_utf8, fail_fast, n_threads, "
-     "tok_path, meta_path, batch_bytes=0, fsync=False) -> dict (GIL released)"},
+     "tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None) -> dict (GIL released; cancel: a "
+     "writable int-aligned buffer, non-zero first int stops the task)"},
     {"copy_ranges", py_copy_ranges, METH_VARARGS, "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
     {"zstd_compress", py_zstd_compress, METH_VARARGS, "zstd_compress(data, level) -> one checksummed frame"},
     {"zstd_decompress", py_zstd_decompress, METH_VARARGS, "zstd_decompress(frame, size) -> bytes"},

@@ -16,15 +16,15 @@ manifest is renamed into place last.
 from __future__ import annotations
 
 import glob as _glob
-import hashlib
 import json
 import os
 import re
 import shutil
 import sys
+import threading
 import time
-from concurrent.futures import Executor
-from typing import Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Sequence
 
 import numpy as np
 
@@ -240,18 +240,28 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -
     stem = _task_stem(workdir, task)
     tok = load_tokenizer(options["vocab"])
     t0 = time.perf_counter()
-    res = _dataprep.run_task(
-        tok, task["path"], task["kind"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
-        options["text_field"], options["lang_field"] or None, options["repair_utf8"],
-        options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
-        options.get("batch_bytes", 0))
+    args = (tok, task["path"], task["kind"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
+            options["text_field"], options["lang_field"] or None, options["repair_utf8"],
+            options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
+            options.get("batch_bytes", 0))
+    if threading.current_thread() is threading.main_thread():
+        # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
+        # flag the C reader polls, waits for the task to stop, and re-raises
+        cancel = bytearray(4)
+        with ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(_dataprep.run_task, *args, cancel=cancel)
+            try:
+                res = fut.result()
+            except KeyboardInterrupt:
+                cancel[0] = 1
+                fut.result()
+                _remove_tmp_parts(stem)
+                raise
+    else:
+        res = _dataprep.run_task(*args)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     if res["error"] is not None:
-        for ext in ("tok", "meta"):
-            try:
-                os.remove(f"{stem}.{ext}.tmp")
-            except FileNotFoundError:
-                pass
+        _remove_tmp_parts(stem)
         if res["error"].startswith(task["path"] + ":"):
             # "path:LOCAL_LINE: reason" -> the caller turns the local line into a file line
             rest = res["error"][len(task["path"]) + 1:]
@@ -261,6 +271,14 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -
                         "lines": res["lines"]}
         raise OSError(res["error"])
     return res
+
+
+def _remove_tmp_parts(stem: str) -> None:
+    for ext in ("tok", "meta"):
+        try:
+            os.remove(f"{stem}.{ext}.tmp")
+        except FileNotFoundError:
+            pass
 
 
 def finish_task(task: dict, res: dict, workdir: str) -> dict:
@@ -458,7 +476,6 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
 
     if executor is None:
         # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
-        from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(1) as finisher:
             pending = []
             for i, task in enumerate(tasks):
