@@ -128,3 +128,18 @@ def test_corrupted_part_is_redone(corpus):
     os.remove(out + ".manifest.json")
     subprocess.run(cmd(inputs, out), check=True, capture_output=True)
     assert outputs(out) == ref
+
+
+def test_ctrl_c_then_resume(corpus):
+    d, inputs, ref, seconds = corpus
+    out = os.path.join(d, "sigint", "o")
+    os.makedirs(os.path.dirname(out))
+    p = subprocess.Popen(cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(max(0.3, seconds * 0.6))
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate()
+    if p.returncode != 0:  # it may have finished first on a fast machine
+        assert p.returncode == 130 and "interrupted" in err, err
+        assert not glob.glob(out + ".work/task-*.tmp")  # the interrupted task cleaned up its parts
+    subprocess.run(cmd(inputs, out), check=True, capture_output=True)
+    assert outputs(out) == ref
