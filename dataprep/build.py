@@ -248,15 +248,22 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -
         # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
         # flag the C reader polls, waits for the task to stop, and re-raises
         cancel = bytearray(4)
-        with ThreadPoolExecutor(1) as ex:
+        ex = ThreadPoolExecutor(1)
+        fut = None
+        try:
             fut = ex.submit(_dataprep.run_task, *args, cancel=cancel)
-            try:
-                res = fut.result()
-            except KeyboardInterrupt:
-                cancel[0] = 1
-                fut.result()
-                _remove_tmp_parts(stem)
-                raise
+            res = fut.result()
+        except BaseException:
+            cancel[0] = 1
+            if fut is not None:
+                try:
+                    fut.result()
+                except BaseException:
+                    pass
+            _remove_tmp_parts(stem)
+            raise
+        finally:
+            ex.shutdown(wait=True)
     else:
         res = _dataprep.run_task(*args)
     res["seconds"] = round(time.perf_counter() - t0, 3)
