@@ -1,8 +1,487 @@
-/* Python binding for the dataprep core: the only file of this extension that includes Python.h. */
+/* Python binding for the dataprep core: the only file of this extension that includes Python.h.
+ *
+ * Every function that reads files, tokenizes or compresses releases the GIL around the work;
+ * the tokenizer capsule is immutable, so several Python threads may call run_task at once.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <numpy/arrayobject.h>
+#include <zstd.h>
+
+#include "dataprep/dataprep.h"
+#include "tokenizer/world_tokenizer.h"
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
+#endif
+
+#define TOK_CAPSULE "rwkv5.dataprep.wt_tokenizer"
+
+static void tok_capsule_free(PyObject *cap) {
+    wt_free((wt_tokenizer *)PyCapsule_GetPointer(cap, TOK_CAPSULE));
+}
+
+static wt_tokenizer *get_tok(PyObject *cap) {
+    wt_tokenizer *t = PyCapsule_GetPointer(cap, TOK_CAPSULE);
+    if (!t) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "tokenizer: expected a capsule from load_vocab(), got %s", Py_TYPE(cap)->tp_name);
+    }
+    return t;
+}
+
+/* load_vocab(data: bytes) -> capsule. Parses the World vocab text. */
+static PyObject *py_load_vocab(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    char err[512] = {0};
+    wt_tokenizer *t;
+    if (!PyArg_ParseTuple(args, "y*:load_vocab", &buf)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    t = wt_load(buf.buf, (size_t)buf.len, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (!t) return PyErr_Format(PyExc_ValueError, "vocab: %s", err);
+    if (wt_n_vocab(t) > 65536) {
+        unsigned nv = wt_n_vocab(t);
+        wt_free(t);
+        return PyErr_Format(PyExc_ValueError, "vocab: ids must fit uint16 (n_vocab <= 65536), got n_vocab %u", nv);
+    }
+    PyObject *cap = PyCapsule_New(t, TOK_CAPSULE, tok_capsule_free);
+    if (!cap) wt_free(t);
+    return cap;
+}
+
+static PyObject *py_n_vocab(PyObject *self, PyObject *cap) {
+    (void)self;
+    wt_tokenizer *t = get_tok(cap);
+    return t ? PyLong_FromUnsignedLong(wt_n_vocab(t)) : NULL;
+}
+
+static size_t encode_cb(const void *ctx, const uint8_t *text, size_t n, uint16_t *out) {
+    return wt_encode_u16((const wt_tokenizer *)ctx, text, n, out);
+}
+
+/* encode(tok, data: bytes) -> uint16 ndarray (no trailing 0). */
+static PyObject *py_encode(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "Oy*:encode", &cap, &buf)) return NULL;
+    wt_tokenizer *t = get_tok(cap);
+    if (!t) { PyBuffer_Release(&buf); return NULL; }
+    npy_intp dim = buf.len;
+    PyArrayObject *arr = (PyArrayObject *)PyArray_SimpleNew(1, &dim, NPY_UINT16);
+    if (!arr) { PyBuffer_Release(&buf); return NULL; }
+    size_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = wt_encode_u16(t, buf.buf, (size_t)buf.len, PyArray_DATA(arr));
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    PyArray_Dims shape = {&dim, 1};
+    dim = (npy_intp)n;
+    PyObject *r = PyArray_Resize(arr, &shape, 0, NPY_CORDER);
+    if (!r) { Py_DECREF(arr); return NULL; }
+    Py_DECREF(r);
+    return (PyObject *)arr;
+}
+
+/* decode(tok, ids: uint16 ndarray) -> bytes. Id 0 decodes to nothing. Ids without an entry raise. */
+static PyObject *py_decode(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *obj;
+    if (!PyArg_ParseTuple(args, "OO:decode", &cap, &obj)) return NULL;
+    wt_tokenizer *t = get_tok(cap);
+    if (!t) return NULL;
+    PyArrayObject *ids = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (!ids) return NULL;
+    if (PyArray_NDIM(ids) != 1) {
+        Py_DECREF(ids);
+        return PyErr_Format(PyExc_ValueError, "ids: expected a 1-D array, got %d dimensions", PyArray_NDIM(ids));
+    }
+    npy_intp n = PyArray_DIM(ids, 0);
+    const int64_t *p = PyArray_DATA(ids);
+    size_t total = 0;
+    for (npy_intp i = 0; i < n; i++) {
+        size_t len = 0;
+        if (p[i] == 0) continue;
+        if (p[i] < 0 || p[i] > 0xFFFFFFFFll || !wt_token_bytes(t, (uint32_t)p[i], &len)) {
+            PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is not a token of the vocab", (Py_ssize_t)i, (long long)p[i]);
+            Py_DECREF(ids);
+            return NULL;
+        }
+        total += len;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!out) { Py_DECREF(ids); return NULL; }
+    char *o = PyBytes_AS_STRING(out);
+    for (npy_intp i = 0; i < n; i++) {
+        size_t len = 0;
+        if (p[i] == 0) continue;
+        const uint8_t *b = wt_token_bytes(t, (uint32_t)p[i], &len);
+        memcpy(o, b, len);
+        o += len;
+    }
+    Py_DECREF(ids);
+    return out;
+}
+
+/* encode_batch_count(tok, texts: list[bytes], n_threads) -> total ids. The tokenizer's own
+ * wt_encode_batch, exposed for the benchmark's reference throughput. */
+static PyObject *py_encode_batch_count(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *list, *seq = NULL, *res = NULL;
+    int n_threads;
+    const uint8_t **texts = NULL;
+    size_t *lens = NULL, *offs = NULL, *nout = NULL, total = 0;
+    uint32_t *out = NULL;
+    if (!PyArg_ParseTuple(args, "OOi:encode_batch_count", &cap, &list, &n_threads)) return NULL;
+    wt_tokenizer *t = get_tok(cap);
+    if (!t) return NULL;
+    seq = PySequence_Fast(list, "texts: expected a list of bytes");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    texts = PyMem_Calloc((size_t)n + 1, sizeof *texts);
+    lens = PyMem_Calloc((size_t)n + 1, sizeof *lens);
+    offs = PyMem_Calloc((size_t)n + 1, sizeof *offs);
+    nout = PyMem_Calloc((size_t)n + 1, sizeof *nout);
+    if (!texts || !lens || !offs || !nout) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(b)) { PyErr_Format(PyExc_TypeError, "texts[%zd]: expected bytes", i); goto done; }
+        texts[i] = (const uint8_t *)PyBytes_AS_STRING(b);
+        lens[i] = (size_t)PyBytes_GET_SIZE(b);
+        offs[i] = total;
+        total += lens[i];
+    }
+    out = PyMem_Malloc((total + 1) * sizeof *out);
+    if (!out) { PyErr_NoMemory(); goto done; }
+    size_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    wt_encode_batch(t, (size_t)n, texts, lens, out, offs, nout, n_threads);
+    for (Py_ssize_t i = 0; i < n; i++) count += nout[i];
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromSize_t(count);
+done:
+    PyMem_Free(texts); PyMem_Free(lens); PyMem_Free(offs); PyMem_Free(nout); PyMem_Free(out);
+    Py_XDECREF(seq);
+    return res;
+}
+
+static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end", "text_field", "lang_field",
+                                    "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
+                                    "batch_bytes", "fsync", "cancel", NULL};
+
+/* run_task(...) -> dict. Never raises for bad input data: a fail-fast stop or an I/O error is
+ * returned as result["error"] (with result["fail_line"] / result["fail_status"] for a bad record)
+ * so the caller can rewrite local line numbers into file line numbers. */
+static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    PyObject *cap, *path_o = NULL, *tokp_o = NULL, *metap_o = NULL, *out = NULL, *tmp = NULL;
+    const char *text_field, *lang_field = NULL;
+    int kind, repair, fail_fast, n_threads;
+    unsigned long long start, end;
+    Py_ssize_t batch = 0;
+    int do_fsync = 0;
+    PyObject *cancel_o = Py_None;
+    Py_buffer cancel_buf = {0};
+    int have_cancel = 0;
+    dp_task_opts o;
+    dp_task_result res;
+    int rc;
+    memset(&res, 0, sizeof res);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|npO:run_task", (char **)kw_run_task, &cap,
+                                     PyUnicode_FSConverter, &path_o, &kind, &start, &end, &text_field, &lang_field,
+                                     &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
+                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o))
+        goto fail;
+    wt_tokenizer *t = get_tok(cap);
+    if (!t) goto fail;
+    if (n_threads < 1 || n_threads > 1024) { PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads); goto fail; }
+    if (kind < 0 || kind > DP_KIND_TXT_BLANK) { PyErr_Format(PyExc_ValueError, "kind: expected 0..3, got %d", kind); goto fail; }
+    if (batch < 0) { PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch); goto fail; }
+    if (start > end) { PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end); goto fail; }
+    if (cancel_o != Py_None) { /* a writable buffer whose first int another thread may set to stop */
+        if (PyObject_GetBuffer(cancel_o, &cancel_buf, PyBUF_WRITABLE) < 0) goto fail;
+        have_cancel = 1;
+        if (cancel_buf.len < (Py_ssize_t)sizeof(int) || ((uintptr_t)cancel_buf.buf % sizeof(int))) {
+            PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
+            goto fail;
+        }
+    }
+    memset(&o, 0, sizeof o);
+    o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
+    o.path = PyBytes_AS_STRING(path_o);
+    o.kind = kind;
+    o.start = start;
+    o.end = end;
+    o.text_field = text_field;
+    o.lang_field = lang_field && lang_field[0] ? lang_field : NULL;
+    o.repair_utf8 = repair;
+    o.fail_fast = fail_fast;
+    o.n_threads = n_threads;
+    o.batch_bytes = (size_t)batch;
+    o.fsync = do_fsync;
+    o.encode = encode_cb;
+    o.encode_ctx = t;
+    o.tok_path = PyBytes_AS_STRING(tokp_o);
+    o.meta_path = PyBytes_AS_STRING(metap_o);
+    Py_BEGIN_ALLOW_THREADS
+    rc = dp_run_task(&o, &res);
+    Py_END_ALLOW_THREADS
+
+    out = PyDict_New();
+    if (!out) goto fail;
+#define SET(key, val)                                                   \
+    do {                                                                \
+        tmp = (val);                                                    \
+        if (!tmp || PyDict_SetItemString(out, key, tmp)) goto fail;     \
+        Py_CLEAR(tmp);                                                  \
+    } while (0)
+    SET("lines", PyLong_FromUnsignedLongLong(res.lines));
+    SET("docs", PyLong_FromUnsignedLongLong(res.docs));
+    SET("tokens", PyLong_FromUnsignedLongLong(res.tokens));
+    SET("text_bytes", PyLong_FromUnsignedLongLong(res.text_bytes));
+    SET("input_bytes", PyLong_FromUnsignedLongLong(res.input_bytes));
+    SET("blank_lines", PyLong_FromUnsignedLongLong(res.blank_lines));
+    SET("repaired_docs", PyLong_FromUnsignedLongLong(res.repaired_docs));
+    SET("skipped", PyDict_New());
+    {
+        PyObject *sk = PyDict_GetItemString(out, "skipped"); /* borrowed */
+        for (int i = 1; i < DP_N_STATUS; i++) {
+            if (!res.skipped[i]) continue;
+            tmp = PyLong_FromUnsignedLongLong(res.skipped[i]);
+            if (!tmp || PyDict_SetItemString(sk, dp_status_names[i], tmp)) goto fail;
+            Py_CLEAR(tmp);
+        }
+    }
+    SET("listed", PyList_New(0));
+    {
+        PyObject *ls = PyDict_GetItemString(out, "listed");
+        for (int i = 0; i < res.n_listed; i++) {
+            tmp = Py_BuildValue("(Ks)", res.listed_line[i], dp_status_names[res.listed_status[i]]);
+            if (!tmp || PyList_Append(ls, tmp)) goto fail;
+            Py_CLEAR(tmp);
+        }
+    }
+    SET("langs", PyList_New(0));
+    {
+        PyObject *ls = PyDict_GetItemString(out, "langs");
+        for (int i = 0; i < res.n_langs; i++) {
+            tmp = PyUnicode_DecodeUTF8(res.langs[i], (Py_ssize_t)strlen(res.langs[i]), "replace");
+            if (!tmp || PyList_Append(ls, tmp)) goto fail;
+            Py_CLEAR(tmp);
+        }
+    }
+    if (rc) SET("error", PyUnicode_DecodeFSDefault(res.err));
+    else SET("error", Py_NewRef(Py_None));
+#undef SET
+    if (have_cancel) PyBuffer_Release(&cancel_buf);
+    dp_task_result_free(&res);
+    Py_XDECREF(path_o);
+    Py_XDECREF(tokp_o);
+    Py_XDECREF(metap_o);
+    return out;
+fail:
+    if (have_cancel) PyBuffer_Release(&cancel_buf);
+    dp_task_result_free(&res);
+    Py_XDECREF(tmp);
+    Py_XDECREF(out);
+    Py_XDECREF(path_o);
+    Py_XDECREF(tokp_o);
+    Py_XDECREF(metap_o);
+    return NULL;
+}
+
+/* copy_ranges(out_fd, src_paths: list[str], ranges: int64 (k, 3)) -> None */
+static PyObject *py_copy_ranges(PyObject *self, PyObject *args) {
+    (void)self;
+    int fd;
+    PyObject *paths, *robj, *seq = NULL, *res = NULL;
+    PyArrayObject *r = NULL;
+    PyObject **enc = NULL;
+    const char **cpaths = NULL;
+    Py_ssize_t n = 0, i;
+    char err[512] = {0};
+    int rc;
+    if (!PyArg_ParseTuple(args, "iOO:copy_ranges", &fd, &paths, &robj)) return NULL;
+    seq = PySequence_Fast(paths, "src_paths: expected a list of paths");
+    if (!seq) return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    enc = PyMem_Calloc((size_t)n + 1, sizeof(PyObject *));
+    cpaths = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (!enc || !cpaths) { PyErr_NoMemory(); goto done; }
+    for (i = 0; i < n; i++) {
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &enc[i])) goto done;
+        cpaths[i] = PyBytes_AS_STRING(enc[i]);
+    }
+    r = (PyArrayObject *)PyArray_FROM_OTF(robj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (!r) goto done;
+    if (PyArray_NDIM(r) != 2 || PyArray_DIM(r, 1) != 3) {
+        PyErr_SetString(PyExc_ValueError, "ranges: expected an int64 array of shape (k, 3)");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = dp_copy_ranges(fd, cpaths, (int)n, PyArray_DATA(r), (size_t)PyArray_DIM(r, 0), err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (rc) { PyErr_Format(PyExc_OSError, "copy_ranges: %s", err); goto done; }
+    res = Py_NewRef(Py_None);
+done:
+    if (enc)
+        for (i = 0; i < n; i++) Py_XDECREF(enc[i]);
+    PyMem_Free(enc);
+    PyMem_Free(cpaths);
+    Py_XDECREF(r);
+    Py_XDECREF(seq);
+    return res;
+}
+
+/* zstd_compress(data, level) -> bytes: one frame with content size and XXH64 checksum flag. */
+static PyObject *py_zstd_compress(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    int level;
+    if (!PyArg_ParseTuple(args, "y*i:zstd_compress", &buf, &level)) return NULL;
+    size_t cap = ZSTD_compressBound((size_t)buf.len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
+    if (!out) { PyBuffer_Release(&buf); return NULL; }
+    size_t r;
+    Py_BEGIN_ALLOW_THREADS
+    ZSTD_CCtx *cc = ZSTD_createCCtx();
+    if (!cc) r = (size_t)-1;
+    else {
+        ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, level);
+        ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1);
+        ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 1);
+        r = ZSTD_compress2(cc, PyBytes_AS_STRING(out), cap, buf.buf, (size_t)buf.len);
+        ZSTD_freeCCtx(cc);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (r == (size_t)-1) { Py_DECREF(out); return PyErr_NoMemory(); }
+    if (ZSTD_isError(r)) { Py_DECREF(out); return PyErr_Format(PyExc_ValueError, "zstd: %s", ZSTD_getErrorName(r)); }
+    if (_PyBytes_Resize(&out, (Py_ssize_t)r)) return NULL;
+    return out;
+}
+
+/* zstd_decompress(frame, size) -> bytes; the frame must decompress to exactly size bytes. */
+static PyObject *py_zstd_decompress(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "y*n:zstd_decompress", &buf, &size)) return NULL;
+    if (size < 0) { PyBuffer_Release(&buf); return PyErr_Format(PyExc_ValueError, "size: expected >= 0, got %zd", size); }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (!out) { PyBuffer_Release(&buf); return NULL; }
+    size_t r;
+    Py_BEGIN_ALLOW_THREADS
+    r = ZSTD_decompress(PyBytes_AS_STRING(out), (size_t)size, buf.buf, (size_t)buf.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (ZSTD_isError(r)) { Py_DECREF(out); return PyErr_Format(PyExc_ValueError, "corrupt zstd frame: %s", ZSTD_getErrorName(r)); }
+    if ((Py_ssize_t)r != size) {
+        Py_DECREF(out);
+        return PyErr_Format(PyExc_ValueError, "zstd frame decompressed to %zu bytes, expected %zd", r, size);
+    }
+    return out;
+}
+
+static PyObject *py_crc32c(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    unsigned int crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|I:crc32c", &buf, &crc)) return NULL;
+    uint32_t r;
+    Py_BEGIN_ALLOW_THREADS
+    r = dp_crc32c(crc, buf.buf, (size_t)buf.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyLong_FromUnsignedLong(r);
+}
+
+/* json_extract(line, field, lang_field=None, repair=False) -> (status, text|None, lang, n_repaired) */
+static PyObject *py_json_extract(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    const char *field, *lang_field = NULL;
+    int repair = 0;
+    if (!PyArg_ParseTuple(args, "y*s|zp:json_extract", &buf, &field, &lang_field, &repair)) return NULL;
+    uint8_t *out = PyMem_Malloc(3 * (size_t)buf.len + 1);
+    if (!out) { PyBuffer_Release(&buf); return PyErr_NoMemory(); }
+    size_t len = 0;
+    char lang[64];
+    uint64_t nrep = 0;
+    int st = dp_json_extract(buf.buf, (size_t)buf.len, field, lang_field, repair, out, &len, lang, &nrep, NULL);
+    PyBuffer_Release(&buf);
+    PyObject *r;
+    if (st == DP_OK) r = Py_BuildValue("(sy#sK)", dp_status_names[st], (const char *)out, (Py_ssize_t)len, lang, nrep);
+    else r = Py_BuildValue("(sOsK)", dp_status_names[st], Py_None, lang, nrep);
+    PyMem_Free(out);
+    return r;
+}
+
+/* utf8_copy(data, repair) -> bytes | None (None: invalid and repair off) */
+static PyObject *py_utf8_copy(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf;
+    int repair;
+    if (!PyArg_ParseTuple(args, "y*p:utf8_copy", &buf, &repair)) return NULL;
+    uint8_t *out = PyMem_Malloc(3 * (size_t)buf.len + 1);
+    if (!out) { PyBuffer_Release(&buf); return PyErr_NoMemory(); }
+    size_t n = dp_utf8_copy(out, buf.buf, (size_t)buf.len, repair, NULL);
+    PyBuffer_Release(&buf);
+    PyObject *r = n == (size_t)-1 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+    PyMem_Free(out);
+    return r;
+}
+
+static PyObject *py_script_of(PyObject *self, PyObject *arg) {
+    (void)self;
+    unsigned long cp = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (cp > 0x10FFFF) return PyErr_Format(PyExc_ValueError, "code point: expected <= 0x10FFFF, got %lu", cp);
+    return PyLong_FromLong(dp_script_of((uint32_t)cp));
+}
+
+/* dominant_script(text: str) -> int */
+static PyObject *py_dominant_script(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(arg, &n); /* strict UTF-8: lone surrogates raise */
+    if (!s) return NULL;
+    return PyLong_FromLong(dp_dominant_script((const uint8_t *)s, (size_t)n));
+}
+
+static PyObject *names_tuple(const char *const *names, int n) {
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, i, s);
+    }
+    return t;
+}
 
 static PyMethodDef methods[] = {
+    {"load_vocab", py_load_vocab, METH_VARARGS, "load_vocab(data: bytes) -> tokenizer capsule"},
+    {"n_vocab", py_n_vocab, METH_O, "n_vocab(tokenizer) -> int"},
+    {"encode", py_encode, METH_VARARGS, "encode(tokenizer, data: bytes) -> uint16 ndarray"},
+    {"encode_batch_count", py_encode_batch_count, METH_VARARGS,
+     "encode_batch_count(tokenizer, texts: list[bytes], n_threads) -> total ids (wt_encode_batch; benchmarks)"},
+    {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
+    {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
+     "run_task(tokenizer, path, kind, start, end, text_field, lang_field, repair_utf8, fail_fast, n_threads, "
+     "tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None) -> dict (GIL released; cancel: a "
+     "writable int-aligned buffer, non-zero first int stops the task)"},
+    {"copy_ranges", py_copy_ranges, METH_VARARGS, "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
+    {"zstd_compress", py_zstd_compress, METH_VARARGS, "zstd_compress(data, level) -> one checksummed frame"},
+    {"zstd_decompress", py_zstd_decompress, METH_VARARGS, "zstd_decompress(frame, size) -> bytes"},
+    {"crc32c", py_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int"},
+    {"json_extract", py_json_extract, METH_VARARGS, "json_extract(line, field, lang_field=None, repair=False)"},
+    {"utf8_copy", py_utf8_copy, METH_VARARGS, "utf8_copy(data, repair) -> bytes | None"},
+    {"script_of", py_script_of, METH_O, "script_of(code_point) -> script id"},
+    {"dominant_script", py_dominant_script, METH_O, "dominant_script(text) -> script id"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -11,4 +490,14 @@ static struct PyModuleDef moduledef = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__dataprep(void) { return PyModule_Create(&moduledef); }
+PyMODINIT_FUNC PyInit__dataprep(void) {
+    import_array();
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    PyObject *scripts = names_tuple(dp_script_names, DP_N_SCRIPTS);
+    PyObject *statuses = names_tuple(dp_status_names, DP_N_STATUS);
+    if (!scripts || PyModule_AddObject(m, "SCRIPT_NAMES", scripts)) { Py_XDECREF(scripts); Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
+    if (!statuses || PyModule_AddObject(m, "STATUS_NAMES", statuses)) { Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
+    if (PyModule_AddIntConstant(m, "META_RECORD_SIZE", (long)sizeof(dp_doc_meta))) { Py_DECREF(m); return NULL; }
+    return m;
+}

@@ -34,4 +34,29 @@ size_t wt_encode_u16(const wt_tokenizer *tok, const uint8_t *text, size_t n, uin
 /* The bytes of one token, or NULL (and *len = 0) when the id has no entry (id 0, out of range). */
 const uint8_t *wt_token_bytes(const wt_tokenizer *tok, uint32_t id, size_t *len);
 
+/* ---- additions (rwkv5 tokenizer helper); the functions above keep their signatures ---- */
+
+/* Number of entries in the vocab (65529 for the World vocab) and the longest token in bytes. */
+uint32_t wt_n_tokens(const wt_tokenizer *tok);
+uint32_t wt_max_token_len(const wt_tokenizer *tok);
+
+/* Exact lookup: 1 and *id when `bytes` is a token, else 0. When a custom vocab lists the same
+ * bytes twice, the later line is the one the encoder produces and the one returned here. */
+int wt_token_to_id(const wt_tokenizer *tok, const uint8_t *bytes, size_t n, uint32_t *id);
+
+/* Encode `count` independent texts with up to n_threads threads (the calling thread is one of
+ * them; n_threads <= 1 runs on the calling thread only). Text i's ids are written to
+ * out + out_off[i] (room for lens[i] ids) and their number to n_out[i]. The result does not
+ * depend on n_threads. Never fails: if threads cannot be started the caller's thread does the work.
+ * Returns the number of threads that took part. */
+int wt_encode_batch(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts, const size_t *lens,
+                    uint32_t *out, const size_t *out_off, size_t *n_out, int n_threads);
+
+/* Encode one text with up to n_threads threads: the text is cut into pieces that are encoded
+ * concurrently, then each piece is re-joined where its greedy token boundaries meet those of
+ * the piece before it (greedy matching from a given position is deterministic, so once two
+ * encodings share a token start they agree from there on). Output identical to wt_encode;
+ * `out` needs room for n ids. Returns the number of ids, or (size_t)-1 when out of memory. */
+size_t wt_encode_parallel(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint32_t *out, int n_threads);
+
 #endif

@@ -1,0 +1,141 @@
+/* Data-preparation core (pure C, no Python): corpus readers, JSON string-field extraction,
+ * UTF-8 validation/repair, Unicode-script statistics, and the threaded task runner that turns
+ * one input (or one byte range of one input) into a token part file and a per-document metadata
+ * part file. The Python driver (dataprep/build.py) plans tasks, runs them, and merges parts.
+ *
+ * Thread contract: every function here is reentrant; dp_run_task starts and joins its own
+ * pthreads and touches nothing global.
+ */
+#ifndef RWKV5_DATAPREP_H
+#define RWKV5_DATAPREP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- record status / skip reasons */
+enum {
+    DP_OK = 0,
+    DP_MALFORMED_JSON,   /* the line is not one JSON object (syntax, nesting > 512, trailing data) */
+    DP_MISSING_FIELD,    /* the object has no top-level text field */
+    DP_FIELD_NOT_STRING, /* the text field is a number/object/array/null/bool */
+    DP_INVALID_UTF8,     /* the text has bytes that are not UTF-8 (and repair is off) */
+    DP_LONE_SURROGATE,   /* a \uD800-\uDFFF escape without its pair (and repair is off) */
+    DP_EMPTY,            /* the text is empty: skipped always (make_data would emit a bare 0) */
+    DP_N_STATUS
+};
+extern const char *const dp_status_names[DP_N_STATUS];
+
+/* ---------------------------------------------------------------- UTF-8 */
+/* Copy src to dst, validating UTF-8 (no overlongs, no surrogates, <= U+10FFFF). Invalid input:
+ * with repair=0 stop and return (size_t)-1; with repair=1 write U+FFFD for each maximal invalid
+ * subpart (the same substitution as Python's bytes.decode("utf-8", "replace")) and count it in
+ * *n_bad. dst needs room for 3*n bytes when repairing, n otherwise. Returns bytes written. */
+size_t dp_utf8_copy(uint8_t *dst, const uint8_t *src, size_t n, int repair, uint64_t *n_bad);
+/* The sequence at s[0] (n > 0 bytes available): its length 1..4 when valid, else 0 with *sub =
+ * the length of its maximal invalid subpart (what one U+FFFD replaces). */
+int dp_utf8_seq(const uint8_t *s, size_t n, size_t *sub);
+
+/* ---------------------------------------------------------------- scripts */
+enum {
+    DP_SCRIPT_COMMON = 0, /* no letters at all (digits, punctuation, symbols, emoji) */
+    DP_SCRIPT_LATIN, DP_SCRIPT_GREEK, DP_SCRIPT_CYRILLIC, DP_SCRIPT_ARMENIAN, DP_SCRIPT_HEBREW,
+    DP_SCRIPT_ARABIC, DP_SCRIPT_DEVANAGARI, DP_SCRIPT_BENGALI, DP_SCRIPT_TAMIL, DP_SCRIPT_THAI,
+    DP_SCRIPT_GEORGIAN, DP_SCRIPT_HANGUL, DP_SCRIPT_KANA, DP_SCRIPT_HAN,
+    DP_SCRIPT_OTHER,      /* letters of any other script */
+    DP_N_SCRIPTS
+};
+extern const char *const dp_script_names[DP_N_SCRIPTS];
+/* Script of one code point (DP_SCRIPT_COMMON for non-letters). */
+int dp_script_of(uint32_t cp);
+/* Dominant script of valid UTF-8 text: the script with most letters (ties: lower id);
+ * DP_SCRIPT_COMMON when there are no letters. */
+int dp_dominant_script(const uint8_t *s, size_t n);
+/* One pass over s: validate UTF-8 (as dp_utf8_copy) and find the dominant script.
+ * Returns the script id, or -1 when s is not valid UTF-8. */
+int dp_text_scan(const uint8_t *s, size_t n);
+
+/* 128-bit non-cryptographic hash of a byte string (exact-duplicate detection). */
+void dp_hash128(const uint8_t *s, size_t n, uint64_t out[2]);
+
+/* CRC-32C (Castagnoli), software table. crc = dp_crc32c(0, buf, n) for a fresh checksum. */
+uint32_t dp_crc32c(uint32_t crc, const uint8_t *buf, size_t n);
+
+/* ---------------------------------------------------------------- JSON */
+/* Extract the decoded top-level string member `field` (last occurrence wins, like Python's json)
+ * of the JSON object in line[0..n). Text goes to out (room for 3*n bytes); *out_len receives its length. If lang_field is not NULL its string value (first 63
+ * bytes) goes to lang (NUL-terminated; "" when absent or not a string). *n_repaired counts U+FFFD
+ * substitutions. The whole line is checked to be exactly one well-formed JSON object; a syntax
+ * error anywhere wins over a missing/non-string field, which wins over bad UTF-8 in the text.
+ * *script (if not NULL) receives the text's dominant script (dp_text_scan).
+ * Returns DP_OK or one of the status codes above. */
+int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char *lang_field,
+                    int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired,
+                    int *script);
+
+/* ---------------------------------------------------------------- task runner */
+enum { DP_KIND_JSONL = 0, DP_KIND_JSONL_ZST = 1, DP_KIND_TXT_FILE = 2, DP_KIND_TXT_BLANK = 3 };
+
+/* Tokenizer callback: write the ids of text[0..n) to out (room for n ids), return their count. */
+typedef size_t (*dp_encode_fn)(const void *ctx, const uint8_t *text, size_t n, uint16_t *out);
+
+/* One record of the metadata part file, 32 bytes, little-endian, one per kept document. */
+typedef struct {
+    uint64_t n_bytes;   /* UTF-8 bytes of the document text */
+    uint64_t hash[2];   /* dp_hash128 of the text */
+    uint32_t n_tokens;  /* tokens written for it, including the trailing 0 */
+    uint16_t lang;      /* index into the task's language table (0 = "" / none) */
+    uint8_t script;     /* dominant script */
+    uint8_t repaired;   /* 1 if U+FFFD substitutions were made */
+} dp_doc_meta;
+
+typedef struct {
+    const char *path;
+    int kind;
+    uint64_t start, end;     /* byte range of a plain file (lines starting in it); end = UINT64_MAX: to EOF */
+    const char *text_field;  /* JSONL only */
+    const char *lang_field;  /* JSONL only; NULL = none */
+    int repair_utf8;         /* 1: replace invalid UTF-8 / lone surrogates with U+FFFD and keep */
+    int fail_fast;           /* 1: the first bad record ends the task with an error */
+    int n_threads;           /* tokenizer worker threads, >= 1 */
+    size_t batch_bytes;      /* input bytes per batch handed to a worker (0: 1 MiB) */
+    dp_encode_fn encode;
+    const void *encode_ctx;
+    const char *tok_path;    /* uint16 tokens of kept documents, each followed by 0 */
+    const char *meta_path;   /* dp_doc_meta records */
+    int fsync;               /* 1: fsync the parts before returning (not needed for resume: the
+                              * driver re-checks part sizes and SHA-256 against the record) */
+    volatile int *cancel;    /* optional: set non-zero from outside to stop early */
+} dp_task_opts;
+
+#define DP_MAX_LISTED 100 /* = MAX_LISTED in build.py: the run lists the first 100 overall */
+#define DP_MAX_LANGS 4096
+
+typedef struct {
+    uint64_t lines;          /* input lines seen (JSONL/TXT) */
+    uint64_t docs;           /* documents kept */
+    uint64_t tokens;         /* tokens written, including the 0 per document */
+    uint64_t text_bytes;     /* UTF-8 bytes of kept texts */
+    uint64_t input_bytes;    /* bytes read (decompressed bytes for .zst) */
+    uint64_t blank_lines;    /* whitespace-only JSONL lines (no record there) */
+    uint64_t repaired_docs;  /* documents kept with U+FFFD substitutions */
+    uint64_t skipped[DP_N_STATUS];
+    int n_listed;            /* first skipped records: local 1-based line and status */
+    uint64_t listed_line[DP_MAX_LISTED];
+    int listed_status[DP_MAX_LISTED];
+    int n_langs;             /* language table, in order of first appearance; langs[0] = "" */
+    char (*langs)[64];
+    char err[1024];          /* message when dp_run_task returns non-zero */
+} dp_task_result;
+
+/* Run one task. Returns 0, or -1 with result->err set (I/O error, zstd error, bad record in
+ * fail-fast mode, out of memory). Output files are written at the given paths (the caller
+ * renames them into place); on error they may be partial and must be discarded. */
+int dp_run_task(const dp_task_opts *opt, dp_task_result *result);
+void dp_task_result_free(dp_task_result *result);
+
+/* Append ranges of source files to the open file descriptor out_fd: ranges is (k, 3) int64
+ * rows (source index, byte offset, byte length). Returns 0 or -1 with err set. */
+int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const int64_t *ranges,
+                   size_t k, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,638 @@
+/* One data-prep task: read one input (or a byte range of one), cut it into documents, tokenize
+ * them on N worker threads, and write the kept documents' tokens and metadata in input order.
+ *
+ * Threads: the calling thread reads, batches and writes; n_threads workers parse + tokenize.
+ * Batches live in a ring of K slots and are written strictly in sequence order, so the output
+ * bytes do not depend on the number of workers or on scheduling.
+ *
+ *   slot state:  FREE --(reader fills)--> FILLED --(a worker)--> DONE --(writer)--> FREE
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "dataprep/dataprep.h"
+
+/* ------------------------------------------------------------------ byte source */
+
+typedef struct {
+    const char *path;
+    FILE *f;
+    uint64_t remaining;     /* plain files: bytes left in the range */
+    int zst;
+    ZSTD_DCtx *dctx;
+    uint8_t *zin;           /* compressed input buffer */
+    size_t zin_cap, zin_len, zin_pos;
+    uint64_t zin_off;       /* file offset of zin[0] */
+    uint64_t frame_start;   /* file offset where the current frame began */
+    size_t last_ret;        /* last ZSTD_decompressStream result: 0 = at a frame boundary */
+    int file_eof;
+} source;
+
+static int src_open(source *s, const char *path, int zst, uint64_t start, uint64_t end, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    s->path = path;
+    s->zst = zst;
+    s->f = fopen(path, "rb");
+    if (!s->f) { snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    if (zst) {
+        s->dctx = ZSTD_createDCtx();
+        s->zin_cap = ZSTD_DStreamInSize();
+        s->zin = malloc(s->zin_cap);
+        if (!s->dctx || !s->zin) { snprintf(err, errlen, "out of memory"); return -1; }
+        return 0;
+    }
+    if (start && fseeko(s->f, (off_t)start, SEEK_SET)) {
+        snprintf(err, errlen, "%s: cannot seek to byte %llu: %s", path, (unsigned long long)start, strerror(errno));
+        return -1;
+    }
+    s->remaining = end == UINT64_MAX ? UINT64_MAX : end - start;
+    return 0;
+}
+
+static void src_close(source *s) {
+    if (s->f) fclose(s->f);
+    ZSTD_freeDCtx(s->dctx);
+    free(s->zin);
+    memset(s, 0, sizeof *s);
+}
+
+/* Read up to cap bytes (decompressed for .zst). *got = 0 means end of input. */
+static int src_read(source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen) {
+    *got = 0;
+    if (!s->zst) {
+        size_t want = cap;
+        if (s->remaining < want) want = (size_t)s->remaining;
+        if (want == 0) return 0;
+        size_t k = fread(dst, 1, want, s->f);
+        if (k < want && ferror(s->f)) { snprintf(err, errlen, "%s: read error: %s", s->path, strerror(errno)); return -1; }
+        s->remaining -= k;
+        if (k == 0) s->remaining = 0;
+        *got = k;
+        return 0;
+    }
+    ZSTD_outBuffer out = {dst, cap, 0};
+    for (;;) {
+        if (s->zin_pos == s->zin_len && !s->file_eof) {
+            s->zin_off += s->zin_len;
+            s->zin_len = fread(s->zin, 1, s->zin_cap, s->f);
+            s->zin_pos = 0;
+            if (s->zin_len < s->zin_cap) {
+                if (ferror(s->f)) { snprintf(err, errlen, "%s: read error: %s", s->path, strerror(errno)); return -1; }
+                if (s->zin_len == 0) s->file_eof = 1;
+            }
+        }
+        if (s->zin_pos == s->zin_len && s->file_eof) {
+            if (s->last_ret != 0) {
+                snprintf(err, errlen, "%s: truncated zstd frame starting at byte offset %llu (the file ends at byte %llu)",
+                         s->path, (unsigned long long)s->frame_start, (unsigned long long)s->zin_off);
+                return -1;
+            }
+            *got = out.pos;
+            return 0;
+        }
+        ZSTD_inBuffer in = {s->zin, s->zin_len, s->zin_pos};
+        size_t ret = ZSTD_decompressStream(s->dctx, &out, &in);
+        if (ZSTD_isError(ret)) {
+            snprintf(err, errlen, "%s: corrupt zstd data (%s) in the frame starting at byte offset %llu", s->path,
+                     ZSTD_getErrorName(ret), (unsigned long long)s->frame_start);
+            return -1;
+        }
+        s->zin_pos = in.pos;
+        s->last_ret = ret;
+        if (ret == 0) s->frame_start = s->zin_off + in.pos; /* a frame ended; the next starts here */
+        if (out.pos == out.size) { *got = out.pos; return 0; }
+        if (out.pos > 0 && s->zin_pos == s->zin_len) { *got = out.pos; return 0; }
+    }
+}
+
+/* ------------------------------------------------------------------ line reader */
+
+typedef struct {
+    source src;
+    uint8_t *buf;
+    size_t cap, pos, len;
+    int eof;
+    int last_nl;        /* the last line returned ended with '\n' */
+    uint64_t total;     /* bytes read from the source */
+    uint64_t lineno;    /* 1-based number of the last line returned */
+} line_reader;
+
+/* Next line without its '\n' (valid until the next call). Returns 1, 0 at end, -1 on error. */
+static int next_line(line_reader *r, const uint8_t **line, size_t *n, char *err, size_t errlen) {
+    for (;;) {
+        uint8_t *nl = r->len > r->pos ? memchr(r->buf + r->pos, '\n', r->len - r->pos) : NULL;
+        if (nl) {
+            *line = r->buf + r->pos;
+            *n = (size_t)(nl - (r->buf + r->pos));
+            r->pos = (size_t)(nl - r->buf) + 1;
+            r->lineno++;
+            r->last_nl = 1;
+            return 1;
+        }
+        if (r->eof) {
+            if (r->pos < r->len) {
+                *line = r->buf + r->pos;
+                *n = r->len - r->pos;
+                r->pos = r->len;
+                r->lineno++;
+                r->last_nl = 0;
+                return 1;
+            }
+            return 0;
+        }
+        if (r->pos > 0) { /* keep the partial line at the front */
+            memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+            r->len -= r->pos;
+            r->pos = 0;
+        }
+        if (r->cap - r->len < (1u << 16)) { /* a long line: grow (bounded by the longest line) */
+            size_t nc = r->cap * 2;
+            uint8_t *nb = realloc(r->buf, nc);
+            if (!nb) { snprintf(err, errlen, "out of memory (a line longer than %zu bytes)", r->cap); return -1; }
+            r->buf = nb;
+            r->cap = nc;
+        }
+        size_t got;
+        if (src_read(&r->src, r->buf + r->len, r->cap - r->len, &got, err, errlen)) return -1;
+        if (got == 0) r->eof = 1;
+        r->len += got;
+        r->total += got;
+    }
+}
+
+/* ------------------------------------------------------------------ batches */
+
+typedef struct {
+    size_t off, len;      /* the record's bytes in slot->raw */
+    uint64_t line;        /* local 1-based line number */
+    int status;
+    char lang[64];
+} item;
+
+enum { FREE = 0, FILLED, WORKING, DONE };
+
+typedef struct {
+    int state;
+    uint64_t seq;
+    uint8_t *raw; size_t raw_len, raw_cap;
+    item *items; size_t n_items, items_cap;
+    uint16_t *tok; size_t tok_len, tok_cap;
+    dp_doc_meta *meta; size_t n_meta, meta_cap;
+    uint64_t repaired_docs;
+    int oom;
+} slot;
+
+typedef struct {
+    const dp_task_opts *opt;
+    slot *slots;
+    int k;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv, done_cv;
+    uint64_t fill_seq, work_seq, write_seq;
+    int stop;
+} pipeline;
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t nc = *cap ? *cap : 64;
+    while (nc < need) nc *= 2;
+    void *np = realloc(*p, nc * elem);
+    if (!np) return -1;
+    *p = np;
+    *cap = nc;
+    return 0;
+}
+
+/* Parse, validate, tokenize every record of one slot (a worker, without the lock). */
+static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, size_t *scratch_cap) {
+    int json = opt->kind == DP_KIND_JSONL || opt->kind == DP_KIND_JSONL_ZST;
+    s->tok_len = 0;
+    s->n_meta = 0;
+    s->repaired_docs = 0;
+    for (size_t i = 0; i < s->n_items; i++) {
+        item *it = &s->items[i];
+        const uint8_t *rec = s->raw + it->off;
+        /* decoded/repaired text never exceeds 3x its source; valid plain text needs no copy */
+        size_t need = (json || opt->repair_utf8) ? 3 * it->len + 1 : 1, tlen = 0;
+        uint64_t nrep = 0;
+        if (grow((void **)scratch, scratch_cap, need, 1)) { s->oom = 1; return; }
+        it->lang[0] = 0;
+        const uint8_t *text = *scratch;
+        int script = 0;
+        if (json) {
+            it->status = dp_json_extract(rec, it->len, opt->text_field, opt->lang_field, opt->repair_utf8,
+                                         *scratch, &tlen, it->lang, &nrep, &script);
+        } else { /* plain text: tokenize in place when valid, else repair into scratch */
+            text = rec;
+            tlen = it->len;
+            script = dp_text_scan(rec, it->len);
+            it->status = DP_OK;
+            if (script < 0) {
+                if (opt->repair_utf8) {
+                    tlen = dp_utf8_copy(*scratch, rec, it->len, 1, &nrep);
+                    text = *scratch;
+                    script = dp_text_scan(text, tlen);
+                } else {
+                    it->status = DP_INVALID_UTF8;
+                }
+            }
+        }
+        if (it->status == DP_OK && tlen == 0) it->status = DP_EMPTY;
+        if (it->status != DP_OK) continue;
+        if (grow((void **)&s->tok, &s->tok_cap, s->tok_len + tlen + 1, sizeof(uint16_t)) ||
+            grow((void **)&s->meta, &s->meta_cap, s->n_meta + 1, sizeof(dp_doc_meta))) { s->oom = 1; return; }
+        size_t n = opt->encode(opt->encode_ctx, text, tlen, s->tok + s->tok_len);
+        s->tok[s->tok_len + n] = 0; /* end of document */
+        s->tok_len += n + 1;
+        dp_doc_meta *m = &s->meta[s->n_meta];
+        memset(m, 0, sizeof *m);
+        m->n_bytes = tlen;
+        dp_hash128(text, tlen, m->hash);
+        m->n_tokens = (uint32_t)(n + 1);
+        m->script = (uint8_t)script;
+        m->repaired = nrep > 0;
+        s->repaired_docs += nrep > 0;
+        m->lang = (uint16_t)i; /* item index for now; the writer maps it to the language id */
+        s->n_meta++;
+    }
+}
+
+typedef struct { pipeline *pl; } worker_arg;
+
+static void *worker_main(void *arg) {
+    pipeline *pl = ((worker_arg *)arg)->pl;
+    uint8_t *scratch = NULL;
+    size_t scratch_cap = 0;
+    pthread_mutex_lock(&pl->mu);
+    for (;;) {
+        while (!pl->stop && pl->work_seq >= pl->fill_seq) pthread_cond_wait(&pl->work_cv, &pl->mu);
+        if (pl->stop && pl->work_seq >= pl->fill_seq) break;
+        if (pl->stop) break;
+        slot *s = &pl->slots[pl->work_seq % (uint64_t)pl->k];
+        pl->work_seq++;
+        s->state = WORKING;
+        pthread_mutex_unlock(&pl->mu);
+        process_slot(pl->opt, s, &scratch, &scratch_cap);
+        pthread_mutex_lock(&pl->mu);
+        s->state = DONE;
+        pthread_cond_broadcast(&pl->done_cv);
+    }
+    pthread_mutex_unlock(&pl->mu);
+    free(scratch);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ writer */
+
+typedef struct {
+    FILE *tok, *meta;
+    const dp_task_opts *opt;
+    dp_task_result *res;
+    int fail_status;
+    uint64_t fail_line;
+} writer;
+
+static int lang_id(dp_task_result *res, const char *lang) {
+    for (int i = 0; i < res->n_langs; i++)
+        if (strcmp(res->langs[i], lang) == 0) return i;
+    if (res->n_langs == DP_MAX_LANGS - 1) { /* the last id collects everything beyond the table */
+        snprintf(res->langs[res->n_langs], 64, "%s", "(more languages)");
+        res->n_langs++;
+    }
+    if (res->n_langs >= DP_MAX_LANGS) return DP_MAX_LANGS - 1;
+    snprintf(res->langs[res->n_langs], 64, "%s", lang);
+    return res->n_langs++;
+}
+
+static int write_all(FILE *f, const void *p, size_t n, const char *path, char *err, size_t errlen) {
+    if (n && fwrite(p, 1, n, f) != n) {
+        snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno ? errno : EIO));
+        return -1;
+    }
+    return 0;
+}
+
+/* Write one finished slot. Returns 0, or -1 (error in res->err, or a bad record in fail-fast mode). */
+static int write_slot(writer *w, slot *s) {
+    dp_task_result *res = w->res;
+    if (s->oom) { snprintf(res->err, sizeof res->err, "out of memory while tokenizing"); return -1; }
+    for (size_t i = 0; i < s->n_items; i++) {
+        item *it = &s->items[i];
+        if (it->status == DP_OK) continue;
+        if (w->opt->fail_fast && it->status != DP_EMPTY) {
+            w->fail_status = it->status;
+            w->fail_line = it->line;
+            snprintf(res->err, sizeof res->err, "%s:%llu: %s", w->opt->path, (unsigned long long)it->line,
+                     dp_status_names[it->status]);
+            return -1;
+        }
+        res->skipped[it->status]++;
+        if (res->n_listed < DP_MAX_LISTED) {
+            res->listed_line[res->n_listed] = it->line;
+            res->listed_status[res->n_listed] = it->status;
+            res->n_listed++;
+        }
+    }
+    for (size_t j = 0; j < s->n_meta; j++) {
+        dp_doc_meta *m = &s->meta[j];
+        m->lang = (uint16_t)lang_id(res, s->items[m->lang].lang);
+        res->docs++;
+        res->tokens += m->n_tokens;
+        res->text_bytes += m->n_bytes;
+    }
+    res->repaired_docs += s->repaired_docs;
+    if (write_all(w->tok, s->tok, s->tok_len * sizeof(uint16_t), w->opt->tok_path, res->err, sizeof res->err)) return -1;
+    if (write_all(w->meta, s->meta, s->n_meta * sizeof(dp_doc_meta), w->opt->meta_path, res->err, sizeof res->err)) return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the task */
+
+static int close_file(FILE **f, int sync, const char *path, char *err, size_t errlen) {
+    int bad = fflush(*f) != 0 || ferror(*f);
+    int e = errno;
+    if (!bad && sync && fsync(fileno(*f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
+    if (fclose(*f) != 0 && !bad) { bad = 1; e = errno; }
+    *f = NULL;
+    if (bad) { snprintf(err, errlen, "%s: write failed: %s", path, strerror(e ? e : EIO)); return -1; }
+    return 0;
+}
+
+/* Hand the slot being filled to the workers; get the next free one (writing finished slots in
+ * order while waiting). */
+static int submit_and_next(pipeline *pl, writer *w, slot **cur) {
+    int rc = 0;
+    pthread_mutex_lock(&pl->mu);
+    if (*cur) {
+        (*cur)->state = FILLED;
+        pl->fill_seq++;
+        pthread_cond_signal(&pl->work_cv);
+    }
+    *cur = NULL;
+    for (;;) {
+        /* write whatever is done, in order */
+        while (pl->write_seq < pl->fill_seq && pl->slots[pl->write_seq % (uint64_t)pl->k].state == DONE) {
+            slot *s = &pl->slots[pl->write_seq % (uint64_t)pl->k];
+            pthread_mutex_unlock(&pl->mu);
+            rc = write_slot(w, s);
+            pthread_mutex_lock(&pl->mu);
+            s->state = FREE;
+            pl->write_seq++;
+            if (rc) goto out;
+        }
+        if (pl->fill_seq - pl->write_seq < (uint64_t)pl->k) break;
+        pthread_cond_wait(&pl->done_cv, &pl->mu);
+    }
+    slot *s = &pl->slots[pl->fill_seq % (uint64_t)pl->k];
+    s->seq = pl->fill_seq;
+    s->raw_len = 0;
+    s->n_items = 0;
+    s->oom = 0;
+    *cur = s;
+out:
+    pthread_mutex_unlock(&pl->mu);
+    return rc;
+}
+
+static int drain(pipeline *pl, writer *w) {
+    int rc = 0;
+    pthread_mutex_lock(&pl->mu);
+    while (pl->write_seq < pl->fill_seq) {
+        slot *s = &pl->slots[pl->write_seq % (uint64_t)pl->k];
+        if (s->state != DONE) { pthread_cond_wait(&pl->done_cv, &pl->mu); continue; }
+        pthread_mutex_unlock(&pl->mu);
+        rc = write_slot(w, s);
+        pthread_mutex_lock(&pl->mu);
+        s->state = FREE;
+        pl->write_seq++;
+        if (rc) break;
+    }
+    pthread_mutex_unlock(&pl->mu);
+    return rc;
+}
+
+static int add_item(slot *s, const uint8_t *p, size_t n, uint64_t line) {
+    if (grow((void **)&s->raw, &s->raw_cap, s->raw_len + n, 1) ||
+        grow((void **)&s->items, &s->items_cap, s->n_items + 1, sizeof(item)))
+        return -1;
+    memcpy(s->raw + s->raw_len, p, n);
+    item *it = &s->items[s->n_items++];
+    it->off = s->raw_len;
+    it->len = n;
+    it->line = line;
+    it->status = DP_OK;
+    s->raw_len += n;
+    return 0;
+}
+
+static int is_blank(const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n') return 0;
+    return 1;
+}
+
+void dp_task_result_free(dp_task_result *res) {
+    free(res->langs);
+    res->langs = NULL;
+}
+
+int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
+    pipeline pl;
+    writer w;
+    line_reader rd;
+    pthread_t *threads = NULL;
+    worker_arg warg;
+    uint8_t *para = NULL; /* TXT modes: the document being assembled */
+    size_t para_len = 0, para_cap = 0;
+    uint64_t para_line = 0;
+    slot *cur = NULL;
+    int n_started = 0, rc = -1, sync_ok = 0;
+    size_t batch = opt->batch_bytes ? opt->batch_bytes : (1u << 20);
+    int json = opt->kind == DP_KIND_JSONL || opt->kind == DP_KIND_JSONL_ZST;
+
+    memset(res, 0, sizeof *res);
+    memset(&pl, 0, sizeof pl);
+    memset(&w, 0, sizeof w);
+    memset(&rd, 0, sizeof rd);
+    res->langs = calloc(DP_MAX_LANGS, 64);
+    if (!res->langs) { snprintf(res->err, sizeof res->err, "out of memory"); return -1; }
+    res->n_langs = 1; /* id 0 = no language */
+    if (opt->n_threads < 1 || opt->n_threads > 1024) { snprintf(res->err, sizeof res->err, "n_threads must be in 1..1024, got %d", opt->n_threads); return -1; }
+    if (opt->kind < 0 || opt->kind > DP_KIND_TXT_BLANK) { snprintf(res->err, sizeof res->err, "unknown input kind %d", opt->kind); return -1; }
+    if (json && (!opt->text_field || !opt->text_field[0])) { snprintf(res->err, sizeof res->err, "text_field must be a non-empty string"); return -1; }
+
+    w.opt = opt;
+    w.res = res;
+    w.tok = fopen(opt->tok_path, "wb");
+    if (!w.tok) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->tok_path, strerror(errno)); goto done; }
+    w.meta = fopen(opt->meta_path, "wb");
+    if (!w.meta) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->meta_path, strerror(errno)); goto done; }
+    if (src_open(&rd.src, opt->path, opt->kind == DP_KIND_JSONL_ZST, opt->start, opt->end, res->err, sizeof res->err)) goto done;
+    rd.cap = 1u << 20;
+    rd.buf = malloc(rd.cap);
+    if (!rd.buf) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+
+    pl.opt = opt;
+    pl.k = 2 * opt->n_threads + 2;
+    pl.slots = calloc((size_t)pl.k, sizeof(slot));
+    threads = calloc((size_t)opt->n_threads, sizeof(pthread_t));
+    if (!pl.slots || !threads) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+    pthread_mutex_init(&pl.mu, NULL);
+    pthread_cond_init(&pl.work_cv, NULL);
+    pthread_cond_init(&pl.done_cv, NULL);
+    sync_ok = 1;
+    warg.pl = &pl;
+    for (; n_started < opt->n_threads; n_started++)
+        if (pthread_create(&threads[n_started], NULL, worker_main, &warg)) {
+            snprintf(res->err, sizeof res->err, "cannot start worker thread");
+            goto done;
+        }
+
+    if (submit_and_next(&pl, &w, &cur)) goto done;
+    const uint8_t *line;
+    size_t n;
+    int got;
+    while ((got = next_line(&rd, &line, &n, res->err, sizeof res->err)) == 1) {
+        if (opt->cancel && *opt->cancel) { snprintf(res->err, sizeof res->err, "cancelled"); goto done; }
+        res->lines++;
+        if (rd.lineno == 1 && opt->start == 0 && n >= 3 && line[0] == 0xEF && line[1] == 0xBB && line[2] == 0xBF) {
+            line += 3; /* UTF-8 byte order mark */
+            n -= 3;
+        }
+        if (json) {
+            if (is_blank(line, n)) { res->blank_lines++; continue; }
+            if (add_item(cur, line, n, rd.lineno)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+        } else if (opt->kind == DP_KIND_TXT_FILE) {
+            /* the whole file is one document; lines are re-joined with the '\n' they had */
+            if (grow((void **)&para, &para_cap, para_len + n + 1, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+            if (rd.lineno > 1) para[para_len++] = '\n';
+            memcpy(para + para_len, line, n);
+            para_len += n;
+            para_line = 1;
+            continue;
+        } else { /* TXT_BLANK: blank-line-separated blocks, lines joined with '\n', CR dropped */
+            if (n && line[n - 1] == '\r') n--;
+            if (is_blank(line, n)) {
+                if (para_len && add_item(cur, para, para_len, para_line)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+                para_len = 0;
+            } else {
+                if (grow((void **)&para, &para_cap, para_len + n + 1, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+                if (para_len) para[para_len++] = '\n';
+                else para_line = rd.lineno;
+                memcpy(para + para_len, line, n);
+                para_len += n;
+            }
+        }
+        if (cur->raw_len >= batch || cur->n_items >= 16384)
+            if (submit_and_next(&pl, &w, &cur)) goto done;
+    }
+    if (got < 0) goto done;
+    res->input_bytes = rd.total;
+    if (opt->kind == DP_KIND_TXT_FILE) {
+        if (rd.last_nl) { /* keep the file's final newline: the document is the file as it is */
+            if (grow((void **)&para, &para_cap, para_len + 1, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+            para[para_len++] = '\n';
+        }
+        if (add_item(cur, para ? para : (const uint8_t *)"", para_len, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+    } else if (opt->kind == DP_KIND_TXT_BLANK && para_len) {
+        if (add_item(cur, para, para_len, para_line)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+    }
+    if (cur->n_items) {
+        pthread_mutex_lock(&pl.mu);
+        cur->state = FILLED;
+        pl.fill_seq++;
+        pthread_cond_signal(&pl.work_cv);
+        pthread_mutex_unlock(&pl.mu);
+    }
+    cur = NULL;
+    if (drain(&pl, &w)) goto done;
+    if (close_file(&w.tok, opt->fsync, opt->tok_path, res->err, sizeof res->err)) goto done;
+    if (close_file(&w.meta, opt->fsync, opt->meta_path, res->err, sizeof res->err)) goto done;
+    rc = 0;
+
+done:
+    if (sync_ok) {
+        pthread_mutex_lock(&pl.mu);
+        pl.stop = 1;
+        pthread_cond_broadcast(&pl.work_cv);
+        pthread_mutex_unlock(&pl.mu);
+    }
+    for (int i = 0; i < n_started; i++) pthread_join(threads[i], NULL);
+    if (sync_ok) {
+        pthread_mutex_destroy(&pl.mu);
+        pthread_cond_destroy(&pl.work_cv);
+        pthread_cond_destroy(&pl.done_cv);
+    }
+    if (pl.slots)
+        for (int i = 0; i < pl.k; i++) {
+            free(pl.slots[i].raw);
+            free(pl.slots[i].items);
+            free(pl.slots[i].tok);
+            free(pl.slots[i].meta);
+        }
+    free(pl.slots);
+    free(threads);
+    free(para);
+    free(rd.buf);
+    src_close(&rd.src);
+    if (w.tok) fclose(w.tok);
+    if (w.meta) fclose(w.meta);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ copy ranges */
+
+int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const int64_t *ranges, size_t k,
+                   char *err, size_t errlen) {
+    FILE **src = calloc((size_t)n_src, sizeof(FILE *));
+    size_t bufcap = 1u << 20;
+    uint8_t *buf = malloc(bufcap);
+    int rc = -1;
+    if (!src || !buf) { snprintf(err, errlen, "out of memory"); goto done; }
+    for (size_t r = 0; r < k; r++) {
+        int64_t si = ranges[3 * r], off = ranges[3 * r + 1], len = ranges[3 * r + 2];
+        if (si < 0 || si >= n_src || off < 0 || len < 0) { snprintf(err, errlen, "bad range row %zu", r); goto done; }
+        if (!src[si] && !(src[si] = fopen(src_paths[si], "rb"))) {
+            snprintf(err, errlen, "%s: cannot open: %s", src_paths[si], strerror(errno));
+            goto done;
+        }
+        /* in-kernel copy first (no trip through user space; a reflink on file systems that can) */
+        {
+            loff_t in_off = (loff_t)off;
+            while (len > 0) {
+                ssize_t c = copy_file_range(fileno(src[si]), &in_off, out_fd, NULL, (size_t)len, 0);
+                if (c <= 0) break; /* unsupported here, or EOF: the read/write loop below takes over */
+                len -= c;
+                off += c;
+            }
+        }
+        if (fseeko(src[si], (off_t)off, SEEK_SET)) { snprintf(err, errlen, "%s: seek failed", src_paths[si]); goto done; }
+        while (len > 0) {
+            size_t want = (size_t)len < bufcap ? (size_t)len : bufcap;
+            size_t got = fread(buf, 1, want, src[si]);
+            if (got != want) { snprintf(err, errlen, "%s: short read at byte %lld", src_paths[si], (long long)off); goto done; }
+            size_t done_w = 0;
+            while (done_w < got) {
+                ssize_t wr = write(out_fd, buf + done_w, got - done_w);
+                if (wr < 0 && errno == EINTR) continue;
+                if (wr <= 0) { snprintf(err, errlen, "write failed: %s", strerror(wr < 0 ? errno : ENOSPC)); goto done; }
+                done_w += (size_t)wr;
+            }
+            len -= (int64_t)got;
+            off += (int64_t)got;
+        }
+    }
+    rc = 0;
+done:
+    if (src)
+        for (int i = 0; i < n_src; i++)
+            if (src[i]) fclose(src[i]);
+    free(src);
+    free(buf);
+    return rc;
+}

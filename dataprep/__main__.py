@@ -1,0 +1,114 @@
+"""Command line: python -m rwkv5.dataprep {build,inspect,verify,stats,merge,unpack} ... (also `rwkv5-prep`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rwkv5-prep", description="Multilingual corpora -> RWKV-LM binidx or zstd token shards.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    b = sub.add_parser("build", help="tokenize inputs into PREFIX.bin/.idx (or zst shards) + PREFIX.manifest.json")
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl, .jsonl.zst, .txt files, globs or folders")
+    b.add_argument("--out", required=True, metavar="PREFIX", help="output prefix (PREFIX.bin, PREFIX.idx, ...)")
+    b.add_argument("--text-field", default="text", help="JSON field holding the document text (default: text)")
+    b.add_argument("--lang-field", default=None, help="JSON field holding a language tag, for per-language statistics")
+    b.add_argument("--format", default="binidx", choices=["binidx", "zst"])
+    b.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: the CPUs available)")
+    b.add_argument("--shard-size", default=None,
+                   help="max tokens per shard (e.g. 100000000) or bytes with a unit (512MB, 1GiB); "
+                        "shards are PREFIX_00000.*, PREFIX_00001.*; unset: one PREFIX.* set")
+    b.add_argument("--ctx-len", type=int, default=None, help="print RWKV-LM's --my_exit_tokens/--magic_prime for this ctx_len")
+    b.add_argument("--shuffle", action="store_true", help="shuffle documents (seeded, every epoch anew)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--epochs", type=int, default=1, help="repeat the documents N times (make_data's N_EPOCH)")
+    b.add_argument("--dedup", choices=["exact"], default=None, help="drop exact duplicate texts (first kept)")
+    b.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="bad records (malformed JSON, missing field, invalid UTF-8): stop, or skip and count")
+    b.add_argument("--repair-utf8", action="store_true",
+                   help="replace invalid UTF-8 and lone surrogates with U+FFFD (counted) instead of treating them as bad records")
+    b.add_argument("--txt-mode", choices=["file", "blank"], default="file",
+                   help=".txt inputs: one document per file, or per blank-line-separated block")
+    b.add_argument("--task-size", type=int, default=64 << 20, help="split .jsonl files larger than this many bytes into tasks")
+    b.add_argument("--zst-level", type=int, default=3)
+    b.add_argument("--vocab", default=None, help="World vocab file (default: the one in the rwkv package)")
+    b.add_argument("--restart", action="store_true", help="discard an unfinished run with other options instead of failing")
+    b.add_argument("--keep-work", action="store_true", help="keep PREFIX.work/ (task parts) after success")
+    b.add_argument("--progress", dest="progress", action="store_true", default=None)
+    b.add_argument("--no-progress", dest="progress", action="store_false")
+
+    i = sub.add_parser("inspect", help="decode documents of an output set")
+    i.add_argument("prefix")
+    i.add_argument("--doc", type=int, default=0)
+    i.add_argument("--count", type=int, default=3)
+    i.add_argument("--vocab", default=None)
+
+    v = sub.add_parser("verify", help="check sizes, checksums, token range and counts against the manifest")
+    v.add_argument("prefix")
+
+    s = sub.add_parser("stats", help="print the statistics table of an output set")
+    s.add_argument("prefix")
+
+    m = sub.add_parser("merge", help="concatenate binidx sets into one")
+    m.add_argument("prefixes", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--ctx-len", type=int, default=None)
+
+    u = sub.add_parser("unpack", help="zst shards -> one binidx set")
+    u.add_argument("prefix")
+    u.add_argument("--out", required=True)
+    u.add_argument("--ctx-len", type=int, default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from .build import DataprepError, build, magic_prime_line
+    from .formats import FormatError
+    from . import tools
+    try:
+        if args.cmd == "build":
+            progress = sys.stderr.isatty() if args.progress is None else args.progress
+            m = build(args.inputs, args.out, workers=args.workers, progress=progress, restart=args.restart,
+                      keep_work=args.keep_work, vocab=args.vocab, text_field=args.text_field,
+                      lang_field=args.lang_field, format=args.format, shard_size=args.shard_size,
+                      ctx_len=args.ctx_len, shuffle=args.shuffle, seed=args.seed, epochs=args.epochs,
+                      dedup=args.dedup, on_error=args.on_error, repair_utf8=args.repair_utf8,
+                      txt_mode=args.txt_mode, task_size=args.task_size, zst_level=args.zst_level)
+            t = m["totals"]
+            print(f"wrote {len(m['shards'])} shard(s): {t['documents']} documents, {t['tokens']} tokens; "
+                  f"skipped {m['skipped']['total']}; manifest {args.out}.manifest.json")
+            if args.ctx_len:
+                if len(m["shards"]) > 1:
+                    for sh in m["shards"]:
+                        line = magic_prime_line(sh["tokens"], args.ctx_len)
+                        print(f"{sh['name']}: {line}", file=sys.stderr if line.startswith("warning") else sys.stdout)
+                line = m["rwkv_lm_args"]
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+        elif args.cmd == "inspect":
+            for idx, n, text in tools.inspect_docs(args.prefix, args.doc, args.count, args.vocab):
+                print(f"--- document {idx} ({n} tokens incl. the final 0)")
+                print(text)
+        elif args.cmd == "verify":
+            for line in tools.verify(args.prefix):
+                print(line)
+        elif args.cmd == "stats":
+            print(tools.stats_table(args.prefix))
+        elif args.cmd in ("merge", "unpack"):
+            m = tools.merge_binidx(args.prefixes, args.out) if args.cmd == "merge" else tools.unpack(args.prefix, args.out)
+            print(f"wrote {args.out}.bin/.idx: {m['totals']['documents']} documents, {m['totals']['tokens']} tokens")
+            if args.ctx_len:
+                line = magic_prime_line(m["totals"]["tokens"], args.ctx_len)
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+    except (DataprepError, FormatError, OSError, ValueError) as e:
+        print(f"rwkv5-prep {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"rwkv5-prep {args.cmd}: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

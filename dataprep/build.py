@@ -1,0 +1,757 @@
+"""The corpus -> shards pipeline: plan tasks -> run each task -> merge on the driver.
+
+* plan_tasks(inputs, options): the sorted input list cut into tasks (whole files, and byte ranges
+  of large .jsonl files cut right after a newline). Task ids follow the sorted input list, so
+  names and contents never depend on the number of workers or on the engine.
+* run_task(task, options, workdir, n_threads): a pure function of (task, options) that writes
+  `task-NNNNNN.tok` (uint16 tokens, each document followed by 0) and `task-NNNNNN.meta` (32-byte
+  records, see dataprep.h) plus a completion record `task-NNNNNN.done.json` holding their sizes and
+  SHA-256. It is picklable and may run in any concurrent.futures.Executor (or on a Ray worker),
+  provided the work directory is shared.
+* merge(...): dedup, epochs/shuffle, sharding, binidx/zst writing, manifest — on the driver.
+
+Nothing is ever written under a final name except by rename from a complete temporary file; the
+manifest is renamed into place last.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import json
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+
+from . import _dataprep
+from .formats import sha256_file, write_idx, write_zst_shard
+
+VOCAB_NAME = "rwkv_vocab_v20230424.txt"
+KIND_JSONL, KIND_JSONL_ZST, KIND_TXT_FILE, KIND_TXT_BLANK = 0, 1, 2, 3
+KIND_NAMES = {0: "jsonl", 1: "jsonl.zst", 2: "txt", 3: "txt"}
+META_DTYPE = np.dtype([("n_bytes", "<u8"), ("h1", "<u8"), ("h2", "<u8"), ("n_tokens", "<u4"),
+                       ("lang", "<u2"), ("script", "u1"), ("repaired", "u1")])
+assert META_DTYPE.itemsize == _dataprep.META_RECORD_SIZE
+SCRIPT_NAMES = _dataprep.SCRIPT_NAMES
+PLAN_VERSION = 1
+MAX_LISTED = 100
+
+
+class DataprepError(Exception):
+    """A clear, one-line failure of a data-prep run (bad input under --on-error fail, I/O, options)."""
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def default_vocab_path() -> str:
+    """The World vocab shipped in the `rwkv` package (found without importing rwkv.model)."""
+    import importlib.util
+    spec = importlib.util.find_spec("rwkv")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataprepError("the World vocab was not found: install the `rwkv` package or pass --vocab PATH")
+    path = os.path.join(list(spec.submodule_search_locations)[0], VOCAB_NAME)
+    if not os.path.exists(path):
+        raise DataprepError(f"the World vocab was not found at {path}; pass --vocab PATH")
+    return path
+
+
+_TOKENIZERS: dict = {}
+
+
+def load_tokenizer(vocab_path: str):
+    """The C tokenizer for a vocab file (cached per process and per path)."""
+    key = os.path.abspath(vocab_path)
+    tok = _TOKENIZERS.get(key)
+    if tok is None:
+        with open(key, "rb") as f:
+            tok = _dataprep.load_vocab(f.read())
+        _TOKENIZERS[key] = tok
+    return tok
+
+
+# ----------------------------------------------------------------------------- inputs and plan
+
+def _kind_of(path: str, txt_mode: str) -> int:
+    p = path.lower()
+    if p.endswith((".jsonl.zst", ".json.zst", ".ndjson.zst", ".zst")):
+        return KIND_JSONL_ZST
+    if p.endswith((".jsonl", ".json", ".ndjson")):
+        return KIND_JSONL
+    if p.endswith(".txt"):
+        return KIND_TXT_FILE if txt_mode == "file" else KIND_TXT_BLANK
+    raise DataprepError(f"{path}: unsupported input type (expected .jsonl, .jsonl.zst or .txt)")
+
+
+# what a folder search picks up (plain .json and .zst only when named explicitly: a folder may
+# hold our own manifests and zst shards)
+_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.zst", ".ndjson.zst", ".txt")
+
+
+def expand_inputs(inputs: Sequence[str], exclude_prefix: str = None) -> list:
+    """Files, globs and folders (searched recursively for .jsonl, .ndjson, .jsonl.zst, .txt) ->
+    sorted unique absolute paths. Folder and glob hits that belong to the output set
+    (exclude_prefix*, its work folder) are left out."""
+    out = set()
+
+    ours_re = re.compile(re.escape(exclude_prefix) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") if exclude_prefix else None
+
+    def ours(path):
+        if exclude_prefix is None:
+            return False
+        p = os.path.abspath(path)
+        return bool(ours_re.match(p)) or p.startswith(exclude_prefix + ".work" + os.sep)
+
+    for arg in inputs:
+        if os.path.isdir(arg):
+            for root, _dirs, files in os.walk(arg):
+                for name in files:
+                    p = os.path.join(root, name)
+                    if name.lower().endswith(_SUFFIXES) and not ours(p):
+                        out.add(os.path.abspath(p))
+        elif os.path.isfile(arg):
+            out.add(os.path.abspath(arg))
+        elif any(c in arg for c in "*?["):
+            hits = [h for h in _glob.glob(arg, recursive=True) if os.path.isfile(h) and not ours(h)]
+            if not hits:
+                raise DataprepError(f"input {arg!r}: the pattern matches no file")
+            out.update(os.path.abspath(h) for h in hits)
+        else:
+            raise DataprepError(f"input {arg!r}: no such file or folder")
+    if not out:
+        raise DataprepError("no input files (folders are searched for .jsonl, .jsonl.zst, .txt)")
+    return sorted(out)
+
+
+def _cut_points(path: str, size: int, task_size: int) -> list:
+    """Byte offsets that split a text file into ranges of about task_size, each cut right after a
+    newline (so every range holds whole lines)."""
+    cuts = [0]
+    with open(path, "rb") as f:
+        target = task_size
+        while target < size:
+            f.seek(target)
+            pos = target
+            while True:
+                buf = f.read(1 << 16)
+                if not buf:
+                    pos = size
+                    break
+                k = buf.find(b"\n")
+                if k >= 0:
+                    pos += k + 1
+                    break
+                pos += len(buf)
+            if pos >= size:
+                break
+            cuts.append(pos)
+            target = pos + task_size
+    cuts.append(size)
+    return cuts
+
+
+def plan_tasks(files: Sequence[str], options: dict) -> list:
+    tasks = []
+    for fi, path in enumerate(files):
+        kind = _kind_of(path, options["txt_mode"])
+        size = os.path.getsize(path)
+        if kind == KIND_JSONL and size > options["task_size"]:
+            cuts = _cut_points(path, size, options["task_size"])
+        else:
+            cuts = [0, size]
+        for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+            whole = len(cuts) == 2
+            tasks.append({"id": len(tasks), "file": fi, "path": path, "kind": kind, "part": part,
+                          "start": 0 if whole else a, "end": -1 if whole else b})
+    return tasks
+
+
+# ----------------------------------------------------------------------------- one task
+
+def _task_stem(workdir: str, task: dict) -> str:
+    return os.path.join(workdir, f"task-{task['id']:06d}")
+
+
+def _write_json_atomic(path: str, obj, sync: bool = True) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_done(workdir: str, task: dict):
+    """The completion record of a task if it exists and its parts match it (sizes and SHA-256)."""
+    stem = _task_stem(workdir, task)
+    try:
+        with open(stem + ".done.json", encoding="utf-8") as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if rec.get("task") != task:
+        return None
+    for ext in ("tok", "meta"):
+        p = f"{stem}.{ext}"
+        if not os.path.exists(p) or os.path.getsize(p) != rec["parts"][ext]["bytes"]:
+            return None
+        if sha256_file(p) != rec["parts"][ext]["sha256"]:
+            return None
+    return rec
+
+
+def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
+    """Tokenize one task into its part files and completion record; return the record.
+
+    A pure function of (task, options): the same inputs always give byte-identical parts. When a
+    valid completion record already exists the task is not run again. A bad record under
+    on_error="fail" returns a record with "error" set (and no completion record is written);
+    I/O failures raise OSError and leave no completion record.
+    """
+    done = load_done(workdir, task)
+    if done is not None:
+        done["resumed"] = True
+        return done
+    res = tokenize_task(task, options, workdir, n_threads)
+    return res if res.get("error") else finish_task(task, res, workdir)
+
+
+def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
+    """First half of run_task: the C pipeline writes task-N.tok.tmp / .meta.tmp."""
+    stem = _task_stem(workdir, task)
+    tok = load_tokenizer(options["vocab"])
+    t0 = time.perf_counter()
+    args = (tok, task["path"], task["kind"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
+            options["text_field"], options["lang_field"] or None, options["repair_utf8"],
+            options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
+            options.get("batch_bytes", 0))
+    if threading.current_thread() is threading.main_thread():
+        # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
+        # flag the C reader polls, waits for the task to stop, and re-raises
+        cancel = bytearray(4)
+        ex = ThreadPoolExecutor(1)
+        fut = None
+        try:
+            fut = ex.submit(_dataprep.run_task, *args, cancel=cancel)
+            res = fut.result()
+        except BaseException:
+            cancel[0] = 1
+            if fut is not None:
+                try:
+                    fut.result()
+                except BaseException:
+                    pass
+            _remove_tmp_parts(stem)
+            raise
+        finally:
+            ex.shutdown(wait=True)
+    else:
+        res = _dataprep.run_task(*args)
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    if res["error"] is not None:
+        _remove_tmp_parts(stem)
+        if res["error"].startswith(task["path"] + ":"):
+            # "path:LOCAL_LINE: reason" -> the caller turns the local line into a file line
+            rest = res["error"][len(task["path"]) + 1:]
+            line, _, reason = rest.partition(": ")
+            if line.isdigit():
+                return {"task": task, "error": "bad_record", "fail_line": int(line), "reason": reason,
+                        "lines": res["lines"]}
+        raise OSError(res["error"])
+    return res
+
+
+def _remove_tmp_parts(stem: str) -> None:
+    for ext in ("tok", "meta"):
+        try:
+            os.remove(f"{stem}.{ext}.tmp")
+        except FileNotFoundError:
+            pass
+
+
+def finish_task(task: dict, res: dict, workdir: str) -> dict:
+    """Second half of run_task: hash the parts, rename them into place, write the completion record.
+
+    No fsync: a resumed run re-checks part sizes and SHA-256 against the record, so a part lost
+    in a power cut is simply redone (the final outputs are fsynced before the manifest)."""
+    stem = _task_stem(workdir, task)
+    parts = {}
+    for ext in ("tok", "meta"):
+        tmp = f"{stem}.{ext}.tmp"
+        parts[ext] = {"bytes": os.path.getsize(tmp), "sha256": sha256_file(tmp)}
+        os.replace(tmp, f"{stem}.{ext}")
+    rec = {"task": task, "parts": parts, "seconds": res["seconds"],
+           **{k: res[k] for k in ("lines", "docs", "tokens", "text_bytes", "input_bytes", "blank_lines",
+                                  "repaired_docs", "skipped", "listed", "langs")}}
+    _write_json_atomic(stem + ".done.json", rec, sync=False)
+    return rec
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def parse_size(text) -> tuple:
+    """--shard-size: '1000000' (tokens), '500M' tokens? no: plain numbers are tokens; a unit
+    (KB, MB, GB, KiB, MiB, GiB, B) makes it bytes of .bin. Returns ('tokens', n)."""
+    if text is None:
+        return None
+    s = str(text).strip().lower().replace("_", "")
+    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    for u in sorted(units, key=len, reverse=True):
+        if s.endswith(u):
+            num = s[: -len(u)]
+            try:
+                n = int(float(num) * units[u]) // 2
+            except ValueError:
+                break
+            if n < 1:
+                raise DataprepError(f"--shard-size {text!r}: must hold at least one token (2 bytes)")
+            return n
+    try:
+        n = int(s)
+    except ValueError:
+        raise DataprepError(f"--shard-size {text!r}: expected a token count (e.g. 100000000) "
+                            f"or a size with a unit (e.g. 512MB, 1GiB)") from None
+    if n < 1:
+        raise DataprepError(f"--shard-size {text!r}: must be >= 1 token")
+    return n
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    d = 3
+    while d * d <= n:
+        if n % d == 0:
+            return False
+        d += 2
+    return True
+
+
+def magic_prime(data_size: int, ctx_len: int):
+    """RWKV-LM's magic_prime (spec §5.2): the largest prime p <= data_size // ctx_len - 1 with
+    p % 3 == 2; None when data_size < 3 * ctx_len."""
+    if ctx_len < 1:
+        raise ValueError(f"ctx_len must be >= 1, got {ctx_len}")
+    if data_size < 3 * ctx_len:
+        return None
+    p = data_size // ctx_len - 1
+    while p >= 2:
+        if p % 3 == 2 and _is_prime(p):
+            return p
+        p -= 1
+    return None
+
+
+def magic_prime_line(n_tokens: int, ctx_len: int) -> str:
+    p = magic_prime(n_tokens, ctx_len)
+    if p is None:
+        return (f"warning: {n_tokens} tokens is less than 3 x ctx_len ({3 * ctx_len}); "
+                f"RWKV-LM cannot train on this data with --ctx_len {ctx_len}")
+    return f"--my_exit_tokens {n_tokens} --magic_prime {p} --ctx_len {ctx_len}"
+
+
+def _file_fingerprint(path: str) -> dict:
+    st = os.stat(path)
+    return {"path": path, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# ----------------------------------------------------------------------------- build
+
+DEFAULTS = dict(text_field="text", lang_field=None, format="binidx", shard_size=None, ctx_len=None,
+                shuffle=False, seed=0, epochs=1, dedup=None, on_error="fail", txt_mode="file",
+                repair_utf8=False, task_size=64 << 20, zst_level=3, frame_tokens=1 << 20, batch_bytes=0)
+
+
+def _check_options(o: dict) -> None:
+    if o["format"] not in ("binidx", "zst"):
+        raise DataprepError(f"--format: expected binidx or zst, got {o['format']!r}")
+    if o["on_error"] not in ("fail", "skip"):
+        raise DataprepError(f"--on-error: expected fail or skip, got {o['on_error']!r}")
+    if o["dedup"] not in (None, "exact"):
+        raise DataprepError(f"--dedup: expected exact, got {o['dedup']!r}")
+    if o["txt_mode"] not in ("file", "blank"):
+        raise DataprepError(f"--txt-mode: expected file or blank, got {o['txt_mode']!r}")
+    if int(o["epochs"]) < 1:
+        raise DataprepError(f"--epochs: expected >= 1, got {o['epochs']}")
+    if o["ctx_len"] is not None and int(o["ctx_len"]) < 1:
+        raise DataprepError(f"--ctx-len: expected >= 1, got {o['ctx_len']}")
+    if int(o["task_size"]) < 1:
+        raise DataprepError(f"--task-size: expected >= 1, got {o['task_size']}")
+    if not o["text_field"]:
+        raise DataprepError("--text-field: must not be empty")
+
+
+def output_names(prefix: str, fmt: str, n_shards, sharded: bool) -> list:
+    """Shard file stems: PREFIX when not sharded, else PREFIX_00000, PREFIX_00001, ..."""
+    if not sharded:
+        return [prefix]
+    return [f"{prefix}_{i:05d}" for i in range(n_shards)]
+
+
+def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Executor = None,
+          progress: bool = False, restart: bool = False, keep_work: bool = False, vocab: str = None,
+          log=None, **opts) -> dict:
+    """Build PREFIX outputs from the inputs; returns the manifest (also written to PREFIX.manifest.json).
+
+    Example::
+
+        from rwkv5.dataprep import build
+        m = build(["corpus/"], "out/train", ctx_len=4096, shuffle=True, seed=1)
+        print(m["magic_prime"])
+
+    executor: any concurrent.futures.Executor; each task then runs as executor.submit(run_task, ...)
+    (the work directory must be visible to the workers). Without one, tasks run here one after
+    another, each on `workers` C threads.
+    """
+    log = log or (lambda s: print(s, file=sys.stderr))
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"build() got unknown options: {sorted(unknown)}")
+    options = {**DEFAULTS, **opts}
+    options["shard_size"] = parse_size(options["shard_size"]) if options["shard_size"] is not None else None
+    _check_options(options)
+    options["vocab"] = os.path.abspath(vocab or default_vocab_path())
+    n_threads = int(workers) if workers else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if n_threads < 1:
+        raise DataprepError(f"--workers: expected >= 1, got {workers}")
+
+    out = os.path.abspath(out)
+    files = expand_inputs(inputs, exclude_prefix=out)
+    out_dir = os.path.dirname(out)
+    if not os.path.isdir(out_dir):
+        raise DataprepError(f"--out {out}: folder {out_dir} does not exist")
+    tasks = plan_tasks(files, options)
+    vocab_sha = sha256_file(options["vocab"])
+    plan = {"plan_version": PLAN_VERSION, "options": {k: v for k, v in options.items()},
+            "vocab_sha256": vocab_sha, "inputs": [_file_fingerprint(p) for p in files], "tasks": tasks}
+    workdir = out + ".work"
+    plan_path = os.path.join(workdir, "plan.json")
+    if os.path.isdir(workdir):
+        old = None
+        try:
+            with open(plan_path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = None
+        if old is not None and old != plan and not restart:
+            raise DataprepError(f"{workdir} holds an unfinished run with different inputs or options; "
+                                f"rerun that command to resume it, or pass --restart to discard it")
+        if restart or old is None:
+            shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if not os.path.exists(plan_path):
+        _write_json_atomic(plan_path, plan)
+
+    # --- run the tasks
+    t0 = time.perf_counter()
+    records = [None] * len(tasks)
+    total_in = sum(os.path.getsize(p) for p in files)
+    done_bytes = 0
+
+    def report(i, rec):
+        nonlocal done_bytes
+        t = tasks[i]
+        done_bytes += os.path.getsize(t["path"]) if t["end"] < 0 else t["end"] - t["start"]
+        if progress:
+            dt = max(time.perf_counter() - t0, 1e-9)
+            tag = " (resumed)" if rec.get("resumed") else ""
+            log(f"[{i + 1}/{len(tasks)}] {os.path.basename(t['path'])} part {t['part']}: "
+                f"{rec.get('docs', 0)} docs, {rec.get('tokens', 0)} tokens{tag}; "
+                f"{done_bytes / 1e6:.1f} of {total_in / 1e6:.1f} MB, {done_bytes / dt / 1e6:.1f} MB/s")
+
+    if executor is None:
+        # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
+        with ThreadPoolExecutor(1) as finisher:
+            pending = []
+            for i, task in enumerate(tasks):
+                rec = load_done(workdir, task)
+                if rec is not None:
+                    rec["resumed"] = True
+                    records[i] = rec
+                    report(i, rec)
+                    continue
+                res = tokenize_task(task, options, workdir, n_threads)
+                if res.get("error"):
+                    records[i] = res
+                    break
+                pending.append((i, finisher.submit(finish_task, task, res, workdir)))
+                while pending and pending[0][1].done():
+                    j, fut = pending.pop(0)
+                    records[j] = fut.result()
+                    report(j, records[j])
+            for j, fut in pending:
+                records[j] = fut.result()
+                report(j, records[j])
+    else:
+        futures = [executor.submit(run_task, task, options, workdir, n_threads) for task in tasks]
+        for i, fut in enumerate(futures):
+            records[i] = fut.result()
+            report(i, records[i])
+
+    # line numbers: tasks of one file are consecutive ranges; each starts after the lines of the earlier ones
+    line_base = [0] * len(tasks)
+    for i, task in enumerate(tasks):
+        if records[i] is None:
+            break
+        if task["part"] > 0:
+            line_base[i] = line_base[i - 1] + records[i - 1]["lines"]
+        if records[i].get("error"):
+            raise DataprepError(f"{task['path']}:{line_base[i] + records[i]['fail_line']}: {records[i]['reason']} "
+                                f"(use --on-error skip to skip bad records{', or --repair-utf8' if 'utf8' in records[i]['reason'] or 'surrogate' in records[i]['reason'] else ''})")
+    elapsed_tasks = time.perf_counter() - t0
+    manifest = _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir)
+    manifest["timing"] = {"tokenize_seconds": round(elapsed_tasks, 3),
+                          "total_seconds": round(time.perf_counter() - t0, 3), "workers": n_threads}
+    _write_json_atomic(out + ".manifest.json", manifest)
+    _fsync_dir(out_dir)
+    if not keep_work:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return manifest
+
+
+def _stats_add(table: dict, key: str, docs, nbytes, tokens):
+    e = table.setdefault(key, {"documents": 0, "bytes": 0, "tokens": 0})
+    e["documents"] += int(docs)
+    e["bytes"] += int(nbytes)
+    e["tokens"] += int(tokens)
+
+
+def _finish_stats(table: dict) -> dict:
+    for e in table.values():
+        e["bytes_per_token"] = round(e["bytes"] / e["tokens"], 4) if e["tokens"] else None
+    return dict(sorted(table.items()))
+
+
+def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -> dict:
+    workdir_tok = [_task_stem(workdir, t) + ".tok" for t in tasks]
+    metas = []
+    for t in tasks:
+        m = np.fromfile(_task_stem(workdir, t) + ".meta", dtype=META_DTYPE)
+        metas.append(m)
+    n_docs_total = sum(len(m) for m in metas)
+
+    # kept documents: (task, byte offset in the part, n_tokens), in task order
+    keep = []
+    dup_count = 0
+    if options["dedup"] == "exact" and n_docs_total:
+        keys = np.empty(n_docs_total, dtype=[("h1", "<u8"), ("h2", "<u8"), ("n", "<u8")])
+        o = 0
+        for m in metas:
+            keys["h1"][o:o + len(m)] = m["h1"]
+            keys["h2"][o:o + len(m)] = m["h2"]
+            keys["n"][o:o + len(m)] = m["n_bytes"]
+            o += len(m)
+        _, first = np.unique(keys, return_index=True)
+        mask_all = np.zeros(n_docs_total, dtype=bool)
+        mask_all[first] = True
+        dup_count = int(n_docs_total - len(first))
+        del keys
+    else:
+        mask_all = None
+
+    stats_lang, stats_script = {}, {}
+    task_ids, offsets, sizes = [], [], []
+    o = 0
+    dup_stats = {"documents": 0, "bytes": 0, "tokens": 0}
+    for ti, m in enumerate(metas):
+        langs = records[ti]["langs"]
+        off = np.zeros(len(m), dtype=np.int64)
+        if len(m) > 1:
+            np.cumsum(m["n_tokens"][:-1].astype(np.int64) * 2, out=off[1:])
+        mask = mask_all[o:o + len(m)] if mask_all is not None else np.ones(len(m), dtype=bool)
+        o += len(m)
+        if mask_all is not None:
+            dup_stats["documents"] += int((~mask).sum())
+            dup_stats["bytes"] += int(m["n_bytes"][~mask].sum())
+            dup_stats["tokens"] += int(m["n_tokens"][~mask].astype(np.int64).sum())
+        mk = m[mask]
+        for s in np.unique(mk["script"]):
+            sel = mk[mk["script"] == s]
+            _stats_add(stats_script, SCRIPT_NAMES[s], len(sel), sel["n_bytes"].sum(), sel["n_tokens"].astype(np.int64).sum())
+        if options["lang_field"]:
+            for li in np.unique(mk["lang"]):
+                sel = mk[mk["lang"] == li]
+                name = langs[li] if langs[li] else "(none)"
+                _stats_add(stats_lang, name, len(sel), sel["n_bytes"].sum(), sel["n_tokens"].astype(np.int64).sum())
+        task_ids.append(np.full(int(mask.sum()), ti, dtype=np.int64))
+        offsets.append(off[mask])
+        sizes.append(mk["n_tokens"].astype(np.int64))
+    task_ids = np.concatenate(task_ids) if task_ids else np.zeros(0, np.int64)
+    offsets = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+    sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    del metas
+    n = len(sizes)
+
+    # order: epochs x (a seeded permutation, or input order)
+    rng = np.random.default_rng(int(options["seed"]))
+    order = []
+    for _ in range(int(options["epochs"])):
+        order.append(rng.permutation(n) if options["shuffle"] else np.arange(n))
+    order = np.concatenate(order) if order else np.zeros(0, np.int64)
+
+    # shards: documents are never split; a shard closes before a document that would overflow it
+    ord_sizes = sizes[order]
+    shard_tokens = options["shard_size"]
+    bounds = [0]
+    if shard_tokens:
+        acc = 0
+        for i, s in enumerate(ord_sizes.tolist()):
+            if acc and acc + s > shard_tokens:
+                bounds.append(i)
+                acc = 0
+            acc += s
+    bounds.append(len(order))
+    if len(bounds) > 2 and bounds[-1] == bounds[-2]:
+        bounds.pop()
+    stems = output_names(out, options["format"], len(bounds) - 1, bool(shard_tokens))
+
+    shards = []
+    n_vocab = _dataprep.n_vocab(load_tokenizer(options["vocab"]))
+    for si, stem in enumerate(stems):
+        sel = order[bounds[si]:bounds[si + 1]]
+        ranges = np.stack([task_ids[sel], offsets[sel], sizes[sel] * 2], axis=1) if len(sel) else np.zeros((0, 3), np.int64)
+        ranges = _coalesce(ranges)
+        shard_sizes = sizes[sel]
+        if options["format"] == "binidx":
+            # temporaries live in the work folder (same file system), renamed into place at the end
+            tmp_bin = os.path.join(workdir, os.path.basename(stem) + ".bin.tmp")
+            tmp_idx = os.path.join(workdir, os.path.basename(stem) + ".idx.tmp")
+            known_sha = _assemble(tmp_bin, workdir_tok, ranges, records)
+            write_idx(tmp_idx, shard_sizes)
+            files_out = {".bin": tmp_bin, ".idx": tmp_idx}
+        else:
+            tmp_stream = os.path.join(workdir, f"shard-{si:05d}.stream")
+            _assemble(tmp_stream, workdir_tok, ranges, records)
+            known_sha = None
+            tmp_zst = os.path.join(workdir, os.path.basename(stem) + ".zst.tmp")
+            write_zst_shard(tmp_zst, tmp_stream, shard_sizes, n_vocab, options["zst_level"], options["frame_tokens"])
+            os.remove(tmp_stream)
+            files_out = {".zst": tmp_zst}
+        ntok = int(shard_sizes.sum())
+        entry = {"name": os.path.basename(stem), "documents": int(len(sel)), "tokens": ntok, "files": {}}
+        for ext, tmp in files_out.items():
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            sha = known_sha if ext == ".bin" and known_sha else sha256_file(tmp)
+            entry["files"][os.path.basename(stem) + ext] = {"bytes": os.path.getsize(tmp), "sha256": sha}
+        if options["ctx_len"]:
+            entry["magic_prime"] = magic_prime(ntok, int(options["ctx_len"]))
+        shards.append((entry, files_out, stem))
+    # a manifest from an earlier run must not vouch for the new files while they are renamed
+    # in: no manifest = an unfinished set
+    try:
+        os.remove(out + ".manifest.json")
+    except FileNotFoundError:
+        pass
+    for entry, files_out, stem in shards:
+        for ext, tmp in files_out.items():
+            os.replace(tmp, stem + ext)
+
+    # skipped records: counts by reason, the first ones as file:line:reason
+    skipped, listed = {}, []
+    lines = blank = repaired = 0
+    for ti, rec in enumerate(records):
+        for k, v in rec["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+        for line, reason in rec["listed"]:
+            if len(listed) < MAX_LISTED:
+                listed.append(f"{tasks[ti]['path']}:{line_base[ti] + line}:{reason}")
+        lines += rec["lines"]
+        blank += rec["blank_lines"]
+        repaired += rec["repaired_docs"]
+    if dup_count:
+        skipped["duplicate"] = dup_count
+
+    total_tokens = int(sizes[order].sum()) if n else 0
+    opts_out = {k: v for k, v in options.items() if k not in ("vocab",)}
+    manifest = {
+        "format": "rwkv5-dataprep-manifest",
+        "version": 1,
+        "output": {"prefix": os.path.basename(out), "format": options["format"], "sharded": bool(shard_tokens),
+                   "dtype": "uint16", "eot_token": 0},
+        "inputs": [{"path": p, "bytes": os.path.getsize(p)} for p in files],
+        "options": opts_out,
+        "tokenizer": {"vocab": options["vocab"], "vocab_sha256": vocab_sha, "n_vocab": n_vocab},
+        "totals": {"documents": int(len(order)), "unique_documents": n, "tokens": total_tokens,
+                   "text_bytes": int(sum(r["text_bytes"] for r in records)),
+                   "input_lines": lines, "blank_lines": blank, "repaired_documents": repaired,
+                   "epochs": int(options["epochs"])},
+        "shards": [e for e, _, _ in shards],
+        "statistics": {"per_script": _finish_stats(stats_script), "per_language": _finish_stats(stats_lang),
+                       "note": "statistics count each unique document once (before epochs)"},
+        "skipped": {"counts": dict(sorted(skipped.items())), "total": int(sum(skipped.values())), "first": listed},
+        "duplicates": dup_stats if options["dedup"] else None,
+    }
+    if options["ctx_len"]:
+        manifest["ctx_len"] = int(options["ctx_len"])
+        manifest["magic_prime"] = magic_prime(total_tokens, int(options["ctx_len"]))
+        manifest["rwkv_lm_args"] = magic_prime_line(total_tokens, int(options["ctx_len"]))
+    return manifest
+
+
+def _coalesce(ranges: np.ndarray) -> np.ndarray:
+    """Merge consecutive (src, off, len) rows that continue each other into one copy."""
+    if len(ranges) < 2:
+        return ranges.astype(np.int64)
+    r = ranges.astype(np.int64)
+    cont = (r[1:, 0] == r[:-1, 0]) & (r[1:, 1] == r[:-1, 1] + r[:-1, 2])
+    starts = np.flatnonzero(np.concatenate([[True], ~cont]))
+    lens = np.add.reduceat(r[:, 2], starts)
+    return np.stack([r[starts, 0], r[starts, 1], lens], axis=1)
+
+
+def _assemble(dst: str, srcs: list, ranges: np.ndarray, records) -> str:
+    """Write the ranges of the part files to dst. When they are exactly one whole part, hard-link
+    it instead of copying and return its recorded SHA-256 (else None: the caller hashes dst)."""
+    if len(ranges) == 1:
+        ti, off, n = (int(x) for x in ranges[0])
+        part = records[ti]["parts"]["tok"]
+        if off == 0 and n == part["bytes"]:
+            try:
+                if os.path.exists(dst):
+                    os.remove(dst)
+                os.link(srcs[ti], dst)
+                return part["sha256"]
+            except OSError:
+                pass
+    _copy(dst, srcs, ranges)
+    return None
+
+
+def _copy(dst: str, srcs: list, ranges: np.ndarray) -> None:
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _dataprep.copy_ranges(fd, srcs, np.ascontiguousarray(ranges, dtype=np.int64))
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        try:
+            os.remove(dst)
+        except OSError:
+            pass
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
