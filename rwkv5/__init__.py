@@ -7,3 +7,5 @@ multilingual training-data preparation, with a C core.
     >>> logits, state = model.forward(tok.encode("The capital of France is"))
 """
 __version__ = "0.1.0"
+
+from .loading import load  # noqa: E402  (loaders: rwkv5.load reads .pth / safetensors / rwkv.cpp)
