@@ -26,7 +26,7 @@ def _is_matrix(name, a) -> bool:
     return a.ndim >= 2 and ".time_" not in name
 
 
-def convert(src, dst, dtype, out=sys.stdout) -> dict:
+def convert(src, dst, dtype, out=None) -> dict:
     """Convert checkpoint ``src`` (any format ``rwkv5.load`` reads) to a safetensors file ``dst``.
 
     Matrices (2-D weights) are stored as ``dtype``; vectors and ``time_*`` tensors as fp32 (a
@@ -40,6 +40,7 @@ def convert(src, dst, dtype, out=sys.stdout) -> dict:
     from .formats.safetensors import write_safetensors
     from .loading import convert_array, read_checkpoint
 
+    out = out or sys.stdout
     if dtype not in ("fp32", "bf16", "fp16"):
         raise CommandError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):

@@ -122,3 +122,52 @@ def mmap_backed(a) -> bool:
             return True
         base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
     return False
+
+
+def random_rwkv5_torch_sd(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab=256, n_ffn=None,
+                          seed=0, time_first=False, time_state=False):
+    """A random RWKV-5 state dict with RWKV-LM names, shapes and file order (spec §1.2) as torch
+    fp32 tensors, values in realistic ranges (decays in (0,1), mixes in [0,1], LN weights ~1)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    C, N = n_embd, head_size
+    H = C // N
+    F = n_ffn or (int(C * 3.5) // 32 * 32 if version != "5.0" else 4 * C)
+
+    def mat(o, i):
+        return torch.randn(o, i, generator=g) / i ** 0.5
+
+    def vec(n, lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=g)
+
+    sd = {"emb.weight": torch.randn(vocab, C, generator=g) * 0.5,
+          "blocks.0.ln0.weight": vec(C, 0.8, 1.2), "blocks.0.ln0.bias": vec(C, -0.1, 0.1)}
+    for i in range(n_layer):
+        b = f"blocks.{i}."
+        sd[b + "ln1.weight"], sd[b + "ln1.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
+        sd[b + "ln2.weight"], sd[b + "ln2.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
+        for m in ("k", "v", "r") + (("g",) if version != "5.0" else ()):
+            sd[b + f"att.time_mix_{m}"] = vec(C, 0, 1).view(1, 1, C)
+        if version == "5.2":
+            sd[b + "att.time_decay"] = vec(H * N, -6, 1).view(H, N)
+            sd[b + "att.time_faaaa"] = vec(H * N, -1, 1).view(H, N)
+        else:
+            sd[b + "att.time_decay"] = vec(H, -6, 1)
+            sd[b + ("att.time_first" if time_first else "att.time_faaaa")] = vec(H, -1, 1)
+        if time_state:
+            sd[b + "att.time_state"] = torch.randn(H, N, N, generator=g) * 0.3
+        sd[b + "att.receptance.weight"] = mat(C, C)
+        sd[b + "att.key.weight"] = mat(C, C)
+        sd[b + "att.value.weight"] = mat(C, C)
+        if version != "5.0":
+            sd[b + "att.gate.weight"] = mat(C, C)
+        sd[b + "att.output.weight"] = mat(C, C)
+        sd[b + "att.ln_x.weight"], sd[b + "att.ln_x.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
+        sd[b + "ffn.time_mix_k"] = vec(C, 0, 1).view(1, 1, C)
+        sd[b + "ffn.time_mix_r"] = vec(C, 0, 1).view(1, 1, C)
+        sd[b + "ffn.key.weight"] = mat(F, C)
+        sd[b + "ffn.receptance.weight"] = mat(C, C)
+        sd[b + "ffn.value.weight"] = mat(C, F)
+    sd["ln_out.weight"], sd["ln_out.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
+    sd["head.weight"] = mat(vocab, C)
+    return sd

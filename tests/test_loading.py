@@ -1,0 +1,187 @@
+"""rwkv5.load / read_checkpoint: format sniffing, HF names, time_state, dtype conversion, the
+convert CLI, no torch import, and end-to-end logits across formats and against pip `rwkv`."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import rwkv5
+from rwkv5.__main__ import main as cli_main
+from rwkv5.formats.hf import hf_name_to_rwkvlm
+from rwkv5.formats.safetensors import read_safetensors, write_safetensors
+from rwkv5.loading import (bf16_bits_to_f32, convert_array, f32_to_bf16_bits, read_checkpoint,
+                           sniff_format)
+
+from _loaders_util import assert_same_arrays, random_rwkv5_torch_sd, torch_load_np, torch_to_np
+
+torch = pytest.importorskip("torch", reason="torch (test extra) writes the reference checkpoints")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- format detection and names ----------------------------------------------------------------
+
+def test_format_from_content_not_extension(tmp_path, fixtures_dir):
+    pth = tmp_path / "model.safetensors"          # a .pth with the wrong extension
+    pth.write_bytes((fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth").read_bytes())
+    st = tmp_path / "model.pth"                   # a safetensors with the wrong extension
+    write_safetensors(st, {"emb.weight": np.ones((4, 4), np.float32)})
+    cpp = tmp_path / "model.json"
+    cpp.write_bytes((fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin").read_bytes()[:64])
+    assert sniff_format(pth) == "pth"
+    assert sniff_format(st) == "safetensors"
+    assert sniff_format(cpp) == "rwkvcpp"
+    assert sniff_format(tmp_path) == "dir"
+    sd, info = read_checkpoint(pth)
+    assert info["format"] == "pth" and info["gn_eps"] == 64e-5 and len(sd) == 270
+    assert set(info["kinds"].values()) == {"bf16"}
+
+
+def test_hf_names_map_to_rwkvlm(tmp_path, fixtures_dir):
+    sd = torch_load_np(fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth")
+    # Rename exactly as the HF conversion script does (spec §1.8), written independently here.
+    def to_hf(n):
+        n = n.replace("emb.", "embeddings.", 1) if n.startswith("emb.") else n
+        n = n.replace("blocks.0.ln0", "blocks.0.pre_ln")
+        n = n.replace(".att.", ".attention.").replace(".ffn.", ".feed_forward.")
+        for short, long in (("k", "key"), ("v", "value"), ("r", "receptance"), ("g", "gate")):
+            if n.endswith(f".time_mix_{short}"):
+                n = n[: -len(short)] + long
+        return n if n == "head.weight" else "rwkv." + n
+    hf = {to_hf(k): v for k, v in sd.items()}
+    assert "rwkv.blocks.3.attention.time_mix_gate" in hf and "rwkv.blocks.0.pre_ln.weight" in hf
+    assert "rwkv.blocks.1.feed_forward.time_mix_receptance" in hf
+    p = tmp_path / "hf.safetensors"
+    write_safetensors(p, hf)
+    got, info = read_checkpoint(p)
+    assert info["hf_names"]
+    assert sorted(got) == sorted(sd)
+    for k in sd:
+        np.testing.assert_array_equal(got[k], sd[k])
+    assert hf_name_to_rwkvlm("rwkv.blocks.12.attention.time_mix_value") == "blocks.12.att.time_mix_v"
+
+
+def test_sharded_folder(tmp_path, fixtures_dir):
+    sd = torch_load_np(fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth")
+    keys = list(sd)
+    write_safetensors(tmp_path / "model-00001-of-00002.safetensors", {k: sd[k] for k in keys[:100]})
+    write_safetensors(tmp_path / "model-00002-of-00002.safetensors", {k: sd[k] for k in keys[100:]})
+    (tmp_path / "config.json").write_text("{}")
+    got, info = read_checkpoint(tmp_path)
+    assert info["format"] == "safetensors" and len(info["files"]) == 2
+    assert sorted(got) == sorted(sd)
+    write_safetensors(tmp_path / "model-dup.safetensors", {keys[0]: sd[keys[0]]})
+    with pytest.raises(ValueError, match="also appears in another shard"):
+        read_checkpoint(tmp_path)
+
+
+def test_time_state_kept_aside_and_transposed(tmp_path):
+    tsd = random_rwkv5_torch_sd(n_layer=3, n_embd=128, head_size=32, time_state=True, seed=5)
+    p = tmp_path / "state-tuned.pth"
+    torch.save(tsd, p)
+    sd, info = read_checkpoint(p)
+    assert not any("time_state" in k for k in sd) and not any("time_state" in k for k in info["kinds"])
+    kv = info["time_state"]
+    assert kv.shape == (3, 4, 32, 32) and kv.dtype == np.float32
+    for i in range(3):
+        # pip rwkv: state[3i+1] = time_state.transpose(1, 2)
+        np.testing.assert_array_equal(kv[i], tsd[f"blocks.{i}.att.time_state"].transpose(1, 2).numpy())
+
+
+# -- dtype conversion ------------------------------------------------------------------------------
+
+def test_bf16_rounding_matches_torch():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-40, 38, 100_000),
+        # exact ties (low half 0x8000) with even and odd kept bits, and neighbours
+        (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x8000)).view(np.float32),
+        (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x7FFF)).view(np.float32),
+        (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x8001)).view(np.float32),
+        np.array([0.0, -0.0, np.inf, -np.inf, 3.3895314e38, -3.4028235e38, 1e-45, -1e-45], np.float32),
+    ]).astype(np.float32)
+    x = x[np.isfinite(x) | np.isinf(x)]
+    ours = f32_to_bf16_bits(x)
+    ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(ours, ref)
+    nan = f32_to_bf16_bits(np.array([np.nan, -np.nan], np.float32))
+    assert np.isnan(bf16_bits_to_f32(nan)).all()
+    np.testing.assert_array_equal(bf16_bits_to_f32(ours), torch.from_numpy(x).to(torch.bfloat16).float().numpy())
+
+
+def test_convert_array_paths():
+    x = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    assert convert_array(x, "fp32", None) is x and convert_array(x, "fp32", "fp32") is x
+    np.testing.assert_array_equal(convert_array(x, "fp32", "fp16"), x.astype(np.float16))
+    b = convert_array(x, "fp32", "bf16")
+    np.testing.assert_array_equal(convert_array(b, "bf16", "fp32"), bf16_bits_to_f32(b))
+    np.testing.assert_array_equal(convert_array(x.astype(np.float16), "fp16", "fp32"), x.astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError, match="overflows float16"):
+        convert_array(np.array([1e6], np.float32), "fp32", "fp16")
+    with pytest.raises(ValueError, match="dtype must be"):
+        convert_array(x, "fp32", "int8")
+
+
+# -- convert CLI -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_convert_cli(tmp_path, fixtures_dir, capsys, dtype):
+    src = fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth"
+    out = tmp_path / f"m-{dtype}.safetensors"
+    assert cli_main(["convert", str(src), str(out), "--dtype", dtype]) == 0
+    printed = capsys.readouterr().out
+    assert "270 tensors" in printed and str(out) in printed
+    t, dts, meta = read_safetensors(out)
+    assert meta["source_format"] == "pth" and float(meta["gn_eps"]) == 64e-5 and meta["dtype"] == dtype
+    ref = torch_load_np(src)
+    want = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}[dtype]
+    tref = torch.load(src, weights_only=True)
+    for k, v in ref.items():
+        if v.ndim >= 2 and ".time_" not in k:
+            assert dts[k] == want, k
+            tt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+            np.testing.assert_array_equal(t[k], torch_to_np(tref[k].to(tt)))
+        else:
+            assert dts[k] == "F32", k
+            np.testing.assert_array_equal(t[k], v)
+
+
+def test_convert_cli_errors(tmp_path, capsys):
+    bad = tmp_path / "junk.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    out = tmp_path / "o.safetensors"
+    assert cli_main(["convert", str(bad), str(out), "--dtype", "bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rwkv5 convert: error:") and "unrecognised checkpoint format" in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+    assert cli_main(["convert", str(tmp_path / "missing.pth"), str(out), "--dtype", "bf16"]) == 2
+    assert "No such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["convert", str(bad), str(out), "--dtype", "int4"])
+    assert e.value.code == 2
+    r = subprocess.run([sys.executable, "-m", "rwkv5", "convert", str(bad), str(out), "--dtype", "fp16"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "error" in r.stderr
+
+
+# -- loading never imports torch ----------------------------------------------------------------------
+
+def test_loading_does_not_import_torch(tmp_path, fixtures_dir):
+    script = textwrap.dedent(f"""
+        import sys
+        from rwkv5.loading import read_checkpoint
+        sd, info = read_checkpoint({str(fixtures_dir / 'tiny-rwkv-5v2-730K-bf16.pth')!r})
+        assert len(sd) == 270
+        from rwkv5.__main__ import main
+        assert main(["convert", {str(fixtures_dir / 'tiny-rwkv-5v2-730K-bf16.pth')!r},
+                     {str(tmp_path / 'o.safetensors')!r}, "--dtype", "fp32"]) == 0
+        read_checkpoint({str(tmp_path / 'o.safetensors')!r})
+        print("torch" in sys.modules, "safetensors" in sys.modules)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["False", "False"]
