@@ -30,7 +30,8 @@ def convert(src, dst, dtype, out=None) -> dict:
     """Convert checkpoint ``src`` (any format ``rwkv5.load`` reads) to a safetensors file ``dst``.
 
     Matrices (2-D weights) are stored as ``dtype``; vectors and ``time_*`` tensors as fp32 (a
-    lossless widening from bf16/fp16, negligible in size; rwkv.cpp's converter does the same).
+    lossless widening from bf16/fp16, negligible in size; rwkv.cpp's converter does the same),
+    or fp64 if they are fp64.
     Names are written as RWKV-LM names; state-tuning tensors are kept. The source's GroupNorm
     epsilon default is recorded in the metadata (``gn_eps``) so the result computes the same.
     """
@@ -51,7 +52,9 @@ def convert(src, dst, dtype, out=None) -> dict:
     counts = {}
     for name, a in sd.items():
         kind = info["kinds"][name]
-        target = dtype if _is_matrix(name, a) else "fp32"
+        # float64 vectors (rwkv.cpp's time_decay = log(-log(w)), see formats/rwkvcpp.py) stay float64:
+        # rounding them would change what the converted file computes.
+        target = dtype if _is_matrix(name, a) else ("fp64" if kind == "fp64" else "fp32")
         try:
             b = convert_array(a, kind, target)
         except ValueError as e:

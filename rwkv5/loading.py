@@ -167,6 +167,8 @@ def convert_array(a: np.ndarray, kind: str, dtype) -> np.ndarray:
     ("fp32"/"fp16"/"bf16"; None keeps it). Returns ``a`` itself when nothing changes (zero copy)."""
     if dtype is None or dtype == kind:
         return a
+    if dtype == "fp64":
+        return bf16_bits_to_f32(a).astype(np.float64) if kind == "bf16" else np.asarray(a, np.float64)
     if dtype == "fp32":
         return bf16_bits_to_f32(a) if kind == "bf16" else np.asarray(a, np.float32)
     f32 = bf16_bits_to_f32(a) if kind == "bf16" else np.asarray(a, np.float32)

@@ -185,3 +185,170 @@ def test_loading_does_not_import_torch(tmp_path, fixtures_dir):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-2:] == ["False", "False"]
+
+
+# -- end to end: logits -----------------------------------------------------------------------------
+
+TOKENS = [34, 105, 110]   # '"', 'i', 'n' — the fixture's expected-logit prompt
+
+
+def _logits(model, mode):
+    if mode == "recurrent-serial":       # one token per call, carrying the state
+        state = model.new_state()
+        for t in TOKENS:
+            out, state = model.forward([t], state, mode="recurrent")
+        return out
+    out, _ = model.forward(TOKENS, model.new_state(), mode=mode)
+    return out
+
+
+MODES = ["parallel", "recurrent", "recurrent-serial"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fixture_formats_give_the_same_logits(tmp_path, fixtures_dir, mode):
+    expected = np.fromfile(fixtures_dir / "expected-logits-5v2-730K.bin", dtype="<f4")
+    bin_path = fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin"
+    pth_path = fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth"
+    st_from_pth = tmp_path / "from-pth.safetensors"
+    st_from_bin = tmp_path / "from-bin.safetensors"
+    assert cli_main(["convert", str(pth_path), str(st_from_pth), "--dtype", "fp32"]) == 0
+    assert cli_main(["convert", str(bin_path), str(st_from_bin), "--dtype", "fp32"]) == 0
+    m_bin = rwkv5.load(bin_path)                       # rwkv.cpp default eps 1e-5
+    assert m_bin.config.gn_eps == 1e-5
+    m_st_bin = rwkv5.load(st_from_bin)                 # eps recorded by convert
+    assert m_st_bin.config.gn_eps == 1e-5
+    m_pth = rwkv5.load(pth_path, gn_eps=1e-5)          # the fixture was made with rwkv.cpp's eps
+    assert rwkv5.load(pth_path).config.gn_eps == 64e-5
+    m_st_pth = rwkv5.load(st_from_pth, gn_eps=1e-5)
+    lb, lsb, lp, lsp = (_logits(m, mode) for m in (m_bin, m_st_bin, m_pth, m_st_pth))
+    np.testing.assert_array_equal(lb, lsb)             # same values, same eps -> identical
+    np.testing.assert_array_equal(lp, lsp)
+    np.testing.assert_allclose(lb, expected, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(lp, expected, atol=2e-5, rtol=0)
+    # .bin and .pth differ only by the rounding of time_decay stored as d vs w
+    np.testing.assert_allclose(lb, lp, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
+    p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
+    expected = np.fromfile(fixtures_dir / "expected-logits-5v2-730K.bin", dtype="<f4")
+    m16 = rwkv5.load(p, dtype="bf16", gn_eps=1e-5)
+    m32 = rwkv5.load(p, dtype="fp32", gn_eps=1e-5)
+    assert m16.config.dtype == "bf16" and m32.config.dtype == "fp32"
+    a, b = _logits(m16, mode), _logits(m32, mode)
+    # bf16 -> fp32 widening is exact, so both compute the same network; only summation order may differ
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    assert np.abs(a - expected).max() < 0.1             # README: ~5e-2 from bf16 rounding of the weights
+    # dtype=None keeps the file's bf16
+    assert rwkv5.load(p).config.dtype == "bf16"
+
+
+def test_load_argument_errors(fixtures_dir):
+    p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
+    with pytest.raises(ValueError, match="dtype must be"):
+        rwkv5.load(p, dtype="int8")
+    with pytest.raises(ValueError, match="gn_eps must be"):
+        rwkv5.load(p, gn_eps=-1.0)
+    with pytest.raises(OSError):
+        rwkv5.load(fixtures_dir / "does-not-exist.pth")
+
+
+# -- peers: the rwkv package on the same random checkpoints ---------------------------------------------
+
+_PIP_SCRIPT = """
+import os, sys
+os.environ["RWKV_JIT_ON"] = "1"
+os.environ["RWKV_CUDA_ON"] = "0"
+import numpy as np, torch
+torch.set_num_threads(1)
+from rwkv.model import RWKV
+m = RWKV(sys.argv[1], strategy="cpu fp32")
+toks = [int(t) for t in sys.argv[3].split(",")]
+a, st = m.forward(toks[:7], None)
+b, _ = m.forward(toks[7:], st)
+np.save(sys.argv[2], np.stack([a.float().numpy(), b.float().numpy()]))
+"""
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("version, kw", [
+    ("5.0", {"time_first": True}), ("5.0", {}), ("5.1", {}), ("5.2", {}),
+    ("5.2", {"time_state": True}), ("5.2", {"n_layer": 4, "n_embd": 256}),
+])
+def test_logits_match_pip_rwkv(tmp_path, version, kw):
+    pytest.importorskip("rwkv.model", reason="the rwkv package (peers extra)")
+    args = dict(version=version, n_layer=2, n_embd=128, head_size=64, vocab=300, seed=7)
+    args.update(kw)
+    sd = random_rwkv5_torch_sd(**args)
+    p = tmp_path / "rand.pth"
+    torch.save(sd, p)
+    toks = [int(t) for t in np.random.default_rng(1).integers(0, 300, 12)]
+    out = tmp_path / "pip.npy"
+    r = subprocess.run([sys.executable, "-c", _PIP_SCRIPT, str(p), str(out), ",".join(map(str, toks))],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = np.load(out)
+    model = rwkv5.load(p)
+    assert model.config.version == version and model.config.gn_eps == 64e-5
+    for mode in ("parallel", "recurrent"):
+        a, st = model.forward(toks[:7], model.new_state(), mode=mode)
+        b, _ = model.forward(toks[7:], st, mode=mode)
+        np.testing.assert_allclose(a, ref[0], atol=1e-4, rtol=0, err_msg=mode)
+        np.testing.assert_allclose(b, ref[1], atol=1e-4, rtol=0, err_msg=mode)
+
+
+# -- zero copy: memory use of a ~200 MB bf16 checkpoint ------------------------------------------------
+
+_RSS_SCRIPT = """
+import json, sys, time
+def status():
+    d = {}
+    for line in open("/proc/self/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            d[k] = int(v.split()[0]) * 1024
+    return d
+import numpy as np, rwkv5
+rwkv5.load(sys.argv[3])            # warm imports and the C extension on a tiny file first
+before = status()
+t0 = time.perf_counter()
+model = rwkv5.load(sys.argv[1], dtype=sys.argv[2])
+t_load = time.perf_counter() - t0
+t0 = time.perf_counter()
+logits, _ = model.forward([1], model.new_state(), mode="recurrent")   # touches every weight once
+t_fwd = time.perf_counter() - t0
+after = status()
+print(json.dumps({"before": before, "after": after, "load_s": t_load, "first_token_s": t_fwd,
+                  "finite": bool(np.isfinite(logits).all())}))
+"""
+
+
+@pytest.mark.slow
+def test_zero_copy_rss(tmp_path, fixtures_dir, record_property):
+    # emb + head of 65536 x 768 in bf16 = 201 MB, plus 2 small layers
+    sd = random_rwkv5_torch_sd(version="5.2", n_layer=2, n_embd=768, head_size=64, vocab=65536, seed=3)
+    p = tmp_path / "big-bf16.pth"
+    torch.save({k: v.to(torch.bfloat16) for k, v in sd.items()}, p)
+    del sd
+    size = p.stat().st_size
+    results = {}
+    for dtype in ("bf16", "fp32"):
+        r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(p), dtype,
+                            str(fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        import json
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["finite"]
+        grow = res["after"]["VmHWM"] - res["before"]["VmRSS"]
+        results[dtype] = (grow, res["load_s"], res["first_token_s"])
+        record_property(f"rss_growth_{dtype}_MB", round(grow / 1e6, 1))
+        record_property(f"load_s_{dtype}", round(res["load_s"], 3))
+        print(f"[rss] file {size / 1e6:.1f} MB dtype={dtype}: peak RSS growth {grow / 1e6:.1f} MB, "
+              f"load {res['load_s']:.3f} s, first token {res['first_token_s']:.3f} s")
+    # bf16 from a bf16 file: the weights are the file's pages, so RSS grows by about the file size
+    assert results["bf16"][0] < 1.3 * size + 50e6
+    # fp32 must convert: at least the doubled matrices are new memory (a sanity check that the
+    # measurement sees allocations at all)
+    assert results["fp32"][0] > 1.5 * size

@@ -22,7 +22,7 @@ import numpy as np
 from .safetensors import SafetensorsFile, write_safetensors
 
 __all__ = ["save_state", "load_state", "time_state_to_att_kv", "initial_state_from_file",
-           "attach_initial_state", "STATE_FORMAT", "STATE_VERSION"]
+           "attach_initial_state", "initial_state", "STATE_FORMAT", "STATE_VERSION"]
 
 STATE_FORMAT = "rwkv5-state"
 STATE_VERSION = "1"
@@ -160,12 +160,21 @@ def _zero_state_with_kv(att_kv, L, C, H, N, where):
 
 
 def attach_initial_state(model, att_kv, where="checkpoint"):
-    """Give ``model`` the initial state carried by its checkpoint's time_state tensors."""
-    cfg = model.config
-    L, C, H, N = _config_shape(cfg)
-    state = _zero_state_with_kv(att_kv, L, C, H, N, where)
-    setter = getattr(model, "_set_initial_state", None)
-    if setter is not None:
-        setter(state)
+    """Give ``model`` the initial state carried by its checkpoint's time_state tensors:
+    ``model.new_state()`` then starts from it instead of zeros."""
+    L, C, H, N = _config_shape(model.config)
+    model._initial_state = _zero_state_with_kv(att_kv, L, C, H, N, where)
+
+
+def initial_state(model, batch=None, from_file=None):
+    """What ``Model.new_state(batch, from_file)`` returns when it is not a zero state: the state
+    from ``from_file`` (see :func:`initial_state_from_file`) or else the model's state-tuning
+    state, as a fresh copy, repeated ``batch`` times along a new leading axis if batch is given."""
+    if from_file is not None:
+        base = initial_state_from_file(from_file, model.config)
     else:
-        object.__setattr__(model, "initial_state", state)
+        base = model._initial_state
+    arrays = [np.array(getattr(base, n), np.float32) for n in _NAMES]
+    if batch is not None:
+        arrays = [np.repeat(a[None], batch, axis=0) for a in arrays]
+    return _make_state(*arrays)
