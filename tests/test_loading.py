@@ -189,6 +189,10 @@ def test_loading_does_not_import_torch(tmp_path, fixtures_dir):
 
 # -- end to end: logits -----------------------------------------------------------------------------
 
+# TEMPORARY until branch `model` is merged (rwkv5.model.Model); then removed.
+needs_model = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "rwkv5", "model.py")),
+                                 reason="branch model not merged yet")
+
 TOKENS = [34, 105, 110]   # '"', 'i', 'n' — the fixture's expected-logit prompt
 
 
@@ -205,6 +209,7 @@ def _logits(model, mode):
 MODES = ["parallel", "recurrent", "recurrent-serial"]
 
 
+@needs_model
 @pytest.mark.parametrize("mode", MODES)
 def test_fixture_formats_give_the_same_logits(tmp_path, fixtures_dir, mode):
     expected = np.fromfile(fixtures_dir / "expected-logits-5v2-730K.bin", dtype="<f4")
@@ -230,6 +235,7 @@ def test_fixture_formats_give_the_same_logits(tmp_path, fixtures_dir, mode):
     np.testing.assert_allclose(lb, lp, atol=1e-5, rtol=0)
 
 
+@needs_model
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
     p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
@@ -245,6 +251,7 @@ def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
     assert rwkv5.load(p).config.dtype == "bf16"
 
 
+@needs_model
 def test_load_argument_errors(fixtures_dir):
     p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
     with pytest.raises(ValueError, match="dtype must be"):
@@ -272,6 +279,7 @@ np.save(sys.argv[2], np.stack([a.float().numpy(), b.float().numpy()]))
 """
 
 
+@needs_model
 @pytest.mark.peers
 @pytest.mark.parametrize("version, kw", [
     ("5.0", {"time_first": True}), ("5.0", {}), ("5.1", {}), ("5.2", {}),
@@ -325,6 +333,7 @@ print(json.dumps({"before": before, "after": after, "load_s": t_load, "first_tok
 """
 
 
+@needs_model
 @pytest.mark.slow
 def test_zero_copy_rss(tmp_path, fixtures_dir, record_property):
     # emb + head of 65536 x 768 in bf16 = 201 MB, plus 2 small layers
