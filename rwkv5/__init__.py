@@ -8,4 +8,9 @@ multilingual training-data preparation, with a C core.
 """
 __version__ = "0.1.0"
 
-from .loading import load  # noqa: E402  (loaders: rwkv5.load reads .pth / safetensors / rwkv.cpp)
+from . import ops  # noqa: E402
+from ._model import get_num_threads, set_num_threads  # noqa: E402
+from .loading import load  # noqa: E402
+from .model import Model, ModelConfig, State  # noqa: E402
+
+__all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "get_num_threads"]
