@@ -189,10 +189,6 @@ def test_loading_does_not_import_torch(tmp_path, fixtures_dir):
 
 # -- end to end: logits -----------------------------------------------------------------------------
 
-# TEMPORARY until branch `model` is merged (rwkv5.model.Model); then removed.
-needs_model = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "rwkv5", "model.py")),
-                                 reason="branch model not merged yet")
-
 TOKENS = [34, 105, 110]   # '"', 'i', 'n' — the fixture's expected-logit prompt
 
 
@@ -209,7 +205,6 @@ def _logits(model, mode):
 MODES = ["parallel", "recurrent", "recurrent-serial"]
 
 
-@needs_model
 @pytest.mark.parametrize("mode", MODES)
 def test_fixture_formats_give_the_same_logits(tmp_path, fixtures_dir, mode):
     expected = np.fromfile(fixtures_dir / "expected-logits-5v2-730K.bin", dtype="<f4")
@@ -235,7 +230,6 @@ def test_fixture_formats_give_the_same_logits(tmp_path, fixtures_dir, mode):
     np.testing.assert_allclose(lb, lp, atol=1e-5, rtol=0)
 
 
-@needs_model
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
     p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
@@ -251,7 +245,6 @@ def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
     assert rwkv5.load(p).config.dtype == "bf16"
 
 
-@needs_model
 def test_load_argument_errors(fixtures_dir):
     p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
     with pytest.raises(ValueError, match="dtype must be"):
@@ -279,7 +272,6 @@ np.save(sys.argv[2], np.stack([a.float().numpy(), b.float().numpy()]))
 """
 
 
-@needs_model
 @pytest.mark.peers
 @pytest.mark.parametrize("version, kw", [
     ("5.0", {"time_first": True}), ("5.0", {}), ("5.1", {}), ("5.2", {}),
@@ -325,15 +317,23 @@ t0 = time.perf_counter()
 model = rwkv5.load(sys.argv[1], dtype=sys.argv[2])
 t_load = time.perf_counter() - t0
 t0 = time.perf_counter()
-logits, _ = model.forward([1], model.new_state(), mode="recurrent")   # touches every weight once
+logits, _ = model.forward([1], model.new_state(), mode="recurrent")
 t_fwd = time.perf_counter() - t0
+# A token reads one row of the embedding; read every weight the model holds so that all of the
+# file's pages are resident: RSS then shows what the weights really cost.
+def touch(x):
+    if isinstance(x, np.ndarray):
+        return int(x.view(np.uint8).sum(dtype=np.uint64)) if x.size else 0
+    if isinstance(x, (tuple, list)):
+        return sum(touch(y) for y in x)
+    return 0
+touch(model._weights)
 after = status()
 print(json.dumps({"before": before, "after": after, "load_s": t_load, "first_token_s": t_fwd,
                   "finite": bool(np.isfinite(logits).all())}))
 """
 
 
-@needs_model
 @pytest.mark.slow
 def test_zero_copy_rss(tmp_path, fixtures_dir, record_property):
     # emb + head of 65536 x 768 in bf16 = 201 MB, plus 2 small layers
@@ -357,7 +357,8 @@ def test_zero_copy_rss(tmp_path, fixtures_dir, record_property):
         print(f"[rss] file {size / 1e6:.1f} MB dtype={dtype}: peak RSS growth {grow / 1e6:.1f} MB, "
               f"load {res['load_s']:.3f} s, first token {res['first_token_s']:.3f} s")
     # bf16 from a bf16 file: the weights are the file's pages, so RSS grows by about the file size
-    assert results["bf16"][0] < 1.3 * size + 50e6
+    # (a copy would add the file size again)
+    assert 0.8 * size < results["bf16"][0] < 1.3 * size + 50e6
     # fp32 must convert: at least the doubled matrices are new memory (a sanity check that the
     # measurement sees allocations at all)
     assert results["fp32"][0] > 1.5 * size

@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 
 import rwkv5
+from rwkv5 import State
 from rwkv5.formats.safetensors import read_safetensors, write_safetensors
 from rwkv5.formats.state_io import (initial_state_from_file, load_state, save_state,
                                     time_state_to_att_kv)
 
 from _loaders_util import random_rwkv5_torch_sd
-
-# TEMPORARY until branch `model` is merged (it provides rwkv5.model.State); then a plain import.
-State = pytest.importorskip("rwkv5.model", reason="branch model not merged yet").State
 
 
 def _state(L=3, H=2, N=4, B=None, seed=0):
