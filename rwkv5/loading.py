@@ -42,12 +42,14 @@ def sniff_format(path) -> str:
         return "dir"
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "pth"   # the .pth reader explains legacy (pickle-first) files
+    if head[:4] == b"PK\x03\x04":
+        return "pth"
     if len(head) >= 4 and struct.unpack("<I", head[:4])[0] == RWKVCPP_MAGIC:
         return "rwkvcpp"
     if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
+        return "safetensors"   # (checked before the pickle byte: a header length may start with 0x80)
+    if head[:1] == b"\x80":
+        return "pth"   # a bare pickle: the .pth reader explains that legacy torch files are not read
     raise ValueError(f"{path}: unrecognised checkpoint format (first bytes {head!r}); expected a torch .pth "
                      "ZIP archive, a safetensors file or an rwkv.cpp file (magic 0x67676d66)")
 

@@ -309,3 +309,12 @@ def test_checkpoint_with_integer_tensor_refused(tmp_path):
     write_safetensors(p, {"emb.weight": np.zeros((2, 2), np.int32)})
     with pytest.raises(ValueError, match="dtype I32"):
         read_checkpoint(p)
+
+
+def test_deeply_nested_tuples_in_messages(tmp_path):
+    deep = b"(" * 50_000 + b"t" * 50_000          # a tuple nested 50,000 levels deep as "size"
+    pid = tup(S("storage"), G("torch", "FloatStorage"), S("0"), S("cpu"), I(4)) + b"Q"
+    args = tup(pid, I(0), deep, tup(I(1)), b"\x89", G("collections", "OrderedDict") + b")R")
+    pkl = b"\x80\x02}(" + S("x") + G("torch._utils", "_rebuild_tensor_v2") + args + b"R" + b"u."
+    with pytest.raises(ValueError, match="size"):
+        read_pth(_pth_with(tmp_path, pkl))

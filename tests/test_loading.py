@@ -15,7 +15,7 @@ from rwkv5.formats.safetensors import read_safetensors, write_safetensors
 from rwkv5.loading import (bf16_bits_to_f32, convert_array, f32_to_bf16_bits, read_checkpoint,
                            sniff_format)
 
-from _loaders_util import assert_same_arrays, random_rwkv5_torch_sd, torch_load_np, torch_to_np
+from _loaders_util import mmap_backed, random_rwkv5_torch_sd, torch_load_np, torch_to_np
 
 torch = pytest.importorskip("torch", reason="torch (test extra) writes the reference checkpoints")
 
@@ -245,6 +245,28 @@ def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
     assert rwkv5.load(p).config.dtype == "bf16"
 
 
+def test_model_weights_are_file_views(tmp_path, fixtures_dir):
+    """dtype equal to the stored type (or None): the model's matrices are the file's mmap pages."""
+    p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
+    st = tmp_path / "bf16.safetensors"
+    assert cli_main(["convert", str(p), str(st), "--dtype", "bf16"]) == 0
+    for path in (p, st):
+        for dtype in (None, "bf16"):
+            emb = rwkv5.load(path, dtype=dtype)._weights[0][0]
+            assert emb.dtype == np.uint16 and mmap_backed(emb), (path, dtype)
+        emb32 = rwkv5.load(path, dtype="fp32")._weights[0][0]
+        assert emb32.dtype == np.float32 and not mmap_backed(emb32)
+
+
+def test_convert_rwkvcpp_fp16(tmp_path, fixtures_dir):
+    src = fixtures_dir / "tiny-rwkv-5v2-730K-FP16.bin"
+    out = tmp_path / "cpp16.safetensors"
+    assert cli_main(["convert", str(src), str(out), "--dtype", "fp16"]) == 0
+    a, b = rwkv5.load(src), rwkv5.load(out)
+    assert b.config.gn_eps == a.config.gn_eps == 1e-5
+    np.testing.assert_array_equal(a.forward(TOKENS)[0], b.forward(TOKENS)[0])
+
+
 def test_load_argument_errors(fixtures_dir):
     p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
     with pytest.raises(ValueError, match="dtype must be"):
@@ -362,3 +384,11 @@ def test_zero_copy_rss(tmp_path, fixtures_dir, record_property):
     # fp32 must convert: at least the doubled matrices are new memory (a sanity check that the
     # measurement sees allocations at all)
     assert results["fp32"][0] > 1.5 * size
+
+
+def test_sniff_safetensors_whose_header_length_starts_with_0x80(tmp_path):
+    p = tmp_path / "x"
+    hb = b'{"__metadata__":{"pad":"' + b"x" * (0x80 - 27) + b'"}}'
+    assert len(hb) % 256 == 0x80
+    p.write_bytes(len(hb).to_bytes(8, "little") + hb)
+    assert sniff_format(p) == "safetensors"

@@ -30,6 +30,7 @@ arrays holding the raw bf16 bits (NumPy has no bfloat16).
 """
 from __future__ import annotations
 
+import reprlib
 import struct
 
 import numpy as np
@@ -125,7 +126,7 @@ class PthFile:
         sd = {}
         for k, v in obj.items():
             if not isinstance(k, str):
-                raise ValueError(f"{self.path}: state-dict key {k!r} is not a string")
+                raise ValueError(f"{self.path}: state-dict key {_short(k)} is not a string")
             if not isinstance(v, _Tensor):
                 raise ValueError(f"{self.path}: state-dict entry {k!r} is a {type(v).__name__}, expected a tensor")
             sd[k] = v.array
@@ -137,17 +138,17 @@ class PthFile:
 
     def storage(self, pid) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise ValueError(f"{self.path}: persistent id {pid!r} is not ('storage', type, key, location, numel)")
+            raise ValueError(f"{self.path}: persistent id {_short(pid)} is not ('storage', type, key, location, numel)")
         _, typ, key, location, numel = pid
         if not (isinstance(typ, _Global) and typ.module == "torch" and typ.name in STORAGE_DTYPES):
-            raise ValueError(f"{self.path}: storage type {typ!r} is not one of "
+            raise ValueError(f"{self.path}: storage type {_short(typ)} is not one of "
                              f"{sorted('torch.' + n for n in STORAGE_DTYPES)}")
         if not isinstance(key, str) or not key or "/" in key or key in (".", ".."):
-            raise ValueError(f"{self.path}: storage key {key!r} is not a plain member name")
+            raise ValueError(f"{self.path}: storage key {_short(key)} is not a plain member name")
         if not isinstance(location, str):
-            raise ValueError(f"{self.path}: storage location {location!r} is not a string")
+            raise ValueError(f"{self.path}: storage location {_short(location)} is not a string")
         if not _is_int(numel) or numel < 0 or numel > _MAX_DIM:
-            raise ValueError(f"{self.path}: storage {key!r} has invalid numel {numel!r}")
+            raise ValueError(f"{self.path}: storage {key!r} has invalid numel {_short(numel)}")
         dtype, kind = STORAGE_DTYPES[typ.name]
         name = f"{self.top}/data/{key}"
         member = self.zip.members.get(name)
@@ -172,11 +173,11 @@ class PthFile:
             raise ValueError(f"{self.path}: tensor metadata is {_describe(args[6])}, expected a dict")
         where = f"{self.path}: tensor on storage {st.key!r}"
         if not _is_int(offset) or not 0 <= offset <= _MAX_DIM:
-            raise ValueError(f"{where}: storage_offset {offset!r} is negative or out of range")
+            raise ValueError(f"{where}: storage_offset {_short(offset)} is negative or out of range")
         for nm, tup in (("size", size), ("stride", stride)):
             if not isinstance(tup, tuple) or len(tup) > _MAX_NDIM or \
                     not all(_is_int(d) and 0 <= d <= _MAX_DIM for d in tup):
-                raise ValueError(f"{where}: {nm} {tup!r} must be a tuple of at most {_MAX_NDIM} "
+                raise ValueError(f"{where}: {nm} {_short(tup)} must be a tuple of at most {_MAX_NDIM} "
                                  f"integers in [0, 2**48]")
         if len(size) != len(stride):
             raise ValueError(f"{where}: size {size} and stride {stride} have different lengths")
@@ -232,6 +233,15 @@ def _is_c_contiguous(size, stride) -> bool:
             return False
         expect *= d
     return True
+
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxtuple, _repr.maxstring, _repr.maxother = 3, 8, 60, 60
+
+
+def _short(x) -> str:
+    """repr bounded in depth and length: file content may nest tuples arbitrarily deep."""
+    return _repr.repr(x)
 
 
 def _describe(x) -> str:
