@@ -98,9 +98,9 @@ def torch_to_np(t) -> np.ndarray:
     return t.numpy()
 
 
-def torch_load_np(path) -> dict:
+def torch_load_np(path, weights_only=True) -> dict:
     import torch
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = torch.load(path, map_location="cpu", weights_only=weights_only)
     return {k: torch_to_np(v) for k, v in sd.items()}
 
 
