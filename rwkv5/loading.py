@@ -17,6 +17,7 @@ checkpoints, what pip ``rwkv`` and HF use), 1e-5 for rwkv.cpp files (what rwkv.c
 """
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import struct
@@ -202,8 +203,9 @@ def load(path, dtype=None, gn_eps=None):
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
     """
     _check_dtype(dtype)
-    if gn_eps is not None and not (isinstance(gn_eps, (int, float)) and gn_eps > 0):
-        raise ValueError(f"gn_eps must be a positive number, got {gn_eps!r}")
+    if gn_eps is not None and (isinstance(gn_eps, bool) or not isinstance(gn_eps, numbers.Real)
+                               or not (0 < float(gn_eps) < float("inf"))):
+        raise ValueError(f"gn_eps must be a positive finite number, got {gn_eps!r}")
     sd, info = read_checkpoint(path)
     eps = info["gn_eps"] if gn_eps is None else float(gn_eps)
     # Model.from_state_dict takes float32/float16/float64 or uint16 (= bf16 bits), which is the

@@ -96,7 +96,7 @@ class StoredZip:
         raise self._err("no end-of-central-directory record (truncated file, or not a ZIP)")
 
     def _parse(self, verify_crc: bool) -> None:
-        mm, size = self.mm, self.size
+        mm = self.mm
         eocd = self._find_eocd()
         (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _) = _EOCD.unpack_from(mm, eocd)
         if disk != 0 or cd_disk != 0 or n_disk != n_total:
