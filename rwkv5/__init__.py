@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
 from ._model import get_num_threads, set_num_threads  # noqa: E402
+from .loading import load  # noqa: E402
 from .model import Model, ModelConfig, State  # noqa: E402
 
-__all__ = ["Model", "State", "ModelConfig", "ops", "set_num_threads", "get_num_threads"]
+__all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "get_num_threads"]
