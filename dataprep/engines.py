@@ -35,6 +35,7 @@ from .formats import sha256_file
 
 RAY_INSTALL_HINT = "the Ray engine needs Ray: pip install 'rwkv5[ray]' (or pip install 'ray>=2.9')"
 FAULT_ENV = "RWKV5_DATAPREP_FAULT"
+SETTLE_SECONDS = 60  # how long a failing run waits for its tasks that are still running
 
 
 def _error(msg: str):
@@ -115,8 +116,11 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
             records[i] = verify_record(workdir, tasks[i], rec)
             report(i, records[i])
     finally:
+        # on an error (or ^C): cancel what has not started and let the running tasks settle, so that no
+        # task of this run still writes into the work directory when build() returns or is rerun
         for fut in pending:
             fut.cancel()
+        cf.wait(list(pending), timeout=SETTLE_SECONDS)
     return records
 
 
