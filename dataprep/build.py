@@ -566,14 +566,16 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         ranges = _coalesce(ranges)
         shard_sizes = sizes[sel]
         if options["format"] == "binidx":
-            tmp_bin, tmp_idx = stem + ".bin.tmp", stem + ".idx.tmp"
+            # temporaries live in the work folder (same file system), renamed into place at the end
+            tmp_bin = os.path.join(workdir, os.path.basename(stem) + ".bin.tmp")
+            tmp_idx = os.path.join(workdir, os.path.basename(stem) + ".idx.tmp")
             _copy(tmp_bin, workdir_tok, ranges)
             write_idx(tmp_idx, shard_sizes)
             files_out = {".bin": tmp_bin, ".idx": tmp_idx}
         else:
             tmp_stream = os.path.join(workdir, f"shard-{si:05d}.stream")
             _copy(tmp_stream, workdir_tok, ranges)
-            tmp_zst = stem + ".zst.tmp"
+            tmp_zst = os.path.join(workdir, os.path.basename(stem) + ".zst.tmp")
             write_zst_shard(tmp_zst, tmp_stream, shard_sizes, n_vocab, options["zst_level"], options["frame_tokens"])
             os.remove(tmp_stream)
             files_out = {".zst": tmp_zst}

@@ -393,3 +393,28 @@ def test_empty_inputs_warn_small_data(tmp_path):
     assert m["magic_prime"] is None and "warning" in m["rwkv_lm_args"]
     assert m["skipped"]["counts"] == {"empty": 1}
     verify(str(tmp_path / "o"))
+
+
+# ----------------------------------------------------------------------------- large documents
+
+@pytest.mark.slow
+def test_50mb_single_document(tmp_path):
+    """A 50 MB document, as one JSON line and as one .txt file. The unit U is longer than the
+    longest token (128 bytes) and tokenizes the same alone and three times in a row, so greedy
+    matching restarts at every copy and the reference for U*k is reference(U)*k."""
+    unit = "".join(SAMPLES[k][0] + "\n" for k in SAMPLES) * 4
+    ref = ref_encode(unit)[:-1]
+    assert ref_encode(unit * 3)[:-1] == ref * 3
+    k = 50_000_000 // len(unit.encode()) + 1
+    doc = unit * k
+    with open(tmp_path / "big.jsonl", "w", encoding="utf-8") as f:
+        f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+    (tmp_path / "big.txt").write_text(doc, encoding="utf-8")
+    want = np.array(ref * k + (0,), dtype=np.uint16)
+    del doc
+    for name in ("big.jsonl", "big.txt"):
+        out = str(tmp_path / name.replace(".", "_"))
+        m = quiet(inputs=[str(tmp_path / name)], out=out, workers=2)
+        docs, _ = read_binidx_independent(out)
+        assert len(docs) == 1 and np.array_equal(docs[0], want)
+        assert m["totals"]["text_bytes"] == len(unit.encode()) * k

@@ -59,10 +59,10 @@ uint32_t dp_crc32c(uint32_t crc, const uint8_t *buf, size_t n);
 
 /* ---------------------------------------------------------------- JSON */
 /* Extract the decoded top-level string member `field` (last occurrence wins, like Python's json)
- * of the JSON object in line[0..n). Text goes to out (room for 3*n bytes when repair, n
- * otherwise); *out_len receives its length. If lang_field is not NULL its string value (first 63
+ * of the JSON object in line[0..n). Text goes to out (room for 3*n bytes); *out_len receives its length. If lang_field is not NULL its string value (first 63
  * bytes) goes to lang (NUL-terminated; "" when absent or not a string). *n_repaired counts U+FFFD
- * substitutions. The whole line is checked to be exactly one well-formed JSON object.
+ * substitutions. The whole line is checked to be exactly one well-formed JSON object; a syntax
+ * error anywhere wins over a missing/non-string field, which wins over bad UTF-8 in the text.
  * Returns DP_OK or one of the status codes above. */
 int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char *lang_field,
                     int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired);

@@ -15,6 +15,8 @@ typedef struct {
     const uint8_t *p, *end;
     int repair;
     uint64_t n_repaired;
+    int content_err;    /* first DP_INVALID_UTF8 / DP_LONE_SURROGATE met (repair off); parsing goes on
+                         * so that a syntax error later in the line still wins, as in Python */
 } cursor;
 
 static inline void skip_ws(cursor *c) {
@@ -76,8 +78,8 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int ut
                 w = (size_t)k;
                 p += k;
             } else {
-                if (!c->repair) return DP_INVALID_UTF8;
-                c->n_repaired++;
+                if (!c->repair) { if (!c->content_err) c->content_err = DP_INVALID_UTF8; }
+                else c->n_repaired++;
                 tmp[0] = 0xEF; tmp[1] = 0xBF; tmp[2] = 0xBD;
                 w = 3;
                 p += sub;
@@ -104,8 +106,8 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int ut
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00); /* surrogate pair */
                     p += 6;
                 } else if (cp >= 0xD800 && cp <= 0xDFFF) {
-                    if (utf8 && !c->repair) return DP_LONE_SURROGATE;
-                    if (utf8) c->n_repaired++;
+                    if (utf8 && !c->repair) { if (!c->content_err) c->content_err = DP_LONE_SURROGATE; }
+                    else if (utf8) c->n_repaired++;
                     cp = 0xFFFD;
                 }
                 w = put_utf8(tmp, cp);
@@ -198,10 +200,10 @@ static int skip_value(cursor *c, int depth) {
 
 int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char *lang_field,
                     int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired) {
-    cursor c = {line, line + n, repair, 0};
+    cursor c = {line, line + n, repair, 0, 0};
     size_t flen = strlen(field), llen = lang_field ? strlen(lang_field) : 0;
     uint8_t key[256];
-    int found = 0, not_string = 0, st;
+    int found = 0, not_string = 0, st, text_err = 0;
     size_t text_len = 0;
     uint64_t rep_found = 0;
     if (lang) lang[0] = 0;
@@ -224,9 +226,12 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
             found = 1;
             if (*c.p == '"') {
                 uint64_t before = c.n_repaired;
-                /* out has room for the whole line (x3 when repairing), so no overflow here */
-                if ((st = parse_string(&c, out, repair ? 3 * n : n, &text_len, 1))) return st;
+                c.content_err = 0;
+                /* out has room for the whole line (x3 when repairing; without repair an invalid
+                 * byte still takes 3 bytes but is then rejected, so give the same room) */
+                if ((st = parse_string(&c, out, 3 * n, &text_len, 1))) return st;
                 rep_found = c.n_repaired - before; /* the last occurrence is the one kept */
+                text_err = c.content_err;
                 not_string = 0;
             } else {
                 if ((st = skip_value(&c, 1))) return st;
@@ -237,6 +242,7 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
             size_t blen = 0;
             cursor lc = c;
             lc.repair = 1;
+            lc.n_repaired = 0;
             if ((st = parse_string(&lc, buf, sizeof buf, &blen, 1))) return st;
             c.p = lc.p;
             if (blen > 63) { /* truncate at a character boundary */
@@ -259,6 +265,7 @@ done:
     if (c.p != c.end) return DP_MALFORMED_JSON; /* trailing data */
     if (!found) return DP_MISSING_FIELD;
     if (not_string) return DP_FIELD_NOT_STRING;
+    if (text_err) return text_err;
     *out_len = text_len;
     if (n_repaired) *n_repaired = rep_found;
     return DP_OK;

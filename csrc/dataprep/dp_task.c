@@ -217,7 +217,7 @@ static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, si
     for (size_t i = 0; i < s->n_items; i++) {
         item *it = &s->items[i];
         const uint8_t *rec = s->raw + it->off;
-        size_t need = (opt->repair_utf8 ? 3 * it->len : it->len) + 1, tlen = 0;
+        size_t need = 3 * it->len + 1, tlen = 0; /* decoded text never exceeds 3x its source */
         uint64_t nrep = 0;
         if (grow((void **)scratch, scratch_cap, need, 1)) { s->oom = 1; return; }
         it->lang[0] = 0;

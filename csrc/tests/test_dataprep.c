@@ -1,0 +1,263 @@
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_task.c
+// LIBS: -lzstd
+/* Unit test of the data-prep core, no Python: JSON extraction, UTF-8 repair, CRC-32C, scripts,
+ * and dp_run_task end to end with a byte-level tokenizer (id = byte + 1) on .jsonl, multi-frame
+ * .jsonl.zst and .txt inputs: expected tokens, independence from the thread count, errors for
+ * truncated zstd and for bad records in fail-fast mode. Run under ASan/LSan by `make test-c CSAN=1`.
+ */
+#include "dataprep/dataprep.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+static int failures = 0;
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            failures++;                                                      \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);             \
+            fprintf(stderr, __VA_ARGS__);                                    \
+            fprintf(stderr, "\n");                                           \
+        }                                                                    \
+    } while (0)
+
+static int extract(const char *line, const char *want_text, int want_status, int repair) {
+    size_t n = strlen(line), len = 0;
+    uint8_t *out = malloc(3 * n + 1);
+    char lang[64];
+    uint64_t rep = 0;
+    int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", repair, out, &len, lang, &rep);
+    int ok = st == want_status && (st != DP_OK || (len == strlen(want_text) && memcmp(out, want_text, len) == 0));
+    CHECK(ok, "json %s -> status %d (want %d), text '%.*s'", line, st, want_status, (int)len, (char *)out);
+    free(out);
+    return ok;
+}
+
+static void test_json(void) {
+    extract("{\"text\": \"hello\"}", "hello", DP_OK, 0);
+    extract(" {\"a\":[1,2,{\"b\":null}],\"text\":\"x\\ny\",\"c\":-0.5e+3}\r\n", "x\ny", DP_OK, 0);
+    extract("{\"text\": \"\\u00e9\\ud83d\\ude00\"}", "\xc3\xa9\xf0\x9f\x98\x80", DP_OK, 0);
+    extract("{\"text\": \"\\ud800\"}", "", DP_LONE_SURROGATE, 0);
+    extract("{\"text\": \"\\ud800\"}", "\xef\xbf\xbd", DP_OK, 1);
+    extract("{\"text\": \"a\xff\"}", "", DP_INVALID_UTF8, 0);
+    extract("{\"text\": \"a\xff\"}", "a\xef\xbf\xbd", DP_OK, 1);
+    extract("{\"text\": \"a\xff\", }", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": 5}", "", DP_FIELD_NOT_STRING, 0);
+    extract("{\"txt\": \"5\"}", "", DP_MISSING_FIELD, 0);
+    extract("{}", "", DP_MISSING_FIELD, 0);
+    extract("", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": \"a\"", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": \"a\"}}", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": \"a\",}", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": 01}", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": \"\\x\"}", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": \"\\u12\"}", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": tru}", "", DP_MALFORMED_JSON, 0);
+    extract("{\"text\": \"first\", \"text\": \"last\"}", "last", DP_OK, 0);
+    /* lang */
+    {
+        const char *line = "{\"lang\": \"zh-Hant\", \"text\": \"t\"}";
+        uint8_t out[128];
+        size_t len;
+        char lang[64];
+        uint64_t rep;
+        int st = dp_json_extract((const uint8_t *)line, strlen(line), "text", "lang", 0, out, &len, lang, &rep);
+        CHECK(st == DP_OK && strcmp(lang, "zh-Hant") == 0, "lang '%s'", lang);
+    }
+}
+
+static void test_utf8_crc_scripts(void) {
+    uint8_t out[64];
+    uint64_t bad = 0;
+    size_t n = dp_utf8_copy(out, (const uint8_t *)"a\xe2\x82z\xed\xa0\x80", 7, 1, &bad);
+    /* Python: b"a\xe2\x82z\xed\xa0\x80".decode("utf-8","replace") == "a\ufffdz\ufffd\ufffd\ufffd" */
+    CHECK(n == 1 + 3 + 1 + 9 && bad == 4, "utf8 repair n=%zu bad=%llu", n, (unsigned long long)bad);
+    CHECK(dp_utf8_copy(out, (const uint8_t *)"ok\xc3\xa9", 4, 0, NULL) == 4, "valid utf8");
+    CHECK(dp_utf8_copy(out, (const uint8_t *)"\xc0\xaf", 2, 0, NULL) == (size_t)-1, "overlong rejected");
+    CHECK(dp_crc32c(0, (const uint8_t *)"123456789", 9) == 0xE3069283u, "crc32c check value");
+    CHECK(dp_crc32c(dp_crc32c(0, (const uint8_t *)"1234", 4), (const uint8_t *)"56789", 5) == 0xE3069283u, "crc32c chaining");
+    CHECK(dp_script_of('a') == DP_SCRIPT_LATIN && dp_script_of('1') == DP_SCRIPT_COMMON, "ascii scripts");
+    CHECK(dp_script_of(0x0416) == DP_SCRIPT_CYRILLIC && dp_script_of(0x4E2D) == DP_SCRIPT_HAN &&
+          dp_script_of(0x3042) == DP_SCRIPT_KANA && dp_script_of(0xD55C) == DP_SCRIPT_HANGUL &&
+          dp_script_of(0x0E01) == DP_SCRIPT_THAI && dp_script_of(0x13A0) == DP_SCRIPT_OTHER &&
+          dp_script_of(0x1F600) == DP_SCRIPT_COMMON, "scripts");
+    for (uint32_t cp = 0; cp <= 0x10FFFF; cp++) { /* every code point classifies without crashing */
+        int s = dp_script_of(cp);
+        if (s < 0 || s >= DP_N_SCRIPTS) { CHECK(0, "script of %x = %d", cp, s); break; }
+    }
+    uint64_t h1[2], h2[2];
+    dp_hash128((const uint8_t *)"abc", 3, h1);
+    dp_hash128((const uint8_t *)"abd", 3, h2);
+    CHECK(h1[0] != h2[0] && h1[1] != h2[1], "hash differs");
+}
+
+/* ------------------------------------------------------------------ task runner */
+
+static size_t byte_encode(const void *ctx, const uint8_t *t, size_t n, uint16_t *out) {
+    (void)ctx;
+    for (size_t i = 0; i < n; i++) out[i] = (uint16_t)(t[i] + 1);
+    return n;
+}
+
+static uint8_t *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { *n = 0; return NULL; }
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)sz + 1);
+    *n = fread(b, 1, (size_t)sz, f);
+    fclose(f);
+    return b;
+}
+
+static void write_file(const char *path, const void *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    fwrite(p, 1, n, f);
+    fclose(f);
+}
+
+static int run(const char *path, int kind, int threads, size_t batch, int fail_fast, const char *tok, const char *meta,
+               dp_task_result *res) {
+    dp_task_opts o;
+    memset(&o, 0, sizeof o);
+    o.path = path;
+    o.kind = kind;
+    o.start = 0;
+    o.end = UINT64_MAX;
+    o.text_field = "text";
+    o.lang_field = "lang";
+    o.fail_fast = fail_fast;
+    o.n_threads = threads;
+    o.batch_bytes = batch;
+    o.encode = byte_encode;
+    o.tok_path = tok;
+    o.meta_path = meta;
+    return dp_run_task(&o, res);
+}
+
+static void test_task(const char *dir) {
+    char jsonl[512], zst[512], txt[512], tok1[512], tok2[512], meta1[512], meta2[512];
+    snprintf(jsonl, sizeof jsonl, "%s/in.jsonl", dir);
+    snprintf(zst, sizeof zst, "%s/in.jsonl.zst", dir);
+    snprintf(txt, sizeof txt, "%s/in.txt", dir);
+    snprintf(tok1, sizeof tok1, "%s/a.tok", dir);
+    snprintf(tok2, sizeof tok2, "%s/b.tok", dir);
+    snprintf(meta1, sizeof meta1, "%s/a.meta", dir);
+    snprintf(meta2, sizeof meta2, "%s/b.meta", dir);
+
+    /* corpus: N records, every 7th malformed; expected tokens built alongside */
+    const int N = 3000;
+    size_t cap = 1 << 20, len = 0, ecap = 1 << 20, elen = 0;
+    char *corpus = malloc(cap);
+    uint16_t *expect = malloc(ecap * sizeof(uint16_t));
+    int n_docs = 0, n_bad = 0;
+    for (int i = 0; i < N; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "doc %d %s", i, (i % 3) ? "alpha" : "\xce\xb2\xce\xb7\xcf\x84\xce\xb1");
+        if (i % 7 == 3) { len += (size_t)snprintf(corpus + len, cap - len, "{\"text\": oops}\n"); n_bad++; continue; }
+        len += (size_t)snprintf(corpus + len, cap - len, "{\"text\": \"%s\", \"lang\": \"l%d\"}%s\n", text, i % 3,
+                                (i % 5) ? "" : "\r");
+        for (size_t k = 0; k < strlen(text); k++) expect[elen++] = (uint16_t)((uint8_t)text[k] + 1);
+        expect[elen++] = 0;
+        n_docs++;
+    }
+    write_file(jsonl, corpus, len);
+
+    dp_task_result r1, r2;
+    int rc = run(jsonl, DP_KIND_JSONL, 1, 0, 0, tok1, meta1, &r1);
+    CHECK(rc == 0, "run: %s", r1.err);
+    CHECK(r1.docs == (uint64_t)n_docs && r1.skipped[DP_MALFORMED_JSON] == (uint64_t)n_bad && r1.n_langs == 4,
+          "docs %llu bad %llu langs %d", (unsigned long long)r1.docs, (unsigned long long)r1.skipped[DP_MALFORMED_JSON], r1.n_langs);
+    CHECK(r1.n_listed > 0 && r1.listed_line[0] == 4 && r1.listed_status[0] == DP_MALFORMED_JSON, "first listed line");
+    size_t n1, n2, m1, m2;
+    uint8_t *b1 = read_file(tok1, &n1), *mm1 = read_file(meta1, &m1);
+    CHECK(n1 == elen * 2 && memcmp(b1, expect, n1) == 0, "tokens differ from expectation (%zu vs %zu bytes)", n1, elen * 2);
+    CHECK(m1 == (size_t)n_docs * sizeof(dp_doc_meta), "meta size");
+    /* many threads, tiny batches: same bytes */
+    rc = run(jsonl, DP_KIND_JSONL, 3, 100, 0, tok2, meta2, &r2);
+    CHECK(rc == 0, "run 3 threads: %s", r2.err);
+    uint8_t *b2 = read_file(tok2, &n2), *mm2 = read_file(meta2, &m2);
+    CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "3 threads: tokens differ");
+    CHECK(m1 == m2 && memcmp(mm1, mm2, m1) == 0, "3 threads: meta differs");
+    free(b2); free(mm2);
+    dp_task_result_free(&r2);
+
+    /* multi-frame zstd with frames cut mid-line: same bytes */
+    size_t zcap = ZSTD_compressBound(len) + 1024, zlen = 0;
+    uint8_t *z = malloc(zcap);
+    size_t cuts[4] = {0, len / 3, len / 3 + 1, len};
+    for (int k = 0; k < 3; k++) zlen += ZSTD_compress(z + zlen, zcap - zlen, corpus + cuts[k], cuts[k + 1] - cuts[k], 3);
+    write_file(zst, z, zlen);
+    rc = run(zst, DP_KIND_JSONL_ZST, 2, 0, 0, tok2, meta2, &r2);
+    CHECK(rc == 0, "zst run: %s", r2.err);
+    b2 = read_file(tok2, &n2);
+    CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "zst: tokens differ");
+    free(b2);
+    dp_task_result_free(&r2);
+    /* truncated */
+    write_file(zst, z, zlen - 5);
+    rc = run(zst, DP_KIND_JSONL_ZST, 2, 0, 0, tok2, meta2, &r2);
+    CHECK(rc != 0 && strstr(r2.err, "truncated zstd frame starting at byte offset"), "truncated: rc %d '%s'", rc, r2.err);
+    dp_task_result_free(&r2);
+    /* trailing garbage */
+    memcpy(z + zlen, "JUNKJUNK", 8);
+    write_file(zst, z, zlen + 8);
+    rc = run(zst, DP_KIND_JSONL_ZST, 1, 0, 0, tok2, meta2, &r2);
+    CHECK(rc != 0 && strstr(r2.err, "corrupt zstd data"), "garbage: rc %d '%s'", rc, r2.err);
+    dp_task_result_free(&r2);
+
+    /* fail fast names the first bad line */
+    rc = run(jsonl, DP_KIND_JSONL, 2, 64, 1, tok2, meta2, &r2);
+    CHECK(rc != 0 && strstr(r2.err, "in.jsonl:4: malformed_json"), "fail fast: '%s'", r2.err);
+    dp_task_result_free(&r2);
+
+    /* txt, blank-line blocks */
+    const char *t = "\xef\xbb\xbfone\r\ntwo\n\n  \nthree\n";
+    write_file(txt, t, strlen(t));
+    rc = run(txt, DP_KIND_TXT_BLANK, 2, 0, 0, tok2, meta2, &r2);
+    b2 = read_file(tok2, &n2);
+    const char *want[2] = {"one\ntwo", "three"};
+    size_t pos = 0;
+    int okt = rc == 0 && r2.docs == 2;
+    for (int k = 0; k < 2 && okt; k++) {
+        for (size_t c = 0; c < strlen(want[k]); c++) okt &= ((uint16_t *)b2)[pos++] == (uint8_t)want[k][c] + 1;
+        okt &= ((uint16_t *)b2)[pos++] == 0;
+    }
+    CHECK(okt && pos * 2 == n2, "txt blocks");
+    free(b2);
+    dp_task_result_free(&r2);
+    /* missing input */
+    rc = run("/nonexistent/x.jsonl", DP_KIND_JSONL, 1, 0, 0, tok2, meta2, &r2);
+    CHECK(rc != 0 && strstr(r2.err, "cannot open"), "missing input: '%s'", r2.err);
+    dp_task_result_free(&r2);
+    /* unwritable output */
+    rc = run(jsonl, DP_KIND_JSONL, 1, 0, 0, "/nonexistent/t.tok", meta2, &r2);
+    CHECK(rc != 0 && strstr(r2.err, "cannot create"), "bad output: '%s'", r2.err);
+    dp_task_result_free(&r2);
+    /* /dev/full: every write fails */
+    if (access("/dev/full", W_OK) == 0) {
+        rc = run(jsonl, DP_KIND_JSONL, 2, 0, 0, "/dev/full", meta2, &r2);
+        CHECK(rc != 0 && strstr(r2.err, "write failed"), "/dev/full: '%s'", r2.err);
+        dp_task_result_free(&r2);
+    }
+
+    dp_task_result_free(&r1);
+    free(b1); free(mm1); free(z); free(corpus); free(expect);
+    remove(jsonl); remove(zst); remove(txt); remove(tok1); remove(tok2); remove(meta1); remove(meta2);
+}
+
+int main(void) {
+    char dir[] = "/tmp/rwkv5_test_dataprep_XXXXXX";
+    if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+    test_json();
+    test_utf8_crc_scripts();
+    test_task(dir);
+    rmdir(dir);
+    if (failures) { fprintf(stderr, "test_dataprep: %d failure(s)\n", failures); return 1; }
+    printf("test_dataprep: ok\n");
+    return 0;
+}
