@@ -179,6 +179,23 @@ def call_with_faults(fault: dict, fn, args, kwargs):
 
 # ----------------------------------------------------------------------------- Ray
 
+def check_reachable(address, timeout: float = 5.0) -> None:
+    """For a HOST:PORT address, fail fast with a clear error when nothing listens there (ray.init
+    itself retries such an address for a very long time). 'auto', 'local', ray:// and None pass."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise _error(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT")
+    import socket
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise _error(f"--ray-address {address!r}: no Ray head answers there ({e.strerror or e}); start one with "
+                     f"`ray start --head --port {port}` or check the address") from None
+
+
 class RayExecutor(cf.Executor):
     """A ``concurrent.futures.Executor`` running each submitted call as a Ray remote task.
 
@@ -200,12 +217,15 @@ class RayExecutor(cf.Executor):
         self._ray = ray
         self._owned = False
         if not ray.is_initialized():
+            check_reachable(address)
             kw = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
             kw.update(init_kwargs or {})
             try:
                 ray.init(address=address, **kw)
             except ConnectionError as e:
-                raise _error(f"--ray-address {address!r}: cannot connect to a Ray cluster ({e})") from None
+                raise _error(f"--ray-address {address!r}: cannot connect to a Ray cluster ({e}); if the cluster "
+                             f"uses token authentication (Ray >= 2.59 `ray start`), set RAY_AUTH_MODE=token and "
+                             f"the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here too") from None
             self._owned = True
         self._fault = parse_fault(os.environ.get(FAULT_ENV) if fault is None else fault)
 

@@ -152,6 +152,23 @@ def test_engine_ray_without_ray_says_how_to_install(corpus, tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("address,msg", [("127.0.0.1:1", "no Ray head answers"), ("nonsense", "HOST:PORT")])
+def test_bad_ray_address_is_one_clear_line(corpus, tmp_path, capsys, address, msg):
+    pytest.importorskip("ray")
+    rc = cli_main(["build", str(corpus), "--out", str(tmp_path / "o"), "--engine", "ray", "--ray-address", address,
+                   "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(err) == 1 and msg in err[0] and address in err[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_rejects_negative_retries(corpus, tmp_path, capsys):
+    rc = cli_main(["build", str(corpus), "--out", str(tmp_path / "o"), "--engine", "ray", "--max-retries", "-1",
+                   "--no-progress"])
+    assert rc == 1 and "--max-retries" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- one local Ray instance
 
 try:
