@@ -123,7 +123,7 @@ def run(quick: bool = False) -> dict:
 
         for ncpu in (1, 2):
             t0 = time.perf_counter()
-            ray.init(num_cpus=ncpu, include_dashboard=False, object_store_memory=100 << 20,
+            ray.init(address="local", num_cpus=ncpu, include_dashboard=False, object_store_memory=100 << 20,
                      logging_level="ERROR", log_to_driver=False)
             t_init = time.perf_counter() - t0
             try:

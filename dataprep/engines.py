@@ -199,8 +199,8 @@ def check_reachable(address, timeout: float = 5.0) -> None:
 class RayExecutor(cf.Executor):
     """A ``concurrent.futures.Executor`` running each submitted call as a Ray remote task.
 
-    address: None starts a local Ray instance (unless Ray is already initialised in this
-    process); "auto" joins the cluster that ``ray start`` runs on this node; "HOST:PORT" joins that
+    address: None starts a new local Ray instance (or joins $RAY_ADDRESS when set), unless Ray is
+    already initialised in this process, whose instance is then used; "auto" joins the cluster that ``ray start`` runs on this node; "HOST:PORT" joins that
     cluster. max_retries: re-runs of a task after its worker died or it raised (Ray's
     ``max_retries`` with ``retry_exceptions=True``). num_cpus: CPUs each task reserves (match it to
     the tokenizer threads per task). Only a Ray instance started here is shut down by
@@ -220,6 +220,8 @@ class RayExecutor(cf.Executor):
             check_reachable(address)
             kw = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
             kw.update(init_kwargs or {})
+            if address is None:  # RAY_ADDRESS if set, else a new local instance (never a stale cluster file)
+                address = os.environ.get("RAY_ADDRESS") or "local"
             try:
                 ray.init(address=address, **kw)
             except ConnectionError as e:

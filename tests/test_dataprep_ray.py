@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -181,7 +182,7 @@ except ImportError:  # the `ray` extra (also in `test`) is not installed
 def ray_session():
     if ray is None:
         pytest.skip("Ray is not installed: pip install 'rwkv5[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, logging_level="WARNING")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -292,6 +293,14 @@ def test_killed_driver_then_rerun_resumes(corpus, tmp_path, tmp_path_factory, ra
 
 # ----------------------------------------------------------------------------- two nodes (runs last)
 
+def _parent_pid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @pytest.mark.slow
 def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_session):
     from ray.cluster_utils import Cluster
@@ -301,7 +310,7 @@ def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False})
     try:
-        cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
+        worker = cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
         ray.init(address=cluster.address, logging_level="WARNING")
         assert sum(1 for n in ray.nodes() if n["Alive"]) == 2
         for fmt in ("binidx", "zst"):
@@ -312,6 +321,28 @@ def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_
                   **{"binidx": OPTS, "zst": ZST_OPTS}[fmt])
             assert len(attempts(tmp_path / fmt / "o.work", 6)) == 2
             assert outputs(tmp_path / fmt / "o") == local_reference(corpus, tmp_path_factory, fmt)
+
+        # the worker node dies while it runs a task: the task is re-run on the head node
+        raylet = worker.all_processes["raylet"][0].process.pid
+        ex = engines.RayExecutor(fault=",".join(f"sleep:{k}:2" for k in range(8)))
+        work, result = tmp_path / "dies" / "o.work", []
+        os.makedirs(tmp_path / "dies")
+        th = threading.Thread(target=lambda: result.append(quiet(
+            inputs=[str(corpus)], out=str(tmp_path / "dies" / "o"), executor=ex, workers=1, keep_work=True, **OPTS)))
+        th.start()
+        victim, deadline = None, time.monotonic() + 60
+        while victim is None and time.monotonic() < deadline:  # a task starts on the worker node
+            for k in range(8):
+                for pid in attempts(work, k) if (work / f"fault-task-{k:06d}.attempts").exists() else []:
+                    if _parent_pid(pid) == raylet:
+                        victim = k
+            time.sleep(0.05)
+        assert victim is not None, "no task ran on the worker node within 60 s"
+        cluster.remove_node(worker, allow_graceful=False)
+        th.join(180)
+        assert result, "the build did not finish"
+        assert len(attempts(work, victim)) == 2  # run again after its node died
+        assert outputs(tmp_path / "dies" / "o") == local_reference(corpus, tmp_path_factory, "binidx")
     finally:
         ray.shutdown()
         cluster.shutdown()
