@@ -85,6 +85,7 @@ def run(quick: bool = False) -> dict:
     n_files, mb = (4, 1.0) if quick else (8, 8.0)
     task_size = (256 << 10) if quick else (1 << 20)
     reps = 1 if quick else 3
+    load_before = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="bench_ray_")
     rows, digests, notes = [], {}, []
     try:
@@ -159,7 +160,8 @@ def run(quick: bool = False) -> dict:
         notes.append(f"machine: {os.cpu_count()} CPUs; times include the driver's merge and the SHA-256 check "
                      f"of each completion record (task phase = planning to the last verified record; total adds "
                      f"the driver's merge, which is the same for every engine); loading the vocab takes {t_vocab:.2f} s once per process "
-                     f"(done before timing here; inside 'first build' for Ray)")
+                     f"(done before timing here; inside 'first build' for Ray); 1-minute load average "
+                     f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other processes share the CPUs)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"title": "rwkv5.dataprep: Ray engine vs local engine (same corpus, same outputs)",
