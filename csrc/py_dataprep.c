@@ -126,9 +126,51 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* encode_batch_count(tok, texts: list[bytes], n_threads) -> total ids. The tokenizer's own
+ * wt_encode_batch, exposed for the benchmark's reference throughput. */
+static PyObject *py_encode_batch_count(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *list, *seq = NULL, *res = NULL;
+    int n_threads;
+    const uint8_t **texts = NULL;
+    size_t *lens = NULL, *offs = NULL, *nout = NULL, total = 0;
+    uint32_t *out = NULL;
+    if (!PyArg_ParseTuple(args, "OOi:encode_batch_count", &cap, &list, &n_threads)) return NULL;
+    wt_tokenizer *t = get_tok(cap);
+    if (!t) return NULL;
+    seq = PySequence_Fast(list, "texts: expected a list of bytes");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    texts = PyMem_Calloc((size_t)n + 1, sizeof *texts);
+    lens = PyMem_Calloc((size_t)n + 1, sizeof *lens);
+    offs = PyMem_Calloc((size_t)n + 1, sizeof *offs);
+    nout = PyMem_Calloc((size_t)n + 1, sizeof *nout);
+    if (!texts || !lens || !offs || !nout) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(b)) { PyErr_Format(PyExc_TypeError, "texts[%zd]: expected bytes", i); goto done; }
+        texts[i] = (const uint8_t *)PyBytes_AS_STRING(b);
+        lens[i] = (size_t)PyBytes_GET_SIZE(b);
+        offs[i] = total;
+        total += lens[i];
+    }
+    out = PyMem_Malloc((total + 1) * sizeof *out);
+    if (!out) { PyErr_NoMemory(); goto done; }
+    size_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    wt_encode_batch(t, (size_t)n, texts, lens, out, offs, nout, n_threads);
+    for (Py_ssize_t i = 0; i < n; i++) count += nout[i];
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromSize_t(count);
+done:
+    PyMem_Free(texts); PyMem_Free(lens); PyMem_Free(offs); PyMem_Free(nout); PyMem_Free(out);
+    Py_XDECREF(seq);
+    return res;
+}
+
 static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end", "text_field", "lang_field",
                                     "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
-                                    "batch_bytes", NULL};
+                                    "batch_bytes", "fsync", "cancel", NULL};
 
 /* run_task(...) -> dict. Never raises for bad input data: a fail-fast stop or an I/O error is
  * returned as result["error"] (with result["fail_line"] / result["fail_status"] for a bad record)
@@ -140,14 +182,18 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     int kind, repair, fail_fast, n_threads;
     unsigned long long start, end;
     Py_ssize_t batch = 0;
+    int do_fsync = 0;
+    PyObject *cancel_o = Py_None;
+    Py_buffer cancel_buf = {0};
+    int have_cancel = 0;
     dp_task_opts o;
     dp_task_result res;
     int rc;
     memset(&res, 0, sizeof res);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|n:run_task", (char **)kw_run_task, &cap,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|npO:run_task", (char **)kw_run_task, &cap,
                                      PyUnicode_FSConverter, &path_o, &kind, &start, &end, &text_field, &lang_field,
                                      &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
-                                     PyUnicode_FSConverter, &metap_o, &batch))
+                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o))
         goto fail;
     wt_tokenizer *t = get_tok(cap);
     if (!t) goto fail;
@@ -155,7 +201,16 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     if (kind < 0 || kind > DP_KIND_TXT_BLANK) { PyErr_Format(PyExc_ValueError, "kind: expected 0..3, got %d", kind); goto fail; }
     if (batch < 0) { PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch); goto fail; }
     if (start > end) { PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end); goto fail; }
+    if (cancel_o != Py_None) { /* a writable buffer whose first int another thread may set to stop */
+        if (PyObject_GetBuffer(cancel_o, &cancel_buf, PyBUF_WRITABLE) < 0) goto fail;
+        have_cancel = 1;
+        if (cancel_buf.len < (Py_ssize_t)sizeof(int) || ((uintptr_t)cancel_buf.buf % sizeof(int))) {
+            PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
+            goto fail;
+        }
+    }
     memset(&o, 0, sizeof o);
+    o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
     o.path = PyBytes_AS_STRING(path_o);
     o.kind = kind;
     o.start = start;
@@ -166,6 +221,7 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     o.fail_fast = fail_fast;
     o.n_threads = n_threads;
     o.batch_bytes = (size_t)batch;
+    o.fsync = do_fsync;
     o.encode = encode_cb;
     o.encode_ctx = t;
     o.tok_path = PyBytes_AS_STRING(tokp_o);
@@ -220,12 +276,14 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     if (rc) SET("error", PyUnicode_DecodeFSDefault(res.err));
     else SET("error", Py_NewRef(Py_None));
 #undef SET
+    if (have_cancel) PyBuffer_Release(&cancel_buf);
     dp_task_result_free(&res);
     Py_XDECREF(path_o);
     Py_XDECREF(tokp_o);
     Py_XDECREF(metap_o);
     return out;
 fail:
+    if (have_cancel) PyBuffer_Release(&cancel_buf);
     dp_task_result_free(&res);
     Py_XDECREF(tmp);
     Py_XDECREF(out);
@@ -353,7 +411,7 @@ static PyObject *py_json_extract(PyObject *self, PyObject *args) {
     size_t len = 0;
     char lang[64];
     uint64_t nrep = 0;
-    int st = dp_json_extract(buf.buf, (size_t)buf.len, field, lang_field, repair, out, &len, lang, &nrep);
+    int st = dp_json_extract(buf.buf, (size_t)buf.len, field, lang_field, repair, out, &len, lang, &nrep, NULL);
     PyBuffer_Release(&buf);
     PyObject *r;
     if (st == DP_OK) r = Py_BuildValue("(sy#sK)", dp_status_names[st], (const char *)out, (Py_ssize_t)len, lang, nrep);
@@ -409,10 +467,13 @@ static PyMethodDef methods[] = {
     {"load_vocab", py_load_vocab, METH_VARARGS, "load_vocab(data: bytes) -> tokenizer capsule"},
     {"n_vocab", py_n_vocab, METH_O, "n_vocab(tokenizer) -> int"},
     {"encode", py_encode, METH_VARARGS, "encode(tokenizer, data: bytes) -> uint16 ndarray"},
+    {"encode_batch_count", py_encode_batch_count, METH_VARARGS,
+     "encode_batch_count(tokenizer, texts: list[bytes], n_threads) -> total ids (wt_encode_batch; benchmarks)"},
     {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
      "run_task(tokenizer, path, kind, start, end, text_field, lang_field, repair_utf8, fail_fast, n_threads, "
-     "tok_path, meta_path, batch_bytes=0) -> dict (GIL released)"},
+     "tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None) -> dict (GIL released; cancel: a "
+     "writable int-aligned buffer, non-zero first int stops the task)"},
     {"copy_ranges", py_copy_ranges, METH_VARARGS, "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
     {"zstd_compress", py_zstd_compress, METH_VARARGS, "zstd_compress(data, level) -> one checksummed frame"},
     {"zstd_decompress", py_zstd_decompress, METH_VARARGS, "zstd_decompress(frame, size) -> bytes"},

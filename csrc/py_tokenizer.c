@@ -1,6 +1,640 @@
-/* Python binding for the tokenizer core: the only file of this extension that includes Python.h. */
+/* Python binding for the tokenizer core: the only file of this extension that includes Python.h.
+ *
+ * One type, `Core`, owns a wt_tokenizer (immutable, shared by any number of threads) and a cache
+ * of the Python ints 0..n_vocab-1 so that building a list of ids is an INCREF per id instead
+ * of an allocation per id. The Python class rwkv5.tokenizer.WorldTokenizer wraps it.
+ *
+ * Every method follows the same shape: parse -> validate -> acquire buffers (holding references
+ * to the objects that own them) -> release the GIL -> compute -> reacquire -> build the result
+ * -> one cleanup label.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "tokenizer/world_tokenizer.h"
+
+#define INT_CACHE_MAX (1u << 20) /* cache Python ints for vocabs up to this many ids */
+#define BATCH_CHUNK_BYTES ((size_t)16 << 20) /* input bytes per parallel round of encode_batch */
+#define BIG_TEXT_BYTES ((size_t)4 << 20)     /* texts this large are split across threads */
+
+enum { ERR_STRICT = 0, ERR_REPLACE = 1, ERR_IGNORE = 2 };
+static const uint8_t REPLACEMENT_UTF8[3] = {0xEF, 0xBF, 0xBD}; /* U+FFFD */
+
+typedef struct {
+    PyObject_HEAD
+    wt_tokenizer *tok;  /* owned */
+    PyObject **ints;    /* owned refs to ints 0..n_vocab-1, or NULL (large custom vocab) */
+    uint32_t n_ints;
+} CoreObject;
+
+/* ---- text arguments ---------------------------------------------------------------------- */
+
+/* UTF-8 bytes of a str (PyUnicode_AsUTF8AndSize: no copy for ASCII/cached strings), or the bytes
+ * of a bytes-like object. `owner` receives a new reference that keeps the bytes alive (and, for
+ * a buffer, the view that pins it). Lone surrogates in a str raise UnicodeEncodeError naming the
+ * position (the reference tokenizer does the same: str.encode("utf-8")). */
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+    PyObject *owner;
+    Py_buffer view;
+    int has_view;
+} text_ref;
+
+static int text_get(PyObject *o, text_ref *t, const char *what, Py_ssize_t index) {
+    memset(t, 0, sizeof *t);
+    if (PyUnicode_Check(o)) {
+        const char *s = PyUnicode_AsUTF8AndSize(o, &t->n);
+        if (!s) return -1;
+        t->p = (const uint8_t *)s;
+    } else if (PyBytes_Check(o)) {
+        t->p = (const uint8_t *)PyBytes_AS_STRING(o);
+        t->n = PyBytes_GET_SIZE(o);
+    } else if (PyObject_CheckBuffer(o)) {
+        if (PyObject_GetBuffer(o, &t->view, PyBUF_SIMPLE) < 0) return -1;
+        t->has_view = 1;
+        t->p = t->view.buf;
+        t->n = t->view.len;
+    } else {
+        if (index >= 0)
+            PyErr_Format(PyExc_TypeError, "%s[%zd] must be str or bytes, not %.100s", what, index, Py_TYPE(o)->tp_name);
+        else
+            PyErr_Format(PyExc_TypeError, "%s must be str or bytes, not %.100s", what, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    Py_INCREF(o);
+    t->owner = o;
+    return 0;
+}
+
+static void text_release(text_ref *t) {
+    if (t->has_view) PyBuffer_Release(&t->view);
+    t->has_view = 0;
+    Py_CLEAR(t->owner);
+}
+
+/* ---- ids -> Python ------------------------------------------------------------------------ */
+
+static PyObject *ids_to_list(CoreObject *self, const uint32_t *ids, size_t n) {
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) return NULL;
+    if (self->ints) {
+        for (size_t i = 0; i < n; i++) {
+            PyObject *v = self->ints[ids[i]]; /* ids come from the vocab: < n_vocab */
+            Py_INCREF(v);
+            PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            PyObject *v = PyLong_FromUnsignedLong(ids[i]);
+            if (!v) { Py_DECREF(list); return NULL; }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+        }
+    }
+    return list;
+}
+
+/* The CPUs this process may run on. */
+static int default_threads(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n >= 1) return n > 256 ? 256 : n;
+    }
+    return 1;
+}
+
+static int parse_threads(PyObject *arg, int *out) {
+    if (arg == NULL || arg == Py_None) { *out = default_threads(); return 0; }
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "num_threads must be an int or None, not %.100s", Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 1 || v > 256) {
+        PyErr_Format(PyExc_ValueError, "num_threads must be between 1 and 256, got %ld", v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* ---- Core ---------------------------------------------------------------------------------- */
+
+static void Core_dealloc(CoreObject *self) {
+    if (self->ints) {
+        for (uint32_t i = 0; i < self->n_ints; i++) Py_XDECREF(self->ints[i]);
+        PyMem_Free(self->ints);
+    }
+    wt_free(self->tok);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"data", NULL};
+    Py_buffer data = {0};
+    CoreObject *self = NULL;
+    char err[512] = "";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:Core", kwlist, &data)) return NULL;
+    self = (CoreObject *)type->tp_alloc(type, 0);
+    if (!self) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    self->tok = wt_load(data.buf, (size_t)data.len, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (!self->tok) {
+        if (strstr(err, "out of memory")) PyErr_NoMemory();
+        else PyErr_SetString(PyExc_ValueError, err);
+        goto fail;
+    }
+    uint32_t nv = wt_n_vocab(self->tok);
+    if (nv <= INT_CACHE_MAX) {
+        self->ints = PyMem_Calloc(nv, sizeof *self->ints);
+        if (!self->ints) { PyErr_NoMemory(); goto fail; }
+        self->n_ints = nv;
+        for (uint32_t i = 0; i < nv; i++)
+            if (!(self->ints[i] = PyLong_FromUnsignedLong(i))) goto fail;
+    }
+    PyBuffer_Release(&data);
+    return (PyObject *)self;
+fail:
+    PyBuffer_Release(&data);
+    Py_XDECREF(self);
+    return NULL;
+}
+
+/* ---- per-thread scratch for ids ----------------------------------------------------------
+ * Encoding writes up to one id per input byte before the result is built. A fresh malloc of
+ * that size per call costs a page fault per 4 KiB (about 10% of the encode time for 1 MB of
+ * text), so each OS thread keeps one buffer and reuses it; buffers above SCRATCH_KEEP are freed
+ * after the call. A pthread key frees the buffer when its thread exits. Used with or without
+ * the GIL: it is private to the calling thread. */
+#define SCRATCH_KEEP ((size_t)16 << 20)
+
+typedef struct { void *p; size_t cap; int busy; } scratch_buf;
+static pthread_key_t scratch_key;
+static int scratch_key_ok = 0;
+
+static void scratch_destroy(void *v) {
+    scratch_buf *b = v;
+    if (b) { free(b->p); free(b); }
+}
+
+static void *scratch_get(size_t bytes) {
+    scratch_buf *b = scratch_key_ok ? pthread_getspecific(scratch_key) : NULL;
+    if (!b && scratch_key_ok) {
+        b = calloc(1, sizeof *b);
+        if (b && pthread_setspecific(scratch_key, b) != 0) { free(b); b = NULL; }
+    }
+    /* No key, or the buffer is in use by an outer call on this thread (building a list may run
+     * a finalizer that encodes again): a plain allocation, freed by scratch_put. */
+    if (!b || b->busy) return malloc(bytes ? bytes : 1);
+    if (b->cap < bytes) {
+        free(b->p);
+        b->p = malloc(bytes);
+        b->cap = b->p ? bytes : 0;
+    }
+    if (b->p) b->busy = 1;
+    return b->p;
+}
+
+static void scratch_put(void *p) {
+    scratch_buf *b = scratch_key_ok ? pthread_getspecific(scratch_key) : NULL;
+    if (!b || b->p != p) { free(p); return; }
+    b->busy = 0;
+    if (b->cap > SCRATCH_KEEP) { free(b->p); b->p = NULL; b->cap = 0; }
+}
+
+PyDoc_STRVAR(encode_doc, "encode(text) -> list[int]: greedy longest-match ids of str (as UTF-8) or bytes.");
+static PyObject *Core_encode(CoreObject *self, PyObject *text) {
+    text_ref t;
+    void *ids = NULL;
+    PyObject *res = NULL;
+    size_t k = 0;
+    int narrow = self->ints != NULL && wt_n_vocab(self->tok) <= 65536;
+    if (text_get(text, &t, "text", -1) < 0) return NULL;
+    ids = scratch_get(((size_t)t.n + 1) * (narrow ? 2 : 4));
+    if (!ids) { PyErr_NoMemory(); goto done; }
+    if (t.n > 4096) {
+        Py_BEGIN_ALLOW_THREADS
+        k = narrow ? wt_encode_u16(self->tok, t.p, (size_t)t.n, ids) : wt_encode(self->tok, t.p, (size_t)t.n, ids);
+        Py_END_ALLOW_THREADS
+    } else {
+        k = narrow ? wt_encode_u16(self->tok, t.p, (size_t)t.n, ids) : wt_encode(self->tok, t.p, (size_t)t.n, ids);
+    }
+    if (narrow) { /* ids_to_list for uint16 ids (always < n_vocab <= 65536, all cached) */
+        const uint16_t *v = ids;
+        res = PyList_New((Py_ssize_t)k);
+        if (res)
+            for (size_t i = 0; i < k; i++) {
+                PyObject *o = self->ints[v[i]];
+                Py_INCREF(o);
+                PyList_SET_ITEM(res, (Py_ssize_t)i, o);
+            }
+    } else {
+        res = ids_to_list(self, ids, k);
+    }
+done:
+    if (ids) scratch_put(ids);
+    text_release(&t);
+    return res;
+}
+
+PyDoc_STRVAR(encode_numpy_doc,
+             "encode_numpy(text, num_threads=1) -> numpy array of ids (uint16 when n_vocab <= 65536, else uint32).\n"
+             "With num_threads > 1 a long text is cut into pieces encoded concurrently and re-joined\n"
+             "exactly (the result does not depend on num_threads).");
+static PyObject *Core_encode_numpy(CoreObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"text", "num_threads", NULL};
+    PyObject *text, *threads_arg = NULL, *arr = NULL;
+    text_ref t = {0};
+    void *buf = NULL;
+    int nthreads;
+    size_t k = 0;
+    int narrow = wt_n_vocab(self->tok) <= 65536;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_numpy", kwlist, &text, &threads_arg)) return NULL;
+    if (threads_arg == NULL || threads_arg == Py_None) nthreads = 1;
+    else if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
+    if (text_get(text, &t, "text", -1) < 0) return NULL;
+    size_t n = (size_t)t.n;
+    buf = scratch_get((n + 1) * (nthreads > 1 || !narrow ? 4 : 2));
+    if (!buf) { PyErr_NoMemory(); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    if (nthreads > 1) {
+        k = wt_encode_parallel(self->tok, t.p, n, buf, nthreads);
+        if (narrow && k != (size_t)-1) { /* in place: element i moves from byte 4i to byte 2i */
+            const uint32_t *s32 = buf;
+            uint16_t *d16 = buf;
+            for (size_t i = 0; i < k; i++) d16[i] = (uint16_t)s32[i];
+        }
+    } else if (narrow) {
+        k = wt_encode_u16(self->tok, t.p, n, buf);
+    } else {
+        k = wt_encode(self->tok, t.p, n, buf);
+    }
+    Py_END_ALLOW_THREADS
+    if (k == (size_t)-1) { PyErr_NoMemory(); goto done; }
+    npy_intp dim = (npy_intp)k;
+    arr = PyArray_SimpleNew(1, &dim, narrow ? NPY_UINT16 : NPY_UINT32);
+    if (!arr) goto done;
+    memcpy(PyArray_DATA((PyArrayObject *)arr), buf, k * (narrow ? 2 : 4));
+done:
+    if (buf) scratch_put(buf);
+    text_release(&t);
+    return arr;
+}
+
+PyDoc_STRVAR(encode_batch_doc,
+             "encode_batch(texts, num_threads=None) -> list[list[int]]. The GIL is released while C threads\n"
+             "encode; results do not depend on num_threads.");
+static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"texts", "num_threads", NULL};
+    PyObject *texts_arg, *threads_arg = NULL, *seq = NULL, *res = NULL;
+    text_ref *refs = NULL;
+    const uint8_t **ptrs = NULL;
+    size_t *lens = NULL, *offs = NULL, *nout = NULL;
+    uint32_t *out = NULL;
+    Py_ssize_t count = 0, got = 0;
+    int nthreads;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch", kwlist, &texts_arg, &threads_arg)) return NULL;
+    if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
+    if (PyUnicode_Check(texts_arg) || PyBytes_Check(texts_arg)) {
+        PyErr_SetString(PyExc_TypeError, "texts must be a list of str or bytes, not a single str/bytes (use encode())");
+        return NULL;
+    }
+    seq = PySequence_Fast(texts_arg, "texts must be a list (or other iterable) of str or bytes");
+    if (!seq) return NULL;
+    count = PySequence_Fast_GET_SIZE(seq);
+    size_t cnt = (size_t)count ? (size_t)count : 1;
+    refs = PyMem_Calloc(cnt, sizeof *refs);
+    ptrs = PyMem_Malloc(cnt * sizeof *ptrs);
+    lens = PyMem_Malloc(cnt * sizeof *lens);
+    offs = PyMem_Malloc(cnt * sizeof *offs);
+    nout = PyMem_Malloc(cnt * sizeof *nout);
+    if (!refs || !ptrs || !lens || !offs || !nout) { PyErr_NoMemory(); goto done; }
+    /* Each text_ref holds its own reference: the list may be changed by another thread while
+     * the GIL is released, the texts stay alive. */
+    for (got = 0; got < count; got++) {
+        if (text_get(PySequence_Fast_GET_ITEM(seq, got), &refs[got], "texts", got) < 0) goto done;
+        ptrs[got] = refs[got].p;
+        lens[got] = (size_t)refs[got].n;
+    }
+    res = PyList_New(count);
+    if (!res) goto done;
+    size_t out_cap = 0;
+    for (Py_ssize_t i = 0; i < count;) {
+        /* One round: texts i..j-1 with about BATCH_CHUNK_BYTES of input, or one big text. */
+        Py_ssize_t j = i;
+        size_t total = 0;
+        int big = lens[i] >= BIG_TEXT_BYTES;
+        if (big) {
+            offs[i] = 0;
+            total = lens[i];
+            j = i + 1;
+        } else {
+            while (j < count && lens[j] < BIG_TEXT_BYTES && (j == i || total + lens[j] <= BATCH_CHUNK_BYTES)) {
+                offs[j] = total;
+                total += lens[j];
+                j++;
+            }
+        }
+        if (total + 1 > out_cap) {
+            if (out) scratch_put(out);
+            out_cap = total + 1;
+            out = scratch_get(out_cap * sizeof *out);
+            if (!out) { PyErr_NoMemory(); goto fail_res; }
+        }
+        size_t k_big = 0;
+        Py_BEGIN_ALLOW_THREADS
+        if (big) k_big = wt_encode_parallel(self->tok, ptrs[i], lens[i], out, nthreads);
+        else wt_encode_batch(self->tok, (size_t)(j - i), ptrs + i, lens + i, out, offs + i, nout + i, nthreads);
+        Py_END_ALLOW_THREADS
+        if (big) {
+            if (k_big == (size_t)-1) { PyErr_NoMemory(); goto fail_res; }
+            nout[i] = k_big;
+        }
+        for (Py_ssize_t m = i; m < j; m++) {
+            PyObject *l = ids_to_list(self, out + offs[m], nout[m]);
+            if (!l) goto fail_res;
+            PyList_SET_ITEM(res, m, l);
+        }
+        i = j;
+    }
+    goto done;
+fail_res:
+    Py_CLEAR(res);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) text_release(&refs[i]);
+    PyMem_Free(refs);
+    PyMem_Free(ptrs);
+    PyMem_Free(lens);
+    PyMem_Free(offs);
+    PyMem_Free(nout);
+    if (out) scratch_put(out);
+    Py_XDECREF(seq);
+    return res;
+}
+
+/* ---- decoding ------------------------------------------------------------------------------ */
+
+/* ids argument -> int64 array (PyMem_Malloc'd, *n entries). Ids beyond int64 become INT64_MAX
+ * (out of range, handled by the errors policy); negative ids and non-integers raise. */
+static int64_t *ids_get(PyObject *obj, Py_ssize_t *n_out) {
+    int64_t *ids = NULL;
+    PyObject *seq = NULL;
+    if (PyUnicode_Check(obj) || PyBytes_Check(obj) || PyByteArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "ids must be a sequence of ints, not %.100s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (PyObject_CheckBuffer(obj)) {
+        Py_buffer v;
+        if (PyObject_GetBuffer(obj, &v, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) == 0) {
+            const char *f = v.format ? v.format : "B";
+            /* '<' and '=' mean standard sizes, little-endian: the native layout on the targets we build for */
+            if (*f == '@' || *f == '=' || *f == '<') f++;
+            else if (*f == '>' || *f == '!') {
+                PyBuffer_Release(&v);
+                PyErr_SetString(PyExc_TypeError, "ids array must be in native byte order");
+                return NULL;
+            }
+            char c = f[0];
+            int ok_fmt = f[1] == 0 && strchr("bBhHiIlLqQnN?", c) != NULL;
+            int is_float = f[1] == 0 && strchr("efd", c) != NULL;
+            if (!ok_fmt || v.ndim > 1) {
+                PyBuffer_Release(&v);
+                if (is_float) PyErr_SetString(PyExc_TypeError, "ids must be integers, got an array of floats");
+                else if (v.ndim > 1) PyErr_Format(PyExc_ValueError, "ids must be one-dimensional, got %d dimensions", v.ndim);
+                else PyErr_Format(PyExc_TypeError, "ids must be integers, got an array of format '%s'", v.format ? v.format : "?");
+                return NULL;
+            }
+            Py_ssize_t n = v.itemsize ? v.len / v.itemsize : 0;
+            ids = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *ids);
+            if (!ids) { PyBuffer_Release(&v); PyErr_NoMemory(); return NULL; }
+            const char *b = v.buf;
+            int is_signed = strchr("bhilqn", c) != NULL;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                const char *e = b + i * v.itemsize;
+                int64_t x;
+                switch (v.itemsize) {
+                case 1: x = is_signed ? (int64_t)*(const int8_t *)e : (int64_t)*(const uint8_t *)e; break;
+                case 2: { int16_t s; uint16_t u; memcpy(&s, e, 2); memcpy(&u, e, 2); x = is_signed ? s : u; break; }
+                case 4: { int32_t s; uint32_t u; memcpy(&s, e, 4); memcpy(&u, e, 4); x = is_signed ? s : (int64_t)u; break; }
+                default: {
+                    int64_t s; uint64_t u; memcpy(&s, e, 8); memcpy(&u, e, 8);
+                    x = is_signed ? s : (u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)u);
+                }
+                }
+                if (x < 0) {
+                    PyBuffer_Release(&v);
+                    PyMem_Free(ids);
+                    PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is negative; ids are 0..n_vocab-1", i, (long long)x);
+                    return NULL;
+                }
+                ids[i] = x;
+            }
+            PyBuffer_Release(&v);
+            *n_out = n;
+            return ids;
+        }
+        PyErr_Clear(); /* not a contiguous typed buffer: fall back to the sequence protocol */
+    }
+    seq = PySequence_Fast(obj, "ids must be a sequence (list, tuple, array) of ints");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    ids = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *ids);
+    if (!ids) { PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(seq, i), *idx = NULL;
+        if (PyLong_Check(it)) {
+            idx = it;
+            Py_INCREF(idx);
+        } else if (PyFloat_Check(it)) {
+            PyErr_Format(PyExc_TypeError, "ids[%zd] is a float (%R); ids must be integers", i, it);
+            goto fail;
+        } else {
+            idx = PyNumber_Index(it); /* numpy integer scalars */
+            if (!idx) {
+                PyErr_Format(PyExc_TypeError, "ids[%zd] must be an int, not %.100s", i, Py_TYPE(it)->tp_name);
+                goto fail;
+            }
+        }
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(idx, &overflow);
+        Py_DECREF(idx);
+        if (x == -1 && PyErr_Occurred()) goto fail;
+        if (overflow > 0) x = INT64_MAX;
+        if (overflow < 0 || x < 0) {
+            PyErr_Format(PyExc_ValueError, "ids[%zd] = %R is negative; ids are 0..n_vocab-1", i, it);
+            goto fail;
+        }
+        ids[i] = x;
+    }
+    Py_DECREF(seq);
+    *n_out = n;
+    return ids;
+fail:
+    PyMem_Free(ids);
+    Py_XDECREF(seq);
+    return NULL;
+}
+
+static int errors_code(const char *errors, int *code) {
+    if (!errors || strcmp(errors, "strict") == 0) *code = ERR_STRICT;
+    else if (strcmp(errors, "replace") == 0) *code = ERR_REPLACE;
+    else if (strcmp(errors, "ignore") == 0) *code = ERR_IGNORE;
+    else {
+        PyErr_Format(PyExc_ValueError, "errors must be 'strict', 'replace' or 'ignore', got '%s'", errors);
+        return -1;
+    }
+    return 0;
+}
+
+/* Concatenated token bytes into a PyMem buffer. An id without an entry (0 = end-of-text, gaps,
+ * >= n_vocab): strict raises ValueError naming it, replace writes U+FFFD (EF BF BD), ignore skips. */
+static uint8_t *join_tokens(CoreObject *self, PyObject *ids_arg, int code, size_t *len_out) {
+    Py_ssize_t n = 0;
+    int64_t *ids = ids_get(ids_arg, &n);
+    uint8_t *buf = NULL;
+    if (!ids) return NULL;
+    size_t total = 0;
+    uint32_t nv = wt_n_vocab(self->tok);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t len = 0;
+        const uint8_t *b = ids[i] < (int64_t)nv ? wt_token_bytes(self->tok, (uint32_t)ids[i], &len) : NULL;
+        if (b) { total += len; continue; }
+        if (code == ERR_STRICT) {
+            if (ids[i] == 0)
+                PyErr_Format(PyExc_ValueError, "ids[%zd] = 0 is the end-of-text token, which has no text "
+                             "(use errors='replace' or 'ignore')", i);
+            else
+                PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is not in the vocab (n_vocab = %u)", i,
+                             (long long)ids[i], nv);
+            goto fail;
+        }
+        if (code == ERR_REPLACE) total += 3;
+    }
+    buf = PyMem_Malloc(total ? total : 1);
+    if (!buf) { PyErr_NoMemory(); goto fail; }
+    size_t o = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t len = 0;
+        const uint8_t *b = ids[i] < (int64_t)nv ? wt_token_bytes(self->tok, (uint32_t)ids[i], &len) : NULL;
+        if (b) { memcpy(buf + o, b, len); o += len; }
+        else if (code == ERR_REPLACE) { memcpy(buf + o, REPLACEMENT_UTF8, 3); o += 3; }
+    }
+    PyMem_Free(ids);
+    *len_out = o;
+    return buf;
+fail:
+    PyMem_Free(ids);
+    return NULL;
+}
+
+PyDoc_STRVAR(decode_bytes_doc, "decode_bytes(ids, errors='strict') -> bytes");
+static PyObject *Core_decode_bytes(CoreObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"ids", "errors", NULL};
+    PyObject *ids;
+    const char *errors = "strict";
+    int code;
+    size_t n;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:decode_bytes", kwlist, &ids, &errors)) return NULL;
+    if (errors_code(errors, &code) < 0) return NULL;
+    uint8_t *buf = join_tokens(self, ids, code, &n);
+    if (!buf) return NULL;
+    PyObject *res = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)n);
+    PyMem_Free(buf);
+    return res;
+}
+
+PyDoc_STRVAR(decode_doc, "decode(ids, errors='replace') -> str (UTF-8 with the same errors policy)");
+static PyObject *Core_decode(CoreObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"ids", "errors", NULL};
+    PyObject *ids;
+    const char *errors = "replace";
+    int code;
+    size_t n;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:decode", kwlist, &ids, &errors)) return NULL;
+    if (errors_code(errors, &code) < 0) return NULL;
+    uint8_t *buf = join_tokens(self, ids, code, &n);
+    if (!buf) return NULL;
+    PyObject *res = PyUnicode_DecodeUTF8((const char *)buf, (Py_ssize_t)n, errors);
+    PyMem_Free(buf);
+    return res;
+}
+
+PyDoc_STRVAR(token_bytes_doc, "token_bytes(id) -> bytes, or None when the id has no entry");
+static PyObject *Core_token_bytes(CoreObject *self, PyObject *arg) {
+    if (PyFloat_Check(arg) || !PyIndex_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "id must be an int, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    PyObject *idx = PyNumber_Index(arg);
+    if (!idx) return NULL;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    Py_DECREF(idx);
+    if (x == -1 && PyErr_Occurred()) return NULL;
+    if (overflow < 0 || x < 0) {
+        PyErr_Format(PyExc_ValueError, "id %R is negative; ids are 0..n_vocab-1", arg);
+        return NULL;
+    }
+    size_t len = 0;
+    const uint8_t *b = (overflow == 0 && x < (long long)wt_n_vocab(self->tok)) ? wt_token_bytes(self->tok, (uint32_t)x, &len) : NULL;
+    if (!b) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)b, (Py_ssize_t)len);
+}
+
+PyDoc_STRVAR(token_to_id_doc, "token_to_id(token: str | bytes) -> int, or None when it is not a token");
+static PyObject *Core_token_to_id(CoreObject *self, PyObject *arg) {
+    text_ref t;
+    if (text_get(arg, &t, "token", -1) < 0) return NULL;
+    uint32_t id = 0;
+    int found = wt_token_to_id(self->tok, t.p, (size_t)t.n, &id);
+    text_release(&t);
+    if (!found) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(id);
+}
+
+static PyObject *Core_get_n_vocab(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_n_vocab(self->tok)); }
+static PyObject *Core_get_n_tokens(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_n_tokens(self->tok)); }
+static PyObject *Core_get_max_len(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_max_token_len(self->tok)); }
+
+static PyMethodDef Core_methods[] = {
+    {"encode", (PyCFunction)Core_encode, METH_O, encode_doc},
+    {"encode_numpy", (PyCFunction)(void (*)(void))Core_encode_numpy, METH_VARARGS | METH_KEYWORDS, encode_numpy_doc},
+    {"encode_batch", (PyCFunction)(void (*)(void))Core_encode_batch, METH_VARARGS | METH_KEYWORDS, encode_batch_doc},
+    {"decode", (PyCFunction)(void (*)(void))Core_decode, METH_VARARGS | METH_KEYWORDS, decode_doc},
+    {"decode_bytes", (PyCFunction)(void (*)(void))Core_decode_bytes, METH_VARARGS | METH_KEYWORDS, decode_bytes_doc},
+    {"token_bytes", (PyCFunction)Core_token_bytes, METH_O, token_bytes_doc},
+    {"token_to_id", (PyCFunction)Core_token_to_id, METH_O, token_to_id_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"n_vocab", (getter)Core_get_n_vocab, NULL, "max id + 1", NULL},
+    {"n_tokens", (getter)Core_get_n_tokens, NULL, "number of vocab entries", NULL},
+    {"max_token_len", (getter)Core_get_max_len, NULL, "longest token in bytes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rwkv5.tokenizer._tokenizer.Core",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Core(vocab_bytes): the C World tokenizer (immutable, thread-safe).",
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+    .tp_new = Core_new,
+};
 
 static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
@@ -11,4 +645,17 @@ static struct PyModuleDef moduledef = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__tokenizer(void) { return PyModule_Create(&moduledef); }
+PyMODINIT_FUNC PyInit__tokenizer(void) {
+    import_array();
+    if (!scratch_key_ok) scratch_key_ok = pthread_key_create(&scratch_key, scratch_destroy) == 0;
+    if (PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -95,8 +94,10 @@ def main(argv=None) -> int:
             if args.ctx_len:
                 if len(m["shards"]) > 1:
                     for sh in m["shards"]:
-                        print(f"{sh['name']}: {magic_prime_line(sh['tokens'], args.ctx_len)}")
-                print(m["rwkv_lm_args"])
+                        line = magic_prime_line(sh["tokens"], args.ctx_len)
+                        print(f"{sh['name']}: {line}", file=sys.stderr if line.startswith("warning") else sys.stdout)
+                line = m["rwkv_lm_args"]
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
         elif args.cmd == "inspect":
             for idx, n, text in tools.inspect_docs(args.prefix, args.doc, args.count, args.vocab):
                 print(f"--- document {idx} ({n} tokens incl. the final 0)")
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
             m = tools.merge_binidx(args.prefixes, args.out) if args.cmd == "merge" else tools.unpack(args.prefix, args.out)
             print(f"wrote {args.out}.bin/.idx: {m['totals']['documents']} documents, {m['totals']['tokens']} tokens")
             if args.ctx_len:
-                print(magic_prime_line(m["totals"]["tokens"], args.ctx_len))
+                line = magic_prime_line(m["totals"]["tokens"], args.ctx_len)
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
     except (DataprepError, FormatError, OSError, ValueError) as e:
         print(f"rwkv5-prep {args.cmd}: error: {e}", file=sys.stderr)
         return 1

@@ -16,14 +16,15 @@ manifest is renamed into place last.
 from __future__ import annotations
 
 import glob as _glob
-import hashlib
 import json
 import os
+import re
 import shutil
 import sys
+import threading
 import time
-from concurrent.futures import Executor
-from typing import Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Sequence
 
 import numpy as np
 
@@ -86,22 +87,36 @@ def _kind_of(path: str, txt_mode: str) -> int:
     raise DataprepError(f"{path}: unsupported input type (expected .jsonl, .jsonl.zst or .txt)")
 
 
-_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.zst", ".json.zst", ".ndjson.zst", ".txt")
+# what a folder search picks up (plain .json and .zst only when named explicitly: a folder may
+# hold our own manifests and zst shards)
+_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.zst", ".ndjson.zst", ".txt")
 
 
-def expand_inputs(inputs: Sequence[str]) -> list:
-    """Files, globs and folders (searched recursively for known suffixes) -> sorted unique paths."""
+def expand_inputs(inputs: Sequence[str], exclude_prefix: str = None) -> list:
+    """Files, globs and folders (searched recursively for .jsonl, .ndjson, .jsonl.zst, .txt) ->
+    sorted unique absolute paths. Folder and glob hits that belong to the output set
+    (exclude_prefix*, its work folder) are left out."""
     out = set()
+
+    ours_re = re.compile(re.escape(exclude_prefix) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") if exclude_prefix else None
+
+    def ours(path):
+        if exclude_prefix is None:
+            return False
+        p = os.path.abspath(path)
+        return bool(ours_re.match(p)) or p.startswith(exclude_prefix + ".work" + os.sep)
+
     for arg in inputs:
         if os.path.isdir(arg):
             for root, _dirs, files in os.walk(arg):
                 for name in files:
-                    if name.lower().endswith(_SUFFIXES):
-                        out.add(os.path.abspath(os.path.join(root, name)))
+                    p = os.path.join(root, name)
+                    if name.lower().endswith(_SUFFIXES) and not ours(p):
+                        out.add(os.path.abspath(p))
         elif os.path.isfile(arg):
             out.add(os.path.abspath(arg))
         elif any(c in arg for c in "*?["):
-            hits = [h for h in _glob.glob(arg, recursive=True) if os.path.isfile(h)]
+            hits = [h for h in _glob.glob(arg, recursive=True) if os.path.isfile(h) and not ours(h)]
             if not hits:
                 raise DataprepError(f"input {arg!r}: the pattern matches no file")
             out.update(os.path.abspath(h) for h in hits)
@@ -161,13 +176,14 @@ def _task_stem(workdir: str, task: dict) -> str:
     return os.path.join(workdir, f"task-{task['id']:06d}")
 
 
-def _write_json_atomic(path: str, obj) -> None:
+def _write_json_atomic(path: str, obj, sync: bool = True) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, ensure_ascii=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -215,22 +231,45 @@ def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dic
     if done is not None:
         done["resumed"] = True
         return done
+    res = tokenize_task(task, options, workdir, n_threads)
+    return res if res.get("error") else finish_task(task, res, workdir)
+
+
+def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
+    """First half of run_task: the C pipeline writes task-N.tok.tmp / .meta.tmp."""
     stem = _task_stem(workdir, task)
     tok = load_tokenizer(options["vocab"])
     t0 = time.perf_counter()
-    res = _dataprep.run_task(
-        tok, task["path"], task["kind"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
-        options["text_field"], options["lang_field"] or None, options["repair_utf8"],
-        options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
-        options.get("batch_bytes", 0))
-    elapsed = time.perf_counter() - t0
+    args = (tok, task["path"], task["kind"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
+            options["text_field"], options["lang_field"] or None, options["repair_utf8"],
+            options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
+            options.get("batch_bytes", 0))
+    if threading.current_thread() is threading.main_thread():
+        # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
+        # flag the C reader polls, waits for the task to stop, and re-raises
+        cancel = bytearray(4)
+        ex = ThreadPoolExecutor(1)
+        fut = None
+        try:
+            fut = ex.submit(_dataprep.run_task, *args, cancel=cancel)
+            res = fut.result()
+        except BaseException:
+            cancel[0] = 1
+            if fut is not None:
+                try:
+                    fut.result()
+                except BaseException:
+                    pass
+            _remove_tmp_parts(stem)
+            raise
+        finally:
+            ex.shutdown(wait=True)
+    else:
+        res = _dataprep.run_task(*args)
+    res["seconds"] = round(time.perf_counter() - t0, 3)
     if res["error"] is not None:
-        for ext in ("tok", "meta"):
-            try:
-                os.remove(f"{stem}.{ext}.tmp")
-            except FileNotFoundError:
-                pass
-        if res.get("fail_line") is None and ":" in res["error"] and res["error"].startswith(task["path"] + ":"):
+        _remove_tmp_parts(stem)
+        if res["error"].startswith(task["path"] + ":"):
             # "path:LOCAL_LINE: reason" -> the caller turns the local line into a file line
             rest = res["error"][len(task["path"]) + 1:]
             line, _, reason = rest.partition(": ")
@@ -238,16 +277,32 @@ def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dic
                 return {"task": task, "error": "bad_record", "fail_line": int(line), "reason": reason,
                         "lines": res["lines"]}
         raise OSError(res["error"])
+    return res
+
+
+def _remove_tmp_parts(stem: str) -> None:
+    for ext in ("tok", "meta"):
+        try:
+            os.remove(f"{stem}.{ext}.tmp")
+        except FileNotFoundError:
+            pass
+
+
+def finish_task(task: dict, res: dict, workdir: str) -> dict:
+    """Second half of run_task: hash the parts, rename them into place, write the completion record.
+
+    No fsync: a resumed run re-checks part sizes and SHA-256 against the record, so a part lost
+    in a power cut is simply redone (the final outputs are fsynced before the manifest)."""
+    stem = _task_stem(workdir, task)
     parts = {}
     for ext in ("tok", "meta"):
         tmp = f"{stem}.{ext}.tmp"
         parts[ext] = {"bytes": os.path.getsize(tmp), "sha256": sha256_file(tmp)}
         os.replace(tmp, f"{stem}.{ext}")
-    _fsync_dir(workdir)
-    rec = {"task": task, "parts": parts, "seconds": round(elapsed, 3),
+    rec = {"task": task, "parts": parts, "seconds": res["seconds"],
            **{k: res[k] for k in ("lines", "docs", "tokens", "text_bytes", "input_bytes", "blank_lines",
                                   "repaired_docs", "skipped", "listed", "langs")}}
-    _write_json_atomic(stem + ".done.json", rec)
+    _write_json_atomic(stem + ".done.json", rec, sync=False)
     return rec
 
 
@@ -382,8 +437,8 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     if n_threads < 1:
         raise DataprepError(f"--workers: expected >= 1, got {workers}")
 
-    files = expand_inputs(inputs)
     out = os.path.abspath(out)
+    files = expand_inputs(inputs, exclude_prefix=out)
     out_dir = os.path.dirname(out)
     if not os.path.isdir(out_dir):
         raise DataprepError(f"--out {out}: folder {out_dir} does not exist")
@@ -430,11 +485,28 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
                 f"{done_bytes / 1e6:.1f} of {total_in / 1e6:.1f} MB, {done_bytes / dt / 1e6:.1f} MB/s")
 
     if executor is None:
-        for i, task in enumerate(tasks):
-            records[i] = run_task(task, options, workdir, n_threads)
-            report(i, records[i])
-            if records[i].get("error"):
-                break
+        # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
+        with ThreadPoolExecutor(1) as finisher:
+            pending = []
+            for i, task in enumerate(tasks):
+                rec = load_done(workdir, task)
+                if rec is not None:
+                    rec["resumed"] = True
+                    records[i] = rec
+                    report(i, rec)
+                    continue
+                res = tokenize_task(task, options, workdir, n_threads)
+                if res.get("error"):
+                    records[i] = res
+                    break
+                pending.append((i, finisher.submit(finish_task, task, res, workdir)))
+                while pending and pending[0][1].done():
+                    j, fut = pending.pop(0)
+                    records[j] = fut.result()
+                    report(j, records[j])
+            for j, fut in pending:
+                records[j] = fut.result()
+                report(j, records[j])
     else:
         # any concurrent.futures.Executor (process pool, Dask, engines.RayExecutor): completed tasks
         # are skipped, each returned completion record is verified against its parts (engines.py)
@@ -569,12 +641,13 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
             # temporaries live in the work folder (same file system), renamed into place at the end
             tmp_bin = os.path.join(workdir, os.path.basename(stem) + ".bin.tmp")
             tmp_idx = os.path.join(workdir, os.path.basename(stem) + ".idx.tmp")
-            _copy(tmp_bin, workdir_tok, ranges)
+            known_sha = _assemble(tmp_bin, workdir_tok, ranges, records)
             write_idx(tmp_idx, shard_sizes)
             files_out = {".bin": tmp_bin, ".idx": tmp_idx}
         else:
             tmp_stream = os.path.join(workdir, f"shard-{si:05d}.stream")
-            _copy(tmp_stream, workdir_tok, ranges)
+            _assemble(tmp_stream, workdir_tok, ranges, records)
+            known_sha = None
             tmp_zst = os.path.join(workdir, os.path.basename(stem) + ".zst.tmp")
             write_zst_shard(tmp_zst, tmp_stream, shard_sizes, n_vocab, options["zst_level"], options["frame_tokens"])
             os.remove(tmp_stream)
@@ -584,10 +657,17 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         for ext, tmp in files_out.items():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            entry["files"][os.path.basename(stem) + ext] = {"bytes": os.path.getsize(tmp), "sha256": sha256_file(tmp)}
+            sha = known_sha if ext == ".bin" and known_sha else sha256_file(tmp)
+            entry["files"][os.path.basename(stem) + ext] = {"bytes": os.path.getsize(tmp), "sha256": sha}
         if options["ctx_len"]:
             entry["magic_prime"] = magic_prime(ntok, int(options["ctx_len"]))
         shards.append((entry, files_out, stem))
+    # a manifest from an earlier run must not vouch for the new files while they are renamed
+    # in: no manifest = an unfinished set
+    try:
+        os.remove(out + ".manifest.json")
+    except FileNotFoundError:
+        pass
     for entry, files_out, stem in shards:
         for ext, tmp in files_out.items():
             os.replace(tmp, stem + ext)
@@ -645,11 +725,28 @@ def _coalesce(ranges: np.ndarray) -> np.ndarray:
     return np.stack([r[starts, 0], r[starts, 1], lens], axis=1)
 
 
+def _assemble(dst: str, srcs: list, ranges: np.ndarray, records) -> str:
+    """Write the ranges of the part files to dst. When they are exactly one whole part, hard-link
+    it instead of copying and return its recorded SHA-256 (else None: the caller hashes dst)."""
+    if len(ranges) == 1:
+        ti, off, n = (int(x) for x in ranges[0])
+        part = records[ti]["parts"]["tok"]
+        if off == 0 and n == part["bytes"]:
+            try:
+                if os.path.exists(dst):
+                    os.remove(dst)
+                os.link(srcs[ti], dst)
+                return part["sha256"]
+            except OSError:
+                pass
+    _copy(dst, srcs, ranges)
+    return None
+
+
 def _copy(dst: str, srcs: list, ranges: np.ndarray) -> None:
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _dataprep.copy_ranges(fd, srcs, np.ascontiguousarray(ranges, dtype=np.int64))
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         fd = -1

@@ -255,6 +255,8 @@ def _finish_binidx(out, srcs, ranges, sizes, extra) -> dict:
     write_idx(out + ".idx.tmp", sizes)
     files = {}
     for ext in (".bin", ".idx"):
+        with open(out + ext + ".tmp", "rb+") as f:
+            os.fsync(f.fileno())
         files[os.path.basename(out) + ext] = {"bytes": os.path.getsize(out + ext + ".tmp"),
                                               "sha256": sha256_file(out + ext + ".tmp")}
     for ext in (".bin", ".idx"):

@@ -164,3 +164,46 @@ def test_dominant_script():
     assert names[C.dominant_script("12345 !!! 🙂")] == "Common"
     assert names[C.dominant_script("")] == "Common"
     assert names[C.dominant_script("ᎣᏏᏲ")] == "Other"  # Cherokee
+
+
+# ----------------------------------------------------------------------------- readers on bad files
+
+def test_readers_reject_garbage(tmp_path):
+    import numpy as np
+    from rwkv5.dataprep import BinIdx, FormatError, ZstShard
+    from rwkv5.dataprep.formats import write_idx, write_zst_shard
+    sizes = np.array([3, 5, 1], dtype=np.int64)
+    toks = np.array([5, 6, 0, 7, 8, 9, 10, 0, 0], dtype="<u2")
+    (tmp_path / "s.tok").write_bytes(toks.tobytes())
+    write_zst_shard(str(tmp_path / "s.zst"), str(tmp_path / "s.tok"), sizes, 65530, frame_tokens=4)
+    write_idx(str(tmp_path / "b.idx"), sizes)
+    (tmp_path / "b.bin").write_bytes(toks.tobytes())
+    with ZstShard(str(tmp_path / "s.zst")) as z:
+        assert [d.tolist() for d in z] == [[5, 6, 0], [7, 8, 9, 10, 0], [0]]
+    assert [d.tolist() for d in BinIdx(str(tmp_path / "b"))] == [[5, 6, 0], [7, 8, 9, 10, 0], [0]]
+    good_z = (tmp_path / "s.zst").read_bytes()
+    good_i = (tmp_path / "b.idx").read_bytes()
+    rng = random.Random(5)
+    for trial in range(300):
+        for name, good in (("s.zst", good_z), ("b.idx", good_i)):
+            data = bytearray(good)
+            op = trial % 3
+            if op == 0:
+                data = data[:rng.randrange(len(data))]
+            elif op == 1:
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            else:
+                data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
+            (tmp_path / name).write_bytes(bytes(data))
+            try:
+                if name == "s.zst":
+                    with ZstShard(str(tmp_path / name)) as z:
+                        docs = [d.tolist() for d in z]
+                else:
+                    docs = [d.tolist() for d in BinIdx(str(tmp_path / "b"))]
+            except (FormatError, ValueError):
+                continue
+            # a change the format cannot see (e.g. a flipped bit in a size that the .bin length
+            # still agrees with) must at least still give well-formed documents
+            assert all(isinstance(d, list) for d in docs)
+        (tmp_path / "b.idx").write_bytes(good_i)

@@ -128,3 +128,23 @@ def test_corrupted_part_is_redone(corpus):
     os.remove(out + ".manifest.json")
     subprocess.run(cmd(inputs, out), check=True, capture_output=True)
     assert outputs(out) == ref
+
+
+def test_ctrl_c_then_resume(corpus):
+    d, inputs, ref, seconds = corpus
+    out = os.path.join(d, "sigint", "o")
+    os.makedirs(os.path.dirname(out))
+    p = subprocess.Popen(cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # interrupt once the build is under way (a Ctrl-C during interpreter start-up is Python's business)
+    while p.poll() is None and not os.path.exists(out + ".work/plan.json"):
+        time.sleep(0.01)
+    time.sleep(seconds * 0.3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate()
+    if p.returncode != 0:  # it may have finished first on a fast machine
+        assert p.returncode == 130 and "interrupted" in err, err
+        # no task is recorded as done while its parts are still temporaries
+        for tmp in glob.glob(out + ".work/task-*.tok.tmp"):
+            assert not os.path.exists(tmp.replace(".tok.tmp", ".done.json"))
+    subprocess.run(cmd(inputs, out), check=True, capture_output=True)
+    assert outputs(out) == ref

@@ -50,6 +50,9 @@ int dp_script_of(uint32_t cp);
 /* Dominant script of valid UTF-8 text: the script with most letters (ties: lower id);
  * DP_SCRIPT_COMMON when there are no letters. */
 int dp_dominant_script(const uint8_t *s, size_t n);
+/* One pass over s: validate UTF-8 (as dp_utf8_copy) and find the dominant script.
+ * Returns the script id, or -1 when s is not valid UTF-8. */
+int dp_text_scan(const uint8_t *s, size_t n);
 
 /* 128-bit non-cryptographic hash of a byte string (exact-duplicate detection). */
 void dp_hash128(const uint8_t *s, size_t n, uint64_t out[2]);
@@ -63,9 +66,11 @@ uint32_t dp_crc32c(uint32_t crc, const uint8_t *buf, size_t n);
  * bytes) goes to lang (NUL-terminated; "" when absent or not a string). *n_repaired counts U+FFFD
  * substitutions. The whole line is checked to be exactly one well-formed JSON object; a syntax
  * error anywhere wins over a missing/non-string field, which wins over bad UTF-8 in the text.
+ * *script (if not NULL) receives the text's dominant script (dp_text_scan).
  * Returns DP_OK or one of the status codes above. */
 int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char *lang_field,
-                    int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired);
+                    int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired,
+                    int *script);
 
 /* ---------------------------------------------------------------- task runner */
 enum { DP_KIND_JSONL = 0, DP_KIND_JSONL_ZST = 1, DP_KIND_TXT_FILE = 2, DP_KIND_TXT_BLANK = 3 };
@@ -97,6 +102,8 @@ typedef struct {
     const void *encode_ctx;
     const char *tok_path;    /* uint16 tokens of kept documents, each followed by 0 */
     const char *meta_path;   /* dp_doc_meta records */
+    int fsync;               /* 1: fsync the parts before returning (not needed for resume: the
+                              * driver re-checks part sizes and SHA-256 against the record) */
     volatile int *cancel;    /* optional: set non-zero from outside to stop early */
 } dp_task_opts;
 

@@ -48,19 +48,38 @@ static inline size_t put_utf8(uint8_t *o, uint32_t cp) {
     return 4;
 }
 
+/* Bytes of w (8 input bytes, little-endian) that end a plain run inside a JSON string: '"',
+ * '\\' or a control byte < 0x20. The lowest flagged byte is exact (borrows only create false
+ * flags above a true one), which is all the caller uses. */
+static inline uint64_t special8(uint64_t w) {
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+    return (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w)) & high;
+}
+
 /* Parse the string at c->p (which points at the opening quote). out == NULL: syntax check only.
  * Otherwise decode into out; if more than cap bytes would be written, *len = cap + 1 and the rest
  * is only checked (keys and lang values use a small cap; the text field's cap is big enough).
- * UTF-8 is validated only when utf8 != 0. */
-static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int utf8) {
+ * Raw bytes >= 0x80 are copied as they are (the caller validates UTF-8 afterwards, in the same
+ * pass that counts scripts). text != 0: a lone surrogate escape is recorded in c->content_err
+ * (repair off) or counted in c->n_repaired; it is written as U+FFFD either way. */
+static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int text) {
     const uint8_t *p = c->p + 1, *end = c->end;
     size_t o = 0;
     int overflow = 0;
     uint8_t tmp[8];
     for (;;) {
-        /* plain run: everything but quote, backslash, control bytes and (when checking) non-ASCII */
+        /* plain run: everything but quote, backslash and control bytes; 8 bytes at a time */
         const uint8_t *run = p;
-        while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && (!utf8 || *p < 0x80)) p++;
+        while ((size_t)(end - p) >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            uint64_t m = special8(w);
+            if (m) { p += __builtin_ctzll(m) >> 3; goto run_end; }
+            p += 8;
+        }
+        while (p < end && *p != '"' && *p != '\\' && *p >= 0x20) p++;
+    run_end:
         if (out && p > run) {
             size_t k = (size_t)(p - run);
             if (!overflow && o + k <= cap) { memcpy(out + o, run, k); o += k; } else overflow = 1;
@@ -70,21 +89,7 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int ut
         if (ch == '"') { p++; break; }
         if (ch < 0x20) return DP_MALFORMED_JSON; /* raw control character */
         size_t w = 0; /* bytes to emit from tmp */
-        if (ch >= 0x80) {
-            size_t sub = 0;
-            int k = dp_utf8_seq(p, (size_t)(end - p), &sub);
-            if (k > 0) {
-                memcpy(tmp, p, (size_t)k);
-                w = (size_t)k;
-                p += k;
-            } else {
-                if (!c->repair) { if (!c->content_err) c->content_err = DP_INVALID_UTF8; }
-                else c->n_repaired++;
-                tmp[0] = 0xEF; tmp[1] = 0xBF; tmp[2] = 0xBD;
-                w = 3;
-                p += sub;
-            }
-        } else { /* backslash escape */
+        {
             if (p + 1 >= end) return DP_MALFORMED_JSON;
             uint8_t e = p[1];
             p += 2;
@@ -106,8 +111,8 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int ut
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00); /* surrogate pair */
                     p += 6;
                 } else if (cp >= 0xD800 && cp <= 0xDFFF) {
-                    if (utf8 && !c->repair) { if (!c->content_err) c->content_err = DP_LONE_SURROGATE; }
-                    else if (utf8) c->n_repaired++;
+                    if (text && !c->repair) { if (!c->content_err) c->content_err = DP_LONE_SURROGATE; }
+                    else if (text) c->n_repaired++;
                     cp = 0xFFFD;
                 }
                 w = put_utf8(tmp, cp);
@@ -199,7 +204,7 @@ static int skip_value(cursor *c, int depth) {
 }
 
 int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char *lang_field,
-                    int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired) {
+                    int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired, int *script) {
     cursor c = {line, line + n, repair, 0, 0};
     size_t flen = strlen(field), llen = lang_field ? strlen(lang_field) : 0;
     uint8_t key[256];
@@ -229,7 +234,9 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
                 c.content_err = 0;
                 /* out has room for the whole line (x3 when repairing; without repair an invalid
                  * byte still takes 3 bytes but is then rejected, so give the same room) */
-                if ((st = parse_string(&c, out, 3 * n, &text_len, 1))) return st;
+                /* decode into the top third of out: a repair pass can then expand it into out[0..)
+                 * without overtaking its source (3k written after k read, and k <= n) */
+                if ((st = parse_string(&c, out + 2 * n, n, &text_len, 1))) return st;
                 rep_found = c.n_repaired - before; /* the last occurrence is the one kept */
                 text_err = c.content_err;
                 not_string = 0;
@@ -266,6 +273,18 @@ done:
     if (!found) return DP_MISSING_FIELD;
     if (not_string) return DP_FIELD_NOT_STRING;
     if (text_err) return text_err;
+    /* one pass validates UTF-8 and counts scripts; invalid text is repaired or refused */
+    int sc = dp_text_scan(out + 2 * n, text_len);
+    if (sc < 0) {
+        if (!repair) return DP_INVALID_UTF8;
+        uint64_t bad = 0;
+        text_len = dp_utf8_copy(out, out + 2 * n, text_len, 1, &bad);
+        rep_found += bad;
+        sc = dp_text_scan(out, text_len);
+    } else {
+        memmove(out, out + 2 * n, text_len);
+    }
+    if (script) *script = sc;
     *out_len = text_len;
     if (n_repaired) *n_repaired = rep_found;
     return DP_OK;

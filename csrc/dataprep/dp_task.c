@@ -217,30 +217,44 @@ static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, si
     for (size_t i = 0; i < s->n_items; i++) {
         item *it = &s->items[i];
         const uint8_t *rec = s->raw + it->off;
-        size_t need = 3 * it->len + 1, tlen = 0; /* decoded text never exceeds 3x its source */
+        /* decoded/repaired text never exceeds 3x its source; valid plain text needs no copy */
+        size_t need = (json || opt->repair_utf8) ? 3 * it->len + 1 : 1, tlen = 0;
         uint64_t nrep = 0;
         if (grow((void **)scratch, scratch_cap, need, 1)) { s->oom = 1; return; }
         it->lang[0] = 0;
+        const uint8_t *text = *scratch;
+        int script = 0;
         if (json) {
             it->status = dp_json_extract(rec, it->len, opt->text_field, opt->lang_field, opt->repair_utf8,
-                                         *scratch, &tlen, it->lang, &nrep);
-        } else {
-            tlen = dp_utf8_copy(*scratch, rec, it->len, opt->repair_utf8, &nrep);
-            it->status = tlen == (size_t)-1 ? DP_INVALID_UTF8 : DP_OK;
+                                         *scratch, &tlen, it->lang, &nrep, &script);
+        } else { /* plain text: tokenize in place when valid, else repair into scratch */
+            text = rec;
+            tlen = it->len;
+            script = dp_text_scan(rec, it->len);
+            it->status = DP_OK;
+            if (script < 0) {
+                if (opt->repair_utf8) {
+                    tlen = dp_utf8_copy(*scratch, rec, it->len, 1, &nrep);
+                    text = *scratch;
+                    script = dp_text_scan(text, tlen);
+                } else {
+                    it->status = DP_INVALID_UTF8;
+                }
+            }
         }
         if (it->status == DP_OK && tlen == 0) it->status = DP_EMPTY;
         if (it->status != DP_OK) continue;
         if (grow((void **)&s->tok, &s->tok_cap, s->tok_len + tlen + 1, sizeof(uint16_t)) ||
             grow((void **)&s->meta, &s->meta_cap, s->n_meta + 1, sizeof(dp_doc_meta))) { s->oom = 1; return; }
-        size_t n = opt->encode(opt->encode_ctx, *scratch, tlen, s->tok + s->tok_len);
+        size_t n = opt->encode(opt->encode_ctx, text, tlen, s->tok + s->tok_len);
         s->tok[s->tok_len + n] = 0; /* end of document */
         s->tok_len += n + 1;
         dp_doc_meta *m = &s->meta[s->n_meta];
         memset(m, 0, sizeof *m);
         m->n_bytes = tlen;
-        dp_hash128(*scratch, tlen, m->hash);
+        dp_hash128(text, tlen, m->hash);
         m->n_tokens = (uint32_t)(n + 1);
-        m->script = (uint8_t)dp_dominant_script(*scratch, tlen);
+        m->script = (uint8_t)script;
         m->repaired = nrep > 0;
         s->repaired_docs += nrep > 0;
         m->lang = (uint16_t)i; /* item index for now; the writer maps it to the language id */
@@ -339,10 +353,10 @@ static int write_slot(writer *w, slot *s) {
 
 /* ------------------------------------------------------------------ the task */
 
-static int close_file(FILE **f, const char *path, char *err, size_t errlen) {
+static int close_file(FILE **f, int sync, const char *path, char *err, size_t errlen) {
     int bad = fflush(*f) != 0 || ferror(*f);
     int e = errno;
-    if (!bad && fsync(fileno(*f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
+    if (!bad && sync && fsync(fileno(*f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
     if (fclose(*f) != 0 && !bad) { bad = 1; e = errno; }
     *f = NULL;
     if (bad) { snprintf(err, errlen, "%s: write failed: %s", path, strerror(e ? e : EIO)); return -1; }
@@ -537,8 +551,8 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     }
     cur = NULL;
     if (drain(&pl, &w)) goto done;
-    if (close_file(&w.tok, opt->tok_path, res->err, sizeof res->err)) goto done;
-    if (close_file(&w.meta, opt->meta_path, res->err, sizeof res->err)) goto done;
+    if (close_file(&w.tok, opt->fsync, opt->tok_path, res->err, sizeof res->err)) goto done;
+    if (close_file(&w.meta, opt->fsync, opt->meta_path, res->err, sizeof res->err)) goto done;
     rc = 0;
 
 done:
@@ -586,6 +600,16 @@ int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const in
         if (!src[si] && !(src[si] = fopen(src_paths[si], "rb"))) {
             snprintf(err, errlen, "%s: cannot open: %s", src_paths[si], strerror(errno));
             goto done;
+        }
+        /* in-kernel copy first (no trip through user space; a reflink on file systems that can) */
+        {
+            loff_t in_off = (loff_t)off;
+            while (len > 0) {
+                ssize_t c = copy_file_range(fileno(src[si]), &in_off, out_fd, NULL, (size_t)len, 0);
+                if (c <= 0) break; /* unsupported here, or EOF: the read/write loop below takes over */
+                len -= c;
+                off += c;
+            }
         }
         if (fseeko(src[si], (off_t)off, SEEK_SET)) { snprintf(err, errlen, "%s: seek failed", src_paths[si]); goto done; }
         while (len > 0) {

@@ -105,7 +105,7 @@ static int is_common_block(uint32_t cp) {
            (cp >= 0xE0000);
 }
 
-int dp_script_of(uint32_t cp) {
+static int script_search(uint32_t cp) {
     if (cp < 0x80) return ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') ? DP_SCRIPT_LATIN : DP_SCRIPT_COMMON;
     size_t lo = 0, hi = sizeof ranges / sizeof ranges[0];
     while (lo < hi) { /* first range with hi >= cp */
@@ -116,28 +116,108 @@ int dp_script_of(uint32_t cp) {
     return is_common_block(cp) ? DP_SCRIPT_COMMON : DP_SCRIPT_OTHER;
 }
 
-int dp_dominant_script(const uint8_t *s, size_t n) {
+/* Direct table for the code points below U+3100 (alphabets, Indic, Thai, kana): one load each. */
+#define SCRIPT_TABLE_END 0x3100
+static uint8_t script_table[SCRIPT_TABLE_END];
+static pthread_once_t script_once = PTHREAD_ONCE_INIT;
+static void script_init(void) {
+    for (uint32_t cp = 0; cp < SCRIPT_TABLE_END; cp++) script_table[cp] = (uint8_t)script_search(cp);
+}
+
+static inline int script_fast(uint32_t cp) {
+    if (cp < SCRIPT_TABLE_END) return script_table[cp];
+    if (cp >= 0x4E00 && cp <= 0x9FFF) return DP_SCRIPT_HAN;
+    if (cp >= 0xAC00 && cp <= 0xD7AF) return DP_SCRIPT_HANGUL;
+    return script_search(cp);
+}
+
+int dp_script_of(uint32_t cp) {
+    pthread_once(&script_once, script_init);
+    return script_fast(cp);
+}
+
+/* ASCII letters among 8 ASCII bytes: b | 0x20 in 'a'..'z'. Adding 0x1F sets a byte's high bit
+ * iff b|0x20 >= 'a'; adding 0x05 sets it iff b|0x20 >= '{'; bytes are < 0x80 so nothing carries.
+ * The flags are then summed with one multiply (a portable popcount of the 8 high bits). */
+static inline uint64_t ascii_letters8(uint64_t w) {
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t l = w | (ones * 0x20);
+    uint64_t ge_a = l + ones * (0x80 - 'a'), ge_brace = l + ones * (0x80 - '{');
+    return (((ge_a & ~ge_brace & high) >> 7) * ones) >> 56;
+}
+
+/* 1 for the ASCII letters, by byte */
+static const uint8_t ascii_letter[128] = {
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,
+    ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+    ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
+int dp_text_scan(const uint8_t *s, size_t n) {
     uint64_t count[DP_N_SCRIPTS] = {0};
+    uint64_t latin = 0; /* ASCII letters */
+    /* Letters of the non-ASCII script being read are counted in a register (`run`) and added to
+     * count[] when the script changes: incrementing one memory counter per character would
+     * serialise on store-to-load latency. */
+    int cur = DP_SCRIPT_COMMON;
+    uint64_t run = 0;
     size_t i = 0;
+    pthread_once(&script_once, script_init);
     while (i < n) {
         uint8_t c = s[i];
+        uint32_t cp;
         if (c < 0x80) {
-            count[((c | 0x20) >= 'a' && (c | 0x20) <= 'z') ? DP_SCRIPT_LATIN : DP_SCRIPT_COMMON]++;
-            i++;
+            /* ASCII: 8 at a time while the next 8 bytes are all ASCII, else this byte alone */
+            uint64_t w;
+            if (i + 8 <= n && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull))) {
+                latin += ascii_letters8(w);
+                i += 8;
+            } else {
+                latin += ascii_letter[c];
+                i++;
+            }
             continue;
         }
-        /* input is valid UTF-8 (the callers validated it) */
-        uint32_t cp;
-        if (c < 0xE0) { cp = (uint32_t)(c & 0x1F) << 6 | (s[i + 1] & 0x3F); i += 2; }
-        else if (c < 0xF0) { cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F); i += 3; }
-        else { cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(s[i + 1] & 0x3F) << 12 | (uint32_t)(s[i + 2] & 0x3F) << 6 | (s[i + 3] & 0x3F); i += 4; }
-        count[dp_script_of(cp)]++;
+        /* decode one multi-byte sequence, checking it as Unicode Table 3-7 does */
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return -1;
+            cp = (uint32_t)(c & 0x1F) << 6 | (s[i + 1] & 0x3F);
+            i += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (i + 2 >= n) return -1;
+            uint8_t b1 = s[i + 1], lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+            if (b1 < lo || b1 > hi || (s[i + 2] & 0xC0) != 0x80) return -1;
+            cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(b1 & 0x3F) << 6 | (s[i + 2] & 0x3F);
+            i += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (i + 3 >= n) return -1;
+            uint8_t b1 = s[i + 1], lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+            if (b1 < lo || b1 > hi || (s[i + 2] & 0xC0) != 0x80 || (s[i + 3] & 0xC0) != 0x80) return -1;
+            cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(b1 & 0x3F) << 12 | (uint32_t)(s[i + 2] & 0x3F) << 6 | (s[i + 3] & 0x3F);
+            i += 4;
+        } else {
+            return -1;
+        }
+        int sc = script_fast(cp);
+        if (sc == cur) run++;
+        else if (sc != DP_SCRIPT_COMMON) { count[cur] += run; cur = sc; run = 1; }
     }
+    count[cur] += run;
+    count[DP_SCRIPT_LATIN] += latin;
+    /* dominant: most letters, ties to the lower id; no letters at all: Common */
     int best = DP_SCRIPT_COMMON;
     uint64_t best_n = 0;
     for (int k = 1; k < DP_N_SCRIPTS; k++)
         if (count[k] > best_n) { best_n = count[k]; best = k; }
     return best;
+}
+
+int dp_dominant_script(const uint8_t *s, size_t n) {
+    int sc = dp_text_scan(s, n);
+    return sc < 0 ? DP_SCRIPT_COMMON : sc;
 }
 
 /* ------------------------------------------------------------------ hash */

@@ -29,7 +29,7 @@ static int extract(const char *line, const char *want_text, int want_status, int
     uint8_t *out = malloc(3 * n + 1);
     char lang[64];
     uint64_t rep = 0;
-    int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", repair, out, &len, lang, &rep);
+    int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", repair, out, &len, lang, &rep, NULL);
     int ok = st == want_status && (st != DP_OK || (len == strlen(want_text) && memcmp(out, want_text, len) == 0));
     CHECK(ok, "json %s -> status %d (want %d), text '%.*s'", line, st, want_status, (int)len, (char *)out);
     free(out);
@@ -64,7 +64,7 @@ static void test_json(void) {
         size_t len;
         char lang[64];
         uint64_t rep;
-        int st = dp_json_extract((const uint8_t *)line, strlen(line), "text", "lang", 0, out, &len, lang, &rep);
+        int st = dp_json_extract((const uint8_t *)line, strlen(line), "text", "lang", 0, out, &len, lang, &rep, NULL);
         CHECK(st == DP_OK && strcmp(lang, "zh-Hant") == 0, "lang '%s'", lang);
     }
 }

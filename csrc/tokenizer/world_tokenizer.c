@@ -39,7 +39,10 @@ typedef struct {
 struct wt_tokenizer {
     wt_node *nodes;        /* (n_slots,) double array; n_slots >= max base + 256 */
     size_t n_slots;
+    uint64_t *hot;         /* (n_slots,) compact copy of nodes for the encoder, or NULL (see below) */
+    uint32_t *best_tok;    /* (n_slots,) nodes[s].tok, beside `hot` */
     uint32_t *first2;      /* (65536,) state after the first 1 or 2 bytes: state << 1 | (consumed == 2) */
+    uint64_t *first2w;     /* (65536,) the same for the compact layout, with the state's hot word */
     uint8_t *blob;         /* all token bytes, concatenated */
     uint64_t *tok_off;     /* (n_vocab,) offset of id's bytes in blob */
     uint32_t *tok_len;     /* (n_vocab,) byte length; 0 = no entry */
@@ -423,6 +426,24 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
             tok->first2[c0 | c1 << 8] = nd[t].check == s1 ? (t << 1 | 1u) : (s1 << 1);
         }
     }
+    /* The compact layout halves the bytes the walk touches (8 instead of 16 per slot), so more
+     * of the hot trie stays in L1/L2. It needs slots < 2^24 - 1 (check field; 0xFFFFFF marks a
+     * free slot) and tokens of <= 255 bytes (len field); otherwise the wide nodes are used. */
+    if (tok->n_slots < (1u << 23) && max_len <= 255) {
+        tok->hot = malloc(tok->n_slots * sizeof *tok->hot);
+        tok->best_tok = malloc(tok->n_slots * sizeof *tok->best_tok);
+        tok->first2w = malloc(65536 * sizeof *tok->first2w);
+        if (!tok->hot || !tok->best_tok || !tok->first2w) { set_err(err, errlen, "vocab: out of memory"); goto fail; }
+        for (size_t s = 0; s < tok->n_slots; s++) {
+            uint32_t check = nd[s].check == WT_NO_PARENT ? 0xFFFFFFu : nd[s].check;
+            tok->hot[s] = (uint64_t)nd[s].base | (uint64_t)(check | nd[s].len << 24) << 32;
+            tok->best_tok[s] = nd[s].tok;
+        }
+        for (uint32_t i = 0; i < 65536; i++) {
+            uint32_t st = tok->first2[i] >> 1, two = tok->first2[i] & 1;
+            tok->first2w[i] = (uint64_t)nd[st].base | (uint64_t)(st | two << 23 | nd[st].len << 24) << 32;
+        }
+    }
     tok->blob = blob;
     blob = NULL;
     free(ents);
@@ -437,7 +458,10 @@ fail:
 void wt_free(wt_tokenizer *tok) {
     if (!tok) return;
     free(tok->nodes);
+    free(tok->hot);
+    free(tok->best_tok);
     free(tok->first2);
+    free(tok->first2w);
     free(tok->blob);
     free(tok->tok_off);
     free(tok->tok_len);
@@ -478,45 +502,98 @@ int wt_token_to_id(const wt_tokenizer *tok, const uint8_t *bytes, size_t n, uint
  *   while p < stop: s = longest path from p in the trie; emit best(s); p += len(best(s))
  *
  * While at least max_len + 1 bytes remain after p the walk needs no end test: no trie path is
- * longer than max_len, so the byte read that ends the walk is at most p + max_len. */
-#define WT_ENCODE_SPAN(NAME, OUT_T)                                                                  \
-    static inline size_t NAME(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0,     \
-                              size_t stop, OUT_T *out, size_t *p_end) {                              \
-        const wt_node *nd = tok->nodes;                                                              \
-        const uint32_t *f2 = tok->first2;                                                            \
-        const uint8_t *p = text + p0, *end = text + n, *lim = text + stop;                           \
-        OUT_T *o = out;                                                                              \
-        if (n > (size_t)tok->max_len + 1) {                                                          \
-            const uint8_t *fast_end = end - tok->max_len - 1;                                        \
-            if (fast_end > lim) fast_end = lim;                                                      \
-            while (p < fast_end) {                                                                   \
-                uint32_t e = f2[p[0] | (uint32_t)p[1] << 8];                                         \
-                uint32_t s = e >> 1;                                                                 \
-                const uint8_t *q = p + 1 + (e & 1);                                                  \
-                for (;;) {                                                                           \
-                    uint32_t t = nd[s].base + *q;                                                    \
-                    if (nd[t].check != s) break;                                                     \
-                    s = t;                                                                           \
-                    q++;                                                                             \
-                }                                                                                    \
-                *o++ = (OUT_T)nd[s].tok;                                                             \
-                p += nd[s].len;                                                                      \
-            }                                                                                        \
-        }                                                                                            \
-        while (p < lim) { /* near the end of the text: the same walk, bounded by end */              \
-            uint32_t s = nd[0].base + p[0];                                                          \
-            const uint8_t *q = p + 1;                                                                \
-            while (q < end) {                                                                        \
-                uint32_t t = nd[s].base + *q;                                                        \
-                if (nd[t].check != s) break;                                                         \
-                s = t;                                                                               \
-                q++;                                                                                 \
-            }                                                                                        \
-            *o++ = (OUT_T)nd[s].tok;                                                                 \
-            p += nd[s].len;                                                                          \
-        }                                                                                            \
-        *p_end = (size_t)(p - text);                                                                 \
-        return (size_t)(o - out);                                                                    \
+ * longer than max_len, so the byte read that ends the walk is at most p + max_len.
+ *
+ * The node layout is abstracted by W_T (what one load returns), W_LOAD(s), W_BASE(w),
+ * W_CHECK(w), W_LEN(w) and W_TOK(s, w): one body serves the compact and the wide layout. */
+#define WT_SPAN_BODY(OUT_T, W_T, W_LOAD, W_BASE, W_CHECK, W_LEN, W_TOK, W_START)                   \
+    const uint8_t *p = text + p0, *end = text + n, *lim = text + stop;                             \
+    OUT_T *o = out;                                                                                \
+    if (n > (size_t)tok->max_len + 1) {                                                            \
+        const uint8_t *fast_end = end - tok->max_len - 1;                                          \
+        if (fast_end > lim) fast_end = lim;                                                        \
+        while (p < fast_end) {                                                                     \
+            uint32_t s;                                                                            \
+            const uint8_t *q;                                                                      \
+            W_T w;                                                                                 \
+            W_START(p, s, q, w);                                                                   \
+            for (;;) {                                                                             \
+                uint32_t t = W_BASE(w) + *q;                                                       \
+                W_T w2 = W_LOAD(t);                                                                \
+                if (W_CHECK(w2) != s) break;                                                       \
+                s = t;                                                                             \
+                w = w2;                                                                            \
+                q++;                                                                               \
+            }                                                                                      \
+            *o++ = (OUT_T)W_TOK(s, w);                                                             \
+            p += W_LEN(w);                                                                         \
+        }                                                                                          \
+    }                                                                                              \
+    while (p < lim) { /* near the end of the text: the same walk, bounded by end */                \
+        uint32_t s = W_BASE(W_LOAD(0)) + p[0];                                                     \
+        const uint8_t *q = p + 1;                                                                  \
+        W_T w = W_LOAD(s);                                                                         \
+        while (q < end) {                                                                          \
+            uint32_t t = W_BASE(w) + *q;                                                           \
+            W_T w2 = W_LOAD(t);                                                                    \
+            if (W_CHECK(w2) != s) break;                                                           \
+            s = t;                                                                                 \
+            w = w2;                                                                                \
+            q++;                                                                                   \
+        }                                                                                          \
+        *o++ = (OUT_T)W_TOK(s, w);                                                                 \
+        p += W_LEN(w);                                                                             \
+    }                                                                                              \
+    *p_end = (size_t)(p - text);                                                                   \
+    return (size_t)(o - out);
+
+/* Compact layout: one uint64 per slot, base | (check | len << 24) << 32; ids in best_tok[]. */
+#define C_LOAD(s) (hot[(s)])
+#define C_BASE(w) ((uint32_t)(w))
+#define C_CHECK(w) ((uint32_t)((w) >> 32) & 0xFFFFFFu)
+#define C_LEN(w) ((uint32_t)((w) >> 56))
+#define C_TOK(s, w) (best_tok[(s)])
+/* first2w[b0 | b1 << 8] = the state's hot word with its own index (and the consumed-2 flag) in
+ * place of the check field: base | (s | two << 23 | len << 24) << 32, saving one load a token. */
+#define C_START(p, s, q, w)                                                                        \
+    do {                                                                                           \
+        uint64_t e_ = f2w[(p)[0] | (uint32_t)(p)[1] << 8];                                         \
+        (s) = (uint32_t)(e_ >> 32) & 0x7FFFFFu;                                                    \
+        (q) = (p) + 1 + ((e_ >> 55) & 1);                                                          \
+        (w) = e_;                                                                                  \
+    } while (0)
+/* Wide layout: the 16-byte wt_node, for vocabs beyond the compact limits. */
+#define N_LOAD(s) (&nd[(s)])
+#define N_BASE(w) ((w)->base)
+#define N_CHECK(w) ((w)->check)
+#define N_LEN(w) ((w)->len)
+#define N_TOK(s, w) ((w)->tok)
+#define N_START(p, s, q, w)                                                                        \
+    do {                                                                                           \
+        uint32_t e_ = f2[(p)[0] | (uint32_t)(p)[1] << 8];                                          \
+        (s) = e_ >> 1;                                                                             \
+        (q) = (p) + 1 + (e_ & 1);                                                                  \
+        (w) = &nd[(s)];                                                                            \
+    } while (0)
+
+#define WT_ENCODE_SPAN(NAME, OUT_T)                                                                \
+    static inline size_t NAME##_compact(const wt_tokenizer *tok, const uint8_t *text, size_t n,    \
+                                        size_t p0, size_t stop, OUT_T *out, size_t *p_end) {       \
+        const uint64_t *hot = tok->hot;                                                            \
+        const uint32_t *best_tok = tok->best_tok;                                                  \
+        const uint64_t *f2w = tok->first2w;                                                        \
+        WT_SPAN_BODY(OUT_T, uint64_t, C_LOAD, C_BASE, C_CHECK, C_LEN, C_TOK, C_START)              \
+    }                                                                                              \
+    static inline size_t NAME##_wide(const wt_tokenizer *tok, const uint8_t *text, size_t n,       \
+                                     size_t p0, size_t stop, OUT_T *out, size_t *p_end) {          \
+        const wt_node *nd = tok->nodes;                                                            \
+        const uint32_t *f2 = tok->first2;                                                          \
+        WT_SPAN_BODY(OUT_T, const wt_node *, N_LOAD, N_BASE, N_CHECK, N_LEN, N_TOK, N_START)       \
+    }                                                                                              \
+    static size_t NAME(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0,          \
+                       size_t stop, OUT_T *out, size_t *p_end) {                                   \
+        if (tok->hot) return NAME##_compact(tok, text, n, p0, stop, out, p_end);                   \
+        return NAME##_wide(tok, text, n, p0, stop, out, p_end);                                    \
     }
 
 WT_ENCODE_SPAN(encode_span_u32, uint32_t)
