@@ -243,6 +243,19 @@ def test_retries_exhausted_is_a_clear_error_then_rerun_resumes(corpus, tmp_path,
     assert outputs(tmp_path / "o") == local_reference(corpus, tmp_path_factory, "binidx")
 
 
+def test_bad_record_under_fail_gives_the_local_error(corpus, tmp_path, ray_local):
+    # on_error=fail: the corpus has bad records; the first one (file:line) is reported, not retried
+    errs = []
+    for name, ex in (("local", None), ("ray", engines.RayExecutor(max_retries=2))):
+        with pytest.raises(DataprepError) as e:
+            quiet(inputs=[str(corpus)], out=str(tmp_path / name), executor=ex, workers=1,
+                  **dict(OPTS, on_error="fail"))
+        errs.append(str(e.value))
+        assert not (tmp_path / f"{name}.manifest.json").exists()
+    assert errs[0] == errs[1]
+    assert re.match(r".*part0\.jsonl:\d+: ", errs[0])
+
+
 def _cli(corpus, out, *extra):
     return [sys.executable, "-m", "rwkv5.dataprep", "build", str(corpus), "--out", str(out),
             "--on-error", "skip", "--lang-field", "lang", "--shuffle", "--seed", "7", "--task-size", "30000",
