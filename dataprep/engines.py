@@ -8,6 +8,8 @@ The contract that makes every engine give byte-identical output:
   writes ``task-NNNNNN.tok/.meta`` by rename from temporary files and then its completion record
   ``task-NNNNNN.done.json`` (part sizes and SHA-256). Running it twice, or a second time after a
   crash that left temporary files behind, gives the same bytes;
+* each attempt runs in a private sub-folder and renames its results into the work folder
+  (:func:`run_task_isolated`), so overlapping attempts of one task cannot mix temporary files;
 * the driver verifies every completion record it receives against the part files (sizes and
   SHA-256, :func:`verify_record`), then merges the parts in task-id order, whatever order the
   tasks finished in.
@@ -27,9 +29,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import shutil
 import signal
 import threading
 import time
+import uuid
 
 from .formats import sha256_file
 
@@ -81,6 +85,28 @@ def verify_record(workdir: str, task: dict, rec) -> dict:
     return rec
 
 
+def run_task_isolated(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
+    """run_task in a private folder WORKDIR/attempt-NNNNNN-RANDOM, then its two parts and its
+    completion record renamed into WORKDIR (the record last); what the executors run.
+
+    Two attempts of one task that overlap in time (a node cut off from the cluster but still
+    writing to the shared filesystem while the task is retried elsewhere) then never share a
+    temporary file; both rename byte-identical parts, so whichever lands last is correct. A dead
+    attempt leaves only its private folder, removed with the work folder."""
+    from .build import run_task
+    private = os.path.join(workdir, f"attempt-{task['id']:06d}-{uuid.uuid4().hex[:12]}")
+    os.mkdir(private)
+    try:
+        rec = run_task(task, options, private, n_threads)
+        if not rec.get("error"):
+            stem = f"task-{task['id']:06d}"
+            for ext in ("tok", "meta", "done.json"):
+                os.replace(os.path.join(private, f"{stem}.{ext}"), os.path.join(workdir, f"{stem}.{ext}"))
+        return rec
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
 def task_input_bytes(task: dict) -> int:
     return os.path.getsize(task["path"]) if task["end"] < 0 else task["end"] - task["start"]
 
@@ -90,7 +116,7 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
 
     Tasks whose valid completion record already exists (a resumed run) are not submitted.
     `report(i, rec)` is called on the driver as each task finishes, in completion order."""
-    from .build import DataprepError, load_done, run_task
+    from .build import DataprepError, load_done
     records = [None] * len(tasks)
     pending = {}
     for i, task in enumerate(tasks):
@@ -102,7 +128,7 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
     try:
         for i, task in enumerate(tasks):
             if records[i] is None:
-                pending[executor.submit(run_task, task, options, workdir, n_threads)] = i
+                pending[executor.submit(run_task_isolated, task, options, workdir, n_threads)] = i
         for fut in cf.as_completed(list(pending)):
             i = pending.pop(fut)
             try:

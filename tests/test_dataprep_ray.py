@@ -136,6 +136,20 @@ def test_verify_record_checks_size_and_sha(corpus, tmp_path):
         engines.verify_record(str(tmp_path), task, rec)
 
 
+def test_overlapping_attempts_of_one_task_do_not_collide(corpus, tmp_path):
+    # a retry may start while a cut-off first attempt still writes to the shared folder
+    from rwkv5.dataprep.build import DEFAULTS, default_vocab_path, expand_inputs, load_done, plan_tasks
+    opts = {**DEFAULTS, **OPTS, "task_size": 1 << 30, "vocab": default_vocab_path()}
+    task = plan_tasks(expand_inputs([str(corpus)]), opts)[0]  # the largest file, whole
+    with cf.ThreadPoolExecutor(4) as ex:
+        recs = list(ex.map(lambda _: engines.run_task_isolated(task, opts, str(tmp_path), 1), range(8)))
+    for rec in recs:
+        assert engines.verify_record(str(tmp_path), task, rec) is rec
+        assert rec["parts"] == recs[0]["parts"]
+    assert load_done(str(tmp_path), task)["parts"] == recs[0]["parts"]
+    assert sorted(os.listdir(tmp_path)) == [f"task-{task['id']:06d}.{e}" for e in ("done.json", "meta", "tok")]
+
+
 def test_fault_spec_parsing():
     assert engines.parse_fault("raise:3, kill:2:0.5") == {3: ("raise", 0.0), 2: ("kill", 0.5)}
     assert engines.parse_fault(None) == {}
