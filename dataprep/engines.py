@@ -107,10 +107,6 @@ def run_task_isolated(task: dict, options: dict, workdir: str, n_threads: int = 
         shutil.rmtree(private, ignore_errors=True)
 
 
-def task_input_bytes(task: dict) -> int:
-    return os.path.getsize(task["path"]) if task["end"] < 0 else task["end"] - task["start"]
-
-
 def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n_threads: int, report) -> list:
     """Run the tasks in `executor`; return their verified completion records in task order.
 
