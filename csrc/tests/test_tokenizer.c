@@ -45,17 +45,18 @@ static char *read_file(const char *path, size_t *len) {
 
 /* A vocab: the 256 single bytes (ids 1..256, as `b'\xHH'`) and `extra` random tokens of 2..12
  * bytes drawn from a small alphabet so that tokens share prefixes and nest. */
-static char *generated_vocab(int extra, size_t *len) {
-    size_t cap = 1 << 20, n = 0;
+static char *generated_vocab(int extra, int max_extra_len, size_t *len) {
+    size_t cap = 4 << 20, n = 0;
     char *s = malloc(cap);
     int id = 1;
     for (int b = 0; b < 256; b++) n += (size_t)sprintf(s + n, "%d b'\\x%02x' 1\n", id++, b);
     for (int k = 0; k < extra; k++) {
         int L = 2 + (int)(rng() % 11);
+        if (max_extra_len > 12 && k % 50 == 0) L = 2 + (int)(rng() % (unsigned)(max_extra_len - 1));
         n += (size_t)sprintf(s + n, "%d b'", id++);
         for (int i = 0; i < L; i++) n += (size_t)sprintf(s + n, "\\x%02x", (unsigned)("abcde \xc3\xa9\xff"[rng() % 9]) & 0xFF);
         n += (size_t)sprintf(s + n, "' %d\n", L);
-        if (n + 256 > cap) break;
+        if (n + 4 * (size_t)max_extra_len + 256 > cap) break;
     }
     *len = n;
     return s;
@@ -306,10 +307,20 @@ int main(void) {
 
     size_t len;
     char err[256];
-    char *data = generated_vocab(6000, &len);
+    char *data = generated_vocab(6000, 12, &len);
     wt_tokenizer *tok = wt_load(data, len, err, sizeof err);
     CHECK(tok != NULL, "generated vocab rejected: %s", err);
     if (tok) { check_random(tok, "generated vocab"); wt_free(tok); }
+    free(data);
+    /* tokens longer than 255 bytes: the encoder uses its wide node layout */
+    data = generated_vocab(3000, 400, &len);
+    tok = wt_load(data, len, err, sizeof err);
+    CHECK(tok != NULL, "generated long-token vocab rejected: %s", err);
+    if (tok) {
+        CHECK(wt_max_token_len(tok) > 255, "long-token vocab: max len %u", wt_max_token_len(tok));
+        check_random(tok, "generated long-token vocab");
+        wt_free(tok);
+    }
     free(data);
 
     const char *dir = getenv("RWKV5_FIXTURES");
