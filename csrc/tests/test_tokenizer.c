@@ -204,6 +204,22 @@ static void check_random(const wt_tokenizer *tok, const char *label) {
         check_encode(tok, t, n, what);
         if (big_n + n <= big_cap) { memcpy(big + big_n, t, n); big_n += n; }
     }
+    /* long texts: wt_encode cuts them in two streams re-joined at a shared token start */
+    for (int r = 0; r < 6; r++) {
+        size_t n = 9000 + (size_t)(rng() % 30000);
+        uint8_t *t = malloc(n);
+        size_t m = 0;
+        while (m < n) {
+            const tokref *x = &refs[rng() % n_refs];
+            size_t c = x->n < n - m ? x->n : n - m;
+            memcpy(t + m, x->b, c);
+            m += c;
+            if (r % 2 && m < n) t[m++] = (uint8_t)rng(); /* some noise between tokens */
+        }
+        snprintf(what, sizeof what, "%s long soup #%d", label, r);
+        check_encode(tok, t, n, what);
+        free(t);
+    }
     while (big_n < big_cap) { big[big_n] = (uint8_t)(rng() % 7 == 0 ? rng() : ' '); big_n++; }
     snprintf(what, sizeof what, "%s 4 MiB", label);
     check_parallel(tok, big, big_n, what);
@@ -302,8 +318,42 @@ static void check_parser(void) {
 #undef BAD
 }
 
+/* A vocab in which the two halves of a text never agree on a token start: with tokens "a" and
+ * "aa", a run of 'a' is cut in pairs from wherever it starts, so a half starting at an odd offset
+ * is always one byte off. The join must give up on the second half and still be exact. */
+static void check_never_sync(void) {
+    char err[256];
+    char *v = bytes_vocab("300 'aa' 2\n");
+    wt_tokenizer *t = wt_load(v, strlen(v), err, sizeof err);
+    CHECK(t != NULL, "aa vocab rejected: %s", err);
+    if (t) {
+        naive_init(t);
+        size_t sizes[] = {20002, 20003, 20006, 65538, 2000002};
+        for (int i = 0; i < 5; i++) {
+            size_t n = sizes[i];
+            uint8_t *a = malloc(n);
+            memset(a, 'a', n);
+            char what[64];
+            snprintf(what, sizeof what, "never-sync run of %zu 'a'", n);
+            if (n < 100000) check_encode(t, a, n, what);
+            check_parallel(t, a, n, what);
+            uint32_t *out = malloc(n * sizeof *out);
+            size_t k = wt_encode(t, a, n, out);
+            int ok = k == (n + 1) / 2;
+            for (size_t j = 0; ok && j < k; j++) ok = out[j] == (j < n / 2 ? 300u : 'a' + 1u);
+            CHECK(ok, "%s: not (aa)* a?", what);
+            free(out);
+            free(a);
+        }
+        free(refs);
+        wt_free(t);
+    }
+    free(v);
+}
+
 int main(void) {
     check_parser();
+    check_never_sync();
 
     size_t len;
     char err[256];
