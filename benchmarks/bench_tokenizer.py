@@ -10,7 +10,8 @@ BPE-class reference; skipped with a note when its vocab cannot be downloaded). R
 
 Texts: each language's section of tests/data/multilingual.txt grown to >= 1 MB (256 KiB with
 quick) by sampling its sentences at random and shuffling their words (a fixed seed), so the
-text does not repeat with a short period that a branch predictor could learn. Documents for
+text does not repeat with a short period that a branch predictor could learn (a few sentences
+repeated verbatim flatter every trie walker: their exits become predictable). Documents for
 encode_batch are the corpus cut at line ends into pieces of 1-8 KB.
 
     python -m benchmarks.bench_tokenizer [--quick]
@@ -42,7 +43,10 @@ def _sections():
 
 
 def _grow(lang: str, lines: list, size: int, seed: int) -> str:
-    """About `size` UTF-8 bytes of text made from `lines`: random lines, words shuffled a little."""
+    """About `size` UTF-8 bytes of text made from `lines`: random lines with their words in a
+    random order (for scripts without spaces: the line cut into 3-6 runs, reordered). Code and
+    whitespace keep their layout (random lines only). The text keeps the language's words and
+    characters but does not repeat with a short period that the branch predictor could learn."""
     rng = random.Random(f"{lang}-{seed}")
     parts, total = [], 0
     keep_layout = lang in ("code", "whitespace")
@@ -50,15 +54,14 @@ def _grow(lang: str, lines: list, size: int, seed: int) -> str:
         line = rng.choice(lines)
         if not keep_layout:
             if lang in NO_SPACES:
-                # cut the sentence into a few runs of characters and reorder them
-                cuts = sorted(rng.sample(range(1, len(line)), k=min(3, len(line) - 1))) if len(line) > 4 else []
+                k = min(rng.randint(2, 5), len(line) - 1)
+                cuts = sorted(rng.sample(range(1, len(line)), k=k)) if k > 0 else []
                 pieces = [line[a:b] for a, b in zip([0] + cuts, cuts + [len(line)])]
                 rng.shuffle(pieces)
                 line = "".join(pieces)
             else:
                 words = line.split(" ")
-                i, j = rng.randrange(len(words)), rng.randrange(len(words))
-                words[i], words[j] = words[j], words[i]
+                rng.shuffle(words)
                 line = " ".join(words)
         parts.append(line)
         total += len(line.encode("utf-8")) + 1
