@@ -172,6 +172,16 @@ static void check_batch(const wt_tokenizer *tok) {
             CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0, "batch(%d threads): text %d differs", th, i);
         }
     }
+    for (int th = 1; th <= 3; th++) { /* in the background */
+        memset(nout, 0, sizeof nout);
+        wt_batch_run *run = wt_encode_batch_start(tok, K, texts, lens, out, off, nout, th);
+        if (run) wt_encode_batch_wait(run);
+        else wt_encode_batch(tok, K, texts, lens, out, off, nout, th);
+        for (int i = 0; i < K; i++) {
+            size_t n1 = wt_encode(tok, texts[i], lens[i], one);
+            CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0, "batch start/wait(%d threads): text %d differs", th, i);
+        }
+    }
     for (int i = 0; i < K; i++) free(bufs[i]);
     free(out); free(one);
 }
