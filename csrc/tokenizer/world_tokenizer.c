@@ -7,15 +7,16 @@
  * Data structure (see docs/tokenizer.md):
  *   - a double-array trie: slot t is a child of state s with label byte c iff
  *         t == nodes[s].base + c  and  nodes[t].check == s.
- *     One 16-byte node {check, base, tok, len} holds everything a step needs, so a step is a
- *     single dependent load. `tok`/`len` are the *best token on the path* to this node: the id and
- *     byte length of the longest vocab token that is a prefix of the node's string. When the walk
- *     stops at state s, the answer is (nodes[s].tok, nodes[s].len) with no bookkeeping in the loop.
- *   - first2[b0 | b1 << 8]: the state reached after the first two bytes (or after b0 alone when
- *     b0 b1 is not a path), with bit 0 telling how many bytes were consumed. It replaces the two
- *     hottest steps with one load from a 256 KiB table.
+ *     Each node also stores the *best token on its path*: the id and byte length of the longest
+ *     vocab token that is a prefix of the node's string. When the walk stops at state s, the
+ *     answer is (tok, len) of s, with no bookkeeping in the loop.
+ *   - the encoder reads a compact copy: one uint64 per slot, base | (check | len << 24) << 32,
+ *     ids in a side array read once per token (vocabs beyond its limits use the 16-byte nodes).
+ *   - first2w[b0 | b1 << 8]: the hot word of the state after the first two bytes (or after b0
+ *     alone when b0 b1 is not a path, with a flag): one load for the two hottest steps.
  *   - the walk runs without an end-of-buffer test while at least max_len + 1 bytes remain (no
  *     path is longer than max_len), and with the test only in the last max_len bytes.
+ *   - texts of 8 KiB or more are walked as two interleaved halves, re-joined exactly.
  */
 #include "tokenizer/world_tokenizer.h"
 #include "tokenizer/wt_internal.h"
