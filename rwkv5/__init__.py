@@ -7,3 +7,12 @@ multilingual training-data preparation, with a C core.
     >>> logits, state = model.forward(tok.encode("The capital of France is"))
 """
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `rwkv5.tokenizer` / `rwkv5.dataprep` after a bare `import rwkv5`, imported on first use
+    if name in ("tokenizer", "dataprep"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

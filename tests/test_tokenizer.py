@@ -372,3 +372,9 @@ def test_stream_decoder_errors(tok):
     assert tok.stream_decoder().feed(0) == "\ufffd"
     with pytest.raises(ValueError, match="errors must be"):
         tok.stream_decoder(errors="nope")
+
+
+def test_reachable_from_the_package():
+    import rwkv5
+
+    assert rwkv5.tokenizer.WorldTokenizer is WorldTokenizer
