@@ -361,8 +361,59 @@ static void check_never_sync(void) {
     free(v);
 }
 
+/* Random mutations of a small vocab (flipped, inserted, deleted bytes; cut files): wt_load must
+ * either refuse with a message or give a tokenizer that encodes anything. Run under ASan
+ * (`make test-c CSAN=1`) this is a small fuzzer for the parser. */
+static void fuzz_parser(void) {
+    char *base = bytes_vocab("300 'ab' 2\n301 '\\x80\\u2002' 5\n302 b'\\xff\\xfe' 2\n303 \"it's\" 4\n");
+    size_t bn = strlen(base);
+    char *m = malloc(bn + 64);
+    char err[256];
+    int loaded = 0;
+    for (int r = 0; r < 3000; r++) {
+        memcpy(m, base, bn);
+        size_t n = bn;
+        int edits = rng() % 2 ? 1 : 1 + (int)(rng() % 4);
+        for (int e = 0; e < edits; e++) {
+            size_t at = (size_t)(rng() % (n ? n : 1));
+            if (rng() % 4 && n > 100) at = n - 100 + (size_t)(rng() % 100); /* mostly the non-byte lines */
+            switch (rng() % 4) {
+            case 0: m[at] = (char)rng(); break;
+            case 1: { static const char special[] = "'\"\\ \nbx0u\r"; m[at] = special[rng() % (sizeof special - 1)]; break; }
+            case 2: if (n + 1 < bn + 64) { memmove(m + at + 1, m + at, n - at); m[at] = (char)rng(); n++; } break;
+            default: if (n) { memmove(m + at, m + at + 1, n - at - 1); n--; } break;
+            }
+        }
+        if (rng() % 8 == 0) n = (size_t)(rng() % (n + 1)); /* truncated file */
+        err[0] = 0;
+        wt_tokenizer *t = wt_load(m, n, err, sizeof err);
+        if (!t) {
+            CHECK(err[0] != 0, "mutation %d refused without a message", r);
+            continue;
+        }
+        loaded++;
+        uint8_t text[300];
+        uint32_t out[300];
+        for (size_t i = 0; i < sizeof text; i++) text[i] = (uint8_t)rng();
+        size_t k = wt_encode(t, text, sizeof text, out);
+        size_t total = 0;
+        for (size_t i = 0; i < k; i++) {
+            size_t len = 0;
+            CHECK(wt_token_bytes(t, out[i], &len) != NULL, "mutation %d: id %u has no bytes", r, out[i]);
+            total += len;
+        }
+        CHECK(total == sizeof text, "mutation %d: ids cover %zu of %zu bytes", r, total, sizeof text);
+        wt_free(t);
+    }
+    CHECK(loaded >= 20, "only %d mutated vocabs loaded: the fuzzer is not reaching the encoder", loaded);
+    printf("test_tokenizer: parser fuzz: 3000 mutated vocabs, %d loaded and encoded\n", loaded);
+    free(m);
+    free(base);
+}
+
 int main(void) {
     check_parser();
+    fuzz_parser();
     check_never_sync();
 
     size_t len;
