@@ -615,19 +615,12 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
 #define TWO_MIN_BYTES 8192
 #define TWO_TMP 512
 
-#define WT_TWO_STREAMS(NAME, OUT_T, SPAN)                                                          \
-    static size_t NAME(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0,          \
-                       size_t stop, OUT_T *out, size_t *p_end) {                                   \
-        const uint64_t *hot = tok->hot;                                                            \
-        const uint32_t *best_tok = tok->best_tok;                                                  \
-        const uint64_t *f2w = tok->first2w;                                                        \
-        size_t h = p0 + (stop - p0) / 2;                                                           \
-        const uint8_t *end = text + n;                                                             \
-        const uint8_t *safe = end - tok->max_len - 1; /* unchecked walks start before this */       \
-        const uint8_t *pa = text + p0, *pb = text + h;                                             \
-        const uint8_t *la = text + h < safe ? text + h : safe;                                     \
-        const uint8_t *lb = text + stop < safe ? text + stop : safe;                               \
-        OUT_T *oa = out, *ob = out + (h - p0);                                                     \
+/* The two-stream loop: walks A (from pa, while pa < la) and B (from pb, while pb < lb) advance
+ * one byte each per iteration; stops as soon as one of them reaches its limit, leaving both at a
+ * token start (a walk in progress is simply abandoned and redone by the caller). Uses hot,
+ * best_tok, f2w and the variables named here from the enclosing function. */
+#define WT_DUAL_LOOP(OUT_T)                                                                        \
+    do {                                                                                           \
         uint32_t sa, sb;                                                                           \
         const uint8_t *qa, *qb;                                                                    \
         uint64_t wa, wb;                                                                           \
@@ -653,6 +646,22 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
                 C_START(pb, sb, qb, wb);                                                           \
             }                                                                                      \
         }                                                                                          \
+    } while (0)
+
+#define WT_TWO_STREAMS(NAME, OUT_T, SPAN)                                                          \
+    static size_t NAME(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0,          \
+                       size_t stop, OUT_T *out, size_t *p_end) {                                   \
+        const uint64_t *hot = tok->hot;                                                            \
+        const uint32_t *best_tok = tok->best_tok;                                                  \
+        const uint64_t *f2w = tok->first2w;                                                        \
+        size_t h = p0 + (stop - p0) / 2;                                                           \
+        const uint8_t *end = text + n;                                                             \
+        const uint8_t *safe = end - tok->max_len - 1; /* unchecked walks start before this */       \
+        const uint8_t *pa = text + p0, *pb = text + h;                                             \
+        const uint8_t *la = text + h < safe ? text + h : safe;                                     \
+        const uint8_t *lb = text + stop < safe ? text + stop : safe;                               \
+        OUT_T *oa = out, *ob = out + (h - p0);                                                     \
+        WT_DUAL_LOOP(OUT_T);                                                                       \
         /* Finish each half alone from its current token start (a walk in progress is redone). */ \
         size_t ea, eb;                                                                             \
         size_t ka = (size_t)(oa - out) + SPAN(tok, text, n, (size_t)(pa - text), h, oa, &ea);      \
@@ -706,4 +715,25 @@ size_t wt_encode_u16(const wt_tokenizer *tok, const uint8_t *text, size_t n, uin
     size_t e;
     if (n > 0 && use_two(tok, n, 0, n)) return encode_two_u16(tok, text, n, 0, n, out, &e);
     return encode_span_u16(tok, text, n, 0, n, out, &e);
+}
+
+/* Two independent texts on one thread (wt_encode_batch): the same two-stream loop, and since the
+ * texts are independent no join is needed. What is left of either text afterwards goes through
+ * wt_encode_span (which may split it in two streams again). */
+void wt_encode_pair(const wt_tokenizer *tok, const uint8_t *ta, size_t na, uint32_t *outa, size_t *ka,
+                    const uint8_t *tb, size_t nb, uint32_t *outb, size_t *kb) {
+    size_t m = (size_t)tok->max_len + 1, e;
+    if (!tok->hot || na <= m || nb <= m) {
+        *ka = wt_encode(tok, ta, na, outa);
+        *kb = wt_encode(tok, tb, nb, outb);
+        return;
+    }
+    const uint64_t *hot = tok->hot;
+    const uint32_t *best_tok = tok->best_tok;
+    const uint64_t *f2w = tok->first2w;
+    const uint8_t *pa = ta, *pb = tb, *la = ta + na - m, *lb = tb + nb - m;
+    uint32_t *oa = outa, *ob = outb;
+    WT_DUAL_LOOP(uint32_t);
+    *ka = (size_t)(oa - outa) + wt_encode_span(tok, ta, na, (size_t)(pa - ta), na, oa, &e);
+    *kb = (size_t)(ob - outb) + wt_encode_span(tok, tb, nb, (size_t)(pb - tb), nb, ob, &e);
 }
