@@ -144,6 +144,7 @@ def run(quick: bool = False) -> dict:
     from rwkv5.tokenizer.world import _default_threads
 
     notes = []
+    load_start = os.getloadavg()[0]
     size = (256 << 10) if quick else (1 << 20)
     repeats = 3 if quick else 5
     trie_bytes = (16 << 10) if quick else (96 << 10)
@@ -220,6 +221,8 @@ def run(quick: bool = False) -> dict:
         for k, v in (("ours", mb / t_list), *peer_mbs.items()):
             totals.setdefault(k, []).append(v)
 
+    notes.append(f"1-minute load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+                 "(a shared machine: other processes' CPU time lowers every figure, the peers' too).")
     notes.append(f"{nthreads} threads available; 'batch scaling' = encode_batch time on 1 thread ÷ on {nthreads}.")
     notes.append("ours 1T = WorldTokenizer.encode(str) -> list[int] (same call shape as the peers' encode); "
                  "numpy = encode_to_numpy (uint16, no Python ints).")
