@@ -282,6 +282,15 @@ static int run_job(job_t *job)
     return ok ? 0 : EAGAIN;
 }
 
+/* The read kernel's result for buf[0..n) (NumPy: np.sum(buf)), to test the kernels themselves.
+ * Returns NaN for bad arguments. */
+double probe_read_sum(const float *buf, size_t n, int isa)
+{
+    if (buf == NULL || isa < 0 || isa > probe_best_isa())
+        return __builtin_nan("");
+    return isa == 2 ? read_avx512(buf, n) : isa == 1 ? read_avx2(buf, n) : read_scalar(buf, n);
+}
+
 /* Memory read bandwidth: `passes` full reads of buf[0..n) split over n_threads workers.
  * Returns the best pass in GB/s (1e9 bytes per second), or a negative errno on bad arguments. */
 double probe_read_bw(const float *buf, size_t n, int n_threads, int passes, int isa)

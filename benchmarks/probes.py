@@ -80,6 +80,8 @@ def load_library():
     lib.probe_best_isa.restype = ctypes.c_int
     lib.probe_read_bw.restype = ctypes.c_double
     lib.probe_read_bw.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.probe_read_sum.restype = ctypes.c_double
+    lib.probe_read_sum.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     lib.probe_fma_peak.restype = ctypes.c_double
     lib.probe_fma_peak.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int, ctypes.c_int]
     _lib = lib
@@ -100,6 +102,16 @@ def read_bandwidth(buf: np.ndarray, threads: int, passes: int, isa: int | None =
     if r <= 0:
         raise OSError(f"probe_read_bw failed: errno {-r:.0f}")
     return r
+
+
+def read_sum(buf: np.ndarray, isa: int) -> float:
+    """What the probe's read kernel for `isa` computes over buf: its float32 sum (for testing)."""
+    if buf.dtype != np.float32 or not buf.flags.c_contiguous:
+        raise ValueError(f"buf must be a contiguous float32 array, got {buf.dtype} contiguous={buf.flags.c_contiguous}")
+    lib = load_library()
+    if not 0 <= isa <= lib.probe_best_isa():
+        raise ValueError(f"isa must be 0..{lib.probe_best_isa()} on this CPU, got {isa}")
+    return lib.probe_read_sum(buf.ctypes.data, buf.size, isa)
 
 
 def fma_peak(threads: int, passes: int = 5, seconds: float = 0.2, isa: int | None = None) -> float:
