@@ -402,6 +402,9 @@ def run(quick: bool = False) -> list:
                    "(compare the probe figures with DESIGN.md's ~15 GB/s per core, 26-29 GB/s both cores)",
                    "DESIGN.md also gives the rwkv package on torch 1.13 (0.1B fp32, 2 threads): 8.2 tok/s "
                    "recurrent, 15.3 tok/s sequence"])
+    # Raw per-configuration measurements for the JSON file (the harness prints only the tables).
+    rec["raw"] = {"ours": [dict(r) for r in ours.values()], "peers": list(peers.values()),
+                  "supported_dtypes": support}
     return [rec, par, peer, ref]
 
 
