@@ -173,7 +173,7 @@ def supported_dtypes() -> dict:
     out = {}
     for dt in DTYPES:
         try:
-            sd = random_state_dict(1, 64, V=256, storage=_storage_for(dt))
+            sd = random_state_dict(1, 128, V=256, storage=_storage_for(dt))
             m = rwkv5.Model.from_state_dict(sd, dtype=dt)
             m.forward([1, 2, 3], None, mode="parallel")
             out[dt] = None
@@ -295,7 +295,7 @@ def run(quick: bool = False) -> list:
         "every configuration runs in a fresh subprocess with its own random weights (seed 0)",
     ]
     try:
-        support = run_in_subprocess("benchmarks.bench_model:supported_dtypes", {}, timeout=300)
+        support = run_in_subprocess("benchmarks.bench_model:supported_dtypes", {}, timeout=120)
         support.pop("peak_rss_mib", None)
     except Exception as e:
         return [section("Model", [], [], [f"skipped: rwkv5.Model is not usable here: {e}"])]
