@@ -1,14 +1,515 @@
-/* Python binding for the model core: the only file of this extension that includes Python.h. */
+/* Python binding of the model core (the only file of rwkv5._model that includes Python.h).
+ *
+ * Every function has the same shape: parse -> validate -> acquire buffers -> release the GIL ->
+ * compute -> reacquire -> build the result -> one cleanup label. Arrays are never converted here:
+ * rwkv5/model.py and rwkv5/ops.py prepare exactly the dtype/layout needed, and this file checks it
+ * strictly (a wrong array is a TypeError/ValueError naming it, never a crash).
+ *
+ * Ownership: a CModel holds borrowed C pointers into NumPy arrays and keeps one tuple referencing
+ * all of those arrays (`owner`), so the memory (possibly an np.memmap of a file) outlives the model. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#ifndef NPY_NO_DEPRECATED_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#endif
+#include <numpy/arrayobject.h>
+
+#include "common/cpu.h"
+#include "common/threadpool.h"
+#include "model/kernels.h"
+#include "model/rwkv5_model.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * Array checks. Return a borrowed PyArrayObject* or NULL with an exception set. */
+
+static const char *type_name(int t) {
+    switch (t) {
+    case NPY_FLOAT32: return "float32";
+    case NPY_FLOAT64: return "float64";
+    case NPY_FLOAT16: return "float16";
+    case NPY_UINT16: return "uint16 (bfloat16 bits)";
+    case NPY_INT32: return "int32";
+    default: return "?";
+    }
+}
+
+static void shape_str(char *buf, size_t len, int nd, const npy_intp *dims) {
+    size_t o = 0;
+    o += snprintf(buf + o, len - o, "(");
+    for (int i = 0; i < nd && o < len; i++)
+        o += snprintf(buf + o, len - o, i ? ", %ld" : "%ld", (long)dims[i]);
+    if (o < len) snprintf(buf + o, len - o, nd == 1 ? ",)" : ")");
+}
+
+/* dims[i] < 0 means "any size". flags: WRITE (the kernel writes into it), UNALIGNED_OK (matrix
+ * storage, read with unaligned loads: views into files need not be aligned). */
+enum { WRITE = 1, UNALIGNED_OK = 2 };
+static PyArrayObject *check_array(PyObject *obj, const char *name, int type, int nd, const npy_intp *dims,
+                                  int flags) {
+    char want[128], got[128];
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != type) {
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got %s", name, type_name(type),
+                     PyArray_DESCR(a)->typeobj->tp_name);
+        return NULL;
+    }
+    int bad = PyArray_NDIM(a) != nd;
+    for (int i = 0; !bad && i < nd; i++) bad = dims[i] >= 0 && PyArray_DIM(a, i) != dims[i];
+    if (bad) {
+        shape_str(want, sizeof want, nd, dims);
+        shape_str(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+        PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, want, got);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || (!(flags & UNALIGNED_OK) && !PyArray_ISALIGNED(a))) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous%s array", name,
+                     flags & UNALIGNED_OK ? "" : " aligned");
+        return NULL;
+    }
+    if ((flags & WRITE) && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: array must be writeable", name);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *raise_core(int rc, const char *msg) {
+    PyErr_SetString(rc == RWKV5_ENOMEM ? PyExc_MemoryError : PyExc_ValueError, msg);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * CModel */
+
+typedef struct {
+    PyObject_HEAD
+    rwkv5_model m;
+    PyObject *owner;   /* tuple of every array the C pointers point into (new reference) */
+    int ready;
+} CModelObject;
+
+/* Appends obj to the owner list (as a new reference) and returns its data pointer. */
+static const void *take_flags(PyObject *owner, PyObject *obj, const char *name, int type, int nd,
+                              const npy_intp *dims, int flags) {
+    PyArrayObject *a = check_array(obj, name, type, nd, dims, flags);
+    if (!a || PyList_Append(owner, obj) < 0) return NULL;
+    return PyArray_DATA(a);
+}
+
+static const void *take(PyObject *owner, PyObject *obj, const char *name, int type, int nd, const npy_intp *dims) {
+    return take_flags(owner, obj, name, type, nd, dims, 0);
+}
+
+static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, int cols, rwkv5_mat *out) {
+    npy_intp d[2] = {rows, cols};
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int t = PyArray_TYPE((PyArrayObject *)obj);
+    if (t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16) {
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype float32, float16 or uint16 (bfloat16 bits), got %s", name,
+                     PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
+        return -1;
+    }
+    out->data = take_flags(owner, obj, name, t, 2, d, UNALIGNED_OK);
+    if (!out->data) return -1;
+    out->dtype = t == NPY_FLOAT32 ? RWKV5_F32 : t == NPY_FLOAT16 ? RWKV5_F16 : RWKV5_BF16;
+    out->rows = rows;
+    out->cols = cols;
+    out->scale = NULL;
+    return 0;
+}
+
+#define N_LAYER_ITEMS 22
+
+static int CModel_init(CModelObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"config", "globals", "layers", NULL};
+    PyObject *cfg, *glob, *layers, *owner = NULL;
+    int n_layer, C, H, N, F, V, gate, rc = -1;
+    double gn_eps;
+    char err[256] = "";
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "CModel is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!", kwlist, &PyTuple_Type, &cfg, &PyTuple_Type, &glob,
+                                     &PyList_Type, &layers))
+        return -1;
+    if (!PyArg_ParseTuple(cfg, "iiiiiiid;config must be (n_layer, n_embd, n_head, head_size, n_ffn, vocab, has_gate, gn_eps)",
+                          &n_layer, &C, &H, &N, &F, &V, &gate, &gn_eps))
+        return -1;
+    if (n_layer <= 0 || C <= 0 || H <= 0 || N <= 0 || F <= 0 || V <= 0 || (long long)H * N > 1 << 24) {
+        PyErr_Format(PyExc_ValueError, "bad config n_layer=%d n_embd=%d n_head=%d head_size=%d n_ffn=%d vocab=%d",
+                     n_layer, C, H, N, F, V);
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(glob) != 6 || PyList_GET_SIZE(layers) != n_layer) {
+        PyErr_Format(PyExc_ValueError, "expected 6 global arrays and %d layers, got %zd and %zd", n_layer,
+                     PyTuple_GET_SIZE(glob), PyList_GET_SIZE(layers));
+        return -1;
+    }
+    rwkv5_model *m = &self->m;
+    m->cfg = (rwkv5_config){n_layer, C, H, N, F, V, gate != 0, (float)gn_eps};
+    if (rwkv5_model_alloc_layers(m, n_layer) != RWKV5_OK) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    owner = PyList_New(0);
+    if (!owner) goto done;
+    int A = H * N;
+    npy_intp dC[1] = {C}, dA[1] = {A};
+    if (take_mat(owner, PyTuple_GET_ITEM(glob, 0), "emb.weight", V, C, &m->g.emb) < 0 ||
+        !(m->g.ln0_w = take(owner, PyTuple_GET_ITEM(glob, 1), "blocks.0.ln0.weight", NPY_FLOAT32, 1, dC)) ||
+        !(m->g.ln0_b = take(owner, PyTuple_GET_ITEM(glob, 2), "blocks.0.ln0.bias", NPY_FLOAT32, 1, dC)) ||
+        !(m->g.ln_out_w = take(owner, PyTuple_GET_ITEM(glob, 3), "ln_out.weight", NPY_FLOAT32, 1, dC)) ||
+        !(m->g.ln_out_b = take(owner, PyTuple_GET_ITEM(glob, 4), "ln_out.bias", NPY_FLOAT32, 1, dC)) ||
+        take_mat(owner, PyTuple_GET_ITEM(glob, 5), "head.weight", V, C, &m->g.head) < 0)
+        goto done;
+    for (int l = 0; l < n_layer; l++) {
+        PyObject *t = PyList_GET_ITEM(layers, l);
+        rwkv5_layer *L = &m->layers[l];
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != N_LAYER_ITEMS) {
+            PyErr_Format(PyExc_ValueError, "layers[%d]: expected a tuple of %d arrays", l, N_LAYER_ITEMS);
+            goto done;
+        }
+#define IT(i) PyTuple_GET_ITEM(t, i)
+        if (!(L->ln1_w = take(owner, IT(0), "ln1.weight", NPY_FLOAT32, 1, dC)) ||
+            !(L->ln1_b = take(owner, IT(1), "ln1.bias", NPY_FLOAT32, 1, dC)) ||
+            !(L->ln2_w = take(owner, IT(2), "ln2.weight", NPY_FLOAT32, 1, dC)) ||
+            !(L->ln2_b = take(owner, IT(3), "ln2.bias", NPY_FLOAT32, 1, dC)) ||
+            !(L->att_mix_k = take(owner, IT(4), "att.time_mix_k", NPY_FLOAT32, 1, dC)) ||
+            !(L->att_mix_v = take(owner, IT(5), "att.time_mix_v", NPY_FLOAT32, 1, dC)) ||
+            !(L->att_mix_r = take(owner, IT(6), "att.time_mix_r", NPY_FLOAT32, 1, dC)) ||
+            (gate && !(L->att_mix_g = take(owner, IT(7), "att.time_mix_g", NPY_FLOAT32, 1, dC))) ||
+            !(L->decay_logw = take(owner, IT(8), "att.time_decay (ln w)", NPY_FLOAT64, 1, dA)) ||
+            !(L->bonus_u = take(owner, IT(9), "att.time_faaaa (u)", NPY_FLOAT32, 1, dA)) ||
+            take_mat(owner, IT(10), "att.receptance.weight", A, C, &L->att_r) < 0 ||
+            take_mat(owner, IT(11), "att.key.weight", A, C, &L->att_k) < 0 ||
+            take_mat(owner, IT(12), "att.value.weight", A, C, &L->att_v) < 0 ||
+            (gate && take_mat(owner, IT(13), "att.gate.weight", A, C, &L->att_g) < 0) ||
+            take_mat(owner, IT(14), "att.output.weight", C, A, &L->att_o) < 0 ||
+            !(L->lnx_w = take(owner, IT(15), "att.ln_x.weight", NPY_FLOAT32, 1, dA)) ||
+            !(L->lnx_b = take(owner, IT(16), "att.ln_x.bias", NPY_FLOAT32, 1, dA)) ||
+            !(L->ffn_mix_k = take(owner, IT(17), "ffn.time_mix_k", NPY_FLOAT32, 1, dC)) ||
+            !(L->ffn_mix_r = take(owner, IT(18), "ffn.time_mix_r", NPY_FLOAT32, 1, dC)) ||
+            take_mat(owner, IT(19), "ffn.key.weight", F, C, &L->ffn_k) < 0 ||
+            take_mat(owner, IT(20), "ffn.receptance.weight", C, C, &L->ffn_r) < 0 ||
+            take_mat(owner, IT(21), "ffn.value.weight", C, F, &L->ffn_v) < 0)
+            goto done;
+#undef IT
+    }
+    int crc;
+    Py_BEGIN_ALLOW_THREADS
+    crc = rwkv5_model_init(m, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (crc != RWKV5_OK) {
+        raise_core(crc, err);
+        goto done;
+    }
+    self->owner = PyList_AsTuple(owner);
+    if (!self->owner) goto done;
+    self->ready = 1;
+    rc = 0;
+done:
+    Py_XDECREF(owner);
+    if (rc < 0) rwkv5_model_free(m);
+    return rc;
+}
+
+static void CModel_dealloc(CModelObject *self) {
+    rwkv5_model_free(&self->m);
+    Py_XDECREF(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(CModel_forward_doc,
+             "forward(tokens, att_x, att_kv, ffn_x, mode, full_output) -> logits\n\n"
+             "tokens (B, T) int32; att_x, ffn_x (B, L, C) and att_kv (B, L, H, N, N) float32, updated in place;\n"
+             "mode 0 recurrent / 1 parallel. Returns float32 logits (B, T, V) or (B, V). Releases the GIL.");
+
+static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
+    PyObject *otok, *oax, *okv, *ofx, *result = NULL;
+    int mode, full;
+    char err[256] = "";
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "CModel is not initialised");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOip", &otok, &oax, &okv, &ofx, &mode, &full)) return NULL;
+    const rwkv5_config *c = &self->m.cfg;
+    npy_intp dt[2] = {-1, -1};
+    PyArrayObject *tok = check_array(otok, "tokens", NPY_INT32, 2, dt, 0);
+    if (!tok) return NULL;
+    npy_intp B = PyArray_DIM(tok, 0), T = PyArray_DIM(tok, 1);
+    if (B < 1 || T < 1 || B > INT32_MAX / 2 || T > INT32_MAX / 2 || B * T > INT32_MAX / 2) {
+        PyErr_Format(PyExc_ValueError, "tokens: need shape (B, T) with B, T >= 1, got (%ld, %ld)", (long)B, (long)T);
+        return NULL;
+    }
+    npy_intp dx[3] = {B, c->n_layer, c->n_embd};
+    npy_intp dkv[5] = {B, c->n_layer, c->n_head, c->head_size, c->head_size};
+    PyArrayObject *ax = check_array(oax, "state.att_x", NPY_FLOAT32, 3, dx, WRITE);
+    PyArrayObject *kv = ax ? check_array(okv, "state.att_kv", NPY_FLOAT32, 5, dkv, WRITE) : NULL;
+    PyArrayObject *fx = kv ? check_array(ofx, "state.ffn_x", NPY_FLOAT32, 3, dx, WRITE) : NULL;
+    if (!fx) return NULL;
+    npy_intp dl3[3] = {B, T, c->n_vocab}, dl2[2] = {B, c->n_vocab};
+    PyArrayObject *logits = (PyArrayObject *)(full ? PyArray_SimpleNew(3, dl3, NPY_FLOAT32)
+                                                   : PyArray_SimpleNew(2, dl2, NPY_FLOAT32));
+    if (!logits) return NULL;
+    rwkv5_state st = {(float *)PyArray_DATA(ax), (float *)PyArray_DATA(kv), (float *)PyArray_DATA(fx)};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rwkv5_forward(&self->m, (const int32_t *)PyArray_DATA(tok), (int)B, (int)T, &st, mode, full,
+                       (float *)PyArray_DATA(logits), err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (rc != RWKV5_OK) {
+        raise_core(rc, err);
+        goto done;
+    }
+    result = (PyObject *)logits;
+    logits = NULL;
+done:
+    Py_XDECREF(logits);
+    return result;
+}
+
+static PyObject *CModel_nbytes(CModelObject *self, PyObject *Py_UNUSED(ignored)) {
+    /* bytes of the owned power table (the weights are borrowed) */
+    if (!self->ready) return PyLong_FromLong(0);
+    const rwkv5_config *c = &self->m.cfg;
+    return PyLong_FromSize_t((size_t)c->n_layer * (RWKV5_CHUNK + 1) * c->n_head * c->head_size * sizeof(float));
+}
+
+static PyMethodDef CModel_methods[] = {
+    {"forward", (PyCFunction)CModel_forward, METH_VARARGS, CModel_forward_doc},
+    {"owned_nbytes", (PyCFunction)CModel_nbytes, METH_NOARGS, "Bytes owned by the C model (power table)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rwkv5._model.CModel",
+    .tp_basicsize = sizeof(CModelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "CModel(config, globals, layers): the C forward pass over borrowed NumPy weights.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)CModel_init,
+    .tp_dealloc = (destructor)CModel_dealloc,
+    .tp_methods = CModel_methods,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Kernels as functions (rwkv5.ops wraps these; inputs already float32 C-contiguous). */
+
+static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ox, *ow, *ob, *result = NULL;
+    double eps;
+    int group = 0;   /* n_groups; 0 = LayerNorm */
+    if (!PyArg_ParseTuple(args, "OOOd|i", &ox, &ow, &ob, &eps, &group)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    PyArrayObject *x = check_array(ox, "x", NPY_FLOAT32, 2, any2, 0);
+    if (!x) return NULL;
+    npy_intp rows = PyArray_DIM(x, 0), n = PyArray_DIM(x, 1);
+    npy_intp dn[1] = {n};
+    PyArrayObject *w = check_array(ow, "weight", NPY_FLOAT32, 1, dn, 0);
+    PyArrayObject *b = w ? check_array(ob, "bias", NPY_FLOAT32, 1, dn, 0) : NULL;
+    if (!b) return NULL;
+    if (n < 1 || n > INT32_MAX || (group && (group < 1 || n % group))) {
+        PyErr_Format(PyExc_ValueError, "x: last axis %ld must be >= 1 and divisible by n_groups=%d", (long)n, group);
+        return NULL;
+    }
+    if (!(eps > 0)) {
+        PyErr_Format(PyExc_ValueError, "eps must be > 0, got %g", eps);
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, PyArray_DIMS(x), NPY_FLOAT32);
+    if (!out) return NULL;
+    const float *px = PyArray_DATA(x), *pw = PyArray_DATA(w), *pb = PyArray_DATA(b);
+    float *po = PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp r = 0; r < rows; r++) {
+        if (group) rwkv5_group_norm(po + r * n, px + r * n, pw, pb, (int)n, group, (float)eps);
+        else rwkv5_layer_norm(po + r * n, px + r * n, pw, pb, (int)n, (float)eps);
+    }
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)out;
+    return result;
+}
+
+static PyObject *py_wkv5(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *or_, *ok, *ov, *ow, *ou, *os;
+    PyArrayObject *y = NULL, *S = NULL;
+    PyObject *result = NULL;
+    int mode;
+    float *P = NULL;
+    double *logw = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOOOi", &or_, &ok, &ov, &ow, &ou, &os, &mode)) return NULL;
+    npy_intp any3[3] = {-1, -1, -1};
+    PyArrayObject *r = check_array(or_, "r", NPY_FLOAT32, 3, any3, 0);
+    if (!r) return NULL;
+    npy_intp T = PyArray_DIM(r, 0), H = PyArray_DIM(r, 1), N = PyArray_DIM(r, 2);
+    npy_intp d3[3] = {T, H, N}, dhn[2] = {H, N}, ds[3] = {H, N, N};
+    PyArrayObject *k = check_array(ok, "k", NPY_FLOAT32, 3, d3, 0);
+    PyArrayObject *v = k ? check_array(ov, "v", NPY_FLOAT32, 3, d3, 0) : NULL;
+    PyArrayObject *w = v ? check_array(ow, "w", NPY_FLOAT32, 2, dhn, 0) : NULL;
+    PyArrayObject *u = w ? check_array(ou, "u", NPY_FLOAT32, 2, dhn, 0) : NULL;
+    PyArrayObject *s0 = u ? check_array(os, "state", NPY_FLOAT32, 3, ds, 0) : NULL;
+    if (!s0) return NULL;
+    if (T < 1 || H < 1 || N < 1 || H * N > INT32_MAX / (RWKV5_CHUNK + 1)) {
+        PyErr_Format(PyExc_ValueError, "r: need T, H, N >= 1, got (%ld, %ld, %ld)", (long)T, (long)H, (long)N);
+        return NULL;
+    }
+    y = (PyArrayObject *)PyArray_SimpleNew(3, d3, NPY_FLOAT32);
+    S = (PyArrayObject *)PyArray_NewCopy(s0, NPY_CORDER);
+    if (!y || !S) goto done;
+    size_t A = (size_t)(H * N);
+    if (mode == RWKV5_PARALLEL) {
+        P = (float *)malloc((RWKV5_CHUNK + 1) * A * sizeof(float));
+        logw = (double *)malloc(A * sizeof(double));
+        if (!P || !logw) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    const float *pr = PyArray_DATA(r), *pk = PyArray_DATA(k), *pv = PyArray_DATA(v), *pw = PyArray_DATA(w),
+                *pu = PyArray_DATA(u);
+    float *py = PyArray_DATA(y), *pS = PyArray_DATA(S);
+    Py_BEGIN_ALLOW_THREADS
+    if (mode == RWKV5_PARALLEL) {
+        for (size_t i = 0; i < A; i++) logw[i] = log((double)pw[i]);   /* w = 0 -> -inf: P = 1, 0, 0, ... */
+        rwkv5_power_table(P, logw, (int)A, RWKV5_CHUNK);
+        for (npy_intp c0 = 0; c0 < T; c0 += RWKV5_CHUNK) {
+            int n = T - c0 < RWKV5_CHUNK ? (int)(T - c0) : RWKV5_CHUNK;
+            for (npy_intp h = 0; h < H; h++) {
+                size_t off = (size_t)c0 * A + (size_t)h * N;
+                rwkv5_wkv_chunk(py + off, pS + (size_t)h * N * N, pr + off, pk + off, pv + off, A, P + h * N, A,
+                                pu + h * N, n, (int)N);
+            }
+        }
+    } else {
+        for (npy_intp t = 0; t < T; t++)
+            for (npy_intp h = 0; h < H; h++) {
+                size_t off = (size_t)t * A + (size_t)h * N;
+                rwkv5_wkv_step(py + off, pS + (size_t)h * N * N, pr + off, pk + off, pv + off, pw + h * N, pu + h * N,
+                               (int)N);
+            }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OO)", y, S);
+done:
+    free(P);
+    free(logw);
+    Py_XDECREF(y);
+    Py_XDECREF(S);
+    return result;
+}
+
+/* _matmul(x (M, n) float32, w (d, n) float32|float16|uint16, isa) -> x @ w.T; isa -1 = threaded,
+ * current ISA; 0/1/2 = that ISA (clamped to the CPU), single thread. For the kernel tests. */
+static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ox, *ow;
+    int isa;
+    if (!PyArg_ParseTuple(args, "OOi", &ox, &ow, &isa)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    PyArrayObject *x = check_array(ox, "x", NPY_FLOAT32, 2, any2, 0);
+    if (!x) return NULL;
+    if (!PyArray_Check(ow)) return PyErr_Format(PyExc_TypeError, "w: expected a numpy.ndarray");
+    int t = PyArray_TYPE((PyArrayObject *)ow);
+    if (t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16)
+        return PyErr_Format(PyExc_TypeError, "w: expected dtype float32, float16 or uint16");
+    npy_intp dw[2] = {-1, PyArray_DIM(x, 1)};
+    PyArrayObject *w = check_array(ow, "w", t, 2, dw, UNALIGNED_OK);
+    if (!w) return NULL;
+    npy_intp M = PyArray_DIM(x, 0), n = PyArray_DIM(x, 1), d = PyArray_DIM(w, 0);
+    if (M > INT32_MAX || n > INT32_MAX || d > INT32_MAX) return PyErr_Format(PyExc_ValueError, "too large");
+    rwkv5_mat mat = {PyArray_DATA(w), NULL, t == NPY_FLOAT32 ? RWKV5_F32 : t == NPY_FLOAT16 ? RWKV5_F16 : RWKV5_BF16,
+                     (int)d, (int)n};
+    npy_intp dout[2] = {M, d};
+    PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(2, dout, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    float *po = PyArray_DATA(out);
+    const float *px = PyArray_DATA(x);
+    Py_BEGIN_ALLOW_THREADS
+    if (isa < 0) rwkv5_matmul(po, px, &mat, (int)M, (int)n, (int)d);
+    else {
+        rwkv5_isa keep = rwkv5_cpu_isa();
+        int use = rwkv5_set_isa((rwkv5_isa)isa);
+        rwkv5_set_isa(keep);
+        if (n > 0) rwkv5_matmul_rows_isa(use, po, px, &mat, (int)M, 0, (int)d);
+    }
+    Py_END_ALLOW_THREADS
+    return (PyObject *)out;
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 256) return PyErr_Format(PyExc_ValueError, "n must be in [1, 256], got %ld", n);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rwkv5_set_num_threads((int)n);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return PyErr_Format(PyExc_OSError, "could not start %ld threads", n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *Py_UNUSED(ignored)) {
+    (void)self;
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = rwkv5_get_num_threads();
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(n);
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    if (v < 0 || v > 2) return PyErr_Format(PyExc_ValueError, "isa must be 0 (scalar), 1 (avx2) or 2 (avx512)");
+    return PyUnicode_FromString(rwkv5_isa_name(rwkv5_set_isa((rwkv5_isa)v)));
+}
+
+static PyObject *py_get_isa(PyObject *self, PyObject *Py_UNUSED(ignored)) {
+    (void)self;
+    return Py_BuildValue("(ss)", rwkv5_isa_name(rwkv5_cpu_isa()), rwkv5_isa_name(rwkv5_cpu_isa_supported()));
+}
 
 static PyMethodDef methods[] = {
+    {"layer_norm", py_layer_norm, METH_VARARGS,
+     "layer_norm(x (R, n) f32, weight (n,), bias (n,), eps[, n_groups]) -> LayerNorm or GroupNorm rows"},
+    {"wkv5", py_wkv5, METH_VARARGS, "wkv5(r, k, v (T,H,N), w, u (H,N), state (H,N,N), mode) -> (y, new_state)"},
+    {"_matmul", py_matmul, METH_VARARGS, "_matmul(x, w, isa) -> x @ w.T (tests)"},
+    {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): size of the C thread pool"},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    {"_set_isa", py_set_isa, METH_O, "_set_isa(0|1|2) -> name of the ISA now used by the kernels (tests)"},
+    {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> (ISA in use, best ISA of this CPU)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "rwkv5._model", "rwkv5 model core (C).", -1, methods,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "rwkv5._model", "rwkv5 model core (C).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__model(void) { return PyModule_Create(&moduledef); }
+PyMODINIT_FUNC PyInit__model(void) {
+    import_array();
+    if (PyType_Ready(&CModelType) < 0) return NULL;
+    PyObject *mod = PyModule_Create(&moduledef);
+    if (!mod) return NULL;
+    Py_INCREF(&CModelType);
+    if (PyModule_AddObject(mod, "CModel", (PyObject *)&CModelType) < 0 ||
+        PyModule_AddIntConstant(mod, "CHUNK", RWKV5_CHUNK) < 0) {
+        Py_DECREF(&CModelType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}

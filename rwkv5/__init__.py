@@ -7,3 +7,9 @@ multilingual training-data preparation, with a C core.
     >>> logits, state = model.forward(tok.encode("The capital of France is"))
 """
 __version__ = "0.1.0"
+
+from . import ops  # noqa: E402
+from ._model import get_num_threads, set_num_threads  # noqa: E402
+from .model import Model, ModelConfig, State  # noqa: E402
+
+__all__ = ["Model", "State", "ModelConfig", "ops", "set_num_threads", "get_num_threads"]

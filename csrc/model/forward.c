@@ -1,0 +1,307 @@
+/* The RWKV-5 forward pass over B sequences, in recurrent (one position per step) or parallel
+ * (chunks of RWKV5_CHUNK positions) mode. Both modes run the same per-layer code on a block of
+ * rows (row = b * n + t for sequence b, position t of the block); they differ only in the WKV. */
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/threadpool.h"
+#include "kernels.h"
+
+#define LN_EPS 1e-5f   /* every LayerNorm (ln0, ln1, ln2, ln_out) */
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* One scratch buffer per model, reused by successive forward calls so that generating token by
+ * token allocates nothing. A call that finds it in use (another thread) allocates its own. */
+struct rwkv5_scratch_cache {
+    pthread_mutex_t lock;
+    float *mem;
+    size_t cap;   /* floats */
+};
+
+int rwkv5_model_alloc_layers(rwkv5_model *m, int n_layer) {
+    m->layers = n_layer > 0 ? (rwkv5_layer *)calloc((size_t)n_layer, sizeof(rwkv5_layer)) : NULL;
+    m->pow_table = NULL;
+    m->scratch = NULL;
+    return m->layers ? RWKV5_OK : RWKV5_ENOMEM;
+}
+
+void rwkv5_model_free(rwkv5_model *m) {
+    free(m->layers);
+    free(m->pow_table);
+    if (m->scratch) {
+        pthread_mutex_destroy(&m->scratch->lock);
+        free(m->scratch->mem);
+        free(m->scratch);
+    }
+    m->layers = NULL;
+    m->pow_table = NULL;
+    m->scratch = NULL;
+}
+
+static int check_mat(const rwkv5_mat *w, const char *name, int layer, int rows, int cols, char *err,
+                     size_t errlen) {
+    if (!w->data || w->rows != rows || w->cols != cols)
+        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: expected shape (%d, %d), got (%d, %d)%s", layer,
+                    name, rows, cols, w->rows, w->cols, w->data ? "" : " (missing)");
+    if (w->dtype < RWKV5_F32 || w->dtype > RWKV5_BF16)
+        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: storage type %d is not supported (fp32, fp16, bf16)",
+                    layer, name, w->dtype);
+    return RWKV5_OK;
+}
+
+int rwkv5_model_init(rwkv5_model *m, char *err, size_t errlen) {
+    const rwkv5_config *c = &m->cfg;
+    int C = c->n_embd, A = c->n_head * c->head_size, F = c->n_ffn, V = c->n_vocab, rc;
+    if (c->n_layer <= 0 || C <= 0 || c->n_head <= 0 || c->head_size <= 0 || F <= 0 || V <= 0 || !m->layers)
+        return fail(err, errlen, RWKV5_EINVAL, "bad config: n_layer=%d n_embd=%d n_head=%d head_size=%d n_ffn=%d vocab=%d",
+                    c->n_layer, C, c->n_head, c->head_size, F, V);
+    if (!(c->gn_eps > 0.0f) || !isfinite(c->gn_eps))
+        return fail(err, errlen, RWKV5_EINVAL, "gn_eps must be a positive finite number, got %g", (double)c->gn_eps);
+    if ((rc = check_mat(&m->g.emb, "emb.weight", -1, V, C, err, errlen)) ||
+        (rc = check_mat(&m->g.head, "head.weight", -1, V, C, err, errlen)))
+        return rc;
+    if (!m->g.ln0_w || !m->g.ln0_b || !m->g.ln_out_w || !m->g.ln_out_b)
+        return fail(err, errlen, RWKV5_EINVAL, "missing ln0 / ln_out vectors");
+    for (int l = 0; l < c->n_layer; l++) {
+        const rwkv5_layer *L = &m->layers[l];
+        if ((rc = check_mat(&L->att_r, "att.receptance.weight", l, A, C, err, errlen)) ||
+            (rc = check_mat(&L->att_k, "att.key.weight", l, A, C, err, errlen)) ||
+            (rc = check_mat(&L->att_v, "att.value.weight", l, A, C, err, errlen)) ||
+            (c->has_gate && (rc = check_mat(&L->att_g, "att.gate.weight", l, A, C, err, errlen))) ||
+            (rc = check_mat(&L->att_o, "att.output.weight", l, C, A, err, errlen)) ||
+            (rc = check_mat(&L->ffn_k, "ffn.key.weight", l, F, C, err, errlen)) ||
+            (rc = check_mat(&L->ffn_r, "ffn.receptance.weight", l, C, C, err, errlen)) ||
+            (rc = check_mat(&L->ffn_v, "ffn.value.weight", l, C, F, err, errlen)))
+            return rc;
+        if (!L->ln1_w || !L->ln1_b || !L->ln2_w || !L->ln2_b || !L->att_mix_k || !L->att_mix_v || !L->att_mix_r ||
+            (c->has_gate && !L->att_mix_g) || !L->decay_logw || !L->bonus_u || !L->lnx_w || !L->lnx_b ||
+            !L->ffn_mix_k || !L->ffn_mix_r)
+            return fail(err, errlen, RWKV5_EINVAL, "layer %d: a vector parameter is missing", l);
+    }
+    size_t per_layer = (size_t)(RWKV5_CHUNK + 1) * A;
+    free(m->pow_table);
+    m->pow_table = (float *)malloc((size_t)c->n_layer * per_layer * sizeof(float));
+    if (!m->pow_table) return fail(err, errlen, RWKV5_ENOMEM, "out of memory for the decay power table");
+    for (int l = 0; l < c->n_layer; l++)
+        rwkv5_power_table(m->pow_table + l * per_layer, m->layers[l].decay_logw, A, RWKV5_CHUNK);
+    if (!m->scratch) {
+        m->scratch = (struct rwkv5_scratch_cache *)calloc(1, sizeof *m->scratch);
+        if (!m->scratch) return fail(err, errlen, RWKV5_ENOMEM, "out of memory");
+        pthread_mutex_init(&m->scratch->lock, NULL);
+    }
+    return RWKV5_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    float *x;            /* (R, C) residual stream */
+    float *xn;           /* (R, C) LayerNorm output of the current sub-block */
+    float *xk, *xv, *xr, *xg;  /* (R, C) token-shift mixes */
+    float *r, *k, *v, *g, *y;  /* (R, A) */
+    float *fk;           /* (R, F) */
+    float *fr, *fv;      /* (R, C) */
+    float *last;         /* (B, C) final-LN rows of the last positions */
+    float *mem;          /* the one allocation all of the above are carved from */
+} scratch_t;
+
+/* Carve the buffers for R rows out of the model's cached buffer (taking its lock) or, when another
+ * call holds it, out of a private allocation; the end of rwkv5_forward undoes either. */
+static int scratch_acquire(scratch_t *s, const rwkv5_model *m, int R, int B, int *cached) {
+    const rwkv5_config *c = &m->cfg;
+    size_t C = c->n_embd, A = (size_t)c->n_head * c->head_size, F = c->n_ffn;
+    size_t total = R * (C * 8 + A * 5 + F) + (size_t)B * C;
+    struct rwkv5_scratch_cache *cache = m->scratch;
+    float *p = NULL;
+    *cached = 0;
+    if (cache && pthread_mutex_trylock(&cache->lock) == 0) {
+        if (cache->cap < total) {
+            free(cache->mem);
+            cache->mem = (float *)malloc(total * sizeof(float));
+            cache->cap = cache->mem ? total : 0;
+        }
+        if (cache->mem) {
+            p = cache->mem;
+            *cached = 1;
+        } else {
+            pthread_mutex_unlock(&cache->lock);
+        }
+    }
+    if (!p) p = (float *)malloc(total * sizeof(float));
+    if (!p) return RWKV5_ENOMEM;
+    s->mem = p;
+    s->x = p; p += R * C;
+    s->xn = p; p += R * C;
+    s->xk = p; p += R * C;
+    s->xv = p; p += R * C;
+    s->xr = p; p += R * C;
+    s->xg = p; p += R * C;
+    s->fr = p; p += R * C;
+    s->fv = p; p += R * C;
+    s->last = p; p += (size_t)B * C;
+    s->r = p; p += R * A;
+    s->k = p; p += R * A;
+    s->v = p; p += R * A;
+    s->g = p; p += R * A;
+    s->y = p; p += R * A;
+    s->fk = p;
+    return RWKV5_OK;
+}
+
+/* Token shift over a block: x_mix = cur * mu + prev * (1 - mu), prev = the row before (or the
+ * carried state row for t = 0). */
+static void mix_rows(float *out, const float *cur, const float *carried, const float *mu, int t, int C) {
+    const float *prev = t == 0 ? carried : cur - C;
+    for (int i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
+}
+
+/* xn = LN(x) for each row; then for each mix j: outs[j] = xn * mus[j] + prev * (1 - mus[j]) with
+ * prev the row before in the same sequence, or for t = 0 the carried row of `carried` (B, L, C) at
+ * layer l; finally the carried row <- the sequence's last LN row. */
+static void norm_shift_mix(scratch_t *s, const rwkv5_config *c, int l, float *carried, const float *ln_w,
+                           const float *ln_b, float *const *outs, const float *const *mus, int nmix, int B, int n) {
+    int C = c->n_embd;
+    for (int row = 0; row < B * n; row++)
+        rwkv5_layer_norm(s->xn + (size_t)row * C, s->x + (size_t)row * C, ln_w, ln_b, C, LN_EPS);
+    for (int b = 0; b < B; b++) {
+        float *prev0 = carried + ((size_t)b * c->n_layer + l) * C;
+        for (int t = 0; t < n; t++) {
+            size_t o = ((size_t)b * n + t) * C;
+            for (int j = 0; j < nmix; j++) mix_rows(outs[j] + o, s->xn + o, prev0, mus[j], t, C);
+        }
+        memcpy(prev0, s->xn + ((size_t)b * n + n - 1) * C, C * sizeof(float));
+    }
+}
+
+typedef struct {
+    const rwkv5_model *m;
+    const rwkv5_state *st;
+    scratch_t *s;
+    int l, n, mode;
+} wkv_job;
+
+/* one task per (sequence b, head h) */
+static void wkv_range(void *ctx, int64_t b0, int64_t e0) {
+    wkv_job *j = (wkv_job *)ctx;
+    const rwkv5_config *c = &j->m->cfg;
+    int H = c->n_head, N = c->head_size, A = H * N, L = c->n_layer;
+    const rwkv5_layer *Lw = &j->m->layers[j->l];
+    const float *P = j->m->pow_table + (size_t)j->l * (RWKV5_CHUNK + 1) * A;
+    for (int64_t task = b0; task < e0; task++) {
+        int b = (int)(task / H), h = (int)(task % H);
+        size_t row0 = (size_t)b * j->n, off = row0 * A + (size_t)h * N;
+        float *S = j->st->att_kv + (((size_t)b * L + j->l) * H + h) * (size_t)N * N;
+        if (j->mode == RWKV5_RECURRENT)  /* n == 1; w = P[1] */
+            rwkv5_wkv_step(j->s->y + off, S, j->s->r + off, j->s->k + off, j->s->v + off, P + A + (size_t)h * N,
+                           Lw->bonus_u + (size_t)h * N, N);
+        else
+            rwkv5_wkv_chunk(j->s->y + off, S, j->s->r + off, j->s->k + off, j->s->v + off, (size_t)A,
+                            P + (size_t)h * N, (size_t)A, Lw->bonus_u + (size_t)h * N, j->n, N);
+    }
+}
+
+static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+/* One layer over the block of R = B*n rows in s->x. */
+static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, scratch_t *s, int B, int n, int mode) {
+    const rwkv5_config *c = &m->cfg;
+    const rwkv5_layer *L = &m->layers[l];
+    int C = c->n_embd, H = c->n_head, A = H * c->head_size, F = c->n_ffn, R = B * n;
+
+    /* ---- time mix: token shift over LN1 outputs ---- */
+    {
+        float *outs[4] = {s->xk, s->xv, s->xr, s->xg};
+        const float *mus[4] = {L->att_mix_k, L->att_mix_v, L->att_mix_r, L->att_mix_g};
+        norm_shift_mix(s, c, l, st->att_x, L->ln1_w, L->ln1_b, outs, mus, c->has_gate ? 4 : 3, B, n);
+    }
+    rwkv5_matmul(s->r, s->xr, &L->att_r, R, C, A);   /* r = x_r @ W_r^T (no sigmoid in v5) */
+    rwkv5_matmul(s->k, s->xk, &L->att_k, R, C, A);
+    rwkv5_matmul(s->v, s->xv, &L->att_v, R, C, A);
+    if (c->has_gate) rwkv5_matmul(s->g, s->xg, &L->att_g, R, C, A);
+    wkv_job wj = {m, st, s, l, n, mode};
+    rwkv5_parallel_for((int64_t)B * H, 1, wkv_range, &wj);
+    for (int row = 0; row < R; row++) {
+        float *y = s->y + (size_t)row * A;
+        rwkv5_group_norm(y, y, L->lnx_w, L->lnx_b, A, H, c->gn_eps);
+        if (c->has_gate) {   /* o = GN(y) * SiLU(g) */
+            const float *g = s->g + (size_t)row * A;
+            for (int i = 0; i < A; i++) y[i] *= g[i] * sigmoidf_(g[i]);
+        }
+    }
+    rwkv5_matmul(s->fv, s->y, &L->att_o, R, A, C);
+    for (size_t i = 0; i < (size_t)R * C; i++) s->x[i] += s->fv[i];
+
+    /* ---- channel mix: token shift over LN2 outputs ---- */
+    {
+        float *outs[2] = {s->xk, s->xr};
+        const float *mus[2] = {L->ffn_mix_k, L->ffn_mix_r};
+        norm_shift_mix(s, c, l, st->ffn_x, L->ln2_w, L->ln2_b, outs, mus, 2, B, n);
+    }
+    rwkv5_matmul(s->fk, s->xk, &L->ffn_k, R, C, F);
+    for (size_t i = 0; i < (size_t)R * F; i++) {   /* relu(k)^2 */
+        float z = s->fk[i] > 0.0f ? s->fk[i] : 0.0f;
+        s->fk[i] = z * z;
+    }
+    rwkv5_matmul(s->fv, s->fk, &L->ffn_v, R, F, C);
+    rwkv5_matmul(s->fr, s->xr, &L->ffn_r, R, C, C);
+    /* x += sigmoid(x_r @ W_rf^T) * (relu(x_k @ W_kf^T)^2 @ W_vf^T) */
+    for (size_t i = 0; i < (size_t)R * C; i++) s->x[i] += sigmoidf_(s->fr[i]) * s->fv[i];
+}
+
+int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, const rwkv5_state *st, int mode,
+                  int full_output, float *logits, char *err, size_t errlen) {
+    const rwkv5_config *c = &m->cfg;
+    int C = c->n_embd, V = c->n_vocab;
+    scratch_t s = {0};
+    int cached = 0;
+    if (B <= 0 || T <= 0) return fail(err, errlen, RWKV5_EINVAL, "need B >= 1 and T >= 1, got B=%d T=%d", B, T);
+    if (mode != RWKV5_RECURRENT && mode != RWKV5_PARALLEL)
+        return fail(err, errlen, RWKV5_EINVAL, "mode must be 0 (recurrent) or 1 (parallel), got %d", mode);
+    if (!st || !st->att_x || !st->att_kv || !st->ffn_x) return fail(err, errlen, RWKV5_EINVAL, "state is missing");
+    for (size_t i = 0; i < (size_t)B * T; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return fail(err, errlen, RWKV5_EINVAL, "tokens[%zu] = %d is outside [0, %d)", i, (int)tokens[i], V);
+    int nmax = mode == RWKV5_PARALLEL ? (T < RWKV5_CHUNK ? T : RWKV5_CHUNK) : 1;
+    if (scratch_acquire(&s, m, B * nmax, B, &cached) != RWKV5_OK)
+        return fail(err, errlen, RWKV5_ENOMEM, "out of memory for scratch buffers (%d rows)", B * nmax);
+
+    for (int c0 = 0; c0 < T; c0 += nmax) {
+        int n = T - c0 < nmax ? T - c0 : nmax;
+        /* x = LN(emb[token]; ln0), ln0 applied at run time so emb stays zero-copy */
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < n; t++) {
+                float *x = s.x + ((size_t)b * n + t) * C;
+                rwkv5_mat_row(x, &m->g.emb, (size_t)tokens[(size_t)b * T + c0 + t]);
+                rwkv5_layer_norm(x, x, m->g.ln0_w, m->g.ln0_b, C, LN_EPS);
+            }
+        for (int l = 0; l < c->n_layer; l++) layer_forward(m, l, st, &s, B, n, mode);
+        if (!logits) continue;
+        /* logits = LN(x; ln_out) @ head^T, only for the positions asked for */
+        if (full_output) {
+            for (int row = 0; row < B * n; row++)
+                rwkv5_layer_norm(s.xn + (size_t)row * C, s.x + (size_t)row * C, m->g.ln_out_w, m->g.ln_out_b, C, LN_EPS);
+            for (int b = 0; b < B; b++)
+                rwkv5_matmul(logits + ((size_t)b * T + c0) * V, s.xn + (size_t)b * n * C, &m->g.head, n, C, V);
+        } else if (c0 + n == T) {
+            for (int b = 0; b < B; b++)
+                rwkv5_layer_norm(s.last + (size_t)b * C, s.x + ((size_t)b * n + n - 1) * C, m->g.ln_out_w,
+                                 m->g.ln_out_b, C, LN_EPS);
+            rwkv5_matmul(logits, s.last, &m->g.head, B, C, V);
+        }
+    }
+    if (cached) pthread_mutex_unlock(&m->scratch->lock);
+    else free(s.mem);
+    return RWKV5_OK;
+}

@@ -1,0 +1,84 @@
+/* Kernels of the forward pass: small functions, output first, then inputs, then sizes. Pure C. */
+#ifndef RWKV5_KERNELS_H
+#define RWKV5_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "rwkv5_model.h"
+
+/* ---- storage types ---- */
+
+static inline float rwkv5_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float rwkv5_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+    float f;
+    if (e == 0) {                       /* zero or subnormal: mant * 2^-24, exact in fp32 */
+        f = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    if (e == 31) u = sign | 0x7f800000u | (mant << 13);          /* inf / nan */
+    else u = sign | ((e - 15 + 127) << 23) | (mant << 13);
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Element i of matrix storage at p. Matrices may be unaligned (views into a file such as an
+ * rwkv.cpp .bin, whose tensors start at arbitrary byte offsets), so loads go through memcpy, which
+ * compiles to a plain load. */
+static inline float rwkv5_ld_f32(const void *p, size_t i) {
+    float v;
+    memcpy(&v, (const unsigned char *)p + i * 4, 4);
+    return v;
+}
+static inline float rwkv5_ld_f16(const void *p, size_t i) {
+    uint16_t h;
+    memcpy(&h, (const unsigned char *)p + i * 2, 2);
+    return rwkv5_f16_to_f32(h);
+}
+static inline float rwkv5_ld_bf16(const void *p, size_t i) {
+    uint16_t h;
+    memcpy(&h, (const unsigned char *)p + i * 2, 2);
+    return rwkv5_bf16_to_f32(h);
+}
+
+/* out[i] = float(row r of m)[i], i < m->cols */
+void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r);
+
+/* ---- matrix product, threaded over output rows, ISA chosen at run time ----
+ * out = x @ W^T:  out (M, d), x (M, n) fp32, W (d, n) in its storage type. */
+void rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M, int n, int d);
+/* The same with a given ISA, single-threaded over rows [o0, o1) (for tests). */
+void rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1);
+
+/* ---- position-wise ---- */
+
+/* out = (x - mean) / sqrt(var + eps) * w + b over n channels (biased variance); out may be x. */
+void rwkv5_layer_norm(float *out, const float *x, const float *w, const float *b, int n, float eps);
+/* GroupNorm: layer_norm on each of the n_groups contiguous slices of x, affine w, b of length n. */
+void rwkv5_group_norm(float *out, const float *x, const float *w, const float *b, int n, int n_groups,
+                      float eps);
+
+/* ---- WKV (spec §2.2, §3.3). S is one head's state (N, N) [key i][value j]. ---- */
+
+/* One token: y[j] = sum_i r[i] (u[i] k[i] v[j] + S[i][j]);  S[i][j] = w[i] S[i][j] + k[i] v[j] */
+void rwkv5_wkv_step(float *y, float *S, const float *r, const float *k, const float *v,
+                    const float *w, const float *u, int N);
+/* A chunk of n <= RWKV5_CHUNK tokens whose rows are `ld` floats apart (r, k, v, y).
+ * P: the head's power table, rows d = 0..n with stride ldp: P[d*ldp + i] = w_i^d.
+ *   y_t = (r_t * P[t]) @ S0 + sum_{s<=t} A[t][s] v_s,  A[t][s] = sum_i r_t[i] k_s[i] P[t-1-s][i] (s<t),
+ *   A[t][t] = sum_i r_t[i] u[i] k_t[i];   S <- P[n] * S0 + sum_s (k_s * P[n-1-s])^T v_s          */
+void rwkv5_wkv_chunk(float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
+                     const float *P, size_t ldp, const float *u, int n, int N);
+/* P[d*n + i] = exp(d * logw[i]) in double, rounded to fp32, subnormals flushed to 0, d = 0..dmax.
+ * logw = -inf gives P[0] = 1 and 0 after. */
+void rwkv5_power_table(float *P, const double *logw, int n, int dmax);
+
+#endif

@@ -1,0 +1,93 @@
+/* RWKV-5 forward pass in plain C (no Python): config, weights, state, and the entry points.
+ *
+ * Shapes use the notation of docs/rwkv5-spec.md: L layers, C = n_embd, H heads of size N,
+ * A = H*N, F = n_ffn, V = vocab, B sequences in a batch. Matrices are PyTorch-shaped (out, in),
+ * row-major, and computed as y = x @ W^T. Every weight pointer is borrowed (the caller keeps the
+ * memory alive and unchanged for the model's life); only `pow_table` and `layers` are owned. */
+#ifndef RWKV5_MODEL_H
+#define RWKV5_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Storage type of a matrix. Kernels widen to fp32 on the fly. */
+typedef enum {
+    RWKV5_F32 = 0,
+    RWKV5_F16 = 1,   /* IEEE half */
+    RWKV5_BF16 = 2,  /* top 16 bits of an fp32 */
+    RWKV5_I8 = 3,    /* reserved: int8 with one fp32 scale per row (`scale`), not implemented yet */
+} rwkv5_dtype;
+
+typedef struct {
+    const void *data;      /* (rows, cols) row-major, elements of `dtype` */
+    const float *scale;    /* (rows) per-row scales for RWKV5_I8, else NULL */
+    int dtype;
+    int rows, cols;
+} rwkv5_mat;
+
+typedef struct {
+    int n_layer, n_embd, n_head, head_size, n_ffn, n_vocab;
+    int has_gate;          /* 5.1 and 5.2: SiLU gate after GroupNorm */
+    float gn_eps;          /* GroupNorm (ln_x) eps: 64e-5 RWKV-LM, 1e-5 rwkv.cpp */
+} rwkv5_config;
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;               /* (C) */
+    const float *att_mix_k, *att_mix_v, *att_mix_r, *att_mix_g; /* (C); mix_g NULL without gate */
+    const double *decay_logw;  /* (A) ln w = -exp(time_decay), per channel (per-head values repeated) */
+    const float *bonus_u;      /* (A) u = time_faaaa (or exp(time_first)), per channel */
+    rwkv5_mat att_r, att_k, att_v, att_g;                       /* (A, C); att_g unused without gate */
+    rwkv5_mat att_o;                                            /* (C, A) */
+    const float *lnx_w, *lnx_b;                                 /* (A) */
+    const float *ffn_mix_k, *ffn_mix_r;                         /* (C) */
+    rwkv5_mat ffn_k;                                            /* (F, C) */
+    rwkv5_mat ffn_r;                                            /* (C, C) */
+    rwkv5_mat ffn_v;                                            /* (C, F) */
+} rwkv5_layer;
+
+typedef struct {
+    rwkv5_mat emb;                     /* (V, C); ln0 is applied at run time, emb is not copied */
+    const float *ln0_w, *ln0_b;        /* (C) */
+    const float *ln_out_w, *ln_out_b;  /* (C) */
+    rwkv5_mat head;                    /* (V, C) */
+} rwkv5_globals;
+
+/* Positions per chunk in parallel mode: the WKV chunk and the row block of every projection. */
+#define RWKV5_CHUNK 64
+
+typedef struct {
+    rwkv5_config cfg;
+    rwkv5_globals g;
+    rwkv5_layer *layers;   /* (L), owned */
+    float *pow_table;      /* (L, RWKV5_CHUNK+1, A), owned: P[l][d][i] = w_i^d = exp(d ln w_i) in
+                              double, rounded to fp32; values below FLT_MIN flushed to 0 */
+    struct rwkv5_scratch_cache *scratch;  /* owned: activation buffers reused by rwkv5_forward
+                                             calls (grown to the largest call shape) */
+} rwkv5_model;
+
+/* Caller-owned state of B sequences, updated in place by rwkv5_forward. */
+typedef struct {
+    float *att_x;    /* (B, L, C)  LN1 output of the previous token */
+    float *att_kv;   /* (B, L, H, N, N)  wkv state S[h][key i][value j] */
+    float *ffn_x;    /* (B, L, C)  LN2 output of the previous token */
+} rwkv5_state;
+
+enum { RWKV5_OK = 0, RWKV5_EINVAL = 1, RWKV5_ENOMEM = 2 };
+enum { RWKV5_RECURRENT = 0, RWKV5_PARALLEL = 1 };
+
+/* model->cfg, model->g and model->layers must be filled (layers allocated with
+ * rwkv5_model_alloc_layers). Checks the config and matrix shapes/dtypes, builds the power table.
+ * Returns RWKV5_OK or an error code with a message in err. */
+int rwkv5_model_alloc_layers(rwkv5_model *m, int n_layer);
+int rwkv5_model_init(rwkv5_model *m, char *err, size_t errlen);
+void rwkv5_model_free(rwkv5_model *m);
+
+/* Run T tokens of B sequences (tokens (B, T) int32, each in [0, V)) from `state`, updating it.
+ * logits: (B, T, V) when full_output, else (B, V) for the last position; may be NULL for none.
+ * mode RWKV5_RECURRENT runs one position per step; RWKV5_PARALLEL runs chunks of RWKV5_CHUNK
+ * positions with the chunked WKV. Thread-safe for concurrent calls on one model with different
+ * states. */
+int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, const rwkv5_state *state,
+                  int mode, int full_output, float *logits, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,217 @@
+// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c
+/* Kernel tests without Python: every ISA's matmul against scalar on odd sizes and all storage types,
+ * the chunked WKV against the one-token recurrence, the thread pool's coverage, and a small random
+ * model run in both modes (recurrent vs parallel) including its error paths. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cpu.h"
+#include "common/threadpool.h"
+#include "model/kernels.h"
+#include "model/rwkv5_model.h"
+
+static int failures = 0;
+#define CHECK(cond, ...)                                      \
+    do {                                                      \
+        if (!(cond)) {                                        \
+            failures++;                                       \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                     \
+            fprintf(stderr, "\n");                            \
+        }                                                     \
+    } while (0)
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint32_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static float frand(void) { return (float)rnd() / 2147483648.0f - 1.0f; }   /* [-1, 1) */
+
+/* finite fp16 / bf16 values of moderate size (exponent near 0) */
+static uint16_t rand_f16(void) { return (uint16_t)((rnd() & 1) << 15 | (12 + rnd() % 6) << 10 | (rnd() & 0x3ff)); }
+static uint16_t rand_bf16(void) { return (uint16_t)((rnd() & 1) << 15 | (124 + rnd() % 6) << 7 | (rnd() & 0x7f)); }
+
+static void test_matmul(void) {
+    const int sizes[][3] = {{1, 1, 1}, {1, 15, 3}, {2, 16, 4}, {3, 17, 5}, {4, 33, 9}, {7, 100, 13}, {5, 257, 66}};
+    int best = (int)rwkv5_cpu_isa_supported();
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        int M = sizes[si][0], n = sizes[si][1], d = sizes[si][2];
+        float *x = malloc(sizeof(float) * M * n), *ref = malloc(sizeof(float) * M * d),
+              *out = malloc(sizeof(float) * M * d);
+        void *w = malloc(sizeof(float) * d * n);
+        for (int i = 0; i < M * n; i++) x[i] = frand();
+        for (int dt = RWKV5_F32; dt <= RWKV5_BF16; dt++) {
+            for (int i = 0; i < d * n; i++) {
+                if (dt == RWKV5_F32) ((float *)w)[i] = frand();
+                else ((uint16_t *)w)[i] = dt == RWKV5_F16 ? rand_f16() : rand_bf16();
+            }
+            rwkv5_mat mat = {w, NULL, dt, d, n};
+            /* double-precision truth */
+            float row[300];
+            for (int o = 0; o < d; o++) {
+                rwkv5_mat_row(row, &mat, (size_t)o);
+                for (int m = 0; m < M; m++) {
+                    double s = 0;
+                    for (int i = 0; i < n; i++) s += (double)x[m * n + i] * row[i];
+                    ref[m * d + o] = (float)s;
+                }
+            }
+            /* the same storage one byte past an aligned address (as in rwkv.cpp files) */
+            size_t wbytes = (size_t)d * n * (dt == RWKV5_F32 ? 4 : 2);
+            unsigned char *odd = malloc(wbytes + 1);
+            memcpy(odd + 1, w, wbytes);
+            rwkv5_mat omat = {odd + 1, NULL, dt, d, n};
+            float *out2 = malloc(sizeof(float) * M * d);
+            for (int isa = 0; isa <= best; isa++) {
+                memset(out, 0xff, sizeof(float) * M * d);   /* NaN: every output must be written */
+                rwkv5_matmul_rows_isa(isa, out, x, &mat, M, 0, d);
+                for (int i = 0; i < M * d; i++)
+                    CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "matmul isa=%d dtype=%d M=%d n=%d d=%d [%d]: %g vs %g",
+                          isa, dt, M, n, d, i, out[i], ref[i]);
+                rwkv5_matmul_rows_isa(isa, out2, x, &omat, M, 0, d);
+                CHECK(!memcmp(out, out2, sizeof(float) * M * d), "unaligned storage isa=%d dtype=%d", isa, dt);
+            }
+            free(odd);
+            free(out2);
+            rwkv5_matmul(out, x, &mat, M, n, d);    /* threaded, current ISA */
+            for (int i = 0; i < M * d; i++) CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "threaded matmul [%d]", i);
+        }
+        free(x), free(ref), free(out), free(w);
+    }
+}
+
+static void test_wkv_chunk_equals_steps(void) {
+    enum { N = 12, T = 64 };
+    static float r[T * N], k[T * N], v[T * N], y1[T * N], y2[T * N], P[(RWKV5_CHUNK + 1) * N];
+    float u[N], w[N], S1[N * N], S2[N * N];
+    double logw[N];
+    for (int i = 0; i < N; i++) {
+        double d = -6.0 + 10.6 * i / (N - 1);   /* up to 4.6: w underflows fp32 */
+        logw[i] = -exp(d);
+        u[i] = frand();
+    }
+    rwkv5_power_table(P, logw, N, RWKV5_CHUNK);
+    for (int i = 0; i < N; i++) w[i] = P[N + i];
+    CHECK(P[0] == 1.0f && P[(RWKV5_CHUNK) * N + N - 1] == 0.0f, "power table ends");
+    const int lens[] = {1, 2, 5, 33, 64};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int n = lens[li];
+        for (int i = 0; i < n * N; i++) r[i] = frand(), k[i] = frand(), v[i] = frand();
+        for (int i = 0; i < N * N; i++) S1[i] = S2[i] = frand();
+        for (int t = 0; t < n; t++) rwkv5_wkv_step(y1 + t * N, S1, r + t * N, k + t * N, v + t * N, w, u, N);
+        rwkv5_wkv_chunk(y2, S2, r, k, v, N, P, N, u, n, N);
+        for (int i = 0; i < n * N; i++) CHECK(fabsf(y1[i] - y2[i]) <= 1e-5f * (1 + fabsf(y1[i])), "wkv y n=%d [%d]", n, i);
+        for (int i = 0; i < N * N; i++) CHECK(fabsf(S1[i] - S2[i]) <= 1e-5f * (1 + fabsf(S1[i])), "wkv S n=%d [%d]", n, i);
+    }
+}
+
+static atomic_int hits[1000];
+static void count_range(void *ctx, int64_t b, int64_t e) {
+    (void)ctx;
+    for (int64_t i = b; i < e; i++) atomic_fetch_add(&hits[i], 1);
+}
+
+static void test_threadpool(void) {
+    const int threads[] = {1, 3, 2};
+    const int64_t ns[] = {1, 7, 999, 1000};
+    for (int ti = 0; ti < 3; ti++) {
+        CHECK(rwkv5_set_num_threads(threads[ti]) == 0, "set_num_threads");
+        CHECK(rwkv5_get_num_threads() == threads[ti], "get_num_threads");
+        for (int ni = 0; ni < 4; ni++)
+            for (int64_t grain = 1; grain <= 64; grain *= 8) {
+                for (int i = 0; i < 1000; i++) atomic_store(&hits[i], 0);
+                rwkv5_parallel_for(ns[ni], grain, count_range, NULL);
+                for (int64_t i = 0; i < 1000; i++)
+                    CHECK(atomic_load(&hits[i]) == (i < ns[ni]), "coverage n=%lld grain=%lld i=%lld",
+                          (long long)ns[ni], (long long)grain, (long long)i);
+            }
+    }
+    CHECK(rwkv5_available_cpus() >= 1, "cpus");
+}
+
+/* a small random 5.2 model: C = 24, H = 3, N = 8, F = 40, V = 50, L = 2 */
+static void test_forward_modes(void) {
+    enum { L = 2, C = 24, H = 3, N = 8, A = H * N, F = 40, V = 50, B = 2, T = 70 };
+    static float big[100000];
+    static double logw[L][A];
+    size_t used = 0;
+#define TAKE(cnt) (used += (cnt), big + used - (cnt))
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) big[i] = frand() * 0.5f;
+    rwkv5_model m = {0};
+    m.cfg = (rwkv5_config){L, C, H, N, F, V, 1, 64e-5f};
+    CHECK(rwkv5_model_alloc_layers(&m, L) == RWKV5_OK, "alloc");
+    m.g.emb = (rwkv5_mat){TAKE(V * C), NULL, RWKV5_F32, V, C};
+    m.g.head = (rwkv5_mat){TAKE(V * C), NULL, RWKV5_F32, V, C};
+    m.g.ln0_w = m.g.ln0_b = m.g.ln_out_w = m.g.ln_out_b = TAKE(C);
+    for (int l = 0; l < L; l++) {
+        rwkv5_layer *Lw = &m.layers[l];
+        Lw->ln1_w = Lw->ln1_b = Lw->ln2_w = Lw->ln2_b = TAKE(C);
+        Lw->att_mix_k = Lw->att_mix_v = Lw->att_mix_r = Lw->att_mix_g = Lw->ffn_mix_k = Lw->ffn_mix_r = TAKE(C);
+        for (int i = 0; i < A; i++) logw[l][i] = -exp(-6.0 + 8.5 * (i % 7) / 6.0);
+        Lw->decay_logw = logw[l];
+        Lw->bonus_u = TAKE(A);
+        Lw->att_r = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
+        Lw->att_k = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
+        Lw->att_v = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
+        Lw->att_g = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
+        Lw->att_o = (rwkv5_mat){TAKE(C * A), NULL, RWKV5_F32, C, A};
+        Lw->lnx_w = Lw->lnx_b = TAKE(A);
+        Lw->ffn_k = (rwkv5_mat){TAKE(F * C), NULL, RWKV5_F32, F, C};
+        Lw->ffn_r = (rwkv5_mat){TAKE(C * C), NULL, RWKV5_F32, C, C};
+        Lw->ffn_v = (rwkv5_mat){TAKE(C * F), NULL, RWKV5_F32, C, F};
+    }
+    CHECK(used <= sizeof big / sizeof big[0], "test buffer too small");
+    char err[256];
+    CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_OK, "init: %s", err);
+
+    static int32_t tok[B * T];
+    for (int i = 0; i < B * T; i++) tok[i] = (int32_t)(rnd() % V);
+    static float st[2][B * L * C * 2 + B * L * H * N * N];
+    static float logits[2][B * T * V];
+    for (int mode = 0; mode < 2; mode++) {
+        memset(st[mode], 0, sizeof st[mode]);
+        rwkv5_state s = {st[mode], st[mode] + B * L * C, st[mode] + B * L * C + B * L * H * N * N};
+        CHECK(rwkv5_forward(&m, tok, B, T, &s, mode, 1, logits[mode], err, sizeof err) == RWKV5_OK, "forward: %s", err);
+    }
+    float maxabs = 0, maxdiff = 0;
+    for (int i = 0; i < B * T * V; i++) {
+        maxabs = fmaxf(maxabs, fabsf(logits[0][i]));
+        maxdiff = fmaxf(maxdiff, fabsf(logits[0][i] - logits[1][i]));
+    }
+    CHECK(maxabs > 0 && isfinite(maxabs) && maxdiff <= 1e-5f * maxabs, "recurrent vs parallel: %g of %g", maxdiff, maxabs);
+    for (size_t i = 0; i < sizeof st[0] / sizeof(float); i++)
+        CHECK(fabsf(st[0][i] - st[1][i]) <= 1e-4f * (1 + fabsf(st[0][i])), "state [%zu]", i);
+
+    /* errors: a bad token, a bad mode, an empty batch */
+    rwkv5_state s = {st[0], st[0] + B * L * C, st[0] + B * L * C + B * L * H * N * N};
+    tok[5] = V;
+    CHECK(rwkv5_forward(&m, tok, B, T, &s, 0, 0, logits[0], err, sizeof err) == RWKV5_EINVAL && strstr(err, "tokens[5]"),
+          "bad token: %s", err);
+    CHECK(rwkv5_forward(&m, tok, B, T, &s, 9, 0, logits[0], err, sizeof err) == RWKV5_EINVAL, "bad mode");
+    CHECK(rwkv5_forward(&m, tok, 0, T, &s, 0, 0, logits[0], err, sizeof err) == RWKV5_EINVAL, "B = 0");
+    m.layers[1].ffn_v.rows = 3;
+    CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_EINVAL && strstr(err, "ffn.value"), "shape check: %s", err);
+    rwkv5_model_free(&m);
+#undef TAKE
+}
+
+int main(void) {
+    printf("test_kernels: ISA %s (env may lower it)\n", rwkv5_isa_name(rwkv5_cpu_isa()));
+    test_matmul();
+    test_wkv_chunk_equals_steps();
+    test_threadpool();
+    test_forward_modes();
+    rwkv5_set_num_threads(1);   /* join the workers so LeakSanitizer sees a clean exit */
+    if (failures) {
+        fprintf(stderr, "test_kernels: %d failure(s)\n", failures);
+        return 1;
+    }
+    printf("test_kernels: all passed\n");
+    return 0;
+}

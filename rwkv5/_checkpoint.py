@@ -1,0 +1,185 @@
+"""Reading an RWKV-LM-named state dict: architecture detection and shape validation (spec §1.2–1.4).
+
+Shared by the NumPy reference (`rwkv5.reference`) and the C-backed `rwkv5.Model`, so both see the
+same architecture for the same dict. Nothing here does arithmetic on the large matrices.
+
+Values are raw as RWKV-LM stores them: `time_decay` is d (w = exp(-exp(d))), `time_faaaa` is the
+bonus u used as is, `time_first` is ln u (5.0 only). Arrays may be float16/float32/float64 or
+uint16 holding raw bfloat16 bits (NumPy has no bfloat16).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    version: str          # "5.0", "5.1", "5.2"
+    n_layer: int
+    n_embd: int           # C
+    n_head: int           # H
+    head_size: int        # N  (A = H*N)
+    n_ffn: int            # F
+    vocab_size: int       # V
+    bonus: str            # "time_faaaa" (u raw) or "time_first" (u = exp(time_first))
+
+    @property
+    def dim_att(self) -> int:
+        return self.n_head * self.head_size
+
+
+def bf16_bits_to_float32(a: np.ndarray) -> np.ndarray:
+    """uint16 raw bfloat16 bits -> float32 (exact: bf16 is the top half of an fp32)."""
+    return (np.asarray(a, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> uint16 raw bfloat16 bits, rounding to nearest even (NaN stays NaN)."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(np.asarray(a, dtype=np.float32))
+    if nan.any():
+        rounded = np.where(nan, ((u >> 16) | 0x40).astype(np.uint16), rounded)
+    return rounded
+
+
+def as_float(a, dtype=np.float64) -> np.ndarray:
+    """Any accepted tensor (float16/32/64 or uint16 = bf16 bits) as a float array of `dtype`."""
+    a = np.asarray(a)
+    if a.dtype == np.uint16:
+        return bf16_bits_to_float32(a).astype(dtype, copy=False)
+    if a.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"tensor dtype must be float16, float32, float64 or uint16 (bf16 bits), got {a.dtype}")
+    return a.astype(dtype, copy=False)
+
+
+def _shape(sd, name):
+    if name not in sd:
+        raise ValueError(f"state dict is missing tensor {name!r}")
+    return tuple(np.shape(sd[name]))
+
+
+def _squeezed(shape):
+    return tuple(s for s in shape if s != 1)
+
+
+def _strip_trailing_ones(shape):
+    """(H, N, 1) -> (H, N); (H, 1, 1) -> (H,); (1, N) stays (one head of N channels)."""
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def detect_architecture(sd) -> Architecture:
+    """Version, sizes and bonus kind from names and shapes; validates every tensor's shape.
+
+    Unlike the pip loader (spec §1.4) this does not depend on key order, so a 1-layer model works.
+    Raises ValueError naming the tensor with the expected and actual shape.
+    """
+    if not hasattr(sd, "keys"):
+        raise TypeError(f"state dict must be a mapping of names to arrays, got {type(sd).__name__}")
+    layers = {int(m.group(1)) for k in sd.keys() if (m := _BLOCK_RE.match(k))}
+    if not layers:
+        raise ValueError("state dict has no 'blocks.{i}.' tensors: not an RWKV checkpoint")
+    n_layer = max(layers) + 1
+    missing = sorted(set(range(n_layer)) - layers)
+    if missing:
+        raise ValueError(f"state dict has no tensors for block(s) {missing} (n_layer = {n_layer})")
+
+    es = _shape(sd, "emb.weight")
+    if len(es) != 2:
+        raise ValueError(f"tensor 'emb.weight': expected shape (V, C), got {es}")
+    V, C = es
+    ks = _shape(sd, "blocks.0.att.key.weight")
+    if len(ks) != 2 or ks[1] != C:
+        raise ValueError(f"tensor 'blocks.0.att.key.weight': expected shape (A, {C}), got {ks}")
+    A = ks[0]
+    fs = _shape(sd, "blocks.0.ffn.key.weight")
+    if len(fs) != 2 or fs[1] != C:
+        raise ValueError(f"tensor 'blocks.0.ffn.key.weight': expected shape (F, {C}), got {fs}")
+    F = fs[0]
+    if "blocks.0.att.ln_x.weight" not in sd:
+        raise ValueError("state dict is missing tensor 'blocks.0.att.ln_x.weight' (not an RWKV-5 checkpoint?)")
+    if any(".time_maa" in k for k in sd.keys()):
+        raise ValueError("state dict has 'time_maa' tensors: an RWKV-6 checkpoint, not RWKV-5")
+
+    gated = "blocks.0.att.gate.weight" in sd
+    # Only trailing unit dims are dropped (pip/rwkv.cpp add them): a single-head 5.2 model has
+    # time_decay (1, N), which full squeezing would misread as N heads.
+    ds = _strip_trailing_ones(_shape(sd, "blocks.0.att.time_decay"))
+    if len(ds) == 1:                 # one decay per head
+        H = ds[0]
+        per_channel = False
+    elif len(ds) == 2:               # (H, N): one decay per channel
+        H = ds[0]
+        per_channel = True
+        if ds[0] * ds[1] != A:
+            raise ValueError(f"tensor 'blocks.0.att.time_decay': expected shape (H, N) with H*N = {A}, got {ds}")
+    elif len(ds) == 0:               # a 0-d scalar: one head
+        H = 1
+        per_channel = False
+    else:
+        raise ValueError(f"tensor 'blocks.0.att.time_decay': expected shape (H,) or (H, N), got {_shape(sd, 'blocks.0.att.time_decay')}")
+    if H <= 0 or A % H != 0:
+        raise ValueError(f"tensor 'blocks.0.att.time_decay': {H} heads do not divide dim_att {A}")
+    N = A // H
+    if per_channel and not gated:
+        raise ValueError("per-channel time_decay (H, N) without 'att.gate.weight': not a known RWKV-5 variant")
+    version = "5.2" if per_channel else ("5.1" if gated else "5.0")
+    if "blocks.0.att.time_faaaa" in sd:
+        bonus = "time_faaaa"
+    elif "blocks.0.att.time_first" in sd and version == "5.0":
+        bonus = "time_first"
+    else:
+        raise ValueError("state dict is missing tensor 'blocks.0.att.time_faaaa'"
+                         + (" (or 'blocks.0.att.time_first')" if version == "5.0" else ""))
+
+    arch = Architecture(version, n_layer, C, H, N, F, V, bonus)
+    for name, shape, squeeze in expected_shapes(arch):
+        got = _shape(sd, name)
+        if (_squeezed(got) != _squeezed(shape)) if squeeze else (got != shape):
+            raise ValueError(f"tensor {name!r}: expected shape {shape}, got {got}")
+    return arch
+
+
+def expected_shapes(arch: Architecture):
+    """(name, shape, may_have_extra_unit_dims) for every tensor the architecture needs."""
+    C, A, F, V, H, N = arch.n_embd, arch.dim_att, arch.n_ffn, arch.vocab_size, arch.n_head, arch.head_size
+    gated = arch.version != "5.0"
+    dec = (H, N) if arch.version == "5.2" else (H,)
+    out = [("emb.weight", (V, C), False), ("blocks.0.ln0.weight", (C,), False),
+           ("blocks.0.ln0.bias", (C,), False), ("ln_out.weight", (C,), False),
+           ("ln_out.bias", (C,), False), ("head.weight", (V, C), False)]
+    for i in range(arch.n_layer):
+        p = f"blocks.{i}."
+        out += [(p + n, (C,), False) for n in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")]
+        out += [(p + "att.time_mix_" + m, (1, 1, C), True) for m in ("k", "v", "r") + (("g",) if gated else ())]
+        out += [(p + "att.time_decay", dec, True), (p + "att." + arch.bonus, dec, True)]
+        out += [(p + "att." + m + ".weight", (A, C), False)
+                for m in ("receptance", "key", "value") + (("gate",) if gated else ())]
+        out += [(p + "att.output.weight", (C, A), False), (p + "att.ln_x.weight", (A,), False),
+                (p + "att.ln_x.bias", (A,), False), (p + "ffn.time_mix_k", (1, 1, C), True),
+                (p + "ffn.time_mix_r", (1, 1, C), True), (p + "ffn.key.weight", (F, C), False),
+                (p + "ffn.receptance.weight", (C, C), False), (p + "ffn.value.weight", (C, F), False)]
+    return out
+
+
+def decay_and_bonus(sd, arch: Architecture, layer: int):
+    """Per-channel (H, N) float64 arrays (ln w, w, u) for one layer, from the raw tensors.
+
+    ln w = -exp(time_decay) and w = exp(ln w) in float64 (per-head values repeated over N);
+    u = time_faaaa, or exp(time_first) for 5.0 files that carry time_first.
+    """
+    H, N = arch.n_head, arch.head_size
+    p = f"blocks.{layer}.att."
+    d = as_float(sd[p + "time_decay"]).reshape(H, -1)
+    logw = np.broadcast_to(-np.exp(d), (H, N)).copy()
+    b = as_float(sd[p + arch.bonus]).reshape(H, -1)
+    u = np.exp(b) if arch.bonus == "time_first" else b
+    return logw, np.exp(logw), np.broadcast_to(u, (H, N)).copy()

@@ -1,0 +1,323 @@
+"""`rwkv5.Model` and `rwkv5.State`: the C forward pass behind a small NumPy API.
+
+    >>> import rwkv5
+    >>> from rwkv5.testing import random_state_dict
+    >>> model = rwkv5.Model.from_state_dict(random_state_dict("5.2", n_layer=2, n_embd=128, head_size=64))
+    >>> logits, state = model.forward([1, 2, 3])          # logits (V,) float32, a new State
+    >>> logits2, state2 = model.forward([4], state)      # continue; `state` is not modified
+
+Thread contract: a Model is immutable after construction and may be shared between Python threads
+(forward releases the GIL); a State belongs to one caller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _model
+from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
+                          float32_to_bf16_bits)
+
+GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (spec §1.3); rwkv.cpp uses 1e-5
+AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
+CHUNK = _model.CHUNK        # positions per chunk in parallel mode
+_DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
+_NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    version: str        # "5.0", "5.1", "5.2"
+    n_layer: int
+    n_embd: int
+    n_head: int
+    head_size: int
+    n_ffn: int
+    vocab_size: int
+    gn_eps: float       # GroupNorm (ln_x) epsilon
+    dtype: str          # storage of the large matrices: "fp32", "fp16", "bf16" (or "mixed")
+
+
+class State:
+    """The recurrent state of one sequence, or of a batch of B sequences (leading B axis).
+
+    att_x (L, C): LN1 output of the previous token; att_kv (L, H, N, N): wkv state [h][key][value];
+    ffn_x (L, C): LN2 output of the previous token. All float32.
+    """
+
+    __slots__ = ("att_x", "att_kv", "ffn_x")
+
+    def __init__(self, att_x, att_kv, ffn_x):
+        self.att_x, self.att_kv, self.ffn_x = att_x, att_kv, ffn_x
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """B for a batched state, None for a single sequence."""
+        return self.att_x.shape[0] if np.ndim(self.att_x) == 3 else None
+
+    def copy(self) -> "State":
+        return State(np.array(self.att_x, copy=True), np.array(self.att_kv, copy=True),
+                     np.array(self.ffn_x, copy=True))
+
+    def __getitem__(self, b) -> "State":
+        """Sequence b of a batched state (a copy)."""
+        if self.batch_size is None:
+            raise TypeError("this State is not batched")
+        return State(self.att_x[b].copy(), self.att_kv[b].copy(), self.ffn_x[b].copy())
+
+    @staticmethod
+    def stack(states) -> "State":
+        """A batched State from unbatched ones."""
+        states = list(states)
+        return State(np.stack([s.att_x for s in states]), np.stack([s.att_kv for s in states]),
+                     np.stack([s.ffn_x for s in states]))
+
+    def save(self, path):
+        """Write the state to `path` (format of rwkv5.formats.state_io)."""
+        from .formats.state_io import save_state
+        return save_state(self, path)
+
+    @classmethod
+    def load(cls, path) -> "State":
+        from .formats.state_io import load_state
+        return load_state(path)
+
+    def __repr__(self):
+        return (f"State(att_x={np.shape(self.att_x)}, att_kv={np.shape(self.att_kv)}, "
+                f"ffn_x={np.shape(self.ffn_x)})")
+
+
+def _as_matrix(a, dtype):
+    """A large matrix in the storage the C kernels read, copying only when needed."""
+    a = np.asarray(a)
+    if a.dtype not in (np.float16, np.float32, np.float64, np.uint16):
+        raise TypeError(f"matrix dtype must be float16/float32/float64/uint16(bf16), got {a.dtype}")
+    if dtype is None:
+        target = np.float32 if a.dtype == np.float64 else a.dtype
+    else:
+        target = _DTYPE_NAMES[dtype]
+    if a.dtype != target:
+        if target == np.uint16:
+            a = float32_to_bf16_bits(as_float(a, np.float32))
+        else:
+            a = as_float(a, np.float32).astype(target)
+    if not a.flags.c_contiguous:
+        a = np.array(a, order="C", copy=True)
+    # unaligned is fine: the kernels read matrices with unaligned loads, so views into a file
+    # (rwkv.cpp tensors start at arbitrary byte offsets) are used in place
+    return a
+
+
+def _as_vector(a, n):
+    v = np.require(as_float(a, np.float32).reshape(-1), np.float32, ["C", "A"])
+    assert v.shape == (n,)
+    return v
+
+
+class Model:
+    """An RWKV-5 model whose forward pass runs in C. Build it with `Model.from_state_dict`
+    (or `rwkv5.load`)."""
+
+    def __init__(self, *_, **__):
+        raise TypeError("use Model.from_state_dict(sd) or rwkv5.load(path)")
+
+    @classmethod
+    def from_state_dict(cls, sd, gn_eps=None, dtype=None) -> "Model":
+        """Build a model from an RWKV-LM-named state dict (spec §1.2, raw values).
+
+        sd: name -> NumPy array of float32/float16/float64, or uint16 meaning raw bfloat16 bits.
+        gn_eps: GroupNorm eps (default 64e-5 = RWKV-LM; use 1e-5 to reproduce rwkv.cpp).
+        dtype: None keeps each large matrix as given (float64 becomes fp32); "fp32", "fp16" or
+        "bf16" converts them. Small vectors are always fp32. Arrays already in the right dtype and
+        layout are used in place (not copied), e.g. views of a memory-mapped file; the model keeps
+        references to them.
+        Raises ValueError naming a missing or mis-shaped tensor.
+        """
+        if dtype is not None and dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype must be None, 'fp32', 'fp16' or 'bf16', got {dtype!r}")
+        gn_eps = GN_EPS_DEFAULT if gn_eps is None else float(gn_eps)
+        if not (gn_eps > 0 and np.isfinite(gn_eps)):
+            raise ValueError(f"gn_eps must be a positive finite number, got {gn_eps}")
+        arch = detect_architecture(sd)
+        C, A, V = arch.n_embd, arch.dim_att, arch.vocab_size
+        gated = arch.version != "5.0"
+        mat = lambda name: _as_matrix(sd[name], dtype)      # noqa: E731
+        vec = lambda name, n=C: _as_vector(sd[name], n)     # noqa: E731
+        glob = (mat("emb.weight"), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"),
+                vec("ln_out.weight"), vec("ln_out.bias"), mat("head.weight"))
+        layers = []
+        for i in range(arch.n_layer):
+            p = f"blocks.{i}."
+            logw, _, u = decay_and_bonus(sd, arch, i)
+            layers.append((
+                vec(p + "ln1.weight"), vec(p + "ln1.bias"), vec(p + "ln2.weight"), vec(p + "ln2.bias"),
+                vec(p + "att.time_mix_k"), vec(p + "att.time_mix_v"), vec(p + "att.time_mix_r"),
+                vec(p + "att.time_mix_g") if gated else None,
+                np.require(logw.reshape(-1), np.float64, ["C", "A"]),   # ln w = -exp(time_decay)
+                np.require(u.reshape(-1), np.float32, ["C", "A"]),
+                mat(p + "att.receptance.weight"), mat(p + "att.key.weight"), mat(p + "att.value.weight"),
+                mat(p + "att.gate.weight") if gated else None,
+                mat(p + "att.output.weight"), vec(p + "att.ln_x.weight", A), vec(p + "att.ln_x.bias", A),
+                vec(p + "ffn.time_mix_k"), vec(p + "ffn.time_mix_r"),
+                mat(p + "ffn.key.weight"), mat(p + "ffn.receptance.weight"), mat(p + "ffn.value.weight"),
+            ))
+        mats = [glob[0], glob[5]] + [a for L in layers for j, a in enumerate(L) if j in (10, 11, 12, 13, 14, 19, 20, 21)
+                                     and a is not None]
+        kinds = {_NAME_OF[a.dtype] for a in mats}
+        self = object.__new__(cls)
+        self.config = ModelConfig(arch.version, arch.n_layer, C, arch.n_head, arch.head_size, arch.n_ffn, V,
+                                  gn_eps, kinds.pop() if len(kinds) == 1 else "mixed")
+        self._arch: Architecture = arch
+        cfg = (arch.n_layer, C, arch.n_head, arch.head_size, arch.n_ffn, V, int(gated), gn_eps)
+        self._c = _model.CModel(cfg, glob, layers)     # holds references to every array it reads
+        self._weights = (glob, layers)
+        self._initial_state = None   # a State from state-tuning (set by rwkv5.load via formats.state_io)
+        return self
+
+    # ------------------------------------------------------------------------------------------
+
+    def new_state(self, batch=None, from_file=None) -> State:
+        """A fresh state for one sequence, or for `batch` sequences (leading B axis).
+
+        Zeros, unless the checkpoint carried a state-tuning initial state or `from_file` names a
+        state file (both handled by rwkv5.formats.state_io).
+        """
+        if batch is not None:
+            batch = self._check_batch(batch)
+        if from_file is not None or self._initial_state is not None:
+            from .formats.state_io import initial_state
+            return initial_state(self, batch, from_file)
+        c = self.config
+        lead = () if batch is None else (batch,)
+        return State(np.zeros(lead + (c.n_layer, c.n_embd), np.float32),
+                     np.zeros(lead + (c.n_layer, c.n_head, c.head_size, c.head_size), np.float32),
+                     np.zeros(lead + (c.n_layer, c.n_embd), np.float32))
+
+    @staticmethod
+    def _check_batch(batch):
+        if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch must be a positive int or None, got {batch!r}")
+        return int(batch)
+
+    def _tokens(self, tokens):
+        """tokens -> int32 (B, T) array and whether the input was one sequence."""
+        if isinstance(tokens, np.ndarray):
+            a = tokens
+        else:
+            try:
+                a = np.asarray(tokens)
+            except ValueError as e:
+                raise ValueError(f"tokens: expected a sequence of token ids or a list of sequences ({e})") from None
+        if a.dtype == object:
+            raise TypeError("tokens: expected integers, got objects of mixed types")
+        if a.dtype.kind == "b":
+            raise TypeError("tokens: expected integer token ids, got bool")
+        if a.dtype.kind not in "iu":
+            if a.size == 0:
+                raise ValueError("tokens: empty token list")
+            raise TypeError(f"tokens: expected integer token ids, got dtype {a.dtype}")
+        if a.ndim not in (1, 2):
+            raise ValueError(f"tokens: expected shape (T,) or (B, T), got {a.shape}")
+        if a.size == 0:
+            raise ValueError(f"tokens: empty token list (shape {a.shape})")
+        V = self.config.vocab_size
+        lo, hi = a.min(), a.max()
+        if lo < 0 or hi >= V:
+            bad = tuple(int(i) for i in np.argwhere((a < 0) | (a >= V))[0])
+            where = ", ".join(map(str, bad))
+            raise ValueError(f"tokens[{where}] = {int(a[bad])} is outside the vocabulary [0, {V})")
+        single = a.ndim == 1
+        return np.ascontiguousarray(a.reshape(1, -1) if single else a, dtype=np.int32), single
+
+    def _state_arrays(self, state, B, single):
+        """Fresh float32 (B, ...) copies of the state (the caller's is never modified)."""
+        c = self.config
+        shapes = {"att_x": (c.n_layer, c.n_embd), "att_kv": (c.n_layer, c.n_head, c.head_size, c.head_size),
+                  "ffn_x": (c.n_layer, c.n_embd)}
+        if state is None:
+            s = self.new_state(B)
+            return s.att_x, s.att_kv, s.ffn_x   # fresh arrays: the C code may write into them
+        if not isinstance(state, State):
+            raise TypeError(f"state: expected rwkv5.State or None, got {type(state).__name__}")
+        out = []
+        for name, shp in shapes.items():
+            a = getattr(state, name)
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"state.{name}: expected a numpy array, got {type(a).__name__}")
+            if a.dtype != np.float32:
+                raise TypeError(f"state.{name}: expected dtype float32, got {a.dtype}")
+            if a.shape == shp:                      # one sequence's state: used for every sequence
+                a = np.broadcast_to(a, (B,) + shp)
+            elif a.shape != (B,) + shp:
+                want = f"{shp}" if single else f"{(B,) + shp} or {shp}"
+                raise ValueError(f"state.{name}: expected shape {want} for this model and batch, got {a.shape}")
+            out.append(np.array(a, dtype=np.float32, order="C", copy=True))
+        return tuple(out)
+
+    def forward(self, tokens, state: Optional[State] = None, mode: str = "auto", full_output: bool = False):
+        """Run tokens through the model; returns (logits, new_state).
+
+        tokens: a list or 1-D int array (T,) -> logits (V,), or (T, V) with full_output;
+                a 2-D (B, T) int array -> (B, V) or (B, T, V);
+                a list of B sequences of different lengths -> (B, V), or a list of (T_i, V) arrays
+                with full_output; each sequence's state stops at its own length (the same as
+                running each alone).
+        state: None (zeros) or a State; a single-sequence state is used for every sequence of a
+               batch. It is never modified; a new State comes back (batched iff the input was).
+        mode: "recurrent" (one position per step), "parallel" (chunks of 64 positions, matrix
+              form), or "auto" (parallel from 2 tokens on). Both agree to float32 rounding.
+        Logits are float32. The GIL is released while computing.
+        """
+        if mode not in ("auto", "parallel", "recurrent"):
+            raise ValueError(f"mode must be 'auto', 'parallel' or 'recurrent', got {mode!r}")
+        if _is_ragged(tokens):
+            return self._forward_ragged(tokens, state, mode, full_output)
+        tok, single = self._tokens(tokens)
+        B, T = tok.shape
+        if single and state is not None and isinstance(state, State) and state.batch_size is not None:
+            raise ValueError(f"state: a batched state (B={state.batch_size}) was given for a single sequence")
+        att_x, att_kv, ffn_x = self._state_arrays(state, B, single)
+        if mode == "auto":
+            mode = "parallel" if T >= AUTO_PARALLEL_MIN_T else "recurrent"
+        logits = self._c.forward(tok, att_x, att_kv, ffn_x, 1 if mode == "parallel" else 0, bool(full_output))
+        if single:
+            return logits[0], State(att_x[0], att_kv[0], ffn_x[0])
+        return logits, State(att_x, att_kv, ffn_x)
+
+    def _forward_ragged(self, seqs, state, mode, full_output):
+        seqs = list(seqs)
+        B = len(seqs)
+        if state is not None and isinstance(state, State) and state.batch_size not in (None, B):
+            raise ValueError(f"state: expected batch {B} (one per sequence), got {state.batch_size}")
+        outs, states = [], []
+        for b, seq in enumerate(seqs):
+            sb = state[b] if (state is not None and isinstance(state, State) and state.batch_size) else state
+            try:
+                lg, st = self.forward(np.asarray(seq) if not isinstance(seq, np.ndarray) else seq, sb, mode,
+                                      full_output)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"sequence {b}: {e}") from None
+            if np.ndim(lg) != (2 if full_output else 1):
+                raise ValueError(f"tokens: sequence {b} must be 1-D")
+            outs.append(lg)
+            states.append(st)
+        return (outs if full_output else np.stack(outs)), State.stack(states)
+
+    def __repr__(self):
+        c = self.config
+        return (f"<rwkv5.Model {c.version} L{c.n_layer} C{c.n_embd} H{c.n_head}x{c.head_size} F{c.n_ffn} "
+                f"V{c.vocab_size} {c.dtype} gn_eps={c.gn_eps:g}>")
+
+
+def _is_ragged(tokens):
+    """A list/tuple of sequences whose lengths differ."""
+    if isinstance(tokens, np.ndarray) or not isinstance(tokens, (list, tuple)) or len(tokens) == 0:
+        return False
+    if not all(isinstance(s, (list, tuple, np.ndarray)) for s in tokens):
+        return False
+    return len({len(s) for s in tokens}) > 1
+
+
+__all__ = ["Model", "State", "ModelConfig"]

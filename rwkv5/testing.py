@@ -1,0 +1,96 @@
+"""Helpers for tests and benchmarks: random RWKV-5 models with realistic value ranges.
+
+    >>> from rwkv5.testing import random_state_dict
+    >>> sd = random_state_dict("5.2", n_layer=2, n_embd=128, head_size=64)
+    >>> sd["blocks.0.att.time_decay"].shape
+    (2, 64)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checkpoint import bf16_bits_to_float32, float32_to_bf16_bits  # noqa: F401  (re-exported)
+
+
+def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_size=256,
+                      n_ffn=None, seed=0, dtype=np.float32, time_first=False):
+    """A random RWKV-LM state dict (names and raw values as in spec §1.2).
+
+    version: "5.0", "5.1" or "5.2"; time_first=True (5.0 only) stores the bonus as `time_first`
+    (u = exp(time_first)) instead of `time_faaaa`. dtype: float32, float64, float16, or "bf16"
+    (uint16 raw bfloat16 bits). n_ffn defaults to 4*C for 5.0 and int(3.5*C)//32*32 otherwise.
+
+    Ranges follow trained models: time_decay uniform in [-6, 2.5] (so some w = exp(-exp(d)) are
+    tiny, ~1e-5), time_faaaa ~ N(0, 0.5), time_mix in (0.05, 0.95), LayerNorm/GroupNorm weights
+    near 1, matrices ~ N(0, 1/fan_in).
+    """
+    if version not in ("5.0", "5.1", "5.2"):
+        raise ValueError(f"version must be '5.0', '5.1' or '5.2', got {version!r}")
+    if time_first and version != "5.0":
+        raise ValueError("time_first exists only in 5.0 checkpoints")
+    if n_embd % head_size:
+        raise ValueError(f"head_size {head_size} must divide n_embd {n_embd}")
+    rng = np.random.default_rng(seed)
+    C, N, V = n_embd, head_size, vocab_size
+    H = C // N
+    F = n_ffn if n_ffn is not None else (4 * C if version == "5.0" else int(C * 3.5) // 32 * 32)
+    gated = version != "5.0"
+
+    def mat(rows, cols):   # drawn in float32: large models stay cheap to generate
+        m = rng.standard_normal((rows, cols), dtype=np.float32)
+        m *= np.float32(1 / np.sqrt(cols))
+        return m
+
+    def near(val, n, s=0.1):
+        return val + s * rng.standard_normal(n)
+
+    sd = {
+        "emb.weight": rng.standard_normal((V, C), dtype=np.float32),
+        "blocks.0.ln0.weight": near(1.0, C), "blocks.0.ln0.bias": near(0.0, C),
+        "ln_out.weight": near(1.0, C), "ln_out.bias": near(0.0, C),
+        "head.weight": mat(V, C),
+    }
+    dshape = (H, N) if version == "5.2" else (H,)
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        for n in ("ln1", "ln2"):
+            sd[p + n + ".weight"], sd[p + n + ".bias"] = near(1.0, C), near(0.0, C)
+        for m in ("k", "v", "r") + (("g",) if gated else ()):
+            sd[p + "att.time_mix_" + m] = rng.uniform(0.05, 0.95, (1, 1, C))
+        sd[p + "att.time_decay"] = rng.uniform(-6.0, 2.5, dshape)
+        if time_first:
+            sd[p + "att.time_first"] = rng.normal(0.0, 0.5, dshape)
+        else:
+            sd[p + "att.time_faaaa"] = rng.normal(0.0, 0.5, dshape)
+        for m in ("receptance", "key", "value") + (("gate",) if gated else ()):
+            sd[p + "att." + m + ".weight"] = mat(C, C)
+        sd[p + "att.output.weight"] = mat(C, C)
+        sd[p + "att.ln_x.weight"], sd[p + "att.ln_x.bias"] = near(1.0, C), near(0.0, C)
+        sd[p + "ffn.time_mix_k"] = rng.uniform(0.05, 0.95, (1, 1, C))
+        sd[p + "ffn.time_mix_r"] = rng.uniform(0.05, 0.95, (1, 1, C))
+        sd[p + "ffn.key.weight"] = mat(F, C)
+        sd[p + "ffn.receptance.weight"] = mat(C, C)
+        sd[p + "ffn.value.weight"] = mat(C, F)
+    if isinstance(dtype, str) and dtype == "bf16":
+        return {k: float32_to_bf16_bits(v.astype(np.float32)) for k, v in sd.items()}
+    return {k: v.astype(dtype, copy=False) for k, v in sd.items()}
+
+
+def round_weights(sd, dtype):
+    """The state dict as the model sees it after storing its large matrices as `dtype`
+    ("fp32", "fp16", "bf16"), returned as float64 — what to feed the reference to compare with a
+    model built with that dtype. Small vectors are kept as they are (the model keeps them fp32)."""
+    out = {}
+    for k, v in sd.items():
+        v = np.asarray(v)
+        f = bf16_bits_to_float32(v) if v.dtype == np.uint16 else v
+        if v.ndim == 2 and not k.endswith(("time_decay", "time_faaaa", "time_first")):
+            f = np.asarray(f, np.float32)
+            if dtype == "fp16":
+                f = f.astype(np.float16)
+            elif dtype == "bf16":
+                f = bf16_bits_to_float32(float32_to_bf16_bits(f))
+        elif not k.endswith(("time_decay", "time_faaaa", "time_first")):
+            f = np.asarray(f, np.float32)      # small vectors are fp32 in the model
+        out[k] = np.asarray(f, np.float64)
+    return out
