@@ -130,3 +130,9 @@ def test_harness_rejects_unknown_section(capsys):
     with pytest.raises(SystemExit):
         harness.main(["--only", "nonsense"])
     assert "unknown section" in capsys.readouterr().err
+
+
+def test_fma_limit_is_threads_times_best_per_thread_figure():
+    lim = {"fma_gflops": {1: 100.0, 2: 150.0}}          # a contended 2-thread probe
+    assert probes.fma_limit(lim, 2) == 200.0
+    assert probes.fma_limit(lim, 1, extra_per_thread=[120.0]) == 120.0
