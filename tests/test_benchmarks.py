@@ -124,6 +124,16 @@ def test_harness_skips_a_module_that_fails_to_import(tmp_path, monkeypatch, caps
     data = json.loads((tmp_path / "latest.json").read_text())
     assert "no_such_module" in data["errors"] and data["machine"]["logical_cpus"] >= 1
     assert len(list(tmp_path.glob("bench-*.json"))) == 1
+    capsys.readouterr()
+    assert harness.main(["--render", str(tmp_path / "latest.json")]) == 0
+    assert "- no_such_module: skipped: could not import" in capsys.readouterr().out
+    assert harness.main(["--render", str(tmp_path / "missing.json")]) == 2
+
+
+def test_format_markdown_right_aligns_numeric_columns():
+    md = common.format_markdown(common.section("T", ["name", "GB/s"], [["a", 1.5], ["b", None]], ["n"]))
+    assert md.splitlines() == ["**T**", "", "| name | GB/s |", "|---|---:|", "| a | 1.50 |", "| b | - |", "",
+                               "- n"]
 
 
 def test_harness_rejects_unknown_section(capsys):
