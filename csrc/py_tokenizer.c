@@ -366,6 +366,9 @@ static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *k
             PyList_SET_ITEM(res, m, l);
         }
         i = j;
+        /* Ctrl-C between rounds (each round is <= 16 MiB of input or one big text): a pending
+         * KeyboardInterrupt ends the call now instead of after the whole batch. */
+        if (i < count && PyErr_CheckSignals() < 0) goto fail_res;
     }
     goto done;
 fail_res:

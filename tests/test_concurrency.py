@@ -147,8 +147,18 @@ _CHILD = textwrap.dedent("""
     elif what == "encode_batch":
         from rwkv5.tokenizer import WorldTokenizer
         tok = WorldTokenizer()
-        texts = ["hello world мир 世界 " * 2000] * 400
-        work = lambda: [tok.encode_batch(texts, num_threads=2) for _ in range(1000)]
+        text = "hello world мир 世界 some english words and more 12345. " * 2000
+        per_text = len(tok.encode(text))
+        texts = [text] * 2500   # one call: ~300 MB of input in 16 MiB rounds, one shared str
+        full_kib = 2500 * per_text * 8 // 1024   # list slots of the whole result
+        import resource
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        def work():
+            try:
+                tok.encode_batch(texts, num_threads=2)
+            finally:
+                grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+                print("GREW", grown, "FULL", full_kib)
     else:
         from rwkv5.dataprep import build
         src = os.path.join(outdir, "in.jsonl")
@@ -174,6 +184,12 @@ def test_ctrl_c_raises_keyboard_interrupt(tmp_path, what):
                        timeout=240, cwd=ROOT)
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr[-2000:])
     assert "INTERRUPTED" in p.stdout
+    if what == "encode_batch":
+        # Interrupted inside the one call, between rounds: only a small part of the result was
+        # ever built (uninterrupted, the call would build all of it before the signal is seen).
+        w = p.stdout.split()
+        grew, full = int(w[w.index("GREW") + 1]), int(w[w.index("FULL") + 1])
+        assert grew < full // 4, (grew, full)
     if what == "build":
         out = tmp_path / "out"
         # no final output appears half-written: only the work folder (resumable) may exist
