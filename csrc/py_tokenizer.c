@@ -21,7 +21,8 @@
 #include "tokenizer/world_tokenizer.h"
 
 #define INT_CACHE_MAX (1u << 20) /* cache Python ints for vocabs up to this many ids */
-#define BATCH_CHUNK_BYTES ((size_t)16 << 20) /* input bytes per parallel round of encode_batch */
+#define BATCH_CHUNK_BYTES ((size_t)4 << 20)  /* input bytes per round of encode_batch */
+#define SMALL_ROUND_BYTES ((size_t)64 << 10) /* below this a round runs on the calling thread */
 #define BIG_TEXT_BYTES ((size_t)4 << 20)     /* texts this large are split across threads */
 
 enum { ERR_STRICT = 0, ERR_REPLACE = 1, ERR_IGNORE = 2 };
@@ -176,7 +177,7 @@ fail:
  * text), so each OS thread keeps one buffer and reuses it; buffers above SCRATCH_KEEP are freed
  * after the call. A pthread key frees the buffer when its thread exits. Used with or without
  * the GIL: it is private to the calling thread. */
-#define SCRATCH_KEEP ((size_t)16 << 20)
+#define SCRATCH_KEEP ((BATCH_CHUNK_BYTES + 1) * 4) /* one batch round of uint32 ids */
 
 typedef struct { void *p; size_t cap; int busy; } scratch_buf;
 static pthread_key_t scratch_key;
@@ -294,14 +295,28 @@ done:
 PyDoc_STRVAR(encode_batch_doc,
              "encode_batch(texts, num_threads=None) -> list[list[int]]. The GIL is released while C threads\n"
              "encode; results do not depend on num_threads.");
+
+/* encode_batch works in rounds of about BATCH_CHUNK_BYTES of input (bounded memory: 4 bytes of
+ * ids per input byte), pipelined: while the worker threads encode round r, this thread (with
+ * the GIL) turns round r-1's ids into lists. Two id buffers alternate. A text of
+ * BIG_TEXT_BYTES or more is a round of its own, split across threads (wt_encode_parallel). */
+typedef struct {
+    Py_ssize_t i, j; /* texts i..j-1 */
+    size_t total;    /* their bytes */
+    int big;
+} batch_round;
+
 static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"texts", "num_threads", NULL};
     PyObject *texts_arg, *threads_arg = NULL, *seq = NULL, *res = NULL;
     text_ref *refs = NULL;
     const uint8_t **ptrs = NULL;
     size_t *lens = NULL, *offs = NULL, *nout = NULL;
-    uint32_t *out = NULL;
-    Py_ssize_t count = 0, got = 0;
+    uint32_t *buf[2] = {NULL, NULL};
+    size_t cap[2] = {0, 0};
+    batch_round *rounds = NULL;
+    wt_batch_run *running = NULL; /* must be waited for before anything it reads is released */
+    Py_ssize_t count = 0, got = 0, n_rounds = 0;
     int nthreads;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch", kwlist, &texts_arg, &threads_arg)) return NULL;
     if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
@@ -318,7 +333,8 @@ static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *k
     lens = PyMem_Malloc(cnt * sizeof *lens);
     offs = PyMem_Malloc(cnt * sizeof *offs);
     nout = PyMem_Malloc(cnt * sizeof *nout);
-    if (!refs || !ptrs || !lens || !offs || !nout) { PyErr_NoMemory(); goto done; }
+    rounds = PyMem_Malloc(cnt * sizeof *rounds);
+    if (!refs || !ptrs || !lens || !offs || !nout || !rounds) { PyErr_NoMemory(); goto done; }
     /* Each text_ref holds its own reference: the list may be changed by another thread while
      * the GIL is released, the texts stay alive. */
     for (got = 0; got < count; got++) {
@@ -328,59 +344,91 @@ static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *k
     }
     res = PyList_New(count);
     if (!res) goto done;
-    size_t out_cap = 0;
-    for (Py_ssize_t i = 0; i < count;) {
-        /* One round: texts i..j-1 with about BATCH_CHUNK_BYTES of input, or one big text. */
-        Py_ssize_t j = i;
-        size_t total = 0;
-        int big = lens[i] >= BIG_TEXT_BYTES;
-        if (big) {
+    for (Py_ssize_t i = 0; i < count;) { /* plan the rounds; offs[] is relative to the round */
+        batch_round r = {i, i, 0, lens[i] >= BIG_TEXT_BYTES};
+        if (r.big) {
             offs[i] = 0;
-            total = lens[i];
-            j = i + 1;
+            r.total = lens[i];
+            r.j = i + 1;
         } else {
-            while (j < count && lens[j] < BIG_TEXT_BYTES && (j == i || total + lens[j] <= BATCH_CHUNK_BYTES)) {
-                offs[j] = total;
-                total += lens[j];
-                j++;
+            while (r.j < count && lens[r.j] < BIG_TEXT_BYTES && (r.j == i || r.total + lens[r.j] <= BATCH_CHUNK_BYTES)) {
+                offs[r.j] = r.total;
+                r.total += lens[r.j];
+                r.j++;
             }
         }
-        if (total + 1 > out_cap) {
-            if (out) scratch_put(out);
-            out_cap = total + 1;
-            out = scratch_get(out_cap * sizeof *out);
-            if (!out) { PyErr_NoMemory(); goto fail_res; }
+        rounds[n_rounds++] = r;
+        i = r.j;
+    }
+    Py_ssize_t prev = -1; /* round whose ids are ready (or being made by `running`) but not yet listed */
+    for (Py_ssize_t q = 0; q <= n_rounds; q++) {
+        int b = (int)(q & 1);
+        if (q < n_rounds && rounds[q].total + 1 > cap[b]) {
+            if (buf[b]) scratch_put(buf[b]);
+            cap[b] = rounds[q].total + 1;
+            buf[b] = scratch_get(cap[b] * sizeof(uint32_t));
+            if (!buf[b]) { cap[b] = 0; PyErr_NoMemory(); goto fail_res; }
         }
-        size_t k_big = 0;
-        Py_BEGIN_ALLOW_THREADS
-        if (big) k_big = wt_encode_parallel(self->tok, ptrs[i], lens[i], out, nthreads);
-        else wt_encode_batch(self->tok, (size_t)(j - i), ptrs + i, lens + i, out, offs + i, nout + i, nthreads);
-        Py_END_ALLOW_THREADS
-        if (big) {
-            if (k_big == (size_t)-1) { PyErr_NoMemory(); goto fail_res; }
-            nout[i] = k_big;
+        if (running) { /* round prev is being encoded: let it finish */
+            Py_BEGIN_ALLOW_THREADS
+            wt_encode_batch_wait(running);
+            Py_END_ALLOW_THREADS
+            running = NULL;
         }
-        for (Py_ssize_t m = i; m < j; m++) {
-            PyObject *l = ids_to_list(self, out + offs[m], nout[m]);
-            if (!l) goto fail_res;
-            PyList_SET_ITEM(res, m, l);
+        if (q < n_rounds) {
+            const batch_round *r = &rounds[q];
+            /* Start round q in the background; a big text, a small round (threads cost more than
+             * they save) or no thread available: run it here and now. */
+            if (!r->big && r->total >= SMALL_ROUND_BYTES)
+                running = wt_encode_batch_start(self->tok, (size_t)(r->j - r->i), ptrs + r->i, lens + r->i,
+                                                buf[b], offs + r->i, nout + r->i, nthreads);
+            if (!running) {
+                size_t k_big = 0;
+                int nt = r->total >= SMALL_ROUND_BYTES ? nthreads : 1;
+                Py_BEGIN_ALLOW_THREADS
+                if (r->big) k_big = wt_encode_parallel(self->tok, ptrs[r->i], lens[r->i], buf[b], nt);
+                else wt_encode_batch(self->tok, (size_t)(r->j - r->i), ptrs + r->i, lens + r->i, buf[b],
+                                     offs + r->i, nout + r->i, nt);
+                Py_END_ALLOW_THREADS
+                if (r->big) {
+                    if (k_big == (size_t)-1) { PyErr_NoMemory(); goto fail_res; }
+                    nout[r->i] = k_big;
+                }
+            }
         }
-        i = j;
+        if (prev >= 0) { /* lists for round prev, while round q is encoded by the workers */
+            const batch_round *r = &rounds[prev];
+            const uint32_t *ids = buf[prev & 1];
+            for (Py_ssize_t m = r->i; m < r->j; m++) {
+                PyObject *l = ids_to_list(self, ids + offs[m], nout[m]);
+                if (!l) goto fail_res;
+                PyList_SET_ITEM(res, m, l);
+            }
+        }
+        prev = q;
         /* Ctrl-C between rounds (each round is <= 16 MiB of input or one big text): a pending
-         * KeyboardInterrupt ends the call now instead of after the whole batch. */
-        if (i < count && PyErr_CheckSignals() < 0) goto fail_res;
+         * KeyboardInterrupt ends the call now (the running round is waited for at `done`)
+         * instead of after the whole batch. */
+        if (q < n_rounds && PyErr_CheckSignals() < 0) goto fail_res;
     }
     goto done;
 fail_res:
     Py_CLEAR(res);
 done:
+    if (running) {
+        Py_BEGIN_ALLOW_THREADS
+        wt_encode_batch_wait(running);
+        Py_END_ALLOW_THREADS
+    }
     for (Py_ssize_t i = 0; i < got; i++) text_release(&refs[i]);
     PyMem_Free(refs);
     PyMem_Free(ptrs);
     PyMem_Free(lens);
     PyMem_Free(offs);
     PyMem_Free(nout);
-    if (out) scratch_put(out);
+    PyMem_Free(rounds);
+    if (buf[0]) scratch_put(buf[0]);
+    if (buf[1]) scratch_put(buf[1]);
     Py_XDECREF(seq);
     return res;
 }

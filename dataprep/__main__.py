@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab", default=None, help="World vocab file (default: the one in the rwkv package)")
     b.add_argument("--restart", action="store_true", help="discard an unfinished run with other options instead of failing")
     b.add_argument("--keep-work", action="store_true", help="keep PREFIX.work/ (task parts) after success")
+    b.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="run the tasks here (local) or as Ray tasks (ray; pip install 'rwkv5[ray]', see docs/ray.md)")
+    b.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--engine ray: 'auto' (the cluster `ray start` runs on this node), HOST:PORT, or unset "
+                        "to start a local Ray instance; the output folder must be shared by all nodes")
+    b.add_argument("--max-retries", type=int, default=3,
+                   help="--engine ray: re-runs of a task after an exception or the death of its worker (default 3)")
     b.add_argument("--progress", dest="progress", action="store_true", default=None)
     b.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -70,12 +77,17 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "build":
             progress = sys.stderr.isatty() if args.progress is None else args.progress
-            m = build(args.inputs, args.out, workers=args.workers, progress=progress, restart=args.restart,
+            from .engines import executor_for_cli
+            executor, workers = executor_for_cli(args)
+            m = build(args.inputs, args.out, workers=workers, progress=progress, restart=args.restart,
+                      executor=executor,
                       keep_work=args.keep_work, vocab=args.vocab, text_field=args.text_field,
                       lang_field=args.lang_field, format=args.format, shard_size=args.shard_size,
                       ctx_len=args.ctx_len, shuffle=args.shuffle, seed=args.seed, epochs=args.epochs,
                       dedup=args.dedup, on_error=args.on_error, repair_utf8=args.repair_utf8,
                       txt_mode=args.txt_mode, task_size=args.task_size, zst_level=args.zst_level)
+            if executor is not None:
+                executor.shutdown()
             t = m["totals"]
             print(f"wrote {len(m['shards'])} shard(s): {t['documents']} documents, {t['tokens']} tokens; "
                   f"skipped {m['skipped']['total']}; manifest {args.out}.manifest.json")

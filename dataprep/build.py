@@ -470,14 +470,17 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     total_in = sum(os.path.getsize(p) for p in files)
     done_bytes = 0
 
+    n_finished = 0
+
     def report(i, rec):
-        nonlocal done_bytes
+        nonlocal done_bytes, n_finished
         t = tasks[i]
+        n_finished += 1
         done_bytes += os.path.getsize(t["path"]) if t["end"] < 0 else t["end"] - t["start"]
         if progress:
             dt = max(time.perf_counter() - t0, 1e-9)
             tag = " (resumed)" if rec.get("resumed") else ""
-            log(f"[{i + 1}/{len(tasks)}] {os.path.basename(t['path'])} part {t['part']}: "
+            log(f"[{n_finished}/{len(tasks)}] task {t['id']} {os.path.basename(t['path'])} part {t['part']}: "
                 f"{rec.get('docs', 0)} docs, {rec.get('tokens', 0)} tokens{tag}; "
                 f"{done_bytes / 1e6:.1f} of {total_in / 1e6:.1f} MB, {done_bytes / dt / 1e6:.1f} MB/s")
 
@@ -505,10 +508,10 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
                 records[j] = fut.result()
                 report(j, records[j])
     else:
-        futures = [executor.submit(run_task, task, options, workdir, n_threads) for task in tasks]
-        for i, fut in enumerate(futures):
-            records[i] = fut.result()
-            report(i, records[i])
+        # any concurrent.futures.Executor (process pool, Dask, engines.RayExecutor): completed tasks
+        # are skipped, each returned completion record is verified against its parts (engines.py)
+        from .engines import run_tasks
+        records = run_tasks(executor, tasks, options, workdir, n_threads, report)
 
     # line numbers: tasks of one file are consecutive ranges; each starts after the lines of the earlier ones
     line_base = [0] * len(tasks)

@@ -14,3 +14,11 @@ from .loading import load  # noqa: E402
 from .model import Model, ModelConfig, State  # noqa: E402
 
 __all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "get_num_threads"]
+
+def __getattr__(name):
+    # `rwkv5.tokenizer` / `rwkv5.dataprep` after a bare `import rwkv5`, imported on first use
+    if name in ("tokenizer", "dataprep"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

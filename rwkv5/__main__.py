@@ -97,7 +97,276 @@ def add_convert(sub):
     p.set_defaults(func=_run_convert)
 
 
-COMMANDS = [add_convert]
+# -- model commands: info, generate, chat, eval, bench -------------------------------------------
+
+def _add_model_args(p, dtype_help="storage type of the matrices (default: what the file holds)"):
+    p.add_argument("model", help="checkpoint: .pth, safetensors, rwkv.cpp .bin, or a folder of shards")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default=None, help=dtype_help)
+    p.add_argument("--gn-eps", type=float, default=None,
+                   help="GroupNorm epsilon (default: 64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp files)")
+    p.add_argument("--threads", type=int, default=None, help="C threads (default: the CPUs this process may use)")
+
+
+def _load_model(args):
+    import rwkv5
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError(f"--threads must be >= 1, got {args.threads}")
+        rwkv5.set_num_threads(args.threads)
+    if not os.path.exists(args.model):
+        raise CommandError(f"model file not found: {args.model}")
+    return rwkv5.load(args.model, dtype=args.dtype, gn_eps=args.gn_eps)
+
+
+def _weight_arrays(model):
+    """Every array the model holds (weights, scales), flattened from its nested weight tuples."""
+    import numpy as np
+    out, todo = [], [model._weights]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, np.ndarray):
+            out.append(x)
+        elif isinstance(x, (tuple, list)):
+            todo.extend(x)
+    return out
+
+
+def _sampling_args(p):
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.85)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--presence-penalty", type=float, default=0.2)
+    p.add_argument("--frequency-penalty", type=float, default=0.2)
+    p.add_argument("--penalty-decay", type=float, default=0.996)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                penalty_decay=args.penalty_decay, seed=args.seed)
+
+
+def _run_info(args) -> int:
+    import resource
+    t0 = time.perf_counter()
+    model = _load_model(args)
+    dt = time.perf_counter() - t0
+    c = model.config
+    c = model.config
+    arrays = _weight_arrays(model)
+    n_params = sum(int(a.size) for a in arrays)
+    held = sum(a.nbytes for a in arrays)
+    print(f"model      {args.model}")
+    print(f"version    RWKV-{c.version}   layers {c.n_layer}   n_embd {c.n_embd}   heads {c.n_head} x {c.head_size}"
+          f"   ffn {c.n_ffn}   vocab {c.vocab_size}")
+    print(f"storage    {c.dtype}   GroupNorm eps {c.gn_eps:g}")
+    print(f"parameters {n_params:,} ({n_params / 1e9:.3f} B)")
+    print(f"weights    {held / 2**20:,.1f} MiB held (file-backed where the storage type matches the file)")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"loaded in  {dt:.2f} s; peak RSS {rss:,.0f} MiB")
+    return 0
+
+
+def add_info(sub):
+    p = sub.add_parser("info", help="show a checkpoint's configuration, size and memory use")
+    _add_model_args(p)
+    p.set_defaults(func=_run_info)
+
+
+def _tokenizer_for(model, args):
+    from .generation import default_tokenizer
+    if getattr(args, "vocab", None):
+        from rwkv5.tokenizer import WorldTokenizer
+        return WorldTokenizer(args.vocab)
+    return default_tokenizer(model)
+
+
+def _run_generate(args) -> int:
+    import rwkv5
+    model = _load_model(args)
+    tok = _tokenizer_for(model, args)
+    state = rwkv5.State.load(args.state_in) if args.state_in else None
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if args.echo:
+        sys.stdout.write(prompt)
+    final = []
+    for piece in model.generate(prompt, tokenizer=tok, state=state, stop=args.stop or None,
+                                on_state=final.append, **_sampling_kwargs(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.state_out and final:
+        final[0].save(args.state_out)
+        print(f"[state saved to {args.state_out}]", file=sys.stderr)
+    return 0
+
+
+def add_generate(sub):
+    p = sub.add_parser("generate", help="continue a prompt, streaming the text",
+                       description="Continue PROMPT (or standard input) with the model, printing text as it "
+                                   "is generated. Sampling follows the ChatRWKV pipeline (see rwkv5.generation).")
+    _add_model_args(p)
+    p.add_argument("prompt", nargs="?", default=None, help="prompt text (default: read standard input)")
+    _sampling_args(p)
+    p.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    p.add_argument("--state-in", help="continue from a saved State file")
+    p.add_argument("--state-out", help="save the final State to this file")
+    p.add_argument("--vocab", help="World-format vocab file (default: the World vocab; bytes for 256-token models)")
+    p.set_defaults(func=_run_generate)
+
+
+CHAT_HELP = "commands: /reset (forget the conversation), /save FILE (save the state), /quit"
+
+
+def chat_loop(model, tokenizer, read_line, write, kwargs, state=None, user="User", bot="Assistant"):
+    """The interactive loop of ``rwkv5 chat``: the state is kept between turns, so each turn only feeds
+    the new message. ``read_line`` returns None at end of input. Returns the final state."""
+    start = state
+    while True:
+        write(f"{user}: ")
+        line = read_line()
+        if line is None:
+            write("\n")
+            return state
+        msg = line.strip()
+        if not msg:
+            continue
+        if msg in ("/quit", "/exit"):
+            return state
+        if msg == "/reset":
+            state = start
+            write("[conversation reset]\n")
+            continue
+        if msg.startswith("/save"):
+            path = msg[5:].strip()
+            if not path or state is None:
+                write("[usage: /save FILE, after at least one turn]\n")
+            else:
+                state.save(path)
+                write(f"[state saved to {path}]\n")
+            continue
+        if msg.startswith("/"):
+            write(f"[unknown command; {CHAT_HELP}]\n")
+            continue
+        prompt = f"{user}: {msg}\n\n{bot}:"
+        write(f"{bot}:")
+        final = []
+        for piece in model.generate(prompt, tokenizer=tokenizer, state=state, stop=["\n\n", f"\n{user}:"],
+                                    on_state=final.append, **kwargs):
+            write(piece)
+        write("\n\n")
+        # the model has seen the reply; close the turn so the next one starts cleanly
+        _, state = model.forward(tokenizer.encode("\n\n"), final[0])
+
+
+def _run_chat(args) -> int:
+    model = _load_model(args)
+    tok = _tokenizer_for(model, args)
+    import rwkv5
+    state = rwkv5.State.load(args.state_in) if args.state_in else None
+    kwargs = _sampling_kwargs(args)
+
+    def write(s):
+        sys.stdout.write(s)
+        sys.stdout.flush()
+
+    def read_line():
+        line = sys.stdin.readline()
+        return line if line else None
+
+    print(f"rwkv5 chat: {model!r}\n{CHAT_HELP}", file=sys.stderr)
+    try:
+        chat_loop(model, tok, read_line, write, kwargs, state=state)
+    except KeyboardInterrupt:
+        write("\n")
+    return 0
+
+
+def add_chat(sub):
+    p = sub.add_parser("chat", help="interactive chat that keeps the state between turns",
+                       description="Chat with the model in the 'User: ...\\n\\nAssistant: ...' format; the "
+                                   "recurrent state carries the conversation. " + CHAT_HELP)
+    _add_model_args(p)
+    _sampling_args(p)
+    p.set_defaults(temperature=1.0, top_p=0.3, max_tokens=500)
+    p.add_argument("--state-in", help="start from a saved State file")
+    p.add_argument("--vocab", help="World-format vocab file")
+    p.set_defaults(func=_run_chat)
+
+
+def _run_eval(args) -> int:
+    import numpy as np
+
+    from .dataprep import BinIdx
+    from .scoring import _logprobs_and_hits
+    model = _load_model(args)
+    try:
+        data = BinIdx(args.prefix)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"cannot read binidx {args.prefix}: {e}") from None
+    n_docs = len(data) if args.max_docs is None else min(len(data), args.max_docs)
+    nll, n_tok, n_ok, used = 0.0, 0, 0, 0
+    t0 = time.perf_counter()
+    for i in range(n_docs):
+        doc = np.asarray(data[i], dtype=np.int64)
+        if args.max_tokens is not None:
+            doc = doc[:max(2, args.max_tokens - n_tok + 1)]
+        if doc.size < 2:
+            continue
+        if int(doc.max()) >= model.config.vocab_size:
+            raise CommandError(f"document {i} has token {int(doc.max())} >= the model's vocab {model.config.vocab_size}")
+        lp, ok = _logprobs_and_hits(model, doc, None, args.chunk_len)
+        nll -= float(lp.sum())
+        n_tok += lp.size
+        n_ok += ok
+        used += 1
+        if args.max_tokens is not None and n_tok >= args.max_tokens:
+            break
+    if n_tok == 0:
+        raise CommandError(f"{args.prefix}: no document with at least 2 tokens")
+    dt = time.perf_counter() - t0
+    loss = nll / n_tok
+    print(f"documents {used}   predicted tokens {n_tok:,}   loss {loss:.4f} nats/token   "
+          f"perplexity {float(np.exp(loss)):.3f}   accuracy {n_ok / n_tok:.3%}   ({n_tok / dt:,.0f} tok/s)")
+    return 0
+
+
+def add_eval(sub):
+    p = sub.add_parser("eval", help="loss and perplexity of a model over a binidx dataset",
+                       description="Score every document of a binidx dataset (as written by "
+                                   "`python -m rwkv5.dataprep build`) from a fresh state; each document's "
+                                   "tokens, including its final end-of-document 0, are predicted from the ones before.")
+    p.add_argument("prefix", help="dataset prefix (PREFIX.bin / PREFIX.idx)")
+    p.add_argument("--model", required=True, help="checkpoint file")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default=None)
+    p.add_argument("--gn-eps", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-docs", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many predicted tokens")
+    p.add_argument("--chunk-len", type=int, default=256, help="positions per parallel-mode call")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_bench(args) -> int:
+    import pathlib
+    import subprocess
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise CommandError("the benchmarks ship with the source checkout, not the installed package: "
+                           "run `make bench` in a clone of the repository")
+    return subprocess.call([sys.executable, "-m", "benchmarks", *args.bench_args], cwd=root)
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="run the benchmarks (same as `make bench`; from a source checkout)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for `python -m benchmarks` (e.g. --quick)")
+    p.set_defaults(func=_run_bench)
+
+
+COMMANDS = [add_convert, add_info, add_generate, add_chat, add_eval, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

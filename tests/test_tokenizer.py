@@ -199,6 +199,17 @@ def test_encode_batch_with_a_big_text(tok):
     assert out[1] == tok.encode(big)
 
 
+def test_encode_batch_in_several_rounds(tok):
+    """More than 4 MB of texts: encoded in rounds, the next round in worker threads while this
+    thread builds the lists of the previous one."""
+    unit = DATA.read_text(encoding="utf-8")
+    texts = [unit[i % 900:] + str(i) for i in range(1400)]  # ~10 MB, every text different
+    assert sum(len(t.encode("utf-8")) for t in texts) > 9_000_000
+    expected = [tok.encode(t) for t in texts]
+    for n in (1, 2, 3):
+        assert tok.encode_batch(texts, num_threads=n) == expected, n
+
+
 def test_python_threads_share_a_tokenizer(tok):
     texts = list(sections().values())
     expected = [tok.encode(t) for t in texts]
@@ -361,3 +372,9 @@ def test_stream_decoder_errors(tok):
     assert tok.stream_decoder().feed(0) == "\ufffd"
     with pytest.raises(ValueError, match="errors must be"):
         tok.stream_decoder(errors="nope")
+
+
+def test_reachable_from_the_package():
+    import rwkv5
+
+    assert rwkv5.tokenizer.WorldTokenizer is WorldTokenizer

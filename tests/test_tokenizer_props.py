@@ -82,3 +82,14 @@ def test_str_equals_rwkv_trie_tokenizer(s):
     except NameError:
         trie = _TRIE = TRIE_TOKENIZER(_TOK.vocab_path)
     assert _TOK.encode(s) == trie.encode(s)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(texts, raw_bytes.map(lambda b: b.decode("latin-1"))), min_size=1, max_size=8),
+       st.integers(9000, 30000))
+def test_long_texts_equal_reference(parts, size):
+    """Texts above 8 KiB take the two-stream path (two halves walked together, then re-joined)."""
+    s = "".join(parts) or "x"
+    s = (s * (size // max(1, len(s.encode("utf-8"))) + 1))
+    assert _TOK.encode(s) == _REF.encode(s)
+    assert _TOK.encode_to_numpy(s).tolist() == _REF.encode(s)

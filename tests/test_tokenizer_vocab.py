@@ -142,3 +142,16 @@ def test_blank_lines_and_bom_are_accepted(tmp_path):
     p = tmp_path / "v.txt"
     p.write_bytes(b"\xef\xbb\xbf" + ("\n".join(byte_lines()) + "\n\n300 'ab' 2\n   \n").encode())
     assert WorldTokenizer(p).encode("ab") == [300]
+
+
+def test_halves_that_never_meet(tmp_path):
+    """Long texts are encoded as two interleaved halves re-joined at a shared token start. With
+    tokens "a" and "aa", a run of 'a' cut at an odd offset never shares a token start with the
+    true encoding: the join must fall back and still be exact."""
+    tok = WorldTokenizer(write_vocab(tmp_path, byte_lines() + ["300 'aa' 2"]))
+    aa = tok.token_to_id("aa")
+    for n in (20_002, 20_003, 600_002):
+        expect = [aa] * (n // 2) + [ord("a") + 1] * (n % 2)
+        assert tok.encode("a" * n) == expect
+        assert tok.encode_to_numpy("a" * n, num_threads=3).tolist() == expect
+        assert tok.encode_batch(["a" * n, "a" * (n + 1)], num_threads=2)[0] == expect

@@ -45,17 +45,18 @@ static char *read_file(const char *path, size_t *len) {
 
 /* A vocab: the 256 single bytes (ids 1..256, as `b'\xHH'`) and `extra` random tokens of 2..12
  * bytes drawn from a small alphabet so that tokens share prefixes and nest. */
-static char *generated_vocab(int extra, size_t *len) {
-    size_t cap = 1 << 20, n = 0;
+static char *generated_vocab(int extra, int max_extra_len, size_t *len) {
+    size_t cap = 4 << 20, n = 0;
     char *s = malloc(cap);
     int id = 1;
     for (int b = 0; b < 256; b++) n += (size_t)sprintf(s + n, "%d b'\\x%02x' 1\n", id++, b);
     for (int k = 0; k < extra; k++) {
         int L = 2 + (int)(rng() % 11);
+        if (max_extra_len > 12 && k % 50 == 0) L = 2 + (int)(rng() % (unsigned)(max_extra_len - 1));
         n += (size_t)sprintf(s + n, "%d b'", id++);
         for (int i = 0; i < L; i++) n += (size_t)sprintf(s + n, "\\x%02x", (unsigned)("abcde \xc3\xa9\xff"[rng() % 9]) & 0xFF);
         n += (size_t)sprintf(s + n, "' %d\n", L);
-        if (n + 256 > cap) break;
+        if (n + 4 * (size_t)max_extra_len + 256 > cap) break;
     }
     *len = n;
     return s;
@@ -171,6 +172,16 @@ static void check_batch(const wt_tokenizer *tok) {
             CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0, "batch(%d threads): text %d differs", th, i);
         }
     }
+    for (int th = 1; th <= 3; th++) { /* in the background */
+        memset(nout, 0, sizeof nout);
+        wt_batch_run *run = wt_encode_batch_start(tok, K, texts, lens, out, off, nout, th);
+        if (run) wt_encode_batch_wait(run);
+        else wt_encode_batch(tok, K, texts, lens, out, off, nout, th);
+        for (int i = 0; i < K; i++) {
+            size_t n1 = wt_encode(tok, texts[i], lens[i], one);
+            CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0, "batch start/wait(%d threads): text %d differs", th, i);
+        }
+    }
     for (int i = 0; i < K; i++) free(bufs[i]);
     free(out); free(one);
 }
@@ -202,6 +213,22 @@ static void check_random(const wt_tokenizer *tok, const char *label) {
         snprintf(what, sizeof what, "%s token soup #%d", label, r);
         check_encode(tok, t, n, what);
         if (big_n + n <= big_cap) { memcpy(big + big_n, t, n); big_n += n; }
+    }
+    /* long texts: wt_encode cuts them in two streams re-joined at a shared token start */
+    for (int r = 0; r < 6; r++) {
+        size_t n = 9000 + (size_t)(rng() % 30000);
+        uint8_t *t = malloc(n);
+        size_t m = 0;
+        while (m < n) {
+            const tokref *x = &refs[rng() % n_refs];
+            size_t c = x->n < n - m ? x->n : n - m;
+            memcpy(t + m, x->b, c);
+            m += c;
+            if (r % 2 && m < n) t[m++] = (uint8_t)rng(); /* some noise between tokens */
+        }
+        snprintf(what, sizeof what, "%s long soup #%d", label, r);
+        check_encode(tok, t, n, what);
+        free(t);
     }
     while (big_n < big_cap) { big[big_n] = (uint8_t)(rng() % 7 == 0 ? rng() : ' '); big_n++; }
     snprintf(what, sizeof what, "%s 4 MiB", label);
@@ -301,15 +328,110 @@ static void check_parser(void) {
 #undef BAD
 }
 
+/* A vocab in which the two halves of a text never agree on a token start: with tokens "a" and
+ * "aa", a run of 'a' is cut in pairs from wherever it starts, so a half starting at an odd offset
+ * is always one byte off. The join must give up on the second half and still be exact. */
+static void check_never_sync(void) {
+    char err[256];
+    char *v = bytes_vocab("300 'aa' 2\n");
+    wt_tokenizer *t = wt_load(v, strlen(v), err, sizeof err);
+    CHECK(t != NULL, "aa vocab rejected: %s", err);
+    if (t) {
+        naive_init(t);
+        size_t sizes[] = {20002, 20003, 20006, 65538, 2000002};
+        for (int i = 0; i < 5; i++) {
+            size_t n = sizes[i];
+            uint8_t *a = malloc(n);
+            memset(a, 'a', n);
+            char what[64];
+            snprintf(what, sizeof what, "never-sync run of %zu 'a'", n);
+            if (n < 100000) check_encode(t, a, n, what);
+            check_parallel(t, a, n, what);
+            uint32_t *out = malloc(n * sizeof *out);
+            size_t k = wt_encode(t, a, n, out);
+            int ok = k == (n + 1) / 2;
+            for (size_t j = 0; ok && j < k; j++) ok = out[j] == (j < n / 2 ? 300u : 'a' + 1u);
+            CHECK(ok, "%s: not (aa)* a?", what);
+            free(out);
+            free(a);
+        }
+        free(refs);
+        wt_free(t);
+    }
+    free(v);
+}
+
+/* Random mutations of a small vocab (flipped, inserted, deleted bytes; cut files): wt_load must
+ * either refuse with a message or give a tokenizer that encodes anything. Run under ASan
+ * (`make test-c CSAN=1`) this is a small fuzzer for the parser. */
+static void fuzz_parser(void) {
+    char *base = bytes_vocab("300 'ab' 2\n301 '\\x80\\u2002' 5\n302 b'\\xff\\xfe' 2\n303 \"it's\" 4\n");
+    size_t bn = strlen(base);
+    char *m = malloc(bn + 64);
+    char err[256];
+    int loaded = 0;
+    for (int r = 0; r < 3000; r++) {
+        memcpy(m, base, bn);
+        size_t n = bn;
+        int edits = rng() % 2 ? 1 : 1 + (int)(rng() % 4);
+        for (int e = 0; e < edits; e++) {
+            size_t at = (size_t)(rng() % (n ? n : 1));
+            if (rng() % 4 && n > 100) at = n - 100 + (size_t)(rng() % 100); /* mostly the non-byte lines */
+            switch (rng() % 4) {
+            case 0: m[at] = (char)rng(); break;
+            case 1: { static const char special[] = "'\"\\ \nbx0u\r"; m[at] = special[rng() % (sizeof special - 1)]; break; }
+            case 2: if (n + 1 < bn + 64) { memmove(m + at + 1, m + at, n - at); m[at] = (char)rng(); n++; } break;
+            default: if (n) { memmove(m + at, m + at + 1, n - at - 1); n--; } break;
+            }
+        }
+        if (rng() % 8 == 0) n = (size_t)(rng() % (n + 1)); /* truncated file */
+        err[0] = 0;
+        wt_tokenizer *t = wt_load(m, n, err, sizeof err);
+        if (!t) {
+            CHECK(err[0] != 0, "mutation %d refused without a message", r);
+            continue;
+        }
+        loaded++;
+        uint8_t text[300];
+        uint32_t out[300];
+        for (size_t i = 0; i < sizeof text; i++) text[i] = (uint8_t)rng();
+        size_t k = wt_encode(t, text, sizeof text, out);
+        size_t total = 0;
+        for (size_t i = 0; i < k; i++) {
+            size_t len = 0;
+            CHECK(wt_token_bytes(t, out[i], &len) != NULL, "mutation %d: id %u has no bytes", r, out[i]);
+            total += len;
+        }
+        CHECK(total == sizeof text, "mutation %d: ids cover %zu of %zu bytes", r, total, sizeof text);
+        wt_free(t);
+    }
+    CHECK(loaded >= 20, "only %d mutated vocabs loaded: the fuzzer is not reaching the encoder", loaded);
+    printf("test_tokenizer: parser fuzz: 3000 mutated vocabs, %d loaded and encoded\n", loaded);
+    free(m);
+    free(base);
+}
+
 int main(void) {
     check_parser();
+    fuzz_parser();
+    check_never_sync();
 
     size_t len;
     char err[256];
-    char *data = generated_vocab(6000, &len);
+    char *data = generated_vocab(6000, 12, &len);
     wt_tokenizer *tok = wt_load(data, len, err, sizeof err);
     CHECK(tok != NULL, "generated vocab rejected: %s", err);
     if (tok) { check_random(tok, "generated vocab"); wt_free(tok); }
+    free(data);
+    /* tokens longer than 255 bytes: the encoder uses its wide node layout */
+    data = generated_vocab(3000, 400, &len);
+    tok = wt_load(data, len, err, sizeof err);
+    CHECK(tok != NULL, "generated long-token vocab rejected: %s", err);
+    if (tok) {
+        CHECK(wt_max_token_len(tok) > 255, "long-token vocab: max len %u", wt_max_token_len(tok));
+        check_random(tok, "generated long-token vocab");
+        wt_free(tok);
+    }
     free(data);
 
     const char *dir = getenv("RWKV5_FIXTURES");

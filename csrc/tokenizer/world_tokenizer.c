@@ -7,15 +7,16 @@
  * Data structure (see docs/tokenizer.md):
  *   - a double-array trie: slot t is a child of state s with label byte c iff
  *         t == nodes[s].base + c  and  nodes[t].check == s.
- *     One 16-byte node {check, base, tok, len} holds everything a step needs, so a step is a
- *     single dependent load. `tok`/`len` are the *best token on the path* to this node: the id and
- *     byte length of the longest vocab token that is a prefix of the node's string. When the walk
- *     stops at state s, the answer is (nodes[s].tok, nodes[s].len) with no bookkeeping in the loop.
- *   - first2[b0 | b1 << 8]: the state reached after the first two bytes (or after b0 alone when
- *     b0 b1 is not a path), with bit 0 telling how many bytes were consumed. It replaces the two
- *     hottest steps with one load from a 256 KiB table.
+ *     Each node also stores the *best token on its path*: the id and byte length of the longest
+ *     vocab token that is a prefix of the node's string. When the walk stops at state s, the
+ *     answer is (tok, len) of s, with no bookkeeping in the loop.
+ *   - the encoder reads a compact copy: one uint64 per slot, base | (check | len << 24) << 32,
+ *     ids in a side array read once per token (vocabs beyond its limits use the 16-byte nodes).
+ *   - first2w[b0 | b1 << 8]: the hot word of the state after the first two bytes (or after b0
+ *     alone when b0 b1 is not a path, with a flag): one load for the two hottest steps.
  *   - the walk runs without an end-of-buffer test while at least max_len + 1 bytes remain (no
  *     path is longer than max_len), and with the test only in the last max_len bytes.
+ *   - texts of 8 KiB or more are walked as two interleaved halves, re-joined exactly.
  */
 #include "tokenizer/world_tokenizer.h"
 #include "tokenizer/wt_internal.h"
@@ -599,17 +600,140 @@ int wt_token_to_id(const wt_tokenizer *tok, const uint8_t *bytes, size_t n, uint
 WT_ENCODE_SPAN(encode_span_u32, uint32_t)
 WT_ENCODE_SPAN(encode_span_u16, uint16_t)
 
+/* ---- two streams on one thread ---------------------------------------------------------------
+ * Each byte of the walk is one load whose address depends on the previous load, so a single
+ * walk is bound by load latency (about 27 cycles per 6-byte token even on perfectly predictable
+ * text). Cutting the span in two halves A = [p0, h) and B = [h, stop) and advancing both walks
+ * in the same loop gives the core two independent chains to overlap.
+ *
+ * B started at h without knowing where the true token boundaries are; the halves are re-joined
+ * like the pieces of wt_encode_parallel: continue the true encoding (A's) token by token from
+ * where it stands until it lands on a token start of B; from there B's tokens are the true ones
+ * (greedy matching from a given position is deterministic). The few re-encoded tokens go to a
+ * small stack buffer; if they do not meet B within TWO_TMP tokens (a pathological vocab), B is
+ * dropped and the true encoding simply continues to the end. Never allocates, never fails. */
+#define TWO_MIN_BYTES 8192
+#define TWO_TMP 512
+
+/* The two-stream loop: walks A (from pa, while pa < la) and B (from pb, while pb < lb) advance
+ * one byte each per iteration; stops as soon as one of them reaches its limit, leaving both at a
+ * token start (a walk in progress is simply abandoned and redone by the caller). Uses hot,
+ * best_tok, f2w and the variables named here from the enclosing function. */
+#define WT_DUAL_LOOP(OUT_T)                                                                        \
+    do {                                                                                           \
+        uint32_t sa, sb;                                                                           \
+        const uint8_t *qa, *qb;                                                                    \
+        uint64_t wa, wb;                                                                           \
+        C_START(pa, sa, qa, wa);                                                                   \
+        C_START(pb, sb, qb, wb);                                                                   \
+        for (;;) {                                                                                 \
+            uint32_t ta = C_BASE(wa) + *qa, tb = C_BASE(wb) + *qb;                                 \
+            uint64_t xa = hot[ta], xb = hot[tb];                                                   \
+            if (C_CHECK(xa) == sa) {                                                               \
+                sa = ta; wa = xa; qa++;                                                            \
+            } else {                                                                               \
+                *oa++ = (OUT_T)best_tok[sa];                                                       \
+                pa += C_LEN(wa);                                                                   \
+                if (pa >= la) break;                                                               \
+                C_START(pa, sa, qa, wa);                                                           \
+            }                                                                                      \
+            if (C_CHECK(xb) == sb) {                                                               \
+                sb = tb; wb = xb; qb++;                                                            \
+            } else {                                                                               \
+                *ob++ = (OUT_T)best_tok[sb];                                                       \
+                pb += C_LEN(wb);                                                                   \
+                if (pb >= lb) break;                                                               \
+                C_START(pb, sb, qb, wb);                                                           \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+#define WT_TWO_STREAMS(NAME, OUT_T, SPAN)                                                          \
+    static size_t NAME(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0,          \
+                       size_t stop, OUT_T *out, size_t *p_end) {                                   \
+        const uint64_t *hot = tok->hot;                                                            \
+        const uint32_t *best_tok = tok->best_tok;                                                  \
+        const uint64_t *f2w = tok->first2w;                                                        \
+        size_t h = p0 + (stop - p0) / 2;                                                           \
+        const uint8_t *end = text + n;                                                             \
+        const uint8_t *safe = end - tok->max_len - 1; /* unchecked walks start before this */       \
+        const uint8_t *pa = text + p0, *pb = text + h;                                             \
+        const uint8_t *la = text + h < safe ? text + h : safe;                                     \
+        const uint8_t *lb = text + stop < safe ? text + stop : safe;                               \
+        OUT_T *oa = out, *ob = out + (h - p0);                                                     \
+        WT_DUAL_LOOP(OUT_T);                                                                       \
+        /* Finish each half alone from its current token start (a walk in progress is redone). */ \
+        size_t ea, eb;                                                                             \
+        size_t ka = (size_t)(oa - out) + SPAN(tok, text, n, (size_t)(pa - text), h, oa, &ea);      \
+        OUT_T *bout = out + (h - p0);                                                              \
+        size_t kb = (size_t)(ob - bout) + SPAN(tok, text, n, (size_t)(pb - text), stop, ob, &eb);  \
+        /* Join: r = where the true encoding stands; b walks B's token starts. */                  \
+        OUT_T tmp[TWO_TMP];                                                                        \
+        size_t f = 0, r = ea, b = h, i = 0;                                                        \
+        if (r >= eb) { *p_end = ea; return ka; } /* A already covered all of B */                  \
+        for (;;) {                                                                                 \
+            while (i < kb && b < r) b += tok->tok_len[bout[i++]];                                  \
+            if (b == r) {                                                                          \
+                memmove(out + ka + f, bout + i, (kb - i) * sizeof *out);                           \
+                memcpy(out + ka, tmp, f * sizeof *out);                                            \
+                *p_end = eb;                                                                       \
+                return ka + f + (kb - i);                                                          \
+            }                                                                                      \
+            if (f == TWO_TMP || b < r) { /* no meeting point: drop B, continue the true encoding */ \
+                memcpy(out + ka, tmp, f * sizeof *out);                                            \
+                return ka + f + SPAN(tok, text, n, r, stop, out + ka + f, p_end);                  \
+            }                                                                                      \
+            size_t e1;                                                                             \
+            SPAN(tok, text, n, r, r + 1, tmp + f, &e1); /* exactly one token */                    \
+            f++;                                                                                   \
+            r = e1;                                                                                \
+        }                                                                                          \
+    }
+
+WT_TWO_STREAMS(encode_two_u32, uint32_t, encode_span_u32)
+WT_TWO_STREAMS(encode_two_u16, uint16_t, encode_span_u16)
+
+/* Two streams when the layout is compact and each half is long enough (and ends before the
+ * last max_len bytes, where walks need the end test); else one. */
+static int use_two(const wt_tokenizer *tok, size_t n, size_t p0, size_t stop) {
+    size_t h = p0 + (stop - p0) / 2;
+    return tok->hot && stop - p0 >= TWO_MIN_BYTES && h + (size_t)tok->max_len + 1 + 64 < n;
+}
+
 size_t wt_encode_span(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0, size_t stop,
                       uint32_t *out, size_t *p_end) {
+    if (p0 < stop && use_two(tok, n, p0, stop)) return encode_two_u32(tok, text, n, p0, stop, out, p_end);
     return encode_span_u32(tok, text, n, p0, stop, out, p_end);
 }
 
 size_t wt_encode(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint32_t *out) {
     size_t e;
-    return encode_span_u32(tok, text, n, 0, n, out, &e);
+    return wt_encode_span(tok, text, n, 0, n, out, &e);
 }
 
 size_t wt_encode_u16(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint16_t *out) {
     size_t e;
+    if (n > 0 && use_two(tok, n, 0, n)) return encode_two_u16(tok, text, n, 0, n, out, &e);
     return encode_span_u16(tok, text, n, 0, n, out, &e);
+}
+
+/* Two independent texts on one thread (wt_encode_batch): the same two-stream loop, and since the
+ * texts are independent no join is needed. What is left of either text afterwards goes through
+ * wt_encode_span (which may split it in two streams again). */
+void wt_encode_pair(const wt_tokenizer *tok, const uint8_t *ta, size_t na, uint32_t *outa, size_t *ka,
+                    const uint8_t *tb, size_t nb, uint32_t *outb, size_t *kb) {
+    size_t m = (size_t)tok->max_len + 1, e;
+    if (!tok->hot || na <= m || nb <= m) {
+        *ka = wt_encode(tok, ta, na, outa);
+        *kb = wt_encode(tok, tb, nb, outb);
+        return;
+    }
+    const uint64_t *hot = tok->hot;
+    const uint32_t *best_tok = tok->best_tok;
+    const uint64_t *f2w = tok->first2w;
+    const uint8_t *pa = ta, *pb = tb, *la = ta + na - m, *lb = tb + nb - m;
+    uint32_t *oa = outa, *ob = outb;
+    WT_DUAL_LOOP(uint32_t);
+    *ka = (size_t)(oa - outa) + wt_encode_span(tok, ta, na, (size_t)(pa - ta), na, oa, &e);
+    *kb = (size_t)(ob - outb) + wt_encode_span(tok, tb, nb, (size_t)(pb - tb), nb, ob, &e);
 }

@@ -52,6 +52,16 @@ int wt_token_to_id(const wt_tokenizer *tok, const uint8_t *bytes, size_t n, uint
 int wt_encode_batch(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts, const size_t *lens,
                     uint32_t *out, const size_t *out_off, size_t *n_out, int n_threads);
 
+/* The same in the background: starts n_threads worker threads (the caller is not one of them)
+ * and returns at once; wt_encode_batch_wait joins them, after which the outputs are complete.
+ * Returns NULL when no thread could be started (then call wt_encode_batch). The caller must
+ * keep every argument alive and unchanged until the wait. */
+typedef struct wt_batch_run wt_batch_run;
+wt_batch_run *wt_encode_batch_start(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts,
+                                    const size_t *lens, uint32_t *out, const size_t *out_off, size_t *n_out,
+                                    int n_threads);
+void wt_encode_batch_wait(wt_batch_run *run);
+
 /* Encode one text with up to n_threads threads: the text is cut into pieces that are encoded
  * concurrently, then each piece is re-joined where its greedy token boundaries meet those of
  * the piece before it (greedy matching from a given position is deterministic, so once two

@@ -23,12 +23,18 @@ typedef struct {
     atomic_size_t next;
 } batch_job;
 
+/* Texts are taken two at a time and walked together (wt_encode_pair): two independent chains
+ * of loads per thread. */
 static void *batch_worker(void *arg) {
     batch_job *job = arg;
     for (;;) {
-        size_t i = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        size_t i = atomic_fetch_add_explicit(&job->next, 2, memory_order_relaxed);
         if (i >= job->count) break;
-        job->n_out[i] = wt_encode(job->tok, job->texts[i], job->lens[i], job->out + job->out_off[i]);
+        if (i + 1 < job->count)
+            wt_encode_pair(job->tok, job->texts[i], job->lens[i], job->out + job->out_off[i], &job->n_out[i],
+                           job->texts[i + 1], job->lens[i + 1], job->out + job->out_off[i + 1], &job->n_out[i + 1]);
+        else
+            job->n_out[i] = wt_encode(job->tok, job->texts[i], job->lens[i], job->out + job->out_off[i]);
     }
     return NULL;
 }
@@ -47,6 +53,38 @@ int wt_encode_batch(const wt_tokenizer *tok, size_t count, const uint8_t *const 
     batch_worker(&job);
     for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
     return started + 1;
+}
+
+/* ---- batch in the background: the caller does other work (builds Python lists) meanwhile ---- */
+
+struct wt_batch_run {
+    batch_job job;
+    pthread_t th[WT_MAX_THREADS];
+    int started;
+};
+
+wt_batch_run *wt_encode_batch_start(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts,
+                                    const size_t *lens, uint32_t *out, const size_t *out_off, size_t *n_out,
+                                    int n_threads) {
+    wt_batch_run *r = malloc(sizeof *r);
+    if (!r) return NULL;
+    r->job = (batch_job){tok, count, texts, lens, out, out_off, n_out, 0};
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > WT_MAX_THREADS) n_threads = WT_MAX_THREADS;
+    if ((size_t)n_threads > count) n_threads = count ? (int)count : 1;
+    r->started = 0;
+    for (int i = 0; i < n_threads; i++) {
+        if (pthread_create(&r->th[r->started], NULL, batch_worker, &r->job) != 0) break;
+        r->started++;
+    }
+    if (r->started == 0) { free(r); return NULL; }
+    return r;
+}
+
+void wt_encode_batch_wait(wt_batch_run *r) {
+    if (!r) return;
+    for (int i = 0; i < r->started; i++) pthread_join(r->th[i], NULL);
+    free(r);
 }
 
 /* ---- one long text: encode pieces concurrently, then re-join at a shared token start ------ */

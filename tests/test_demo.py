@@ -1,0 +1,15 @@
+"""`make demo` runs end to end (python -m rwkv5.demo) and shows what it promises."""
+import re
+import subprocess
+import sys
+
+
+def test_demo_runs_and_modes_agree():
+    r = subprocess.run([sys.executable, "-m", "rwkv5.demo"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "29 documents" in out and "format binidx" in out
+    assert re.search(r"--my_exit_tokens \d+ --magic_prime \d+ --ctx_len 128", out)
+    m = re.search(r"max \|logit\(parallel\) - logit\(recurrent\)\| = ([0-9.e+-]+)", out)
+    assert m and float(m.group(1)) < 1e-4
+    assert "== 4. Generation" in out
