@@ -137,7 +137,7 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     what, outdir = sys.argv[1], sys.argv[2]
     def fire():
-        time.sleep(0.3)
+        time.sleep(0.05 if what == "encode_batch" else 0.3)
         os.kill(os.getpid(), signal.SIGINT)
     if what == "forward":
         import rwkv5
@@ -149,8 +149,8 @@ _CHILD = textwrap.dedent("""
         tok = WorldTokenizer()
         text = "hello world мир 世界 some english words and more 12345. " * 2000
         per_text = len(tok.encode(text))
-        texts = [text] * 2500   # one call: ~300 MB of input in 16 MiB rounds, one shared str
-        full_kib = 2500 * per_text * 8 // 1024   # list slots of the whole result
+        texts = [text] * 5000   # one call: ~600 MB of input in 16 MiB rounds, one shared str
+        full_kib = 5000 * per_text * 8 // 1024   # list slots of the whole result
         import resource
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         def work():
