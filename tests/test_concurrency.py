@@ -163,10 +163,14 @@ _CHILD = textwrap.dedent("""
         from rwkv5.dataprep import build
         src = os.path.join(outdir, "in.jsonl")
         os.makedirs(os.path.join(outdir, "out"))
-        with open(src, "w") as f:
-            for i in range(200000):
-                f.write('{"text": "document %d with some words in it, и немного текста"}\\n' % i)
+        with open(src, "w") as f:  # ~70 MB: far more than is done before the signal
+            f.write('{"text": "a document with some words in it, и немного текста"}\\n' * 1000000)
         work = lambda: build([src], os.path.join(outdir, "out", "train"), workers=1)
+        def fire():  # once the build is under way (its plan is written before the C tasks run)
+            while not os.path.exists(os.path.join(outdir, "out", "train.work", "plan.json")):
+                time.sleep(0.01)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
     threading.Thread(target=fire, daemon=True).start()
     try:
         work()
