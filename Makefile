@@ -101,7 +101,8 @@ fuzz: fuzz-build
 	       > build/fuzz/$$t.log 2>&1; then \
 	    echo "fuzz $$t: FAILED (log build/fuzz/$$t.log)"; tail -40 build/fuzz/$$t.log; exit 1; fi; \
 	  echo "fuzz $$t: $$(sed -n 's/^stat::number_of_executed_units: *//p' build/fuzz/$$t.log) runs in $(FUZZ_SECONDS) s, corpus $$(ls build/fuzz/$$t | wc -l) files"; }; \
-	for t in $(FUZZ_C); do TMPDIR=/dev/shm run $$t ./csrc/fuzz/bin/fuzz_$$t; done; \
+	tmp=$$(mktemp -d /dev/shm/rwkv5-fuzz.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; export TMPDIR=$$tmp; \
+	for t in $(FUZZ_C); do run $$t ./csrc/fuzz/bin/fuzz_$$t; done; \
 	for t in $(FUZZ_PY); do run $$t $(PY) tests/fuzz/fuzz_py.py $$t; done
 
 fuzz-smoke:

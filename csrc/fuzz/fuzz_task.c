@@ -24,8 +24,11 @@ static size_t byte_encode(const void *ctx, const uint8_t *t, size_t n, uint16_t 
     return n;
 }
 
+static void remove_input(void) { unlink(in_path); }
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc; (void)argv;
+    atexit(remove_input);
     const char *dir = getenv("TMPDIR");
     if (!dir) dir = "/tmp";
     snprintf(in_path, sizeof in_path, "%s/rwkv5-fuzz-task-%d.in", dir, (int)getpid());

@@ -9,8 +9,9 @@ document ValueError (malformed content, including dataprep's FormatError) and OS
 their only failures, plus IndexError for out-of-range document access; any other exception,
 a crash, or a hang is a finding.
 """
+import atexit
 import os
-import struct
+import shutil
 import sys
 import tempfile
 
@@ -27,6 +28,7 @@ with atheris.instrument_imports():
 
 ALLOWED = (ValueError, OSError)
 _DIR = tempfile.mkdtemp(prefix="rwkv5-fuzz-")
+atexit.register(shutil.rmtree, _DIR, True)
 
 
 def _write(name, data):
