@@ -5,7 +5,8 @@ PIP     := $(PY) -m pip
 PYTEST  := $(PY) -m pytest
 EXTRAS  ?= test
 
-.PHONY: all sysdeps install demo test test-fast test-slow test-asan test-c bench bench-quick clean
+.PHONY: all sysdeps install demo test test-fast test-slow test-asan test-c bench bench-quick clean \
+        fuzz fuzz-smoke fuzz-deps fuzz-build test-valgrind
 
 all: install
 
@@ -68,5 +69,59 @@ bench-quick: install
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf build dist *.egg-info csrc/tests/bin .pytest_cache
+	rm -rf build dist *.egg-info csrc/tests/bin csrc/fuzz/bin .pytest_cache
 	find . -name '*.so' -path './rwkv5/*' -delete; find . -name '*.so' -path './tokenizer/*' -delete; find . -name '*.so' -path './dataprep/*' -delete
+
+# ---------------------------------------------------------------- fuzzing (docs/reliability.md)
+# C targets: csrc/fuzz/fuzz_*.c built with clang-14 -fsanitize=fuzzer,address,undefined (the
+# SOURCES/LIBS lines as for the C unit tests). Python targets: tests/fuzz/fuzz_py.py under atheris.
+# Each target starts from csrc/fuzz/seeds/<t> (python csrc/fuzz/make_seeds.py writes them) plus
+# the committed crash reproducers in csrc/fuzz/regressions/<t>, and grows a scratch corpus in
+# build/fuzz/<t>. A crash stops the run: its input is left in build/fuzz/crash-<t>-*.
+FUZZ_SECONDS ?= 50
+FUZZ_C  := vocab encode json utf8 task
+FUZZ_PY := pth zip safetensors rwkvcpp state binidx zst
+CLANG   ?= clang-14
+FUZZ_CFLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror -Icsrc -Icsrc/fuzz \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+
+fuzz-deps: sysdeps
+	@command -v $(CLANG) >/dev/null 2>&1 && [ -n "$$(find /usr/lib/llvm-14 -name 'libclang_rt.fuzzer*.a' 2>/dev/null | head -1)" ] || { \
+	  echo "installing Debian packages: clang-14 libclang-rt-14-dev"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-14 libclang-rt-14-dev >/dev/null; }
+	@$(PY) -c "import atheris" 2>/dev/null || CLANG_BIN=$(CLANG) $(PIP) install -q --disable-pip-version-check --root-user-action=ignore "atheris>=2.3"
+
+fuzz-build: fuzz-deps
+	@mkdir -p csrc/fuzz/bin
+	@set -e; for name in $(FUZZ_C); do t=csrc/fuzz/fuzz_$$name.c; \
+	  srcs=$$(sed -n 's#^// SOURCES: ##p' $$t); libs=$$(sed -n 's#^// LIBS: ##p' $$t); \
+	  $(CLANG) $(FUZZ_CFLAGS) -o csrc/fuzz/bin/fuzz_$$name $$t $$srcs -lm $$libs; done
+
+# One libFuzzer run per target for FUZZ_SECONDS; prints "fuzz <target>: <executions> runs" lines.
+fuzz: fuzz-build
+	@mkdir -p build/fuzz; set -e; \
+	run() { t=$$1; shift; mkdir -p build/fuzz/$$t csrc/fuzz/regressions/$$t; \
+	  if ! "$$@" -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2560 -print_final_stats=1 \
+	       -artifact_prefix=build/fuzz/crash-$$t- build/fuzz/$$t csrc/fuzz/seeds/$$t csrc/fuzz/regressions/$$t \
+	       > build/fuzz/$$t.log 2>&1; then \
+	    echo "fuzz $$t: FAILED (log build/fuzz/$$t.log)"; tail -40 build/fuzz/$$t.log; exit 1; fi; \
+	  echo "fuzz $$t: $$(sed -n 's/^stat::number_of_executed_units: *//p' build/fuzz/$$t.log) runs in $(FUZZ_SECONDS) s, corpus $$(ls build/fuzz/$$t | wc -l) files"; }; \
+	tmp=$$(mktemp -d /dev/shm/rwkv5-fuzz.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; export TMPDIR=$$tmp; \
+	for t in $(FUZZ_C); do run $$t ./csrc/fuzz/bin/fuzz_$$t; done; \
+	for t in $(FUZZ_PY); do run $$t $(PY) tests/fuzz/fuzz_py.py $$t; done
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=2
+
+# The C unit tests under valgrind (no sanitizer build: valgrind needs plain binaries).
+test-valgrind: sysdeps
+	@command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+	@mkdir -p csrc/tests/bin
+	@set -e; for t in csrc/tests/test_*.c; do \
+	  name=$$(basename $$t .c); \
+	  srcs=$$(sed -n 's#^// SOURCES: ##p' $$t); libs=$$(sed -n 's#^// LIBS: ##p' $$t); \
+	  $(CC) $(CFLAGS_C) -o csrc/tests/bin/$$name-vg $$t $$srcs -lm $$libs; \
+	  echo "valgrind $$name"; \
+	  valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
+	    ./csrc/tests/bin/$$name-vg; \
+	done; echo "test-valgrind: clean"

@@ -371,6 +371,17 @@ static PyObject *py_zstd_decompress(PyObject *self, PyObject *args) {
     Py_ssize_t size;
     if (!PyArg_ParseTuple(args, "y*n:zstd_decompress", &buf, &size)) return NULL;
     if (size < 0) { PyBuffer_Release(&buf); return PyErr_Format(PyExc_ValueError, "size: expected >= 0, got %zd", size); }
+    /* Check the size the frame header records before allocating: a hostile shard header could
+     * otherwise make a tiny file allocate `size` bytes (the writer always records it). */
+    unsigned long long fcs = ZSTD_getFrameContentSize(buf.buf, (size_t)buf.len);
+    if (fcs != (unsigned long long)size) {
+        PyBuffer_Release(&buf);
+        if (fcs == ZSTD_CONTENTSIZE_ERROR)
+            return PyErr_Format(PyExc_ValueError, "corrupt zstd frame: bad frame header");
+        if (fcs == ZSTD_CONTENTSIZE_UNKNOWN)
+            return PyErr_Format(PyExc_ValueError, "zstd frame does not record its content size (expected %zd bytes)", size);
+        return PyErr_Format(PyExc_ValueError, "zstd frame decompresses to %llu bytes, expected %zd", fcs, size);
+    }
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (!out) { PyBuffer_Release(&buf); return NULL; }
     size_t r;

@@ -406,6 +406,10 @@ static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *k
             }
         }
         prev = q;
+        /* Ctrl-C between rounds (each round is <= 16 MiB of input or one big text): a pending
+         * KeyboardInterrupt ends the call now (the running round is waited for at `done`)
+         * instead of after the whole batch. */
+        if (q < n_rounds && PyErr_CheckSignals() < 0) goto fail_res;
     }
     goto done;
 fail_res:

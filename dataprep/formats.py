@@ -213,16 +213,20 @@ class ZstShard:
         return arr
 
     def tokens(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty(stop - start, dtype=np.uint16)
+        # Frames are decompressed (their sizes checked) before the result is allocated: the
+        # header's counts alone must not make a tiny hostile file allocate a huge array.
+        parts = []
         pos = start
         while pos < stop:
             fi = pos // self.frame_tokens
             fr = self.frame(fi)
             a = pos - fi * self.frame_tokens
             b = min(len(fr), stop - fi * self.frame_tokens)
-            out[pos - start:pos - start + b - a] = fr[a:b]
+            parts.append(fr[a:b])
             pos += b - a
-        return out
+        if not parts:
+            return np.empty(0, dtype=np.uint16)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
 
     def __len__(self) -> int:
         return self.n_docs

@@ -198,7 +198,7 @@ typedef struct {
 } pipeline;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 0;
+    if (need <= *cap && *p) return 0; /* a NULL buffer is allocated even for need 0: no NULL + 0 */
     size_t nc = *cap ? *cap : 64;
     while (nc < need) nc *= 2;
     void *np = realloc(*p, nc * elem);

@@ -357,7 +357,7 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
         if (id > WT_MAX_ID) { set_err(err, errlen, "vocab line %u: id %llu is out of range (max %u)", line, (unsigned long long)id, WT_MAX_ID); goto fail; }
         if (parse_uint(sp2 + 1, le, &want) < 0) { set_err(err, errlen, "vocab line %u: the byte length (last column) is not a decimal number", line); goto fail; }
         size_t litlen = sp2 - (sp1 + 1);
-        if (blob_len + litlen > blob_cap) {
+        if (!blob || blob_len + litlen > blob_cap) { /* !blob: never form NULL + 0 (UB) */
             size_t nc = blob_cap ? blob_cap : 1 << 20;
             while (nc < blob_len + litlen) nc *= 2;
             uint8_t *nb = realloc(blob, nc);

@@ -1,0 +1,112 @@
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_task.c
+// LIBS: -lzstd
+/* Fuzz target: the task runner (dp_run_task) reading a fuzzed input file: .jsonl, .jsonl.zst
+ * (either the raw fuzzed bytes as a "compressed" file, or the fuzzed bytes properly compressed so
+ * the JSONL path behind the decoder is reached), .txt as one document and .txt split on blank
+ * lines. The first byte picks kind, repair, fail-fast, thread count and a small batch size (so
+ * batch boundaries fall inside records). Oracles: return 0 or -1 with a message; on success the
+ * token part holds exactly result.tokens ids, the meta part result.docs records, and the token
+ * counts in the meta records add up; nothing leaks (LeakSanitizer). */
+#include "fuzz_common.h"
+#include "dataprep/dataprep.h"
+
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+static char in_path[256], tok_path[256], meta_path[256];
+
+static size_t byte_encode(const void *ctx, const uint8_t *t, size_t n, uint16_t *out) {
+    (void)ctx;
+    for (size_t i = 0; i < n; i++) out[i] = (uint16_t)(t[i] + 1);
+    return n;
+}
+
+static void remove_input(void) { unlink(in_path); }
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc; (void)argv;
+    atexit(remove_input);
+    const char *dir = getenv("TMPDIR");
+    if (!dir) dir = "/tmp";
+    snprintf(in_path, sizeof in_path, "%s/rwkv5-fuzz-task-%d.in", dir, (int)getpid());
+    snprintf(tok_path, sizeof tok_path, "%s/rwkv5-fuzz-task-%d.tok", dir, (int)getpid());
+    snprintf(meta_path, sizeof meta_path, "%s/rwkv5-fuzz-task-%d.meta", dir, (int)getpid());
+    return 0;
+}
+
+static void write_all(const char *path, const void *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    FUZZ_ASSERT(f);
+    FUZZ_ASSERT(fwrite(p, 1, n, f) == n);
+    fclose(f);
+}
+
+static long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1) return 0;
+    uint8_t opt = data[0];
+    const uint8_t *body = data + 1;
+    size_t n = size - 1;
+    int kind = opt & 3;
+    int compress = kind == DP_KIND_JSONL_ZST && (opt & 0x80);
+    if (compress) {
+        size_t cap = ZSTD_compressBound(n);
+        void *z = malloc(cap ? cap : 1);
+        size_t zn = ZSTD_compress(z, cap, body, n, 1);
+        FUZZ_ASSERT(!ZSTD_isError(zn));
+        write_all(in_path, z, zn);
+        free(z);
+    } else {
+        write_all(in_path, body, n);
+    }
+    dp_task_opts o;
+    memset(&o, 0, sizeof o);
+    o.path = in_path;
+    o.kind = kind;
+    o.start = 0;
+    o.end = UINT64_MAX;
+    o.text_field = "text";
+    o.lang_field = (opt & 0x40) ? "lang" : NULL;
+    o.repair_utf8 = (opt >> 2) & 1;
+    o.fail_fast = (opt >> 3) & 1;
+    o.n_threads = 1 + ((opt >> 4) & 1);
+    o.batch_bytes = (opt & 0x20) ? 7 : 0;
+    o.encode = byte_encode;
+    o.tok_path = tok_path;
+    o.meta_path = meta_path;
+    dp_task_result res;
+    memset(&res, 0, sizeof res);
+    int rc = dp_run_task(&o, &res);
+    FUZZ_ASSERT(rc == 0 || rc == -1);
+    if (rc == -1) {
+        FUZZ_ASSERT(memchr(res.err, 0, sizeof res.err) && res.err[0]);
+    } else {
+        FUZZ_ASSERT(file_size(tok_path) == (long)(res.tokens * 2));
+        FUZZ_ASSERT(file_size(meta_path) == (long)(res.docs * sizeof(dp_doc_meta)));
+        FUZZ_ASSERT(res.docs <= res.tokens);
+        FUZZ_ASSERT(res.n_listed >= 0 && res.n_listed <= DP_MAX_LISTED);
+        FUZZ_ASSERT(res.n_langs >= 1);
+        FILE *f = fopen(meta_path, "rb");
+        FUZZ_ASSERT(f);
+        dp_doc_meta m;
+        uint64_t sum = 0, bytes = 0;
+        while (fread(&m, sizeof m, 1, f) == 1) {
+            sum += m.n_tokens; bytes += m.n_bytes;
+            FUZZ_ASSERT(m.lang < res.n_langs && m.script < DP_N_SCRIPTS);
+            FUZZ_ASSERT(m.n_tokens == m.n_bytes + 1); /* byte-level encoder plus the 0 */
+        }
+        fclose(f);
+        FUZZ_ASSERT(sum == res.tokens && bytes == res.text_bytes);
+    }
+    dp_task_result_free(&res);
+    unlink(tok_path);
+    unlink(meta_path);
+    return 0;
+}

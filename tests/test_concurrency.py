@@ -1,0 +1,201 @@
+"""Many Python threads sharing one Model / one WorldTokenizer get exactly the serial results;
+the GIL is released while C computes; Ctrl-C during long calls ends in KeyboardInterrupt with a
+clean exit and no half-written output."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import rwkv5
+from rwkv5.testing import random_state_dict
+from rwkv5.tokenizer import WorldTokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return rwkv5.Model.from_state_dict(random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=300, seed=3))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return WorldTokenizer()
+
+
+def _texts(n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["hello", "мир", "世界", "🙂", "naïve", "\n", "  ", "the", "tokenizer", "ألف", "12345"]
+    return ["".join(rng.choice(words, size=int(rng.integers(1, 200)))) for _ in range(n)]
+
+
+def test_threads_share_one_model(model):
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 300, size=int(rng.integers(1, 80))).tolist() for _ in range(24)]
+    serial = [model.forward(s)[0] for s in seqs]
+    with ThreadPoolExecutor(8) as ex:
+        for _ in range(3):
+            par = list(ex.map(lambda s: model.forward(s)[0], seqs))
+            for a, b in zip(serial, par):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_threads_share_one_model_with_states(model):
+    # each thread carries its own State through several calls; the shared model holds no per-call state
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(0, 300, size=40).tolist() for _ in range(8)]
+
+    def run(s):
+        st = model.new_state()
+        outs = []
+        for k in range(0, 40, 10):
+            out, st = model.forward(s[k:k + 10], st)
+            outs.append(out)
+        return np.stack(outs), st.att_kv.copy()
+
+    serial = [run(s) for s in seqs]
+    with ThreadPoolExecutor(8) as ex:
+        par = list(ex.map(run, seqs))
+    for (a, ka), (b, kb) in zip(serial, par):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ka, kb)
+
+
+def test_threads_share_one_tokenizer(tok):
+    texts = _texts(64)
+    serial = [tok.encode(t) for t in texts]
+    serial_batch = tok.encode_batch(texts, num_threads=1)
+    assert serial_batch == serial
+    with ThreadPoolExecutor(8) as ex:
+        par = list(ex.map(tok.encode, texts))
+        batches = list(ex.map(lambda k: tok.encode_batch(texts[k:k + 16], num_threads=2), range(0, 64, 16)))
+        dec = list(ex.map(tok.decode, serial))
+    assert par == serial
+    assert sum(batches, []) == serial
+    assert dec == texts
+
+
+def _gil_released_during(call):
+    """True when a pure-Python counter thread advances while `call()` runs. With a long switch
+    interval the counter can only run when the calling thread blocks or releases the GIL, so an
+    advance during the call means C released the GIL."""
+    count = [0]
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def counter():
+        ready.set()
+        while not stop.is_set():
+            count[0] += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.25)
+    t = threading.Thread(target=counter)
+    try:
+        t.start()
+        ready.wait()
+        before = count[0]
+        call()
+        after = count[0]
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
+    return after > before
+
+
+def test_gil_released_by_forward(model):
+    toks = list(range(300)) * 20
+    assert _gil_released_during(lambda: model.forward(toks))
+
+
+def test_gil_released_by_encode_batch(tok):
+    texts = _texts(200, seed=5) * 20
+    assert _gil_released_during(lambda: tok.encode_batch(texts, num_threads=2))
+
+
+def test_gil_released_by_dataprep_build(tmp_path):
+    from rwkv5.dataprep import build
+    src = tmp_path / "in.jsonl"
+    with open(src, "w") as f:
+        for i, t in enumerate(_texts(3000, seed=7)):
+            f.write('{"text": %s}\n' % __import__("json").dumps(t))
+    (tmp_path / "out").mkdir()
+    assert _gil_released_during(lambda: build([str(src)], str(tmp_path / "out" / "train"), workers=1))
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+_CHILD = textwrap.dedent("""
+    import os, sys, signal, time, threading
+    import numpy as np
+    what, outdir = sys.argv[1], sys.argv[2]
+    def fire():
+        time.sleep(0.05 if what == "encode_batch" else 0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+    if what == "forward":
+        import rwkv5
+        from rwkv5.testing import random_state_dict
+        m = rwkv5.Model.from_state_dict(random_state_dict(n_layer=4, n_embd=256, head_size=64, vocab_size=1000))
+        work = lambda: [m.forward(list(range(1000)) * 4) for _ in range(1000)]
+    elif what == "encode_batch":
+        from rwkv5.tokenizer import WorldTokenizer
+        tok = WorldTokenizer()
+        text = "hello world мир 世界 some english words and more 12345. " * 2000
+        per_text = len(tok.encode(text))
+        texts = [text] * 5000   # one call: ~600 MB of input in 16 MiB rounds, one shared str
+        full_kib = 5000 * per_text * 8 // 1024   # list slots of the whole result
+        import resource
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        def work():
+            try:
+                tok.encode_batch(texts, num_threads=2)
+            finally:
+                grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+                print("GREW", grown, "FULL", full_kib)
+    else:
+        from rwkv5.dataprep import build
+        src = os.path.join(outdir, "in.jsonl")
+        os.makedirs(os.path.join(outdir, "out"))
+        with open(src, "w") as f:  # ~70 MB: far more than is done before the signal
+            f.write('{"text": "a document with some words in it, и немного текста"}\\n' * 1000000)
+        work = lambda: build([src], os.path.join(outdir, "out", "train"), workers=1)
+        def fire():  # once the build is under way (its plan is written before the C tasks run)
+            while not os.path.exists(os.path.join(outdir, "out", "train.work", "plan.json")):
+                time.sleep(0.01)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=fire, daemon=True).start()
+    try:
+        work()
+        print("FINISHED")
+    except KeyboardInterrupt:
+        print("INTERRUPTED")
+        sys.exit(3)
+""")
+
+
+@pytest.mark.parametrize("what", ["forward", "encode_batch", "build"])
+def test_ctrl_c_raises_keyboard_interrupt(tmp_path, what):
+    # The work loops far longer than any test timeout, so FINISHED would mean the signal was lost.
+    p = subprocess.run([sys.executable, "-c", _CHILD, what, str(tmp_path)], capture_output=True, text=True,
+                       timeout=240, cwd=ROOT)
+    assert p.returncode == 3, (p.returncode, p.stdout, p.stderr[-2000:])
+    assert "INTERRUPTED" in p.stdout
+    if what == "encode_batch":
+        # Interrupted inside the one call, between rounds: only a small part of the result was
+        # ever built (uninterrupted, the call would build all of it before the signal is seen).
+        w = p.stdout.split()
+        grew, full = int(w[w.index("GREW") + 1]), int(w[w.index("FULL") + 1])
+        assert grew < full // 4, (grew, full)
+    if what == "build":
+        out = tmp_path / "out"
+        # no final output appears half-written: only the work folder (resumable) may exist
+        finals = [f for f in os.listdir(out)] if out.exists() else []
+        assert not any(f.endswith((".bin", ".idx", ".zst")) for f in finals), finals
