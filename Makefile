@@ -5,7 +5,7 @@ PIP     := $(PY) -m pip
 PYTEST  := $(PY) -m pytest
 EXTRAS  ?= test
 
-.PHONY: all sysdeps install demo test test-fast test-slow test-asan test-c bench clean
+.PHONY: all sysdeps install demo test test-fast test-slow test-asan test-c bench bench-quick clean
 
 all: install
 
@@ -61,6 +61,11 @@ test-c: sysdeps
 bench: EXTRAS = test,bench
 bench: install
 	$(PY) -m benchmarks
+
+# A few minutes: fewer shapes, dtypes and repeats (see docs/performance.md).
+bench-quick: EXTRAS = test,bench
+bench-quick: install
+	$(PY) -m benchmarks --quick
 
 clean:
 	rm -rf build dist *.egg-info csrc/tests/bin .pytest_cache
