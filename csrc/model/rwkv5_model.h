@@ -15,7 +15,7 @@ typedef enum {
     RWKV5_F32 = 0,
     RWKV5_F16 = 1,   /* IEEE half */
     RWKV5_BF16 = 2,  /* top 16 bits of an fp32 */
-    RWKV5_I8 = 3,    /* reserved: int8 with one fp32 scale per row (`scale`), not implemented yet */
+    RWKV5_I8 = 3,    /* int8 q with one fp32 scale per row (`scale`): W[o][i] = q[o][i] * scale[o] */
 } rwkv5_dtype;
 
 typedef struct {
@@ -54,6 +54,9 @@ typedef struct {
 
 /* Positions per chunk in parallel mode: the WKV chunk and the row block of every projection. */
 #define RWKV5_CHUNK 64
+/* Parallel mode runs the prompt in slices of whole chunks, up to this many rows (B x positions):
+ * the M of the projection GEMMs. */
+#define RWKV5_SLICE_ROWS 512
 
 typedef struct {
     rwkv5_config cfg;
