@@ -2,6 +2,8 @@
  * index j are independent and the compiler vectorises them). */
 #include "kernels.h"
 
+#include "common/cpu.h"
+
 #include <float.h>
 #include <math.h>
 
@@ -56,8 +58,14 @@ void rwkv5_group_norm(float *out, const float *x, const float *w, const float *b
     }
 }
 
-void rwkv5_wkv_step(float *restrict y, float *restrict S, const float *restrict r, const float *restrict k,
-                    const float *restrict v, const float *restrict w, const float *restrict u, int N) {
+/* The WKV bodies are written once as always-inline functions and compiled three times: for the
+ * baseline ISA, for AVX2+FMA and for AVX-512 (the loops over the value index j are independent, so
+ * the compiler vectorises them across j with the widest vectors the target allows, and contracts
+ * a*b+c into FMAs). rwkv5_wkv_step / rwkv5_wkv_chunk pick the one for rwkv5_cpu_isa(). */
+#define INL static inline __attribute__((always_inline))
+
+INL void wkv_step_body(float *restrict y, float *restrict S, const float *restrict r, const float *restrict k,
+                       const float *restrict v, const float *restrict w, const float *restrict u, int N) {
     for (int j = 0; j < N; j++) y[j] = 0.0f;
     for (int i = 0; i < N; i++) {
         float ri = r[i], ki = k[i], wi = w[i], uki = u[i] * k[i];
@@ -71,9 +79,22 @@ void rwkv5_wkv_step(float *restrict y, float *restrict S, const float *restrict 
     }
 }
 
-void rwkv5_wkv_chunk(float *restrict y, float *restrict S, const float *restrict r, const float *restrict k,
-                     const float *restrict v, size_t ld, const float *restrict P, size_t ldp,
-                     const float *restrict u, int n, int N) {
+/* sum_i a[i] b[i] c[i] in 16 interleaved partial sums (lane q takes i = q mod 16), added pairwise:
+ * a fixed order the compiler can keep in one vector register. */
+INL float dot3(const float *restrict a, const float *restrict b, const float *restrict c, int N) {
+    float p[16] = {0};
+    int i = 0;
+    for (; i + 16 <= N; i += 16)
+        for (int q = 0; q < 16; q++) p[q] += a[i + q] * b[i + q] * c[i + q];
+    for (int q = 0; i < N; i++, q++) p[q] += a[i] * b[i] * c[i];
+    for (int h = 8; h >= 1; h /= 2)
+        for (int q = 0; q < h; q++) p[q] += p[q + h];
+    return p[0];
+}
+
+INL void wkv_chunk_body(float *restrict y, float *restrict S, const float *restrict r, const float *restrict k,
+                        const float *restrict v, size_t ld, const float *restrict P, size_t ldp,
+                        const float *restrict u, int n, int N) {
     float a[RWKV5_CHUNK];
     for (int t = 0; t < n; t++) {
         float *yt = y + (size_t)t * ld;
@@ -86,18 +107,8 @@ void rwkv5_wkv_chunk(float *restrict y, float *restrict S, const float *restrict
             for (int j = 0; j < N; j++) yt[j] += c * Si[j];
         }
         /* intra-chunk scores, only non-negative powers: A[t][s] = sum_i r_t[i] k_s[i] w_i^(t-1-s) */
-        for (int s = 0; s < t; s++) {
-            const float *ks = k + (size_t)s * ld, *Pd = P + (size_t)(t - 1 - s) * ldp;
-            float acc = 0.0f;
-            for (int i = 0; i < N; i++) acc += rt[i] * ks[i] * Pd[i];
-            a[s] = acc;
-        }
-        {
-            const float *kt = k + (size_t)t * ld;
-            float acc = 0.0f;
-            for (int i = 0; i < N; i++) acc += rt[i] * u[i] * kt[i];
-            a[t] = acc;
-        }
+        for (int s = 0; s < t; s++) a[s] = dot3(rt, k + (size_t)s * ld, P + (size_t)(t - 1 - s) * ldp, N);
+        a[t] = dot3(rt, u, k + (size_t)t * ld, N);
         /* y_t += sum_{s<=t} A[t][s] v_s */
         for (int s = 0; s <= t; s++) {
             const float *vs = v + (size_t)s * ld;
@@ -118,6 +129,44 @@ void rwkv5_wkv_chunk(float *restrict y, float *restrict S, const float *restrict
         }
     }
 }
+
+#define STEP_ARGS float *restrict y, float *restrict S, const float *restrict r, const float *restrict k, \
+                  const float *restrict v, const float *restrict w, const float *restrict u, int N
+#define CHUNK_ARGS float *restrict y, float *restrict S, const float *restrict r, const float *restrict k, \
+                   const float *restrict v, size_t ld, const float *restrict P, size_t ldp, \
+                   const float *restrict u, int n, int N
+
+static void wkv_step_scalar(STEP_ARGS) { wkv_step_body(y, S, r, k, v, w, u, N); }
+static void wkv_chunk_scalar(CHUNK_ARGS) { wkv_chunk_body(y, S, r, k, v, ld, P, ldp, u, n, N); }
+#if defined(__x86_64__)
+#define TGT2 __attribute__((target("avx2,fma")))
+#define TGT512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
+TGT2 static void wkv_step_avx2(STEP_ARGS) { wkv_step_body(y, S, r, k, v, w, u, N); }
+TGT2 static void wkv_chunk_avx2(CHUNK_ARGS) { wkv_chunk_body(y, S, r, k, v, ld, P, ldp, u, n, N); }
+TGT512 static void wkv_step_avx512(STEP_ARGS) { wkv_step_body(y, S, r, k, v, w, u, N); }
+TGT512 static void wkv_chunk_avx512(CHUNK_ARGS) { wkv_chunk_body(y, S, r, k, v, ld, P, ldp, u, n, N); }
+#endif
+
+void rwkv5_wkv_step_isa(int isa, STEP_ARGS) {
+#if defined(__x86_64__)
+    if (isa == RWKV5_ISA_AVX512) wkv_step_avx512(y, S, r, k, v, w, u, N);
+    else if (isa == RWKV5_ISA_AVX2) wkv_step_avx2(y, S, r, k, v, w, u, N);
+    else
+#endif
+        wkv_step_scalar(y, S, r, k, v, w, u, N);
+}
+
+void rwkv5_wkv_chunk_isa(int isa, CHUNK_ARGS) {
+#if defined(__x86_64__)
+    if (isa == RWKV5_ISA_AVX512) wkv_chunk_avx512(y, S, r, k, v, ld, P, ldp, u, n, N);
+    else if (isa == RWKV5_ISA_AVX2) wkv_chunk_avx2(y, S, r, k, v, ld, P, ldp, u, n, N);
+    else
+#endif
+        wkv_chunk_scalar(y, S, r, k, v, ld, P, ldp, u, n, N);
+}
+
+void rwkv5_wkv_step(STEP_ARGS) { rwkv5_wkv_step_isa((int)rwkv5_cpu_isa(), y, S, r, k, v, w, u, N); }
+void rwkv5_wkv_chunk(CHUNK_ARGS) { rwkv5_wkv_chunk_isa((int)rwkv5_cpu_isa(), y, S, r, k, v, ld, P, ldp, u, n, N); }
 
 void rwkv5_power_table(float *P, const double *logw, int n, int dmax) {
     for (int d = 0; d <= dmax; d++)

@@ -96,6 +96,11 @@ void rwkv5_wkv_step(float *y, float *S, const float *r, const float *k, const fl
  *   A[t][t] = sum_i r_t[i] u[i] k_t[i];   S <- P[n] * S0 + sum_s (k_s * P[n-1-s])^T v_s          */
 void rwkv5_wkv_chunk(float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
                      const float *P, size_t ldp, const float *u, int n, int N);
+/* The same with a given ISA (0 scalar, 1 AVX2, 2 AVX-512; the caller checks the CPU has it). */
+void rwkv5_wkv_step_isa(int isa, float *y, float *S, const float *r, const float *k, const float *v,
+                        const float *w, const float *u, int N);
+void rwkv5_wkv_chunk_isa(int isa, float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
+                         const float *P, size_t ldp, const float *u, int n, int N);
 /* P[d*n + i] = exp(d * logw[i]) in double, rounded to fp32, subnormals flushed to 0, d = 0..dmax.
  * logw = -inf gives P[0] = 1 and 0 after. */
 void rwkv5_power_table(float *P, const double *logw, int n, int dmax);
