@@ -238,13 +238,21 @@ static void gemm_pack_x(void *ctx, int64_t b, int64_t e) {
     gemm_job *j = (gemm_job *)ctx;
     size_t n = (size_t)j->n;
     size_t k0 = (size_t)b * 64, k1 = (size_t)e * 64 < n ? (size_t)e * 64 : n;
+    /* blocks of 16 inputs x 64 rows (a 4 KiB tile in L1): contiguous reads of x rows */
     for (int p = 0; p < j->Mp / MR; p++) {
         float *dst = j->XP + (size_t)p * MR * n;
-        for (size_t k = k0; k < k1; k++)
+        for (size_t kb = k0; kb < k1; kb += 16) {
+            size_t ke = kb + 16 < k1 ? kb + 16 : k1;
             for (int r = 0; r < MR; r++) {
                 int m = p * MR + r;
-                dst[k * MR + r] = m < j->M ? j->x[(size_t)m * n + k] : 0.0f;
+                if (m < j->M) {
+                    const float *xr = j->x + (size_t)m * n;
+                    for (size_t k = kb; k < ke; k++) dst[k * MR + r] = xr[k];
+                } else {
+                    for (size_t k = kb; k < ke; k++) dst[k * MR + r] = 0.0f;
+                }
             }
+        }
     }
 }
 
@@ -378,10 +386,14 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
     }
     /* out[m][o] = OT[o][m] for this range's rows */
     int o0 = (int)b * NR, o1 = (int)e * NR < j->d ? (int)e * NR : j->d;
-    for (int m = 0; m < j->M; m++) {
-        float *om = j->out + (size_t)m * j->ldo;
-        for (int o = o0; o < o1; o++) om[o] = j->OT[(size_t)o * Mp + m];
-    }
+    for (int mb = 0; mb < j->M; mb += 16)   /* tiles of 16 rows x 16 outputs */
+        for (int ob = o0; ob < o1; ob += 16) {
+            int me = mb + 16 < j->M ? mb + 16 : j->M, oe = ob + 16 < o1 ? ob + 16 : o1;
+            for (int m = mb; m < me; m++) {
+                float *om = j->out + (size_t)m * j->ldo;
+                for (int o = ob; o < oe; o++) om[o] = j->OT[(size_t)o * Mp + m];
+            }
+        }
 }
 
 #undef MR
