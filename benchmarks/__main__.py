@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only NAME[,NAME...]] [--out DIR]
+"""python -m benchmarks [--quick] [--only NAME[,NAME...]] [--out DIR]  |  --render RESULT.json
 
 Runs the physical-limit probes, then every benchmarks/bench_*.py module's ``run(quick)``, prints
 one aligned table per section and writes all results as JSON to DIR/bench-<UTC timestamp>.json and
@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-from .common import facts_section, format_table, machine_facts, section
+from .common import facts_section, format_markdown, format_table, machine_facts, section
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,13 +44,36 @@ def _as_sections(name: str, res) -> list:
     return out
 
 
+def render(path: str) -> int:
+    """Markdown of every table in a result file written by a previous run."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"--render: cannot read {path}: {e}", file=sys.stderr)
+        return 2
+    m = data.get("machine", {})
+    print(f"Run {data.get('started_utc')} ({'quick' if data.get('quick') else 'full'}), "
+          f"{m.get('cpu_model')}, {m.get('usable_cpus')} CPUs, commit {m.get('git_commit')}\n")
+    for name, sec in data.get("sections", {}).items():
+        for t in sec.get("tables", []):
+            print(format_markdown(t), "\n")
+    for name, err in data.get("errors", {}).items():
+        print(f"- {name}: {err.splitlines()[0]}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: fewer shapes, dtypes and repeats")
     ap.add_argument("--only", default=None,
                     help="comma-separated sections to run: probes, " + ", ".join(discover()))
     ap.add_argument("--out", default="bench-results", help="folder for the JSON results (default: bench-results)")
+    ap.add_argument("--render", metavar="JSON", default=None,
+                    help="print the tables of a saved result file as Markdown and exit (runs nothing)")
     args = ap.parse_args(argv)
+    if args.render:
+        return render(args.render)
 
     available = ["probes"] + discover()
     only = None

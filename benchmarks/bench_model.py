@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from .common import median, peak_rss_mib, reset_peak_rss, rss_mib, run_in_subprocess, section
-from .probes import MODEL_SHAPES, T_PARALLEL, limits, n_ffn, numpy_model_gflops, thread_counts
+from .probes import MODEL_SHAPES, T_PARALLEL, fma_limit, limits, n_ffn, numpy_model_gflops, thread_counts
 
 VOCAB = 65536
 HEAD_SIZE = 64
@@ -182,6 +182,19 @@ def supported_dtypes() -> dict:
     return out
 
 
+def local_limits(threads: int, quick: bool) -> dict:
+    """The read bandwidth and FMA peak measured again inside a worker, seconds before its timings:
+    on a shared machine the load changes during a run, so the ratios use the best figure seen in
+    the whole run at that thread count (the global probe or any of these)."""
+    from .probes import fma_peak, read_bandwidth
+    buf = np.full((512 << 20) // 4, 1.0, np.float32)      # 512 MiB: still far beyond the L3
+    try:
+        bw = read_bandwidth(buf, threads, passes=3 if quick else 5)
+    finally:
+        del buf
+    return {"local_read_bw_gbs": bw, "local_fma_gflops": fma_peak(threads, passes=3, seconds=0.05)}
+
+
 def ours_worker(shape: str, dtype: str, threads: int, quick: bool, seed: int = 0) -> dict:
     import rwkv5
     L, C = SHAPES[shape]
@@ -195,8 +208,10 @@ def ours_worker(shape: str, dtype: str, threads: int, quick: bool, seed: int = 0
     gc.collect()
     peak_with_generation = peak_rss_mib()
     rss_loaded = rss_mib()
+    local = local_limits(threads, quick)
     reset_peak_rss()
     rwkv5.set_num_threads(threads)
+    load1 = os.getloadavg()[0]
     rng = np.random.default_rng(seed + 1)
     prompt = rng.integers(0, VOCAB, T_PARALLEL).tolist()
 
@@ -223,6 +238,7 @@ def ours_worker(shape: str, dtype: str, threads: int, quick: bool, seed: int = 0
         if i >= warm:
             rec.append(time.perf_counter() - t0)
     return {"shape": shape, "dtype": dtype, "threads": threads, "gen_s": t_gen, "load_s": t_load,
+            "loadavg_start": load1, "loadavg_end": os.getloadavg()[0], **local,
             "latency_s": latency, "parallel_s": median(par), "parallel_all_s": par,
             "recurrent_s": median(rec), "recurrent_all_s": rec,
             "rss_loaded_mib": rss_loaded, "peak_with_generation_mib": peak_with_generation,
@@ -267,7 +283,8 @@ def peer_worker(shape: str, threads: list, quick: bool, seed: int = 0) -> dict:
                 _, state = model.forward([tk], state)
                 if i >= warm:
                     rec.append(time.perf_counter() - t0)
-        out["runs"][str(nt)] = {"sequence_s": median(seq), "recurrent_s": median(rec)}
+        out["runs"][str(nt)] = {"sequence_s": median(seq), "recurrent_s": median(rec), "sequence_all_s": seq,
+                                "recurrent_all_s": rec, "loadavg_end": os.getloadavg()[0]}
     return out
 
 
@@ -325,6 +342,30 @@ def run(quick: bool = False) -> list:
         except Exception as e:
             peer_notes.append(f"rwkv package on {shape} failed: {e}")
 
+    # Best limits seen in the whole run (the machine may be shared: a depressed probe would
+    # flatter every ratio, so each worker measured again and the best figure is the limit).
+    # A limit at n threads is the best seen with at most n threads: when another process holds a
+    # core, the 2-thread probe can fall below the 1-thread one, and the ratio must not gain from it.
+    best_bw = {nt: max([lim["read_bw_gbs"][t] for t in threads if t <= nt]
+                       + [r["local_read_bw_gbs"] for (_, _, t), r in ours.items() if t <= nt]) for nt in threads}
+    best_fma = {nt: fma_limit(lim, nt, [r["local_fma_gflops"] / t for (_, _, t), r in ours.items()])
+                for nt in threads}
+    mm = lim.get("numpy_matmul", {"results": {}})
+
+    def numpy_limit(c, nt):
+        vals = [g for g in (numpy_model_gflops(mm, c, t) for t in threads if t <= nt) if g is not None]
+        return max(vals) if vals else None
+    loads = [r[k] for r in ours.values() for k in ("loadavg_start", "loadavg_end")]
+    limit_notes = [
+        "limits used for the ratios (best seen in this run with at most that many threads): read "
+        + ", ".join(f"{best_bw[nt]:.1f} GB/s at {nt} thread{'s' if nt > 1 else ''}" for nt in threads)
+        + "; FMA " + ", ".join(f"{best_fma[nt]:.0f} GFLOP/s at {nt}" for nt in threads),
+    ]
+    if loads:
+        limit_notes.append(f"1-minute load average during the model runs: {min(loads):.1f} .. {max(loads):.1f} "
+                           f"on {os.cpu_count()} CPUs (above the thread count means other work shared the "
+                           "machine and the figures are depressed)")
+
     # --- recurrent table
     rows = []
     for (shape, dt, nt), r in ours.items():
@@ -332,14 +373,14 @@ def run(quick: bool = False) -> list:
         bpt = bytes_per_token(L, C, dt)
         tps = 1.0 / r["recurrent_s"]
         rows.append([shape, dt, nt, model_bytes(L, C, dt) / 1e6, bpt / 1e6, bpt > l3, tps, 1e3 * r["recurrent_s"],
-                     tps * bpt / 1e9, tps * bpt / 1e9 / lim["read_bw_gbs"][nt], r["peak_run_mib"],
+                     tps * bpt / 1e9, tps * bpt / 1e9 / best_bw[nt], r["peak_run_mib"],
                      r["peak_with_generation_mib"]])
     rec = section("Model: recurrent decode (one token per call)",
                   ["model", "weights", "threads", "weights MB", "MB read/token", f"> {l3 >> 20} MiB L3",
                    "tok/s", "ms/token",
                    "GB/s streamed", "bw_eff x", "peak RSS MiB", "peak RSS incl. gen MiB"], rows,
-                  notes_common + [
-                      "bw_eff = tok/s x MB read/token / C-probe read bandwidth at the same thread count "
+                  notes_common + limit_notes + [
+                      "bw_eff = tok/s x MB read/token / best C-probe read bandwidth with at most the row's threads "
                       "(1.0 = at the memory limit); MB = 1e6 bytes",
                       "MB read/token: all matrices except emb (incl. head) at the stored size + one emb row; "
                       "int8 adds a float32 scale per row",
@@ -353,16 +394,18 @@ def run(quick: bool = False) -> list:
         L, C = SHAPES[shape]
         tps = T_PARALLEL / r["parallel_s"]
         gf = parallel_flops(L, C) / r["parallel_s"] / 1e9
-        npg = numpy_model_gflops(lim.get("numpy_matmul", {"results": {}}), C, nt)
+        npg = numpy_limit(C, nt)
         rows.append([shape, dt, nt, tps, gf, None if npg is None else gf / npg, npg,
-                     gf / lim["fma_gflops"][nt], tps * r["recurrent_s"], 1e3 * r["latency_s"]])
+                     gf / best_fma[nt], tps * r["recurrent_s"], 1e3 * r["latency_s"]])
     par = section(f"Model: parallel mode, T = {T_PARALLEL} (last-token logits)",
                   ["model", "weights", "threads", "tok/s", "GFLOP/s", "vs NumPy GEMM x", "NumPy GEMM GFLOP/s",
                    "vs FMA peak x", "parallel/recurrent x", "first-token ms"], rows,
                   [f"GFLOP/s counts 2·params·T for the layer matrices, the head once (last token only), and "
                    f"the chunked WKV 2·C·(2N+Lc) per token and layer (N = {HEAD_SIZE}, Lc = {WKV_CHUNK})",
                    "vs NumPy GEMM: NumPy float32 GEMM GFLOP/s on the same layer mix of shapes "
-                   "(6x (T,C)x(C,C), (T,C)x(C,F), (T,F)x(F,C)), OPENBLAS_* unset; vs FMA peak: C probe",
+                   "(6x (T,C)x(C,C), (T,C)x(C,F), (T,F)x(F,C)), best of repeats and of thread counts up to this "
+                   "row's, OPENBLAS_* unset; "
+                   "vs FMA peak: threads x the best per-thread C-probe FMA figure of the run",
                    "first-token ms: first forward of a 512-token prompt in a fresh process (cold), to the "
                    "last-token logits; tok/s: median of later calls"])
 
@@ -385,7 +428,8 @@ def run(quick: bool = False) -> list:
                     f"rwkv seq T={T_PARALLEL} tok/s", "ours parallel tok/s", "ours/rwkv seq x"], rows,
                    [f"rwkv {_pkg_version('rwkv')} on torch {torch_v}, RWKV_JIT_ON=1 RWKV_CUDA_ON=0; sequence = its "
                     "forward() with a list of 512 tokens; weights saved once with torch.save (fp32) to a temp file",
-                    "ours = rwkv5 with fp32 weights (rows of the tables above)"] + peer_notes)
+                    "ours = rwkv5 with fp32 weights (rows of the tables above); torch's threads spin while "
+                    "waiting, so its 2-thread figures suffer most when another process holds a core"] + peer_notes)
 
     rows = []
     for shape, dt, nt, rtps, rbw, stps in RWKV_CPP_REFERENCE:

@@ -6,7 +6,8 @@ The whole API, kept deliberately tiny:
   ``{"title": str, "columns": [str], "rows": [[...]], "notes": [str]}``. Put the unit in each
   column name ("tok/s", "GB/s", "MiB", "x" for a ratio) so the printed table is self-explaining.
 - ``format_table(sec) -> str``: an aligned plain-text table of such a section (numbers get a
-  sensible number of significant digits; None prints as "-").
+  sensible number of significant digits; None prints as "-"); ``format_markdown(sec)`` the same
+  as Markdown.
 - ``timeit(fn, repeat, warmup=1) -> list[float]``: wall-clock seconds of each call after warm-up.
 - ``median(xs)``.
 - ``peak_rss_mib()`` / ``reset_peak_rss()``: this process's peak resident set (VmHWM) and a reset
@@ -33,7 +34,7 @@ import time
 from typing import Callable, Iterable, Sequence
 
 __all__ = [
-    "section", "format_table", "timeit", "median", "peak_rss_mib", "reset_peak_rss",
+    "section", "format_table", "format_markdown", "timeit", "median", "peak_rss_mib", "reset_peak_rss",
     "run_in_subprocess", "machine_facts",
 ]
 
@@ -100,6 +101,23 @@ def format_table(sec: dict) -> str:
     for n in sec.get("notes", []):
         parts.append(f"  note: {n}")
     return "\n".join(parts)
+
+
+def format_markdown(sec: dict) -> str:
+    """The same section as a Markdown table (for docs), notes as a bullet list."""
+    cols = [str(c) for c in sec.get("columns", [])]
+    out = [f"**{sec.get('title', '')}**", ""]
+    if cols:
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "|".join("---:" if all(isinstance(r[i], (int, float)) or r[i] is None
+                                                for r in sec.get("rows", [])) else "---"
+                                   for i in range(len(cols))) + "|")
+        out.extend("| " + " | ".join(_fmt(v) for v in r) + " |" for r in sec.get("rows", []))
+    notes = list(sec.get("notes", []))
+    if notes:
+        out.append("")
+        out.extend(f"- {n}" for n in notes)
+    return "\n".join(out)
 
 
 def timeit(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list:

@@ -124,9 +124,25 @@ def test_harness_skips_a_module_that_fails_to_import(tmp_path, monkeypatch, caps
     data = json.loads((tmp_path / "latest.json").read_text())
     assert "no_such_module" in data["errors"] and data["machine"]["logical_cpus"] >= 1
     assert len(list(tmp_path.glob("bench-*.json"))) == 1
+    capsys.readouterr()
+    assert harness.main(["--render", str(tmp_path / "latest.json")]) == 0
+    assert "- no_such_module: skipped: could not import" in capsys.readouterr().out
+    assert harness.main(["--render", str(tmp_path / "missing.json")]) == 2
+
+
+def test_format_markdown_right_aligns_numeric_columns():
+    md = common.format_markdown(common.section("T", ["name", "GB/s"], [["a", 1.5], ["b", None]], ["n"]))
+    assert md.splitlines() == ["**T**", "", "| name | GB/s |", "|---|---:|", "| a | 1.50 |", "| b | - |", "",
+                               "- n"]
 
 
 def test_harness_rejects_unknown_section(capsys):
     with pytest.raises(SystemExit):
         harness.main(["--only", "nonsense"])
     assert "unknown section" in capsys.readouterr().err
+
+
+def test_fma_limit_is_threads_times_best_per_thread_figure():
+    lim = {"fma_gflops": {1: 100.0, 2: 150.0}}          # a contended 2-thread probe
+    assert probes.fma_limit(lim, 2) == 200.0
+    assert probes.fma_limit(lim, 1, extra_per_thread=[120.0]) == 120.0
