@@ -109,11 +109,13 @@ static void test_matmul(void) {
     }
 }
 
-static void test_wkv_chunk_equals_steps(void) {
-    enum { N = 12, T = 64 };
-    static float r[T * N], k[T * N], v[T * N], y1[T * N], y2[T * N], P[(RWKV5_CHUNK + 1) * N];
-    float u[N], w[N], S1[N * N], S2[N * N];
-    double logw[N];
+/* The chunk form equals T steps of the recurrence, for head sizes 12 (generic loops) and 64 (the
+ * register-blocked AVX-512 chunk), every ISA, chunk lengths 1..64; rows `ld` apart as in the model. */
+static void wkv_chunk_case(int N, int isa) {
+    enum { T = 64, NMAX = 64, LD = 2 * NMAX + 3 };   /* rows wider than a head, odd stride */
+    static float r[T * LD], k[T * LD], v[T * LD], y1[T * LD], y2[T * LD], P[(RWKV5_CHUNK + 1) * NMAX];
+    float u[NMAX] = {0}, w[NMAX] = {0}, S1[NMAX * NMAX], S2[NMAX * NMAX];
+    double logw[NMAX] = {0};
     for (int i = 0; i < N; i++) {
         double d = -6.0 + 10.6 * i / (N - 1);   /* up to 4.6: w underflows fp32 */
         logw[i] = -exp(d);
@@ -122,15 +124,35 @@ static void test_wkv_chunk_equals_steps(void) {
     rwkv5_power_table(P, logw, N, RWKV5_CHUNK);
     for (int i = 0; i < N; i++) w[i] = P[N + i];
     CHECK(P[0] == 1.0f && P[(RWKV5_CHUNK) * N + N - 1] == 0.0f, "power table ends");
-    const int lens[] = {1, 2, 5, 33, 64};
+    const int lens[] = {1, 2, 5, 33, 63, 64};
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         int n = lens[li];
-        for (int i = 0; i < n * N; i++) r[i] = frand(), k[i] = frand(), v[i] = frand();
+        for (int i = 0; i < n * LD; i++) r[i] = frand(), k[i] = frand(), v[i] = frand();
         for (int i = 0; i < N * N; i++) S1[i] = S2[i] = frand();
-        for (int t = 0; t < n; t++) rwkv5_wkv_step(y1 + t * N, S1, r + t * N, k + t * N, v + t * N, w, u, N);
-        rwkv5_wkv_chunk(y2, S2, r, k, v, N, P, N, u, n, N);
-        for (int i = 0; i < n * N; i++) CHECK(fabsf(y1[i] - y2[i]) <= 1e-5f * (1 + fabsf(y1[i])), "wkv y n=%d [%d]", n, i);
-        for (int i = 0; i < N * N; i++) CHECK(fabsf(S1[i] - S2[i]) <= 1e-5f * (1 + fabsf(S1[i])), "wkv S n=%d [%d]", n, i);
+        for (int t = 0; t < n; t++)
+            rwkv5_wkv_step_isa(0, y1 + t * LD, S1, r + t * LD, k + t * LD, v + t * LD, w, u, N);
+        rwkv5_wkv_chunk_isa(isa, y2, S2, r, k, v, LD, P, N, u, n, N);
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < N; j++) {
+                float a = y1[t * LD + j], b = y2[t * LD + j];
+                CHECK(fabsf(a - b) <= 2e-5f * (1 + fabsf(a)), "wkv y N=%d isa=%d n=%d t=%d j=%d: %g vs %g", N, isa, n, t, j, a, b);
+            }
+        for (int i = 0; i < N * N; i++)
+            CHECK(fabsf(S1[i] - S2[i]) <= 2e-5f * (1 + fabsf(S1[i])), "wkv S N=%d isa=%d n=%d [%d]", N, isa, n, i);
+        /* the recurrent step of this ISA against the scalar one */
+        for (int i = 0; i < N * N; i++) S2[i] = S1[i];
+        float ys[NMAX], yi[NMAX];
+        rwkv5_wkv_step_isa(0, ys, S1, r, k, v, w, u, N);
+        rwkv5_wkv_step_isa(isa, yi, S2, r, k, v, w, u, N);
+        for (int j = 0; j < N; j++) CHECK(fabsf(ys[j] - yi[j]) <= 1e-5f * (1 + fabsf(ys[j])), "wkv step isa=%d", isa);
+    }
+}
+
+static void test_wkv_chunk_equals_steps(void) {
+    int best = (int)rwkv5_cpu_isa_supported();
+    for (int isa = 0; isa <= best; isa++) {
+        wkv_chunk_case(12, isa);
+        wkv_chunk_case(64, isa);
     }
 }
 
