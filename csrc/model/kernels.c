@@ -1,5 +1,6 @@
-/* Position-wise kernels and the WKV recurrence / chunk (scalar C; the inner loops over the value
- * index j are independent and the compiler vectorises them). */
+/* Position-wise kernels and the WKV recurrence / chunk: portable C compiled for three ISAs (the
+ * inner loops over the value index j are independent and vectorise), plus a register-blocked
+ * AVX-512 chunk for head size 64. */
 #include "kernels.h"
 
 #include "common/cpu.h"

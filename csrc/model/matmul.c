@@ -1,6 +1,9 @@
-/* out = x @ W^T with W stored as fp32 / fp16 / bf16 and widened to fp32 in registers.
- * Threaded over blocks of output rows; scalar, AVX2+FMA+F16C and AVX-512 variants chosen at run time
- * (rwkv5_cpu_isa). Each output is one dot product of length n accumulated in fp32. */
+/* out = x @ W^T with W stored as fp32 / fp16 / bf16 / int8 (per-row scale) and widened to fp32 in
+ * registers. Two families, scalar / AVX2+FMA+F16C / AVX-512 chosen at run time (rwkv5_cpu_isa):
+ *  - row kernels (recurrent mode, small M): each output is one dot product of length n, 4 weight
+ *    rows at a time so every widened weight vector feeds up to 4x4 FMAs; threads take contiguous
+ *    blocks of rows, so the weights stream from memory once per call;
+ *  - a blocked GEMM (parallel mode) further down. */
 #include <immintrin.h>
 
 #include "common/cpu.h"
@@ -203,8 +206,8 @@ AVX2_KERNEL(mm_avx2_i8, int8_t, ld256_i8, rwkv5_ld_i8)
 /* ---------------- GEMM (parallel mode) ----------------
  * out (M, d) = x (M, n) @ W^T.  Workspace: XP, x packed into panels of MR = 64 rows, panel p holding
  * XP[p][k][r] = x[64p + r][k] (rows past M are 0), then OT = out^T, (ceil(d/NR)*NR, Mp).
- * Work is split over blocks of NR = 6 output rows (weight rows), each thread a contiguous range,
- * so every weight is read from memory once per call. Within a range the loop runs over k-blocks of
+ * Work is split over blocks of NR = 6 output rows (weight rows) in contiguous pieces claimed by
+ * the threads, so every weight is read from memory once per call. Within a range the loop runs over k-blocks of
  * KC inputs outermost so that the k-block of XP (Mp x KC floats) stays in L2 for all the weight
  * panels; each weight panel (NR x KC, widened to fp32 and scaled for int8, or used in place for
  * aligned fp32) sits in L1 while the micro-kernel sweeps the 64-row panels:
@@ -349,7 +352,7 @@ T256 static void ukernel_avx2(float *C, size_t ldc, const float *X, const float 
 }
 #endif
 
-/* indices: blocks of NR output rows; one contiguous range per thread */
+/* indices: blocks of NR output rows; [b, e) is one contiguous piece */
 static void gemm_range(void *ctx, int64_t b, int64_t e) {
     gemm_job *j = (gemm_job *)ctx;
     const rwkv5_mat *w = j->w;
@@ -457,7 +460,10 @@ void rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const 
             g.out = out + o;
             g.d = db;
             int64_t nob = ((int64_t)db + RWKV5_GEMM_NR - 1) / RWKV5_GEMM_NR;
-            rwkv5_parallel_for(nob, (nob + nt - 1) / nt, gemm_range, &g);
+            /* pieces of >= 16 panels (96 rows: the x k-block is reused from L2 across them), about 4
+             * per thread so that a thread slowed by other load does not hold up the call */
+            int64_t grain = (nob + 4 * nt - 1) / (4 * nt);
+            rwkv5_parallel_for(nob, grain < 16 ? 16 : grain, gemm_range, &g);
         }
         return;
     }
