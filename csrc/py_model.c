@@ -29,6 +29,7 @@ static const char *type_name(int t) {
     case NPY_FLOAT16: return "float16";
     case NPY_UINT16: return "uint16 (bfloat16 bits)";
     case NPY_INT32: return "int32";
+    case NPY_INT8: return "int8";
     default: return "?";
     }
 }
@@ -104,15 +105,35 @@ static const void *take(PyObject *owner, PyObject *obj, const char *name, int ty
     return take_flags(owner, obj, name, type, nd, dims, 0);
 }
 
+/* A matrix: an array of float32 / float16 / uint16 (bf16 bits), or a tuple (q int8 (rows, cols),
+ * scale float32 (rows,)) meaning W[o][i] = q[o][i] * scale[o]. */
 static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, int cols, rwkv5_mat *out) {
-    npy_intp d[2] = {rows, cols};
+    npy_intp d[2] = {rows, cols}, dr[1] = {rows};
+    if (PyTuple_Check(obj)) {
+        if (PyTuple_GET_SIZE(obj) != 2) {
+            PyErr_Format(PyExc_ValueError, "%s: an int8 matrix is a tuple (q, scale), got %zd items", name,
+                         PyTuple_GET_SIZE(obj));
+            return -1;
+        }
+        char sname[160];
+        snprintf(sname, sizeof sname, "%s scale", name);
+        out->data = take_flags(owner, PyTuple_GET_ITEM(obj, 0), name, NPY_INT8, 2, d, UNALIGNED_OK);
+        if (!out->data) return -1;
+        out->scale = take(owner, PyTuple_GET_ITEM(obj, 1), sname, NPY_FLOAT32, 1, dr);
+        if (!out->scale) return -1;
+        out->dtype = RWKV5_I8;
+        out->rows = rows;
+        out->cols = cols;
+        return 0;
+    }
     if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
         return -1;
     }
     int t = PyArray_TYPE((PyArrayObject *)obj);
     if (t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16) {
-        PyErr_Format(PyExc_TypeError, "%s: expected dtype float32, float16 or uint16 (bfloat16 bits), got %s", name,
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype float32, float16 or uint16 (bfloat16 bits), or a tuple "
+                     "(int8 q, float32 scale), got %s", name,
                      PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
         return -1;
     }
@@ -410,30 +431,37 @@ done:
     return result;
 }
 
-/* _matmul(x (M, n) float32, w (d, n) float32|float16|uint16, isa) -> x @ w.T; isa -1 = threaded,
- * current ISA; 0/1/2 = that ISA (clamped to the CPU), single thread. For the kernel tests. */
+/* _matmul(x (M, n) float32, w (d, n) float32|float16|uint16 or (q int8 (d, n), scale float32 (d,)),
+ * isa, gemm=0) -> x @ w.T. isa -1 = the current ISA, threaded; 0/1/2 = that ISA (clamped to the CPU):
+ * with gemm=0 the single-threaded row kernels, with gemm=1 the blocked GEMM (threaded; scalar ISA
+ * has none and uses the row kernels). For the kernel tests. */
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *ox, *ow;
-    int isa;
-    if (!PyArg_ParseTuple(args, "OOi", &ox, &ow, &isa)) return NULL;
+    PyObject *ox, *ow, *owner = NULL, *result = NULL;
+    int isa, gemm = 0;
+    float *ws = NULL;
+    if (!PyArg_ParseTuple(args, "OOi|p", &ox, &ow, &isa, &gemm)) return NULL;
     npy_intp any2[2] = {-1, -1};
     PyArrayObject *x = check_array(ox, "x", NPY_FLOAT32, 2, any2, 0);
     if (!x) return NULL;
-    if (!PyArray_Check(ow)) return PyErr_Format(PyExc_TypeError, "w: expected a numpy.ndarray");
-    int t = PyArray_TYPE((PyArrayObject *)ow);
-    if (t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16)
-        return PyErr_Format(PyExc_TypeError, "w: expected dtype float32, float16 or uint16");
-    npy_intp dw[2] = {-1, PyArray_DIM(x, 1)};
-    PyArrayObject *w = check_array(ow, "w", t, 2, dw, UNALIGNED_OK);
-    if (!w) return NULL;
-    npy_intp M = PyArray_DIM(x, 0), n = PyArray_DIM(x, 1), d = PyArray_DIM(w, 0);
+    PyObject *oq = PyTuple_Check(ow) && PyTuple_GET_SIZE(ow) == 2 ? PyTuple_GET_ITEM(ow, 0) : ow;
+    if (!PyArray_Check(oq)) return PyErr_Format(PyExc_TypeError, "w: expected a numpy.ndarray or (q, scale)");
+    npy_intp M = PyArray_DIM(x, 0), n = PyArray_DIM(x, 1), d = PyArray_NDIM((PyArrayObject *)oq) == 2 ?
+                                                           PyArray_DIM((PyArrayObject *)oq, 0) : -1;
     if (M > INT32_MAX || n > INT32_MAX || d > INT32_MAX) return PyErr_Format(PyExc_ValueError, "too large");
-    rwkv5_mat mat = {PyArray_DATA(w), NULL, t == NPY_FLOAT32 ? RWKV5_F32 : t == NPY_FLOAT16 ? RWKV5_F16 : RWKV5_BF16,
-                     (int)d, (int)n};
+    if (d < 0) return PyErr_Format(PyExc_ValueError, "w: expected a 2-d array");
+    rwkv5_mat mat;
+    if (!(owner = PyList_New(0))) return NULL;
+    if (take_mat(owner, ow, "w", (int)d, (int)n, &mat) < 0) goto done;
     npy_intp dout[2] = {M, d};
     PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(2, dout, NPY_FLOAT32, 0);
-    if (!out) return NULL;
+    if (!out) goto done;
+    size_t need = gemm ? rwkv5_gemm_ws_floats((int)M, (int)n, (int)d) : 0;
+    if (need && !(ws = (float *)malloc(need * sizeof(float)))) {
+        Py_DECREF(out);
+        PyErr_NoMemory();
+        goto done;
+    }
     float *po = PyArray_DATA(out);
     const float *px = PyArray_DATA(x);
     Py_BEGIN_ALLOW_THREADS
@@ -442,10 +470,17 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         rwkv5_isa keep = rwkv5_cpu_isa();
         int use = rwkv5_set_isa((rwkv5_isa)isa);
         rwkv5_set_isa(keep);
-        if (n > 0) rwkv5_matmul_rows_isa(use, po, px, &mat, (int)M, 0, (int)d);
+        if (n > 0 && M > 0) {
+            if (gemm) rwkv5_matmul_ws(use, 1, po, px, &mat, (int)M, ws, need);
+            else rwkv5_matmul_rows_isa(use, po, px, &mat, (int)M, 0, (int)d);
+        }
     }
     Py_END_ALLOW_THREADS
-    return (PyObject *)out;
+    result = (PyObject *)out;
+done:
+    free(ws);
+    Py_XDECREF(owner);
+    return result;
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
@@ -487,7 +522,7 @@ static PyMethodDef methods[] = {
     {"layer_norm", py_layer_norm, METH_VARARGS,
      "layer_norm(x (R, n) f32, weight (n,), bias (n,), eps[, n_groups]) -> LayerNorm or GroupNorm rows"},
     {"wkv5", py_wkv5, METH_VARARGS, "wkv5(r, k, v (T,H,N), w, u (H,N), state (H,N,N), mode) -> (y, new_state)"},
-    {"_matmul", py_matmul, METH_VARARGS, "_matmul(x, w, isa) -> x @ w.T (tests)"},
+    {"_matmul", py_matmul, METH_VARARGS, "_matmul(x, w, isa, gemm=False) -> x @ w.T (tests)"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): size of the C thread pool"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"_set_isa", py_set_isa, METH_O, "_set_isa(0|1|2) -> name of the ISA now used by the kernels (tests)"},

@@ -23,7 +23,7 @@ from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_archit
 GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (spec §1.3); rwkv.cpp uses 1e-5
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
 CHUNK = _model.CHUNK        # positions per chunk in parallel mode
-_DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
+_DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
 _NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16"}
 
 
@@ -37,7 +37,7 @@ class ModelConfig:
     n_ffn: int
     vocab_size: int
     gn_eps: float       # GroupNorm (ln_x) epsilon
-    dtype: str          # storage of the large matrices: "fp32", "fp16", "bf16" (or "mixed")
+    dtype: str          # storage of the large matrices: "fp32", "fp16", "bf16", "int8" (or "mixed")
 
 
 class State:
@@ -89,8 +89,40 @@ class State:
                 f"ffn_x={np.shape(self.ffn_x)})")
 
 
+def quantize_int8(a, block_rows=4096):
+    """Symmetric per-row int8 quantisation: (q int8 (rows, cols), scale float32 (rows,)) with
+    W[o] ~= q[o] * scale[o], scale[o] = max|W[o]| / 127 and q = round(W / scale) in [-127, 127].
+
+    a: float32/float16/float64 or uint16 (bfloat16 bits), 2-D. Rows are converted `block_rows` at a
+    time so the float32 temporaries stay small for large matrices (the head of a 1.5B model).
+    Symmetric rather than asymmetric (per-row zero point): measured on the trained 730K fixture over
+    4 KB of English, both change perplexity by under 0.05% (sym -0.037%, asym -0.022%); the largest
+    logit change is 0.69 (sym) vs 0.45 (asym) of a range of 12.4, and 0.17 vs 0.14 of 5.2 on a random
+    L6 C512 model. Symmetric keeps the kernels a plain widened dot product (no per-call sum(x)
+    zero-point term).
+    """
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"quantize_int8: expected a 2-D matrix, got shape {a.shape}")
+    rows, cols = a.shape
+    q = np.empty((rows, cols), np.int8)
+    scale = np.empty(rows, np.float32)
+    for r0 in range(0, rows, block_rows):
+        w = as_float(a[r0:r0 + block_rows], np.float32)
+        if not np.all(np.isfinite(w)):
+            raise ValueError("quantize_int8: the matrix has non-finite values")
+        amax = np.abs(w).max(axis=1) if cols else np.zeros(len(w), np.float32)
+        s = (amax / 127.0).astype(np.float32)
+        safe = np.where(s > 0, s, np.float32(1))
+        q[r0:r0 + block_rows] = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+        scale[r0:r0 + block_rows] = s
+    return q, scale
+
+
 def _as_matrix(a, dtype):
     """A large matrix in the storage the C kernels read, copying only when needed."""
+    if dtype == "int8":
+        return quantize_int8(a)
     a = np.asarray(a)
     if a.dtype not in (np.float16, np.float32, np.float64, np.uint16):
         raise TypeError(f"matrix dtype must be float16/float32/float64/uint16(bf16), got {a.dtype}")
@@ -130,13 +162,14 @@ class Model:
         sd: name -> NumPy array of float32/float16/float64, or uint16 meaning raw bfloat16 bits.
         gn_eps: GroupNorm eps (default 64e-5 = RWKV-LM; use 1e-5 to reproduce rwkv.cpp).
         dtype: None keeps each large matrix as given (float64 becomes fp32); "fp32", "fp16" or
-        "bf16" converts them. Small vectors are always fp32. Arrays already in the right dtype and
+        "bf16" converts them; "int8" quantises them per output row (`quantize_int8`; the embedding
+        is kept as given, since only one of its rows is read per token). Small vectors are always fp32. Arrays already in the right dtype and
         layout are used in place (not copied), e.g. views of a memory-mapped file; the model keeps
         references to them.
         Raises ValueError naming a missing or mis-shaped tensor.
         """
         if dtype is not None and dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype must be None, 'fp32', 'fp16' or 'bf16', got {dtype!r}")
+            raise ValueError(f"dtype must be None, 'fp32', 'fp16', 'bf16' or 'int8', got {dtype!r}")
         gn_eps = GN_EPS_DEFAULT if gn_eps is None else float(gn_eps)
         if not (gn_eps > 0 and np.isfinite(gn_eps)):
             raise ValueError(f"gn_eps must be a positive finite number, got {gn_eps}")
@@ -145,7 +178,7 @@ class Model:
         gated = arch.version != "5.0"
         mat = lambda name: _as_matrix(sd[name], dtype)      # noqa: E731
         vec = lambda name, n=C: _as_vector(sd[name], n)     # noqa: E731
-        glob = (mat("emb.weight"), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"),
+        glob = (_as_matrix(sd["emb.weight"], None if dtype == "int8" else dtype), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"),
                 vec("ln_out.weight"), vec("ln_out.bias"), mat("head.weight"))
         layers = []
         for i in range(arch.n_layer):
@@ -165,7 +198,7 @@ class Model:
             ))
         mats = [glob[0], glob[5]] + [a for L in layers for j, a in enumerate(L) if j in (10, 11, 12, 13, 14, 19, 20, 21)
                                      and a is not None]
-        kinds = {_NAME_OF[a.dtype] for a in mats}
+        kinds = {_NAME_OF[a.dtype] for a in mats} if dtype != "int8" else {"int8"}
         self = object.__new__(cls)
         self.config = ModelConfig(arch.version, arch.n_layer, C, arch.n_head, arch.head_size, arch.n_ffn, V,
                                   gn_eps, kinds.pop() if len(kinds) == 1 else "mixed")
@@ -351,4 +384,4 @@ def _is_ragged(tokens):
     return len({len(s) for s in tokens}) > 1
 
 
-__all__ = ["Model", "State", "ModelConfig"]
+__all__ = ["Model", "State", "ModelConfig", "quantize_int8"]

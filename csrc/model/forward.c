@@ -55,9 +55,12 @@ static int check_mat(const rwkv5_mat *w, const char *name, int layer, int rows, 
     if (!w->data || w->rows != rows || w->cols != cols)
         return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: expected shape (%d, %d), got (%d, %d)%s", layer,
                     name, rows, cols, w->rows, w->cols, w->data ? "" : " (missing)");
-    if (w->dtype < RWKV5_F32 || w->dtype > RWKV5_BF16)
-        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: storage type %d is not supported (fp32, fp16, bf16)",
+    if (w->dtype < RWKV5_F32 || w->dtype > RWKV5_I8)
+        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: storage type %d is not supported (fp32, fp16, bf16, int8)",
                     layer, name, w->dtype);
+    if ((w->dtype == RWKV5_I8) != (w->scale != NULL))
+        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: int8 storage needs per-row scales (and only int8 has them)",
+                    layer, name);
     return RWKV5_OK;
 }
 
@@ -114,15 +117,26 @@ typedef struct {
     float *fk;           /* (R, F) */
     float *fr, *fv;      /* (R, C) */
     float *last;         /* (B, C) final-LN rows of the last positions */
+    float *ws;           /* GEMM workspace (parallel mode), ws_floats long, or NULL */
+    size_t ws_floats;
     float *mem;          /* the one allocation all of the above are carved from */
 } scratch_t;
 
 /* Carve the buffers for R rows out of the model's cached buffer (taking its lock) or, when another
  * call holds it, out of a private allocation; the end of rwkv5_forward undoes either. */
-static int scratch_acquire(scratch_t *s, const rwkv5_model *m, int R, int B, int *cached) {
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+static int scratch_acquire(scratch_t *s, const rwkv5_model *m, int R, int B, int gemm, int *cached) {
     const rwkv5_config *c = &m->cfg;
     size_t C = c->n_embd, A = (size_t)c->n_head * c->head_size, F = c->n_ffn;
-    size_t total = R * (C * 8 + A * 5 + F) + (size_t)B * C;
+    size_t ws = 0;
+    if (gemm) {   /* the largest GEMM of a layer or the head, at R rows */
+        int iC = (int)C, iA = (int)A, iF = (int)F;
+        ws = max_sz(rwkv5_gemm_ws_floats(R, iC, iA), rwkv5_gemm_ws_floats(R, iA, iC));
+        ws = max_sz(ws, max_sz(rwkv5_gemm_ws_floats(R, iC, iF), rwkv5_gemm_ws_floats(R, iF, iC)));
+        ws = max_sz(ws, rwkv5_gemm_ws_floats(R, iC, c->n_vocab));
+    }
+    size_t total = R * (C * 8 + A * 5 + F) + (size_t)B * C + ws;
     struct rwkv5_scratch_cache *cache = m->scratch;
     float *p = NULL;
     *cached = 0;
@@ -156,7 +170,9 @@ static int scratch_acquire(scratch_t *s, const rwkv5_model *m, int R, int B, int
     s->v = p; p += R * A;
     s->g = p; p += R * A;
     s->y = p; p += R * A;
-    s->fk = p;
+    s->fk = p; p += R * F;
+    s->ws = ws ? p : NULL;
+    s->ws_floats = ws;
     return RWKV5_OK;
 }
 
@@ -167,20 +183,82 @@ static void mix_rows(float *out, const float *cur, const float *carried, const f
     for (int i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
 }
 
+/* Position-wise work over the R rows of a block, split between the pool's threads by rows. */
+enum { ROW_LN, ROW_MIX, ROW_GN_GATE, ROW_ADD, ROW_RELU2, ROW_ADD_GATED };
+
+typedef struct {
+    int op, C, n, l, L, nmix, H, has_gate;
+    float eps;
+    float *out, *x;                /* ROW_LN: out = LN(x); ROW_ADD*: x += ... */
+    const float *a, *b;            /* operands of ROW_ADD (a) / ROW_ADD_GATED (sigmoid(a) * b) / gate */
+    const float *w, *bias;         /* affine of LN / GN */
+    float *const *outs;            /* ROW_MIX */
+    const float *const *mus;
+    const float *carried;          /* (B, L, C) rows for t = 0 */
+} rows_job;
+
+static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+static void rows_range(void *ctx, int64_t r0, int64_t r1) {
+    const rows_job *j = (const rows_job *)ctx;
+    size_t C = (size_t)j->C;
+    for (int64_t row = r0; row < r1; row++) {
+        size_t o = (size_t)row * C;
+        switch (j->op) {
+        case ROW_LN:
+            rwkv5_layer_norm(j->out + o, j->x + o, j->w, j->bias, j->C, j->eps);
+            break;
+        case ROW_MIX: {   /* token shift: outs[m] = xn * mu + prev * (1 - mu) */
+            int b = (int)(row / j->n), t = (int)(row % j->n);
+            const float *carried = j->carried + ((size_t)b * j->L + j->l) * C;
+            for (int m = 0; m < j->nmix; m++) mix_rows(j->outs[m] + o, j->x + o, carried, j->mus[m], t, j->C);
+            break;
+        }
+        case ROW_GN_GATE: {   /* y = GN(y), then o = GN(y) * SiLU(g) */
+            float *y = j->x + o;
+            rwkv5_group_norm(y, y, j->w, j->bias, j->C, j->H, j->eps);
+            if (j->has_gate) {
+                const float *g = j->a + o;
+                for (size_t i = 0; i < C; i++) y[i] *= g[i] * sigmoidf_(g[i]);
+            }
+            break;
+        }
+        case ROW_ADD:
+            for (size_t i = 0; i < C; i++) j->x[o + i] += j->a[o + i];
+            break;
+        case ROW_RELU2:   /* relu(k)^2 */
+            for (size_t i = 0; i < C; i++) {
+                float z = j->x[o + i] > 0.0f ? j->x[o + i] : 0.0f;
+                j->x[o + i] = z * z;
+            }
+            break;
+        case ROW_ADD_GATED:   /* x += sigmoid(r) * v */
+            for (size_t i = 0; i < C; i++) j->x[o + i] += sigmoidf_(j->a[o + i]) * j->b[o + i];
+            break;
+        }
+    }
+}
+
+/* Run rows_range over R rows of width j->C: pieces of at least ~16K elements, so a single row
+ * (recurrent mode) stays on the calling thread. */
+static void rows_parallel(rows_job *j, int R) {
+    int64_t grain = 16384 / (j->C > 0 ? j->C : 1);
+    rwkv5_parallel_for(R, grain < 1 ? 1 : grain, rows_range, j);
+}
+
 /* xn = LN(x) for each row; then for each mix j: outs[j] = xn * mus[j] + prev * (1 - mus[j]) with
  * prev the row before in the same sequence, or for t = 0 the carried row of `carried` (B, L, C) at
  * layer l; finally the carried row <- the sequence's last LN row. */
 static void norm_shift_mix(scratch_t *s, const rwkv5_config *c, int l, float *carried, const float *ln_w,
                            const float *ln_b, float *const *outs, const float *const *mus, int nmix, int B, int n) {
     int C = c->n_embd;
-    for (int row = 0; row < B * n; row++)
-        rwkv5_layer_norm(s->xn + (size_t)row * C, s->x + (size_t)row * C, ln_w, ln_b, C, LN_EPS);
+    rows_job ln = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s->xn, .x = s->x, .w = ln_w, .bias = ln_b};
+    rows_parallel(&ln, B * n);
+    rows_job mix = {.op = ROW_MIX, .C = C, .n = n, .l = l, .L = c->n_layer, .nmix = nmix, .x = s->xn,
+                    .outs = outs, .mus = mus, .carried = carried};
+    rows_parallel(&mix, B * n);
     for (int b = 0; b < B; b++) {
         float *prev0 = carried + ((size_t)b * c->n_layer + l) * C;
-        for (int t = 0; t < n; t++) {
-            size_t o = ((size_t)b * n + t) * C;
-            for (int j = 0; j < nmix; j++) mix_rows(outs[j] + o, s->xn + o, prev0, mus[j], t, C);
-        }
         memcpy(prev0, s->xn + ((size_t)b * n + n - 1) * C, C * sizeof(float));
     }
 }
@@ -206,13 +284,22 @@ static void wkv_range(void *ctx, int64_t b0, int64_t e0) {
         if (j->mode == RWKV5_RECURRENT)  /* n == 1; w = P[1] */
             rwkv5_wkv_step(j->s->y + off, S, j->s->r + off, j->s->k + off, j->s->v + off, P + A + (size_t)h * N,
                            Lw->bonus_u + (size_t)h * N, N);
-        else
-            rwkv5_wkv_chunk(j->s->y + off, S, j->s->r + off, j->s->k + off, j->s->v + off, (size_t)A,
-                            P + (size_t)h * N, (size_t)A, Lw->bonus_u + (size_t)h * N, j->n, N);
+        else   /* the slice of n positions in chunks of RWKV5_CHUNK */
+            for (int t0 = 0; t0 < j->n; t0 += RWKV5_CHUNK) {
+                size_t o2 = off + (size_t)t0 * A;
+                int nc = j->n - t0 < RWKV5_CHUNK ? j->n - t0 : RWKV5_CHUNK;
+                rwkv5_wkv_chunk(j->s->y + o2, S, j->s->r + o2, j->s->k + o2, j->s->v + o2, (size_t)A,
+                                P + (size_t)h * N, (size_t)A, Lw->bonus_u + (size_t)h * N, nc, N);
+            }
     }
 }
 
-static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+/* out = x @ W^T over R rows: the GEMM when the call has a workspace, else the row kernels.
+ * Either way each output's sum runs in an order that does not depend on R or on where the row
+ * sits in the block, so a sequence gives the same bits alone or in a batch. */
+static void mm(scratch_t *s, float *out, const float *x, const rwkv5_mat *w, int R) {
+    rwkv5_matmul_ws(-1, s->ws != NULL, out, x, w, R, s->ws, s->ws_floats);
+}
 
 /* One layer over the block of R = B*n rows in s->x. */
 static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, scratch_t *s, int B, int n, int mode) {
@@ -226,22 +313,18 @@ static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, sc
         const float *mus[4] = {L->att_mix_k, L->att_mix_v, L->att_mix_r, L->att_mix_g};
         norm_shift_mix(s, c, l, st->att_x, L->ln1_w, L->ln1_b, outs, mus, c->has_gate ? 4 : 3, B, n);
     }
-    rwkv5_matmul(s->r, s->xr, &L->att_r, R, C, A);   /* r = x_r @ W_r^T (no sigmoid in v5) */
-    rwkv5_matmul(s->k, s->xk, &L->att_k, R, C, A);
-    rwkv5_matmul(s->v, s->xv, &L->att_v, R, C, A);
-    if (c->has_gate) rwkv5_matmul(s->g, s->xg, &L->att_g, R, C, A);
+    mm(s, s->r, s->xr, &L->att_r, R);   /* r = x_r @ W_r^T (no sigmoid in v5) */
+    mm(s, s->k, s->xk, &L->att_k, R);
+    mm(s, s->v, s->xv, &L->att_v, R);
+    if (c->has_gate) mm(s, s->g, s->xg, &L->att_g, R);
     wkv_job wj = {m, st, s, l, n, mode};
     rwkv5_parallel_for((int64_t)B * H, 1, wkv_range, &wj);
-    for (int row = 0; row < R; row++) {
-        float *y = s->y + (size_t)row * A;
-        rwkv5_group_norm(y, y, L->lnx_w, L->lnx_b, A, H, c->gn_eps);
-        if (c->has_gate) {   /* o = GN(y) * SiLU(g) */
-            const float *g = s->g + (size_t)row * A;
-            for (int i = 0; i < A; i++) y[i] *= g[i] * sigmoidf_(g[i]);
-        }
-    }
-    rwkv5_matmul(s->fv, s->y, &L->att_o, R, A, C);
-    for (size_t i = 0; i < (size_t)R * C; i++) s->x[i] += s->fv[i];
+    rows_job gn = {.op = ROW_GN_GATE, .C = A, .H = H, .has_gate = c->has_gate, .eps = c->gn_eps, .x = s->y,
+                   .a = s->g, .w = L->lnx_w, .bias = L->lnx_b};
+    rows_parallel(&gn, R);   /* o = GN(y) * SiLU(g) */
+    mm(s, s->fv, s->y, &L->att_o, R);
+    rows_job add = {.op = ROW_ADD, .C = C, .x = s->x, .a = s->fv};
+    rows_parallel(&add, R);
 
     /* ---- channel mix: token shift over LN2 outputs ---- */
     {
@@ -249,15 +332,14 @@ static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, sc
         const float *mus[2] = {L->ffn_mix_k, L->ffn_mix_r};
         norm_shift_mix(s, c, l, st->ffn_x, L->ln2_w, L->ln2_b, outs, mus, 2, B, n);
     }
-    rwkv5_matmul(s->fk, s->xk, &L->ffn_k, R, C, F);
-    for (size_t i = 0; i < (size_t)R * F; i++) {   /* relu(k)^2 */
-        float z = s->fk[i] > 0.0f ? s->fk[i] : 0.0f;
-        s->fk[i] = z * z;
-    }
-    rwkv5_matmul(s->fv, s->fk, &L->ffn_v, R, F, C);
-    rwkv5_matmul(s->fr, s->xr, &L->ffn_r, R, C, C);
+    mm(s, s->fk, s->xk, &L->ffn_k, R);
+    rows_job relu = {.op = ROW_RELU2, .C = F, .x = s->fk};
+    rows_parallel(&relu, R);   /* relu(k)^2 */
+    mm(s, s->fv, s->fk, &L->ffn_v, R);
+    mm(s, s->fr, s->xr, &L->ffn_r, R);
     /* x += sigmoid(x_r @ W_rf^T) * (relu(x_k @ W_kf^T)^2 @ W_vf^T) */
-    for (size_t i = 0; i < (size_t)R * C; i++) s->x[i] += sigmoidf_(s->fr[i]) * s->fv[i];
+    rows_job gated = {.op = ROW_ADD_GATED, .C = C, .x = s->x, .a = s->fr, .b = s->fv};
+    rows_parallel(&gated, R);
 }
 
 int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, const rwkv5_state *st, int mode,
@@ -273,32 +355,39 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
     for (size_t i = 0; i < (size_t)B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return fail(err, errlen, RWKV5_EINVAL, "tokens[%zu] = %d is outside [0, %d)", i, (int)tokens[i], V);
-    int nmax = mode == RWKV5_PARALLEL ? (T < RWKV5_CHUNK ? T : RWKV5_CHUNK) : 1;
-    if (scratch_acquire(&s, m, B * nmax, B, &cached) != RWKV5_OK)
+    /* parallel mode: slices of whole WKV chunks, up to RWKV5_SLICE_ROWS rows over the batch, so the
+     * position-wise GEMMs have a tall M while the scratch stays bounded whatever T is */
+    int per_seq = RWKV5_SLICE_ROWS / (B * RWKV5_CHUNK) * RWKV5_CHUNK;
+    if (per_seq < RWKV5_CHUNK) per_seq = RWKV5_CHUNK;
+    int nmax = mode == RWKV5_PARALLEL ? (T < per_seq ? T : per_seq) : 1;
+    /* the GEMM for every slice of a parallel call of T >= RWKV5_GEMM_MIN_M (decided by T, not by
+     * the slice or the batch, so that results do not depend on either) */
+    int gemm = mode == RWKV5_PARALLEL && T >= RWKV5_GEMM_MIN_M;
+    if (scratch_acquire(&s, m, B * nmax, B, gemm, &cached) != RWKV5_OK)
         return fail(err, errlen, RWKV5_ENOMEM, "out of memory for scratch buffers (%d rows)", B * nmax);
 
     for (int c0 = 0; c0 < T; c0 += nmax) {
         int n = T - c0 < nmax ? T - c0 : nmax;
         /* x = LN(emb[token]; ln0), ln0 applied at run time so emb stays zero-copy */
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < n; t++) {
-                float *x = s.x + ((size_t)b * n + t) * C;
-                rwkv5_mat_row(x, &m->g.emb, (size_t)tokens[(size_t)b * T + c0 + t]);
-                rwkv5_layer_norm(x, x, m->g.ln0_w, m->g.ln0_b, C, LN_EPS);
-            }
+            for (int t = 0; t < n; t++)
+                rwkv5_mat_row(s.x + ((size_t)b * n + t) * C, &m->g.emb, (size_t)tokens[(size_t)b * T + c0 + t]);
+        rows_job ln0 = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s.x, .x = s.x, .w = m->g.ln0_w, .bias = m->g.ln0_b};
+        rows_parallel(&ln0, B * n);
         for (int l = 0; l < c->n_layer; l++) layer_forward(m, l, st, &s, B, n, mode);
         if (!logits) continue;
         /* logits = LN(x; ln_out) @ head^T, only for the positions asked for */
         if (full_output) {
-            for (int row = 0; row < B * n; row++)
-                rwkv5_layer_norm(s.xn + (size_t)row * C, s.x + (size_t)row * C, m->g.ln_out_w, m->g.ln_out_b, C, LN_EPS);
+            rows_job lno = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s.xn, .x = s.x, .w = m->g.ln_out_w,
+                            .bias = m->g.ln_out_b};
+            rows_parallel(&lno, B * n);
             for (int b = 0; b < B; b++)
-                rwkv5_matmul(logits + ((size_t)b * T + c0) * V, s.xn + (size_t)b * n * C, &m->g.head, n, C, V);
+                mm(&s, logits + ((size_t)b * T + c0) * V, s.xn + (size_t)b * n * C, &m->g.head, n);
         } else if (c0 + n == T) {
             for (int b = 0; b < B; b++)
                 rwkv5_layer_norm(s.last + (size_t)b * C, s.x + ((size_t)b * n + n - 1) * C, m->g.ln_out_w,
                                  m->g.ln_out_b, C, LN_EPS);
-            rwkv5_matmul(logits, s.last, &m->g.head, B, C, V);
+            rwkv5_matmul_ws(-1, 0, logits, s.last, &m->g.head, B, NULL, 0);   /* row kernels for any B */
         }
     }
     if (cached) pthread_mutex_unlock(&m->scratch->lock);

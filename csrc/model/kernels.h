@@ -49,14 +49,33 @@ static inline float rwkv5_ld_bf16(const void *p, size_t i) {
     return rwkv5_bf16_to_f32(h);
 }
 
+static inline float rwkv5_ld_i8(const void *p, size_t i) { return (float)((const int8_t *)p)[i]; }
+/* The factor a row's dot products are multiplied by: its scale for int8, else 1. */
+static inline float rwkv5_row_scale(const rwkv5_mat *m, int r) { return m->scale ? m->scale[r] : 1.0f; }
+
 /* out[i] = float(row r of m)[i], i < m->cols */
 void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r);
 
 /* ---- matrix product, threaded over output rows, ISA chosen at run time ----
  * out = x @ W^T:  out (M, d), x (M, n) fp32, W (d, n) in its storage type. */
 void rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M, int n, int d);
-/* The same with a given ISA, single-threaded over rows [o0, o1) (for tests). */
+/* The same with a given ISA, single-threaded over rows [o0, o1), row-by-row dot products (the
+ * matrix x vector kernels; for tests). */
 void rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1);
+
+/* Blocked GEMM for M >= RWKV5_GEMM_MIN_M rows (parallel mode): x is packed into panels of
+ * RWKV5_GEMM_MR rows, weights are widened to fp32 once per panel of RWKV5_GEMM_NR output rows
+ * and RWKV5_GEMM_KC inputs, and a register-blocked micro-kernel accumulates x^T-panel x W-panel
+ * into out^T, transposed into out at the end. Needs a workspace of rwkv5_gemm_ws_floats floats. */
+#define RWKV5_GEMM_MIN_M 16
+#define RWKV5_GEMM_MR 64
+#define RWKV5_GEMM_NR 6
+#define RWKV5_GEMM_KC 256
+size_t rwkv5_gemm_ws_floats(int M, int n, int d);
+/* out = x @ W^T with the workspace ws (NULL or too small: the row kernels). isa < 0: the current
+ * ISA; the GEMM runs for M >= RWKV5_GEMM_MIN_M (or force_gemm) on AVX2/AVX-512. Threaded. */
+void rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
+                     size_t ws_floats);
 
 /* ---- position-wise ---- */
 
@@ -77,6 +96,11 @@ void rwkv5_wkv_step(float *y, float *S, const float *r, const float *k, const fl
  *   A[t][t] = sum_i r_t[i] u[i] k_t[i];   S <- P[n] * S0 + sum_s (k_s * P[n-1-s])^T v_s          */
 void rwkv5_wkv_chunk(float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
                      const float *P, size_t ldp, const float *u, int n, int N);
+/* The same with a given ISA (0 scalar, 1 AVX2, 2 AVX-512; the caller checks the CPU has it). */
+void rwkv5_wkv_step_isa(int isa, float *y, float *S, const float *r, const float *k, const float *v,
+                        const float *w, const float *u, int N);
+void rwkv5_wkv_chunk_isa(int isa, float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
+                         const float *P, size_t ldp, const float *u, int n, int N);
 /* P[d*n + i] = exp(d * logw[i]) in double, rounded to fp32, subnormals flushed to 0, d = 0..dmax.
  * logw = -inf gives P[0] = 1 and 0 after. */
 void rwkv5_power_table(float *P, const double *logw, int n, int dmax);

@@ -1,11 +1,16 @@
-/* out = x @ W^T with W stored as fp32 / fp16 / bf16 and widened to fp32 in registers.
- * Threaded over blocks of output rows; scalar, AVX2+FMA+F16C and AVX-512 variants chosen at run time
- * (rwkv5_cpu_isa). Each output is one dot product of length n accumulated in fp32. */
+/* out = x @ W^T with W stored as fp32 / fp16 / bf16 / int8 (per-row scale) and widened to fp32 in
+ * registers. Two families, scalar / AVX2+FMA+F16C / AVX-512 chosen at run time (rwkv5_cpu_isa):
+ *  - row kernels (recurrent mode, small M): each output is one dot product of length n, 4 weight
+ *    rows at a time so every widened weight vector feeds up to 4x4 FMAs; threads take contiguous
+ *    blocks of rows, so the weights stream from memory once per call;
+ *  - a blocked GEMM (parallel mode) further down. */
 #include <immintrin.h>
 
 #include "common/cpu.h"
 #include "common/threadpool.h"
 #include "kernels.h"
+
+#include <stdlib.h>
 
 /* ---------------- scalar ---------------- */
 
@@ -20,7 +25,7 @@
                 /* out[m][o] = sum_i x[m][i] * W[o][i] */                                        \
                 float acc = 0.0f;                                                                \
                 for (size_t i = 0; i < n; i++) acc += xm[i] * LDE(wr, i);                        \
-                out[(size_t)m * d + o] = acc;                                                    \
+                out[(size_t)m * d + o] = acc * rwkv5_row_scale(w, o);                            \
             }                                                                                    \
         }                                                                                        \
     }
@@ -28,6 +33,7 @@
 SCALAR_KERNEL(mm_scalar_f32, float, rwkv5_ld_f32)
 SCALAR_KERNEL(mm_scalar_f16, uint16_t, rwkv5_ld_f16)
 SCALAR_KERNEL(mm_scalar_bf16, uint16_t, rwkv5_ld_bf16)
+SCALAR_KERNEL(mm_scalar_i8, int8_t, rwkv5_ld_i8)
 
 /* ---------------- AVX-512: 16 lanes, 4 output rows at a time, masked tail ---------------- */
 #if defined(__x86_64__)
@@ -43,6 +49,10 @@ T512 static inline __m512 ld512_f16(const unsigned char *p, size_t i, __mmask16 
 T512 static inline __m512 ld512_bf16(const unsigned char *p, size_t i, __mmask16 k) {
     __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p + 2 * i));
     return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+
+T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p + i)));
 }
 
 #define AVX512_KERNEL(NAME, T, LD)                                                                 \
@@ -72,7 +82,7 @@ T512 static inline __m512 ld512_bf16(const unsigned char *p, size_t i, __mmask16
                 }                                                                                \
                 for (int a = 0; a < 4; a++)                                                      \
                     for (int b = 0; b < 4; b++)                                                  \
-                        out[(size_t)(m + a) * d + o + b] = _mm512_reduce_add_ps(acc[a][b]);      \
+                        out[(size_t)(m + a) * d + o + b] = _mm512_reduce_add_ps(acc[a][b]) * rwkv5_row_scale(w, o + b);      \
             }                                                                                    \
             for (; m < M; m++) {                                                                 \
                 const float *xm = x + (size_t)m * n;                                             \
@@ -93,10 +103,10 @@ T512 static inline __m512 ld512_bf16(const unsigned char *p, size_t i, __mmask16
                     a3 = _mm512_fmadd_ps(xv, LD(w3, i, tail), a3);                               \
                 }                                                                                \
                 float *om = out + (size_t)m * d + o;                                             \
-                om[0] = _mm512_reduce_add_ps(a0);                                                \
-                om[1] = _mm512_reduce_add_ps(a1);                                                \
-                om[2] = _mm512_reduce_add_ps(a2);                                                \
-                om[3] = _mm512_reduce_add_ps(a3);                                                \
+                om[0] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o + 0);                                                \
+                om[1] = _mm512_reduce_add_ps(a1) * rwkv5_row_scale(w, o + 1);                                                \
+                om[2] = _mm512_reduce_add_ps(a2) * rwkv5_row_scale(w, o + 2);                                                \
+                om[3] = _mm512_reduce_add_ps(a3) * rwkv5_row_scale(w, o + 3);                                                \
             }                                                                                    \
         }                                                                                        \
         for (; o < o1; o++) {                                                                    \
@@ -108,7 +118,7 @@ T512 static inline __m512 ld512_bf16(const unsigned char *p, size_t i, __mmask16
                 for (; i < nfull; i += 16)                                                       \
                     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + i), LD(w0, i, 0xffff), a0);        \
                 if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + i), LD(w0, i, tail), a0); \
-                out[(size_t)m * d + o] = _mm512_reduce_add_ps(a0);                               \
+                out[(size_t)m * d + o] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o);                               \
             }                                                                                    \
         }                                                                                        \
     }
@@ -116,6 +126,69 @@ T512 static inline __m512 ld512_bf16(const unsigned char *p, size_t i, __mmask16
 AVX512_KERNEL(mm_avx512_f32, float, ld512_f32)
 AVX512_KERNEL(mm_avx512_f16, uint16_t, ld512_f16)
 AVX512_KERNEL(mm_avx512_bf16, uint16_t, ld512_bf16)
+AVX512_KERNEL(mm_avx512_i8, int8_t, ld512_i8)
+
+/* bf16 rows without lane-crossing widening. A 512-bit load holds 32 bf16 weights; a shift and a
+ * mask inside each 32-bit lane give the fp32 values of the weights whose index is i = 2q + e
+ * (e = 0, 1; q = 0..15) as E = 2 vectors (measured 18 -> 23.5 GB/s single-thread streaming vs the
+ * vpmovzxwd kernel above; the same idea for int8, 4 vectors by shifts, measured no gain). x is permuted the same way once per call piece (xp[blk][e][q] = x[blk*16E + E*q + e]),
+ * so each vector pair multiplies matching elements. Per output:
+ *   out[m][o] = scale[o] * (sum over blocks and e of lanes of x_e * w_e, 4 rows at a time)
+ *               + the tail (n mod 16E) in scalar order — the same order for every M and row, so a
+ *               sequence gets the same bits alone or in a batch. Rows longer than XP_MAX use the
+ *               plain kernels above. */
+#define XP_MAX 16384
+
+T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
+    __m512i v = _mm512_loadu_si512((const void *)p);
+    w[0] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                               /* even i */
+    w[1] = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));  /* odd i */
+}
+#define AVX512_PERM_KERNEL(NAME, T, E, WIDEN, LDE, FALLBACK)                                       \
+    T512 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
+        size_t n = (size_t)w->cols, d = (size_t)w->rows, blk = 16 * (E);                         \
+        if (n > XP_MAX) {                                                                        \
+            FALLBACK(out, x, w, M, o0, o1);                                                      \
+            return;                                                                              \
+        }                                                                                        \
+        float xp[XP_MAX] __attribute__((aligned(64)));                                           \
+        size_t nfull = n / blk * blk;                                                            \
+        const unsigned char *W = (const unsigned char *)w->data;                                 \
+        size_t rb = n * sizeof(T);                                                               \
+        for (int m = 0; m < M; m++) {                                                            \
+            const float *xm = x + (size_t)m * n;                                                 \
+            for (size_t b = 0; b < nfull; b += blk)                                              \
+                for (int e = 0; e < (E); e++)                                                    \
+                    for (int q = 0; q < 16; q++) xp[b + 16 * e + q] = xm[b + (E) * q + e];       \
+            int o = o0;                                                                          \
+            for (; o < o1; o += 4) {                                                             \
+                int nr = o1 - o < 4 ? o1 - o : 4;                                                \
+                const unsigned char *wr[4];                                                      \
+                for (int k = 0; k < 4; k++) wr[k] = W + (size_t)(o + (k < nr ? k : 0)) * rb;     \
+                __m512 acc[4][E];                                                                \
+                for (int k = 0; k < 4; k++)                                                      \
+                    for (int e = 0; e < (E); e++) acc[k][e] = _mm512_setzero_ps();               \
+                for (size_t b = 0; b < nfull; b += blk) {                                        \
+                    __m512 xv[E];                                                                \
+                    for (int e = 0; e < (E); e++) xv[e] = _mm512_load_ps(xp + b + 16 * e);       \
+                    for (int k = 0; k < 4; k++) {                                                \
+                        __m512 wv[E];                                                            \
+                        WIDEN(wr[k] + b * sizeof(T), wv);                                        \
+                        for (int e = 0; e < (E); e++) acc[k][e] = _mm512_fmadd_ps(xv[e], wv[e], acc[k][e]); \
+                    }                                                                            \
+                }                                                                                \
+                for (int k = 0; k < nr; k++) {                                                   \
+                    __m512 a = acc[k][0];                                                        \
+                    for (int e = 1; e < (E); e++) a = _mm512_add_ps(a, acc[k][e]);               \
+                    float sum = _mm512_reduce_add_ps(a);                                         \
+                    for (size_t i = nfull; i < n; i++) sum += xm[i] * LDE(wr[k], i);             \
+                    out[(size_t)m * d + o + k] = sum * rwkv5_row_scale(w, o + k);                \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+AVX512_PERM_KERNEL(mm_avx512p_bf16, uint16_t, 2, widen_bf16x32, rwkv5_ld_bf16, mm_avx512_bf16)
 
 /* ---------------- AVX2 + FMA + F16C: 8 lanes, 4 rows at a time, scalar tail ---------------- */
 #define T256 __attribute__((target("avx2,fma,f16c")))
@@ -127,6 +200,9 @@ T256 static inline __m256 ld256_f16(const unsigned char *p, size_t i) {
 T256 static inline __m256 ld256_bf16(const unsigned char *p, size_t i) {
     __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+T256 static inline __m256 ld256_i8(const unsigned char *p, size_t i) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + i))));
 }
 T256 static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -163,10 +239,10 @@ T256 static inline float hsum256(__m256 v) {
                     s3 += xm[i] * LDE(w3, i);                                                    \
                 }                                                                                \
                 float *om = out + (size_t)m * d + o;                                             \
-                om[0] = s0;                                                                      \
-                om[1] = s1;                                                                      \
-                om[2] = s2;                                                                      \
-                om[3] = s3;                                                                      \
+                om[0] = s0 * rwkv5_row_scale(w, o + 0);                                                                      \
+                om[1] = s1 * rwkv5_row_scale(w, o + 1);                                                                      \
+                om[2] = s2 * rwkv5_row_scale(w, o + 2);                                                                      \
+                om[3] = s3 * rwkv5_row_scale(w, o + 3);                                                                      \
             }                                                                                    \
         }                                                                                        \
         for (; o < o1; o++) {                                                                    \
@@ -178,7 +254,7 @@ T256 static inline float hsum256(__m256 v) {
                 for (; i < nfull; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), LD(w0, i), a0); \
                 float s0 = hsum256(a0);                                                          \
                 for (; i < n; i++) s0 += xm[i] * LDE(w0, i);                                     \
-                out[(size_t)m * d + o] = s0;                                                     \
+                out[(size_t)m * d + o] = s0 * rwkv5_row_scale(w, o);                                                     \
             }                                                                                    \
         }                                                                                        \
     }
@@ -186,23 +262,221 @@ T256 static inline float hsum256(__m256 v) {
 AVX2_KERNEL(mm_avx2_f32, float, ld256_f32, rwkv5_ld_f32)
 AVX2_KERNEL(mm_avx2_f16, uint16_t, ld256_f16, rwkv5_ld_f16)
 AVX2_KERNEL(mm_avx2_bf16, uint16_t, ld256_bf16, rwkv5_ld_bf16)
+AVX2_KERNEL(mm_avx2_i8, int8_t, ld256_i8, rwkv5_ld_i8)
 #endif
+
+/* ---------------- GEMM (parallel mode) ----------------
+ * out (M, d) = x (M, n) @ W^T.  Workspace: XP, x packed into panels of MR = 64 rows, panel p holding
+ * XP[p][k][r] = x[64p + r][k] (rows past M are 0), then OT = out^T, (ceil(d/NR)*NR, Mp).
+ * Work is split over blocks of NR = 6 output rows (weight rows) in contiguous pieces claimed by
+ * the threads, so every weight is read from memory once per call. Within a range the loop runs over k-blocks of
+ * KC inputs outermost so that the k-block of XP (Mp x KC floats) stays in L2 for all the weight
+ * panels; each weight panel (NR x KC, widened to fp32 and scaled for int8, or used in place for
+ * aligned fp32) sits in L1 while the micro-kernel sweeps the 64-row panels:
+ *     OT[o][m] += sum_{k in block} W[o][k] * x[m][k]   for 6 o's x 64 m's in registers. */
+#define MR RWKV5_GEMM_MR
+#define NR RWKV5_GEMM_NR
+#define KC RWKV5_GEMM_KC
+
+static size_t round_up(size_t a, size_t b) { return (a + b - 1) / b * b; }
+
+/* Output rows per GEMM pass: OT holds at most this many rows (the head's 65536 would not fit). */
+#define D_BLOCK 4096
+
+size_t rwkv5_gemm_ws_floats(int M, int n, int d) {
+    size_t Mp = round_up((size_t)M, MR), db = d < D_BLOCK ? (size_t)d : D_BLOCK;
+    return Mp * (size_t)n + round_up(db, NR) * Mp + 16;   /* +16: room to align to 64 bytes */
+}
+
+typedef struct {
+    int isa;
+    float *out;
+    const float *x;
+    const rwkv5_mat *w;
+    int M, Mp, n, d;   /* d: rows of w (a block of the matrix) */
+    size_t ldo;        /* out row stride */
+    float *XP, *OT;
+} gemm_job;
+
+/* XP[p][k][r] = x[64p + r][k] for the k in [k0, k1) (indices are blocks of 64 inputs) */
+static void gemm_pack_x(void *ctx, int64_t b, int64_t e) {
+    gemm_job *j = (gemm_job *)ctx;
+    size_t n = (size_t)j->n;
+    size_t k0 = (size_t)b * 64, k1 = (size_t)e * 64 < n ? (size_t)e * 64 : n;
+    /* blocks of 16 inputs x 64 rows (a 4 KiB tile in L1): contiguous reads of x rows */
+    for (int p = 0; p < j->Mp / MR; p++) {
+        float *dst = j->XP + (size_t)p * MR * n;
+        for (size_t kb = k0; kb < k1; kb += 16) {
+            size_t ke = kb + 16 < k1 ? kb + 16 : k1;
+            for (int r = 0; r < MR; r++) {
+                int m = p * MR + r;
+                if (m < j->M) {
+                    const float *xr = j->x + (size_t)m * n;
+                    for (size_t k = kb; k < ke; k++) dst[k * MR + r] = xr[k];
+                } else {
+                    for (size_t k = kb; k < ke; k++) dst[k * MR + r] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* Scalar widening of rows [o, o+NR) x inputs [k0, k0+kc) into Bp (NR, kc); rows past d are 0. */
+static void pack_w_scalar(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
+    size_t n = (size_t)w->cols;
+    for (int r = 0; r < NR; r++) {
+        float *dst = Bp + (size_t)r * kc;
+        if (o + r >= w->rows) {
+            for (int i = 0; i < kc; i++) dst[i] = 0.0f;
+            continue;
+        }
+        size_t base = (size_t)(o + r) * n + k0;
+        float s = rwkv5_row_scale(w, o + r);
+        switch (w->dtype) {
+        case RWKV5_F16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f16(w->data, base + i); break;
+        case RWKV5_BF16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_bf16(w->data, base + i); break;
+        case RWKV5_I8: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_i8(w->data, base + i) * s; break;
+        default: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f32(w->data, base + i);
+        }
+    }
+}
+
+#if defined(__x86_64__)
+/* Bp (NR, kc) = widened (and row-scaled for int8) weights, AVX-512 conversions, masked tail. */
+T512 static void pack_w_avx512(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
+    size_t n = (size_t)w->cols, esz = w->dtype == RWKV5_F32 ? 4 : w->dtype == RWKV5_I8 ? 1 : 2;
+    for (int r = 0; r < NR; r++) {
+        float *dst = Bp + (size_t)r * kc;
+        if (o + r >= w->rows) {
+            for (int i = 0; i < kc; i++) dst[i] = 0.0f;
+            continue;
+        }
+        const unsigned char *row = (const unsigned char *)w->data + ((size_t)(o + r) * n + k0) * esz;
+        __m512 s = _mm512_set1_ps(rwkv5_row_scale(w, o + r));
+        for (int i = 0; i < kc; i += 16) {
+            __mmask16 k = kc - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - i)) - 1u);
+            __m512 v;
+            switch (w->dtype) {
+            case RWKV5_F16: v = ld512_f16(row, (size_t)i, k); break;
+            case RWKV5_BF16: v = ld512_bf16(row, (size_t)i, k); break;
+            case RWKV5_I8: v = _mm512_mul_ps(ld512_i8(row, (size_t)i, k), s); break;
+            default: v = ld512_f32(row, (size_t)i, k);
+            }
+            _mm512_mask_storeu_ps(dst + i, k, v);
+        }
+    }
+}
+
+/* C[r][0..64) (rows ldc apart) (+)= sum_k B[r*ldb + k] * X[k][0..64), r < 6: 24 accumulators. */
+T512 static void ukernel_avx512(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc, int acc_in) {
+    __m512 c[NR][4];
+    for (int r = 0; r < NR; r++)
+        for (int q = 0; q < 4; q++) c[r][q] = acc_in ? _mm512_loadu_ps(C + r * ldc + 16 * q) : _mm512_setzero_ps();
+    const float *B0 = B, *B1 = B + ldb, *B2 = B1 + ldb, *B3 = B2 + ldb, *B4 = B3 + ldb, *B5 = B4 + ldb;
+    for (int k = 0; k < kc; k++) {
+        const float *xk = X + (size_t)k * MR;
+        __m512 x0 = _mm512_load_ps(xk), x1 = _mm512_load_ps(xk + 16), x2 = _mm512_load_ps(xk + 32),
+               x3 = _mm512_load_ps(xk + 48);
+#define ROW(r, Bp)                                                       \
+        {                                                                \
+            __m512 b = _mm512_set1_ps(Bp[k]);                            \
+            c[r][0] = _mm512_fmadd_ps(x0, b, c[r][0]);                   \
+            c[r][1] = _mm512_fmadd_ps(x1, b, c[r][1]);                   \
+            c[r][2] = _mm512_fmadd_ps(x2, b, c[r][2]);                   \
+            c[r][3] = _mm512_fmadd_ps(x3, b, c[r][3]);                   \
+        }
+        ROW(0, B0) ROW(1, B1) ROW(2, B2) ROW(3, B3) ROW(4, B4) ROW(5, B5)
+#undef ROW
+    }
+    for (int r = 0; r < NR; r++)
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(C + r * ldc + 16 * q, c[r][q]);
+}
+
+/* The same with 8 lanes: the 64 rows in 4 passes of 16 (12 accumulators). */
+T256 static void ukernel_avx2(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc, int acc_in) {
+    for (int q0 = 0; q0 < MR; q0 += 16) {
+        __m256 c[NR][2];
+        for (int r = 0; r < NR; r++)
+            for (int q = 0; q < 2; q++)
+                c[r][q] = acc_in ? _mm256_loadu_ps(C + r * ldc + q0 + 8 * q) : _mm256_setzero_ps();
+        for (int k = 0; k < kc; k++) {
+            const float *xk = X + (size_t)k * MR + q0;
+            __m256 x0 = _mm256_load_ps(xk), x1 = _mm256_load_ps(xk + 8);
+            for (int r = 0; r < NR; r++) {
+                __m256 b = _mm256_set1_ps(B[r * ldb + k]);
+                c[r][0] = _mm256_fmadd_ps(x0, b, c[r][0]);
+                c[r][1] = _mm256_fmadd_ps(x1, b, c[r][1]);
+            }
+        }
+        for (int r = 0; r < NR; r++)
+            for (int q = 0; q < 2; q++) _mm256_storeu_ps(C + r * ldc + q0 + 8 * q, c[r][q]);
+    }
+}
+#endif
+
+/* indices: blocks of NR output rows; [b, e) is one contiguous piece */
+static void gemm_range(void *ctx, int64_t b, int64_t e) {
+    gemm_job *j = (gemm_job *)ctx;
+    const rwkv5_mat *w = j->w;
+    size_t n = (size_t)j->n, Mp = (size_t)j->Mp;
+    float Bp[NR * KC] __attribute__((aligned(64)));
+    int direct = w->dtype == RWKV5_F32 && ((uintptr_t)w->data & 3) == 0;
+    for (size_t k0 = 0; k0 < n; k0 += KC) {
+        int kc = n - k0 < KC ? (int)(n - k0) : KC;
+        for (int64_t ob = b; ob < e; ob++) {
+            int o = (int)ob * NR;
+            const float *B;
+            size_t ldb;
+            if (direct && o + NR <= w->rows) {   /* aligned fp32: read the weights in place */
+                B = (const float *)w->data + (size_t)o * n + k0;
+                ldb = n;
+            } else {
+#if defined(__x86_64__)
+                if (j->isa == RWKV5_ISA_AVX512) pack_w_avx512(Bp, w, o, k0, kc);
+                else
+#endif
+                    pack_w_scalar(Bp, w, o, k0, kc);
+                B = Bp;
+                ldb = (size_t)kc;
+            }
+            for (size_t p = 0; p < Mp / MR; p++) {
+                float *C = j->OT + (size_t)o * Mp + p * MR;
+                const float *X = j->XP + p * MR * n + k0 * MR;
+#if defined(__x86_64__)
+                if (j->isa == RWKV5_ISA_AVX512) ukernel_avx512(C, Mp, X, B, ldb, kc, k0 > 0);
+                else ukernel_avx2(C, Mp, X, B, ldb, kc, k0 > 0);
+#endif
+            }
+        }
+    }
+    /* out[m][o] = OT[o][m] for this range's rows */
+    int o0 = (int)b * NR, o1 = (int)e * NR < j->d ? (int)e * NR : j->d;
+    for (int mb = 0; mb < j->M; mb += 16)   /* tiles of 16 rows x 16 outputs */
+        for (int ob = o0; ob < o1; ob += 16) {
+            int me = mb + 16 < j->M ? mb + 16 : j->M, oe = ob + 16 < o1 ? ob + 16 : o1;
+            for (int m = mb; m < me; m++) {
+                float *om = j->out + (size_t)m * j->ldo;
+                for (int o = ob; o < oe; o++) om[o] = j->OT[(size_t)o * Mp + m];
+            }
+        }
+}
+
+#undef MR
+#undef NR
+#undef KC
 
 /* ---------------- dispatch ---------------- */
 
 typedef void (*mm_fn)(float *, const float *, const rwkv5_mat *, int, int, int);
 
-/* int8 (per-row scales) is reserved: rwkv5_model_init refuses it until kernels exist. */
 static mm_fn pick(int isa, int dtype) {
-    static const mm_fn scalar[3] = {mm_scalar_f32, mm_scalar_f16, mm_scalar_bf16};
+    static const mm_fn scalar[4] = {mm_scalar_f32, mm_scalar_f16, mm_scalar_bf16, mm_scalar_i8};
+    if (dtype < 0 || dtype > 3) return NULL;
 #if defined(__x86_64__)
-    static const mm_fn avx2[3] = {mm_avx2_f32, mm_avx2_f16, mm_avx2_bf16};
-    static const mm_fn avx512[3] = {mm_avx512_f32, mm_avx512_f16, mm_avx512_bf16};
-    if (dtype < 0 || dtype > 2) return NULL;
+    static const mm_fn avx2[4] = {mm_avx2_f32, mm_avx2_f16, mm_avx2_bf16, mm_avx2_i8};
+    static const mm_fn avx512[4] = {mm_avx512_f32, mm_avx512_f16, mm_avx512p_bf16, mm_avx512_i8};
     if (isa == RWKV5_ISA_AVX512) return avx512[dtype];
     if (isa == RWKV5_ISA_AVX2) return avx2[dtype];
-#else
-    if (dtype < 0 || dtype > 2) return NULL;
 #endif
     return scalar[dtype];
 }
@@ -228,14 +502,53 @@ static void mm_range(void *ctx, int64_t b, int64_t e) {
     j->f(j->out, j->x, j->w, j->M, o0, o1);
 }
 
+void rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
+                     size_t ws_floats) {
+    if (isa < 0) isa = (int)rwkv5_cpu_isa();
+    if (M <= 0 || w->dtype < 0 || w->dtype > 3) return;
+    int n = w->cols, d = w->rows, nt = rwkv5_get_num_threads();
+    if (isa != RWKV5_ISA_SCALAR && (M >= RWKV5_GEMM_MIN_M || force_gemm) && ws &&
+        ws_floats >= rwkv5_gemm_ws_floats(M, n, d)) {
+        int Mp = (int)round_up((size_t)M, RWKV5_GEMM_MR);
+        float *XP = (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);   /* aligned panels */
+        gemm_job g = {isa, out, x, w, M, Mp, n, d, (size_t)d, XP, XP + (size_t)Mp * n};
+        rwkv5_parallel_for(((int64_t)n + 63) / 64, 4, gemm_pack_x, &g);
+        size_t esz = w->dtype == RWKV5_F32 ? 4 : w->dtype == RWKV5_I8 ? 1 : 2;
+        for (int o = 0; o < d; o += D_BLOCK) {   /* a view of rows [o, o + db) of w */
+            int db = d - o < D_BLOCK ? d - o : D_BLOCK;
+            rwkv5_mat sub = {(const unsigned char *)w->data + (size_t)o * n * esz, w->scale ? w->scale + o : NULL,
+                             w->dtype, db, n};
+            g.w = &sub;
+            g.out = out + o;
+            g.d = db;
+            int64_t nob = ((int64_t)db + RWKV5_GEMM_NR - 1) / RWKV5_GEMM_NR;
+            /* pieces of >= 16 panels (96 rows: the x k-block is reused from L2 across them), about 4
+             * per thread so that a thread slowed by other load does not hold up the call */
+            int64_t grain = (nob + 4 * nt - 1) / (4 * nt);
+            rwkv5_parallel_for(nob, grain < 16 ? 16 : grain, gemm_range, &g);
+        }
+        return;
+    }
+    /* matrix x vector: blocks of 4 rows, contiguous ranges, ~64K multiply-adds per piece at least,
+     * and no more pieces than a few per thread */
+    mm_job j = {pick(isa, w->dtype), out, x, w, M};
+    int64_t blocks = ((int64_t)d + 3) / 4;
+    int64_t per_block = 4 * (int64_t)n * M;
+    int64_t grain = per_block >= 65536 ? 1 : 65536 / (per_block > 0 ? per_block : 1);
+    int64_t even = (blocks + 4 * nt - 1) / (4 * nt);
+    if (grain < even) grain = even;
+    rwkv5_parallel_for(blocks, grain, mm_range, &j);
+}
+
 void rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M, int n, int d) {
     (void)n;
     (void)d; /* n == w->cols and d == w->rows: checked once by rwkv5_model_init */
-    mm_job j = {pick((int)rwkv5_cpu_isa(), w->dtype), out, x, w, M};
-    if (!j.f || M <= 0) return;
-    int64_t blocks = ((int64_t)w->rows + 3) / 4;
-    /* at least ~64K multiply-adds per piece so that tiny products stay on one thread */
-    int64_t per_block = 4 * (int64_t)w->cols * M;
-    int64_t grain = per_block >= 65536 ? 1 : 65536 / (per_block > 0 ? per_block : 1);
-    rwkv5_parallel_for(blocks, grain, mm_range, &j);
+    float *ws = NULL;
+    size_t need = 0;
+    if (M >= RWKV5_GEMM_MIN_M) {   /* callers without a workspace (ops, tests): allocate one */
+        need = rwkv5_gemm_ws_floats(M, w->cols, w->rows);
+        ws = (float *)malloc(need * sizeof(float));
+    }
+    rwkv5_matmul_ws(-1, 0, out, x, w, M, ws, ws ? need : 0);
+    free(ws);
 }

@@ -15,7 +15,7 @@ typedef enum {
     RWKV5_F32 = 0,
     RWKV5_F16 = 1,   /* IEEE half */
     RWKV5_BF16 = 2,  /* top 16 bits of an fp32 */
-    RWKV5_I8 = 3,    /* reserved: int8 with one fp32 scale per row (`scale`), not implemented yet */
+    RWKV5_I8 = 3,    /* int8 q with one fp32 scale per row (`scale`): W[o][i] = q[o][i] * scale[o] */
 } rwkv5_dtype;
 
 typedef struct {
@@ -52,8 +52,11 @@ typedef struct {
     rwkv5_mat head;                    /* (V, C) */
 } rwkv5_globals;
 
-/* Positions per chunk in parallel mode: the WKV chunk and the row block of every projection. */
+/* Positions per WKV chunk in parallel mode (the power table has RWKV5_CHUNK + 1 rows). */
 #define RWKV5_CHUNK 64
+/* Parallel mode runs the prompt in slices of whole chunks, up to this many rows (B x positions):
+ * the M of the projection GEMMs. */
+#define RWKV5_SLICE_ROWS 512
 
 typedef struct {
     rwkv5_config cfg;
@@ -84,8 +87,8 @@ void rwkv5_model_free(rwkv5_model *m);
 
 /* Run T tokens of B sequences (tokens (B, T) int32, each in [0, V)) from `state`, updating it.
  * logits: (B, T, V) when full_output, else (B, V) for the last position; may be NULL for none.
- * mode RWKV5_RECURRENT runs one position per step; RWKV5_PARALLEL runs chunks of RWKV5_CHUNK
- * positions with the chunked WKV. Thread-safe for concurrent calls on one model with different
+ * mode RWKV5_RECURRENT runs one position per step; RWKV5_PARALLEL runs slices of up to
+ * RWKV5_SLICE_ROWS rows (whole chunks per sequence) through the GEMMs and the chunked WKV. Thread-safe for concurrent calls on one model with different
  * states. */
 int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, const rwkv5_state *state,
                   int mode, int full_output, float *logits, char *err, size_t errlen);

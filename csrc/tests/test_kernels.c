@@ -37,23 +37,32 @@ static float frand(void) { return (float)rnd() / 2147483648.0f - 1.0f; }   /* [-
 static uint16_t rand_f16(void) { return (uint16_t)((rnd() & 1) << 15 | (12 + rnd() % 6) << 10 | (rnd() & 0x3ff)); }
 static uint16_t rand_bf16(void) { return (uint16_t)((rnd() & 1) << 15 | (124 + rnd() % 6) << 7 | (rnd() & 0x7f)); }
 
+/* Every storage type (int8 with per-row scales) x every ISA, row kernels and the blocked GEMM,
+ * against a double-precision product of the widened weights; odd sizes cover every tail (k not a
+ * multiple of 16 or KC, rows not a multiple of 4 or NR, M not a multiple of the 64-row panel). */
 static void test_matmul(void) {
-    const int sizes[][3] = {{1, 1, 1}, {1, 15, 3}, {2, 16, 4}, {3, 17, 5}, {4, 33, 9}, {7, 100, 13}, {5, 257, 66}};
+    const int sizes[][3] = {{1, 1, 1},     {1, 15, 3},   {2, 16, 4},  {3, 17, 5},   {4, 33, 9},
+                            {7, 100, 13},  {5, 257, 66}, {16, 7, 5},  {17, 300, 13}, {70, 65, 7},
+                            {130, 513, 29}};
     int best = (int)rwkv5_cpu_isa_supported();
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
         int M = sizes[si][0], n = sizes[si][1], d = sizes[si][2];
         float *x = malloc(sizeof(float) * M * n), *ref = malloc(sizeof(float) * M * d),
-              *out = malloc(sizeof(float) * M * d);
+              *out = malloc(sizeof(float) * M * d), *scale = malloc(sizeof(float) * d),
+              *row = malloc(sizeof(float) * n);
+        size_t wsn = rwkv5_gemm_ws_floats(M, n, d);
+        float *ws = malloc(sizeof(float) * wsn);
         void *w = malloc(sizeof(float) * d * n);
         for (int i = 0; i < M * n; i++) x[i] = frand();
-        for (int dt = RWKV5_F32; dt <= RWKV5_BF16; dt++) {
+        for (int o = 0; o < d; o++) scale[o] = (0.5f + (float)(rnd() % 100) / 100.0f) / 127.0f;
+        for (int dt = RWKV5_F32; dt <= RWKV5_I8; dt++) {
             for (int i = 0; i < d * n; i++) {
                 if (dt == RWKV5_F32) ((float *)w)[i] = frand();
+                else if (dt == RWKV5_I8) ((int8_t *)w)[i] = (int8_t)(rnd() % 255 - 127);
                 else ((uint16_t *)w)[i] = dt == RWKV5_F16 ? rand_f16() : rand_bf16();
             }
-            rwkv5_mat mat = {w, NULL, dt, d, n};
+            rwkv5_mat mat = {w, dt == RWKV5_I8 ? scale : NULL, dt, d, n};
             /* double-precision truth */
-            float row[300];
             for (int o = 0; o < d; o++) {
                 rwkv5_mat_row(row, &mat, (size_t)o);
                 for (int m = 0; m < M; m++) {
@@ -63,10 +72,10 @@ static void test_matmul(void) {
                 }
             }
             /* the same storage one byte past an aligned address (as in rwkv.cpp files) */
-            size_t wbytes = (size_t)d * n * (dt == RWKV5_F32 ? 4 : 2);
+            size_t wbytes = (size_t)d * n * (dt == RWKV5_F32 ? 4 : dt == RWKV5_I8 ? 1 : 2);
             unsigned char *odd = malloc(wbytes + 1);
             memcpy(odd + 1, w, wbytes);
-            rwkv5_mat omat = {odd + 1, NULL, dt, d, n};
+            rwkv5_mat omat = {odd + 1, mat.scale, dt, d, n};
             float *out2 = malloc(sizeof(float) * M * d);
             for (int isa = 0; isa <= best; isa++) {
                 memset(out, 0xff, sizeof(float) * M * d);   /* NaN: every output must be written */
@@ -76,21 +85,37 @@ static void test_matmul(void) {
                           isa, dt, M, n, d, i, out[i], ref[i]);
                 rwkv5_matmul_rows_isa(isa, out2, x, &omat, M, 0, d);
                 CHECK(!memcmp(out, out2, sizeof(float) * M * d), "unaligned storage isa=%d dtype=%d", isa, dt);
+                if (isa == 0) continue;
+                /* the GEMM, forced even for small M (threaded); aligned and unaligned storage agree */
+                memset(out, 0xff, sizeof(float) * M * d);
+                rwkv5_matmul_ws(isa, 1, out, x, &mat, M, ws, wsn);
+                for (int i = 0; i < M * d; i++)
+                    CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "gemm isa=%d dtype=%d M=%d n=%d d=%d [%d]: %g vs %g",
+                          isa, dt, M, n, d, i, out[i], ref[i]);
+                rwkv5_matmul_ws(isa, 1, out2, x, &omat, M, ws, wsn);
+                CHECK(!memcmp(out, out2, sizeof(float) * M * d), "gemm unaligned storage isa=%d dtype=%d", isa, dt);
+                /* row m of a GEMM does not depend on the other rows (batch == alone) */
+                if (M > 1) {
+                    rwkv5_matmul_ws(isa, 1, out2, x + (size_t)(M - 1) * n, &mat, 1, ws, wsn);
+                    CHECK(!memcmp(out + (size_t)(M - 1) * d, out2, sizeof(float) * d), "gemm last row alone isa=%d", isa);
+                }
             }
             free(odd);
             free(out2);
             rwkv5_matmul(out, x, &mat, M, n, d);    /* threaded, current ISA */
             for (int i = 0; i < M * d; i++) CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "threaded matmul [%d]", i);
         }
-        free(x), free(ref), free(out), free(w);
+        free(x), free(ref), free(out), free(w), free(scale), free(row), free(ws);
     }
 }
 
-static void test_wkv_chunk_equals_steps(void) {
-    enum { N = 12, T = 64 };
-    static float r[T * N], k[T * N], v[T * N], y1[T * N], y2[T * N], P[(RWKV5_CHUNK + 1) * N];
-    float u[N], w[N], S1[N * N], S2[N * N];
-    double logw[N];
+/* The chunk form equals T steps of the recurrence, for head sizes 12 (generic loops) and 64 (the
+ * register-blocked AVX-512 chunk), every ISA, chunk lengths 1..64; rows `ld` apart as in the model. */
+static void wkv_chunk_case(int N, int isa) {
+    enum { T = 64, NMAX = 64, LD = 2 * NMAX + 3 };   /* rows wider than a head, odd stride */
+    static float r[T * LD], k[T * LD], v[T * LD], y1[T * LD], y2[T * LD], P[(RWKV5_CHUNK + 1) * NMAX];
+    float u[NMAX] = {0}, w[NMAX] = {0}, S1[NMAX * NMAX], S2[NMAX * NMAX];
+    double logw[NMAX] = {0};
     for (int i = 0; i < N; i++) {
         double d = -6.0 + 10.6 * i / (N - 1);   /* up to 4.6: w underflows fp32 */
         logw[i] = -exp(d);
@@ -99,15 +124,35 @@ static void test_wkv_chunk_equals_steps(void) {
     rwkv5_power_table(P, logw, N, RWKV5_CHUNK);
     for (int i = 0; i < N; i++) w[i] = P[N + i];
     CHECK(P[0] == 1.0f && P[(RWKV5_CHUNK) * N + N - 1] == 0.0f, "power table ends");
-    const int lens[] = {1, 2, 5, 33, 64};
+    const int lens[] = {1, 2, 5, 33, 63, 64};
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         int n = lens[li];
-        for (int i = 0; i < n * N; i++) r[i] = frand(), k[i] = frand(), v[i] = frand();
+        for (int i = 0; i < n * LD; i++) r[i] = frand(), k[i] = frand(), v[i] = frand();
         for (int i = 0; i < N * N; i++) S1[i] = S2[i] = frand();
-        for (int t = 0; t < n; t++) rwkv5_wkv_step(y1 + t * N, S1, r + t * N, k + t * N, v + t * N, w, u, N);
-        rwkv5_wkv_chunk(y2, S2, r, k, v, N, P, N, u, n, N);
-        for (int i = 0; i < n * N; i++) CHECK(fabsf(y1[i] - y2[i]) <= 1e-5f * (1 + fabsf(y1[i])), "wkv y n=%d [%d]", n, i);
-        for (int i = 0; i < N * N; i++) CHECK(fabsf(S1[i] - S2[i]) <= 1e-5f * (1 + fabsf(S1[i])), "wkv S n=%d [%d]", n, i);
+        for (int t = 0; t < n; t++)
+            rwkv5_wkv_step_isa(0, y1 + t * LD, S1, r + t * LD, k + t * LD, v + t * LD, w, u, N);
+        rwkv5_wkv_chunk_isa(isa, y2, S2, r, k, v, LD, P, N, u, n, N);
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < N; j++) {
+                float a = y1[t * LD + j], b = y2[t * LD + j];
+                CHECK(fabsf(a - b) <= 2e-5f * (1 + fabsf(a)), "wkv y N=%d isa=%d n=%d t=%d j=%d: %g vs %g", N, isa, n, t, j, a, b);
+            }
+        for (int i = 0; i < N * N; i++)
+            CHECK(fabsf(S1[i] - S2[i]) <= 2e-5f * (1 + fabsf(S1[i])), "wkv S N=%d isa=%d n=%d [%d]", N, isa, n, i);
+        /* the recurrent step of this ISA against the scalar one */
+        for (int i = 0; i < N * N; i++) S2[i] = S1[i];
+        float ys[NMAX], yi[NMAX];
+        rwkv5_wkv_step_isa(0, ys, S1, r, k, v, w, u, N);
+        rwkv5_wkv_step_isa(isa, yi, S2, r, k, v, w, u, N);
+        for (int j = 0; j < N; j++) CHECK(fabsf(ys[j] - yi[j]) <= 1e-5f * (1 + fabsf(ys[j])), "wkv step isa=%d", isa);
+    }
+}
+
+static void test_wkv_chunk_equals_steps(void) {
+    int best = (int)rwkv5_cpu_isa_supported();
+    for (int isa = 0; isa <= best; isa++) {
+        wkv_chunk_case(12, isa);
+        wkv_chunk_case(64, isa);
     }
 }
 

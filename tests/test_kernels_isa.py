@@ -1,0 +1,203 @@
+"""The fast paths: every matmul kernel (row kernels and blocked GEMM) x storage type (fp32, fp16,
+bf16, int8) x ISA against float64; int8 quantisation and int8 models; the model under each
+RWKV5_ISA value in a subprocess."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rwkv5
+from rwkv5 import _model
+from rwkv5.model import quantize_int8
+from rwkv5.reference import ReferenceModel
+from rwkv5.testing import bf16_bits_to_float32, float32_to_bf16_bits, random_state_dict
+
+ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
+BIG = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.gate.weight", "att.output.weight",
+       "ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight")
+
+
+@pytest.fixture
+def isa():
+    """Set the kernels' ISA for one test (skip when the CPU lacks it), restore afterwards."""
+    before = _model.get_isa()[0]
+
+    def use(name):
+        got = _model._set_isa(ISAS[name])
+        if got != name:
+            pytest.skip(f"this CPU has no {name} (kernels use {got})")
+    yield use
+    _model._set_isa(ISAS[before])
+
+
+def storage(w32, kind):
+    """(array or (q, scale) handed to the kernels, the float64 matrix it means)"""
+    if kind == "int8":
+        q, s = quantize_int8(w32)
+        return (q, s), q.astype(np.float64) * s.astype(np.float64)[:, None]
+    w = {"fp32": w32, "fp16": w32.astype(np.float16), "bf16": float32_to_bf16_bits(w32)}[kind]
+    wf = bf16_bits_to_float32(w) if kind == "bf16" else w.astype(np.float32)
+    return w, wf.astype(np.float64)
+
+
+SIZES = [(1, 1, 1), (1, 17, 5), (3, 33, 7), (16, 16, 6), (17, 31, 13), (65, 300, 7), (130, 257, 29)]
+
+
+@pytest.mark.parametrize("isa_name", list(ISAS))
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("gemm", [False, True])
+@pytest.mark.parametrize("M,n,d", SIZES)
+def test_matmul_every_path_matches_float64(isa, isa_name, kind, gemm, M, n, d):
+    isa(isa_name)
+    rng = np.random.default_rng(M * 1000 + n * 10 + d)
+    x = rng.standard_normal((M, n)).astype(np.float32)
+    w, wf = storage(rng.standard_normal((d, n)).astype(np.float32), kind)
+    want = x.astype(np.float64) @ wf.T
+    got = _model._matmul(x, w, ISAS[isa_name], gemm)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * n * max(1.0, np.abs(want).max()))
+    # the threaded entry point (current ISA, GEMM from 16 rows on)
+    np.testing.assert_allclose(_model._matmul(x, w, -1), want, rtol=0, atol=2e-6 * n * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("isa_name", ["avx2", "avx512"])
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+def test_gemm_rows_do_not_depend_on_the_batch(isa, isa_name, kind):
+    """A row's result is the same bits whatever other rows share the GEMM (batch == alone)."""
+    isa(isa_name)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((70, 150)).astype(np.float32)
+    w, _ = storage(rng.standard_normal((20, 150)).astype(np.float32), kind)
+    full = _model._matmul(x, w, ISAS[isa_name], True)
+    for rows in (slice(0, 1), slice(3, 20), slice(64, 70)):
+        np.testing.assert_array_equal(_model._matmul(np.ascontiguousarray(x[rows]), w, ISAS[isa_name], True),
+                                      full[rows])
+
+
+def test_matmul_rejects_bad_int8_tuples():
+    x = np.ones((2, 4), np.float32)
+    q = np.ones((3, 4), np.int8)
+    with pytest.raises(ValueError, match="w scale: expected shape"):
+        _model._matmul(x, (q, np.ones(2, np.float32)), 0)
+    with pytest.raises(TypeError, match="w scale: expected dtype float32"):
+        _model._matmul(x, (q, np.ones(3, np.float64)), 0)
+    with pytest.raises(TypeError, match="w: expected dtype int8"):
+        _model._matmul(x, (q.astype(np.int16), np.ones(3, np.float32)), 0)
+
+
+@pytest.mark.parametrize("isa_name", list(ISAS))
+@pytest.mark.parametrize("mode", ["recurrent", "parallel"])
+@pytest.mark.parametrize("N,T", [(64, 1), (64, 5), (64, 64), (64, 67), (64, 130), (16, 67), (40, 9)])
+def test_wkv_every_isa_matches_reference(isa, isa_name, mode, N, T):
+    """The WKV step and chunk under each ISA (N = 64 takes the register-blocked AVX-512 chunk)."""
+    from rwkv5.reference import wkv_recurrent
+    isa(isa_name)
+    rng = np.random.default_rng(N * 1000 + T)
+    H = 2
+    r, k, v = (rng.standard_normal((T, H, N)).astype(np.float32) for _ in range(3))
+    w = np.exp(-np.exp(rng.uniform(-6, 4.6, (H, N)))).astype(np.float32)   # some underflow fp32
+    u, S0 = rng.standard_normal((H, N)).astype(np.float32), rng.standard_normal((H, N, N)).astype(np.float32)
+    y, S = rwkv5.ops.wkv5(r, k, v, w, u, S0, mode=mode)
+    yr, Sr = wkv_recurrent(*(a.astype(np.float64) for a in (r, k, v, w, u, S0)))
+    np.testing.assert_allclose(y, yr, rtol=0, atol=2e-5 * np.abs(yr).max())
+    np.testing.assert_allclose(S, Sr, rtol=0, atol=2e-5 * np.abs(Sr).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 quantisation
+
+
+def test_quantize_int8_rounds_each_row_to_its_scale():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((37, 91)).astype(np.float32) * rng.uniform(0.01, 10, (37, 1)).astype(np.float32)
+    w[5] = 0.0                                    # an all-zero row
+    q, s = quantize_int8(w, block_rows=8)         # several row blocks
+    assert q.dtype == np.int8 and s.dtype == np.float32 and q.shape == w.shape and s.shape == (37,)
+    assert np.abs(q.astype(int)).max() == 127 and q.min() >= -127
+    assert s[5] == 0 and not q[5].any()
+    np.testing.assert_allclose(s, np.abs(w).max(1) / 127, rtol=1e-6)
+    err = np.abs(q * s[:, None] - w)
+    assert np.all(err <= s[:, None] * 0.5 * (1 + 1e-5) + 1e-30)
+    # bf16 bits and float64 in give the same as their float32 values
+    bits = float32_to_bf16_bits(w)
+    q2, s2 = quantize_int8(bits)
+    q3, s3 = quantize_int8(bf16_bits_to_float32(bits).astype(np.float64))
+    np.testing.assert_array_equal(q2, q3)
+    np.testing.assert_array_equal(s2, s3)
+
+
+def test_quantize_int8_rejects_bad_input():
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_int8(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_int8(np.array([[1.0, np.nan]], np.float32))
+
+
+def dequantised(sd):
+    """The state dict as an int8 model sees it: large matrices (not emb) as q * scale, float64."""
+    out = {}
+    for k, v in sd.items():
+        if k == "head.weight" or k.endswith(BIG):
+            q, s = quantize_int8(v)
+            out[k] = q.astype(np.float64) * s.astype(np.float64)[:, None]
+        else:
+            out[k] = np.asarray(v, np.float64)
+    return out
+
+
+@pytest.mark.parametrize("isa_name", list(ISAS))
+@pytest.mark.parametrize("version", ["5.0", "5.2"])
+def test_int8_model_matches_reference_on_dequantised_weights(isa, isa_name, version):
+    isa(isa_name)
+    sd = random_state_dict(version, n_layer=2, n_embd=72, head_size=24, vocab_size=250, seed=11)
+    model = rwkv5.Model.from_state_dict(sd, dtype="int8")
+    assert model.config.dtype == "int8"
+    toks = np.random.default_rng(2).integers(0, 250, (2, 70))
+    ref = ReferenceModel(dequantised(sd), gn_eps=64e-5)
+    for mode in ("recurrent", "parallel"):
+        logits, state = model.forward(toks, mode=mode, full_output=True)
+        for b in range(2):
+            want, wstate = ref.forward(toks[b], mode="parallel", full_output=True, chunk_len=64)
+            np.testing.assert_allclose(logits[b], want, rtol=0, atol=1e-4, err_msg=mode)
+            np.testing.assert_allclose(state.att_kv[b], wstate[1], rtol=0, atol=1e-4 * max(1, np.abs(wstate[1]).max()))
+
+
+def test_int8_model_is_close_to_fp32():
+    """Quantisation error itself, with a bound from measurement: on this random model int8 moves the
+    logits by at most ~3% of their range (0.17 of 5.2 on L6 C512; see docs/performance.md)."""
+    sd = random_state_dict("5.2", n_layer=3, n_embd=256, head_size=64, vocab_size=1000, seed=5)
+    toks = np.random.default_rng(3).integers(0, 1000, 100)
+    a, _ = rwkv5.Model.from_state_dict(sd).forward(toks, full_output=True)
+    b, _ = rwkv5.Model.from_state_dict(sd, dtype="int8").forward(toks, full_output=True)
+    assert np.abs(a - b).max() <= 0.06 * np.abs(a).max()
+    assert np.abs(a - b).max() > 0          # it really is a different (quantised) model
+
+
+def test_int8_dtype_name_and_errors():
+    sd = random_state_dict("5.2", n_layer=1, n_embd=64, head_size=32, vocab_size=100, seed=1)
+    m = rwkv5.Model.from_state_dict(sd, dtype="int8")
+    assert m.config.dtype == "int8" and "int8" in repr(m)
+    with pytest.raises(ValueError, match="dtype must be"):
+        rwkv5.Model.from_state_dict(sd, dtype="int4")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model under each RWKV5_ISA, in fresh processes (the ISA is read once from the environment)
+
+SUBSET = ("test_parallel_equals_recurrent_logits_and_state or test_unbatched_state_is_shared_by_a_batch or "
+          "test_threads_do_not_change_results or test_acceptance_4_layers or test_continuation")
+
+
+@pytest.mark.parametrize("isa_name", list(ISAS))
+def test_model_subset_under_each_isa_environment(isa_name):
+    probe = subprocess.run([sys.executable, "-c", "import rwkv5._model as m; print(m.get_isa()[0])"],
+                           env={**os.environ, "RWKV5_ISA": isa_name}, capture_output=True, text=True, check=True)
+    if probe.stdout.strip() != isa_name:
+        pytest.skip(f"this CPU has no {isa_name}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          os.path.join(here, "test_model.py"), "-k", SUBSET],
+                         env={**os.environ, "RWKV5_ISA": isa_name}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
