@@ -249,19 +249,20 @@ static void CModel_dealloc(CModelObject *self) {
 }
 
 PyDoc_STRVAR(CModel_forward_doc,
-             "forward(tokens, att_x, att_kv, ffn_x, mode, full_output) -> logits\n\n"
+             "forward(tokens, att_x, att_kv, ffn_x, mode, full_output, hidden=False) -> logits\n\n"
              "tokens (B, T) int32; att_x, ffn_x (B, L, C) and att_kv (B, L, H, N, N) float32, updated in place;\n"
-             "mode 0 recurrent / 1 parallel. Returns float32 logits (B, T, V) or (B, V). Releases the GIL.");
+             "mode 0 recurrent / 1 parallel. Returns float32 logits (B, T, V) or (B, V); with hidden=True\n"
+             "the final hidden states LN(x; ln_out) instead, (B, T, C) or (B, C). Releases the GIL.");
 
 static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
     PyObject *otok, *oax, *okv, *ofx, *result = NULL;
-    int mode, full;
+    int mode, full, want_hidden = 0;
     char err[256] = "";
     if (!self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "CModel is not initialised");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOip", &otok, &oax, &okv, &ofx, &mode, &full)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOOip|p", &otok, &oax, &okv, &ofx, &mode, &full, &want_hidden)) return NULL;
     const rwkv5_config *c = &self->m.cfg;
     npy_intp dt[2] = {-1, -1};
     PyArrayObject *tok = check_array(otok, "tokens", NPY_INT32, 2, dt, 0);
@@ -277,15 +278,17 @@ static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
     PyArrayObject *kv = ax ? check_array(okv, "state.att_kv", NPY_FLOAT32, 5, dkv, WRITE) : NULL;
     PyArrayObject *fx = kv ? check_array(ofx, "state.ffn_x", NPY_FLOAT32, 3, dx, WRITE) : NULL;
     if (!fx) return NULL;
-    npy_intp dl3[3] = {B, T, c->n_vocab}, dl2[2] = {B, c->n_vocab};
+    npy_intp width = want_hidden ? c->n_embd : c->n_vocab;
+    npy_intp dl3[3] = {B, T, width}, dl2[2] = {B, width};
     PyArrayObject *logits = (PyArrayObject *)(full ? PyArray_SimpleNew(3, dl3, NPY_FLOAT32)
                                                    : PyArray_SimpleNew(2, dl2, NPY_FLOAT32));
     if (!logits) return NULL;
     rwkv5_state st = {(float *)PyArray_DATA(ax), (float *)PyArray_DATA(kv), (float *)PyArray_DATA(fx)};
     int rc;
     Py_BEGIN_ALLOW_THREADS
+    float *out = (float *)PyArray_DATA(logits);
     rc = rwkv5_forward(&self->m, (const int32_t *)PyArray_DATA(tok), (int)B, (int)T, &st, mode, full,
-                       (float *)PyArray_DATA(logits), err, sizeof err);
+                       want_hidden ? NULL : out, want_hidden ? out : NULL, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (rc != RWKV5_OK) {
         raise_core(rc, err);

@@ -188,9 +188,13 @@ def convert_array(a: np.ndarray, kind: str, dtype) -> np.ndarray:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
 
 
+#: what rwkv5.load accepts: the storage types above, and int8 (quantised at load, per output row)
+LOAD_DTYPES = DTYPES + ("int8",)
+
+
 def _check_dtype(dtype):
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of None, 'fp32', 'bf16', 'fp16'; got {dtype!r}")
+    if dtype not in LOAD_DTYPES:
+        raise ValueError(f"dtype must be one of None, 'fp32', 'bf16', 'fp16', 'int8'; got {dtype!r}")
 
 
 def load(path, dtype=None, gn_eps=None):
@@ -199,7 +203,8 @@ def load(path, dtype=None, gn_eps=None):
     >>> model = rwkv5.load("RWKV-5-World-0.4B-v2.pth", dtype="bf16")
 
     ``dtype``: storage type of the big matrices — None keeps what the file holds (zero copy
-    from the file's mmap), "fp32", "bf16" or "fp16" converts. ``gn_eps``: GroupNorm epsilon;
+    from the file's mmap), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
+    symmetrically per output row (see ``rwkv5.model.quantize_int8``; the embedding is kept). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
     """
     _check_dtype(dtype)

@@ -303,10 +303,19 @@ class Model:
               form), or "auto" (parallel from 2 tokens on). Both agree to float32 rounding.
         Logits are float32. The GIL is released while computing.
         """
+        return self._run(tokens, state, mode, full_output, False)
+
+    def hidden_states(self, tokens, state: Optional[State] = None, mode: str = "auto", full_output: bool = False):
+        """Like :meth:`forward`, but returns the final hidden states LN(x; ln_out) — what the head
+        reads — instead of logits: (C,) for the last position, (T, C) with full_output, with a
+        leading B axis for a batch. Returns (hidden, new_state)."""
+        return self._run(tokens, state, mode, full_output, True)
+
+    def _run(self, tokens, state, mode, full_output, hidden):
         if mode not in ("auto", "parallel", "recurrent"):
             raise ValueError(f"mode must be 'auto', 'parallel' or 'recurrent', got {mode!r}")
         if _is_ragged(tokens):
-            return self._forward_ragged(tokens, state, mode, full_output)
+            return self._forward_ragged(tokens, state, mode, full_output, hidden)
         tok, single = self._tokens(tokens)
         B, T = tok.shape
         if single and state is not None and isinstance(state, State) and state.batch_size is not None:
@@ -314,12 +323,13 @@ class Model:
         att_x, att_kv, ffn_x = self._state_arrays(state, B, single)
         if mode == "auto":
             mode = "parallel" if T >= AUTO_PARALLEL_MIN_T else "recurrent"
-        logits = self._c.forward(tok, att_x, att_kv, ffn_x, 1 if mode == "parallel" else 0, bool(full_output))
+        logits = self._c.forward(tok, att_x, att_kv, ffn_x, 1 if mode == "parallel" else 0, bool(full_output),
+                                 bool(hidden))
         if single:
             return logits[0], State(att_x[0], att_kv[0], ffn_x[0])
         return logits, State(att_x, att_kv, ffn_x)
 
-    def _forward_ragged(self, seqs, state, mode, full_output):
+    def _forward_ragged(self, seqs, state, mode, full_output, hidden=False):
         seqs = list(seqs)
         B = len(seqs)
         if state is not None and isinstance(state, State) and state.batch_size not in (None, B):
@@ -328,8 +338,8 @@ class Model:
         for b, seq in enumerate(seqs):
             sb = state[b] if (state is not None and isinstance(state, State) and state.batch_size) else state
             try:
-                lg, st = self.forward(np.asarray(seq) if not isinstance(seq, np.ndarray) else seq, sb, mode,
-                                      full_output)
+                lg, st = self._run(np.asarray(seq) if not isinstance(seq, np.ndarray) else seq, sb, mode,
+                                   full_output, hidden)
             except (ValueError, TypeError) as e:
                 raise type(e)(f"sequence {b}: {e}") from None
             if np.ndim(lg) != (2 if full_output else 1):
@@ -356,6 +366,38 @@ class Model:
         """Generate a completion for each prompt, stepping all of them as one batch; returns a list of str."""
         from .generation import generate_batch
         return generate_batch(self, prompts, max_tokens=max_tokens, **kwargs)
+
+    def embed(self, texts, pool: str = "last", tokenizer=None, chunk_len: int = 1024) -> np.ndarray:
+        """Embeddings of texts (or token lists): the final hidden states after ln_out, pooled.
+
+        pool="last": the state after the last token (RWKV's recurrent summary of the whole text);
+        pool="mean": the mean over every position. Returns float32 (len(texts), n_embd). Long texts
+        run in parallel mode in slices of ``chunk_len`` positions, so memory stays bounded.
+
+        >>> vecs = model.embed(["a cat", "a dog"], pool="mean")   # doctest: +SKIP
+        """
+        from .generation import as_tokens, default_tokenizer
+        if pool not in ("last", "mean"):
+            raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts: expected a list of texts or token lists, got a single "
+                            f"{type(texts).__name__} (wrap it in a list)")
+        tok = tokenizer or default_tokenizer(self)
+        out = np.empty((len(texts), self.config.n_embd), np.float32)
+        for i, text in enumerate(texts):
+            ids = as_tokens(text, tok)
+            if not ids:
+                raise ValueError(f"texts[{i}]: expected at least one token, got an empty text")
+            state, total = None, np.zeros(self.config.n_embd, np.float64)
+            for start in range(0, len(ids), chunk_len):
+                h, state = self.hidden_states(ids[start:start + chunk_len], state, full_output=(pool == "mean"))
+                if pool == "mean":
+                    total += h.sum(axis=0, dtype=np.float64)
+                else:
+                    out[i] = h
+            if pool == "mean":
+                out[i] = total / len(ids)
+        return out
 
     def score(self, text_or_tokens, tokenizer=None, state=None, chunk_len: int = 256):
         """Loss (nats/token), perplexity and next-token accuracy of a text (rwkv5.scoring.Score)."""

@@ -169,3 +169,36 @@ def test_score_equals_hand_computation(random_model):
 def test_score_rejects_too_short_input(random_model):
     with pytest.raises(ValueError, match="at least 2"):
         random_model.score([5])
+
+
+def test_hidden_states_are_what_the_head_reads(model, fixtures_dir):
+    """logits == hidden @ head^T, for the last position and for every position, in both modes."""
+    from rwkv5.formats.rwkvcpp import read_rwkvcpp
+    sd, _ = read_rwkvcpp(fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin")
+    head = np.asarray(sd["head.weight"], np.float64)
+    for mode in ("parallel", "recurrent"):
+        toks = list(b"The quick brown fox")
+        logits, s1 = model.forward(toks, mode=mode, full_output=True)
+        hidden, s2 = model.hidden_states(toks, mode=mode, full_output=True)
+        assert hidden.shape == (len(toks), model.config.n_embd)
+        np.testing.assert_allclose(hidden @ head.T, logits, atol=1e-4)
+        last, _ = model.hidden_states(toks, mode=mode)
+        np.testing.assert_allclose(last, hidden[-1], atol=1e-5)
+        np.testing.assert_array_equal(s1.att_kv, s2.att_kv)
+
+
+def test_embed_pooling(model):
+    texts = ["The quick brown fox", "Once upon a time there was a king"]
+    last = model.embed(texts, pool="last")
+    mean = model.embed(texts, pool="mean", chunk_len=5)      # slices must not change the result
+    assert last.shape == mean.shape == (2, model.config.n_embd) and last.dtype == np.float32
+    for i, t in enumerate(texts):
+        h, _ = model.hidden_states(list(t.encode()), full_output=True)
+        np.testing.assert_allclose(last[i], h[-1], atol=1e-5)
+        np.testing.assert_allclose(mean[i], h.mean(axis=0), atol=1e-5)
+    with pytest.raises(ValueError, match="pool"):
+        model.embed(texts, pool="max")
+    with pytest.raises(TypeError, match="list"):
+        model.embed("one text")
+    with pytest.raises(ValueError, match="empty"):
+        model.embed([""])

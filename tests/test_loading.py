@@ -270,7 +270,7 @@ def test_convert_rwkvcpp_fp16(tmp_path, fixtures_dir):
 def test_load_argument_errors(fixtures_dir):
     p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
     with pytest.raises(ValueError, match="dtype must be"):
-        rwkv5.load(p, dtype="int8")
+        rwkv5.load(p, dtype="int4")
     with pytest.raises(ValueError, match="gn_eps must be"):
         rwkv5.load(p, gn_eps=-1.0)
     with pytest.raises(OSError):
@@ -392,3 +392,21 @@ def test_sniff_safetensors_whose_header_length_starts_with_0x80(tmp_path):
     assert len(hb) % 256 == 0x80
     p.write_bytes(len(hb).to_bytes(8, "little") + hb)
     assert sniff_format(p) == "safetensors"
+
+
+def test_load_int8_quantises_the_matrices(fixtures_dir):
+    """dtype="int8": matrices quantised per output row at load; logits stay close to fp32."""
+    from rwkv5.model import quantize_int8
+    src = fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin"
+    m32, m8 = rwkv5.load(src), rwkv5.load(src, dtype="int8")
+    assert m8.config.dtype == "int8"
+    # the int8 model computes exactly what the fp32 model computes on the dequantised weights
+    sd, info = rwkv5.formats.rwkvcpp.read_rwkvcpp(src)
+    deq = dict(sd)
+    for name, a in sd.items():
+        if a.ndim == 2 and not name.startswith("emb.") and ".time_" not in name:
+            q, scale = quantize_int8(a)
+            deq[name] = (q.astype(np.float32) * scale[:, None]).astype(np.float32)
+    m_deq = rwkv5.Model.from_state_dict(deq, gn_eps=info["gn_eps"])
+    np.testing.assert_allclose(m8.forward(TOKENS)[0], m_deq.forward(TOKENS)[0], atol=1e-4)
+    assert np.abs(m8.forward(TOKENS)[0] - m32.forward(TOKENS)[0]).max() < 0.5

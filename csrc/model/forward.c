@@ -1,6 +1,7 @@
 /* The RWKV-5 forward pass over B sequences, in recurrent (one position per step) or parallel
  * (chunks of RWKV5_CHUNK positions) mode. Both modes run the same per-layer code on a block of
  * rows (row = b * n + t for sequence b, position t of the block); they differ only in the WKV. */
+#include <string.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -343,7 +344,7 @@ static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, sc
 }
 
 int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, const rwkv5_state *st, int mode,
-                  int full_output, float *logits, char *err, size_t errlen) {
+                  int full_output, float *logits, float *hidden, char *err, size_t errlen) {
     const rwkv5_config *c = &m->cfg;
     int C = c->n_embd, V = c->n_vocab;
     scratch_t s = {0};
@@ -375,19 +376,22 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
         rows_job ln0 = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s.x, .x = s.x, .w = m->g.ln0_w, .bias = m->g.ln0_b};
         rows_parallel(&ln0, B * n);
         for (int l = 0; l < c->n_layer; l++) layer_forward(m, l, st, &s, B, n, mode);
-        if (!logits) continue;
+        if (!logits && !hidden) continue;
         /* logits = LN(x; ln_out) @ head^T, only for the positions asked for */
         if (full_output) {
             rows_job lno = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s.xn, .x = s.x, .w = m->g.ln_out_w,
                             .bias = m->g.ln_out_b};
             rows_parallel(&lno, B * n);
-            for (int b = 0; b < B; b++)
-                mm(&s, logits + ((size_t)b * T + c0) * V, s.xn + (size_t)b * n * C, &m->g.head, n);
+            for (int b = 0; b < B; b++) {
+                if (logits) mm(&s, logits + ((size_t)b * T + c0) * V, s.xn + (size_t)b * n * C, &m->g.head, n);
+                if (hidden) memcpy(hidden + ((size_t)b * T + c0) * C, s.xn + (size_t)b * n * C, sizeof(float) * n * C);
+            }
         } else if (c0 + n == T) {
             for (int b = 0; b < B; b++)
                 rwkv5_layer_norm(s.last + (size_t)b * C, s.x + ((size_t)b * n + n - 1) * C, m->g.ln_out_w,
                                  m->g.ln_out_b, C, LN_EPS);
-            rwkv5_matmul_ws(-1, 0, logits, s.last, &m->g.head, B, NULL, 0);   /* row kernels for any B */
+            if (logits) rwkv5_matmul_ws(-1, 0, logits, s.last, &m->g.head, B, NULL, 0);   /* row kernels for any B */
+            if (hidden) memcpy(hidden, s.last, sizeof(float) * B * C);
         }
     }
     if (cached) pthread_mutex_unlock(&m->scratch->lock);

@@ -87,10 +87,12 @@ void rwkv5_model_free(rwkv5_model *m);
 
 /* Run T tokens of B sequences (tokens (B, T) int32, each in [0, V)) from `state`, updating it.
  * logits: (B, T, V) when full_output, else (B, V) for the last position; may be NULL for none.
+ * hidden: the final hidden states LN(x; ln_out) that the head reads (embeddings), (B, T, C) when
+ * full_output, else (B, C); may be NULL for none.
  * mode RWKV5_RECURRENT runs one position per step; RWKV5_PARALLEL runs slices of up to
  * RWKV5_SLICE_ROWS rows (whole chunks per sequence) through the GEMMs and the chunked WKV. Thread-safe for concurrent calls on one model with different
  * states. */
 int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, const rwkv5_state *state,
-                  int mode, int full_output, float *logits, char *err, size_t errlen);
+                  int mode, int full_output, float *logits, float *hidden, char *err, size_t errlen);
 
 #endif

@@ -222,7 +222,7 @@ static void test_forward_modes(void) {
     for (int mode = 0; mode < 2; mode++) {
         memset(st[mode], 0, sizeof st[mode]);
         rwkv5_state s = {st[mode], st[mode] + B * L * C, st[mode] + B * L * C + B * L * H * N * N};
-        CHECK(rwkv5_forward(&m, tok, B, T, &s, mode, 1, logits[mode], err, sizeof err) == RWKV5_OK, "forward: %s", err);
+        CHECK(rwkv5_forward(&m, tok, B, T, &s, mode, 1, logits[mode], NULL, err, sizeof err) == RWKV5_OK, "forward: %s", err);
     }
     float maxabs = 0, maxdiff = 0;
     for (int i = 0; i < B * T * V; i++) {
@@ -236,10 +236,10 @@ static void test_forward_modes(void) {
     /* errors: a bad token, a bad mode, an empty batch */
     rwkv5_state s = {st[0], st[0] + B * L * C, st[0] + B * L * C + B * L * H * N * N};
     tok[5] = V;
-    CHECK(rwkv5_forward(&m, tok, B, T, &s, 0, 0, logits[0], err, sizeof err) == RWKV5_EINVAL && strstr(err, "tokens[5]"),
+    CHECK(rwkv5_forward(&m, tok, B, T, &s, 0, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL && strstr(err, "tokens[5]"),
           "bad token: %s", err);
-    CHECK(rwkv5_forward(&m, tok, B, T, &s, 9, 0, logits[0], err, sizeof err) == RWKV5_EINVAL, "bad mode");
-    CHECK(rwkv5_forward(&m, tok, 0, T, &s, 0, 0, logits[0], err, sizeof err) == RWKV5_EINVAL, "B = 0");
+    CHECK(rwkv5_forward(&m, tok, B, T, &s, 9, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL, "bad mode");
+    CHECK(rwkv5_forward(&m, tok, 0, T, &s, 0, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL, "B = 0");
     m.layers[1].ffn_v.rows = 3;
     CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_EINVAL && strstr(err, "ffn.value"), "shape check: %s", err);
     rwkv5_model_free(&m);
