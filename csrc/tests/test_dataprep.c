@@ -13,16 +13,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
-static int failures = 0;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            failures++;                                                      \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fprintf(stderr, "\n");                                           \
-        }                                                                    \
-    } while (0)
+#include "tests/check.h"
 
 static int extract(const char *line, const char *want_text, int want_status, int repair) {
     size_t n = strlen(line), len = 0;

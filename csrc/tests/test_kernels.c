@@ -13,16 +13,7 @@
 #include "model/kernels.h"
 #include "model/rwkv5_model.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                      \
-    do {                                                      \
-        if (!(cond)) {                                        \
-            failures++;                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                     \
-            fprintf(stderr, "\n");                            \
-        }                                                     \
-    } while (0)
+#include "tests/check.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 static uint32_t rnd(void) {
