@@ -39,12 +39,15 @@ def bf16_bits_to_float32(a: np.ndarray) -> np.ndarray:
 
 
 def float32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
-    """float32 -> uint16 raw bfloat16 bits, rounding to nearest even (NaN stays NaN)."""
-    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(np.asarray(a, dtype=np.float32))
+    """float32 -> uint16 raw bfloat16 bits, rounding to nearest, ties to even (what torch does);
+    NaN stays NaN. Works in uint32 (4 bytes per element of scratch, for multi-GB tensors)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    # u + 0x7FFF + lsb rounds the dropped low half to nearest, ties toward the even kept bit; the
+    # uint32 sum can only wrap for NaN bit patterns, which are fixed up below.
+    rounded = ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+    nan = np.isnan(np.asarray(a, np.float32))
     if nan.any():
-        rounded = np.where(nan, ((u >> 16) | 0x40).astype(np.uint16), rounded)
+        rounded[nan] = ((u[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)   # keep sign, force quiet NaN
     return rounded
 
 

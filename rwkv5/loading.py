@@ -24,6 +24,8 @@ import struct
 
 import numpy as np
 
+from ._checkpoint import bf16_bits_to_float32, float32_to_bf16_bits
+
 __all__ = ["load", "read_checkpoint", "sniff_format", "convert_array", "f32_to_bf16_bits", "bf16_bits_to_f32",
            "DTYPES", "DEFAULT_GN_EPS"]
 
@@ -149,20 +151,9 @@ def read_checkpoint(path):
 
 # -- dtype conversion --------------------------------------------------------------------------
 
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    """uint16 bf16 bits -> float32 (exact: bf16 is the top half of a float32)."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> uint16 bf16 bits, rounding to nearest, ties to even (what torch does); NaN stays NaN."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    # u + 0x7FFF + lsb rounds the dropped low half to nearest, ties toward the even kept bit.
-    rounded = ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
-    nan = np.isnan(np.asarray(x, np.float32))
-    if nan.any():
-        rounded[nan] = ((u[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)   # keep sign, force quiet NaN
-    return rounded
+# one implementation of the bf16 <-> fp32 conversions, shared with the model (rwkv5/_checkpoint.py)
+bf16_bits_to_f32 = bf16_bits_to_float32
+f32_to_bf16_bits = float32_to_bf16_bits
 
 
 def convert_array(a: np.ndarray, kind: str, dtype) -> np.ndarray:
