@@ -17,6 +17,7 @@
 #include "common/cpu.h"
 #include "common/threadpool.h"
 #include "model/kernels.h"
+#include "common/polled.h"
 #include "model/rwkv5_model.h"
 
 /* ---------------------------------------------------------------------------------------------
@@ -79,8 +80,46 @@ static PyArrayObject *check_array(PyObject *obj, const char *name, int type, int
 }
 
 static PyObject *raise_core(int rc, const char *msg) {
+    if (rc == RWKV5_ECANCELLED && PyErr_Occurred()) return NULL;   /* KeyboardInterrupt already set */
     PyErr_SetString(rc == RWKV5_ENOMEM ? PyExc_MemoryError : PyExc_ValueError, msg);
     return NULL;
+}
+
+/* A forward call run on a helper thread (common/polled.h) so that Ctrl-C reaches it: every
+ * POLL_MS the calling thread takes the GIL, runs the signal handlers, and on an exception raises
+ * the cancel flag that rwkv5_forward checks between layers. */
+#define POLL_MS 50
+typedef struct {
+    const rwkv5_model *m;
+    const int32_t *tokens;
+    int B, T, mode, full;
+    rwkv5_state *st;
+    float *logits, *hidden;
+    char *err;
+    size_t errlen;
+    int rc;
+    volatile int cancel;
+} forward_call;
+
+static void forward_work(void *p) {
+    forward_call *f = p;
+    f->rc = rwkv5_forward(f->m, f->tokens, f->B, f->T, f->st, f->mode, f->full, f->logits, f->hidden, f->err,
+                          f->errlen);
+}
+
+static int forward_poll(void *p) {
+    forward_call *f = p;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = PyErr_CheckSignals() < 0;      /* leaves the exception (e.g. KeyboardInterrupt) set */
+    PyGILState_Release(g);
+    if (stop) f->cancel = 1;
+    return stop;
+}
+
+/* Calls this short are run directly: a helper thread would cost more than it could save. */
+static int forward_is_long(const rwkv5_config *c, npy_intp B, npy_intp T) {
+    double per_token = (double)c->n_layer * c->n_embd * (5.0 * c->n_embd + 3.0 * c->n_ffn);
+    return (double)B * (double)T * per_token > 2e8;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -283,13 +322,22 @@ static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
     PyArrayObject *logits = (PyArrayObject *)(full ? PyArray_SimpleNew(3, dl3, NPY_FLOAT32)
                                                    : PyArray_SimpleNew(2, dl2, NPY_FLOAT32));
     if (!logits) return NULL;
-    rwkv5_state st = {(float *)PyArray_DATA(ax), (float *)PyArray_DATA(kv), (float *)PyArray_DATA(fx)};
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
+    rwkv5_state st = {(float *)PyArray_DATA(ax), (float *)PyArray_DATA(kv), (float *)PyArray_DATA(fx), NULL};
     float *out = (float *)PyArray_DATA(logits);
-    rc = rwkv5_forward(&self->m, (const int32_t *)PyArray_DATA(tok), (int)B, (int)T, &st, mode, full,
-                       want_hidden ? NULL : out, want_hidden ? out : NULL, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    forward_call call = {&self->m, (const int32_t *)PyArray_DATA(tok), (int)B, (int)T, mode, full, &st,
+                         want_hidden ? NULL : out, want_hidden ? out : NULL, err, sizeof err, 0, 0};
+    st.cancel = &call.cancel;
+    int rc;
+    if (forward_is_long(c, B, T)) {
+        Py_BEGIN_ALLOW_THREADS
+        rwkv5_run_polled(forward_work, &call, forward_poll, &call, POLL_MS);
+        Py_END_ALLOW_THREADS
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        forward_work(&call);
+        Py_END_ALLOW_THREADS
+    }
+    rc = call.rc;
     if (rc != RWKV5_OK) {
         raise_core(rc, err);
         goto done;

@@ -199,3 +199,42 @@ def test_ctrl_c_raises_keyboard_interrupt(tmp_path, what):
         # no final output appears half-written: only the work folder (resumable) may exist
         finals = [f for f in os.listdir(out)] if out.exists() else []
         assert not any(f.endswith((".bin", ".idx", ".zst")) for f in finals), finals
+
+
+_CHILD_ONE_CALL = textwrap.dedent("""
+    import os, sys, signal, time, threading
+    import numpy as np
+    import rwkv5
+    from rwkv5.testing import random_state_dict
+    m = rwkv5.Model.from_state_dict(random_state_dict(n_layer=4, n_embd=256, head_size=64, vocab_size=1000))
+    t0 = time.perf_counter()
+    m.forward(list(range(200)), mode="recurrent")
+    rate = 200 / (time.perf_counter() - t0)
+    T = int(rate * 30)                    # one call that would run for about 30 s
+    fired = []
+    def fire():
+        time.sleep(0.5)
+        fired.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=fire, daemon=True).start()
+    state = m.new_state()
+    try:
+        m.forward(np.arange(T) % 1000, state, mode="recurrent")
+        print("FINISHED")
+    except KeyboardInterrupt:
+        late = time.perf_counter() - fired[0]
+        # the state passed in is untouched and the model still computes the same as before
+        ok = not state.att_kv.any() and np.array_equal(m.forward([1, 2, 3])[0], m.forward([1, 2, 3])[0])
+        print("INTERRUPTED", f"{late:.3f}", "OK" if ok else "BROKEN")
+        sys.exit(3)
+""")
+
+
+def test_ctrl_c_interrupts_one_long_forward_call():
+    """SIGINT during a single ~30 s forward call ends it (between layers) with KeyboardInterrupt,
+    within seconds rather than at the end of the call, and leaves the model usable."""
+    p = subprocess.run([sys.executable, "-c", _CHILD_ONE_CALL], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert p.returncode == 3, (p.returncode, p.stdout, p.stderr[-2000:])
+    words = p.stdout.split()
+    assert words[0] == "INTERRUPTED" and words[2] == "OK", p.stdout
+    assert float(words[1]) < 10.0, p.stdout     # the uninterrupted call would run ~30 s more

@@ -348,7 +348,7 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
     const rwkv5_config *c = &m->cfg;
     int C = c->n_embd, V = c->n_vocab;
     scratch_t s = {0};
-    int cached = 0;
+    int cached = 0, rc;
     if (B <= 0 || T <= 0) return fail(err, errlen, RWKV5_EINVAL, "need B >= 1 and T >= 1, got B=%d T=%d", B, T);
     if (mode != RWKV5_RECURRENT && mode != RWKV5_PARALLEL)
         return fail(err, errlen, RWKV5_EINVAL, "mode must be 0 (recurrent) or 1 (parallel), got %d", mode);
@@ -375,7 +375,13 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
                 rwkv5_mat_row(s.x + ((size_t)b * n + t) * C, &m->g.emb, (size_t)tokens[(size_t)b * T + c0 + t]);
         rows_job ln0 = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s.x, .x = s.x, .w = m->g.ln0_w, .bias = m->g.ln0_b};
         rows_parallel(&ln0, B * n);
-        for (int l = 0; l < c->n_layer; l++) layer_forward(m, l, st, &s, B, n, mode);
+        for (int l = 0; l < c->n_layer; l++) {
+            if (st->cancel && *st->cancel) {
+                rc = fail(err, errlen, RWKV5_ECANCELLED, "cancelled");
+                goto out;
+            }
+            layer_forward(m, l, st, &s, B, n, mode);
+        }
         if (!logits && !hidden) continue;
         /* logits = LN(x; ln_out) @ head^T, only for the positions asked for */
         if (full_output) {
@@ -394,7 +400,9 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
             if (hidden) memcpy(hidden, s.last, sizeof(float) * B * C);
         }
     }
+    rc = RWKV5_OK;
+out:
     if (cached) pthread_mutex_unlock(&m->scratch->lock);
     else free(s.mem);
-    return RWKV5_OK;
+    return rc;
 }

@@ -73,9 +73,11 @@ typedef struct {
     float *att_x;    /* (B, L, C)  LN1 output of the previous token */
     float *att_kv;   /* (B, L, H, N, N)  wkv state S[h][key i][value j] */
     float *ffn_x;    /* (B, L, C)  LN2 output of the previous token */
+    const volatile int *cancel;  /* optional (NULL = never): nonzero makes rwkv5_forward stop between
+                                    layers with RWKV5_ECANCELLED, leaving the state partly updated */
 } rwkv5_state;
 
-enum { RWKV5_OK = 0, RWKV5_EINVAL = 1, RWKV5_ENOMEM = 2 };
+enum { RWKV5_OK = 0, RWKV5_EINVAL = 1, RWKV5_ENOMEM = 2, RWKV5_ECANCELLED = 3 };
 enum { RWKV5_RECURRENT = 0, RWKV5_PARALLEL = 1 };
 
 /* model->cfg, model->g and model->layers must be filled (layers allocated with

@@ -1,4 +1,4 @@
-// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c
+// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c
 /* Kernel tests without Python: every ISA's matmul against scalar on odd sizes and all storage types,
  * the chunked WKV against the one-token recurrence, the thread pool's coverage, and a small random
  * model run in both modes (recurrent vs parallel) including its error paths. */
@@ -12,6 +12,21 @@
 #include "common/threadpool.h"
 #include "model/kernels.h"
 #include "model/rwkv5_model.h"
+#include "common/polled.h"
+
+#include <time.h>
+
+static int polled_count;
+static void slow_work(void *arg) {   /* ~50 ms */
+    (void)arg;
+    struct timespec ts = {0, 50 * 1000000L};
+    nanosleep(&ts, NULL);
+}
+static int count_polls(void *arg) {
+    (void)arg;
+    polled_count++;
+    return 7;
+}
 
 #include "tests/check.h"
 
@@ -212,7 +227,7 @@ static void test_forward_modes(void) {
     static float logits[2][B * T * V];
     for (int mode = 0; mode < 2; mode++) {
         memset(st[mode], 0, sizeof st[mode]);
-        rwkv5_state s = {st[mode], st[mode] + B * L * C, st[mode] + B * L * C + B * L * H * N * N};
+        rwkv5_state s = {st[mode], st[mode] + B * L * C, st[mode] + B * L * C + B * L * H * N * N, NULL};
         CHECK(rwkv5_forward(&m, tok, B, T, &s, mode, 1, logits[mode], NULL, err, sizeof err) == RWKV5_OK, "forward: %s", err);
     }
     float maxabs = 0, maxdiff = 0;
@@ -225,12 +240,23 @@ static void test_forward_modes(void) {
         CHECK(fabsf(st[0][i] - st[1][i]) <= 1e-4f * (1 + fabsf(st[0][i])), "state [%zu]", i);
 
     /* errors: a bad token, a bad mode, an empty batch */
-    rwkv5_state s = {st[0], st[0] + B * L * C, st[0] + B * L * C + B * L * H * N * N};
+    rwkv5_state s = {st[0], st[0] + B * L * C, st[0] + B * L * C + B * L * H * N * N, NULL};
     tok[5] = V;
     CHECK(rwkv5_forward(&m, tok, B, T, &s, 0, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL && strstr(err, "tokens[5]"),
           "bad token: %s", err);
     CHECK(rwkv5_forward(&m, tok, B, T, &s, 9, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL, "bad mode");
     CHECK(rwkv5_forward(&m, tok, 0, T, &s, 0, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL, "B = 0");
+    /* a raised cancel flag stops the call before its first layer */
+    tok[5] = 0;
+    volatile int cancel = 1;
+    s.cancel = &cancel;
+    CHECK(rwkv5_forward(&m, tok, B, T, &s, 1, 0, logits[0], NULL, err, sizeof err) == RWKV5_ECANCELLED,
+          "cancelled forward: %s", err);
+    s.cancel = NULL;
+    /* rwkv5_run_polled: the poll is called while work runs, and its answer comes back */
+    polled_count = 0;
+    CHECK(rwkv5_run_polled(slow_work, NULL, count_polls, NULL, 1) == 7 && polled_count == 1,
+          "run_polled returned the poll's answer after one poll (%d polls)", polled_count);
     m.layers[1].ffn_v.rows = 3;
     CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_EINVAL && strstr(err, "ffn.value"), "shape check: %s", err);
     rwkv5_model_free(&m);
