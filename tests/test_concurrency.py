@@ -116,7 +116,13 @@ def test_gil_released_by_forward(model):
 
 
 def test_gil_released_by_encode_batch(tok):
-    texts = _texts(200, seed=5) * 20
+    # Texts of several MiB are encoded with the GIL released for the whole text (tens of ms
+    # each). Small texts are encoded in background rounds while the caller builds the previous
+    # round's lists with the GIL held; the GIL is released only while waiting for a round, which
+    # can be too short for the counter thread to be scheduled on a loaded machine, so a check on
+    # them alone would be flaky.
+    texts = ["".join(_texts(400, seed=5)) * 32] * 3
+    assert len(texts[0].encode()) > 4 << 20
     assert _gil_released_during(lambda: tok.encode_batch(texts, num_threads=2))
 
 
