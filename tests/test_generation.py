@@ -202,3 +202,14 @@ def test_embed_pooling(model):
         model.embed("one text")
     with pytest.raises(ValueError, match="empty"):
         model.embed([""])
+
+
+def test_resuming_a_conversation_from_a_saved_state_file(model, tmp_path):
+    """Save the state after the first part, load it (as a later process would), continue: the same
+    text as one uninterrupted generation."""
+    kw = dict(max_tokens=20, temperature=0, presence_penalty=0, frequency_penalty=0)
+    whole = "".join(model.generate("User: hi\n\nAssistant: hello\n\nUser: how are you?", **kw))
+    _, state = model.forward(list(b"User: hi\n\nAssistant: hello\n\n"))
+    state.save(tmp_path / "conv.safetensors")
+    resumed = "".join(model.generate("User: how are you?", state=rwkv5.State.load(tmp_path / "conv.safetensors"), **kw))
+    assert resumed == whole
