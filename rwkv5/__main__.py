@@ -225,6 +225,7 @@ def chat_loop(model, tokenizer, read_line, write, kwargs, state=None, user="User
     """The interactive loop of ``rwkv5 chat``: the state is kept between turns, so each turn only feeds
     the new message. ``read_line`` returns None at end of input. Returns the final state."""
     start = state
+    turn = 0
     while True:
         write(f"{user}: ")
         line = read_line()
@@ -254,8 +255,12 @@ def chat_loop(model, tokenizer, read_line, write, kwargs, state=None, user="User
         prompt = f"{user}: {msg}\n\n{bot}:"
         write(f"{bot}:")
         final = []
+        turn_kwargs = dict(kwargs)
+        if kwargs.get("seed") is not None:   # reproducible session, but a fresh draw each turn
+            turn_kwargs["seed"] = [kwargs["seed"], turn]
+        turn += 1
         for piece in model.generate(prompt, tokenizer=tokenizer, state=state, stop=["\n\n", f"\n{user}:"],
-                                    on_state=final.append, **kwargs):
+                                    on_state=final.append, **turn_kwargs):
             write(piece)
         write("\n\n")
         # the model has seen the reply; close the turn so the next one starts cleanly
@@ -273,8 +278,12 @@ def _run_chat(args) -> int:
         sys.stdout.write(s)
         sys.stdout.flush()
 
+    echo = not sys.stdin.isatty()      # piped input: show it, so the transcript reads as a conversation
+
     def read_line():
         line = sys.stdin.readline()
+        if line and echo:
+            write(line if line.endswith("\n") else line + "\n")
         return line if line else None
 
     print(f"rwkv5 chat: {model!r}\n{CHAT_HELP}", file=sys.stderr)
