@@ -410,6 +410,17 @@ def output_names(prefix: str, fmt: str, n_shards, sharded: bool) -> list:
     return [f"{prefix}_{i:05d}" for i in range(n_shards)]
 
 
+def collect_resumed(tasks: list, workdir: str, records: list, report) -> None:
+    """A resumed run: put the valid completion record of every task already done into `records`
+    (marked "resumed") and report it; the other entries are left as they are."""
+    for i, task in enumerate(tasks):
+        rec = load_done(workdir, task)
+        if rec is not None:
+            rec["resumed"] = True
+            records[i] = rec
+            report(i, rec)
+
+
 def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Executor = None,
           progress: bool = False, restart: bool = False, keep_work: bool = False, vocab: str = None,
           log=None, **opts) -> dict:
@@ -488,12 +499,9 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
         # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
         with ThreadPoolExecutor(1) as finisher:
             pending = []
+            collect_resumed(tasks, workdir, records, report)
             for i, task in enumerate(tasks):
-                rec = load_done(workdir, task)
-                if rec is not None:
-                    rec["resumed"] = True
-                    records[i] = rec
-                    report(i, rec)
+                if records[i] is not None:
                     continue
                 res = tokenize_task(task, options, workdir, n_threads)
                 if res.get("error"):

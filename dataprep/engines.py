@@ -112,15 +112,10 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
 
     Tasks whose valid completion record already exists (a resumed run) are not submitted.
     `report(i, rec)` is called on the driver as each task finishes, in completion order."""
-    from .build import DataprepError, load_done
+    from .build import DataprepError, collect_resumed
     records = [None] * len(tasks)
     pending = {}
-    for i, task in enumerate(tasks):
-        rec = load_done(workdir, task)
-        if rec is not None:
-            rec["resumed"] = True
-            records[i] = rec
-            report(i, rec)
+    collect_resumed(tasks, workdir, records, report)
     try:
         for i, task in enumerate(tasks):
             if records[i] is None:
