@@ -310,7 +310,7 @@ def _run_eval(args) -> int:
     import numpy as np
 
     from .dataprep import BinIdx
-    from .scoring import _logprobs_and_hits
+    from .scoring import score
     model = _load_model(args)
     try:
         data = BinIdx(args.prefix)
@@ -327,10 +327,10 @@ def _run_eval(args) -> int:
             continue
         if int(doc.max()) >= model.config.vocab_size:
             raise CommandError(f"document {i} has token {int(doc.max())} >= the model's vocab {model.config.vocab_size}")
-        lp, ok = _logprobs_and_hits(model, doc, None, args.chunk_len)
-        nll -= float(lp.sum())
-        n_tok += lp.size
-        n_ok += ok
+        s = score(model, doc, chunk_len=args.chunk_len)
+        nll += s.nll_sum
+        n_tok += s.n_tokens
+        n_ok += s.n_correct
         used += 1
         if args.max_tokens is not None and n_tok >= args.max_tokens:
             break

@@ -133,6 +133,15 @@ def as_tokens(prompt, tokenizer) -> list[int]:
     return [int(t) for t in prompt]
 
 
+def _stop_conditions(stop, stop_tokens, tokenizer):
+    """(stop strings, stop token ids): the end-of-text token of the tokenizer always stops."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    stop_ids = set(stop_tokens or [])
+    if getattr(tokenizer, "eot_token", None) is not None:
+        stop_ids.add(tokenizer.eot_token)
+    return stops, stop_ids
+
+
 def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top_p: float = 0.85,
              top_k: int = 0, presence_penalty: float = 0.2, frequency_penalty: float = 0.2,
              penalty_decay: float = 0.996, stop: str | Sequence[str] | None = None, stop_tokens=None,
@@ -154,11 +163,7 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
     tokens = as_tokens(prompt, tokenizer)
     if not tokens:
         raise ValueError("prompt: expected at least one token, got an empty prompt")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    stop_ids = set(stop_tokens or [])
-    eot = getattr(tokenizer, "eot_token", None)
-    if eot is not None:
-        stop_ids.add(eot)
+    stops, stop_ids = _stop_conditions(stop, stop_tokens, tokenizer)
     rng = np.random.default_rng(seed)
     penalties = Penalties(presence_penalty, frequency_penalty, penalty_decay)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -216,10 +221,7 @@ def generate_batch(model, prompts, max_tokens: int = 200, temperature: float = 1
     for b, s in enumerate(seqs):
         if not s:
             raise ValueError(f"prompts[{b}]: expected at least one token, got an empty prompt")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    stop_ids = set(stop_tokens or [])
-    if getattr(tokenizer, "eot_token", None) is not None:
-        stop_ids.add(tokenizer.eot_token)
+    stops, stop_ids = _stop_conditions(stop, stop_tokens, tokenizer)
     B = len(seqs)
     rngs = [np.random.default_rng(None if seed is None else [seed, b]) for b in range(B)]
     pens = [Penalties(presence_penalty, frequency_penalty, penalty_decay) for _ in range(B)]
