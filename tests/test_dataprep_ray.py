@@ -192,11 +192,63 @@ except ImportError:  # the `ray` extra (also in `test`) is not installed
     ray = None
 
 
+def _parent_pid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _ray_children():
+    """PIDs of the Ray processes (GCS, raylets, workers, ...) this test process started."""
+    me, pids = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _parent_pid(int(name)) == me:
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            args = cmd.split(b"\0")  # a "ray::" worker, or a Ray binary or script (not a forked pytest)
+            if args[0].startswith(b"ray::") or any(b"/ray/" in a for a in args[:2]):
+                pids.append(int(name))
+    return pids
+
+
+def _wait_ray_children_gone(timeout):
+    deadline = time.monotonic() + timeout
+    while _ray_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in _ray_children():  # still there: stop them rather than start next to them
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _retry_ray_start(start, cleanup, tries=3):
+    """start() Ray; Ray gives a raylet a fixed 30 s to register with the GCS, which on this 2-core
+    machine under load (the ASan run preloads libasan into Ray's own C++ processes as well) is
+    sometimes not enough: such a timeout is cleaned up and retried. Any other error, or the last
+    timeout, fails the test."""
+    for attempt in range(tries):
+        _wait_ray_children_gone(30)  # an earlier instance's processes exit asynchronously
+        try:
+            return start()
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == tries - 1:
+                raise
+            print(f"Ray start timed out (attempt {attempt + 1} of {tries}); retrying")
+            cleanup()
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     if ray is None:
         pytest.skip("Ray is not installed: pip install 'rwkv5[ray]'")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, logging_level="WARNING")
+    _retry_ray_start(lambda: ray.init(address="local", num_cpus=2, include_dashboard=False,
+                                      object_store_memory=100 << 20, logging_level="WARNING"), ray.shutdown)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -320,12 +372,16 @@ def test_killed_driver_then_rerun_resumes(corpus, tmp_path, tmp_path_factory, ra
 
 # ----------------------------------------------------------------------------- two nodes (runs last)
 
-def _parent_pid(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+def _start_cluster(Cluster):
+    """A head node and one worker node (one CPU each)."""
+    made = []
+
+    def start():
+        made.append(Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False}))
+        return made[-1], made[-1].add_node(num_cpus=1, object_store_memory=80 << 20)
+
+    return _retry_ray_start(start, lambda: made and made[-1].shutdown())
 
 
 @pytest.mark.slow
@@ -334,10 +390,8 @@ def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_
     for fmt in ("binidx", "zst"):
         local_reference(corpus, tmp_path_factory, fmt)
     ray.shutdown()  # the module's one-node instance; this test is the last one of the module
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False})
+    cluster, worker = _start_cluster(Cluster)
     try:
-        worker = cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
         ray.init(address=cluster.address, logging_level="WARNING")
         assert sum(1 for n in ray.nodes() if n["Alive"]) == 2
         for fmt in ("binidx", "zst"):
