@@ -1,28 +1,39 @@
-/* Thread pool: nthreads-1 workers sleep on a condition variable; a job is published by bumping a
- * generation counter; pieces are claimed with an atomic counter (dynamic scheduling); the caller
- * works too and waits until every worker has reported back.
+/* Thread pool: nthreads-1 workers; a job is published by bumping a generation counter; pieces are
+ * claimed with an atomic counter (dynamic scheduling); the caller works too and waits until every
+ * worker has reported back.
+ *
+ * Waiting is spin-then-sleep on both sides. A model forward is a chain of short jobs (a recurrent
+ * token of a 1.5B model is ~200 jobs of ~0.2 ms), and waking a sleeping thread costs tens of
+ * microseconds on a VM (an inter-processor interrupt through the hypervisor), which measured as a
+ * second thread that often joined late. So a worker that finished a job polls the generation for up
+ * to `spin_ns` (RWKV5_SPIN_US, default 100 us) before it sleeps on the condition variable, and the
+ * caller polls `pending` for as long before it sleeps. Between calls (Python code, sampling) the
+ * workers are asleep after at most spin_ns; RWKV5_SPIN_US=0 gives pure sleeping.
  *
  * Invariants: `job_lock` is held by the caller for the whole of a job and for resizing, so at most
- * one job exists and the worker set never changes under a running job. */
+ * one job exists and the worker set never changes under a running job. The job fields are written
+ * before the generation is bumped (release) and read after it is seen (acquire). */
 #include "threadpool.h"
 
+#include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_THREADS 256
 
 typedef struct {
-    pthread_mutex_t lock;      /* protects everything below except `next` */
-    pthread_cond_t wake;       /* workers wait here for a new generation */
-    pthread_cond_t done;       /* the caller waits here for pending == 0 */
+    pthread_mutex_t lock;      /* with the condition variables, for sleeping and waking */
+    pthread_cond_t wake;       /* workers sleep here until the generation changes */
+    pthread_cond_t done;       /* the caller sleeps here until pending == 0 */
     pthread_t threads[MAX_THREADS];
     int n_workers;
-    int stop;
-    uint64_t generation;
-    int pending;               /* workers that have not finished the current job */
+    atomic_int stop;
+    atomic_uint_fast64_t generation;
+    atomic_int pending;        /* workers that have not finished the current job */
     /* current job */
     rwkv5_range_fn fn;
     void *ctx;
@@ -35,6 +46,55 @@ static pool_t pool = {
     .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
 };
 static int configured = 0;     /* under job_lock: has the pool been sized at least once */
+
+static int64_t spin_ns = -1;   /* read once from RWKV5_SPIN_US (under job_lock, before workers start) */
+
+static void read_spin_setting(void) {
+    if (spin_ns >= 0) return;
+    const char *env = getenv("RWKV5_SPIN_US");
+    long us = 100;
+    if (env && *env) {
+        char *end;
+        long v = strtol(env, &end, 10);
+        if (*end == '\0' && v >= 0 && v <= 100000) us = v;
+    }
+    spin_ns = (int64_t)us * 1000;
+}
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+}
+
+/* Poll until done(arg) or spin_ns have passed; returns done(arg). */
+static int spin_until(int (*done)(uint64_t), uint64_t arg) {
+    if (done(arg)) return 1;
+    if (spin_ns <= 0) return 0;
+    int64_t deadline = now_ns() + spin_ns;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            cpu_relax();
+            if (done(arg)) return 1;
+        }
+        if (now_ns() > deadline) return done(arg);
+    }
+}
+
+static int new_generation(uint64_t seen) {
+    return atomic_load_explicit(&pool.generation, memory_order_acquire) != seen ||
+           atomic_load_explicit(&pool.stop, memory_order_relaxed);
+}
+static int all_reported(uint64_t unused) {
+    (void)unused;
+    return atomic_load_explicit(&pool.pending, memory_order_acquire) == 0;
+}
 
 int rwkv5_available_cpus(void) {
 #ifdef __linux__
@@ -58,39 +118,42 @@ static void run_pieces(void) {
 }
 
 /* arg: the generation current when the worker was created (no job runs while workers start), so
- * a job published before the new thread first takes the lock is not missed. */
+ * a job published before the new thread first looks is not missed. */
 static void *worker_main(void *arg) {
     uint64_t seen = (uint64_t)(uintptr_t)arg;
-    pthread_mutex_lock(&pool.lock);
     for (;;) {
-        while (!pool.stop && pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
-        if (pool.stop) break;
-        seen = pool.generation;
-        pthread_mutex_unlock(&pool.lock);
+        if (!spin_until(new_generation, seen)) {
+            pthread_mutex_lock(&pool.lock);   /* the publisher broadcasts under this lock: no lost wake */
+            while (!new_generation(seen)) pthread_cond_wait(&pool.wake, &pool.lock);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        if (atomic_load(&pool.stop)) break;
+        seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
         run_pieces();
-        pthread_mutex_lock(&pool.lock);
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+        if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&pool.lock);   /* the caller may be asleep: wake it */
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
     }
-    pthread_mutex_unlock(&pool.lock);
     return NULL;
 }
 
 /* Both under job_lock. */
 static void stop_workers(void) {
     pthread_mutex_lock(&pool.lock);
-    pool.stop = 1;
+    atomic_store(&pool.stop, 1);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     for (int i = 0; i < pool.n_workers; i++) pthread_join(pool.threads[i], NULL);
     pool.n_workers = 0;
-    pool.stop = 0;
+    atomic_store(&pool.stop, 0);
 }
 
 static int start_workers(int n_threads) {
     int rc = 0;
-    pthread_mutex_lock(&pool.lock);
-    uintptr_t gen = (uintptr_t)pool.generation;
-    pthread_mutex_unlock(&pool.lock);
+    read_spin_setting();
+    uintptr_t gen = (uintptr_t)atomic_load(&pool.generation);
     for (int i = 0; i < n_threads - 1; i++) {
         if (pthread_create(&pool.threads[i], NULL, worker_main, (void *)gen) != 0) { rc = -1; break; }
         pool.n_workers++;
@@ -105,8 +168,8 @@ static void after_fork_child(void) {
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
     pool.n_workers = 0;
-    pool.stop = 0;
-    pool.pending = 0;
+    atomic_store(&pool.stop, 0);
+    atomic_store(&pool.pending, 0);
     configured = 0;
 }
 
@@ -156,19 +219,21 @@ void rwkv5_parallel_for(int64_t n, int64_t grain, rwkv5_range_fn fn, void *ctx) 
         fn(ctx, 0, n);
         return;
     }
-    pthread_mutex_lock(&pool.lock);
     pool.fn = fn;
     pool.ctx = ctx;
     pool.n = n;
     pool.piece = piece;
     atomic_store(&pool.next, 0);
-    pool.pending = pool.n_workers;
-    pool.generation++;
+    atomic_store(&pool.pending, pool.n_workers);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_acq_rel);   /* publish */
+    pthread_mutex_lock(&pool.lock);   /* wake the workers that went to sleep */
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     run_pieces();
-    pthread_mutex_lock(&pool.lock);
-    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
-    pthread_mutex_unlock(&pool.lock);
+    if (!spin_until(all_reported, 0)) {
+        pthread_mutex_lock(&pool.lock);
+        while (!all_reported(0)) pthread_cond_wait(&pool.done, &pool.lock);
+        pthread_mutex_unlock(&pool.lock);
+    }
     pthread_mutex_unlock(&job_lock);
 }
