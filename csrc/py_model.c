@@ -560,7 +560,8 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     (void)self;
     long v = PyLong_AsLong(arg);
     if (v == -1 && PyErr_Occurred()) return NULL;
-    if (v < 0 || v > 2) return PyErr_Format(PyExc_ValueError, "isa must be 0 (scalar), 1 (avx2) or 2 (avx512)");
+    if (v < 0 || v > 3)
+        return PyErr_Format(PyExc_ValueError, "isa must be 0 (scalar), 1 (avx2), 2 (avx512) or 3 (avx512_vnni)");
     return PyUnicode_FromString(rwkv5_isa_name(rwkv5_set_isa((rwkv5_isa)v)));
 }
 
@@ -576,7 +577,7 @@ static PyMethodDef methods[] = {
     {"_matmul", py_matmul, METH_VARARGS, "_matmul(x, w, isa, gemm=False) -> x @ w.T (tests)"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): size of the C thread pool"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
-    {"_set_isa", py_set_isa, METH_O, "_set_isa(0|1|2) -> name of the ISA now used by the kernels (tests)"},
+    {"_set_isa", py_set_isa, METH_O, "_set_isa(0|1|2|3) -> name of the ISA now used by the kernels (tests)"},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> (ISA in use, best ISA of this CPU)"},
     {NULL, NULL, 0, NULL},
 };

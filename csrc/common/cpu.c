@@ -10,8 +10,11 @@ rwkv5_isa rwkv5_cpu_isa_supported(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+        if (__builtin_cpu_supports("avx512vnni"))
+            return RWKV5_ISA_AVX512_VNNI;
         return RWKV5_ISA_AVX512;
+    }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return RWKV5_ISA_AVX2;
 #endif
@@ -35,12 +38,14 @@ rwkv5_isa rwkv5_cpu_isa(void) {
         if (!strcmp(env, "scalar")) want = RWKV5_ISA_SCALAR;
         else if (!strcmp(env, "avx2")) want = RWKV5_ISA_AVX2;
         else if (!strcmp(env, "avx512")) want = RWKV5_ISA_AVX512;
+        else if (!strcmp(env, "avx512_vnni")) want = RWKV5_ISA_AVX512_VNNI;
     }
     return rwkv5_set_isa(want);
 }
 
 const char *rwkv5_isa_name(rwkv5_isa isa) {
     switch (isa) {
+    case RWKV5_ISA_AVX512_VNNI: return "avx512_vnni";
     case RWKV5_ISA_AVX512: return "avx512";
     case RWKV5_ISA_AVX2: return "avx2";
     default: return "scalar";

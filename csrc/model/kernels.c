@@ -240,7 +240,7 @@ TGT512 static void wkv_chunk_avx512(CHUNK_ARGS) {
 
 void rwkv5_wkv_step_isa(int isa, STEP_ARGS) {
 #if defined(__x86_64__)
-    if (isa == RWKV5_ISA_AVX512) wkv_step_avx512(y, S, r, k, v, w, u, N);
+    if (isa >= RWKV5_ISA_AVX512) wkv_step_avx512(y, S, r, k, v, w, u, N);
     else if (isa == RWKV5_ISA_AVX2) wkv_step_avx2(y, S, r, k, v, w, u, N);
     else
 #endif
@@ -249,7 +249,7 @@ void rwkv5_wkv_step_isa(int isa, STEP_ARGS) {
 
 void rwkv5_wkv_chunk_isa(int isa, CHUNK_ARGS) {
 #if defined(__x86_64__)
-    if (isa == RWKV5_ISA_AVX512) wkv_chunk_avx512(y, S, r, k, v, ld, P, ldp, u, n, N);
+    if (isa >= RWKV5_ISA_AVX512) wkv_chunk_avx512(y, S, r, k, v, ld, P, ldp, u, n, N);
     else if (isa == RWKV5_ISA_AVX2) wkv_chunk_avx2(y, S, r, k, v, ld, P, ldp, u, n, N);
     else
 #endif
