@@ -229,26 +229,40 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     for (int m = 0; m < M; m++) {
         const float *xm = x + (size_t)m * n;
-        float amax = 0.0f;
-        for (size_t i = 0; i < n; i++) amax = fabsf(xm[i]) > amax ? fabsf(xm[i]) : amax;
+        /* max |x| (max_ps may drop a nan: row_is_finite catches it) */
+        __m512 vmax = _mm512_setzero_ps();
+        for (size_t i = 0; i < n; i += 16) {
+            __mmask16 k = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, xm + i)));
+        }
+        float amax = _mm512_reduce_max_ps(vmax);
         if (!isfinite(amax) || !row_is_finite(xm, n)) {   /* inf/nan: the IEEE result, as elsewhere */
             mm_avx512_i8(out + (size_t)m * d, xm, w, 1, o0, o1);
             continue;
         }
         float s = amax > 0.0f ? amax / (float)XQ : 0.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
-        int64_t sum[XQ_PARTS] = {0};
-        for (size_t i = 0; i < np; i++) {
-            long q = i < n ? lrintf(xm[i] * inv) : 0;
-            q = q > XQ ? XQ : q < -XQ ? -XQ : q;
-            for (int p = 0; p < XQ_PARTS - 1; p++) {   /* balanced base-256 digits, low first, in [-128, 127] */
-                long hi = (q + 128) >> 8;   /* floor shift */
-                xp[p][i] = (int8_t)(q - 256 * hi);
-                sum[p] += q - 256 * hi;
+        /* q = round-to-nearest-even(x * inv), clamped; digits low first: hi = (q + 128) >> 8
+         * (arithmetic), digit = q - 256 * hi, then q = hi. 16 values at a time. */
+        const __m512 vinv = _mm512_set1_ps(inv);
+        const __m512i lim = _mm512_set1_epi32(XQ), c128 = _mm512_set1_epi32(128);
+        __m512i vsum[XQ_PARTS];
+        for (int p = 0; p < XQ_PARTS; p++) vsum[p] = _mm512_setzero_si512();
+        for (size_t i = 0; i < np; i += 16) {
+            __mmask16 k = i + 16 <= n ? (__mmask16)0xffff : i < n ? (__mmask16)((1u << (n - i)) - 1u) : 0;
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, xm + i), vinv));
+            q = _mm512_max_epi32(_mm512_min_epi32(q, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim));
+            for (int p = 0; p < XQ_PARTS - 1; p++) {
+                __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(q, c128), 8);
+                __m512i dg = _mm512_sub_epi32(q, _mm512_slli_epi32(hi, 8));
+                _mm_store_si128((__m128i *)(xp[p] + i), _mm512_cvtepi32_epi8(dg));
+                vsum[p] = _mm512_add_epi32(vsum[p], dg);
                 q = hi;
             }
-            xp[XQ_PARTS - 1][i] = (int8_t)q;
-            sum[XQ_PARTS - 1] += q;
+            _mm_store_si128((__m128i *)(xp[XQ_PARTS - 1] + i), _mm512_cvtepi32_epi8(q));
+            vsum[XQ_PARTS - 1] = _mm512_add_epi32(vsum[XQ_PARTS - 1], q);
         }
+        int64_t sum[XQ_PARTS];
+        for (int p = 0; p < XQ_PARTS; p++) sum[p] = _mm512_reduce_add_epi32(vsum[p]);
         for (int o = o0; o < o1; o += 4) {
             int nr = o1 - o < 4 ? o1 - o : 4;
             const unsigned char *wr[4];
