@@ -8,8 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/cpu.h"
 #include "common/threadpool.h"
 #include "kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define LN_EPS 1e-5f   /* every LayerNorm (ln0, ln1, ln2, ln_out) */
 
@@ -177,13 +182,6 @@ static int scratch_acquire(scratch_t *s, const rwkv5_model *m, int R, int B, int
     return RWKV5_OK;
 }
 
-/* Token shift over a block: x_mix = cur * mu + prev * (1 - mu), prev = the row before (or the
- * carried state row for t = 0). */
-static void mix_rows(float *out, const float *cur, const float *carried, const float *mu, int t, int C) {
-    const float *prev = t == 0 ? carried : cur - C;
-    for (int i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
-}
-
 /* Position-wise work over the R rows of a block, split between the pool's threads by rows. */
 enum { ROW_LN, ROW_MIX, ROW_GN_GATE, ROW_ADD, ROW_RELU2, ROW_ADD_GATED };
 
@@ -200,8 +198,114 @@ typedef struct {
 
 static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 
+/* The element-wise row operations, written once (always inline) and compiled for the baseline ISA
+ * and for AVX-512; the AVX-512 copy also has a vector sigmoid. rows_range picks by rwkv5_cpu_isa(). */
+#define INL static inline __attribute__((always_inline))
+
+/* token shift: out = cur * mu + prev * (1 - mu), prev = the row before (or the carried row at t = 0) */
+INL void mix_body(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
+    for (size_t i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
+}
+INL void add_body(float *x, const float *a, size_t C) {
+    for (size_t i = 0; i < C; i++) x[i] += a[i];
+}
+INL void relu2_body(float *x, size_t C) {
+    for (size_t i = 0; i < C; i++) {
+        float z = x[i] > 0.0f ? x[i] : 0.0f;
+        x[i] = z * z;
+    }
+}
+static void silu_gate(float *y, const float *g, size_t C) {   /* y *= g * sigmoid(g) */
+    for (size_t i = 0; i < C; i++) y[i] *= g[i] * sigmoidf_(g[i]);
+}
+static void add_gated(float *x, const float *a, const float *b, size_t C) {   /* x += sigmoid(a) * b */
+    for (size_t i = 0; i < C; i++) x[i] += sigmoidf_(a[i]) * b[i];
+}
+static void mix_generic(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
+    mix_body(out, cur, prev, mu, C);
+}
+static void add_generic(float *x, const float *a, size_t C) { add_body(x, a, C); }
+static void relu2_generic(float *x, size_t C) { relu2_body(x, C); }
+
+typedef struct {
+    void (*mix)(float *, const float *, const float *, const float *, size_t);
+    void (*add)(float *, const float *, size_t);
+    void (*relu2)(float *, size_t);
+    void (*silu_gate)(float *, const float *, size_t);
+    void (*add_gated)(float *, const float *, const float *, size_t);
+} row_ops;
+
+static const row_ops ops_generic = {mix_generic, add_generic, relu2_generic, silu_gate, add_gated};
+
+#if defined(__x86_64__)
+#define T512F __attribute__((target("avx512f,avx512dq,fma")))
+
+/* e^x on 16 lanes: x = n ln2 + r (Cody-Waite split of ln2), e^r by its Taylor series to r^7 on
+ * |r| <= ln2/2 (truncation < 2e-8 relative), times 2^n by vscalefps, which overflows to inf and
+ * underflows to 0 as expf does. Arguments are clamped to [-100, 100] first (nan passes through:
+ * the constant is the first operand of min/max). Measured against expf: <= 2 ulp. */
+T512F static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-100.0f), _mm512_min_ps(_mm512_set1_ps(100.0f), x));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+T512F static inline __m512 sigmoid512(__m512 z) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z))));
+}
+T512F static void silu_gate_512(float *y, const float *g, size_t C) {
+    size_t i = 0;
+    for (; i + 16 <= C; i += 16) {
+        __m512 gv = _mm512_loadu_ps(g + i);
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), _mm512_mul_ps(gv, sigmoid512(gv))));
+    }
+    if (i < C) {
+        __mmask16 k = (__mmask16)((1u << (C - i)) - 1u);
+        __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
+        _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + i), _mm512_mul_ps(gv, sigmoid512(gv))));
+    }
+}
+T512F static void add_gated_512(float *x, const float *a, const float *b, size_t C) {
+    size_t i = 0;
+    for (; i + 16 <= C; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_fmadd_ps(sigmoid512(_mm512_loadu_ps(a + i)), _mm512_loadu_ps(b + i),
+                                                _mm512_loadu_ps(x + i)));
+    if (i < C) {
+        __mmask16 k = (__mmask16)((1u << (C - i)) - 1u);
+        _mm512_mask_storeu_ps(x + i, k, _mm512_fmadd_ps(sigmoid512(_mm512_maskz_loadu_ps(k, a + i)),
+                                                        _mm512_maskz_loadu_ps(k, b + i), _mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+T512F static void mix_512(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
+    mix_body(out, cur, prev, mu, C);
+}
+T512F static void add_512(float *x, const float *a, size_t C) { add_body(x, a, C); }
+T512F static void relu2_512(float *x, size_t C) { relu2_body(x, C); }
+
+static const row_ops ops_avx512 = {mix_512, add_512, relu2_512, silu_gate_512, add_gated_512};
+#endif
+
+static const row_ops *pick_row_ops(void) {
+#if defined(__x86_64__)
+    if (rwkv5_cpu_isa() >= RWKV5_ISA_AVX512) return &ops_avx512;
+#endif
+    return &ops_generic;
+}
+
 static void rows_range(void *ctx, int64_t r0, int64_t r1) {
     const rows_job *j = (const rows_job *)ctx;
+    const row_ops *f = pick_row_ops();
     size_t C = (size_t)j->C;
     for (int64_t row = r0; row < r1; row++) {
         size_t o = (size_t)row * C;
@@ -212,29 +316,24 @@ static void rows_range(void *ctx, int64_t r0, int64_t r1) {
         case ROW_MIX: {   /* token shift: outs[m] = xn * mu + prev * (1 - mu) */
             int b = (int)(row / j->n), t = (int)(row % j->n);
             const float *carried = j->carried + ((size_t)b * j->L + j->l) * C;
-            for (int m = 0; m < j->nmix; m++) mix_rows(j->outs[m] + o, j->x + o, carried, j->mus[m], t, j->C);
+            const float *cur = j->x + o, *prev = t == 0 ? carried : cur - C;
+            for (int m = 0; m < j->nmix; m++) f->mix(j->outs[m] + o, cur, prev, j->mus[m], C);
             break;
         }
         case ROW_GN_GATE: {   /* y = GN(y), then o = GN(y) * SiLU(g) */
             float *y = j->x + o;
             rwkv5_group_norm(y, y, j->w, j->bias, j->C, j->H, j->eps);
-            if (j->has_gate) {
-                const float *g = j->a + o;
-                for (size_t i = 0; i < C; i++) y[i] *= g[i] * sigmoidf_(g[i]);
-            }
+            if (j->has_gate) f->silu_gate(y, j->a + o, C);
             break;
         }
         case ROW_ADD:
-            for (size_t i = 0; i < C; i++) j->x[o + i] += j->a[o + i];
+            f->add(j->x + o, j->a + o, C);
             break;
         case ROW_RELU2:   /* relu(k)^2 */
-            for (size_t i = 0; i < C; i++) {
-                float z = j->x[o + i] > 0.0f ? j->x[o + i] : 0.0f;
-                j->x[o + i] = z * z;
-            }
+            f->relu2(j->x + o, C);
             break;
         case ROW_ADD_GATED:   /* x += sigmoid(r) * v */
-            for (size_t i = 0; i < C; i++) j->x[o + i] += sigmoidf_(j->a[o + i]) * j->b[o + i];
+            f->add_gated(j->x + o, j->a + o, j->b + o, C);
             break;
         }
     }
