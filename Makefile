@@ -5,7 +5,7 @@ PIP     := $(PY) -m pip
 PYTEST  := $(PY) -m pytest
 EXTRAS  ?= test
 
-.PHONY: all sysdeps install demo test test-fast test-slow test-asan test-c bench bench-quick clean \
+.PHONY: all sysdeps install demo test test-fast test-scalar test-slow test-asan test-c bench bench-quick clean \
         fuzz fuzz-smoke fuzz-deps fuzz-build test-valgrind
 
 all: install
@@ -30,6 +30,11 @@ test: install test-c
 
 test-fast: install
 	$(PYTEST) -q -x -m "not slow"
+
+# The whole Python suite again with the portable scalar kernels forced (RWKV5_ISA=scalar), against
+# the build already installed (run after `make test` / `make install`).
+test-scalar:
+	RWKV5_ISA=scalar $(PYTEST) -q -p no:cacheprovider
 
 # The whole Python suite against an ASan+UBSan build of the extensions. libasan must be the
 # first library loaded, hence LD_PRELOAD; leaks are checked by the C unit tests (Python itself
