@@ -360,11 +360,16 @@ T256 static inline float hsum256(__m256 v) {
         int o = o0;                                                                              \
         for (; o + 4 <= o1; o += 4) {                                                            \
             const unsigned char *w0 = W + (size_t)o * rb, *w1 = w0 + rb, *w2 = w1 + rb, *w3 = w2 + rb; \
+            const unsigned char *nx = NEXT_BLOCK(W, o, o1, rb);                                 \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
                 size_t i = 0;                                                                    \
                 for (; i < nfull; i += 8) {                                                      \
+                    /* the next block, one 64-byte line per 64 bytes consumed here (see PF_NEXT) */ \
+                    if (nx && (4 * i * sizeof(T)) % 64 == 0)                                     \
+                        for (size_t b_ = 0; b_ < 32 * sizeof(T); b_ += 64)                       \
+                            _mm_prefetch((const char *)nx + 4 * i * sizeof(T) + b_, _MM_HINT_T0); \
                     __m256 xv = _mm256_loadu_ps(xm + i);                                         \
                     a0 = _mm256_fmadd_ps(xv, LD(w0, i), a0);                                     \
                     a1 = _mm256_fmadd_ps(xv, LD(w1, i), a1);                                     \
