@@ -42,7 +42,7 @@ test-scalar:
 test-asan: sysdeps
 	RWKV5_SANITIZE=1 $(PIP) install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation -e ".[$(EXTRAS)]"
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:suppressions=$(CURDIR)/tests/asan.supp UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(PYTEST) -q -x -p no:cacheprovider
 	$(MAKE) test-c CSAN=1
 	@echo "test-asan: done; run 'make install' to go back to the optimised build"
