@@ -15,7 +15,9 @@
  * before the generation is bumped (release) and read after it is seen (acquire). */
 #include "threadpool.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>

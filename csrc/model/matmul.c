@@ -71,6 +71,12 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
             _mm_prefetch(pf_ + 192, _MM_HINT_T0);                                                \
         }                                                                                        \
     } while (0)
+/* PF_NEXT at element i of a row of T: the loops consume 4 rows x i*sizeof(T) bytes, so the next
+ * block's bytes [4*i*sizeof(T), +256) are prefetched each time that offset reaches a multiple of 256 */
+#define PF_NEXT_AT(nx, i, T)                                                                     \
+    do {                                                                                         \
+        if ((4 * (i) * sizeof(T)) % 256 == 0) PF_NEXT(nx, (i) * sizeof(T));                      \
+    } while (0)
 /* the start of the block after rows [o, o+4) when it is still inside this call piece */
 #define NEXT_BLOCK(W, o, o1, rb) ((o) + 8 <= (o1) ? (const unsigned char *)(W) + (size_t)((o) + 4) * (rb) : NULL)
 
@@ -109,7 +115,7 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
                 size_t i = 0;                                                                    \
                 for (; i < nfull; i += 16) {                                                     \
-                    if (sizeof(T) == 4 || (i & 31) == 0) PF_NEXT(nx, i * sizeof(T));             \
+                    PF_NEXT_AT(nx, i, T);                                                        \
                     __m512 xv = _mm512_loadu_ps(xm + i);                                         \
                     a0 = _mm512_fmadd_ps(xv, LD(w0, i, 0xffff), a0);                             \
                     a1 = _mm512_fmadd_ps(xv, LD(w1, i, 0xffff), a1);                             \
@@ -146,7 +152,7 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
 
 AVX512_KERNEL(mm_avx512_f32, float, ld512_f32)
 AVX512_KERNEL(mm_avx512_f16, uint16_t, ld512_f16)
-AVX512_KERNEL(mm_avx512_vnni, uint16_t, ld512_bf16)
+AVX512_KERNEL(mm_avx512_bf16, uint16_t, ld512_bf16)
 AVX512_KERNEL(mm_avx512_i8, int8_t, ld512_i8)
 
 /* bf16 rows without lane-crossing widening. A 512-bit load holds 32 bf16 weights; a shift and a
@@ -211,7 +217,7 @@ T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
         }                                                                                        \
     }
 
-AVX512_PERM_KERNEL(mm_avx512p_bf16, uint16_t, 2, widen_bf16x32, rwkv5_ld_bf16, mm_avx512_vnni)
+AVX512_PERM_KERNEL(mm_avx512p_bf16, uint16_t, 2, widen_bf16x32, rwkv5_ld_bf16, mm_avx512_bf16)
 
 /* ---------------- AVX-512 VNNI: int8 rows by dot-product instructions, no widening ----------------
  * Widening each weight to fp32 costs more instructions than the multiply itself and bounds one
@@ -366,10 +372,7 @@ T256 static inline float hsum256(__m256 v) {
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
                 size_t i = 0;                                                                    \
                 for (; i < nfull; i += 8) {                                                      \
-                    /* the next block, one 64-byte line per 64 bytes consumed here (see PF_NEXT) */ \
-                    if (nx && (4 * i * sizeof(T)) % 64 == 0)                                     \
-                        for (size_t b_ = 0; b_ < 32 * sizeof(T); b_ += 64)                       \
-                            _mm_prefetch((const char *)nx + 4 * i * sizeof(T) + b_, _MM_HINT_T0); \
+                    PF_NEXT_AT(nx, i, T);                                                        \
                     __m256 xv = _mm256_loadu_ps(xm + i);                                         \
                     a0 = _mm256_fmadd_ps(xv, LD(w0, i), a0);                                     \
                     a1 = _mm256_fmadd_ps(xv, LD(w1, i), a1);                                     \
