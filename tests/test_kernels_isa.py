@@ -91,7 +91,7 @@ def test_gemm_rows_do_not_depend_on_the_batch(isa, isa_name, kind):
 
 @pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8"])
 def test_row_kernels_do_not_depend_on_the_batch(isa, kind):
-    """The row kernels of the best ISA (x split or quantised per input row on avx512_vnni) give a
+    """The row kernels of the best ISA (int8: x quantised per input row on avx512_vnni) give a
     row the same bits alone and in a batch; a row with inf/nan gives the IEEE result of the
     widening kernels and does not disturb its neighbours."""
     isa(_model.get_isa()[1])

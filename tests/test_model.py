@@ -9,6 +9,7 @@ import rwkv5
 from rwkv5 import _model
 from rwkv5.reference import ReferenceModel
 from rwkv5.testing import random_state_dict, round_weights
+from test_kernels_isa import ISAS
 
 VARIANTS = [("5.0", False), ("5.0", True), ("5.1", False), ("5.2", False)]
 T_LIST = [1, 2, 3, 17, 64, 65, 200]
@@ -30,8 +31,8 @@ def tokens_for(B, T, seed=1, V=256):
 def isa():
     """Set the kernels' ISA for one test, restore afterwards."""
     before = _model.get_isa()[0]
-    yield lambda name: _model._set_isa({"scalar": 0, "avx2": 1, "avx512": 2, "avx512_vnni": 3}[name])
-    _model._set_isa({"scalar": 0, "avx2": 1, "avx512": 2, "avx512_vnni": 3}[before])
+    yield lambda name: _model._set_isa(ISAS[name])
+    _model._set_isa(ISAS[before])
 
 
 def reference_runs(sd, toks, gn_eps=64e-5):
@@ -66,7 +67,7 @@ def test_c_matches_reference_all_variants_dtypes_lengths_batches(version, time_f
                             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
-@pytest.mark.parametrize("isa_name", ["scalar", "avx2", "avx512", "avx512_vnni"])
+@pytest.mark.parametrize("isa_name", list(ISAS))
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_every_isa_path_matches_reference(isa, isa_name, dtype):
     used = isa(isa_name)
@@ -241,7 +242,7 @@ def test_zero_copy_and_memmap(tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("isa_name", ["scalar", "avx2", "avx512", "avx512_vnni"])
+@pytest.mark.parametrize("isa_name", list(ISAS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16])
 def test_unaligned_matrices_are_used_in_place(isa, isa_name, dtype):
     """Views at odd byte offsets (as in rwkv.cpp files) are read in place, with the same results."""
