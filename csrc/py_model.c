@@ -144,44 +144,55 @@ static const void *take(PyObject *owner, PyObject *obj, const char *name, int ty
     return take_flags(owner, obj, name, type, nd, dims, 0);
 }
 
-/* A matrix: an array of float32 / float16 / uint16 (bf16 bits), or a tuple (q int8 (rows, cols),
- * scale float32 (rows,)) meaning W[o][i] = q[o][i] * scale[o]. */
+/* A matrix, in either layout of rwkv5_mat:
+ *  - row-major: an array (rows, cols) of float32 / float16 / uint16 (bf16 bits), or a tuple
+ *    (q int8 (rows, cols), scale float32 (rows,)) meaning W[o][i] = q[o][i] * scale[o];
+ *  - 4-row blocked: the same with a 4-d array (ceil(rows/4), ceil(cols/E), 4, E), E = 64 / itemsize
+ *    (rwkv5.model.block_matrix makes one). */
 static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, int cols, rwkv5_mat *out) {
-    npy_intp d[2] = {rows, cols}, dr[1] = {rows};
+    npy_intp dr[1] = {rows};
+    PyObject *data = obj, *scale = NULL;
+    memset(out, 0, sizeof *out);
     if (PyTuple_Check(obj)) {
         if (PyTuple_GET_SIZE(obj) != 2) {
             PyErr_Format(PyExc_ValueError, "%s: an int8 matrix is a tuple (q, scale), got %zd items", name,
                          PyTuple_GET_SIZE(obj));
             return -1;
         }
-        char sname[160];
-        snprintf(sname, sizeof sname, "%s scale", name);
-        out->data = take_flags(owner, PyTuple_GET_ITEM(obj, 0), name, NPY_INT8, 2, d, UNALIGNED_OK);
-        if (!out->data) return -1;
-        out->scale = take(owner, PyTuple_GET_ITEM(obj, 1), sname, NPY_FLOAT32, 1, dr);
-        if (!out->scale) return -1;
-        out->dtype = RWKV5_I8;
-        out->rows = rows;
-        out->cols = cols;
-        return 0;
+        data = PyTuple_GET_ITEM(obj, 0);
+        scale = PyTuple_GET_ITEM(obj, 1);
     }
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
+    if (!PyArray_Check(data)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(data)->tp_name);
         return -1;
     }
-    int t = PyArray_TYPE((PyArrayObject *)obj);
-    if (t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16) {
-        PyErr_Format(PyExc_TypeError, "%s: expected dtype float32, float16 or uint16 (bfloat16 bits), or a tuple "
+    int t = PyArray_TYPE((PyArrayObject *)data);
+    if (scale ? t != NPY_INT8 : t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16) {
+        PyErr_Format(PyExc_TypeError, scale ? "%s: expected dtype int8 (the q of a (q, scale) matrix), got %s"
+                     : "%s: expected dtype float32, float16 or uint16 (bfloat16 bits), or a tuple "
                      "(int8 q, float32 scale), got %s", name,
-                     PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
+                     PyArray_DESCR((PyArrayObject *)data)->typeobj->tp_name);
         return -1;
     }
-    out->data = take_flags(owner, obj, name, t, 2, d, UNALIGNED_OK);
-    if (!out->data) return -1;
-    out->dtype = t == NPY_FLOAT32 ? RWKV5_F32 : t == NPY_FLOAT16 ? RWKV5_F16 : RWKV5_BF16;
+    out->dtype = t == NPY_FLOAT32 ? RWKV5_F32 : t == NPY_FLOAT16 ? RWKV5_F16 : t == NPY_UINT16 ? RWKV5_BF16 : RWKV5_I8;
     out->rows = rows;
     out->cols = cols;
-    out->scale = NULL;
+    out->blocked = PyArray_NDIM((PyArrayObject *)data) == 4;
+    if (out->blocked) {
+        npy_intp e = 64 / (npy_intp)rwkv5_esz(out->dtype);
+        npy_intp d4[4] = {((npy_intp)rows + 3) / 4, ((npy_intp)cols + e - 1) / e, 4, e};
+        out->data = take_flags(owner, data, name, t, 4, d4, UNALIGNED_OK);
+    } else {
+        npy_intp d[2] = {rows, cols};
+        out->data = take_flags(owner, data, name, t, 2, d, UNALIGNED_OK);
+    }
+    if (!out->data) return -1;
+    if (scale) {
+        char sname[160];
+        snprintf(sname, sizeof sname, "%s scale", name);
+        out->scale = take(owner, scale, sname, NPY_FLOAT32, 1, dr);
+        if (!out->scale) return -1;
+    }
     return 0;
 }
 
@@ -483,15 +494,15 @@ done:
 }
 
 /* _matmul(x (M, n) float32, w (d, n) float32|float16|uint16 or (q int8 (d, n), scale float32 (d,)),
- * isa, gemm=0) -> x @ w.T. isa -1 = the current ISA, threaded; 0/1/2 = that ISA (clamped to the CPU):
+ * isa, gemm=0, rows=-1) -> x @ w.T; w may be blocked (4-d, see take_mat), then rows = d is given. isa -1 = the current ISA, threaded; 0/1/2 = that ISA (clamped to the CPU):
  * with gemm=0 the single-threaded row kernels, with gemm=1 the blocked GEMM (threaded; scalar ISA
  * has none and uses the row kernels). For the kernel tests. */
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *ox, *ow, *owner = NULL, *result = NULL;
-    int isa, gemm = 0;
+    int isa, gemm = 0, rows_given = -1;
     float *ws = NULL;
-    if (!PyArg_ParseTuple(args, "OOi|p", &ox, &ow, &isa, &gemm)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOi|pi", &ox, &ow, &isa, &gemm, &rows_given)) return NULL;
     npy_intp any2[2] = {-1, -1};
     PyArrayObject *x = check_array(ox, "x", NPY_FLOAT32, 2, any2, 0);
     if (!x) return NULL;
@@ -499,8 +510,12 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     if (!PyArray_Check(oq)) return PyErr_Format(PyExc_TypeError, "w: expected a numpy.ndarray or (q, scale)");
     npy_intp M = PyArray_DIM(x, 0), n = PyArray_DIM(x, 1), d = PyArray_NDIM((PyArrayObject *)oq) == 2 ?
                                                            PyArray_DIM((PyArrayObject *)oq, 0) : -1;
+    if (PyArray_NDIM((PyArrayObject *)oq) == 4) {   /* blocked: the number of rows is given */
+        if (rows_given < 0) return PyErr_Format(PyExc_ValueError, "w: a blocked matrix needs rows=");
+        d = rows_given;
+    }
     if (M > INT32_MAX || n > INT32_MAX || d > INT32_MAX) return PyErr_Format(PyExc_ValueError, "too large");
-    if (d < 0) return PyErr_Format(PyExc_ValueError, "w: expected a 2-d array");
+    if (d < 0) return PyErr_Format(PyExc_ValueError, "w: expected a 2-d array (or a 4-d blocked one)");
     rwkv5_mat mat;
     if (!(owner = PyList_New(0))) return NULL;
     if (take_mat(owner, ow, "w", (int)d, (int)n, &mat) < 0) goto done;
@@ -574,7 +589,7 @@ static PyMethodDef methods[] = {
     {"layer_norm", py_layer_norm, METH_VARARGS,
      "layer_norm(x (R, n) f32, weight (n,), bias (n,), eps[, n_groups]) -> LayerNorm or GroupNorm rows"},
     {"wkv5", py_wkv5, METH_VARARGS, "wkv5(r, k, v (T,H,N), w, u (H,N), state (H,N,N), mode) -> (y, new_state)"},
-    {"_matmul", py_matmul, METH_VARARGS, "_matmul(x, w, isa, gemm=False) -> x @ w.T (tests)"},
+    {"_matmul", py_matmul, METH_VARARGS, "_matmul(x, w, isa, gemm=False, rows=-1) -> x @ w.T (tests)"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): size of the C thread pool"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"_set_isa", py_set_isa, METH_O, "_set_isa(0|1|2|3) -> name of the ISA now used by the kernels (tests)"},

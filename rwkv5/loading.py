@@ -188,7 +188,7 @@ def _check_dtype(dtype):
         raise ValueError(f"dtype must be one of None, 'fp32', 'bf16', 'fp16', 'int8'; got {dtype!r}")
 
 
-def load(path, dtype=None, gn_eps=None):
+def load(path, dtype=None, gn_eps=None, layout="auto"):
     """Load an RWKV-5 checkpoint (.pth, safetensors, rwkv.cpp .bin, or a folder of shards).
 
     >>> model = rwkv5.load("RWKV-5-World-0.4B-v2.pth", dtype="bf16")
@@ -197,6 +197,10 @@ def load(path, dtype=None, gn_eps=None):
     from the file's mmap), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
     symmetrically per output row (see ``rwkv5.model.quantize_int8``; the embedding is kept). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
+    ``layout``: "auto" (default) stores the fp16/bf16/int8 matrices in the 4-row blocked layout
+    that one-token decoding reads fastest (a copy; the file's pages of a copied matrix are
+    released from the process), "rows" keeps them as in the file (zero copy), "blocked" blocks
+    fp32 too; see ``Model.from_state_dict``.
     """
     _check_dtype(dtype)
     if gn_eps is not None and (isinstance(gn_eps, bool) or not isinstance(gn_eps, numbers.Real)
@@ -207,7 +211,7 @@ def load(path, dtype=None, gn_eps=None):
     # Model.from_state_dict takes float32/float16/float64 or uint16 (= bf16 bits), which is the
     # convention every reader here follows, and converts to ``dtype`` itself.
     from .model import Model
-    model = Model.from_state_dict(sd, gn_eps=eps, dtype=dtype)
+    model = Model.from_state_dict(sd, gn_eps=eps, dtype=dtype, layout=layout)
     if info["time_state"] is not None:
         from .formats.state_io import attach_initial_state
         attach_initial_state(model, info["time_state"], where=os.fspath(path))

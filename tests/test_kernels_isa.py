@@ -10,7 +10,7 @@ import pytest
 
 import rwkv5
 from rwkv5 import _model
-from rwkv5.model import quantize_int8
+from rwkv5.model import block_matrix, quantize_int8
 from rwkv5.reference import ReferenceModel
 from rwkv5.testing import bf16_bits_to_float32, float32_to_bf16_bits, random_state_dict
 
@@ -42,6 +42,11 @@ def storage(w32, kind):
     return w, wf.astype(np.float64)
 
 
+def blocked(w):
+    """the 4-row blocked layout of storage(...)[0]"""
+    return (block_matrix(w[0]), w[1]) if isinstance(w, tuple) else block_matrix(w)
+
+
 SIZES = [(1, 1, 1), (1, 17, 5), (3, 33, 7), (2, 64, 9), (5, 128, 6), (16, 16, 6), (17, 31, 13), (65, 300, 7),
          (130, 257, 29)]
 
@@ -69,10 +74,39 @@ def test_matmul_every_path_matches_float64(isa, isa_name, kind, gemm, M, n, d):
     got = _model._matmul(x, w, ISAS[isa_name], gemm)
     fp_tol = 2e-6 * n * max(1.0, np.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=0, atol=fp_tol + (0 if gemm else x_split_bound(x, wf, kind, isa_name)))
+    # the 4-row blocked layout: the same sums in the same order, so the same bits
+    np.testing.assert_array_equal(_model._matmul(x, blocked(w), ISAS[isa_name], gemm, d), got)
     # the threaded entry point (current ISA, GEMM from 16 rows on)
     cur = _model.get_isa()[0]
     np.testing.assert_allclose(_model._matmul(x, w, -1), want, rtol=0,
                                atol=fp_tol + (x_split_bound(x, wf, kind, cur) if M < 16 else 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16, np.int8])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 5), (4, 16), (5, 33), (9, 64), (13, 130)])
+def test_block_matrix_layout(dtype, rows, cols):
+    """block_matrix puts a[o, i] at [o // 4, i // E, o % 4, i % E] (E = 64 // itemsize), pads with
+    zeros, and returns a 64-byte aligned array; the C kernels read that layout (rwkv5_mat)."""
+    rng = np.random.default_rng(rows * 100 + cols)
+    a = rng.integers(1, 100, (rows, cols)).astype(dtype)
+    b = block_matrix(a, block_rows=8)                 # several row blocks, one ragged
+    e = 64 // a.itemsize
+    assert b.shape == (-(-rows // 4), -(-cols // e), 4, e) and b.dtype == a.dtype
+    assert b.ctypes.data % 64 == 0 and b.flags.c_contiguous
+    o, i = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    np.testing.assert_array_equal(b[o // 4, i // e, o % 4, i % e], a)
+    assert np.count_nonzero(b) == a.size              # a has no zeros: everything else is padding
+    with pytest.raises(ValueError, match="2-D"):
+        block_matrix(a.reshape(-1))
+
+
+def test_blocked_matrix_with_wrong_shape_is_refused():
+    w = block_matrix(np.ones((8, 40), np.float32))
+    x = np.ones((1, 40), np.float32)
+    with pytest.raises(ValueError, match="expected shape"):
+        _model._matmul(x, w, 0, False, 9)             # 9 rows need 3 groups of 4, w has 2
+    with pytest.raises(ValueError, match="rows"):
+        _model._matmul(x, w, 0, False)
 
 
 @pytest.mark.parametrize("isa_name", ["avx2", "avx512"])

@@ -9,21 +9,20 @@
 #include <math.h>
 
 void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r) {
-    size_t n = (size_t)m->cols;
-    switch (m->dtype) {
-    case RWKV5_F16:
-        for (size_t i = 0; i < n; i++) out[i] = rwkv5_ld_f16(m->data, r * n + i);
-        break;
-    case RWKV5_BF16:
-        for (size_t i = 0; i < n; i++) out[i] = rwkv5_ld_bf16(m->data, r * n + i);
-        break;
-    case RWKV5_I8: {   /* reserved layout: one fp32 scale per row */
-        const int8_t *p = (const int8_t *)m->data + r * n;
-        for (size_t i = 0; i < n; i++) out[i] = (float)p[i] * m->scale[r];
-        break;
+    size_t n = (size_t)m->cols, esz = rwkv5_esz(m->dtype), cs = RWKV5_LINE_STRIDE(m);
+    const unsigned char *p = rwkv5_row_ptr(m, r);
+    if (m->dtype == RWKV5_F32 && !m->blocked) {
+        memcpy(out, p, n * sizeof(float));
+        return;
     }
-    default:
-        memcpy(out, (const unsigned char *)m->data + r * n * 4, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char *e = p + RWKV5_COL_OFF(i, esz, cs);
+        switch (m->dtype) {
+        case RWKV5_F16: out[i] = rwkv5_ld_f16(e, 0); break;
+        case RWKV5_BF16: out[i] = rwkv5_ld_bf16(e, 0); break;
+        case RWKV5_I8: out[i] = rwkv5_ld_i8(e, 0) * m->scale[r]; break;
+        default: out[i] = rwkv5_ld_f32(e, 0);
+        }
     }
 }
 

@@ -53,6 +53,25 @@ static inline float rwkv5_ld_i8(const void *p, size_t i) { return (float)((const
 /* The factor a row's dot products are multiplied by: its scale for int8, else 1. */
 static inline float rwkv5_row_scale(const rwkv5_mat *m, int r) { return m->scale ? m->scale[r] : 1.0f; }
 
+/* ---- matrix addressing (both layouts of rwkv5_mat) ---- */
+static inline size_t rwkv5_esz(int dtype) { return dtype == RWKV5_F32 ? 4 : dtype == RWKV5_I8 ? 1 : 2; }
+/* columns rounded up to whole 64-byte lines (the blocked layout's row length) */
+static inline size_t rwkv5_padded_cols(const rwkv5_mat *m) {
+    size_t e = 64 / rwkv5_esz(m->dtype);
+    return ((size_t)m->cols + e - 1) / e * e;
+}
+/* bytes from element (o, 0) to element (o, i): i*size row-major; whole lines are 4*64 bytes
+ * apart when blocked. `cs` is the distance between lines of a row: 64 row-major, 256 blocked. */
+#define RWKV5_LINE_STRIDE(m) ((m)->blocked ? (size_t)256 : (size_t)64)
+#define RWKV5_COL_OFF(i, esz, cs) ((size_t)(i) / (64 / (esz)) * (cs) + (size_t)(i) % (64 / (esz)) * (esz))
+/* address of element (o, 0) */
+static inline const unsigned char *rwkv5_row_ptr(const rwkv5_mat *m, size_t o) {
+    const unsigned char *p = (const unsigned char *)m->data;
+    size_t esz = rwkv5_esz(m->dtype);
+    if (!m->blocked) return p + o * (size_t)m->cols * esz;
+    return p + (o / 4) * 4 * rwkv5_padded_cols(m) * esz + (o % 4) * 64;
+}
+
 /* out[i] = float(row r of m)[i], i < m->cols */
 void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r);
 

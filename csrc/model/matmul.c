@@ -2,7 +2,9 @@
  * registers. Two families, scalar / AVX2+FMA+F16C / AVX-512 chosen at run time (rwkv5_cpu_isa):
  *  - row kernels (recurrent mode, small M): each output is one dot product of length n, 4 weight
  *    rows at a time so every widened weight vector feeds up to 4x4 FMAs; threads take contiguous
- *    blocks of rows, so the weights stream from memory once per call;
+ *    blocks of rows, so the weights stream from memory once per call. Every kernel reads both
+ *    layouts of rwkv5_mat: element (o, i) at ROWP(o) + OFF(i) (row-major: rows apart, i*size;
+ *    4-row blocked: whole 64-byte lines 256 bytes apart), loads never cross a 64-byte line;
  *  - a blocked GEMM (parallel mode) further down. */
 #include <immintrin.h>
 
@@ -15,17 +17,23 @@
 
 /* ---------------- scalar ---------------- */
 
+/* byte offset of element i in a row; needs `cs` = RWKV5_LINE_STRIDE(w) and the constant `esz` =
+ * sizeof(element) in scope */
+#define OFF(i) RWKV5_COL_OFF(i, esz, cs)
+#define ROWP(o) rwkv5_row_ptr(w, (size_t)(o))
+
 /* Weight rows are addressed in bytes (`const unsigned char *`): storage may be unaligned. */
 #define SCALAR_KERNEL(NAME, T, LDE)                                                                \
     static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {    \
-        size_t n = (size_t)w->cols, d = (size_t)w->rows;                                       \
+        size_t n = (size_t)w->cols, d = (size_t)w->rows, cs = RWKV5_LINE_STRIDE(w);            \
+        const size_t esz = sizeof(T);                                                            \
         for (int o = o0; o < o1; o++) {                                                          \
-            const unsigned char *wr = (const unsigned char *)w->data + (size_t)o * n * sizeof(T); \
+            const unsigned char *wr = rwkv5_row_ptr(w, (size_t)o);                               \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 /* out[m][o] = sum_i x[m][i] * W[o][i] */                                        \
                 float acc = 0.0f;                                                                \
-                for (size_t i = 0; i < n; i++) acc += xm[i] * LDE(wr, i);                        \
+                for (size_t i = 0; i < n; i++) acc += xm[i] * LDE(wr + OFF(i), 0);               \
                 out[(size_t)m * d + o] = acc * rwkv5_row_scale(w, o);                            \
             }                                                                                    \
         }                                                                                        \
@@ -60,7 +68,8 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
  * 4 rows of a block are read as 4 interleaved streams, each only n*size bytes long (2 KB for an
  * int8 row of C=2048), so the hardware prefetcher re-trains at every block. Touching the next
  * block's bytes in order, 4 cache lines per 4 x 64 bytes consumed, keeps one linear stream ahead.
- * Measured single-thread from DRAM: bf16 24 -> 28 GB/s, int8 (VNNI) 23 -> 31 GB/s. */
+ * Measured single-thread from DRAM: bf16 24 -> 28 GB/s, int8 (VNNI) 23 -> 31 GB/s. The blocked
+ * layout is one sequential stream already and needs none (NEXT_BLOCK is NULL for it). */
 #define PF_NEXT(nx, byte_off)                                                                     \
     do {                                                                                         \
         if (nx) {                                                                                \
@@ -78,18 +87,18 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
         if ((4 * (i) * sizeof(T)) % 256 == 0) PF_NEXT(nx, (i) * sizeof(T));                      \
     } while (0)
 /* the start of the block after rows [o, o+4) when it is still inside this call piece */
-#define NEXT_BLOCK(W, o, o1, rb) ((o) + 8 <= (o1) ? (const unsigned char *)(W) + (size_t)((o) + 4) * (rb) : NULL)
+#define NEXT_BLOCK(w, o, o1) ((o) + 8 <= (o1) && !(w)->blocked ? rwkv5_row_ptr(w, (size_t)(o) + 4) : NULL)
 
 #define AVX512_KERNEL(NAME, T, LD)                                                                 \
     T512 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
         size_t n = (size_t)w->cols, d = (size_t)w->rows;                                         \
         size_t nfull = n & ~(size_t)15;                                                          \
         __mmask16 tail = (__mmask16)((1u << (n - nfull)) - 1u);                                  \
-        const unsigned char *W = (const unsigned char *)w->data;                                 \
-        size_t rb = n * sizeof(T); /* bytes per weight row */                                    \
+        size_t cs = RWKV5_LINE_STRIDE(w);                                                        \
+        const size_t esz = sizeof(T);                                                            \
         int o = o0;                                                                              \
         for (; o + 4 <= o1; o += 4) {                                                            \
-            const unsigned char *w0 = W + (size_t)o * rb, *w1 = w0 + rb, *w2 = w1 + rb, *w3 = w2 + rb; \
+            const unsigned char *w0 = ROWP(o), *w1 = ROWP(o + 1), *w2 = ROWP(o + 2), *w3 = ROWP(o + 3); \
             int m = 0;                                                                           \
             /* 4 input rows x 4 output rows: each weight vector is widened once for 4 FMAs */   \
             for (; m + 4 <= M; m += 4) {                                                         \
@@ -99,7 +108,7 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
                     for (int b = 0; b < 4; b++) acc[a][b] = _mm512_setzero_ps();                 \
                 for (size_t i = 0; i < n; i += 16) {                                             \
                     __mmask16 k = i < nfull ? (__mmask16)0xffff : tail;                          \
-                    __m512 wv[4] = {LD(w0, i, k), LD(w1, i, k), LD(w2, i, k), LD(w3, i, k)};    \
+                    __m512 wv[4] = {LD(w0 + OFF(i), 0, k), LD(w1 + OFF(i), 0, k), LD(w2 + OFF(i), 0, k), LD(w3 + OFF(i), 0, k)};    \
                     __m512 xv[4] = {_mm512_maskz_loadu_ps(k, x0 + i), _mm512_maskz_loadu_ps(k, x1 + i), \
                                     _mm512_maskz_loadu_ps(k, x2 + i), _mm512_maskz_loadu_ps(k, x3 + i)}; \
                     for (int a = 0; a < 4; a++)                                                  \
@@ -109,7 +118,7 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
                     for (int b = 0; b < 4; b++)                                                  \
                         out[(size_t)(m + a) * d + o + b] = _mm512_reduce_add_ps(acc[a][b]) * rwkv5_row_scale(w, o + b);      \
             }                                                                                    \
-            const unsigned char *nx = NEXT_BLOCK(W, o, o1, rb);                                 \
+            const unsigned char *nx = NEXT_BLOCK(w, o, o1);                                 \
             for (; m < M; m++) {                                                                 \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
@@ -117,17 +126,17 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
                 for (; i < nfull; i += 16) {                                                     \
                     PF_NEXT_AT(nx, i, T);                                                        \
                     __m512 xv = _mm512_loadu_ps(xm + i);                                         \
-                    a0 = _mm512_fmadd_ps(xv, LD(w0, i, 0xffff), a0);                             \
-                    a1 = _mm512_fmadd_ps(xv, LD(w1, i, 0xffff), a1);                             \
-                    a2 = _mm512_fmadd_ps(xv, LD(w2, i, 0xffff), a2);                             \
-                    a3 = _mm512_fmadd_ps(xv, LD(w3, i, 0xffff), a3);                             \
+                    a0 = _mm512_fmadd_ps(xv, LD(w0 + OFF(i), 0, 0xffff), a0);                             \
+                    a1 = _mm512_fmadd_ps(xv, LD(w1 + OFF(i), 0, 0xffff), a1);                             \
+                    a2 = _mm512_fmadd_ps(xv, LD(w2 + OFF(i), 0, 0xffff), a2);                             \
+                    a3 = _mm512_fmadd_ps(xv, LD(w3 + OFF(i), 0, 0xffff), a3);                             \
                 }                                                                                \
                 if (tail) {                                                                      \
                     __m512 xv = _mm512_maskz_loadu_ps(tail, xm + i);                             \
-                    a0 = _mm512_fmadd_ps(xv, LD(w0, i, tail), a0);                               \
-                    a1 = _mm512_fmadd_ps(xv, LD(w1, i, tail), a1);                               \
-                    a2 = _mm512_fmadd_ps(xv, LD(w2, i, tail), a2);                               \
-                    a3 = _mm512_fmadd_ps(xv, LD(w3, i, tail), a3);                               \
+                    a0 = _mm512_fmadd_ps(xv, LD(w0 + OFF(i), 0, tail), a0);                               \
+                    a1 = _mm512_fmadd_ps(xv, LD(w1 + OFF(i), 0, tail), a1);                               \
+                    a2 = _mm512_fmadd_ps(xv, LD(w2 + OFF(i), 0, tail), a2);                               \
+                    a3 = _mm512_fmadd_ps(xv, LD(w3 + OFF(i), 0, tail), a3);                               \
                 }                                                                                \
                 float *om = out + (size_t)m * d + o;                                             \
                 om[0] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o + 0);                                                \
@@ -137,14 +146,14 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
             }                                                                                    \
         }                                                                                        \
         for (; o < o1; o++) {                                                                    \
-            const unsigned char *w0 = W + (size_t)o * rb;                                        \
+            const unsigned char *w0 = ROWP(o);                                                    \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m512 a0 = _mm512_setzero_ps();                                                 \
                 size_t i = 0;                                                                    \
                 for (; i < nfull; i += 16)                                                       \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + i), LD(w0, i, 0xffff), a0);        \
-                if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + i), LD(w0, i, tail), a0); \
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + i), LD(w0 + OFF(i), 0, 0xffff), a0);        \
+                if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + i), LD(w0 + OFF(i), 0, tail), a0); \
                 out[(size_t)m * d + o] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o);                               \
             }                                                                                    \
         }                                                                                        \
@@ -180,8 +189,8 @@ T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
         }                                                                                        \
         float xp[XP_MAX] __attribute__((aligned(64)));                                           \
         size_t nfull = n / blk * blk;                                                            \
-        const unsigned char *W = (const unsigned char *)w->data;                                 \
-        size_t rb = n * sizeof(T);                                                               \
+        size_t cs = RWKV5_LINE_STRIDE(w);                                                        \
+        const size_t esz = sizeof(T);                                                            \
         for (int m = 0; m < M; m++) {                                                            \
             const float *xm = x + (size_t)m * n;                                                 \
             for (size_t b = 0; b < nfull; b += blk)                                              \
@@ -191,18 +200,18 @@ T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
             for (; o < o1; o += 4) {                                                             \
                 int nr = o1 - o < 4 ? o1 - o : 4;                                                \
                 const unsigned char *wr[4];                                                      \
-                for (int k = 0; k < 4; k++) wr[k] = W + (size_t)(o + (k < nr ? k : 0)) * rb;     \
+                for (int k = 0; k < 4; k++) wr[k] = ROWP(o + (k < nr ? k : 0));                  \
                 __m512 acc[4][E];                                                                \
                 for (int k = 0; k < 4; k++)                                                      \
                     for (int e = 0; e < (E); e++) acc[k][e] = _mm512_setzero_ps();               \
-                const unsigned char *nx = NEXT_BLOCK(W, o, o1, rb);                             \
+                const unsigned char *nx = NEXT_BLOCK(w, o, o1);                             \
                 for (size_t b = 0; b < nfull; b += blk) {                                        \
                     PF_NEXT(nx, b * sizeof(T));                                                  \
                     __m512 xv[E];                                                                \
                     for (int e = 0; e < (E); e++) xv[e] = _mm512_load_ps(xp + b + 16 * e);       \
                     for (int k = 0; k < 4; k++) {                                                \
                         __m512 wv[E];                                                            \
-                        WIDEN(wr[k] + b * sizeof(T), wv);                                        \
+                        WIDEN(wr[k] + OFF(b), wv);                                                 \
                         for (int e = 0; e < (E); e++) acc[k][e] = _mm512_fmadd_ps(xv[e], wv[e], acc[k][e]); \
                     }                                                                            \
                 }                                                                                \
@@ -210,7 +219,7 @@ T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
                     __m512 a = acc[k][0];                                                        \
                     for (int e = 1; e < (E); e++) a = _mm512_add_ps(a, acc[k][e]);               \
                     float sum = _mm512_reduce_add_ps(a);                                         \
-                    for (size_t i = nfull; i < n; i++) sum += xm[i] * LDE(wr[k], i);             \
+                    for (size_t i = nfull; i < n; i++) sum += xm[i] * LDE(wr[k] + OFF(i), 0);             \
                     out[(size_t)m * d + o + k] = sum * rwkv5_row_scale(w, o + k);                \
                 }                                                                                \
             }                                                                                    \
@@ -247,7 +256,7 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
     int8_t xp[XQ_PARTS][XP_MAX + 64] __attribute__((aligned(64)));
     size_t np = (n + 63) & ~(size_t)63;
     __mmask64 tail = (n & 63) ? (((__mmask64)1 << (n & 63)) - 1) : ~(__mmask64)0;
-    const unsigned char *W = (const unsigned char *)w->data;
+    size_t cs = RWKV5_LINE_STRIDE(w);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     for (int m = 0; m < M; m++) {
         const float *xm = x + (size_t)m * n;
@@ -291,12 +300,12 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
         for (int o = o0; o < o1; o += 4) {
             int nr = o1 - o < 4 ? o1 - o : 4;
             const unsigned char *wr[4];
-            for (int k = 0; k < 4; k++) wr[k] = W + (size_t)(o + (k < nr ? k : 0)) * n;
+            for (int k = 0; k < 4; k++) wr[k] = ROWP(o + (k < nr ? k : 0));
             __m512i acc[4][XQ_PARTS];
             for (int k = 0; k < 4; k++)
                 for (int p = 0; p < XQ_PARTS; p++) acc[k][p] = _mm512_setzero_si512();
             size_t i = 0;
-            const unsigned char *nx = NEXT_BLOCK(W, o, o1, n);
+            const unsigned char *nx = NEXT_BLOCK(w, o, o1);
             {   /* named accumulators: GCC copies registers around arrays of them (measured 25% slower) */
                 __m512i a00 = acc[0][0], a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
                 __m512i a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
@@ -304,10 +313,10 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
                     PF_NEXT(nx, i);
                     __m512i x0 = _mm512_load_si512(xp[0] + i), x1 = _mm512_load_si512(xp[1] + i),
                             x2 = _mm512_load_si512(xp[2] + i);
-                    __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wr[0] + i), flip);
-                    __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wr[1] + i), flip);
-                    __m512i w2 = _mm512_xor_si512(_mm512_loadu_si512(wr[2] + i), flip);
-                    __m512i w3 = _mm512_xor_si512(_mm512_loadu_si512(wr[3] + i), flip);
+                    __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wr[0] + RWKV5_COL_OFF(i, 1, cs)), flip);
+                    __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wr[1] + RWKV5_COL_OFF(i, 1, cs)), flip);
+                    __m512i w2 = _mm512_xor_si512(_mm512_loadu_si512(wr[2] + RWKV5_COL_OFF(i, 1, cs)), flip);
+                    __m512i w3 = _mm512_xor_si512(_mm512_loadu_si512(wr[3] + RWKV5_COL_OFF(i, 1, cs)), flip);
                     a00 = _mm512_dpbusd_epi32(a00, w0, x0); a01 = _mm512_dpbusd_epi32(a01, w0, x1);
                     a02 = _mm512_dpbusd_epi32(a02, w0, x2); a10 = _mm512_dpbusd_epi32(a10, w1, x0);
                     a11 = _mm512_dpbusd_epi32(a11, w1, x1); a12 = _mm512_dpbusd_epi32(a12, w1, x2);
@@ -322,7 +331,7 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
                 __m512i xv[XQ_PARTS];
                 for (int p = 0; p < XQ_PARTS; p++) xv[p] = _mm512_load_si512(xp[p] + i);
                 for (int k = 0; k < 4; k++) {
-                    __m512i wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(tail, wr[k] + i), flip);
+                    __m512i wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(tail, wr[k] + RWKV5_COL_OFF(i, 1, cs)), flip);
                     for (int p = 0; p < XQ_PARTS; p++) acc[k][p] = _mm512_dpbusd_epi32(acc[k][p], wv, xv[p]);
                 }
             }
@@ -361,12 +370,12 @@ T256 static inline float hsum256(__m256 v) {
     T256 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
         size_t n = (size_t)w->cols, d = (size_t)w->rows;                                         \
         size_t nfull = n & ~(size_t)7;                                                           \
-        const unsigned char *W = (const unsigned char *)w->data;                                 \
-        size_t rb = n * sizeof(T); /* bytes per weight row */                                    \
+        size_t cs = RWKV5_LINE_STRIDE(w);                                                        \
+        const size_t esz = sizeof(T);                                                            \
         int o = o0;                                                                              \
         for (; o + 4 <= o1; o += 4) {                                                            \
-            const unsigned char *w0 = W + (size_t)o * rb, *w1 = w0 + rb, *w2 = w1 + rb, *w3 = w2 + rb; \
-            const unsigned char *nx = NEXT_BLOCK(W, o, o1, rb);                                 \
+            const unsigned char *w0 = ROWP(o), *w1 = ROWP(o + 1), *w2 = ROWP(o + 2), *w3 = ROWP(o + 3); \
+            const unsigned char *nx = NEXT_BLOCK(w, o, o1);                                 \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
@@ -374,17 +383,17 @@ T256 static inline float hsum256(__m256 v) {
                 for (; i < nfull; i += 8) {                                                      \
                     PF_NEXT_AT(nx, i, T);                                                        \
                     __m256 xv = _mm256_loadu_ps(xm + i);                                         \
-                    a0 = _mm256_fmadd_ps(xv, LD(w0, i), a0);                                     \
-                    a1 = _mm256_fmadd_ps(xv, LD(w1, i), a1);                                     \
-                    a2 = _mm256_fmadd_ps(xv, LD(w2, i), a2);                                     \
-                    a3 = _mm256_fmadd_ps(xv, LD(w3, i), a3);                                     \
+                    a0 = _mm256_fmadd_ps(xv, LD(w0 + OFF(i), 0), a0);                                     \
+                    a1 = _mm256_fmadd_ps(xv, LD(w1 + OFF(i), 0), a1);                                     \
+                    a2 = _mm256_fmadd_ps(xv, LD(w2 + OFF(i), 0), a2);                                     \
+                    a3 = _mm256_fmadd_ps(xv, LD(w3 + OFF(i), 0), a3);                                     \
                 }                                                                                \
                 float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);    \
                 for (; i < n; i++) {                                                             \
-                    s0 += xm[i] * LDE(w0, i);                                                    \
-                    s1 += xm[i] * LDE(w1, i);                                                    \
-                    s2 += xm[i] * LDE(w2, i);                                                    \
-                    s3 += xm[i] * LDE(w3, i);                                                    \
+                    s0 += xm[i] * LDE(w0 + OFF(i), 0);                                                    \
+                    s1 += xm[i] * LDE(w1 + OFF(i), 0);                                                    \
+                    s2 += xm[i] * LDE(w2 + OFF(i), 0);                                                    \
+                    s3 += xm[i] * LDE(w3 + OFF(i), 0);                                                    \
                 }                                                                                \
                 float *om = out + (size_t)m * d + o;                                             \
                 om[0] = s0 * rwkv5_row_scale(w, o + 0);                                                                      \
@@ -394,14 +403,14 @@ T256 static inline float hsum256(__m256 v) {
             }                                                                                    \
         }                                                                                        \
         for (; o < o1; o++) {                                                                    \
-            const unsigned char *w0 = W + (size_t)o * rb;                                        \
+            const unsigned char *w0 = ROWP(o);                                                    \
             for (int m = 0; m < M; m++) {                                                        \
                 const float *xm = x + (size_t)m * n;                                             \
                 __m256 a0 = _mm256_setzero_ps();                                                 \
                 size_t i = 0;                                                                    \
-                for (; i < nfull; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), LD(w0, i), a0); \
+                for (; i < nfull; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), LD(w0 + OFF(i), 0), a0); \
                 float s0 = hsum256(a0);                                                          \
-                for (; i < n; i++) s0 += xm[i] * LDE(w0, i);                                     \
+                for (; i < n; i++) s0 += xm[i] * LDE(w0 + OFF(i), 0);                                     \
                 out[(size_t)m * d + o] = s0 * rwkv5_row_scale(w, o);                                                     \
             }                                                                                    \
         }                                                                                        \
@@ -471,44 +480,47 @@ static void gemm_pack_x(void *ctx, int64_t b, int64_t e) {
 
 /* Scalar widening of rows [o, o+NR) x inputs [k0, k0+kc) into Bp (NR, kc); rows past d are 0. */
 static void pack_w_scalar(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
-    size_t n = (size_t)w->cols;
+    size_t esz = rwkv5_esz(w->dtype), cs = RWKV5_LINE_STRIDE(w);
     for (int r = 0; r < NR; r++) {
         float *dst = Bp + (size_t)r * kc;
         if (o + r >= w->rows) {
             for (int i = 0; i < kc; i++) dst[i] = 0.0f;
             continue;
         }
-        size_t base = (size_t)(o + r) * n + k0;
+        const unsigned char *row = rwkv5_row_ptr(w, (size_t)(o + r));
         float s = rwkv5_row_scale(w, o + r);
+#define AT(i) (row + RWKV5_COL_OFF(k0 + (size_t)(i), esz, cs))
         switch (w->dtype) {
-        case RWKV5_F16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f16(w->data, base + i); break;
-        case RWKV5_BF16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_bf16(w->data, base + i); break;
-        case RWKV5_I8: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_i8(w->data, base + i) * s; break;
-        default: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f32(w->data, base + i);
+        case RWKV5_F16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f16(AT(i), 0); break;
+        case RWKV5_BF16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_bf16(AT(i), 0); break;
+        case RWKV5_I8: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_i8(AT(i), 0) * s; break;
+        default: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f32(AT(i), 0);
         }
+#undef AT
     }
 }
 
 #if defined(__x86_64__)
 /* Bp (NR, kc) = widened (and row-scaled for int8) weights, AVX-512 conversions, masked tail. */
 T512 static void pack_w_avx512(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
-    size_t n = (size_t)w->cols, esz = w->dtype == RWKV5_F32 ? 4 : w->dtype == RWKV5_I8 ? 1 : 2;
+    size_t esz = rwkv5_esz(w->dtype), cs = RWKV5_LINE_STRIDE(w);
     for (int r = 0; r < NR; r++) {
         float *dst = Bp + (size_t)r * kc;
         if (o + r >= w->rows) {
             for (int i = 0; i < kc; i++) dst[i] = 0.0f;
             continue;
         }
-        const unsigned char *row = (const unsigned char *)w->data + ((size_t)(o + r) * n + k0) * esz;
+        const unsigned char *row = rwkv5_row_ptr(w, (size_t)(o + r));
         __m512 s = _mm512_set1_ps(rwkv5_row_scale(w, o + r));
-        for (int i = 0; i < kc; i += 16) {
+        for (int i = 0; i < kc; i += 16) {   /* k0 and i are multiples of 16: inside one 64-byte line */
             __mmask16 k = kc - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - i)) - 1u);
+            const unsigned char *p = row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs);
             __m512 v;
             switch (w->dtype) {
-            case RWKV5_F16: v = ld512_f16(row, (size_t)i, k); break;
-            case RWKV5_BF16: v = ld512_bf16(row, (size_t)i, k); break;
-            case RWKV5_I8: v = _mm512_mul_ps(ld512_i8(row, (size_t)i, k), s); break;
-            default: v = ld512_f32(row, (size_t)i, k);
+            case RWKV5_F16: v = ld512_f16(p, 0, k); break;
+            case RWKV5_BF16: v = ld512_bf16(p, 0, k); break;
+            case RWKV5_I8: v = _mm512_mul_ps(ld512_i8(p, 0, k), s); break;
+            default: v = ld512_f32(p, 0, k);
             }
             _mm512_mask_storeu_ps(dst + i, k, v);
         }
@@ -568,7 +580,7 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
     const rwkv5_mat *w = j->w;
     size_t n = (size_t)j->n, Mp = (size_t)j->Mp;
     float Bp[NR * KC] __attribute__((aligned(64)));
-    int direct = w->dtype == RWKV5_F32 && ((uintptr_t)w->data & 3) == 0;
+    int direct = w->dtype == RWKV5_F32 && !w->blocked && ((uintptr_t)w->data & 3) == 0;
     for (size_t k0 = 0; k0 < n; k0 += KC) {
         int kc = n - k0 < KC ? (int)(n - k0) : KC;
         for (int64_t ob = b; ob < e; ob++) {
@@ -665,11 +677,9 @@ void rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const 
         float *XP = (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);   /* aligned panels */
         gemm_job g = {isa, out, x, w, M, Mp, n, d, (size_t)d, XP, XP + (size_t)Mp * n};
         rwkv5_parallel_for(((int64_t)n + 63) / 64, 4, gemm_pack_x, &g);
-        size_t esz = w->dtype == RWKV5_F32 ? 4 : w->dtype == RWKV5_I8 ? 1 : 2;
-        for (int o = 0; o < d; o += D_BLOCK) {   /* a view of rows [o, o + db) of w */
+        for (int o = 0; o < d; o += D_BLOCK) {   /* a view of rows [o, o + db) of w (o: a multiple of 4) */
             int db = d - o < D_BLOCK ? d - o : D_BLOCK;
-            rwkv5_mat sub = {(const unsigned char *)w->data + (size_t)o * n * esz, w->scale ? w->scale + o : NULL,
-                             w->dtype, db, n};
+            rwkv5_mat sub = {rwkv5_row_ptr(w, (size_t)o), w->scale ? w->scale + o : NULL, w->dtype, db, n, w->blocked};
             g.w = &sub;
             g.out = out + o;
             g.d = db;

@@ -2,7 +2,7 @@
  *
  * Shapes use the notation of docs/rwkv5-spec.md: L layers, C = n_embd, H heads of size N,
  * A = H*N, F = n_ffn, V = vocab, B sequences in a batch. Matrices are PyTorch-shaped (out, in),
- * row-major, and computed as y = x @ W^T. Every weight pointer is borrowed (the caller keeps the
+ * row-major or 4-row blocked (rwkv5_mat), and computed as y = x @ W^T. Every weight pointer is borrowed (the caller keeps the
  * memory alive and unchanged for the model's life); only `pow_table` and `layers` are owned. */
 #ifndef RWKV5_MODEL_H
 #define RWKV5_MODEL_H
@@ -18,11 +18,20 @@ typedef enum {
     RWKV5_I8 = 3,    /* int8 q with one fp32 scale per row (`scale`): W[o][i] = q[o][i] * scale[o] */
 } rwkv5_dtype;
 
+/* Layout of a matrix's elements (`blocked`):
+ *  0: row-major (rows, cols);
+ *  1: 4-row blocked. Rows are taken in groups of 4 and columns in lines of E = 64 / element size
+ *     elements (16 fp32, 32 fp16/bf16, 64 int8); the storage is the C array
+ *     [ceil(rows/4)][ceil(cols/E)][4][E], padding zero. A group's 4 rows are then one sequential
+ *     stream of 64-byte lines, which the matrix x vector kernels read at the memory bandwidth
+ *     (4 separate short row streams reach ~0.7-0.8 of it). Element (o, i) is at byte
+ *     ((o/4 * ceil(cols/E) + i/E) * 4 + o%4) * 64 + (i%E) * size. */
 typedef struct {
-    const void *data;      /* (rows, cols) row-major, elements of `dtype` */
+    const void *data;      /* elements of `dtype` in the layout `blocked` */
     const float *scale;    /* (rows) per-row scales for RWKV5_I8, else NULL */
     int dtype;
     int rows, cols;
+    int blocked;           /* 0 row-major, 1 4-row blocked (above) */
 } rwkv5_mat;
 
 typedef struct {

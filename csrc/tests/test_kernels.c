@@ -43,6 +43,19 @@ static float frand(void) { return (float)rnd() / 2147483648.0f - 1.0f; }   /* [-
 static uint16_t rand_f16(void) { return (uint16_t)((rnd() & 1) << 15 | (12 + rnd() % 6) << 10 | (rnd() & 0x3ff)); }
 static uint16_t rand_bf16(void) { return (uint16_t)((rnd() & 1) << 15 | (124 + rnd() % 6) << 7 | (rnd() & 0x7f)); }
 
+/* A 4-row blocked copy of a row-major matrix (rwkv5_mat, blocked = 1), zero padded; free with free(). */
+static void *block_copy(const rwkv5_mat *m) {
+    size_t esz = rwkv5_esz(m->dtype), e = 64 / esz, np = ((size_t)m->cols + e - 1) / e * e;
+    size_t groups = ((size_t)m->rows + 3) / 4;
+    unsigned char *b = calloc(groups * 4 * np * esz, 1);
+    if (!b) return NULL;
+    for (size_t o = 0; o < (size_t)m->rows; o++)
+        for (size_t i = 0; i < (size_t)m->cols; i++)
+            memcpy(b + ((o / 4 * (np / e) + i / e) * 4 + o % 4) * 64 + i % e * esz,
+                   (const unsigned char *)m->data + (o * (size_t)m->cols + i) * esz, esz);
+    return b;
+}
+
 /* Every storage type (int8 with per-row scales) x every ISA, row kernels and the blocked GEMM,
  * against a double-precision product of the widened weights; odd sizes cover every tail (k not a
  * multiple of 16 or KC, rows not a multiple of 4 or NR, M not a multiple of the 64-row panel). */
@@ -67,7 +80,7 @@ static void test_matmul(void) {
                 else if (dt == RWKV5_I8) ((int8_t *)w)[i] = (int8_t)(rnd() % 255 - 127);
                 else ((uint16_t *)w)[i] = dt == RWKV5_F16 ? rand_f16() : rand_bf16();
             }
-            rwkv5_mat mat = {w, dt == RWKV5_I8 ? scale : NULL, dt, d, n};
+            rwkv5_mat mat = {w, dt == RWKV5_I8 ? scale : NULL, dt, d, n, 0};
             /* double-precision truth */
             for (int o = 0; o < d; o++) {
                 rwkv5_mat_row(row, &mat, (size_t)o);
@@ -81,7 +94,17 @@ static void test_matmul(void) {
             size_t wbytes = (size_t)d * n * (dt == RWKV5_F32 ? 4 : dt == RWKV5_I8 ? 1 : 2);
             unsigned char *odd = malloc(wbytes + 1);
             memcpy(odd + 1, w, wbytes);
-            rwkv5_mat omat = {odd + 1, mat.scale, dt, d, n};
+            rwkv5_mat omat = {odd + 1, mat.scale, dt, d, n, 0};
+            /* and in the 4-row blocked layout: the same values and the same bits from every kernel */
+            void *blk = block_copy(&mat);
+            rwkv5_mat bmat = {blk, mat.scale, dt, d, n, 1};
+            float *row_b = malloc(sizeof(float) * n);
+            for (int o = 0; o < d; o++) {
+                rwkv5_mat_row(row, &mat, (size_t)o);
+                rwkv5_mat_row(row_b, &bmat, (size_t)o);
+                CHECK(!memcmp(row, row_b, sizeof(float) * n), "blocked mat_row dtype=%d o=%d", dt, o);
+            }
+            free(row_b);
             float *out2 = malloc(sizeof(float) * M * d);
             for (int isa = 0; isa <= best; isa++) {
                 memset(out, 0xff, sizeof(float) * M * d);   /* NaN: every output must be written */
@@ -91,6 +114,9 @@ static void test_matmul(void) {
                           isa, dt, M, n, d, i, out[i], ref[i]);
                 rwkv5_matmul_rows_isa(isa, out2, x, &omat, M, 0, d);
                 CHECK(!memcmp(out, out2, sizeof(float) * M * d), "unaligned storage isa=%d dtype=%d", isa, dt);
+                rwkv5_matmul_rows_isa(isa, out2, x, &bmat, M, 0, d);
+                CHECK(!memcmp(out, out2, sizeof(float) * M * d), "blocked storage isa=%d dtype=%d M=%d n=%d d=%d",
+                      isa, dt, M, n, d);
                 if (isa == 0) continue;
                 /* the GEMM, forced even for small M (threaded); aligned and unaligned storage agree */
                 memset(out, 0xff, sizeof(float) * M * d);
@@ -100,6 +126,8 @@ static void test_matmul(void) {
                           isa, dt, M, n, d, i, out[i], ref[i]);
                 rwkv5_matmul_ws(isa, 1, out2, x, &omat, M, ws, wsn);
                 CHECK(!memcmp(out, out2, sizeof(float) * M * d), "gemm unaligned storage isa=%d dtype=%d", isa, dt);
+                rwkv5_matmul_ws(isa, 1, out2, x, &bmat, M, ws, wsn);
+                CHECK(!memcmp(out, out2, sizeof(float) * M * d), "gemm blocked storage isa=%d dtype=%d", isa, dt);
                 /* row m of a GEMM does not depend on the other rows (batch == alone) */
                 if (M > 1) {
                     rwkv5_matmul_ws(isa, 1, out2, x + (size_t)(M - 1) * n, &mat, 1, ws, wsn);
@@ -107,6 +135,7 @@ static void test_matmul(void) {
                 }
             }
             free(odd);
+            free(blk);
             free(out2);
             rwkv5_matmul(out, x, &mat, M, n, d);    /* threaded, current ISA */
             for (int i = 0; i < M * d; i++) CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "threaded matmul [%d]", i);
@@ -197,8 +226,8 @@ static void test_forward_modes(void) {
     rwkv5_model m = {0};
     m.cfg = (rwkv5_config){L, C, H, N, F, V, 1, 64e-5f};
     CHECK(rwkv5_model_alloc_layers(&m, L) == RWKV5_OK, "alloc");
-    m.g.emb = (rwkv5_mat){TAKE(V * C), NULL, RWKV5_F32, V, C};
-    m.g.head = (rwkv5_mat){TAKE(V * C), NULL, RWKV5_F32, V, C};
+    m.g.emb = (rwkv5_mat){TAKE(V * C), NULL, RWKV5_F32, V, C, 0};
+    m.g.head = (rwkv5_mat){TAKE(V * C), NULL, RWKV5_F32, V, C, 0};
     m.g.ln0_w = m.g.ln0_b = m.g.ln_out_w = m.g.ln_out_b = TAKE(C);
     for (int l = 0; l < L; l++) {
         rwkv5_layer *Lw = &m.layers[l];
@@ -207,15 +236,15 @@ static void test_forward_modes(void) {
         for (int i = 0; i < A; i++) logw[l][i] = -exp(-6.0 + 8.5 * (i % 7) / 6.0);
         Lw->decay_logw = logw[l];
         Lw->bonus_u = TAKE(A);
-        Lw->att_r = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
-        Lw->att_k = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
-        Lw->att_v = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
-        Lw->att_g = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C};
-        Lw->att_o = (rwkv5_mat){TAKE(C * A), NULL, RWKV5_F32, C, A};
+        Lw->att_r = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C, 0};
+        Lw->att_k = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C, 0};
+        Lw->att_v = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C, 0};
+        Lw->att_g = (rwkv5_mat){TAKE(A * C), NULL, RWKV5_F32, A, C, 0};
+        Lw->att_o = (rwkv5_mat){TAKE(C * A), NULL, RWKV5_F32, C, A, 0};
         Lw->lnx_w = Lw->lnx_b = TAKE(A);
-        Lw->ffn_k = (rwkv5_mat){TAKE(F * C), NULL, RWKV5_F32, F, C};
-        Lw->ffn_r = (rwkv5_mat){TAKE(C * C), NULL, RWKV5_F32, C, C};
-        Lw->ffn_v = (rwkv5_mat){TAKE(C * F), NULL, RWKV5_F32, C, F};
+        Lw->ffn_k = (rwkv5_mat){TAKE(F * C), NULL, RWKV5_F32, F, C, 0};
+        Lw->ffn_r = (rwkv5_mat){TAKE(C * C), NULL, RWKV5_F32, C, C, 0};
+        Lw->ffn_v = (rwkv5_mat){TAKE(C * F), NULL, RWKV5_F32, C, F, 0};
     }
     CHECK(used <= sizeof big / sizeof big[0], "test buffer too small");
     char err[256];
