@@ -236,11 +236,12 @@ class Model:
         "bf16" converts them; "int8" quantises them per output row (`quantize_int8`; the embedding
         is kept as given, since only one of its rows is read per token). Small vectors are always fp32. Arrays already in the right dtype and
         layout are used in place (not copied), e.g. views of a memory-mapped file; the model keeps
-        references to them.
+        references to them. A view of a read-only file mmap that is copied has its pages released
+        from the process afterwards (madvise), so the copy does not double the resident size.
         layout: how the large matrices other than the embedding are stored. "rows": row-major as
         given (in place when the dtype matches). "blocked": a 4-row blocked copy (`block_matrix`),
-        which one-token decoding streams at close to the memory bandwidth (~15-30% more tokens/s
-        than "rows" from DRAM; same results to the bit). "auto" (default): blocked for fp16, bf16
+        which one-token decoding streams closer to the memory bandwidth (bf16: ~15-20% more tokens/s
+        than "rows" on one thread; same results to the bit). "auto" (default): blocked for fp16, bf16
         and int8, rows for fp32, so fp32 arrays are still used in place.
         Raises ValueError naming a missing or mis-shaped tensor.
         """

@@ -89,6 +89,23 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
 /* the start of the block after rows [o, o+4) when it is still inside this call piece */
 #define NEXT_BLOCK(w, o, o1) ((o) + 8 <= (o1) && !(w)->blocked ? rwkv5_row_ptr(w, (size_t)(o) + 4) : NULL)
 
+/* The blocked layout is one linear stream: once per 4 lines consumed (one line of each of the 4
+ * rows, starting at p), the 4 lines `dist` bytes further on are prefetched. The hardware
+ * prefetcher alone keeps fewer misses in flight than one thread needs. Measured on the 1.5B model,
+ * the same process alternating settings: int8 (VNNI) 1 thread 27.9 -> 32-33 GB/s, 2 threads
+ * 50.4 -> 56-57 GB/s; bf16 1 thread 33.8 -> 34.8, 2 threads 59.6 -> 61.9 GB/s (4 KB ahead; 8 KB
+ * gave the same for int8 and less for bf16). */
+#define PF_AHEAD_BYTES 4096
+#define PF_AHEAD_I8 8192
+#define PF_AHEAD(p, dist)                                                                        \
+    do {                                                                                         \
+        const char *pa_ = (const char *)(p) + (dist);                                            \
+        _mm_prefetch(pa_, _MM_HINT_T0);                                                          \
+        _mm_prefetch(pa_ + 64, _MM_HINT_T0);                                                     \
+        _mm_prefetch(pa_ + 128, _MM_HINT_T0);                                                    \
+        _mm_prefetch(pa_ + 192, _MM_HINT_T0);                                                    \
+    } while (0)
+
 #define AVX512_KERNEL(NAME, T, LD)                                                                 \
     T512 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
         size_t n = (size_t)w->cols, d = (size_t)w->rows;                                         \
@@ -125,6 +142,7 @@ T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k
                 size_t i = 0;                                                                    \
                 for (; i < nfull; i += 16) {                                                     \
                     PF_NEXT_AT(nx, i, T);                                                        \
+                    if (w->blocked && i % (64 / esz) == 0) PF_AHEAD(w0 + OFF(i), PF_AHEAD_BYTES); \
                     __m512 xv = _mm512_loadu_ps(xm + i);                                         \
                     a0 = _mm512_fmadd_ps(xv, LD(w0 + OFF(i), 0, 0xffff), a0);                             \
                     a1 = _mm512_fmadd_ps(xv, LD(w1 + OFF(i), 0, 0xffff), a1);                             \
@@ -188,6 +206,7 @@ T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
             return;                                                                              \
         }                                                                                        \
         float xp[XP_MAX] __attribute__((aligned(64)));                                           \
+        const int blocked = w->blocked;                                                          \
         size_t nfull = n / blk * blk;                                                            \
         size_t cs = RWKV5_LINE_STRIDE(w);                                                        \
         const size_t esz = sizeof(T);                                                            \
@@ -207,6 +226,7 @@ T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
                 const unsigned char *nx = NEXT_BLOCK(w, o, o1);                             \
                 for (size_t b = 0; b < nfull; b += blk) {                                        \
                     PF_NEXT(nx, b * sizeof(T));                                                  \
+                    if (blocked) PF_AHEAD(wr[0] + OFF(b), PF_AHEAD_BYTES);                          \
                     __m512 xv[E];                                                                \
                     for (int e = 0; e < (E); e++) xv[e] = _mm512_load_ps(xp + b + 16 * e);       \
                     for (int k = 0; k < 4; k++) {                                                \
@@ -258,6 +278,7 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
     __mmask64 tail = (n & 63) ? (((__mmask64)1 << (n & 63)) - 1) : ~(__mmask64)0;
     size_t cs = RWKV5_LINE_STRIDE(w);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int blocked = w->blocked;
     for (int m = 0; m < M; m++) {
         const float *xm = x + (size_t)m * n;
         /* max |x|, and whether any lane is nan (max_ps may drop a nan) */
@@ -311,6 +332,7 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
                 __m512i a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
                 for (; i + 64 <= n; i += 64) {   /* plain loads: masked ones are slower on some CPUs */
                     PF_NEXT(nx, i);
+                    if (blocked) PF_AHEAD(wr[0] + RWKV5_COL_OFF(i, 1, cs), PF_AHEAD_I8);
                     __m512i x0 = _mm512_load_si512(xp[0] + i), x1 = _mm512_load_si512(xp[1] + i),
                             x2 = _mm512_load_si512(xp[2] + i);
                     __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wr[0] + RWKV5_COL_OFF(i, 1, cs)), flip);
@@ -382,6 +404,7 @@ T256 static inline float hsum256(__m256 v) {
                 size_t i = 0;                                                                    \
                 for (; i < nfull; i += 8) {                                                      \
                     PF_NEXT_AT(nx, i, T);                                                        \
+                    if (w->blocked && i % (64 / esz) == 0) PF_AHEAD(w0 + OFF(i), PF_AHEAD_BYTES); \
                     __m256 xv = _mm256_loadu_ps(xm + i);                                         \
                     a0 = _mm256_fmadd_ps(xv, LD(w0 + OFF(i), 0), a0);                                     \
                     a1 = _mm256_fmadd_ps(xv, LD(w1 + OFF(i), 0), a1);                                     \
