@@ -197,7 +197,8 @@ def load(path, dtype=None, gn_eps=None, layout="auto"):
     from the file's mmap; see ``layout`` for when it is copied), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
     symmetrically per output row (see ``rwkv5.model.quantize_int8``; the embedding is kept). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
-    ``layout``: "auto" (default) stores the fp16/bf16/int8 matrices in the 4-row blocked layout
+    ``layout``: "auto" (default) stores the fp16/bf16/int8 matrices (and fp32 ones converted
+    from another type) in the 4-row blocked layout
     that one-token decoding reads fastest (a copy; the file's pages of a copied matrix are
     released from the process), "rows" keeps them as in the file (zero copy), "blocked" blocks
     fp32 too; see ``Model.from_state_dict``.

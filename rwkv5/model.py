@@ -186,7 +186,9 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
         out = (block_matrix(q) if blocked(q) else q, scale)
     else:
         out = _as_row_major(a, dtype)
-        if blocked(out) and (layout == "blocked" or out.dtype != np.float32):
+        # "auto" leaves fp32 in place, but blocks an fp32 matrix that had to be copied anyway
+        if blocked(out) and (layout == "blocked" or out.dtype != np.float32
+                             or not (isinstance(a, np.ndarray) and np.may_share_memory(out, a))):
             out = block_matrix(out)
     if isinstance(a, np.ndarray) and not np.may_share_memory(out[0] if isinstance(out, tuple) else out, a):
         _drop_file_pages(a)
@@ -242,7 +244,8 @@ class Model:
         given (in place when the dtype matches). "blocked": a 4-row blocked copy (`block_matrix`),
         which one-token decoding streams closer to the memory bandwidth (bf16: ~15-20% more tokens/s
         than "rows" on one thread; same results to the bit). "auto" (default): blocked for fp16, bf16
-        and int8, rows for fp32, so fp32 arrays are still used in place.
+        and int8, and for fp32 matrices converted from another type (a copy either way); fp32 arrays
+        given as fp32 stay row-major and are used in place.
         Raises ValueError naming a missing or mis-shaped tensor.
         """
         if dtype is not None and dtype not in _DTYPE_NAMES:

@@ -282,6 +282,9 @@ def test_layouts_give_the_same_bits(dtype):
             got, gs = models[lay].forward(toks, mode=mode, full_output=True)
             np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(gs.att_kv, ws.att_kv)
+    # an fp32 matrix converted from another type is a copy anyway: "auto" blocks it too
+    m64 = rwkv5.Model.from_state_dict({k: v.astype(np.float64) for k, v in sd.items()}, dtype="fp32")
+    assert m64._weights[0][5].ndim == 4 and m64._weights[0][5].dtype == np.float32
     with pytest.raises(ValueError, match="layout"):
         rwkv5.Model.from_state_dict(sd, layout="columns")
 
