@@ -299,20 +299,23 @@ static void CModel_dealloc(CModelObject *self) {
 }
 
 PyDoc_STRVAR(CModel_forward_doc,
-             "forward(tokens, att_x, att_kv, ffn_x, mode, full_output, hidden=False) -> logits\n\n"
+             "forward(tokens, att_x, att_kv, ffn_x, mode, full_output, hidden=False, src=None) -> logits\n\n"
              "tokens (B, T) int32; att_x, ffn_x (B, L, C) and att_kv (B, L, H, N, N) float32, updated in place;\n"
+             "or, with src = (att_x, att_kv, ffn_x) C-contiguous float32 of the same shapes or without the B\n"
+             "axis (one state for every sequence), read from src and written to the arrays, which need no\n"
+             "initial values (src is not modified);\n"
              "mode 0 recurrent / 1 parallel. Returns float32 logits (B, T, V) or (B, V); with hidden=True\n"
              "the final hidden states LN(x; ln_out) instead, (B, T, C) or (B, C). Releases the GIL.");
 
 static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
-    PyObject *otok, *oax, *okv, *ofx, *result = NULL;
+    PyObject *otok, *oax, *okv, *ofx, *osrc = Py_None, *result = NULL;
     int mode, full, want_hidden = 0;
     char err[256] = "";
     if (!self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "CModel is not initialised");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOip|p", &otok, &oax, &okv, &ofx, &mode, &full, &want_hidden)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOOip|pO", &otok, &oax, &okv, &ofx, &mode, &full, &want_hidden, &osrc)) return NULL;
     const rwkv5_config *c = &self->m.cfg;
     npy_intp dt[2] = {-1, -1};
     PyArrayObject *tok = check_array(otok, "tokens", NPY_INT32, 2, dt, 0);
@@ -333,7 +336,24 @@ static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
     PyArrayObject *logits = (PyArrayObject *)(full ? PyArray_SimpleNew(3, dl3, NPY_FLOAT32)
                                                    : PyArray_SimpleNew(2, dl2, NPY_FLOAT32));
     if (!logits) return NULL;
-    rwkv5_state st = {(float *)PyArray_DATA(ax), (float *)PyArray_DATA(kv), (float *)PyArray_DATA(fx), NULL};
+    rwkv5_state st = {.att_x = (float *)PyArray_DATA(ax), .att_kv = (float *)PyArray_DATA(kv),
+                      .ffn_x = (float *)PyArray_DATA(fx)};
+    if (osrc != Py_None) {   /* a source state: batched (B, ...) or one sequence's (...) */
+        if (!PyTuple_Check(osrc) || PyTuple_GET_SIZE(osrc) != 3) {
+            PyErr_SetString(PyExc_TypeError, "src: expected a tuple (att_x, att_kv, ffn_x) or None");
+            return NULL;
+        }
+        PyObject *o0 = PyTuple_GET_ITEM(osrc, 0);
+        st.src_batched = PyArray_Check(o0) && PyArray_NDIM((PyArrayObject *)o0) == 3;
+        int k = st.src_batched ? 0 : 1;   /* without the leading B axis */
+        PyArrayObject *sx = check_array(o0, "src.att_x", NPY_FLOAT32, 3 - k, dx + k, 0);
+        PyArrayObject *skv = sx ? check_array(PyTuple_GET_ITEM(osrc, 1), "src.att_kv", NPY_FLOAT32, 5 - k, dkv + k, 0) : NULL;
+        PyArrayObject *sfx = skv ? check_array(PyTuple_GET_ITEM(osrc, 2), "src.ffn_x", NPY_FLOAT32, 3 - k, dx + k, 0) : NULL;
+        if (!sfx) return NULL;
+        st.src_att_x = PyArray_DATA(sx);
+        st.src_att_kv = PyArray_DATA(skv);
+        st.src_ffn_x = PyArray_DATA(sfx);
+    }
     float *out = (float *)PyArray_DATA(logits);
     forward_call call = {&self->m, (const int32_t *)PyArray_DATA(tok), (int)B, (int)T, mode, full, &st,
                          want_hidden ? NULL : out, want_hidden ? out : NULL, err, sizeof err, 0, 0};

@@ -354,29 +354,32 @@ class Model:
         return np.ascontiguousarray(a.reshape(1, -1) if single else a, dtype=np.int32), single
 
     def _state_arrays(self, state, B, single):
-        """Fresh float32 (B, ...) copies of the state (the caller's is never modified)."""
+        """(att_x, att_kv, ffn_x) float32 (B, ...) arrays for the C code to write the new state into,
+        and None or the caller's state arrays to read it from (the C code copies each layer's part
+        as it first uses it; the caller's state is never modified)."""
         c = self.config
         shapes = {"att_x": (c.n_layer, c.n_embd), "att_kv": (c.n_layer, c.n_head, c.head_size, c.head_size),
                   "ffn_x": (c.n_layer, c.n_embd)}
         if state is None:
             s = self.new_state(B)
-            return s.att_x, s.att_kv, s.ffn_x   # fresh arrays: the C code may write into them
+            return (s.att_x, s.att_kv, s.ffn_x), None   # fresh arrays: the C code may write into them
         if not isinstance(state, State):
             raise TypeError(f"state: expected rwkv5.State or None, got {type(state).__name__}")
-        out = []
+        src = []
         for name, shp in shapes.items():
             a = getattr(state, name)
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"state.{name}: expected a numpy array, got {type(a).__name__}")
             if a.dtype != np.float32:
                 raise TypeError(f"state.{name}: expected dtype float32, got {a.dtype}")
-            if a.shape == shp:                      # one sequence's state: used for every sequence
-                a = np.broadcast_to(a, (B,) + shp)
-            elif a.shape != (B,) + shp:
+            if a.shape != shp and a.shape != (B,) + shp:   # (shp): one sequence's state, for every sequence
                 want = f"{shp}" if single else f"{(B,) + shp} or {shp}"
                 raise ValueError(f"state.{name}: expected shape {want} for this model and batch, got {a.shape}")
-            out.append(np.array(a, dtype=np.float32, order="C", copy=True))
-        return tuple(out)
+            src.append(np.ascontiguousarray(a))
+        if len({x.ndim - len(shp) for x, shp in zip(src, shapes.values())}) > 1:   # all batched or none
+            src = [np.ascontiguousarray(np.broadcast_to(x, (B,) + shp)) for x, shp in zip(src, shapes.values())]
+        out = tuple(np.empty((B,) + shp, np.float32) for shp in shapes.values())
+        return out, tuple(src)
 
     def forward(self, tokens, state: Optional[State] = None, mode: str = "auto", full_output: bool = False):
         """Run tokens through the model; returns (logits, new_state).
@@ -409,11 +412,11 @@ class Model:
         B, T = tok.shape
         if single and state is not None and isinstance(state, State) and state.batch_size is not None:
             raise ValueError(f"state: a batched state (B={state.batch_size}) was given for a single sequence")
-        att_x, att_kv, ffn_x = self._state_arrays(state, B, single)
+        (att_x, att_kv, ffn_x), src = self._state_arrays(state, B, single)
         if mode == "auto":
             mode = "parallel" if T >= AUTO_PARALLEL_MIN_T else "recurrent"
         logits = self._c.forward(tok, att_x, att_kv, ffn_x, 1 if mode == "parallel" else 0, bool(full_output),
-                                 bool(hidden))
+                                 bool(hidden), src)
         if single:
             return logits[0], State(att_x[0], att_kv[0], ffn_x[0])
         return logits, State(att_x, att_kv, ffn_x)

@@ -159,6 +159,32 @@ def test_unbatched_state_is_shared_by_a_batch():
         np.testing.assert_array_equal(sb.att_kv[b], s1.att_kv)
 
 
+@pytest.mark.parametrize("mode", ["recurrent", "parallel"])
+def test_state_in_any_memory_layout_gives_the_same_results(mode):
+    """The C code reads the caller's state and writes a new one (copying each layer's part as it
+    first uses it): non-contiguous, read-only and partly shared (one array per sequence, one
+    batched) states give the same bits as plain contiguous copies, and are left untouched."""
+    model = rwkv5.Model.from_state_dict(small_sd(seed=8))
+    toks = tokens_for(2, 20, seed=9)
+    _, s = model.forward(tokens_for(2, 5, seed=10))
+    want, ws = model.forward(toks, s.copy(), mode=mode)
+    # non-contiguous views (every other row of bigger arrays) and read-only arrays
+    wide = [np.repeat(a, 2, axis=0)[::2] for a in (s.att_x, s.att_kv, s.ffn_x)]
+    for a in wide:
+        assert not a.flags.c_contiguous
+        a.flags.writeable = False
+    got, gs = model.forward(toks, rwkv5.State(*wide), mode=mode)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(gs.att_kv, ws.att_kv)
+    np.testing.assert_array_equal(wide[1], s.att_kv)            # untouched
+    # att_x shared by both sequences, the rest batched
+    mixed = rwkv5.State(s.att_x[0], np.stack([s.att_kv[0]] * 2), np.stack([s.ffn_x[0]] * 2))
+    got, gs = model.forward(toks, mixed, mode=mode)
+    alone, als = model.forward(toks[1], s[0], mode=mode)
+    np.testing.assert_array_equal(got[1], alone)
+    np.testing.assert_array_equal(gs.att_x[1], als.att_x)
+
+
 def test_ragged_batch_equals_each_alone():
     model = rwkv5.Model.from_state_dict(small_sd(seed=6))
     seqs = [[1, 2, 3], list(range(10, 80)), [7]]

@@ -368,6 +368,7 @@ typedef struct {
     const rwkv5_state *st;
     scratch_t *s;
     int l, n, mode;
+    int from_src;   /* copy each head's state from st->src_att_kv first (the call's first slice) */
 } wkv_job;
 
 /* one task per (sequence b, head h) */
@@ -381,6 +382,9 @@ static void wkv_range(void *ctx, int64_t b0, int64_t e0) {
         int b = (int)(task / H), h = (int)(task % H);
         size_t row0 = (size_t)b * j->n, off = row0 * A + (size_t)h * N;
         float *S = j->st->att_kv + (((size_t)b * L + j->l) * H + h) * (size_t)N * N;
+        if (j->from_src)
+            memcpy(S, j->st->src_att_kv + (((size_t)(j->st->src_batched ? b : 0) * L + j->l) * H + h) * (size_t)N * N,
+                   sizeof(float) * N * N);
         if (j->mode == RWKV5_RECURRENT)  /* n == 1; w = P[1] */
             rwkv5_wkv_step(j->s->y + off, S, j->s->r + off, j->s->k + off, j->s->v + off, P + A + (size_t)h * N,
                            Lw->bonus_u + (size_t)h * N, N);
@@ -401,11 +405,24 @@ static void mm(scratch_t *s, float *out, const float *x, const rwkv5_mat *w, int
     rwkv5_matmul_ws(-1, s->ws != NULL, out, x, w, R, s->ws, s->ws_floats);
 }
 
-/* One layer over the block of R = B*n rows in s->x. */
-static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, scratch_t *s, int B, int n, int mode) {
+/* dst[b][l] = src[b or 0][l] for the B sequences, `per` floats each (layer l of a (B, L, per) state) */
+static void copy_layer_state(float *dst, const float *src, int batched, int B, int L, int l, size_t per) {
+    for (int b = 0; b < B; b++)
+        memcpy(dst + ((size_t)b * L + l) * per, src + ((size_t)(batched ? b : 0) * L + l) * per, sizeof(float) * per);
+}
+
+/* One layer over the block of R = B*n rows in s->x. first: the call's first slice, where a source
+ * state (st->src_*) is copied in. */
+static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, scratch_t *s, int B, int n, int mode,
+                          int first) {
     const rwkv5_config *c = &m->cfg;
     const rwkv5_layer *L = &m->layers[l];
     int C = c->n_embd, H = c->n_head, A = H * c->head_size, F = c->n_ffn, R = B * n;
+    int from_src = first && st->src_att_kv;
+    if (from_src) {
+        copy_layer_state(st->att_x, st->src_att_x, st->src_batched, B, c->n_layer, l, (size_t)C);
+        copy_layer_state(st->ffn_x, st->src_ffn_x, st->src_batched, B, c->n_layer, l, (size_t)C);
+    }
 
     /* ---- time mix: token shift over LN1 outputs ---- */
     {
@@ -417,7 +434,7 @@ static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, sc
     mm(s, s->k, s->xk, &L->att_k, R);
     mm(s, s->v, s->xv, &L->att_v, R);
     if (c->has_gate) mm(s, s->g, s->xg, &L->att_g, R);
-    wkv_job wj = {m, st, s, l, n, mode};
+    wkv_job wj = {m, st, s, l, n, mode, from_src};
     rwkv5_parallel_for((int64_t)B * H, 1, wkv_range, &wj);
     rows_job gn = {.op = ROW_GN_GATE, .C = A, .H = H, .has_gate = c->has_gate, .eps = c->gn_eps, .x = s->y,
                    .a = s->g, .w = L->lnx_w, .bias = L->lnx_b};
@@ -452,6 +469,8 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
     if (mode != RWKV5_RECURRENT && mode != RWKV5_PARALLEL)
         return fail(err, errlen, RWKV5_EINVAL, "mode must be 0 (recurrent) or 1 (parallel), got %d", mode);
     if (!st || !st->att_x || !st->att_kv || !st->ffn_x) return fail(err, errlen, RWKV5_EINVAL, "state is missing");
+    if (!st->src_att_x != !st->src_att_kv || !st->src_att_x != !st->src_ffn_x)
+        return fail(err, errlen, RWKV5_EINVAL, "source state: give all of att_x, att_kv, ffn_x or none");
     for (size_t i = 0; i < (size_t)B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return fail(err, errlen, RWKV5_EINVAL, "tokens[%zu] = %d is outside [0, %d)", i, (int)tokens[i], V);
@@ -479,7 +498,7 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
                 rc = fail(err, errlen, RWKV5_ECANCELLED, "cancelled");
                 goto out;
             }
-            layer_forward(m, l, st, &s, B, n, mode);
+            layer_forward(m, l, st, &s, B, n, mode, c0 == 0);
         }
         if (!logits && !hidden) continue;
         /* logits = LN(x; ln_out) @ head^T, only for the positions asked for */

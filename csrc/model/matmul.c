@@ -4,7 +4,8 @@
  *    rows at a time so every widened weight vector feeds up to 4x4 FMAs; threads take contiguous
  *    blocks of rows, so the weights stream from memory once per call. Every kernel reads both
  *    layouts of rwkv5_mat: element (o, i) at ROWP(o) + OFF(i) (row-major: rows apart, i*size;
- *    4-row blocked: whole 64-byte lines 256 bytes apart), loads never cross a 64-byte line;
+ *    4-row blocked: whole 64-byte lines 256 bytes apart); no vector load spans two lines of the
+ *    blocked layout, since a load's elements start at a multiple of its own size;
  *  - a blocked GEMM (parallel mode) further down. */
 #include <immintrin.h>
 

@@ -84,6 +84,14 @@ typedef struct {
     float *ffn_x;    /* (B, L, C)  LN2 output of the previous token */
     const volatile int *cancel;  /* optional (NULL = never): nonzero makes rwkv5_forward stop between
                                     layers with RWKV5_ECANCELLED, leaving the state partly updated */
+    /* Optional source state (all three or none): when set, the state is read from these instead of
+     * the arrays above, which are then only written (they need not be initialised). Each layer's
+     * part is copied just before the layer first uses it (the wkv part by the thread that then
+     * runs that head, while it is in its cache), so the caller's state is left unchanged without a
+     * separate copy pass. src_batched: 1 = (B, ...) like the arrays above, 0 = one sequence's
+     * (L, ...) state used for every sequence. */
+    const float *src_att_x, *src_att_kv, *src_ffn_x;
+    int src_batched;
 } rwkv5_state;
 
 enum { RWKV5_OK = 0, RWKV5_EINVAL = 1, RWKV5_ENOMEM = 2, RWKV5_ECANCELLED = 3 };

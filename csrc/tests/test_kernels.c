@@ -256,7 +256,7 @@ static void test_forward_modes(void) {
     static float logits[2][B * T * V];
     for (int mode = 0; mode < 2; mode++) {
         memset(st[mode], 0, sizeof st[mode]);
-        rwkv5_state s = {st[mode], st[mode] + B * L * C, st[mode] + B * L * C + B * L * H * N * N, NULL};
+        rwkv5_state s = {.att_x = st[mode], .att_kv = st[mode] + B * L * C, .ffn_x = st[mode] + B * L * C + B * L * H * N * N};
         CHECK(rwkv5_forward(&m, tok, B, T, &s, mode, 1, logits[mode], NULL, err, sizeof err) == RWKV5_OK, "forward: %s", err);
     }
     float maxabs = 0, maxdiff = 0;
@@ -268,8 +268,43 @@ static void test_forward_modes(void) {
     for (size_t i = 0; i < sizeof st[0] / sizeof(float); i++)
         CHECK(fabsf(st[0][i] - st[1][i]) <= 1e-4f * (1 + fabsf(st[0][i])), "state [%zu]", i);
 
+    /* A source state (the final state above, nonzero) read while a garbage-filled destination is
+     * written: the same logits and state as running in place on a copy; the source is unchanged;
+     * a single-sequence source (src_batched = 0) serves every sequence */
+    enum { NS = B * L * C * 2 + B * L * H * N * N };
+    static float src[NS], orig[NS], dst[NS], inplace[NS], lg_src[B * T * V], lg_in[B * T * V];
+    for (int shared = 0; shared < 2; shared++)
+        for (int mode = 0; mode < 2; mode++) {
+            memcpy(src, st[0], sizeof src);
+            if (shared) {   /* sequence 0's state in (L, ...) form, and in place: both sequences start from it */
+                for (int part = 0; part < 3; part++) {
+                    size_t off = part == 0 ? 0 : part == 1 ? (size_t)B * L * C : (size_t)B * L * C + (size_t)B * L * H * N * N;
+                    size_t per = part == 1 ? (size_t)L * H * N * N : (size_t)L * C;
+                    for (int b = 1; b < B; b++) memcpy(src + off + b * per, src + off, sizeof(float) * per);
+                }
+            }
+            memcpy(inplace, src, sizeof src);
+            memcpy(orig, src, sizeof src);
+            memset(dst, 0xff, sizeof dst);   /* NaN: everything must be copied or written */
+            rwkv5_state si = {.att_x = inplace, .att_kv = inplace + B * L * C, .ffn_x = inplace + B * L * C + B * L * H * N * N};
+            rwkv5_state sd = {.att_x = dst, .att_kv = dst + B * L * C, .ffn_x = dst + B * L * C + B * L * H * N * N,
+                              .src_att_x = src, .src_att_kv = src + B * L * C, .src_ffn_x = src + B * L * C + B * L * H * N * N,
+                              .src_batched = !shared};
+            CHECK(rwkv5_forward(&m, tok, B, T, &si, mode, 1, lg_in, NULL, err, sizeof err) == RWKV5_OK, "%s", err);
+            CHECK(rwkv5_forward(&m, tok, B, T, &sd, mode, 1, lg_src, NULL, err, sizeof err) == RWKV5_OK, "%s", err);
+            CHECK(!memcmp(lg_in, lg_src, sizeof lg_in), "source state: logits mode=%d shared=%d", mode, shared);
+            CHECK(!memcmp(inplace, dst, sizeof dst), "source state: new state mode=%d shared=%d", mode, shared);
+            CHECK(!memcmp(src, orig, sizeof src), "source state modified (mode=%d shared=%d)", mode, shared);
+            CHECK(memcmp(src, inplace, sizeof src) != 0, "the in-place call left the state as it was (mode=%d)", mode);
+        }
+    memcpy(src, st[0], sizeof src);
+    rwkv5_state half = {.att_x = dst, .att_kv = dst + B * L * C, .ffn_x = dst + B * L * C + B * L * H * N * N,
+                        .src_att_x = src, .src_ffn_x = src};
+    CHECK(rwkv5_forward(&m, tok, B, T, &half, 0, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL &&
+          strstr(err, "source state"), "a partial source state is refused: %s", err);
+
     /* errors: a bad token, a bad mode, an empty batch */
-    rwkv5_state s = {st[0], st[0] + B * L * C, st[0] + B * L * C + B * L * H * N * N, NULL};
+    rwkv5_state s = {.att_x = st[0], .att_kv = st[0] + B * L * C, .ffn_x = st[0] + B * L * C + B * L * H * N * N};
     tok[5] = V;
     CHECK(rwkv5_forward(&m, tok, B, T, &s, 0, 0, logits[0], NULL, err, sizeof err) == RWKV5_EINVAL && strstr(err, "tokens[5]"),
           "bad token: %s", err);
