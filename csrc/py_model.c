@@ -514,7 +514,8 @@ done:
 }
 
 /* _matmul(x (M, n) float32, w (d, n) float32|float16|uint16 or (q int8 (d, n), scale float32 (d,)),
- * isa, gemm=0, rows=-1) -> x @ w.T; w may be blocked (4-d, see take_mat), then rows = d is given. isa -1 = the current ISA, threaded; 0/1/2 = that ISA (clamped to the CPU):
+ * isa, gemm=0, rows=-1) -> x @ w.T; w may be blocked (4-d, see take_mat), then rows = d is given.
+ * isa -1 = the current ISA, threaded; 0..3 = that ISA (clamped to the CPU):
  * with gemm=0 the single-threaded row kernels, with gemm=1 the blocked GEMM (threaded; scalar ISA
  * has none and uses the row kernels). For the kernel tests. */
 static PyObject *py_matmul(PyObject *self, PyObject *args) {

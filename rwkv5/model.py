@@ -183,14 +183,14 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
     blocked = lambda m: layout != "rows" and m.shape == shape     # noqa: E731
     if dtype == "int8":
         q, scale = quantize_int8(a)
-        out = (block_matrix(q) if blocked(q) else q, scale)
+        out, copied = (block_matrix(q) if blocked(q) else q, scale), True
     else:
         out = _as_row_major(a, dtype)
+        copied = not (isinstance(a, np.ndarray) and np.may_share_memory(out, a))
         # "auto" leaves fp32 in place, but blocks an fp32 matrix that had to be copied anyway
-        if blocked(out) and (layout == "blocked" or out.dtype != np.float32
-                             or not (isinstance(a, np.ndarray) and np.may_share_memory(out, a))):
-            out = block_matrix(out)
-    if isinstance(a, np.ndarray) and not np.may_share_memory(out[0] if isinstance(out, tuple) else out, a):
+        if blocked(out) and (layout == "blocked" or out.dtype != np.float32 or copied):
+            out, copied = block_matrix(out), True
+    if copied and isinstance(a, np.ndarray):
         _drop_file_pages(a)
     return out
 
@@ -259,12 +259,12 @@ class Model:
         C, A, V = arch.n_embd, arch.dim_att, arch.vocab_size
         gated = arch.version != "5.0"
         F = arch.n_ffn
-        shapes = {"head": (V, C), "att.receptance": (A, C), "att.key": (A, C), "att.value": (A, C),
-                  "att.gate": (A, C), "att.output": (C, A), "ffn.key": (F, C), "ffn.receptance": (C, C),
-                  "ffn.value": (C, F)}
-        def mat(name):      # "blocks.3.att.key.weight" -> shapes["att.key"]
-            kind = name[:-len(".weight")]
-            kind = kind.split(".", 2)[2] if kind.startswith("blocks.") else kind
+        shapes = {"head.weight": (V, C), "att.receptance.weight": (A, C), "att.key.weight": (A, C),
+                  "att.value.weight": (A, C), "att.gate.weight": (A, C), "att.output.weight": (C, A),
+                  "ffn.key.weight": (F, C), "ffn.receptance.weight": (C, C), "ffn.value.weight": (C, F)}
+
+        def mat(name):      # "blocks.3.att.key.weight" -> shapes["att.key.weight"]
+            kind = name.split(".", 2)[2] if name.startswith("blocks.") else name
             return _as_matrix(sd[name], dtype, layout, shapes[kind])
         vec = lambda name, n=C: _as_vector(sd[name], n)     # noqa: E731
         glob = (_as_row_major(sd["emb.weight"], None if dtype == "int8" else dtype), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"),

@@ -381,10 +381,10 @@ static void wkv_range(void *ctx, int64_t b0, int64_t e0) {
     for (int64_t task = b0; task < e0; task++) {
         int b = (int)(task / H), h = (int)(task % H);
         size_t row0 = (size_t)b * j->n, off = row0 * A + (size_t)h * N;
-        float *S = j->st->att_kv + (((size_t)b * L + j->l) * H + h) * (size_t)N * N;
+        size_t per_seq = (size_t)L * H * N * N, head = ((size_t)j->l * H + h) * N * N;
+        float *S = j->st->att_kv + b * per_seq + head;
         if (j->from_src)
-            memcpy(S, j->st->src_att_kv + (((size_t)(j->st->src_batched ? b : 0) * L + j->l) * H + h) * (size_t)N * N,
-                   sizeof(float) * N * N);
+            memcpy(S, j->st->src_att_kv + (j->st->src_batched ? b : 0) * per_seq + head, sizeof(float) * N * N);
         if (j->mode == RWKV5_RECURRENT)  /* n == 1; w = P[1] */
             rwkv5_wkv_step(j->s->y + off, S, j->s->r + off, j->s->k + off, j->s->v + off, P + A + (size_t)h * N,
                            Lw->bonus_u + (size_t)h * N, N);

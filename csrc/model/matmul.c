@@ -333,13 +333,14 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
                 __m512i a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
                 for (; i + 64 <= n; i += 64) {   /* plain loads: masked ones are slower on some CPUs */
                     PF_NEXT(nx, i);
-                    if (blocked) PF_AHEAD(wr[0] + RWKV5_COL_OFF(i, 1, cs), PF_AHEAD_I8);
+                    size_t off = RWKV5_COL_OFF(i, 1, cs);   /* one 64-byte line of each row */
+                    if (blocked) PF_AHEAD(wr[0] + off, PF_AHEAD_I8);
                     __m512i x0 = _mm512_load_si512(xp[0] + i), x1 = _mm512_load_si512(xp[1] + i),
                             x2 = _mm512_load_si512(xp[2] + i);
-                    __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wr[0] + RWKV5_COL_OFF(i, 1, cs)), flip);
-                    __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wr[1] + RWKV5_COL_OFF(i, 1, cs)), flip);
-                    __m512i w2 = _mm512_xor_si512(_mm512_loadu_si512(wr[2] + RWKV5_COL_OFF(i, 1, cs)), flip);
-                    __m512i w3 = _mm512_xor_si512(_mm512_loadu_si512(wr[3] + RWKV5_COL_OFF(i, 1, cs)), flip);
+                    __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wr[0] + off), flip);
+                    __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wr[1] + off), flip);
+                    __m512i w2 = _mm512_xor_si512(_mm512_loadu_si512(wr[2] + off), flip);
+                    __m512i w3 = _mm512_xor_si512(_mm512_loadu_si512(wr[3] + off), flip);
                     a00 = _mm512_dpbusd_epi32(a00, w0, x0); a01 = _mm512_dpbusd_epi32(a01, w0, x1);
                     a02 = _mm512_dpbusd_epi32(a02, w0, x2); a10 = _mm512_dpbusd_epi32(a10, w1, x0);
                     a11 = _mm512_dpbusd_epi32(a11, w1, x1); a12 = _mm512_dpbusd_epi32(a12, w1, x2);

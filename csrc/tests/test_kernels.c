@@ -91,7 +91,7 @@ static void test_matmul(void) {
                 }
             }
             /* the same storage one byte past an aligned address (as in rwkv.cpp files) */
-            size_t wbytes = (size_t)d * n * (dt == RWKV5_F32 ? 4 : dt == RWKV5_I8 ? 1 : 2);
+            size_t wbytes = (size_t)d * n * rwkv5_esz(dt);
             unsigned char *odd = malloc(wbytes + 1);
             memcpy(odd + 1, w, wbytes);
             rwkv5_mat omat = {odd + 1, mat.scale, dt, d, n, 0};
