@@ -1,6 +1,6 @@
 """Build for rwkv5: three C extensions compiled from csrc/ against the NumPy C API.
 
-Layout of csrc/ (see DESIGN.md):
+Layout of csrc/ (the model's math: docs/model.md):
   common/     thread pool, CPU feature detection, shared helpers    (pure C)
   model/      RWKV-5 forward pass and kernels                        (pure C)
   tokenizer/  World tokenizer (vocab parser, trie encoder, decoder)  (pure C)

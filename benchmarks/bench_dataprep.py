@@ -1,4 +1,4 @@
-"""Data preparation throughput, side by side (DESIGN.md "Performance is measured, side by side").
+"""Data preparation throughput, side by side (docs/performance.md).
 
 run(quick) -> {"title", "columns", "rows", "notes"}; every ratio is measured in the same run:
 

@@ -55,7 +55,7 @@ def _os_l3_bytes():
     except ValueError:
         return None
 
-# Measured earlier on this machine kind (DESIGN.md), not in this run.
+# Measured earlier on this machine kind (docs/performance.md, "Figures measured earlier"), not in this run.
 RWKV_CPP_REFERENCE = [
     # model, weights, threads, recurrent tok/s, recurrent bw fraction, sequence T=512 tok/s
     ("0.1B", "fp32", 2, 44.9, None, 354.0),
@@ -98,7 +98,7 @@ def model_bytes(L: int, C: int, dtype: str, V: int = VOCAB) -> float:
 # ------------------------------------------------------------------------------ random weights
 
 def random_state_dict(L: int, C: int, V: int = VOCAB, storage: str = "fp32", seed: int = 0) -> dict:
-    """A random RWKV-5.2 state dict (RWKV-LM names, spec §1.2) made fast: matrices are tiled from a
+    """A random RWKV-5.2 state dict (RWKV-LM names, docs/model.md §3) made fast: matrices are tiled from a
     4M-value block of N(0, 1/fan_in) float32 normals at random offsets (values do not matter for
     speed); small vectors are realistic (time_decay uniform in [-6, 2.5], so w = exp(-exp(d)) spans
     ~0.998..6e-6 and no subnormals). storage: "fp32" (float32), "fp16" (float16) or "bf16" (uint16
@@ -330,7 +330,7 @@ def run(quick: bool = False) -> list:
     configs, peer_shapes = plan(quick)
     l3 = max(DESIGN_L3_BYTES, _os_l3_bytes() or 0)
     notes_common = [
-        f"L3: DESIGN.md gives 260 MiB for this machine kind, the OS reports {(_os_l3_bytes() or 0) >> 20} MiB "
+        f"L3: docs/performance.md gives 260 MiB for this machine kind, the OS reports {(_os_l3_bytes() or 0) >> 20} MiB "
         f"here; recurrent figures measure the memory limit honestly only when the weights read per token "
         f"exceed the L3 (> {l3 >> 20} MiB column; 0.4B fp32 ~1.6 GB/token is always well above it)",
         "every configuration runs in a fresh subprocess with its own random weights (seed 0)",
@@ -471,10 +471,10 @@ def run(quick: bool = False) -> list:
     ref = section("Peers: rwkv.cpp reference figures (measured earlier on this machine kind, NOT in this run)",
                   ["model", "weights", "threads", "rwkv.cpp rec tok/s", "rwkv.cpp bw frac", "ours rec tok/s",
                    "ours/rwkv.cpp rec x", "rwkv.cpp seq tok/s", "ours parallel tok/s", "ours/rwkv.cpp seq x"], rows,
-                  ["rwkv.cpp is not on PyPI: its figures come from DESIGN.md (AVX-512 build, random RWKV-5.2 "
+                  ["rwkv.cpp is not on PyPI: its figures come from docs/performance.md (AVX-512 build, random RWKV-5.2 "
                    "weights, 2 threads); the machine of this run may differ from the one they were measured on "
-                   "(compare the probe figures with DESIGN.md's ~15 GB/s per core, 26-29 GB/s both cores)",
-                   "DESIGN.md also gives the rwkv package on torch 1.13 (0.1B fp32, 2 threads): 8.2 tok/s "
+                   "(compare the probe figures with its ~15 GB/s per core, 26-29 GB/s both cores)",
+                   "It also gives the rwkv package on torch 1.13 (0.1B fp32, 2 threads): 8.2 tok/s "
                    "recurrent, 15.3 tok/s sequence"])
     # Raw per-configuration measurements for the JSON file (the harness prints only the tables).
     rec["raw"] = {"ours": [dict(r) for r in ours.values()], "peers": list(peers.values()),

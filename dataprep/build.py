@@ -350,7 +350,7 @@ def _is_prime(n: int) -> bool:
 
 
 def magic_prime(data_size: int, ctx_len: int):
-    """RWKV-LM's magic_prime (spec §5.2): the largest prime p <= data_size // ctx_len - 1 with
+    """RWKV-LM's magic_prime (docs/dataprep.md, "Outputs"): the largest prime p <= data_size // ctx_len - 1 with
     p % 3 == 2; None when data_size < 3 * ctx_len."""
     if ctx_len < 1:
         raise ValueError(f"ctx_len must be >= 1, got {ctx_len}")

@@ -1,4 +1,4 @@
-"""Output formats: RWKV-LM binidx (spec §5.1) and our zstd token shards (docs/zst-shards.md).
+"""Output formats: RWKV-LM binidx (docs/dataprep.md) and our zstd token shards (docs/zst-shards.md).
 
 Each format has a writer, a reader that validates everything it reads, and is used by `verify`.
 """

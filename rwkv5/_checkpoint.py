@@ -1,4 +1,4 @@
-"""Reading an RWKV-LM-named state dict: architecture detection and shape validation (spec §1.2–1.4).
+"""Reading an RWKV-LM-named state dict: architecture detection and shape validation (docs/model.md §2.2, §3).
 
 Shared by the NumPy reference (`rwkv5.reference`) and the C-backed `rwkv5.Model`, so both see the
 same architecture for the same dict. Nothing here does arithmetic on the large matrices.
@@ -82,7 +82,7 @@ def _strip_trailing_ones(shape):
 def detect_architecture(sd) -> Architecture:
     """Version, sizes and bonus kind from names and shapes; validates every tensor's shape.
 
-    Unlike the pip loader (spec §1.4) this does not depend on key order, so a 1-layer model works.
+    Unlike the pip loader (docs/model.md §2.2) this does not depend on key order, so a 1-layer model works.
     Raises ValueError naming the tensor with the expected and actual shape.
     """
     if not hasattr(sd, "keys"):

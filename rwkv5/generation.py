@@ -1,4 +1,4 @@
-"""Sampling and text generation, in the order of operations of the ChatRWKV pipeline (spec §4.6).
+"""Sampling and text generation, in the order of operations of the ChatRWKV pipeline (docs/model.md §8).
 
 Per generated token:
 

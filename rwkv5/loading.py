@@ -8,11 +8,11 @@ The format is recognised from the file's first bytes, never from its extension:
 * a folder — every ``*.safetensors`` in it (else every ``*.pth``/``*.bin`` torch file), merged:
   the layout of sharded Hugging Face checkpoints.
 
-Names from the Hugging Face port are renamed to RWKV-LM names (spec §1.8). State-tuning
+Names from the Hugging Face port are renamed to RWKV-LM names (docs/model.md §7.2). State-tuning
 tensors ``blocks.{i}.att.time_state`` are not weights: they are taken out of the state dict
 and become the model's initial state (see :mod:`rwkv5.formats.state_io`).
 
-Default GroupNorm epsilon per format (spec §1.3): 64e-5 for .pth/safetensors (RWKV-LM/BlinkDL
+Default GroupNorm epsilon per format (docs/model.md §2.1): 64e-5 for .pth/safetensors (RWKV-LM/BlinkDL
 checkpoints, what pip ``rwkv`` and HF use), 1e-5 for rwkv.cpp files (what rwkv.cpp computes).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _kind_of(a: np.ndarray) -> str:
 def read_checkpoint(path):
     """Read a checkpoint into ``(state_dict, info)`` without building a model.
 
-    ``state_dict`` maps RWKV-LM names (spec §1.2, raw values) to NumPy arrays (bf16 as uint16 bits,
+    ``state_dict`` maps RWKV-LM names (docs/model.md §3, raw values) to NumPy arrays (bf16 as uint16 bits,
     zero-copy mmap views where the format allows). ``info`` is a dict with ``format``, ``gn_eps``
     (the format's default), ``kinds`` (name -> "fp32"/"fp16"/"bf16"/"fp64"), ``hf_names`` (bool)
     and ``time_state`` (``None`` or an (L, H, N, N) float32 array in our [h][key][value] layout).

@@ -20,7 +20,7 @@ from . import _model
 from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
                           float32_to_bf16_bits)
 
-GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (spec §1.3); rwkv.cpp uses 1e-5
+GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
 CHUNK = _model.CHUNK        # positions per chunk in parallel mode
 _DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
@@ -230,7 +230,7 @@ class Model:
 
     @classmethod
     def from_state_dict(cls, sd, gn_eps=None, dtype=None, layout="auto") -> "Model":
-        """Build a model from an RWKV-LM-named state dict (spec §1.2, raw values).
+        """Build a model from an RWKV-LM-named state dict (docs/model.md §3, raw values).
 
         sd: name -> NumPy array of float32/float16/float64, or uint16 meaning raw bfloat16 bits.
         gn_eps: GroupNorm eps (default 64e-5 = RWKV-LM; use 1e-5 to reproduce rwkv.cpp).

@@ -36,7 +36,7 @@ def _per_channel(a, name, H, N):
 
 
 def wkv5(r, k, v, w, u, state=None, mode="recurrent"):
-    """The RWKV-5 WKV over T tokens of H heads of size N (spec §2.2 / §3.3).
+    """The RWKV-5 WKV over T tokens of H heads of size N (docs/model.md §4.4 / §6).
 
     r, k, v: (T, H, N); w: the decay in [0, 1] (not time_decay), per channel (H, N) or per head (H,);
     u: the bonus, same shapes as w; state: (H, N, N) [h][key i][value j] or None for zeros.

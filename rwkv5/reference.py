@@ -1,6 +1,6 @@
 """The readable NumPy twin of the C forward pass: the oracle every other test compares with.
 
-It follows docs/rwkv5-spec.md §2.2 (recurrent) and §3.2/§3.3 (parallel, chunked) literally and runs in
+It follows docs/model.md §4 (recurrent) and §6 (parallel, chunked) literally and runs in
 float64 by default. It is slow on purpose: clarity over speed. Usage:
 
     >>> from rwkv5.reference import ReferenceModel
@@ -10,7 +10,7 @@ float64 by default. It is slow on purpose: clarity over speed. Usage:
     >>> logits.shape
     (256,)
 
-Notation (spec §0): C = n_embd, A = H*N = dim_att, F = n_ffn, V = vocab; vectors are rows, a
+Notation (docs/model.md §1): C = n_embd, A = H*N = dim_att, F = n_ffn, V = vocab; vectors are rows, a
 PyTorch weight W of shape (out, in) computes y = x @ W.T. The wkv state S has layout
 [h][i][j] with i the key channel and j the value channel.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from ._checkpoint import as_float, decay_and_bonus, detect_architecture
 
 LN_EPS = 1e-5           # every LayerNorm (ln0, ln1, ln2, ln_out): PyTorch's default
-GN_EPS_RWKV_LM = 64e-5  # = GroupNorm(y / 8, eps=1e-5): what RWKV-LM trains 5.1/5.2 with (spec §1.3)
+GN_EPS_RWKV_LM = 64e-5  # = GroupNorm(y / 8, eps=1e-5): what RWKV-LM trains 5.1/5.2 with (docs/model.md §2.1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def token_shift(cur, prev):
 
 
 def wkv_recurrent(r, k, v, w, u, S):
-    """The recurrence of spec §2.2, one token at a time.
+    """The recurrence of docs/model.md §4.4, one token at a time.
 
     r, k, v: (T, H, N); w (decay in (0,1)), u (bonus): (H, N); S: (H, N, N) [h][key i][value j].
     Returns y (T, H, N) and the new state (S is not modified).
@@ -77,7 +77,7 @@ def wkv_recurrent(r, k, v, w, u, S):
 
 
 def wkv_parallel(r, k, v, w, u, S, chunk_len=16):
-    """The matrix form of spec §3.2 per chunk of `chunk_len` tokens, state carried between chunks.
+    """The matrix form of docs/model.md §6.1 per chunk of `chunk_len` tokens, state carried between chunks.
 
     Same arguments and result as `wkv_recurrent`. Only non-negative powers of w appear:
     with P[d] = w**d (element-wise, d = 0..n), for a chunk of n tokens starting in state S0
@@ -111,7 +111,7 @@ def wkv_parallel(r, k, v, w, u, S, chunk_len=16):
 class ReferenceModel:
     """Forward pass of an RWKV-5 (5.0 / 5.1 / 5.2) state dict in NumPy.
 
-    sd: RWKV-LM names and raw values (spec §1.2). All arithmetic runs in `dtype` (float64 by default).
+    sd: RWKV-LM names and raw values (docs/model.md §3). All arithmetic runs in `dtype` (float64 by default).
     State: a tuple (att_x (L,C), att_kv (L,H,N,N), ffn_x (L,C)) of `dtype` arrays; one sequence.
     """
 
@@ -150,8 +150,8 @@ class ReferenceModel:
     def forward(self, tokens, state=None, mode="recurrent", full_output=False, chunk_len=16):
         """Logits (V,) for the last token, or (T, V) with full_output, and the new state.
 
-        mode "recurrent" runs the layers one token at a time (spec §2.2); "parallel" runs each layer
-        over all T positions with the chunked wkv (spec §3.2). The state passed in is not modified.
+        mode "recurrent" runs the layers one token at a time (docs/model.md §4); "parallel" runs each layer
+        over all T positions with the chunked wkv (docs/model.md §6). The state passed in is not modified.
         """
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         att_x, att_kv, ffn_x = (np.array(s, dtype=self.dtype, copy=True)

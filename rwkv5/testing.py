@@ -14,7 +14,7 @@ from ._checkpoint import bf16_bits_to_float32, float32_to_bf16_bits  # noqa: F40
 
 def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_size=256,
                       n_ffn=None, seed=0, dtype=np.float32, time_first=False):
-    """A random RWKV-LM state dict (names and raw values as in spec §1.2).
+    """A random RWKV-LM state dict (names and raw values as in docs/model.md §3).
 
     version: "5.0", "5.1" or "5.2"; time_first=True (5.0 only) stores the bonus as `time_first`
     (u = exp(time_first)) instead of `time_faaaa`. dtype: float32, float64, float16, or "bf16"

@@ -126,7 +126,7 @@ def mmap_backed(a) -> bool:
 
 def random_rwkv5_torch_sd(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab=256, n_ffn=None,
                           seed=0, time_first=False, time_state=False):
-    """A random RWKV-5 state dict with RWKV-LM names, shapes and file order (spec §1.2) as torch
+    """A random RWKV-5 state dict with RWKV-LM names, shapes and file order (docs/model.md §3) as torch
     fp32 tensors, values in realistic ranges (decays in (0,1), mixes in [0,1], LN weights ~1)."""
     import torch
     g = torch.Generator().manual_seed(seed)

@@ -1,5 +1,5 @@
 """Shared helpers for the dataprep tests: corpus generators that know what they wrote, an
-independent binidx reader written from rwkv5-spec §5.1, and the reference tokenizer."""
+independent binidx reader written from docs/dataprep.md ("Outputs"), and the reference tokenizer."""
 import functools
 import json
 import os
@@ -39,7 +39,7 @@ def ref_encode(text: str) -> tuple:
 
 
 def read_binidx_independent(prefix):
-    """Read PREFIX.idx/.bin the way RWKV-LM's MMapIndexedDataset does (spec §5.1)."""
+    """Read PREFIX.idx/.bin the way RWKV-LM's MMapIndexedDataset does (magic, version, dtype, sizes, pointers, doc_idx)."""
     with open(prefix + ".idx", "rb") as f:
         idx = f.read()
     assert idx[:9] == b"MMIDIDX\x00\x00"

@@ -39,7 +39,7 @@ def expected_skips(expected):
 # ----------------------------------------------------------------------------- RWKV-LM numbers
 
 def test_magic_prime_matches_spec_examples():
-    # rwkv5-spec §5.2: minipile, 1,498,226,207 tokens
+    # RWKV-LM's make_data.py example (docs/dataprep.md): minipile, 1,498,226,207 tokens
     assert magic_prime(1_498_226_207, 512) == 2_926_181
     assert magic_prime(1_498_226_207, 4096) == 365_759
     assert magic_prime(3 * 512 - 1, 512) is None

@@ -42,7 +42,7 @@ def test_format_from_content_not_extension(tmp_path, fixtures_dir):
 
 def test_hf_names_map_to_rwkvlm(tmp_path, fixtures_dir):
     sd = torch_load_np(fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth")
-    # Rename exactly as the HF conversion script does (spec §1.8), written independently here.
+    # Rename exactly as the HF conversion script does (docs/model.md §7.2), written independently here.
     def to_hf(n):
         n = n.replace("emb.", "embeddings.", 1) if n.startswith("emb.") else n
         n = n.replace("blocks.0.ln0", "blocks.0.pre_ln")

@@ -474,7 +474,7 @@ def test_no_reference_leaks():
 
 
 def test_underflowing_decays_match_reference():
-    """time_decay in [4, 6]: w = exp(-exp(d)) is subnormal or 0 in fp32 (spec §3.3). The C code
+    """time_decay in [4, 6]: w = exp(-exp(d)) is subnormal or 0 in fp32 (docs/model.md §4.3). The C code
     flushes those to 0; the float64 reference keeps them; results must not differ visibly."""
     sd = small_sd(seed=18)
     rng = np.random.default_rng(0)

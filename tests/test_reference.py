@@ -52,7 +52,7 @@ def test_wkv_recurrence_by_hand():
 
 
 def test_group_norm_divisor_identity_and_layer_norm():
-    """GN(y / 8; eps) == GN(y; 64 eps) (spec §1.3); GroupNorm with one group is LayerNorm."""
+    """GN(y / 8; eps) == GN(y; 64 eps) (docs/model.md §2.1); GroupNorm with one group is LayerNorm."""
     rng = np.random.default_rng(4)
     y = rng.standard_normal((5, 64)) * 3
     w, b = rng.standard_normal(64), rng.standard_normal(64)

@@ -1,4 +1,4 @@
-"""rwkv.cpp .bin reader (spec §1.7) and the trained tiny fixture end to end."""
+"""rwkv.cpp .bin reader (docs/model.md §7.3) and the trained tiny fixture end to end."""
 import struct
 
 import numpy as np
@@ -130,7 +130,7 @@ def test_bad_magic_version_type_truncation(tmp_path):
 
 
 def _to_rwkvcpp(path, sd, ftype=0):
-    """Write sd the way rwkv.cpp's converter does (spec §1.7): w = exp(-exp(d)) and the bonus
+    """Write sd the way rwkv.cpp's converter does (docs/model.md §7.3): w = exp(-exp(d)) and the bonus
     (time_first exponentiated) shaped (H, N|1, 1); time_mix squeezed; 2-D matrices in `ftype`."""
     gated = "blocks.0.att.gate.weight" in sd
     V, C = sd["emb.weight"].shape

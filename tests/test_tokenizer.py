@@ -41,7 +41,7 @@ def trie():
 
 def test_default_vocab_is_the_world_vocab(tok):
     data = pathlib.Path(default_vocab_path()).read_bytes()
-    # the `rwkv` wheel ships the CRLF copy (spec §4.1: SHA-256 8324476023347dec...); same content
+    # the `rwkv` wheel ships the CRLF copy (SHA-256 8324476023347dec...); same content
     assert hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest() == WORLD_SHA256
     assert tok.n_vocab == 65530 and tok.n_tokens == 65529 and tok.max_token_len == 128
     assert tok.eot_token == 0

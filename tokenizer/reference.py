@@ -46,7 +46,7 @@ def parse_vocab(data: bytes) -> Dict[int, bytes]:
 
 
 class ReferenceTokenizer:
-    """Greedy leftmost-longest matching over bytes with a dict trie (rwkv5-spec.md §4.2)."""
+    """Greedy leftmost-longest matching over bytes with a dict trie (docs/tokenizer.md)."""
 
     eot_token = 0
 

@@ -7,7 +7,7 @@
     >>> tok.decode([33155, 40213])
     'Hello world'
 
-Encoding is greedy leftmost-longest matching over the UTF-8 bytes (rwkv5-spec.md §4.2), exactly
+Encoding is greedy leftmost-longest matching over the UTF-8 bytes (docs/tokenizer.md), exactly
 the reference `rwkv.rwkv_tokenizer.TRIE_TOKENIZER`. A `WorldTokenizer` is immutable and may be
 shared between Python threads; every encode call releases the GIL while C code runs.
 

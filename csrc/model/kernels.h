@@ -104,7 +104,7 @@ void rwkv5_layer_norm(float *out, const float *x, const float *w, const float *b
 void rwkv5_group_norm(float *out, const float *x, const float *w, const float *b, int n, int n_groups,
                       float eps);
 
-/* ---- WKV (spec §2.2, §3.3). S is one head's state (N, N) [key i][value j]. ---- */
+/* ---- WKV (docs/model.md §4.4, §6). S is one head's state (N, N) [key i][value j]. ---- */
 
 /* One token: y[j] = sum_i r[i] (u[i] k[i] v[j] + S[i][j]);  S[i][j] = w[i] S[i][j] + k[i] v[j] */
 void rwkv5_wkv_step(float *y, float *S, const float *r, const float *k, const float *v,

@@ -1,6 +1,6 @@
 /* RWKV-5 forward pass in plain C (no Python): config, weights, state, and the entry points.
  *
- * Shapes use the notation of docs/rwkv5-spec.md: L layers, C = n_embd, H heads of size N,
+ * Shapes use the notation of docs/model.md §1: L layers, C = n_embd, H heads of size N,
  * A = H*N, F = n_ffn, V = vocab, B sequences in a batch. Matrices are PyTorch-shaped (out, in),
  * row-major or 4-row blocked (rwkv5_mat), and computed as y = x @ W^T. Every weight pointer is borrowed (the caller keeps the
  * memory alive and unchanged for the model's life); only `pow_table` and `layers` are owned. */

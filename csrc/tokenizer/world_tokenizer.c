@@ -1,6 +1,6 @@
 /* RWKV World tokenizer: vocab parser, double-array trie, greedy longest-match encoder.
  *
- * Encoding rule (rwkv5-spec.md §4.2): at byte position p take the longest vocab token that is a
+ * Encoding rule (docs/tokenizer.md): at byte position p take the longest vocab token that is a
  * prefix of text[p..], emit its id, continue after it. Every single byte is a token, so each step
  * consumes at least one byte and every byte string is encodable.
  *
@@ -155,7 +155,7 @@ static const char *parse_literal(const uint8_t *s, const uint8_t *e, uint8_t *ds
             }
             s += nd;
             if (is_bytes) { dst[o++] = (uint8_t)cp; break; }
-            /* In a str literal the escape is a code point, stored UTF-8 encoded (spec §4.1). */
+            /* In a str literal the escape is a code point, stored UTF-8 encoded (docs/tokenizer.md, "Vocab files"). */
             if (cp > 0x10FFFF) return "\\U escape beyond U+10FFFF";
             if (cp >= 0xD800 && cp <= 0xDFFF) return "surrogate code point (not encodable as UTF-8)";
             o += utf8_put(dst + o, cp);

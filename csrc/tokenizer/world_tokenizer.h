@@ -4,7 +4,7 @@
  * (csrc/dataprep/). A wt_tokenizer is immutable after wt_load and may be used from any number
  * of threads at once.
  *
- * Vocab file format (rwkv5-spec.md §4.1): one token per line, `<id> <python literal> <byte length>`,
+ * Vocab file format (docs/tokenizer.md, "Vocab files"): one token per line, `<id> <python literal> <byte length>`,
  * LF or CRLF; str literals with \\ \' \" \n \r \t \xHH \uHHHH escapes (code points, UTF-8 encoded),
  * bytes literals b'...' (raw bytes). Id 0 is not in the file: it is end-of-text.
  */

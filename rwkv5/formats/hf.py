@@ -1,4 +1,4 @@
-"""Hugging Face RWKV-5 parameter names -> RWKV-LM names (spec §1.8).
+"""Hugging Face RWKV-5 parameter names -> RWKV-LM names (docs/model.md §7.2).
 
 The HF port (``Rwkv5ForCausalLM``) renames but never changes values: ``rwkv.`` prefix on
 everything except ``head.weight``; ``emb.`` -> ``embeddings.``; ``blocks.0.ln0`` ->

@@ -1,4 +1,4 @@
-"""Reader of rwkv.cpp `.bin` model files (spec §1.7), returning RWKV-LM names and raw values.
+"""Reader of rwkv.cpp `.bin` model files (docs/model.md §7.3), returning RWKV-LM names and raw values.
 
 File layout (all int32 in machine order, little-endian here):
 

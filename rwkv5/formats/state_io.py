@@ -103,9 +103,9 @@ def time_state_to_att_kv(time_states: dict, where: str = "time_state") -> np.nda
 
     RWKV-LM's state-tuning kernel keeps, per head, one row per *value* channel j holding the
     N key-channel entries (thread j owns column S[:, j] of the math), so the saved tensor is
-    indexed [h][value][key]. Our state (spec §2.1) is S[h][key][value], with the decay on the
+    indexed [h][value][key]. Our state (docs/model.md §5) is S[h][key][value], with the decay on the
     key index. Hence ``att_kv[i] = time_state[i].transpose(0, 2, 1)`` — the same
-    ``transpose(1, 2)`` pip ``rwkv`` applies when it loads these tensors (spec §1.5 item 9).
+    ``transpose(1, 2)`` pip ``rwkv`` applies when it loads these tensors (docs/model.md §7.4).
     """
     n_layer = len(time_states)
     if sorted(time_states) != list(range(n_layer)):
