@@ -14,58 +14,63 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="PREFIX", help="output prefix (PREFIX.bin, PREFIX.idx, ...)")
     b.add_argument("--text-field", default="text", help="JSON field holding the document text (default: text)")
     b.add_argument("--lang-field", default=None, help="JSON field holding a language tag, for per-language statistics")
-    b.add_argument("--format", default="binidx", choices=["binidx", "zst"])
+    b.add_argument("--format", default="binidx", choices=["binidx", "zst"],
+                   help="binidx: RWKV-LM's PREFIX.bin/.idx; zst: zstd token shards (docs/zst-shards.md) (default: binidx)")
     b.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: the CPUs available)")
     b.add_argument("--shard-size", default=None,
                    help="max tokens per shard (e.g. 100000000) or bytes with a unit (512MB, 1GiB); "
                         "shards are PREFIX_00000.*, PREFIX_00001.*; unset: one PREFIX.* set")
     b.add_argument("--ctx-len", type=int, default=None, help="print RWKV-LM's --my_exit_tokens/--magic_prime for this ctx_len")
     b.add_argument("--shuffle", action="store_true", help="shuffle documents (seeded, every epoch anew)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--epochs", type=int, default=1, help="repeat the documents N times (make_data's N_EPOCH)")
+    b.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: 0)")
+    b.add_argument("--epochs", type=int, default=1, help="repeat the documents N times (make_data's N_EPOCH) (default: 1)")
     b.add_argument("--dedup", choices=["exact"], default=None, help="drop exact duplicate texts (first kept)")
     b.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                   help="bad records (malformed JSON, missing field, invalid UTF-8): stop, or skip and count")
+                   help="bad records (malformed JSON, missing field, invalid UTF-8): stop, or skip and count (default: fail)")
     b.add_argument("--repair-utf8", action="store_true",
                    help="replace invalid UTF-8 and lone surrogates with U+FFFD (counted) instead of treating them as bad records")
     b.add_argument("--txt-mode", choices=["file", "blank"], default="file",
-                   help=".txt inputs: one document per file, or per blank-line-separated block")
-    b.add_argument("--task-size", type=int, default=64 << 20, help="split .jsonl files larger than this many bytes into tasks")
-    b.add_argument("--zst-level", type=int, default=3)
+                   help=".txt inputs: one document per file, or per blank-line-separated block (default: file)")
+    b.add_argument("--task-size", type=int, default=64 << 20, help="split .jsonl files larger than this many bytes into tasks (default: 67108864 = 64 MiB)")
+    b.add_argument("--zst-level", type=int, default=3, help="zstd compression level of --format zst shards (default: 3)")
     b.add_argument("--vocab", default=None, help="World vocab file (default: the one in the rwkv package)")
     b.add_argument("--restart", action="store_true", help="discard an unfinished run with other options instead of failing")
     b.add_argument("--keep-work", action="store_true", help="keep PREFIX.work/ (task parts) after success")
     b.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="run the tasks here (local) or as Ray tasks (ray; pip install 'rwkv5[ray]', see docs/ray.md)")
+                   help="run the tasks here (local) or as Ray tasks (ray; pip install 'rwkv5[ray]', see docs/ray.md) (default: local)")
     b.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="--engine ray: 'auto' (the cluster `ray start` runs on this node), HOST:PORT, or unset "
                         "to start a local Ray instance; the output folder must be shared by all nodes")
     b.add_argument("--max-retries", type=int, default=3,
                    help="--engine ray: re-runs of a task after an exception or the death of its worker (default 3)")
-    b.add_argument("--progress", dest="progress", action="store_true", default=None)
-    b.add_argument("--no-progress", dest="progress", action="store_false")
+    b.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show a progress bar on stderr (default: only when stderr is a terminal)")
+    b.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
     i = sub.add_parser("inspect", help="decode documents of an output set")
-    i.add_argument("prefix")
-    i.add_argument("--doc", type=int, default=0)
-    i.add_argument("--count", type=int, default=3)
-    i.add_argument("--vocab", default=None)
+    i.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
+    i.add_argument("--doc", type=int, default=0, help="index of the first document to show (default: 0)")
+    i.add_argument("--count", type=int, default=3, help="number of documents to show (default: 3)")
+    i.add_argument("--vocab", default=None,
+                   help="World vocab file to decode with (default: the one in the rwkv package)")
 
     v = sub.add_parser("verify", help="check sizes, checksums, token range and counts against the manifest")
-    v.add_argument("prefix")
+    v.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
 
     s = sub.add_parser("stats", help="print the statistics table of an output set")
-    s.add_argument("prefix")
+    s.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
 
     m = sub.add_parser("merge", help="concatenate binidx sets into one")
-    m.add_argument("prefixes", nargs="+")
-    m.add_argument("--out", required=True)
-    m.add_argument("--ctx-len", type=int, default=None)
+    m.add_argument("prefixes", nargs="+", metavar="PREFIX", help="binidx sets to concatenate, in this order")
+    m.add_argument("--out", required=True, metavar="PREFIX", help="prefix of the merged set (PREFIX.bin, PREFIX.idx)")
+    m.add_argument("--ctx-len", type=int, default=None,
+                   help="also print RWKV-LM's --my_exit_tokens/--magic_prime for this ctx_len")
 
     u = sub.add_parser("unpack", help="zst shards -> one binidx set")
-    u.add_argument("prefix")
-    u.add_argument("--out", required=True)
-    u.add_argument("--ctx-len", type=int, default=None)
+    u.add_argument("prefix", help="prefix of the zst shard set (the PREFIX given to build --out)")
+    u.add_argument("--out", required=True, metavar="PREFIX", help="prefix of the binidx set to write (PREFIX.bin, PREFIX.idx)")
+    u.add_argument("--ctx-len", type=int, default=None,
+                   help="also print RWKV-LM's --my_exit_tokens/--magic_prime for this ctx_len")
     return p
 
 
