@@ -89,6 +89,7 @@ def test_build_binidx_matches_reference(tmp_path):
     for lang in SAMPLES:
         texts = [e[1] for e in expected if e[0] == "doc" and e[2] == lang]
         if not texts:
+            assert per_lang.get(lang, {"documents": 0})["documents"] == 0, lang
             continue
         assert per_lang[lang]["documents"] == len(texts)
         assert per_lang[lang]["bytes"] == sum(len(t.encode()) for t in texts)

@@ -66,7 +66,11 @@ def local_reference(corpus, tmp_path_factory, opts_name):
     if opts_name not in _REFS:
         d = tmp_path_factory.mktemp(f"local-{opts_name}")
         quiet(inputs=[str(corpus)], out=str(d / "o"), workers=2, **{"binidx": OPTS, "zst": ZST_OPTS}[opts_name])
-        _REFS[opts_name] = outputs(d / "o")
+        ref = outputs(d / "o")
+        # the comparisons with it would pass on two empty folders: it must hold a real set
+        assert "o.manifest.json" in ref and ref["o.manifest.json"]["totals"]["tokens"] > 0, sorted(ref)
+        assert any(n.endswith((".bin", ".zst")) for n in ref), sorted(ref)
+        _REFS[opts_name] = ref
     return _REFS[opts_name]
 
 

@@ -58,7 +58,11 @@ def corpus(tmp_path_factory):
     os.makedirs(os.path.dirname(ref))
     t0 = time.perf_counter()
     subprocess.run(cmd(inputs, ref), check=True, capture_output=True)
-    return d, inputs, outputs(ref), time.perf_counter() - t0
+    ref_out = outputs(ref)
+    # the comparisons below would pass on two empty folders: the reference must hold a real set
+    assert "o.manifest.json" in ref_out and ref_out["o.manifest.json"]["totals"]["tokens"] > 0, sorted(ref_out)
+    assert any(n.endswith((".bin", ".zst")) for n in ref_out), sorted(ref_out)
+    return d, inputs, ref_out, time.perf_counter() - t0
 
 
 def test_kill_and_resume_is_byte_identical(corpus):

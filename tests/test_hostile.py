@@ -161,7 +161,9 @@ def test_truncation_at_many_offsets(tmp_path):
 
 def test_corrupted_bytes_never_crash(tmp_path):
     good = bytearray(_good_pth(tmp_path / "g.pth").read_bytes())
+    want = {k: (a.shape, a.dtype) for k, a in read_pth(tmp_path / "g.pth")[0].items()}
     rng = np.random.default_rng(0)
+    rejected = 0
     for _ in range(300):
         bad = bytearray(good)
         for pos in rng.integers(0, len(bad), size=3):
@@ -171,10 +173,13 @@ def test_corrupted_bytes_never_crash(tmp_path):
         try:
             sd, _ = read_pth(p)
         except (ValueError, OSError):
+            rejected += 1
             continue
-        assert set(sd) <= {"a", "b"} or all(isinstance(k, str) for k in sd)   # parsed: still plain arrays
-        for a in sd.values():
-            assert isinstance(a, np.ndarray)
+        # accepted (the bytes hit were inside storage data, which is not CRC-checked by default):
+        # the same tensors with the same shapes and dtypes, as plain arrays
+        assert {k: (a.shape, a.dtype) for k, a in sd.items()} == want
+        assert all(type(a) is np.ndarray for a in sd.values())
+    assert rejected > 250   # the pickle and ZIP structure are checked: most corruptions are refused
 
 
 def test_wrong_magic(tmp_path):

@@ -1,4 +1,5 @@
 """rwkv5.Model (C forward pass) against the float64 NumPy reference, and the API contract."""
+import dataclasses
 import gc
 import threading
 
@@ -244,7 +245,7 @@ def test_config_and_detection():
         c = m.config
         assert (c.version, c.n_layer, c.n_embd, c.n_head, c.head_size, c.vocab_size) == (version, 1, 64, 4, 16, 256)
         assert c.n_ffn == (256 if version == "5.0" else 224) and c.gn_eps == 64e-5 and c.dtype == "fp32"
-        with pytest.raises(Exception):
+        with pytest.raises(dataclasses.FrozenInstanceError):
             c.n_layer = 3                                   # frozen
     assert rwkv5.Model.from_state_dict(small_sd(), gn_eps=1e-5).config.gn_eps == 1e-5
 
@@ -491,7 +492,6 @@ def test_underflowing_decays_match_reference():
 
 
 def test_state_save_load_roundtrip(tmp_path):
-    pytest.importorskip("rwkv5.formats.state_io", reason="state_io is written by the loaders branch")
     model = rwkv5.Model.from_state_dict(small_sd(seed=20))
     _, s = model.forward([1, 2, 3])
     s.save(tmp_path / "s.state")

@@ -86,15 +86,30 @@ def test_model_calls_do_not_leak(model):
 
 
 def test_ops_do_not_leak():
-    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
-    names = [n for n in ("softmax", "layer_norm", "group_norm") if hasattr(rwkv5.ops, n)]
-    for n in names:
-        fn = getattr(rwkv5.ops, n)
-        try:
-            fn(x)
-        except TypeError:
-            continue
-        _no_growth(lambda: fn(x), [x])
+    """Every public op of rwkv5.ops, called correctly (and once with a bad argument), in the leak loop."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    wt, b = np.ones(64, np.float32), np.zeros(64, np.float32)
+    T, H, N = 5, 2, 8
+    r, k, v = (rng.standard_normal((T, H, N)).astype(np.float32) for _ in range(3))
+    w = rng.uniform(0.5, 0.99, (H, N)).astype(np.float32)
+    u = rng.standard_normal((H, N)).astype(np.float32)
+    S = rng.standard_normal((H, N, N)).astype(np.float32)
+    calls = {
+        "layer_norm": (lambda: rwkv5.ops.layer_norm(x, wt, b), [x, wt, b]),
+        "group_norm": (lambda: rwkv5.ops.group_norm(x, wt, b, 4), [x, wt, b]),
+        "wkv5": (lambda: rwkv5.ops.wkv5(r, k, v, w, u, S), [r, k, v, w, u, S]),
+    }
+    assert sorted(calls) == sorted(rwkv5.ops.__all__), "a public op is not covered by this leak test"
+    for fn, inputs in calls.values():
+        fn()   # a wrong call fails the test here instead of being skipped
+        _no_growth(fn, inputs)
+    _no_growth(lambda: rwkv5.ops.wkv5(r, k, v, w, u, S, mode="parallel"), [r, k, v, w, u, S])
+
+    def bad():
+        with pytest.raises(ValueError):
+            rwkv5.ops.layer_norm(x, wt[:3], b)
+    _no_growth(bad, [x, wt, b])
 
 
 def test_tokenizer_calls_do_not_leak(tok):
