@@ -317,6 +317,17 @@ class Model:
                      np.zeros(lead + (c.n_layer, c.n_head, c.head_size, c.head_size), np.float32),
                      np.zeros(lead + (c.n_layer, c.n_embd), np.float32))
 
+    def save(self, path) -> int:
+        """Write the model to `path` as a safetensors checkpoint that `rwkv5.load` reads back to
+        the same logits: RWKV-LM names, matrices in the storage type held (int8 ones as fp32
+        q * scale), the GroupNorm eps and a state-tuning initial state included (see
+        `rwkv5.saving`). Written atomically; returns the file size in bytes.
+
+        >>> model.save("model.safetensors"); rwkv5.load("model.safetensors")
+        """
+        from .saving import save_model
+        return save_model(self, path)
+
     @staticmethod
     def _check_batch(batch):
         if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)) or batch < 1:
