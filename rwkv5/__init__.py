@@ -15,10 +15,20 @@ from .model import Model, ModelConfig, State  # noqa: E402
 
 __all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "get_num_threads"]
 
+# Every public submodule is reachable as an attribute after a bare `import rwkv5`, the way
+# `rwkv5.ops` is; those not imported above are imported on first use (module __getattr__), so
+# `import rwkv5` stays as cheap as it was.
+SUBMODULES = ("dataprep", "demo", "formats", "generation", "loading", "model", "ops", "reference", "saving",
+              "scoring", "testing", "tokenizer")
+
+
 def __getattr__(name):
-    # `rwkv5.tokenizer` / `rwkv5.dataprep` after a bare `import rwkv5`, imported on first use
-    if name in ("tokenizer", "dataprep"):
+    if name in SUBMODULES:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBMODULES))
