@@ -148,12 +148,21 @@ def _sampling_kwargs(args) -> dict:
                 penalty_decay=args.penalty_decay, seed=args.seed)
 
 
+def count_with_unit(n) -> str:
+    """A parameter count in the unit models are named in: billions from 1e9, else millions from
+    1e4, with 3 significant digits (2 decimals below 10): 495616 -> "0.50 M", 12_345_678 ->
+    "12.3 M", 1_578_000_000 -> "1.58 B"; below 10,000 the plain number."""
+    if n < 1e4:
+        return f"{n:,d}"
+    v, unit = (n / 1e9, "B") if n >= 999.5e6 else (n / 1e6, "M")
+    return f"{v:,.0f} {unit}" if v >= 100 else f"{v:.1f} {unit}" if v >= 10 else f"{v:.2f} {unit}"
+
+
 def _run_info(args) -> int:
     import resource
     t0 = time.perf_counter()
     model = _load_model(args)
     dt = time.perf_counter() - t0
-    c = model.config
     c = model.config
     arrays = _weight_arrays(model)
     n_params = sum(int(a.size) for a in arrays)
@@ -162,7 +171,7 @@ def _run_info(args) -> int:
     print(f"version    RWKV-{c.version}   layers {c.n_layer}   n_embd {c.n_embd}   heads {c.n_head} x {c.head_size}"
           f"   ffn {c.n_ffn}   vocab {c.vocab_size}")
     print(f"storage    {c.dtype}   GroupNorm eps {c.gn_eps:g}")
-    print(f"parameters {n_params:,} ({n_params / 1e9:.3f} B)")
+    print(f"parameters {n_params:,} ({count_with_unit(n_params)})")
     print(f"weights    {held / 2**20:,.1f} MiB held (file-backed where the storage type matches the file)")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"loaded in  {dt:.2f} s; peak RSS {rss:,.0f} MiB")
