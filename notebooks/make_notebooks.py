@@ -92,7 +92,7 @@ plt.title("bytes per token by language (sample corpus)"); plt.tight_layout(); pl
 ids = tok.encode(raw)
 print(ids, tok.decode_bytes(ids) == raw, repr(tok.decode(ids, errors="replace")))'''),
     new_markdown_cell("## Speed against the pure-Python reference"),
-    new_code_cell('''from tqdm.auto import tqdm
+    new_code_cell('''from tqdm import tqdm   # the text bar: tqdm.auto would want ipywidgets in Jupyter
 from rwkv5.tokenizer.reference import ReferenceTokenizer
 ref = ReferenceTokenizer()
 text = "\\n".join(d["text"] for d in docs) * 20

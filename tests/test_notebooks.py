@@ -29,3 +29,8 @@ def test_notebook_executes(path):
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # a first run prints no warnings either (e.g. tqdm.auto's "IProgress not found" without ipywidgets)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream")
+    assert "Warning" not in text, text[-2000:]
+
