@@ -132,14 +132,19 @@ def _weight_arrays(model):
 
 
 def _sampling_args(p):
-    p.add_argument("--max-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.85)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--presence-penalty", type=float, default=0.2)
-    p.add_argument("--frequency-penalty", type=float, default=0.2)
-    p.add_argument("--penalty-decay", type=float, default=0.996)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=200, help="tokens to generate at most (default: 200)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="applied to the probabilities after the top-p/top-k cut; 0 = greedy (default: 1.0)")
+    p.add_argument("--top-p", type=float, default=0.85,
+                   help="keep the most likely tokens up to this cumulative probability (default: 0.85)")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens; 0 = no limit (default: 0)")
+    p.add_argument("--presence-penalty", type=float, default=0.2,
+                   help="subtracted from the logit of every token already generated (default: 0.2)")
+    p.add_argument("--frequency-penalty", type=float, default=0.2,
+                   help="subtracted once per earlier occurrence of a token (default: 0.2)")
+    p.add_argument("--penalty-decay", type=float, default=0.996,
+                   help="the occurrence counts are multiplied by this after every token (default: 0.996)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: a fresh random seed)")
 
 
 def _sampling_kwargs(args) -> dict:
