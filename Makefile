@@ -5,7 +5,7 @@ PIP     := $(PY) -m pip
 PYTEST  := $(PY) -m pytest
 EXTRAS  ?= test
 
-.PHONY: all sysdeps install demo test test-fast test-scalar test-slow test-asan test-c bench bench-quick clean \
+.PHONY: all sysdeps install demo test test-fast test-scalar test-asan test-c bench bench-quick clean \
         fuzz fuzz-smoke fuzz-deps fuzz-build test-valgrind
 
 all: install
