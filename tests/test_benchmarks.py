@@ -5,6 +5,7 @@ import json
 import math
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -15,6 +16,19 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import bench_model as bm
 from benchmarks import common, probes
 from benchmarks import __main__ as harness  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _probe_library_cache_in_tmp(tmp_path_factory):
+    """probes.load_library compiles probes.c into a cache under the temp folder (kept between
+    `make bench` runs); the tests build it under their own tmp folder instead, not in /tmp."""
+    mp = pytest.MonkeyPatch()
+    d = str(tmp_path_factory.mktemp("tmp"))
+    mp.setattr(tempfile, "tempdir", d)
+    mp.setenv("TMPDIR", d)                   # the subprocesses of run_in_subprocess too
+    mp.setattr(probes, "_lib", None)
+    yield
+    mp.undo()
 
 
 def test_format_table_aligns_numbers_and_marks_missing():

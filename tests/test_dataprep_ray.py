@@ -6,9 +6,11 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -25,6 +27,24 @@ ZST_OPTS = dict(OPTS, format="zst", shard_size=20_000, dedup="exact", epochs=2)
 
 def quiet(**kw):
     return build(log=lambda s: None, **kw)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_temp_dir():
+    """Ray keeps its session folders (logs, sockets) under $RAY_TMPDIR/ray (else $TMPDIR/ray or
+    /tmp/ray) and never removes them: the Ray instances these tests start get a folder of their
+    own, removed at the end. Short, because Ray's socket paths must fit in 107 bytes."""
+    d = tempfile.mkdtemp(prefix="rwkv5-ray-")
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = d
+    try:
+        yield d
+    finally:
+        if old is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """rwkv5.Model (C forward pass) against the float64 NumPy reference, and the API contract."""
 import dataclasses
 import gc
+import tempfile
 import threading
 
 import numpy as np
@@ -438,8 +439,9 @@ def test_c_binding_rejects_bad_arrays(model):
         c.forward(tok, s.att_x, s.att_kv, s.ffn_x, 7, False)
 
 
-def test_demo_runs(capsys):
+def test_demo_runs(capsys, tmp_path, monkeypatch):
     from rwkv5 import demo
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the demo leaves its outputs in a temp folder
     demo.main()
     out = capsys.readouterr().out
     assert "parallel vs recurrent" in out and "tok/s" in out

@@ -1,5 +1,6 @@
 """The Jupyter walkthroughs in notebooks/ execute without error and are committed without outputs."""
 import pathlib
+import tempfile
 
 import pytest
 
@@ -20,10 +21,13 @@ def test_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path):
+def test_notebook_executes(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="the notebooks extra is not installed")
     nbclient = pytest.importorskip("nbclient", reason="the notebooks extra is not installed")
     nb = nbformat.read(path, as_version=4)
+    # the kernel (and what the notebooks create with tempfile) uses tmp_path, not /tmp
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute()
