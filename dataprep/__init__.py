@@ -15,3 +15,12 @@ from .tools import ShardSet, inspect_docs, merge_binidx, open_shards, stats_tabl
 __all__ = ["build", "run_task", "plan_tasks", "open_shards", "ShardSet", "BinIdx", "ZstShard", "verify",
            "stats_table", "inspect_docs", "merge_binidx", "unpack", "magic_prime", "magic_prime_line",
            "DataprepError", "FormatError"]
+
+
+def __getattr__(name):
+    # rwkv5.dataprep.engines (executors, Ray) is imported on first use, like the CLI does
+    if name == "engines":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

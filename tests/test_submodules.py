@@ -47,3 +47,20 @@ def test_bare_import_stays_light():
             "'rwkv5.testing', 'rwkv5.scoring') if m in sys.modules]; print(heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("package", ["formats", "tokenizer", "dataprep"])
+def test_modules_of_subpackages_reachable_after_a_bare_import(package):
+    import importlib
+    pkg = importlib.import_module(f"rwkv5.{package}")
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                   if not m.name.startswith("_") and m.name != "__main__")
+    assert names
+    # a module may share its name with the function it exports (rwkv5.dataprep.build is the function)
+    code = ("import rwkv5, types\n"
+            + "".join(f"m = rwkv5.{package}.{n}; assert (m.__name__ == 'rwkv5.{package}.{n}' "
+                      f"if isinstance(m, types.ModuleType) else '{n}' in rwkv5.{package}.__all__), '{n}'\n"
+                      for n in names)
+            + "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
