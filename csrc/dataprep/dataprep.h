@@ -72,6 +72,11 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
                     int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired,
                     int *script);
 
+/* The top-level member names of the JSON object in line[0..n), as written (quoted, escapes
+ * kept, each cut to 40 bytes), joined by ", " into out (NUL-terminated, at most cap bytes; ", ..."
+ * marks names left out). Returns the number of members seen. For error messages. */
+size_t dp_json_keys(const uint8_t *line, size_t n, char *out, size_t cap);
+
 /* ---------------------------------------------------------------- task runner */
 enum { DP_KIND_JSONL = 0, DP_KIND_JSONL_ZST = 1, DP_KIND_TXT_FILE = 2, DP_KIND_TXT_BLANK = 3 };
 

@@ -5,6 +5,7 @@
  * rejected here too. Only the extracted strings are decoded and UTF-8-checked; other members are
  * checked for syntax only.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "dataprep/dataprep.h"
@@ -288,4 +289,42 @@ done:
     *out_len = text_len;
     if (n_repaired) *n_repaired = rep_found;
     return DP_OK;
+}
+
+size_t dp_json_keys(const uint8_t *line, size_t n, char *out, size_t cap) {
+    cursor c = {line, line + n, 0, 0, 0};
+    size_t count = 0, o = 0;
+    int full = 0;
+    if (!cap) return 0;
+    out[0] = 0;
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{') return 0;
+    c.p++;
+    skip_ws(&c);
+    while (c.p < c.end && *c.p == '"') {
+        const uint8_t *k0 = c.p;
+        if (parse_string(&c, NULL, 0, NULL, 0)) break;
+        /* the key as written, quotes and escapes included; long keys cut to 40 bytes */
+        size_t klen = (size_t)(c.p - k0), shown = klen > 40 ? 40 : klen;
+        while (shown < klen && shown > 1 && (k0[shown] & 0xC0) == 0x80) shown--; /* whole characters */
+        const char *sep = count ? ", " : "";
+        size_t need = strlen(sep) + shown + (shown < klen ? 4 : 0);
+        if (!full && o + need + 1 <= cap) {
+            o += (size_t)snprintf(out + o, cap - o, "%s%.*s%s", sep, (int)shown, (const char *)k0, shown < klen ? "...\"" : "");
+        } else if (!full) {
+            full = 1;
+            if (o + 5 <= cap) o += (size_t)snprintf(out + o, cap - o, ", ...");
+        }
+        count++;
+        skip_ws(&c);
+        if (c.p >= c.end || *c.p != ':') break;
+        c.p++;
+        skip_ws(&c);
+        if (c.p >= c.end || skip_value(&c, 1)) break;
+        skip_ws(&c);
+        if (c.p >= c.end || *c.p != ',') break;
+        c.p++;
+        skip_ws(&c);
+    }
+    return count;
 }

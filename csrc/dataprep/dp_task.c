@@ -327,8 +327,16 @@ static int write_slot(writer *w, slot *s) {
         if (w->opt->fail_fast && it->status != DP_EMPTY) {
             w->fail_status = it->status;
             w->fail_line = it->line;
-            snprintf(res->err, sizeof res->err, "%s:%llu: %s", w->opt->path, (unsigned long long)it->line,
-                     dp_status_names[it->status]);
+            if (it->status == DP_MISSING_FIELD) { /* say what was looked for and what is there */
+                char keys[320];
+                size_t nk = dp_json_keys(s->raw + it->off, it->len, keys, sizeof keys);
+                snprintf(res->err, sizeof res->err, "%s:%llu: %s: no member \"%.100s\" (the record has %s%s)",
+                         w->opt->path, (unsigned long long)it->line, dp_status_names[it->status],
+                         w->opt->text_field, nk ? "" : "no members", keys);
+            } else {
+                snprintf(res->err, sizeof res->err, "%s:%llu: %s", w->opt->path, (unsigned long long)it->line,
+                         dp_status_names[it->status]);
+            }
             return -1;
         }
         res->skipped[it->status]++;
