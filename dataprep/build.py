@@ -10,8 +10,9 @@
   provided the work directory is shared.
 * merge(...): dedup, epochs/shuffle, sharding, binidx/zst writing, manifest — on the driver.
 
-Nothing is ever written under a final name except by rename from a complete temporary file; the
-manifest is renamed into place last.
+Nothing is ever written under a final name except by rename from a complete temporary file; a
+build holds an exclusive lock on PREFIX.work/ and publishes its set in the order sets.publish
+gives (old manifest out, stale files out, new files in, new manifest last).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import glob as _glob
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _dataprep
 from .formats import sha256_file, write_idx, write_zst_shard
+from .sets import DataprepError, PrefixLock, publish
 
 VOCAB_NAME = "rwkv_vocab_v20230424.txt"
 KIND_JSONL, KIND_JSONL_ZST, KIND_TXT_FILE, KIND_TXT_BLANK = 0, 1, 2, 3
@@ -40,10 +41,6 @@ assert META_DTYPE.itemsize == _dataprep.META_RECORD_SIZE
 SCRIPT_NAMES = _dataprep.SCRIPT_NAMES
 PLAN_VERSION = 1
 MAX_LISTED = 100
-
-
-class DataprepError(Exception):
-    """A clear, one-line failure of a data-prep run (bad input under --on-error fail, I/O, options)."""
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -185,19 +182,6 @@ def _write_json_atomic(path: str, obj, sync: bool = True) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_done(workdir: str, task: dict):
@@ -449,32 +433,111 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
         raise DataprepError(f"--workers: expected >= 1, got {workers}")
 
     out = os.path.abspath(out)
-    files = expand_inputs(inputs, exclude_prefix=out)
     out_dir = os.path.dirname(out)
     if not os.path.isdir(out_dir):
         raise DataprepError(f"--out {out}: folder {out_dir} does not exist")
+    # one writer per prefix: a second build of it fails here, at once, before reading any input
+    with PrefixLock(out) as lock:
+        return _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work, log)
+
+
+# the options a task's parts depend on (besides the task itself, its input file and the vocab);
+# on_error is handled apart: a task that met no bad record has the same parts under fail and skip
+_TASK_OPTIONS = ("text_field", "lang_field", "repair_utf8", "txt_mode")
+ENDED_NAME = "ended.json"   # {"status": "error", "error": ...} or {"status": "done"} (--keep-work)
+
+
+def _reusable_tasks(old: dict, new: dict, workdir: str) -> set:
+    """Ids of the tasks whose completion records from the plan `old` hold exactly what the plan
+    `new` would write: same task, same input file (size and mtime), same vocab, same task options,
+    and under another --on-error only when the task met no bad record."""
+    try:
+        if old.get("plan_version") != new["plan_version"] or old.get("vocab_sha256") != new["vocab_sha256"]:
+            return set()
+        oo, no = old["options"], new["options"]
+        if any(oo.get(k) != no[k] for k in _TASK_OPTIONS):
+            return set()
+        old_inputs = {fp["path"]: fp for fp in old["inputs"]}
+        old_tasks = {t["id"]: t for t in old["tasks"]}
+    except (KeyError, TypeError, AttributeError):
+        return set()
+    keep = set()
+    for t in new["tasks"]:
+        fp = new["inputs"][t["file"]]
+        if old_tasks.get(t["id"]) != t or old_inputs.get(fp["path"]) != fp:
+            continue
+        if oo.get("on_error") != no["on_error"]:
+            rec = load_done(workdir, t)
+            if rec is None or any(k != "empty" and v for k, v in rec.get("skipped", {}).items()):
+                continue
+        keep.add(t["id"])
+    return keep
+
+
+def _prepare_workdir(lock, plan: dict, restart: bool, log) -> None:
+    """Make the locked work area hold `plan` and only completion records it can use.
+
+    Same plan: an interrupted or failed run of the same command resumes. Another plan: refused
+    when the old run was interrupted (rerun it to resume, or --restart), but when the old run
+    ended (in an error, or done with --keep-work) its reusable task parts are kept, the rest
+    discarded, and the user told."""
+    workdir = lock.workdir
+    plan_path = os.path.join(workdir, "plan.json")
+    ended_path = os.path.join(workdir, ENDED_NAME)
+    old = None
+    try:
+        with open(plan_path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = None
+    ended = None
+    try:
+        with open(ended_path, encoding="utf-8") as f:
+            ended = json.load(f)["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ended = None
+    if old == plan and not restart:
+        if ended is not None:
+            os.remove(ended_path)
+        return
+    if old is not None and ended is None and not restart:
+        raise DataprepError(f"{workdir} holds an unfinished run with different inputs or options; "
+                            f"rerun that command to resume it, or pass --restart to discard it")
+    keep = set()
+    if old is not None and ended is not None and not restart:
+        keep = _reusable_tasks(old, plan, workdir)
+    names = {f"task-{i:06d}.{ext}" for i in keep for ext in ("tok", "meta", "done.json")}
+    n_done_old = sum(1 for n in os.listdir(workdir) if n.endswith(".done.json"))
+    lock.clear(keep=lambda name: name in names)
+    if old is not None and ended is not None and not restart:
+        how = "ended in an error" if ended == "error" else "was kept (--keep-work)"
+        log(f"{workdir}: the last run {how}; this run has other inputs or options: "
+            f"keeping {len(keep)} completed task(s) it can reuse, discarding {max(0, n_done_old - len(keep))} it cannot")
+    _write_json_atomic(plan_path, plan)
+
+
+def _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work, log) -> dict:
+    workdir = lock.workdir
+    files = expand_inputs(inputs, exclude_prefix=out)
     tasks = plan_tasks(files, options)
     vocab_sha = sha256_file(options["vocab"])
     plan = {"plan_version": PLAN_VERSION, "options": {k: v for k, v in options.items()},
             "vocab_sha256": vocab_sha, "inputs": [_file_fingerprint(p) for p in files], "tasks": tasks}
-    workdir = out + ".work"
-    plan_path = os.path.join(workdir, "plan.json")
-    if os.path.isdir(workdir):
-        old = None
-        try:
-            with open(plan_path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = None
-        if old is not None and old != plan and not restart:
-            raise DataprepError(f"{workdir} holds an unfinished run with different inputs or options; "
-                                f"rerun that command to resume it, or pass --restart to discard it")
-        if restart or old is None:
-            shutil.rmtree(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if not os.path.exists(plan_path):
-        _write_json_atomic(plan_path, plan)
+    _prepare_workdir(lock, plan, restart, log)
+    try:
+        manifest = _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, log)
+    except Exception as e:
+        # a run that ended in an error (not an interrupted one) does not block a corrected rerun
+        _write_json_atomic(os.path.join(workdir, ENDED_NAME), {"status": "error", "error": str(e)})
+        raise
+    if keep_work:
+        _write_json_atomic(os.path.join(workdir, ENDED_NAME), {"status": "done"})
+    else:
+        lock.remove_workdir()
+    return manifest
 
+
+def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, log) -> dict:
     # --- run the tasks
     t0 = time.perf_counter()
     records = [None] * len(tasks)
@@ -530,16 +593,26 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
             line_base[i] = line_base[i - 1] + records[i - 1]["lines"]
         if records[i].get("error"):
             raise DataprepError(f"{task['path']}:{line_base[i] + records[i]['fail_line']}: {records[i]['reason']} "
-                                f"(use --on-error skip to skip bad records{', or --repair-utf8' if 'utf8' in records[i]['reason'] or 'surrogate' in records[i]['reason'] else ''})")
+                                f"({_bad_record_hint(records[i]['reason'])})")
     elapsed_tasks = time.perf_counter() - t0
-    manifest = _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir)
+    manifest, renames = _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir)
     manifest["timing"] = {"tokenize_seconds": round(elapsed_tasks, 3),
                           "total_seconds": round(time.perf_counter() - t0, 3), "workers": n_threads}
-    _write_json_atomic(out + ".manifest.json", manifest)
-    _fsync_dir(out_dir)
-    if not keep_work:
-        shutil.rmtree(workdir, ignore_errors=True)
+    removed = publish(out, renames, manifest, workdir)
+    if removed:
+        more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+        log(f"removed {len(removed)} file(s) of the earlier set at {out}: "
+            f"{', '.join(os.path.basename(p) for p in removed[:5])}{more}")
     return manifest
+
+
+def _bad_record_hint(reason: str) -> str:
+    """What to do about a bad record that stopped a run under --on-error fail."""
+    if reason.startswith("missing_field") or reason.startswith("field_not_string"):
+        return "use --text-field NAME to read another member, or --on-error skip to skip bad records"
+    if "utf8" in reason or "surrogate" in reason:
+        return "use --on-error skip to skip bad records, or --repair-utf8"
+    return "use --on-error skip to skip bad records"
 
 
 def _stats_add(table: dict, key: str, docs, nbytes, tokens):
@@ -670,15 +743,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         if options["ctx_len"]:
             entry["magic_prime"] = magic_prime(ntok, int(options["ctx_len"]))
         shards.append((entry, files_out, stem))
-    # a manifest from an earlier run must not vouch for the new files while they are renamed
-    # in: no manifest = an unfinished set
-    try:
-        os.remove(out + ".manifest.json")
-    except FileNotFoundError:
-        pass
-    for entry, files_out, stem in shards:
-        for ext, tmp in files_out.items():
-            os.replace(tmp, stem + ext)
+    renames = [(tmp, stem + ext) for _entry, files_out, stem in shards for ext, tmp in files_out.items()]
 
     # skipped records: counts by reason, the first ones as file:line:reason
     skipped, listed = {}, []
@@ -719,7 +784,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         manifest["ctx_len"] = int(options["ctx_len"])
         manifest["magic_prime"] = magic_prime(total_tokens, int(options["ctx_len"]))
         manifest["rwkv_lm_args"] = magic_prime_line(total_tokens, int(options["ctx_len"]))
-    return manifest
+    return manifest, renames
 
 
 def _coalesce(ranges: np.ndarray) -> np.ndarray:

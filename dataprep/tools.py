@@ -2,56 +2,93 @@
 merge (binidx sets), unpack (zst -> binidx)."""
 from __future__ import annotations
 
-import glob
-import json
 import os
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from . import _dataprep
-from .build import DataprepError, _write_json_atomic, load_tokenizer, magic_prime, magic_prime_line
+from .build import load_tokenizer, magic_prime, magic_prime_line
 from .formats import BinIdx, FormatError, ZstShard, sha256_file, write_idx
+from .sets import (DataprepError, PrefixLock, manifest_path, parse_manifest, publish, read_manifest,
+                   read_manifest_bytes, shard_paths, unlisted_files)
 
 
-def read_manifest(prefix: str) -> dict:
-    path = prefix + ".manifest.json"
+def shard_stems(prefix: str) -> tuple:
+    """([shard stem], format) of the output set PREFIX, from its manifest (names taken relative to
+    the manifest's own prefix, so a renamed set resolves to its new names)."""
+    m = read_manifest(prefix)
+    return [stem for stem, _files, _s in shard_paths(prefix, m)], m["output"]["format"]
+
+
+_OPEN_ATTEMPTS = 5
+
+
+def _open_shard(stem: str, files: dict, entry: dict, fmt: str):
+    """Open one shard and check it against its manifest entry (counts and file sizes)."""
+    if fmt == "binidx":
+        sh = BinIdx(stem)
+        have = {".bin": 2 * sh.n_tokens, ".idx": os.path.getsize(stem + ".idx")}
+    else:
+        sh = ZstShard(stem + ".zst")
+        have = {".zst": os.fstat(sh._f.fileno()).st_size}
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataprepError(f"{path}: no manifest (is {prefix!r} the --out PREFIX of a build?)") from None
-    except ValueError as e:
-        raise DataprepError(f"{path}: not valid JSON ({e})") from None
-
-
-def shard_stems(prefix: str, fmt: str = None) -> list:
-    """The shard stems of an output set: from its manifest when present, else from the files."""
-    d = os.path.dirname(os.path.abspath(prefix))
-    if os.path.exists(prefix + ".manifest.json"):
-        m = read_manifest(prefix)
-        return [os.path.join(d, s["name"]) for s in m["shards"]], m["output"]["format"]
-    for f in (fmt,) if fmt else ("binidx", "zst"):
-        ext = ".idx" if f == "binidx" else ".zst"
-        if os.path.exists(prefix + ext):
-            return [prefix], f
-        hits = sorted(glob.glob(glob.escape(prefix) + "_[0-9][0-9][0-9][0-9][0-9]" + ext))
-        if hits:
-            return [h[: -len(ext)] for h in hits], f
-    raise DataprepError(f"{prefix}: no PREFIX.idx / PREFIX.zst / PREFIX_00000.* output found")
+        for ext, (path, info) in files.items():
+            if have[ext] != info["bytes"]:
+                raise DataprepError(f"{path}: {have[ext]} bytes, the manifest says {info['bytes']}")
+        if len(sh) != entry["documents"] or sh.n_tokens != entry["tokens"]:
+            raise DataprepError(f"{stem}: {len(sh)} documents / {sh.n_tokens} tokens, the manifest says "
+                                f"{entry['documents']} / {entry['tokens']}")
+    except BaseException:
+        if hasattr(sh, "close"):
+            sh.close()
+        raise
+    return sh
 
 
 class ShardSet:
     """All documents of an output set (binidx or zst, one or many shards), in order.
 
     Iterating yields one uint16 NumPy array per document, each ending with the 0 token.
+    A set is read only through its complete manifest: the files it lists at PREFIX (see
+    dataprep/sets.py), each checked against the manifest's counts and sizes. The manifest is read
+    again once every file is open; a set replaced meanwhile by a rebuild is opened anew.
     """
 
     def __init__(self, prefix: str):
         self.prefix = prefix
-        stems, self.format = shard_stems(prefix)
-        self.shards = [BinIdx(s) if self.format == "binidx" else ZstShard(s + ".zst") for s in stems]
-        self.stems = stems
+        for _ in range(_OPEN_ATTEMPTS):
+            data = read_manifest_bytes(prefix)
+            m = parse_manifest(data, manifest_path(prefix))
+            fmt = m["output"]["format"]
+            shards = []
+            try:
+                for stem, files, entry in shard_paths(prefix, m):
+                    shards.append(_open_shard(stem, files, entry, fmt))
+            except (OSError, ValueError, DataprepError) as e:
+                for sh in shards:
+                    if hasattr(sh, "close"):
+                        sh.close()
+                if _manifest_unchanged(prefix, data):
+                    if isinstance(e, FileNotFoundError):
+                        raise DataprepError(f"{e.filename}: missing (listed in {manifest_path(prefix)})") from None
+                    if isinstance(e, OSError):
+                        raise DataprepError(f"{e.filename}: {e.strerror or e}") from None
+                    raise
+                continue
+            if _manifest_unchanged(prefix, data):
+                break
+            for sh in shards:
+                if hasattr(sh, "close"):
+                    sh.close()
+        else:
+            raise DataprepError(f"{prefix}: the set was replaced {_OPEN_ATTEMPTS} times while it was being opened "
+                                f"(a build is rewriting it); try again when it ends")
+        self.manifest = m
+        self._manifest_bytes = data
+        self.format = fmt
+        self.shards = shards
+        self.stems = [stem for stem, _f, _e in shard_paths(prefix, m)]
         self._starts = np.cumsum([0] + [len(s) for s in self.shards])
 
     def __len__(self) -> int:
@@ -81,6 +118,14 @@ class ShardSet:
         self.close()
 
 
+def _manifest_unchanged(prefix: str, data: bytes) -> bool:
+    try:
+        with open(manifest_path(prefix), "rb") as f:
+            return f.read() == data
+    except OSError:
+        return False
+
+
 def open_shards(prefix: str) -> ShardSet:
     """Open the output set PREFIX (zst shards or binidx) for reading.
 
@@ -96,23 +141,27 @@ def open_shards(prefix: str) -> ShardSet:
 
 def verify(prefix: str, vocab: str = None) -> list:
     """Check an output set against its manifest: file sizes and SHA-256, format structure,
-    every token < n_vocab, every document non-empty and ending in 0 with no other 0, counts.
-    Returns a list of OK lines; raises DataprepError with the first problem found."""
+    every token < n_vocab, every document non-empty and ending in 0 with no other 0, counts, and
+    that no file at the prefix is left over from another set (PREFIX_NNNNN.* the manifest does
+    not list). The files checked are the ones at `prefix` (the manifest's names are relative to
+    its own prefix). Returns a list of OK lines; raises DataprepError with the first problem found."""
     m = read_manifest(prefix)
-    d = os.path.dirname(os.path.abspath(prefix))
     n_vocab = m["tokenizer"]["n_vocab"]
+    stray = unlisted_files(prefix, m)
+    if stray:
+        more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
+        raise DataprepError(f"{prefix}: {len(stray)} file(s) at the prefix that its manifest does not list "
+                            f"(left from another set? remove them): {', '.join(stray[:5])}{more}")
     report = []
     tot_docs = tot_tokens = 0
-    for s in m["shards"]:
-        for fname, info in s["files"].items():
-            p = os.path.join(d, fname)
+    for stem, files, s in shard_paths(prefix, m):
+        for p, info in files.values():
             if not os.path.exists(p):
                 raise DataprepError(f"{p}: missing")
             if os.path.getsize(p) != info["bytes"]:
                 raise DataprepError(f"{p}: {os.path.getsize(p)} bytes, the manifest says {info['bytes']}")
             if sha256_file(p) != info["sha256"]:
                 raise DataprepError(f"{p}: SHA-256 differs from the manifest")
-        stem = os.path.join(d, s["name"])
         try:
             shard = BinIdx(stem) if m["output"]["format"] == "binidx" else ZstShard(stem + ".zst")
         except FormatError as e:
@@ -153,7 +202,7 @@ def verify(prefix: str, vocab: str = None) -> list:
                 shard.close()
         tot_docs += s["documents"]
         tot_tokens += s["tokens"]
-        report.append(f"ok {s['name']}: {s['documents']} documents, {s['tokens']} tokens")
+        report.append(f"ok {os.path.basename(stem)}: {s['documents']} documents, {s['tokens']} tokens")
     if tot_docs != m["totals"]["documents"] or tot_tokens != m["totals"]["tokens"]:
         raise DataprepError(f"{prefix}: shards hold {tot_docs} documents / {tot_tokens} tokens, the manifest "
                             f"totals say {m['totals']['documents']} / {m['totals']['tokens']}")
@@ -165,6 +214,13 @@ def verify(prefix: str, vocab: str = None) -> list:
 
 def stats_table(prefix: str) -> str:
     m = read_manifest(prefix)
+    try:
+        return _stats_table(prefix, m)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise DataprepError(f"{manifest_path(prefix)}: malformed statistics or skipped records ({type(e).__name__}: {e})") from None
+
+
+def _stats_table(prefix: str, m: dict) -> str:
     lines = []
     t = m["totals"]
     lines.append(f"{prefix}: {t['documents']} documents, {t['tokens']} tokens, format {m['output']['format']}, "
@@ -209,69 +265,111 @@ def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -
 
 # ----------------------------------------------------------------------------- merge / unpack
 
-def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
-    """Concatenate binidx sets (each single or sharded) into one PREFIX.bin/.idx, in argument order."""
+def _check_output_prefix(out: str, inputs: Sequence[str]) -> str:
     out = os.path.abspath(out)
-    srcs, all_sizes = [], []
-    for p in prefixes:
-        stems, fmt = shard_stems(p)
-        if fmt != "binidx":
-            raise DataprepError(f"{p}: merge takes binidx sets (use unpack for zst shards first)")
-        for st in stems:
-            b = BinIdx(st)
-            srcs.append(st + ".bin")
-            all_sizes.append(b.sizes.astype(np.int64))
-    sizes = np.concatenate(all_sizes) if all_sizes else np.zeros(0, np.int64)
-    ranges = np.array([[i, 0, os.path.getsize(s)] for i, s in enumerate(srcs)], dtype=np.int64).reshape(-1, 3)
-    return _finish_binidx(out, srcs, ranges, sizes, {"merged_from": [os.path.abspath(p) for p in prefixes]})
+    if not os.path.isdir(os.path.dirname(out)):
+        raise DataprepError(f"--out {out}: folder {os.path.dirname(out)} does not exist")
+    for p in inputs:
+        if os.path.abspath(p) == out:
+            raise DataprepError(f"--out {out}: is also an input; write to another prefix")
+    return out
+
+
+def _tokenizer_of(sets: list) -> dict:
+    """The tokenizer record shared by the input sets [(prefix, manifest)]; DataprepError when their
+    vocab hashes differ (or one records none): their ids would mean different texts."""
+    first_p, first = sets[0]
+    for p, m in sets:
+        if not m["tokenizer"].get("vocab_sha256"):
+            raise DataprepError(f"{p}: its manifest records no vocab SHA-256; cannot tell which vocab its ids belong to")
+    for p, m in sets[1:]:
+        if m["tokenizer"]["vocab_sha256"] != first["tokenizer"]["vocab_sha256"]:
+            raise DataprepError(f"{p}: built with another vocab than {first_p} (vocab SHA-256 "
+                                f"{m['tokenizer']['vocab_sha256'][:12]}... vs {first['tokenizer']['vocab_sha256'][:12]}...); "
+                                f"sets of different vocabs cannot be merged")
+    return dict(first["tokenizer"])
+
+
+def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
+    """Concatenate binidx sets (each single or sharded) into one PREFIX.bin/.idx, in argument order.
+    The sets must share one vocab (their manifests' vocab SHA-256); the result records it."""
+    if not prefixes:
+        raise DataprepError("merge: no input sets")
+    out = _check_output_prefix(out, prefixes)
+    opened = []
+    try:
+        for p in prefixes:
+            s = ShardSet(p)
+            opened.append(s)
+            if s.format != "binidx":
+                raise DataprepError(f"{p}: merge takes binidx sets (use unpack for zst shards first)")
+        tokenizer = _tokenizer_of([(s.prefix, s.manifest) for s in opened])
+        srcs = [st + ".bin" for s in opened for st in s.stems]
+        all_sizes = [b.sizes.astype(np.int64) for s in opened for b in s.shards]
+        sizes = np.concatenate(all_sizes) if all_sizes else np.zeros(0, np.int64)
+        ranges = np.array([[i, 0, 2 * int(sz.sum())] for i, sz in enumerate(all_sizes)], dtype=np.int64).reshape(-1, 3)
+        with PrefixLock(out) as lock:
+            m = _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer,
+                               {"merged_from": [os.path.abspath(p) for p in prefixes]}, opened)
+            lock.remove_workdir()
+        return m
+    finally:
+        for s in opened:
+            s.close()
 
 
 def unpack(prefix: str, out: str) -> dict:
-    """Write the documents of a zst shard set as one binidx PREFIX.bin/.idx."""
-    out = os.path.abspath(out)
+    """Write the documents of a zst shard set as one binidx PREFIX.bin/.idx (recording its vocab)."""
+    out = _check_output_prefix(out, [prefix])
     s = ShardSet(prefix)
-    if s.format != "zst":
-        raise DataprepError(f"{prefix}: not a zst shard set")
-    tmp_stream = out + ".stream.tmp"
-    sizes = []
     try:
-        with open(tmp_stream, "wb") as f:
-            for sh in s.shards:
-                for i in range(len(sh.frames)):
-                    f.write(sh.frame(i).tobytes())
-                sizes.append(sh.sizes)
-        sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
-        ranges = np.array([[0, 0, os.path.getsize(tmp_stream)]], dtype=np.int64)
-        return _finish_binidx(out, [tmp_stream], ranges, sizes, {"unpacked_from": os.path.abspath(prefix)})
+        if s.format != "zst":
+            raise DataprepError(f"{prefix}: not a zst shard set")
+        tokenizer = _tokenizer_of([(prefix, s.manifest)])
+        with PrefixLock(out) as lock:
+            tmp_stream = os.path.join(lock.workdir, "unpack.stream.tmp")
+            sizes = []
+            with open(tmp_stream, "wb") as f:
+                for sh in s.shards:
+                    for i in range(len(sh.frames)):
+                        f.write(sh.frame(i).tobytes())
+                    sizes.append(sh.sizes)
+            sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+            ranges = np.array([[0, 0, os.path.getsize(tmp_stream)]], dtype=np.int64)
+            m = _finish_binidx(lock, out, [tmp_stream], ranges, sizes, tokenizer,
+                               {"unpacked_from": os.path.abspath(prefix)}, [])
+            lock.remove_workdir()
+        return m
     finally:
         s.close()
-        if os.path.exists(tmp_stream):
-            os.remove(tmp_stream)
 
 
-def _finish_binidx(out, srcs, ranges, sizes, extra) -> dict:
+def _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer, extra, inputs) -> dict:
+    """Write PREFIX.bin/.idx from ranges of srcs into the locked work area, then publish them with
+    their manifest. `inputs` (ShardSets whose files srcs name) must not have been replaced
+    while they were copied."""
     from .build import _copy
-    _copy(out + ".bin.tmp", srcs, ranges)
-    write_idx(out + ".idx.tmp", sizes)
+    name = os.path.basename(out)
+    tmp = {ext: os.path.join(lock.workdir, name + ext + ".tmp") for ext in (".bin", ".idx")}
+    _copy(tmp[".bin"], srcs, ranges)
+    for s in inputs:
+        if not _manifest_unchanged(s.prefix, s._manifest_bytes):
+            raise DataprepError(f"{s.prefix}: the set was rewritten while it was being read; run again")
+    write_idx(tmp[".idx"], sizes)
     files = {}
     for ext in (".bin", ".idx"):
-        with open(out + ext + ".tmp", "rb+") as f:
+        with open(tmp[ext], "rb+") as f:
             os.fsync(f.fileno())
-        files[os.path.basename(out) + ext] = {"bytes": os.path.getsize(out + ext + ".tmp"),
-                                              "sha256": sha256_file(out + ext + ".tmp")}
-    for ext in (".bin", ".idx"):
-        os.replace(out + ext + ".tmp", out + ext)
-    from .build import default_vocab_path, sha256_file as _sha
-    vocab = default_vocab_path()
+        files[name + ext] = {"bytes": os.path.getsize(tmp[ext]), "sha256": sha256_file(tmp[ext])}
     ntok = int(sizes.sum())
     m = {"format": "rwkv5-dataprep-manifest", "version": 1,
-         "output": {"prefix": os.path.basename(out), "format": "binidx", "sharded": False, "dtype": "uint16", "eot_token": 0},
-         "tokenizer": {"vocab": vocab, "vocab_sha256": _sha(vocab), "n_vocab": _dataprep.n_vocab(load_tokenizer(vocab))},
+         "output": {"prefix": name, "format": "binidx", "sharded": False, "dtype": "uint16", "eot_token": 0},
+         "tokenizer": tokenizer,
          "totals": {"documents": int(len(sizes)), "tokens": ntok},
-         "shards": [{"name": os.path.basename(out), "documents": int(len(sizes)), "tokens": ntok, "files": files}],
+         "shards": [{"name": name, "documents": int(len(sizes)), "tokens": ntok, "files": files}],
          "statistics": {"per_script": {}, "per_language": {}}, "skipped": {"counts": {}, "total": 0, "first": []},
          **extra}
-    _write_json_atomic(out + ".manifest.json", m)
+    publish(out, [(tmp[ext], out + ext) for ext in (".bin", ".idx")], m, lock.workdir)
     return m
 
 

@@ -323,13 +323,17 @@ def add_chat(sub):
 def _run_eval(args) -> int:
     import numpy as np
 
-    from .dataprep import BinIdx
+    from .dataprep import BinIdx, DataprepError, open_shards
     from .scoring import score
     model = _load_model(args)
     try:
-        data = BinIdx(args.prefix)
-    except (OSError, ValueError) as e:
-        raise CommandError(f"cannot read binidx {args.prefix}: {e}") from None
+        if not os.path.exists(args.prefix + ".manifest.json") and os.path.exists(args.prefix + ".idx") \
+                and not os.path.isdir(args.prefix + ".work"):
+            data = BinIdx(args.prefix)      # a binidx pair without a manifest (e.g. RWKV-LM's make_data)
+        else:
+            data = open_shards(args.prefix)  # a data-prep set, binidx or zst, through its manifest
+    except (OSError, ValueError, DataprepError) as e:
+        raise CommandError(f"cannot read the dataset {args.prefix}: {e}") from None
     n_docs = len(data) if args.max_docs is None else min(len(data), args.max_docs)
     nll, n_tok, n_ok, used = 0.0, 0, 0, 0
     t0 = time.perf_counter()
@@ -358,11 +362,13 @@ def _run_eval(args) -> int:
 
 
 def add_eval(sub):
-    p = sub.add_parser("eval", help="loss and perplexity of a model over a binidx dataset",
-                       description="Score every document of a binidx dataset (as written by "
-                                   "`python -m rwkv5.dataprep build`) from a fresh state; each document's "
-                                   "tokens, including its final end-of-document 0, are predicted from the ones before.")
-    p.add_argument("prefix", help="dataset prefix (PREFIX.bin / PREFIX.idx)")
+    p = sub.add_parser("eval", help="loss and perplexity of a model over a tokenized dataset",
+                       description="Score every document of a dataset written by `python -m rwkv5.dataprep build` "
+                                   "(binidx or zst shards, read through PREFIX.manifest.json; a binidx pair "
+                                   "without a manifest, as RWKV-LM's make_data writes, is read as it is) from a "
+                                   "fresh state; each document's tokens, including its final end-of-document 0, "
+                                   "are predicted from the ones before.")
+    p.add_argument("prefix", help="dataset prefix (PREFIX.manifest.json, or PREFIX.bin / PREFIX.idx)")
     p.add_argument("--model", required=True, help="checkpoint file")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default=None)
     p.add_argument("--gn-eps", type=float, default=None)

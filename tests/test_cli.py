@@ -112,7 +112,7 @@ def test_eval_equals_scoring_each_document(world_model_file, tmp_path):
     (["info", "/no/such/model.pth"], "model file not found"),
     (["generate", "{fx}", "x", "--threads", "0"], "--threads must be >= 1"),
     (["generate", "{fx}", "x", "--temperature", "-1"], "temperature"),
-    (["eval", "/no/such/prefix", "--model", "{fx}"], "cannot read binidx"),
+    (["eval", "/no/such/prefix", "--model", "{fx}"], "cannot read the dataset /no/such/prefix"),
 ])
 def test_bad_arguments_fail_with_one_line(fixture_model, argv, message):
     r = run_cli(*[a.format(fx=fixture_model) for a in argv])

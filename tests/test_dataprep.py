@@ -381,6 +381,7 @@ def test_changed_options_need_restart(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [b'{"text": "ok"}'])
     inp = [str(tmp_path / "a.jsonl")]
     quiet(inputs=inp, out=str(tmp_path / "o"), keep_work=True)
+    os.remove(str(tmp_path / "o") + ".work/ended.json")     # as if it had been interrupted
     with pytest.raises(DataprepError, match="--restart"):
         quiet(inputs=inp, out=str(tmp_path / "o"), shuffle=True)
     quiet(inputs=inp, out=str(tmp_path / "o"), shuffle=True, restart=True)
