@@ -16,6 +16,7 @@
 
 #include "common/cpu.h"
 #include "common/threadpool.h"
+#include "model/ggml_blocks.h"
 #include "model/kernels.h"
 #include "common/polled.h"
 #include "model/rwkv5_model.h"
@@ -606,7 +607,37 @@ static PyObject *py_get_isa(PyObject *self, PyObject *Py_UNUSED(ignored)) {
     return Py_BuildValue("(ss)", rwkv5_isa_name(rwkv5_cpu_isa()), rwkv5_isa_name(rwkv5_cpu_isa_supported()));
 }
 
+/* dequantize_ggml(blocks uint8 (nblocks * block bytes,), kind, out float32 (nblocks * 32,)) -> -1, or
+ * the index of the first block with a non-finite d or m (rwkv5/formats/rwkvcpp.py names it). */
+static PyObject *py_dequantize_ggml(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ob, *oo;
+    int kind;
+    if (!PyArg_ParseTuple(args, "OiO", &ob, &kind, &oo)) return NULL;
+    const int bytes = rwkv5_ggml_block_bytes(kind);
+    if (!bytes) return PyErr_Format(PyExc_ValueError, "kind: unknown ggml block format %d", kind);
+    npy_intp any1[1] = {-1};
+    PyArrayObject *blocks = check_array(ob, "blocks", NPY_UINT8, 1, any1, UNALIGNED_OK);
+    if (!blocks) return NULL;
+    const npy_intp n = PyArray_DIM(blocks, 0) / bytes;
+    if (PyArray_DIM(blocks, 0) != n * bytes)
+        return PyErr_Format(PyExc_ValueError, "blocks: %ld bytes are not a whole number of %d-byte blocks",
+                            (long)PyArray_DIM(blocks, 0), bytes);
+    npy_intp want[1] = {n * RWKV5_QK};
+    PyArrayObject *out = check_array(oo, "out", NPY_FLOAT32, 1, want, WRITE);
+    if (!out) return NULL;
+    const void *pb = PyArray_DATA(blocks);
+    float *po = (float *)PyArray_DATA(out);
+    int64_t bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = rwkv5_ggml_dequantize_threads(po, pb, (int64_t)n, kind);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong((long long)bad);
+}
+
 static PyMethodDef methods[] = {
+    {"dequantize_ggml", py_dequantize_ggml, METH_VARARGS,
+     "dequantize_ggml(blocks uint8, kind, out float32) -> -1, or the first block with a non-finite scale"},
     {"layer_norm", py_layer_norm, METH_VARARGS,
      "layer_norm(x (R, n) f32, weight (n,), bias (n,), eps[, n_groups]) -> LayerNorm or GroupNorm rows"},
     {"wkv5", py_wkv5, METH_VARARGS, "wkv5(r, k, v (T,H,N), w, u (H,N), state (H,N,N), mode) -> (y, new_state)"},

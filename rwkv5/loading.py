@@ -194,7 +194,8 @@ def load(path, dtype=None, gn_eps=None, layout="auto"):
     >>> model = rwkv5.load("RWKV-5-World-0.4B-v2.pth", dtype="bf16")
 
     ``dtype``: storage type of the big matrices — None keeps the type the file holds (read
-    from the file's mmap; see ``layout`` for when it is copied), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
+    from the file's mmap; see ``layout`` for when it is copied; the matrices of a quantised rwkv.cpp
+    file, Q4_0 … Q8_0, are dequantized exactly to fp32), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
     symmetrically per output row (see ``rwkv5.model.quantize_int8``; the embedding is kept). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
     ``layout``: "auto" (default) stores the fp16/bf16/int8 matrices (and fp32 ones converted

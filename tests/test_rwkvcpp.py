@@ -113,8 +113,11 @@ def test_bad_magic_version_type_truncation(tmp_path):
     _write(p, (0x67676D66, 99, 4, 2, 1, 0), [])
     with pytest.raises(ValueError, match="version 99"):
         read_rwkvcpp(p)
-    _write(p, good, [("emb.weight", 9, (4, 2), b"\0" * 40)])
-    with pytest.raises(ValueError, match="Q8_0"):
+    _write(p, good, [("emb.weight", 5, (4, 2), b"\0" * 40)])
+    with pytest.raises(ValueError, match=r"data type 5 \(Q4_2\)"):
+        read_rwkvcpp(p)
+    _write(p, good, [("emb.weight", 9, (4, 2), b"\0" * 40)])   # Q8_0 rows must be whole 32-weight blocks
+    with pytest.raises(ValueError, match="'emb.weight' is Q8_0 with shape"):
         read_rwkvcpp(p)
     _write(p, good, [("emb.weight", 0, (4, 2), emb.tobytes()[:20])])
     with pytest.raises(ValueError, match="truncated"):
