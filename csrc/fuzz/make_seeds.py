@@ -97,6 +97,19 @@ def py_seeds():
         kb = key.encode()
         buf.write(struct.pack(f"<3i{len(shape)}i", len(shape), len(kb), 0, *shape[::-1]) + kb + arr.tobytes())
     put("rwkvcpp", "small.bin", buf.getvalue())
+    # the same with one (2, 32) matrix in each quantised block format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+    from rwkv5.formats.rwkvcpp import BLOCK_FORMATS
+    for t, (name, bdt, _) in BLOCK_FORMATS.items():
+        blocks = np.zeros(2, bdt)
+        blocks["d"] = [0.5, -0.25]
+        if "m" in bdt.names:
+            blocks["m"] = 0.125
+        blocks["qs"] = np.arange(blocks["qs"].size).reshape(blocks["qs"].shape) % 120
+        if "qh" in bdt.names:
+            blocks["qh"] = 0xA5A50F0F
+        kb = f"blocks.0.att.key.{name}".encode()
+        buf.write(struct.pack("<5i", 2, len(kb), t, 32, 2) + kb + blocks.tobytes())
+    put("rwkvcpp", "quant.bin", buf.getvalue())
     # binidx: 4-byte .idx length + .idx + .bin
     sizes = np.array([3, 1, 5], np.int32)
     idx = via_file(lambda p: write_idx(p, sizes))
