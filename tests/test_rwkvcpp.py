@@ -122,6 +122,11 @@ def test_bad_magic_version_type_truncation(tmp_path):
     _write(p, good, [("emb.weight", 0, (4, 2), emb.tobytes()[:20])])
     with pytest.raises(ValueError, match="truncated"):
         read_rwkvcpp(p)
+    # 2^64 elements: the count must not wrap around to 0 (np.prod did), which made the read a bare
+    # NumPy reshape error instead of this one
+    _write(p, good, [("emb.weight", 0, (65536, 65536, 65536, 65536), emb.tobytes())])
+    with pytest.raises(ValueError, match=r"m\.bin.*truncated: tensor 'emb.weight' needs 73786976294838206464 bytes"):
+        read_rwkvcpp(p)
     p.write_bytes(b"\x66\x6d\x67\x67")
     with pytest.raises(ValueError, match="too short"):
         read_rwkvcpp(p)
