@@ -53,10 +53,19 @@ class ShardSet:
     A set is read only through its complete manifest: the files it lists at PREFIX (see
     dataprep/sets.py), each checked against the manifest's counts and sizes. The manifest is read
     again once every file is open; a set replaced meanwhile by a rebuild is opened anew.
+    bare_binidx=True also reads a PREFIX.bin/.idx pair that has no manifest (RWKV-LM's make_data
+    writes those; self.manifest is then None) unless PREFIX.work/ exists (a build of PREFIX is
+    running or did not finish: its files are not a set).
     """
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, bare_binidx: bool = False):
         self.prefix = prefix
+        if bare_binidx and not os.path.exists(manifest_path(prefix)) and os.path.exists(prefix + ".idx") \
+                and not os.path.isdir(prefix + ".work"):
+            self.manifest, self._manifest_bytes, self.format = None, None, "binidx"
+            self.shards, self.stems = [BinIdx(prefix)], [prefix]
+            self._starts = np.cumsum([0, len(self.shards[0])])
+            return
         for _ in range(_OPEN_ATTEMPTS):
             data = read_manifest_bytes(prefix)
             m = parse_manifest(data, manifest_path(prefix))
@@ -126,15 +135,16 @@ def _manifest_unchanged(prefix: str, data: bytes) -> bool:
         return False
 
 
-def open_shards(prefix: str) -> ShardSet:
-    """Open the output set PREFIX (zst shards or binidx) for reading.
+def open_shards(prefix: str, bare_binidx: bool = False) -> ShardSet:
+    """Open the output set PREFIX (zst shards or binidx) for reading, through its manifest
+    (bare_binidx=True: or a binidx pair without one, see ShardSet).
 
     Example::
 
         for doc in rwkv5.dataprep.open_shards("out/train"):
             ...   # doc: np.ndarray of uint16, the document's tokens followed by 0
     """
-    return ShardSet(prefix)
+    return ShardSet(prefix, bare_binidx)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -252,7 +262,7 @@ def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -
     from .build import default_vocab_path
     tok = load_tokenizer(vocab or default_vocab_path())
     out = []
-    with open_shards(prefix) as s:
+    with open_shards(prefix, bare_binidx=True) as s:
         n = len(s)
         if n and not 0 <= doc < n:
             raise DataprepError(f"--doc {doc}: out of range (the set has {n} documents)")

@@ -323,15 +323,12 @@ def add_chat(sub):
 def _run_eval(args) -> int:
     import numpy as np
 
-    from .dataprep import BinIdx, DataprepError, open_shards
+    from .dataprep import DataprepError, open_shards
     from .scoring import score
     model = _load_model(args)
     try:
-        if not os.path.exists(args.prefix + ".manifest.json") and os.path.exists(args.prefix + ".idx") \
-                and not os.path.isdir(args.prefix + ".work"):
-            data = BinIdx(args.prefix)      # a binidx pair without a manifest (e.g. RWKV-LM's make_data)
-        else:
-            data = open_shards(args.prefix)  # a data-prep set, binidx or zst, through its manifest
+        # a data-prep set (binidx or zst) through its manifest, or a binidx pair without one
+        data = open_shards(args.prefix, bare_binidx=True)
     except (OSError, ValueError, DataprepError) as e:
         raise CommandError(f"cannot read the dataset {args.prefix}: {e}") from None
     n_docs = len(data) if args.max_docs is None else min(len(data), args.max_docs)

@@ -414,3 +414,27 @@ def test_a_reader_that_races_a_rebuild_starts_over(tmp_path, monkeypatch):
     monkeypatch.setattr(dtools, "_open_shard", open_one)
     assert docs_of(out) == ref["B"]
     assert len(calls) > 2
+
+
+def test_a_binidx_pair_without_manifest_is_read_only_when_asked_and_no_build_runs(tmp_path):
+    """RWKV-LM's make_data writes PREFIX.bin/.idx without a manifest: inspect and eval read such a
+    pair (open_shards(..., bare_binidx=True)), but never while PREFIX.work/ says a build of it is
+    running or unfinished; open_shards and verify never read files without a manifest."""
+    inp = corpus(tmp_path, n=10)
+    quiet([inp], str(tmp_path / "o"))
+    want = docs_of(str(tmp_path / "o"))
+    bare = str(tmp_path / "bare")
+    for ext in (".bin", ".idx"):
+        shutil.copy(str(tmp_path / "o") + ext, bare + ext)
+    with pytest.raises(DataprepError, match="no manifest"):
+        open_shards(bare)
+    with pytest.raises(DataprepError, match="no manifest"):
+        verify(bare)
+    with open_shards(bare, bare_binidx=True) as s:
+        assert [d.tolist() for d in s] == want and s.manifest is None
+    assert len(dataprep.inspect_docs(bare, 0, 100)) == len(want)
+    os.mkdir(bare + ".work")
+    with pytest.raises(DataprepError, match=r"no manifest.*PREFIX\.work/ exists"):
+        open_shards(bare, bare_binidx=True)
+    r = run_cli("inspect", bare)
+    assert r.returncode == 1 and "PREFIX.work/ exists" in r.stderr and r.stderr.count("\n") == 1
