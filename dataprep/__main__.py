@@ -54,13 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--vocab", default=None,
                    help="World vocab file to decode with (default: the one in the rwkv package)")
 
-    v = sub.add_parser("verify", help="check sizes, checksums, token range and counts against the manifest")
+    v = sub.add_parser("verify", help="check sizes, checksums, token range and counts against the manifest, "
+                                      "and that the prefix holds no set file the manifest does not list")
     v.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
 
     s = sub.add_parser("stats", help="print the statistics table of an output set")
     s.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
 
-    m = sub.add_parser("merge", help="concatenate binidx sets into one")
+    m = sub.add_parser("merge", help="concatenate binidx sets built with the same vocab into one")
     m.add_argument("prefixes", nargs="+", metavar="PREFIX", help="binidx sets to concatenate, in this order")
     m.add_argument("--out", required=True, metavar="PREFIX", help="prefix of the merged set (PREFIX.bin, PREFIX.idx)")
     m.add_argument("--ctx-len", type=int, default=None,
