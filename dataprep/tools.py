@@ -257,12 +257,32 @@ def _stats_table(prefix: str, m: dict) -> str:
 
 # ----------------------------------------------------------------------------- inspect
 
-def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -> list:
-    """Decode `count` documents starting at `doc`: returns [(index, n_tokens, text)]."""
+def _vocab_of(prefix: str, m) -> str:
+    """The vocab file a set's ids belong to: the manifest's vocab path or the default vocab, the one
+    whose SHA-256 the manifest records (the default vocab for a set without a manifest)."""
     from .build import default_vocab_path
-    tok = load_tokenizer(vocab or default_vocab_path())
+    want = m["tokenizer"].get("vocab_sha256") if m else None
+    if not want:
+        return default_vocab_path()
+    recorded = m["tokenizer"].get("vocab")
+    for cand in (recorded, None):
+        try:
+            path = cand if cand is not None else default_vocab_path()
+        except DataprepError:
+            continue
+        if isinstance(path, str) and os.path.isfile(path) and sha256_file(path) == want:
+            return path
+    raise DataprepError(f"{prefix}: built with a vocab (SHA-256 {want[:12]}...) found neither at {recorded} nor "
+                        f"as the default World vocab; pass --vocab PATH")
+
+
+def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -> list:
+    """Decode `count` documents starting at `doc`: returns [(index, n_tokens, text)]. Without
+    `vocab`, the vocab the set was built with (its manifest's path or the default World vocab,
+    whichever has the recorded SHA-256)."""
     out = []
     with open_shards(prefix, bare_binidx=True) as s:
+        tok = load_tokenizer(vocab or _vocab_of(prefix, s.manifest))
         n = len(s)
         if n and not 0 <= doc < n:
             raise DataprepError(f"--doc {doc}: out of range (the set has {n} documents)")

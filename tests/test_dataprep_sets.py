@@ -438,3 +438,26 @@ def test_a_binidx_pair_without_manifest_is_read_only_when_asked_and_no_build_run
         open_shards(bare, bare_binidx=True)
     r = run_cli("inspect", bare)
     assert r.returncode == 1 and "PREFIX.work/ exists" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_inspect_decodes_with_the_vocab_the_set_was_built_with(tmp_path):
+    from rwkv5.dataprep.build import default_vocab_path
+    lines = open(default_vocab_path(), "rb").read().splitlines(keepends=True)
+    # a vocab whose id 34 ('!' in the World vocab) is 'Z' and the other way round
+    i_bang = next(i for i, ln in enumerate(lines) if ln.startswith(b"34 "))
+    i_z = next(i for i, ln in enumerate(lines) if ln.startswith(b"91 "))
+    eol = lines[i_bang][len(b"34 '!' 1"):]
+    assert lines[i_bang] == b"34 '!' 1" + eol and lines[i_z] == b"91 'Z' 1" + eol
+    lines[i_bang], lines[i_z] = b"34 'Z' 1" + eol, b"91 '!' 1" + eol
+    other = tmp_path / "swapped_vocab.txt"
+    other.write_bytes(b"".join(lines))
+    src = tmp_path / "a.jsonl"
+    write_jsonl(src, [b'{"text": "Z"}', b'{"text": "!"}'])      # one byte each: one token each
+    out = str(tmp_path / "o")
+    quiet([str(src)], out, vocab=str(other))
+    assert [t for _, _, t in dataprep.inspect_docs(out)] == ["Z", "!"]
+    assert [t for _, _, t in dataprep.inspect_docs(out, vocab=default_vocab_path())] == ["!", "Z"]
+    os.rename(other, tmp_path / "moved.txt")
+    with pytest.raises(DataprepError, match="pass --vocab PATH"):
+        dataprep.inspect_docs(out)
+    assert [t for _, _, t in dataprep.inspect_docs(out, vocab=str(tmp_path / "moved.txt"))] == ["Z", "!"]
