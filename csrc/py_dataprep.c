@@ -302,7 +302,7 @@ static PyObject *py_copy_ranges(PyObject *self, PyObject *args) {
     PyObject **enc = NULL;
     const char **cpaths = NULL;
     Py_ssize_t n = 0, i;
-    char err[512] = {0};
+    char err[DP_ERR_LEN] = {0};
     int rc;
     if (!PyArg_ParseTuple(args, "iOO:copy_ranges", &fd, &paths, &robj)) return NULL;
     seq = PySequence_Fast(paths, "src_paths: expected a list of paths");

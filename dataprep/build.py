@@ -219,8 +219,11 @@ def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dic
     return res if res.get("error") else finish_task(task, res, workdir)
 
 
-def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
-    """First half of run_task: the C pipeline writes task-N.tok.tmp / .meta.tmp."""
+def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, helper: Executor = None) -> dict:
+    """First half of run_task: the C pipeline writes task-N.tok.tmp / .meta.tmp.
+
+    helper: a one-thread executor that runs the C call when called from the main thread (build()
+    passes one for the whole run; without it a thread is started for this call)."""
     stem = _task_stem(workdir, task)
     tok = load_tokenizer(options["vocab"])
     t0 = time.perf_counter()
@@ -232,7 +235,7 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -
         # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
         # flag the C reader polls, waits for the task to stop, and re-raises
         cancel = bytearray(4)
-        ex = ThreadPoolExecutor(1)
+        ex = helper if helper is not None else ThreadPoolExecutor(1)
         fut = None
         try:
             fut = ex.submit(_dataprep.run_task, *args, cancel=cancel)
@@ -247,7 +250,8 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -
             _remove_tmp_parts(stem)
             raise
         finally:
-            ex.shutdown(wait=True)
+            if ex is not helper:
+                ex.shutdown(wait=True)
     else:
         res = _dataprep.run_task(*args)
     res["seconds"] = round(time.perf_counter() - t0, 3)
@@ -560,13 +564,13 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
 
     if executor is None:
         # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
-        with ThreadPoolExecutor(1) as finisher:
+        with ThreadPoolExecutor(1) as finisher, ThreadPoolExecutor(1) as helper:
             pending = []
             collect_resumed(tasks, workdir, records, report)
             for i, task in enumerate(tasks):
                 if records[i] is not None:
                     continue
-                res = tokenize_task(task, options, workdir, n_threads)
+                res = tokenize_task(task, options, workdir, n_threads, helper)
                 if res.get("error"):
                     records[i] = res
                     break

@@ -61,9 +61,14 @@ void dp_hash128(const uint8_t *s, size_t n, uint64_t out[2]);
 uint32_t dp_crc32c(uint32_t crc, const uint8_t *buf, size_t n);
 
 /* ---------------------------------------------------------------- JSON */
+/* Longest language tag kept (bytes of UTF-8): longer --lang-field values are cut to this, at a
+ * character boundary, so "a value of 300 bytes" and its first 63 bytes count as one language. */
+#define DP_LANG_MAX 63
+
 /* Extract the decoded top-level string member `field` (last occurrence wins, like Python's json)
- * of the JSON object in line[0..n). Text goes to out (room for 3*n bytes); *out_len receives its length. If lang_field is not NULL its string value (first 63
- * bytes) goes to lang (NUL-terminated; "" when absent or not a string). *n_repaired counts U+FFFD
+ * of the JSON object in line[0..n). Text goes to out (room for 3*n bytes); *out_len receives its
+ * length. If lang_field is not NULL its decoded string value goes to lang (NUL-terminated; "" when
+ * absent or not a string), cut to at most DP_LANG_MAX bytes at a UTF-8 character boundary. *n_repaired counts U+FFFD
  * substitutions. The whole line is checked to be exactly one well-formed JSON object; a syntax
  * error anywhere wins over a missing/non-string field, which wins over bad UTF-8 in the text.
  * *script (if not NULL) receives the text's dominant script (dp_text_scan).
@@ -112,6 +117,9 @@ typedef struct {
     volatile int *cancel;    /* optional: set non-zero from outside to stop early */
 } dp_task_opts;
 
+/* Room for an error message: a path of up to PATH_MAX (4096) bytes and the reason after it. */
+#define DP_ERR_LEN 8192
+
 #define DP_MAX_LISTED 100 /* = MAX_LISTED in build.py: the run lists the first 100 overall */
 #define DP_MAX_LANGS 4096
 
@@ -129,7 +137,7 @@ typedef struct {
     int listed_status[DP_MAX_LISTED];
     int n_langs;             /* language table, in order of first appearance; langs[0] = "" */
     char (*langs)[64];
-    char err[1024];          /* message when dp_run_task returns non-zero */
+    char err[DP_ERR_LEN];    /* message when dp_run_task returns non-zero */
 } dp_task_result;
 
 /* Run one task. Returns 0, or -1 with result->err set (I/O error, zstd error, bad record in

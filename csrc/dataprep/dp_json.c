@@ -59,8 +59,9 @@ static inline uint64_t special8(uint64_t w) {
 }
 
 /* Parse the string at c->p (which points at the opening quote). out == NULL: syntax check only.
- * Otherwise decode into out; if more than cap bytes would be written, *len = cap + 1 and the rest
- * is only checked (keys and lang values use a small cap; the text field's cap is big enough).
+ * Otherwise decode into out; if more than cap bytes would be written, out[0..cap) holds the first
+ * cap bytes, *len = cap + 1 and the rest is only checked (keys and lang values use a small cap;
+ * the text field's cap is big enough).
  * Raw bytes >= 0x80 are copied as they are (the caller validates UTF-8 afterwards, in the same
  * pass that counts scripts). text != 0: a lone surrogate escape is recorded in c->content_err
  * (repair off) or counted in c->n_repaired; it is written as U+FFFD either way. */
@@ -81,9 +82,11 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int te
         }
         while (p < end && *p != '"' && *p != '\\' && *p >= 0x20) p++;
     run_end:
-        if (out && p > run) {
-            size_t k = (size_t)(p - run);
-            if (!overflow && o + k <= cap) { memcpy(out + o, run, k); o += k; } else overflow = 1;
+        if (out && p > run && !overflow) {
+            size_t k = (size_t)(p - run), c = k <= cap - o ? k : cap - o;
+            memcpy(out + o, run, c); /* fill up to cap: a caller that cuts a long value reads out[0..cap) */
+            o += c;
+            overflow = c < k;
         }
         if (p >= end) return DP_MALFORMED_JSON; /* unterminated */
         uint8_t ch = *p;
@@ -122,8 +125,11 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int te
             default: return DP_MALFORMED_JSON;
             }
         }
-        if (out) {
-            if (!overflow && o + w <= cap) { memcpy(out + o, tmp, w); o += w; } else overflow = 1;
+        if (out && !overflow) {
+            size_t c = w <= cap - o ? w : cap - o;
+            memcpy(out + o, tmp, c);
+            o += c;
+            overflow = c < w;
         }
     }
     c->p = p;
@@ -246,15 +252,15 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
                 not_string = 1;
             }
         } else if (lang && lang_field && klen == llen && memcmp(key, lang_field, llen) == 0 && *c.p == '"') {
-            uint8_t buf[64 * 3];
+            uint8_t buf[DP_LANG_MAX + 1]; /* one byte more than kept: tells where a cut character begins */
             size_t blen = 0;
             cursor lc = c;
             lc.repair = 1;
             lc.n_repaired = 0;
             if ((st = parse_string(&lc, buf, sizeof buf, &blen, 1))) return st;
             c.p = lc.p;
-            if (blen > 63) { /* truncate at a character boundary */
-                blen = 63;
+            if (blen > DP_LANG_MAX) { /* cut at a character boundary: drop a character cut in half */
+                blen = DP_LANG_MAX;
                 while (blen > 0 && (buf[blen] & 0xC0) == 0x80) blen--;
             }
             memcpy(lang, buf, blen);

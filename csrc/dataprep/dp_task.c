@@ -8,6 +8,7 @@
  *   slot state:  FREE --(reader fills)--> FILLED --(a worker)--> DONE --(writer)--> FREE
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -595,38 +596,57 @@ done:
 
 /* ------------------------------------------------------------------ copy ranges */
 
+/* Sources are opened as ranges reach them and kept in a small direct-mapped table of at most
+ * DP_COPY_OPEN descriptors (slot = source index % DP_COPY_OPEN), so any number of sources works
+ * under a low `ulimit -n`: ranges that walk the sources in order open each one once; shuffled
+ * ranges reopen a source only when another one took its slot. */
+#define DP_COPY_OPEN 32
+
 int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const int64_t *ranges, size_t k,
                    char *err, size_t errlen) {
-    FILE **src = calloc((size_t)n_src, sizeof(FILE *));
+    int fds[DP_COPY_OPEN], owner[DP_COPY_OPEN]; /* owner[slot]: source index whose fd sits there, -1 none */
     size_t bufcap = 1u << 20;
     uint8_t *buf = malloc(bufcap);
     int rc = -1;
-    if (!src || !buf) { snprintf(err, errlen, "out of memory"); goto done; }
+    for (int i = 0; i < DP_COPY_OPEN; i++) { fds[i] = -1; owner[i] = -1; }
+    if (!buf) { snprintf(err, errlen, "out of memory"); goto done; }
     for (size_t r = 0; r < k; r++) {
         int64_t si = ranges[3 * r], off = ranges[3 * r + 1], len = ranges[3 * r + 2];
         if (si < 0 || si >= n_src || off < 0 || len < 0) { snprintf(err, errlen, "bad range row %zu", r); goto done; }
-        if (!src[si] && !(src[si] = fopen(src_paths[si], "rb"))) {
-            snprintf(err, errlen, "%s: cannot open: %s", src_paths[si], strerror(errno));
-            goto done;
+        int slot = (int)(si % DP_COPY_OPEN);
+        if (owner[slot] != (int)si) {
+            if (fds[slot] >= 0) close(fds[slot]);
+            owner[slot] = -1;
+            fds[slot] = open(src_paths[si], O_RDONLY | O_CLOEXEC);
+            if (fds[slot] < 0) {
+                snprintf(err, errlen, "%s: cannot open: %s", src_paths[si], strerror(errno));
+                goto done;
+            }
+            owner[slot] = (int)si;
         }
+        int in = fds[slot];
         /* in-kernel copy first (no trip through user space; a reflink on file systems that can) */
         {
             loff_t in_off = (loff_t)off;
             while (len > 0) {
-                ssize_t c = copy_file_range(fileno(src[si]), &in_off, out_fd, NULL, (size_t)len, 0);
+                ssize_t c = copy_file_range(in, &in_off, out_fd, NULL, (size_t)len, 0);
                 if (c <= 0) break; /* unsupported here, or EOF: the read/write loop below takes over */
                 len -= c;
                 off += c;
             }
         }
-        if (fseeko(src[si], (off_t)off, SEEK_SET)) { snprintf(err, errlen, "%s: seek failed", src_paths[si]); goto done; }
         while (len > 0) {
             size_t want = (size_t)len < bufcap ? (size_t)len : bufcap;
-            size_t got = fread(buf, 1, want, src[si]);
-            if (got != want) { snprintf(err, errlen, "%s: short read at byte %lld", src_paths[si], (long long)off); goto done; }
+            ssize_t got = pread(in, buf, want, (off_t)off);
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) {
+                snprintf(err, errlen, "%s: short read at byte %lld%s%s", src_paths[si], (long long)off,
+                         got < 0 ? ": " : "", got < 0 ? strerror(errno) : "");
+                goto done;
+            }
             size_t done_w = 0;
-            while (done_w < got) {
-                ssize_t wr = write(out_fd, buf + done_w, got - done_w);
+            while (done_w < (size_t)got) {
+                ssize_t wr = write(out_fd, buf + done_w, (size_t)got - done_w);
                 if (wr < 0 && errno == EINTR) continue;
                 if (wr <= 0) { snprintf(err, errlen, "write failed: %s", strerror(wr < 0 ? errno : ENOSPC)); goto done; }
                 done_w += (size_t)wr;
@@ -637,10 +657,8 @@ int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const in
     }
     rc = 0;
 done:
-    if (src)
-        for (int i = 0; i < n_src; i++)
-            if (src[i]) fclose(src[i]);
-    free(src);
+    for (int i = 0; i < DP_COPY_OPEN; i++)
+        if (fds[i] >= 0) close(fds[i]);
     free(buf);
     return rc;
 }

@@ -58,6 +58,33 @@ static void test_json(void) {
         int st = dp_json_extract((const uint8_t *)line, strlen(line), "text", "lang", 0, out, &len, lang, &rep, NULL);
         CHECK(st == DP_OK && strcmp(lang, "zh-Hant") == 0, "lang '%s'", lang);
     }
+    /* lang values longer than the buffers: the first DP_LANG_MAX bytes, cut at a character
+     * boundary (a value of 200+ bytes in one plain run used to leave the buffer unfilled) */
+    {
+        /* JSON source of one unit, and its decoded UTF-8 */
+        static const char *unit[] = {"x", "\\u00e9", "\\u4e2d", "\\ud83d\\ude00", "\xc3\xa9", "ab\\\\"};
+        static const char *dec[] = {"x", "\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\xc3\xa9", "ab\\"};
+        for (int u = 0; u < 6; u++)
+            for (int reps = 1; reps <= 400; reps += 57) {
+                static char line[8192], want[8192];
+                static uint8_t out[3 * 8192 + 1];
+                char lang[64];
+                size_t n = (size_t)snprintf(line, sizeof line, "{\"text\": \"t\", \"lang\": \"");
+                size_t wn = 0, len;
+                uint64_t rep;
+                for (int r = 0; r < reps; r++) {
+                    n += (size_t)snprintf(line + n, sizeof line - n, "%s", unit[u]);
+                    wn += (size_t)snprintf(want + wn, sizeof want - wn, "%s", dec[u]);
+                }
+                n += (size_t)snprintf(line + n, sizeof line - n, "\"}");
+                size_t cut = wn < DP_LANG_MAX ? wn : DP_LANG_MAX;
+                while (cut < wn && cut > 0 && ((uint8_t)want[cut] & 0xC0) == 0x80) cut--;
+                want[cut] = 0;
+                memset(lang, 0x10, sizeof lang);
+                int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", 0, out, &len, lang, &rep, NULL);
+                CHECK(st == DP_OK && strcmp(lang, want) == 0, "long lang unit %d x%d: '%s', want '%s'", u, reps, lang, want);
+            }
+    }
 }
 
 static void test_utf8_crc_scripts(void) {
