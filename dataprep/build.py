@@ -155,15 +155,18 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
     tasks = []
     for fi, path in enumerate(files):
         kind = _kind_of(path, options["txt_mode"])
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        size = st.st_size
         if kind == KIND_JSONL and size > options["task_size"]:
             cuts = _cut_points(path, size, options["task_size"])
         else:
             cuts = [0, size]
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             whole = len(cuts) == 2
+            # the input's size and mtime when planned: checked again when the task has read it
             tasks.append({"id": len(tasks), "file": fi, "path": path, "kind": kind, "part": part,
-                          "start": 0 if whole else a, "end": -1 if whole else b})
+                          "start": 0 if whole else a, "end": -1 if whole else b,
+                          "input_bytes": size, "input_mtime_ns": st.st_mtime_ns})
     return tasks
 
 
@@ -255,6 +258,11 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
     else:
         res = _dataprep.run_task(*args)
     res["seconds"] = round(time.perf_counter() - t0, 3)
+    try:
+        check_unchanged(task)
+    except BaseException:
+        _remove_tmp_parts(stem)
+        raise
     if res["error"] is not None:
         _remove_tmp_parts(stem)
         if res["error"].startswith(task["path"] + ":"):
@@ -266,6 +274,23 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
                         "lines": res["lines"]}
         raise OSError(res["error"])
     return res
+
+
+def check_unchanged(task: dict) -> None:
+    """Raise DataprepError when the task's input no longer has the size and mtime it had when the
+    build was planned (it was written to, truncated or replaced while the build read it)."""
+    if "input_bytes" not in task:
+        return
+    path = task["path"]
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DataprepError(f"{path}: the input disappeared during the build ({e.strerror})") from None
+    if st.st_size != task["input_bytes"] or st.st_mtime_ns != task["input_mtime_ns"]:
+        what = (f"{task['input_bytes']} bytes when the build started, {st.st_size} now"
+                if st.st_size != task["input_bytes"] else "its modification time changed")
+        raise DataprepError(f"{path}: the input changed during the build ({what}); "
+                            f"its documents may be incomplete; rerun when it no longer changes")
 
 
 def _remove_tmp_parts(stem: str) -> None:
@@ -545,7 +570,7 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
     # --- run the tasks
     t0 = time.perf_counter()
     records = [None] * len(tasks)
-    total_in = sum(os.path.getsize(p) for p in files)
+    total_in = sum(t["input_bytes"] for t in tasks if t["part"] == 0)
     done_bytes = 0
 
     n_finished = 0
@@ -554,7 +579,7 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
         nonlocal done_bytes, n_finished
         t = tasks[i]
         n_finished += 1
-        done_bytes += os.path.getsize(t["path"]) if t["end"] < 0 else t["end"] - t["start"]
+        done_bytes += t["input_bytes"] if t["end"] < 0 else t["end"] - t["start"]
         if progress:
             dt = max(time.perf_counter() - t0, 1e-9)
             tag = " (resumed)" if rec.get("resumed") else ""
@@ -765,13 +790,14 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         skipped["duplicate"] = dup_count
 
     total_tokens = int(sizes[order].sum()) if n else 0
+    planned_bytes = {t["path"]: t["input_bytes"] for t in tasks}
     opts_out = {k: v for k, v in options.items() if k not in ("vocab",)}
     manifest = {
         "format": "rwkv5-dataprep-manifest",
         "version": 1,
         "output": {"prefix": os.path.basename(out), "format": options["format"], "sharded": bool(shard_tokens),
                    "dtype": "uint16", "eot_token": 0},
-        "inputs": [{"path": p, "bytes": os.path.getsize(p)} for p in files],
+        "inputs": [{"path": p, "bytes": planned_bytes[p]} for p in files],
         "options": opts_out,
         "tokenizer": {"vocab": options["vocab"], "vocab_sha256": vocab_sha, "n_vocab": n_vocab},
         "totals": {"documents": int(len(order)), "unique_documents": n, "tokens": total_tokens,

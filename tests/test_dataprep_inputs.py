@@ -1,6 +1,7 @@
 """rwkv5.dataprep: hostile and unusual INPUTS and OPTIONS -- folders holding files the build does
 not read, many input files under a low open-file limit, long language tags, inputs that change
 during a build, odd paths and option values. Each test is the regression test of one defect."""
+import importlib
 import json
 import os
 import subprocess
@@ -91,3 +92,36 @@ def test_error_naming_a_long_path_keeps_its_reason(tmp_path):
     with pytest.raises(DataprepError) as ei:
         quiet(inputs=[str(p)], out=str(tmp_path / "o"))
     assert str(ei.value).startswith(f"{p}:3: malformed_json"), str(ei.value)[-200:]
+
+
+# ----------------------------------------------------------------------------- inputs that change
+
+@pytest.mark.parametrize("change", ["truncate", "append", "touch"])
+def test_input_changed_during_the_build_is_an_error(tmp_path, monkeypatch, change):
+    """Truncating an input while the build read it gave exit 0 with a fraction of its documents.
+    Each task re-checks its input's size and mtime when it has read it."""
+    build_mod = importlib.import_module("rwkv5.dataprep.build")
+    lines = [json.dumps({"text": f"document {i}"}).encode() for i in range(2000)]
+    write_jsonl(tmp_path / "a.jsonl", [b'{"text": "other file"}'])
+    write_jsonl(tmp_path / "b.jsonl", lines)
+    real = build_mod._dataprep.run_task
+
+    def run_task_then_change(tok, path, *args, **kw):
+        res = real(tok, path, *args, **kw)
+        if os.fsdecode(path).endswith("b.jsonl"):  # as if another program wrote to it meanwhile
+            p = tmp_path / "b.jsonl"
+            if change == "truncate":
+                os.truncate(p, 1000)
+            elif change == "append":
+                with open(p, "ab") as f:
+                    f.write(b'{"text": "late"}\n')
+            else:
+                st = os.stat(p)
+                os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        return res
+
+    monkeypatch.setattr(build_mod._dataprep, "run_task", run_task_then_change)
+    with pytest.raises(DataprepError, match=r"b\.jsonl: the input changed during the build"):
+        build([str(tmp_path)], str(tmp_path / "o"), log=lambda s: None, task_size=4096)
+    assert not os.path.exists(str(tmp_path / "o") + ".manifest.json")
+    assert not os.path.exists(str(tmp_path / "o") + ".bin")
