@@ -170,7 +170,7 @@ done:
 
 static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end", "text_field", "lang_field",
                                     "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
-                                    "batch_bytes", "fsync", "cancel", NULL};
+                                    "batch_bytes", "fsync", "cancel", "zstd", NULL};
 
 /* run_task(...) -> dict. Never raises for bad input data: a fail-fast stop or an I/O error is
  * returned as result["error"] (with result["fail_line"] / result["fail_status"] for a bad record)
@@ -182,7 +182,7 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     int kind, repair, fail_fast, n_threads;
     unsigned long long start, end;
     Py_ssize_t batch = 0;
-    int do_fsync = 0;
+    int do_fsync = 0, zstd = 0;
     PyObject *cancel_o = Py_None;
     Py_buffer cancel_buf = {0};
     int have_cancel = 0;
@@ -190,10 +190,10 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     dp_task_result res;
     int rc;
     memset(&res, 0, sizeof res);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|npO:run_task", (char **)kw_run_task, &cap,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|npOp:run_task", (char **)kw_run_task, &cap,
                                      PyUnicode_FSConverter, &path_o, &kind, &start, &end, &text_field, &lang_field,
                                      &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
-                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o))
+                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o, &zstd))
         goto fail;
     wt_tokenizer *t = get_tok(cap);
     if (!t) goto fail;
@@ -213,6 +213,7 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
     o.path = PyBytes_AS_STRING(path_o);
     o.kind = kind;
+    o.zstd = zstd;
     o.start = start;
     o.end = end;
     o.text_field = text_field;

@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--lang-field", default=None, help="JSON field holding a language tag, for per-language statistics")
     b.add_argument("--format", default="binidx", choices=["binidx", "zst"],
                    help="binidx: RWKV-LM's PREFIX.bin/.idx; zst: zstd token shards (docs/zst-shards.md) (default: binidx)")
-    b.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: the CPUs available)")
+    b.add_argument("--workers", type=int, default=None, help="tokenizer threads per task, 1..1024 (default: the CPUs available; 0 is refused)")
     b.add_argument("--shard-size", default=None,
                    help="max tokens per shard (e.g. 100000000) or bytes with a unit (512MB, 1GiB); "
                         "shards are PREFIX_00000.*, PREFIX_00001.*; unset: one PREFIX.* set")
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab", default=None, help="World vocab file (default: the one in the rwkv package)")
     b.add_argument("--restart", action="store_true", help="discard an unfinished run with other options instead of failing")
     b.add_argument("--keep-work", action="store_true", help="keep PREFIX.work/ (task parts) after success")
+    b.add_argument("--allow-empty", action="store_true",
+                   help="write an empty set when the inputs hold no document (default: that is an error)")
     b.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="run the tasks here (local) or as Ray tasks (ray; pip install 'rwkv5[ray]', see docs/ray.md) (default: local)")
     b.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
             from .engines import executor_for_cli
             executor, workers = executor_for_cli(args)
             m = build(args.inputs, args.out, workers=workers, progress=progress, restart=args.restart,
-                      executor=executor,
+                      executor=executor, allow_empty=args.allow_empty,
                       keep_work=args.keep_work, vocab=args.vocab, text_field=args.text_field,
                       lang_field=args.lang_field, format=args.format, shard_size=args.shard_size,
                       ctx_len=args.ctx_len, shuffle=args.shuffle, seed=args.seed, epochs=args.epochs,
@@ -114,6 +116,8 @@ def main(argv=None) -> int:
         elif args.cmd == "stats":
             print(tools.stats_table(args.prefix))
         elif args.cmd in ("merge", "unpack"):
+            if args.ctx_len is not None and args.ctx_len < 1:  # before any output is written
+                raise DataprepError(f"--ctx-len: expected >= 1, got {args.ctx_len}")
             m = tools.merge_binidx(args.prefixes, args.out) if args.cmd == "merge" else tools.unpack(args.prefix, args.out)
             print(f"wrote {args.out}.bin/.idx: {m['totals']['documents']} documents, {m['totals']['tokens']} tokens")
             if args.ctx_len:

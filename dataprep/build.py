@@ -73,54 +73,108 @@ def load_tokenizer(vocab_path: str):
 
 # ----------------------------------------------------------------------------- inputs and plan
 
-def _kind_of(path: str, txt_mode: str) -> int:
+# The input types: (suffix, record format, zstd-compressed, picked up by a folder search). Longer
+# suffixes first. Plain .json and .zst are read only when named explicitly: a folder may hold our
+# own manifests and zst shards.
+INPUT_TYPES = (
+    (".jsonl.zst", "jsonl", True, True), (".ndjson.zst", "jsonl", True, True), (".json.zst", "jsonl", True, False),
+    (".txt.zst", "txt", True, True),
+    (".jsonl", "jsonl", False, True), (".ndjson", "jsonl", False, True), (".json", "jsonl", False, False),
+    (".txt", "txt", False, True),
+    (".zst", "jsonl", True, False),
+)
+_FOLDER_SUFFIXES = tuple(t[0] for t in INPUT_TYPES if t[3])
+
+
+def _kind_of(path: str, txt_mode: str) -> tuple:
+    """(kind, zstd) of an input file from its name; DataprepError for a type we do not read."""
     p = path.lower()
-    if p.endswith((".jsonl.zst", ".json.zst", ".ndjson.zst", ".zst")):
-        return KIND_JSONL_ZST
-    if p.endswith((".jsonl", ".json", ".ndjson")):
-        return KIND_JSONL
-    if p.endswith(".txt"):
-        return KIND_TXT_FILE if txt_mode == "file" else KIND_TXT_BLANK
-    raise DataprepError(f"{path}: unsupported input type (expected .jsonl, .jsonl.zst or .txt)")
+    for suffix, fmt, zstd, _ in INPUT_TYPES:
+        if p.endswith(suffix):
+            if fmt == "jsonl":
+                return (KIND_JSONL_ZST if zstd else KIND_JSONL), zstd
+            return (KIND_TXT_FILE if txt_mode == "file" else KIND_TXT_BLANK), zstd
+    raise DataprepError(f"{path}: unsupported input type (expected .jsonl, .ndjson, .json, .txt, "
+                        f"each optionally .zst-compressed)")
 
 
-# what a folder search picks up (plain .json and .zst only when named explicitly: a folder may
-# hold our own manifests and zst shards)
-_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.zst", ".ndjson.zst", ".txt")
+def printable_path(path) -> str:
+    """A path as text that can be printed and stored as UTF-8 (undecodable bytes as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def expand_inputs(inputs: Sequence[str], exclude_prefix: str = None) -> list:
-    """Files, globs and folders (searched recursively for .jsonl, .ndjson, .jsonl.zst, .txt) ->
-    sorted unique absolute paths. Folder and glob hits that belong to the output set
-    (exclude_prefix*, its work folder) are left out."""
+def _check_utf8_name(path: str, what: str) -> None:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataprepError(f"{what} {printable_path(path)}: the name is not valid UTF-8 (the manifest records "
+                            f"names as UTF-8 text); rename it") from None
+
+
+def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None) -> list:
+    """Files, globs and folders -> sorted unique real paths (symlinks resolved, a file reached by
+    two paths read once). Folders are searched recursively, following symlinked folders and never
+    entering one twice (loops), for the suffixes INPUT_TYPES marks; every other file found there
+    is appended to `unread` (when given) so the caller can report it. Folder and glob hits that
+    belong to the output set (exclude_prefix*, its work folder) are left out. A single str or
+    path is one input."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        inputs = [inputs]
     out = set()
-
-    ours_re = re.compile(re.escape(exclude_prefix) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") if exclude_prefix else None
+    prefixes = []
+    if exclude_prefix is not None:
+        prefixes = sorted({os.path.abspath(exclude_prefix), os.path.realpath(exclude_prefix)})
+    ours_res = [re.compile(re.escape(x) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") for x in prefixes]
 
     def ours(path):
-        if exclude_prefix is None:
-            return False
-        p = os.path.abspath(path)
-        return bool(ours_re.match(p)) or p.startswith(exclude_prefix + ".work" + os.sep)
+        for p in {os.path.abspath(path), os.path.realpath(path)}:
+            for x, rx in zip(prefixes, ours_res):
+                if rx.match(p) or p.startswith(x + ".work" + os.sep):
+                    return True
+        return False
+
+    def add(path):
+        real = os.path.realpath(path)
+        _check_utf8_name(real, "input")
+        out.add(real)
 
     for arg in inputs:
+        arg = os.fsdecode(os.fspath(arg))
+        if arg == "":
+            raise DataprepError("input '': an empty path")
         if os.path.isdir(arg):
-            for root, _dirs, files in os.walk(arg):
-                for name in files:
+            visited = {(st.st_dev, st.st_ino) for st in [os.stat(arg)]}
+            for root, dirs, files in os.walk(arg, followlinks=True):
+                keep = []
+                for d in sorted(dirs):
+                    try:
+                        st = os.stat(os.path.join(root, d))
+                    except OSError:
+                        continue  # a dangling symlink: nothing to read
+                    if (st.st_dev, st.st_ino) not in visited:  # a symlink loop, or a folder seen already
+                        visited.add((st.st_dev, st.st_ino))
+                        keep.append(d)
+                dirs[:] = keep
+                for name in sorted(files):
                     p = os.path.join(root, name)
-                    if name.lower().endswith(_SUFFIXES) and not ours(p):
-                        out.add(os.path.abspath(p))
+                    if ours(p):
+                        continue
+                    if name.lower().endswith(_FOLDER_SUFFIXES) and os.path.isfile(p):
+                        add(p)
+                    elif unread is not None:
+                        unread.append(printable_path(os.path.abspath(p)))
         elif os.path.isfile(arg):
-            out.add(os.path.abspath(arg))
+            add(arg)
         elif any(c in arg for c in "*?["):
             hits = [h for h in _glob.glob(arg, recursive=True) if os.path.isfile(h) and not ours(h)]
             if not hits:
-                raise DataprepError(f"input {arg!r}: the pattern matches no file")
-            out.update(os.path.abspath(h) for h in hits)
+                raise DataprepError(f"input {printable_path(arg)!r}: the pattern matches no file")
+            for h in hits:
+                add(h)
         else:
-            raise DataprepError(f"input {arg!r}: no such file or folder")
+            raise DataprepError(f"input {printable_path(arg)!r}: no such file or folder")
     if not out:
-        raise DataprepError("no input files (folders are searched for .jsonl, .jsonl.zst, .txt)")
+        raise DataprepError("no input files (folders are searched for " + ", ".join(_FOLDER_SUFFIXES) + ")")
     return sorted(out)
 
 
@@ -154,7 +208,7 @@ def _cut_points(path: str, size: int, task_size: int) -> list:
 def plan_tasks(files: Sequence[str], options: dict) -> list:
     tasks = []
     for fi, path in enumerate(files):
-        kind = _kind_of(path, options["txt_mode"])
+        kind, zstd = _kind_of(path, options["txt_mode"])
         st = os.stat(path)
         size = st.st_size
         if kind == KIND_JSONL and size > options["task_size"]:
@@ -164,7 +218,7 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             whole = len(cuts) == 2
             # the input's size and mtime when planned: checked again when the task has read it
-            tasks.append({"id": len(tasks), "file": fi, "path": path, "kind": kind, "part": part,
+            tasks.append({"id": len(tasks), "file": fi, "path": path, "kind": kind, "zstd": zstd, "part": part,
                           "start": 0 if whole else a, "end": -1 if whole else b,
                           "input_bytes": size, "input_mtime_ns": st.st_mtime_ns})
     return tasks
@@ -234,6 +288,7 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
             options["text_field"], options["lang_field"] or None, options["repair_utf8"],
             options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
             options.get("batch_bytes", 0))
+    kwargs = {"zstd": bool(task.get("zstd"))}
     if threading.current_thread() is threading.main_thread():
         # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
         # flag the C reader polls, waits for the task to stop, and re-raises
@@ -241,7 +296,7 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
         ex = helper if helper is not None else ThreadPoolExecutor(1)
         fut = None
         try:
-            fut = ex.submit(_dataprep.run_task, *args, cancel=cancel)
+            fut = ex.submit(_dataprep.run_task, *args, cancel=cancel, **kwargs)
             res = fut.result()
         except BaseException:
             cancel[0] = 1
@@ -256,7 +311,7 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
             if ex is not helper:
                 ex.shutdown(wait=True)
     else:
-        res = _dataprep.run_task(*args)
+        res = _dataprep.run_task(*args, **kwargs)
     res["seconds"] = round(time.perf_counter() - t0, 3)
     try:
         check_unchanged(task)
@@ -334,8 +389,8 @@ def parse_size(text) -> tuple:
             num = s[: -len(u)]
             try:
                 n = int(float(num) * units[u]) // 2
-            except ValueError:
-                break
+            except (ValueError, OverflowError):  # not a number, or inf / nan
+                raise DataprepError(f"--shard-size {text!r}: expected a finite size such as 512MB or 1GiB") from None
             if n < 1:
                 raise DataprepError(f"--shard-size {text!r}: must hold at least one token (2 bytes)")
             return n
@@ -397,7 +452,25 @@ DEFAULTS = dict(text_field="text", lang_field=None, format="binidx", shard_size=
                 repair_utf8=False, task_size=64 << 20, zst_level=3, frame_tokens=1 << 20, batch_bytes=0)
 
 
+MAX_WORKERS = 1024  # the C task runner's limit on threads per task
+
+
+def _int_option(name: str, value, lo: int, hi: int = None) -> int:
+    """An integer option in lo..hi (hi None: no upper bound), or a one-line DataprepError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            value = int(value)
+        else:
+            raise DataprepError(f"{name}: expected an integer, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        want = f">= {lo}" if hi is None else f"{lo}..{hi}"
+        raise DataprepError(f"{name}: expected {want}, got {value}")
+    return value
+
+
 def _check_options(o: dict) -> None:
+    """Validate every option (and normalise integers) before any input is read."""
     if o["format"] not in ("binidx", "zst"):
         raise DataprepError(f"--format: expected binidx or zst, got {o['format']!r}")
     if o["on_error"] not in ("fail", "skip"):
@@ -406,14 +479,53 @@ def _check_options(o: dict) -> None:
         raise DataprepError(f"--dedup: expected exact, got {o['dedup']!r}")
     if o["txt_mode"] not in ("file", "blank"):
         raise DataprepError(f"--txt-mode: expected file or blank, got {o['txt_mode']!r}")
-    if int(o["epochs"]) < 1:
-        raise DataprepError(f"--epochs: expected >= 1, got {o['epochs']}")
-    if o["ctx_len"] is not None and int(o["ctx_len"]) < 1:
-        raise DataprepError(f"--ctx-len: expected >= 1, got {o['ctx_len']}")
-    if int(o["task_size"]) < 1:
-        raise DataprepError(f"--task-size: expected >= 1, got {o['task_size']}")
-    if not o["text_field"]:
-        raise DataprepError("--text-field: must not be empty")
+    o["epochs"] = _int_option("--epochs", o["epochs"], 1)
+    if o["ctx_len"] is not None:
+        o["ctx_len"] = _int_option("--ctx-len", o["ctx_len"], 1)
+    o["task_size"] = _int_option("--task-size", o["task_size"], 1)
+    o["seed"] = _int_option("--seed", o["seed"], 0, 2**64 - 1)
+    o["zst_level"] = _int_option("--zst-level", o["zst_level"], 1, 22)
+    o["frame_tokens"] = _int_option("frame_tokens", o["frame_tokens"], 1, 2**31 - 1)
+    o["batch_bytes"] = _int_option("batch_bytes", o["batch_bytes"], 0)
+    for k in ("shuffle", "repair_utf8"):
+        if not isinstance(o[k], (bool, np.bool_)):
+            raise DataprepError(f"--{k.replace('_', '-')}: expected True or False, got {o[k]!r}")
+        o[k] = bool(o[k])
+    if not isinstance(o["text_field"], str) or not o["text_field"]:
+        raise DataprepError(f"--text-field: expected a non-empty field name, got {o['text_field']!r}")
+    if o["lang_field"] is not None and not isinstance(o["lang_field"], str):
+        raise DataprepError(f"--lang-field: expected a field name, got {o['lang_field']!r}")
+    for k in ("text_field", "lang_field"):
+        if o[k] and "\0" in o[k]:
+            raise DataprepError(f"--{k.replace('_', '-')}: a field name cannot hold a NUL character")
+
+
+def check_workers(workers) -> int:
+    """--workers: None means the CPUs this process may use; otherwise 1..MAX_WORKERS (0 is refused:
+    omit the option for all CPUs)."""
+    if workers is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return _int_option("--workers", workers, 1, MAX_WORKERS)
+
+
+def check_out_prefix(out, option: str = "--out") -> str:
+    """An output prefix (PREFIX.bin, PREFIX.idx, ...) as an absolute path, refused with one line
+    when it is empty, names a folder (ends in a separator, or is an existing folder), is not valid
+    UTF-8 (the manifest records names as text) or lies in a folder that does not exist."""
+    if not isinstance(out, (str, bytes, os.PathLike)):
+        raise DataprepError(f"{option}: expected a path, got {type(out).__name__}")
+    raw = os.fsdecode(os.fspath(out))
+    if raw == "":
+        raise DataprepError(f"{option} '': expected a file prefix such as data/train")
+    if raw.endswith(("/", os.sep)) or os.path.isdir(raw):
+        raise DataprepError(f"{option} {printable_path(raw)}: is a folder; give a file prefix inside it "
+                            f"(e.g. {printable_path(os.path.join(raw, 'train'))})")
+    _check_utf8_name(raw, option)
+    full = os.path.abspath(raw)
+    out_dir = os.path.dirname(full)
+    if not os.path.isdir(out_dir):
+        raise DataprepError(f"{option} {full}: folder {out_dir} does not exist")
+    return full
 
 
 def output_names(prefix: str, fmt: str, n_shards, sharded: bool) -> list:
@@ -436,7 +548,7 @@ def collect_resumed(tasks: list, workdir: str, records: list, report) -> None:
 
 def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Executor = None,
           progress: bool = False, restart: bool = False, keep_work: bool = False, vocab: str = None,
-          log=None, **opts) -> dict:
+          allow_empty: bool = False, log=None, **opts) -> dict:
     """Build PREFIX outputs from the inputs; returns the manifest (also written to PREFIX.manifest.json).
 
     Example::
@@ -444,6 +556,12 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
         from rwkv5.dataprep import build
         m = build(["corpus/"], "out/train", ctx_len=4096, shuffle=True, seed=1)
         print(m["magic_prime"])
+
+    inputs: a file, glob or folder, or a list of them (a single str is one input). Files under a
+    folder that the build does not read are listed in a warning and in the manifest
+    (``inputs_not_read``); inputs holding no document at all are an error unless allow_empty.
+
+    workers: C threads per task, 1..1024 (None: the CPUs this process may use).
 
     executor: any concurrent.futures.Executor; each task then runs as executor.submit(run_task, ...)
     (the work directory must be visible to the workers). Without one, tasks run here one after
@@ -453,21 +571,20 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"build() got unknown options: {sorted(unknown)}")
+    # every option and the output prefix are checked before any input is read
     options = {**DEFAULTS, **opts}
     options["shard_size"] = parse_size(options["shard_size"]) if options["shard_size"] is not None else None
     _check_options(options)
-    options["vocab"] = os.path.abspath(vocab or default_vocab_path())
-    n_threads = int(workers) if workers else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    if n_threads < 1:
-        raise DataprepError(f"--workers: expected >= 1, got {workers}")
-
-    out = os.path.abspath(out)
-    out_dir = os.path.dirname(out)
-    if not os.path.isdir(out_dir):
-        raise DataprepError(f"--out {out}: folder {out_dir} does not exist")
+    n_threads = check_workers(workers)
+    out = check_out_prefix(out)
+    vocab = vocab or default_vocab_path()
+    if not os.path.isfile(vocab):
+        raise DataprepError(f"--vocab {printable_path(vocab)}: no such file")
+    options["vocab"] = os.path.abspath(vocab)
     # one writer per prefix: a second build of it fails here, at once, before reading any input
     with PrefixLock(out) as lock:
-        return _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work, log)
+        return _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work,
+                             allow_empty, log)
 
 
 # the options a task's parts depend on (besides the task itself, its input file and the vocab);
@@ -545,16 +662,23 @@ def _prepare_workdir(lock, plan: dict, restart: bool, log) -> None:
     _write_json_atomic(plan_path, plan)
 
 
-def _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work, log) -> dict:
+def _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work, allow_empty,
+                  log) -> dict:
     workdir = lock.workdir
-    files = expand_inputs(inputs, exclude_prefix=out)
+    unread = []
+    files = expand_inputs(inputs, exclude_prefix=out, unread=unread)
+    if unread:
+        shown = ", ".join(unread[:5]) + (", ..." if len(unread) > 5 else "")
+        log(f"warning: {len(unread)} file(s) under the input folders are not read (not "
+            f"{', '.join(_FOLDER_SUFFIXES)}): {shown} (listed in the manifest as inputs_not_read)")
     tasks = plan_tasks(files, options)
     vocab_sha = sha256_file(options["vocab"])
     plan = {"plan_version": PLAN_VERSION, "options": {k: v for k, v in options.items()},
             "vocab_sha256": vocab_sha, "inputs": [_file_fingerprint(p) for p in files], "tasks": tasks}
     _prepare_workdir(lock, plan, restart, log)
     try:
-        manifest = _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, log)
+        manifest = _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress,
+                                  allow_empty, unread, log)
     except Exception as e:
         # a run that ended in an error (not an interrupted one) does not block a corrected rerun
         _write_json_atomic(os.path.join(workdir, ENDED_NAME), {"status": "error", "error": str(e)})
@@ -566,7 +690,8 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
     return manifest
 
 
-def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, log) -> dict:
+def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, allow_empty,
+                   unread, log) -> dict:
     # --- run the tasks
     t0 = time.perf_counter()
     records = [None] * len(tasks)
@@ -623,8 +748,15 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
         if records[i].get("error"):
             raise DataprepError(f"{task['path']}:{line_base[i] + records[i]['fail_line']}: {records[i]['reason']} "
                                 f"({_bad_record_hint(records[i]['reason'])})")
+    if not allow_empty and not any(r is not None and r["docs"] for r in records):
+        n_skipped = sum(sum(r["skipped"].values()) for r in records)
+        why = f"{n_skipped} record(s) skipped as bad or empty" if n_skipped else "no records"
+        raise DataprepError(f"no documents: the {len(files)} input file(s) hold {why}"
+                            f"{f'; {len(unread)} file(s) of other types were not read' if unread else ''}; "
+                            f"pass --allow-empty to write an empty set")
     elapsed_tasks = time.perf_counter() - t0
     manifest, renames = _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir)
+    manifest["inputs_not_read"] = {"count": len(unread), "first": unread[:MAX_LISTED]}
     manifest["timing"] = {"tokenize_seconds": round(elapsed_tasks, 3),
                           "total_seconds": round(time.perf_counter() - t0, 3), "workers": n_threads}
     removed = publish(out, renames, manifest, workdir)

@@ -318,7 +318,6 @@ def executor_for_cli(args):
         return None, args.workers
     if args.max_retries < 0:
         raise _error(f"--max-retries: expected >= 0, got {args.max_retries}")
-    workers = args.workers or 1
-    if workers < 1:
-        raise _error(f"--workers: expected >= 1, got {workers}")
+    from .build import check_workers
+    workers = 1 if args.workers is None else check_workers(args.workers)
     return RayExecutor(args.ray_address, max_retries=args.max_retries, num_cpus=workers), workers

@@ -121,6 +121,25 @@ def parse_manifest(data: bytes, path: str) -> dict:
             if not isinstance(info, dict) or not _is_count(info.get("bytes")) \
                     or not (isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"])):
                 raise bad(f"shard {name}: file {fname}: no byte count and SHA-256")
+    # what `stats` prints (optional: sets written by merge/unpack have empty tables)
+    st = m.get("statistics", {})
+    if not isinstance(st, dict):
+        raise bad('"statistics" is not an object')
+    for table in ("per_script", "per_language"):
+        rows = st.get(table, {})
+        if not isinstance(rows, dict):
+            raise bad(f'"statistics.{table}" is not an object')
+        for key, e in rows.items():
+            if not isinstance(e, dict) or not all(_is_count(e.get(c)) for c in ("documents", "bytes", "tokens")) \
+                    or not isinstance(e.get("bytes_per_token"), (int, float, type(None))) \
+                    or isinstance(e.get("bytes_per_token"), bool):
+                raise bad(f'"statistics.{table}" entry {key!r} has no document, byte and token counts')
+    sk = m.get("skipped", {"counts": {}, "total": 0, "first": []})
+    if not isinstance(sk, dict) or not isinstance(sk.get("counts"), dict) or not _is_count(sk.get("total")) \
+            or not isinstance(sk.get("first"), list) or not all(_is_count(v) for v in sk["counts"].values()):
+        raise bad('"skipped" has no counts, total and first records')
+    if not isinstance(m.get("rwkv_lm_args", ""), (str, type(None))):
+        raise bad('"rwkv_lm_args" is not text')
     return m
 
 

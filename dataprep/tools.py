@@ -295,12 +295,13 @@ def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -
 
 # ----------------------------------------------------------------------------- merge / unpack
 
-def _check_output_prefix(out: str, inputs: Sequence[str]) -> str:
-    out = os.path.abspath(out)
-    if not os.path.isdir(os.path.dirname(out)):
-        raise DataprepError(f"--out {out}: folder {os.path.dirname(out)} does not exist")
+def _check_output_prefix(out, inputs: Sequence[str]) -> str:
+    """The --out prefix of merge/unpack: a valid prefix (build.check_out_prefix) that is none of
+    the sets it reads (writing there would replace a set, and its manifest, while it is read)."""
+    from .build import check_out_prefix
+    out = check_out_prefix(out)
     for p in inputs:
-        if os.path.abspath(p) == out:
+        if any(form(os.fspath(p)) == form(out) for form in (os.path.abspath, os.path.realpath)):
             raise DataprepError(f"--out {out}: is also an input; write to another prefix")
     return out
 
@@ -323,6 +324,8 @@ def _tokenizer_of(sets: list) -> dict:
 def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
     """Concatenate binidx sets (each single or sharded) into one PREFIX.bin/.idx, in argument order.
     The sets must share one vocab (their manifests' vocab SHA-256); the result records it."""
+    if isinstance(prefixes, (str, bytes, os.PathLike)):
+        prefixes = [prefixes]
     if not prefixes:
         raise DataprepError("merge: no input sets")
     out = _check_output_prefix(out, prefixes)

@@ -100,7 +100,8 @@ typedef struct {
 
 typedef struct {
     const char *path;
-    int kind;
+    int kind;                /* the record format (DP_KIND_JSONL_ZST also implies zstd) */
+    int zstd;                /* 1: the file is a zstd stream (any kind) */
     uint64_t start, end;     /* byte range of a plain file (lines starting in it); end = UINT64_MAX: to EOF */
     const char *text_field;  /* JSONL only */
     const char *lang_field;  /* JSONL only; NULL = none */
@@ -121,7 +122,9 @@ typedef struct {
 #define DP_ERR_LEN 8192
 
 #define DP_MAX_LISTED 100 /* = MAX_LISTED in build.py: the run lists the first 100 overall */
-#define DP_MAX_LANGS 4096
+/* Distinct language names one task tells apart (ids are uint16 in dp_doc_meta); from the
+ * 65,535th on, every new name gets the last id, named "(more languages)". */
+#define DP_MAX_LANGS 65536
 
 typedef struct {
     uint64_t lines;          /* input lines seen (JSONL/TXT) */
@@ -136,7 +139,7 @@ typedef struct {
     uint64_t listed_line[DP_MAX_LISTED];
     int listed_status[DP_MAX_LISTED];
     int n_langs;             /* language table, in order of first appearance; langs[0] = "" */
-    char (*langs)[64];
+    char (*langs)[DP_LANG_MAX + 1];
     char err[DP_ERR_LEN];    /* message when dp_run_task returns non-zero */
 } dp_task_result;
 

@@ -88,6 +88,10 @@ static int src_read(source *s, uint8_t *dst, size_t cap, size_t *got, char *err,
             }
         }
         if (s->zin_pos == s->zin_len && s->file_eof) {
+            if (s->zin_off == 0) { /* `zstd -t` agrees: a zstd stream holds at least one frame */
+                snprintf(err, errlen, "%s: 0 bytes, not a zstd stream (it holds no frame)", s->path);
+                return -1;
+            }
             if (s->last_ret != 0) {
                 snprintf(err, errlen, "%s: truncated zstd frame starting at byte offset %llu (the file ends at byte %llu)",
                          s->path, (unsigned long long)s->frame_start, (unsigned long long)s->zin_off);
@@ -240,6 +244,15 @@ static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, si
                     script = dp_text_scan(text, tlen);
                 } else {
                     it->status = DP_INVALID_UTF8;
+                    /* point at the line holding the first invalid byte: the record's lines were
+                     * joined with one '\n' each, so count those before it */
+                    size_t off = 0, sub;
+                    while (off < it->len) {
+                        int k = dp_utf8_seq(rec + off, it->len - off, &sub);
+                        if (!k) break;
+                        off += (size_t)k;
+                    }
+                    for (size_t b = 0; b < off; b++) it->line += rec[b] == '\n';
                 }
             }
         }
@@ -296,17 +309,53 @@ typedef struct {
     dp_task_result *res;
     int fail_status;
     uint64_t fail_line;
+    int32_t *lang_slots;   /* open-addressing index of res->langs: slot -> id, -1 empty */
+    size_t lang_slots_cap; /* a power of two, at least twice the ids held */
+    int langs_cap;         /* rows allocated in res->langs */
 } writer;
 
-static int lang_id(dp_task_result *res, const char *lang) {
-    for (int i = 0; i < res->n_langs; i++)
-        if (strcmp(res->langs[i], lang) == 0) return i;
-    if (res->n_langs == DP_MAX_LANGS - 1) { /* the last id collects everything beyond the table */
-        snprintf(res->langs[res->n_langs], 64, "%s", "(more languages)");
-        res->n_langs++;
+static uint64_t lang_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Insert id (whose name is res->langs[id]) into the index. */
+static void lang_index_put(writer *w, int id) {
+    size_t mask = w->lang_slots_cap - 1, i = (size_t)lang_hash(w->res->langs[id]) & mask;
+    while (w->lang_slots[i] >= 0) i = (i + 1) & mask;
+    w->lang_slots[i] = id;
+}
+
+/* Id of a language name in the task's table, adding it when new. The table holds up to
+ * DP_MAX_LANGS - 1 names; beyond that every new name gets the last id, "(more languages)".
+ * Returns -1 when out of memory. */
+static int lang_id(writer *w, const char *lang) {
+    dp_task_result *res = w->res;
+    if (!w->lang_slots || (size_t)res->n_langs * 2 >= w->lang_slots_cap) { /* (re)build the index */
+        size_t cap = w->lang_slots_cap ? 2 * w->lang_slots_cap : 1024;
+        int32_t *slots = malloc(cap * sizeof *slots);
+        if (!slots) return -1;
+        free(w->lang_slots);
+        w->lang_slots = slots;
+        w->lang_slots_cap = cap;
+        for (size_t i = 0; i < cap; i++) slots[i] = -1;
+        for (int id = 0; id < res->n_langs; id++) lang_index_put(w, id);
     }
-    if (res->n_langs >= DP_MAX_LANGS) return DP_MAX_LANGS - 1;
-    snprintf(res->langs[res->n_langs], 64, "%s", lang);
+    size_t mask = w->lang_slots_cap - 1;
+    for (size_t i = (size_t)lang_hash(lang) & mask; w->lang_slots[i] >= 0; i = (i + 1) & mask)
+        if (strcmp(res->langs[w->lang_slots[i]], lang) == 0) return w->lang_slots[i];
+    if (res->n_langs >= DP_MAX_LANGS - 1) lang = "(more languages)";
+    if (res->n_langs == DP_MAX_LANGS) return DP_MAX_LANGS - 1;
+    if (res->n_langs == w->langs_cap) {
+        int cap = 2 * w->langs_cap;
+        char(*grown)[DP_LANG_MAX + 1] = realloc(res->langs, (size_t)cap * sizeof *grown);
+        if (!grown) return -1;
+        res->langs = grown;
+        w->langs_cap = cap;
+    }
+    snprintf(res->langs[res->n_langs], DP_LANG_MAX + 1, "%s", lang);
+    lang_index_put(w, res->n_langs);
     return res->n_langs++;
 }
 
@@ -349,7 +398,9 @@ static int write_slot(writer *w, slot *s) {
     }
     for (size_t j = 0; j < s->n_meta; j++) {
         dp_doc_meta *m = &s->meta[j];
-        m->lang = (uint16_t)lang_id(res, s->items[m->lang].lang);
+        int id = lang_id(w, s->items[m->lang].lang);
+        if (id < 0) { snprintf(res->err, sizeof res->err, "out of memory (language table)"); return -1; }
+        m->lang = (uint16_t)id;
         res->docs++;
         res->tokens += m->n_tokens;
         res->text_bytes += m->n_bytes;
@@ -468,7 +519,8 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     memset(&pl, 0, sizeof pl);
     memset(&w, 0, sizeof w);
     memset(&rd, 0, sizeof rd);
-    res->langs = calloc(DP_MAX_LANGS, 64);
+    w.langs_cap = 64;
+    res->langs = calloc((size_t)w.langs_cap, sizeof *res->langs);
     if (!res->langs) { snprintf(res->err, sizeof res->err, "out of memory"); return -1; }
     res->n_langs = 1; /* id 0 = no language */
     if (opt->n_threads < 1 || opt->n_threads > 1024) { snprintf(res->err, sizeof res->err, "n_threads must be in 1..1024, got %d", opt->n_threads); return -1; }
@@ -481,7 +533,9 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     if (!w.tok) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->tok_path, strerror(errno)); goto done; }
     w.meta = fopen(opt->meta_path, "wb");
     if (!w.meta) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->meta_path, strerror(errno)); goto done; }
-    if (src_open(&rd.src, opt->path, opt->kind == DP_KIND_JSONL_ZST, opt->start, opt->end, res->err, sizeof res->err)) goto done;
+    if (src_open(&rd.src, opt->path, opt->zstd || opt->kind == DP_KIND_JSONL_ZST, opt->start, opt->end, res->err,
+                 sizeof res->err))
+        goto done;
     rd.cap = 1u << 20;
     rd.buf = malloc(rd.cap);
     if (!rd.buf) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
@@ -585,6 +639,7 @@ done:
             free(pl.slots[i].meta);
         }
     free(pl.slots);
+    free(w.lang_slots);
     free(threads);
     free(para);
     free(rd.buf);

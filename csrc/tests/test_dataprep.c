@@ -138,12 +138,15 @@ static void write_file(const char *path, const void *p, size_t n) {
     fclose(f);
 }
 
+static int g_zstd; /* run(): the input is a zstd stream (the codec flag, for any kind) */
+
 static int run(const char *path, int kind, int threads, size_t batch, int fail_fast, const char *tok, const char *meta,
                dp_task_result *res) {
     dp_task_opts o;
     memset(&o, 0, sizeof o);
     o.path = path;
     o.kind = kind;
+    o.zstd = g_zstd;
     o.start = 0;
     o.end = UINT64_MAX;
     o.text_field = "text";
@@ -227,6 +230,63 @@ static void test_task(const char *dir) {
     rc = run(zst, DP_KIND_JSONL_ZST, 1, 0, 0, tok2, meta2, &r2);
     CHECK(rc != 0 && strstr(r2.err, "corrupt zstd data"), "garbage: rc %d '%s'", rc, r2.err);
     dp_task_result_free(&r2);
+
+    /* a 0-byte file is not a zstd stream (zstd -t rejects it too) */
+    write_file(zst, "", 0);
+    rc = run(zst, DP_KIND_JSONL_ZST, 1, 0, 0, tok2, meta2, &r2);
+    CHECK(rc != 0 && strstr(r2.err, "0 bytes, not a zstd stream"), "empty zst: rc %d '%s'", rc, r2.err);
+    dp_task_result_free(&r2);
+    /* text in a zstd stream (the codec flag with a text kind) */
+    {
+        const char *doc = "first line\nsecond line\n";
+        size_t dz = ZSTD_compress(z, zcap, doc, strlen(doc), 3);
+        write_file(zst, z, dz);
+        g_zstd = 1;
+        rc = run(zst, DP_KIND_TXT_FILE, 1, 0, 0, tok2, meta2, &r2);
+        g_zstd = 0;
+        b2 = read_file(tok2, &n2);
+        int okz = rc == 0 && r2.docs == 1 && n2 == 2 * (strlen(doc) + 1);
+        for (size_t c = 0; okz && c < strlen(doc); c++) okz = ((uint16_t *)b2)[c] == (uint8_t)doc[c] + 1;
+        CHECK(okz, "txt in zstd: rc %d '%s' docs %llu", rc, r2.err, (unsigned long long)r2.docs);
+        free(b2);
+        dp_task_result_free(&r2);
+    }
+    /* text files: invalid UTF-8 is reported at its own line, not the document's first */
+    {
+        const char *bad_file = "a\nb\nc\xff\nd\n", *bad_block = "one\n\ntwo\nth\xffree\n\nfour\n";
+        write_file(txt, bad_file, strlen(bad_file));
+        rc = run(txt, DP_KIND_TXT_FILE, 1, 0, 1, tok2, meta2, &r2);
+        CHECK(rc != 0 && strstr(r2.err, "in.txt:3: invalid_utf8"), "txt bad line: '%s'", r2.err);
+        dp_task_result_free(&r2);
+        write_file(txt, bad_block, strlen(bad_block));
+        rc = run(txt, DP_KIND_TXT_BLANK, 1, 0, 1, tok2, meta2, &r2);
+        CHECK(rc != 0 && strstr(r2.err, "in.txt:4: invalid_utf8"), "txt block bad line: '%s'", r2.err);
+        dp_task_result_free(&r2);
+        rc = run(txt, DP_KIND_TXT_BLANK, 1, 0, 0, tok2, meta2, &r2);
+        CHECK(rc == 0 && r2.n_listed == 1 && r2.listed_line[0] == 4, "txt block listed line %llu",
+              (unsigned long long)(r2.n_listed ? r2.listed_line[0] : 0));
+        dp_task_result_free(&r2);
+    }
+    /* more language names than the table holds: ids in order of appearance, then the last id */
+    {
+        const int NL = 70000;
+        size_t lcap = (size_t)NL * 40, ll = 0;
+        char *lc = malloc(lcap);
+        for (int i = 0; i < NL; i++) ll += (size_t)snprintf(lc + ll, lcap - ll, "{\"text\": \"x\", \"lang\": \"n%d\"}\n", i);
+        write_file(jsonl, lc, ll);
+        rc = run(jsonl, DP_KIND_JSONL, 2, 0, 0, tok2, meta2, &r2);
+        uint8_t *mb = read_file(meta2, &n2);
+        const dp_doc_meta *md = (const dp_doc_meta *)mb;
+        int okl = rc == 0 && r2.n_langs == DP_MAX_LANGS && n2 == (size_t)NL * sizeof(dp_doc_meta) &&
+                  strcmp(r2.langs[DP_MAX_LANGS - 1], "(more languages)") == 0 && strcmp(r2.langs[5001], "n5000") == 0;
+        for (int i = 0; okl && i < NL; i++)
+            okl = md[i].lang == (i < DP_MAX_LANGS - 2 ? i + 1 : DP_MAX_LANGS - 1);
+        CHECK(okl, "many languages: rc %d n_langs %d", rc, r2.n_langs);
+        free(mb);
+        free(lc);
+        dp_task_result_free(&r2);
+        write_file(jsonl, corpus, len);
+    }
 
     /* fail fast names the first bad line */
     rc = run(jsonl, DP_KIND_JSONL, 2, 64, 1, tok2, meta2, &r2);
