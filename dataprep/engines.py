@@ -213,6 +213,20 @@ def check_reachable(address, timeout: float = 5.0) -> None:
                      f"`ray start --head --port {port}` or check the address") from None
 
 
+def check_cluster_cpus(ray, num_cpus: float) -> None:
+    """Fail at once when no alive node of the cluster has num_cpus CPUs: Ray would keep such tasks
+    pending forever (a task's CPUs must all be on one node)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
+    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
+    biggest = max(cpus, default=0.0)
+    if biggest < num_cpus:
+        fix = (f"use --workers {int(biggest)} or less (the threads of each task; tasks run in parallel "
+               f"on the cluster's CPUs)" if biggest >= 1 else "add nodes with CPUs to the cluster")
+        raise _error(f"--workers {num_cpus:g}: each Ray task reserves that many CPUs on one node, but the "
+                     f"largest of the cluster's {len(nodes)} node(s) has {biggest:g} (the cluster has "
+                     f"{sum(cpus):g} in all); {fix}")
+
+
 class RayExecutor(cf.Executor):
     """A ``concurrent.futures.Executor`` running each submitted call as a Ray remote task.
 
@@ -220,7 +234,8 @@ class RayExecutor(cf.Executor):
     already initialised in this process, whose instance is then used; "auto" joins the cluster that ``ray start`` runs on this node; "HOST:PORT" joins that
     cluster. max_retries: re-runs of a task after its worker died or it raised (Ray's
     ``max_retries`` with ``retry_exceptions=True``). num_cpus: CPUs each task reserves (match it to
-    the tokenizer threads per task). Only a Ray instance started here is shut down by
+    the tokenizer threads per task); when no node of the cluster has that many, the constructor
+    raises DataprepError at once instead of leaving the tasks pending forever. Only a Ray instance started here is shut down by
     ``shutdown()``.
     """
 
@@ -246,6 +261,12 @@ class RayExecutor(cf.Executor):
                              f"uses token authentication (Ray >= 2.59 `ray start`), set RAY_AUTH_MODE=token and "
                              f"the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here too") from None
             self._owned = True
+        try:
+            check_cluster_cpus(ray, float(num_cpus))
+        except BaseException:
+            if self._owned:
+                ray.shutdown()
+            raise
         self._fault = parse_fault(os.environ.get(FAULT_ENV) if fault is None else fault)
 
         def _remote_call(fault, fn, args, kwargs):

@@ -298,6 +298,16 @@ def test_ray_matches_local(corpus, tmp_path, tmp_path_factory, ray_local, fmt):
     assert not (tmp_path / "o.work").exists()
 
 
+def test_more_cpus_per_task_than_a_node_has_fails_at_once(ray_local):
+    """--engine ray --workers 4 on a 2-CPU cluster hung with no message (tasks pending forever)."""
+    with pytest.raises(DataprepError, match=r"--workers 4: each Ray task reserves that many CPUs on one node, "
+                                            r"but the largest of the cluster's 1 node\(s\) has 2 .*--workers 2 or less"):
+        engines.RayExecutor(num_cpus=4)
+    assert ray.is_initialized()  # the module's instance is not ours to stop
+    ex = engines.RayExecutor(num_cpus=2)  # what the cluster has is fine
+    ex.shutdown()
+
+
 def test_task_raising_once_is_retried(corpus, tmp_path, tmp_path_factory, ray_local):
     ex = engines.RayExecutor(max_retries=2, fault="raise:3,raise:7")
     quiet(inputs=[str(corpus)], out=str(tmp_path / "o"), executor=ex, workers=1, keep_work=True, **OPTS)
