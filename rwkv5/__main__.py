@@ -268,17 +268,19 @@ def chat_loop(model, tokenizer, read_line, write, kwargs, state=None, user="User
             continue
         prompt = f"{user}: {msg}\n\n{bot}:"
         write(f"{bot}:")
-        final = []
         turn_kwargs = dict(kwargs)
         if kwargs.get("seed") is not None:   # reproducible session, but a fresh draw each turn
             turn_kwargs["seed"] = [kwargs["seed"], turn]
         turn += 1
+        reply = []
         for piece in model.generate(prompt, tokenizer=tokenizer, state=state, stop=["\n\n", f"\n{user}:"],
-                                    on_state=final.append, **turn_kwargs):
+                                    **turn_kwargs):
             write(piece)
+            reply.append(piece)
         write("\n\n")
-        # the model has seen the reply; close the turn so the next one starts cleanly
-        _, state = model.forward(tokenizer.encode("\n\n"), final[0])
+        # Close the turn: the state after exactly "prompt reply\n\n". The generator's own final state
+        # may already hold the stop string it ended on, so the turn is fed again from its start.
+        _, state = model.forward(tokenizer.encode(prompt + "".join(reply) + "\n\n"), state)
 
 
 def _run_chat(args) -> int:

@@ -12,24 +12,21 @@ from rwkv5.__main__ import chat_loop, main
 from rwkv5.generation import ByteTokenizer
 from rwkv5.testing import random_state_dict
 
-FIXTURE = "tiny-rwkv-5v2-730K-FP32.bin"
-
-
 def run_cli(*argv, stdin=None):
     return subprocess.run([sys.executable, "-m", "rwkv5", *map(str, argv)], capture_output=True, text=True,
                           input=stdin, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def fixture_model(fixtures_dir):
-    return fixtures_dir / FIXTURE
+def fixture_model(tiny_model_path):
+    return tiny_model_path           # the shipped trained model (3 layers x 96, 6 heads of 16, bytes)
 
 
 def test_info_prints_the_configuration(fixture_model):
     r = run_cli("info", fixture_model)
     assert r.returncode == 0, r.stderr
-    assert "RWKV-5.2" in r.stdout and "layers 12" in r.stdout and "n_embd 64" in r.stdout
-    assert "heads 8 x 8" in r.stdout and "vocab 256" in r.stdout and "1e-05" in r.stdout
+    assert "RWKV-5.2" in r.stdout and "layers 3" in r.stdout and "n_embd 96" in r.stdout
+    assert "heads 6 x 16" in r.stdout and "vocab 256" in r.stdout and "0.00064" in r.stdout
 
 
 def test_generate_matches_the_python_api(fixture_model, capsys):
@@ -77,7 +74,7 @@ def test_chat_command_runs_on_piped_input(fixture_model, tmp_path):
                 stdin=f"Hello\n/save {st}\n/bogus\n/quit\n")
     assert r.returncode == 0, r.stderr
     assert "Assistant:" in r.stdout and f"[state saved to {st}]" in r.stdout and "unknown command" in r.stdout
-    assert rwkv5.State.load(st).att_kv.shape == (12, 8, 8, 8)
+    assert rwkv5.State.load(st).att_kv.shape == (3, 6, 16, 16)
 
 
 @pytest.fixture(scope="module")
