@@ -22,8 +22,11 @@ install: sysdeps
 	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore "setuptools>=68" wheel "numpy>=1.23"
 	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation -e ".[$(EXTRAS)]"
 
+# `make demo` runs on the small trained model shipped in the package; `make demo MODEL=file.pth` on a
+# checkpoint of yours (e.g. an RWKV-5 World model: World tokenizer, bits/byte per language).
+MODEL ?=
 demo: install
-	$(PY) -m rwkv5.demo
+	$(PY) -m rwkv5.demo $(if $(MODEL),--model "$(MODEL)")
 
 test: install test-c
 	$(PYTEST) -q -ra

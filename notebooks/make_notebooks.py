@@ -10,29 +10,22 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-FIND_MODEL = '''import os, pathlib
-import numpy as np
+FIND_MODEL = '''import numpy as np
 import matplotlib.pyplot as plt
 import rwkv5
+import rwkv5.tiny
 
-# The small trained RWKV-5.2 model that ships beside the repository (../shared/fixtures) when it is
-# there; otherwise a small random model, whose outputs mean nothing but exercise the same code.
-fixtures = pathlib.Path(os.environ.get("RWKV5_FIXTURES", pathlib.Path.cwd().parent.parent / "shared" / "fixtures"))
-path = fixtures / "tiny-rwkv-5v2-730K-FP32.bin"
-if path.is_file():
-    model = rwkv5.load(path)
-    print("trained fixture model:", path.name)
-else:
-    from rwkv5.testing import random_state_dict
-    model = rwkv5.Model.from_state_dict(random_state_dict("5.2", n_layer=4, n_embd=128, head_size=32, vocab_size=256))
-    print("fixtures not found: a RANDOM model")
+# The small trained byte-level RWKV-5.2 model that ships inside the package (docs/tiny-model.md).
+# For a real RWKV-5 World checkpoint: model = rwkv5.load("RWKV-5-World-0.4B-v2-20231113-ctx4096.pth", dtype="bf16")
+model = rwkv5.tiny.load()
 model'''
 
 quickstart = [
     new_markdown_cell("# rwkv5 quickstart\n\nLoad a model, run it in both modes (parallel and recurrent), "
                       "look at its next-token distribution and its state, and generate text.\n\n"
                       "With a real World model you would write `rwkv5.load('RWKV-5-World-0.4B-v2.pth', dtype='bf16')`; "
-                      "here we use the small byte-level model of the test fixtures."),
+                      "here we use the small trained byte-level model that ships inside the package (`rwkv5.tiny`): it has "
+                      "learned spelling and script in 16 languages, not meaning."),
     new_code_cell(FIND_MODEL),
     new_code_cell("model.config"),
     new_markdown_cell("## Both modes agree\n`mode='parallel'` processes chunks of positions as matrix products "

@@ -4,14 +4,19 @@
    ships with the package (rwkv5/data/sample_corpus.jsonl, 29 short documents in 17 languages
    and some code), tokenized with the RWKV World tokenizer, and prints its statistics and the
    `--magic_prime` line RWKV-LM asks for.
-2. Loads a model: the small *trained* RWKV-5.2 model of ../shared/fixtures when it is there
-   (a byte-level model, 12 layers × 64 wide), otherwise a small random model (and says so).
+2. Loads a model: by default the small *trained* byte-level RWKV-5.2 model that ships inside the
+   package (rwkv5.tiny, docs/tiny-model.md); with ``--model PATH`` (``make demo MODEL=PATH``) any
+   checkpoint rwkv5.load reads, e.g. an RWKV-5 World model, which then uses the World tokenizer.
 3. Reads the data set back, scores each document with the model in parallel mode and in
    recurrent mode, and shows that the two agree, with bits per byte per language.
 4. Generates a short continuation, streaming, and reports the speed of both modes.
+
+    python -m rwkv5.demo
+    python -m rwkv5.demo --model RWKV-5-World-0.4B-v2-20231113-ctx4096.pth --dtype bf16
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import sys
@@ -22,19 +27,51 @@ import numpy as np
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "data" / "sample_corpus.jsonl"
 CTX_LEN = 128
-
-
-def _fixtures():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    d = pathlib.Path(os.environ.get("RWKV5_FIXTURES", root.parent / "shared" / "fixtures"))
-    return d if (d / "tiny-rwkv-5v2-730K-FP32.bin").is_file() else None
+WORLD_VOCAB = 65536
 
 
 def _section(title):
     print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m rwkv5.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="a checkpoint (.pth, .safetensors, rwkv.cpp .bin, HF folder) with the "
+                    f"{WORLD_VOCAB}-token World vocabulary or 256 byte tokens; default: the shipped tiny model")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8"], help="weight type (default: as stored)")
+    ap.add_argument("--gn-eps", type=float, help="GroupNorm epsilon (default: the file format's)")
+    ap.add_argument("--prompt", default="The weather today is", help="generation prompt (default: %(default)r)")
+    ap.add_argument("--max-tokens", type=int, default=80, help="tokens to generate (default: %(default)s)")
+    args = ap.parse_args(argv)
+    if args.model is not None and not os.path.exists(args.model):
+        ap.error(f"--model {args.model}: no such file or folder")
+    if args.max_tokens < 0:
+        ap.error(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    return args
+
+
+def load_model(args):
+    """The model the demo runs, and one line that says what it is."""
+    import rwkv5
+
+    if args.model is None:
+        import rwkv5.tiny
+        model = rwkv5.tiny.load(dtype=args.dtype, gn_eps=args.gn_eps)
+        what = (f"{rwkv5.tiny.PATH.name}: the small TRAINED byte-level RWKV-5.2 model that ships with rwkv5 "
+                "(trained on faker text in 16 languages, see docs/tiny-model.md)")
+    else:
+        model = rwkv5.load(args.model, dtype=args.dtype, gn_eps=args.gn_eps)
+        vocab = model.config.vocab_size
+        what = f"{args.model}: " + ("World vocabulary, World tokenizer" if vocab == WORLD_VOCAB else
+                                    "256-token vocabulary, bytes as tokens")
+    if model.config.vocab_size not in (256, WORLD_VOCAB):
+        raise SystemExit(f"rwkv5.demo: error: {args.model}: the model's vocabulary has {model.config.vocab_size} "
+                         f"tokens; the demo knows the World vocabulary ({WORLD_VOCAB}) and bytes (256)")
+    return model, what
+
+
 def main(argv=None):
+    args = parse_args(argv)
     import rwkv5
     from rwkv5.dataprep import BinIdx, build, stats_table
     from rwkv5.scoring import log_softmax
@@ -48,22 +85,15 @@ def main(argv=None):
     _section("1. Training data: multilingual corpus -> RWKV-LM binidx")
     print(f"input: {CORPUS} ({CORPUS.stat().st_size:,} bytes)")
     t0 = time.perf_counter()
-    manifest = build([str(CORPUS)], prefix, lang_field="lang", ctx_len=CTX_LEN, workers=2, log=lambda s: None)
+    build([str(CORPUS)], prefix, lang_field="lang", ctx_len=CTX_LEN, workers=2, log=lambda s: None)
     print(f"built {prefix}.bin/.idx + .manifest.json in {time.perf_counter() - t0:.2f} s "
           f"(World tokenizer, token 0 after each document)\n")
     print(stats_table(prefix))             # ends with the --my_exit_tokens/--magic_prime line for train.py
 
     _section("2. Model")
-    fx = _fixtures()
-    if fx is not None:
-        path = fx / "tiny-rwkv-5v2-730K-FP32.bin"
-        model = rwkv5.load(path)                  # rwkv.cpp format: GroupNorm eps 1e-5 by default
-        print(f"{path.name}: a small TRAINED RWKV-5.2 model (rwkv.cpp file), byte-level vocabulary")
-    else:
-        from rwkv5.testing import random_state_dict
-        model = rwkv5.Model.from_state_dict(random_state_dict("5.2", n_layer=4, n_embd=128, head_size=32,
-                                                              vocab_size=256, seed=0))
-        print("../shared/fixtures not found: using a RANDOM 5.2 model (byte-level) - its text means nothing")
+    model, what = load_model(args)
+    world = model.config.vocab_size == WORLD_VOCAB
+    print(what)
     print(f"{model!r}")
 
     _section("3. Scoring the data set, parallel vs recurrent mode")
@@ -73,10 +103,11 @@ def main(argv=None):
     per_lang: dict[str, list[float]] = {}
     worst = largest = 0.0
     t_par = t_rec = 0.0
-    n_bytes_total = 0
+    n_tokens_total = 0
     for i in range(len(data)):
-        text = tok.decode(data[i][:-1])                     # drop the end-of-document 0
-        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+        world_ids = np.asarray(data[i][:-1], dtype=np.int64)        # drop the end-of-document 0
+        raw = tok.decode_bytes(world_ids)
+        ids = world_ids if world else np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
         t0 = time.perf_counter()
         lp_par, _ = model.forward(ids, mode="parallel", full_output=True)
         t_par += time.perf_counter() - t0
@@ -86,27 +117,30 @@ def main(argv=None):
         worst = max(worst, float(np.abs(lp_par - lp_rec).max()))
         largest = max(largest, float(np.abs(lp_rec).max()))
         nll = -log_softmax(lp_par[:-1])[np.arange(len(ids) - 1), ids[1:]].sum()
+        # bits per byte over the bytes that were predicted: all but those of the first token
+        first = len(tok.decode_bytes(ids[:1])) if world else 1
         per_lang.setdefault(langs[i], [0.0, 0])
         per_lang[langs[i]][0] += nll
-        per_lang[langs[i]][1] += len(ids) - 1
-        n_bytes_total += len(ids)
-    print(f"{len(data)} documents, {n_bytes_total:,} bytes: max |logit(parallel) - logit(recurrent)| = {worst:.2e} "
+        per_lang[langs[i]][1] += len(raw) - first
+        n_tokens_total += len(ids)
+    print(f"{len(data)} documents, {n_tokens_total:,} tokens: max |logit(parallel) - logit(recurrent)| = {worst:.2e} "
           f"(relative to the largest |logit|, {largest:.1f}: {worst / largest:.1e} - float32 rounding)")
-    print(f"speed: parallel {n_bytes_total / t_par:,.0f} tok/s, recurrent {n_bytes_total / t_rec:,.0f} tok/s\n")
+    print(f"speed: parallel {n_tokens_total / t_par:,.0f} tok/s, recurrent {n_tokens_total / t_rec:,.0f} tok/s\n")
     print(f"{'language':10s} {'bytes':>7s} {'bits/byte':>10s}")
     for lang, (nll, n) in sorted(per_lang.items(), key=lambda kv: kv[1][0] / kv[1][1]):
         print(f"{lang:10s} {n:7d} {nll / n / np.log(2):10.3f}")
-    print("(the fixture model was trained on English text: lowest bits/byte there, as expected)"
-          if fx is not None else "")
+    if args.model is None:
+        print("(none of these documents was trained on; 'code' and 'emoji' are not among the model's\n"
+              " training languages, so they stay near the 8 bits/byte of a uniform guess)")
 
     _section("4. Generation (streaming, temperature 1.0, top_p 0.85, seed 0)")
-    prompt = "The weather today is"
-    sys.stdout.write(prompt)
-    for piece in model.generate(prompt, max_tokens=80, seed=0):
+    sys.stdout.write(args.prompt)
+    for piece in model.generate(args.prompt, max_tokens=args.max_tokens, seed=0):
         sys.stdout.write(piece)
         sys.stdout.flush()
     print("\n")
     print(f"outputs left in {work} (python -m rwkv5.dataprep inspect {prefix} --doc 0)")
+    return 0
 
 
 def corpus_languages(corpus):
@@ -116,4 +150,4 @@ def corpus_languages(corpus):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

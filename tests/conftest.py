@@ -18,3 +18,16 @@ def fixtures_dir():
     if not FIXTURES.is_dir():
         pytest.skip(f"fixture folder {FIXTURES} is absent (it ships beside the project checkout, not in it)")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path():
+    """The small trained byte-level RWKV-5.2 model that ships inside the package (rwkv5.tiny).
+
+    Always present (it is package data): tests that need *a* trained model use it, so they run
+    in a user's clone too; only the rwkv.cpp-compatibility tests need ../shared/fixtures.
+    """
+    import rwkv5.tiny
+
+    assert rwkv5.tiny.PATH.is_file(), f"{rwkv5.tiny.PATH} is missing from the installed package"
+    return rwkv5.tiny.PATH

@@ -9,10 +9,8 @@ from rwkv5.testing import random_state_dict
 
 
 @pytest.fixture(scope="module")
-def model(fixtures_dir):
-    from rwkv5.formats.rwkvcpp import read_rwkvcpp
-    sd, info = read_rwkvcpp(fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin")
-    return rwkv5.Model.from_state_dict(sd, gn_eps=info["gn_eps"])
+def model(tiny_model_path):
+    return rwkv5.load(tiny_model_path)        # the shipped trained byte-level model
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +169,10 @@ def test_score_rejects_too_short_input(random_model):
         random_model.score([5])
 
 
-def test_hidden_states_are_what_the_head_reads(model, fixtures_dir):
+def test_hidden_states_are_what_the_head_reads(model, tiny_model_path):
     """logits == hidden @ head^T, for the last position and for every position, in both modes."""
-    from rwkv5.formats.rwkvcpp import read_rwkvcpp
-    sd, _ = read_rwkvcpp(fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin")
+    from rwkv5.formats.safetensors import read_safetensors
+    sd, _, _ = read_safetensors(tiny_model_path)
     head = np.asarray(sd["head.weight"], np.float64)
     for mode in ("parallel", "recurrent"):
         toks = list(b"The quick brown fox")
