@@ -25,6 +25,7 @@ import struct
 import numpy as np
 
 from ._checkpoint import bf16_bits_to_float32, float32_to_bf16_bits
+from .formats._files import open_regular
 
 __all__ = ["load", "read_checkpoint", "sniff_format", "convert_array", "f32_to_bf16_bits", "bf16_bits_to_f32",
            "DTYPES", "DEFAULT_GN_EPS"]
@@ -43,7 +44,7 @@ def sniff_format(path) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         return "dir"
-    with open(path, "rb") as f:
+    with open_regular(path) as f:       # a FIFO or a device is refused here, before any read
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":
         return "pth"
@@ -57,14 +58,14 @@ def sniff_format(path) -> str:
                      "ZIP archive, a safetensors file or an rwkv.cpp file (magic 0x67676d66)")
 
 
-def _read_one(path, fmt):
+def _read_one(path, fmt, mmap=True):
     """(state_dict, kinds, metadata) for one file; kinds: name -> "fp32"/"fp16"/"bf16"/"fp64"."""
     if fmt == "pth":
         from .formats.pth import read_pth
-        return read_pth(path) + ({},)
+        return read_pth(path, mmap=mmap) + ({},)
     if fmt == "safetensors":
         from .formats.safetensors import read_safetensors
-        tensors, dtypes, meta = read_safetensors(path)
+        tensors, dtypes, meta = read_safetensors(path, mmap=mmap)
         kinds = {}
         for k, dt in dtypes.items():
             if dt not in _ST_KINDS:
@@ -80,11 +81,12 @@ def _kind_of(a: np.ndarray) -> str:
     return {"f4": "fp32", "f2": "fp16", "u2": "bf16", "f8": "fp64"}[a.dtype.kind + str(a.dtype.itemsize)]
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, mmap=True):
     """Read a checkpoint into ``(state_dict, info)`` without building a model.
 
     ``state_dict`` maps RWKV-LM names (docs/model.md §3, raw values) to NumPy arrays (bf16 as uint16 bits,
-    zero-copy mmap views where the format allows). ``info`` is a dict with ``format``, ``gn_eps``
+    zero-copy mmap views where the format allows; with ``mmap=False``, views of a private copy of
+    the file, which is closed on return — see :func:`load`). ``info`` is a dict with ``format``, ``gn_eps``
     (the format's default), ``kinds`` (name -> "fp32"/"fp16"/"bf16"/"fp64"), ``hf_names`` (bool)
     and ``time_state`` (``None`` or an (L, H, N, N) float32 array in our [h][key][value] layout).
     """
@@ -93,7 +95,7 @@ def read_checkpoint(path):
     info = {"format": fmt, "hf_names": False, "time_state": None, "files": [path]}
     if fmt == "rwkvcpp":
         from .formats.rwkvcpp import read_rwkvcpp
-        sd, cpp_info = read_rwkvcpp(path)
+        sd, cpp_info = read_rwkvcpp(path, mmap=mmap)
         info.update({k: v for k, v in dict(cpp_info).items() if k not in info})
         info["gn_eps"] = DEFAULT_GN_EPS["rwkvcpp"]
         info["kinds"] = {k: _kind_of(v) for k, v in sd.items()}
@@ -110,7 +112,7 @@ def read_checkpoint(path):
             sub_fmt = sniff_format(p)
             if sub_fmt not in ("pth", "safetensors"):
                 raise ValueError(f"{p}: a sharded checkpoint must consist of .pth or safetensors files, got {sub_fmt}")
-            s, k, _meta = _read_one(p, sub_fmt)
+            s, k, _meta = _read_one(p, sub_fmt, mmap)
             dup = set(s) & set(sd)
             if dup:
                 raise ValueError(f"{p}: tensor {sorted(dup)[0]!r} also appears in another shard")
@@ -119,7 +121,7 @@ def read_checkpoint(path):
         info["files"] = [os.path.join(path, n) for n in files]
         info["format"] = sub_fmt
     else:
-        sd, kinds, meta = _read_one(path, fmt)
+        sd, kinds, meta = _read_one(path, fmt, mmap)
         info["metadata"] = meta
     info["gn_eps"] = DEFAULT_GN_EPS[info["format"]]
     # `rwkv5 convert` records the source's epsilon (e.g. 1e-5 for an rwkv.cpp file) so that a
@@ -188,7 +190,7 @@ def _check_dtype(dtype):
         raise ValueError(f"dtype must be one of None, 'fp32', 'bf16', 'fp16', 'int8'; got {dtype!r}")
 
 
-def load(path, dtype=None, gn_eps=None, layout="auto"):
+def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):
     """Load an RWKV-5 checkpoint (.pth, safetensors, rwkv.cpp .bin, or a folder of shards).
 
     >>> model = rwkv5.load("RWKV-5-World-0.4B-v2.pth", dtype="bf16")
@@ -202,13 +204,26 @@ def load(path, dtype=None, gn_eps=None, layout="auto"):
     from another type) in the 4-row blocked layout
     that one-token decoding reads fastest (a copy; the file's pages of a copied matrix are
     released from the process), "rows" keeps them as in the file (zero copy), "blocked" blocks
-    fp32 too; see ``Model.from_state_dict``.
+    fp32 too; see ``Model.from_state_dict``. When every large matrix ends up copied (converted,
+    blocked or quantised), the embedding and the vectors are copied too, so the model keeps no
+    view of the file and the file is unmapped once ``load`` returns.
+
+    ``mmap``: True (default) maps the file read-only; the model then reads the weights it did
+    not copy straight from the mapping. **Risk**: if the file is truncated or rewritten in
+    place while it is mapped (e.g. a training run calling ``torch.save`` on the same path, which
+    truncates it first), the next read of a page past its new end kills the process with SIGBUS,
+    which Python cannot catch. Writing the new file under another name and renaming it over the
+    old one (``os.replace``) is safe: the mapping keeps the old file's data. ``mmap=False`` reads the whole file into private memory (its size in RAM, at
+    load time) and closes it: nothing that later happens to the file can affect the model.
+    Only regular files are read: a FIFO or a device raises ``ValueError`` before any read.
     """
     _check_dtype(dtype)
+    if not isinstance(mmap, bool):
+        raise TypeError(f"mmap must be True or False, got {mmap!r}")
     if gn_eps is not None and (isinstance(gn_eps, bool) or not isinstance(gn_eps, numbers.Real)
                                or not (0 < float(gn_eps) < float("inf"))):
         raise ValueError(f"gn_eps must be a positive finite number, got {gn_eps!r}")
-    sd, info = read_checkpoint(path)
+    sd, info = read_checkpoint(path, mmap=mmap)
     eps = info["gn_eps"] if gn_eps is None else float(gn_eps)
     # Model.from_state_dict takes float32/float16/float64 or uint16 (= bf16 bits), which is the
     # convention every reader here follows, and converts to ``dtype`` itself.

@@ -150,6 +150,18 @@ def block_matrix(a, block_rows=4096):
     return out
 
 
+def _mmap_base(a):
+    """The `mmap.mmap` that array `a` is a view of (a checkpoint reader's mapping of its file, or
+    its private copy with `mmap=False`), else None."""
+    import mmap
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
+
+
 def _drop_file_pages(a):
     """`a` has been copied: if it is a view into a read-only file mmap (as the checkpoint readers
     return), tell the kernel this process no longer needs the pages wholly inside it
@@ -157,12 +169,8 @@ def _drop_file_pages(a):
     of its own copy. Nothing can be lost: the mapping is read-only, and pages touched again come
     back from the page cache. Anything else is left alone."""
     import mmap
-    base = a
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    if not isinstance(base, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or not isinstance(a, np.ndarray):
+    base = _mmap_base(a) if isinstance(a, np.ndarray) else None
+    if base is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
     try:
         if not memoryview(base).readonly:
@@ -215,6 +223,18 @@ def _as_row_major(a, dtype):
     return a
 
 
+def _detach(x):
+    """`x` (an array, a tuple of them, or None) with every view of a checkpoint's mmap replaced by
+    a copy (whose file pages are then released): see `Model.from_state_dict`."""
+    if isinstance(x, tuple):
+        return tuple(_detach(a) for a in x)
+    if isinstance(x, np.ndarray) and _mmap_base(x) is not None:
+        out = np.array(x, order="C", copy=True)
+        _drop_file_pages(x)
+        return out
+    return x
+
+
 def _as_vector(a, n):
     v = np.require(as_float(a, np.float32).reshape(-1), np.float32, ["C", "A"])
     assert v.shape == (n,)
@@ -239,7 +259,9 @@ class Model:
         is kept as given, since only one of its rows is read per token). Small vectors are always fp32. Arrays already in the right dtype and
         layout are used in place (not copied), e.g. views of a memory-mapped file; the model keeps
         references to them. A view of a read-only file mmap that is copied has its pages released
-        from the process afterwards (madvise), so the copy does not double the resident size.
+        from the process afterwards (madvise), so the copy does not double the resident size. When
+        every large matrix is copied, the embedding and vectors that are views of a checkpoint's
+        mmap are copied too, so the model keeps no mapping of the file alive.
         layout: how the large matrices other than the embedding are stored. "rows": row-major as
         given (in place when the dtype matches). "blocked": a 4-row blocked copy (`block_matrix`),
         which one-token decoding streams closer to the memory bandwidth (bf16: ~15-20% more tokens/s
@@ -285,7 +307,16 @@ class Model:
                 vec(p + "ffn.time_mix_k"), vec(p + "ffn.time_mix_r"),
                 mat(p + "ffn.key.weight"), mat(p + "ffn.receptance.weight"), mat(p + "ffn.value.weight"),
             ))
-        mats = [glob[0], glob[5]] + [a for L in layers for j, a in enumerate(L) if j in (10, 11, 12, 13, 14, 19, 20, 21)
+        mat_idx = (10, 11, 12, 13, 14, 19, 20, 21)
+        # Once no large matrix is a view of the checkpoint's mmap (all converted, blocked or
+        # quantised), a view kept for the embedding or a vector would be all that holds the file
+        # mapped (a SIGBUS if it is truncated on disk later; the whole file's copy in memory
+        # with mmap=False): copy those too, so the mapping goes with the reader's objects.
+        if not any(_mmap_base(a) is not None for a in [glob[5]] + [L[j] for L in layers for j in mat_idx]
+                   if isinstance(a, np.ndarray)):
+            glob = _detach(glob)
+            layers = [_detach(L) for L in layers]
+        mats = [glob[0], glob[5]] + [a for L in layers for j, a in enumerate(L) if j in mat_idx
                                      and a is not None]
         kinds = {_NAME_OF[a.dtype] for a in mats} if dtype != "int8" else {"int8"}
         self = object.__new__(cls)

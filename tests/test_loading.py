@@ -246,14 +246,19 @@ def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
 
 
 def test_model_weights_are_file_views(tmp_path, fixtures_dir):
-    """dtype equal to the stored type (or None): the model's matrices are the file's mmap pages."""
+    """dtype equal to the stored type (or None) and layout="rows": the model's matrices are the
+    file's mmap pages. When the matrices are copied (blocked by layout="auto", or converted), the
+    embedding is copied too: no stray view keeps the file mapped."""
     p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
     st = tmp_path / "bf16.safetensors"
     assert cli_main(["convert", str(p), str(st), "--dtype", "bf16"]) == 0
     for path in (p, st):
         for dtype in (None, "bf16"):
-            emb = rwkv5.load(path, dtype=dtype)._weights[0][0]
-            assert emb.dtype == np.uint16 and mmap_backed(emb), (path, dtype)
+            glob, layers = rwkv5.load(path, dtype=dtype, layout="rows")._weights
+            assert glob[0].dtype == np.uint16 and mmap_backed(glob[0]), (path, dtype)
+            assert mmap_backed(glob[5]) and mmap_backed(layers[0][11]), (path, dtype)
+            emb = rwkv5.load(path, dtype=dtype)._weights[0][0]      # layout="auto": blocked copies
+            assert emb.dtype == np.uint16 and not mmap_backed(emb), (path, dtype)
         emb32 = rwkv5.load(path, dtype="fp32")._weights[0][0]
         assert emb32.dtype == np.float32 and not mmap_backed(emb32)
 

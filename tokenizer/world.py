@@ -30,6 +30,7 @@ import importlib.util
 import os
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
+from ..formats._files import open_regular
 from ._tokenizer import Core
 
 VOCAB_NAME = "rwkv_vocab_v20230424.txt"
@@ -86,14 +87,15 @@ class WorldTokenizer:
         vocab_path: a vocab file in the World format (`<id> <python literal> <byte length>` per
             line, LF or CRLF). Default: the `rwkv_vocab_v20230424.txt` in the `rwkv` package.
             Custom vocabs work: ids need not be dense, n_vocab = max id + 1, every single byte
-            must be a token. Errors name the line (ValueError); a missing file raises OSError.
+            must be a token. Errors name the line (ValueError); a missing file raises OSError;
+            a named pipe or a device raises ValueError before any read.
     """
 
     eot_token: int = 0
 
     def __init__(self, vocab_path: Optional[Union[str, os.PathLike]] = None):
         path = default_vocab_path() if vocab_path is None else os.fspath(vocab_path)
-        with open(path, "rb") as f:
+        with open_regular(path, "a vocab file") as f:     # (a FIFO would block a plain open forever)
             data = f.read()
         try:
             self._core = Core(data)

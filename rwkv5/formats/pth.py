@@ -35,6 +35,7 @@ import struct
 
 import numpy as np
 
+from ._files import open_regular
 from .zipfile_reader import StoredZip
 
 __all__ = ["read_pth", "PthFile", "STORAGE_DTYPES"]
@@ -54,6 +55,22 @@ _ALLOWED_GLOBALS = {
 } | {("torch", name) for name in STORAGE_DTYPES}
 
 _MAX_PICKLE = 256 << 20      # a 7B state-dict pickle is ~100 KB; refuse absurd ones up front
+
+# Objects the interpreter may build, in (estimated) bytes: 4 x the file's size, at least 16 MiB and
+# never more than 256 MiB. A real checkpoint's pickle builds ~20 bytes of objects per pickle byte
+# (~0.5 MB for 270 tensors) and its pickle is a tiny part of the file, so it stays far below this;
+# a hostile pickle that is nearly the whole file (say 16 M EMPTY_DICT opcodes, 72 bytes of
+# objects per byte) is stopped after a few times the file's size instead of growing to GBs.
+_OBJ_BYTES_PER_FILE_BYTE = 4
+_MIN_OBJ_BYTES = 16 << 20
+_MAX_OBJ_BYTES = 256 << 20
+
+# Estimated bytes each opcode adds (the object it creates plus its stack slot; 8 for the rest).
+# Strings, tuples, SETITEMS/APPENDS and new memo keys add their size-dependent part where they run.
+_OP_COST = [8] * 256
+for _op, _cost in {0x28: 64, 0x7D: 72, 0x5D: 64, 0x74: 48, 0x85: 56, 0x86: 64, 0x87: 72,
+                   0x4A: 40, 0x4B: 40, 0x4D: 40, 0x8A: 48, 0x63: 72, 0x93: 72, 0x51: 128, 0x52: 256}.items():
+    _OP_COST[_op] = _cost
 _MAX_DIM = 1 << 48           # any single shape/stride/offset beyond this is not a real tensor
 _MAX_NDIM = 64
 
@@ -97,16 +114,16 @@ class TensorInfo:
 class PthFile:
     """A parsed .pth: ``state_dict`` (name -> ndarray) and ``kinds`` (name -> "fp32"/"fp16"/"bf16"/"fp64")."""
 
-    def __init__(self, path, verify_crc: bool = False):
+    def __init__(self, path, verify_crc: bool = False, mmap: bool = True):
         self.path = str(path)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(4)
         if head[:1] == b"\x80":
             raise ValueError(f"{self.path}: legacy (pre-torch-1.6, non-ZIP) torch serialization is not "
                              "supported; re-save it with a current torch.save")
         if head != b"PK\x03\x04":
             raise ValueError(f"{self.path}: not a torch .pth ZIP archive (first bytes {head!r}, expected b'PK\\x03\\x04')")
-        self.zip = StoredZip(path, verify_crc=verify_crc)
+        self.zip = StoredZip(path, verify_crc=verify_crc, mmap=mmap)
         pkl = [n for n in self.zip.members if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:
             raise ValueError(f"{self.path}: expected exactly one '<folder>/data.pkl' member, found {len(pkl)}")
@@ -261,6 +278,14 @@ class _Interpreter:
         self.stack: list = []
         self.metastack: list = []
         self.memo: dict = {}
+        zsize = owner.zip.size
+        self.budget = min(_MAX_OBJ_BYTES, max(_MIN_OBJ_BYTES, _OBJ_BYTES_PER_FILE_BYTE * zsize))
+        self.used = 0    # estimated bytes of the objects built so far (nothing is credited back)
+
+    def _over_budget(self):
+        return self._err(f"the pickle builds more than {self.budget} bytes of objects (the limit is "
+                         f"{_OBJ_BYTES_PER_FILE_BYTE} x the file's {self.owner.zip.size} bytes, at least "
+                         f"{_MIN_OBJ_BYTES} and at most {_MAX_OBJ_BYTES}); a state dict needs far less")
 
     def _err(self, what):
         return ValueError(f"{self.owner.path}: data.pkl byte {self.pos}: {what}")
@@ -304,8 +329,14 @@ class _Interpreter:
                             f"{', '.join(sorted(m + '.' + n for m, n in _ALLOWED_GLOBALS))} are allowed")
         self.stack.append(_Global(module, name))
 
+    def _charge(self, n):
+        self.used += n
+        if self.used > self.budget:
+            raise self._over_budget()
+
     def _string(self, n):
         b = self._take(n)
+        self._charge(n + 80)
         try:
             return b.decode("utf-8")
         except UnicodeDecodeError:
@@ -313,10 +344,14 @@ class _Interpreter:
 
     def run(self):
         u = struct.unpack_from
+        cost = _OP_COST
         while True:
             if self.pos >= len(self.data):
                 raise self._err("truncated pickle (no STOP)")
             op = self.data[self.pos]
+            self.used += cost[op]
+            if self.used > self.budget:
+                raise self._over_budget()
             self.pos += 1
             if op == 0x80:                      # PROTO
                 proto = self._take(1)[0]
@@ -339,6 +374,7 @@ class _Interpreter:
                 self.stack.append(())
             elif op == 0x74:                    # TUPLE
                 items = tuple(self._pop_mark())   # (evaluate before self.stack is rebound)
+                self._charge(8 * len(items))
                 self.stack.append(items)
             elif op in (0x85, 0x86, 0x87):      # TUPLE1/2/3
                 n = op - 0x84
@@ -404,12 +440,14 @@ class _Interpreter:
                 self._setitems(self._top(), [key, value])
             elif op == 0x75:                    # SETITEMS
                 items = self._pop_mark()
+                self._charge(24 * len(items))       # ~48 bytes of dict per key/value pair
                 self._setitems(self._top(), items)
             elif op == 0x61:                    # APPEND
                 value = self._pop()
                 self._appends(self._top(), [value])
             elif op == 0x65:                    # APPENDS
                 items = self._pop_mark()
+                self._charge(8 * len(items))
                 self._appends(self._top(), items)
             else:
                 raise self._err(f"refusing pickle opcode {bytes([op])!r} (0x{op:02x}): not used by a torch state dict")
@@ -424,6 +462,8 @@ class _Interpreter:
             raise self._err("stack underflow")
         if self.stack[-1] is _MARK:
             raise self._err("cannot memoize a MARK")
+        if idx not in self.memo:
+            self._charge(104)                   # a dict entry and its int key
         self.memo[idx] = self.stack[-1]
 
     def _get(self, idx):
@@ -466,12 +506,13 @@ class _Interpreter:
         raise self._err(f"REDUCE on {func!r}, which is not a callable (storage types are only valid in persistent ids)")
 
 
-def read_pth(path, verify_crc: bool = False):
+def read_pth(path, verify_crc: bool = False, mmap: bool = True):
     """Read a torch.save'd flat state dict. Returns ``(state_dict, kinds)``.
 
     ``state_dict`` maps names to NumPy arrays (bf16 as uint16 raw bits); ``kinds`` maps names
     to "fp32"/"fp16"/"bf16"/"fp64". Contiguous tensors are read-only views of an mmap of the
-    file (the mmap stays open while any array refers to it).
+    file (the mmap stays open while any array refers to it); with ``mmap=False`` they are views
+    of a private copy of the file, which is closed on return.
     """
-    f = PthFile(path, verify_crc=verify_crc)
+    f = PthFile(path, verify_crc=verify_crc, mmap=mmap)
     return f.state_dict, f.kinds

@@ -33,10 +33,11 @@ File version 100 used older, incompatible block layouts: its quantised tensors a
 from __future__ import annotations
 
 import math
-import mmap
 import os
 
 import numpy as np
+
+from ._files import map_or_read, open_regular
 
 MAGIC = 0x67676D66
 VERSIONS = (100, 101)
@@ -168,7 +169,7 @@ class QuantizedTensor:
         return f"QuantizedTensor({self.kind}, shape={self.shape})"
 
 
-def read_rwkvcpp(path):
+def read_rwkvcpp(path, mmap=True):
     """Read an rwkv.cpp model file. Returns (state_dict, info).
 
     state_dict: RWKV-LM names -> NumPy arrays (float32/float16 views into the file; float64 for
@@ -179,12 +180,14 @@ def read_rwkvcpp(path):
     Raises ValueError for anything malformed (bad magic/version, truncation, unsupported type,
     rows that are not whole blocks), OSError if the file cannot be opened. A quantised block whose
     scale is not finite raises ValueError, naming the file and tensor, when it is dequantized.
+    mmap=False reads the file into private memory instead of mapping it (the arrays are then views
+    of that copy; the file is closed on return).
     """
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size < 24:
             _fail(path, f"too short for the 24-byte header ({size} bytes)")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = map_or_read(f, size, path, mmap)
     buf = np.frombuffer(mm, dtype=np.uint8)
     hdr = buf[:24].view("<i4")
     magic, version, n_vocab, n_embd, n_layer, data_type = (int(x) for x in hdr)

@@ -25,12 +25,15 @@ so every tensor's data is aligned to its item size.
 from __future__ import annotations
 
 import json
-import mmap
 import os
+import reprlib
 import struct
+import sys
 import tempfile
 
 import numpy as np
+
+from ._files import map_or_read, open_regular
 
 __all__ = ["read_safetensors", "write_safetensors", "SafetensorsFile", "DTYPES", "MAX_HEADER"]
 
@@ -47,6 +50,15 @@ _FROM_NUMPY = {np.dtype(v).newbyteorder("<") if v.itemsize > 1 else v: k
                for k, v in DTYPES.items() if k != "BF16"}
 
 
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxdict, _repr.maxstring, _repr.maxother = 3, 8, 4, 60, 60
+
+
+def _short(x) -> str:
+    """repr bounded in depth and length, for header values quoted in errors (they may nest deep)."""
+    return _repr.repr(x)
+
+
 def _no_duplicates(pairs):
     d = {}
     for k, v in pairs:
@@ -60,9 +72,9 @@ class SafetensorsFile:
     """A validated safetensors file: ``tensors`` (name -> read-only ndarray view of the mmap),
     ``dtypes`` (name -> safetensors dtype string) and ``metadata`` (dict of str)."""
 
-    def __init__(self, path):
+    def __init__(self, path, mmap: bool = True):
         self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
                 raise ValueError(f"{self.path}: {size} bytes is too short for a safetensors file (8-byte header length)")
@@ -73,13 +85,17 @@ class SafetensorsFile:
                 raise ValueError(f"{self.path}: safetensors header length {hlen} runs past the end of the "
                                  f"{size}-byte file (truncated?)")
             raw = f.read(hlen)
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + hlen else None
+            self.mm = map_or_read(f, size, self.path, mmap) if size > 8 + hlen else None
         self.data_start = 8 + hlen
         data_len = size - self.data_start
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except (UnicodeDecodeError, ValueError) as e:
             raise ValueError(f"{self.path}: safetensors header is not valid UTF-8 JSON: {e}") from None
+        except RecursionError:
+            raise ValueError(f"{self.path}: safetensors header nests JSON arrays/objects deeper than "
+                             f"this Python's recursion limit ({sys.getrecursionlimit()}); a tensor "
+                             "table is two levels deep") from None
         if not isinstance(header, dict):
             raise ValueError(f"{self.path}: safetensors header is a JSON {type(header).__name__}, expected an object")
         meta = header.pop("__metadata__", None)
@@ -93,15 +109,15 @@ class SafetensorsFile:
             where = f"{self.path}: tensor {name!r}"
             if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
                 raise ValueError(f"{where}: entry must be an object with exactly dtype, shape, data_offsets; "
-                                 f"got {e!r:.120}")
+                                 f"got {_short(e)}")
             dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-            if dt not in DTYPES:
-                raise ValueError(f"{where}: unknown dtype {dt!r} (known: {', '.join(DTYPES)})")
+            if not isinstance(dt, str) or dt not in DTYPES:     # (a list or dict is unhashable)
+                raise ValueError(f"{where}: unknown dtype {_short(dt)} (known: {', '.join(DTYPES)})")
             if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-                raise ValueError(f"{where}: shape {shape!r} must be a list of non-negative integers")
+                raise ValueError(f"{where}: shape {_short(shape)} must be a list of non-negative integers")
             if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
                     and 0 <= offs[0] <= offs[1]):
-                raise ValueError(f"{where}: data_offsets {offs!r} must be [begin, end] with 0 <= begin <= end")
+                raise ValueError(f"{where}: data_offsets {_short(offs)} must be [begin, end] with 0 <= begin <= end")
             n = 1
             for d in shape:
                 n *= d
@@ -137,9 +153,10 @@ class SafetensorsFile:
             self.dtypes[name] = dt
 
 
-def read_safetensors(path):
-    """Return ``(tensors, dtypes, metadata)``; see :class:`SafetensorsFile`."""
-    f = SafetensorsFile(path)
+def read_safetensors(path, mmap: bool = True):
+    """Return ``(tensors, dtypes, metadata)``; see :class:`SafetensorsFile`. ``mmap=False`` reads the
+    file into private memory instead of mapping it (the arrays are then views of that copy)."""
+    f = SafetensorsFile(path, mmap=mmap)
     return f.tensors, f.dtypes, f.metadata
 
 

@@ -82,7 +82,7 @@ def _read_state_arrays(f: SafetensorsFile, where: str):
     try:
         recorded = json.loads(meta.get("shapes", ""))
         recorded = {n: list(recorded[n]) for n in _NAMES}
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):   # (RecursionError: absurdly deep JSON)
         raise ValueError(f"{where}: metadata 'shapes' is missing or malformed") from None
     actual = {n: list(f.tensors[n].shape) for n in _NAMES}
     if recorded != actual:

@@ -22,11 +22,12 @@ file at load time, defeating lazy mmap; ``verify_crc=True`` checks all of them.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import zlib
 from dataclasses import dataclass
+
+from ._files import map_or_read, open_regular
 
 __all__ = ["ZipMember", "StoredZip"]
 
@@ -59,16 +60,17 @@ class StoredZip:
     """Members of a STORED-only ZIP archive, addressed by name, backed by one read-only mmap.
 
     ``zf.data(name)`` returns a memoryview slice of the mmap (no copy). The mmap lives as long
-    as this object or any NumPy array made from one of its slices.
+    as this object or any NumPy array made from one of its slices. ``mmap=False`` reads the file
+    into private memory instead of mapping it (see :mod:`._files`).
     """
 
-    def __init__(self, path, verify_crc: bool = False):
+    def __init__(self, path, verify_crc: bool = False, mmap: bool = True):
         self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise ValueError(f"{self.path}: empty file, expected a ZIP archive (torch .pth)")
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.mm = map_or_read(f, size, self.path, mmap)
         self.size = size
         self.members: dict[str, ZipMember] = {}
         self._parse(verify_crc)
