@@ -14,11 +14,19 @@ Per generated token:
 5. the token is drawn with ``numpy.random.Generator(PCG64(seed))``; ``temperature=0`` is greedy (arg-max of
    the penalised logits), and so is ``top_p=0``.
 
+Ids the tokenizer cannot decode are never drawn: their logits are set to -inf before step 2. (World
+models have 65,536 head rows while the World vocabulary has 65,530 entries: ids 65,530..65,535, and any
+id without an entry in a custom vocabulary, have no text.) The end-of-text id stays drawable: it stops.
+
 Text is produced through an incremental UTF-8 decoder, so a piece never ends inside a character.
+Every sampling argument is checked before anything runs (finite numbers in range, integers where an
+integer is meant); a bad one raises ValueError or TypeError naming it.
 """
 from __future__ import annotations
 
 import codecs
+import numbers
+import weakref
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -47,12 +55,7 @@ def sample_logits(logits: np.ndarray, temperature: float = 1.0, top_p: float = 0
     logits = np.asarray(logits)
     if logits.ndim != 1 or logits.size == 0:
         raise ValueError(f"logits: expected a non-empty 1-D array, got shape {logits.shape}")
-    if not np.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
-    if not (0.0 <= top_p <= 1.0):
-        raise ValueError(f"top_p: expected a number in [0, 1], got {top_p!r}")
-    if top_k < 0:
-        raise ValueError(f"top_k: expected an integer >= 0, got {top_k!r}")
+    temperature, top_p, top_k = _check_sampler_args(temperature, top_p, top_k)
     if temperature == 0 or top_p == 0:
         return int(np.argmax(logits))
     probs = softmax(logits)
@@ -74,6 +77,41 @@ def sample_logits(logits: np.ndarray, temperature: float = 1.0, top_p: float = 0
     probs /= total
     rng = rng if rng is not None else np.random.default_rng()
     return int(rng.choice(len(probs), p=probs))
+
+
+def _real(name, value, lo=None, hi=None):
+    """``value`` as a float, checked: a real number (not a bool), finite, within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        want = ("a finite number" + (f" >= {lo:g}" if lo is not None and hi is None else "")
+                + (f" in [{lo:g}, {hi:g}]" if lo is not None and hi is not None else ""))
+        raise ValueError(f"{name}: expected {want}, got {value!r}")
+    return v
+
+
+def _count(name, value, lo=0):
+    """``value`` as an int, checked: an integer (not a bool or a float), >= lo."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {lo}, got {type(value).__name__} {value!r}")
+    if value < lo:
+        raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _check_sampler_args(temperature, top_p, top_k):
+    return _real("temperature", temperature, 0.0), _real("top_p", top_p, 0.0, 1.0), _count("top_k", top_k)
+
+
+def _check_generation_args(max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty,
+                           penalty_decay):
+    """Every numeric argument of generate/generate_batch, checked before any work (see the module doc)."""
+    _count("max_tokens", max_tokens)
+    _check_sampler_args(temperature, top_p, top_k)
+    _real("presence_penalty", presence_penalty)
+    _real("frequency_penalty", frequency_penalty)
+    _real("penalty_decay", penalty_decay, 0.0, 1.0)
 
 
 class ByteTokenizer:
@@ -125,12 +163,58 @@ class Penalties:
         self.counts[token] = self.counts.get(token, 0.0) + weight
 
 
+_TEXT = (str, bytes, bytearray, memoryview)
+
+
 def as_tokens(prompt, tokenizer) -> list[int]:
-    if isinstance(prompt, (str, bytes)):
+    if isinstance(prompt, _TEXT):
         return list(tokenizer.encode(prompt))
     if isinstance(prompt, np.ndarray):
         return [int(t) for t in prompt.ravel()]
     return [int(t) for t in prompt]
+
+
+_UNDECODABLE = weakref.WeakKeyDictionary()   # tokenizer -> {rows: ids}, computed once per pair
+
+
+def undecodable_ids(tokenizer, vocab_size: int) -> np.ndarray:
+    """Ids in ``range(vocab_size)`` (the model's head rows) that ``tokenizer`` has no text for, other
+    than its end-of-text id: ids >= ``tokenizer.n_vocab``, and ids below it without an entry (when the
+    tokenizer has ``decode_single_token_bytes``). Generation masks them so it never draws one."""
+    try:
+        cache = _UNDECODABLE.setdefault(tokenizer, {})
+    except TypeError:                        # not weak-referenceable: compute every time
+        cache = {}
+    if vocab_size in cache:
+        return cache[vocab_size]
+    n = int(getattr(tokenizer, "n_vocab", vocab_size))
+    bad = list(range(min(n, vocab_size), vocab_size))
+    single = getattr(tokenizer, "decode_single_token_bytes", None)
+    eot = getattr(tokenizer, "eot_token", None)
+
+    def has_text(i):
+        try:
+            single(i)
+            return True
+        except KeyError:
+            return False
+    # n_tokens entries below n_vocab: no gap when they fill every id but (at most) the end-of-text one
+    # (the World vocab: 65,529 entries, ids 1..65,529), which spares 65,530 lookups
+    missing = n - getattr(tokenizer, "n_tokens", 0)
+    if single is not None and not (missing <= 0 or (missing == 1 and eot is not None and not has_text(eot))):
+        bad += [i for i in range(min(n, vocab_size)) if i != eot and not has_text(i)]
+    out = np.array(sorted(bad), np.int64)
+    cache[vocab_size] = out
+    return out
+
+
+def _masked(logits, bad):
+    """A copy of ``logits`` with the ids in ``bad`` at -inf (``logits`` itself when there are none)."""
+    if not len(bad):
+        return logits
+    out = np.array(logits, dtype=np.float32, copy=True)
+    out[bad[bad < len(out)]] = -np.inf
+    return out
 
 
 def _stop_conditions(stop, stop_tokens, tokenizer):
@@ -157,9 +241,11 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
     >>> for piece in model.generate("The capital of France is", max_tokens=20, seed=0):  # doctest: +SKIP
     ...     print(piece, end="", flush=True)
     """
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens: expected an integer >= 0, got {max_tokens!r}")
+    _check_generation_args(max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty,
+                           penalty_decay)
+    _count("chunk_len", chunk_len, 1)
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
+    bad = undecodable_ids(tokenizer, model.config.vocab_size)
     tokens = as_tokens(prompt, tokenizer)
     if not tokens:
         raise ValueError("prompt: expected at least one token, got an empty prompt")
@@ -173,7 +259,7 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
         logits, state = model.forward(tokens[start:start + chunk_len], state)
     pending = ""       # decoded text held back while it could be the start of a stop string
     for _ in range(max_tokens):
-        token = sample_logits(penalties.apply(logits), temperature, top_p, top_k, rng)
+        token = sample_logits(_masked(penalties.apply(logits), bad), temperature, top_p, top_k, rng)
         if token in stop_ids:
             break
         piece_bytes = tokenizer.decode_bytes([token])
@@ -212,9 +298,13 @@ def generate_batch(model, prompts, max_tokens: int = 200, temperature: float = 1
     Sequence b draws from its own generator seeded with ``(seed, b)``, so a completion does not depend on
     which other prompts share the batch.
     """
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens: expected an integer >= 0, got {max_tokens!r}")
+    _check_generation_args(max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty,
+                           penalty_decay)
+    if isinstance(prompts, _TEXT):
+        raise TypeError(f"prompts: expected a list of prompts, got a single {type(prompts).__name__} "
+                        "(wrap it in a list)")
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
+    bad = undecodable_ids(tokenizer, model.config.vocab_size)
     seqs = [as_tokens(p, tokenizer) for p in prompts]
     if not seqs:
         return []
@@ -232,7 +322,7 @@ def generate_batch(model, prompts, max_tokens: int = 200, temperature: float = 1
     for _ in range(max_tokens):
         nxt, still = [], []
         for row, b in enumerate(active):
-            tok = sample_logits(pens[b].apply(logits[row]), temperature, top_p, top_k, rngs[b])
+            tok = sample_logits(_masked(pens[b].apply(logits[row]), bad), temperature, top_p, top_k, rngs[b])
             if tok in stop_ids:
                 continue
             piece = tokenizer.decode_bytes([tok])

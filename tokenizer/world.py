@@ -196,6 +196,11 @@ class StreamDecoder:
 
     The concatenation of everything returned equals `tok.decode(ids, errors)`. Ids without an
     entry follow `errors` exactly as in decode (strict: ValueError; replace: U+FFFD; ignore: dropped).
+
+    With errors="strict", an error is raised once and then forgotten: when `feed` or `flush` raises
+    UnicodeDecodeError, the bytes that were pending and the bytes of the failing id are dropped
+    (`pending` is then b""), so the decoder can go on with the next id and a second `flush` does
+    not raise the same error again. An id without an entry raises before anything is consumed.
     """
 
     def __init__(self, tokenizer: WorldTokenizer, errors: str = "replace"):
@@ -214,17 +219,23 @@ class StreamDecoder:
             if self.errors == "ignore":
                 return ""
             b = "\ufffd".encode("utf-8")
-        return self._dec.decode(b)
+        try:
+            return self._dec.decode(b)
+        except UnicodeDecodeError:
+            self._dec.reset()        # strict: report the bad bytes once, then drop them
+            raise
 
     def feed_many(self, ids: Iterable[int]) -> str:
         """feed() for several ids; returns the joined text."""
         return "".join(self.feed(i) for i in ids)
 
     def flush(self) -> str:
-        """End of stream: decode what is still pending (an incomplete character per `errors`) and reset."""
-        out = self._dec.decode(b"", final=True)
-        self._dec.reset()
-        return out
+        """End of stream: decode what is still pending (an incomplete character per `errors`) and
+        reset; the reset also happens when strict decoding raises, so the error is not repeated."""
+        try:
+            return self._dec.decode(b"", final=True)
+        finally:
+            self._dec.reset()
 
     @property
     def pending(self) -> bytes:
