@@ -4,7 +4,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)   /* arch/arm64/include/uapi/asm/hwcap.h */
+#endif
+#endif
+
 static atomic_int current = -1;   /* -1: not yet decided */
+
+/* The names of the levels on this architecture, indexed by level. */
+#if defined(__x86_64__) || defined(__i386__)
+static const char *const names[] = {"scalar", "avx2", "avx512", "avx512_vnni"};
+#elif defined(__aarch64__)
+static const char *const names[] = {"scalar", "neon", "neon_dotprod"};
+#else
+static const char *const names[] = {"scalar"};
+#endif
+#define N_LEVELS ((int)(sizeof names / sizeof names[0]))
 
 rwkv5_isa rwkv5_cpu_isa_supported(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -17,6 +34,14 @@ rwkv5_isa rwkv5_cpu_isa_supported(void) {
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return RWKV5_ISA_AVX2;
+#elif defined(__aarch64__)
+    /* Advanced SIMD is mandatory in AArch64; the dot-product extension is optional (Armv8.2+):
+     * Linux reports it in AT_HWCAP. Elsewhere (macOS: every Apple core has it, but we cannot test
+     * there) it is not assumed. */
+#if defined(__linux__)
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) return RWKV5_ISA_NEON_DOTPROD;
+#endif
+    return RWKV5_ISA_NEON;
 #endif
     return RWKV5_ISA_SCALAR;
 }
@@ -29,25 +54,24 @@ rwkv5_isa rwkv5_set_isa(rwkv5_isa isa) {
     return isa;
 }
 
+int rwkv5_isa_from_name(const char *name) {
+    for (int i = 0; i < N_LEVELS; i++)
+        if (name && !strcmp(name, names[i])) return i;
+    return -1;
+}
+
 rwkv5_isa rwkv5_cpu_isa(void) {
     int v = atomic_load(&current);
     if (v >= 0) return (rwkv5_isa)v;
     rwkv5_isa want = rwkv5_cpu_isa_supported();
     const char *env = getenv("RWKV5_ISA");
     if (env && *env) {
-        if (!strcmp(env, "scalar")) want = RWKV5_ISA_SCALAR;
-        else if (!strcmp(env, "avx2")) want = RWKV5_ISA_AVX2;
-        else if (!strcmp(env, "avx512")) want = RWKV5_ISA_AVX512;
-        else if (!strcmp(env, "avx512_vnni")) want = RWKV5_ISA_AVX512_VNNI;
+        int lvl = rwkv5_isa_from_name(env);
+        if (lvl >= 0) want = (rwkv5_isa)lvl;
     }
     return rwkv5_set_isa(want);
 }
 
 const char *rwkv5_isa_name(rwkv5_isa isa) {
-    switch (isa) {
-    case RWKV5_ISA_AVX512_VNNI: return "avx512_vnni";
-    case RWKV5_ISA_AVX512: return "avx512";
-    case RWKV5_ISA_AVX2: return "avx2";
-    default: return "scalar";
-    }
+    return (int)isa >= 0 && (int)isa < N_LEVELS ? names[isa] : "scalar";
 }

@@ -11,6 +11,7 @@
 #include "common/cpu.h"
 #include "common/threadpool.h"
 #include "kernels.h"
+#include "neon.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -296,9 +297,18 @@ T512F static void relu2_512(float *x, size_t C) { relu2_body(x, C); }
 static const row_ops ops_avx512 = {mix_512, add_512, relu2_512, silu_gate_512, add_gated_512};
 #endif
 
+#if defined(__aarch64__)
+/* the baseline build of mix/add/relu2 is vectorised with Advanced SIMD already (it is part of the
+ * base architecture); the sigmoids get a vector exp (neon.c) */
+static const row_ops ops_neon = {mix_generic, add_generic, relu2_generic, rwkv5_neon_silu_gate,
+                                 rwkv5_neon_add_gated};
+#endif
+
 static const row_ops *pick_row_ops(void) {
 #if defined(__x86_64__)
     if (rwkv5_cpu_isa() >= RWKV5_ISA_AVX512) return &ops_avx512;
+#elif defined(__aarch64__)
+    if (rwkv5_cpu_isa() >= RWKV5_ISA_NEON) return &ops_neon;
 #endif
     return &ops_generic;
 }

@@ -4,6 +4,7 @@
 #include "kernels.h"
 
 #include "common/cpu.h"
+#include "neon.h"
 
 #include <float.h>
 #include <math.h>
@@ -242,6 +243,9 @@ void rwkv5_wkv_step_isa(int isa, STEP_ARGS) {
     if (isa >= RWKV5_ISA_AVX512) wkv_step_avx512(y, S, r, k, v, w, u, N);
     else if (isa == RWKV5_ISA_AVX2) wkv_step_avx2(y, S, r, k, v, w, u, N);
     else
+#elif defined(__aarch64__)
+    if (isa >= RWKV5_ISA_NEON) rwkv5_neon_wkv_step(y, S, r, k, v, w, u, N);
+    else
 #endif
         wkv_step_scalar(y, S, r, k, v, w, u, N);
 }
@@ -250,6 +254,9 @@ void rwkv5_wkv_chunk_isa(int isa, CHUNK_ARGS) {
 #if defined(__x86_64__)
     if (isa >= RWKV5_ISA_AVX512) wkv_chunk_avx512(y, S, r, k, v, ld, P, ldp, u, n, N);
     else if (isa == RWKV5_ISA_AVX2) wkv_chunk_avx2(y, S, r, k, v, ld, P, ldp, u, n, N);
+    else
+#elif defined(__aarch64__)
+    if (isa >= RWKV5_ISA_NEON) rwkv5_neon_wkv_chunk(y, S, r, k, v, ld, P, ldp, u, n, N);
     else
 #endif
         wkv_chunk_scalar(y, S, r, k, v, ld, P, ldp, u, n, N);

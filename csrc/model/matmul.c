@@ -7,11 +7,14 @@
  *    4-row blocked: whole 64-byte lines 256 bytes apart); no vector load spans two lines of the
  *    blocked layout, since a load's elements start at a multiple of its own size;
  *  - a blocked GEMM (parallel mode) further down. */
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include "common/cpu.h"
 #include "common/threadpool.h"
 #include "kernels.h"
+#include "neon.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -619,6 +622,9 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
 #if defined(__x86_64__)
                 if (j->isa >= RWKV5_ISA_AVX512) pack_w_avx512(Bp, w, o, k0, kc);
                 else
+#elif defined(__aarch64__)
+                if (j->isa >= RWKV5_ISA_NEON) rwkv5_neon_pack_w(Bp, w, o, k0, kc);
+                else
 #endif
                     pack_w_scalar(Bp, w, o, k0, kc);
                 B = Bp;
@@ -630,6 +636,8 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
 #if defined(__x86_64__)
                 if (j->isa >= RWKV5_ISA_AVX512) ukernel_avx512(C, Mp, X, B, ldb, kc, k0 > 0);
                 else ukernel_avx2(C, Mp, X, B, ldb, kc, k0 > 0);
+#elif defined(__aarch64__)
+                rwkv5_neon_gemm_ukernel(C, Mp, X, B, ldb, kc, k0 > 0);
 #endif
             }
         }
@@ -666,6 +674,8 @@ static mm_fn pick(int isa, int dtype) {
     if (isa >= RWKV5_ISA_AVX512_VNNI) return avx512v[dtype];
     if (isa >= RWKV5_ISA_AVX512) return avx512[dtype];
     if (isa == RWKV5_ISA_AVX2) return avx2[dtype];
+#elif defined(__aarch64__)
+    if (isa >= RWKV5_ISA_NEON) return rwkv5_neon_rows(isa, dtype);
 #endif
     return scalar[dtype];
 }

@@ -1,4 +1,4 @@
-// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c
+// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c csrc/model/neon.c
 /* Kernel tests without Python: every ISA's matmul against scalar on odd sizes and all storage types,
  * the chunked WKV against the one-token recurrence, the thread pool's coverage, and a small random
  * model run in both modes (recurrent vs parallel) including its error paths. */
@@ -13,6 +13,7 @@
 #include "model/kernels.h"
 #include "model/rwkv5_model.h"
 #include "common/polled.h"
+#include "model/neon.h"
 
 #include <time.h>
 
@@ -144,6 +145,38 @@ static void test_matmul(void) {
     }
 }
 
+/* Every fp16 and bf16 bit pattern (subnormals, inf, nan included) widens to its exact fp32 value in
+ * every ISA's row kernel and GEMM packing, at every position of a 16-element vector: row o of W holds
+ * pattern o at column o % 16 and zeros elsewhere, x is all ones, so out[o] is the value (+ zeros). */
+static void test_every_half_bit_pattern_widens_exactly(void) {
+    enum { D = 65536, NC = 16 };
+    uint16_t *w = calloc((size_t)D * NC, sizeof *w);
+    float x[NC], *out = malloc(sizeof(float) * D), *row = malloc(sizeof(float) * NC);
+    size_t wsn = rwkv5_gemm_ws_floats(1, NC, D);
+    float *ws = malloc(sizeof(float) * wsn);
+    for (int i = 0; i < NC; i++) x[i] = 1.0f;
+    for (int o = 0; o < D; o++) w[(size_t)o * NC + o % NC] = (uint16_t)o;
+    int best = (int)rwkv5_cpu_isa_supported();
+    for (int dt = RWKV5_F16; dt <= RWKV5_BF16; dt++) {
+        rwkv5_mat mat = {w, NULL, dt, D, NC, 0};
+        for (int isa = 0; isa <= best; isa++)
+            for (int gemm = 0; gemm <= (isa > 0); gemm++) {
+                memset(out, 0, sizeof(float) * D);
+                if (gemm) rwkv5_matmul_ws(isa, 1, out, x, &mat, 1, ws, wsn);
+                else rwkv5_matmul_rows_isa(isa, out, x, &mat, 1, 0, D);
+                int bad = 0;
+                for (int o = 0; o < D && bad < 3; o++) {
+                    rwkv5_mat_row(row, &mat, (size_t)o);
+                    float want = row[o % NC];
+                    int ok = isnan(want) ? isnan(out[o]) : out[o] == want;
+                    if (!ok) bad++;
+                    CHECK(ok, "dtype=%d isa=%d gemm=%d pattern 0x%04x: %g, want %g", dt, isa, gemm, o, out[o], want);
+                }
+            }
+    }
+    free(w), free(out), free(row), free(ws);
+}
+
 /* The chunk form equals T steps of the recurrence, for head sizes 12 (generic loops) and 64 (the
  * register-blocked AVX-512 chunk), every ISA, chunk lengths 1..64; rows `ld` apart as in the model. */
 static void wkv_chunk_case(int N, int isa) {
@@ -187,9 +220,41 @@ static void test_wkv_chunk_equals_steps(void) {
     int best = (int)rwkv5_cpu_isa_supported();
     for (int isa = 0; isa <= best; isa++) {
         wkv_chunk_case(12, isa);
+        wkv_chunk_case(18, isa);   /* a block of 16 columns and 2 single ones (NEON) */
         wkv_chunk_case(64, isa);
     }
 }
+
+#if defined(__aarch64__)
+/* The NEON sigmoid rows (vector exp) against expf on odd lengths, large |z| (0 and inf from exp),
+ * inf and nan: within 1e-6 relative (exp is within 2 ulp, then a division and two products round), the same
+ * inf/nan. */
+static void test_neon_sigmoid_rows(void) {
+    enum { C = 203 };
+    static float g[C], y[C], a[C], b[C], x[C], ys[C], xs[C];
+    for (int i = 0; i < C; i++) {
+        g[i] = a[i] = 12.0f * frand();
+        y[i] = x[i] = frand();
+        b[i] = frand();
+    }
+    const float special[] = {0.0f, -0.0f, 88.0f, -88.0f, 104.0f, -104.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) g[10 + i] = a[40 + i] = special[i];
+    for (int len = 1; len <= C; len += len < 9 ? 1 : 97) {
+        for (int i = 0; i < C; i++) ys[i] = y[i], xs[i] = x[i];
+        rwkv5_neon_silu_gate(ys, g, (size_t)len);
+        rwkv5_neon_add_gated(xs, a, b, (size_t)len);
+        for (int i = 0; i < C; i++) {
+            double sg = 1.0 / (1.0 + exp(-(double)g[i])), sa = 1.0 / (1.0 + exp(-(double)a[i]));
+            float wy = i < len ? (float)((double)y[i] * g[i] * sg) : y[i];
+            float wx = i < len ? (float)((double)x[i] + sa * b[i]) : x[i];
+            CHECK(isnan(wy) ? isnan(ys[i]) : ys[i] == wy || fabsf(ys[i] - wy) <= 1e-6f * fabsf(wy) + 1e-37f,
+                  "silu_gate len=%d [%d] g=%g: %g vs %g", len, i, g[i], ys[i], wy);
+            CHECK(isnan(wx) ? isnan(xs[i]) : xs[i] == wx || fabsf(xs[i] - wx) <= 1e-6f * (fabsf(x[i]) + fabsf(b[i])),
+                  "add_gated len=%d [%d] a=%g: %g vs %g", len, i, a[i], xs[i], wx);
+        }
+    }
+}
+#endif
 
 static atomic_int hits[1000];
 static void count_range(void *ctx, int64_t b, int64_t e) {
@@ -267,6 +332,19 @@ static void test_forward_modes(void) {
     CHECK(maxabs > 0 && isfinite(maxabs) && maxdiff <= 1e-5f * maxabs, "recurrent vs parallel: %g of %g", maxdiff, maxabs);
     for (size_t i = 0; i < sizeof st[0] / sizeof(float); i++)
         CHECK(fabsf(st[0][i] - st[1][i]) <= 1e-4f * (1 + fabsf(st[0][i])), "state [%zu]", i);
+    /* the ISA in use (RWKV5_ISA) against the portable kernels, both modes */
+    rwkv5_isa in_use = rwkv5_cpu_isa();
+    rwkv5_set_isa(RWKV5_ISA_SCALAR);
+    for (int mode = 0; mode < 2; mode++) {
+        static float st_s[sizeof st[0] / sizeof(float)], lg_s[B * T * V];
+        memset(st_s, 0, sizeof st_s);
+        rwkv5_state s = {.att_x = st_s, .att_kv = st_s + B * L * C, .ffn_x = st_s + B * L * C + B * L * H * N * N};
+        CHECK(rwkv5_forward(&m, tok, B, T, &s, mode, 1, lg_s, NULL, err, sizeof err) == RWKV5_OK, "forward: %s", err);
+        float dmax = 0;
+        for (int i = 0; i < B * T * V; i++) dmax = fmaxf(dmax, fabsf(lg_s[i] - logits[mode][i]));
+        CHECK(dmax <= 1e-5f * maxabs, "%s vs scalar, mode %d: %g of %g", rwkv5_isa_name(in_use), mode, dmax, maxabs);
+    }
+    rwkv5_set_isa(in_use);
 
     /* A source state (the final state above, nonzero) read while a garbage-filled destination is
      * written: the same logits and state as running in place on a copy; the source is unchanged;
@@ -330,6 +408,10 @@ static void test_forward_modes(void) {
 int main(void) {
     printf("test_kernels: ISA %s (env may lower it)\n", rwkv5_isa_name(rwkv5_cpu_isa()));
     test_matmul();
+    test_every_half_bit_pattern_widens_exactly();
+#if defined(__aarch64__)
+    test_neon_sigmoid_rows();
+#endif
     test_wkv_chunk_equals_steps();
     test_threadpool();
     test_forward_modes();
