@@ -6,7 +6,7 @@ PYTEST  := $(PY) -m pytest
 EXTRAS  ?= test
 
 .PHONY: all sysdeps install demo test test-fast test-scalar test-asan test-c bench bench-quick clean \
-        fuzz fuzz-smoke fuzz-deps fuzz-build test-valgrind
+        fuzz fuzz-smoke fuzz-deps fuzz-build test-valgrind test-arm64 arm64-deps
 
 all: install
 
@@ -77,7 +77,7 @@ bench-quick: install
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf build dist *.egg-info csrc/tests/bin csrc/fuzz/bin .pytest_cache
+	rm -rf build dist *.egg-info csrc/tests/bin csrc/tests/bin-arm64 csrc/fuzz/bin .pytest_cache
 	find . -name '*.so' -path './rwkv5/*' -delete; find . -name '*.so' -path './tokenizer/*' -delete; find . -name '*.so' -path './dataprep/*' -delete
 
 # ---------------------------------------------------------------- fuzzing (docs/reliability.md)
@@ -133,3 +133,48 @@ test-valgrind: sysdeps
 	  valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
 	    ./csrc/tests/bin/$$name-vg; \
 	done; echo "test-valgrind: clean"
+
+# ---------------------------------------------------------------- AArch64 under emulation (docs/arm64.md)
+# The C unit tests cross-compiled for AArch64 with Debian's gcc-aarch64-linux-gnu (static binaries:
+# libzstd.a from the arm64 multiarch package libzstd-dev:arm64) and run under QEMU user-mode
+# emulation on two CPU models: `max` (has the dot-product and FP16 extensions) and `cortex-a53`
+# (Armv8.0: has neither). test_kernels runs once per RWKV5_ISA level on each (forcing neon_dotprod
+# on the cortex-a53 must fall back to neon: checked); the other tests do not dispatch on the ISA
+# and run once per CPU model.
+ARM64_CC   ?= aarch64-linux-gnu-gcc
+ARM64_QEMU ?= qemu-aarch64
+ARM64_CPUS ?= max cortex-a53
+ARM64_ISAS ?= scalar neon neon_dotprod
+ARM64_BEST_max := neon_dotprod
+ARM64_BEST_cortex-a53 := neon
+
+arm64-deps:
+	@command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(ARM64_QEMU) >/dev/null 2>&1 && \
+	  [ -e /usr/lib/aarch64-linux-gnu/libzstd.a ] || { \
+	  echo "installing Debian packages: gcc-aarch64-linux-gnu qemu-user libzstd-dev:arm64 (multiarch)"; \
+	  dpkg --add-architecture arm64 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user libzstd-dev:arm64 >/dev/null; }
+
+test-arm64: arm64-deps
+	@mkdir -p csrc/tests/bin-arm64
+	@set -e; for t in csrc/tests/test_*.c; do \
+	  name=$$(basename $$t .c); \
+	  srcs=$$(sed -n 's#^// SOURCES: ##p' $$t); libs=$$(sed -n 's#^// LIBS: ##p' $$t); \
+	  $(ARM64_CC) $(CFLAGS_C) -static -o csrc/tests/bin-arm64/$$name $$t $$srcs -lm $$libs; \
+	done
+	@set -e; log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
+	run() { cpu=$$1 isa=$$2 name=$$3; \
+	  if ! RWKV5_ISA=$$isa $(ARM64_QEMU) -cpu $$cpu ./csrc/tests/bin-arm64/$$name >"$$log" 2>&1; then \
+	    cat "$$log"; echo "test-arm64: $$name FAILED on -cpu $$cpu with RWKV5_ISA=$$isa"; exit 1; fi; }; \
+	for cpu in $(ARM64_CPUS); do \
+	  for isa in $(ARM64_ISAS); do \
+	    run $$cpu $$isa test_kernels; \
+	    used=$$(sed -n 's/^test_kernels: ISA \([a-z_0-9]*\).*/\1/p' "$$log"); \
+	    best=$$(case $$cpu in max) echo $(ARM64_BEST_max);; cortex-a53) echo $(ARM64_BEST_cortex-a53);; *) echo "$$isa";; esac); \
+	    want=$$(if [ $$isa = neon_dotprod ]; then echo $$best; else echo $$isa; fi); \
+	    if [ "$$used" != "$$want" ]; then echo "test-arm64: -cpu $$cpu RWKV5_ISA=$$isa ran '$$used', expected '$$want'"; exit 1; fi; \
+	    echo "test-arm64: test_kernels -cpu $$cpu RWKV5_ISA=$$isa: kernels $$used, passed"; \
+	  done; \
+	  for t in csrc/tests/test_*.c; do name=$$(basename $$t .c); [ $$name = test_kernels ] && continue; \
+	    run $$cpu "" $$name; echo "test-arm64: $$name -cpu $$cpu: passed"; done; \
+	done
