@@ -17,6 +17,7 @@
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tokenizer/world_tokenizer.h"
 
@@ -102,14 +103,18 @@ static PyObject *ids_to_list(CoreObject *self, const uint32_t *ids, size_t n) {
     return list;
 }
 
-/* The CPUs this process may run on. */
+/* The CPUs this process may run on (Linux: its affinity mask; elsewhere, e.g. macOS, which has no
+ * sched_getaffinity: the CPUs online). */
 static int default_threads(void) {
+#ifdef __linux__
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
         int n = CPU_COUNT(&set);
         if (n >= 1) return n > 256 ? 256 : n;
     }
-    return 1;
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
 }
 
 static int parse_threads(PyObject *arg, int *out) {

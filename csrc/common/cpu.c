@@ -4,11 +4,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__clang__)
+#include <cpuid.h>
+/* clang (14) does not know "f16c" in __builtin_cpu_supports: CPUID.1:ECX bit 29 (the OS support of
+ * the AVX state it needs is checked with "avx2") */
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+}
+#elif defined(__x86_64__) || defined(__i386__)
+static int has_f16c(void) { return __builtin_cpu_supports("f16c"); }
+#endif
+
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)   /* arch/arm64/include/uapi/asm/hwcap.h */
 #endif
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 static atomic_int current = -1;   /* -1: not yet decided */
@@ -32,14 +46,18 @@ rwkv5_isa rwkv5_cpu_isa_supported(void) {
             return RWKV5_ISA_AVX512_VNNI;
         return RWKV5_ISA_AVX512;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())
         return RWKV5_ISA_AVX2;
 #elif defined(__aarch64__)
     /* Advanced SIMD is mandatory in AArch64; the dot-product extension is optional (Armv8.2+):
-     * Linux reports it in AT_HWCAP. Elsewhere (macOS: every Apple core has it, but we cannot test
-     * there) it is not assumed. */
+     * Linux reports it in AT_HWCAP, macOS as the sysctl hw.optional.arm.FEAT_DotProd (untested:
+     * docs/arm64.md). Elsewhere it is not assumed. */
 #if defined(__linux__)
     if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) return RWKV5_ISA_NEON_DOTPROD;
+#elif defined(__APPLE__)
+    int has = 0;
+    size_t len = sizeof has;
+    if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &has, &len, NULL, 0) == 0 && has) return RWKV5_ISA_NEON_DOTPROD;
 #endif
     return RWKV5_ISA_NEON;
 #endif

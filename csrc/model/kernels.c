@@ -141,7 +141,11 @@ static void wkv_step_scalar(STEP_ARGS) { wkv_step_body(y, S, r, k, v, w, u, N); 
 static void wkv_chunk_scalar(CHUNK_ARGS) { wkv_chunk_body(y, S, r, k, v, ld, P, ldp, u, n, N); }
 #if defined(__x86_64__)
 #define TGT2 __attribute__((target("avx2,fma")))
+#if defined(__clang__)   /* clang has no prefer-vector-width target attribute; it vectorises 512-bit here */
+#define TGT512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
+#else
 #define TGT512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
+#endif
 TGT2 static void wkv_step_avx2(STEP_ARGS) { wkv_step_body(y, S, r, k, v, w, u, N); }
 TGT2 static void wkv_chunk_avx2(CHUNK_ARGS) { wkv_chunk_body(y, S, r, k, v, ld, P, ldp, u, n, N); }
 TGT512 static void wkv_step_avx512(STEP_ARGS) { wkv_step_body(y, S, r, k, v, w, u, N); }

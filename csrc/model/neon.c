@@ -83,37 +83,46 @@ INL float ld1(int dt, const unsigned char *p) {
 
 /* ---------------- matrix x vector: row kernels ----------------
  * out[m][o] = scale[o] * x[m] . W[o], 4 weight rows at a time so every x vector feeds 4 rows. Per
- * row, 16 inputs at a time into 4 accumulators (accumulator q takes inputs 16b + 4q + lane), summed
- * (a0 + a1) + (a2 + a3), across lanes, then the tail (n mod 16) in order. Rows missing from the last
+ * row, 16 inputs at a time into 2 accumulators (accumulator e takes inputs 16b + 4q + lane with
+ * q % 2 = e), summed a0 + a1, across lanes, then the tail (n mod 16) in order. Rows missing from the last
  * group of 4 repeat the group's first row (computed, not stored). Each output thus depends only on
  * its x row and its weight row: the same bits alone or in a batch, for any split of the rows
  * between threads, and in either layout. */
+/* acc[k][q % 2] += x[i + 4q + lane] * W[k][i + 4q + lane] for one block of 16 inputs, 4 rows: two
+ * accumulators per row (8 FMA chains in flight) leave registers for the 16 widened weights, which
+ * GCC loads ahead (with 4 per row it spilled accumulators to the stack in every iteration) */
+INL void rows_block(int dt, float32x4_t acc[4][2], const float *xi, const unsigned char *const wr[4], size_t off) {
+    float32x4_t xv[4];
+    for (int q = 0; q < 4; q++) xv[q] = vld1q_f32(xi + 4 * q);
+    for (int k = 0; k < 4; k++) {
+        float32x4_t wv[4];
+        ld16(dt, wr[k] + off, wv);
+        for (int q = 0; q < 4; q++) acc[k][q % 2] = vfmaq_f32(acc[k][q % 2], xv[q], wv[q]);
+    }
+}
+
 INL void rows_body(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
     size_t n = (size_t)w->cols, d = (size_t)w->rows, nfull = n & ~(size_t)15;
-    size_t esz = rwkv5_esz(dt), cs = RWKV5_LINE_STRIDE(w);
+    const size_t esz = rwkv5_esz(dt), per_line = 64 / esz;   /* elements per 64-byte line: 1, 2 or 4 blocks */
+    size_t cs = RWKV5_LINE_STRIDE(w);
     for (int o = o0; o < o1; o += 4) {
         int nr = o1 - o < 4 ? o1 - o : 4;
         const unsigned char *wr[4];
         for (int k = 0; k < 4; k++) wr[k] = rwkv5_row_ptr(w, (size_t)(o + (k < nr ? k : 0)));
         for (int m = 0; m < M; m++) {
             const float *xm = x + (size_t)m * n;
-            float32x4_t acc[4][4];
+            float32x4_t acc[4][2];
+            for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = vdupq_n_f32(0.0f);
+            size_t i = 0, line = 0;   /* byte offset of the line holding input i */
+            for (; i + per_line <= nfull; i += per_line, line += cs)   /* whole lines */
+                for (size_t b = 0; b < per_line; b += 16) rows_block(dt, acc, xm + i + b, wr, line + b * esz);
+            for (; i < nfull; i += 16) rows_block(dt, acc, xm + i, wr, line + i % per_line * esz);   /* rest of a line */
+            float s[4];   /* constant indices only, so the accumulators stay in registers */
             for (int k = 0; k < 4; k++)
-                for (int q = 0; q < 4; q++) acc[k][q] = vdupq_n_f32(0.0f);
-            for (size_t i = 0; i < nfull; i += 16) {
-                size_t off = RWKV5_COL_OFF(i, esz, cs);
-                float32x4_t xv[4];
-                for (int q = 0; q < 4; q++) xv[q] = vld1q_f32(xm + i + 4 * q);
-                for (int k = 0; k < 4; k++) {
-                    float32x4_t wv[4];
-                    ld16(dt, wr[k] + off, wv);
-                    for (int q = 0; q < 4; q++) acc[k][q] = vfmaq_f32(acc[k][q], xv[q], wv[q]);
-                }
-            }
+                s[k] = vaddvq_f32(vaddq_f32(acc[k][0], acc[k][1]));
             for (int k = 0; k < nr; k++) {
-                float s = vaddvq_f32(vaddq_f32(vaddq_f32(acc[k][0], acc[k][1]), vaddq_f32(acc[k][2], acc[k][3])));
-                for (size_t i = nfull; i < n; i++) s += xm[i] * ld1(dt, wr[k] + RWKV5_COL_OFF(i, esz, cs));
-                out[(size_t)m * d + o + k] = s * rwkv5_row_scale(w, o + k);
+                for (size_t t = nfull; t < n; t++) s[k] += xm[t] * ld1(dt, wr[k] + RWKV5_COL_OFF(t, esz, cs));
+                out[(size_t)m * d + o + k] = s[k] * rwkv5_row_scale(w, o + k);
             }
         }
     }
@@ -206,28 +215,34 @@ TDOT static void mm_neon_dot_i8(float *out, const float *x, const rwkv5_mat *w, 
             int32x4_t acc[4][3];
             for (int k = 0; k < 4; k++)
                 for (int p = 0; p < 3; p++) acc[k][p] = vdupq_n_s32(0);
-            for (i = 0; i < np; i += 16) {
+            for (i = 0; i + 16 <= n; i += 16) {   /* a 16-byte load never spans a 64-byte line */
                 size_t off = RWKV5_COL_OFF(i, 1, cs);
                 int8x16_t x0 = vld1q_s8(xp[0] + i), x1 = vld1q_s8(xp[1] + i), x2 = vld1q_s8(xp[2] + i);
                 for (int k = 0; k < 4; k++) {
-                    int8x16_t wv;
-                    if (i + 16 <= n) {
-                        wv = vreinterpretq_s8_u8(vld1q_u8(wr[k] + off));
-                    } else {   /* the last partial 16: bytes past the row are not read (zeros) */
-                        int8_t t[16] = {0};
-                        memcpy(t, wr[k] + off, n - i);
-                        wv = vld1q_s8(t);
-                    }
+                    int8x16_t wv = vreinterpretq_s8_u8(vld1q_u8(wr[k] + off));
                     acc[k][0] = sdot(acc[k][0], wv, x0);
                     acc[k][1] = sdot(acc[k][1], wv, x1);
                     acc[k][2] = sdot(acc[k][2], wv, x2);
                 }
             }
-            for (int k = 0; k < nr; k++) {
-                int64_t dot = 0;
-                for (int p = 2; p >= 0; p--) dot = 256 * dot + (int64_t)vaddvq_s32(acc[k][p]);
-                out[(size_t)m * d + o + k] = (float)((double)dot * (double)s) * rwkv5_row_scale(w, o + k);
+            if (i < n) {   /* the last 1..15 bytes of each row, zero-padded (nothing past the row is read) */
+                int8x16_t x0 = vld1q_s8(xp[0] + i), x1 = vld1q_s8(xp[1] + i), x2 = vld1q_s8(xp[2] + i);
+                for (int k = 0; k < 4; k++) {
+                    int8_t t[16] = {0};
+                    memcpy(t, wr[k] + RWKV5_COL_OFF(i, 1, cs), n - i);
+                    int8x16_t wv = vld1q_s8(t);
+                    acc[k][0] = sdot(acc[k][0], wv, x0);
+                    acc[k][1] = sdot(acc[k][1], wv, x1);
+                    acc[k][2] = sdot(acc[k][2], wv, x2);
+                }
             }
+            int64_t dot[4];   /* constant indices only, so the accumulators stay in registers */
+            for (int k = 0; k < 4; k++) {
+                dot[k] = 0;
+                for (int p = 2; p >= 0; p--) dot[k] = 256 * dot[k] + (int64_t)vaddvq_s32(acc[k][p]);
+            }
+            for (int k = 0; k < nr; k++)
+                out[(size_t)m * d + o + k] = (float)((double)dot[k] * (double)s) * rwkv5_row_scale(w, o + k);
         }
     }
 }
