@@ -6,10 +6,14 @@
  * with a scalar path for CPUs that have neither AVX2+FMA nor AVX-512F.
  *
  * ISA codes used by the interface: 0 = scalar, 1 = AVX2+FMA (256-bit), 2 = AVX-512F (512-bit).
+ * Other CPUs (ARM64) get the portable probes only: probe_best_isa() is 0 there.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define PROBE_X86 1
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <stddef.h>
@@ -23,11 +27,13 @@
 /* Best ISA this CPU (and OS, via the cpuid/xgetbv checks GCC does) supports. */
 int probe_best_isa(void)
 {
+#ifdef PROBE_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f"))
         return 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return 1;
+#endif
     return 0;
 }
 
@@ -57,6 +63,7 @@ static float read_scalar(const float *x, size_t n)
     return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
 }
 
+#ifdef PROBE_X86
 __attribute__((target("avx2,fma")))
 static float read_avx2(const float *x, size_t n)
 {
@@ -101,6 +108,10 @@ static float read_avx512(const float *x, size_t n)
                              _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
     return _mm512_reduce_add_ps(s) + read_scalar(x + i, n - i);
 }
+#else   /* never chosen: probe_best_isa() is 0 */
+#define read_avx2 read_scalar
+#define read_avx512 read_scalar
+#endif
 
 /* ---------------------------------------------------------------- FMA kernels
  * acc_j = acc_j * a + b, repeated `iters` times on N_CHAINS independent registers: enough chains
@@ -124,6 +135,7 @@ static float fma_scalar(long iters)
     return s;
 }
 
+#ifdef PROBE_X86
 __attribute__((target("avx2,fma")))
 static float fma_avx2(long iters)
 {
@@ -164,6 +176,10 @@ static float fma_avx512(long iters)
         s = _mm512_add_ps(s, acc[j]);
     return _mm512_reduce_add_ps(s);
 }
+#else
+#define fma_avx2 fma_scalar
+#define fma_avx512 fma_scalar
+#endif
 
 static int lanes_of(int isa)
 {

@@ -2,6 +2,7 @@
 bf16, int8) x ISA against float64; int8 quantisation and int8 models; the model under each
 RWKV5_ISA value in a subprocess."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -14,7 +15,15 @@ from rwkv5.model import block_matrix, quantize_int8
 from rwkv5.reference import ReferenceModel
 from rwkv5.testing import bf16_bits_to_float32, float32_to_bf16_bits, random_state_dict
 
-ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "avx512_vnni": 3}
+# the kernel levels of this architecture (csrc/common/cpu.c), by name; QUANT_X: the levels whose int8
+# row kernel multiplies x quantised to 24-bit integers (x_split_bound)
+if platform.machine().lower() in ("aarch64", "arm64"):
+    ISAS = {"scalar": 0, "neon": 1, "neon_dotprod": 2}
+    QUANT_X = ("neon_dotprod",)
+else:
+    ISAS = {"scalar": 0, "avx2": 1, "avx512": 2, "avx512_vnni": 3}
+    QUANT_X = ("avx512_vnni",)
+SIMD = [name for name in ISAS if name != "scalar"][:2]   # the float GEMM levels
 BIG = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.gate.weight", "att.output.weight",
        "ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight")
 
@@ -52,10 +61,10 @@ SIZES = [(1, 1, 1), (1, 17, 5), (3, 33, 7), (2, 64, 9), (5, 128, 6), (16, 16, 6)
 
 
 def x_split_bound(x, wf, kind, isa_name):
-    """Extra error of the avx512_vnni int8 row kernel, which multiplies x quantised to 24-bit
+    """Extra error of the avx512_vnni and neon_dotprod int8 row kernels, which multiply x quantised to 24-bit
     integers, q = round(x / s), s = max|x row| / 8355711 (|error| <= s / 2, plus the float32
     rounding of x / s), instead of widening the weights. Bound per output, with headroom 2."""
-    if isa_name != "avx512_vnni" or kind != "int8":
+    if isa_name not in QUANT_X or kind != "int8":
         return 0.0
     s = np.abs(x.astype(np.float64)).max(axis=1, keepdims=True) / 8355711
     return 2 * (s * np.abs(wf).sum(axis=1)[None, :]).max()
@@ -109,7 +118,7 @@ def test_blocked_matrix_with_wrong_shape_is_refused():
         _model._matmul(x, w, 0, False)
 
 
-@pytest.mark.parametrize("isa_name", ["avx2", "avx512"])
+@pytest.mark.parametrize("isa_name", SIMD)
 @pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
 def test_gemm_rows_do_not_depend_on_the_batch(isa, isa_name, kind):
     """A row's result is the same bits whatever other rows share the GEMM (batch == alone)."""
