@@ -30,17 +30,29 @@ static wt_tokenizer *get_tok(PyObject *cap) {
     return t;
 }
 
+/* The bytes the C code reads with the GIL released: `o` itself when it is bytes (immutable),
+ * else a private copy of its buffer (a bytearray or a writable array could be changed by another
+ * thread meanwhile). New reference, or NULL with TypeError naming `name`. */
+static PyObject *bytes_arg(PyObject *o, const char *name) {
+    if (PyBytes_Check(o)) return Py_NewRef(o);
+    if (PyUnicode_Check(o) || !PyObject_CheckBuffer(o))
+        return PyErr_Format(PyExc_TypeError, "%s: expected a bytes-like object, got %s", name, Py_TYPE(o)->tp_name);
+    return PyBytes_FromObject(o);
+}
+
 /* load_vocab(data: bytes) -> capsule. Parses the World vocab text. */
 static PyObject *py_load_vocab(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer buf;
+    PyObject *arg, *data;
     char err[512] = {0};
     wt_tokenizer *t;
-    if (!PyArg_ParseTuple(args, "y*:load_vocab", &buf)) return NULL;
+    if (!PyArg_ParseTuple(args, "O:load_vocab", &arg) || !(data = bytes_arg(arg, "data"))) return NULL;
+    const char *p = PyBytes_AS_STRING(data);
+    size_t len = (size_t)PyBytes_GET_SIZE(data);
     Py_BEGIN_ALLOW_THREADS
-    t = wt_load(buf.buf, (size_t)buf.len, err, sizeof err);
+    t = wt_load(p, len, err, sizeof err);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&buf);
+    Py_DECREF(data);
     if (!t) return PyErr_Format(PyExc_ValueError, "vocab: %s", err);
     if (wt_n_vocab(t) > 65536) {
         unsigned nv = wt_n_vocab(t);
@@ -65,19 +77,19 @@ static size_t encode_cb(const void *ctx, const uint8_t *text, size_t n, uint16_t
 /* encode(tok, data: bytes) -> uint16 ndarray (no trailing 0). */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *cap;
-    Py_buffer buf;
-    if (!PyArg_ParseTuple(args, "Oy*:encode", &cap, &buf)) return NULL;
+    PyObject *cap, *arg, *data;
+    if (!PyArg_ParseTuple(args, "OO:encode", &cap, &arg)) return NULL;
     wt_tokenizer *t = get_tok(cap);
-    if (!t) { PyBuffer_Release(&buf); return NULL; }
-    npy_intp dim = buf.len;
+    if (!t || !(data = bytes_arg(arg, "data"))) return NULL;
+    npy_intp dim = PyBytes_GET_SIZE(data);
     PyArrayObject *arr = (PyArrayObject *)PyArray_SimpleNew(1, &dim, NPY_UINT16);
-    if (!arr) { PyBuffer_Release(&buf); return NULL; }
-    size_t n;
+    if (!arr) { Py_DECREF(data); return NULL; }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(data);
+    size_t len = (size_t)PyBytes_GET_SIZE(data), n;
     Py_BEGIN_ALLOW_THREADS
-    n = wt_encode_u16(t, buf.buf, (size_t)buf.len, PyArray_DATA(arr));
+    n = wt_encode_u16(t, p, len, PyArray_DATA(arr));
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&buf);
+    Py_DECREF(data);
     PyArray_Dims shape = {&dim, 1};
     dim = (npy_intp)n;
     PyObject *r = PyArray_Resize(arr, &shape, 0, NPY_CORDER);
@@ -93,7 +105,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OO:decode", &cap, &obj)) return NULL;
     wt_tokenizer *t = get_tok(cap);
     if (!t) return NULL;
-    PyArrayObject *ids = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    /* a private copy: the ids are read twice (sizes, then bytes), another thread must not change them between */
+    PyArrayObject *ids = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
     if (!ids) return NULL;
     if (PyArray_NDIM(ids) != 1) {
         Py_DECREF(ids);
@@ -138,7 +151,8 @@ static PyObject *py_encode_batch_count(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOi:encode_batch_count", &cap, &list, &n_threads)) return NULL;
     wt_tokenizer *t = get_tok(cap);
     if (!t) return NULL;
-    seq = PySequence_Fast(list, "texts: expected a list of bytes");
+    if (n_threads < 1 || n_threads > 1024) return PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads);
+    seq = PySequence_Tuple(list);   /* holds a reference to every text while the GIL is released */
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     texts = PyMem_Calloc((size_t)n + 1, sizeof *texts);
@@ -340,12 +354,14 @@ done:
 /* zstd_compress(data, level) -> bytes: one frame with content size and XXH64 checksum flag. */
 static PyObject *py_zstd_compress(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer buf;
+    PyObject *arg, *data;
     int level;
-    if (!PyArg_ParseTuple(args, "y*i:zstd_compress", &buf, &level)) return NULL;
-    size_t cap = ZSTD_compressBound((size_t)buf.len);
+    if (!PyArg_ParseTuple(args, "Oi:zstd_compress", &arg, &level) || !(data = bytes_arg(arg, "data"))) return NULL;
+    const char *src = PyBytes_AS_STRING(data);
+    size_t src_len = (size_t)PyBytes_GET_SIZE(data);
+    size_t cap = ZSTD_compressBound(src_len);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
-    if (!out) { PyBuffer_Release(&buf); return NULL; }
+    if (!out) { Py_DECREF(data); return NULL; }
     size_t r;
     Py_BEGIN_ALLOW_THREADS
     ZSTD_CCtx *cc = ZSTD_createCCtx();
@@ -354,11 +370,11 @@ static PyObject *py_zstd_compress(PyObject *self, PyObject *args) {
         ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, level);
         ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1);
         ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 1);
-        r = ZSTD_compress2(cc, PyBytes_AS_STRING(out), cap, buf.buf, (size_t)buf.len);
+        r = ZSTD_compress2(cc, PyBytes_AS_STRING(out), cap, src, src_len);
         ZSTD_freeCCtx(cc);
     }
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&buf);
+    Py_DECREF(data);
     if (r == (size_t)-1) { Py_DECREF(out); return PyErr_NoMemory(); }
     if (ZSTD_isError(r)) { Py_DECREF(out); return PyErr_Format(PyExc_ValueError, "zstd: %s", ZSTD_getErrorName(r)); }
     if (_PyBytes_Resize(&out, (Py_ssize_t)r)) return NULL;
@@ -368,15 +384,18 @@ static PyObject *py_zstd_compress(PyObject *self, PyObject *args) {
 /* zstd_decompress(frame, size) -> bytes; the frame must decompress to exactly size bytes. */
 static PyObject *py_zstd_decompress(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer buf;
+    PyObject *arg, *data;
     Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "y*n:zstd_decompress", &buf, &size)) return NULL;
-    if (size < 0) { PyBuffer_Release(&buf); return PyErr_Format(PyExc_ValueError, "size: expected >= 0, got %zd", size); }
+    if (!PyArg_ParseTuple(args, "On:zstd_decompress", &arg, &size)) return NULL;
+    if (size < 0) return PyErr_Format(PyExc_ValueError, "size: expected >= 0, got %zd", size);
+    if (!(data = bytes_arg(arg, "frame"))) return NULL;
+    const char *src = PyBytes_AS_STRING(data);
+    size_t src_len = (size_t)PyBytes_GET_SIZE(data);
     /* Check the size the frame header records before allocating: a hostile shard header could
      * otherwise make a tiny file allocate `size` bytes (the writer always records it). */
-    unsigned long long fcs = ZSTD_getFrameContentSize(buf.buf, (size_t)buf.len);
+    unsigned long long fcs = ZSTD_getFrameContentSize(src, src_len);
     if (fcs != (unsigned long long)size) {
-        PyBuffer_Release(&buf);
+        Py_DECREF(data);
         if (fcs == ZSTD_CONTENTSIZE_ERROR)
             return PyErr_Format(PyExc_ValueError, "corrupt zstd frame: bad frame header");
         if (fcs == ZSTD_CONTENTSIZE_UNKNOWN)
@@ -384,12 +403,12 @@ static PyObject *py_zstd_decompress(PyObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "zstd frame decompresses to %llu bytes, expected %zd", fcs, size);
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
-    if (!out) { PyBuffer_Release(&buf); return NULL; }
+    if (!out) { Py_DECREF(data); return NULL; }
     size_t r;
     Py_BEGIN_ALLOW_THREADS
-    r = ZSTD_decompress(PyBytes_AS_STRING(out), (size_t)size, buf.buf, (size_t)buf.len);
+    r = ZSTD_decompress(PyBytes_AS_STRING(out), (size_t)size, src, src_len);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&buf);
+    Py_DECREF(data);
     if (ZSTD_isError(r)) { Py_DECREF(out); return PyErr_Format(PyExc_ValueError, "corrupt zstd frame: %s", ZSTD_getErrorName(r)); }
     if ((Py_ssize_t)r != size) {
         Py_DECREF(out);

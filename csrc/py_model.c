@@ -14,6 +14,9 @@
 #endif
 #include <numpy/arrayobject.h>
 
+#include <signal.h>
+#include <time.h>
+
 #include "common/cpu.h"
 #include "common/threadpool.h"
 #include "model/ggml_blocks.h"
@@ -46,7 +49,7 @@ static void shape_str(char *buf, size_t len, int nd, const npy_intp *dims) {
 
 /* dims[i] < 0 means "any size". flags: WRITE (the kernel writes into it), UNALIGNED_OK (matrix
  * storage, read with unaligned loads: views into files need not be aligned). */
-enum { WRITE = 1, UNALIGNED_OK = 2 };
+enum { WRITE = 1, UNALIGNED_OK = 2, ANY_LAYOUT = 4 };   /* ANY_LAYOUT: any strides (the caller copies it) */
 static PyArrayObject *check_array(PyObject *obj, const char *name, int type, int nd, const npy_intp *dims,
                                   int flags) {
     char want[128], got[128];
@@ -68,7 +71,7 @@ static PyArrayObject *check_array(PyObject *obj, const char *name, int type, int
         PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, want, got);
         return NULL;
     }
-    if (!PyArray_IS_C_CONTIGUOUS(a) || (!(flags & UNALIGNED_OK) && !PyArray_ISALIGNED(a))) {
+    if (!(flags & ANY_LAYOUT) && (!PyArray_IS_C_CONTIGUOUS(a) || (!(flags & UNALIGNED_OK) && !PyArray_ISALIGNED(a)))) {
         PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous%s array", name,
                      flags & UNALIGNED_OK ? "" : " aligned");
         return NULL;
@@ -90,6 +93,7 @@ static PyObject *raise_core(int rc, const char *msg) {
  * POLL_MS the calling thread takes the GIL, runs the signal handlers, and on an exception raises
  * the cancel flag that rwkv5_forward checks between layers. */
 #define POLL_MS 50
+#define MAX_POSITIONS ((long)(INT32_MAX / 2))   /* B * T of one call (2**30 - 1): int row counts stay safe */
 typedef struct {
     const rwkv5_model *m;
     const int32_t *tokens;
@@ -100,12 +104,26 @@ typedef struct {
     size_t errlen;
     int rc;
     volatile int cancel;
+    int polls;   /* polls done so far (atomic: read by the worker for the test hook) */
 } forward_call;
+
+/* Test hook (_model._test_signal_after_forward): the worker sends SIGINT to the process after the
+ * forward has finished (past its last cancel check) and waits until the calling thread has polled
+ * once more, so that the poll's KeyboardInterrupt meets a successful forward every time. */
+static int test_signal_after_forward = 0;
 
 static void forward_work(void *p) {
     forward_call *f = p;
     f->rc = rwkv5_forward(f->m, f->tokens, f->B, f->T, f->st, f->mode, f->full, f->logits, f->hidden, f->err,
                           f->errlen);
+    if (test_signal_after_forward) {
+        int seen = __atomic_load_n(&f->polls, __ATOMIC_SEQ_CST);
+        raise(SIGINT);
+        for (int i = 0; i < 5000 && __atomic_load_n(&f->polls, __ATOMIC_SEQ_CST) == seen; i++) {
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+        }
+    }
 }
 
 static int forward_poll(void *p) {
@@ -114,6 +132,7 @@ static int forward_poll(void *p) {
     int stop = PyErr_CheckSignals() < 0;      /* leaves the exception (e.g. KeyboardInterrupt) set */
     PyGILState_Release(g);
     if (stop) f->cancel = 1;
+    __atomic_add_fetch(&f->polls, 1, __ATOMIC_SEQ_CST);
     return stop;
 }
 
@@ -301,7 +320,8 @@ static void CModel_dealloc(CModelObject *self) {
 
 PyDoc_STRVAR(CModel_forward_doc,
              "forward(tokens, att_x, att_kv, ffn_x, mode, full_output, hidden=False, src=None) -> logits\n\n"
-             "tokens (B, T) int32; att_x, ffn_x (B, L, C) and att_kv (B, L, H, N, N) float32, updated in place;\n"
+             "tokens (B, T) int32, any layout (copied and checked against the vocabulary: B * T <= 2**30 - 1);\n"
+             "att_x, ffn_x (B, L, C) and att_kv (B, L, H, N, N) float32, updated in place;\n"
              "or, with src = (att_x, att_kv, ffn_x) C-contiguous float32 of the same shapes or without the B\n"
              "axis (one state for every sequence), read from src and written to the arrays, which need no\n"
              "initial values (src is not modified);\n"
@@ -310,6 +330,8 @@ PyDoc_STRVAR(CModel_forward_doc,
 
 static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
     PyObject *otok, *oax, *okv, *ofx, *osrc = Py_None, *result = NULL;
+    PyArrayObject *logits = NULL;   /* owned until returned */
+    PyArrayObject *ids_copy = NULL; /* owned: the private copy of the tokens the C code reads */
     int mode, full, want_hidden = 0;
     char err[256] = "";
     if (!self->ready) {
@@ -319,27 +341,28 @@ static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOip|pO", &otok, &oax, &okv, &ofx, &mode, &full, &want_hidden, &osrc)) return NULL;
     const rwkv5_config *c = &self->m.cfg;
     npy_intp dt[2] = {-1, -1};
-    PyArrayObject *tok = check_array(otok, "tokens", NPY_INT32, 2, dt, 0);
+    PyArrayObject *tok = check_array(otok, "tokens", NPY_INT32, 2, dt, ANY_LAYOUT);
     if (!tok) return NULL;
     npy_intp B = PyArray_DIM(tok, 0), T = PyArray_DIM(tok, 1);
-    if (B < 1 || T < 1 || B > INT32_MAX / 2 || T > INT32_MAX / 2 || B * T > INT32_MAX / 2) {
+    if (B < 1 || T < 1) {
         PyErr_Format(PyExc_ValueError, "tokens: need shape (B, T) with B, T >= 1, got (%ld, %ld)", (long)B, (long)T);
+        return NULL;
+    }
+    if (B > MAX_POSITIONS / T) {
+        PyErr_Format(PyExc_ValueError, "tokens: shape (%ld, %ld) has %lld positions, more than the %ld (2**30 - 1) "
+                     "one call can take (split the batch or the sequence)", (long)B, (long)T, (long long)B * T,
+                     (long)MAX_POSITIONS);
         return NULL;
     }
     npy_intp dx[3] = {B, c->n_layer, c->n_embd};
     npy_intp dkv[5] = {B, c->n_layer, c->n_head, c->head_size, c->head_size};
-    PyArrayObject *ax = check_array(oax, "state.att_x", NPY_FLOAT32, 3, dx, WRITE);
-    PyArrayObject *kv = ax ? check_array(okv, "state.att_kv", NPY_FLOAT32, 5, dkv, WRITE) : NULL;
-    PyArrayObject *fx = kv ? check_array(ofx, "state.ffn_x", NPY_FLOAT32, 3, dx, WRITE) : NULL;
+    PyArrayObject *ax = check_array(oax, "new state.att_x", NPY_FLOAT32, 3, dx, WRITE);
+    PyArrayObject *kv = ax ? check_array(okv, "new state.att_kv", NPY_FLOAT32, 5, dkv, WRITE) : NULL;
+    PyArrayObject *fx = kv ? check_array(ofx, "new state.ffn_x", NPY_FLOAT32, 3, dx, WRITE) : NULL;
     if (!fx) return NULL;
-    npy_intp width = want_hidden ? c->n_embd : c->n_vocab;
-    npy_intp dl3[3] = {B, T, width}, dl2[2] = {B, width};
-    PyArrayObject *logits = (PyArrayObject *)(full ? PyArray_SimpleNew(3, dl3, NPY_FLOAT32)
-                                                   : PyArray_SimpleNew(2, dl2, NPY_FLOAT32));
-    if (!logits) return NULL;
     rwkv5_state st = {.att_x = (float *)PyArray_DATA(ax), .att_kv = (float *)PyArray_DATA(kv),
                       .ffn_x = (float *)PyArray_DATA(fx)};
-    if (osrc != Py_None) {   /* a source state: batched (B, ...) or one sequence's (...) */
+    if (osrc != Py_None) {   /* the caller's state: batched (B, ...) or one sequence's (...) */
         if (!PyTuple_Check(osrc) || PyTuple_GET_SIZE(osrc) != 3) {
             PyErr_SetString(PyExc_TypeError, "src: expected a tuple (att_x, att_kv, ffn_x) or None");
             return NULL;
@@ -347,20 +370,38 @@ static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
         PyObject *o0 = PyTuple_GET_ITEM(osrc, 0);
         st.src_batched = PyArray_Check(o0) && PyArray_NDIM((PyArrayObject *)o0) == 3;
         int k = st.src_batched ? 0 : 1;   /* without the leading B axis */
-        PyArrayObject *sx = check_array(o0, "src.att_x", NPY_FLOAT32, 3 - k, dx + k, 0);
-        PyArrayObject *skv = sx ? check_array(PyTuple_GET_ITEM(osrc, 1), "src.att_kv", NPY_FLOAT32, 5 - k, dkv + k, 0) : NULL;
-        PyArrayObject *sfx = skv ? check_array(PyTuple_GET_ITEM(osrc, 2), "src.ffn_x", NPY_FLOAT32, 3 - k, dx + k, 0) : NULL;
+        PyArrayObject *sx = check_array(o0, "state.att_x", NPY_FLOAT32, 3 - k, dx + k, 0);
+        PyArrayObject *skv = sx ? check_array(PyTuple_GET_ITEM(osrc, 1), "state.att_kv", NPY_FLOAT32, 5 - k, dkv + k, 0) : NULL;
+        PyArrayObject *sfx = skv ? check_array(PyTuple_GET_ITEM(osrc, 2), "state.ffn_x", NPY_FLOAT32, 3 - k, dx + k, 0) : NULL;
         if (!sfx) return NULL;
+        /* Read in place with the GIL released: another thread writing to these arrays meanwhile
+         * changes float values only (a wrong but defined result); the tuple, held by the caller,
+         * keeps them alive. */
         st.src_att_x = PyArray_DATA(sx);
         st.src_att_kv = PyArray_DATA(skv);
         st.src_ffn_x = PyArray_DATA(sfx);
     }
+    /* The ids index the embedding, so they are copied and checked here, with the GIL held: the C
+     * code reads only this copy, which no other thread can change between the check and the read. */
+    size_t n_ids = (size_t)B * (size_t)T;
+    ids_copy = (PyArrayObject *)PyArray_NewCopy(tok, NPY_CORDER);   /* C-contiguous, aligned, any input layout */
+    if (!ids_copy) goto done;
+    const int32_t *ids = PyArray_DATA(ids_copy);
+    for (size_t i = 0; i < n_ids; i++)
+        if (ids[i] < 0 || ids[i] >= c->n_vocab) {
+            PyErr_Format(PyExc_ValueError, "tokens[%ld, %ld] = %d is outside the vocabulary [0, %d)", (long)(i / T),
+                         (long)(i % T), (int)ids[i], c->n_vocab);
+            goto done;
+        }
+    npy_intp width = want_hidden ? c->n_embd : c->n_vocab;
+    npy_intp dl3[3] = {B, T, width}, dl2[2] = {B, width};
+    logits = (PyArrayObject *)(full ? PyArray_SimpleNew(3, dl3, NPY_FLOAT32) : PyArray_SimpleNew(2, dl2, NPY_FLOAT32));
+    if (!logits) goto done;
     float *out = (float *)PyArray_DATA(logits);
-    forward_call call = {&self->m, (const int32_t *)PyArray_DATA(tok), (int)B, (int)T, mode, full, &st,
-                         want_hidden ? NULL : out, want_hidden ? out : NULL, err, sizeof err, 0, 0};
+    forward_call call = {&self->m, ids, (int)B, (int)T, mode, full, &st, want_hidden ? NULL : out,
+                         want_hidden ? out : NULL, err, sizeof err, 0, 0, 0};
     st.cancel = &call.cancel;
-    int rc;
-    if (forward_is_long(c, B, T)) {
+    if (forward_is_long(c, B, T) || test_signal_after_forward) {
         Py_BEGIN_ALLOW_THREADS
         rwkv5_run_polled(forward_work, &call, forward_poll, &call, POLL_MS);
         Py_END_ALLOW_THREADS
@@ -369,15 +410,19 @@ static PyObject *CModel_forward(CModelObject *self, PyObject *args) {
         forward_work(&call);
         Py_END_ALLOW_THREADS
     }
-    rc = call.rc;
-    if (rc != RWKV5_OK) {
-        raise_core(rc, err);
+    /* A poll that ran a signal handler which raised (KeyboardInterrupt) decides the outcome, even
+     * when the forward had passed its last cancel check and finished: that exception is raised and
+     * the result dropped (returning one with an exception set is a SystemError). */
+    if (PyErr_Occurred()) goto done;
+    if (call.rc != RWKV5_OK) {
+        raise_core(call.rc, err);
         goto done;
     }
     result = (PyObject *)logits;
     logits = NULL;
 done:
     Py_XDECREF(logits);
+    Py_XDECREF(ids_copy);
     return result;
 }
 
@@ -635,6 +680,14 @@ static PyObject *py_dequantize_ggml(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong((long long)bad);
 }
 
+static PyObject *py_test_signal_after_forward(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    test_signal_after_forward = on;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"dequantize_ggml", py_dequantize_ggml, METH_VARARGS,
      "dequantize_ggml(blocks uint8, kind, out float32) -> -1, or the first block with a non-finite scale"},
@@ -645,6 +698,9 @@ static PyMethodDef methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): size of the C thread pool"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"_set_isa", py_set_isa, METH_O, "_set_isa(0|1|2|3) -> name of the ISA now used by the kernels (tests)"},
+    {"_test_signal_after_forward", py_test_signal_after_forward, METH_O,
+     "_test_signal_after_forward(on): every forward call polls for signals and sends SIGINT after its last "
+     "cancel check (tests)"},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> (ISA in use, best ISA of this CPU)"},
     {NULL, NULL, 0, NULL},
 };

@@ -39,16 +39,26 @@ typedef struct {
 /* ---- text arguments ---------------------------------------------------------------------- */
 
 /* UTF-8 bytes of a str (PyUnicode_AsUTF8AndSize: no copy for ASCII/cached strings), or the bytes
- * of a bytes-like object. `owner` receives a new reference that keeps the bytes alive (and, for
- * a buffer, the view that pins it). Lone surrogates in a str raise UnicodeEncodeError naming the
- * position (the reference tokenizer does the same: str.encode("utf-8")). */
+ * of a bytes object, or a copy of the bytes of another bytes-like object (bytearray, memoryview,
+ * mmap, a uint8 array: one-byte items). `owner` receives a new reference that keeps the bytes
+ * alive. str and bytes cannot change; any other buffer could be written (or a bytearray resized)
+ * by another thread while the GIL is released, so it is copied first. A buffer of wider items
+ * (an int32 array of ids, say) is not text: TypeError. Lone surrogates in a str raise
+ * UnicodeEncodeError naming the position (the reference tokenizer does the same:
+ * str.encode("utf-8")). */
 typedef struct {
     const uint8_t *p;
     Py_ssize_t n;
     PyObject *owner;
-    Py_buffer view;
-    int has_view;
 } text_ref;
+
+static int not_text(PyObject *o, const char *what, Py_ssize_t index, const char *detail) {
+    char where[64];
+    if (index >= 0) snprintf(where, sizeof where, "%s[%zd]", what, index);
+    else snprintf(where, sizeof where, "%s", what);
+    PyErr_Format(PyExc_TypeError, "%s must be str or bytes-like, not %.100s%s", where, Py_TYPE(o)->tp_name, detail);
+    return -1;
+}
 
 static int text_get(PyObject *o, text_ref *t, const char *what, Py_ssize_t index) {
     memset(t, 0, sizeof *t);
@@ -56,29 +66,38 @@ static int text_get(PyObject *o, text_ref *t, const char *what, Py_ssize_t index
         const char *s = PyUnicode_AsUTF8AndSize(o, &t->n);
         if (!s) return -1;
         t->p = (const uint8_t *)s;
+        Py_INCREF(o);
+        t->owner = o;
     } else if (PyBytes_Check(o)) {
         t->p = (const uint8_t *)PyBytes_AS_STRING(o);
         t->n = PyBytes_GET_SIZE(o);
+        Py_INCREF(o);
+        t->owner = o;
     } else if (PyObject_CheckBuffer(o)) {
-        if (PyObject_GetBuffer(o, &t->view, PyBUF_SIMPLE) < 0) return -1;
-        t->has_view = 1;
-        t->p = t->view.buf;
-        t->n = t->view.len;
+        Py_buffer v;
+        if (PyObject_GetBuffer(o, &v, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return -1;
+        const char *f = v.format ? v.format : "B";
+        if (*f == '@' || *f == '=' || *f == '<' || *f == '>' || *f == '!') f++;
+        int bytes_like = v.itemsize == 1 && (strcmp(f, "B") == 0 || strcmp(f, "b") == 0 || strcmp(f, "c") == 0);
+        if (!bytes_like) {
+            char detail[64];
+            snprintf(detail, sizeof detail, " (items of format '%.20s'; token ids are decoded with decode())",
+                     v.format ? v.format : "?");
+            PyBuffer_Release(&v);
+            return not_text(o, what, index, detail);
+        }
+        t->owner = PyBytes_FromStringAndSize(v.buf, v.len);   /* a private copy: see above */
+        PyBuffer_Release(&v);
+        if (!t->owner) return -1;
+        t->p = (const uint8_t *)PyBytes_AS_STRING(t->owner);
+        t->n = PyBytes_GET_SIZE(t->owner);
     } else {
-        if (index >= 0)
-            PyErr_Format(PyExc_TypeError, "%s[%zd] must be str or bytes, not %.100s", what, index, Py_TYPE(o)->tp_name);
-        else
-            PyErr_Format(PyExc_TypeError, "%s must be str or bytes, not %.100s", what, Py_TYPE(o)->tp_name);
-        return -1;
+        return not_text(o, what, index, "");
     }
-    Py_INCREF(o);
-    t->owner = o;
     return 0;
 }
 
 static void text_release(text_ref *t) {
-    if (t->has_view) PyBuffer_Release(&t->view);
-    t->has_view = 0;
     Py_CLEAR(t->owner);
 }
 
@@ -146,14 +165,26 @@ static void Core_dealloc(CoreObject *self) {
 
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"data", NULL};
-    Py_buffer data = {0};
+    PyObject *arg, *data = NULL;   /* data: bytes (new reference), parsed with the GIL released */
     CoreObject *self = NULL;
     char err[512] = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:Core", kwlist, &data)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Core", kwlist, &arg)) return NULL;
+    if (PyBytes_Check(arg)) {
+        data = arg;
+        Py_INCREF(data);
+    } else if (PyObject_CheckBuffer(arg) && !PyUnicode_Check(arg)) {
+        data = PyBytes_FromObject(arg);   /* a copy: another thread cannot change it while we parse */
+        if (!data) return NULL;
+    } else {
+        PyErr_Format(PyExc_TypeError, "Core() argument must be a bytes-like object, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
     self = (CoreObject *)type->tp_alloc(type, 0);
     if (!self) goto fail;
+    const char *buf = PyBytes_AS_STRING(data);
+    size_t len = (size_t)PyBytes_GET_SIZE(data);
     Py_BEGIN_ALLOW_THREADS
-    self->tok = wt_load(data.buf, (size_t)data.len, err, sizeof err);
+    self->tok = wt_load(buf, len, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (!self->tok) {
         if (strstr(err, "out of memory")) PyErr_NoMemory();
@@ -168,10 +199,10 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         for (uint32_t i = 0; i < nv; i++)
             if (!(self->ints[i] = PyLong_FromUnsignedLong(i))) goto fail;
     }
-    PyBuffer_Release(&data);
+    Py_DECREF(data);
     return (PyObject *)self;
 fail:
-    PyBuffer_Release(&data);
+    Py_XDECREF(data);
     Py_XDECREF(self);
     return NULL;
 }
@@ -460,6 +491,10 @@ static int64_t *ids_get(PyObject *obj, Py_ssize_t *n_out) {
                 PyErr_SetString(PyExc_TypeError, "ids array must be in native byte order");
                 return NULL;
             }
+            if (f[0] == 'O' && f[1] == 0) {   /* an object array: its items one by one, as a list's */
+                PyBuffer_Release(&v);
+                goto as_sequence;
+            }
             char c = f[0];
             int ok_fmt = f[1] == 0 && strchr("bBhHiIlLqQnN?", c) != NULL;
             int is_float = f[1] == 0 && strchr("efd", c) != NULL;
@@ -501,6 +536,7 @@ static int64_t *ids_get(PyObject *obj, Py_ssize_t *n_out) {
         }
         PyErr_Clear(); /* not a contiguous typed buffer: fall back to the sequence protocol */
     }
+as_sequence:
     seq = PySequence_Fast(obj, "ids must be a sequence (list, tuple, array) of ints");
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -552,6 +588,20 @@ static int errors_code(const char *errors, int *code) {
     return 0;
 }
 
+/* ValueError for ids[i], which is 2**63 or more (ids_get keeps INT64_MAX for it), with its value. */
+static void out_of_range_big(PyObject *ids_arg, Py_ssize_t i, uint32_t nv) {
+    PyObject *item = PySequence_Check(ids_arg) ? PySequence_GetItem(ids_arg, i) : NULL;
+    PyObject *idx = item ? PyNumber_Index(item) : NULL;
+    Py_XDECREF(item);
+    PyErr_Clear();
+    if (idx)
+        PyErr_Format(PyExc_ValueError, "ids[%zd] = %S is out of range, not in the vocab (n_vocab = %u)", i, idx, nv);
+    else
+        PyErr_Format(PyExc_ValueError, "ids[%zd] is out of range (2**63 or more), not in the vocab (n_vocab = %u)",
+                     i, nv);
+    Py_XDECREF(idx);
+}
+
 /* Concatenated token bytes into a PyMem buffer. An id without an entry (0 = end-of-text, gaps,
  * >= n_vocab): strict raises ValueError naming it, replace writes U+FFFD (EF BF BD), ignore skips. */
 static uint8_t *join_tokens(CoreObject *self, PyObject *ids_arg, int code, size_t *len_out) {
@@ -569,6 +619,8 @@ static uint8_t *join_tokens(CoreObject *self, PyObject *ids_arg, int code, size_
             if (ids[i] == 0)
                 PyErr_Format(PyExc_ValueError, "ids[%zd] = 0 is the end-of-text token, which has no text "
                              "(use errors='replace' or 'ignore')", i);
+            else if (ids[i] == INT64_MAX)   /* 2**63 or more: the value as given */
+                out_of_range_big(ids_arg, i, nv);
             else
                 PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is not in the vocab (n_vocab = %u)", i,
                              (long long)ids[i], nv);
@@ -637,7 +689,7 @@ static PyObject *Core_token_bytes(CoreObject *self, PyObject *arg) {
     long long x = PyLong_AsLongLongAndOverflow(idx, &overflow);
     Py_DECREF(idx);
     if (x == -1 && PyErr_Occurred()) return NULL;
-    if (overflow < 0 || x < 0) {
+    if (overflow < 0 || (overflow == 0 && x < 0)) {
         PyErr_Format(PyExc_ValueError, "id %R is negative; ids are 0..n_vocab-1", arg);
         return NULL;
     }

@@ -51,9 +51,19 @@ def float32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def as_float(a, dtype=np.float64) -> np.ndarray:
-    """Any accepted tensor (float16/32/64 or uint16 = bf16 bits) as a float array of `dtype`."""
+def native_order(a) -> np.ndarray:
+    """`a` as an array in the machine's byte order (a big-endian '>f4' tensor becomes a native
+    float32 copy; arrays already native are returned as they are)."""
     a = np.asarray(a)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
+def as_float(a, dtype=np.float64) -> np.ndarray:
+    """Any accepted tensor (float16/32/64 or uint16 = bf16 bits, either byte order) as a float
+    array of `dtype`."""
+    a = native_order(a)
     if a.dtype == np.uint16:
         return bf16_bits_to_float32(a).astype(dtype, copy=False)
     if a.dtype not in (np.float16, np.float32, np.float64):
@@ -100,6 +110,10 @@ def detect_architecture(sd) -> Architecture:
         raise ValueError(f"tensor 'emb.weight': expected shape (V, C), got {es}")
     V, C = es
     ks = _shape(sd, "blocks.0.att.key.weight")
+    if len(ks) == 2 and ks[1] != C and "blocks.0.ln1.weight" in sd and _squeezed(_shape(sd, "blocks.0.ln1.weight")) == (ks[1],):
+        # two tensors say n_embd = ks[1]: the embedding is the odd one out (e.g. stored transposed)
+        raise ValueError(f"tensor 'emb.weight': expected shape (V, {ks[1]}) (n_embd {ks[1]} from "
+                         f"'blocks.0.att.key.weight' and 'blocks.0.ln1.weight'), got {es}")
     if len(ks) != 2 or ks[1] != C:
         raise ValueError(f"tensor 'blocks.0.att.key.weight': expected shape (A, {C}), got {ks}")
     A = ks[0]

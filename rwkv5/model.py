@@ -18,11 +18,12 @@ import numpy as np
 
 from . import _model
 from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
-                          float32_to_bf16_bits)
+                          float32_to_bf16_bits, native_order)
 
 GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
 CHUNK = _model.CHUNK        # positions per chunk in parallel mode
+MAX_POSITIONS = 2**30 - 1   # B * T of one forward call (the C code's limit)
 _DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
 _NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16"}
 
@@ -204,7 +205,7 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
 
 
 def _as_row_major(a, dtype):
-    a = np.asarray(a)
+    a = native_order(a)
     if a.dtype not in (np.float16, np.float32, np.float64, np.uint16):
         raise TypeError(f"matrix dtype must be float16/float32/float64/uint16(bf16), got {a.dtype}")
     if dtype is None:
@@ -366,7 +367,8 @@ class Model:
         return int(batch)
 
     def _tokens(self, tokens):
-        """tokens -> int32 (B, T) array and whether the input was one sequence."""
+        """tokens -> int32 (B, T) array and whether the input was one sequence. The C code copies
+        the ids and checks them again on its copy (another thread may change this array meanwhile)."""
         if isinstance(tokens, np.ndarray):
             a = tokens
         else:
@@ -374,6 +376,8 @@ class Model:
                 a = np.asarray(tokens)
             except ValueError as e:
                 raise ValueError(f"tokens: expected a sequence of token ids or a list of sequences ({e})") from None
+            if a.dtype == object or a.dtype.kind == "f":   # Python ints beyond int64/uint64, or mixed
+                self._check_int_objects(a if a.dtype == object else np.asarray(tokens, dtype=object))
         if a.dtype == object:
             raise TypeError("tokens: expected integers, got objects of mixed types")
         if a.dtype.kind == "b":
@@ -386,14 +390,36 @@ class Model:
             raise ValueError(f"tokens: expected shape (T,) or (B, T), got {a.shape}")
         if a.size == 0:
             raise ValueError(f"tokens: empty token list (shape {a.shape})")
+        if a.size > MAX_POSITIONS:
+            raise ValueError(f"tokens: shape {a.shape} has {a.size} positions, more than the {MAX_POSITIONS} "
+                             "(2**30 - 1) one call can take (split the batch or the sequence)")
         V = self.config.vocab_size
         lo, hi = a.min(), a.max()
         if lo < 0 or hi >= V:
-            bad = tuple(int(i) for i in np.argwhere((a < 0) | (a >= V))[0])
-            where = ", ".join(map(str, bad))
-            raise ValueError(f"tokens[{where}] = {int(a[bad])} is outside the vocabulary [0, {V})")
+            self._raise_outside(a)
         single = a.ndim == 1
         return np.ascontiguousarray(a.reshape(1, -1) if single else a, dtype=np.int32), single
+
+    def _raise_outside(self, a):
+        V = self.config.vocab_size
+        bad = np.argwhere((a < 0) | (a >= V))
+        if len(bad) == 0:      # changed by another thread since min/max: the C code checks its own copy
+            return
+        bad = tuple(int(i) for i in bad[0])
+        where = ", ".join(map(str, bad))
+        raise ValueError(f"tokens[{where}] = {int(a[bad])} is outside the vocabulary [0, {self.config.vocab_size})")
+
+    def _check_int_objects(self, a):
+        """A list of Python ints NumPy could not hold in one integer dtype (beyond 2**64, or
+        negative ones beside ones beyond 2**63): name the first id outside the vocabulary."""
+        if a.dtype != object or a.ndim not in (1, 2):
+            return
+        V = self.config.vocab_size
+        for where, x in np.ndenumerate(a):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+                return          # not all integers: the dtype checks below say so
+            if not 0 <= x < V:
+                raise ValueError(f"tokens[{', '.join(map(str, where))}] = {int(x)} is outside the vocabulary [0, {V})")
 
     def _state_arrays(self, state, B, single):
         """(att_x, att_kv, ffn_x) float32 (B, ...) arrays for the C code to write the new state into,
@@ -412,14 +438,17 @@ class Model:
             a = getattr(state, name)
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"state.{name}: expected a numpy array, got {type(a).__name__}")
-            if a.dtype != np.float32:
+            if a.dtype.kind != "f" or a.dtype.itemsize != 4:
                 raise TypeError(f"state.{name}: expected dtype float32, got {a.dtype}")
             if a.shape != shp and a.shape != (B,) + shp:   # (shp): one sequence's state, for every sequence
                 want = f"{shp}" if single else f"{(B,) + shp} or {shp}"
                 raise ValueError(f"state.{name}: expected shape {want} for this model and batch, got {a.shape}")
-            src.append(np.ascontiguousarray(a))
+            # read in place when native-order, C-contiguous and aligned; else an aligned copy (a
+            # big-endian state is converted, a view at an odd byte offset is copied)
+            src.append(np.require(a, np.float32, ["C", "A"]))
         if len({x.ndim - len(shp) for x, shp in zip(src, shapes.values())}) > 1:   # all batched or none
-            src = [np.ascontiguousarray(np.broadcast_to(x, (B,) + shp)) for x, shp in zip(src, shapes.values())]
+            src = [np.require(np.broadcast_to(x, (B,) + shp), np.float32, ["C", "A"])
+                   for x, shp in zip(src, shapes.values())]
         out = tuple(np.empty((B,) + shp, np.float32) for shp in shapes.values())
         return out, tuple(src)
 
@@ -433,6 +462,8 @@ class Model:
                 running each alone).
         state: None (zeros) or a State; a single-sequence state is used for every sequence of a
                batch. It is never modified; a new State comes back (batched iff the input was).
+               Its arrays are float32 of either byte order; ones that are big-endian, not
+               C-contiguous or not aligned are copied first.
         mode: "recurrent" (one position per step), "parallel" (chunks of 64 positions, matrix
               form), or "auto" (parallel from 2 tokens on). Both agree to float32 rounding.
         Logits are float32. The GIL is released while computing.

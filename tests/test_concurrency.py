@@ -244,3 +244,147 @@ def test_ctrl_c_interrupts_one_long_forward_call():
     words = p.stdout.split()
     assert words[0] == "INTERRUPTED" and words[2] == "OK", p.stdout
     assert float(words[1]) < 10.0, p.stdout     # the uninterrupted call would run ~30 s more
+
+
+_CHILD_SIGNAL_AFTER_LAST_CHECK = textwrap.dedent("""
+    import sys, tracemalloc
+    import numpy as np
+    import rwkv5
+    from rwkv5 import _model
+    from rwkv5.testing import random_state_dict
+    m = rwkv5.Model.from_state_dict(random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=2000))
+    st = m.new_state()
+    st.att_kv[...] = 0.5
+    want = m.forward(list(range(64)), st, full_output=True)[0]
+    _model._test_signal_after_forward(True)   # SIGINT once each forward is past its last cancel check
+    outcomes = {}
+    tracemalloc.start()
+    t0 = None
+    for i in range(60):
+        if i == 10:
+            t0 = tracemalloc.get_traced_memory()[0]
+        kw = [dict(full_output=True), dict(full_output=False), dict(full_output=True, mode="recurrent")][i % 3]
+        try:
+            (m.hidden_states if i % 4 == 3 else m.forward)(list(range(64)), st, **kw)
+            outcomes["result"] = outcomes.get("result", 0) + 1
+        except KeyboardInterrupt:
+            outcomes["KeyboardInterrupt"] = outcomes.get("KeyboardInterrupt", 0) + 1
+        except BaseException as e:
+            outcomes[type(e).__name__] = outcomes.get(type(e).__name__, 0) + 1
+    grew = tracemalloc.get_traced_memory()[0] - t0
+    _model._test_signal_after_forward(False)
+    untouched = bool((st.att_kv == 0.5).all() and not st.att_x.any())
+    same = np.array_equal(m.forward(list(range(64)), st, full_output=True)[0], want)
+    print(sorted(outcomes.items()), grew, untouched, same)
+""")
+
+
+def test_ctrl_c_after_the_last_cancel_check_raises_keyboard_interrupt():
+    """Issue 13: SIGINT that the poll turns into KeyboardInterrupt after the forward passed its last
+    cancel check (the head GEMM of full_output) must raise it, never return logits with the
+    exception set (SystemError). A test hook makes that timing certain on every call; each
+    interrupted call releases its logits and leaves the state passed in untouched."""
+    p = subprocess.run([sys.executable, "-c", _CHILD_SIGNAL_AFTER_LAST_CHECK], capture_output=True, text=True,
+                       timeout=240, cwd=ROOT)
+    assert p.returncode == 0, (p.stdout, p.stderr[-2000:])
+    outcomes, grew, untouched, same = p.stdout.rsplit(None, 3)
+    assert outcomes == "[('KeyboardInterrupt', 60)]", p.stdout
+    assert int(grew) < 256 * 1024, p.stdout         # 50 calls x 64 x 2000 floats if the logits leaked
+    assert untouched == "True" and same == "True", p.stdout
+
+
+# -- other threads writing to the arrays a forward reads ---------------------------------------
+
+_CHILD_MUTATORS = textwrap.dedent("""
+    import sys, threading, time
+    import numpy as np
+    import rwkv5
+    from rwkv5.testing import random_state_dict
+    V = 300
+    m = rwkv5.Model.from_state_dict(random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=V, seed=5))
+    T = 3000
+    toks = [np.arange(T, dtype=np.int32) % V for _ in range(4)]    # C-contiguous int32: no copy in Python
+    states = [m.new_state() for _ in range(2)]
+    in_call = [0] * 4          # worker k: number of the call under way, 0 between calls
+    stop = threading.Event()
+    counts = {"result": 0, "ValueError": 0}
+    failures = []
+    lock = threading.Lock()
+
+    def forwards(k):
+        for i in range(12):
+            mode = ["recurrent", "parallel"][(i + k) % 2]
+            in_call[k] = i + 1
+            try:
+                out, st = m.forward(toks[k], states[k % 2], mode=mode, full_output=bool(i % 2))
+                assert out.shape == ((T, V) if i % 2 else (V,)) and st.att_kv.shape == states[0].att_kv.shape
+                what = "result"
+            except ValueError as e:          # a clean error: an id outside the vocabulary when checked
+                assert "outside the vocabulary" in str(e), e
+                what = "ValueError"
+            except BaseException as e:
+                failures.append(repr(e))
+                return
+            finally:
+                in_call[k] = 0
+            with lock:
+                counts[what] += 1
+
+    def mutate_tokens(j):
+        # once a call on one of its arrays is under way (past the checks, in C with the GIL
+        # released), write an id outside the vocabulary where the call reads last, then restore it
+        rng = np.random.default_rng(100 + j)
+        done = set()
+        while not stop.is_set():
+            for k in (2 * j, 2 * j + 1):
+                call = in_call[k]
+                if call and (k, call) not in done:
+                    done.add((k, call))
+                    time.sleep(float(rng.uniform(0.0, 0.004)))
+                    a = toks[k]
+                    bad = [2**30, -5, V, 2**31 - 1][int(rng.integers(4))]
+                    a[-1] = a[int(rng.integers(T))] = bad
+                    while in_call[k] == call and not stop.is_set():
+                        time.sleep(0.0005)
+                    a[...] = np.arange(T, dtype=np.int32) % V
+            time.sleep(0.0002)
+
+    def mutate_states(j):
+        rng = np.random.default_rng(200 + j)
+        s = states[j]
+        while not stop.is_set():
+            s.att_kv.reshape(-1)[int(rng.integers(s.att_kv.size))] = [np.nan, np.inf, 1e30, 0.0][int(rng.integers(4))]
+            s.att_x[...] = rng.standard_normal(s.att_x.shape)
+            s.ffn_x.fill(np.nan if rng.integers(2) else 0.0)
+            time.sleep(0.0005)
+
+    workers = [threading.Thread(target=forwards, args=(k,)) for k in range(4)]
+    mutators = [threading.Thread(target=f, args=(j,)) for j in range(2) for f in (mutate_tokens, mutate_states)]
+    for t in mutators + workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    for t in mutators:
+        t.join()
+    # the model is unharmed: the same ids give the same logits as a fresh copy of the model
+    ref = rwkv5.Model.from_state_dict(random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=V, seed=5))
+    same = np.array_equal(m.forward([1, 2, 3])[0], ref.forward([1, 2, 3])[0])
+    print("FAILURES", len(failures), failures[:3])
+    print("COUNTS", counts["result"], counts["ValueError"], "SAME", same)
+""")
+
+
+def test_threads_mutating_tokens_and_states_during_forward():
+    """Issue 20: 8 threads — 4 running forwards (recurrent and parallel, 3,000 tokens) on
+    C-contiguous int32 token arrays and shared states, 4 writing into them meanwhile: ids outside
+    the vocabulary (2**30, -5, V) while a call is under way, NaN/inf into the states. Every call ends in a result or a clean ValueError; the
+    interpreter never crashes and never reads past the embedding. Bounded: 48 forwards."""
+    p = subprocess.run([sys.executable, "-c", _CHILD_MUTATORS], capture_output=True, text=True, timeout=240,
+                       cwd=ROOT)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-2000:])
+    words = p.stdout.split()
+    assert words[words.index("FAILURES") + 1] == "0", p.stdout
+    results, errors = int(words[words.index("COUNTS") + 1]), int(words[words.index("COUNTS") + 2])
+    assert results + errors == 48, p.stdout
+    assert words[words.index("SAME") + 1] == "True", p.stdout

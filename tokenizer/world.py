@@ -124,7 +124,10 @@ class WorldTokenizer:
 
     # ---- encoding ---------------------------------------------------------------------------
     def encode(self, text: TextLike) -> List[int]:
-        """Ids of `text` (str, encoded as UTF-8, or bytes-like). Greedy longest match, as the reference."""
+        """Ids of `text` (str, encoded as UTF-8, or bytes-like). Greedy longest match, as the reference.
+
+        Bytes-like means one-byte items (bytes, bytearray, memoryview, a uint8 array); anything
+        else, such as an int32 array of ids, raises TypeError naming the type."""
         return self._core.encode(text)
 
     def encode_to_numpy(self, text: TextLike, num_threads: Optional[int] = 1):
