@@ -199,8 +199,8 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
         # "auto" leaves fp32 in place, but blocks an fp32 matrix that had to be copied anyway
         if blocked(out) and (layout == "blocked" or out.dtype != np.float32 or copied):
             out, copied = block_matrix(out), True
-    if copied and isinstance(a, np.ndarray):
-        _drop_file_pages(a)
+    if copied:    # (a quantised rwkv.cpp matrix releases the file's blocks it was dequantized from)
+        _drop_file_pages(getattr(a, "blocks", a))
     return out
 
 
