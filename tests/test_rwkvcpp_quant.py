@@ -412,3 +412,10 @@ def test_dequantized_blocks_leave_the_process(tmp_path, dtype):
     # what may stay: the embedding (64 kB, a view used in place) and partial pages at the ends of
     # each released matrix; the matrices' blocks are 90% of the file
     assert _mapped_rss_kb(p) < 0.3 * size_kb, (_mapped_rss_kb(p), size_kb)
+
+
+def test_fixture_loads_without_mmap(fixtures_dir):
+    """mmap=False: the blocks are read into private memory; the same logits."""
+    path = fixtures_dir / "tiny-rwkv-5v2-730K-Q5_0.bin"
+    a, b = rwkv5.load(path), rwkv5.load(path, mmap=False)
+    np.testing.assert_array_equal(a.forward(PROMPT)[0], b.forward(PROMPT)[0])
