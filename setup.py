@@ -35,23 +35,41 @@ def c_sources(*dirs):
     return out
 
 
+ZSTD_MISSING = """rwkv5: cannot build from source: the libzstd development files (zstd.h, libzstd.so) were not found.
+  Install them, then run pip again:
+    Debian/Ubuntu:   apt-get install libzstd-dev pkg-config
+    Fedora/RHEL:     dnf install libzstd-devel pkgconf-pkg-config
+    Alpine:          apk add zstd-dev pkgconf
+    macOS:           brew install zstd pkg-config
+  Or install a binary wheel, which needs neither a compiler nor libzstd:  pip install --only-binary rwkv5 rwkv5
+  (looked with `pkg-config libzstd`, then for <zstd.h> with the C compiler {cc!r})"""
+
+
 def zstd_flags():
-    """Find libzstd with pkg-config; fail with a message naming the Debian package otherwise."""
+    """Compiler and linker flags for libzstd: pkg-config first, then whether the C compiler finds
+    <zstd.h> by itself (headers installed without a .pc file); otherwise stop with a message that
+    says what to install."""
     if shutil.which("pkg-config"):
         try:
-            cflags = subprocess.check_output(["pkg-config", "--cflags", "libzstd"], text=True).split()
-            libs = subprocess.check_output(["pkg-config", "--libs", "libzstd"], text=True).split()
+            cflags = subprocess.check_output(["pkg-config", "--cflags", "libzstd"], text=True,
+                                             stderr=subprocess.DEVNULL).split()
+            libs = subprocess.check_output(["pkg-config", "--libs", "libzstd"], text=True,
+                                           stderr=subprocess.DEVNULL).split()
             return cflags, libs
         except subprocess.CalledProcessError:
             pass
-    if os.path.exists("/usr/include/zstd.h"):
+    cc = os.environ.get("CC", "cc")
+    try:
+        probe = subprocess.run(cc.split() + ["-E", "-x", "c", "-"], input="#include <zstd.h>\n",
+                               capture_output=True, text=True)
+        found = probe.returncode == 0
+    except OSError:
+        sys.exit(f"rwkv5: cannot build from source: no C compiler ({cc!r} not found).\n"
+                 f"  Install one (Debian/Ubuntu: apt-get install gcc), or install a binary wheel:\n"
+                 f"  pip install --only-binary rwkv5 rwkv5")
+    if found:
         return [], ["-lzstd"]
-    sys.exit(
-        "rwkv5: libzstd development files not found.\n"
-        "  Install them with:  apt-get install libzstd-dev pkg-config   (Debian/Ubuntu)\n"
-        "  or:                 dnf install libzstd-devel pkgconf        (Fedora)\n"
-        "  (`make test` and `make demo` install them for you on Debian.)"
-    )
+    sys.exit(ZSTD_MISSING.format(cc=cc))
 
 
 debug = env_flag("RWKV5_DEBUG")

@@ -398,7 +398,10 @@ COMMANDS = [add_convert, add_info, add_generate, add_chat, add_eval, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="rwkv5", description="RWKV-5 models on the CPU.")
+    parser.add_argument("--version", action="version", version=f"rwkv5 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
     for add in COMMANDS:
