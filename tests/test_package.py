@@ -26,3 +26,29 @@ def test_one_version_source():
     assert version("rwkv5") == rwkv5.__version__
     r = subprocess.run([sys.executable, "-m", "rwkv5", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"rwkv5 {rwkv5.__version__}"
+
+
+def test_building_without_libzstd_headers_says_what_to_install(tmp_path):
+    """setup.py with pkg-config finding no libzstd and a compiler that sees no system headers: one
+    message naming the packages to install, exit status 1, before anything is compiled."""
+    import os
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler: the probe for <zstd.h> needs one")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path), CC="cc -nostdinc")
+    r = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "libzstd development files (zstd.h, libzstd.so) were not found" in r.stderr
+    assert "apt-get install libzstd-dev pkg-config" in r.stderr and "dnf install libzstd-devel" in r.stderr
+    assert "Traceback" not in r.stderr
+    # and with the headers where the compiler looks, the same command goes through
+    env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
