@@ -442,7 +442,7 @@ def test_c_binding_rejects_bad_arrays(model):
 def test_demo_runs(capsys, tmp_path, monkeypatch):
     from rwkv5 import demo
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the demo leaves its outputs in a temp folder
-    demo.main()
+    demo.main([])
     out = capsys.readouterr().out
     assert "parallel vs recurrent" in out and "tok/s" in out
 
