@@ -14,8 +14,8 @@ the project) is never trained on and serves as an out-of-distribution check.
 The model: RWKV-5.2 (x052) exactly as RWKV-LM names and computes it - byte vocabulary (256),
 LayerNorms, token shift, per-channel decay w = exp(-exp(time_decay)), bonus time_faaaa,
 SiLU gate, GroupNorm(y / 8, eps 1e-5) (= GroupNorm(y, eps 64e-5), the value rwkv5.load uses
-for safetensors files), squared-ReLU channel mix. The WKV runs in chunked matrix form (spec
-§3.2) with only non-negative powers of the decay.
+for safetensors files), squared-ReLU channel mix. The WKV runs in a chunked matrix form with
+only non-negative powers of the decay (wkv_chunked below).
 
 Reproducibility: everything is seeded, torch runs on one thread with deterministic
 algorithms, and the script verifies the saved file with rwkv5 (logits of rwkv5.load against
@@ -226,7 +226,7 @@ def build_model(cfg):
 def wkv_chunked(r, k, v, logw, u, H, N, chunk):
     """The RWKV-5.2 WKV over (B, T, H*N) inputs from a zero state, in chunks of `chunk` tokens.
 
-    Within chunk c (spec §3.2), with S_c the state before it and t, s positions in the chunk:
+    Within chunk c (the recurrence unrolled over the chunk), with S_c the state before it and t, s positions in the chunk:
         y_t     = (r_t * w^t) S_c + sum_{s<t} (r_t * w^(t-1-s) . k_s) v_s + (r_t * u . k_t) v_t
         S_{c+1} = w^L S_c + sum_s (k_s * w^(L-1-s))^T v_s
     All powers of w are non-negative (exp of log w times a count >= 0): nothing overflows.
