@@ -12,6 +12,7 @@ from . import ops  # noqa: E402
 from ._model import get_num_threads, set_num_threads  # noqa: E402
 from .loading import load  # noqa: E402
 from .model import Model, ModelConfig, State  # noqa: E402
+from ._lazy import lazy_submodules  # noqa: E402
 
 __all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "get_num_threads"]
 
@@ -21,14 +22,4 @@ __all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "g
 SUBMODULES = ("dataprep", "demo", "formats", "generation", "loading", "model", "ops", "reference", "saving",
               "scoring", "testing", "tiny", "tokenizer")
 
-
-def __getattr__(name):
-    if name in SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES))
+__getattr__, __dir__ = lazy_submodules(globals(), SUBMODULES)
