@@ -35,7 +35,8 @@ test-fast: install
 	$(PYTEST) -q -x -m "not slow"
 
 # The whole Python suite again with the portable scalar kernels forced (RWKV5_ISA=scalar), against
-# the build already installed (run after `make test` / `make install`).
+# the build already installed (run after `make test` / `make install`); this includes the scalar
+# logits hashes of tests/test_logits_hash.py.
 test-scalar:
 	RWKV5_ISA=scalar $(PYTEST) -q -p no:cacheprovider
 
