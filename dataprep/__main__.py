@@ -132,5 +132,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def run(argv=None) -> int:
+    """The installed ``rwkv5-prep`` command: ``main`` with a defined exit status under Ctrl-C
+    (rwkv5/_exit.py): once ``main`` has returned, a Ctrl-C no longer changes the status."""
+    from .._exit import run as run_guarded
+    return run_guarded(main, "rwkv5-prep", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

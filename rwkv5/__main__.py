@@ -422,5 +422,11 @@ def main(argv=None) -> int:
         return 2
 
 
+def run(argv=None) -> int:
+    """The installed ``rwkv5`` command: ``main`` with a defined exit status under Ctrl-C (rwkv5/_exit.py)."""
+    from ._exit import run as run_guarded
+    return run_guarded(main, "rwkv5", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
