@@ -35,7 +35,9 @@ import threading
 import time
 import uuid
 
+from .errors import DataprepError
 from .formats import sha256_file
+from .tasks import check_workers, collect_resumed, run_task
 
 RAY_INSTALL_HINT = "the Ray engine needs Ray: pip install 'rwkv5[ray]' (or pip install 'ray>=2.9')"
 FAULT_ENV = "RWKV5_DATAPREP_FAULT"
@@ -43,7 +45,6 @@ SETTLE_SECONDS = 60  # how long a failing run waits for its tasks that are still
 
 
 def _error(msg: str):
-    from .build import DataprepError
     return DataprepError(msg)
 
 
@@ -93,7 +94,6 @@ def run_task_isolated(task: dict, options: dict, workdir: str, n_threads: int = 
     writing to the shared filesystem while the task is retried elsewhere) then never share a
     temporary file; both rename byte-identical parts, so whichever lands last is correct. A dead
     attempt leaves only its private folder, removed with the work folder."""
-    from .build import run_task
     private = os.path.join(workdir, f"attempt-{task['id']:06d}-{uuid.uuid4().hex[:12]}")
     os.mkdir(private)
     try:
@@ -112,7 +112,6 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
 
     Tasks whose valid completion record already exists (a resumed run) are not submitted.
     `report(i, rec)` is called on the driver as each task finishes, in completion order."""
-    from .build import DataprepError, collect_resumed
     records = [None] * len(tasks)
     pending = {}
     collect_resumed(tasks, workdir, records, report)
@@ -339,6 +338,5 @@ def executor_for_cli(args):
         return None, args.workers
     if args.max_retries < 0:
         raise _error(f"--max-retries: expected >= 0, got {args.max_retries}")
-    from .build import check_workers
     workers = 1 if args.workers is None else check_workers(args.workers)
     return RayExecutor(args.ray_address, max_retries=args.max_retries, num_cpus=workers), workers

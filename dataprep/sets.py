@@ -33,6 +33,8 @@ import re
 import shutil
 import uuid
 
+from .errors import DataprepError
+
 MANIFEST_FORMAT = "rwkv5-dataprep-manifest"
 MANIFEST_SUFFIX = ".manifest.json"
 FORMAT_EXTS = {"binidx": (".bin", ".idx"), "zst": (".zst",)}
@@ -40,10 +42,6 @@ FORMAT_EXTS = {"binidx": (".bin", ".idx"), "zst": (".zst",)}
 _SHARD_SUFFIX = r"(_[0-9]{5,})?"
 _SET_FILE_SUFFIX = re.compile(_SHARD_SUFFIX + r"\.(bin|idx|zst)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class DataprepError(Exception):
-    """A clear, one-line failure of a data-prep run (bad input under --on-error fail, I/O, options)."""
 
 
 def manifest_path(prefix: str) -> str:

@@ -8,10 +8,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import _dataprep
-from .build import load_tokenizer, magic_prime, magic_prime_line
+from .build import magic_prime, magic_prime_line
+from .errors import DataprepError
 from .formats import BinIdx, FormatError, ZstShard, sha256_file, write_idx
-from .sets import (DataprepError, PrefixLock, manifest_path, parse_manifest, publish, read_manifest,
+from .sets import (PrefixLock, manifest_path, parse_manifest, publish, read_manifest,
                    read_manifest_bytes, shard_paths, unlisted_files)
+from .tasks import load_tokenizer
 
 
 def shard_stems(prefix: str) -> tuple:
