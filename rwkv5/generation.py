@@ -31,7 +31,6 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .model import State
 
 #: Tokens whose decoded text is a substring of this are not counted for repetition penalties.
 PENALTY_FREE_TEXT = " \t0123456789"
@@ -334,7 +333,7 @@ def generate_batch(model, prompts, max_tokens: int = 200, temperature: float = 1
             still.append(row)
         if not still:
             break
-        sub = State(state.att_x[still], state.att_kv[still], state.ffn_x[still])
+        sub = type(state)(state.att_x[still], state.att_kv[still], state.ffn_x[still])
         logits, state = model.forward(np.array(nxt, dtype=np.int64).reshape(-1, 1), sub)
         active = [active[r] for r in still]
     texts = []

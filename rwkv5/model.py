@@ -82,8 +82,9 @@ class State:
 
     @classmethod
     def load(cls, path) -> "State":
+        """A state written by :meth:`save` (checked as rwkv5.formats.state_io.load_state says)."""
         from .formats.state_io import load_state
-        return load_state(path)
+        return cls(*load_state(path))
 
     def __repr__(self):
         return (f"State(att_x={np.shape(self.att_x)}, att_kv={np.shape(self.att_kv)}, "
@@ -327,8 +328,14 @@ class Model:
         cfg = (arch.n_layer, C, arch.n_head, arch.head_size, arch.n_ffn, V, int(gated), gn_eps)
         self._c = _model.CModel(cfg, glob, layers)     # holds references to every array it reads
         self._weights = (glob, layers)
-        self._initial_state = None   # a State from state-tuning (set by rwkv5.load via formats.state_io)
+        self._initial_state = None   # a State from state-tuning (set by rwkv5.load: _set_time_state)
         return self
+
+    def _set_time_state(self, att_kv, where="checkpoint"):
+        """Start every new_state() from the initial state of a state-tuning checkpoint: its (L, H, N, N)
+        ``att_kv`` (rwkv5.formats.checkpoint.time_state_to_att_kv), zero att_x and ffn_x."""
+        from .formats.state_io import state_from_time_state
+        self._initial_state = State(*state_from_time_state(att_kv, self.config, where))
 
     # ------------------------------------------------------------------------------------------
 
@@ -341,8 +348,15 @@ class Model:
         if batch is not None:
             batch = self._check_batch(batch)
         if from_file is not None or self._initial_state is not None:
-            from .formats.state_io import initial_state
-            return initial_state(self, batch, from_file)
+            if from_file is not None:
+                from .formats.state_io import initial_state_from_file
+                base = initial_state_from_file(from_file, self.config)
+            else:
+                base = self._initial_state
+            arrays = [np.array(a, np.float32) for a in (base.att_x, base.att_kv, base.ffn_x)]
+            if batch is not None:
+                arrays = [np.repeat(a[None], batch, axis=0) for a in arrays]
+            return State(*arrays)
         c = self.config
         lead = () if batch is None else (batch,)
         return State(np.zeros(lead + (c.n_layer, c.n_embd), np.float32),

@@ -4,7 +4,6 @@ import pytest
 
 import rwkv5
 from rwkv5.formats.safetensors import read_safetensors
-from rwkv5.formats.state_io import attach_initial_state
 from rwkv5.testing import random_state_dict
 
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6]
@@ -63,7 +62,7 @@ def test_gn_eps_and_initial_state_survive(tmp_path):
     model = rwkv5.Model.from_state_dict(_sd("5.2"), gn_eps=1e-5)
     c = model.config
     kv = np.random.default_rng(2).standard_normal((c.n_layer, c.n_head, c.head_size, c.head_size)).astype(np.float32)
-    attach_initial_state(model, kv)
+    model._set_time_state(kv)   # what rwkv5.load does for a state-tuning checkpoint
     model.save(tmp_path / "m.safetensors")
     back = rwkv5.load(tmp_path / "m.safetensors")
     assert back.config.gn_eps == 1e-5

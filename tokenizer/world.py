@@ -28,8 +28,9 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import os
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Union
 
+from .._model import get_num_threads  # the package-wide thread setting (rwkv5.set_num_threads)
 from ..formats._files import open_regular
 from ._tokenizer import Core
 
@@ -58,18 +59,7 @@ def default_vocab_path() -> str:
 
 
 def _default_threads() -> int:
-    try:  # the package-wide setting, when the model part provides it
-        import rwkv5
-
-        get = getattr(rwkv5, "get_num_threads", None)
-        if get is not None:
-            return max(1, int(get()))
-    except Exception:  # pragma: no cover - rwkv5 is importable whenever this module is
-        pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return max(1, int(get_num_threads()))
 
 
 _ERRORS = ("strict", "replace", "ignore")

@@ -10,32 +10,35 @@ one shape; att_kv's last two axes square).
 
 State-tuning files (RWKV-LM "state tuning") are ordinary checkpoints that hold
 ``blocks.{i}.att.time_state`` tensors of shape (H, N, N) per layer. Their layout is the
-transpose of ours — see :func:`time_state_to_att_kv`.
+transpose of ours — see :func:`rwkv5.formats.checkpoint.time_state_to_att_kv`.
+
+This module works on arrays: readers return :class:`StateArrays` (att_x, att_kv, ffn_x), which
+:class:`rwkv5.State` wraps (``State.load``, ``Model.new_state(from_file=...)``).
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 
+from .checkpoint import read_checkpoint, sniff_format, time_state_to_att_kv  # noqa: F401 (re-exported)
 from .safetensors import SafetensorsFile, write_safetensors
 
 __all__ = ["save_state", "load_state", "time_state_to_att_kv", "initial_state_from_file",
-           "attach_initial_state", "initial_state", "STATE_FORMAT", "STATE_VERSION"]
+           "state_from_time_state", "StateArrays", "STATE_FORMAT", "STATE_VERSION"]
 
 STATE_FORMAT = "rwkv5-state"
 STATE_VERSION = "1"
 _NAMES = ("att_x", "att_kv", "ffn_x")
 
 
-def _state_class():
-    from .. import model as _model   # the Model side owns State
-    return _model.State
-
-
-def _make_state(att_x, att_kv, ffn_x):
-    return _state_class()(att_x=att_x, att_kv=att_kv, ffn_x=ffn_x)
+class StateArrays(NamedTuple):
+    """The three float32 arrays of a recurrent state, as the readers here return them."""
+    att_x: np.ndarray
+    att_kv: np.ndarray
+    ffn_x: np.ndarray
 
 
 def _check_shapes(shapes: dict, where: str):
@@ -89,40 +92,14 @@ def _read_state_arrays(f: SafetensorsFile, where: str):
         raise ValueError(f"{where}: tensor shapes {actual} differ from the recorded shapes {recorded}")
     _check_shapes(actual, where)
     # Copies: a State belongs to its caller and must not keep the file mapped.
-    return tuple(np.array(f.tensors[n], np.float32) for n in _NAMES)
+    return StateArrays(*(np.array(f.tensors[n], np.float32) for n in _NAMES))
 
 
-def load_state(path):
-    """Read a state written by :func:`save_state`; returns an :class:`rwkv5.State`."""
+def load_state(path) -> StateArrays:
+    """Read a state written by :func:`save_state`; returns its :class:`StateArrays`
+    (``rwkv5.State.load`` wraps them in an :class:`rwkv5.State`)."""
     path = os.fspath(path)
-    return _make_state(*_read_state_arrays(SafetensorsFile(path), path))
-
-
-def time_state_to_att_kv(time_states: dict, where: str = "time_state") -> np.ndarray:
-    """{layer index: (H, N, N) time_state} -> (L, H, N, N) float32 ``att_kv`` in our layout.
-
-    RWKV-LM's state-tuning kernel keeps, per head, one row per *value* channel j holding the
-    N key-channel entries (thread j owns column S[:, j] of the math), so the saved tensor is
-    indexed [h][value][key]. Our state (docs/model.md §5) is S[h][key][value], with the decay on the
-    key index. Hence ``att_kv[i] = time_state[i].transpose(0, 2, 1)`` — the same
-    ``transpose(1, 2)`` pip ``rwkv`` applies when it loads these tensors (docs/model.md §7.4).
-    """
-    n_layer = len(time_states)
-    if sorted(time_states) != list(range(n_layer)):
-        raise ValueError(f"{where}: time_state layers {sorted(time_states)} are not 0..{n_layer - 1}")
-    shape = None
-    out = None
-    for i in range(n_layer):
-        t = np.asarray(time_states[i])
-        if t.ndim != 3 or t.shape[1] != t.shape[2]:
-            raise ValueError(f"{where}: blocks.{i}.att.time_state has shape {t.shape}, expected (H, N, N)")
-        if shape is None:
-            shape = t.shape
-            out = np.empty((n_layer,) + shape, np.float32)
-        elif t.shape != shape:
-            raise ValueError(f"{where}: blocks.{i}.att.time_state has shape {t.shape}, layer 0 has {shape}")
-        out[i] = t.transpose(0, 2, 1)
-    return out
+    return _read_state_arrays(SafetensorsFile(path), path)
 
 
 def _config_shape(config):
@@ -130,13 +107,12 @@ def _config_shape(config):
     return int(get("n_layer")), int(get("n_embd")), int(get("n_head")), int(get("head_size"))
 
 
-def initial_state_from_file(path, config):
-    """An initial :class:`rwkv5.State` for a model with ``config`` from ``path``, which is either a
+def initial_state_from_file(path, config) -> StateArrays:
+    """The arrays of an initial state for a model with ``config`` from ``path``, which is either a
     state saved by :func:`save_state` or a state-tuning checkpoint (any format ``rwkv5.load``
     reads) holding ``blocks.{i}.att.time_state``. Shapes are checked against the config."""
     path = os.fspath(path)
     L, C, H, N = _config_shape(config)
-    from ..loading import read_checkpoint, sniff_format
     if sniff_format(path) == "safetensors":
         f = SafetensorsFile(path)
         if f.metadata.get("format") == STATE_FORMAT:
@@ -144,37 +120,19 @@ def initial_state_from_file(path, config):
             if att_x.ndim != 2 or att_x.shape != (L, C) or att_kv.shape != (L, H, N, N):
                 raise ValueError(f"{path}: state shapes att_x {att_x.shape}, att_kv {att_kv.shape} do not fit "
                                  f"the model: expected ({L}, {C}) and ({L}, {H}, {N}, {N})")
-            return _make_state(att_x, att_kv, ffn_x)
+            return StateArrays(att_x, att_kv, ffn_x)
     _sd, info = read_checkpoint(path)
     if info["time_state"] is None:
         raise ValueError(f"{path}: neither an rwkv5 state file nor a state-tuning file "
                          "(no blocks.{i}.att.time_state tensors)")
-    return _zero_state_with_kv(info["time_state"], L, C, H, N, path)
+    return state_from_time_state(info["time_state"], config, path)
 
 
-def _zero_state_with_kv(att_kv, L, C, H, N, where):
+def state_from_time_state(att_kv, config, where="checkpoint") -> StateArrays:
+    """The initial state a state-tuning checkpoint carries: its (L, H, N, N) ``att_kv`` (see
+    ``time_state_to_att_kv``), checked against ``config``, with zero ``att_x`` and ``ffn_x``."""
+    L, C, H, N = _config_shape(config)
     if att_kv.shape != (L, H, N, N):
         raise ValueError(f"{where}: time_state gives att_kv of shape {att_kv.shape}, the model needs "
                          f"({L}, {H}, {N}, {N})")
-    return _make_state(np.zeros((L, C), np.float32), np.array(att_kv, np.float32), np.zeros((L, C), np.float32))
-
-
-def attach_initial_state(model, att_kv, where="checkpoint"):
-    """Give ``model`` the initial state carried by its checkpoint's time_state tensors:
-    ``model.new_state()`` then starts from it instead of zeros."""
-    L, C, H, N = _config_shape(model.config)
-    model._initial_state = _zero_state_with_kv(att_kv, L, C, H, N, where)
-
-
-def initial_state(model, batch=None, from_file=None):
-    """What ``Model.new_state(batch, from_file)`` returns when it is not a zero state: the state
-    from ``from_file`` (see :func:`initial_state_from_file`) or else the model's state-tuning
-    state, as a fresh copy, repeated ``batch`` times along a new leading axis if batch is given."""
-    if from_file is not None:
-        base = initial_state_from_file(from_file, model.config)
-    else:
-        base = model._initial_state
-    arrays = [np.array(getattr(base, n), np.float32) for n in _NAMES]
-    if batch is not None:
-        arrays = [np.repeat(a[None], batch, axis=0) for a in arrays]
-    return _make_state(*arrays)
+    return StateArrays(np.zeros((L, C), np.float32), np.array(att_kv, np.float32), np.zeros((L, C), np.float32))
