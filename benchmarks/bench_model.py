@@ -135,29 +135,26 @@ def random_state_dict(L: int, C: int, V: int = VOCAB, storage: str = "fp32", see
             return (v.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
         return v.astype(np_dtype)
 
-    sd = {"emb.weight": mat(V, C, 1.0),
-          "blocks.0.ln0.weight": vec_store(vec(C, 0.9, 1.1)), "blocks.0.ln0.bias": vec_store(vec(C, -0.1, 0.1)),
-          "ln_out.weight": vec_store(vec(C, 0.9, 1.1)), "ln_out.bias": vec_store(vec(C, -0.1, 0.1)),
-          "head.weight": mat(V, C)}
-    for i in range(L):
-        p = f"blocks.{i}."
-        for n in ("ln1", "ln2"):
-            sd[p + n + ".weight"] = vec_store(vec(C, 0.9, 1.1))
-            sd[p + n + ".bias"] = vec_store(vec(C, -0.1, 0.1))
-        for m in "kvrg":
-            sd[p + "att.time_mix_" + m] = vec_store(vec((1, 1, C), 0.05, 0.95))
-        sd[p + "att.time_decay"] = vec_store(vec((H, N), -6.0, 2.5))
-        sd[p + "att.time_faaaa"] = vec_store(vec((H, N), -1.0, 1.0))
-        for m in ("receptance", "key", "value", "gate", "output"):
-            sd[p + "att." + m + ".weight"] = mat(C, C)
-        sd[p + "att.ln_x.weight"] = vec_store(vec(C, 0.9, 1.1))
-        sd[p + "att.ln_x.bias"] = vec_store(vec(C, -0.1, 0.1))
-        sd[p + "ffn.time_mix_k"] = vec_store(vec((1, 1, C), 0.05, 0.95))
-        sd[p + "ffn.time_mix_r"] = vec_store(vec((1, 1, C), 0.05, 0.95))
-        sd[p + "ffn.key.weight"] = mat(F, C)
-        sd[p + "ffn.receptance.weight"] = mat(C, C)
-        sd[p + "ffn.value.weight"] = mat(C, F)
-    return sd
+    from rwkv5._checkpoint import Architecture, model_params
+    arch = Architecture("5.2", L, C, H, N, F, V, "time_faaaa")
+
+    def draw(name, p):
+        if name == "emb.weight":
+            return mat(V, C, 1.0)
+        if p.kind == "matrix":
+            return mat(*p.shape(arch))
+        if p.kind == "decay":
+            return vec_store(vec((H, N), -6.0, 2.5))
+        if p.kind == "bonus":
+            return vec_store(vec((H, N), -1.0, 1.0))
+        if ".time_mix_" in name:
+            return vec_store(vec((1, 1, C), 0.05, 0.95))
+        if name.endswith(".weight"):          # LayerNorm / GroupNorm
+            return vec_store(vec(p.shape(arch), 0.9, 1.1))
+        return vec_store(vec(p.shape(arch), -0.1, 0.1))
+
+    # every parameter of the C table (rwkv5._model.PARAMS), in its order
+    return {name: draw(name, p) for name, _, p in model_params(arch)}
 
 
 def _storage_for(dtype: str) -> str:

@@ -216,11 +216,63 @@ static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, 
     return 0;
 }
 
-#define N_LAYER_ITEMS 22
+/* One parameter of the table (rwkv5_params) from the mapping: a matrix as take_mat; a vector of
+ * dims[0] float32 (a decay: float64). */
+static int take_param(PyObject *owner, PyObject *obj, const char *name, const rwkv5_param *p, rwkv5_model *m,
+                      int layer) {
+    void *field = rwkv5_param_field(m, p, layer);
+    int n = rwkv5_dim_size(&m->cfg, p->dims[0]);
+    if (p->kind == RWKV5_PARAM_MATRIX)
+        return take_mat(owner, obj, name, n, rwkv5_dim_size(&m->cfg, p->dims[1]), (rwkv5_mat *)field);
+    npy_intp d[1] = {n};
+    const void *data = take(owner, obj, name, p->kind == RWKV5_PARAM_DECAY ? NPY_FLOAT64 : NPY_FLOAT32, 1, d);
+    if (!data) return -1;
+    *(const void **)field = data;
+    return 0;
+}
+
+/* Every parameter of the table that the config needs, from the dict `params` (full name -> array);
+ * a missing or unexpected name is a ValueError naming it. */
+static int take_params(PyObject *owner, PyObject *params, rwkv5_model *m) {
+    char name[128];
+    Py_ssize_t taken = 0;
+    for (int l = -1; l < m->cfg.n_layer; l++)   /* the globals (l = -1), then each layer's */
+        for (int i = 0; i < rwkv5_n_params; i++) {
+            const rwkv5_param *p = &rwkv5_params[i];
+            if (p->per_layer != (l >= 0) || (p->gate_only && !m->cfg.has_gate)) continue;
+            rwkv5_param_name(name, sizeof name, p, l);
+            PyObject *obj = PyDict_GetItemString(params, name);   /* borrowed */
+            if (!obj) {
+                PyErr_Format(PyExc_ValueError, "params: missing %s", name);
+                return -1;
+            }
+            if (take_param(owner, obj, name, p, m, l) < 0) return -1;
+            taken++;
+        }
+    if (PyDict_Size(params) != taken) {   /* a name the model has no field for */
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(params, &pos, &key, &value)) {
+            int known = 0;
+            for (int l = -1; !known && l < m->cfg.n_layer; l++)
+                for (int i = 0; !known && i < rwkv5_n_params; i++) {
+                    const rwkv5_param *p = &rwkv5_params[i];
+                    if (p->per_layer != (l >= 0) || (p->gate_only && !m->cfg.has_gate)) continue;
+                    rwkv5_param_name(name, sizeof name, p, l);
+                    known = PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, name) == 0;
+                }
+            if (!known) {
+                PyErr_Format(PyExc_ValueError, "params: unexpected %R (not a parameter of this config)", key);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
 
 static int CModel_init(CModelObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"config", "globals", "layers", NULL};
-    PyObject *cfg, *glob, *layers, *owner = NULL;
+    static char *kwlist[] = {"config", "params", NULL};
+    PyObject *cfg, *params, *owner = NULL;
     int n_layer, C, H, N, F, V, gate, rc = -1;
     double gn_eps;
     char err[256] = "";
@@ -228,8 +280,7 @@ static int CModel_init(CModelObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_RuntimeError, "CModel is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!", kwlist, &PyTuple_Type, &cfg, &PyTuple_Type, &glob,
-                                     &PyList_Type, &layers))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!", kwlist, &PyTuple_Type, &cfg, &PyDict_Type, &params))
         return -1;
     if (!PyArg_ParseTuple(cfg, "iiiiiiid;config must be (n_layer, n_embd, n_head, head_size, n_ffn, vocab, has_gate, gn_eps)",
                           &n_layer, &C, &H, &N, &F, &V, &gate, &gn_eps))
@@ -239,11 +290,6 @@ static int CModel_init(CModelObject *self, PyObject *args, PyObject *kwds) {
                      n_layer, C, H, N, F, V);
         return -1;
     }
-    if (PyTuple_GET_SIZE(glob) != 6 || PyList_GET_SIZE(layers) != n_layer) {
-        PyErr_Format(PyExc_ValueError, "expected 6 global arrays and %d layers, got %zd and %zd", n_layer,
-                     PyTuple_GET_SIZE(glob), PyList_GET_SIZE(layers));
-        return -1;
-    }
     rwkv5_model *m = &self->m;
     m->cfg = (rwkv5_config){n_layer, C, H, N, F, V, gate != 0, (float)gn_eps};
     if (rwkv5_model_alloc_layers(m, n_layer) != RWKV5_OK) {
@@ -251,49 +297,7 @@ static int CModel_init(CModelObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     owner = PyList_New(0);
-    if (!owner) goto done;
-    int A = H * N;
-    npy_intp dC[1] = {C}, dA[1] = {A};
-    if (take_mat(owner, PyTuple_GET_ITEM(glob, 0), "emb.weight", V, C, &m->g.emb) < 0 ||
-        !(m->g.ln0_w = take(owner, PyTuple_GET_ITEM(glob, 1), "blocks.0.ln0.weight", NPY_FLOAT32, 1, dC)) ||
-        !(m->g.ln0_b = take(owner, PyTuple_GET_ITEM(glob, 2), "blocks.0.ln0.bias", NPY_FLOAT32, 1, dC)) ||
-        !(m->g.ln_out_w = take(owner, PyTuple_GET_ITEM(glob, 3), "ln_out.weight", NPY_FLOAT32, 1, dC)) ||
-        !(m->g.ln_out_b = take(owner, PyTuple_GET_ITEM(glob, 4), "ln_out.bias", NPY_FLOAT32, 1, dC)) ||
-        take_mat(owner, PyTuple_GET_ITEM(glob, 5), "head.weight", V, C, &m->g.head) < 0)
-        goto done;
-    for (int l = 0; l < n_layer; l++) {
-        PyObject *t = PyList_GET_ITEM(layers, l);
-        rwkv5_layer *L = &m->layers[l];
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != N_LAYER_ITEMS) {
-            PyErr_Format(PyExc_ValueError, "layers[%d]: expected a tuple of %d arrays", l, N_LAYER_ITEMS);
-            goto done;
-        }
-#define IT(i) PyTuple_GET_ITEM(t, i)
-        if (!(L->ln1_w = take(owner, IT(0), "ln1.weight", NPY_FLOAT32, 1, dC)) ||
-            !(L->ln1_b = take(owner, IT(1), "ln1.bias", NPY_FLOAT32, 1, dC)) ||
-            !(L->ln2_w = take(owner, IT(2), "ln2.weight", NPY_FLOAT32, 1, dC)) ||
-            !(L->ln2_b = take(owner, IT(3), "ln2.bias", NPY_FLOAT32, 1, dC)) ||
-            !(L->att_mix_k = take(owner, IT(4), "att.time_mix_k", NPY_FLOAT32, 1, dC)) ||
-            !(L->att_mix_v = take(owner, IT(5), "att.time_mix_v", NPY_FLOAT32, 1, dC)) ||
-            !(L->att_mix_r = take(owner, IT(6), "att.time_mix_r", NPY_FLOAT32, 1, dC)) ||
-            (gate && !(L->att_mix_g = take(owner, IT(7), "att.time_mix_g", NPY_FLOAT32, 1, dC))) ||
-            !(L->decay_logw = take(owner, IT(8), "att.time_decay (ln w)", NPY_FLOAT64, 1, dA)) ||
-            !(L->bonus_u = take(owner, IT(9), "att.time_faaaa (u)", NPY_FLOAT32, 1, dA)) ||
-            take_mat(owner, IT(10), "att.receptance.weight", A, C, &L->att_r) < 0 ||
-            take_mat(owner, IT(11), "att.key.weight", A, C, &L->att_k) < 0 ||
-            take_mat(owner, IT(12), "att.value.weight", A, C, &L->att_v) < 0 ||
-            (gate && take_mat(owner, IT(13), "att.gate.weight", A, C, &L->att_g) < 0) ||
-            take_mat(owner, IT(14), "att.output.weight", C, A, &L->att_o) < 0 ||
-            !(L->lnx_w = take(owner, IT(15), "att.ln_x.weight", NPY_FLOAT32, 1, dA)) ||
-            !(L->lnx_b = take(owner, IT(16), "att.ln_x.bias", NPY_FLOAT32, 1, dA)) ||
-            !(L->ffn_mix_k = take(owner, IT(17), "ffn.time_mix_k", NPY_FLOAT32, 1, dC)) ||
-            !(L->ffn_mix_r = take(owner, IT(18), "ffn.time_mix_r", NPY_FLOAT32, 1, dC)) ||
-            take_mat(owner, IT(19), "ffn.key.weight", F, C, &L->ffn_k) < 0 ||
-            take_mat(owner, IT(20), "ffn.receptance.weight", C, C, &L->ffn_r) < 0 ||
-            take_mat(owner, IT(21), "ffn.value.weight", C, F, &L->ffn_v) < 0)
-            goto done;
-#undef IT
-    }
+    if (!owner || take_params(owner, params, m) < 0) goto done;
     int crc;
     Py_BEGIN_ALLOW_THREADS
     crc = rwkv5_model_init(m, err, sizeof err);
@@ -444,7 +448,9 @@ static PyTypeObject CModelType = {
     .tp_name = "rwkv5._model.CModel",
     .tp_basicsize = sizeof(CModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "CModel(config, globals, layers): the C forward pass over borrowed NumPy weights.",
+    .tp_doc = "CModel(config, params): the C forward pass over borrowed NumPy weights.\n\n"
+              "config = (n_layer, n_embd, n_head, head_size, n_ffn, vocab, has_gate, gn_eps); params: dict of\n"
+              "full name -> array for every row of PARAMS the config needs (see rwkv5/model.py).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)CModel_init,
     .tp_dealloc = (destructor)CModel_dealloc,
@@ -709,11 +715,36 @@ static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "rwkv5._model", "rwkv5 model core (C).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
+/* PARAMS: the parameter table as a tuple of (name, per_layer, kind, shape, gate_only), kind one of
+ * "matrix", "vector", "decay", "bonus" and shape a tuple of "C", "A", "F", "V" (new reference). */
+static PyObject *params_table(void) {
+    static const char *kinds[] = {"matrix", "vector", "decay", "bonus"};
+    static const char *dims[] = {"", "C", "A", "F", "V"};
+    PyObject *out = PyTuple_New(rwkv5_n_params);
+    for (int i = 0; out && i < rwkv5_n_params; i++) {
+        const rwkv5_param *p = &rwkv5_params[i];
+        PyObject *row = p->kind == RWKV5_PARAM_MATRIX
+            ? Py_BuildValue("(sNs(ss)N)", p->name, PyBool_FromLong(p->per_layer), kinds[p->kind], dims[p->dims[0]],
+                            dims[p->dims[1]], PyBool_FromLong(p->gate_only))
+            : Py_BuildValue("(sNs(s)N)", p->name, PyBool_FromLong(p->per_layer), kinds[p->kind], dims[p->dims[0]],
+                            PyBool_FromLong(p->gate_only));
+        if (!row) Py_CLEAR(out);
+        else PyTuple_SET_ITEM(out, i, row);   /* steals row */
+    }
+    return out;
+}
+
 PyMODINIT_FUNC PyInit__model(void) {
     import_array();
     if (PyType_Ready(&CModelType) < 0) return NULL;
     PyObject *mod = PyModule_Create(&moduledef);
     if (!mod) return NULL;
+    PyObject *params = params_table();
+    if (!params || PyModule_AddObject(mod, "PARAMS", params) < 0) {   /* steals params on success */
+        Py_XDECREF(params);
+        Py_DECREF(mod);
+        return NULL;
+    }
     Py_INCREF(&CModelType);
     if (PyModule_AddObject(mod, "CModel", (PyObject *)&CModelType) < 0 ||
         PyModule_AddIntConstant(mod, "CHUNK", RWKV5_CHUNK) < 0) {

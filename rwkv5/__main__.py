@@ -119,9 +119,10 @@ def _load_model(args):
 
 
 def _weight_arrays(model):
-    """Every array the model holds (weights, scales), flattened from its nested weight tuples."""
+    """Every array the model holds (weights, scales): the values of its name -> array mapping, an
+    int8 matrix being a (q, scale) tuple."""
     import numpy as np
-    out, todo = [], [model._weights]
+    out, todo = [], list(model._weights.values())
     while todo:
         x = todo.pop()
         if isinstance(x, np.ndarray):

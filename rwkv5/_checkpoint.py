@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+from . import _model
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -31,6 +34,35 @@ class Architecture:
     @property
     def dim_att(self) -> int:
         return self.n_head * self.head_size
+
+
+class Param(NamedTuple):
+    """One row of the C parameter table (`rwkv5._model.PARAMS`, csrc/model/params.c)."""
+    name: str           # RWKV-LM name; for a per-layer one the part after "blocks.{i}."
+    per_layer: bool
+    kind: str           # "matrix"; "vector" (float32); "decay" (ln w per channel, float64); "bonus" (u per channel)
+    dims: tuple         # the shape in the model, in terms of "C", "A", "F", "V"
+    gate_only: bool     # only in gated models (5.1, 5.2)
+
+    def shape(self, arch: Architecture) -> tuple:
+        size = {"C": arch.n_embd, "A": arch.dim_att, "F": arch.n_ffn, "V": arch.vocab_size}
+        return tuple(size[d] for d in self.dims)
+
+
+PARAMS = tuple(Param(*row) for row in _model.PARAMS)
+
+
+def model_params(arch: Architecture):
+    """(full name, layer or None, Param) for every parameter the architecture has, in the table's
+    order: the globals, then layer by layer."""
+    gated = arch.version != "5.0"
+    for p in PARAMS:
+        if not p.per_layer:
+            yield p.name, None, p
+    for i in range(arch.n_layer):
+        for p in PARAMS:
+            if p.per_layer and (gated or not p.gate_only):
+                yield f"blocks.{i}.{p.name}", i, p
 
 
 def bf16_bits_to_float32(a: np.ndarray) -> np.ndarray:
@@ -166,24 +198,21 @@ def detect_architecture(sd) -> Architecture:
 
 
 def expected_shapes(arch: Architecture):
-    """(name, shape, may_have_extra_unit_dims) for every tensor the architecture needs."""
-    C, A, F, V, H, N = arch.n_embd, arch.dim_att, arch.n_ffn, arch.vocab_size, arch.n_head, arch.head_size
-    gated = arch.version != "5.0"
-    dec = (H, N) if arch.version == "5.2" else (H,)
-    out = [("emb.weight", (V, C), False), ("blocks.0.ln0.weight", (C,), False),
-           ("blocks.0.ln0.bias", (C,), False), ("ln_out.weight", (C,), False),
-           ("ln_out.bias", (C,), False), ("head.weight", (V, C), False)]
-    for i in range(arch.n_layer):
-        p = f"blocks.{i}."
-        out += [(p + n, (C,), False) for n in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")]
-        out += [(p + "att.time_mix_" + m, (1, 1, C), True) for m in ("k", "v", "r") + (("g",) if gated else ())]
-        out += [(p + "att.time_decay", dec, True), (p + "att." + arch.bonus, dec, True)]
-        out += [(p + "att." + m + ".weight", (A, C), False)
-                for m in ("receptance", "key", "value") + (("gate",) if gated else ())]
-        out += [(p + "att.output.weight", (C, A), False), (p + "att.ln_x.weight", (A,), False),
-                (p + "att.ln_x.bias", (A,), False), (p + "ffn.time_mix_k", (1, 1, C), True),
-                (p + "ffn.time_mix_r", (1, 1, C), True), (p + "ffn.key.weight", (F, C), False),
-                (p + "ffn.receptance.weight", (C, C), False), (p + "ffn.value.weight", (C, F), False)]
+    """(name, shape, may_have_extra_unit_dims) for every tensor the architecture needs, as RWKV-LM
+    stores it: the model's parameters (`model_params`), with the token-shift mixes as (1, 1, C) and
+    the decay and bonus per head (H,) or, in 5.2, per channel (H, N); the bonus of a 5.0 file may be
+    `time_first`."""
+    dec = (arch.n_head, arch.head_size) if arch.version == "5.2" else (arch.n_head,)
+    out = []
+    for name, layer, p in model_params(arch):
+        if p.kind == "decay":
+            out.append((name, dec, True))
+        elif p.kind == "bonus":
+            out.append((f"blocks.{layer}.att.{arch.bonus}", dec, True))
+        elif ".time_mix_" in name:
+            out.append((name, (1, 1, arch.n_embd), True))
+        else:
+            out.append((name, p.shape(arch), False))
     return out
 
 

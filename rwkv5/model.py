@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _model
 from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
-                          float32_to_bf16_bits, native_order)
+                          float32_to_bf16_bits, model_params, native_order)
 
 GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
@@ -280,54 +280,36 @@ class Model:
         if not (gn_eps > 0 and np.isfinite(gn_eps)):
             raise ValueError(f"gn_eps must be a positive finite number, got {gn_eps}")
         arch = detect_architecture(sd)
-        C, A, V = arch.n_embd, arch.dim_att, arch.vocab_size
-        gated = arch.version != "5.0"
-        F = arch.n_ffn
-        shapes = {"head.weight": (V, C), "att.receptance.weight": (A, C), "att.key.weight": (A, C),
-                  "att.value.weight": (A, C), "att.gate.weight": (A, C), "att.output.weight": (C, A),
-                  "ffn.key.weight": (F, C), "ffn.receptance.weight": (C, C), "ffn.value.weight": (C, F)}
-
-        def mat(name):      # "blocks.3.att.key.weight" -> shapes["att.key.weight"]
-            kind = name.split(".", 2)[2] if name.startswith("blocks.") else name
-            return _as_matrix(sd[name], dtype, layout, shapes[kind])
-        vec = lambda name, n=C: _as_vector(sd[name], n)     # noqa: E731
-        glob = (_as_row_major(sd["emb.weight"], None if dtype == "int8" else dtype), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"),
-                vec("ln_out.weight"), vec("ln_out.bias"), mat("head.weight"))
-        layers = []
-        for i in range(arch.n_layer):
-            p = f"blocks.{i}."
-            logw, _, u = decay_and_bonus(sd, arch, i)
-            layers.append((
-                vec(p + "ln1.weight"), vec(p + "ln1.bias"), vec(p + "ln2.weight"), vec(p + "ln2.bias"),
-                vec(p + "att.time_mix_k"), vec(p + "att.time_mix_v"), vec(p + "att.time_mix_r"),
-                vec(p + "att.time_mix_g") if gated else None,
-                np.require(logw.reshape(-1), np.float64, ["C", "A"]),   # ln w = -exp(time_decay)
-                np.require(u.reshape(-1), np.float32, ["C", "A"]),
-                mat(p + "att.receptance.weight"), mat(p + "att.key.weight"), mat(p + "att.value.weight"),
-                mat(p + "att.gate.weight") if gated else None,
-                mat(p + "att.output.weight"), vec(p + "att.ln_x.weight", A), vec(p + "att.ln_x.bias", A),
-                vec(p + "ffn.time_mix_k"), vec(p + "ffn.time_mix_r"),
-                mat(p + "ffn.key.weight"), mat(p + "ffn.receptance.weight"), mat(p + "ffn.value.weight"),
-            ))
-        mat_idx = (10, 11, 12, 13, 14, 19, 20, 21)
+        params, matrices = {}, []       # full name -> what the C code reads (the table PARAMS)
+        for name, layer, p in model_params(arch):
+            if name == "emb.weight":    # one row per token is gathered: row-major, never quantised
+                params[name] = _as_row_major(sd[name], None if dtype == "int8" else dtype)
+            elif p.kind == "matrix":
+                params[name] = _as_matrix(sd[name], dtype, layout, p.shape(arch))
+            elif p.kind == "vector":
+                params[name] = _as_vector(sd[name], *p.shape(arch))
+            else:       # decay (ln w = -exp(time_decay)) and bonus u, per channel (docs/model.md §4.3)
+                logw, _, u = decay_and_bonus(sd, arch, layer)
+                params[name] = np.require((logw if p.kind == "decay" else u).reshape(-1),
+                                          np.float64 if p.kind == "decay" else np.float32, ["C", "A"])
+            if p.kind == "matrix":
+                matrices.append(name)
         # Once no large matrix is a view of the checkpoint's mmap (all converted, blocked or
         # quantised), a view kept for the embedding or a vector would be all that holds the file
         # mapped (a SIGBUS if it is truncated on disk later; the whole file's copy in memory
         # with mmap=False): copy those too, so the mapping goes with the reader's objects.
-        if not any(_mmap_base(a) is not None for a in [glob[5]] + [L[j] for L in layers for j in mat_idx]
-                   if isinstance(a, np.ndarray)):
-            glob = _detach(glob)
-            layers = [_detach(L) for L in layers]
-        mats = [glob[0], glob[5]] + [a for L in layers for j, a in enumerate(L) if j in mat_idx
-                                     and a is not None]
-        kinds = {_NAME_OF[a.dtype] for a in mats} if dtype != "int8" else {"int8"}
+        if not any(_mmap_base(params[n]) is not None for n in matrices
+                   if n != "emb.weight" and isinstance(params[n], np.ndarray)):
+            params = {n: _detach(a) for n, a in params.items()}
+        kinds = {_NAME_OF[params[n].dtype] for n in matrices} if dtype != "int8" else {"int8"}
         self = object.__new__(cls)
-        self.config = ModelConfig(arch.version, arch.n_layer, C, arch.n_head, arch.head_size, arch.n_ffn, V,
-                                  gn_eps, kinds.pop() if len(kinds) == 1 else "mixed")
+        self.config = ModelConfig(arch.version, arch.n_layer, arch.n_embd, arch.n_head, arch.head_size, arch.n_ffn,
+                                  arch.vocab_size, gn_eps, kinds.pop() if len(kinds) == 1 else "mixed")
         self._arch: Architecture = arch
-        cfg = (arch.n_layer, C, arch.n_head, arch.head_size, arch.n_ffn, V, int(gated), gn_eps)
-        self._c = _model.CModel(cfg, glob, layers)     # holds references to every array it reads
-        self._weights = (glob, layers)
+        cfg = (arch.n_layer, arch.n_embd, arch.n_head, arch.head_size, arch.n_ffn, arch.vocab_size,
+               int(arch.version != "5.0"), gn_eps)
+        self._c = _model.CModel(cfg, params)     # holds references to every array it reads
+        self._weights = params                   # full name -> array, or (q, scale) for int8
         self._initial_state = None   # a State from state-tuning (set by rwkv5.load: _set_time_state)
         return self
 

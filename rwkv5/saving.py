@@ -21,16 +21,6 @@ import numpy as np
 
 __all__ = ["model_tensors", "save_model"]
 
-# Positions in a layer tuple of Model._weights (see Model.from_state_dict).
-_LAYER_VECTORS = {0: "ln1.weight", 1: "ln1.bias", 2: "ln2.weight", 3: "ln2.bias", 15: "att.ln_x.weight",
-                  16: "att.ln_x.bias"}
-_LAYER_MIX = {4: "att.time_mix_k", 5: "att.time_mix_v", 6: "att.time_mix_r", 7: "att.time_mix_g",
-              17: "ffn.time_mix_k", 18: "ffn.time_mix_r"}
-_LAYER_MATRICES = {10: "att.receptance.weight", 11: "att.key.weight", 12: "att.value.weight",
-                   13: "att.gate.weight", 14: "att.output.weight", 19: "ffn.key.weight",
-                   20: "ffn.receptance.weight", 21: "ffn.value.weight"}
-
-
 def _row_major(a, shape):
     """A matrix as the model holds it -> (rows, cols) row-major; undoes `block_matrix`."""
     if a.ndim == 4:          # (ceil(rows/4), ceil(cols/E), 4, E) blocked, zero padded
@@ -50,30 +40,27 @@ def _matrix(m, shape):
 
 def model_tensors(model):
     """(tensors, dtypes, metadata) for write_safetensors: everything `model` computes with."""
+    from ._checkpoint import model_params
+
     a, c = model._arch, model.config
-    C, A, F, V, H, N = c.n_embd, a.dim_att, c.n_ffn, c.vocab_size, c.n_head, c.head_size
-    shapes = {"att.receptance.weight": (A, C), "att.key.weight": (A, C), "att.value.weight": (A, C),
-              "att.gate.weight": (A, C), "att.output.weight": (C, A), "ffn.key.weight": (F, C),
-              "ffn.receptance.weight": (C, C), "ffn.value.weight": (C, F)}
-    glob, layers = model._weights
-    t = {"emb.weight": _row_major(glob[0], (V, C)), "blocks.0.ln0.weight": glob[1], "blocks.0.ln0.bias": glob[2],
-         "ln_out.weight": glob[3], "ln_out.bias": glob[4], "head.weight": _matrix(glob[5], (V, C))}
+    H, N = c.n_head, c.head_size
     per_channel = c.version == "5.2"
-    for i, L in enumerate(layers):
-        p = f"blocks.{i}."
-        for j, name in _LAYER_VECTORS.items():
-            t[p + name] = L[j]
-        for j, name in _LAYER_MIX.items():
-            if L[j] is not None:
-                t[p + name] = L[j].reshape(1, 1, C)
-        for j, name in _LAYER_MATRICES.items():
-            if L[j] is not None:
-                t[p + name] = _matrix(L[j], shapes[name])
-        logw, u = L[8].reshape(H, N), L[9].reshape(H, N)
-        with np.errstate(divide="ignore"):       # ln w = 0 (w = 1) gives time_decay = -inf, as it came
-            d = np.log(-logw)
-        t[p + "att.time_decay"] = d if per_channel else np.ascontiguousarray(d[:, 0])
-        t[p + "att.time_faaaa"] = u if per_channel else np.ascontiguousarray(u[:, 0])
+    t = {}
+    for name, layer, p in model_params(a):      # model._weights holds these names (the table PARAMS)
+        w = model._weights[name]
+        if p.kind == "matrix":
+            t[name] = _matrix(w, p.shape(a))
+        elif p.kind == "decay":                 # ln w -> time_decay = ln(-ln w)
+            with np.errstate(divide="ignore"):  # ln w = 0 (w = 1) gives time_decay = -inf, as it came
+                d = np.log(-w.reshape(H, N))
+            t[name] = d if per_channel else np.ascontiguousarray(d[:, 0])
+        elif p.kind == "bonus":                 # u, written as time_faaaa whatever the file had
+            u = w.reshape(H, N)
+            t[name] = u if per_channel else np.ascontiguousarray(u[:, 0])
+        elif ".time_mix_" in name:
+            t[name] = w.reshape(1, 1, c.n_embd)
+        else:
+            t[name] = w
     if model._initial_state is not None:
         for i, kv in enumerate(np.asarray(model._initial_state.att_kv)):
             t[f"blocks.{i}.att.time_state"] = np.ascontiguousarray(kv.transpose(0, 2, 1))

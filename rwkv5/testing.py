@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checkpoint import Architecture, model_params
 from ._checkpoint import bf16_bits_to_float32, float32_to_bf16_bits  # noqa: F401  (re-exported)
 
 
@@ -34,7 +35,6 @@ def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_
     C, N, V = n_embd, head_size, vocab_size
     H = C // N
     F = n_ffn if n_ffn is not None else (4 * C if version == "5.0" else int(C * 3.5) // 32 * 32)
-    gated = version != "5.0"
 
     def mat(rows, cols):   # drawn in float32: large models stay cheap to generate
         m = rng.standard_normal((rows, cols), dtype=np.float32)
@@ -44,33 +44,27 @@ def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_
     def near(val, n, s=0.1):
         return val + s * rng.standard_normal(n)
 
-    sd = {
-        "emb.weight": rng.standard_normal((V, C), dtype=np.float32),
-        "blocks.0.ln0.weight": near(1.0, C), "blocks.0.ln0.bias": near(0.0, C),
-        "ln_out.weight": near(1.0, C), "ln_out.bias": near(0.0, C),
-        "head.weight": mat(V, C),
-    }
     dshape = (H, N) if version == "5.2" else (H,)
-    for i in range(n_layer):
-        p = f"blocks.{i}."
-        for n in ("ln1", "ln2"):
-            sd[p + n + ".weight"], sd[p + n + ".bias"] = near(1.0, C), near(0.0, C)
-        for m in ("k", "v", "r") + (("g",) if gated else ()):
-            sd[p + "att.time_mix_" + m] = rng.uniform(0.05, 0.95, (1, 1, C))
-        sd[p + "att.time_decay"] = rng.uniform(-6.0, 2.5, dshape)
-        if time_first:
-            sd[p + "att.time_first"] = rng.normal(0.0, 0.5, dshape)
-        else:
-            sd[p + "att.time_faaaa"] = rng.normal(0.0, 0.5, dshape)
-        for m in ("receptance", "key", "value") + (("gate",) if gated else ()):
-            sd[p + "att." + m + ".weight"] = mat(C, C)
-        sd[p + "att.output.weight"] = mat(C, C)
-        sd[p + "att.ln_x.weight"], sd[p + "att.ln_x.bias"] = near(1.0, C), near(0.0, C)
-        sd[p + "ffn.time_mix_k"] = rng.uniform(0.05, 0.95, (1, 1, C))
-        sd[p + "ffn.time_mix_r"] = rng.uniform(0.05, 0.95, (1, 1, C))
-        sd[p + "ffn.key.weight"] = mat(F, C)
-        sd[p + "ffn.receptance.weight"] = mat(C, C)
-        sd[p + "ffn.value.weight"] = mat(C, F)
+    arch = Architecture(version, n_layer, C, H, N, F, V, "time_first" if time_first else "time_faaaa")
+
+    def draw(name, p):
+        if name == "emb.weight":
+            return rng.standard_normal((V, C), dtype=np.float32)
+        if p.kind == "matrix":
+            return mat(*p.shape(arch))
+        if p.kind == "decay":
+            return rng.uniform(-6.0, 2.5, dshape)
+        if p.kind == "bonus":
+            return rng.normal(0.0, 0.5, dshape)
+        if ".time_mix_" in name:
+            return rng.uniform(0.05, 0.95, (1, 1, C))
+        return near(1.0 if name.endswith(".weight") else 0.0, p.shape(arch)[0])   # LayerNorm / GroupNorm
+
+    sd = {}
+    for name, layer, p in model_params(arch):      # every parameter of the C table, in its order
+        if p.kind == "bonus":
+            name = f"blocks.{layer}.att.{arch.bonus}"
+        sd[name] = draw(name, p)
     if isinstance(dtype, str) and dtype == "bf16":
         return {k: float32_to_bf16_bits(v.astype(np.float32)) for k, v in sd.items()}
     return {k: v.astype(dtype, copy=False) for k, v in sd.items()}

@@ -254,12 +254,12 @@ def test_model_weights_are_file_views(tmp_path, fixtures_dir):
     assert cli_main(["convert", str(p), str(st), "--dtype", "bf16"]) == 0
     for path in (p, st):
         for dtype in (None, "bf16"):
-            glob, layers = rwkv5.load(path, dtype=dtype, layout="rows")._weights
-            assert glob[0].dtype == np.uint16 and mmap_backed(glob[0]), (path, dtype)
-            assert mmap_backed(glob[5]) and mmap_backed(layers[0][11]), (path, dtype)
-            emb = rwkv5.load(path, dtype=dtype)._weights[0][0]      # layout="auto": blocked copies
+            w = rwkv5.load(path, dtype=dtype, layout="rows")._weights
+            assert w["emb.weight"].dtype == np.uint16 and mmap_backed(w["emb.weight"]), (path, dtype)
+            assert mmap_backed(w["head.weight"]) and mmap_backed(w["blocks.0.att.key.weight"]), (path, dtype)
+            emb = rwkv5.load(path, dtype=dtype)._weights["emb.weight"]      # layout="auto": blocked copies
             assert emb.dtype == np.uint16 and not mmap_backed(emb), (path, dtype)
-        emb32 = rwkv5.load(path, dtype="fp32")._weights[0][0]
+        emb32 = rwkv5.load(path, dtype="fp32")._weights["emb.weight"]
         assert emb32.dtype == np.float32 and not mmap_backed(emb32)
 
 
@@ -354,7 +354,7 @@ def touch(x):
     if isinstance(x, (tuple, list)):
         return sum(touch(y) for y in x)
     return 0
-touch(model._weights)
+touch(list(model._weights.values()))
 after = status()
 print(json.dumps({"before": before, "after": after, "load_s": t_load, "first_token_s": t_fwd,
                   "finite": bool(np.isfinite(logits).all())}))

@@ -254,7 +254,7 @@ def test_config_and_detection():
 def test_zero_copy_and_memmap(tmp_path):
     sd = small_sd(seed=12)
     model = rwkv5.Model.from_state_dict(sd)
-    emb = model._weights[0][0]
+    emb = model._weights["emb.weight"]
     assert emb is sd["emb.weight"] or np.shares_memory(emb, sd["emb.weight"])
     # weights from np.memmap files are used in place, and outlive the caller's references
     mm = {}
@@ -263,7 +263,7 @@ def test_zero_copy_and_memmap(tmp_path):
         mm[k] = np.load(tmp_path / (k + ".npy"), mmap_mode="r")
     want, _ = model.forward([1, 2, 3])
     m2 = rwkv5.Model.from_state_dict(mm)
-    assert np.shares_memory(m2._weights[1][0][10], mm["blocks.0.att.receptance.weight"])
+    assert np.shares_memory(m2._weights["blocks.0.att.receptance.weight"], mm["blocks.0.att.receptance.weight"])
     del mm
     gc.collect()
     got, _ = m2.forward([1, 2, 3])
@@ -285,7 +285,7 @@ def test_unaligned_matrices_are_used_in_place(isa, isa_name, dtype):
         odd[k][...] = v
     assert not odd["head.weight"].flags.aligned
     m = rwkv5.Model.from_state_dict(odd, layout="rows")       # "auto" blocks 16-bit matrices (a copy)
-    assert np.shares_memory(m._weights[0][5], odd["head.weight"])
+    assert np.shares_memory(m._weights["head.weight"], odd["head.weight"])
     for mode in ("recurrent", "parallel"):
         got, _ = m.forward(np.arange(70) % 50, mode=mode, full_output=True)
         np.testing.assert_allclose(got, want, atol=1e-5)
@@ -300,10 +300,10 @@ def test_layouts_give_the_same_bits(dtype):
     toks = np.arange(140) % 51
     models = {lay: rwkv5.Model.from_state_dict(sd, dtype=dtype, layout=lay) for lay in ("rows", "blocked", "auto")}
     for lay, m in models.items():
-        head = m._weights[0][5]
+        head = m._weights["head.weight"]
         head = head[0] if isinstance(head, tuple) else head
         assert head.ndim == (2 if lay == "rows" or (lay == "auto" and dtype == "fp32") else 4), lay
-        assert m._weights[0][0].ndim == 2                      # the embedding: rows are gathered
+        assert m._weights["emb.weight"].ndim == 2                      # the embedding: rows are gathered
     for mode in ("recurrent", "parallel"):
         want, ws = models["rows"].forward(toks, mode=mode, full_output=True)
         for lay in ("blocked", "auto"):
@@ -312,7 +312,7 @@ def test_layouts_give_the_same_bits(dtype):
             np.testing.assert_array_equal(gs.att_kv, ws.att_kv)
     # an fp32 matrix converted from another type is a copy anyway: "auto" blocks it too
     m64 = rwkv5.Model.from_state_dict({k: v.astype(np.float64) for k, v in sd.items()}, dtype="fp32")
-    assert m64._weights[0][5].ndim == 4 and m64._weights[0][5].dtype == np.float32
+    assert m64._weights["head.weight"].ndim == 4 and m64._weights["head.weight"].dtype == np.float32
     with pytest.raises(ValueError, match="layout"):
         rwkv5.Model.from_state_dict(sd, layout="columns")
 
@@ -334,7 +334,7 @@ def test_input_dtypes_float64_float16_bf16_bits():
     np.testing.assert_allclose(got, want, atol=1e-6)
     sdbf = random_state_dict("5.2", n_layer=2, n_embd=64, head_size=16, seed=14, dtype="bf16")
     m = rwkv5.Model.from_state_dict(sdbf)
-    assert m.config.dtype == "bf16" and m._weights[0][0] is sdbf["emb.weight"]
+    assert m.config.dtype == "bf16" and m._weights["emb.weight"] is sdbf["emb.weight"]
     ref, _ = ReferenceModel(sdbf).forward([3, 4])
     np.testing.assert_allclose(m.forward([3, 4])[0], ref, atol=ATOL)
     m16 = rwkv5.Model.from_state_dict(sdbf, dtype="fp16")

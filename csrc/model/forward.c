@@ -57,20 +57,6 @@ void rwkv5_model_free(rwkv5_model *m) {
     m->scratch = NULL;
 }
 
-static int check_mat(const rwkv5_mat *w, const char *name, int layer, int rows, int cols, char *err,
-                     size_t errlen) {
-    if (!w->data || w->rows != rows || w->cols != cols)
-        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: expected shape (%d, %d), got (%d, %d)%s", layer,
-                    name, rows, cols, w->rows, w->cols, w->data ? "" : " (missing)");
-    if (w->dtype < RWKV5_F32 || w->dtype > RWKV5_I8)
-        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: storage type %d is not supported (fp32, fp16, bf16, int8)",
-                    layer, name, w->dtype);
-    if ((w->dtype == RWKV5_I8) != (w->scale != NULL))
-        return fail(err, errlen, RWKV5_EINVAL, "layer %d %s: int8 storage needs per-row scales (and only int8 has them)",
-                    layer, name);
-    return RWKV5_OK;
-}
-
 int rwkv5_model_init(rwkv5_model *m, char *err, size_t errlen) {
     const rwkv5_config *c = &m->cfg;
     int C = c->n_embd, A = c->n_head * c->head_size, F = c->n_ffn, V = c->n_vocab, rc;
@@ -79,27 +65,7 @@ int rwkv5_model_init(rwkv5_model *m, char *err, size_t errlen) {
                     c->n_layer, C, c->n_head, c->head_size, F, V);
     if (!(c->gn_eps > 0.0f) || !isfinite(c->gn_eps))
         return fail(err, errlen, RWKV5_EINVAL, "gn_eps must be a positive finite number, got %g", (double)c->gn_eps);
-    if ((rc = check_mat(&m->g.emb, "emb.weight", -1, V, C, err, errlen)) ||
-        (rc = check_mat(&m->g.head, "head.weight", -1, V, C, err, errlen)))
-        return rc;
-    if (!m->g.ln0_w || !m->g.ln0_b || !m->g.ln_out_w || !m->g.ln_out_b)
-        return fail(err, errlen, RWKV5_EINVAL, "missing ln0 / ln_out vectors");
-    for (int l = 0; l < c->n_layer; l++) {
-        const rwkv5_layer *L = &m->layers[l];
-        if ((rc = check_mat(&L->att_r, "att.receptance.weight", l, A, C, err, errlen)) ||
-            (rc = check_mat(&L->att_k, "att.key.weight", l, A, C, err, errlen)) ||
-            (rc = check_mat(&L->att_v, "att.value.weight", l, A, C, err, errlen)) ||
-            (c->has_gate && (rc = check_mat(&L->att_g, "att.gate.weight", l, A, C, err, errlen))) ||
-            (rc = check_mat(&L->att_o, "att.output.weight", l, C, A, err, errlen)) ||
-            (rc = check_mat(&L->ffn_k, "ffn.key.weight", l, F, C, err, errlen)) ||
-            (rc = check_mat(&L->ffn_r, "ffn.receptance.weight", l, C, C, err, errlen)) ||
-            (rc = check_mat(&L->ffn_v, "ffn.value.weight", l, C, F, err, errlen)))
-            return rc;
-        if (!L->ln1_w || !L->ln1_b || !L->ln2_w || !L->ln2_b || !L->att_mix_k || !L->att_mix_v || !L->att_mix_r ||
-            (c->has_gate && !L->att_mix_g) || !L->decay_logw || !L->bonus_u || !L->lnx_w || !L->lnx_b ||
-            !L->ffn_mix_k || !L->ffn_mix_r)
-            return fail(err, errlen, RWKV5_EINVAL, "layer %d: a vector parameter is missing", l);
-    }
+    if ((rc = rwkv5_check_params(m, err, errlen)) != RWKV5_OK) return rc;
     size_t per_layer = (size_t)(RWKV5_CHUNK + 1) * A;
     free(m->pow_table);
     m->pow_table = (float *)malloc((size_t)c->n_layer * per_layer * sizeof(float));

@@ -61,6 +61,33 @@ typedef struct {
     rwkv5_mat head;                    /* (V, C) */
 } rwkv5_globals;
 
+/* ---- The parameter table: every tensor the model reads, listed once (model.c) ----
+ * It drives the checks of rwkv5_model_init and the binding's parsing, and is exported to Python
+ * (rwkv5._model.PARAMS) for the loaders. Names are RWKV-LM's (docs/model.md §3); a per-layer name is
+ * the part after "blocks.{i}.". Order: the globals, then one layer's parameters in the order the
+ * forward pass reads them. */
+typedef enum {
+    RWKV5_PARAM_MATRIX = 0,  /* rwkv5_mat, any storage type; shape (dims[0], dims[1]) */
+    RWKV5_PARAM_VECTOR = 1,  /* const float * (dims[0]) */
+    RWKV5_PARAM_DECAY = 2,   /* const double * (dims[0]): ln w = -exp(time_decay), per channel (§4.3) */
+    RWKV5_PARAM_BONUS = 3,   /* const float * (dims[0]): u per channel, from time_faaaa or exp(time_first) */
+} rwkv5_param_kind;
+
+/* A dimension of a parameter's shape, in terms of the config (docs/model.md §1). */
+typedef enum { RWKV5_DIM_NONE = 0, RWKV5_DIM_C, RWKV5_DIM_A, RWKV5_DIM_F, RWKV5_DIM_V } rwkv5_dim;
+
+typedef struct {
+    const char *name;   /* "emb.weight", "att.key.weight", ... */
+    int per_layer;      /* 1: a field of rwkv5_layer (one per layer), 0: of rwkv5_globals */
+    int kind;           /* rwkv5_param_kind */
+    int dims[2];        /* rwkv5_dim; dims[1] is RWKV5_DIM_NONE except for matrices */
+    int gate_only;      /* present only in gated models (5.1, 5.2) */
+    size_t offset;      /* offsetof the field in rwkv5_layer or rwkv5_globals */
+} rwkv5_param;
+
+extern const rwkv5_param rwkv5_params[];
+extern const int rwkv5_n_params;
+
 /* Positions per WKV chunk in parallel mode (the power table has RWKV5_CHUNK + 1 rows). */
 #define RWKV5_CHUNK 64
 /* Parallel mode runs the prompt in slices of whole chunks, up to this many rows (B x positions):
@@ -101,6 +128,17 @@ enum { RWKV5_RECURRENT = 0, RWKV5_PARALLEL = 1 };
  * rwkv5_model_alloc_layers). Checks the config and matrix shapes/dtypes, builds the power table.
  * Returns RWKV5_OK or an error code with a message in err. */
 int rwkv5_model_alloc_layers(rwkv5_model *m, int n_layer);
+/* The size of dimension `dim` (rwkv5_dim) under config c; 1 for RWKV5_DIM_NONE. */
+int rwkv5_dim_size(const rwkv5_config *c, int dim);
+/* The field parameter p fills: in m->g, or in m->layers[layer] for a per-layer one. Points to an
+ * rwkv5_mat for a matrix, else to the `const float *` / `const double *` pointer. */
+void *rwkv5_param_field(rwkv5_model *m, const rwkv5_param *p, int layer);
+/* The full name of parameter p ("blocks.{layer}." + p->name for a per-layer one) into buf;
+ * -1 if it does not fit. */
+int rwkv5_param_name(char *buf, size_t len, const rwkv5_param *p, int layer);
+/* Every parameter the config needs is set, each matrix with its shape and a supported storage
+ * type (part of rwkv5_model_init). */
+int rwkv5_check_params(rwkv5_model *m, char *err, size_t errlen);
 int rwkv5_model_init(rwkv5_model *m, char *err, size_t errlen);
 void rwkv5_model_free(rwkv5_model *m);
 

@@ -1,4 +1,4 @@
-// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c csrc/model/neon.c
+// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c csrc/model/params.c csrc/model/neon.c
 /* Kernel tests without Python: every ISA's matmul against scalar on odd sizes and all storage types,
  * the chunked WKV against the one-token recurrence, the thread pool's coverage, and a small random
  * model run in both modes (recurrent vs parallel) including its error paths. */
@@ -400,9 +400,46 @@ static void test_forward_modes(void) {
     CHECK(rwkv5_run_polled(slow_work, NULL, count_polls, NULL, 1) == 7 && polled_count == 1,
           "run_polled returned the poll's answer after one poll (%d polls)", polled_count);
     m.layers[1].ffn_v.rows = 3;
-    CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_EINVAL && strstr(err, "ffn.value"), "shape check: %s", err);
+    CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_EINVAL &&
+          strstr(err, "blocks.1.ffn.value.weight: expected shape (24, 40), got (3, 40)"), "shape check: %s", err);
+    m.layers[1].ffn_v.rows = C;
+    m.layers[0].lnx_b = NULL;
+    CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_EINVAL && strstr(err, "blocks.0.att.ln_x.bias: missing"),
+          "missing vector: %s", err);
+    m.layers[0].lnx_b = m.layers[0].lnx_w;
+    m.g.head.dtype = 7;
+    CHECK(rwkv5_model_init(&m, err, sizeof err) == RWKV5_EINVAL && strstr(err, "head.weight"),
+          "storage type check: %s", err);
     rwkv5_model_free(&m);
 #undef TAKE
+}
+
+/* The parameter table fills every field of rwkv5_layer and rwkv5_globals, each exactly once. */
+static void test_param_table(void) {
+    unsigned char seen_l[sizeof(rwkv5_layer)] = {0}, seen_g[sizeof(rwkv5_globals)] = {0};
+    for (int i = 0; i < rwkv5_n_params; i++) {
+        const rwkv5_param *p = &rwkv5_params[i];
+        size_t size = p->kind == RWKV5_PARAM_MATRIX ? sizeof(rwkv5_mat) : sizeof(void *);
+        unsigned char *seen = p->per_layer ? seen_l : seen_g;
+        size_t total = p->per_layer ? sizeof seen_l : sizeof seen_g;
+        CHECK(p->offset + size <= total, "%s: field outside its struct", p->name);
+        if (p->offset + size > total) continue;
+        for (size_t b = 0; b < size; b++) {
+            CHECK(!seen[p->offset + b], "%s overlaps another parameter's field", p->name);
+            seen[p->offset + b] = 1;
+        }
+        CHECK((p->kind == RWKV5_PARAM_MATRIX) == (p->dims[1] != RWKV5_DIM_NONE) && p->dims[0] != RWKV5_DIM_NONE,
+              "%s: a matrix has two dims, a vector one", p->name);
+    }
+    size_t gap_l = 0, gap_g = 0;
+    while (gap_l < sizeof seen_l && seen_l[gap_l]) gap_l++;
+    while (gap_g < sizeof seen_g && seen_g[gap_g]) gap_g++;
+    CHECK(gap_l == sizeof seen_l, "byte %zu of rwkv5_layer is no parameter's", gap_l);
+    CHECK(gap_g == sizeof seen_g, "byte %zu of rwkv5_globals is no parameter's", gap_g);
+    char name[64];
+    CHECK(rwkv5_param_name(name, sizeof name, &rwkv5_params[rwkv5_n_params - 1], 12) == 0 &&
+          !strcmp(name, "blocks.12.ffn.value.weight"), "full name: %s", name);
+    CHECK(rwkv5_param_name(name, 8, &rwkv5_params[rwkv5_n_params - 1], 12) == -1, "a name that does not fit");
 }
 
 int main(void) {
@@ -414,6 +451,7 @@ int main(void) {
 #endif
     test_wkv_chunk_equals_steps();
     test_threadpool();
+    test_param_table();
     test_forward_modes();
     rwkv5_set_num_threads(1);   /* join the workers so LeakSanitizer sees a clean exit */
     if (failures) {
