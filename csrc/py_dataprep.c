@@ -308,6 +308,100 @@ fail:
     return NULL;
 }
 
+/* encode_texts(tokenizer, data, offsets, status, lang, repair_utf8, n_threads, tok_fd, meta_fd, cancel=None)
+ * -> dict (dp_encode_texts; GIL released). data: any bytes-like buffer (e.g. an Arrow string
+ * column's data buffer; it must not change during the call), offsets: int64 array of n + 1,
+ * status: writable uint8 array of n (DP_OK for the texts to tokenize; updated), lang: uint16 array
+ * of n or None. */
+static const char *kw_encode_texts[] = {"tokenizer", "data", "offsets", "status", "lang", "repair_utf8",
+                                        "n_threads", "tok_fd", "meta_fd", "cancel", NULL};
+
+static PyObject *py_encode_texts(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    PyObject *cap, *data_o, *off_o, *status_o, *lang_o, *cancel_o = Py_None, *out = NULL;
+    int repair, n_threads, tok_fd, meta_fd, rc, have_data = 0, have_cancel = 0;
+    Py_buffer data = {0}, cancel_buf = {0};
+    PyArrayObject *off = NULL, *status = NULL, *lang = NULL;
+    dp_texts_opts o;
+    dp_texts_result res;
+    char err[512] = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOpiii|O:encode_texts", (char **)kw_encode_texts, &cap, &data_o,
+                                     &off_o, &status_o, &lang_o, &repair, &n_threads, &tok_fd, &meta_fd, &cancel_o))
+        return NULL;
+    wt_tokenizer *t = get_tok(cap);
+    if (!t) return NULL;
+    if (n_threads < 1 || n_threads > 1024) return PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads);
+    if (data_o != Py_None) {
+        if (PyUnicode_Check(data_o)) return PyErr_Format(PyExc_TypeError, "data: expected a bytes-like object, got str");
+        if (PyObject_GetBuffer(data_o, &data, PyBUF_SIMPLE) < 0) return NULL;
+        have_data = 1;
+    }
+    off = (PyArrayObject *)PyArray_FROM_OTF(off_o, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
+    if (!off) goto fail;
+    if (!PyArray_Check(status_o) || PyArray_TYPE((PyArrayObject *)status_o) != NPY_UINT8 ||
+        PyArray_NDIM((PyArrayObject *)status_o) != 1 || !PyArray_ISCARRAY((PyArrayObject *)status_o)) {
+        PyErr_SetString(PyExc_TypeError, "status: expected a writable, contiguous 1-D uint8 array");
+        goto fail;
+    }
+    status = (PyArrayObject *)status_o;
+    npy_intp n = PyArray_DIM(status, 0);
+    if (PyArray_NDIM(off) != 1 || PyArray_DIM(off, 0) != n + 1) {
+        PyErr_Format(PyExc_ValueError, "offsets: expected %zd values (one more than status), got %zd", (Py_ssize_t)(n + 1),
+                     PyArray_NDIM(off) == 1 ? (Py_ssize_t)PyArray_DIM(off, 0) : (Py_ssize_t)-1);
+        goto fail;
+    }
+    const int64_t *po = PyArray_DATA(off);
+    if (po[0] < 0 || po[n] > (have_data ? (int64_t)data.len : 0)) {
+        PyErr_Format(PyExc_ValueError, "offsets: [%lld, %lld] lie outside the %zd bytes of data", (long long)po[0],
+                     (long long)po[n], have_data ? data.len : (Py_ssize_t)0);
+        goto fail;
+    }
+    if (lang_o != Py_None) {
+        lang = (PyArrayObject *)PyArray_FROM_OTF(lang_o, NPY_UINT16, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
+        if (!lang) goto fail;
+        if (PyArray_NDIM(lang) != 1 || PyArray_DIM(lang, 0) != n) {
+            PyErr_Format(PyExc_ValueError, "lang: expected %zd values", (Py_ssize_t)n);
+            goto fail;
+        }
+    }
+    if (cancel_o != Py_None) {
+        if (PyObject_GetBuffer(cancel_o, &cancel_buf, PyBUF_WRITABLE) < 0) goto fail;
+        have_cancel = 1;
+        if (cancel_buf.len < (Py_ssize_t)sizeof(int) || ((uintptr_t)cancel_buf.buf % sizeof(int))) {
+            PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
+            goto fail;
+        }
+    }
+    memset(&o, 0, sizeof o);
+    o.data = have_data ? data.buf : (const uint8_t *)"";
+    o.offsets = po;
+    o.n = (size_t)n;
+    o.lang = lang ? PyArray_DATA(lang) : NULL;
+    o.repair_utf8 = repair;
+    o.n_threads = n_threads;
+    o.encode = encode_cb;
+    o.encode_ctx = t;
+    o.tok_fd = tok_fd;
+    o.meta_fd = meta_fd;
+    o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = dp_encode_texts(&o, PyArray_DATA(status), &res, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        PyErr_SetString(strcmp(err, "cancelled") == 0 ? PyExc_KeyboardInterrupt : PyExc_OSError, err);
+        goto fail;
+    }
+    out = Py_BuildValue("{sKsKsKsK}", "docs", (unsigned long long)res.docs, "tokens", (unsigned long long)res.tokens,
+                        "text_bytes", (unsigned long long)res.text_bytes, "repaired_docs",
+                        (unsigned long long)res.repaired_docs);
+fail:
+    if (have_data) PyBuffer_Release(&data);
+    if (have_cancel) PyBuffer_Release(&cancel_buf);
+    Py_XDECREF(off);
+    Py_XDECREF(lang);
+    return out;
+}
+
 /* copy_ranges(out_fd, src_paths: list[str], ranges: int64 (k, 3)) -> None */
 static PyObject *py_copy_ranges(PyObject *self, PyObject *args) {
     (void)self;
@@ -505,6 +599,9 @@ static PyMethodDef methods[] = {
      "run_task(tokenizer, path, kind, start, end, text_field, lang_field, repair_utf8, fail_fast, n_threads, "
      "tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None) -> dict (GIL released; cancel: a "
      "writable int-aligned buffer, non-zero first int stops the task)"},
+    {"encode_texts", (PyCFunction)(void (*)(void))py_encode_texts, METH_VARARGS | METH_KEYWORDS,
+     "encode_texts(tokenizer, data, offsets int64[n+1], status uint8[n] (in/out), lang uint16[n] | None, repair_utf8, "
+     "n_threads, tok_fd, meta_fd, cancel=None) -> dict (appends the parts; GIL released)"},
     {"copy_ranges", py_copy_ranges, METH_VARARGS, "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
     {"zstd_compress", py_zstd_compress, METH_VARARGS, "zstd_compress(data, level) -> one checksummed frame"},
     {"zstd_decompress", py_zstd_decompress, METH_VARARGS, "zstd_decompress(frame, size) -> bytes"},

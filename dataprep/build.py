@@ -17,6 +17,7 @@ import glob as _glob
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _dataprep
+from . import _dataprep, columnar
 from .formats import sha256_file, write_idx, write_zst_shard
 from .errors import DataprepError
 from .sets import PrefixLock, publish
@@ -71,7 +72,11 @@ INPUT_TYPES = (
     (".txt", "txt", False, True),
     (".zst", "jsonl", True, False),
 )
-_FOLDER_SUFFIXES = tuple(t[0] for t in INPUT_TYPES if t[3])
+# Parquet and Arrow IPC files are told by their magic bytes (columnar.sniff); folders are searched
+# for these names, and a folder written by datasets' save_to_disk is read as the files its
+# state.json lists
+COLUMNAR_SUFFIXES = (".parquet", ".arrow")
+_FOLDER_SUFFIXES = tuple(t[0] for t in INPUT_TYPES if t[3]) + COLUMNAR_SUFFIXES
 
 
 def _kind_of(path: str, txt_mode: str) -> tuple:
@@ -83,7 +88,7 @@ def _kind_of(path: str, txt_mode: str) -> tuple:
                 return (KIND_JSONL_ZST if zstd else KIND_JSONL), zstd
             return (KIND_TXT_FILE if txt_mode == "file" else KIND_TXT_BLANK), zstd
     raise DataprepError(f"{path}: unsupported input type (expected .jsonl, .ndjson, .json, .txt, "
-                        f"each optionally .zst-compressed)")
+                        f"each optionally .zst-compressed, .parquet or .arrow)")
 
 
 def printable_path(path) -> str:
@@ -143,9 +148,17 @@ def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None) -> li
                         visited.add((st.st_dev, st.st_ino))
                         keep.append(d)
                 dirs[:] = keep
+                saved = columnar.saved_dataset_files(root, files)
+                if saved is not None:   # a datasets save_to_disk folder: its listed data files
+                    for p in saved[0]:
+                        if not ours(p):
+                            add(p)
+                    files = [f for f in files if f not in saved[1] and os.path.join(root, f) not in saved[0]]
                 for name in sorted(files):
                     p = os.path.join(root, name)
                     if ours(p):
+                        continue
+                    if name == columnar.DATASET_DICT_META:
                         continue
                     if name.lower().endswith(_FOLDER_SUFFIXES) and os.path.isfile(p):
                         add(p)
@@ -196,6 +209,19 @@ def _cut_points(path: str, size: int, task_size: int) -> list:
 def plan_tasks(files: Sequence[str], options: dict) -> list:
     tasks = []
     for fi, path in enumerate(files):
+        if isinstance(path, dict):   # a file of records spilled from a Python iterable
+            tasks.append({"id": len(tasks), "file": fi, "path": path["path"], "kind": "records", "zstd": False,
+                          "part": 0, "start": 0, "end": -1, "first_row": path["first_record"],
+                          "bytes": path["bytes"], "sha256": path["sha256"], "label": "records"})
+            continue
+        fmt = columnar.sniff(path)
+        if fmt is not None:   # Parquet (cut by row groups) or Arrow IPC
+            st = os.stat(path)
+            for part, (a, b, first, nbytes) in enumerate(columnar.plan(path, fmt, options)):
+                tasks.append({"id": len(tasks), "file": fi, "path": path, "kind": fmt, "zstd": False, "part": part,
+                              "start": a, "end": b, "first_row": first, "bytes": nbytes,
+                              "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns})
+            continue
         kind, zstd = _kind_of(path, options["txt_mode"])
         st = os.stat(path)
         size = st.st_size
@@ -419,6 +445,7 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
 # on_error is handled apart: a task that met no bad record has the same parts under fail and skip
 _TASK_OPTIONS = ("text_field", "lang_field", "repair_utf8", "txt_mode")
 ENDED_NAME = "ended.json"   # {"status": "error", "error": ...} or {"status": "done"} (--keep-work)
+RECORDS_DIR, RECORDS_NEW = "records", "records.new"   # Python records spilled as Arrow files (columnar.spill)
 
 
 def _reusable_tasks(old: dict, new: dict, workdir: str) -> set:
@@ -482,7 +509,7 @@ def _prepare_workdir(lock, plan: dict, restart: bool, log) -> None:
         keep = _reusable_tasks(old, plan, workdir)
     names = {f"task-{i:06d}.{ext}" for i in keep for ext in ("tok", "meta", "done.json")}
     n_done_old = sum(1 for n in os.listdir(workdir) if n.endswith(".done.json"))
-    lock.clear(keep=lambda name: name in names)
+    lock.clear(keep=lambda name: name in names or name == RECORDS_NEW)
     if old is not None and ended is not None and not restart:
         how = "ended in an error" if ended == "error" else "was kept (--keep-work)"
         log(f"{workdir}: the last run {how}; this run has other inputs or options: "
@@ -494,7 +521,21 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
                   log) -> dict:
     workdir = lock.workdir
     unread = []
-    files = expand_inputs(inputs, exclude_prefix=out, unread=unread)
+    spilled = None
+    if columnar.is_record_source(inputs):
+        # Python records: written as Arrow files of about task_size text bytes into the work
+        # folder (fingerprinted by content, so a rerun with the same records resumes)
+        new = os.path.join(workdir, RECORDS_NEW)
+        if os.path.isdir(new):
+            shutil.rmtree(new)
+        spilled = columnar.spill(inputs, new, options)
+        files = []
+        for p, n, first in spilled:
+            final = os.path.join(workdir, RECORDS_DIR, os.path.basename(p))
+            files.append({"path": final, "bytes": os.path.getsize(p), "sha256": sha256_file(p),
+                          "first_record": first, "records": n})
+    else:
+        files = expand_inputs(inputs, exclude_prefix=out, unread=unread)
     if unread:
         shown = ", ".join(unread[:5]) + (", ..." if len(unread) > 5 else "")
         log(f"warning: {len(unread)} file(s) under the input folders are not read (not "
@@ -502,11 +543,16 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
     tasks = plan_tasks(files, options)
     vocab_sha = sha256_file(options["vocab"])
     plan = {"plan_version": PLAN_VERSION, "options": {k: v for k, v in options.items()},
-            "vocab_sha256": vocab_sha, "inputs": [_file_fingerprint(p) for p in files], "tasks": tasks}
+            "vocab_sha256": vocab_sha, "tasks": tasks,
+            "inputs": [_file_fingerprint(p) if isinstance(p, str) else {k: p[k] for k in ("path", "bytes", "sha256")}
+                       for p in files]}
     _prepare_workdir(lock, plan, restart, log)
+    if spilled is not None:
+        columnar.replace_folder(os.path.join(workdir, RECORDS_NEW), os.path.join(workdir, RECORDS_DIR))
+        files = [p["path"] for p in files]
     try:
         manifest = _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress,
-                                  allow_empty, unread, log)
+                                  allow_empty, unread, log, records_input=spilled is not None)
     except Exception as e:
         # a run that ended in an error (not an interrupted one) does not block a corrected rerun
         _write_json_atomic(os.path.join(workdir, ENDED_NAME), {"status": "error", "error": str(e)})
@@ -519,11 +565,11 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
 
 
 def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, allow_empty,
-                   unread, log) -> dict:
+                   unread, log, records_input=False) -> dict:
     # --- run the tasks
     t0 = time.perf_counter()
     records = [None] * len(tasks)
-    total_in = sum(t["input_bytes"] for t in tasks if t["part"] == 0)
+    total_in = sum(t.get("input_bytes", t.get("bytes", 0)) for t in tasks if t["part"] == 0)
     done_bytes = 0
 
     n_finished = 0
@@ -532,7 +578,7 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
         nonlocal done_bytes, n_finished
         t = tasks[i]
         n_finished += 1
-        done_bytes += t["input_bytes"] if t["end"] < 0 else t["end"] - t["start"]
+        done_bytes += t["bytes"] if "bytes" in t else t["input_bytes"] if t["end"] < 0 else t["end"] - t["start"]
         if progress:
             dt = max(time.perf_counter() - t0, 1e-9)
             tag = " (resumed)" if rec.get("resumed") else ""
@@ -574,8 +620,10 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
         if task["part"] > 0:
             line_base[i] = line_base[i - 1] + records[i - 1]["lines"]
         if records[i].get("error"):
-            raise DataprepError(f"{task['path']}:{line_base[i] + records[i]['fail_line']}: {records[i]['reason']} "
-                                f"({_bad_record_hint(records[i]['reason'])})")
+            where = f"{task['path']}:{line_base[i] + records[i]['fail_line']}"
+            if records[i].get("location"):   # Parquet / Arrow / Python records: no line numbers
+                where = f"{task.get('label', task['path'])}: {records[i]['location']}"
+            raise DataprepError(f"{where}: {records[i]['reason']} ({_bad_record_hint(records[i]['reason'])})")
     if not allow_empty and not any(r is not None and r["docs"] for r in records):
         n_skipped = sum(sum(r["skipped"].values()) for r in records)
         why = f"{n_skipped} record(s) skipped as bad or empty" if n_skipped else "no records"
@@ -584,6 +632,9 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
                             f"pass --allow-empty to write an empty set")
     elapsed_tasks = time.perf_counter() - t0
     manifest, renames = _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir)
+    if records_input:   # the spilled files live in the work folder only
+        manifest["inputs"] = [{"records": sum(r["lines"] for r in records),
+                               "bytes": sum(t["bytes"] for t in tasks)}]
     manifest["inputs_not_read"] = {"count": len(unread), "first": unread[:MAX_LISTED]}
     manifest["timing"] = {"tokenize_seconds": round(elapsed_tasks, 3),
                           "total_seconds": round(time.perf_counter() - t0, 3), "workers": n_threads}
@@ -742,7 +793,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
             skipped[k] = skipped.get(k, 0) + v
         for line, reason in rec["listed"]:
             if len(listed) < MAX_LISTED:
-                listed.append(f"{tasks[ti]['path']}:{line_base[ti] + line}:{reason}")
+                listed.append(f"{tasks[ti].get('label', tasks[ti]['path'])}:{line_base[ti] + line}:{reason}")
         lines += rec["lines"]
         blank += rec["blank_lines"]
         repaired += rec["repaired_docs"]
@@ -750,7 +801,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         skipped["duplicate"] = dup_count
 
     total_tokens = int(sizes[order].sum()) if n else 0
-    planned_bytes = {t["path"]: t["input_bytes"] for t in tasks}
+    planned_bytes = {t["path"]: t.get("input_bytes", t.get("bytes")) for t in tasks}
     opts_out = {k: v for k, v in options.items() if k not in ("vocab",)}
     manifest = {
         "format": "rwkv5-dataprep-manifest",

@@ -154,4 +154,28 @@ void dp_task_result_free(dp_task_result *result);
 int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const int64_t *ranges,
                    size_t k, char *err, size_t errlen);
 
+/* ---------------------------------------------------------------- in-memory texts (dp_texts.c) */
+typedef struct {
+    const uint8_t *data;      /* the texts' bytes */
+    const int64_t *offsets;   /* n + 1 non-decreasing offsets: text i is data[offsets[i], offsets[i+1]) */
+    size_t n;
+    const uint16_t *lang;     /* per text: language id in the caller's table; NULL = all 0 */
+    int repair_utf8;          /* as dp_task_opts */
+    int n_threads;            /* 1..1024, the calling thread included */
+    dp_encode_fn encode;
+    const void *encode_ctx;
+    int tok_fd, meta_fd;      /* the parts are appended here (tokens + 0 per document; dp_doc_meta) */
+    volatile int *cancel;     /* optional: non-zero stops the batch ("cancelled") */
+} dp_texts_opts;
+
+typedef struct {
+    uint64_t docs, tokens, text_bytes, repaired_docs;
+} dp_texts_result;
+
+/* Tokenize the texts whose status[i] is DP_OK on entry (the caller marks the records it already
+ * found bad) exactly as a plain-text record of dp_run_task: texts that are not UTF-8 get
+ * DP_INVALID_UTF8 (unless repaired), empty ones DP_EMPTY; the others are appended to the parts in
+ * index order. Returns 0, or -1 with err set (write error, out of memory, cancelled). */
+int dp_encode_texts(const dp_texts_opts *o, uint8_t *status, dp_texts_result *res, char *err, size_t errlen);
+
 #endif
