@@ -10,10 +10,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     b = sub.add_parser("build", help="tokenize inputs into PREFIX.bin/.idx (or zst shards) + PREFIX.manifest.json")
-    b.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl, .jsonl.zst, .txt files, globs or folders")
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl, .jsonl.zst, .txt, .parquet, .arrow files, globs or folders (saved datasets folders too)")
     b.add_argument("--out", required=True, metavar="PREFIX", help="output prefix (PREFIX.bin, PREFIX.idx, ...)")
-    b.add_argument("--text-field", default="text", help="JSON field holding the document text (default: text)")
-    b.add_argument("--lang-field", default=None, help="JSON field holding a language tag, for per-language statistics")
+    b.add_argument("--text-field", default="text", help="JSON field or Parquet/Arrow column holding the document text; a dotted name reaches into a struct column (default: text)")
+    b.add_argument("--lang-field", default=None, help="JSON field or Parquet/Arrow column holding a language tag, for per-language statistics")
     b.add_argument("--format", default="binidx", choices=["binidx", "zst"],
                    help="binidx: RWKV-LM's PREFIX.bin/.idx; zst: zstd token shards (docs/zst-shards.md) (default: binidx)")
     b.add_argument("--workers", type=int, default=None, help="tokenizer threads per task, 1..1024 (default: the CPUs available; 0 is refused)")

@@ -414,6 +414,9 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     inputs: a file, glob or folder, or a list of them (a single str is one input). Files under a
     folder that the build does not read are listed in a warning and in the manifest
     (``inputs_not_read``); inputs holding no document at all are an error unless allow_empty.
+    Instead of paths, inputs may be records: a datasets.Dataset or IterableDataset, or any
+    iterable of dicts or strings that is not a list/tuple of paths (docs/dataprep.md, "Python
+    iterables and datasets objects"); Parquet and Arrow files need pyarrow.
 
     workers: C threads per task, 1..1024 (None: the CPUs this process may use).
 
