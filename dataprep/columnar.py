@@ -424,10 +424,10 @@ def _tokenize_ipc(task, options, enc, pa, ipc):
 
 def is_record_source(inputs) -> bool:
     """True when build() was given records rather than paths: a datasets object, or any iterable
-    that is not a str/path or a list/tuple of them."""
+    that is not a str/path or a list/tuple/set of them (a generator is records)."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
         return False
-    if isinstance(inputs, (list, tuple)):
+    if isinstance(inputs, (list, tuple, set, frozenset)):
         return any(not isinstance(x, (str, bytes, os.PathLike)) for x in inputs)
     return hasattr(inputs, "__iter__")
 
