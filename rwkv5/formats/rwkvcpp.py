@@ -280,3 +280,57 @@ def read_rwkvcpp(path, mmap=True):
                 rwkvcpp_arch="5v2" if gated else "5v1",
                 quantized=sorted({a.kind for a in sd.values() if isinstance(a, QuantizedTensor)}))
     return sd, info
+
+
+def write_rwkvcpp(path, state_dict, data_type="FP32") -> int:
+    """Write an RWKV-5.2 state dict (RWKV-LM names, as `read_rwkvcpp` returns or a checkpoint holds)
+    as an rwkv.cpp `.bin` file (file version 101) of data_type "FP32" or "FP16"; returns its size.
+
+    The inverse of `read_rwkvcpp` for float files: the 2-D matrices (emb, head and the layers') are
+    stored as float32 or float16, everything else as float32; `time_decay` d is stored as
+    w = exp(-exp(d)) (computed in float64, rounded once to float32) and it and `time_faaaa` are
+    shaped (H, N, 1); `time_mix_*` vectors are flattened. Tensors are written in the order of the
+    mapping. Reading the result back gives the same tensors (the FP32/FP16 fixtures of rwkv.cpp are
+    reproduced byte for byte: tests/test_rwkvcpp_writer.py). The file is written under a temporary
+    name and renamed into place when complete.
+    """
+    if data_type not in ("FP32", "FP16"):
+        raise ValueError(f"data_type: expected 'FP32' or 'FP16', got {data_type!r} (rwkv.cpp's own quantizer "
+                         "makes the Q* kinds from these)")
+    if "emb.weight" not in state_dict:
+        raise ValueError("state_dict has no 'emb.weight'")
+    tid = 0 if data_type == "FP32" else 1
+    n_vocab, n_embd = (int(x) for x in np.shape(state_dict["emb.weight"]))
+    layers = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")}
+    n_layer = max(layers) + 1 if layers else 0
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(np.array([MAGIC, 101, n_vocab, n_embd, n_layer, tid], "<i4").tobytes())
+            for key, a in state_dict.items():
+                if isinstance(a, QuantizedTensor):
+                    a = a.dequantize()
+                a = np.asarray(a)
+                if a.dtype == np.uint16:
+                    raise ValueError(f"tensor {key!r}: raw bfloat16 bits (uint16); convert to float32 first")
+                if key.endswith("att.time_decay"):
+                    with np.errstate(over="ignore"):
+                        a = np.exp(-np.exp(a.astype(np.float64))).reshape(a.shape[0], -1, 1)
+                elif key.endswith("att.time_faaaa"):
+                    a = a.reshape(a.shape[0], -1, 1)
+                elif ".time_mix_" in key:
+                    a = a.reshape(-1)
+                ttype = tid if a.ndim == 2 else 0
+                data = np.ascontiguousarray(a, dtype=_DTYPES[ttype])
+                name = key.encode("utf-8")
+                f.write(np.array([a.ndim, len(name), ttype, *a.shape[::-1]], "<i4").tobytes())
+                f.write(name)
+                f.write(data.tobytes())
+            size = f.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return size
