@@ -291,3 +291,28 @@ def test_datasets_objects_equal_jsonl(ref):
     ds.save_to_disk(str(d / "saved_ds"), num_shards=2)
     m = quiet([str(d / "saved_ds")], d / "dss", lang_field="lang", on_error="skip")
     same_as_ref(ref, m, d / "dss")
+
+
+@pytest.mark.parametrize("typ", ["large_string", "dictionary"])
+def test_large_and_dictionary_string_columns_equal_jsonl(ref, typ):
+    d = ref[0]
+    t = table(ref[1])
+    i = t.schema.get_field_index("text")
+    col = t.column("text").cast(pa.large_string()) if typ == "large_string" else t.column("text").dictionary_encode()
+    t = t.set_column(i, "text", col)
+    pq.write_table(t, d / f"{typ}.parquet", row_group_size=128)
+    assert str(pq.read_schema(d / f"{typ}.parquet").field("text").type).startswith(typ)
+    m = quiet([str(d / f"{typ}.parquet")], d / typ, lang_field="lang", on_error="skip")
+    same_as_ref(ref, m, d / typ)
+
+
+def test_cli_reads_a_struct_column_by_dotted_name(ref, tmp_path):
+    import subprocess
+    d = ref[0]
+    pq.write_table(table(ref[1], struct=True), tmp_path / "cli.parquet", row_group_size=100)
+    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "build", str(tmp_path / "cli.parquet"), "--out",
+                        str(tmp_path / "cli"), "--text-field", "meta.body", "--lang-field", "meta.lang",
+                        "--on-error", "skip", "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert outputs(tmp_path / "cli") == ref[2]
+    assert d.exists()
