@@ -259,7 +259,7 @@ def run(quick: bool = False) -> dict:
         if psrc:
             notes.append(f"the .parquet input is {os.path.getsize(psrc) / 1e6:.0f} MB (zstd, 8192-row groups); "
                          f"its peak RSS should stay flat in the input size (target < 1 GiB for a 2 GB file): "
-                         f"a task holds one row group's text column and ~16 MiB batches")
+                         f"a task holds one row group's text column and ~4 MiB batches")
         md_bytes = 2_000_000 if quick else 8_000_000
         dt, n = make_data_approach(src, os.path.join(tmp, "md"), md_bytes)
         md = n / dt / 1e6

@@ -34,7 +34,7 @@ KINDS = ("parquet", "arrow", "records")
 STATUS = {name: i for i, name in enumerate(_dataprep.STATUS_NAMES)}
 LANG_MAX = 63            # = DP_LANG_MAX: longer language values are cut at a character boundary
 MAX_LANGS = 65536        # = DP_MAX_LANGS
-BATCH_BYTES = 16 << 20   # text bytes per batch handed to the C tokenizer
+BATCH_BYTES = 4 << 20   # text bytes per batch handed to the C tokenizer
 INSTALL_HINT = "pip install 'rwkv5[parquet]' (or pip install pyarrow)"
 
 
@@ -340,7 +340,9 @@ def _add_batch(enc, batch, schema, text_path, lang_path, options, where):
 
 
 def _tokenize_parquet(task, options, enc, pa, pq):
-    pf = pq.ParquetFile(task["path"], memory_map=False)
+    # buffered reads: a column chunk is streamed page by page, not read whole (memory does not
+    # grow with the row group)
+    pf = pq.ParquetFile(task["path"], memory_map=False, buffer_size=4 << 20, pre_buffer=False)
     schema = pf.schema_arrow
     text_path, lang_path = _fields(schema, options, task["path"])
     columns = [".".join(p) for p in (text_path, lang_path) if p]
