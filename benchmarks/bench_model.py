@@ -98,63 +98,12 @@ def model_bytes(L: int, C: int, dtype: str, V: int = VOCAB) -> float:
 # ------------------------------------------------------------------------------ random weights
 
 def random_state_dict(L: int, C: int, V: int = VOCAB, storage: str = "fp32", seed: int = 0) -> dict:
-    """A random RWKV-5.2 state dict (RWKV-LM names, docs/model.md §3) made fast: matrices are tiled from a
-    4M-value block of N(0, 1/fan_in) float32 normals at random offsets (values do not matter for
-    speed); small vectors are realistic (time_decay uniform in [-6, 2.5], so w = exp(-exp(d)) spans
-    ~0.998..6e-6 and no subnormals). storage: "fp32" (float32), "fp16" (float16) or "bf16" (uint16
-    raw bfloat16 bits) for the 2-D matrices and emb; vectors are float32."""
-    rng = np.random.default_rng(seed)
-    H, N, F = C // HEAD_SIZE, HEAD_SIZE, n_ffn(C)
-    block = rng.standard_normal(1 << 22, dtype=np.float32)
-    np_dtype = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}[storage]
-
-    def mat(rows, cols, scale=None):
-        scale = np.float32(1.0 / np.sqrt(cols) if scale is None else scale)
-        out = np.empty((rows, cols), np_dtype)
-        flat = out.reshape(-1)
-        n, step = flat.size, 1 << 20
-        tmp = np.empty(step, np.float32)
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            off = int(rng.integers(0, block.size - step))
-            if storage == "fp32":
-                np.multiply(block[off:off + e - s], scale, out=flat[s:e])
-                continue
-            np.multiply(block[off:off + e - s], scale, out=tmp[:e - s])
-            if storage == "bf16":
-                flat[s:e] = (tmp[:e - s].view(np.uint32) >> 16).astype(np.uint16)
-            else:
-                flat[s:e] = tmp[:e - s]
-        return out
-
-    def vec(shape, lo, hi):
-        return rng.uniform(lo, hi, shape).astype(np.float32)
-
-    def vec_store(v):   # vectors in the same storage as the matrices (as a checkpoint has them)
-        if storage == "bf16":
-            return (v.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-        return v.astype(np_dtype)
-
-    from rwkv5._checkpoint import Architecture, model_params
-    arch = Architecture("5.2", L, C, H, N, F, V, "time_faaaa")
-
-    def draw(name, p):
-        if name == "emb.weight":
-            return mat(V, C, 1.0)
-        if p.kind == "matrix":
-            return mat(*p.shape(arch))
-        if p.kind == "decay":
-            return vec_store(vec((H, N), -6.0, 2.5))
-        if p.kind == "bonus":
-            return vec_store(vec((H, N), -1.0, 1.0))
-        if ".time_mix_" in name:
-            return vec_store(vec((1, 1, C), 0.05, 0.95))
-        if name.endswith(".weight"):          # LayerNorm / GroupNorm
-            return vec_store(vec(p.shape(arch), 0.9, 1.1))
-        return vec_store(vec(p.shape(arch), -0.1, 0.1))
-
-    # every parameter of the C table (rwkv5._model.PARAMS), in its order
-    return {name: draw(name, p) for name, _, p in model_params(arch)}
+    """A random RWKV-5.2 state dict of L layers, width C (head size HEAD_SIZE) made fast for
+    benchmarks: rwkv5.testing.random_state_dict with tiled=True (matrices tiled from one block of
+    normals; values do not matter for speed). storage: "fp32", "fp16" or "bf16" (uint16 bits)."""
+    from rwkv5.testing import random_state_dict as make
+    dtype = {"fp32": np.float32, "fp16": np.float16, "bf16": "bf16"}[storage]
+    return make("5.2", n_layer=L, n_embd=C, head_size=HEAD_SIZE, vocab_size=V, seed=seed, dtype=dtype, tiled=True)
 
 
 def _storage_for(dtype: str) -> str:

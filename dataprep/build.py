@@ -29,10 +29,10 @@ from . import _dataprep, columnar
 from .formats import sha256_file, write_idx, write_zst_shard
 from .errors import DataprepError
 from .sets import PrefixLock, publish
-from .tasks import (MAX_WORKERS, _int_option, _task_stem, _write_json_atomic, check_workers,  # noqa: F401
-                    collect_resumed, finish_task, load_done, load_tokenizer, run_task, tokenize_task)
+from .tasks import (MAX_WORKERS, VOCAB_NAME, _int_option, _task_stem, _write_json_atomic,  # noqa: F401
+                    check_workers, collect_resumed, default_vocab, default_vocab_path, finish_task,
+                    load_done, load_tokenizer, run_task, tokenize_task)
 
-VOCAB_NAME = "rwkv_vocab_v20230424.txt"
 KIND_JSONL, KIND_JSONL_ZST, KIND_TXT_FILE, KIND_TXT_BLANK = 0, 1, 2, 3
 META_DTYPE = np.dtype([("n_bytes", "<u8"), ("h1", "<u8"), ("h2", "<u8"), ("n_tokens", "<u4"),
                        ("lang", "<u2"), ("script", "u1"), ("repaired", "u1")])
@@ -43,22 +43,6 @@ MAX_LISTED = 100
 
 
 # ----------------------------------------------------------------------------- tokenizer
-
-def default_vocab_path() -> str:
-    """The World vocab shipped in the `rwkv` package (found without importing rwkv.model)."""
-    import importlib.util
-    spec = importlib.util.find_spec("rwkv")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataprepError("the World vocab was not found: install the `rwkv` package or pass --vocab PATH")
-    path = os.path.join(list(spec.submodule_search_locations)[0], VOCAB_NAME)
-    if not os.path.exists(path):
-        raise DataprepError(f"the World vocab was not found at {path}; pass --vocab PATH")
-    return path
-
-
-
-
-
 
 # ----------------------------------------------------------------------------- inputs and plan
 
@@ -434,7 +418,7 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     _check_options(options)
     n_threads = check_workers(workers)
     out = check_out_prefix(out)
-    vocab = vocab or default_vocab_path()
+    vocab = vocab or default_vocab()
     if not os.path.isfile(vocab):
         raise DataprepError(f"--vocab {printable_path(vocab)}: no such file")
     options["vocab"] = os.path.abspath(vocab)

@@ -20,9 +20,19 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
+from ..tokenizer.world import VOCAB_NAME, default_vocab_path  # noqa: F401 (one lookup, re-exported)
 from . import _dataprep, columnar
 from .errors import DataprepError
 from .formats import sha256_file
+
+
+def default_vocab() -> str:
+    """The World vocab of the `rwkv` package (rwkv5.tokenizer.default_vocab_path), or a one-line
+    DataprepError saying to install `rwkv` or pass --vocab PATH."""
+    try:
+        return default_vocab_path("pass --vocab PATH")
+    except FileNotFoundError as e:
+        raise DataprepError(str(e)) from None
 
 
 _TOKENIZERS: dict = {}

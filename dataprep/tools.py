@@ -13,7 +13,7 @@ from .errors import DataprepError
 from .formats import BinIdx, FormatError, ZstShard, sha256_file, write_idx
 from .sets import (PrefixLock, manifest_path, parse_manifest, publish, read_manifest,
                    read_manifest_bytes, shard_paths, unlisted_files)
-from .tasks import load_tokenizer
+from .tasks import default_vocab, load_tokenizer
 
 
 def shard_stems(prefix: str) -> tuple:
@@ -262,14 +262,13 @@ def _stats_table(prefix: str, m: dict) -> str:
 def _vocab_of(prefix: str, m) -> str:
     """The vocab file a set's ids belong to: the manifest's vocab path or the default vocab, the one
     whose SHA-256 the manifest records (the default vocab for a set without a manifest)."""
-    from .build import default_vocab_path
     want = m["tokenizer"].get("vocab_sha256") if m else None
     if not want:
-        return default_vocab_path()
+        return default_vocab()
     recorded = m["tokenizer"].get("vocab")
     for cand in (recorded, None):
         try:
-            path = cand if cand is not None else default_vocab_path()
+            path = cand if cand is not None else default_vocab()
         except DataprepError:
             continue
         if isinstance(path, str) and os.path.isfile(path) and sha256_file(path) == want:

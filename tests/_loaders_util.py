@@ -126,48 +126,19 @@ def mmap_backed(a) -> bool:
 
 def random_rwkv5_torch_sd(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab=256, n_ffn=None,
                           seed=0, time_first=False, time_state=False):
-    """A random RWKV-5 state dict with RWKV-LM names, shapes and file order (docs/model.md §3) as torch
-    fp32 tensors, values in realistic ranges (decays in (0,1), mixes in [0,1], LN weights ~1)."""
+    """rwkv5.testing.random_state_dict as torch fp32 tensors in RWKV-LM file order (emb, the blocks,
+    ln_out, head), plus random ``blocks.{i}.att.time_state`` (H, N, N) tensors when time_state."""
     import torch
-    g = torch.Generator().manual_seed(seed)
-    C, N = n_embd, head_size
-    H = C // N
-    F = n_ffn or (int(C * 3.5) // 32 * 32 if version != "5.0" else 4 * C)
 
-    def mat(o, i):
-        return torch.randn(o, i, generator=g) / i ** 0.5
+    from rwkv5.testing import random_state_dict
 
-    def vec(n, lo, hi):
-        return lo + (hi - lo) * torch.rand(n, generator=g)
-
-    sd = {"emb.weight": torch.randn(vocab, C, generator=g) * 0.5,
-          "blocks.0.ln0.weight": vec(C, 0.8, 1.2), "blocks.0.ln0.bias": vec(C, -0.1, 0.1)}
-    for i in range(n_layer):
-        b = f"blocks.{i}."
-        sd[b + "ln1.weight"], sd[b + "ln1.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
-        sd[b + "ln2.weight"], sd[b + "ln2.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
-        for m in ("k", "v", "r") + (("g",) if version != "5.0" else ()):
-            sd[b + f"att.time_mix_{m}"] = vec(C, 0, 1).view(1, 1, C)
-        if version == "5.2":
-            sd[b + "att.time_decay"] = vec(H * N, -6, 1).view(H, N)
-            sd[b + "att.time_faaaa"] = vec(H * N, -1, 1).view(H, N)
-        else:
-            sd[b + "att.time_decay"] = vec(H, -6, 1)
-            sd[b + ("att.time_first" if time_first else "att.time_faaaa")] = vec(H, -1, 1)
-        if time_state:
-            sd[b + "att.time_state"] = torch.randn(H, N, N, generator=g) * 0.3
-        sd[b + "att.receptance.weight"] = mat(C, C)
-        sd[b + "att.key.weight"] = mat(C, C)
-        sd[b + "att.value.weight"] = mat(C, C)
-        if version != "5.0":
-            sd[b + "att.gate.weight"] = mat(C, C)
-        sd[b + "att.output.weight"] = mat(C, C)
-        sd[b + "att.ln_x.weight"], sd[b + "att.ln_x.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
-        sd[b + "ffn.time_mix_k"] = vec(C, 0, 1).view(1, 1, C)
-        sd[b + "ffn.time_mix_r"] = vec(C, 0, 1).view(1, 1, C)
-        sd[b + "ffn.key.weight"] = mat(F, C)
-        sd[b + "ffn.receptance.weight"] = mat(C, C)
-        sd[b + "ffn.value.weight"] = mat(C, F)
-    sd["ln_out.weight"], sd["ln_out.bias"] = vec(C, 0.8, 1.2), vec(C, -0.1, 0.1)
-    sd["head.weight"] = mat(vocab, C)
-    return sd
+    sd = random_state_dict(version, n_layer=n_layer, n_embd=n_embd, head_size=head_size, vocab_size=vocab,
+                           n_ffn=n_ffn, seed=seed, time_first=time_first)
+    if time_state:
+        rng = np.random.default_rng(seed + 1)
+        H, N = n_embd // head_size, head_size
+        for i in range(n_layer):
+            sd[f"blocks.{i}.att.time_state"] = rng.standard_normal((H, N, N)).astype(np.float32) * 0.3
+    first, last = ["emb.weight"], ["ln_out.weight", "ln_out.bias", "head.weight"]
+    order = first + [k for k in sd if k not in first and k not in last] + last
+    return {k: torch.from_numpy(np.ascontiguousarray(sd[k], np.float32)) for k in order}

@@ -6,6 +6,7 @@ import pytest
 
 from rwkv5.formats.pth import PthFile, read_pth
 from rwkv5.formats.zipfile_reader import StoredZip
+from rwkv5.testing import random_state_dict
 
 from _loaders_util import assert_same_arrays, mmap_backed, dict_pkl, tensor_pkl, torch_load_np, write_pth, write_zip64
 
@@ -13,14 +14,8 @@ torch = pytest.importorskip("torch", reason="torch (test extra) writes the refer
 
 
 def _random_sd(dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "emb.weight": torch.randn(50, 16, generator=g).to(dtype),
-        "blocks.0.ln1.weight": torch.randn(16, generator=g).to(dtype),
-        "blocks.0.att.time_mix_k": torch.rand(1, 1, 16, generator=g).to(dtype),
-        "blocks.0.att.time_decay": torch.randn(2, 8, generator=g).to(dtype),
-        "head.weight": torch.randn(50, 16, generator=g).to(dtype),
-    }
+    sd = random_state_dict("5.2", n_layer=1, n_embd=16, head_size=8, vocab_size=50, seed=seed)
+    return {k: torch.from_numpy(v).to(dtype) for k, v in sd.items()}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])

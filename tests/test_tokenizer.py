@@ -62,6 +62,25 @@ def test_missing_rwkv_package_says_pip_install(monkeypatch):
         WorldTokenizer()
 
 
+def test_dataprep_finds_the_vocab_with_the_tokenizer_lookup(monkeypatch, tmp_path):
+    """One default_vocab_path: data prep uses the tokenizer's lookup (same path, same advice when
+    `rwkv` is missing, with the data-prep option named) instead of a second copy of its own."""
+    import importlib
+    import importlib.util
+
+    from rwkv5.dataprep import DataprepError, build
+
+    build_mod = importlib.import_module("rwkv5.dataprep.build")
+
+    assert build_mod.default_vocab_path is default_vocab_path
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rwkv" else real(name, *a))
+    (tmp_path / "a.txt").write_text("hello")
+    with pytest.raises(DataprepError, match=r"run `pip install rwkv` \(or pass --vocab PATH\)"):
+        build([str(tmp_path / "a.txt")], str(tmp_path / "out"))
+    assert not list(tmp_path.glob("out*"))
+
+
 # ---- compatibility with the reference encoders ----------------------------------------------------
 
 @pytest.mark.parametrize(

@@ -39,8 +39,11 @@ VOCAB_NAME = "rwkv_vocab_v20230424.txt"
 TextLike = Union[str, bytes, bytearray, memoryview]
 
 
-def default_vocab_path() -> str:
-    """Path of the World vocab inside the installed `rwkv` package (its model code is never imported)."""
+def default_vocab_path(instead: str = "pass vocab_path=...") -> str:
+    """Path of the World vocab inside the installed `rwkv` package (its model code is never imported).
+
+    The one lookup rwkv5.tokenizer and rwkv5.dataprep share; ``instead`` is what the
+    FileNotFoundError suggests besides installing `rwkv` (data prep says "pass --vocab PATH")."""
     spec = importlib.util.find_spec("rwkv")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in locations:
@@ -50,11 +53,11 @@ def default_vocab_path() -> str:
     if spec is None:
         raise FileNotFoundError(
             f"the World vocab {VOCAB_NAME} ships in the `rwkv` package, which is not installed: "
-            "run `pip install rwkv` (or pass vocab_path=...)"
+            f"run `pip install rwkv` (or {instead})"
         )
     raise FileNotFoundError(
         f"{VOCAB_NAME} not found in the installed `rwkv` package ({', '.join(locations) or 'no folder'}): "
-        "reinstall it with `pip install --force-reinstall rwkv` (or pass vocab_path=...)"
+        f"reinstall it with `pip install --force-reinstall rwkv` (or {instead})"
     )
 
 

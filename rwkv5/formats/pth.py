@@ -74,10 +74,6 @@ for _op, _cost in {0x28: 64, 0x7D: 72, 0x5D: 64, 0x74: 48, 0x85: 56, 0x86: 64, 0
 _MAX_DIM = 1 << 48           # any single shape/stride/offset beyond this is not a real tensor
 _MAX_NDIM = 64
 
-# Protocol-2 magic of the legacy (pre-1.6, non-zip) torch format.
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
 class _Mark:
     __slots__ = ()
 
@@ -101,14 +97,6 @@ class _Storage:
 
     def __init__(self, dtype, kind, key, numel, member):
         self.dtype, self.kind, self.key, self.numel, self.member = dtype, kind, key, numel, member
-
-
-class TensorInfo:
-    """Where a loaded tensor came from: our dtype name and whether it is a view of the file."""
-    __slots__ = ("kind", "zero_copy")
-
-    def __init__(self, kind, zero_copy):
-        self.kind, self.zero_copy = kind, zero_copy
 
 
 class PthFile:
