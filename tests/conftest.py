@@ -1,7 +1,16 @@
 import os
 import pathlib
+import signal
 
 import pytest
+
+# The Ctrl-C tests send SIGINT to child processes and expect KeyboardInterrupt. A non-interactive
+# shell starts background jobs (`make test &`) with SIGINT ignored; an ignored signal stays ignored
+# across exec and Python then leaves it so, and those tests would see the work finish instead. A
+# caught signal is reset to its default at exec: with Python's own handler here, every child starts
+# with SIGINT at its default, as it would from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
