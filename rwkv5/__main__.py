@@ -38,6 +38,7 @@ def convert(src, dst, dtype, out=None) -> dict:
     import numpy as np
 
     from . import __version__
+    from .formats.rwkvcpp import QuantizedTensor
     from .formats.safetensors import write_safetensors
     from .loading import convert_array, read_checkpoint
 
@@ -62,7 +63,9 @@ def convert(src, dst, dtype, out=None) -> dict:
         tensors[name] = b
         if target == "bf16":
             dtypes[name] = "BF16"
-        counts[(kind, target)] = counts.get((kind, target), 0) + 1
+        # a quantised rwkv.cpp matrix is read as fp32 (dequantized exactly): say what it was
+        label = f"{a.kind} (dequantized)" if isinstance(a, QuantizedTensor) else kind
+        counts[(label, target)] = counts.get((label, target), 0) + 1
     if info["time_state"] is not None:
         for i, kv in enumerate(info["time_state"]):
             # back to the file layout [h][value][key] (see state_io.time_state_to_att_kv)

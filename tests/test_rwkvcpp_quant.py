@@ -419,3 +419,11 @@ def test_fixture_loads_without_mmap(fixtures_dir):
     path = fixtures_dir / "tiny-rwkv-5v2-730K-Q5_0.bin"
     a, b = rwkv5.load(path), rwkv5.load(path, mmap=False)
     np.testing.assert_array_equal(a.forward(PROMPT)[0], b.forward(PROMPT)[0])
+
+
+def test_convert_names_the_quantized_source_kind(fixtures_dir, tmp_path, capsys):
+    from rwkv5.__main__ import main
+    assert main(["convert", str(fixtures_dir / "tiny-rwkv-5v2-730K-Q5_1.bin"), str(tmp_path / "o.safetensors"),
+                 "--dtype", "fp16"]) == 0
+    out = capsys.readouterr().out
+    assert "Q5_1 (dequantized) -> fp16" in out, out
