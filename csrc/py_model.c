@@ -164,42 +164,60 @@ static const void *take(PyObject *owner, PyObject *obj, const char *name, int ty
     return take_flags(owner, obj, name, type, nd, dims, 0);
 }
 
-/* A matrix, in either layout of rwkv5_mat:
- *  - row-major: an array (rows, cols) of float32 / float16 / uint16 (bf16 bits), or a tuple
- *    (q int8 (rows, cols), scale float32 (rows,)) meaning W[o][i] = q[o][i] * scale[o];
- *  - 4-row blocked: the same with a 4-d array (ceil(rows/4), ceil(cols/E), 4, E), E = 64 / itemsize
- *    (rwkv5.model.block_matrix makes one). */
+/* A matrix: the tuple (dtype, data) or (dtype, data, scale). dtype is the name of a storage type
+ * (a row of rwkv5_dtypes, exported as _model.DTYPES): the binding reads data's bytes as that type,
+ * it does not guess it from the NumPy dtype. data is an array of that type's element size, in
+ * either layout of rwkv5_mat:
+ *  - row-major: (rows, cols);
+ *  - 4-row blocked: 4-d (ceil(rows/4), ceil(cols/E), 4, E), E = 64 / element size
+ *    (rwkv5.model.block_matrix makes one).
+ * scale: float32 (rows,), present exactly for a type with row scales (int8: W[o][i] = q[o][i] * scale[o]). */
 static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, int cols, rwkv5_mat *out) {
     npy_intp dr[1] = {rows};
-    PyObject *data = obj, *scale = NULL;
     memset(out, 0, sizeof *out);
-    if (PyTuple_Check(obj)) {
-        if (PyTuple_GET_SIZE(obj) != 2) {
-            PyErr_Format(PyExc_ValueError, "%s: an int8 matrix is a tuple (q, scale), got %zd items", name,
-                         PyTuple_GET_SIZE(obj));
-            return -1;
-        }
-        data = PyTuple_GET_ITEM(obj, 0);
-        scale = PyTuple_GET_ITEM(obj, 1);
+    Py_ssize_t items = PyTuple_Check(obj) ? PyTuple_GET_SIZE(obj) : 0;
+    if (items != 2 && items != 3) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a tuple (dtype, array) or (dtype, array, scale), got %s", name,
+                     PyTuple_Check(obj) ? "a tuple of another length" : Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *tag = PyTuple_GET_ITEM(obj, 0), *data = PyTuple_GET_ITEM(obj, 1);
+    PyObject *scale = items == 3 ? PyTuple_GET_ITEM(obj, 2) : NULL;
+    const char *tname = PyUnicode_Check(tag) ? PyUnicode_AsUTF8(tag) : NULL;
+    if (!tname && PyErr_Occurred()) return -1;
+    int dt = -1;
+    for (int t = 0; tname && t < RWKV5_N_DTYPES; t++)
+        if (strcmp(tname, rwkv5_dtypes[t].name) == 0) dt = t;
+    if (dt < 0) {
+        char known[128] = "";
+        for (int t = 0; t < RWKV5_N_DTYPES; t++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", t ? ", " : "", rwkv5_dtypes[t].name);
+        PyErr_Format(PyExc_ValueError, "%s: unknown storage type %R (one of %s)", name, tag, known);
+        return -1;
+    }
+    const rwkv5_dtype_info *info = &rwkv5_dtypes[dt];
+    if ((scale != NULL) != info->row_scale) {
+        PyErr_Format(PyExc_ValueError, "%s: a %s matrix is a tuple (dtype, array%s)", name, info->name,
+                     info->row_scale ? ", scale" : "");
+        return -1;
     }
     if (!PyArray_Check(data)) {
         PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(data)->tp_name);
         return -1;
     }
-    int t = PyArray_TYPE((PyArrayObject *)data);
-    if (scale ? t != NPY_INT8 : t != NPY_FLOAT32 && t != NPY_FLOAT16 && t != NPY_UINT16) {
-        PyErr_Format(PyExc_TypeError, scale ? "%s: expected dtype int8 (the q of a (q, scale) matrix), got %s"
-                     : "%s: expected dtype float32, float16 or uint16 (bfloat16 bits), or a tuple "
-                     "(int8 q, float32 scale), got %s", name,
-                     PyArray_DESCR((PyArrayObject *)data)->typeobj->tp_name);
+    PyArrayObject *a = (PyArrayObject *)data;
+    if (!PyArray_ISNUMBER(a) || PyArray_ITEMSIZE(a) != info->elem_bytes) {
+        PyErr_Format(PyExc_TypeError, "%s: a %s matrix has %d-byte numeric elements, got dtype %s", name, info->name,
+                     info->elem_bytes, PyArray_DESCR(a)->typeobj->tp_name);
         return -1;
     }
-    out->dtype = t == NPY_FLOAT32 ? RWKV5_F32 : t == NPY_FLOAT16 ? RWKV5_F16 : t == NPY_UINT16 ? RWKV5_BF16 : RWKV5_I8;
+    int t = PyArray_TYPE(a);
+    out->dtype = dt;
     out->rows = rows;
     out->cols = cols;
-    out->blocked = PyArray_NDIM((PyArrayObject *)data) == 4;
+    out->blocked = PyArray_NDIM(a) == 4;
     if (out->blocked) {
-        npy_intp e = 64 / (npy_intp)rwkv5_esz(out->dtype);
+        npy_intp e = 64 / (npy_intp)rwkv5_esz(dt);
         npy_intp d4[4] = {((npy_intp)rows + 3) / 4, ((npy_intp)cols + e - 1) / e, 4, e};
         out->data = take_flags(owner, data, name, t, 4, d4, UNALIGNED_OK);
     } else {
@@ -565,22 +583,23 @@ done:
     return result;
 }
 
-/* _matmul(x (M, n) float32, w (d, n) float32|float16|uint16 or (q int8 (d, n), scale float32 (d,)),
- * isa, gemm=0, rows=-1) -> x @ w.T; w may be blocked (4-d, see take_mat), then rows = d is given.
+/* _matmul(x (M, n) float32, w, isa, gemm=0, rows=-1) -> x @ w.T; w a matrix as take_mat takes it,
+ * (dtype, data[, scale]); when data is blocked (4-d) its number of rows is given as rows.
  * isa -1 = the current ISA, threaded; 0..3 = that ISA (clamped to the CPU):
  * with gemm=0 the single-threaded row kernels, with gemm=1 the blocked GEMM (threaded; scalar ISA
  * has none and uses the row kernels). For the kernel tests. */
 static PyObject *py_matmul(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *ox, *ow, *owner = NULL, *result = NULL;
-    int isa, gemm = 0, rows_given = -1;
+    int isa, gemm = 0, rows_given = -1, rc = RWKV5_OK;
     float *ws = NULL;
     if (!PyArg_ParseTuple(args, "OOi|pi", &ox, &ow, &isa, &gemm, &rows_given)) return NULL;
     npy_intp any2[2] = {-1, -1};
     PyArrayObject *x = check_array(ox, "x", NPY_FLOAT32, 2, any2, 0);
     if (!x) return NULL;
-    PyObject *oq = PyTuple_Check(ow) && PyTuple_GET_SIZE(ow) == 2 ? PyTuple_GET_ITEM(ow, 0) : ow;
-    if (!PyArray_Check(oq)) return PyErr_Format(PyExc_TypeError, "w: expected a numpy.ndarray or (q, scale)");
+    PyObject *oq = PyTuple_Check(ow) && PyTuple_GET_SIZE(ow) >= 2 ? PyTuple_GET_ITEM(ow, 1) : NULL;
+    if (!oq || !PyArray_Check(oq))
+        return PyErr_Format(PyExc_TypeError, "w: expected a tuple (dtype, array) or (dtype, array, scale)");
     npy_intp M = PyArray_DIM(x, 0), n = PyArray_DIM(x, 1), d = PyArray_NDIM((PyArrayObject *)oq) == 2 ?
                                                            PyArray_DIM((PyArrayObject *)oq, 0) : -1;
     if (PyArray_NDIM((PyArrayObject *)oq) == 4) {   /* blocked: the number of rows is given */
@@ -604,17 +623,22 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     float *po = PyArray_DATA(out);
     const float *px = PyArray_DATA(x);
     Py_BEGIN_ALLOW_THREADS
-    if (isa < 0) rwkv5_matmul(po, px, &mat, (int)M, (int)n, (int)d);
+    if (isa < 0) rc = rwkv5_matmul(po, px, &mat, (int)M);
     else {
         rwkv5_isa keep = rwkv5_cpu_isa();
         int use = rwkv5_set_isa((rwkv5_isa)isa);
         rwkv5_set_isa(keep);
         if (n > 0 && M > 0) {
-            if (gemm) rwkv5_matmul_ws(use, 1, po, px, &mat, (int)M, ws, need);
-            else rwkv5_matmul_rows_isa(use, po, px, &mat, (int)M, 0, (int)d);
+            if (gemm) rc = rwkv5_matmul_ws(use, 1, po, px, &mat, (int)M, ws, need);
+            else rc = rwkv5_matmul_rows_isa(use, po, px, &mat, (int)M, 0, (int)d);
         }
     }
     Py_END_ALLOW_THREADS
+    if (rc != RWKV5_OK) {   /* take_mat only makes known storage types: not reached */
+        Py_DECREF(out);
+        PyErr_Format(PyExc_ValueError, "w: storage type %d is not supported", mat.dtype);
+        goto done;
+    }
     result = (PyObject *)out;
 done:
     free(ws);
@@ -734,6 +758,27 @@ static PyObject *params_table(void) {
     return out;
 }
 
+/* _model.DTYPES: the storage types of matrices, rwkv5_dtypes in order, as (name, element bytes,
+ * has row scales) tuples; a matrix handed to CModel or _matmul is tagged with one of the names. */
+static int add_dtypes(PyObject *mod) {
+    PyObject *t = PyTuple_New(RWKV5_N_DTYPES);
+    if (!t) return -1;
+    for (int i = 0; i < RWKV5_N_DTYPES; i++) {
+        PyObject *row = Py_BuildValue("(siO)", rwkv5_dtypes[i].name, rwkv5_dtypes[i].elem_bytes,
+                                      rwkv5_dtypes[i].row_scale ? Py_True : Py_False);
+        if (!row) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, i, row);
+    }
+    if (PyModule_AddObject(mod, "DTYPES", t) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__model(void) {
     import_array();
     if (PyType_Ready(&CModelType) < 0) return NULL;
@@ -747,7 +792,7 @@ PyMODINIT_FUNC PyInit__model(void) {
     }
     Py_INCREF(&CModelType);
     if (PyModule_AddObject(mod, "CModel", (PyObject *)&CModelType) < 0 ||
-        PyModule_AddIntConstant(mod, "CHUNK", RWKV5_CHUNK) < 0) {
+        PyModule_AddIntConstant(mod, "CHUNK", RWKV5_CHUNK) < 0 || add_dtypes(mod) < 0) {
         Py_DECREF(&CModelType);
         Py_DECREF(mod);
         return NULL;

@@ -24,8 +24,11 @@ GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (do
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
 CHUNK = _model.CHUNK        # positions per chunk in parallel mode
 MAX_POSITIONS = 2**30 - 1   # B * T of one forward call (the C code's limit)
+# The storage types of the large matrices: the C table (_model.DTYPES: name, element bytes, row
+# scales) and the NumPy dtype each is held in here (bf16: its raw bits as uint16).
 _DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
 _NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16"}
+assert [name for name, _, _ in _model.DTYPES] == list(_DTYPE_NAMES), "rwkv5._model.DTYPES and _DTYPE_NAMES differ"
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,14 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
     return out
 
 
+def _c_matrix(m):
+    """A matrix as the C binding takes it, tagged with its storage type: (name, array) for an
+    fp32/fp16/bf16 array (bf16: uint16 bits), ("int8", q, scale) for a quantised (q, scale)."""
+    if isinstance(m, tuple):
+        return ("int8",) + tuple(m)
+    return (_NAME_OF[m.dtype], m)
+
+
 def _as_row_major(a, dtype):
     a = native_order(a)
     if a.dtype not in (np.float16, np.float32, np.float64, np.uint16):
@@ -308,7 +319,8 @@ class Model:
         self._arch: Architecture = arch
         cfg = (arch.n_layer, arch.n_embd, arch.n_head, arch.head_size, arch.n_ffn, arch.vocab_size,
                int(arch.version != "5.0"), gn_eps)
-        self._c = _model.CModel(cfg, params)     # holds references to every array it reads
+        c_params = {n: _c_matrix(a) if n in matrices else a for n, a in params.items()}
+        self._c = _model.CModel(cfg, c_params)     # holds references to every array it reads
         self._weights = params                   # full name -> array, or (q, scale) for int8
         self._initial_state = None   # a State from state-tuning (set by rwkv5.load: _set_time_state)
         return self

@@ -11,7 +11,7 @@ import pytest
 
 import rwkv5
 from rwkv5 import _model
-from rwkv5.model import block_matrix, quantize_int8
+from rwkv5.model import _c_matrix, block_matrix, quantize_int8
 from rwkv5.reference import ReferenceModel
 from rwkv5.testing import bf16_bits_to_float32, float32_to_bf16_bits, random_state_dict
 
@@ -42,18 +42,19 @@ def isa():
 
 
 def storage(w32, kind):
-    """(array or (q, scale) handed to the kernels, the float64 matrix it means)"""
+    """(the matrix handed to the kernels, tagged with its storage type: (kind, array) or
+    ("int8", q, scale); the float64 matrix it means)"""
     if kind == "int8":
         q, s = quantize_int8(w32)
-        return (q, s), q.astype(np.float64) * s.astype(np.float64)[:, None]
+        return ("int8", q, s), q.astype(np.float64) * s.astype(np.float64)[:, None]
     w = {"fp32": w32, "fp16": w32.astype(np.float16), "bf16": float32_to_bf16_bits(w32)}[kind]
     wf = bf16_bits_to_float32(w) if kind == "bf16" else w.astype(np.float32)
-    return w, wf.astype(np.float64)
+    return (kind, w), wf.astype(np.float64)
 
 
 def blocked(w):
     """the 4-row blocked layout of storage(...)[0]"""
-    return (block_matrix(w[0]), w[1]) if isinstance(w, tuple) else block_matrix(w)
+    return (w[0], block_matrix(w[1])) + w[2:]
 
 
 SIZES = [(1, 1, 1), (1, 17, 5), (3, 33, 7), (2, 64, 9), (5, 128, 6), (16, 16, 6), (17, 31, 13), (65, 300, 7),
@@ -110,7 +111,7 @@ def test_block_matrix_layout(dtype, rows, cols):
 
 
 def test_blocked_matrix_with_wrong_shape_is_refused():
-    w = block_matrix(np.ones((8, 40), np.float32))
+    w = ("fp32", block_matrix(np.ones((8, 40), np.float32)))
     x = np.ones((1, 40), np.float32)
     with pytest.raises(ValueError, match="expected shape"):
         _model._matmul(x, w, 0, False, 9)             # 9 rows need 3 groups of 4, w has 2
@@ -157,11 +158,43 @@ def test_matmul_rejects_bad_int8_tuples():
     x = np.ones((2, 4), np.float32)
     q = np.ones((3, 4), np.int8)
     with pytest.raises(ValueError, match="w scale: expected shape"):
-        _model._matmul(x, (q, np.ones(2, np.float32)), 0)
+        _model._matmul(x, ("int8", q, np.ones(2, np.float32)), 0)
     with pytest.raises(TypeError, match="w scale: expected dtype float32"):
-        _model._matmul(x, (q, np.ones(3, np.float64)), 0)
-    with pytest.raises(TypeError, match="w: expected dtype int8"):
-        _model._matmul(x, (q.astype(np.int16), np.ones(3, np.float32)), 0)
+        _model._matmul(x, ("int8", q, np.ones(3, np.float64)), 0)
+    with pytest.raises(TypeError, match="w: a int8 matrix has 1-byte numeric elements, got dtype .*int16"):
+        _model._matmul(x, ("int8", q.astype(np.int16), np.ones(3, np.float32)), 0)
+    with pytest.raises(ValueError, match=r"w: a int8 matrix is a tuple \(dtype, array, scale\)"):
+        _model._matmul(x, ("int8", q), 0)
+
+
+def test_matmul_takes_the_storage_type_from_its_tag():
+    """The binding reads a matrix's bytes as the storage type it is tagged with (a name of
+    _model.DTYPES), never guessing it from the NumPy dtype; a bad tag is a clear error."""
+    x = np.ones((1, 2), np.float32)
+    bits = np.array([[0x3c00, 0x3f80]], np.uint16)       # fp16 1.0 and bf16 1.0
+    # the same uint16 array read as each tag says: fp16 1.0 + 1.875, bf16 2^-7 + 1.0
+    assert _model._matmul(x, ("fp16", bits), 0)[0, 0] == np.float32(2.875)
+    assert _model._matmul(x, ("bf16", bits), 0)[0, 0] == np.float32(1.0078125)
+    assert _model._matmul(x, ("fp16", bits.view(np.float16)), 0)[0, 0] == np.float32(2.875)
+    with pytest.raises(ValueError, match=r"w: unknown storage type 'q4' \(one of fp32, fp16, bf16, int8\)"):
+        _model._matmul(x, ("q4", bits), 0)
+    with pytest.raises(TypeError, match="w: a fp32 matrix has 4-byte numeric elements, got dtype .*uint16"):
+        _model._matmul(x, ("fp32", bits), 0)
+    with pytest.raises(ValueError, match=r"w: a fp32 matrix is a tuple \(dtype, array\)"):
+        _model._matmul(x, ("fp32", np.ones((1, 2), np.float32), np.ones(1, np.float32)), 0)
+    with pytest.raises(TypeError, match=r"w: expected a tuple \(dtype, array\)"):
+        _model._matmul(x, np.ones((1, 2), np.float32), 0)
+
+
+def test_dtype_table_is_shared_with_python():
+    """_model.DTYPES (the C table) and rwkv5.model's NumPy storage of each type agree."""
+    from rwkv5.model import _DTYPE_NAMES
+    assert [name for name, _, _ in _model.DTYPES] == list(_DTYPE_NAMES)
+    for name, elem_bytes, row_scale in _model.DTYPES:
+        assert np.dtype(_DTYPE_NAMES[name]).itemsize == elem_bytes
+        assert row_scale == (name == "int8")
+    assert _c_matrix(np.ones((2, 2), np.uint16))[0] == "bf16"
+    assert _c_matrix((np.ones((2, 2), np.int8), np.ones(2, np.float32)))[0] == "int8"
 
 
 @pytest.mark.parametrize("isa_name", list(ISAS))

@@ -93,9 +93,9 @@ def test_matmul_isa_matches_float64(isa, storage, M, n, d):
     w = {"fp32": w32, "fp16": w32.astype(np.float16), "bf16": float32_to_bf16_bits(w32)}[storage]
     wf = bf16_bits_to_float32(w) if storage == "bf16" else w.astype(np.float32)
     want = x.astype(np.float64) @ wf.astype(np.float64).T
-    got = _model._matmul(x, w, isa)
+    got = _model._matmul(x, (storage, w), isa)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.sqrt(n) * max(1, np.abs(want).max()))
-    threaded = _model._matmul(x, w, -1)
+    threaded = _model._matmul(x, (storage, w), -1)
     np.testing.assert_allclose(threaded, want, rtol=0, atol=1e-5 * np.sqrt(n) * max(1, np.abs(want).max()))
 
 
@@ -109,8 +109,8 @@ def test_every_half_and_bf16_bit_pattern_widens_exactly(isa):
     """x = 1 times each of the 65536 fp16 / bf16 values gives the value back (subnormals, inf, nan)."""
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
     one = np.ones((1, 1), np.float32)
-    for w, want in ((bits.view(np.float16).reshape(-1, 1), bits.view(np.float16).astype(np.float32)),
-                    (bits.reshape(-1, 1), bf16_bits_to_float32(bits))):
+    for w, want in ((("fp16", bits.view(np.float16).reshape(-1, 1)), bits.view(np.float16).astype(np.float32)),
+                    (("bf16", bits.reshape(-1, 1)), bf16_bits_to_float32(bits))):
         got = _model._matmul(one, w, isa)[0]
         nan = np.isnan(want)
         np.testing.assert_array_equal(np.isnan(got), nan)

@@ -11,6 +11,7 @@ import rwkv5
 from rwkv5 import _model
 from rwkv5._checkpoint import PARAMS, detect_architecture, model_params
 from rwkv5.loading import read_checkpoint
+from rwkv5.model import _c_matrix
 from rwkv5.testing import random_state_dict
 
 TINY = pathlib.Path(rwkv5.__file__).parent / "data" / "tiny-5v2-bytes.safetensors"
@@ -57,7 +58,9 @@ def _c_args(version="5.2"):
     m = rwkv5.Model.from_state_dict(sd, layout="rows")
     c = m.config
     cfg = (c.n_layer, c.n_embd, c.n_head, c.head_size, c.n_ffn, c.vocab_size, int(version != "5.0"), c.gn_eps)
-    return m, cfg, dict(m._weights)
+    kinds = {name: p.kind for name, _, p in model_params(m._arch)}
+    # matrices tagged with their storage type, as the binding takes them
+    return m, cfg, {n: _c_matrix(a) if kinds[n] == "matrix" else a for n, a in m._weights.items()}
 
 
 def test_cmodel_from_the_mapping_computes_what_the_model_does():

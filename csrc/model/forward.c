@@ -167,8 +167,6 @@ static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 
 /* The element-wise row operations, written once (always inline) and compiled for the baseline ISA
  * and for AVX-512; the AVX-512 copy also has a vector sigmoid. rows_range picks by rwkv5_cpu_isa(). */
-#define INL static inline __attribute__((always_inline))
-
 /* token shift: out = cur * mu + prev * (1 - mu), prev = the row before (or the carried row at t = 0) */
 INL void mix_body(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
     for (size_t i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);

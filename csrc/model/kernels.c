@@ -16,14 +16,10 @@ void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r) {
         memcpy(out, p, n * sizeof(float));
         return;
     }
+    float s = m->scale ? m->scale[r] : 1.0f;
     for (size_t i = 0; i < n; i++) {
-        const unsigned char *e = p + RWKV5_COL_OFF(i, esz, cs);
-        switch (m->dtype) {
-        case RWKV5_F16: out[i] = rwkv5_ld_f16(e, 0); break;
-        case RWKV5_BF16: out[i] = rwkv5_ld_bf16(e, 0); break;
-        case RWKV5_I8: out[i] = rwkv5_ld_i8(e, 0) * m->scale[r]; break;
-        default: out[i] = rwkv5_ld_f32(e, 0);
-        }
+        float v = rwkv5_load(m->dtype, p + RWKV5_COL_OFF(i, esz, cs));
+        out[i] = rwkv5_dtypes[m->dtype].row_scale ? v * s : v;
     }
 }
 
@@ -63,7 +59,6 @@ void rwkv5_group_norm(float *out, const float *x, const float *w, const float *b
  * baseline ISA, for AVX2+FMA and for AVX-512 (the loops over the value index j are independent, so
  * the compiler vectorises them across j with the widest vectors the target allows, and contracts
  * a*b+c into FMAs). rwkv5_wkv_step / rwkv5_wkv_chunk pick the one for rwkv5_cpu_isa(). */
-#define INL static inline __attribute__((always_inline))
 
 INL void wkv_step_body(float *restrict y, float *restrict S, const float *restrict r, const float *restrict k,
                        const float *restrict v, const float *restrict w, const float *restrict u, int N) {

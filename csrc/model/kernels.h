@@ -8,53 +8,14 @@
 
 #include "rwkv5_model.h"
 
-/* ---- storage types ---- */
+/* always-inline: the kernels are written once as such functions with constant arguments (storage
+ * type, vector count) and compiled per target ISA (kernels.c, matmul.c, neon.c) */
+#define INL static inline __attribute__((always_inline))
 
-static inline float rwkv5_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline float rwkv5_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
-    float f;
-    if (e == 0) {                       /* zero or subnormal: mant * 2^-24, exact in fp32 */
-        f = (float)mant * 5.9604644775390625e-8f;
-        return sign ? -f : f;
-    }
-    if (e == 31) u = sign | 0x7f800000u | (mant << 13);          /* inf / nan */
-    else u = sign | ((e - 15 + 127) << 23) | (mant << 13);
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* Element i of matrix storage at p. Matrices may be unaligned (views into a file such as an
- * rwkv.cpp .bin, whose tensors start at arbitrary byte offsets), so loads go through memcpy, which
- * compiles to a plain load. */
-static inline float rwkv5_ld_f32(const void *p, size_t i) {
-    float v;
-    memcpy(&v, (const unsigned char *)p + i * 4, 4);
-    return v;
-}
-static inline float rwkv5_ld_f16(const void *p, size_t i) {
-    uint16_t h;
-    memcpy(&h, (const unsigned char *)p + i * 2, 2);
-    return rwkv5_f16_to_f32(h);
-}
-static inline float rwkv5_ld_bf16(const void *p, size_t i) {
-    uint16_t h;
-    memcpy(&h, (const unsigned char *)p + i * 2, 2);
-    return rwkv5_bf16_to_f32(h);
-}
-
-static inline float rwkv5_ld_i8(const void *p, size_t i) { return (float)((const int8_t *)p)[i]; }
 /* The factor a row's dot products are multiplied by: its scale for int8, else 1. */
 static inline float rwkv5_row_scale(const rwkv5_mat *m, int r) { return m->scale ? m->scale[r] : 1.0f; }
 
 /* ---- matrix addressing (both layouts of rwkv5_mat) ---- */
-static inline size_t rwkv5_esz(int dtype) { return dtype == RWKV5_F32 ? 4 : dtype == RWKV5_I8 ? 1 : 2; }
 /* columns rounded up to whole 64-byte lines (the blocked layout's row length) */
 static inline size_t rwkv5_padded_cols(const rwkv5_mat *m) {
     size_t e = 64 / rwkv5_esz(m->dtype);
@@ -76,11 +37,12 @@ static inline const unsigned char *rwkv5_row_ptr(const rwkv5_mat *m, size_t o) {
 void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r);
 
 /* ---- matrix product, threaded over output rows, ISA chosen at run time ----
- * out = x @ W^T:  out (M, d), x (M, n) fp32, W (d, n) in its storage type. */
-void rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M, int n, int d);
+ * out = x @ W^T:  out (M, w->rows), x (M, w->cols) fp32, W in its storage type. Returns RWKV5_OK, or
+ * RWKV5_EINVAL (out not written) for a storage type outside rwkv5_dtypes. */
+int rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M);
 /* The same with a given ISA, single-threaded over rows [o0, o1), row-by-row dot products (the
- * matrix x vector kernels; for tests). */
-void rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1);
+ * matrix x vector kernels; for tests). Returns as rwkv5_matmul. */
+int rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1);
 
 /* Blocked GEMM for M >= RWKV5_GEMM_MIN_M rows (parallel mode): x is packed into panels of
  * RWKV5_GEMM_MR rows, weights are widened to fp32 once per panel of RWKV5_GEMM_NR output rows
@@ -91,9 +53,29 @@ void rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat 
 #define RWKV5_GEMM_NR 6
 #define RWKV5_GEMM_KC 256
 size_t rwkv5_gemm_ws_floats(int M, int n, int d);
+
+/* The matmul kernels of one ISA level (matmul.c's dispatch table holds one per level; neon.c
+ * defines the AArch64 ones), per storage type:
+ *  rows: the matrix x vector kernel: out[m][o] = scale[o] * x[m] . W[o] for o in [o0, o1),
+ *        out (M, w->rows), x (M, w->cols); every output depends only on its x row and W row;
+ *  pack: Bp (RWKV5_GEMM_NR, kc) = rows [o, o+NR) x inputs [k0, k0+kc) widened to fp32 (times the
+ *        row scale), rows past w->rows zero; k0 a multiple of 16;
+ *  gemm: the GEMM micro-kernel, C[r][0..64) (rows ldc apart) (+)= sum_k B[r*ldb + k] * X[k][0..64)
+ *        for r < RWKV5_GEMM_NR (X: the packed x panel, rows 64 floats apart; acc_in: add to C, else
+ *        overwrite); NULL at a level without a GEMM (scalar). */
+typedef void (*rwkv5_rows_fn)(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1);
+typedef void (*rwkv5_pack_fn)(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc);
+typedef void (*rwkv5_gemm_fn)(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc,
+                              int acc_in);
+typedef struct {
+    rwkv5_rows_fn rows[RWKV5_N_DTYPES];
+    rwkv5_pack_fn pack[RWKV5_N_DTYPES];
+    rwkv5_gemm_fn gemm;
+} rwkv5_isa_kernels;
 /* out = x @ W^T with the workspace ws (NULL or too small: the row kernels). isa < 0: the current
- * ISA; the GEMM runs for M >= RWKV5_GEMM_MIN_M (or force_gemm) on AVX2/AVX-512. Threaded. */
-void rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
+ * ISA; the GEMM runs for M >= RWKV5_GEMM_MIN_M (or force_gemm) on AVX2/AVX-512. Threaded.
+ * Returns as rwkv5_matmul. */
+int rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
                      size_t ws_floats);
 
 /* ---- position-wise ---- */

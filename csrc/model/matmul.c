@@ -1,12 +1,17 @@
-/* out = x @ W^T with W stored as fp32 / fp16 / bf16 / int8 (per-row scale) and widened to fp32 in
- * registers. Two families, scalar / AVX2+FMA+F16C / AVX-512 chosen at run time (rwkv5_cpu_isa):
+/* out = x @ W^T with W stored in any of the storage types of rwkv5_dtypes (dtypes.h), widened to fp32
+ * in registers. Two families, at the ISA level chosen at run time (rwkv5_cpu_isa):
  *  - row kernels (recurrent mode, small M): each output is one dot product of length n, 4 weight
  *    rows at a time so every widened weight vector feeds up to 4x4 FMAs; threads take contiguous
  *    blocks of rows, so the weights stream from memory once per call. Every kernel reads both
- *    layouts of rwkv5_mat: element (o, i) at ROWP(o) + OFF(i) (row-major: rows apart, i*size;
- *    4-row blocked: whole 64-byte lines 256 bytes apart); no vector load spans two lines of the
- *    blocked layout, since a load's elements start at a multiple of its own size;
- *  - a blocked GEMM (parallel mode) further down. */
+ *    layouts of rwkv5_mat: element (o, i) at rwkv5_row_ptr(w, o) + RWKV5_COL_OFF(i) (row-major:
+ *    rows apart, i*size; 4-row blocked: whole 64-byte lines 256 bytes apart); no vector load spans
+ *    two lines of the blocked layout, since a load's elements start at a multiple of its own size;
+ *  - a blocked GEMM (parallel mode) further down.
+ * Each kernel is an always-inline body taking the storage type as a constant argument, compiled per
+ * target (scalar, AVX2, AVX-512) and instantiated once per storage type; the table at the end
+ * (one row of kernels per ISA level, indexed by storage type) is the whole dispatch. The one place
+ * a storage type's bits are decoded per target: rwkv5_load (dtypes.h), ld256, ld512 (here) and
+ * neon.c's ld16. */
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -19,242 +24,269 @@
 #include <math.h>
 #include <stdlib.h>
 
+#define NR RWKV5_GEMM_NR
+
 /* ---------------- scalar ---------------- */
 
-/* byte offset of element i in a row; needs `cs` = RWKV5_LINE_STRIDE(w) and the constant `esz` =
- * sizeof(element) in scope */
-#define OFF(i) RWKV5_COL_OFF(i, esz, cs)
-#define ROWP(o) rwkv5_row_ptr(w, (size_t)(o))
-
-/* Weight rows are addressed in bytes (`const unsigned char *`): storage may be unaligned. */
-#define SCALAR_KERNEL(NAME, T, LDE)                                                                \
-    static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {    \
-        size_t n = (size_t)w->cols, d = (size_t)w->rows, cs = RWKV5_LINE_STRIDE(w);            \
-        const size_t esz = sizeof(T);                                                            \
-        for (int o = o0; o < o1; o++) {                                                          \
-            const unsigned char *wr = rwkv5_row_ptr(w, (size_t)o);                               \
-            for (int m = 0; m < M; m++) {                                                        \
-                const float *xm = x + (size_t)m * n;                                             \
-                /* out[m][o] = sum_i x[m][i] * W[o][i] */                                        \
-                float acc = 0.0f;                                                                \
-                for (size_t i = 0; i < n; i++) acc += xm[i] * LDE(wr + OFF(i), 0);               \
-                out[(size_t)m * d + o] = acc * rwkv5_row_scale(w, o);                            \
-            }                                                                                    \
-        }                                                                                        \
+/* out[m][o] = scale[o] * sum_i x[m][i] W[o][i] for o in [o0, o1), one dot product at a time, in
+ * input order. Weight rows are addressed in bytes (`const unsigned char *`): storage may be
+ * unaligned. `dt` is a constant in every caller (the per-dtype functions below). */
+INL void rows_scalar(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+    size_t n = (size_t)w->cols, d = (size_t)w->rows, cs = RWKV5_LINE_STRIDE(w);
+    const size_t esz = rwkv5_esz(dt);
+    for (int o = o0; o < o1; o++) {
+        const unsigned char *wr = rwkv5_row_ptr(w, (size_t)o);
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + (size_t)m * n;
+            /* out[m][o] = sum_i x[m][i] * W[o][i] */
+            float acc = 0.0f;
+            for (size_t i = 0; i < n; i++) acc += xm[i] * rwkv5_load(dt, wr + RWKV5_COL_OFF(i, esz, cs));
+            out[(size_t)m * d + o] = acc * rwkv5_row_scale(w, o);
+        }
     }
+}
 
-SCALAR_KERNEL(mm_scalar_f32, float, rwkv5_ld_f32)
-SCALAR_KERNEL(mm_scalar_f16, uint16_t, rwkv5_ld_f16)
-SCALAR_KERNEL(mm_scalar_bf16, uint16_t, rwkv5_ld_bf16)
-SCALAR_KERNEL(mm_scalar_i8, int8_t, rwkv5_ld_i8)
+/* Bp (NR, kc) = rows [o, o+NR) x inputs [k0, k0+kc) widened to fp32 (times the row scale for a
+ * dtype with one); rows past w->rows are 0. */
+INL void pack_scalar(int dt, float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
+    size_t esz = rwkv5_esz(dt), cs = RWKV5_LINE_STRIDE(w);
+    for (int r = 0; r < RWKV5_GEMM_NR; r++) {
+        float *dst = Bp + (size_t)r * kc;
+        if (o + r >= w->rows) {
+            for (int i = 0; i < kc; i++) dst[i] = 0.0f;
+            continue;
+        }
+        const unsigned char *row = rwkv5_row_ptr(w, (size_t)(o + r));
+        float s = rwkv5_row_scale(w, o + r);
+        if (rwkv5_dtypes[dt].row_scale)
+            for (int i = 0; i < kc; i++) dst[i] = rwkv5_load(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs)) * s;
+        else
+            for (int i = 0; i < kc; i++) dst[i] = rwkv5_load(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs));
+    }
+}
 
-/* ---------------- AVX-512: 16 lanes, 4 output rows at a time, masked tail ---------------- */
+/* The per-dtype instances that the dispatch table (end of file) holds: each calls an always-inline
+ * body with a constant dtype, compiled for the target ATTR. */
+#define ROWS_FN(NAME, ATTR, BODY, DT)                                                               \
+    ATTR static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
+        BODY(DT, out, x, w, M, o0, o1);                                                             \
+    }
+#define PACK_FN(NAME, ATTR, BODY, DT)                                                               \
+    ATTR static void NAME(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {              \
+        BODY(DT, Bp, w, o, k0, kc);                                                                 \
+    }
+#define NO_ATTR
+
+ROWS_FN(mm_scalar_f32, NO_ATTR, rows_scalar, RWKV5_F32)
+ROWS_FN(mm_scalar_f16, NO_ATTR, rows_scalar, RWKV5_F16)
+ROWS_FN(mm_scalar_bf16, NO_ATTR, rows_scalar, RWKV5_BF16)
+ROWS_FN(mm_scalar_i8, NO_ATTR, rows_scalar, RWKV5_I8)
+PACK_FN(pack_scalar_f32, NO_ATTR, pack_scalar, RWKV5_F32)
+PACK_FN(pack_scalar_f16, NO_ATTR, pack_scalar, RWKV5_F16)
+PACK_FN(pack_scalar_bf16, NO_ATTR, pack_scalar, RWKV5_BF16)
+PACK_FN(pack_scalar_i8, NO_ATTR, pack_scalar, RWKV5_I8)
+
 #if defined(__x86_64__)
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+/* ---------------- prefetching (the x86 row kernels) ---------------- */
 
-/* unaligned loads (loadu) of 16 elements starting at element i of byte address p */
-T512 static inline __m512 ld512_f32(const unsigned char *p, size_t i, __mmask16 k) {
-    return _mm512_maskz_loadu_ps(k, p + 4 * i);
+/* the 4 cache lines from p. Always inline: GCC takes a function made only of prefetches for one
+ * without effect and drops the calls. */
+INL void prefetch_256(const void *p) {
+    const char *c = (const char *)p;
+    _mm_prefetch(c, _MM_HINT_T0);
+    _mm_prefetch(c + 64, _MM_HINT_T0);
+    _mm_prefetch(c + 128, _MM_HINT_T0);
+    _mm_prefetch(c + 192, _MM_HINT_T0);
 }
-T512 static inline __m512 ld512_f16(const unsigned char *p, size_t i, __mmask16 k) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p + 2 * i));
+/* Software prefetch of the next block of 4 weight rows (row-major layout), spread over the current
+ * block's loop: the 4 rows of a block are read as 4 interleaved streams, each only n*size bytes
+ * long (2 KB for an int8 row of C=2048), so the hardware prefetcher re-trains at every block.
+ * Touching the next block's bytes in order, 4 cache lines per 4 x 64 bytes consumed, keeps one
+ * linear stream ahead (docs/performance.md has the measurements). The blocked layout is one
+ * sequential stream already and needs none (next_block is NULL for it). */
+INL void pf_next(const unsigned char *nx, size_t byte_off) {
+    if (nx) prefetch_256(nx + 4 * byte_off);
 }
-T512 static inline __m512 ld512_bf16(const unsigned char *p, size_t i, __mmask16 k) {
-    __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p + 2 * i));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+/* pf_next at element i of a row of esz-byte elements: the loops consume 4 rows x i*esz bytes, so
+ * the next block's bytes [4*i*esz, +256) are prefetched each time that offset reaches a multiple of 256 */
+INL void pf_next_at(const unsigned char *nx, size_t i, size_t esz) {
+    if ((4 * i * esz) % 256 == 0) pf_next(nx, i * esz);
 }
-
-T512 static inline __m512 ld512_i8(const unsigned char *p, size_t i, __mmask16 k) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p + i)));
-}
-
-/* Software prefetch of the next block of 4 weight rows, spread over the current block's loop: the
- * 4 rows of a block are read as 4 interleaved streams, each only n*size bytes long (2 KB for an
- * int8 row of C=2048), so the hardware prefetcher re-trains at every block. Touching the next
- * block's bytes in order, 4 cache lines per 4 x 64 bytes consumed, keeps one linear stream ahead.
- * Measured single-thread from DRAM: bf16 24 -> 28 GB/s, int8 (VNNI) 23 -> 31 GB/s. The blocked
- * layout is one sequential stream already and needs none (NEXT_BLOCK is NULL for it). */
-#define PF_NEXT(nx, byte_off)                                                                     \
-    do {                                                                                         \
-        if (nx) {                                                                                \
-            const char *pf_ = (const char *)(nx) + 4 * (byte_off);                               \
-            _mm_prefetch(pf_, _MM_HINT_T0);                                                      \
-            _mm_prefetch(pf_ + 64, _MM_HINT_T0);                                                 \
-            _mm_prefetch(pf_ + 128, _MM_HINT_T0);                                                \
-            _mm_prefetch(pf_ + 192, _MM_HINT_T0);                                                \
-        }                                                                                        \
-    } while (0)
-/* PF_NEXT at element i of a row of T: the loops consume 4 rows x i*sizeof(T) bytes, so the next
- * block's bytes [4*i*sizeof(T), +256) are prefetched each time that offset reaches a multiple of 256 */
-#define PF_NEXT_AT(nx, i, T)                                                                     \
-    do {                                                                                         \
-        if ((4 * (i) * sizeof(T)) % 256 == 0) PF_NEXT(nx, (i) * sizeof(T));                      \
-    } while (0)
 /* the start of the block after rows [o, o+4) when it is still inside this call piece */
-#define NEXT_BLOCK(w, o, o1) ((o) + 8 <= (o1) && !(w)->blocked ? rwkv5_row_ptr(w, (size_t)(o) + 4) : NULL)
-
+static inline const unsigned char *next_block(const rwkv5_mat *w, int o, int o1) {
+    return o + 8 <= o1 && !w->blocked ? rwkv5_row_ptr(w, (size_t)o + 4) : NULL;
+}
 /* The blocked layout is one linear stream: once per 4 lines consumed (one line of each of the 4
  * rows, starting at p), the 4 lines `dist` bytes further on are prefetched. The hardware
- * prefetcher alone keeps fewer misses in flight than one thread needs. Measured on the 1.5B model,
- * the same process alternating settings: int8 (VNNI) 1 thread 27.9 -> 32-33 GB/s, 2 threads
- * 50.4 -> 56-57 GB/s; bf16 1 thread 33.8 -> 34.8, 2 threads 59.6 -> 61.9 GB/s (4 KB ahead; 8 KB
- * gave the same for int8 and less for bf16). */
+ * prefetcher alone keeps fewer misses in flight than one thread needs (4 KB ahead; 8 KB for int8:
+ * docs/performance.md). */
 #define PF_AHEAD_BYTES 4096
 #define PF_AHEAD_I8 8192
-#define PF_AHEAD(p, dist)                                                                        \
-    do {                                                                                         \
-        const char *pa_ = (const char *)(p) + (dist);                                            \
-        _mm_prefetch(pa_, _MM_HINT_T0);                                                          \
-        _mm_prefetch(pa_ + 64, _MM_HINT_T0);                                                     \
-        _mm_prefetch(pa_ + 128, _MM_HINT_T0);                                                    \
-        _mm_prefetch(pa_ + 192, _MM_HINT_T0);                                                    \
-    } while (0)
+INL void pf_ahead(const unsigned char *p, size_t dist) { prefetch_256(p + dist); }
 
-#define AVX512_KERNEL(NAME, T, LD)                                                                 \
-    T512 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
-        size_t n = (size_t)w->cols, d = (size_t)w->rows;                                         \
-        size_t nfull = n & ~(size_t)15;                                                          \
-        __mmask16 tail = (__mmask16)((1u << (n - nfull)) - 1u);                                  \
-        size_t cs = RWKV5_LINE_STRIDE(w);                                                        \
-        const size_t esz = sizeof(T);                                                            \
-        int o = o0;                                                                              \
-        for (; o + 4 <= o1; o += 4) {                                                            \
-            const unsigned char *w0 = ROWP(o), *w1 = ROWP(o + 1), *w2 = ROWP(o + 2), *w3 = ROWP(o + 3); \
-            int m = 0;                                                                           \
-            /* 4 input rows x 4 output rows: each weight vector is widened once for 4 FMAs */   \
-            for (; m + 4 <= M; m += 4) {                                                         \
-                const float *x0 = x + (size_t)m * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;  \
-                __m512 acc[4][4];                                                                \
-                for (int a = 0; a < 4; a++)                                                      \
-                    for (int b = 0; b < 4; b++) acc[a][b] = _mm512_setzero_ps();                 \
-                for (size_t i = 0; i < n; i += 16) {                                             \
-                    __mmask16 k = i < nfull ? (__mmask16)0xffff : tail;                          \
-                    __m512 wv[4] = {LD(w0 + OFF(i), 0, k), LD(w1 + OFF(i), 0, k), LD(w2 + OFF(i), 0, k), LD(w3 + OFF(i), 0, k)};    \
-                    __m512 xv[4] = {_mm512_maskz_loadu_ps(k, x0 + i), _mm512_maskz_loadu_ps(k, x1 + i), \
-                                    _mm512_maskz_loadu_ps(k, x2 + i), _mm512_maskz_loadu_ps(k, x3 + i)}; \
-                    for (int a = 0; a < 4; a++)                                                  \
-                        for (int b = 0; b < 4; b++) acc[a][b] = _mm512_fmadd_ps(xv[a], wv[b], acc[a][b]); \
-                }                                                                                \
-                for (int a = 0; a < 4; a++)                                                      \
-                    for (int b = 0; b < 4; b++)                                                  \
-                        out[(size_t)(m + a) * d + o + b] = _mm512_reduce_add_ps(acc[a][b]) * rwkv5_row_scale(w, o + b);      \
-            }                                                                                    \
-            const unsigned char *nx = NEXT_BLOCK(w, o, o1);                                 \
-            for (; m < M; m++) {                                                                 \
-                const float *xm = x + (size_t)m * n;                                             \
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
-                size_t i = 0;                                                                    \
-                for (; i < nfull; i += 16) {                                                     \
-                    PF_NEXT_AT(nx, i, T);                                                        \
-                    if (w->blocked && i % (64 / esz) == 0) PF_AHEAD(w0 + OFF(i), PF_AHEAD_BYTES); \
-                    __m512 xv = _mm512_loadu_ps(xm + i);                                         \
-                    a0 = _mm512_fmadd_ps(xv, LD(w0 + OFF(i), 0, 0xffff), a0);                             \
-                    a1 = _mm512_fmadd_ps(xv, LD(w1 + OFF(i), 0, 0xffff), a1);                             \
-                    a2 = _mm512_fmadd_ps(xv, LD(w2 + OFF(i), 0, 0xffff), a2);                             \
-                    a3 = _mm512_fmadd_ps(xv, LD(w3 + OFF(i), 0, 0xffff), a3);                             \
-                }                                                                                \
-                if (tail) {                                                                      \
-                    __m512 xv = _mm512_maskz_loadu_ps(tail, xm + i);                             \
-                    a0 = _mm512_fmadd_ps(xv, LD(w0 + OFF(i), 0, tail), a0);                               \
-                    a1 = _mm512_fmadd_ps(xv, LD(w1 + OFF(i), 0, tail), a1);                               \
-                    a2 = _mm512_fmadd_ps(xv, LD(w2 + OFF(i), 0, tail), a2);                               \
-                    a3 = _mm512_fmadd_ps(xv, LD(w3 + OFF(i), 0, tail), a3);                               \
-                }                                                                                \
-                float *om = out + (size_t)m * d + o;                                             \
-                om[0] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o + 0);                                                \
-                om[1] = _mm512_reduce_add_ps(a1) * rwkv5_row_scale(w, o + 1);                                                \
-                om[2] = _mm512_reduce_add_ps(a2) * rwkv5_row_scale(w, o + 2);                                                \
-                om[3] = _mm512_reduce_add_ps(a3) * rwkv5_row_scale(w, o + 3);                                                \
-            }                                                                                    \
-        }                                                                                        \
-        for (; o < o1; o++) {                                                                    \
-            const unsigned char *w0 = ROWP(o);                                                    \
-            for (int m = 0; m < M; m++) {                                                        \
-                const float *xm = x + (size_t)m * n;                                             \
-                __m512 a0 = _mm512_setzero_ps();                                                 \
-                size_t i = 0;                                                                    \
-                for (; i < nfull; i += 16)                                                       \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + i), LD(w0 + OFF(i), 0, 0xffff), a0);        \
-                if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + i), LD(w0 + OFF(i), 0, tail), a0); \
-                out[(size_t)m * d + o] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o);                               \
-            }                                                                                    \
-        }                                                                                        \
+/* ---------------- AVX-512: 16 lanes, 4 output rows at a time, masked tail ---------------- */
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+
+/* the (masked, unaligned) 16 elements stored from byte p as fp32 */
+T512 INL __m512 ld512(int dt, const unsigned char *p, __mmask16 k) {
+    switch (dt) {
+    case RWKV5_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+    case RWKV5_BF16: {
+        __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
     }
+    case RWKV5_I8: return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p)));
+    default: return _mm512_maskz_loadu_ps(k, p);
+    }
+}
 
-AVX512_KERNEL(mm_avx512_f32, float, ld512_f32)
-AVX512_KERNEL(mm_avx512_f16, uint16_t, ld512_f16)
-AVX512_KERNEL(mm_avx512_bf16, uint16_t, ld512_bf16)
-AVX512_KERNEL(mm_avx512_i8, int8_t, ld512_i8)
+T512 INL void rows_avx512(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+    size_t n = (size_t)w->cols, d = (size_t)w->rows;
+    size_t nfull = n & ~(size_t)15;
+    __mmask16 tail = (__mmask16)((1u << (n - nfull)) - 1u);
+    size_t cs = RWKV5_LINE_STRIDE(w);
+    const size_t esz = rwkv5_esz(dt);
+#define OFF(i) RWKV5_COL_OFF(i, esz, cs)
+#define ROWP(o) rwkv5_row_ptr(w, (size_t)(o))
+    int o = o0;
+    for (; o + 4 <= o1; o += 4) {
+        const unsigned char *w0 = ROWP(o), *w1 = ROWP(o + 1), *w2 = ROWP(o + 2), *w3 = ROWP(o + 3);
+        int m = 0;
+        /* 4 input rows x 4 output rows: each weight vector is widened once for 4 FMAs */
+        for (; m + 4 <= M; m += 4) {
+            const float *x0 = x + (size_t)m * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+            __m512 acc[4][4];
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 4; b++) acc[a][b] = _mm512_setzero_ps();
+            for (size_t i = 0; i < n; i += 16) {
+                __mmask16 k = i < nfull ? (__mmask16)0xffff : tail;
+                __m512 wv[4] = {ld512(dt, w0 + OFF(i), k), ld512(dt, w1 + OFF(i), k), ld512(dt, w2 + OFF(i), k),
+                                ld512(dt, w3 + OFF(i), k)};
+                __m512 xv[4] = {_mm512_maskz_loadu_ps(k, x0 + i), _mm512_maskz_loadu_ps(k, x1 + i),
+                                _mm512_maskz_loadu_ps(k, x2 + i), _mm512_maskz_loadu_ps(k, x3 + i)};
+                for (int a = 0; a < 4; a++)
+                    for (int b = 0; b < 4; b++) acc[a][b] = _mm512_fmadd_ps(xv[a], wv[b], acc[a][b]);
+            }
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 4; b++)
+                    out[(size_t)(m + a) * d + o + b] = _mm512_reduce_add_ps(acc[a][b]) * rwkv5_row_scale(w, o + b);
+        }
+        const unsigned char *nx = next_block(w, o, o1);
+        for (; m < M; m++) {
+            const float *xm = x + (size_t)m * n;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            size_t i = 0;
+            for (; i < nfull; i += 16) {
+                pf_next_at(nx, i, esz);
+                if (w->blocked && i % (64 / esz) == 0) pf_ahead(w0 + OFF(i), PF_AHEAD_BYTES);
+                __m512 xv = _mm512_loadu_ps(xm + i);
+                a0 = _mm512_fmadd_ps(xv, ld512(dt, w0 + OFF(i), 0xffff), a0);
+                a1 = _mm512_fmadd_ps(xv, ld512(dt, w1 + OFF(i), 0xffff), a1);
+                a2 = _mm512_fmadd_ps(xv, ld512(dt, w2 + OFF(i), 0xffff), a2);
+                a3 = _mm512_fmadd_ps(xv, ld512(dt, w3 + OFF(i), 0xffff), a3);
+            }
+            if (tail) {
+                __m512 xv = _mm512_maskz_loadu_ps(tail, xm + i);
+                a0 = _mm512_fmadd_ps(xv, ld512(dt, w0 + OFF(i), tail), a0);
+                a1 = _mm512_fmadd_ps(xv, ld512(dt, w1 + OFF(i), tail), a1);
+                a2 = _mm512_fmadd_ps(xv, ld512(dt, w2 + OFF(i), tail), a2);
+                a3 = _mm512_fmadd_ps(xv, ld512(dt, w3 + OFF(i), tail), a3);
+            }
+            float *om = out + (size_t)m * d + o;
+            om[0] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o + 0);
+            om[1] = _mm512_reduce_add_ps(a1) * rwkv5_row_scale(w, o + 1);
+            om[2] = _mm512_reduce_add_ps(a2) * rwkv5_row_scale(w, o + 2);
+            om[3] = _mm512_reduce_add_ps(a3) * rwkv5_row_scale(w, o + 3);
+        }
+    }
+    for (; o < o1; o++) {
+        const unsigned char *w0 = ROWP(o);
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + (size_t)m * n;
+            __m512 a0 = _mm512_setzero_ps();
+            size_t i = 0;
+            for (; i < nfull; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + i), ld512(dt, w0 + OFF(i), 0xffff), a0);
+            if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + i), ld512(dt, w0 + OFF(i), tail), a0);
+            out[(size_t)m * d + o] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o);
+        }
+    }
+#undef OFF
+#undef ROWP
+}
+
+ROWS_FN(mm_avx512_f32, T512, rows_avx512, RWKV5_F32)
+ROWS_FN(mm_avx512_f16, T512, rows_avx512, RWKV5_F16)
+ROWS_FN(mm_avx512_bf16, T512, rows_avx512, RWKV5_BF16)
+ROWS_FN(mm_avx512_i8, T512, rows_avx512, RWKV5_I8)
 
 /* bf16 rows without lane-crossing widening. A 512-bit load holds 32 bf16 weights; a shift and a
  * mask inside each 32-bit lane give the fp32 values of the weights whose index is i = 2q + e
- * (e = 0, 1; q = 0..15) as E = 2 vectors (measured 18 -> 23.5 GB/s single-thread streaming vs the
- * vpmovzxwd kernel above; the same idea for int8, 4 vectors by shifts, measured no gain). x is permuted the same way once per call piece (xp[blk][e][q] = x[blk*16E + E*q + e]),
- * so each vector pair multiplies matching elements. Per output:
+ * (e = 0, 1; q = 0..15) as E = 2 vectors (faster streaming than the vpmovzxwd kernel above; the
+ * same idea for int8, 4 vectors by shifts, gave no gain). x is permuted the same way once per call
+ * piece (xp[blk][e][q] = x[blk*16E + E*q + e]), so each vector pair multiplies matching elements.
+ * Per output:
  *   out[m][o] = scale[o] * (sum over blocks and e of lanes of x_e * w_e, 4 rows at a time)
  *               + the tail (n mod 16E) in scalar order — the same order for every M and row, so a
  *               sequence gets the same bits alone or in a batch. Rows longer than XP_MAX use the
- *               plain kernels above. */
+ *               plain kernel above. */
 #define XP_MAX 16384
 
-T512 static inline void widen_bf16x32(const unsigned char *p, __m512 *w) {
+T512 INL void widen_bf16x32(const unsigned char *p, __m512 *w) {
     __m512i v = _mm512_loadu_si512((const void *)p);
     w[0] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                               /* even i */
     w[1] = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));  /* odd i */
 }
-#define AVX512_PERM_KERNEL(NAME, T, E, WIDEN, LDE, FALLBACK)                                       \
-    T512 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
-        size_t n = (size_t)w->cols, d = (size_t)w->rows, blk = 16 * (E);                         \
-        if (n > XP_MAX) {                                                                        \
-            FALLBACK(out, x, w, M, o0, o1);                                                      \
-            return;                                                                              \
-        }                                                                                        \
-        float xp[XP_MAX] __attribute__((aligned(64)));                                           \
-        const int blocked = w->blocked;                                                          \
-        size_t nfull = n / blk * blk;                                                            \
-        size_t cs = RWKV5_LINE_STRIDE(w);                                                        \
-        const size_t esz = sizeof(T);                                                            \
-        for (int m = 0; m < M; m++) {                                                            \
-            const float *xm = x + (size_t)m * n;                                                 \
-            for (size_t b = 0; b < nfull; b += blk)                                              \
-                for (int e = 0; e < (E); e++)                                                    \
-                    for (int q = 0; q < 16; q++) xp[b + 16 * e + q] = xm[b + (E) * q + e];       \
-            int o = o0;                                                                          \
-            for (; o < o1; o += 4) {                                                             \
-                int nr = o1 - o < 4 ? o1 - o : 4;                                                \
-                const unsigned char *wr[4];                                                      \
-                for (int k = 0; k < 4; k++) wr[k] = ROWP(o + (k < nr ? k : 0));                  \
-                __m512 acc[4][E];                                                                \
-                for (int k = 0; k < 4; k++)                                                      \
-                    for (int e = 0; e < (E); e++) acc[k][e] = _mm512_setzero_ps();               \
-                const unsigned char *nx = NEXT_BLOCK(w, o, o1);                             \
-                for (size_t b = 0; b < nfull; b += blk) {                                        \
-                    PF_NEXT(nx, b * sizeof(T));                                                  \
-                    if (blocked) PF_AHEAD(wr[0] + OFF(b), PF_AHEAD_BYTES);                          \
-                    __m512 xv[E];                                                                \
-                    for (int e = 0; e < (E); e++) xv[e] = _mm512_load_ps(xp + b + 16 * e);       \
-                    for (int k = 0; k < 4; k++) {                                                \
-                        __m512 wv[E];                                                            \
-                        WIDEN(wr[k] + OFF(b), wv);                                                 \
-                        for (int e = 0; e < (E); e++) acc[k][e] = _mm512_fmadd_ps(xv[e], wv[e], acc[k][e]); \
-                    }                                                                            \
-                }                                                                                \
-                for (int k = 0; k < nr; k++) {                                                   \
-                    __m512 a = acc[k][0];                                                        \
-                    for (int e = 1; e < (E); e++) a = _mm512_add_ps(a, acc[k][e]);               \
-                    float sum = _mm512_reduce_add_ps(a);                                         \
-                    for (size_t i = nfull; i < n; i++) sum += xm[i] * LDE(wr[k] + OFF(i), 0);             \
-                    out[(size_t)m * d + o + k] = sum * rwkv5_row_scale(w, o + k);                \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
+
+T512 static void mm_avx512p_bf16(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+    enum { E = 2 };
+    size_t n = (size_t)w->cols, d = (size_t)w->rows, blk = 16 * E;
+    if (n > XP_MAX) {
+        mm_avx512_bf16(out, x, w, M, o0, o1);
+        return;
     }
-
-AVX512_PERM_KERNEL(mm_avx512p_bf16, uint16_t, 2, widen_bf16x32, rwkv5_ld_bf16, mm_avx512_bf16)
-
+    float xp[XP_MAX] __attribute__((aligned(64)));
+    const int blocked = w->blocked;
+    size_t nfull = n / blk * blk;
+    size_t cs = RWKV5_LINE_STRIDE(w);
+    const size_t esz = sizeof(uint16_t);
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * n;
+        for (size_t b = 0; b < nfull; b += blk)
+            for (int e = 0; e < E; e++)
+                for (int q = 0; q < 16; q++) xp[b + 16 * e + q] = xm[b + E * q + e];
+        int o = o0;
+        for (; o < o1; o += 4) {
+            int nr = o1 - o < 4 ? o1 - o : 4;
+            const unsigned char *wr[4];
+            for (int k = 0; k < 4; k++) wr[k] = rwkv5_row_ptr(w, (size_t)(o + (k < nr ? k : 0)));
+            __m512 acc[4][E];
+            for (int k = 0; k < 4; k++)
+                for (int e = 0; e < E; e++) acc[k][e] = _mm512_setzero_ps();
+            const unsigned char *nx = next_block(w, o, o1);
+            for (size_t b = 0; b < nfull; b += blk) {
+                pf_next(nx, b * esz);
+                if (blocked) pf_ahead(wr[0] + RWKV5_COL_OFF(b, esz, cs), PF_AHEAD_BYTES);
+                __m512 xv[E];
+                for (int e = 0; e < E; e++) xv[e] = _mm512_load_ps(xp + b + 16 * e);
+                for (int k = 0; k < 4; k++) {
+                    __m512 wv[E];
+                    widen_bf16x32(wr[k] + RWKV5_COL_OFF(b, esz, cs), wv);
+                    for (int e = 0; e < E; e++) acc[k][e] = _mm512_fmadd_ps(xv[e], wv[e], acc[k][e]);
+                }
+            }
+            for (int k = 0; k < nr; k++) {
+                __m512 a = acc[k][0];
+                for (int e = 1; e < E; e++) a = _mm512_add_ps(a, acc[k][e]);
+                float sum = _mm512_reduce_add_ps(a);
+                for (size_t i = nfull; i < n; i++) sum += xm[i] * rwkv5_ld_bf16(wr[k] + RWKV5_COL_OFF(i, esz, cs), 0);
+                out[(size_t)m * d + o + k] = sum * rwkv5_row_scale(w, o + k);
+            }
+        }
+    }
+}
 /* ---------------- AVX-512 VNNI: int8 rows by dot-product instructions, no widening ----------------
  * Widening each weight to fp32 costs more instructions than the multiply itself and bounds one
- * thread below the memory bandwidth (int8 ~17 GB/s measured). Here x is turned once per call piece
+ * thread below the memory bandwidth (docs/performance.md). Here x is turned once per call piece
  * into narrow integer parts that vpdpbusd multiplies with the stored weight bytes directly:
  * x is quantised per input row to integers q = round(x / s), |q| <= XQ (24 bits), s = max|x| / XQ,
  * written as XQ_PARTS = 3 balanced base-256 digits q = 65536*d2 + 256*d1 + d0, each a signed byte.
@@ -325,19 +357,19 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
         for (int o = o0; o < o1; o += 4) {
             int nr = o1 - o < 4 ? o1 - o : 4;
             const unsigned char *wr[4];
-            for (int k = 0; k < 4; k++) wr[k] = ROWP(o + (k < nr ? k : 0));
+            for (int k = 0; k < 4; k++) wr[k] = rwkv5_row_ptr(w, (size_t)(o + (k < nr ? k : 0)));
             __m512i acc[4][XQ_PARTS];
             for (int k = 0; k < 4; k++)
                 for (int p = 0; p < XQ_PARTS; p++) acc[k][p] = _mm512_setzero_si512();
             size_t i = 0;
-            const unsigned char *nx = NEXT_BLOCK(w, o, o1);
+            const unsigned char *nx = next_block(w, o, o1);
             {   /* named accumulators: GCC copies registers around arrays of them (measured 25% slower) */
                 __m512i a00 = acc[0][0], a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
                 __m512i a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
                 for (; i + 64 <= n; i += 64) {   /* plain loads: masked ones are slower on some CPUs */
-                    PF_NEXT(nx, i);
+                    pf_next(nx, i);
                     size_t off = RWKV5_COL_OFF(i, 1, cs);   /* one 64-byte line of each row */
-                    if (blocked) PF_AHEAD(wr[0] + off, PF_AHEAD_I8);
+                    if (blocked) pf_ahead(wr[0] + off, PF_AHEAD_I8);
                     __m512i x0 = _mm512_load_si512(xp[0] + i), x1 = _mm512_load_si512(xp[1] + i),
                             x2 = _mm512_load_si512(xp[2] + i);
                     __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wr[0] + off), flip);
@@ -375,79 +407,83 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
 /* ---------------- AVX2 + FMA + F16C: 8 lanes, 4 rows at a time, scalar tail ---------------- */
 #define T256 __attribute__((target("avx2,fma,f16c")))
 
-T256 static inline __m256 ld256_f32(const unsigned char *p, size_t i) { return _mm256_loadu_ps((const float *)(p + 4 * i)); }
-T256 static inline __m256 ld256_f16(const unsigned char *p, size_t i) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
+/* the 8 elements stored (unaligned) from byte p as fp32 */
+T256 INL __m256 ld256(int dt, const unsigned char *p) {
+    switch (dt) {
+    case RWKV5_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    case RWKV5_BF16: {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    }
+    case RWKV5_I8: return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    default: return _mm256_loadu_ps((const float *)p);
+    }
 }
-T256 static inline __m256 ld256_bf16(const unsigned char *p, size_t i) {
-    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-}
-T256 static inline __m256 ld256_i8(const unsigned char *p, size_t i) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + i))));
-}
-T256 static inline float hsum256(__m256 v) {
+T256 INL float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-#define AVX2_KERNEL(NAME, T, LD, LDE)                                                             \
-    T256 static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
-        size_t n = (size_t)w->cols, d = (size_t)w->rows;                                         \
-        size_t nfull = n & ~(size_t)7;                                                           \
-        size_t cs = RWKV5_LINE_STRIDE(w);                                                        \
-        const size_t esz = sizeof(T);                                                            \
-        int o = o0;                                                                              \
-        for (; o + 4 <= o1; o += 4) {                                                            \
-            const unsigned char *w0 = ROWP(o), *w1 = ROWP(o + 1), *w2 = ROWP(o + 2), *w3 = ROWP(o + 3); \
-            const unsigned char *nx = NEXT_BLOCK(w, o, o1);                                 \
-            for (int m = 0; m < M; m++) {                                                        \
-                const float *xm = x + (size_t)m * n;                                             \
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                      \
-                size_t i = 0;                                                                    \
-                for (; i < nfull; i += 8) {                                                      \
-                    PF_NEXT_AT(nx, i, T);                                                        \
-                    if (w->blocked && i % (64 / esz) == 0) PF_AHEAD(w0 + OFF(i), PF_AHEAD_BYTES); \
-                    __m256 xv = _mm256_loadu_ps(xm + i);                                         \
-                    a0 = _mm256_fmadd_ps(xv, LD(w0 + OFF(i), 0), a0);                                     \
-                    a1 = _mm256_fmadd_ps(xv, LD(w1 + OFF(i), 0), a1);                                     \
-                    a2 = _mm256_fmadd_ps(xv, LD(w2 + OFF(i), 0), a2);                                     \
-                    a3 = _mm256_fmadd_ps(xv, LD(w3 + OFF(i), 0), a3);                                     \
-                }                                                                                \
-                float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);    \
-                for (; i < n; i++) {                                                             \
-                    s0 += xm[i] * LDE(w0 + OFF(i), 0);                                                    \
-                    s1 += xm[i] * LDE(w1 + OFF(i), 0);                                                    \
-                    s2 += xm[i] * LDE(w2 + OFF(i), 0);                                                    \
-                    s3 += xm[i] * LDE(w3 + OFF(i), 0);                                                    \
-                }                                                                                \
-                float *om = out + (size_t)m * d + o;                                             \
-                om[0] = s0 * rwkv5_row_scale(w, o + 0);                                                                      \
-                om[1] = s1 * rwkv5_row_scale(w, o + 1);                                                                      \
-                om[2] = s2 * rwkv5_row_scale(w, o + 2);                                                                      \
-                om[3] = s3 * rwkv5_row_scale(w, o + 3);                                                                      \
-            }                                                                                    \
-        }                                                                                        \
-        for (; o < o1; o++) {                                                                    \
-            const unsigned char *w0 = ROWP(o);                                                    \
-            for (int m = 0; m < M; m++) {                                                        \
-                const float *xm = x + (size_t)m * n;                                             \
-                __m256 a0 = _mm256_setzero_ps();                                                 \
-                size_t i = 0;                                                                    \
-                for (; i < nfull; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), LD(w0 + OFF(i), 0), a0); \
-                float s0 = hsum256(a0);                                                          \
-                for (; i < n; i++) s0 += xm[i] * LDE(w0 + OFF(i), 0);                                     \
-                out[(size_t)m * d + o] = s0 * rwkv5_row_scale(w, o);                                                     \
-            }                                                                                    \
-        }                                                                                        \
+T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+    size_t n = (size_t)w->cols, d = (size_t)w->rows;
+    size_t nfull = n & ~(size_t)7;
+    size_t cs = RWKV5_LINE_STRIDE(w);
+    const size_t esz = rwkv5_esz(dt);
+#define OFF(i) RWKV5_COL_OFF(i, esz, cs)
+#define ROWP(o) rwkv5_row_ptr(w, (size_t)(o))
+    int o = o0;
+    for (; o + 4 <= o1; o += 4) {
+        const unsigned char *w0 = ROWP(o), *w1 = ROWP(o + 1), *w2 = ROWP(o + 2), *w3 = ROWP(o + 3);
+        const unsigned char *nx = next_block(w, o, o1);
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + (size_t)m * n;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            size_t i = 0;
+            for (; i < nfull; i += 8) {
+                pf_next_at(nx, i, esz);
+                if (w->blocked && i % (64 / esz) == 0) pf_ahead(w0 + OFF(i), PF_AHEAD_BYTES);
+                __m256 xv = _mm256_loadu_ps(xm + i);
+                a0 = _mm256_fmadd_ps(xv, ld256(dt, w0 + OFF(i)), a0);
+                a1 = _mm256_fmadd_ps(xv, ld256(dt, w1 + OFF(i)), a1);
+                a2 = _mm256_fmadd_ps(xv, ld256(dt, w2 + OFF(i)), a2);
+                a3 = _mm256_fmadd_ps(xv, ld256(dt, w3 + OFF(i)), a3);
+            }
+            float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
+            for (; i < n; i++) {
+                s0 += xm[i] * rwkv5_load(dt, w0 + OFF(i));
+                s1 += xm[i] * rwkv5_load(dt, w1 + OFF(i));
+                s2 += xm[i] * rwkv5_load(dt, w2 + OFF(i));
+                s3 += xm[i] * rwkv5_load(dt, w3 + OFF(i));
+            }
+            float *om = out + (size_t)m * d + o;
+            om[0] = s0 * rwkv5_row_scale(w, o + 0);
+            om[1] = s1 * rwkv5_row_scale(w, o + 1);
+            om[2] = s2 * rwkv5_row_scale(w, o + 2);
+            om[3] = s3 * rwkv5_row_scale(w, o + 3);
+        }
     }
+    for (; o < o1; o++) {
+        const unsigned char *w0 = ROWP(o);
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + (size_t)m * n;
+            __m256 a0 = _mm256_setzero_ps();
+            size_t i = 0;
+            for (; i < nfull; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), ld256(dt, w0 + OFF(i)), a0);
+            float s0 = hsum256(a0);
+            for (; i < n; i++) s0 += xm[i] * rwkv5_load(dt, w0 + OFF(i));
+            out[(size_t)m * d + o] = s0 * rwkv5_row_scale(w, o);
+        }
+    }
+#undef OFF
+#undef ROWP
+}
 
-AVX2_KERNEL(mm_avx2_f32, float, ld256_f32, rwkv5_ld_f32)
-AVX2_KERNEL(mm_avx2_f16, uint16_t, ld256_f16, rwkv5_ld_f16)
-AVX2_KERNEL(mm_avx2_bf16, uint16_t, ld256_bf16, rwkv5_ld_bf16)
-AVX2_KERNEL(mm_avx2_i8, int8_t, ld256_i8, rwkv5_ld_i8)
+ROWS_FN(mm_avx2_f32, T256, rows_avx2, RWKV5_F32)
+ROWS_FN(mm_avx2_f16, T256, rows_avx2, RWKV5_F16)
+ROWS_FN(mm_avx2_bf16, T256, rows_avx2, RWKV5_BF16)
+ROWS_FN(mm_avx2_i8, T256, rows_avx2, RWKV5_I8)
 #endif
 
 /* ---------------- GEMM (parallel mode) ----------------
@@ -460,7 +496,6 @@ AVX2_KERNEL(mm_avx2_i8, int8_t, ld256_i8, rwkv5_ld_i8)
  * aligned fp32) sits in L1 while the micro-kernel sweeps the 64-row panels:
  *     OT[o][m] += sum_{k in block} W[o][k] * x[m][k]   for 6 o's x 64 m's in registers. */
 #define MR RWKV5_GEMM_MR
-#define NR RWKV5_GEMM_NR
 #define KC RWKV5_GEMM_KC
 
 static size_t round_up(size_t a, size_t b) { return (a + b - 1) / b * b; }
@@ -474,7 +509,7 @@ size_t rwkv5_gemm_ws_floats(int M, int n, int d) {
 }
 
 typedef struct {
-    int isa;
+    const rwkv5_isa_kernels *k;
     float *out;
     const float *x;
     const rwkv5_mat *w;
@@ -506,32 +541,10 @@ static void gemm_pack_x(void *ctx, int64_t b, int64_t e) {
     }
 }
 
-/* Scalar widening of rows [o, o+NR) x inputs [k0, k0+kc) into Bp (NR, kc); rows past d are 0. */
-static void pack_w_scalar(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
-    size_t esz = rwkv5_esz(w->dtype), cs = RWKV5_LINE_STRIDE(w);
-    for (int r = 0; r < NR; r++) {
-        float *dst = Bp + (size_t)r * kc;
-        if (o + r >= w->rows) {
-            for (int i = 0; i < kc; i++) dst[i] = 0.0f;
-            continue;
-        }
-        const unsigned char *row = rwkv5_row_ptr(w, (size_t)(o + r));
-        float s = rwkv5_row_scale(w, o + r);
-#define AT(i) (row + RWKV5_COL_OFF(k0 + (size_t)(i), esz, cs))
-        switch (w->dtype) {
-        case RWKV5_F16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f16(AT(i), 0); break;
-        case RWKV5_BF16: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_bf16(AT(i), 0); break;
-        case RWKV5_I8: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_i8(AT(i), 0) * s; break;
-        default: for (int i = 0; i < kc; i++) dst[i] = rwkv5_ld_f32(AT(i), 0);
-        }
-#undef AT
-    }
-}
-
 #if defined(__x86_64__)
-/* Bp (NR, kc) = widened (and row-scaled for int8) weights, AVX-512 conversions, masked tail. */
-T512 static void pack_w_avx512(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
-    size_t esz = rwkv5_esz(w->dtype), cs = RWKV5_LINE_STRIDE(w);
+/* pack_scalar with AVX-512 conversions, masked tail */
+T512 INL void pack_avx512(int dt, float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
+    size_t esz = rwkv5_esz(dt), cs = RWKV5_LINE_STRIDE(w);
     for (int r = 0; r < NR; r++) {
         float *dst = Bp + (size_t)r * kc;
         if (o + r >= w->rows) {
@@ -543,17 +556,16 @@ T512 static void pack_w_avx512(float *Bp, const rwkv5_mat *w, int o, size_t k0, 
         for (int i = 0; i < kc; i += 16) {   /* k0 and i are multiples of 16: inside one 64-byte line */
             __mmask16 k = kc - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - i)) - 1u);
             const unsigned char *p = row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs);
-            __m512 v;
-            switch (w->dtype) {
-            case RWKV5_F16: v = ld512_f16(p, 0, k); break;
-            case RWKV5_BF16: v = ld512_bf16(p, 0, k); break;
-            case RWKV5_I8: v = _mm512_mul_ps(ld512_i8(p, 0, k), s); break;
-            default: v = ld512_f32(p, 0, k);
-            }
+            __m512 v = ld512(dt, p, k);
+            if (rwkv5_dtypes[dt].row_scale) v = _mm512_mul_ps(v, s);
             _mm512_mask_storeu_ps(dst + i, k, v);
         }
     }
 }
+PACK_FN(pack_avx512_f32, T512, pack_avx512, RWKV5_F32)
+PACK_FN(pack_avx512_f16, T512, pack_avx512, RWKV5_F16)
+PACK_FN(pack_avx512_bf16, T512, pack_avx512, RWKV5_BF16)
+PACK_FN(pack_avx512_i8, T512, pack_avx512, RWKV5_I8)
 
 /* C[r][0..64) (rows ldc apart) (+)= sum_k B[r*ldb + k] * X[k][0..64), r < 6: 24 accumulators. */
 T512 static void ukernel_avx512(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc, int acc_in) {
@@ -619,26 +631,14 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
                 B = (const float *)w->data + (size_t)o * n + k0;
                 ldb = n;
             } else {
-#if defined(__x86_64__)
-                if (j->isa >= RWKV5_ISA_AVX512) pack_w_avx512(Bp, w, o, k0, kc);
-                else
-#elif defined(__aarch64__)
-                if (j->isa >= RWKV5_ISA_NEON) rwkv5_neon_pack_w(Bp, w, o, k0, kc);
-                else
-#endif
-                    pack_w_scalar(Bp, w, o, k0, kc);
+                j->k->pack[w->dtype](Bp, w, o, k0, kc);
                 B = Bp;
                 ldb = (size_t)kc;
             }
             for (size_t p = 0; p < Mp / MR; p++) {
                 float *C = j->OT + (size_t)o * Mp + p * MR;
                 const float *X = j->XP + p * MR * n + k0 * MR;
-#if defined(__x86_64__)
-                if (j->isa >= RWKV5_ISA_AVX512) ukernel_avx512(C, Mp, X, B, ldb, kc, k0 > 0);
-                else ukernel_avx2(C, Mp, X, B, ldb, kc, k0 > 0);
-#elif defined(__aarch64__)
-                rwkv5_neon_gemm_ukernel(C, Mp, X, B, ldb, kc, k0 > 0);
-#endif
+                j->k->gemm(C, Mp, X, B, ldb, kc, k0 > 0);
             }
         }
     }
@@ -655,38 +655,71 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
 }
 
 #undef MR
-#undef NR
 #undef KC
 
-/* ---------------- dispatch ---------------- */
+/* ---------------- dispatch: one row of kernels per ISA level, indexed by storage type ---------------- */
 
-typedef void (*mm_fn)(float *, const float *, const rwkv5_mat *, int, int, int);
-
-static mm_fn pick(int isa, int dtype) {
-    static const mm_fn scalar[4] = {mm_scalar_f32, mm_scalar_f16, mm_scalar_bf16, mm_scalar_i8};
-    if (dtype < 0 || dtype > 3) return NULL;
+static const rwkv5_isa_kernels scalar_kernels = {
+    .rows = {[RWKV5_F32] = mm_scalar_f32, [RWKV5_F16] = mm_scalar_f16, [RWKV5_BF16] = mm_scalar_bf16,
+             [RWKV5_I8] = mm_scalar_i8},
+    .pack = {[RWKV5_F32] = pack_scalar_f32, [RWKV5_F16] = pack_scalar_f16, [RWKV5_BF16] = pack_scalar_bf16,
+             [RWKV5_I8] = pack_scalar_i8},
+    .gemm = NULL,   /* no GEMM: the row kernels at any M */
+};
 #if defined(__x86_64__)
-    static const mm_fn avx2[4] = {mm_avx2_f32, mm_avx2_f16, mm_avx2_bf16, mm_avx2_i8};
-    static const mm_fn avx512[4] = {mm_avx512_f32, mm_avx512_f16, mm_avx512p_bf16, mm_avx512_i8};
-    /* bf16 stays on the widening kernel: x split into two bf16 for vdpbf16ps ran 14% faster but
-     * moved a test model's logits by 2.4e-4 (16-bit x), above the 1e-4 the model is held to */
-    static const mm_fn avx512v[4] = {mm_avx512_f32, mm_avx512_f16, mm_avx512p_bf16, mm_avx512v_i8};
-    if (isa >= RWKV5_ISA_AVX512_VNNI) return avx512v[dtype];
-    if (isa >= RWKV5_ISA_AVX512) return avx512[dtype];
-    if (isa == RWKV5_ISA_AVX2) return avx2[dtype];
+static const rwkv5_isa_kernels avx2_kernels = {
+    .rows = {[RWKV5_F32] = mm_avx2_f32, [RWKV5_F16] = mm_avx2_f16, [RWKV5_BF16] = mm_avx2_bf16, [RWKV5_I8] = mm_avx2_i8},
+    .pack = {[RWKV5_F32] = pack_scalar_f32, [RWKV5_F16] = pack_scalar_f16, [RWKV5_BF16] = pack_scalar_bf16,
+             [RWKV5_I8] = pack_scalar_i8},
+    .gemm = ukernel_avx2,
+};
+static const rwkv5_isa_kernels avx512_kernels = {
+    .rows = {[RWKV5_F32] = mm_avx512_f32, [RWKV5_F16] = mm_avx512_f16, [RWKV5_BF16] = mm_avx512p_bf16,
+             [RWKV5_I8] = mm_avx512_i8},
+    .pack = {[RWKV5_F32] = pack_avx512_f32, [RWKV5_F16] = pack_avx512_f16, [RWKV5_BF16] = pack_avx512_bf16,
+             [RWKV5_I8] = pack_avx512_i8},
+    .gemm = ukernel_avx512,
+};
+/* bf16 stays on the widening kernel: x split into two bf16 for vdpbf16ps ran faster but moved a
+ * test model's logits by 2.4e-4 (16-bit x), above the 1e-4 the model is held to */
+static const rwkv5_isa_kernels avx512_vnni_kernels = {
+    .rows = {[RWKV5_F32] = mm_avx512_f32, [RWKV5_F16] = mm_avx512_f16, [RWKV5_BF16] = mm_avx512p_bf16,
+             [RWKV5_I8] = mm_avx512v_i8},
+    .pack = {[RWKV5_F32] = pack_avx512_f32, [RWKV5_F16] = pack_avx512_f16, [RWKV5_BF16] = pack_avx512_bf16,
+             [RWKV5_I8] = pack_avx512_i8},
+    .gemm = ukernel_avx512,
+};
+static const rwkv5_isa_kernels *const LEVELS[] = {
+    [RWKV5_ISA_SCALAR] = &scalar_kernels,
+    [RWKV5_ISA_AVX2] = &avx2_kernels,
+    [RWKV5_ISA_AVX512] = &avx512_kernels,
+    [RWKV5_ISA_AVX512_VNNI] = &avx512_vnni_kernels,
+};
 #elif defined(__aarch64__)
-    if (isa >= RWKV5_ISA_NEON) return rwkv5_neon_rows(isa, dtype);
+static const rwkv5_isa_kernels *const LEVELS[] = {
+    [RWKV5_ISA_SCALAR] = &scalar_kernels,
+    [RWKV5_ISA_NEON] = &rwkv5_neon_kernels,
+    [RWKV5_ISA_NEON_DOTPROD] = &rwkv5_neon_dotprod_kernels,
+};
+#else
+static const rwkv5_isa_kernels *const LEVELS[] = {[RWKV5_ISA_SCALAR] = &scalar_kernels};
 #endif
-    return scalar[dtype];
+
+/* The kernels of ISA level isa (< 0: the current one; above this architecture's levels: the top). */
+static const rwkv5_isa_kernels *kernels_of(int isa) {
+    int n = (int)(sizeof LEVELS / sizeof LEVELS[0]);
+    if (isa < 0) isa = (int)rwkv5_cpu_isa();
+    return LEVELS[isa < n ? isa : n - 1];
 }
 
-void rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
-    mm_fn f = pick(isa, w->dtype);
-    if (f) f(out, x, w, M, o0, o1);
+int rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+    if (!rwkv5_dtype_valid(w->dtype)) return RWKV5_EINVAL;
+    kernels_of(isa)->rows[w->dtype](out, x, w, M, o0, o1);
+    return RWKV5_OK;
 }
 
 typedef struct {
-    mm_fn f;
+    rwkv5_rows_fn f;
     float *out;
     const float *x;
     const rwkv5_mat *w;
@@ -701,16 +734,16 @@ static void mm_range(void *ctx, int64_t b, int64_t e) {
     j->f(j->out, j->x, j->w, j->M, o0, o1);
 }
 
-void rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
-                     size_t ws_floats) {
-    if (isa < 0) isa = (int)rwkv5_cpu_isa();
-    if (M <= 0 || w->dtype < 0 || w->dtype > 3) return;
+int rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
+                    size_t ws_floats) {
+    if (!rwkv5_dtype_valid(w->dtype)) return RWKV5_EINVAL;
+    if (M <= 0) return RWKV5_OK;
+    const rwkv5_isa_kernels *k = kernels_of(isa);
     int n = w->cols, d = w->rows, nt = rwkv5_get_num_threads();
-    if (isa != RWKV5_ISA_SCALAR && (M >= RWKV5_GEMM_MIN_M || force_gemm) && ws &&
-        ws_floats >= rwkv5_gemm_ws_floats(M, n, d)) {
+    if (k->gemm && (M >= RWKV5_GEMM_MIN_M || force_gemm) && ws && ws_floats >= rwkv5_gemm_ws_floats(M, n, d)) {
         int Mp = (int)round_up((size_t)M, RWKV5_GEMM_MR);
         float *XP = (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);   /* aligned panels */
-        gemm_job g = {isa, out, x, w, M, Mp, n, d, (size_t)d, XP, XP + (size_t)Mp * n};
+        gemm_job g = {k, out, x, w, M, Mp, n, d, (size_t)d, XP, XP + (size_t)Mp * n};
         rwkv5_parallel_for(((int64_t)n + 63) / 64, 4, gemm_pack_x, &g);
         for (int o = 0; o < d; o += D_BLOCK) {   /* a view of rows [o, o + db) of w (o: a multiple of 4) */
             int db = d - o < D_BLOCK ? d - o : D_BLOCK;
@@ -724,28 +757,29 @@ void rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const 
             int64_t grain = (nob + 4 * nt - 1) / (4 * nt);
             rwkv5_parallel_for(nob, grain < 16 ? 16 : grain, gemm_range, &g);
         }
-        return;
+        return RWKV5_OK;
     }
     /* matrix x vector: blocks of 4 rows, contiguous ranges, ~64K multiply-adds per piece at least,
      * and no more pieces than a few per thread */
-    mm_job j = {pick(isa, w->dtype), out, x, w, M};
+    mm_job j = {k->rows[w->dtype], out, x, w, M};
     int64_t blocks = ((int64_t)d + 3) / 4;
     int64_t per_block = 4 * (int64_t)n * M;
     int64_t grain = per_block >= 65536 ? 1 : 65536 / (per_block > 0 ? per_block : 1);
     int64_t even = (blocks + 4 * nt - 1) / (4 * nt);
     if (grain < even) grain = even;
     rwkv5_parallel_for(blocks, grain, mm_range, &j);
+    return RWKV5_OK;
 }
 
-void rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M, int n, int d) {
-    (void)n;
-    (void)d; /* n == w->cols and d == w->rows: checked once by rwkv5_model_init */
+int rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M) {
+    if (!rwkv5_dtype_valid(w->dtype)) return RWKV5_EINVAL;
     float *ws = NULL;
     size_t need = 0;
     if (M >= RWKV5_GEMM_MIN_M) {   /* callers without a workspace (ops, tests): allocate one */
         need = rwkv5_gemm_ws_floats(M, w->cols, w->rows);
         ws = (float *)malloc(need * sizeof(float));
     }
-    rwkv5_matmul_ws(-1, 0, out, x, w, M, ws, ws ? need : 0);
+    int rc = rwkv5_matmul_ws(-1, 0, out, x, w, M, ws, ws ? need : 0);
     free(ws);
+    return rc;
 }

@@ -19,7 +19,6 @@
 #include "common/cpu.h"
 #include "kernels.h"
 
-#define INL static inline __attribute__((always_inline))
 /* SDOT (Armv8.2 FEAT_DotProd, run-time checked by rwkv5_cpu_isa through HWCAP_ASIMDDP) for the
  * functions marked TDOT. acc + (4 lanes of) sum of 4 products of signed bytes a * b. GCC's arm_neon.h
  * offers vdotq_s32 inside such functions; clang's (14) only when the whole file is built for it, so
@@ -71,16 +70,6 @@ INL void ld16(int dt, const unsigned char *p, float32x4_t v[4]) {
     }
 }
 
-/* one element, for tails: the portable loaders of kernels.h (the same values) */
-INL float ld1(int dt, const unsigned char *p) {
-    switch (dt) {
-    case RWKV5_F16: return rwkv5_ld_f16(p, 0);
-    case RWKV5_BF16: return rwkv5_ld_bf16(p, 0);
-    case RWKV5_I8: return rwkv5_ld_i8(p, 0);
-    default: return rwkv5_ld_f32(p, 0);
-    }
-}
-
 /* ---------------- matrix x vector: row kernels ----------------
  * out[m][o] = scale[o] * x[m] . W[o], 4 weight rows at a time so every x vector feeds 4 rows. Per
  * row, 16 inputs at a time into 2 accumulators (accumulator e takes inputs 16b + 4q + lane with
@@ -121,25 +110,21 @@ INL void rows_body(int dt, float *out, const float *x, const rwkv5_mat *w, int M
             for (int k = 0; k < 4; k++)
                 s[k] = vaddvq_f32(vaddq_f32(acc[k][0], acc[k][1]));
             for (int k = 0; k < nr; k++) {
-                for (size_t t = nfull; t < n; t++) s[k] += xm[t] * ld1(dt, wr[k] + RWKV5_COL_OFF(t, esz, cs));
+                for (size_t t = nfull; t < n; t++) s[k] += xm[t] * rwkv5_load(dt, wr[k] + RWKV5_COL_OFF(t, esz, cs));
                 out[(size_t)m * d + o + k] = s[k] * rwkv5_row_scale(w, o + k);
             }
         }
     }
 }
 
-static void mm_neon_f32(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
-    rows_body(RWKV5_F32, out, x, w, M, o0, o1);
-}
-static void mm_neon_f16(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
-    rows_body(RWKV5_F16, out, x, w, M, o0, o1);
-}
-static void mm_neon_bf16(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
-    rows_body(RWKV5_BF16, out, x, w, M, o0, o1);
-}
-static void mm_neon_i8(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
-    rows_body(RWKV5_I8, out, x, w, M, o0, o1);
-}
+#define ROWS_FN(NAME, DT)                                                                    \
+    static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
+        rows_body(DT, out, x, w, M, o0, o1);                                                 \
+    }
+ROWS_FN(mm_neon_f32, RWKV5_F32)
+ROWS_FN(mm_neon_f16, RWKV5_F16)
+ROWS_FN(mm_neon_bf16, RWKV5_BF16)
+ROWS_FN(mm_neon_i8, RWKV5_I8)
 
 /* ---------------- int8 rows by SDOT ----------------
  * Widening each int8 weight to fp32 takes 2.5 instructions per weight before the FMA. SDOT
@@ -247,17 +232,10 @@ TDOT static void mm_neon_dot_i8(float *out, const float *x, const rwkv5_mat *w, 
     }
 }
 
-rwkv5_rows_fn rwkv5_neon_rows(int isa, int dtype) {
-    static const rwkv5_rows_fn neon[4] = {mm_neon_f32, mm_neon_f16, mm_neon_bf16, mm_neon_i8};
-    if (dtype < 0 || dtype > 3) return NULL;
-    if (dtype == RWKV5_I8 && isa >= RWKV5_ISA_NEON_DOTPROD) return mm_neon_dot_i8;
-    return neon[dtype];
-}
-
 /* ---------------- GEMM pieces ---------------- */
 
-void rwkv5_neon_pack_w(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
-    size_t esz = rwkv5_esz(w->dtype), cs = RWKV5_LINE_STRIDE(w);
+INL void pack_body(int dt, float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
+    size_t esz = rwkv5_esz(dt), cs = RWKV5_LINE_STRIDE(w);
     for (int r = 0; r < RWKV5_GEMM_NR; r++) {
         float *dst = Bp + (size_t)r * kc;
         if (o + r >= w->rows) {
@@ -269,20 +247,26 @@ void rwkv5_neon_pack_w(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) 
         int i = 0;
         for (; i + 16 <= kc; i += 16) {   /* k0 + i is a multiple of 16: inside one 64-byte line */
             float32x4_t v[4];
-            ld16(w->dtype, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs), v);
+            ld16(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs), v);
             for (int q = 0; q < 4; q++) vst1q_f32(dst + i + 4 * q, w->scale ? vmulq_n_f32(v[q], s) : v[q]);
         }
         for (; i < kc; i++) {
-            float v = ld1(w->dtype, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs));
+            float v = rwkv5_load(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs));
             dst[i] = w->scale ? v * s : v;
         }
     }
 }
+#define PACK_FN(NAME, DT) \
+    static void NAME(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) { pack_body(DT, Bp, w, o, k0, kc); }
+PACK_FN(pack_neon_f32, RWKV5_F32)
+PACK_FN(pack_neon_f16, RWKV5_F16)
+PACK_FN(pack_neon_bf16, RWKV5_BF16)
+PACK_FN(pack_neon_i8, RWKV5_I8)
 
 /* 6 weight rows x 16 columns of the 64-row panel per pass: 24 accumulators, 4 x vectors and a
  * broadcast weight in 32 registers. OT[o][m] += W[o][k] x[m][k] one k after the other, with FMA:
  * the order of the x86 micro-kernels, so the same bits. */
-void rwkv5_neon_gemm_ukernel(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc, int acc_in) {
+static void gemm_ukernel(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc, int acc_in) {
     enum { NR = RWKV5_GEMM_NR, MR = RWKV5_GEMM_MR };
     for (int q0 = 0; q0 < MR; q0 += 16) {
         float32x4_t c[NR][4];
@@ -304,6 +288,22 @@ void rwkv5_neon_gemm_ukernel(float *C, size_t ldc, const float *X, const float *
             for (int q = 0; q < 4; q++) vst1q_f32(C + r * ldc + q0 + 4 * q, c[r][q]);
     }
 }
+
+/* ---------------- the dispatch rows (kernels.h) ---------------- */
+
+const rwkv5_isa_kernels rwkv5_neon_kernels = {
+    .rows = {[RWKV5_F32] = mm_neon_f32, [RWKV5_F16] = mm_neon_f16, [RWKV5_BF16] = mm_neon_bf16, [RWKV5_I8] = mm_neon_i8},
+    .pack = {[RWKV5_F32] = pack_neon_f32, [RWKV5_F16] = pack_neon_f16, [RWKV5_BF16] = pack_neon_bf16,
+             [RWKV5_I8] = pack_neon_i8},
+    .gemm = gemm_ukernel,
+};
+const rwkv5_isa_kernels rwkv5_neon_dotprod_kernels = {
+    .rows = {[RWKV5_F32] = mm_neon_f32, [RWKV5_F16] = mm_neon_f16, [RWKV5_BF16] = mm_neon_bf16,
+             [RWKV5_I8] = mm_neon_dot_i8},
+    .pack = {[RWKV5_F32] = pack_neon_f32, [RWKV5_F16] = pack_neon_f16, [RWKV5_BF16] = pack_neon_bf16,
+             [RWKV5_I8] = pack_neon_i8},
+    .gemm = gemm_ukernel,
+};
 
 /* ---------------- WKV ----------------
  * The value index j is independent in every product: columns are taken in blocks of NV vectors

@@ -98,10 +98,12 @@ static int check_param(rwkv5_model *m, const rwkv5_param *p, int layer, char *er
     if (!w->data || w->rows != rows || w->cols != cols)
         return fail(err, errlen, "%s: expected shape (%d, %d), got (%d, %d)%s", name, rows, cols, w->rows, w->cols,
                     w->data ? "" : " (missing)");
-    if (w->dtype < RWKV5_F32 || w->dtype > RWKV5_I8)
-        return fail(err, errlen, "%s: storage type %d is not supported (fp32, fp16, bf16, int8)", name, w->dtype);
-    if ((w->dtype == RWKV5_I8) != (w->scale != NULL))
-        return fail(err, errlen, "%s: int8 storage needs per-row scales (and only int8 has them)", name);
+    if (!rwkv5_dtype_valid(w->dtype))
+        return fail(err, errlen, "%s: storage type %d is not one of the %d of rwkv5_dtypes", name, w->dtype,
+                    RWKV5_N_DTYPES);
+    if (rwkv5_dtypes[w->dtype].row_scale != (w->scale != NULL))
+        return fail(err, errlen, "%s: %s storage %s per-row scales", name, rwkv5_dtypes[w->dtype].name,
+                    rwkv5_dtypes[w->dtype].row_scale ? "needs" : "has no");
     return RWKV5_OK;
 }
 

@@ -10,13 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Storage type of a matrix. Kernels widen to fp32 on the fly. */
-typedef enum {
-    RWKV5_F32 = 0,
-    RWKV5_F16 = 1,   /* IEEE half */
-    RWKV5_BF16 = 2,  /* top 16 bits of an fp32 */
-    RWKV5_I8 = 3,    /* int8 q with one fp32 scale per row (`scale`): W[o][i] = q[o][i] * scale[o] */
-} rwkv5_dtype;
+/* Storage types of matrices (rwkv5_dtype, RWKV5_F32 ...) and their table rwkv5_dtypes. */
+#include "dtypes.h"
 
 /* Layout of a matrix's elements (`blocked`):
  *  0: row-major (rows, cols);
