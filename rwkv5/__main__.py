@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from .model import STORAGE_DTYPES   # the package is imported already (python -m rwkv5)
+
 
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
@@ -104,7 +106,7 @@ def add_convert(sub):
 
 def _add_model_args(p, dtype_help="storage type of the matrices (default: what the file holds)"):
     p.add_argument("model", help="checkpoint: .pth, safetensors, rwkv.cpp .bin, or a folder of shards")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default=None, help=dtype_help)
+    p.add_argument("--dtype", choices=STORAGE_DTYPES, default=None, help=dtype_help)
     p.add_argument("--gn-eps", type=float, default=None,
                    help="GroupNorm epsilon (default: 64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp files)")
     p.add_argument("--threads", type=int, default=None, help="C threads (default: the CPUs this process may use)")
@@ -373,7 +375,7 @@ def add_eval(sub):
                                    "are predicted from the ones before.")
     p.add_argument("prefix", help="dataset prefix (PREFIX.manifest.json, or PREFIX.bin / PREFIX.idx)")
     p.add_argument("--model", required=True, help="checkpoint file")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default=None)
+    p.add_argument("--dtype", choices=STORAGE_DTYPES, default=None)
     p.add_argument("--gn-eps", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-docs", type=int, default=None)

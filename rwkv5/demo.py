@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from .model import STORAGE_DTYPES
+
 CORPUS = pathlib.Path(__file__).resolve().parent / "data" / "sample_corpus.jsonl"
 CTX_LEN = 128
 WORLD_VOCAB = 65536
@@ -38,7 +40,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m rwkv5.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="a checkpoint (.pth, .safetensors, rwkv.cpp .bin, HF folder) with the "
                     f"{WORLD_VOCAB}-token World vocabulary or 256 byte tokens; default: the shipped tiny model")
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8"], help="weight type (default: as stored)")
+    ap.add_argument("--dtype", choices=STORAGE_DTYPES, help="weight type (default: as stored)")
     ap.add_argument("--gn-eps", type=float, help="GroupNorm epsilon (default: the file format's)")
     ap.add_argument("--prompt", default="The weather today is", help="generation prompt (default: %(default)r)")
     ap.add_argument("--max-tokens", type=int, default=80, help="tokens to generate (default: %(default)s)")

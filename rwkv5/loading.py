@@ -10,19 +10,20 @@ import os
 
 from .formats.checkpoint import (DEFAULT_GN_EPS, DTYPES, bf16_bits_to_f32, convert_array, f32_to_bf16_bits,
                                  read_checkpoint, sniff_format)
-from .model import Model
+from .model import STORAGE_DTYPES, Model
 
 __all__ = ["load", "read_checkpoint", "sniff_format", "convert_array", "f32_to_bf16_bits", "bf16_bits_to_f32",
            "DTYPES", "DEFAULT_GN_EPS"]
 
 
-#: what rwkv5.load accepts: the storage types above, and int8 (quantised at load, per output row)
-LOAD_DTYPES = DTYPES + ("int8",)
+#: what rwkv5.load accepts: None (as stored) and every storage type of the model's matrices (int8
+#: is quantised at load, per output row)
+LOAD_DTYPES = (None,) + STORAGE_DTYPES
 
 
 def _check_dtype(dtype):
     if dtype not in LOAD_DTYPES:
-        raise ValueError(f"dtype must be one of None, 'fp32', 'bf16', 'fp16', 'int8'; got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, LOAD_DTYPES))}; got {dtype!r}")
 
 
 def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):

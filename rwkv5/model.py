@@ -29,6 +29,7 @@ MAX_POSITIONS = 2**30 - 1   # B * T of one forward call (the C code's limit)
 _DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
 _NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16"}
 assert [name for name, _, _ in _model.DTYPES] == list(_DTYPE_NAMES), "rwkv5._model.DTYPES and _DTYPE_NAMES differ"
+STORAGE_DTYPES = tuple(_DTYPE_NAMES)   # what Model.from_state_dict(dtype=...) takes besides None
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ class Model:
         Raises ValueError naming a missing or mis-shaped tensor.
         """
         if dtype is not None and dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype must be None, 'fp32', 'fp16', 'bf16' or 'int8', got {dtype!r}")
+            raise ValueError(f"dtype must be None or one of {', '.join(map(repr, STORAGE_DTYPES))}, got {dtype!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be 'auto', 'rows' or 'blocked', got {layout!r}")
         gn_eps = GN_EPS_DEFAULT if gn_eps is None else float(gn_eps)

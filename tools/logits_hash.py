@@ -20,6 +20,8 @@ import sys
 
 import numpy as np
 
+from rwkv5 import _model
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HASHES = ROOT / "tests" / "data" / "logits_hashes.json"
 
@@ -33,7 +35,7 @@ RANDOM_MODELS = [
     ("r51-C64-N32", dict(version="5.1", n_layer=1, n_embd=64, head_size=32, vocab_size=130, seed=4)),
 ]
 MODELS = [name for name, _ in RANDOM_MODELS] + ["tiny"]
-DTYPES = ("fp32", "fp16", "bf16", "int8")
+DTYPES = tuple(name for name, _, _ in _model.DTYPES)   # every storage type of the C table
 LAYOUTS = ("rows", "blocked")
 MODES = ("parallel", "recurrent")
 THREADS = (1, 2)

@@ -75,13 +75,13 @@ static void test_matmul(void) {
         void *w = malloc(sizeof(float) * d * n);
         for (int i = 0; i < M * n; i++) x[i] = frand();
         for (int o = 0; o < d; o++) scale[o] = (0.5f + (float)(rnd() % 100) / 100.0f) / 127.0f;
-        for (int dt = RWKV5_F32; dt <= RWKV5_I8; dt++) {
+        for (int dt = 0; dt < RWKV5_N_DTYPES; dt++) {
             for (int i = 0; i < d * n; i++) {
                 if (dt == RWKV5_F32) ((float *)w)[i] = frand();
                 else if (dt == RWKV5_I8) ((int8_t *)w)[i] = (int8_t)(rnd() % 255 - 127);
                 else ((uint16_t *)w)[i] = dt == RWKV5_F16 ? rand_f16() : rand_bf16();
             }
-            rwkv5_mat mat = {w, dt == RWKV5_I8 ? scale : NULL, dt, d, n, 0};
+            rwkv5_mat mat = {w, rwkv5_dtypes[dt].row_scale ? scale : NULL, dt, d, n, 0};
             /* double-precision truth */
             for (int o = 0; o < d; o++) {
                 rwkv5_mat_row(row, &mat, (size_t)o);
