@@ -342,60 +342,93 @@ typedef struct {
     int big;
 } batch_round;
 
-static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"texts", "num_threads", NULL};
-    PyObject *texts_arg, *threads_arg = NULL, *seq = NULL, *res = NULL;
-    text_ref *refs = NULL;
-    const uint8_t **ptrs = NULL;
-    size_t *lens = NULL, *offs = NULL, *nout = NULL;
-    uint32_t *buf[2] = {NULL, NULL};
-    size_t cap[2] = {0, 0};
-    batch_round *rounds = NULL;
-    wt_batch_run *running = NULL; /* must be waited for before anything it reads is released */
-    Py_ssize_t count = 0, got = 0, n_rounds = 0;
-    int nthreads;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch", kwlist, &texts_arg, &threads_arg)) return NULL;
-    if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
+/* The texts of a batch: a new reference to the sequence in *seq and one text_ref per item (each
+ * holding its own reference: the list may be changed by another thread while the GIL is
+ * released, the texts stay alive), their pointers and lengths. On failure returns -1 with the
+ * error set; whatever was acquired is released by batch_texts_release (*got counts the refs). */
+typedef struct {
+    PyObject *seq;
+    Py_ssize_t count, got;
+    text_ref *refs;
+    const uint8_t **ptrs;
+    size_t *lens, *offs, *nout;
+    batch_round *rounds;
+    Py_ssize_t n_rounds;
+} batch_texts;
+
+static int batch_texts_get(PyObject *texts_arg, batch_texts *b) {
+    memset(b, 0, sizeof *b);
     if (PyUnicode_Check(texts_arg) || PyBytes_Check(texts_arg)) {
         PyErr_SetString(PyExc_TypeError, "texts must be a list of str or bytes, not a single str/bytes (use encode())");
-        return NULL;
+        return -1;
     }
-    seq = PySequence_Fast(texts_arg, "texts must be a list (or other iterable) of str or bytes");
-    if (!seq) return NULL;
-    count = PySequence_Fast_GET_SIZE(seq);
-    size_t cnt = (size_t)count ? (size_t)count : 1;
-    refs = PyMem_Calloc(cnt, sizeof *refs);
-    ptrs = PyMem_Malloc(cnt * sizeof *ptrs);
-    lens = PyMem_Malloc(cnt * sizeof *lens);
-    offs = PyMem_Malloc(cnt * sizeof *offs);
-    nout = PyMem_Malloc(cnt * sizeof *nout);
-    rounds = PyMem_Malloc(cnt * sizeof *rounds);
-    if (!refs || !ptrs || !lens || !offs || !nout || !rounds) { PyErr_NoMemory(); goto done; }
-    /* Each text_ref holds its own reference: the list may be changed by another thread while
-     * the GIL is released, the texts stay alive. */
-    for (got = 0; got < count; got++) {
-        if (text_get(PySequence_Fast_GET_ITEM(seq, got), &refs[got], "texts", got) < 0) goto done;
-        ptrs[got] = refs[got].p;
-        lens[got] = (size_t)refs[got].n;
+    b->seq = PySequence_Fast(texts_arg, "texts must be a list (or other iterable) of str or bytes");
+    if (!b->seq) return -1;
+    b->count = PySequence_Fast_GET_SIZE(b->seq);
+    size_t cnt = (size_t)b->count ? (size_t)b->count : 1;
+    b->refs = PyMem_Calloc(cnt, sizeof *b->refs);
+    b->ptrs = PyMem_Malloc(cnt * sizeof *b->ptrs);
+    b->lens = PyMem_Malloc(cnt * sizeof *b->lens);
+    b->offs = PyMem_Malloc(cnt * sizeof *b->offs);
+    b->nout = PyMem_Malloc(cnt * sizeof *b->nout);
+    b->rounds = PyMem_Malloc(cnt * sizeof *b->rounds);
+    if (!b->refs || !b->ptrs || !b->lens || !b->offs || !b->nout || !b->rounds) { PyErr_NoMemory(); return -1; }
+    for (b->got = 0; b->got < b->count; b->got++) {
+        if (text_get(PySequence_Fast_GET_ITEM(b->seq, b->got), &b->refs[b->got], "texts", b->got) < 0) return -1;
+        b->ptrs[b->got] = b->refs[b->got].p;
+        b->lens[b->got] = (size_t)b->refs[b->got].n;
     }
-    res = PyList_New(count);
-    if (!res) goto done;
-    for (Py_ssize_t i = 0; i < count;) { /* plan the rounds; offs[] is relative to the round */
-        batch_round r = {i, i, 0, lens[i] >= BIG_TEXT_BYTES};
+    /* plan the rounds; offs[] is relative to the round */
+    for (Py_ssize_t i = 0; i < b->count;) {
+        batch_round r = {i, i, 0, b->lens[i] >= BIG_TEXT_BYTES};
         if (r.big) {
-            offs[i] = 0;
-            r.total = lens[i];
+            b->offs[i] = 0;
+            r.total = b->lens[i];
             r.j = i + 1;
         } else {
-            while (r.j < count && lens[r.j] < BIG_TEXT_BYTES && (r.j == i || r.total + lens[r.j] <= BATCH_CHUNK_BYTES)) {
-                offs[r.j] = r.total;
-                r.total += lens[r.j];
+            while (r.j < b->count && b->lens[r.j] < BIG_TEXT_BYTES &&
+                   (r.j == i || r.total + b->lens[r.j] <= BATCH_CHUNK_BYTES)) {
+                b->offs[r.j] = r.total;
+                r.total += b->lens[r.j];
                 r.j++;
             }
         }
-        rounds[n_rounds++] = r;
+        b->rounds[b->n_rounds++] = r;
         i = r.j;
     }
+    return 0;
+}
+
+static void batch_texts_release(batch_texts *b) {
+    for (Py_ssize_t i = 0; i < b->got; i++) text_release(&b->refs[i]);
+    PyMem_Free(b->refs);
+    PyMem_Free(b->ptrs);
+    PyMem_Free(b->lens);
+    PyMem_Free(b->offs);
+    PyMem_Free(b->nout);
+    PyMem_Free(b->rounds);
+    Py_XDECREF(b->seq);
+    memset(b, 0, sizeof *b);
+}
+
+static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"texts", "num_threads", NULL};
+    PyObject *texts_arg, *threads_arg = NULL, *res = NULL;
+    batch_texts bt;
+    uint32_t *buf[2] = {NULL, NULL};
+    size_t cap[2] = {0, 0};
+    wt_batch_run *running = NULL; /* must be waited for before anything it reads is released */
+    int nthreads;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch", kwlist, &texts_arg, &threads_arg)) return NULL;
+    if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
+    if (batch_texts_get(texts_arg, &bt) < 0) goto done;
+    const uint8_t **ptrs = bt.ptrs;
+    const size_t *lens = bt.lens, *offs = bt.offs;
+    size_t *nout = bt.nout;
+    const batch_round *rounds = bt.rounds;
+    Py_ssize_t n_rounds = bt.n_rounds;
+    res = PyList_New(bt.count);
+    if (!res) goto done;
     Py_ssize_t prev = -1; /* round whose ids are ready (or being made by `running`) but not yet listed */
     for (Py_ssize_t q = 0; q <= n_rounds; q++) {
         int b = (int)(q & 1);
@@ -456,16 +489,98 @@ done:
         wt_encode_batch_wait(running);
         Py_END_ALLOW_THREADS
     }
-    for (Py_ssize_t i = 0; i < got; i++) text_release(&refs[i]);
-    PyMem_Free(refs);
-    PyMem_Free(ptrs);
-    PyMem_Free(lens);
-    PyMem_Free(offs);
-    PyMem_Free(nout);
-    PyMem_Free(rounds);
+    batch_texts_release(&bt);
     if (buf[0]) scratch_put(buf[0]);
     if (buf[1]) scratch_put(buf[1]);
-    Py_XDECREF(seq);
+    return res;
+}
+
+PyDoc_STRVAR(encode_batch_numpy_doc,
+             "encode_batch_numpy(texts, num_threads=None) -> (ids, offsets): the ids of every text joined in\n"
+             "one array (uint16 when n_vocab <= 65536, else uint32) and int64 offsets of len(texts) + 1;\n"
+             "text i's ids are ids[offsets[i]:offsets[i+1]]. Same ids as encode_batch, without a Python\n"
+             "object per text or per id. The GIL is released while C threads encode.");
+
+/* Rounds as in encode_batch, each encoded into a uint32 scratch buffer and then appended (narrowed
+ * to uint16 when the vocab fits) to one growing output buffer, with the GIL released; only the two
+ * result arrays are Python objects. */
+static PyObject *Core_encode_batch_numpy(CoreObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"texts", "num_threads", NULL};
+    PyObject *texts_arg, *threads_arg = NULL, *ids_arr = NULL, *offs_arr = NULL, *res = NULL;
+    batch_texts bt;
+    uint32_t *scratch = NULL;
+    size_t scratch_cap = 0;
+    uint8_t *out = NULL;   /* owned (malloc): ids so far, `width` bytes each */
+    size_t out_cap = 0, n_ids = 0;
+    int64_t *doc_off = NULL;   /* owned (PyMem): count + 1 */
+    int nthreads, oom = 0;
+    const int narrow = wt_n_vocab(self->tok) <= 65536;
+    const size_t width = narrow ? 2 : 4;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch_numpy", kwlist, &texts_arg, &threads_arg))
+        return NULL;
+    if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
+    if (batch_texts_get(texts_arg, &bt) < 0) goto done;
+    doc_off = PyMem_Malloc(((size_t)bt.count + 1) * sizeof *doc_off);
+    if (!doc_off) { PyErr_NoMemory(); goto done; }
+    doc_off[0] = 0;
+    for (Py_ssize_t q = 0; q < bt.n_rounds; q++) {
+        const batch_round *r = &bt.rounds[q];
+        if (r->total + 1 > scratch_cap) {
+            if (scratch) scratch_put(scratch);
+            scratch_cap = r->total + 1;
+            scratch = scratch_get(scratch_cap * sizeof(uint32_t));
+            if (!scratch) { scratch_cap = 0; PyErr_NoMemory(); goto done; }
+        }
+        Py_BEGIN_ALLOW_THREADS
+        int nt = r->total >= SMALL_ROUND_BYTES ? nthreads : 1;
+        size_t k_round = 0;
+        if (r->big) {
+            size_t k = wt_encode_parallel(self->tok, bt.ptrs[r->i], bt.lens[r->i], scratch, nt);
+            if (k == (size_t)-1) oom = 1;
+            else bt.nout[r->i] = k_round = k;
+        } else {
+            wt_encode_batch(self->tok, (size_t)(r->j - r->i), bt.ptrs + r->i, bt.lens + r->i, scratch,
+                            bt.offs + r->i, bt.nout + r->i, nt);
+            for (Py_ssize_t m = r->i; m < r->j; m++) k_round += bt.nout[m];
+        }
+        if (!oom && n_ids + k_round > out_cap) {   /* grow by at least half: amortised O(total) */
+            size_t want = n_ids + k_round, cap = out_cap + out_cap / 2;
+            if (cap < want) cap = want;
+            uint8_t *p = realloc(out, (cap ? cap : 1) * width);
+            if (!p) oom = 1;
+            else { out = p; out_cap = cap; }
+        }
+        if (!oom)
+            for (Py_ssize_t m = r->i; m < r->j; m++) {   /* append text m's ids; offsets are prefix sums */
+                const uint32_t *src = scratch + (r->big ? 0 : bt.offs[m]);
+                size_t k = bt.nout[m];
+                if (narrow) {
+                    uint16_t *d = (uint16_t *)out + n_ids;
+                    for (size_t t = 0; t < k; t++) d[t] = (uint16_t)src[t];   /* ids < n_vocab <= 65536 */
+                } else {
+                    memcpy((uint32_t *)out + n_ids, src, k * sizeof(uint32_t));
+                }
+                n_ids += k;
+                doc_off[m + 1] = (int64_t)n_ids;
+            }
+        Py_END_ALLOW_THREADS
+        if (oom) { PyErr_NoMemory(); goto done; }
+        if (PyErr_CheckSignals() < 0) goto done;   /* Ctrl-C between rounds */
+    }
+    npy_intp dim_ids = (npy_intp)n_ids, dim_offs = (npy_intp)bt.count + 1;
+    ids_arr = PyArray_SimpleNew(1, &dim_ids, narrow ? NPY_UINT16 : NPY_UINT32);
+    offs_arr = PyArray_SimpleNew(1, &dim_offs, NPY_INT64);
+    if (!ids_arr || !offs_arr) goto done;
+    if (n_ids) memcpy(PyArray_DATA((PyArrayObject *)ids_arr), out, n_ids * width);
+    memcpy(PyArray_DATA((PyArrayObject *)offs_arr), doc_off, (size_t)dim_offs * sizeof *doc_off);
+    res = PyTuple_Pack(2, ids_arr, offs_arr);
+done:
+    Py_XDECREF(ids_arr);
+    Py_XDECREF(offs_arr);
+    batch_texts_release(&bt);
+    if (scratch) scratch_put(scratch);
+    free(out);
+    PyMem_Free(doc_off);
     return res;
 }
 
@@ -718,6 +833,8 @@ static PyMethodDef Core_methods[] = {
     {"encode", (PyCFunction)Core_encode, METH_O, encode_doc},
     {"encode_numpy", (PyCFunction)(void (*)(void))Core_encode_numpy, METH_VARARGS | METH_KEYWORDS, encode_numpy_doc},
     {"encode_batch", (PyCFunction)(void (*)(void))Core_encode_batch, METH_VARARGS | METH_KEYWORDS, encode_batch_doc},
+    {"encode_batch_numpy", (PyCFunction)(void (*)(void))Core_encode_batch_numpy, METH_VARARGS | METH_KEYWORDS,
+     encode_batch_numpy_doc},
     {"decode", (PyCFunction)(void (*)(void))Core_decode, METH_VARARGS | METH_KEYWORDS, decode_doc},
     {"decode_bytes", (PyCFunction)(void (*)(void))Core_decode_bytes, METH_VARARGS | METH_KEYWORDS, decode_bytes_doc},
     {"token_bytes", (PyCFunction)Core_token_bytes, METH_O, token_bytes_doc},

@@ -122,6 +122,12 @@ def test_tokenizer_calls_do_not_leak(tok):
     _no_growth(lambda: tok.decode(ids), [ids])
     _no_growth(lambda: tok.decode_bytes(ids), [ids])
     _no_growth(lambda: tok.encode_batch(texts, num_threads=2), [texts] + texts)
+    _no_growth(lambda: tok.encode_batch(texts, num_threads=2, as_numpy=True), [texts] + texts)
+
+    def bad_batch():
+        with pytest.raises(TypeError):
+            tok.encode_batch(texts + [5], as_numpy=True)
+    _no_growth(bad_batch, [texts] + texts)
 
     def stream():
         d = tok.stream_decoder()

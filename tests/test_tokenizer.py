@@ -227,6 +227,29 @@ def test_encode_batch_in_several_rounds(tok):
     expected = [tok.encode(t) for t in texts]
     for n in (1, 2, 3):
         assert tok.encode_batch(texts, num_threads=n) == expected, n
+        ids, offsets = tok.encode_batch(texts, num_threads=n, as_numpy=True)
+        assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == expected, n
+
+
+def test_encode_batch_as_numpy(tok):
+    """The ragged result: one uint16 array of all ids and int64 offsets (len(texts) + 1), equal to
+    the list result, for empty texts, bytes, a text >= 4 MiB (split across threads) and no text."""
+    big = DATA.read_text(encoding="utf-8") * 600
+    texts = ["", "Hello world", b"\xff\xfe", "", big, "x" * 5000, ""]
+    expected = tok.encode_batch(texts, num_threads=1)
+    for n in (1, 2, None):
+        ids, offsets = tok.encode_batch(texts, num_threads=n, as_numpy=True)
+        assert ids.dtype == np.uint16 and offsets.dtype == np.int64 and offsets.shape == (len(texts) + 1,)
+        assert offsets[0] == 0 and offsets[-1] == len(ids) == sum(len(e) for e in expected)
+        assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == expected, n
+    ids, offsets = tok.encode_batch(iter(["a", "b"]), as_numpy=True)
+    assert ids.tolist() == tok.encode("a") + tok.encode("b") and offsets.tolist() == [0, 1, 2]
+    ids, offsets = tok.encode_batch([], as_numpy=True)
+    assert ids.shape == (0,) and offsets.tolist() == [0]
+    with pytest.raises(TypeError, match="texts\\[1\\] must be str or bytes-like, not int"):
+        tok.encode_batch(["a", 5], as_numpy=True)
+    with pytest.raises(TypeError, match="as_numpy must be True or False"):
+        tok.encode_batch(["a"], as_numpy="yes")
 
 
 def test_python_threads_share_a_tokenizer(tok):

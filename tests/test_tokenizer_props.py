@@ -52,6 +52,19 @@ def test_batch_equals_single(batch, n):
     assert _TOK.encode_batch(batch, num_threads=n) == [_TOK.encode(b) for b in batch]
 
 
+def _ragged_to_lists(ids, offsets):
+    return [ids[a:b].tolist() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(raw_bytes, texts), max_size=40), st.integers(1, 5))
+def test_batch_as_numpy_equals_list(batch, n):
+    ids, offsets = _TOK.encode_batch(batch, num_threads=n, as_numpy=True)
+    assert ids.dtype.name == "uint16" and offsets.dtype.name == "int64"
+    assert len(offsets) == len(batch) + 1 and offsets[0] == 0 and offsets[-1] == len(ids)
+    assert _ragged_to_lists(ids, offsets) == _TOK.encode_batch(batch, num_threads=n)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 65540), max_size=60), st.sampled_from(["replace", "ignore", "strict"]))
 def test_stream_decoder_equals_decode(ids, errors):

@@ -70,6 +70,9 @@ def test_custom_vocab_with_gaps(tmp_path):
     assert tok.encode("hello world") == [1000, 70000]
     arr = tok.encode_to_numpy("hello world")
     assert arr.dtype.name == "uint32" and arr.tolist() == [1000, 70000]
+    ids, offsets = tok.encode_batch(["hello world", "", " world"], as_numpy=True)  # wide ids: uint32
+    assert ids.dtype.name == "uint32" and ids.tolist() == [1000, 70000, 70000]
+    assert offsets.tolist() == [0, 2, 2, 3]
     assert tok.decode([1000, 500, 70000]) == "hello\ufffd world"
     with pytest.raises(ValueError, match=r"ids\[1\] = 500 is not in the vocab"):
         tok.decode([1000, 500], errors="strict")
