@@ -24,6 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--shuffle", action="store_true", help="shuffle documents (seeded, every epoch anew)")
     b.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: 0)")
     b.add_argument("--epochs", type=int, default=1, help="repeat the documents N times (make_data's N_EPOCH) (default: 1)")
+    b.add_argument("--mix-temperature", default=None, metavar="ALPHA",
+                   help="multilingual mix: language i gets a share of the output tokens proportional to "
+                        "n_i^ALPHA (n_i = its input tokens; 1 keeps the natural mix, 0.3 is mT5's); needs --lang-field")
+    b.add_argument("--mix-weights", default=None, metavar="LANG=W,...",
+                   help="multilingual mix with explicit shares, e.g. en=0.3,fr=0.2 (normalised over the languages "
+                        "present; unnamed languages get --mix-default-weight or are dropped)")
+    b.add_argument("--mix-default-weight", default=None, metavar="W",
+                   help="--mix-weights: weight of the languages not named (default: they are dropped)")
+    b.add_argument("--mix-tokens", default=None, metavar="N",
+                   help="multilingual mix: total output tokens (default: the input's total)")
+    b.add_argument("--mix-max-epochs", default=10, metavar="E",
+                   help="multilingual mix: never repeat a language more than E times; the shortfall is "
+                        "reported (default: 10)")
     b.add_argument("--dedup", choices=["exact"], default=None, help="drop exact duplicate texts (first kept)")
     b.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                    help="bad records (malformed JSON, missing field, invalid UTF-8): stop, or skip and count (default: fail)")
@@ -93,7 +106,10 @@ def main(argv=None) -> int:
                       lang_field=args.lang_field, format=args.format, shard_size=args.shard_size,
                       ctx_len=args.ctx_len, shuffle=args.shuffle, seed=args.seed, epochs=args.epochs,
                       dedup=args.dedup, on_error=args.on_error, repair_utf8=args.repair_utf8,
-                      txt_mode=args.txt_mode, task_size=args.task_size, zst_level=args.zst_level)
+                      txt_mode=args.txt_mode, task_size=args.task_size, zst_level=args.zst_level,
+                      mix_temperature=args.mix_temperature, mix_weights=args.mix_weights,
+                      mix_default_weight=args.mix_default_weight, mix_tokens=args.mix_tokens,
+                      mix_max_epochs=args.mix_max_epochs)
             if executor is not None:
                 executor.shutdown()
             t = m["totals"]

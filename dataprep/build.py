@@ -28,6 +28,7 @@ import numpy as np
 from . import _dataprep, columnar
 from .formats import sha256_file, write_idx, write_zst_shard
 from .errors import DataprepError
+from .mixing import MIX_DEFAULTS, check_mix_options, mixing, plan_mix
 from .sets import PrefixLock, publish
 from .tasks import (MAX_WORKERS, VOCAB_NAME, _int_option, _task_stem, _write_json_atomic,  # noqa: F401
                     check_workers, collect_resumed, default_vocab, default_vocab_path, finish_task,
@@ -315,7 +316,8 @@ def _file_fingerprint(path: str) -> dict:
 
 DEFAULTS = dict(text_field="text", lang_field=None, format="binidx", shard_size=None, ctx_len=None,
                 shuffle=False, seed=0, epochs=1, dedup=None, on_error="fail", txt_mode="file",
-                repair_utf8=False, task_size=64 << 20, zst_level=3, frame_tokens=1 << 20, batch_bytes=0)
+                repair_utf8=False, task_size=64 << 20, zst_level=3, frame_tokens=1 << 20, batch_bytes=0,
+                **MIX_DEFAULTS)
 
 
 
@@ -351,6 +353,7 @@ def _check_options(o: dict) -> None:
     for k in ("text_field", "lang_field"):
         if o[k] and "\0" in o[k]:
             raise DataprepError(f"--{k.replace('_', '-')}: a field name cannot hold a NUL character")
+    check_mix_options(o)
 
 
 
@@ -622,6 +625,8 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
     if records_input:   # the spilled files live in the work folder only
         manifest["inputs"] = [{"records": sum(r["lines"] for r in records),
                                "bytes": sum(t["bytes"] for t in tasks)}]
+    for w in (manifest.get("mix") or {}).get("warnings", []):
+        log(f"warning: {w}")
     manifest["inputs_not_read"] = {"count": len(unread), "first": unread[:MAX_LISTED]}
     manifest["timing"] = {"tokenize_seconds": round(elapsed_tasks, 3),
                           "total_seconds": round(time.perf_counter() - t0, 3), "workers": n_threads}
@@ -684,6 +689,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
 
     stats_lang, stats_script = {}, {}
     task_ids, offsets, sizes = [], [], []
+    lang_names, lang_codes, doc_langs = [], {}, []   # the language of each kept document (for the mix)
     o = 0
     dup_stats = {"documents": 0, "bytes": 0, "tokens": 0}
     for ti, m in enumerate(metas):
@@ -706,6 +712,10 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
                 sel = mk[mk["lang"] == li]
                 name = langs[li] if langs[li] else "(none)"
                 _stats_add(stats_lang, name, len(sel), sel["n_bytes"].sum(), sel["n_tokens"].astype(np.int64).sum())
+        if mixing(options):
+            names = np.array([lang_codes.setdefault(x or "(none)", len(lang_codes)) for x in (langs or [""])],
+                             dtype=np.int64)
+            doc_langs.append(names[mk["lang"].astype(np.int64)] if len(mk) else np.zeros(0, np.int64))
         task_ids.append(np.full(int(mask.sum()), ti, dtype=np.int64))
         offsets.append(off[mask])
         sizes.append(mk["n_tokens"].astype(np.int64))
@@ -715,12 +725,21 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
     del metas
     n = len(sizes)
 
-    # order: epochs x (a seeded permutation, or input order)
+    # order: epochs x (a seeded permutation, or input order); or the mixed selection (mixing.py),
+    # shuffled as a whole with --shuffle
     rng = np.random.default_rng(int(options["seed"]))
-    order = []
-    for _ in range(int(options["epochs"])):
-        order.append(rng.permutation(n) if options["shuffle"] else np.arange(n))
-    order = np.concatenate(order) if order else np.zeros(0, np.int64)
+    mix_report = None
+    if mixing(options):
+        lang_names = sorted(lang_codes, key=lang_codes.get)
+        doc_lang = np.concatenate(doc_langs) if doc_langs else np.zeros(0, np.int64)
+        order, mix_report = plan_mix(lang_names, doc_lang, sizes, options)
+        if options["shuffle"]:
+            order = order[rng.permutation(len(order))]
+    else:
+        order = []
+        for _ in range(int(options["epochs"])):
+            order.append(rng.permutation(n) if options["shuffle"] else np.arange(n))
+        order = np.concatenate(order) if order else np.zeros(0, np.int64)
 
     # shards: documents are never split; a shard closes before a document that would overflow it
     ord_sizes = sizes[order]
@@ -808,6 +827,8 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         "skipped": {"counts": dict(sorted(skipped.items())), "total": int(sum(skipped.values())), "first": listed},
         "duplicates": dup_stats if options["dedup"] else None,
     }
+    if mix_report is not None:
+        manifest["mix"] = mix_report
     if options["ctx_len"]:
         manifest["ctx_len"] = int(options["ctx_len"])
         manifest["magic_prime"] = magic_prime(total_tokens, int(options["ctx_len"]))

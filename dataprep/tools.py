@@ -245,6 +245,19 @@ def _stats_table(prefix: str, m: dict) -> str:
         for k, e in sorted(table.items(), key=lambda kv: -kv[1]["tokens"]):
             bpt = f"{e['bytes_per_token']:.3f}" if e["bytes_per_token"] is not None else "-"
             lines.append(f"{k[:18]:<18} {e['documents']:>12} {e['bytes']:>15} {e['tokens']:>15} {bpt:>12}")
+    mix = m.get("mix")
+    if mix:
+        how = (f"temperature {mix['temperature']:g}" if mix["method"] == "temperature"
+               else "weights " + ",".join(f"{k}={v:g}" for k, v in mix["weights"].items())
+               + (f", others {mix['default_weight']:g}" if mix.get("default_weight") is not None else ", others dropped"))
+        lines.append("")
+        lines.append(f"mix ({how}; {mix['output_tokens']} of {mix['requested_tokens']} tokens requested, "
+                     f"max {mix['max_epochs']:g} epochs, seed {mix['seed']})")
+        lines.append(f"{'language':<18} {'input tokens':>15} {'input share':>12} {'target share':>13} "
+                     f"{'realized share':>15} {'epochs':>8} {'shortfall':>11}")
+        for k, e in mix["languages"].items():
+            lines.append(f"{k[:18]:<18} {e['input_tokens']:>15} {e['input_share']:>12.4f} {e['target_share']:>13.4f} "
+                         f"{e['realized_share']:>15.4f} {e['epochs']:>8.2f} {e['shortfall_tokens']:>11}")
     sk = m["skipped"]
     if sk["total"]:
         lines.append("")
