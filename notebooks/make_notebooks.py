@@ -128,6 +128,42 @@ for index, n_tokens, text in inspect_docs(str(out), doc=9, count=2):
     print(index, n_tokens, text[:80])'''),
     new_code_cell('''print(verify(str(out)))
 print("RWKV-LM arguments:", manifest["rwkv_lm_args"])'''),
+    new_markdown_cell("## A multilingual mix\n\nCorpora usually come as one folder per language, and a few "
+                      "languages hold most of the text. Here a folder-per-language corpus of 600 : 120 : 20 "
+                      "documents is written, then built with `mix_temperature=0.3` (mT5's choice): language *i* "
+                      "gets a share of the output tokens proportional to n_i^0.3 (n_i = its input tokens), so "
+                      "the small languages are repeated (whole passes, then a seeded subsample) and the large one "
+                      "is subsampled. The corpus is tokenized once; the mix is a selection over the tokenized "
+                      "documents (docs/dataprep.md, \"Multilingual mixing\")."),
+    new_code_cell('''import random
+samples = {}
+for line in corpus.read_text(encoding="utf-8").splitlines():
+    rec = json.loads(line)
+    samples.setdefault(rec.get("lang"), []).append(rec["text"])
+rng = random.Random(0)
+folder = out.parent / "by_language"
+for lang, n_docs in {"en": 600, "fr": 120, "ru": 20}.items():
+    (folder / lang).mkdir(parents=True, exist_ok=True)
+    with open(folder / lang / "train.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n_docs):
+            text = rng.choice(samples[lang])
+            text = f"{i}. " + text[: rng.randint(40, len(text))]
+            f.write(json.dumps({"text": text, "lang": lang}, ensure_ascii=False) + "\\n")
+print(sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jsonl")))'''),
+    new_code_cell('''mixed = build([str(folder)], str(out.parent / "mixed"), lang_field="lang", mix_temperature=0.3,
+               shuffle=True, seed=1, workers=2, log=print)
+from rwkv5.dataprep.tools import stats_table
+print(stats_table(str(out.parent / "mixed")))'''),
+    new_code_cell('''mix = mixed["mix"]["languages"]
+langs = list(mix)
+x = np.arange(len(langs))
+plt.figure(figsize=(6, 3))
+plt.bar(x - 0.2, [mix[l]["input_share"] for l in langs], 0.4, label="input")
+plt.bar(x + 0.2, [mix[l]["realized_share"] for l in langs], 0.4, label="mixed (temperature 0.3)")
+plt.xticks(x, langs); plt.ylabel("share of tokens"); plt.legend(); plt.tight_layout(); plt.show()
+for l in langs:
+    print(f"{l}: input {mix[l]['input_share']:.3f} -> target {mix[l]['target_share']:.3f}, "
+          f"realized {mix[l]['realized_share']:.3f}, {mix[l]['epochs']:.2f} epochs")'''),
 ]
 
 for name, cells in (("01_quickstart", quickstart), ("02_tokenizer", tokenizer), ("03_dataprep", dataprep)):
