@@ -1,7 +1,7 @@
 """Build for rwkv5: three C extensions compiled from csrc/ against the NumPy C API.
 
 Layout of csrc/ (the model's math: docs/model.md):
-  common/     thread pool, CPU feature detection, shared helpers    (pure C)
+  common/     thread pool, CPU feature detection, polled runner      (pure C; the model only)
   model/      RWKV-5 forward pass and kernels                        (pure C)
   tokenizer/  World tokenizer (vocab parser, trie encoder, decoder)  (pure C)
   dataprep/   corpus readers, JSON field extractor, shard writers    (pure C, libzstd)
@@ -103,7 +103,7 @@ if "model" in wanted:
 if "tokenizer" in wanted:
     extensions.append(Extension(
         "rwkv5.tokenizer._tokenizer",
-        sources=["csrc/py_tokenizer.c"] + c_sources("common", "tokenizer"),
+        sources=["csrc/py_tokenizer.c"] + c_sources("tokenizer"),   # csrc/common: the model's only
         include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args=cflags, extra_link_args=ldflags,
     ))
@@ -111,7 +111,7 @@ if "dataprep" in wanted:
     zc, zl = zstd_flags()
     extensions.append(Extension(
         "rwkv5.dataprep._dataprep",
-        sources=["csrc/py_dataprep.c"] + c_sources("common", "tokenizer", "dataprep"),
+        sources=["csrc/py_dataprep.c"] + c_sources("tokenizer", "dataprep"),
         include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args=cflags + zc, extra_link_args=ldflags + zl,
     ))
@@ -124,5 +124,5 @@ setup(
         "rwkv5.dataprep": "dataprep",
     },
     packages=["rwkv5", "rwkv5.formats", "rwkv5.tokenizer", "rwkv5.dataprep"],
-    package_data={"rwkv5": ["py.typed", "data/*"]},
+    package_data={"rwkv5": ["py.typed", "data/*", "*.pyi"], "rwkv5.tokenizer": ["*.pyi"], "rwkv5.dataprep": ["*.pyi"]},
 )

@@ -668,8 +668,6 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         metas.append(m)
     n_docs_total = sum(len(m) for m in metas)
 
-    # kept documents: (task, byte offset in the part, n_tokens), in task order
-    keep = []
     dup_count = 0
     if options["dedup"] == "exact" and n_docs_total:
         keys = np.empty(n_docs_total, dtype=[("h1", "<u8"), ("h2", "<u8"), ("n", "<u8")])

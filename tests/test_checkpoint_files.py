@@ -3,9 +3,7 @@ files that try to make a reader use far more memory or stack than the file's siz
 
 The crash cases run in a subprocess: before the fixes they killed the interpreter (SIGBUS) or
 blocked forever (a FIFO), which a test in this process could not report."""
-import json
 import os
-import shutil
 import struct
 import subprocess
 import sys

@@ -1,5 +1,4 @@
 """The `rwkv5` command line: info, generate, chat, eval, bench (convert is tested in test_loading.py)."""
-import io
 import os
 import subprocess
 import sys

@@ -2,7 +2,6 @@
 the GIL is released while C computes; Ctrl-C during long calls ends in KeyboardInterrupt with a
 clean exit and no half-written output."""
 import os
-import signal
 import subprocess
 import sys
 import textwrap

@@ -187,8 +187,8 @@ def test_shuffle_epochs_dedup(tmp_path):
     docs, _ = read_binidx_independent(str(tmp_path / "d"))
     assert [tuple(d.tolist()) for d in docs] == base
     m1 = quiet(inputs=inp, out=str(tmp_path / "s1"), dedup="exact", shuffle=True, seed=7, epochs=3)
-    m2 = quiet(inputs=inp, out=str(tmp_path / "s2"), dedup="exact", shuffle=True, seed=7, epochs=3)
-    m3 = quiet(inputs=inp, out=str(tmp_path / "s3"), dedup="exact", shuffle=True, seed=8, epochs=3)
+    quiet(inputs=inp, out=str(tmp_path / "s2"), dedup="exact", shuffle=True, seed=7, epochs=3)
+    quiet(inputs=inp, out=str(tmp_path / "s3"), dedup="exact", shuffle=True, seed=8, epochs=3)
     b1, b2, b3 = (open(str(tmp_path / n) + ".bin", "rb").read() for n in ("s1", "s2", "s3"))
     assert b1 == b2 and b1 != b3
     docs, _ = read_binidx_independent(str(tmp_path / "s1"))

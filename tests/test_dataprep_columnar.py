@@ -251,7 +251,6 @@ def test_folders_are_searched_for_parquet_files(ref):
 
 @pytest.mark.parametrize("source", ["parquet", "iterable"])
 def test_an_interrupted_build_resumes_byte_identically(ref, monkeypatch, source, tmp_path):
-    d = ref[0]
     pq.write_table(table(ref[1]), tmp_path / "r.parquet", row_group_size=40)
     inputs = (lambda: [str(tmp_path / "r.parquet")]) if source == "parquet" else (lambda: iter(ref[1]))
     opts = dict(lang_field="lang", on_error="skip", task_size=8000, keep_work=False)

@@ -178,7 +178,7 @@ def test_txt_zst_is_read_as_text(tmp_path):
     (tmp_path / "a.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
     (tmp_path / "a.txt").write_text(text)
     m1 = quiet(inputs=[str(tmp_path / "a.txt.zst")], out=str(tmp_path / "z"))
-    m2 = quiet(inputs=[str(tmp_path / "a.txt")], out=str(tmp_path / "t"))
+    quiet(inputs=[str(tmp_path / "a.txt")], out=str(tmp_path / "t"))
     assert m1["totals"]["documents"] == 1
     for ext in (".bin", ".idx"):
         assert open(str(tmp_path / "z") + ext, "rb").read() == open(str(tmp_path / "t") + ext, "rb").read()

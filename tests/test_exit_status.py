@@ -5,7 +5,6 @@ A Ctrl-C that arrives once a command has finished its work must not turn its sta
 when the interrupt landed while the interpreter was exiting after a complete build.
 """
 import os
-import signal
 import subprocess
 import sys
 import textwrap

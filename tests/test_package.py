@@ -52,3 +52,47 @@ def test_building_without_libzstd_headers_says_what_to_install(tmp_path):
     env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path))
     r = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_csrc_common_is_linked_only_into_the_model_extension():
+    """csrc/common (thread pool, CPU detection, polled runner) is the model's: the tokenizer and
+    data-prep extensions do not carry a copy of it."""
+    import pathlib
+
+    import pytest
+
+    import rwkv5._model
+    import rwkv5.dataprep._dataprep
+    import rwkv5.tokenizer._tokenizer
+
+    names = (b"rwkv5_parallel_for", b"rwkv5_cpu_isa", b"rwkv5_run_polled")
+    model = pathlib.Path(rwkv5._model.__file__).read_bytes()
+    if not all(n in model for n in names):
+        pytest.skip("a stripped build: the extensions carry no symbol names to look for")
+    for ext in (rwkv5.tokenizer._tokenizer, rwkv5.dataprep._dataprep):
+        data = pathlib.Path(ext.__file__).read_bytes()
+        assert not [n for n in names if n in data], f"{ext.__name__} links csrc/common"
+
+
+def test_extension_stubs_name_what_the_extensions_define():
+    """Each C extension has a .pyi beside it (the package ships py.typed) whose top-level names are
+    exactly the extension's (so a function added in C without a stub, or a stale stub, fails here)."""
+    import ast
+    import importlib
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    stubs = {"rwkv5._model": "rwkv5/_model.pyi", "rwkv5.tokenizer._tokenizer": "tokenizer/_tokenizer.pyi",
+             "rwkv5.dataprep._dataprep": "dataprep/_dataprep.pyi"}
+    for name, rel in stubs.items():
+        tree = ast.parse((root / rel).read_text(), rel)
+        declared = set()
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                declared.add(node.name)
+            elif isinstance(node, ast.AnnAssign):
+                declared.add(node.target.id)
+        declared = {n for n in declared if not (n.startswith("_") and n[1:2].isupper())}   # stub-only aliases
+        module = importlib.import_module(name)
+        defined = {n for n in dir(module) if not n.startswith("__")}
+        assert declared == defined, f"{rel}: missing {sorted(defined - declared)}, stale {sorted(declared - defined)}"

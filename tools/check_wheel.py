@@ -1,6 +1,7 @@
 """Checks what a built wheel holds: python tools/check_wheel.py WHEEL
 
-The package, its three extensions, its data (the shipped model, the sample corpus), py.typed and,
+The package, its three extensions and their .pyi stubs, its data (the shipped model, the sample
+corpus), py.typed, the LICENSE and,
 in a repaired wheel, the grafted libzstd; and nothing else: no tests, C sources, object files,
 caches or build leftovers. Prints the size and the files, one line per problem; exit 1 if any.
 """
@@ -15,7 +16,8 @@ REQUIRED = [
     "rwkv5/data/tiny-5v2-bytes.safetensors", "rwkv5/data/sample_corpus.jsonl",
     "rwkv5/_model.*.so", "rwkv5/tokenizer/__init__.py", "rwkv5/tokenizer/_tokenizer.*.so",
     "rwkv5/dataprep/__init__.py", "rwkv5/dataprep/_dataprep.*.so", "rwkv5/formats/__init__.py",
-    "rwkv5-*.dist-info/METADATA", "rwkv5-*.dist-info/entry_points.txt",
+    "rwkv5-*.dist-info/METADATA", "rwkv5-*.dist-info/entry_points.txt", "rwkv5-*.dist-info/licenses/LICENSE",
+    "rwkv5/_model.pyi", "rwkv5/tokenizer/_tokenizer.pyi", "rwkv5/dataprep/_dataprep.pyi",
 ]
 REPAIRED = ["rwkv5.libs/libzstd*.so*"]
 FORBIDDEN = ["tests/*", "*/tests/*", "csrc/*", "*.c", "*.h", "*.o", "*.a", "*.pyc", "*__pycache__*",

@@ -29,7 +29,6 @@ import datetime
 import hashlib
 import json
 import math
-import os
 import pathlib
 import sys
 import tempfile
