@@ -22,7 +22,7 @@ install: sysdeps
 	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore "setuptools>=77" wheel "numpy>=1.23"
 	$(PIP) install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation -e ".[$(EXTRAS)]"
 
-# `make demo` runs on the small trained model shipped in the package; `make demo MODEL=file.pth` on a
+# `make demo` runs on the small trained model shipped in the package; `make demo MODEL=file.pth` (or an https:// URL, downloaded once to ~/.cache/rwkv5) on a
 # checkpoint of yours (e.g. an RWKV-5 World model: World tokenizer, bits/byte per language).
 MODEL ?=
 demo: install

@@ -7,12 +7,16 @@
 2. Loads a model: by default the small *trained* byte-level RWKV-5.2 model that ships inside the
    package (rwkv5.tiny, docs/tiny-model.md); with ``--model PATH`` (``make demo MODEL=PATH``) any
    checkpoint rwkv5.load reads, e.g. an RWKV-5 World model, which then uses the World tokenizer.
+   ``--model https://...`` downloads the file once into the cache folder (``$RWKV5_CACHE``, else
+   ``$XDG_CACHE_HOME/rwkv5``, else ``~/.cache/rwkv5``; written under a temporary name and renamed
+   when complete) and reuses it on the next run.
 3. Reads the data set back, scores each document with the model in parallel mode and in
    recurrent mode, and shows that the two agree, with bits per byte per language.
 4. Generates a short continuation, streaming, and reports the speed of both modes.
 
     python -m rwkv5.demo
     python -m rwkv5.demo --model RWKV-5-World-0.4B-v2-20231113-ctx4096.pth --dtype bf16
+    python -m rwkv5.demo --model https://huggingface.co/BlinkDL/rwkv-5-world/resolve/main/RWKV-5-World-0.4B-v2-20231113-ctx4096.pth
 """
 from __future__ import annotations
 
@@ -45,11 +49,82 @@ def parse_args(argv=None):
     ap.add_argument("--prompt", default="The weather today is", help="generation prompt (default: %(default)r)")
     ap.add_argument("--max-tokens", type=int, default=80, help="tokens to generate (default: %(default)s)")
     args = ap.parse_args(argv)
-    if args.model is not None and not os.path.exists(args.model):
+    if args.model is not None and not is_url(args.model) and not os.path.exists(args.model):
         ap.error(f"--model {args.model}: no such file or folder")
     if args.max_tokens < 0:
         ap.error(f"--max-tokens must be >= 0, got {args.max_tokens}")
     return args
+
+
+def is_url(text) -> bool:
+    return isinstance(text, str) and text.lower().startswith(("http://", "https://"))
+
+
+def cache_dir() -> pathlib.Path:
+    """Where downloaded models are kept: $RWKV5_CACHE, else $XDG_CACHE_HOME/rwkv5, else ~/.cache/rwkv5."""
+    if os.environ.get("RWKV5_CACHE"):
+        return pathlib.Path(os.environ["RWKV5_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "rwkv5"
+
+
+def fetch_model(url: str, log=print) -> pathlib.Path:
+    """The file at ``url`` in the cache folder, downloaded first unless it is already there.
+
+    The download goes to NAME.part-RANDOM beside the final name and is renamed to NAME only when
+    it is complete (as many bytes as the server announced), so an interrupted or cut-short
+    download never leaves a file that a later run would take for the model. Any failure raises
+    SystemExit with one line naming the URL."""
+    import http.client
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    if not name or name in (".", ".."):
+        raise SystemExit(f"rwkv5.demo: error: --model {url}: the URL names no file")
+    folder = cache_dir()
+    dest = folder / name
+    if dest.is_file():
+        log(f"using {dest} ({dest.stat().st_size / 1e6:,.1f} MB, downloaded before from {url})")
+        return dest
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"rwkv5.demo: error: cache folder {folder}: {e.strerror or e}") from None
+    fd, tmp = tempfile.mkstemp(prefix=name + ".part-", dir=folder)
+    done = 0
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+            total = r.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            size = f"{total / 1e6:,.1f} MB" if total is not None else "size unknown"
+            log(f"downloading {url} ({size}) -> {dest}")
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                done += len(chunk)
+            if total is not None and done != total:
+                raise OSError(f"the server sent {done:,} of {total:,} bytes")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, urllib.error.HTTPError):
+            raise SystemExit(f"rwkv5.demo: error: --model {url}: HTTP {e.code} {e.reason}") from None
+        if isinstance(e, urllib.error.URLError):
+            raise SystemExit(f"rwkv5.demo: error: --model {url}: {e.reason}") from None
+        if isinstance(e, (OSError, ValueError, http.client.HTTPException)):
+            raise SystemExit(f"rwkv5.demo: error: --model {url}: download failed: {e}") from None
+        raise
+    log(f"downloaded {done / 1e6:,.1f} MB to {dest}")
+    return dest
 
 
 def load_model(args):
@@ -62,7 +137,8 @@ def load_model(args):
         what = (f"{rwkv5.tiny.PATH.name}: the small TRAINED byte-level RWKV-5.2 model that ships with rwkv5 "
                 "(trained on faker text in 16 languages, see docs/tiny-model.md)")
     else:
-        model = rwkv5.load(args.model, dtype=args.dtype, gn_eps=args.gn_eps)
+        path = fetch_model(args.model) if is_url(args.model) else args.model
+        model = rwkv5.load(path, dtype=args.dtype, gn_eps=args.gn_eps)
         vocab = model.config.vocab_size
         what = f"{args.model}: " + ("World vocabulary, World tokenizer" if vocab == WORLD_VOCAB else
                                     "256-token vocabulary, bytes as tokens")

@@ -95,3 +95,80 @@ def test_demo_bad_model_arguments(tmp_path):
     write_safetensors(odd, {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()})
     r = run_demo(out_dir, "--model", odd)
     assert r.returncode != 0 and "300 tokens" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- --model URL: a loopback HTTP server in the test (nothing leaves this machine) -----------------
+
+@pytest.fixture
+def http_server(tmp_path):
+    """(base URL, served folder, truncate set): http.server on 127.0.0.1; a file whose name is in
+    `truncate` is announced at its full size but only half of it is sent."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    truncate = set()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def copyfile(self, source, outputfile):
+            if pathlib.Path(self.path).name in truncate:
+                data = source.read()
+                outputfile.write(data[:len(data) // 2])
+                return
+            super().copyfile(source, outputfile)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served, truncate
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_demo_model_url_is_downloaded_once_into_the_cache(http_server, tmp_path, monkeypatch, capsys):
+    import rwkv5.tiny
+    from rwkv5 import demo
+
+    base, served, _ = http_server
+    data = rwkv5.tiny.PATH.read_bytes()
+    (served / "m.safetensors").write_bytes(data)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RWKV5_CACHE", str(cache))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # the demo's work folder goes here
+    assert demo.main(["--model", f"{base}/m.safetensors", "--max-tokens", "3"]) in (None, 0)
+    out = capsys.readouterr().out
+    assert f"downloading {base}/m.safetensors ({len(data) / 1e6:,.1f} MB) -> {cache / 'm.safetensors'}" in out
+    assert (cache / "m.safetensors").read_bytes() == data
+    assert sorted(p.name for p in cache.iterdir()) == ["m.safetensors"]          # no .part left
+    assert "256-token vocabulary" in out and "== 4. Generation" in out
+    # the second run uses the cached file: the server no longer has it
+    (served / "m.safetensors").unlink()
+    lines = []
+    assert demo.fetch_model(f"{base}/m.safetensors", log=lines.append) == cache / "m.safetensors"
+    assert lines and lines[0].startswith(f"using {cache / 'm.safetensors'}")
+
+
+def test_demo_model_url_failures_leave_nothing_in_the_cache(http_server, tmp_path, monkeypatch):
+    from rwkv5 import demo
+
+    base, served, truncate = http_server
+    (served / "cut.safetensors").write_bytes(b"x" * 100_000)
+    truncate.add("cut.safetensors")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RWKV5_CACHE", str(cache))
+    with pytest.raises(SystemExit, match=r"--model .*/cut.safetensors: download failed: the server sent 50,000 "
+                                         r"of 100,000 bytes"):
+        demo.fetch_model(f"{base}/cut.safetensors", log=lambda s: None)
+    with pytest.raises(SystemExit, match=r"--model .*/missing.pth: HTTP 404"):
+        demo.fetch_model(f"{base}/missing.pth", log=lambda s: None)
+    with pytest.raises(SystemExit, match="the URL names no file"):
+        demo.fetch_model(f"{base}/", log=lambda s: None)
+    assert list(cache.iterdir()) == []

@@ -272,14 +272,14 @@ def test_convert_rwkvcpp_fp16(tmp_path, fixtures_dir):
     np.testing.assert_array_equal(a.forward(TOKENS)[0], b.forward(TOKENS)[0])
 
 
-def test_load_argument_errors(fixtures_dir):
-    p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
+def test_load_argument_errors(tiny_model_path, tmp_path):
+    p = tiny_model_path      # the shipped model: this test needs only *a* checkpoint
     with pytest.raises(ValueError, match="dtype must be"):
         rwkv5.load(p, dtype="int4")
     with pytest.raises(ValueError, match="gn_eps must be"):
         rwkv5.load(p, gn_eps=-1.0)
     with pytest.raises(OSError):
-        rwkv5.load(fixtures_dir / "does-not-exist.pth")
+        rwkv5.load(tmp_path / "does-not-exist.pth")
 
 
 # -- peers: the rwkv package on the same random checkpoints ---------------------------------------------
@@ -402,14 +402,15 @@ def test_sniff_safetensors_whose_header_length_starts_with_0x80(tmp_path):
     assert sniff_format(p) == "safetensors"
 
 
-def test_load_int8_quantises_the_matrices(fixtures_dir):
-    """dtype="int8": matrices quantised per output row at load; logits stay close to fp32."""
+def test_load_int8_quantises_the_matrices(tiny_model_path):
+    """dtype="int8": matrices quantised per output row at load; logits stay close to fp32.
+    (The shipped trained model, an fp32 safetensors file: the test needs only *a* trained model.)"""
     from rwkv5.model import quantize_int8
-    src = fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin"
+    src = tiny_model_path
     m32, m8 = rwkv5.load(src), rwkv5.load(src, dtype="int8")
     assert m8.config.dtype == "int8"
     # the int8 model computes exactly what the fp32 model computes on the dequantised weights
-    sd, info = rwkv5.formats.rwkvcpp.read_rwkvcpp(src)
+    sd, info = read_checkpoint(src)
     deq = dict(sd)
     for name, a in sd.items():
         if a.ndim == 2 and not name.startswith("emb.") and ".time_" not in name:
