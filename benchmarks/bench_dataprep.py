@@ -301,7 +301,7 @@ def run(quick: bool = False) -> dict:
         # short documents (100..200 bytes of text each) against the long-document corpus, measured
         # in turns in this run: the per-document cost of the build shows as the ratio of text MB/s
         short = os.path.join(tmp, "short.jsonl")
-        short_bytes = gen_short_corpus(short, src, 20_000_000 if quick else 200_000_000)
+        gen_short_corpus(short, src, 20_000_000 if quick else 200_000_000)
         short_text = text_bytes_of(short)
         long_cut = os.path.join(tmp, "long_cut.jsonl")
         with open(src, "rb") as fi, open(long_cut, "wb") as fo:   # the long corpus, cut to the same text
