@@ -7,6 +7,8 @@ import numpy as np
 CHUNK: int
 #: one row per parameter: (name, per layer, kind, shape in terms of C/A/F/V, optional)
 PARAMS: Tuple[Tuple[Any, ...], ...]
+#: one row per weight storage type: (name, element bytes, has scales)
+DTYPES: Tuple[Tuple[str, int, bool], ...]
 
 class CModel:
     def __init__(self, config: Tuple[Any, ...], params: Any) -> None: ...
