@@ -9,9 +9,11 @@ from rwkv5.testing import random_state_dict
 
 
 @pytest.fixture(scope="module")
-def tok(fixtures_dir):
+def tok():
+    """The World tokenizer on the vocab of the `rwkv` package (a test dependency): these tests need
+    only *a* World vocab, not ../shared/fixtures (whose copy test_tokenizer compares with this one)."""
     from rwkv5.tokenizer import WorldTokenizer
-    return WorldTokenizer(fixtures_dir / "rwkv_vocab_v20230424.txt")
+    return WorldTokenizer()
 
 
 @pytest.fixture(scope="module")
