@@ -182,9 +182,34 @@ done:
     return res;
 }
 
-static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end", "text_field", "lang_field",
+static const char *kw_run_task[] = {"tokenizer", "path", "record_format", "start", "end", "text_field", "lang_field",
                                     "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
-                                    "batch_bytes", "fsync", "cancel", "zstd", NULL};
+                                    "batch_bytes", "fsync", "cancel", "codec", NULL};
+
+/* The row of a table of named things (codecs, record formats) called `name`, or -1 with a
+ * ValueError that lists the names. */
+static int table_index(const char *arg, const char *name, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(name, names[i]) == 0) return i;
+    char list[256] = "";
+    size_t len = 0;
+    for (int i = 0; i < n && len < sizeof list; i++)
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", names[i]);
+    PyErr_Format(PyExc_ValueError, "%s: expected one of %s, got '%.100s'", arg, list, name);
+    return -1;
+}
+
+static int codec_index(const char *name) {
+    const char *names[DP_N_CODECS];
+    for (int i = 0; i < DP_N_CODECS; i++) names[i] = dp_codecs[i].name;
+    return table_index("codec", name, names, DP_N_CODECS);
+}
+
+static int record_format_index(const char *name) {
+    const char *names[DP_N_RECORD_FORMATS];
+    for (int i = 0; i < DP_N_RECORD_FORMATS; i++) names[i] = dp_record_formats[i].name;
+    return table_index("record_format", name, names, DP_N_RECORD_FORMATS);
+}
 
 /* run_task(...) -> dict. Never raises for bad input data: a fail-fast stop or an I/O error is
  * returned as result["error"] (with result["fail_line"] / result["fail_status"] for a bad record)
@@ -192,11 +217,11 @@ static const char *kw_run_task[] = {"tokenizer", "path", "kind", "start", "end",
 static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     PyObject *cap, *path_o = NULL, *tokp_o = NULL, *metap_o = NULL, *out = NULL, *tmp = NULL;
-    const char *text_field, *lang_field = NULL;
-    int kind, repair, fail_fast, n_threads;
+    const char *text_field, *lang_field = NULL, *format_name, *codec_name = "plain";
+    int record_format, codec, repair, fail_fast, n_threads;
     unsigned long long start, end;
     Py_ssize_t batch = 0;
-    int do_fsync = 0, zstd = 0;
+    int do_fsync = 0;
     PyObject *cancel_o = Py_None;
     Py_buffer cancel_buf = {0};
     int have_cancel = 0;
@@ -204,15 +229,15 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     dp_task_result res;
     int rc;
     memset(&res, 0, sizeof res);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&iKKszppiO&O&|npOp:run_task", (char **)kw_run_task, &cap,
-                                     PyUnicode_FSConverter, &path_o, &kind, &start, &end, &text_field, &lang_field,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&sKKszppiO&O&|npOs:run_task", (char **)kw_run_task, &cap,
+                                     PyUnicode_FSConverter, &path_o, &format_name, &start, &end, &text_field, &lang_field,
                                      &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
-                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o, &zstd))
+                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o, &codec_name))
         goto fail;
     wt_tokenizer *t = get_tok(cap);
     if (!t) goto fail;
     if (n_threads < 1 || n_threads > 1024) { PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads); goto fail; }
-    if (kind < 0 || kind > DP_KIND_TXT_BLANK) { PyErr_Format(PyExc_ValueError, "kind: expected 0..3, got %d", kind); goto fail; }
+    if ((record_format = record_format_index(format_name)) < 0 || (codec = codec_index(codec_name)) < 0) goto fail;
     if (batch < 0) { PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch); goto fail; }
     if (start > end) { PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end); goto fail; }
     if (cancel_o != Py_None) { /* a writable buffer whose first int another thread may set to stop */
@@ -226,8 +251,8 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     memset(&o, 0, sizeof o);
     o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
     o.path = PyBytes_AS_STRING(path_o);
-    o.kind = kind;
-    o.zstd = zstd;
+    o.record_format = record_format;
+    o.codec = codec;
     o.start = start;
     o.end = end;
     o.text_field = text_field;
@@ -596,9 +621,10 @@ static PyMethodDef methods[] = {
      "encode_batch_count(tokenizer, texts: list[bytes], n_threads) -> total ids (wt_encode_batch; benchmarks)"},
     {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
-     "run_task(tokenizer, path, kind, start, end, text_field, lang_field, repair_utf8, fail_fast, n_threads, "
-     "tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None) -> dict (GIL released; cancel: a "
-     "writable int-aligned buffer, non-zero first int stops the task)"},
+     "run_task(tokenizer, path, record_format, start, end, text_field, lang_field, repair_utf8, fail_fast, "
+     "n_threads, tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None, codec='plain') -> dict (GIL "
+     "released; record_format / codec: a name from RECORD_FORMATS / CODECS; cancel: a writable int-aligned "
+     "buffer, non-zero first int stops the task)"},
     {"encode_texts", (PyCFunction)(void (*)(void))py_encode_texts, METH_VARARGS | METH_KEYWORDS,
      "encode_texts(tokenizer, data, offsets int64[n+1], status uint8[n] (in/out), lang uint16[n] | None, repair_utf8, "
      "n_threads, tok_fd, meta_fd, cancel=None) -> dict (appends the parts; GIL released)"},
@@ -618,6 +644,33 @@ static struct PyModuleDef moduledef = {
     NULL, NULL, NULL, NULL,
 };
 
+/* CODECS: a tuple of {"name", "suffix", "magic"} dicts, one per row of dp_codecs (new reference). */
+static PyObject *codecs_tuple(void) {
+    PyObject *t = PyTuple_New(DP_N_CODECS);
+    for (int i = 0; t && i < DP_N_CODECS; i++) {
+        const dp_codec *c = &dp_codecs[i];
+        PyObject *d = Py_BuildValue("{s:s,s:s,s:y#}", "name", c->name, "suffix", c->suffix, "magic", c->magic,
+                                    (Py_ssize_t)c->magic_len);
+        if (!d) { Py_CLEAR(t); break; }
+        PyTuple_SET_ITEM(t, i, d); /* steals d */
+    }
+    return t;
+}
+
+/* RECORD_FORMATS: a tuple of {"name", "json", "splittable"} dicts, one per row of
+ * dp_record_formats (new reference). */
+static PyObject *record_formats_tuple(void) {
+    PyObject *t = PyTuple_New(DP_N_RECORD_FORMATS);
+    for (int i = 0; t && i < DP_N_RECORD_FORMATS; i++) {
+        const dp_record_format *f = &dp_record_formats[i];
+        PyObject *d = Py_BuildValue("{s:s,s:O,s:O}", "name", f->name, "json", f->json ? Py_True : Py_False,
+                                    "splittable", f->splittable ? Py_True : Py_False);
+        if (!d) { Py_CLEAR(t); break; }
+        PyTuple_SET_ITEM(t, i, d);
+    }
+    return t;
+}
+
 PyMODINIT_FUNC PyInit__dataprep(void) {
     import_array();
     PyObject *m = PyModule_Create(&moduledef);
@@ -627,5 +680,9 @@ PyMODINIT_FUNC PyInit__dataprep(void) {
     if (!scripts || PyModule_AddObject(m, "SCRIPT_NAMES", scripts)) { Py_XDECREF(scripts); Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
     if (!statuses || PyModule_AddObject(m, "STATUS_NAMES", statuses)) { Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
     if (PyModule_AddIntConstant(m, "META_RECORD_SIZE", (long)sizeof(dp_doc_meta))) { Py_DECREF(m); return NULL; }
+    PyObject *codecs = codecs_tuple();
+    if (!codecs || PyModule_AddObject(m, "CODECS", codecs)) { Py_XDECREF(codecs); Py_DECREF(m); return NULL; }
+    PyObject *formats = record_formats_tuple();
+    if (!formats || PyModule_AddObject(m, "RECORD_FORMATS", formats)) { Py_XDECREF(formats); Py_DECREF(m); return NULL; }
     return m;
 }

@@ -34,12 +34,11 @@ from .tasks import (MAX_WORKERS, VOCAB_NAME, _int_option, _task_stem, _write_jso
                     check_workers, collect_resumed, default_vocab, default_vocab_path, finish_task,
                     load_done, load_tokenizer, run_task, tokenize_task)
 
-KIND_JSONL, KIND_JSONL_ZST, KIND_TXT_FILE, KIND_TXT_BLANK = 0, 1, 2, 3
 META_DTYPE = np.dtype([("n_bytes", "<u8"), ("h1", "<u8"), ("h2", "<u8"), ("n_tokens", "<u4"),
                        ("lang", "<u2"), ("script", "u1"), ("repaired", "u1")])
 assert META_DTYPE.itemsize == _dataprep.META_RECORD_SIZE
 SCRIPT_NAMES = _dataprep.SCRIPT_NAMES
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 MAX_LISTED = 100
 
 
@@ -47,33 +46,46 @@ MAX_LISTED = 100
 
 # ----------------------------------------------------------------------------- inputs and plan
 
-# The input types: (suffix, record format, zstd-compressed, picked up by a folder search). Longer
-# suffixes first. Plain .json and .zst are read only when named explicitly: a folder may hold our
-# own manifests and zst shards.
-INPUT_TYPES = (
-    (".jsonl.zst", "jsonl", True, True), (".ndjson.zst", "jsonl", True, True), (".json.zst", "jsonl", True, False),
-    (".txt.zst", "txt", True, True),
-    (".jsonl", "jsonl", False, True), (".ndjson", "jsonl", False, True), (".json", "jsonl", False, False),
-    (".txt", "txt", False, True),
-    (".zst", "jsonl", True, False),
-)
 # Parquet and Arrow IPC files are told by their magic bytes (columnar.sniff); folders are searched
 # for these names, and a folder written by datasets' save_to_disk is read as the files its
 # state.json lists
 COLUMNAR_SUFFIXES = (".parquet", ".arrow")
-_FOLDER_SUFFIXES = tuple(t[0] for t in INPUT_TYPES if t[3]) + COLUMNAR_SUFFIXES
+# An input is a codec around a record format; both tables live in C (dataprep.h) and are read
+# here, never copied: CODECS[name] = {"name", "suffix", "magic"}, RECORD_FORMATS[name] = {"name",
+# "json", "splittable"}.
+CODECS = {c["name"]: c for c in _dataprep.CODECS}
+RECORD_FORMATS = {f["name"]: f for f in _dataprep.RECORD_FORMATS}
+# File-name suffixes of the record formats (before the codec's suffix, if any): (suffix, format,
+# picked up by a folder search). "txt" is read as txt-file or txt-blank by --txt-mode. Plain .json
+# is read only when named explicitly (a folder may hold our own manifests), and so is a bare
+# compressed file (.zst alone: a folder may hold our own zst shards), which is read as JSON lines.
+RECORD_SUFFIXES = ((".jsonl", "jsonl", True), (".ndjson", "jsonl", True), (".json", "jsonl", False),
+                   (".txt", "txt", True))
+_FOLDER_SUFFIXES = tuple(rs + c["suffix"] for rs, _, folder in RECORD_SUFFIXES if folder
+                         for c in sorted(CODECS.values(), key=lambda c: c["suffix"], reverse=True)) + COLUMNAR_SUFFIXES
 
 
-def _kind_of(path: str, txt_mode: str) -> tuple:
-    """(kind, zstd) of an input file from its name; DataprepError for a type we do not read."""
+def input_type(path: str, txt_mode: str) -> tuple:
+    """(record format, codec) of an input file from its name; DataprepError for a type we do not read."""
     p = path.lower()
-    for suffix, fmt, zstd, _ in INPUT_TYPES:
+    codec = "plain"
+    for c in CODECS.values():
+        if c["suffix"] and p.endswith(c["suffix"]):
+            codec, p = c["name"], p[:-len(c["suffix"])]
+            break
+    for suffix, fmt, _ in RECORD_SUFFIXES:
         if p.endswith(suffix):
-            if fmt == "jsonl":
-                return (KIND_JSONL_ZST if zstd else KIND_JSONL), zstd
-            return (KIND_TXT_FILE if txt_mode == "file" else KIND_TXT_BLANK), zstd
-    raise DataprepError(f"{path}: unsupported input type (expected .jsonl, .ndjson, .json, .txt, "
-                        f"each optionally .zst-compressed, .parquet or .arrow)")
+            break
+    else:
+        if codec == "plain":
+            codec_suffixes = ", ".join(c["suffix"] for c in CODECS.values() if c["suffix"])
+            raise DataprepError(f"{path}: unsupported input type (expected "
+                                f"{', '.join(s for s, _, _ in RECORD_SUFFIXES)}, each optionally compressed: "
+                                f"{codec_suffixes}; or .parquet, .arrow)")
+        fmt = "jsonl"
+    if fmt == "txt":
+        fmt = "txt-file" if txt_mode == "file" else "txt-blank"
+    return fmt, codec
 
 
 def printable_path(path) -> str:
@@ -92,7 +104,7 @@ def _check_utf8_name(path: str, what: str) -> None:
 def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None) -> list:
     """Files, globs and folders -> sorted unique real paths (symlinks resolved, a file reached by
     two paths read once). Folders are searched recursively, following symlinked folders and never
-    entering one twice (loops), for the suffixes INPUT_TYPES marks; every other file found there
+    entering one twice (loops), for the suffixes _FOLDER_SUFFIXES lists; every other file found there
     is appended to `unread` (when given) so the caller can report it. Folder and glob hits that
     belong to the output set (exclude_prefix*, its work folder) are left out. A single str or
     path is one input."""
@@ -195,7 +207,7 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
     tasks = []
     for fi, path in enumerate(files):
         if isinstance(path, dict):   # a file of records spilled from a Python iterable
-            tasks.append({"id": len(tasks), "file": fi, "path": path["path"], "kind": "records", "zstd": False,
+            tasks.append({"id": len(tasks), "file": fi, "path": path["path"], "format": "records", "codec": "plain",
                           "part": 0, "start": 0, "end": -1, "first_row": path["first_record"],
                           "bytes": path["bytes"], "sha256": path["sha256"], "label": "records"})
             continue
@@ -203,21 +215,21 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
         if fmt is not None:   # Parquet (cut by row groups) or Arrow IPC
             st = os.stat(path)
             for part, (a, b, first, nbytes) in enumerate(columnar.plan(path, fmt, options)):
-                tasks.append({"id": len(tasks), "file": fi, "path": path, "kind": fmt, "zstd": False, "part": part,
+                tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": "plain", "part": part,
                               "start": a, "end": b, "first_row": first, "bytes": nbytes,
                               "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns})
             continue
-        kind, zstd = _kind_of(path, options["txt_mode"])
+        fmt, codec = input_type(path, options["txt_mode"])
         st = os.stat(path)
         size = st.st_size
-        if kind == KIND_JSONL and size > options["task_size"]:
+        if RECORD_FORMATS[fmt]["splittable"] and codec == "plain" and size > options["task_size"]:
             cuts = _cut_points(path, size, options["task_size"])
         else:
             cuts = [0, size]
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             whole = len(cuts) == 2
             # the input's size and mtime when planned: checked again when the task has read it
-            tasks.append({"id": len(tasks), "file": fi, "path": path, "kind": kind, "zstd": zstd, "part": part,
+            tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": codec, "part": part,
                           "start": 0 if whole else a, "end": -1 if whole else b,
                           "input_bytes": size, "input_mtime_ns": st.st_mtime_ns})
     return tasks

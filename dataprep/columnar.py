@@ -292,7 +292,7 @@ def tokenize(task: dict, options: dict, stem: str, tok, n_threads: int) -> dict:
     enc = Encoder(tok, options, stem, n_threads)
     path = task["path"]
     try:
-        if task["kind"] == "parquet":
+        if task["format"] == "parquet":
             fail = _tokenize_parquet(task, options, enc, pa, pq)
         else:
             fail = _tokenize_ipc(task, options, enc, pa, ipc)
@@ -391,7 +391,7 @@ def _tokenize_ipc(task, options, enc, pa, ipc):
             is_file = f.read(6) == ARROW_FILE_MAGIC
         reader = ipc.open_file(source) if is_file else ipc.open_stream(source)
         schema = reader.schema
-        records = task["kind"] == "records"
+        records = task["format"] == "records"
         if records:
             enc.line0 = task["first_row"]
         text_path, lang_path = (["text"], ["lang"] if "lang" in schema.names else None) if records \

@@ -25,6 +25,10 @@ from . import _dataprep, columnar
 from .errors import DataprepError
 from .formats import sha256_file
 
+# the record formats the C task runner reads (the others, Parquet, Arrow and Python records, are
+# read by columnar.py and fed to the C tokenizer)
+_C_RECORD_FORMATS = frozenset(f["name"] for f in _dataprep.RECORD_FORMATS)
+
 
 def default_vocab() -> str:
     """The World vocab of the `rwkv` package (rwkv5.tokenizer.default_vocab_path), or a one-line
@@ -107,7 +111,7 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
     stem = _task_stem(workdir, task)
     tok = load_tokenizer(options["vocab"])
     t0 = time.perf_counter()
-    if isinstance(task["kind"], str):   # Parquet, Arrow, records: columnar.py feeds the C tokenizer
+    if task["format"] not in _C_RECORD_FORMATS:   # Parquet, Arrow, records: columnar.py feeds the C tokenizer
         try:
             res = columnar.tokenize(task, options, stem, tok, n_threads)
             res["seconds"] = round(time.perf_counter() - t0, 3)
@@ -119,11 +123,11 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
             _remove_tmp_parts(stem)
             return {"task": task, **{k: res[k] for k in ("error", "fail_line", "reason", "lines", "location")}}
         return res
-    args = (tok, task["path"], task["kind"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
+    args = (tok, task["path"], task["format"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
             options["text_field"], options["lang_field"] or None, options["repair_utf8"],
             options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
             options.get("batch_bytes", 0))
-    kwargs = {"zstd": bool(task.get("zstd"))}
+    kwargs = {"codec": task["codec"]}
     if threading.current_thread() is threading.main_thread():
         # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
         # flag the C reader polls, waits for the task to stop, and re-raises

@@ -82,8 +82,67 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
  * marks names left out). Returns the number of members seen. For error messages. */
 size_t dp_json_keys(const uint8_t *line, size_t n, char *out, size_t cap);
 
+/* ---------------------------------------------------------------- inputs: codec x record format */
+/* An input is a codec (how the file's bytes are stored: plain, zstd, ...) around a record format
+ * (how documents are found in the decoded bytes: JSON lines, a text file, blank-line blocks).
+ * Each is one small table; the Python driver reads both (the binding exports them as
+ * _dataprep.CODECS and _dataprep.RECORD_FORMATS) instead of copying their names and numbers.
+ * Adding one is a row and its functions. */
+
+typedef struct dp_source dp_source; /* an open input file and its decoder state (dp_codec.c) */
+
+typedef struct {
+    const char *name;        /* "plain", "zstd", ... (what options and the manifest say) */
+    const char *suffix;      /* the file-name suffix, e.g. ".zst" ("" for plain) */
+    const char *magic;       /* the first bytes of every file of this codec ("" for plain) */
+    size_t magic_len;
+    /* Set up the decoder of s (its file is open at offset 0). 0, or -1 with err. */
+    int (*open)(dp_source *s, char *err, size_t errlen);
+    /* Decode up to cap bytes to dst; *got = 0 at the end of the input. 0, or -1 with err
+     * naming the file and the offset (in the compressed file) of the damage. */
+    int (*read)(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen);
+    void (*close)(dp_source *s);
+} dp_codec;
+
+enum { DP_CODEC_PLAIN = 0, DP_CODEC_ZSTD, DP_N_CODECS };
+extern const dp_codec dp_codecs[DP_N_CODECS];
+
+/* The codec whose magic begins head[0..n), or -1 (then the file is plain or unknown). */
+int dp_codec_detect(const uint8_t *head, size_t n);
+
+/* Open path through codec `codec`. A plain file may be read as the byte range [start, end)
+ * (end = UINT64_MAX: to EOF); a compressed one only whole (start = 0, end = UINT64_MAX).
+ * Returns NULL with err set on failure. */
+dp_source *dp_source_open(const char *path, int codec, uint64_t start, uint64_t end, char *err, size_t errlen);
+/* Read up to cap decoded bytes; *got = 0 means the end of the input. 0, or -1 with err. */
+int dp_source_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen);
+void dp_source_close(dp_source *s);
+
+struct dp_task_opts;
+typedef struct dp_records dp_records; /* the record being assembled and the batch it goes to (dp_task.c) */
+
+typedef struct {
+    const char *name;   /* "jsonl", "txt-file", "txt-blank" */
+    int json;           /* 1: records are JSON objects (text_field / lang_field apply) */
+    int splittable;     /* 1: a plain file may be cut into byte ranges right after a '\n' */
+    /* One input line (1-based number lineno, without its '\n'): add records to r. 0, or -1
+     * (out of memory). */
+    int (*line)(dp_records *r, const uint8_t *line, size_t n, uint64_t lineno);
+    /* The end of the input (last_nl: the last line ended with '\n'): add what is left. */
+    int (*end)(dp_records *r, int last_nl);
+    /* The text of one record rec[0..n): *text and *text_len point at it (into rec, or into
+     * scratch, which has room for 3n+1 bytes), lang (DP_LANG_MAX+1 bytes) gets its language, or
+     * "" for none; *line_add: how many lines into the record the problem is (for a bad record).
+     * Returns DP_OK or a status. */
+    int (*text)(const struct dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch,
+                const uint8_t **text, size_t *text_len, char *lang, uint64_t *n_repaired, int *script,
+                uint64_t *line_add);
+} dp_record_format;
+
+enum { DP_REC_JSONL = 0, DP_REC_TXT_FILE, DP_REC_TXT_BLANK, DP_N_RECORD_FORMATS };
+extern const dp_record_format dp_record_formats[DP_N_RECORD_FORMATS];
+
 /* ---------------------------------------------------------------- task runner */
-enum { DP_KIND_JSONL = 0, DP_KIND_JSONL_ZST = 1, DP_KIND_TXT_FILE = 2, DP_KIND_TXT_BLANK = 3 };
 
 /* Tokenizer callback: write the ids of text[0..n) to out (room for n ids), return their count. */
 typedef size_t (*dp_encode_fn)(const void *ctx, const uint8_t *text, size_t n, uint16_t *out);
@@ -98,10 +157,10 @@ typedef struct {
     uint8_t repaired;   /* 1 if U+FFFD substitutions were made */
 } dp_doc_meta;
 
-typedef struct {
+typedef struct dp_task_opts {
     const char *path;
-    int kind;                /* the record format (DP_KIND_JSONL_ZST also implies zstd) */
-    int zstd;                /* 1: the file is a zstd stream (any kind) */
+    int codec;               /* index into dp_codecs */
+    int record_format;       /* index into dp_record_formats */
     uint64_t start, end;     /* byte range of a plain file (lines starting in it); end = UINT64_MAX: to EOF */
     const char *text_field;  /* JSONL only */
     const char *lang_field;  /* JSONL only; NULL = none */

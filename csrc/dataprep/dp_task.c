@@ -14,111 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zstd.h>
 
 #include "dataprep/dataprep.h"
-
-/* ------------------------------------------------------------------ byte source */
-
-typedef struct {
-    const char *path;
-    FILE *f;
-    uint64_t remaining;     /* plain files: bytes left in the range */
-    int zst;
-    ZSTD_DCtx *dctx;
-    uint8_t *zin;           /* compressed input buffer */
-    size_t zin_cap, zin_len, zin_pos;
-    uint64_t zin_off;       /* file offset of zin[0] */
-    uint64_t frame_start;   /* file offset where the current frame began */
-    size_t last_ret;        /* last ZSTD_decompressStream result: 0 = at a frame boundary */
-    int file_eof;
-} source;
-
-static int src_open(source *s, const char *path, int zst, uint64_t start, uint64_t end, char *err, size_t errlen) {
-    memset(s, 0, sizeof *s);
-    s->path = path;
-    s->zst = zst;
-    s->f = fopen(path, "rb");
-    if (!s->f) { snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return -1; }
-    if (zst) {
-        s->dctx = ZSTD_createDCtx();
-        s->zin_cap = ZSTD_DStreamInSize();
-        s->zin = malloc(s->zin_cap);
-        if (!s->dctx || !s->zin) { snprintf(err, errlen, "out of memory"); return -1; }
-        return 0;
-    }
-    if (start && fseeko(s->f, (off_t)start, SEEK_SET)) {
-        snprintf(err, errlen, "%s: cannot seek to byte %llu: %s", path, (unsigned long long)start, strerror(errno));
-        return -1;
-    }
-    s->remaining = end == UINT64_MAX ? UINT64_MAX : end - start;
-    return 0;
-}
-
-static void src_close(source *s) {
-    if (s->f) fclose(s->f);
-    ZSTD_freeDCtx(s->dctx);
-    free(s->zin);
-    memset(s, 0, sizeof *s);
-}
-
-/* Read up to cap bytes (decompressed for .zst). *got = 0 means end of input. */
-static int src_read(source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen) {
-    *got = 0;
-    if (!s->zst) {
-        size_t want = cap;
-        if (s->remaining < want) want = (size_t)s->remaining;
-        if (want == 0) return 0;
-        size_t k = fread(dst, 1, want, s->f);
-        if (k < want && ferror(s->f)) { snprintf(err, errlen, "%s: read error: %s", s->path, strerror(errno)); return -1; }
-        s->remaining -= k;
-        if (k == 0) s->remaining = 0;
-        *got = k;
-        return 0;
-    }
-    ZSTD_outBuffer out = {dst, cap, 0};
-    for (;;) {
-        if (s->zin_pos == s->zin_len && !s->file_eof) {
-            s->zin_off += s->zin_len;
-            s->zin_len = fread(s->zin, 1, s->zin_cap, s->f);
-            s->zin_pos = 0;
-            if (s->zin_len < s->zin_cap) {
-                if (ferror(s->f)) { snprintf(err, errlen, "%s: read error: %s", s->path, strerror(errno)); return -1; }
-                if (s->zin_len == 0) s->file_eof = 1;
-            }
-        }
-        if (s->zin_pos == s->zin_len && s->file_eof) {
-            if (s->zin_off == 0) { /* `zstd -t` agrees: a zstd stream holds at least one frame */
-                snprintf(err, errlen, "%s: 0 bytes, not a zstd stream (it holds no frame)", s->path);
-                return -1;
-            }
-            if (s->last_ret != 0) {
-                snprintf(err, errlen, "%s: truncated zstd frame starting at byte offset %llu (the file ends at byte %llu)",
-                         s->path, (unsigned long long)s->frame_start, (unsigned long long)s->zin_off);
-                return -1;
-            }
-            *got = out.pos;
-            return 0;
-        }
-        ZSTD_inBuffer in = {s->zin, s->zin_len, s->zin_pos};
-        size_t ret = ZSTD_decompressStream(s->dctx, &out, &in);
-        if (ZSTD_isError(ret)) {
-            snprintf(err, errlen, "%s: corrupt zstd data (%s) in the frame starting at byte offset %llu", s->path,
-                     ZSTD_getErrorName(ret), (unsigned long long)s->frame_start);
-            return -1;
-        }
-        s->zin_pos = in.pos;
-        s->last_ret = ret;
-        if (ret == 0) s->frame_start = s->zin_off + in.pos; /* a frame ended; the next starts here */
-        if (out.pos == out.size) { *got = out.pos; return 0; }
-        if (out.pos > 0 && s->zin_pos == s->zin_len) { *got = out.pos; return 0; }
-    }
-}
 
 /* ------------------------------------------------------------------ line reader */
 
 typedef struct {
-    source src;
+    dp_source *src;
     uint8_t *buf;
     size_t cap, pos, len;
     int eof;
@@ -163,7 +65,7 @@ static int next_line(line_reader *r, const uint8_t **line, size_t *n, char *err,
             r->cap = nc;
         }
         size_t got;
-        if (src_read(&r->src, r->buf + r->len, r->cap - r->len, &got, err, errlen)) return -1;
+        if (dp_source_read(r->src, r->buf + r->len, r->cap - r->len, &got, err, errlen)) return -1;
         if (got == 0) r->eof = 1;
         r->len += got;
         r->total += got;
@@ -215,47 +117,22 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
 
 /* Parse, validate, tokenize every record of one slot (a worker, without the lock). */
 static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, size_t *scratch_cap) {
-    int json = opt->kind == DP_KIND_JSONL || opt->kind == DP_KIND_JSONL_ZST;
+    const dp_record_format *fmt = &dp_record_formats[opt->record_format];
     s->tok_len = 0;
     s->n_meta = 0;
     s->repaired_docs = 0;
     for (size_t i = 0; i < s->n_items; i++) {
         item *it = &s->items[i];
-        const uint8_t *rec = s->raw + it->off;
         /* decoded/repaired text never exceeds 3x its source; valid plain text needs no copy */
-        size_t need = (json || opt->repair_utf8) ? 3 * it->len + 1 : 1, tlen = 0;
-        uint64_t nrep = 0;
+        size_t need = (fmt->json || opt->repair_utf8) ? 3 * it->len + 1 : 1, tlen = 0;
+        uint64_t nrep = 0, line_add = 0;
         if (grow((void **)scratch, scratch_cap, need, 1)) { s->oom = 1; return; }
         it->lang[0] = 0;
-        const uint8_t *text = *scratch;
+        const uint8_t *text = NULL;
         int script = 0;
-        if (json) {
-            it->status = dp_json_extract(rec, it->len, opt->text_field, opt->lang_field, opt->repair_utf8,
-                                         *scratch, &tlen, it->lang, &nrep, &script);
-        } else { /* plain text: tokenize in place when valid, else repair into scratch */
-            text = rec;
-            tlen = it->len;
-            script = dp_text_scan(rec, it->len);
-            it->status = DP_OK;
-            if (script < 0) {
-                if (opt->repair_utf8) {
-                    tlen = dp_utf8_copy(*scratch, rec, it->len, 1, &nrep);
-                    text = *scratch;
-                    script = dp_text_scan(text, tlen);
-                } else {
-                    it->status = DP_INVALID_UTF8;
-                    /* point at the line holding the first invalid byte: the record's lines were
-                     * joined with one '\n' each, so count those before it */
-                    size_t off = 0, sub;
-                    while (off < it->len) {
-                        int k = dp_utf8_seq(rec + off, it->len - off, &sub);
-                        if (!k) break;
-                        off += (size_t)k;
-                    }
-                    for (size_t b = 0; b < off; b++) it->line += rec[b] == '\n';
-                }
-            }
-        }
+        it->status = fmt->text(opt, s->raw + it->off, it->len, *scratch, &text, &tlen, it->lang, &nrep, &script,
+                               &line_add);
+        it->line += line_add;
         if (it->status == DP_OK && tlen == 0) it->status = DP_EMPTY;
         if (it->status != DP_OK) continue;
         if (grow((void **)&s->tok, &s->tok_cap, s->tok_len + tlen + 1, sizeof(uint16_t)) ||
@@ -496,6 +373,103 @@ static int is_blank(const uint8_t *p, size_t n) {
     return 1;
 }
 
+/* ------------------------------------------------------------------ record formats */
+
+struct dp_records {
+    slot *cur;              /* the batch records go to */
+    uint8_t *para;          /* text formats: the document being assembled */
+    size_t para_len, para_cap;
+    uint64_t para_line;     /* its first line */
+    uint64_t blank_lines;   /* JSONL: whitespace-only lines */
+};
+
+/* JSON lines: each non-blank line is one record. */
+static int jsonl_line(dp_records *r, const uint8_t *line, size_t n, uint64_t lineno) {
+    if (is_blank(line, n)) { r->blank_lines++; return 0; }
+    return add_item(r->cur, line, n, lineno);
+}
+
+static int jsonl_end(dp_records *r, int last_nl) { (void)r; (void)last_nl; return 0; }
+
+static int jsonl_text(const dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch, const uint8_t **text,
+                      size_t *text_len, char *lang, uint64_t *n_repaired, int *script, uint64_t *line_add) {
+    *text = scratch;
+    *line_add = 0;
+    return dp_json_extract(rec, n, opt->text_field, opt->lang_field, opt->repair_utf8, scratch, text_len, lang,
+                           n_repaired, script);
+}
+
+static int para_append(dp_records *r, const uint8_t *line, size_t n, int sep) {
+    if (grow((void **)&r->para, &r->para_cap, r->para_len + n + 1, 1)) return -1;
+    if (sep) r->para[r->para_len++] = '\n';
+    memcpy(r->para + r->para_len, line, n);
+    r->para_len += n;
+    return 0;
+}
+
+/* A text file: the whole file is one document; lines are re-joined with the '\n' they had. */
+static int txt_file_line(dp_records *r, const uint8_t *line, size_t n, uint64_t lineno) {
+    r->para_line = 1;
+    return para_append(r, line, n, lineno > 1);
+}
+
+static int txt_file_end(dp_records *r, int last_nl) {
+    /* keep the file's final newline: the document is the file as it is */
+    if (last_nl && para_append(r, (const uint8_t *)"", 0, 1)) return -1;
+    return add_item(r->cur, r->para ? r->para : (const uint8_t *)"", r->para_len, 1);
+}
+
+/* Blank-line-separated blocks: lines joined with '\n', a CR before the '\n' dropped. */
+static int txt_blank_line(dp_records *r, const uint8_t *line, size_t n, uint64_t lineno) {
+    if (n && line[n - 1] == '\r') n--;
+    if (is_blank(line, n)) {
+        if (r->para_len && add_item(r->cur, r->para, r->para_len, r->para_line)) return -1;
+        r->para_len = 0;
+        return 0;
+    }
+    if (!r->para_len) r->para_line = lineno;
+    return para_append(r, line, n, r->para_len > 0);
+}
+
+static int txt_blank_end(dp_records *r, int last_nl) {
+    (void)last_nl;
+    return r->para_len ? add_item(r->cur, r->para, r->para_len, r->para_line) : 0;
+}
+
+/* Plain text: tokenized in place when valid UTF-8, else repaired into scratch (or reported at the
+ * line holding the first invalid byte). */
+static int txt_text(const dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch, const uint8_t **text,
+                    size_t *text_len, char *lang, uint64_t *n_repaired, int *script, uint64_t *line_add) {
+    (void)lang;
+    *text = rec;
+    *text_len = n;
+    *line_add = 0;
+    *script = dp_text_scan(rec, n);
+    if (*script >= 0) return DP_OK;
+    if (opt->repair_utf8) {
+        *text_len = dp_utf8_copy(scratch, rec, n, 1, n_repaired);
+        *text = scratch;
+        *script = dp_text_scan(scratch, *text_len);
+        return DP_OK;
+    }
+    /* the record's lines were joined with one '\n' each: count those before the bad byte */
+    size_t off = 0, sub;
+    while (off < n) {
+        int k = dp_utf8_seq(rec + off, n - off, &sub);
+        if (!k) break;
+        off += (size_t)k;
+    }
+    for (size_t b = 0; b < off; b++) *line_add += rec[b] == '\n';
+    *script = 0;
+    return DP_INVALID_UTF8;
+}
+
+const dp_record_format dp_record_formats[DP_N_RECORD_FORMATS] = {
+    [DP_REC_JSONL] = {"jsonl", 1, 1, jsonl_line, jsonl_end, jsonl_text},
+    [DP_REC_TXT_FILE] = {"txt-file", 0, 0, txt_file_line, txt_file_end, txt_text},
+    [DP_REC_TXT_BLANK] = {"txt-blank", 0, 0, txt_blank_line, txt_blank_end, txt_text},
+};
+
 void dp_task_result_free(dp_task_result *res) {
     free(res->langs);
     res->langs = NULL;
@@ -505,27 +479,27 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     pipeline pl;
     writer w;
     line_reader rd;
+    dp_records recs;
     pthread_t *threads = NULL;
     worker_arg warg;
-    uint8_t *para = NULL; /* TXT modes: the document being assembled */
-    size_t para_len = 0, para_cap = 0;
-    uint64_t para_line = 0;
-    slot *cur = NULL;
     int n_started = 0, rc = -1, sync_ok = 0;
     size_t batch = opt->batch_bytes ? opt->batch_bytes : (1u << 20);
-    int json = opt->kind == DP_KIND_JSONL || opt->kind == DP_KIND_JSONL_ZST;
+    const dp_record_format *fmt = NULL;
 
     memset(res, 0, sizeof *res);
     memset(&pl, 0, sizeof pl);
     memset(&w, 0, sizeof w);
     memset(&rd, 0, sizeof rd);
+    memset(&recs, 0, sizeof recs);
     w.langs_cap = 64;
     res->langs = calloc((size_t)w.langs_cap, sizeof *res->langs);
     if (!res->langs) { snprintf(res->err, sizeof res->err, "out of memory"); return -1; }
     res->n_langs = 1; /* id 0 = no language */
     if (opt->n_threads < 1 || opt->n_threads > 1024) { snprintf(res->err, sizeof res->err, "n_threads must be in 1..1024, got %d", opt->n_threads); return -1; }
-    if (opt->kind < 0 || opt->kind > DP_KIND_TXT_BLANK) { snprintf(res->err, sizeof res->err, "unknown input kind %d", opt->kind); return -1; }
-    if (json && (!opt->text_field || !opt->text_field[0])) { snprintf(res->err, sizeof res->err, "text_field must be a non-empty string"); return -1; }
+    if (opt->record_format < 0 || opt->record_format >= DP_N_RECORD_FORMATS) { snprintf(res->err, sizeof res->err, "unknown record format %d", opt->record_format); return -1; }
+    if (opt->codec < 0 || opt->codec >= DP_N_CODECS) { snprintf(res->err, sizeof res->err, "unknown codec %d", opt->codec); return -1; }
+    fmt = &dp_record_formats[opt->record_format];
+    if (fmt->json && (!opt->text_field || !opt->text_field[0])) { snprintf(res->err, sizeof res->err, "text_field must be a non-empty string"); return -1; }
 
     w.opt = opt;
     w.res = res;
@@ -533,9 +507,8 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     if (!w.tok) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->tok_path, strerror(errno)); goto done; }
     w.meta = fopen(opt->meta_path, "wb");
     if (!w.meta) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->meta_path, strerror(errno)); goto done; }
-    if (src_open(&rd.src, opt->path, opt->zstd || opt->kind == DP_KIND_JSONL_ZST, opt->start, opt->end, res->err,
-                 sizeof res->err))
-        goto done;
+    rd.src = dp_source_open(opt->path, opt->codec, opt->start, opt->end, res->err, sizeof res->err);
+    if (!rd.src) goto done;
     rd.cap = 1u << 20;
     rd.buf = malloc(rd.cap);
     if (!rd.buf) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
@@ -556,7 +529,7 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
             goto done;
         }
 
-    if (submit_and_next(&pl, &w, &cur)) goto done;
+    if (submit_and_next(&pl, &w, &recs.cur)) goto done;
     const uint8_t *line;
     size_t n;
     int got;
@@ -567,52 +540,22 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
             line += 3; /* UTF-8 byte order mark */
             n -= 3;
         }
-        if (json) {
-            if (is_blank(line, n)) { res->blank_lines++; continue; }
-            if (add_item(cur, line, n, rd.lineno)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
-        } else if (opt->kind == DP_KIND_TXT_FILE) {
-            /* the whole file is one document; lines are re-joined with the '\n' they had */
-            if (grow((void **)&para, &para_cap, para_len + n + 1, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
-            if (rd.lineno > 1) para[para_len++] = '\n';
-            memcpy(para + para_len, line, n);
-            para_len += n;
-            para_line = 1;
-            continue;
-        } else { /* TXT_BLANK: blank-line-separated blocks, lines joined with '\n', CR dropped */
-            if (n && line[n - 1] == '\r') n--;
-            if (is_blank(line, n)) {
-                if (para_len && add_item(cur, para, para_len, para_line)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
-                para_len = 0;
-            } else {
-                if (grow((void **)&para, &para_cap, para_len + n + 1, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
-                if (para_len) para[para_len++] = '\n';
-                else para_line = rd.lineno;
-                memcpy(para + para_len, line, n);
-                para_len += n;
-            }
-        }
-        if (cur->raw_len >= batch || cur->n_items >= 16384)
-            if (submit_and_next(&pl, &w, &cur)) goto done;
+        if (fmt->line(&recs, line, n, rd.lineno)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+        if (recs.cur->raw_len >= batch || recs.cur->n_items >= 16384)
+            if (submit_and_next(&pl, &w, &recs.cur)) goto done;
     }
     if (got < 0) goto done;
     res->input_bytes = rd.total;
-    if (opt->kind == DP_KIND_TXT_FILE) {
-        if (rd.last_nl) { /* keep the file's final newline: the document is the file as it is */
-            if (grow((void **)&para, &para_cap, para_len + 1, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
-            para[para_len++] = '\n';
-        }
-        if (add_item(cur, para ? para : (const uint8_t *)"", para_len, 1)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
-    } else if (opt->kind == DP_KIND_TXT_BLANK && para_len) {
-        if (add_item(cur, para, para_len, para_line)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
-    }
-    if (cur->n_items) {
+    if (fmt->end(&recs, rd.last_nl)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+    res->blank_lines = recs.blank_lines;
+    if (recs.cur->n_items) {
         pthread_mutex_lock(&pl.mu);
-        cur->state = FILLED;
+        recs.cur->state = FILLED;
         pl.fill_seq++;
         pthread_cond_signal(&pl.work_cv);
         pthread_mutex_unlock(&pl.mu);
     }
-    cur = NULL;
+    recs.cur = NULL;
     if (drain(&pl, &w)) goto done;
     if (close_file(&w.tok, opt->fsync, opt->tok_path, res->err, sizeof res->err)) goto done;
     if (close_file(&w.meta, opt->fsync, opt->meta_path, res->err, sizeof res->err)) goto done;
@@ -641,9 +584,9 @@ done:
     free(pl.slots);
     free(w.lang_slots);
     free(threads);
-    free(para);
+    free(recs.para);
     free(rd.buf);
-    src_close(&rd.src);
+    dp_source_close(rd.src);
     if (w.tok) fclose(w.tok);
     if (w.meta) fclose(w.meta);
     return rc;

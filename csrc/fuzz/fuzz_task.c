@@ -1,12 +1,16 @@
-// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_task.c
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
 // LIBS: -lzstd
-/* Fuzz target: the task runner (dp_run_task) reading a fuzzed input file: .jsonl, .jsonl.zst
- * (either the raw fuzzed bytes as a "compressed" file, or the fuzzed bytes properly compressed so
- * the JSONL path behind the decoder is reached), .txt as one document and .txt split on blank
- * lines. The first byte picks kind, repair, fail-fast, thread count and a small batch size (so
- * batch boundaries fall inside records). Oracles: return 0 or -1 with a message; on success the
- * token part holds exactly result.tokens ids, the meta part result.docs records, and the token
- * counts in the meta records add up; nothing leaks (LeakSanitizer). */
+/* Fuzz target: the task runner (dp_run_task) reading a fuzzed input file: every record format
+ * (dp_record_formats) behind every codec (dp_codecs), the file being either the raw fuzzed bytes
+ * (so the decoders see garbage) or the fuzzed bytes properly compressed by that codec (so the
+ * record format behind the decoder is reached). Two option bytes come first:
+ *   byte 0: bits 0-1 the record format (modulo their count), bits 2-4 the codec (modulo their
+ *           count), bit 7: compress the body with the codec;
+ *   byte 1: bit 0 repair, bit 1 fail-fast, bit 2 two threads, bit 3 a 7-byte batch size (so batch
+ *           boundaries fall inside records), bit 4 a lang field.
+ * Oracles: return 0 or -1 with a message; on success the token part holds exactly result.tokens
+ * ids, the meta part result.docs records, and the token counts in the meta records add up;
+ * nothing leaks (LeakSanitizer). */
 #include "fuzz_common.h"
 #include "dataprep/dataprep.h"
 
@@ -49,18 +53,35 @@ static long file_size(const char *path) {
     return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 1) return 0;
-    uint8_t opt = data[0];
-    const uint8_t *body = data + 1;
-    size_t n = size - 1;
-    int kind = opt & 3;
-    int compress = kind == DP_KIND_JSONL_ZST && (opt & 0x80);
-    if (compress) {
+/* body compressed by codec (malloc'd, *zn bytes). */
+static uint8_t *compress(int codec, const uint8_t *body, size_t n, size_t *zn) {
+    uint8_t *z = NULL;
+    switch (codec) {
+    case DP_CODEC_ZSTD: {
         size_t cap = ZSTD_compressBound(n);
-        void *z = malloc(cap ? cap : 1);
-        size_t zn = ZSTD_compress(z, cap, body, n, 1);
-        FUZZ_ASSERT(!ZSTD_isError(zn));
+        z = malloc(cap ? cap : 1);
+        *zn = ZSTD_compress(z, cap, body, n, 1);
+        FUZZ_ASSERT(!ZSTD_isError(*zn));
+        break;
+    }
+    default:
+        z = malloc(n ? n : 1);
+        memcpy(z, body, n);
+        *zn = n;
+    }
+    return z;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 2) return 0;
+    uint8_t opt = data[0], flags = data[1];
+    const uint8_t *body = data + 2;
+    size_t n = size - 2;
+    int format = (opt & 3) % DP_N_RECORD_FORMATS;
+    int codec = ((opt >> 2) & 7) % DP_N_CODECS;
+    if ((opt & 0x80) && codec != DP_CODEC_PLAIN) {
+        size_t zn;
+        uint8_t *z = compress(codec, body, n, &zn);
         write_all(in_path, z, zn);
         free(z);
     } else {
@@ -69,15 +90,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     dp_task_opts o;
     memset(&o, 0, sizeof o);
     o.path = in_path;
-    o.kind = kind;
+    o.record_format = format;
+    o.codec = codec;
     o.start = 0;
     o.end = UINT64_MAX;
     o.text_field = "text";
-    o.lang_field = (opt & 0x40) ? "lang" : NULL;
-    o.repair_utf8 = (opt >> 2) & 1;
-    o.fail_fast = (opt >> 3) & 1;
-    o.n_threads = 1 + ((opt >> 4) & 1);
-    o.batch_bytes = (opt & 0x20) ? 7 : 0;
+    o.lang_field = (flags & 0x10) ? "lang" : NULL;
+    o.repair_utf8 = flags & 1;
+    o.fail_fast = (flags >> 1) & 1;
+    o.n_threads = 1 + ((flags >> 2) & 1);
+    o.batch_bytes = (flags & 8) ? 7 : 0;
     o.encode = byte_encode;
     o.tok_path = tok_path;
     o.meta_path = meta_path;

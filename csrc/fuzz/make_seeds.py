@@ -59,14 +59,27 @@ def c_seeds():
     for k, t in enumerate(TEXTS):
         put("utf8", f"u{k}", t.encode())
     put("utf8", "bad", b"\xc0\xaf \xed\xa0\x80 \xf4\x90\x80\x80 \xe2\x82 ok \xf0\x9f\x99\x82")
-    # task: option byte (kind in the low 2 bits) + the file
+    # task: two option bytes (see fuzz_task.c) + the file
     jsonl = b"\n".join(jl) + b"\n\n" + b'{"text": "last"}'
-    put("task", "jsonl", bytes([0x00]) + jsonl)
-    put("task", "jsonl-repair-lang", bytes([0x44 | 0x20]) + jsonl)
-    put("task", "zst-compressed", bytes([0x81]) + jsonl)
-    put("task", "zst-raw", bytes([0x01]) + bytes.fromhex("28b52ffd2000410000") + b"A")
-    put("task", "txt", bytes([0x02]) + "\n".join(TEXTS).encode())
-    put("task", "txt-blank", bytes([0x03 | 0x10]) + "\n\n".join(TEXTS).encode() + b"\n\n\n\xff")
+    from rwkv5.dataprep import _dataprep
+    fmt = {f["name"]: i for i, f in enumerate(_dataprep.RECORD_FORMATS)}
+    codecs = [c["name"] for c in _dataprep.CODECS]
+
+    def task(name, record_format, codec="plain", compress=False, repair=False, fail_fast=False, threads2=False,
+             small_batch=False, lang=False, body=b""):
+        opt = fmt[record_format] | codecs.index(codec) << 2 | (0x80 if compress else 0)
+        flags = repair | fail_fast << 1 | threads2 << 2 | small_batch << 3 | lang << 4
+        put("task", name, bytes([opt, flags]) + body)
+
+    task("jsonl", "jsonl", body=jsonl)
+    task("jsonl-repair-lang", "jsonl", repair=True, small_batch=True, lang=True, body=jsonl)
+    task("txt", "txt-file", body="\n".join(TEXTS).encode())
+    task("txt-blank", "txt-blank", threads2=True, body="\n\n".join(TEXTS).encode() + b"\n\n\n\xff")
+    for c in codecs[1:]:
+        task(f"{c}-compressed", "jsonl", c, compress=True, body=jsonl)
+        task(f"{c}-compressed-txt-blank", "txt-blank", c, compress=True, small_batch=True,
+             body="\n\n".join(TEXTS).encode())
+    task("zstd-raw", "jsonl", "zstd", body=bytes.fromhex("28b52ffd2000410000") + b"A")
 
 
 def py_seeds():

@@ -1,4 +1,4 @@
-// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_task.c
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
 // LIBS: -lzstd
 /* Unit test of the data-prep core, no Python: JSON extraction, UTF-8 repair, CRC-32C, scripts,
  * and dp_run_task end to end with a byte-level tokenizer (id = byte + 1) on .jsonl, multi-frame
@@ -138,15 +138,13 @@ static void write_file(const char *path, const void *p, size_t n) {
     fclose(f);
 }
 
-static int g_zstd; /* run(): the input is a zstd stream (the codec flag, for any kind) */
-
-static int run(const char *path, int kind, int threads, size_t batch, int fail_fast, const char *tok, const char *meta,
+static int run(const char *path, int format, int codec, int threads, size_t batch, int fail_fast, const char *tok, const char *meta,
                dp_task_result *res) {
     dp_task_opts o;
     memset(&o, 0, sizeof o);
     o.path = path;
-    o.kind = kind;
-    o.zstd = g_zstd;
+    o.record_format = format;
+    o.codec = codec;
     o.start = 0;
     o.end = UINT64_MAX;
     o.text_field = "text";
@@ -189,7 +187,7 @@ static void test_task(const char *dir) {
     write_file(jsonl, corpus, len);
 
     dp_task_result r1, r2;
-    int rc = run(jsonl, DP_KIND_JSONL, 1, 0, 0, tok1, meta1, &r1);
+    int rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 1, 0, 0, tok1, meta1, &r1);
     CHECK(rc == 0, "run: %s", r1.err);
     CHECK(r1.docs == (uint64_t)n_docs && r1.skipped[DP_MALFORMED_JSON] == (uint64_t)n_bad && r1.n_langs == 4,
           "docs %llu bad %llu langs %d", (unsigned long long)r1.docs, (unsigned long long)r1.skipped[DP_MALFORMED_JSON], r1.n_langs);
@@ -199,7 +197,7 @@ static void test_task(const char *dir) {
     CHECK(n1 == elen * 2 && memcmp(b1, expect, n1) == 0, "tokens differ from expectation (%zu vs %zu bytes)", n1, elen * 2);
     CHECK(m1 == (size_t)n_docs * sizeof(dp_doc_meta), "meta size");
     /* many threads, tiny batches: same bytes */
-    rc = run(jsonl, DP_KIND_JSONL, 3, 100, 0, tok2, meta2, &r2);
+    rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 3, 100, 0, tok2, meta2, &r2);
     CHECK(rc == 0, "run 3 threads: %s", r2.err);
     uint8_t *b2 = read_file(tok2, &n2), *mm2 = read_file(meta2, &m2);
     CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "3 threads: tokens differ");
@@ -213,7 +211,7 @@ static void test_task(const char *dir) {
     size_t cuts[4] = {0, len / 3, len / 3 + 1, len};
     for (int k = 0; k < 3; k++) zlen += ZSTD_compress(z + zlen, zcap - zlen, corpus + cuts[k], cuts[k + 1] - cuts[k], 3);
     write_file(zst, z, zlen);
-    rc = run(zst, DP_KIND_JSONL_ZST, 2, 0, 0, tok2, meta2, &r2);
+    rc = run(zst, DP_REC_JSONL, DP_CODEC_ZSTD, 2, 0, 0, tok2, meta2, &r2);
     CHECK(rc == 0, "zst run: %s", r2.err);
     b2 = read_file(tok2, &n2);
     CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "zst: tokens differ");
@@ -221,29 +219,27 @@ static void test_task(const char *dir) {
     dp_task_result_free(&r2);
     /* truncated */
     write_file(zst, z, zlen - 5);
-    rc = run(zst, DP_KIND_JSONL_ZST, 2, 0, 0, tok2, meta2, &r2);
+    rc = run(zst, DP_REC_JSONL, DP_CODEC_ZSTD, 2, 0, 0, tok2, meta2, &r2);
     CHECK(rc != 0 && strstr(r2.err, "truncated zstd frame starting at byte offset"), "truncated: rc %d '%s'", rc, r2.err);
     dp_task_result_free(&r2);
     /* trailing garbage */
     memcpy(z + zlen, "JUNKJUNK", 8);
     write_file(zst, z, zlen + 8);
-    rc = run(zst, DP_KIND_JSONL_ZST, 1, 0, 0, tok2, meta2, &r2);
+    rc = run(zst, DP_REC_JSONL, DP_CODEC_ZSTD, 1, 0, 0, tok2, meta2, &r2);
     CHECK(rc != 0 && strstr(r2.err, "corrupt zstd data"), "garbage: rc %d '%s'", rc, r2.err);
     dp_task_result_free(&r2);
 
     /* a 0-byte file is not a zstd stream (zstd -t rejects it too) */
     write_file(zst, "", 0);
-    rc = run(zst, DP_KIND_JSONL_ZST, 1, 0, 0, tok2, meta2, &r2);
+    rc = run(zst, DP_REC_JSONL, DP_CODEC_ZSTD, 1, 0, 0, tok2, meta2, &r2);
     CHECK(rc != 0 && strstr(r2.err, "0 bytes, not a zstd stream"), "empty zst: rc %d '%s'", rc, r2.err);
     dp_task_result_free(&r2);
-    /* text in a zstd stream (the codec flag with a text kind) */
+    /* text in a zstd stream (any record format behind any codec) */
     {
         const char *doc = "first line\nsecond line\n";
         size_t dz = ZSTD_compress(z, zcap, doc, strlen(doc), 3);
         write_file(zst, z, dz);
-        g_zstd = 1;
-        rc = run(zst, DP_KIND_TXT_FILE, 1, 0, 0, tok2, meta2, &r2);
-        g_zstd = 0;
+        rc = run(zst, DP_REC_TXT_FILE, DP_CODEC_ZSTD, 1, 0, 0, tok2, meta2, &r2);
         b2 = read_file(tok2, &n2);
         int okz = rc == 0 && r2.docs == 1 && n2 == 2 * (strlen(doc) + 1);
         for (size_t c = 0; okz && c < strlen(doc); c++) okz = ((uint16_t *)b2)[c] == (uint8_t)doc[c] + 1;
@@ -255,14 +251,14 @@ static void test_task(const char *dir) {
     {
         const char *bad_file = "a\nb\nc\xff\nd\n", *bad_block = "one\n\ntwo\nth\xffree\n\nfour\n";
         write_file(txt, bad_file, strlen(bad_file));
-        rc = run(txt, DP_KIND_TXT_FILE, 1, 0, 1, tok2, meta2, &r2);
+        rc = run(txt, DP_REC_TXT_FILE, DP_CODEC_PLAIN, 1, 0, 1, tok2, meta2, &r2);
         CHECK(rc != 0 && strstr(r2.err, "in.txt:3: invalid_utf8"), "txt bad line: '%s'", r2.err);
         dp_task_result_free(&r2);
         write_file(txt, bad_block, strlen(bad_block));
-        rc = run(txt, DP_KIND_TXT_BLANK, 1, 0, 1, tok2, meta2, &r2);
+        rc = run(txt, DP_REC_TXT_BLANK, DP_CODEC_PLAIN, 1, 0, 1, tok2, meta2, &r2);
         CHECK(rc != 0 && strstr(r2.err, "in.txt:4: invalid_utf8"), "txt block bad line: '%s'", r2.err);
         dp_task_result_free(&r2);
-        rc = run(txt, DP_KIND_TXT_BLANK, 1, 0, 0, tok2, meta2, &r2);
+        rc = run(txt, DP_REC_TXT_BLANK, DP_CODEC_PLAIN, 1, 0, 0, tok2, meta2, &r2);
         CHECK(rc == 0 && r2.n_listed == 1 && r2.listed_line[0] == 4, "txt block listed line %llu",
               (unsigned long long)(r2.n_listed ? r2.listed_line[0] : 0));
         dp_task_result_free(&r2);
@@ -274,7 +270,7 @@ static void test_task(const char *dir) {
         char *lc = malloc(lcap);
         for (int i = 0; i < NL; i++) ll += (size_t)snprintf(lc + ll, lcap - ll, "{\"text\": \"x\", \"lang\": \"n%d\"}\n", i);
         write_file(jsonl, lc, ll);
-        rc = run(jsonl, DP_KIND_JSONL, 2, 0, 0, tok2, meta2, &r2);
+        rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 2, 0, 0, tok2, meta2, &r2);
         uint8_t *mb = read_file(meta2, &n2);
         const dp_doc_meta *md = (const dp_doc_meta *)mb;
         int okl = rc == 0 && r2.n_langs == DP_MAX_LANGS && n2 == (size_t)NL * sizeof(dp_doc_meta) &&
@@ -289,14 +285,14 @@ static void test_task(const char *dir) {
     }
 
     /* fail fast names the first bad line */
-    rc = run(jsonl, DP_KIND_JSONL, 2, 64, 1, tok2, meta2, &r2);
+    rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 2, 64, 1, tok2, meta2, &r2);
     CHECK(rc != 0 && strstr(r2.err, "in.jsonl:4: malformed_json"), "fail fast: '%s'", r2.err);
     dp_task_result_free(&r2);
 
     /* txt, blank-line blocks */
     const char *t = "\xef\xbb\xbfone\r\ntwo\n\n  \nthree\n";
     write_file(txt, t, strlen(t));
-    rc = run(txt, DP_KIND_TXT_BLANK, 2, 0, 0, tok2, meta2, &r2);
+    rc = run(txt, DP_REC_TXT_BLANK, DP_CODEC_PLAIN, 2, 0, 0, tok2, meta2, &r2);
     b2 = read_file(tok2, &n2);
     const char *want[2] = {"one\ntwo", "three"};
     size_t pos = 0;
@@ -309,16 +305,16 @@ static void test_task(const char *dir) {
     free(b2);
     dp_task_result_free(&r2);
     /* missing input */
-    rc = run("/nonexistent/x.jsonl", DP_KIND_JSONL, 1, 0, 0, tok2, meta2, &r2);
+    rc = run("/nonexistent/x.jsonl", DP_REC_JSONL, DP_CODEC_PLAIN, 1, 0, 0, tok2, meta2, &r2);
     CHECK(rc != 0 && strstr(r2.err, "cannot open"), "missing input: '%s'", r2.err);
     dp_task_result_free(&r2);
     /* unwritable output */
-    rc = run(jsonl, DP_KIND_JSONL, 1, 0, 0, "/nonexistent/t.tok", meta2, &r2);
+    rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 1, 0, 0, "/nonexistent/t.tok", meta2, &r2);
     CHECK(rc != 0 && strstr(r2.err, "cannot create"), "bad output: '%s'", r2.err);
     dp_task_result_free(&r2);
     /* /dev/full: every write fails */
     if (access("/dev/full", W_OK) == 0) {
-        rc = run(jsonl, DP_KIND_JSONL, 2, 0, 0, "/dev/full", meta2, &r2);
+        rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 2, 0, 0, "/dev/full", meta2, &r2);
         CHECK(rc != 0 && strstr(r2.err, "write failed"), "/dev/full: '%s'", r2.err);
         dp_task_result_free(&r2);
     }
@@ -328,11 +324,31 @@ static void test_task(const char *dir) {
     remove(jsonl); remove(zst); remove(txt); remove(tok1); remove(tok2); remove(meta1); remove(meta2);
 }
 
+/* The codec and record-format tables: names unique and non-empty, every codec with a magic is
+ * detected by it (and only plain has none), every row has all its functions. */
+static void test_tables(void) {
+    for (int i = 0; i < DP_N_CODECS; i++) {
+        const dp_codec *c = &dp_codecs[i];
+        CHECK(c->name && c->name[0] && c->suffix && c->open && c->read && c->close, "codec %d: incomplete row", i);
+        CHECK((c->magic_len == 0) == (i == DP_CODEC_PLAIN), "codec %s: magic only for compressed codecs", c->name);
+        if (c->magic_len)
+            CHECK(dp_codec_detect((const uint8_t *)c->magic, c->magic_len) == i, "codec %s: not detected by its magic", c->name);
+        for (int j = 0; j < i; j++) CHECK(strcmp(c->name, dp_codecs[j].name), "codec name %s twice", c->name);
+    }
+    CHECK(dp_codec_detect((const uint8_t *)"{\"text\"", 7) == -1 && dp_codec_detect(NULL, 0) == -1, "plain detected as a codec");
+    for (int i = 0; i < DP_N_RECORD_FORMATS; i++) {
+        const dp_record_format *f = &dp_record_formats[i];
+        CHECK(f->name && f->name[0] && f->line && f->end && f->text, "record format %d: incomplete row", i);
+        for (int j = 0; j < i; j++) CHECK(strcmp(f->name, dp_record_formats[j].name), "record format %s twice", f->name);
+    }
+}
+
 int main(void) {
     char dir[] = "/tmp/rwkv5_test_dataprep_XXXXXX";
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
     test_json();
     test_utf8_crc_scripts();
+    test_tables();
     test_task(dir);
     rmdir(dir);
     if (failures) { fprintf(stderr, "test_dataprep: %d failure(s)\n", failures); return 1; }
