@@ -10,11 +10,13 @@ EXTRAS  ?= test
 
 all: install
 
-# System packages: libzstd (headers + pkg-config file) for the data-prep extension.
+# System packages: the decoders the data-prep extension links (headers; pkg-config files where
+# Debian ships them): libzstd, zlib, libbz2, liblzma.
+SYSDEPS := libzstd-dev zlib1g-dev libbz2-dev liblzma-dev pkg-config
 sysdeps:
-	@if ! pkg-config --exists libzstd 2>/dev/null; then \
-	  echo "installing Debian packages: libzstd-dev pkg-config"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzstd-dev pkg-config >/dev/null; \
+	@if ! pkg-config --exists libzstd zlib liblzma 2>/dev/null || [ ! -e /usr/include/bzlib.h ]; then \
+	  echo "installing Debian packages: $(SYSDEPS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSDEPS) >/dev/null; \
 	fi
 
 # Editable install of the package with its C extensions (and the extras named in EXTRAS).
@@ -78,7 +80,7 @@ bench-quick: install
 	$(PY) -m benchmarks --quick
 
 # Release artefacts: dist/ (sdist + wheel, python -m build) and wheelhouse/ (the manylinux wheel from
-# auditwheel repair, libzstd grafted in). `make test-wheel` builds them and checks the wheel in a fresh
+# auditwheel repair, libzstd, libbz2 and liblzma grafted in). `make test-wheel` builds them and checks the wheel in a fresh
 # venv without a compiler (tools/test_wheel.sh). Release builds for every Python and arch: cibuildwheel,
 # configured in pyproject.toml.
 wheel-deps: sysdeps
@@ -157,7 +159,7 @@ test-valgrind: sysdeps
 
 # ---------------------------------------------------------------- AArch64 under emulation (docs/arm64.md)
 # The C unit tests cross-compiled for AArch64 with Debian's gcc-aarch64-linux-gnu (static binaries:
-# libzstd.a from the arm64 multiarch package libzstd-dev:arm64) and run under QEMU user-mode
+# libzstd.a, libz.a, libbz2.a, liblzma.a from the arm64 multiarch -dev packages) and run under QEMU user-mode
 # emulation on two CPU models: `max` (has the dot-product and FP16 extensions) and `cortex-a53`
 # (Armv8.0: has neither). test_kernels runs once per RWKV5_ISA level on each (forcing neon_dotprod
 # on the cortex-a53 must fall back to neon: checked); the other tests do not dispatch on the ISA
@@ -171,10 +173,12 @@ ARM64_BEST_cortex-a53 := neon
 
 arm64-deps:
 	@command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(ARM64_QEMU) >/dev/null 2>&1 && \
-	  [ -e /usr/lib/aarch64-linux-gnu/libzstd.a ] || { \
-	  echo "installing Debian packages: gcc-aarch64-linux-gnu qemu-user libzstd-dev:arm64 (multiarch)"; \
+	  [ -e /usr/lib/aarch64-linux-gnu/libzstd.a ] && [ -e /usr/lib/aarch64-linux-gnu/libz.a ] && \
+	  [ -e /usr/lib/aarch64-linux-gnu/libbz2.a ] && [ -e /usr/lib/aarch64-linux-gnu/liblzma.a ] || { \
+	  echo "installing Debian packages: gcc-aarch64-linux-gnu qemu-user libzstd-dev:arm64 zlib1g-dev:arm64 libbz2-dev:arm64 liblzma-dev:arm64 (multiarch)"; \
 	  dpkg --add-architecture arm64 && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user libzstd-dev:arm64 >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user libzstd-dev:arm64 \
+	    zlib1g-dev:arm64 libbz2-dev:arm64 liblzma-dev:arm64 >/dev/null; }
 
 test-arm64: arm64-deps
 	@mkdir -p csrc/tests/bin-arm64

@@ -4,7 +4,7 @@ Layout of csrc/ (the model's math: docs/model.md):
   common/     thread pool, CPU feature detection, polled runner      (pure C; the model only)
   model/      RWKV-5 forward pass and kernels                        (pure C)
   tokenizer/  World tokenizer (vocab parser, trie encoder, decoder)  (pure C)
-  dataprep/   corpus readers, JSON field extractor, shard writers    (pure C, libzstd)
+  dataprep/   corpus readers, JSON field extractor, shard writers    (pure C; libzstd, zlib, libbz2, liblzma)
   py_*.c      the only files that include Python.h / numpy
 
 Environment knobs:
@@ -35,41 +35,57 @@ def c_sources(*dirs):
     return out
 
 
-ZSTD_MISSING = """rwkv5: cannot build from source: the libzstd development files (zstd.h, libzstd.so) were not found.
+# The C libraries of the data-prep extension: the zstd, gzip, bzip2 and xz decoders (docs/dataprep.md
+# says why these). (name, pkg-config module, header, -l name, Debian, Fedora, Alpine, Homebrew package)
+LIBRARIES = [
+    ("libzstd", "libzstd", "zstd.h", "zstd", "libzstd-dev", "libzstd-devel", "zstd-dev", "zstd"),
+    ("zlib", "zlib", "zlib.h", "z", "zlib1g-dev", "zlib-devel", "zlib-dev", "zlib"),
+    ("libbz2", "bzip2", "bzlib.h", "bz2", "libbz2-dev", "bzip2-devel", "bzip2-dev", "bzip2"),
+    ("liblzma", "liblzma", "lzma.h", "lzma", "liblzma-dev", "xz-devel", "xz-dev", "xz"),
+]
+
+LIBS_MISSING = """rwkv5: cannot build from source: the development files of {names} ({files}) were not found.
   Install them, then run pip again:
-    Debian/Ubuntu:   apt-get install libzstd-dev pkg-config
-    Fedora/RHEL:     dnf install libzstd-devel pkgconf-pkg-config
-    Alpine:          apk add zstd-dev pkgconf
-    macOS:           brew install zstd pkg-config
-  Or install a binary wheel, which needs neither a compiler nor libzstd:  pip install --only-binary rwkv5 rwkv5
-  (looked with `pkg-config libzstd`, then for <zstd.h> with the C compiler {cc!r})"""
+    Debian/Ubuntu:   apt-get install {deb} pkg-config
+    Fedora/RHEL:     dnf install {rpm} pkgconf-pkg-config
+    Alpine:          apk add {apk} pkgconf
+    macOS:           brew install {brew} pkg-config
+  Or install a binary wheel, which needs neither a compiler nor these libraries:  pip install --only-binary rwkv5 rwkv5
+  (looked with `pkg-config`, then for the headers with the C compiler {cc!r})"""
 
 
-def zstd_flags():
-    """Compiler and linker flags for libzstd: pkg-config first, then whether the C compiler finds
-    <zstd.h> by itself (headers installed without a .pc file); otherwise stop with a message that
-    says what to install."""
-    if shutil.which("pkg-config"):
-        try:
-            cflags = subprocess.check_output(["pkg-config", "--cflags", "libzstd"], text=True,
-                                             stderr=subprocess.DEVNULL).split()
-            libs = subprocess.check_output(["pkg-config", "--libs", "libzstd"], text=True,
-                                           stderr=subprocess.DEVNULL).split()
-            return cflags, libs
-        except subprocess.CalledProcessError:
-            pass
+def library_flags():
+    """Compiler and linker flags for LIBRARIES: for each, pkg-config first, then whether the C
+    compiler finds its header by itself (headers installed without a .pc file, as Debian's libbz2);
+    when any is missing, stop with one message that says what to install."""
+    cflags, libs, missing = [], [], []
     cc = os.environ.get("CC", "cc")
-    try:
-        probe = subprocess.run(cc.split() + ["-E", "-x", "c", "-"], input="#include <zstd.h>\n",
-                               capture_output=True, text=True)
-        found = probe.returncode == 0
-    except OSError:
-        sys.exit(f"rwkv5: cannot build from source: no C compiler ({cc!r} not found).\n"
-                 f"  Install one (Debian/Ubuntu: apt-get install gcc), or install a binary wheel:\n"
-                 f"  pip install --only-binary rwkv5 rwkv5")
-    if found:
-        return [], ["-lzstd"]
-    sys.exit(ZSTD_MISSING.format(cc=cc))
+    for name, pc, header, lib, *packages in LIBRARIES:
+        if shutil.which("pkg-config"):
+            try:
+                c = subprocess.check_output(["pkg-config", "--cflags", pc], text=True, stderr=subprocess.DEVNULL).split()
+                ls = subprocess.check_output(["pkg-config", "--libs", pc], text=True, stderr=subprocess.DEVNULL).split()
+                cflags += [f for f in c if f not in cflags]
+                libs += ls
+                continue
+            except subprocess.CalledProcessError:
+                pass
+        try:
+            probe = subprocess.run(cc.split() + ["-E", "-x", "c", "-"], input=f"#include <{header}>\n",
+                                   capture_output=True, text=True)
+        except OSError:
+            sys.exit(f"rwkv5: cannot build from source: no C compiler ({cc!r} not found).\n"
+                     f"  Install one (Debian/Ubuntu: apt-get install gcc), or install a binary wheel:\n"
+                     f"  pip install --only-binary rwkv5 rwkv5")
+        if probe.returncode == 0:
+            libs.append("-l" + lib)
+        else:
+            missing.append((name, header, lib, packages))
+    if missing:
+        sys.exit(LIBS_MISSING.format(
+            names=", ".join(m[0] for m in missing), files=", ".join(f"{m[1]}, lib{m[2]}.so" for m in missing),
+            cc=cc, **{k: " ".join(m[3][i] for m in missing) for i, k in enumerate(("deb", "rpm", "apk", "brew"))}))
+    return cflags, libs
 
 
 debug = env_flag("RWKV5_DEBUG")
@@ -108,7 +124,7 @@ if "tokenizer" in wanted:
         extra_compile_args=cflags, extra_link_args=ldflags,
     ))
 if "dataprep" in wanted:
-    zc, zl = zstd_flags()
+    zc, zl = library_flags()
     extensions.append(Extension(
         "rwkv5.dataprep._dataprep",
         sources=["csrc/py_dataprep.c"] + c_sources("tokenizer", "dataprep"),

@@ -184,7 +184,7 @@ done:
 
 static const char *kw_run_task[] = {"tokenizer", "path", "record_format", "start", "end", "text_field", "lang_field",
                                     "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
-                                    "batch_bytes", "fsync", "cancel", "codec", NULL};
+                                    "batch_bytes", "fsync", "cancel", "codec", "lang", NULL};
 
 /* The row of a table of named things (codecs, record formats) called `name`, or -1 with a
  * ValueError that lists the names. */
@@ -217,7 +217,7 @@ static int record_format_index(const char *name) {
 static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     PyObject *cap, *path_o = NULL, *tokp_o = NULL, *metap_o = NULL, *out = NULL, *tmp = NULL;
-    const char *text_field, *lang_field = NULL, *format_name, *codec_name = "plain";
+    const char *text_field, *lang_field = NULL, *format_name, *codec_name = "plain", *lang = NULL;
     int record_format, codec, repair, fail_fast, n_threads;
     unsigned long long start, end;
     Py_ssize_t batch = 0;
@@ -229,15 +229,16 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     dp_task_result res;
     int rc;
     memset(&res, 0, sizeof res);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&sKKszppiO&O&|npOs:run_task", (char **)kw_run_task, &cap,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&sKKszppiO&O&|npOsz:run_task", (char **)kw_run_task, &cap,
                                      PyUnicode_FSConverter, &path_o, &format_name, &start, &end, &text_field, &lang_field,
                                      &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
-                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o, &codec_name))
+                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o, &codec_name, &lang))
         goto fail;
     wt_tokenizer *t = get_tok(cap);
     if (!t) goto fail;
     if (n_threads < 1 || n_threads > 1024) { PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads); goto fail; }
     if ((record_format = record_format_index(format_name)) < 0 || (codec = codec_index(codec_name)) < 0) goto fail;
+    if (lang && strlen(lang) > DP_LANG_MAX) { PyErr_Format(PyExc_ValueError, "lang: at most %d bytes of UTF-8, got %zu", DP_LANG_MAX, strlen(lang)); goto fail; }
     if (batch < 0) { PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch); goto fail; }
     if (start > end) { PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end); goto fail; }
     if (cancel_o != Py_None) { /* a writable buffer whose first int another thread may set to stop */
@@ -257,6 +258,7 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     o.end = end;
     o.text_field = text_field;
     o.lang_field = lang_field && lang_field[0] ? lang_field : NULL;
+    o.lang = lang && lang[0] ? lang : NULL;
     o.repair_utf8 = repair;
     o.fail_fast = fail_fast;
     o.n_threads = n_threads;
@@ -613,6 +615,18 @@ static PyObject *names_tuple(const char *const *names, int n) {
     return t;
 }
 
+/* detect_codec(head: bytes) -> the name of the codec whose magic begins head (a file's first
+ * DP_CODEC_HEAD bytes), or None. */
+static PyObject *py_detect_codec(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    int c = dp_codec_detect(b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    if (c < 0) Py_RETURN_NONE;
+    return PyUnicode_FromString(dp_codecs[c].name);
+}
+
 static PyMethodDef methods[] = {
     {"load_vocab", py_load_vocab, METH_VARARGS, "load_vocab(data: bytes) -> tokenizer capsule"},
     {"n_vocab", py_n_vocab, METH_O, "n_vocab(tokenizer) -> int"},
@@ -622,12 +636,14 @@ static PyMethodDef methods[] = {
     {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
      "run_task(tokenizer, path, record_format, start, end, text_field, lang_field, repair_utf8, fail_fast, "
-     "n_threads, tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None, codec='plain') -> dict (GIL "
+     "n_threads, tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None, codec='plain', lang=None) -> dict (GIL "
      "released; record_format / codec: a name from RECORD_FORMATS / CODECS; cancel: a writable int-aligned "
-     "buffer, non-zero first int stops the task)"},
+     "buffer, non-zero first int stops the task; lang: the language of every document, replacing lang_field's)"},
     {"encode_texts", (PyCFunction)(void (*)(void))py_encode_texts, METH_VARARGS | METH_KEYWORDS,
      "encode_texts(tokenizer, data, offsets int64[n+1], status uint8[n] (in/out), lang uint16[n] | None, repair_utf8, "
      "n_threads, tok_fd, meta_fd, cancel=None) -> dict (appends the parts; GIL released)"},
+    {"detect_codec", py_detect_codec, METH_O,
+     "detect_codec(head: bytes) -> the codec whose magic begins a file's first bytes (CODEC_HEAD of them), or None"},
     {"copy_ranges", py_copy_ranges, METH_VARARGS, "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
     {"zstd_compress", py_zstd_compress, METH_VARARGS, "zstd_compress(data, level) -> one checksummed frame"},
     {"zstd_decompress", py_zstd_decompress, METH_VARARGS, "zstd_decompress(frame, size) -> bytes"},
@@ -680,6 +696,8 @@ PyMODINIT_FUNC PyInit__dataprep(void) {
     if (!scripts || PyModule_AddObject(m, "SCRIPT_NAMES", scripts)) { Py_XDECREF(scripts); Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
     if (!statuses || PyModule_AddObject(m, "STATUS_NAMES", statuses)) { Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
     if (PyModule_AddIntConstant(m, "META_RECORD_SIZE", (long)sizeof(dp_doc_meta))) { Py_DECREF(m); return NULL; }
+    if (PyModule_AddIntConstant(m, "CODEC_HEAD", DP_CODEC_HEAD)) { Py_DECREF(m); return NULL; }
+    if (PyModule_AddIntConstant(m, "LANG_MAX", DP_LANG_MAX)) { Py_DECREF(m); return NULL; }
     PyObject *codecs = codecs_tuple();
     if (!codecs || PyModule_AddObject(m, "CODECS", codecs)) { Py_XDECREF(codecs); Py_DECREF(m); return NULL; }
     PyObject *formats = record_formats_tuple();

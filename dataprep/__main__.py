@@ -14,6 +14,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="PREFIX", help="output prefix (PREFIX.bin, PREFIX.idx, ...)")
     b.add_argument("--text-field", default="text", help="JSON field or Parquet/Arrow column holding the document text; a dotted name reaches into a struct column (default: text)")
     b.add_argument("--lang-field", default=None, help="JSON field or Parquet/Arrow column holding a language tag, for per-language statistics")
+    b.add_argument("--lang-from-path", default=None, metavar="REGEX",
+                   help="the language of every document of a file from its path: a regular expression with one "
+                        "group, searched in the file's full path (e.g. '/([a-z]{3}_[A-Z][a-z]{3})/'); "
+                        "instead of --lang-field")
     b.add_argument("--format", default="binidx", choices=["binidx", "zst"],
                    help="binidx: RWKV-LM's PREFIX.bin/.idx; zst: zstd token shards (docs/zst-shards.md) (default: binidx)")
     b.add_argument("--workers", type=int, default=None, help="tokenizer threads per task, 1..1024 (default: the CPUs available; 0 is refused)")
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
             m = build(args.inputs, args.out, workers=workers, progress=progress, restart=args.restart,
                       executor=executor, allow_empty=args.allow_empty,
                       keep_work=args.keep_work, vocab=args.vocab, text_field=args.text_field,
-                      lang_field=args.lang_field, format=args.format, shard_size=args.shard_size,
+                      lang_field=args.lang_field, lang_from_path=args.lang_from_path, format=args.format, shard_size=args.shard_size,
                       ctx_len=args.ctx_len, shuffle=args.shuffle, seed=args.seed, epochs=args.epochs,
                       dedup=args.dedup, on_error=args.on_error, repair_utf8=args.repair_utf8,
                       txt_mode=args.txt_mode, task_size=args.task_size, zst_level=args.zst_level,

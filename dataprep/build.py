@@ -40,6 +40,7 @@ assert META_DTYPE.itemsize == _dataprep.META_RECORD_SIZE
 SCRIPT_NAMES = _dataprep.SCRIPT_NAMES
 PLAN_VERSION = 2
 MAX_LISTED = 100
+LANG_MAX = _dataprep.LANG_MAX  # bytes of UTF-8 kept of a language tag
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -61,18 +62,31 @@ RECORD_FORMATS = {f["name"]: f for f in _dataprep.RECORD_FORMATS}
 # compressed file (.zst alone: a folder may hold our own zst shards), which is read as JSON lines.
 RECORD_SUFFIXES = ((".jsonl", "jsonl", True), (".ndjson", "jsonl", True), (".json", "jsonl", False),
                    (".txt", "txt", True))
-_FOLDER_SUFFIXES = tuple(rs + c["suffix"] for rs, _, folder in RECORD_SUFFIXES if folder
-                         for c in sorted(CODECS.values(), key=lambda c: c["suffix"], reverse=True)) + COLUMNAR_SUFFIXES
+# a folder search picks up every record suffix marked True, plain or compressed, and compressed .json
+# (.json.gz: MADLAD-400, mC4)
+_FOLDER_SUFFIXES = tuple(rs + c["suffix"] for rs, _, folder in RECORD_SUFFIXES
+                         for c in sorted(CODECS.values(), key=lambda c: c["suffix"], reverse=True)
+                         if folder or c["suffix"]) + COLUMNAR_SUFFIXES
 
 
-def input_type(path: str, txt_mode: str) -> tuple:
-    """(record format, codec) of an input file from its name; DataprepError for a type we do not read."""
+def read_head(path: str) -> bytes:
+    """The first bytes of a file, as many as codec detection looks at."""
+    with open(path, "rb") as f:
+        return f.read(_dataprep.CODEC_HEAD)
+
+
+def input_type(path: str, txt_mode: str, head: bytes = None) -> tuple:
+    """(record format, codec) of an input file: the codec from the magic bytes at the start of the
+    file (head) when they are a codec's, else from the name; the record format from the name
+    without the codec's suffix. DataprepError for a type we do not read."""
     p = path.lower()
     codec = "plain"
     for c in CODECS.values():
         if c["suffix"] and p.endswith(c["suffix"]):
             codec, p = c["name"], p[:-len(c["suffix"])]
             break
+    if head is not None:
+        codec = _dataprep.detect_codec(head) or codec
     for suffix, fmt, _ in RECORD_SUFFIXES:
         if p.endswith(suffix):
             break
@@ -203,6 +217,19 @@ def _cut_points(path: str, size: int, task_size: int) -> list:
     return cuts
 
 
+def lang_of_path(path: str, regex) -> dict:
+    """--lang-from-path: {"lang": the regex's group in the path} ({} without the option). A path it
+    does not match is an error naming it; a group that matched nothing means no language. The value
+    is cut to DP_LANG_MAX (63) bytes of UTF-8 at a character boundary, as --lang-field values are."""
+    if not regex:
+        return {}
+    m = re.search(regex, path)
+    if m is None:
+        raise DataprepError(f"{printable_path(path)}: --lang-from-path {regex!r} does not match the path")
+    lang = (m.group(1) or "").encode("utf-8", "surrogateescape")[:LANG_MAX].decode("utf-8", "ignore")
+    return {"lang": lang}
+
+
 def plan_tasks(files: Sequence[str], options: dict) -> list:
     tasks = []
     for fi, path in enumerate(files):
@@ -211,15 +238,16 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
                           "part": 0, "start": 0, "end": -1, "first_row": path["first_record"],
                           "bytes": path["bytes"], "sha256": path["sha256"], "label": "records"})
             continue
+        lang = lang_of_path(path, options.get("lang_from_path"))
         fmt = columnar.sniff(path)
         if fmt is not None:   # Parquet (cut by row groups) or Arrow IPC
             st = os.stat(path)
             for part, (a, b, first, nbytes) in enumerate(columnar.plan(path, fmt, options)):
-                tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": "plain", "part": part,
-                              "start": a, "end": b, "first_row": first, "bytes": nbytes,
+                tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": "plain", **lang,
+                              "part": part, "start": a, "end": b, "first_row": first, "bytes": nbytes,
                               "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns})
             continue
-        fmt, codec = input_type(path, options["txt_mode"])
+        fmt, codec = input_type(path, options["txt_mode"], read_head(path))
         st = os.stat(path)
         size = st.st_size
         if RECORD_FORMATS[fmt]["splittable"] and codec == "plain" and size > options["task_size"]:
@@ -229,7 +257,7 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             whole = len(cuts) == 2
             # the input's size and mtime when planned: checked again when the task has read it
-            tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": codec, "part": part,
+            tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": codec, **lang, "part": part,
                           "start": 0 if whole else a, "end": -1 if whole else b,
                           "input_bytes": size, "input_mtime_ns": st.st_mtime_ns})
     return tasks
@@ -326,7 +354,7 @@ def _file_fingerprint(path: str) -> dict:
 
 # ----------------------------------------------------------------------------- build
 
-DEFAULTS = dict(text_field="text", lang_field=None, format="binidx", shard_size=None, ctx_len=None,
+DEFAULTS = dict(text_field="text", lang_field=None, lang_from_path=None, format="binidx", shard_size=None, ctx_len=None,
                 shuffle=False, seed=0, epochs=1, dedup=None, on_error="fail", txt_mode="file",
                 repair_utf8=False, task_size=64 << 20, zst_level=3, frame_tokens=1 << 20, batch_bytes=0,
                 **MIX_DEFAULTS)
@@ -362,6 +390,18 @@ def _check_options(o: dict) -> None:
         raise DataprepError(f"--text-field: expected a non-empty field name, got {o['text_field']!r}")
     if o["lang_field"] is not None and not isinstance(o["lang_field"], str):
         raise DataprepError(f"--lang-field: expected a field name, got {o['lang_field']!r}")
+    if o["lang_from_path"] is not None:
+        if o["lang_field"]:
+            raise DataprepError("--lang-from-path and --lang-field: give one of them (a document has one language)")
+        if not isinstance(o["lang_from_path"], str) or not o["lang_from_path"]:
+            raise DataprepError(f"--lang-from-path: expected a regular expression, got {o['lang_from_path']!r}")
+        try:
+            groups = re.compile(o["lang_from_path"]).groups
+        except re.error as e:
+            raise DataprepError(f"--lang-from-path {o['lang_from_path']!r}: not a regular expression ({e})") from None
+        if groups != 1:
+            raise DataprepError(f"--lang-from-path {o['lang_from_path']!r}: expected exactly one group (...) "
+                                f"around the language, got {groups}")
     for k in ("text_field", "lang_field"):
         if o[k] and "\0" in o[k]:
             raise DataprepError(f"--{k.replace('_', '-')}: a field name cannot hold a NUL character")
@@ -445,7 +485,7 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
 
 # the options a task's parts depend on (besides the task itself, its input file and the vocab);
 # on_error is handled apart: a task that met no bad record has the same parts under fail and skip
-_TASK_OPTIONS = ("text_field", "lang_field", "repair_utf8", "txt_mode")
+_TASK_OPTIONS = ("text_field", "lang_field", "lang_from_path", "repair_utf8", "txt_mode")
 ENDED_NAME = "ended.json"   # {"status": "error", "error": ...} or {"status": "done"} (--keep-work)
 RECORDS_DIR, RECORDS_NEW = "records", "records.new"   # Python records spilled as Arrow files (columnar.spill)
 
@@ -717,7 +757,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         for s in np.unique(mk["script"]):
             sel = mk[mk["script"] == s]
             _stats_add(stats_script, SCRIPT_NAMES[s], len(sel), sel["n_bytes"].sum(), sel["n_tokens"].astype(np.int64).sum())
-        if options["lang_field"]:
+        if options["lang_field"] or options["lang_from_path"]:
             for li in np.unique(mk["lang"]):
                 sel = mk[mk["lang"] == li]
                 name = langs[li] if langs[li] else "(none)"

@@ -175,6 +175,7 @@ class Encoder:
         self.tok_f = open(stem + ".tok.tmp", "wb")
         self.meta_f = open(stem + ".meta.tmp", "wb")
         self.langs, self.lang_ids = [""], {"": 0}
+        self.path_lang = None   # the language of every row, from the file's path (--lang-from-path)
         self.line0 = 0   # records before this task's first one (Python records: each file counts on)
         self.res = {"lines": 0, "docs": 0, "tokens": 0, "text_bytes": 0, "input_bytes": 0, "blank_lines": 0,
                     "repaired_docs": 0, "skipped": {}, "listed": [], "langs": self.langs, "error": None}
@@ -184,7 +185,12 @@ class Encoder:
             f.close()
 
     def _lang_ids(self, lang, n):
-        """uint16 language ids of a batch (0 for a missing, null or non-string value)."""
+        """uint16 language ids of a batch (0 for a missing, null or non-string value); with a
+        language from the path (--lang-from-path), that one for every row."""
+        if self.path_lang:
+            if len(self.langs) == 1:
+                self.langs.append(self.path_lang)
+            return np.ones(n, np.uint16)
         if lang is None:
             return None
         lang = _as_text(lang)
@@ -290,6 +296,7 @@ def tokenize(task: dict, options: dict, stem: str, tok, n_threads: int) -> dict:
     result dict run_task's C call returns (with "error" set for a bad record under fail)."""
     pa, pc, pq, ipc = pyarrow_modules(task["path"])
     enc = Encoder(tok, options, stem, n_threads)
+    enc.path_lang = task.get("lang")
     path = task["path"]
     try:
         if task["format"] == "parquet":

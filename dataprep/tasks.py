@@ -127,7 +127,7 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
             options["text_field"], options["lang_field"] or None, options["repair_utf8"],
             options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
             options.get("batch_bytes", 0))
-    kwargs = {"codec": task["codec"]}
+    kwargs = {"codec": task["codec"], "lang": task.get("lang")}
     if threading.current_thread() is threading.main_thread():
         # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
         # flag the C reader polls, waits for the task to stop, and re-raises

@@ -28,8 +28,8 @@ def test_one_version_source():
     assert r.returncode == 0 and r.stdout.strip() == f"rwkv5 {rwkv5.__version__}"
 
 
-def test_building_without_libzstd_headers_says_what_to_install(tmp_path):
-    """setup.py with pkg-config finding no libzstd and a compiler that sees no system headers: one
+def test_building_without_library_headers_says_what_to_install(tmp_path):
+    """setup.py with pkg-config finding no library and a compiler that sees no system headers: one
     message naming the packages to install, exit status 1, before anything is compiled."""
     import os
     import pathlib
@@ -45,8 +45,10 @@ def test_building_without_libzstd_headers_says_what_to_install(tmp_path):
     env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path), CC="cc -nostdinc")
     r = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 1
-    assert "libzstd development files (zstd.h, libzstd.so) were not found" in r.stderr
-    assert "apt-get install libzstd-dev pkg-config" in r.stderr and "dnf install libzstd-devel" in r.stderr
+    assert ("development files of libzstd, zlib, libbz2, liblzma (zstd.h, libzstd.so, zlib.h, libz.so, bzlib.h, "
+            "libbz2.so, lzma.h, liblzma.so) were not found") in r.stderr
+    assert "apt-get install libzstd-dev zlib1g-dev libbz2-dev liblzma-dev pkg-config" in r.stderr
+    assert "dnf install libzstd-devel zlib-devel bzip2-devel xz-devel" in r.stderr
     assert "Traceback" not in r.stderr
     # and with the headers where the compiler looks, the same command goes through
     env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path))

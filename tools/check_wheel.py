@@ -2,7 +2,7 @@
 
 The package, its three extensions and their .pyi stubs, its data (the shipped model, the sample
 corpus), py.typed, the LICENSE and,
-in a repaired wheel, the grafted libzstd; and nothing else: no tests, C sources, object files,
+in a repaired wheel, the grafted libzstd, libbz2 and liblzma (zlib is part of the manylinux policy); and nothing else: no tests, C sources, object files,
 caches or build leftovers. Prints the size and the files, one line per problem; exit 1 if any.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ REQUIRED = [
     "rwkv5-*.dist-info/METADATA", "rwkv5-*.dist-info/entry_points.txt", "rwkv5-*.dist-info/licenses/LICENSE",
     "rwkv5/_model.pyi", "rwkv5/tokenizer/_tokenizer.pyi", "rwkv5/dataprep/_dataprep.pyi",
 ]
-REPAIRED = ["rwkv5.libs/libzstd*.so*"]
+REPAIRED = ["rwkv5.libs/libzstd*.so*", "rwkv5.libs/libbz2*.so*", "rwkv5.libs/liblzma*.so*"]
 FORBIDDEN = ["tests/*", "*/tests/*", "csrc/*", "*.c", "*.h", "*.o", "*.a", "*.pyc", "*__pycache__*",
              "build/*", "*.egg-info/*", ".pytest_cache/*", "benchmarks/*", "notebooks/*", "tools/*", "docs/*",
              "*.tmp", "*~"]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make test-wheel: build an sdist and a wheel (python -m build: the wheel is compiled from the sdist in a
-# fresh isolated environment), repair the wheel with auditwheel (libzstd grafted in, manylinux tag), check
+# fresh isolated environment), repair the wheel with auditwheel (libzstd, libbz2, liblzma grafted in, manylinux tag), check
 # its contents, install it with --only-binary :all: into a fresh venv whose PATH has no compiler and run
-# tools/wheel_smoke.py there; then check that building the sdist without the libzstd headers stops with
+# tools/wheel_smoke.py there; then check that building the sdist without the library headers stops with
 # a message that says what to install. Usage: tools/test_wheel.sh PYTHON
 set -euo pipefail
 PY=${1:-python3}
@@ -42,15 +42,16 @@ done
 (cd "$tmp" && env PATH="$venv_path" python -c "import sys; assert sys.prefix != sys.base_prefix, sys.prefix")
 (cd "$tmp" && env PATH="$venv_path" python "$ROOT/tools/wheel_smoke.py")
 
-echo "== the sdist without the libzstd headers: the error says what to install"
+echo "== the sdist without the library headers: the error says what to install"
 mkdir "$tmp/no-pkgconfig"
 set +e
 PKG_CONFIG_LIBDIR="$tmp/no-pkgconfig" CC="cc -nostdinc" "$PY" -m pip wheel -q --no-deps --no-build-isolation \
   --disable-pip-version-check -w "$tmp/x" "$sdist" > "$tmp/nozstd.log" 2>&1
 rc=$?
 set -e
-if [ $rc -eq 0 ]; then echo "the sdist built without libzstd headers?"; exit 1; fi
-grep -q "apt-get install libzstd-dev pkg-config" "$tmp/nozstd.log" && grep -q "dnf install libzstd-devel" "$tmp/nozstd.log" \
-  || { echo "missing-libzstd message not found:"; cat "$tmp/nozstd.log"; exit 1; }
-grep -A3 "libzstd development files" "$tmp/nozstd.log" | sed 's/^/  /'
+if [ $rc -eq 0 ]; then echo "the sdist built without the library headers?"; exit 1; fi
+grep -q "apt-get install libzstd-dev zlib1g-dev libbz2-dev liblzma-dev pkg-config" "$tmp/nozstd.log" && \
+  grep -q "dnf install libzstd-devel zlib-devel bzip2-devel xz-devel" "$tmp/nozstd.log" \
+  || { echo "missing-libraries message not found:"; cat "$tmp/nozstd.log"; exit 1; }
+grep -A3 "development files of" "$tmp/nozstd.log" | sed 's/^/  /'
 echo "test-wheel: sdist $(du -k "$sdist" | cut -f1) KB, wheel $(du -k "$repaired" | cut -f1) KB ($(basename "$repaired"))"

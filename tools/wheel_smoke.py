@@ -4,7 +4,8 @@
 
 It imports the package and its three C extensions, runs the shipped model in both modes, a World
 tokenizer round trip and a small data-prep build in both output formats (binidx, and zstd shards,
-which exercise the libzstd inside the wheel), and prints one line per check, then a closing
+which exercise the libzstd inside the wheel) and from each compressed input (gzip, bzip2, xz, zstd:
+the decoders inside the wheel), and prints one line per check, then a closing
 'N passed, N failed' line. Exit status 1 if any check failed.
 """
 from __future__ import annotations
@@ -92,6 +93,34 @@ def small_dataprep_build():
                 assert list(ids) == tok.encode(doc["text"]) + [0]
             out.append(f"{fmt} {m['totals']['tokens'] if 'totals' in m else sum(len(x) for x in got)} tokens")
     return f"{len(docs)} documents -> " + ", ".join(out) + " (read back equal)"
+
+
+@check
+def compressed_inputs():
+    """The same documents as .jsonl.gz, .jsonl.bz2, .jsonl.xz and .jsonl.zst give the .jsonl's bytes
+    (the decoders inside the wheel: zlib, and the grafted libbz2, liblzma, libzstd)."""
+    import bz2
+    import gzip
+    import lzma
+
+    from rwkv5.dataprep import _dataprep, build
+
+    text = "".join(json.dumps({"text": f"Dokument {i}: ünïcödé, 狐狸 {i * i}"}, ensure_ascii=False) + "\n"
+                   for i in range(200)).encode()
+    packs = {".jsonl": text, ".jsonl.gz": gzip.compress(text), ".jsonl.bz2": bz2.compress(text),
+             ".jsonl.xz": lzma.compress(text), ".jsonl.zst": _dataprep.zstd_compress(text, 3)}
+    with tempfile.TemporaryDirectory() as d:
+        bins = {}
+        for suffix, data in packs.items():
+            src = os.path.join(d, "in" + suffix)
+            with open(src, "wb") as f:
+                f.write(data)
+            prefix = os.path.join(d, "out" + suffix.replace(".", "_"))
+            build([src], prefix, workers=1, log=lambda s: None)
+            with open(prefix + ".bin", "rb") as f:
+                bins[suffix] = f.read()
+    assert all(b == bins[".jsonl"] for b in bins.values()), {k: len(v) for k, v in bins.items()}
+    return ", ".join(packs) + f": {len(bins['.jsonl'])} bytes each, identical"
 
 
 def main():

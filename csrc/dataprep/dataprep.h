@@ -96,6 +96,9 @@ typedef struct {
     const char *suffix;      /* the file-name suffix, e.g. ".zst" ("" for plain) */
     const char *magic;       /* the first bytes of every file of this codec ("" for plain) */
     size_t magic_len;
+    /* NULL, or a further check of a file's first bytes (n of them) that begin with the magic:
+     * 1 when they are this codec's (for a magic that text may also begin with) */
+    int (*sniff)(const uint8_t *head, size_t n);
     /* Set up the decoder of s (its file is open at offset 0). 0, or -1 with err. */
     int (*open)(dp_source *s, char *err, size_t errlen);
     /* Decode up to cap bytes to dst; *got = 0 at the end of the input. 0, or -1 with err
@@ -104,10 +107,13 @@ typedef struct {
     void (*close)(dp_source *s);
 } dp_codec;
 
-enum { DP_CODEC_PLAIN = 0, DP_CODEC_ZSTD, DP_N_CODECS };
+enum { DP_CODEC_PLAIN = 0, DP_CODEC_ZSTD, DP_CODEC_GZIP, DP_CODEC_BZIP2, DP_CODEC_XZ, DP_N_CODECS };
+/* Bytes of a file's head that dp_codec_detect may look at. */
+#define DP_CODEC_HEAD 16
 extern const dp_codec dp_codecs[DP_N_CODECS];
 
-/* The codec whose magic begins head[0..n), or -1 (then the file is plain or unknown). */
+/* The codec whose magic begins head[0..n) (the file's first min(size, DP_CODEC_HEAD) bytes), or
+ * -1 (then the file is plain or of a kind we do not know). */
 int dp_codec_detect(const uint8_t *head, size_t n);
 
 /* Open path through codec `codec`. A plain file may be read as the byte range [start, end)
@@ -164,6 +170,8 @@ typedef struct dp_task_opts {
     uint64_t start, end;     /* byte range of a plain file (lines starting in it); end = UINT64_MAX: to EOF */
     const char *text_field;  /* JSONL only */
     const char *lang_field;  /* JSONL only; NULL = none */
+    const char *lang;        /* NULL, or the language of every document (e.g. from the file's path),
+                              * at most DP_LANG_MAX bytes; it replaces lang_field's values */
     int repair_utf8;         /* 1: replace invalid UTF-8 / lone surrogates with U+FFFD and keep */
     int fail_fast;           /* 1: the first bad record ends the task with an error */
     int n_threads;           /* tokenizer worker threads, >= 1 */

@@ -1,10 +1,18 @@
 /* Codecs: how an input file's bytes are stored. Each is a row of dp_codecs (name, suffix, magic,
- * open/read/close); dp_source_* run whichever a task names. Errors name the file and the byte
- * offset in the (compressed) file where the damaged unit begins or where the file ends. */
+ * open/read/close); dp_source_* run whichever a task names. Errors name the file and byte offsets
+ * in the (compressed) file: where the damaged unit (zstd frame, gzip member, bzip2 stream) begins
+ * and where the damage was seen, or where the file ends.
+ *
+ * Decoders: libzstd, zlib (gzip), libbz2, liblzma (xz), all streamed through one input buffer,
+ * so memory does not grow with the file; docs/dataprep.md says why these and not others. */
+#include <bzlib.h>
 #include <errno.h>
+#include <limits.h>
+#include <lzma.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 #include <zstd.h>
 
 #include "dataprep/dataprep.h"
@@ -21,6 +29,8 @@ struct dp_source {
     int file_eof;
     uint64_t unit_start;    /* file offset where the current frame / member / stream began */
     int in_unit;            /* a unit has begun and not ended */
+    int finished;           /* the decoder saw the end of its data (xz) */
+    uint64_t n_units;       /* units ended so far */
     void *state;            /* the decoder's own state */
 };
 
@@ -113,17 +123,217 @@ static int zstd_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *
 
 static void zstd_close(dp_source *s) { ZSTD_freeDCtx(s->state); }
 
+/* ------------------------------------------------------------------ gzip (members, one after another) */
+
+#define IN_CAP (1u << 17)
+
+/* The offset in the file of the next byte the decoder will take. */
+static uint64_t in_offset(const dp_source *s) { return s->zin_off + s->zin_pos; }
+
+static int gzip_init(z_stream *z) {
+    memset(z, 0, sizeof *z);
+    return inflateInit2(z, 16 + MAX_WBITS); /* 16: a gzip header and trailer (CRC-32, length) */
+}
+
+static int gzip_open(dp_source *s, char *err, size_t errlen) {
+    z_stream *z = malloc(sizeof *z);
+    if (!z || gzip_init(z) != Z_OK) { free(z); snprintf(err, errlen, "out of memory"); return -1; }
+    s->state = z;
+    return alloc_input(s, IN_CAP, err, errlen);
+}
+
+static int gzip_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen) {
+    z_stream *z = s->state;
+    size_t pos = 0;
+    *got = 0;
+    if (cap > UINT_MAX) cap = UINT_MAX;
+    for (;;) {
+        if (fill_input(s, err, errlen)) return -1;
+        if (s->zin_pos == s->zin_len && s->file_eof) {
+            if (check_end(s, "gzip", "member", err, errlen)) return -1;
+            *got = pos;
+            return 0;
+        }
+        if (!s->in_unit) {
+            /* zero bytes after a member are padding (gzip and Python's gzip module skip them too) */
+            while (s->n_units && s->zin_pos < s->zin_len && s->zin[s->zin_pos] == 0) s->zin_pos++;
+            if (s->zin_pos == s->zin_len) continue;
+            s->unit_start = in_offset(s);
+            s->in_unit = 1;
+        }
+        z->next_in = s->zin + s->zin_pos;
+        z->avail_in = (unsigned)(s->zin_len - s->zin_pos);
+        z->next_out = dst + pos;
+        z->avail_out = (unsigned)(cap - pos);
+        int ret = inflate(z, Z_NO_FLUSH);
+        s->zin_pos = s->zin_len - z->avail_in;
+        pos = cap - z->avail_out;
+        if (ret == Z_STREAM_END) { /* a member ended (its CRC and length checked); another may follow */
+            s->in_unit = 0;
+            s->n_units++;
+            if (inflateReset(z) != Z_OK) { snprintf(err, errlen, "out of memory"); return -1; }
+        } else if (ret == Z_MEM_ERROR) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        } else if (ret != Z_OK && ret != Z_BUF_ERROR) {
+            snprintf(err, errlen, "%s: corrupt gzip data (%s) at byte offset %llu, in the member starting at byte offset %llu",
+                     s->path, z->msg ? z->msg : "data error", (unsigned long long)in_offset(s),
+                     (unsigned long long)s->unit_start);
+            return -1;
+        }
+        if (pos == cap || (pos > 0 && s->zin_pos == s->zin_len)) { *got = pos; return 0; }
+    }
+}
+
+static void gzip_close(dp_source *s) {
+    if (s->state) inflateEnd(s->state);
+    free(s->state);
+}
+
+/* ------------------------------------------------------------------ bzip2 (streams, one after another) */
+
+static int bzip2_open(dp_source *s, char *err, size_t errlen) {
+    bz_stream *b = calloc(1, sizeof *b);
+    if (!b || BZ2_bzDecompressInit(b, 0, 0) != BZ_OK) { free(b); snprintf(err, errlen, "out of memory"); return -1; }
+    s->state = b;
+    return alloc_input(s, IN_CAP, err, errlen);
+}
+
+static int bzip2_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen) {
+    bz_stream *b = s->state;
+    size_t pos = 0;
+    *got = 0;
+    if (cap > UINT_MAX) cap = UINT_MAX;
+    for (;;) {
+        if (fill_input(s, err, errlen)) return -1;
+        if (s->zin_pos == s->zin_len && s->file_eof) {
+            if (check_end(s, "bzip2", "stream", err, errlen)) return -1;
+            *got = pos;
+            return 0;
+        }
+        if (!s->in_unit) { s->unit_start = in_offset(s); s->in_unit = 1; }
+        b->next_in = (char *)(s->zin + s->zin_pos);
+        b->avail_in = (unsigned)(s->zin_len - s->zin_pos);
+        b->next_out = (char *)(dst + pos);
+        b->avail_out = (unsigned)(cap - pos);
+        int ret = BZ2_bzDecompress(b);
+        s->zin_pos = s->zin_len - b->avail_in;
+        pos = cap - b->avail_out;
+        if (ret == BZ_STREAM_END) { /* a stream ended (its CRCs checked); another may follow (pbzip2) */
+            s->in_unit = 0;
+            BZ2_bzDecompressEnd(b);
+            memset(b, 0, sizeof *b);
+            if (BZ2_bzDecompressInit(b, 0, 0) != BZ_OK) { snprintf(err, errlen, "out of memory"); return -1; }
+        } else if (ret == BZ_MEM_ERROR) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        } else if (ret != BZ_OK) {
+            snprintf(err, errlen, "%s: corrupt bzip2 data (%s) at byte offset %llu, in the stream starting at byte offset %llu",
+                     s->path, ret == BZ_DATA_ERROR_MAGIC ? "not a bzip2 stream" : "data error",
+                     (unsigned long long)in_offset(s), (unsigned long long)s->unit_start);
+            return -1;
+        }
+        if (pos == cap || (pos > 0 && s->zin_pos == s->zin_len)) { *got = pos; return 0; }
+    }
+}
+
+static void bzip2_close(dp_source *s) {
+    if (s->state) BZ2_bzDecompressEnd(s->state);
+    free(s->state);
+}
+
+/* ------------------------------------------------------------------ xz (streams and their padding) */
+
+/* The decoder refuses a file whose dictionary would need more memory than this. */
+#define XZ_MEMLIMIT ((uint64_t)1 << 30)
+
+static int xz_open(dp_source *s, char *err, size_t errlen) {
+    lzma_stream *x = malloc(sizeof *x);
+    if (!x) { snprintf(err, errlen, "out of memory"); return -1; }
+    *x = (lzma_stream)LZMA_STREAM_INIT;
+    /* LZMA_CONCATENATED: streams one after another (xz's own rule), with stream padding */
+    if (lzma_stream_decoder(x, XZ_MEMLIMIT, LZMA_CONCATENATED) != LZMA_OK) {
+        free(x);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->state = x;
+    return alloc_input(s, IN_CAP, err, errlen);
+}
+
+static const char *xz_error(lzma_ret r) {
+    switch (r) {
+    case LZMA_FORMAT_ERROR: return "not an xz stream";
+    case LZMA_OPTIONS_ERROR: return "unsupported options";
+    case LZMA_DATA_ERROR: return "data error";
+    case LZMA_BUF_ERROR: return "truncated or corrupt";
+    case LZMA_MEMLIMIT_ERROR: return "needs more than 1 GiB of memory to decode";
+    case LZMA_MEM_ERROR: return "out of memory";
+    default: return "decoder error";
+    }
+}
+
+static int xz_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen) {
+    lzma_stream *x = s->state;
+    size_t pos = 0;
+    *got = 0;
+    if (s->finished) return 0; /* the decoder said LZMA_STREAM_END: nothing follows */
+    for (;;) {
+        if (fill_input(s, err, errlen)) return -1;
+        int at_end = s->zin_pos == s->zin_len && s->file_eof;
+        if (at_end && s->zin_off == 0) {
+            snprintf(err, errlen, "%s: 0 bytes, not an xz stream", s->path);
+            return -1;
+        }
+        x->next_in = s->zin + s->zin_pos;
+        x->avail_in = s->zin_len - s->zin_pos;
+        x->next_out = dst + pos;
+        x->avail_out = cap - pos;
+        lzma_ret ret = lzma_code(x, at_end ? LZMA_FINISH : LZMA_RUN);
+        s->zin_pos = s->zin_len - x->avail_in;
+        pos = cap - x->avail_out;
+        if (ret == LZMA_STREAM_END) { s->finished = 1; *got = pos; return 0; }
+        if (ret != LZMA_OK) {
+            if (at_end && (ret == LZMA_BUF_ERROR || ret == LZMA_DATA_ERROR))
+                snprintf(err, errlen, "%s: truncated xz stream (the file ends at byte %llu)", s->path,
+                         (unsigned long long)s->zin_off);
+            else
+                snprintf(err, errlen, "%s: corrupt xz data (%s) at byte offset %llu", s->path, xz_error(ret),
+                         (unsigned long long)in_offset(s));
+            return -1;
+        }
+        if (pos == cap || (pos > 0 && s->zin_pos == s->zin_len)) { *got = pos; return 0; }
+    }
+}
+
+static void xz_close(dp_source *s) {
+    if (s->state) lzma_end(s->state);
+    free(s->state);
+}
+
+/* bzip2's magic "BZh" is plain ASCII: also ask for a block size digit and the magic of a first
+ * block (pi) or of an empty stream's end (sqrt(pi)), so a text beginning with "BZh" stays text. */
+static int bzip2_sniff(const uint8_t *h, size_t n) {
+    return n >= 10 && h[3] >= '1' && h[3] <= '9' &&
+           (memcmp(h + 4, "\x31\x41\x59\x26\x53\x59", 6) == 0 || memcmp(h + 4, "\x17\x72\x45\x38\x50\x90", 6) == 0);
+}
+
 /* ------------------------------------------------------------------ the table */
 
 const dp_codec dp_codecs[DP_N_CODECS] = {
-    [DP_CODEC_PLAIN] = {"plain", "", "", 0, plain_open, plain_read, plain_close},
-    [DP_CODEC_ZSTD] = {"zstd", ".zst", "\x28\xb5\x2f\xfd", 4, zstd_open, zstd_read, zstd_close},
+    [DP_CODEC_PLAIN] = {"plain", "", "", 0, NULL, plain_open, plain_read, plain_close},
+    [DP_CODEC_ZSTD] = {"zstd", ".zst", "\x28\xb5\x2f\xfd", 4, NULL, zstd_open, zstd_read, zstd_close},
+    [DP_CODEC_GZIP] = {"gzip", ".gz", "\x1f\x8b", 2, NULL, gzip_open, gzip_read, gzip_close},
+    [DP_CODEC_BZIP2] = {"bzip2", ".bz2", "BZh", 3, bzip2_sniff, bzip2_open, bzip2_read, bzip2_close},
+    [DP_CODEC_XZ] = {"xz", ".xz", "\xfd" "7zXZ\x00", 6, NULL, xz_open, xz_read, xz_close},
 };
 
 int dp_codec_detect(const uint8_t *head, size_t n) {
     for (int c = 0; c < DP_N_CODECS; c++) {
         size_t m = dp_codecs[c].magic_len;
-        if (m && n >= m && memcmp(head, dp_codecs[c].magic, m) == 0) return c;
+        if (m && n >= m && memcmp(head, dp_codecs[c].magic, m) == 0 &&
+            (!dp_codecs[c].sniff || dp_codecs[c].sniff(head, n)))
+            return c;
     }
     return -1;
 }

@@ -133,6 +133,7 @@ static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, si
         it->status = fmt->text(opt, s->raw + it->off, it->len, *scratch, &text, &tlen, it->lang, &nrep, &script,
                                &line_add);
         it->line += line_add;
+        if (opt->lang) snprintf(it->lang, sizeof it->lang, "%s", opt->lang);
         if (it->status == DP_OK && tlen == 0) it->status = DP_EMPTY;
         if (it->status != DP_OK) continue;
         if (grow((void **)&s->tok, &s->tok_cap, s->tok_len + tlen + 1, sizeof(uint16_t)) ||

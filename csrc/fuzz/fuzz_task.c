@@ -1,5 +1,5 @@
 // SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
-// LIBS: -lzstd
+// LIBS: -lzstd -lz -lbz2 -llzma
 /* Fuzz target: the task runner (dp_run_task) reading a fuzzed input file: every record format
  * (dp_record_formats) behind every codec (dp_codecs), the file being either the raw fuzzed bytes
  * (so the decoders see garbage) or the fuzzed bytes properly compressed by that codec (so the
@@ -18,6 +18,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <bzlib.h>
+#include <lzma.h>
+#include <zlib.h>
 #include <zstd.h>
 
 static char in_path[256], tok_path[256], meta_path[256];
@@ -54,7 +57,7 @@ static long file_size(const char *path) {
 }
 
 /* body compressed by codec (malloc'd, *zn bytes). */
-static uint8_t *compress(int codec, const uint8_t *body, size_t n, size_t *zn) {
+static uint8_t *compress_body(int codec, const uint8_t *body, size_t n, size_t *zn) {
     uint8_t *z = NULL;
     switch (codec) {
     case DP_CODEC_ZSTD: {
@@ -62,6 +65,35 @@ static uint8_t *compress(int codec, const uint8_t *body, size_t n, size_t *zn) {
         z = malloc(cap ? cap : 1);
         *zn = ZSTD_compress(z, cap, body, n, 1);
         FUZZ_ASSERT(!ZSTD_isError(*zn));
+        break;
+    }
+    case DP_CODEC_GZIP: {
+        z_stream zs;
+        memset(&zs, 0, sizeof zs);
+        FUZZ_ASSERT(deflateInit2(&zs, 1, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+        size_t cap = deflateBound(&zs, (uLong)n) + 64;
+        z = malloc(cap);
+        zs.next_in = (Bytef *)body;
+        zs.avail_in = (uInt)n;
+        zs.next_out = z;
+        zs.avail_out = (uInt)cap;
+        FUZZ_ASSERT(deflate(&zs, Z_FINISH) == Z_STREAM_END);
+        *zn = cap - zs.avail_out;
+        deflateEnd(&zs);
+        break;
+    }
+    case DP_CODEC_BZIP2: {
+        unsigned cap = (unsigned)(n + n / 100 + 601);
+        z = malloc(cap);
+        FUZZ_ASSERT(BZ2_bzBuffToBuffCompress((char *)z, &cap, (char *)body, (unsigned)n, 1, 0, 0) == BZ_OK);
+        *zn = cap;
+        break;
+    }
+    case DP_CODEC_XZ: {
+        size_t cap = lzma_stream_buffer_bound(n);
+        z = malloc(cap);
+        *zn = 0;
+        FUZZ_ASSERT(lzma_easy_buffer_encode(0, LZMA_CHECK_CRC32, NULL, body, n, z, zn, cap) == LZMA_OK);
         break;
     }
     default:
@@ -81,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int codec = ((opt >> 2) & 7) % DP_N_CODECS;
     if ((opt & 0x80) && codec != DP_CODEC_PLAIN) {
         size_t zn;
-        uint8_t *z = compress(codec, body, n, &zn);
+        uint8_t *z = compress_body(codec, body, n, &zn);
         write_all(in_path, z, zn);
         free(z);
     } else {

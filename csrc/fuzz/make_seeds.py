@@ -1,7 +1,10 @@
 """Write the small seed corpora of every fuzz target into csrc/fuzz/seeds/<target>/ (run from the
 project root: python csrc/fuzz/make_seeds.py). Each seed is a few hundred bytes to a few KB:
 valid files produced by the project's own writers, so the fuzzers start past the magic numbers."""
+import bz2
+import gzip
 import io
+import lzma
 import os
 import struct
 import sys
@@ -80,6 +83,9 @@ def c_seeds():
         task(f"{c}-compressed-txt-blank", "txt-blank", c, compress=True, small_batch=True,
              body="\n\n".join(TEXTS).encode())
     task("zstd-raw", "jsonl", "zstd", body=bytes.fromhex("28b52ffd2000410000") + b"A")
+    task("gzip-raw-two-members", "jsonl", "gzip", body=gzip.compress(b'{"text": "a"}\n', mtime=0) + gzip.compress(b'{"text": "b"}', mtime=0))
+    task("bzip2-raw", "txt-file", "bzip2", body=bz2.compress(b"text\n"))
+    task("xz-raw", "txt-blank", "xz", body=lzma.compress(b"one\n\ntwo\n"))
 
 
 def py_seeds():

@@ -1,9 +1,12 @@
 // SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
-// LIBS: -lzstd
+// LIBS: -lzstd -lz -lbz2 -llzma
 /* Unit test of the data-prep core, no Python: JSON extraction, UTF-8 repair, CRC-32C, scripts,
  * and dp_run_task end to end with a byte-level tokenizer (id = byte + 1) on .jsonl, multi-frame
  * .jsonl.zst and .txt inputs: expected tokens, independence from the thread count, errors for
- * truncated zstd and for bad records in fail-fast mode. Run under ASan/LSan by `make test-c CSAN=1`.
+ * truncated zstd and for bad records in fail-fast mode; every codec (gzip, bzip2, xz, zstd; several
+ * members/streams/frames cut mid-line) gives the plain file's tokens, and each codec's file cut or
+ * with a byte changed at many offsets gives an error naming the file and an offset, or (a byte no
+ * check covers) the same tokens. Run under ASan/LSan by `make test-c CSAN=1`.
  */
 #include "dataprep/dataprep.h"
 
@@ -11,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <bzlib.h>
+#include <lzma.h>
+#include <zlib.h>
 #include <zstd.h>
 
 #include "tests/check.h"
@@ -331,7 +337,7 @@ static void test_tables(void) {
         const dp_codec *c = &dp_codecs[i];
         CHECK(c->name && c->name[0] && c->suffix && c->open && c->read && c->close, "codec %d: incomplete row", i);
         CHECK((c->magic_len == 0) == (i == DP_CODEC_PLAIN), "codec %s: magic only for compressed codecs", c->name);
-        if (c->magic_len)
+        if (c->magic_len && !c->sniff) /* the others: by real files in test_codecs */
             CHECK(dp_codec_detect((const uint8_t *)c->magic, c->magic_len) == i, "codec %s: not detected by its magic", c->name);
         for (int j = 0; j < i; j++) CHECK(strcmp(c->name, dp_codecs[j].name), "codec name %s twice", c->name);
     }
@@ -343,6 +349,145 @@ static void test_tables(void) {
     }
 }
 
+/* ------------------------------------------------------------------ codecs */
+
+/* data compressed as one unit (frame, member, stream) of codec; malloc'd, *zn bytes */
+static uint8_t *compress_unit(int codec, const uint8_t *src, size_t n, size_t *zn) {
+    size_t cap = n + n / 2 + 4096;
+    uint8_t *z = malloc(cap);
+    *zn = 0;
+    if (codec == DP_CODEC_ZSTD) {
+        ZSTD_CCtx *c = ZSTD_createCCtx();
+        ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1);
+        *zn = ZSTD_compress2(c, z, cap, src, n);
+        ZSTD_freeCCtx(c);
+    } else if (codec == DP_CODEC_GZIP) {
+        z_stream s;
+        memset(&s, 0, sizeof s);
+        deflateInit2(&s, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+        s.next_in = (uint8_t *)src;
+        s.avail_in = (unsigned)n;
+        s.next_out = z;
+        s.avail_out = (unsigned)cap;
+        deflate(&s, Z_FINISH);
+        *zn = cap - s.avail_out;
+        deflateEnd(&s);
+    } else if (codec == DP_CODEC_BZIP2) {
+        unsigned dl = (unsigned)cap;
+        BZ2_bzBuffToBuffCompress((char *)z, &dl, (char *)src, (unsigned)n, 9, 0, 0);
+        *zn = dl;
+    } else if (codec == DP_CODEC_XZ) {
+        lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, NULL, src, n, z, zn, cap);
+    }
+    return z;
+}
+
+static void test_codecs(const char *dir) {
+    char plain[512], comp[512], tok[512], meta[512];
+    snprintf(plain, sizeof plain, "%s/c.jsonl", dir);
+    snprintf(comp, sizeof comp, "%s/c.jsonl.z", dir);
+    snprintf(tok, sizeof tok, "%s/c.tok", dir);
+    snprintf(meta, sizeof meta, "%s/c.meta", dir);
+    size_t cap = 1 << 16, len = 0;
+    char *corpus = malloc(cap);
+    for (int i = 0; i < 300; i++)
+        len += (size_t)snprintf(corpus + len, cap - len, "{\"text\": \"doc %d \\u00e9t\u00e9 %d\"}\n", i, i * i);
+    write_file(plain, corpus, len);
+    dp_task_result r;
+    int rc = run(plain, DP_REC_JSONL, DP_CODEC_PLAIN, 1, 0, 0, tok, meta, &r);
+    size_t n_want;
+    uint8_t *want = read_file(tok, &n_want);
+    CHECK(rc == 0 && r.docs == 300, "plain: %s", r.err);
+    dp_task_result_free(&r);
+    for (int codec = DP_CODEC_ZSTD; codec < DP_N_CODECS; codec++) {
+        const char *name = dp_codecs[codec].name;
+        /* three units cut mid-line, one after another: the plain file's tokens */
+        size_t cuts[4] = {0, len / 3, len / 3 + 1, len}, zlen = 0, k;
+        uint8_t *all = malloc(2 * len + 3 * 4096);
+        for (int u = 0; u < 3; u++) {
+            uint8_t *z = compress_unit(codec, (const uint8_t *)corpus + cuts[u], cuts[u + 1] - cuts[u], &k);
+            memcpy(all + zlen, z, k);
+            zlen += k;
+            free(z);
+        }
+        CHECK(dp_codec_detect(all, zlen) == codec, "%s: not detected from its magic", name);
+        write_file(comp, all, zlen);
+        rc = run(comp, DP_REC_JSONL, codec, 2, 0, 0, tok, meta, &r);
+        size_t n_got;
+        uint8_t *got = read_file(tok, &n_got);
+        CHECK(rc == 0 && n_got == n_want && memcmp(got, want, n_want) == 0, "%s, 3 units: rc %d '%s'", name, rc, r.err);
+        free(got);
+        dp_task_result_free(&r);
+        free(all);
+        /* one unit, cut at many offsets: an error naming the file and an offset, never a crash or
+         * a hang; a byte changed at many offsets: the same, or (a byte no check covers, such as a
+         * gzip header's time stamp) the same tokens */
+        uint8_t *z = compress_unit(codec, (const uint8_t *)corpus, len, &zlen);
+        int n_cut = 0, n_flip = 0, n_same = 0;
+        for (size_t off = 0; off < zlen; off += 1 + zlen / 97) {
+            write_file(comp, z, off);
+            rc = run(comp, DP_REC_JSONL, codec, 1, 0, 0, tok, meta, &r);
+            CHECK(rc != 0 && strstr(r.err, comp) && (strstr(r.err, "truncated") || strstr(r.err, "0 bytes")) &&
+                  strstr(r.err, "byte") && !strchr(r.err, '\n'),
+                  "%s cut at %zu of %zu: rc %d '%s'", name, off, zlen, rc, r.err);
+            dp_task_result_free(&r);
+            n_cut++;
+            uint8_t *bad = malloc(zlen);
+            memcpy(bad, z, zlen);
+            bad[off] ^= 0x5a;
+            write_file(comp, bad, zlen);
+            free(bad);
+            rc = run(comp, DP_REC_JSONL, codec, 1, 0, 0, tok, meta, &r);
+            if (rc == 0) {
+                got = read_file(tok, &n_got);
+                CHECK(n_got == n_want && memcmp(got, want, n_want) == 0, "%s byte %zu changed: other tokens, no error",
+                      name, off);
+                free(got);
+                n_same++;
+            } else {
+                CHECK(strstr(r.err, comp) && strstr(r.err, "byte") && !strchr(r.err, '\n'),
+                      "%s byte %zu changed: '%s'", name, off, r.err);
+            }
+            dp_task_result_free(&r);
+            n_flip++;
+        }
+        CHECK(n_cut > 50 && n_same < n_flip / 4, "%s: %d cuts, %d changed bytes of which %d read the same", name, n_cut,
+              n_flip, n_same);
+        free(z);
+    }
+    /* gzip: zero bytes after the last member are padding (as gzip and Python read them) */
+    {
+        size_t zlen;
+        uint8_t *z = compress_unit(DP_CODEC_GZIP, (const uint8_t *)corpus, len, &zlen);
+        uint8_t *zz = calloc(zlen + 100, 1);
+        memcpy(zz, z, zlen);
+        write_file(comp, zz, zlen + 100);
+        rc = run(comp, DP_REC_JSONL, DP_CODEC_GZIP, 1, 0, 0, tok, meta, &r);
+        CHECK(rc == 0 && r.docs == 300, "gzip + zero padding: rc %d '%s'", rc, r.err);
+        dp_task_result_free(&r);
+        memcpy(zz + zlen + 50, "JUNK", 4); /* but other bytes are not */
+        write_file(comp, zz, zlen + 100);
+        rc = run(comp, DP_REC_JSONL, DP_CODEC_GZIP, 1, 0, 0, tok, meta, &r);
+        CHECK(rc != 0 && strstr(r.err, "corrupt gzip data"), "gzip + junk: rc %d '%s'", rc, r.err);
+        dp_task_result_free(&r);
+        /* an empty file is not a stream of any codec */
+        for (int codec = DP_CODEC_ZSTD; codec < DP_N_CODECS; codec++) {
+            write_file(comp, "", 0);
+            rc = run(comp, DP_REC_JSONL, codec, 1, 0, 0, tok, meta, &r);
+            CHECK(rc != 0 && strstr(r.err, "0 bytes, not a"), "%s, empty file: rc %d '%s'", dp_codecs[codec].name, rc,
+                  r.err);
+            dp_task_result_free(&r);
+        }
+        free(zz);
+        free(z);
+    }
+    /* bzip2 is detected by more than "BZh": a text beginning with it stays text */
+    CHECK(dp_codec_detect((const uint8_t *)"BZh9 is a text line\n", 20) == -1, "text starting with BZh9");
+    free(want);
+    free(corpus);
+    remove(plain); remove(comp); remove(tok); remove(meta);
+}
+
 int main(void) {
     char dir[] = "/tmp/rwkv5_test_dataprep_XXXXXX";
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
@@ -350,6 +495,7 @@ int main(void) {
     test_utf8_crc_scripts();
     test_tables();
     test_task(dir);
+    test_codecs(dir);
     rmdir(dir);
     if (failures) { fprintf(stderr, "test_dataprep: %d failure(s)\n", failures); return 1; }
     printf("test_dataprep: ok\n");
