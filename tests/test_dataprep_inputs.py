@@ -130,21 +130,21 @@ def test_input_changed_during_the_build_is_an_error(tmp_path, monkeypatch, chang
 # ----------------------------------------------------------------------------- files a folder holds
 
 def test_files_of_other_types_under_a_folder_are_reported(tmp_path):
-    """A folder holding .gz / .csv files printed 'skipped 0' and exited 0: every file found is
-    now read or listed in a warning and in the manifest."""
+    """A folder holding .lz4 / .csv files (.gz before gzip inputs) printed 'skipped 0' and exited 0:
+    every file found is now read or listed in a warning and in the manifest."""
     d = tmp_path / "corpus"
     (d / "sub").mkdir(parents=True)
     write_jsonl(d / "a.jsonl", [b'{"text": "alpha"}'])
-    (d / "b.jsonl.gz").write_bytes(b"\x1f\x8b not read")
+    (d / "b.jsonl.lz4").write_bytes(b"\x04\x22\x4d\x18 not read")
     (d / "sub" / "c.csv").write_bytes(b"text\nnot read\n")
     (d / "notes.md").write_text("hi")
     logs = []
     m = build([str(d)], str(tmp_path / "o"), log=logs.append)
     assert m["totals"]["documents"] == 1
     nr = m["inputs_not_read"]
-    assert nr["count"] == 3 and sorted(os.path.basename(p) for p in nr["first"]) == ["b.jsonl.gz", "c.csv", "notes.md"]
+    assert nr["count"] == 3 and sorted(os.path.basename(p) for p in nr["first"]) == ["b.jsonl.lz4", "c.csv", "notes.md"]
     warn = [line for line in logs if line.startswith("warning: 3 file(s)")]
-    assert len(warn) == 1 and "b.jsonl.gz" in warn[0] and "c.csv" in warn[0]
+    assert len(warn) == 1 and "b.jsonl.lz4" in warn[0] and "c.csv" in warn[0]
     r = run_cli("build", d, "--out", tmp_path / "o2", "--no-progress")
     assert r.returncode == 0 and "warning: 3 file(s) under the input folders are not read" in r.stderr
 
