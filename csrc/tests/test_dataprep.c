@@ -377,7 +377,7 @@ static uint8_t *compress_unit(int codec, const uint8_t *src, size_t n, size_t *z
         BZ2_bzBuffToBuffCompress((char *)z, &dl, (char *)src, (unsigned)n, 9, 0, 0);
         *zn = dl;
     } else if (codec == DP_CODEC_XZ) {
-        lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, NULL, src, n, z, zn, cap);
+        lzma_easy_buffer_encode(1, LZMA_CHECK_CRC64, NULL, src, n, z, zn, cap);
     }
     return z;
 }
@@ -424,7 +424,7 @@ static void test_codecs(const char *dir) {
          * gzip header's time stamp) the same tokens */
         uint8_t *z = compress_unit(codec, (const uint8_t *)corpus, len, &zlen);
         int n_cut = 0, n_flip = 0, n_same = 0;
-        for (size_t off = 0; off < zlen; off += 1 + zlen / 97) {
+        for (size_t off = 0; off < zlen; off += 1 + zlen / 41) {
             write_file(comp, z, off);
             rc = run(comp, DP_REC_JSONL, codec, 1, 0, 0, tok, meta, &r);
             CHECK(rc != 0 && strstr(r.err, comp) && (strstr(r.err, "truncated") || strstr(r.err, "0 bytes")) &&
@@ -451,7 +451,7 @@ static void test_codecs(const char *dir) {
             dp_task_result_free(&r);
             n_flip++;
         }
-        CHECK(n_cut > 50 && n_same < n_flip / 4, "%s: %d cuts, %d changed bytes of which %d read the same", name, n_cut,
+        CHECK(n_cut > 30 && n_same < n_flip / 4, "%s: %d cuts, %d changed bytes of which %d read the same", name, n_cut,
               n_flip, n_same);
         free(z);
     }
