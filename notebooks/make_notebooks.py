@@ -128,14 +128,18 @@ for index, n_tokens, text in inspect_docs(str(out), doc=9, count=2):
     print(index, n_tokens, text[:80])'''),
     new_code_cell('''print(verify(str(out)))
 print("RWKV-LM arguments:", manifest["rwkv_lm_args"])'''),
-    new_markdown_cell("## A multilingual mix\n\nCorpora usually come as one folder per language, and a few "
-                      "languages hold most of the text. Here a folder-per-language corpus of 600 : 120 : 20 "
-                      "documents is written, then built with `mix_temperature=0.3` (mT5's choice): language *i* "
+    new_markdown_cell("## A multilingual mix\n\nCorpora such as FineWeb-2 and CulturaX come as one folder of "
+                      "Parquet files per language, and a few languages hold most of the text. Here such a corpus "
+                      "of 600 : 120 : 20 documents is written (`by_language/<lang>/train/part-0.parquet`, several "
+                      "row groups each), then built with `mix_temperature=0.3` (mT5's choice): language *i* "
                       "gets a share of the output tokens proportional to n_i^0.3 (n_i = its input tokens), so "
                       "the small languages are repeated (whole passes, then a seeded subsample) and the large one "
                       "is subsampled. The corpus is tokenized once; the mix is a selection over the tokenized "
-                      "documents (docs/dataprep.md, \"Multilingual mixing\")."),
+                      "documents (docs/dataprep.md, \"Multilingual mixing\"). Parquet needs pyarrow "
+                      "(`pip install 'rwkv5[parquet]'`)."),
     new_code_cell('''import random
+import pyarrow as pa
+import pyarrow.parquet as pq
 samples = {}
 for line in corpus.read_text(encoding="utf-8").splitlines():
     rec = json.loads(line)
@@ -143,13 +147,14 @@ for line in corpus.read_text(encoding="utf-8").splitlines():
 rng = random.Random(0)
 folder = out.parent / "by_language"
 for lang, n_docs in {"en": 600, "fr": 120, "ru": 20}.items():
-    (folder / lang).mkdir(parents=True, exist_ok=True)
-    with open(folder / lang / "train.jsonl", "w", encoding="utf-8") as f:
-        for i in range(n_docs):
-            text = rng.choice(samples[lang])
-            text = f"{i}. " + text[: rng.randint(40, len(text))]
-            f.write(json.dumps({"text": text, "lang": lang}, ensure_ascii=False) + "\\n")
-print(sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jsonl")))'''),
+    texts = []
+    for i in range(n_docs):
+        text = rng.choice(samples[lang])
+        texts.append(f"{i}. " + text[: rng.randint(40, len(text))])
+    (folder / lang / "train").mkdir(parents=True, exist_ok=True)
+    table = pa.table({"id": list(range(n_docs)), "text": texts, "lang": [lang] * n_docs})
+    pq.write_table(table, folder / lang / "train" / "part-0.parquet", row_group_size=64)
+print(sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet")))'''),
     new_code_cell('''mixed = build([str(folder)], str(out.parent / "mixed"), lang_field="lang", mix_temperature=0.3,
                shuffle=True, seed=1, workers=2, log=print)
 from rwkv5.dataprep.tools import stats_table
