@@ -235,3 +235,13 @@ def test_killed_mixed_build_resumes_byte_identically(corpus):
         assert [sorted(f["sha256"] for f in sh["files"].values()) for sh in m["shards"]] == \
             [sorted(f["sha256"] for f in sh["files"].values()) for sh in want_m["shards"]]
     assert killed > 0   # at least one run was really interrupted
+
+
+def test_language_from_the_path_mixes_like_the_field(corpus):
+    """--lang-from-path records the same languages as --lang-field here: the same mixed bytes."""
+    d, src, _ = corpus
+    opts = dict(mix_temperature=0.3, mix_max_epochs=20, shuffle=True, seed=2, workers=1)
+    a = build([src], str(d / "lp"), lang_from_path=r"/(en|fr|ru)/", **opts)
+    b = build([src], str(d / "lf"), lang_field="lang", **opts)
+    assert a["mix"]["languages"] == b["mix"]["languages"]
+    assert files_of(str(d / "lp")) == files_of(str(d / "lf"))
