@@ -519,9 +519,7 @@ static PyObject *py_wkv5(PyObject *self, PyObject *args) {
     PyObject *or_, *ok, *ov, *ow, *ou, *os;
     PyArrayObject *y = NULL, *S = NULL;
     PyObject *result = NULL;
-    int mode;
-    float *P = NULL;
-    double *logw = NULL;
+    int mode, rc;
     if (!PyArg_ParseTuple(args, "OOOOOOi", &or_, &ok, &ov, &ow, &ou, &os, &mode)) return NULL;
     npy_intp any3[3] = {-1, -1, -1};
     PyArrayObject *r = check_array(or_, "r", NPY_FLOAT32, 3, any3, 0);
@@ -541,43 +539,19 @@ static PyObject *py_wkv5(PyObject *self, PyObject *args) {
     y = (PyArrayObject *)PyArray_SimpleNew(3, d3, NPY_FLOAT32);
     S = (PyArrayObject *)PyArray_NewCopy(s0, NPY_CORDER);
     if (!y || !S) goto done;
-    size_t A = (size_t)(H * N);
-    if (mode == RWKV5_PARALLEL) {
-        P = (float *)malloc((RWKV5_CHUNK + 1) * A * sizeof(float));
-        logw = (double *)malloc(A * sizeof(double));
-        if (!P || !logw) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
     const float *pr = PyArray_DATA(r), *pk = PyArray_DATA(k), *pv = PyArray_DATA(v), *pw = PyArray_DATA(w),
                 *pu = PyArray_DATA(u);
     float *py = PyArray_DATA(y), *pS = PyArray_DATA(S);
     Py_BEGIN_ALLOW_THREADS
-    if (mode == RWKV5_PARALLEL) {
-        for (size_t i = 0; i < A; i++) logw[i] = log((double)pw[i]);   /* w = 0 -> -inf: P = 1, 0, 0, ... */
-        rwkv5_power_table(P, logw, (int)A, RWKV5_CHUNK);
-        for (npy_intp c0 = 0; c0 < T; c0 += RWKV5_CHUNK) {
-            int n = T - c0 < RWKV5_CHUNK ? (int)(T - c0) : RWKV5_CHUNK;
-            for (npy_intp h = 0; h < H; h++) {
-                size_t off = (size_t)c0 * A + (size_t)h * N;
-                rwkv5_wkv_chunk(py + off, pS + (size_t)h * N * N, pr + off, pk + off, pv + off, A, P + h * N, A,
-                                pu + h * N, n, (int)N);
-            }
-        }
-    } else {
-        for (npy_intp t = 0; t < T; t++)
-            for (npy_intp h = 0; h < H; h++) {
-                size_t off = (size_t)t * A + (size_t)h * N;
-                rwkv5_wkv_step(py + off, pS + (size_t)h * N * N, pr + off, pk + off, pv + off, pw + h * N, pu + h * N,
-                               (int)N);
-            }
-    }
+    rc = rwkv5_wkv(py, pS, pr, pk, pv, pw, pu, (size_t)T, (int)H, (int)N,
+                   mode == RWKV5_PARALLEL ? RWKV5_PARALLEL : RWKV5_RECURRENT);
     Py_END_ALLOW_THREADS
+    if (rc != RWKV5_OK) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = Py_BuildValue("(OO)", y, S);
 done:
-    free(P);
-    free(logw);
     Py_XDECREF(y);
     Py_XDECREF(S);
     return result;

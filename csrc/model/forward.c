@@ -1,6 +1,8 @@
 /* The RWKV-5 forward pass over B sequences, in recurrent (one position per step) or parallel
  * (chunks of RWKV5_CHUNK positions) mode. Both modes run the same per-layer code on a block of
- * rows (row = b * n + t for sequence b, position t of the block); they differ only in the WKV. */
+ * rows (row = b * n + t for sequence b, position t of the block); they differ only in the WKV.
+ * layer_forward is the list of the model's steps (docs/model.md §4), each a named function that
+ * splits the rows between the threads; the arithmetic of each step is in kernels.c. */
 #include <string.h>
 #include <math.h>
 #include <pthread.h>
@@ -11,11 +13,6 @@
 #include "common/cpu.h"
 #include "common/threadpool.h"
 #include "kernels.h"
-#include "neon.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #define LN_EPS 1e-5f   /* every LayerNorm (ln0, ln1, ln2, ln_out) */
 
@@ -149,193 +146,140 @@ static int scratch_acquire(scratch_t *s, const rwkv5_model *m, int R, int B, int
     return RWKV5_OK;
 }
 
-/* Position-wise work over the R rows of a block, split between the pool's threads by rows. */
-enum { ROW_LN, ROW_MIX, ROW_GN_GATE, ROW_ADD, ROW_RELU2, ROW_ADD_GATED };
+/* ---- position-wise steps over the R rows of a block, split between the pool's threads by rows ----
+ * Each is one named function; its job struct holds its own arguments. Pieces are at least ~16K
+ * elements, so a single row (recurrent mode) stays on the calling thread. */
+
+static void parallel_rows(int R, int width, void (*range)(void *, int64_t, int64_t), void *job) {
+    int64_t grain = 16384 / (width > 0 ? width : 1);
+    rwkv5_parallel_for(R, grain < 1 ? 1 : grain, range, job);
+}
 
 typedef struct {
-    int op, C, n, l, L, nmix, H, has_gate;
-    float eps;
-    float *out, *x;                /* ROW_LN: out = LN(x); ROW_ADD*: x += ... */
-    const float *a, *b;            /* operands of ROW_ADD (a) / ROW_ADD_GATED (sigmoid(a) * b) / gate */
-    const float *w, *bias;         /* affine of LN / GN */
-    float *const *outs;            /* ROW_MIX */
+    float *out;
+    const float *x, *w, *b;
+    int n;
+} layer_norm_job;
+
+static void layer_norm_range(void *ctx, int64_t r0, int64_t r1) {
+    const layer_norm_job *j = (const layer_norm_job *)ctx;
+    for (int64_t r = r0; r < r1; r++)
+        rwkv5_layer_norm(j->out + r * j->n, j->x + r * j->n, j->w, j->b, j->n, LN_EPS);
+}
+
+/* out = LN(x; w, b) for each of the R rows of n channels (out may be x) */
+static void layer_norm_rows(float *out, const float *x, const float *w, const float *b, int R, int n) {
+    layer_norm_job j = {out, x, w, b, n};
+    parallel_rows(R, n, layer_norm_range, &j);
+}
+
+typedef struct {
+    float *const *outs;
     const float *const *mus;
-    const float *carried;          /* (B, L, C) rows for t = 0 */
-} rows_job;
+    int nmix;
+    const float *xn, *carried;
+    int n, C, L, l;
+} token_shift_job;
 
-static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
-
-/* The element-wise row operations, written once (always inline) and compiled for the baseline ISA
- * and for AVX-512; the AVX-512 copy also has a vector sigmoid. rows_range picks by rwkv5_cpu_isa(). */
-/* token shift: out = cur * mu + prev * (1 - mu), prev = the row before (or the carried row at t = 0) */
-INL void mix_body(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
-    for (size_t i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
-}
-INL void add_body(float *x, const float *a, size_t C) {
-    for (size_t i = 0; i < C; i++) x[i] += a[i];
-}
-INL void relu2_body(float *x, size_t C) {
-    for (size_t i = 0; i < C; i++) {
-        float z = x[i] > 0.0f ? x[i] : 0.0f;
-        x[i] = z * z;
-    }
-}
-static void silu_gate(float *y, const float *g, size_t C) {   /* y *= g * sigmoid(g) */
-    for (size_t i = 0; i < C; i++) y[i] *= g[i] * sigmoidf_(g[i]);
-}
-static void add_gated(float *x, const float *a, const float *b, size_t C) {   /* x += sigmoid(a) * b */
-    for (size_t i = 0; i < C; i++) x[i] += sigmoidf_(a[i]) * b[i];
-}
-static void mix_generic(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
-    mix_body(out, cur, prev, mu, C);
-}
-static void add_generic(float *x, const float *a, size_t C) { add_body(x, a, C); }
-static void relu2_generic(float *x, size_t C) { relu2_body(x, C); }
-
-typedef struct {
-    void (*mix)(float *, const float *, const float *, const float *, size_t);
-    void (*add)(float *, const float *, size_t);
-    void (*relu2)(float *, size_t);
-    void (*silu_gate)(float *, const float *, size_t);
-    void (*add_gated)(float *, const float *, const float *, size_t);
-} row_ops;
-
-static const row_ops ops_generic = {mix_generic, add_generic, relu2_generic, silu_gate, add_gated};
-
-#if defined(__x86_64__)
-#define T512F __attribute__((target("avx512f,avx512dq,fma")))
-
-/* e^x on 16 lanes: x = n ln2 + r (Cody-Waite split of ln2), e^r by its Taylor series to r^7 on
- * |r| <= ln2/2 (truncation < 2e-8 relative), times 2^n by vscalefps, which overflows to inf and
- * underflows to 0 as expf does. Arguments are clamped to [-100, 100] first (nan passes through:
- * the constant is the first operand of min/max). Measured against expf: <= 2 ulp. */
-T512F static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-100.0f), _mm512_min_ps(_mm512_set1_ps(100.0f), x));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-T512F static inline __m512 sigmoid512(__m512 z) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    return _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z))));
-}
-T512F static void silu_gate_512(float *y, const float *g, size_t C) {
-    size_t i = 0;
-    for (; i + 16 <= C; i += 16) {
-        __m512 gv = _mm512_loadu_ps(g + i);
-        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), _mm512_mul_ps(gv, sigmoid512(gv))));
-    }
-    if (i < C) {
-        __mmask16 k = (__mmask16)((1u << (C - i)) - 1u);
-        __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
-        _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + i), _mm512_mul_ps(gv, sigmoid512(gv))));
-    }
-}
-T512F static void add_gated_512(float *x, const float *a, const float *b, size_t C) {
-    size_t i = 0;
-    for (; i + 16 <= C; i += 16)
-        _mm512_storeu_ps(x + i, _mm512_fmadd_ps(sigmoid512(_mm512_loadu_ps(a + i)), _mm512_loadu_ps(b + i),
-                                                _mm512_loadu_ps(x + i)));
-    if (i < C) {
-        __mmask16 k = (__mmask16)((1u << (C - i)) - 1u);
-        _mm512_mask_storeu_ps(x + i, k, _mm512_fmadd_ps(sigmoid512(_mm512_maskz_loadu_ps(k, a + i)),
-                                                        _mm512_maskz_loadu_ps(k, b + i), _mm512_maskz_loadu_ps(k, x + i)));
-    }
-}
-T512F static void mix_512(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
-    mix_body(out, cur, prev, mu, C);
-}
-T512F static void add_512(float *x, const float *a, size_t C) { add_body(x, a, C); }
-T512F static void relu2_512(float *x, size_t C) { relu2_body(x, C); }
-
-static const row_ops ops_avx512 = {mix_512, add_512, relu2_512, silu_gate_512, add_gated_512};
-#endif
-
-#if defined(__aarch64__)
-/* the baseline build of mix/add/relu2 is vectorised with Advanced SIMD already (it is part of the
- * base architecture); the sigmoids get a vector exp (neon.c) */
-static const row_ops ops_neon = {mix_generic, add_generic, relu2_generic, rwkv5_neon_silu_gate,
-                                 rwkv5_neon_add_gated};
-#endif
-
-static const row_ops *pick_row_ops(void) {
-#if defined(__x86_64__)
-    if (rwkv5_cpu_isa() >= RWKV5_ISA_AVX512) return &ops_avx512;
-#elif defined(__aarch64__)
-    if (rwkv5_cpu_isa() >= RWKV5_ISA_NEON) return &ops_neon;
-#endif
-    return &ops_generic;
-}
-
-static void rows_range(void *ctx, int64_t r0, int64_t r1) {
-    const rows_job *j = (const rows_job *)ctx;
-    const row_ops *f = pick_row_ops();
+static void token_shift_range(void *ctx, int64_t r0, int64_t r1) {
+    const token_shift_job *j = (const token_shift_job *)ctx;
     size_t C = (size_t)j->C;
     for (int64_t row = r0; row < r1; row++) {
-        size_t o = (size_t)row * C;
-        switch (j->op) {
-        case ROW_LN:
-            rwkv5_layer_norm(j->out + o, j->x + o, j->w, j->bias, j->C, j->eps);
-            break;
-        case ROW_MIX: {   /* token shift: outs[m] = xn * mu + prev * (1 - mu) */
-            int b = (int)(row / j->n), t = (int)(row % j->n);
-            const float *carried = j->carried + ((size_t)b * j->L + j->l) * C;
-            const float *cur = j->x + o, *prev = t == 0 ? carried : cur - C;
-            for (int m = 0; m < j->nmix; m++) f->mix(j->outs[m] + o, cur, prev, j->mus[m], C);
-            break;
-        }
-        case ROW_GN_GATE: {   /* y = GN(y), then o = GN(y) * SiLU(g) */
-            float *y = j->x + o;
-            rwkv5_group_norm(y, y, j->w, j->bias, j->C, j->H, j->eps);
-            if (j->has_gate) f->silu_gate(y, j->a + o, C);
-            break;
-        }
-        case ROW_ADD:
-            f->add(j->x + o, j->a + o, C);
-            break;
-        case ROW_RELU2:   /* relu(k)^2 */
-            f->relu2(j->x + o, C);
-            break;
-        case ROW_ADD_GATED:   /* x += sigmoid(r) * v */
-            f->add_gated(j->x + o, j->a + o, j->b + o, C);
-            break;
-        }
+        int b = (int)(row / j->n), t = (int)(row % j->n);
+        const float *cur = j->xn + (size_t)row * C;
+        const float *prev = t == 0 ? j->carried + ((size_t)b * j->L + j->l) * C : cur - C;
+        for (int m = 0; m < j->nmix; m++) rwkv5_token_shift(j->outs[m] + (size_t)row * C, cur, prev, j->mus[m], C);
     }
 }
 
-/* Run rows_range over R rows of width j->C: pieces of at least ~16K elements, so a single row
- * (recurrent mode) stays on the calling thread. */
-static void rows_parallel(rows_job *j, int R) {
-    int64_t grain = 16384 / (j->C > 0 ? j->C : 1);
-    rwkv5_parallel_for(R, grain < 1 ? 1 : grain, rows_range, j);
-}
-
-/* xn = LN(x) for each row; then for each mix j: outs[j] = xn * mus[j] + prev * (1 - mus[j]) with
- * prev the row before in the same sequence, or for t = 0 the carried row of `carried` (B, L, C) at
- * layer l; finally the carried row <- the sequence's last LN row. */
-static void norm_shift_mix(scratch_t *s, const rwkv5_config *c, int l, float *carried, const float *ln_w,
-                           const float *ln_b, float *const *outs, const float *const *mus, int nmix, int B, int n) {
+/* Token shift (docs/model.md §4.2) of the LN rows xn of B sequences of n positions: for each mix m,
+ * outs[m] = xn * mus[m] + prev * (1 - mus[m]), prev the row before in the same sequence or, at
+ * t = 0, the row carried in the state (`carried` (B, L, C) at layer l); then the carried row <- the
+ * sequence's last LN row. */
+static void token_shift(float *const *outs, const float *const *mus, int nmix, const float *xn, float *carried,
+                        const rwkv5_config *c, int l, int B, int n) {
     int C = c->n_embd;
-    rows_job ln = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s->xn, .x = s->x, .w = ln_w, .bias = ln_b};
-    rows_parallel(&ln, B * n);
-    rows_job mix = {.op = ROW_MIX, .C = C, .n = n, .l = l, .L = c->n_layer, .nmix = nmix, .x = s->xn,
-                    .outs = outs, .mus = mus, .carried = carried};
-    rows_parallel(&mix, B * n);
-    for (int b = 0; b < B; b++) {
-        float *prev0 = carried + ((size_t)b * c->n_layer + l) * C;
-        memcpy(prev0, s->xn + ((size_t)b * n + n - 1) * C, C * sizeof(float));
+    token_shift_job j = {outs, mus, nmix, xn, carried, n, C, c->n_layer, l};
+    parallel_rows(B * n, C, token_shift_range, &j);
+    for (int b = 0; b < B; b++)
+        memcpy(carried + ((size_t)b * c->n_layer + l) * C, xn + ((size_t)b * n + n - 1) * C, C * sizeof(float));
+}
+
+typedef struct {
+    float *y;
+    const float *g, *w, *b;
+    int A, H, has_gate;
+    float eps;
+} group_norm_gate_job;
+
+static void group_norm_gate_range(void *ctx, int64_t r0, int64_t r1) {
+    const group_norm_gate_job *j = (const group_norm_gate_job *)ctx;
+    for (int64_t r = r0; r < r1; r++) {
+        float *y = j->y + r * j->A;
+        rwkv5_group_norm(y, y, j->w, j->b, j->A, j->H, j->eps);
+        if (j->has_gate) rwkv5_silu_gate(y, j->g + r * j->A, (size_t)j->A);
     }
 }
+
+/* §4.5: y = GN(y; w, b) per head, then (5.1, 5.2) y *= SiLU(g), for each of the R rows of A channels */
+static void group_norm_gate_rows(float *y, const float *g, const float *w, const float *b, int R,
+                                 const rwkv5_config *c) {
+    group_norm_gate_job j = {y, g, w, b, c->n_head * c->head_size, c->n_head, c->has_gate, c->gn_eps};
+    parallel_rows(R, j.A, group_norm_gate_range, &j);
+}
+
+typedef struct {
+    float *x;
+    const float *a;
+    int n;
+} add_job;
+
+static void add_range(void *ctx, int64_t r0, int64_t r1) {
+    const add_job *j = (const add_job *)ctx;
+    for (int64_t r = r0; r < r1; r++) rwkv5_add(j->x + r * j->n, j->a + r * j->n, (size_t)j->n);
+}
+
+/* the residual: x += a over R rows of n channels */
+static void add_rows(float *x, const float *a, int R, int n) {
+    add_job j = {x, a, n};
+    parallel_rows(R, n, add_range, &j);
+}
+
+typedef struct {
+    float *x;
+    int n;
+} relu_sq_job;
+
+static void relu_sq_range(void *ctx, int64_t r0, int64_t r1) {
+    const relu_sq_job *j = (const relu_sq_job *)ctx;
+    for (int64_t r = r0; r < r1; r++) rwkv5_relu_sq(j->x + r * j->n, (size_t)j->n);
+}
+
+/* x = relu(x)^2 over R rows of n channels */
+static void relu_sq_rows(float *x, int R, int n) {
+    relu_sq_job j = {x, n};
+    parallel_rows(R, n, relu_sq_range, &j);
+}
+
+typedef struct {
+    float *x;
+    const float *a, *b;
+    int n;
+} add_gated_job;
+
+static void add_gated_range(void *ctx, int64_t r0, int64_t r1) {
+    const add_gated_job *j = (const add_gated_job *)ctx;
+    for (int64_t r = r0; r < r1; r++)
+        rwkv5_add_gated(j->x + r * j->n, j->a + r * j->n, j->b + r * j->n, (size_t)j->n);
+}
+
+/* x += sigmoid(a) * b over R rows of n channels */
+static void add_gated_rows(float *x, const float *a, const float *b, int R, int n) {
+    add_gated_job j = {x, a, b, n};
+    parallel_rows(R, n, add_gated_range, &j);
+}
+
+/* ---- the WKV of every (sequence, head) of a block ---- */
 
 typedef struct {
     const rwkv5_model *m;
@@ -350,26 +294,30 @@ static void wkv_range(void *ctx, int64_t b0, int64_t e0) {
     wkv_job *j = (wkv_job *)ctx;
     const rwkv5_config *c = &j->m->cfg;
     int H = c->n_head, N = c->head_size, A = H * N, L = c->n_layer;
-    const rwkv5_layer *Lw = &j->m->layers[j->l];
-    const float *P = j->m->pow_table + (size_t)j->l * (RWKV5_CHUNK + 1) * A;
+    const float *P = j->m->pow_table + (size_t)j->l * (RWKV5_CHUNK + 1) * A;   /* P[d][i] = w_i^d */
+    const float *u = j->m->layers[j->l].bonus_u;
     for (int64_t task = b0; task < e0; task++) {
         int b = (int)(task / H), h = (int)(task % H);
-        size_t row0 = (size_t)b * j->n, off = row0 * A + (size_t)h * N;
+        size_t off = (size_t)b * j->n * A + (size_t)h * N;
         size_t per_seq = (size_t)L * H * N * N, head = ((size_t)j->l * H + h) * N * N;
         float *S = j->st->att_kv + b * per_seq + head;
         if (j->from_src)
             memcpy(S, j->st->src_att_kv + (j->st->src_batched ? b : 0) * per_seq + head, sizeof(float) * N * N);
-        if (j->mode == RWKV5_RECURRENT)  /* n == 1; w = P[1] */
-            rwkv5_wkv_step(j->s->y + off, S, j->s->r + off, j->s->k + off, j->s->v + off, P + A + (size_t)h * N,
-                           Lw->bonus_u + (size_t)h * N, N);
-        else   /* the slice of n positions in chunks of RWKV5_CHUNK */
-            for (int t0 = 0; t0 < j->n; t0 += RWKV5_CHUNK) {
-                size_t o2 = off + (size_t)t0 * A;
-                int nc = j->n - t0 < RWKV5_CHUNK ? j->n - t0 : RWKV5_CHUNK;
-                rwkv5_wkv_chunk(j->s->y + o2, S, j->s->r + o2, j->s->k + o2, j->s->v + o2, (size_t)A,
-                                P + (size_t)h * N, (size_t)A, Lw->bonus_u + (size_t)h * N, nc, N);
-            }
+        const float *r = j->s->r + off, *k = j->s->k + off, *v = j->s->v + off;
+        if (j->mode == RWKV5_RECURRENT)   /* n == 1; w = P[1] */
+            rwkv5_wkv_step(j->s->y + off, S, r, k, v, P + A + (size_t)h * N, u + (size_t)h * N, N);
+        else
+            rwkv5_wkv_chunks(j->s->y + off, S, r, k, v, (size_t)A, P + (size_t)h * N, (size_t)A, u + (size_t)h * N,
+                             (size_t)j->n, N);
     }
+}
+
+/* §4.4 / §6: y = WKV(r, k, v) of each head of the B sequences of n positions, updating the state
+ * (first copied from the source state when from_src) */
+static void wkv(const rwkv5_model *m, int l, const rwkv5_state *st, scratch_t *s, int B, int n, int mode,
+                int from_src) {
+    wkv_job j = {m, st, s, l, n, mode, from_src};
+    rwkv5_parallel_for((int64_t)B * m->cfg.n_head, 1, wkv_range, &j);
 }
 
 /* out = x @ W^T over R rows: the GEMM when the call has a workspace, else the row kernels.
@@ -385,52 +333,47 @@ static void copy_layer_state(float *dst, const float *src, int batched, int B, i
         memcpy(dst + ((size_t)b * L + l) * per, src + ((size_t)(batched ? b : 0) * L + l) * per, sizeof(float) * per);
 }
 
-/* One layer over the block of R = B*n rows in s->x. first: the call's first slice, where a source
- * state (st->src_*) is copied in. */
+/* One layer (docs/model.md §4.2-§4.6) over the block of R = B*n rows in s->x. first: the call's
+ * first slice, where a source state (st->src_*) is copied in. */
 static void layer_forward(const rwkv5_model *m, int l, const rwkv5_state *st, scratch_t *s, int B, int n, int mode,
                           int first) {
     const rwkv5_config *c = &m->cfg;
     const rwkv5_layer *L = &m->layers[l];
-    int C = c->n_embd, H = c->n_head, A = H * c->head_size, F = c->n_ffn, R = B * n;
+    int C = c->n_embd, F = c->n_ffn, R = B * n;
     int from_src = first && st->src_att_kv;
     if (from_src) {
         copy_layer_state(st->att_x, st->src_att_x, st->src_batched, B, c->n_layer, l, (size_t)C);
         copy_layer_state(st->ffn_x, st->src_ffn_x, st->src_batched, B, c->n_layer, l, (size_t)C);
     }
 
-    /* ---- time mix: token shift over LN1 outputs ---- */
+    /* time mix (§4.2): token shift over the LN1 outputs, then the projections */
+    layer_norm_rows(s->xn, s->x, L->ln1_w, L->ln1_b, R, C);
     {
         float *outs[4] = {s->xk, s->xv, s->xr, s->xg};
         const float *mus[4] = {L->att_mix_k, L->att_mix_v, L->att_mix_r, L->att_mix_g};
-        norm_shift_mix(s, c, l, st->att_x, L->ln1_w, L->ln1_b, outs, mus, c->has_gate ? 4 : 3, B, n);
+        token_shift(outs, mus, c->has_gate ? 4 : 3, s->xn, st->att_x, c, l, B, n);
     }
-    mm(s, s->r, s->xr, &L->att_r, R);   /* r = x_r @ W_r^T (no sigmoid in v5) */
-    mm(s, s->k, s->xk, &L->att_k, R);
-    mm(s, s->v, s->xv, &L->att_v, R);
-    if (c->has_gate) mm(s, s->g, s->xg, &L->att_g, R);
-    wkv_job wj = {m, st, s, l, n, mode, from_src};
-    rwkv5_parallel_for((int64_t)B * H, 1, wkv_range, &wj);
-    rows_job gn = {.op = ROW_GN_GATE, .C = A, .H = H, .has_gate = c->has_gate, .eps = c->gn_eps, .x = s->y,
-                   .a = s->g, .w = L->lnx_w, .bias = L->lnx_b};
-    rows_parallel(&gn, R);   /* o = GN(y) * SiLU(g) */
-    mm(s, s->fv, s->y, &L->att_o, R);
-    rows_job add = {.op = ROW_ADD, .C = C, .x = s->x, .a = s->fv};
-    rows_parallel(&add, R);
+    mm(s, s->r, s->xr, &L->att_r, R);                     /* r = x_r @ W_r^T (no sigmoid in v5) */
+    mm(s, s->k, s->xk, &L->att_k, R);                     /* k = x_k @ W_k^T */
+    mm(s, s->v, s->xv, &L->att_v, R);                     /* v = x_v @ W_v^T */
+    if (c->has_gate) mm(s, s->g, s->xg, &L->att_g, R);    /* g = x_g @ W_g^T */
+    wkv(m, l, st, s, B, n, mode, from_src);               /* y = WKV(r, k, v) per head (§4.4, §6) */
+    group_norm_gate_rows(s->y, s->g, L->lnx_w, L->lnx_b, R, c);   /* y = GN(y) * SiLU(g) (§4.5) */
+    mm(s, s->fv, s->y, &L->att_o, R);                     /* x += y @ W_o^T */
+    add_rows(s->x, s->fv, R, C);
 
-    /* ---- channel mix: token shift over LN2 outputs ---- */
+    /* channel mix (§4.6): token shift over the LN2 outputs */
+    layer_norm_rows(s->xn, s->x, L->ln2_w, L->ln2_b, R, C);
     {
         float *outs[2] = {s->xk, s->xr};
         const float *mus[2] = {L->ffn_mix_k, L->ffn_mix_r};
-        norm_shift_mix(s, c, l, st->ffn_x, L->ln2_w, L->ln2_b, outs, mus, 2, B, n);
+        token_shift(outs, mus, 2, s->xn, st->ffn_x, c, l, B, n);
     }
-    mm(s, s->fk, s->xk, &L->ffn_k, R);
-    rows_job relu = {.op = ROW_RELU2, .C = F, .x = s->fk};
-    rows_parallel(&relu, R);   /* relu(k)^2 */
-    mm(s, s->fv, s->fk, &L->ffn_v, R);
-    mm(s, s->fr, s->xr, &L->ffn_r, R);
-    /* x += sigmoid(x_r @ W_rf^T) * (relu(x_k @ W_kf^T)^2 @ W_vf^T) */
-    rows_job gated = {.op = ROW_ADD_GATED, .C = C, .x = s->x, .a = s->fr, .b = s->fv};
-    rows_parallel(&gated, R);
+    mm(s, s->fk, s->xk, &L->ffn_k, R);                    /* k = relu(x_k @ K_f^T)^2 */
+    relu_sq_rows(s->fk, R, F);
+    mm(s, s->fv, s->fk, &L->ffn_v, R);                    /* v = k @ V_f^T */
+    mm(s, s->fr, s->xr, &L->ffn_r, R);                    /* r = x_r @ R_f^T */
+    add_gated_rows(s->x, s->fr, s->fv, R, C);             /* x += sigmoid(r) * v */
 }
 
 int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, const rwkv5_state *st, int mode,
@@ -465,8 +408,7 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
         for (int b = 0; b < B; b++)
             for (int t = 0; t < n; t++)
                 rwkv5_mat_row(s.x + ((size_t)b * n + t) * C, &m->g.emb, (size_t)tokens[(size_t)b * T + c0 + t]);
-        rows_job ln0 = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s.x, .x = s.x, .w = m->g.ln0_w, .bias = m->g.ln0_b};
-        rows_parallel(&ln0, B * n);
+        layer_norm_rows(s.x, s.x, m->g.ln0_w, m->g.ln0_b, B * n, C);
         for (int l = 0; l < c->n_layer; l++) {
             if (st->cancel && *st->cancel) {
                 rc = fail(err, errlen, RWKV5_ECANCELLED, "cancelled");
@@ -477,9 +419,7 @@ int rwkv5_forward(const rwkv5_model *m, const int32_t *tokens, int B, int T, con
         if (!logits && !hidden) continue;
         /* logits = LN(x; ln_out) @ head^T, only for the positions asked for */
         if (full_output) {
-            rows_job lno = {.op = ROW_LN, .C = C, .eps = LN_EPS, .out = s.xn, .x = s.x, .w = m->g.ln_out_w,
-                            .bias = m->g.ln_out_b};
-            rows_parallel(&lno, B * n);
+            layer_norm_rows(s.xn, s.x, m->g.ln_out_w, m->g.ln_out_b, B * n, C);
             for (int b = 0; b < B; b++) {
                 if (logits) mm(&s, logits + ((size_t)b * T + c0) * V, s.xn + (size_t)b * n * C, &m->g.head, n);
                 if (hidden) memcpy(hidden + ((size_t)b * T + c0) * C, s.xn + (size_t)b * n * C, sizeof(float) * n * C);

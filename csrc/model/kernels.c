@@ -1,6 +1,7 @@
-/* Position-wise kernels and the WKV recurrence / chunk: portable C compiled for three ISAs (the
- * inner loops over the value index j are independent and vectorise), plus a register-blocked
- * AVX-512 chunk for head size 64. */
+/* Position-wise kernels (norms, token shift, the element-wise row operations with their vector
+ * sigmoid) and the WKV recurrence / chunk: portable C compiled for three ISAs (the inner loops over
+ * the value index j are independent and vectorise), plus a register-blocked AVX-512 chunk for head
+ * size 64. */
 #include "kernels.h"
 
 #include "common/cpu.h"
@@ -8,6 +9,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 
 void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r) {
     size_t n = (size_t)m->cols, esz = rwkv5_esz(m->dtype), cs = RWKV5_LINE_STRIDE(m);
@@ -54,6 +56,131 @@ void rwkv5_group_norm(float *out, const float *x, const float *w, const float *b
         for (int i = h * g; i < (h + 1) * g; i++) out[i] = (x[i] - m) * inv * w[i] + b[i];
     }
 }
+
+static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+/* The element-wise row operations, written once (always inline) and compiled for the baseline ISA
+ * and for AVX-512; the AVX-512 copy also has a vector sigmoid. The rwkv5_* entry points below pick
+ * one by rwkv5_cpu_isa(). */
+
+/* token shift: out = cur * mu + prev * (1 - mu), prev = the row before (or the carried row at t = 0) */
+INL void mix_body(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
+    for (size_t i = 0; i < C; i++) out[i] = cur[i] * mu[i] + prev[i] * (1.0f - mu[i]);
+}
+INL void add_body(float *x, const float *a, size_t C) {
+    for (size_t i = 0; i < C; i++) x[i] += a[i];
+}
+INL void relu2_body(float *x, size_t C) {
+    for (size_t i = 0; i < C; i++) {
+        float z = x[i] > 0.0f ? x[i] : 0.0f;
+        x[i] = z * z;
+    }
+}
+static void silu_gate(float *y, const float *g, size_t C) {   /* y *= g * sigmoid(g) */
+    for (size_t i = 0; i < C; i++) y[i] *= g[i] * sigmoidf_(g[i]);
+}
+static void add_gated(float *x, const float *a, const float *b, size_t C) {   /* x += sigmoid(a) * b */
+    for (size_t i = 0; i < C; i++) x[i] += sigmoidf_(a[i]) * b[i];
+}
+static void mix_generic(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
+    mix_body(out, cur, prev, mu, C);
+}
+static void add_generic(float *x, const float *a, size_t C) { add_body(x, a, C); }
+static void relu2_generic(float *x, size_t C) { relu2_body(x, C); }
+
+typedef struct {
+    void (*mix)(float *, const float *, const float *, const float *, size_t);
+    void (*add)(float *, const float *, size_t);
+    void (*relu2)(float *, size_t);
+    void (*silu_gate)(float *, const float *, size_t);
+    void (*add_gated)(float *, const float *, const float *, size_t);
+} row_ops;
+
+static const row_ops ops_generic = {mix_generic, add_generic, relu2_generic, silu_gate, add_gated};
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define T512F __attribute__((target("avx512f,avx512dq,fma")))
+
+/* e^x on 16 lanes: x = n ln2 + r (Cody-Waite split of ln2), e^r by its Taylor series to r^7 on
+ * |r| <= ln2/2 (truncation < 2e-8 relative), times 2^n by vscalefps, which overflows to inf and
+ * underflows to 0 as expf does. Arguments are clamped to [-100, 100] first (nan passes through:
+ * the constant is the first operand of min/max). Measured against expf: <= 2 ulp. */
+T512F static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-100.0f), _mm512_min_ps(_mm512_set1_ps(100.0f), x));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+T512F static inline __m512 sigmoid512(__m512 z) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z))));
+}
+T512F static void silu_gate_512(float *y, const float *g, size_t C) {
+    size_t i = 0;
+    for (; i + 16 <= C; i += 16) {
+        __m512 gv = _mm512_loadu_ps(g + i);
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), _mm512_mul_ps(gv, sigmoid512(gv))));
+    }
+    if (i < C) {
+        __mmask16 k = (__mmask16)((1u << (C - i)) - 1u);
+        __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
+        _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + i), _mm512_mul_ps(gv, sigmoid512(gv))));
+    }
+}
+T512F static void add_gated_512(float *x, const float *a, const float *b, size_t C) {
+    size_t i = 0;
+    for (; i + 16 <= C; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_fmadd_ps(sigmoid512(_mm512_loadu_ps(a + i)), _mm512_loadu_ps(b + i),
+                                                _mm512_loadu_ps(x + i)));
+    if (i < C) {
+        __mmask16 k = (__mmask16)((1u << (C - i)) - 1u);
+        _mm512_mask_storeu_ps(x + i, k, _mm512_fmadd_ps(sigmoid512(_mm512_maskz_loadu_ps(k, a + i)),
+                                                        _mm512_maskz_loadu_ps(k, b + i), _mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+T512F static void mix_512(float *out, const float *cur, const float *prev, const float *mu, size_t C) {
+    mix_body(out, cur, prev, mu, C);
+}
+T512F static void add_512(float *x, const float *a, size_t C) { add_body(x, a, C); }
+T512F static void relu2_512(float *x, size_t C) { relu2_body(x, C); }
+
+static const row_ops ops_avx512 = {mix_512, add_512, relu2_512, silu_gate_512, add_gated_512};
+#endif
+
+#if defined(__aarch64__)
+/* the baseline build of mix/add/relu2 is vectorised with Advanced SIMD already (it is part of the
+ * base architecture); the sigmoids get a vector exp (neon.c) */
+static const row_ops ops_neon = {mix_generic, add_generic, relu2_generic, rwkv5_neon_silu_gate,
+                                 rwkv5_neon_add_gated};
+#endif
+
+static const row_ops *pick_row_ops(void) {
+#if defined(__x86_64__)
+    if (rwkv5_cpu_isa() >= RWKV5_ISA_AVX512) return &ops_avx512;
+#elif defined(__aarch64__)
+    if (rwkv5_cpu_isa() >= RWKV5_ISA_NEON) return &ops_neon;
+#endif
+    return &ops_generic;
+}
+
+void rwkv5_token_shift(float *out, const float *cur, const float *prev, const float *mu, size_t n) {
+    pick_row_ops()->mix(out, cur, prev, mu, n);
+}
+void rwkv5_add(float *x, const float *a, size_t n) { pick_row_ops()->add(x, a, n); }
+void rwkv5_relu_sq(float *x, size_t n) { pick_row_ops()->relu2(x, n); }
+void rwkv5_silu_gate(float *y, const float *g, size_t n) { pick_row_ops()->silu_gate(y, g, n); }
+void rwkv5_add_gated(float *x, const float *a, const float *b, size_t n) { pick_row_ops()->add_gated(x, a, b, n); }
 
 /* The WKV bodies are written once as always-inline functions and compiled three times: for the
  * baseline ISA, for AVX2+FMA and for AVX-512 (the loops over the value index j are independent, so
@@ -263,6 +390,45 @@ void rwkv5_wkv_chunk_isa(int isa, CHUNK_ARGS) {
 
 void rwkv5_wkv_step(STEP_ARGS) { rwkv5_wkv_step_isa((int)rwkv5_cpu_isa(), y, S, r, k, v, w, u, N); }
 void rwkv5_wkv_chunk(CHUNK_ARGS) { rwkv5_wkv_chunk_isa((int)rwkv5_cpu_isa(), y, S, r, k, v, ld, P, ldp, u, n, N); }
+
+void rwkv5_wkv_chunks(float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
+                      const float *P, size_t ldp, const float *u, size_t n, int N) {
+    for (size_t t0 = 0; t0 < n; t0 += RWKV5_CHUNK) {
+        int nc = n - t0 < RWKV5_CHUNK ? (int)(n - t0) : RWKV5_CHUNK;
+        size_t o = t0 * ld;
+        rwkv5_wkv_chunk(y + o, S, r + o, k + o, v + o, ld, P, ldp, u, nc, N);
+    }
+}
+
+int rwkv5_wkv(float *y, float *S, const float *r, const float *k, const float *v, const float *w, const float *u,
+              size_t T, int H, int N, int mode) {
+    size_t A = (size_t)H * N;
+    if (mode == RWKV5_RECURRENT) {
+        for (int h = 0; h < H; h++)
+            for (size_t t = 0; t < T; t++) {
+                size_t o = t * A + (size_t)h * N;
+                rwkv5_wkv_step(y + o, S + (size_t)h * N * N, r + o, k + o, v + o, w + (size_t)h * N,
+                               u + (size_t)h * N, N);
+            }
+        return RWKV5_OK;
+    }
+    float *P = (float *)malloc((RWKV5_CHUNK + 1) * A * sizeof(float));
+    double *logw = (double *)malloc(A * sizeof(double));
+    if (!P || !logw) {
+        free(P);
+        free(logw);
+        return RWKV5_ENOMEM;
+    }
+    for (size_t i = 0; i < A; i++) logw[i] = log((double)w[i]);
+    rwkv5_power_table(P, logw, (int)A, RWKV5_CHUNK);
+    for (int h = 0; h < H; h++) {
+        size_t o = (size_t)h * N;
+        rwkv5_wkv_chunks(y + o, S + o * N, r + o, k + o, v + o, A, P + o, A, u + o, T, N);
+    }
+    free(P);
+    free(logw);
+    return RWKV5_OK;
+}
 
 void rwkv5_power_table(float *P, const double *logw, int n, int dmax) {
     for (int d = 0; d <= dmax; d++)

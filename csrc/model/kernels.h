@@ -86,6 +86,18 @@ void rwkv5_layer_norm(float *out, const float *x, const float *w, const float *b
 void rwkv5_group_norm(float *out, const float *x, const float *w, const float *b, int n, int n_groups,
                       float eps);
 
+/* Element-wise row operations (the ISA chosen at run time); n channels. */
+/* token shift (§4.2): out = cur * mu + prev * (1 - mu) */
+void rwkv5_token_shift(float *out, const float *cur, const float *prev, const float *mu, size_t n);
+/* the residual: x += a */
+void rwkv5_add(float *x, const float *a, size_t n);
+/* x = relu(x)^2 (§4.6) */
+void rwkv5_relu_sq(float *x, size_t n);
+/* the SiLU gate (§4.5): y *= g * sigmoid(g) */
+void rwkv5_silu_gate(float *y, const float *g, size_t n);
+/* the channel mix's output (§4.6): x += sigmoid(a) * b */
+void rwkv5_add_gated(float *x, const float *a, const float *b, size_t n);
+
 /* ---- WKV (docs/model.md §4.4, §6). S is one head's state (N, N) [key i][value j]. ---- */
 
 /* One token: y[j] = sum_i r[i] (u[i] k[i] v[j] + S[i][j]);  S[i][j] = w[i] S[i][j] + k[i] v[j] */
@@ -97,6 +109,15 @@ void rwkv5_wkv_step(float *y, float *S, const float *r, const float *k, const fl
  *   A[t][t] = sum_i r_t[i] u[i] k_t[i];   S <- P[n] * S0 + sum_s (k_s * P[n-1-s])^T v_s          */
 void rwkv5_wkv_chunk(float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
                      const float *P, size_t ldp, const float *u, int n, int N);
+/* n positions (any number) in chunks of RWKV5_CHUNK: rwkv5_wkv_chunk on each in turn. */
+void rwkv5_wkv_chunks(float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
+                      const float *P, size_t ldp, const float *u, size_t n, int N);
+/* T positions of H heads from the decay itself (rwkv5.ops.wkv5): r, k, v, y (T, H, N); w, u (H, N);
+ * S (H, N, N) updated in place. mode RWKV5_RECURRENT: one rwkv5_wkv_step per position;
+ * RWKV5_PARALLEL: rwkv5_wkv_chunks with the power table of ln w (w = 0 gives ln w = -inf: powers
+ * 1, 0, 0, ...). Returns RWKV5_OK or RWKV5_ENOMEM. */
+int rwkv5_wkv(float *y, float *S, const float *r, const float *k, const float *v, const float *w, const float *u,
+              size_t T, int H, int N, int mode);
 /* The same with a given ISA (0 scalar, 1 AVX2, 2 AVX-512; the caller checks the CPU has it). */
 void rwkv5_wkv_step_isa(int isa, float *y, float *S, const float *r, const float *k, const float *v,
                         const float *w, const float *u, int N);

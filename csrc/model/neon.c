@@ -426,7 +426,7 @@ void rwkv5_neon_wkv_chunk(float *y, float *S, const float *r, const float *k, co
 
 /* ---------------- sigmoid row operations ---------------- */
 
-/* e^x on 4 lanes, the algorithm of forward.c's AVX-512 exp: x clamped to [-100, 100] (nan passes:
+/* e^x on 4 lanes, the algorithm of kernels.c's AVX-512 exp: x clamped to [-100, 100] (nan passes:
  * FMIN/FMAX return it), x = n ln2 + r with ln2 split in two (Cody-Waite), e^r by its Taylor series
  * to r^7 on |r| <= ln2/2, times 2^n as two factors 2^(n/2) 2^(n - n/2) (each a normal fp32 for
  * |n| <= 145), so the product overflows to inf and underflows to 0 as expf does. */

@@ -18,7 +18,7 @@ void rwkv5_neon_wkv_step(float *y, float *S, const float *r, const float *k, con
 void rwkv5_neon_wkv_chunk(float *y, float *S, const float *r, const float *k, const float *v, size_t ld,
                           const float *P, size_t ldp, const float *u, int n, int N);
 
-/* Element-wise row operations of the forward pass with a vector exp (forward.c's row_ops). */
+/* Element-wise row operations with a vector exp (kernels.c's row_ops). */
 void rwkv5_neon_silu_gate(float *y, const float *g, size_t C);                  /* y *= g * sigmoid(g) */
 void rwkv5_neon_add_gated(float *x, const float *a, const float *b, size_t C);  /* x += sigmoid(a) * b */
 #endif

@@ -256,6 +256,78 @@ static void test_neon_sigmoid_rows(void) {
 }
 #endif
 
+/* The row operations of kernels.c at every ISA level this CPU has, against their formulas in double
+ * on odd lengths: token shift, residual add and relu^2 exactly (one rounding of the float
+ * expression), the sigmoids within 1e-6 relative (an exp within 2 ulp, then a division and products
+ * round); large |z|, inf and nan as expf gives them. */
+static void test_row_ops(void) {
+    enum { C = 203 };
+    static float cur[C], prev[C], mu[C], g[C], y[C], a[C], b[C], x[C], out[C], ys[C], xs[C], xa[C], xr[C];
+    for (int i = 0; i < C; i++) {
+        cur[i] = frand(), prev[i] = frand(), mu[i] = 0.5f + 0.5f * frand();
+        g[i] = a[i] = 12.0f * frand();
+        y[i] = x[i] = frand();
+        b[i] = frand();
+    }
+    const float special[] = {0.0f, -0.0f, 88.0f, -88.0f, 104.0f, -104.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) g[10 + i] = a[40 + i] = special[i];
+    rwkv5_isa keep = rwkv5_cpu_isa();
+    for (int isa = 0; isa <= (int)rwkv5_cpu_isa_supported(); isa++) {
+        rwkv5_set_isa((rwkv5_isa)isa);
+        for (int len = 1; len <= C; len += len < 17 ? 1 : 93) {
+            for (int i = 0; i < C; i++) out[i] = -7.0f, ys[i] = y[i], xs[i] = x[i], xa[i] = x[i], xr[i] = x[i];
+            rwkv5_token_shift(out, cur, prev, mu, (size_t)len);
+            rwkv5_add(xa, b, (size_t)len);
+            rwkv5_relu_sq(xr, (size_t)len);
+            rwkv5_silu_gate(ys, g, (size_t)len);
+            rwkv5_add_gated(xs, a, b, (size_t)len);
+            for (int i = 0; i < C; i++) {
+                int in = i < len;
+                float ws = in ? cur[i] * mu[i] + prev[i] * (1.0f - mu[i]) : -7.0f;
+                float wa = in ? x[i] + b[i] : x[i], wr = in ? (x[i] > 0 ? x[i] * x[i] : 0.0f) : x[i];
+                CHECK(fabsf(out[i] - ws) <= 1e-6f, "isa %d token_shift len=%d [%d]: %g vs %g", isa, len, i, out[i], ws);
+                CHECK(xa[i] == wa && xr[i] == wr, "isa %d add / relu_sq len=%d [%d]", isa, len, i);
+                double sg = 1.0 / (1.0 + exp(-(double)g[i])), sa = 1.0 / (1.0 + exp(-(double)a[i]));
+                float wy = in ? (float)((double)y[i] * g[i] * sg) : y[i];
+                float wx = in ? (float)((double)x[i] + sa * b[i]) : x[i];
+                CHECK(isnan(wy) ? isnan(ys[i]) : ys[i] == wy || fabsf(ys[i] - wy) <= 1e-6f * fabsf(wy) + 1e-37f,
+                      "isa %d silu_gate len=%d [%d] g=%g: %g vs %g", isa, len, i, g[i], ys[i], wy);
+                CHECK(isnan(wx) ? isnan(xs[i]) : xs[i] == wx || fabsf(xs[i] - wx) <= 1e-6f * (fabsf(x[i]) + fabsf(b[i])),
+                      "isa %d add_gated len=%d [%d] a=%g: %g vs %g", isa, len, i, a[i], xs[i], wx);
+            }
+        }
+    }
+    rwkv5_set_isa(keep);
+}
+
+/* rwkv5_wkv (rwkv5.ops.wkv5) over T = 150 positions of 3 heads: parallel mode is per head the chunk
+ * kernel on chunks of RWKV5_CHUNK in turn (to the bit), recurrent mode one step per position, and
+ * the two agree to float32 rounding. */
+static void test_wkv_sequence(void) {
+    enum { T = 150, H = 3, N = 8, A = H * N };
+    static float r[T * A], k[T * A], v[T * A], w[A], u[A], y[2][T * A], S[2][H * N * N], y1[T * A], S1[H * N * N];
+    static float P[(RWKV5_CHUNK + 1) * A];
+    static double logw[A];
+    for (int i = 0; i < T * A; i++) r[i] = frand(), k[i] = frand(), v[i] = frand();
+    for (int i = 0; i < A; i++) w[i] = i == 5 ? 0.0f : 0.5f + 0.49f * frand(), u[i] = frand();
+    for (int i = 0; i < H * N * N; i++) S[0][i] = S[1][i] = S1[i] = 0.1f * frand();
+    CHECK(rwkv5_wkv(y[0], S[0], r, k, v, w, u, T, H, N, RWKV5_RECURRENT) == RWKV5_OK, "wkv recurrent");
+    CHECK(rwkv5_wkv(y[1], S[1], r, k, v, w, u, T, H, N, RWKV5_PARALLEL) == RWKV5_OK, "wkv parallel");
+    for (int i = 0; i < A; i++) logw[i] = log((double)w[i]);
+    rwkv5_power_table(P, logw, A, RWKV5_CHUNK);
+    for (int t0 = 0; t0 < T; t0 += RWKV5_CHUNK)
+        for (int h = 0; h < H; h++) {
+            int n = T - t0 < RWKV5_CHUNK ? T - t0 : RWKV5_CHUNK;
+            size_t o = (size_t)t0 * A + (size_t)h * N;
+            rwkv5_wkv_chunk(y1 + o, S1 + h * N * N, r + o, k + o, v + o, A, P + h * N, A, u + h * N, n, N);
+        }
+    CHECK(!memcmp(y1, y[1], sizeof y1) && !memcmp(S1, S[1], sizeof S1), "parallel = the chunk kernel chunk by chunk");
+    float dy = 0, ds = 0;
+    for (int i = 0; i < T * A; i++) dy = fmaxf(dy, fabsf(y[0][i] - y[1][i]));
+    for (int i = 0; i < H * N * N; i++) ds = fmaxf(ds, fabsf(S[0][i] - S[1][i]));
+    CHECK(dy < 1e-4f && ds < 1e-4f, "recurrent vs parallel: |dy| %g, |dS| %g", dy, ds);
+}
+
 static atomic_int hits[1000];
 static void count_range(void *ctx, int64_t b, int64_t e) {
     (void)ctx;
@@ -450,6 +522,8 @@ int main(void) {
     test_neon_sigmoid_rows();
 #endif
     test_wkv_chunk_equals_steps();
+    test_row_ops();
+    test_wkv_sequence();
     test_threadpool();
     test_param_table();
     test_forward_modes();
