@@ -1,6 +1,7 @@
 """rwkv5.Model (C forward pass) against the float64 NumPy reference, and the API contract."""
 import dataclasses
 import gc
+import os
 import tempfile
 import threading
 
@@ -503,26 +504,41 @@ def test_state_save_load_roundtrip(tmp_path):
 
 
 try:
-    from hypothesis import given, settings
+    from hypothesis import example, given, settings
     from hypothesis import strategies as st
 except ImportError:      # hypothesis is in the test extra
     given = None
 
 if given is not None:
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=int(os.environ.get("HYP_N", 60)), deadline=None)
     @given(version=st.sampled_from(["5.0", "5.1", "5.2"]), n_layer=st.integers(1, 2), H=st.integers(1, 4),
            N=st.integers(1, 12), F=st.integers(1, 40), V=st.integers(1, 40), B=st.integers(1, 3),
            T=st.integers(1, 80), dtype=st.sampled_from(["fp32", "fp16", "bf16"]), seed=st.integers(0, 2**31))
+    # found by hypothesis: C = 2, the float64 reference moves by 1.9e-4 under one-ulp weight changes
+    @example(version="5.1", n_layer=2, H=1, N=2, F=39, V=1, B=1, T=3, dtype="fp32", seed=22)
     def test_random_shapes_match_reference_hypothesis(version, n_layer, H, N, F, V, B, T, dtype, seed):
         sd = random_state_dict(version, n_layer=n_layer, n_embd=H * N, head_size=N, vocab_size=V, n_ffn=F,
                                seed=seed)
         model = rwkv5.Model.from_state_dict(sd, dtype=dtype)
         toks = np.random.default_rng(seed).integers(0, V, (B, T))
-        ref = ReferenceModel(round_weights(sd, dtype))
+        rounded = round_weights(sd, dtype)
+        ref = ReferenceModel(rounded)
         want = np.stack([ref.forward(row, mode="parallel", full_output=True, chunk_len=64)[0] for row in toks])
+        # Tiny random shapes can be ill-conditioned (a LayerNorm over C = 2 values that nearly agree
+        # divides by a tiny deviation): there the float64 reference itself moves by more than ATOL
+        # when the weights move by one float32 rounding, and no float32 implementation can match it
+        # closer. The tolerance adds that measured sensitivity (x4) to the usual bound.
+        sens = 0.0
+        rng = np.random.default_rng(seed)
+        for _ in range(2):
+            nudged = ReferenceModel({k: np.asarray(a, np.float64) * (1 + rng.uniform(-6e-8, 6e-8, np.shape(a)))
+                                     for k, a in rounded.items()})
+            alt = np.stack([nudged.forward(row, mode="parallel", full_output=True, chunk_len=64)[0] for row in toks])
+            sens = max(sens, float(np.abs(alt - want).max()))
+        atol = ATOL * max(1, np.abs(want).max() / 5) + 4 * sens
         for mode in ("recurrent", "parallel"):
             got, _ = model.forward(toks, mode=mode, full_output=True)
-            np.testing.assert_allclose(got, want, rtol=0, atol=ATOL * max(1, np.abs(want).max() / 5))
+            np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 
 def test_resizing_the_pool_while_another_thread_computes():
