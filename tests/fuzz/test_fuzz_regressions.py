@@ -45,11 +45,11 @@ def test_every_task_reproducer_has_an_expectation():
 
 @pytest.mark.parametrize("path", _inputs("task"), ids=os.path.basename)
 def test_task_regressions(tmp_path, path):
-    # the first byte holds the options as in csrc/fuzz/fuzz_task.c; replay the file as .txt and .jsonl
+    # the first two bytes hold the options as in csrc/fuzz/fuzz_task.c; replay the rest as .txt and .jsonl
     from rwkv5.dataprep import BinIdx, build
     from rwkv5.dataprep.build import DataprepError
     expected = TASK_EXPECTED[os.path.basename(path)]
-    body = open(path, "rb").read()[1:]
+    body = open(path, "rb").read()[2:]
     for name in ("in.txt", "in.jsonl"):
         src = tmp_path / name
         src.write_bytes(body + b"\n\n")   # an empty first record, as the crashing input had
