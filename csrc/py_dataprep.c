@@ -214,6 +214,19 @@ static int record_format_index(const char *name) {
 /* run_task(...) -> dict. Never raises for bad input data: a fail-fast stop or an I/O error is
  * returned as result["error"] (with result["fail_line"] / result["fail_status"] for a bad record)
  * so the caller can rewrite local line numbers into file line numbers. */
+/* `cancel`: None, or a writable int-aligned buffer whose first int another thread may set to stop
+ * the work. On success *have is 1 when `view` holds a buffer the caller must release. */
+static int get_cancel(PyObject *cancel_o, Py_buffer *view, int *have) {
+    if (cancel_o == Py_None) return 0;
+    if (PyObject_GetBuffer(cancel_o, view, PyBUF_WRITABLE) < 0) return -1;
+    *have = 1;
+    if (view->len < (Py_ssize_t)sizeof(int) || ((uintptr_t)view->buf % sizeof(int))) {
+        PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     PyObject *cap, *path_o = NULL, *tokp_o = NULL, *metap_o = NULL, *out = NULL, *tmp = NULL;
@@ -241,14 +254,7 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     if (lang && strlen(lang) > DP_LANG_MAX) { PyErr_Format(PyExc_ValueError, "lang: at most %d bytes of UTF-8, got %zu", DP_LANG_MAX, strlen(lang)); goto fail; }
     if (batch < 0) { PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch); goto fail; }
     if (start > end) { PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end); goto fail; }
-    if (cancel_o != Py_None) { /* a writable buffer whose first int another thread may set to stop */
-        if (PyObject_GetBuffer(cancel_o, &cancel_buf, PyBUF_WRITABLE) < 0) goto fail;
-        have_cancel = 1;
-        if (cancel_buf.len < (Py_ssize_t)sizeof(int) || ((uintptr_t)cancel_buf.buf % sizeof(int))) {
-            PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
-            goto fail;
-        }
-    }
+    if (get_cancel(cancel_o, &cancel_buf, &have_cancel) < 0) goto fail;
     memset(&o, 0, sizeof o);
     o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
     o.path = PyBytes_AS_STRING(path_o);
@@ -391,14 +397,7 @@ static PyObject *py_encode_texts(PyObject *self, PyObject *args, PyObject *kw) {
             goto fail;
         }
     }
-    if (cancel_o != Py_None) {
-        if (PyObject_GetBuffer(cancel_o, &cancel_buf, PyBUF_WRITABLE) < 0) goto fail;
-        have_cancel = 1;
-        if (cancel_buf.len < (Py_ssize_t)sizeof(int) || ((uintptr_t)cancel_buf.buf % sizeof(int))) {
-            PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
-            goto fail;
-        }
-    }
+    if (get_cancel(cancel_o, &cancel_buf, &have_cancel) < 0) goto fail;
     memset(&o, 0, sizeof o);
     o.data = have_data ? data.buf : (const uint8_t *)"";
     o.offsets = po;
