@@ -51,6 +51,11 @@ def test_run_task_names_its_table_rows(tmp_path):
         _dataprep.run_task(*(args[:2] + ("csv",) + args[3:]))
     with pytest.raises(ValueError, match="codec: expected one of plain, zstd.*got 'rar'"):
         _dataprep.run_task(*args, codec="rar")
+    # the cancel flag: None or a writable, int-aligned buffer of at least 4 bytes
+    assert _dataprep.run_task(*args, cancel=bytearray(4))["docs"] == 1
+    for bad, err in ((bytearray(2), ValueError), (memoryview(bytearray(8))[1:5], ValueError), (bytes(4), BufferError)):
+        with pytest.raises(err):
+            _dataprep.run_task(*args, cancel=bad)
 
 
 # ----------------------------------------------------------------------------- same bytes from every codec
