@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=int, default=1, help="repeat the documents N times (make_data's N_EPOCH) (default: 1)")
     b.add_argument("--mix-temperature", default=None, metavar="ALPHA",
                    help="multilingual mix: language i gets a share of the output tokens proportional to "
-                        "n_i^ALPHA (n_i = its input tokens; 1 keeps the natural mix, 0.3 is mT5's); needs --lang-field")
+                        "n_i^ALPHA (n_i = its input tokens; 1 keeps the natural mix, 0.3 is mT5's); needs --lang-field or --lang-from-path")
     b.add_argument("--mix-weights", default=None, metavar="LANG=W,...",
                    help="multilingual mix with explicit shares, e.g. en=0.3,fr=0.2 (normalised over the languages "
                         "present; unnamed languages get --mix-default-weight or are dropped)")

@@ -565,6 +565,9 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
     unread = []
     spilled = None
     if columnar.is_record_source(inputs):
+        if options.get("lang_from_path"):
+            raise DataprepError("lang_from_path: the input is Python records, which have no path; give each "
+                                "record its language in a field and pass lang_field")
         # Python records: written as Arrow files of about task_size text bytes into the work
         # folder (fingerprinted by content, so a rerun with the same records resumes)
         new = os.path.join(workdir, RECORDS_NEW)

@@ -513,7 +513,10 @@ def spill(source, folder: str, options: dict) -> list:
         names = set(ds.column_names or []) if getattr(ds, "column_names", None) is not None else None
         if names is not None:
             top = [c.split(".")[0] if c not in names else c for c in cols]
-            ds = ds.select_columns(sorted({c for c in top if c in names}))
+            keep = sorted({c for c in top if c in names})
+            # a missing text column must still yield its rows (each one a missing_field record), so
+            # keep one column for the row count rather than projecting to none
+            ds = ds.select_columns(keep or sorted(names)[:1])
         for table in ds.with_format("arrow").iter(batch_size=10000):
             for batch in table.to_batches():
                 text, lang, status = _batch_fields(pa, batch, tf, lf)
@@ -560,8 +563,9 @@ def _python_batch(pa, texts, langs, status, options):
                     t.encode("utf-8")
                 except UnicodeEncodeError:
                     if options["repair_utf8"]:
-                        t = t.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-                        t = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in t)
+                        # a pair of surrogates is one character, each lone one a U+FFFD (as the
+                        # JSON reader treats \\uD83D\\uDE00 and a lone \\uD800)
+                        t = t.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
                     else:
                         t, status[i] = None, STATUS["lone_surrogate"]
             fixed.append(t)

@@ -151,8 +151,11 @@ def plan_mix(names: list, doc_lang: np.ndarray, doc_tokens: np.ndarray, options:
     raw = {}
     if alpha is not None:
         method = "temperature"
+        # n_i^ALPHA / max_j n_j^ALPHA, in log space: a large ALPHA must not overflow a float
+        logs = {i: math.log(n_in[i]) if n_in[i] > 0 else -math.inf for i in present}
+        top = max(logs.values(), default=0.0)
         for i in present:
-            raw[i] = float(n_in[i]) ** alpha
+            raw[i] = math.exp(alpha * (logs[i] - top)) if logs[i] > -math.inf else float(alpha == 0)
     else:
         method = "weights"
         default = options.get("mix_default_weight")

@@ -315,3 +315,29 @@ def test_cli_reads_a_struct_column_by_dotted_name(ref, tmp_path):
     assert r.returncode == 0, r.stderr
     assert outputs(tmp_path / "cli") == ref[2]
     assert d.exists()
+
+
+def test_a_dataset_without_the_text_column_counts_every_row_missing(ref):
+    datasets = pytest.importorskip("datasets")
+    d = ref[0]
+    ds = datasets.Dataset.from_dict({"content": ["a", "b", "c"]})
+    with pytest.raises(DataprepError, match="missing_field"):
+        quiet(ds, d / "nocol")
+    m = quiet(ds, d / "nocol2", on_error="skip", allow_empty=True)
+    assert m["totals"]["documents"] == 0 and m["skipped"]["counts"] == {"missing_field": 3}
+
+
+def test_lang_from_path_is_refused_for_python_records(ref):
+    with pytest.raises(DataprepError, match="lang_from_path: the input is Python records"):
+        quiet(iter([{"text": "a"}]), ref[0] / "lfp", lang_from_path=r"/(en|fr)/")
+
+
+def test_lone_surrogates_in_python_strings_repair_as_json_does(ref, tmp_path):
+    # JSON escapes: a lone \ud800 is one U+FFFD, a pair \ud83d\ude00 is one character
+    texts = ["a\ud800b", "x\ud83d\ude00y", "\udfff"]
+    with open(tmp_path / "s.jsonl", "w") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}) + "\n")   # json.dumps writes the \uXXXX escapes
+    quiet([str(tmp_path / "s.jsonl")], tmp_path / "j", repair_utf8=True)
+    quiet(iter(texts), tmp_path / "p", repair_utf8=True)
+    assert outputs(tmp_path / "j") == outputs(tmp_path / "p")

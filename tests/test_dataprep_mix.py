@@ -245,3 +245,13 @@ def test_language_from_the_path_mixes_like_the_field(corpus):
     b = build([src], str(d / "lf"), lang_field="lang", **opts)
     assert a["mix"]["languages"] == b["mix"]["languages"]
     assert files_of(str(d / "lp")) == files_of(str(d / "lf"))
+
+
+def test_a_large_temperature_does_not_overflow(tmp_path):
+    # shares are n_i^ALPHA normalised: computed in log space, ALPHA = 200 gives the largest language all
+    recs = [{"text": f"doc {i} " * (5 if i % 2 else 1), "lang": "en" if i % 2 else "fr"} for i in range(40)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    m = build([str(src)], str(tmp_path / "o"), lang_field="lang", mix_temperature=200.0)
+    shares = {k: v["target_share"] for k, v in m["mix"]["languages"].items()}
+    assert shares["en"] == pytest.approx(1.0) and shares["fr"] == pytest.approx(0.0), shares
