@@ -111,63 +111,60 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
     stem = _task_stem(workdir, task)
     tok = load_tokenizer(options["vocab"])
     t0 = time.perf_counter()
-    if task["format"] not in _C_RECORD_FORMATS:   # Parquet, Arrow, records: columnar.py feeds the C tokenizer
-        try:
+    columnar_task = task["format"] not in _C_RECORD_FORMATS   # Parquet, Arrow, records: columnar.py
+    try:
+        if columnar_task:
             res = columnar.tokenize(task, options, stem, tok, n_threads)
-            res["seconds"] = round(time.perf_counter() - t0, 3)
-            check_unchanged(task)
-        except BaseException:
-            _remove_tmp_parts(stem)
-            raise
-        if res["error"] is not None:
-            _remove_tmp_parts(stem)
-            return {"task": task, **{k: res[k] for k in ("error", "fail_line", "reason", "lines", "location")}}
+        else:
+            res = _run_c_task(task, options, stem, tok, n_threads, helper)
+        res["seconds"] = round(time.perf_counter() - t0, 3)
+        check_unchanged(task)
+    except BaseException:
+        _remove_tmp_parts(stem)
+        raise
+    if res["error"] is None:
         return res
+    _remove_tmp_parts(stem)
+    if columnar_task:
+        return {"task": task, **{k: res[k] for k in ("error", "fail_line", "reason", "lines", "location")}}
+    if res["error"].startswith(task["path"] + ":"):
+        # "path:LOCAL_LINE: reason" -> the caller turns the local line into a file line
+        rest = res["error"][len(task["path"]) + 1:]
+        line, _, reason = rest.partition(": ")
+        if line.isdigit():
+            return {"task": task, "error": "bad_record", "fail_line": int(line), "reason": reason,
+                    "lines": res["lines"]}
+    raise OSError(res["error"])
+
+
+def _run_c_task(task: dict, options: dict, stem: str, tok, n_threads: int, helper: Executor) -> dict:
+    """The C reader/tokenizer on a text input (dp_task.c) writing stem.tok.tmp / stem.meta.tmp."""
     args = (tok, task["path"], task["format"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
             options["text_field"], options["lang_field"] or None, options["repair_utf8"],
             options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
             options.get("batch_bytes", 0))
     kwargs = {"codec": task["codec"], "lang": task.get("lang")}
-    if threading.current_thread() is threading.main_thread():
-        # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel
-        # flag the C reader polls, waits for the task to stop, and re-raises
-        cancel = bytearray(4)
-        ex = helper if helper is not None else ThreadPoolExecutor(1)
-        fut = None
-        try:
-            fut = ex.submit(_dataprep.run_task, *args, cancel=cancel, **kwargs)
-            res = fut.result()
-        except BaseException:
-            cancel[0] = 1
-            if fut is not None:
-                try:
-                    fut.result()
-                except BaseException:
-                    pass
-            _remove_tmp_parts(stem)
-            raise
-        finally:
-            if ex is not helper:
-                ex.shutdown(wait=True)
-    else:
-        res = _dataprep.run_task(*args, **kwargs)
-    res["seconds"] = round(time.perf_counter() - t0, 3)
+    if threading.current_thread() is not threading.main_thread():
+        return _dataprep.run_task(*args, **kwargs)
+    # run the C call on a helper thread so that Ctrl-C reaches us: it then sets the cancel flag the
+    # C reader polls, waits for the task to stop, and re-raises
+    cancel = bytearray(4)
+    ex = helper if helper is not None else ThreadPoolExecutor(1)
+    fut = None
     try:
-        check_unchanged(task)
+        fut = ex.submit(_dataprep.run_task, *args, cancel=cancel, **kwargs)
+        return fut.result()
     except BaseException:
-        _remove_tmp_parts(stem)
+        cancel[0] = 1
+        if fut is not None:
+            try:
+                fut.result()
+            except BaseException:
+                pass
         raise
-    if res["error"] is not None:
-        _remove_tmp_parts(stem)
-        if res["error"].startswith(task["path"] + ":"):
-            # "path:LOCAL_LINE: reason" -> the caller turns the local line into a file line
-            rest = res["error"][len(task["path"]) + 1:]
-            line, _, reason = rest.partition(": ")
-            if line.isdigit():
-                return {"task": task, "error": "bad_record", "fail_line": int(line), "reason": reason,
-                        "lines": res["lines"]}
-        raise OSError(res["error"])
-    return res
+    finally:
+        if ex is not helper:
+            ex.shutdown(wait=True)
 
 
 def check_unchanged(task: dict) -> None:
