@@ -40,3 +40,7 @@ def tiny_model_path():
 
     assert rwkv5.tiny.PATH.is_file(), f"{rwkv5.tiny.PATH} is missing from the installed package"
     return rwkv5.tiny.PATH
+
+
+# the S3 test server (tests/s3server.py): `s3server` (one per session) and `s3` (a fresh bucket)
+from s3server import s3, s3server  # noqa: E402,F401
