@@ -245,7 +245,7 @@ def run(quick: bool = False) -> dict:
             "which flatters the decoders; docs/dataprep.md measures them on text of real entropy)")
 
         # text bytes of the whole corpus (tokens are made of these bytes; JSON adds quotes/keys)
-        tok = load_tokenizer(default_vocab_path())
+        tok = load_tokenizer(default_vocab_path()).capsule
         slice_bytes = min(nbytes, 200_000_000)
         texts, sl = texts_of(src, slice_bytes)
         text_bytes_slice = sum(map(len, texts))

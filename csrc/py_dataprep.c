@@ -15,17 +15,18 @@
 static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
 #endif
 
-#define TOK_CAPSULE "rwkv5.dataprep.wt_tokenizer"
-
-static void tok_capsule_free(PyObject *cap) {
-    wt_free((wt_tokenizer *)PyCapsule_GetPointer(cap, TOK_CAPSULE));
-}
-
+/* The tokenizer: the capsule of an rwkv5.tokenizer WorldTokenizer (its `capsule` attribute), which
+ * keeps that tokenizer alive. Token ids are stored as uint16, hence the bound on n_vocab. */
 static wt_tokenizer *get_tok(PyObject *cap) {
-    wt_tokenizer *t = PyCapsule_GetPointer(cap, TOK_CAPSULE);
+    wt_tokenizer *t = PyCapsule_GetPointer(cap, WT_CAPSULE_NAME);
     if (!t) {
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "tokenizer: expected a capsule from load_vocab(), got %s", Py_TYPE(cap)->tp_name);
+        PyErr_Format(PyExc_TypeError, "tokenizer: expected WorldTokenizer.capsule, got %s", Py_TYPE(cap)->tp_name);
+        return NULL;
+    }
+    if (wt_n_vocab(t) > 65536) {
+        PyErr_Format(PyExc_ValueError, "vocab: ids must fit uint16 (n_vocab <= 65536), got n_vocab %u", wt_n_vocab(t));
+        return NULL;
     }
     return t;
 }
@@ -40,103 +41,8 @@ static PyObject *bytes_arg(PyObject *o, const char *name) {
     return PyBytes_FromObject(o);
 }
 
-/* load_vocab(data: bytes) -> capsule. Parses the World vocab text. */
-static PyObject *py_load_vocab(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *arg, *data;
-    char err[512] = {0};
-    wt_tokenizer *t;
-    if (!PyArg_ParseTuple(args, "O:load_vocab", &arg) || !(data = bytes_arg(arg, "data"))) return NULL;
-    const char *p = PyBytes_AS_STRING(data);
-    size_t len = (size_t)PyBytes_GET_SIZE(data);
-    Py_BEGIN_ALLOW_THREADS
-    t = wt_load(p, len, err, sizeof err);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(data);
-    if (!t) return PyErr_Format(PyExc_ValueError, "vocab: %s", err);
-    if (wt_n_vocab(t) > 65536) {
-        unsigned nv = wt_n_vocab(t);
-        wt_free(t);
-        return PyErr_Format(PyExc_ValueError, "vocab: ids must fit uint16 (n_vocab <= 65536), got n_vocab %u", nv);
-    }
-    PyObject *cap = PyCapsule_New(t, TOK_CAPSULE, tok_capsule_free);
-    if (!cap) wt_free(t);
-    return cap;
-}
-
-static PyObject *py_n_vocab(PyObject *self, PyObject *cap) {
-    (void)self;
-    wt_tokenizer *t = get_tok(cap);
-    return t ? PyLong_FromUnsignedLong(wt_n_vocab(t)) : NULL;
-}
-
 static size_t encode_cb(const void *ctx, const uint8_t *text, size_t n, uint16_t *out) {
     return wt_encode_u16((const wt_tokenizer *)ctx, text, n, out);
-}
-
-/* encode(tok, data: bytes) -> uint16 ndarray (no trailing 0). */
-static PyObject *py_encode(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *cap, *arg, *data;
-    if (!PyArg_ParseTuple(args, "OO:encode", &cap, &arg)) return NULL;
-    wt_tokenizer *t = get_tok(cap);
-    if (!t || !(data = bytes_arg(arg, "data"))) return NULL;
-    npy_intp dim = PyBytes_GET_SIZE(data);
-    PyArrayObject *arr = (PyArrayObject *)PyArray_SimpleNew(1, &dim, NPY_UINT16);
-    if (!arr) { Py_DECREF(data); return NULL; }
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(data);
-    size_t len = (size_t)PyBytes_GET_SIZE(data), n;
-    Py_BEGIN_ALLOW_THREADS
-    n = wt_encode_u16(t, p, len, PyArray_DATA(arr));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(data);
-    PyArray_Dims shape = {&dim, 1};
-    dim = (npy_intp)n;
-    PyObject *r = PyArray_Resize(arr, &shape, 0, NPY_CORDER);
-    if (!r) { Py_DECREF(arr); return NULL; }
-    Py_DECREF(r);
-    return (PyObject *)arr;
-}
-
-/* decode(tok, ids: uint16 ndarray) -> bytes. Id 0 decodes to nothing. Ids without an entry raise. */
-static PyObject *py_decode(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *cap, *obj;
-    if (!PyArg_ParseTuple(args, "OO:decode", &cap, &obj)) return NULL;
-    wt_tokenizer *t = get_tok(cap);
-    if (!t) return NULL;
-    /* a private copy: the ids are read twice (sizes, then bytes), another thread must not change them between */
-    PyArrayObject *ids = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
-    if (!ids) return NULL;
-    if (PyArray_NDIM(ids) != 1) {
-        Py_DECREF(ids);
-        return PyErr_Format(PyExc_ValueError, "ids: expected a 1-D array, got %d dimensions", PyArray_NDIM(ids));
-    }
-    npy_intp n = PyArray_DIM(ids, 0);
-    const int64_t *p = PyArray_DATA(ids);
-    size_t total = 0;
-    for (npy_intp i = 0; i < n; i++) {
-        size_t len = 0;
-        if (p[i] == 0) continue;
-        if (p[i] < 0 || p[i] > 0xFFFFFFFFll || !wt_token_bytes(t, (uint32_t)p[i], &len)) {
-            PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is not a token of the vocab", (Py_ssize_t)i, (long long)p[i]);
-            Py_DECREF(ids);
-            return NULL;
-        }
-        total += len;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (!out) { Py_DECREF(ids); return NULL; }
-    char *o = PyBytes_AS_STRING(out);
-    for (npy_intp i = 0; i < n; i++) {
-        size_t len = 0;
-        if (p[i] == 0) continue;
-        const uint8_t *b = wt_token_bytes(t, (uint32_t)p[i], &len);
-        memcpy(o, b, len);
-        o += len;
-    }
-    Py_DECREF(ids);
-    return out;
 }
 
 /* encode_batch_count(tok, texts: list[bytes], n_threads) -> total ids. The tokenizer's own
@@ -627,12 +533,8 @@ static PyObject *py_detect_codec(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef methods[] = {
-    {"load_vocab", py_load_vocab, METH_VARARGS, "load_vocab(data: bytes) -> tokenizer capsule"},
-    {"n_vocab", py_n_vocab, METH_O, "n_vocab(tokenizer) -> int"},
-    {"encode", py_encode, METH_VARARGS, "encode(tokenizer, data: bytes) -> uint16 ndarray"},
     {"encode_batch_count", py_encode_batch_count, METH_VARARGS,
      "encode_batch_count(tokenizer, texts: list[bytes], n_threads) -> total ids (wt_encode_batch; benchmarks)"},
-    {"decode", py_decode, METH_VARARGS, "decode(tokenizer, ids) -> bytes (id 0 skipped)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
      "run_task(tokenizer, path, record_format, start, end, text_field, lang_field, repair_utf8, fail_fast, "
      "n_threads, tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None, codec='plain', lang=None) -> dict (GIL "

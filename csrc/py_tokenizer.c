@@ -825,6 +825,22 @@ static PyObject *Core_token_to_id(CoreObject *self, PyObject *arg) {
     return PyLong_FromUnsignedLong(id);
 }
 
+/* The capsule's context holds a reference to the Core that owns the wt_tokenizer. */
+static void capsule_release(PyObject *cap) { Py_XDECREF((PyObject *)PyCapsule_GetContext(cap)); }
+
+static PyObject *Core_get_capsule(CoreObject *self, void *c) {
+    (void)c;
+    PyObject *cap = PyCapsule_New(self->tok, WT_CAPSULE_NAME, capsule_release);
+    if (!cap) return NULL;
+    Py_INCREF(self);
+    if (PyCapsule_SetContext(cap, self) < 0) {   /* cannot fail for a valid capsule; kept honest */
+        Py_DECREF(self);
+        Py_DECREF(cap);
+        return NULL;
+    }
+    return cap;
+}
+
 static PyObject *Core_get_n_vocab(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_n_vocab(self->tok)); }
 static PyObject *Core_get_n_tokens(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_n_tokens(self->tok)); }
 static PyObject *Core_get_max_len(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_max_token_len(self->tok)); }
@@ -846,6 +862,8 @@ static PyGetSetDef Core_getset[] = {
     {"n_vocab", (getter)Core_get_n_vocab, NULL, "max id + 1", NULL},
     {"n_tokens", (getter)Core_get_n_tokens, NULL, "number of vocab entries", NULL},
     {"max_token_len", (getter)Core_get_max_len, NULL, "longest token in bytes", NULL},
+    {"capsule", (getter)Core_get_capsule, NULL, "the tokenizer as a PyCapsule named " WT_CAPSULE_NAME
+     " (for rwkv5.dataprep); it keeps this Core alive", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

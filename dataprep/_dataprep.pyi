@@ -1,5 +1,5 @@
 # Type stubs for the C extension rwkv5.dataprep._dataprep (csrc/py_dataprep.c). A tokenizer is
-# the opaque capsule load_vocab returns.
+# the capsule of an rwkv5.tokenizer.WorldTokenizer (its `capsule` attribute).
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -16,11 +16,7 @@ LANG_MAX: int
 _Tokenizer = Any
 _Buffer = Union[bytes, bytearray, memoryview]
 
-def load_vocab(data: bytes) -> _Tokenizer: ...
-def n_vocab(tokenizer: _Tokenizer) -> int: ...
-def encode(tokenizer: _Tokenizer, data: bytes) -> np.ndarray: ...
 def encode_batch_count(tokenizer: _Tokenizer, texts: List[bytes], n_threads: int) -> int: ...
-def decode(tokenizer: _Tokenizer, ids: Any) -> bytes: ...
 def run_task(tokenizer: _Tokenizer, path: str, record_format: str, start: int, end: int, text_field: str,
              lang_field: Optional[str], repair_utf8: bool, fail_fast: bool, n_threads: int, tok_path: str,
              meta_path: str, batch_bytes: int = ..., fsync: bool = ..., cancel: Optional[_Buffer] = ...,

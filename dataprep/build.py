@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _dataprep, columnar
 from .formats import sha256_file, write_idx, write_zst_shard
-from .errors import DataprepError
+from .errors import DataprepError, printable_path
 from .mixing import MIX_DEFAULTS, check_mix_options, mixing, plan_mix
 from .sets import PrefixLock, publish
 from .tasks import (MAX_WORKERS, VOCAB_NAME, _int_option, _task_stem, _write_json_atomic,  # noqa: F401
@@ -100,11 +100,6 @@ def input_type(path: str, txt_mode: str, head: bytes = None) -> tuple:
     if fmt == "txt":
         fmt = "txt-file" if txt_mode == "file" else "txt-blank"
     return fmt, codec
-
-
-def printable_path(path) -> str:
-    """A path as text that can be printed and stored as UTF-8 (undecodable bytes as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _check_utf8_name(path: str, what: str) -> None:
@@ -811,7 +806,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
     stems = output_names(out, options["format"], len(bounds) - 1, bool(shard_tokens))
 
     shards = []
-    n_vocab = _dataprep.n_vocab(load_tokenizer(options["vocab"]))
+    n_vocab = load_tokenizer(options["vocab"]).n_vocab
     for si, stem in enumerate(stems):
         sel = order[bounds[si]:bounds[si + 1]]
         ranges = np.stack([task_ids[sel], offsets[sel], sizes[sel] * 2], axis=1) if len(sel) else np.zeros((0, 3), np.int64)

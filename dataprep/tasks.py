@@ -22,7 +22,8 @@ import numpy as np
 
 from ..tokenizer.world import VOCAB_NAME, default_vocab_path  # noqa: F401 (one lookup, re-exported)
 from . import _dataprep, columnar
-from .errors import DataprepError
+from ..tokenizer.world import WorldTokenizer
+from .errors import DataprepError, printable_path
 from .formats import sha256_file
 
 # the record formats the C task runner reads (the others, Parquet, Arrow and Python records, are
@@ -42,13 +43,19 @@ def default_vocab() -> str:
 _TOKENIZERS: dict = {}
 
 
-def load_tokenizer(vocab_path: str):
-    """The C tokenizer for a vocab file (cached per process and per path)."""
+def load_tokenizer(vocab_path: str) -> WorldTokenizer:
+    """The World tokenizer of a vocab file (cached per process and per path); the C functions of
+    the data prep take its `capsule`."""
     key = os.path.abspath(vocab_path)
     tok = _TOKENIZERS.get(key)
     if tok is None:
-        with open(key, "rb") as f:
-            tok = _dataprep.load_vocab(f.read())
+        try:
+            tok = WorldTokenizer(key)
+        except (OSError, ValueError) as e:
+            raise DataprepError(f"--vocab {printable_path(vocab_path)}: {e}") from None
+        if tok.n_vocab > 65536:
+            raise DataprepError(f"--vocab {printable_path(vocab_path)}: ids must fit uint16 "
+                                f"(n_vocab <= 65536), got n_vocab {tok.n_vocab}")
         _TOKENIZERS[key] = tok
     return tok
 
@@ -114,9 +121,9 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
     columnar_task = task["format"] not in _C_RECORD_FORMATS   # Parquet, Arrow, records: columnar.py
     try:
         if columnar_task:
-            res = columnar.tokenize(task, options, stem, tok, n_threads)
+            res = columnar.tokenize(task, options, stem, tok.capsule, n_threads)
         else:
-            res = _run_c_task(task, options, stem, tok, n_threads, helper)
+            res = _run_c_task(task, options, stem, tok.capsule, n_threads, helper)
         res["seconds"] = round(time.perf_counter() - t0, 3)
         check_unchanged(task)
     except BaseException:

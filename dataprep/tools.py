@@ -7,7 +7,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import _dataprep
 from .build import magic_prime, magic_prime_line
 from .errors import DataprepError
 from .formats import BinIdx, FormatError, ZstShard, sha256_file, write_idx
@@ -302,7 +301,7 @@ def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -
             raise DataprepError(f"--doc {doc}: out of range (the set has {n} documents)")
         for i in range(doc, min(n, doc + count)):
             ids = s[i]
-            text = _dataprep.decode(tok, ids).decode("utf-8", errors="replace")
+            text = tok.decode_bytes(ids[ids != 0]).decode("utf-8", errors="replace")   # 0 ends a document
             out.append((i, len(ids), text))
     return out
 

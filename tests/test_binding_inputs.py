@@ -157,13 +157,12 @@ def test_decode_ids_beyond_int64(tok):
 
 
 def test_dataprep_helpers_take_bytes_like_and_refuse_text():
-    vocab = open(WorldTokenizer().vocab_path, "rb").read()
-    t = _dataprep.load_vocab(bytearray(vocab))
-    assert _dataprep.encode(t, bytearray(b"Hello world")).tolist() == [33155, 40213]
+    t = WorldTokenizer().capsule
+    assert _dataprep.encode_batch_count(t, [b"Hello world"], 1) == 2
     frame = _dataprep.zstd_compress(bytearray(b"abc" * 100), 3)
     assert _dataprep.zstd_decompress(bytearray(frame), 300) == b"abc" * 100
     with pytest.raises(TypeError, match="data: expected a bytes-like object, got str"):
-        _dataprep.encode(t, "text")
+        _dataprep.zstd_compress("text", 3)
     with pytest.raises(TypeError, match="texts\\[0\\]: expected bytes"):
         _dataprep.encode_batch_count(t, ["text"], 1)
 
@@ -214,3 +213,26 @@ def test_forward_error_paths_release_everything(model):
         grew = _traced_growth(fn)
         assert grew < 64 * 1024, f"{fn.__name__}: traced memory grew by {grew} bytes over 200 calls"
     assert (sys.getrefcount(toks), sys.getrefcount(odd_src[1]), sys.getrefcount(odd.att_kv)) == refs
+
+
+def test_dataprep_takes_the_tokenizers_capsule():
+    """The data prep tokenizes with rwkv5.tokenizer's object (one vocab parser, one loaded copy):
+    its C functions take WorldTokenizer.capsule, which keeps the tokenizer alive on its own, and
+    refuse anything else by name."""
+    import gc
+    import types
+
+    from rwkv5.dataprep.tasks import load_tokenizer
+    tok = WorldTokenizer()
+    assert isinstance(load_tokenizer(tok.vocab_path), WorldTokenizer)
+    cap = tok.capsule
+    want = len(tok.encode("Hello world, bonjour le monde"))
+    del tok
+    gc.collect()
+    assert _dataprep.encode_batch_count(cap, [b"Hello world, bonjour le monde"], 1) == want
+    import ctypes
+    other = ctypes.pythonapi.PyCapsule_New
+    other.restype, other.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    for bad in (other(1, b"some.other.capsule", None), types.SimpleNamespace(), b"vocab"):
+        with pytest.raises(TypeError, match="tokenizer: expected WorldTokenizer.capsule"):
+            _dataprep.encode_batch_count(bad, [b"x"], 1)

@@ -42,7 +42,7 @@ def test_input_type_from_name(name, txt_mode, want):
 def test_run_task_names_its_table_rows(tmp_path):
     """An unknown record format or codec is a ValueError listing the known names (it used to be
     a number checked against a hand-copied '0..3')."""
-    tok = build_mod.load_tokenizer(build_mod.default_vocab_path())
+    tok = build_mod.load_tokenizer(build_mod.default_vocab_path()).capsule
     p = tmp_path / "a.jsonl"
     p.write_bytes(b'{"text": "x"}\n')
     args = (tok, str(p), "jsonl", 0, 2**64 - 1, "text", None, False, True, 1, str(tmp_path / "t"), str(tmp_path / "m"))

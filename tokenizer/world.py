@@ -101,6 +101,13 @@ class WorldTokenizer:
 
     # ---- sizes ------------------------------------------------------------------------------
     @property
+    def capsule(self):
+        """The C tokenizer as a PyCapsule (named "rwkv5.tokenizer.wt_tokenizer"), which the C functions
+        of `rwkv5.dataprep` take: the data prep tokenizes with this same object. It keeps this
+        tokenizer's C core alive."""
+        return self._core.capsule
+
+    @property
     def n_vocab(self) -> int:
         """One more than the largest id (65530 for the World vocab; models have 65536 rows)."""
         return self._core.n_vocab

@@ -18,6 +18,11 @@ typedef struct wt_tokenizer wt_tokenizer;
 
 /* Parse a vocab file held in memory. On failure returns NULL and writes a message naming the
  * line and the problem into err (errlen bytes, NUL-terminated). */
+/* The name of the PyCapsule through which the Python bindings share one loaded wt_tokenizer:
+ * rwkv5.tokenizer's Core hands it out, rwkv5.dataprep's functions take it (both extensions are
+ * built from this same source, so they agree on the struct). */
+#define WT_CAPSULE_NAME "rwkv5.tokenizer.wt_tokenizer"
+
 wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen);
 void wt_free(wt_tokenizer *tok);
 
