@@ -21,6 +21,7 @@
 #include "common/threadpool.h"
 #include "model/ggml_blocks.h"
 #include "model/kernels.h"
+#include "model/quantize.h"
 #include "common/polled.h"
 #include "model/rwkv5_model.h"
 
@@ -684,6 +685,111 @@ static PyObject *py_dequantize_ggml(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong((long long)bad);
 }
 
+/* quantize_int8 / block_copy: a conversion of one matrix run on the thread pool, from a helper
+ * thread polled for Ctrl-C (common/polled.h) when it is large. */
+typedef struct {
+    int kind;   /* 0: quantize_int8, 1: block_copy */
+    void *dst;
+    float *scale;
+    const void *src;
+    int src_type, esz, blocked;
+    int64_t rows, cols, rc;
+    volatile int cancel;
+} convert_call;
+
+static void convert_work(void *p) {
+    convert_call *c = p;
+    c->rc = c->kind == 0 ? rwkv5_quantize_int8(c->dst, c->scale, c->src, c->src_type, c->rows, c->cols, c->blocked,
+                                               &c->cancel)
+                         : rwkv5_block_copy(c->dst, c->src, c->esz, c->rows, c->cols, &c->cancel);
+}
+
+static int convert_poll(void *p) {
+    convert_call *c = p;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = PyErr_CheckSignals() < 0;      /* leaves the exception (e.g. KeyboardInterrupt) set */
+    PyGILState_Release(g);
+    if (stop) c->cancel = 1;
+    return stop;
+}
+
+static void convert_run(convert_call *c) {
+    Py_BEGIN_ALLOW_THREADS
+    if ((double)c->rows * (double)c->cols > (double)(1 << 22))
+        rwkv5_run_polled(convert_work, c, convert_poll, c, POLL_MS);
+    else
+        convert_work(c);
+    Py_END_ALLOW_THREADS
+}
+
+/* The source matrix of a conversion: a C-contiguous 2-d array (any alignment); its float type. */
+static PyArrayObject *check_source(PyObject *obj, int *src_type) {
+    npy_intp any2[2] = {-1, -1};
+    if (!PyArray_Check(obj))
+        return (PyArrayObject *)PyErr_Format(PyExc_TypeError, "src: expected a numpy.ndarray, got %s",
+                                             Py_TYPE(obj)->tp_name);
+    int t = PyArray_TYPE((PyArrayObject *)obj);
+    *src_type = t == NPY_FLOAT32 ? RWKV5_SRC_F32 : t == NPY_FLOAT16 ? RWKV5_SRC_F16
+              : t == NPY_UINT16 ? RWKV5_SRC_BF16 : t == NPY_FLOAT64 ? RWKV5_SRC_F64 : -1;
+    if (*src_type < 0)
+        return (PyArrayObject *)PyErr_Format(PyExc_TypeError, "src: expected float32, float16, float64 or uint16 "
+                                             "(bfloat16 bits), got %s", PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
+    return check_array(obj, "src", t, 2, any2, UNALIGNED_OK);
+}
+
+/* The shape of the 4-row blocked layout of a (rows, cols) matrix of esz-byte elements. */
+static void blocked_dims(npy_intp *d4, npy_intp rows, npy_intp cols, int esz) {
+    npy_intp e = 64 / esz;
+    d4[0] = (rows + 3) / 4, d4[1] = (cols + e - 1) / e, d4[2] = 4, d4[3] = e;
+}
+
+/* quantize_int8(src (rows, cols) float, q int8 (rows, cols) or blocked, scale float32 (rows,)) -> -1,
+ * or the first row with a non-finite value. */
+static PyObject *py_quantize_int8(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *os, *oq, *osc;
+    if (!PyArg_ParseTuple(args, "OOO", &os, &oq, &osc)) return NULL;
+    int st;
+    PyArrayObject *src = check_source(os, &st);
+    if (!src) return NULL;
+    npy_intp rows = PyArray_DIM(src, 0), cols = PyArray_DIM(src, 1), d2[2] = {rows, cols}, d4[4], dr[1] = {rows};
+    int blocked = PyArray_Check(oq) && PyArray_NDIM((PyArrayObject *)oq) == 4;
+    blocked_dims(d4, rows, cols, 1);
+    PyArrayObject *q = check_array(oq, "q", NPY_INT8, blocked ? 4 : 2, blocked ? d4 : d2, WRITE);
+    PyArrayObject *sc = q ? check_array(osc, "scale", NPY_FLOAT32, 1, dr, WRITE) : NULL;
+    if (!sc) return NULL;
+    convert_call c = {0, PyArray_DATA(q), PyArray_DATA(sc), PyArray_DATA(src), st, 1, blocked, rows, cols, -1, 0};
+    convert_run(&c);
+    if (PyErr_Occurred()) return NULL;   /* KeyboardInterrupt from the poll */
+    if (c.rc == -3) return PyErr_NoMemory();
+    if (c.rc == -2) return PyErr_Format(PyExc_RuntimeError, "quantize_int8: cancelled");
+    return PyLong_FromLongLong((long long)c.rc);
+}
+
+/* block_copy(src (rows, cols), out (ceil(rows/4), ceil(cols/E), 4, E) of the same dtype, zeroed) -> None */
+static PyObject *py_block_copy(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *os, *oo;
+    npy_intp any2[2] = {-1, -1}, d4[4];
+    if (!PyArg_ParseTuple(args, "OO", &os, &oo)) return NULL;
+    if (!PyArray_Check(os)) return PyErr_Format(PyExc_TypeError, "src: expected a numpy.ndarray, got %s", Py_TYPE(os)->tp_name);
+    int t = PyArray_TYPE((PyArrayObject *)os), esz = (int)PyArray_ITEMSIZE((PyArrayObject *)os);
+    if (!PyArray_ISNUMBER((PyArrayObject *)os) || (esz != 1 && esz != 2 && esz != 4))
+        return PyErr_Format(PyExc_TypeError, "src: expected numeric elements of 1, 2 or 4 bytes, got %s",
+                            PyArray_DESCR((PyArrayObject *)os)->typeobj->tp_name);
+    PyArrayObject *src = check_array(os, "src", t, 2, any2, UNALIGNED_OK);
+    if (!src) return NULL;
+    blocked_dims(d4, PyArray_DIM(src, 0), PyArray_DIM(src, 1), esz);
+    PyArrayObject *out = check_array(oo, "out", t, 4, d4, WRITE);
+    if (!out) return NULL;
+    convert_call c = {1, PyArray_DATA(out), NULL, PyArray_DATA(src), 0, esz, 1, PyArray_DIM(src, 0),
+                      PyArray_DIM(src, 1), 0, 0};
+    convert_run(&c);
+    if (PyErr_Occurred()) return NULL;
+    if (c.rc == -2) return PyErr_Format(PyExc_RuntimeError, "block_copy: cancelled");
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_test_signal_after_forward(PyObject *self, PyObject *arg) {
     (void)self;
     int on = PyObject_IsTrue(arg);
@@ -695,6 +801,11 @@ static PyObject *py_test_signal_after_forward(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"dequantize_ggml", py_dequantize_ggml, METH_VARARGS,
      "dequantize_ggml(blocks uint8, kind, out float32) -> -1, or the first block with a non-finite scale"},
+    {"quantize_int8", py_quantize_int8, METH_VARARGS,
+     "quantize_int8(src (rows, cols) float, q int8 (rows, cols) or blocked, scale float32 (rows,)) -> -1, or the "
+     "first row with a non-finite value (all threads, GIL released)"},
+    {"block_copy", py_block_copy, METH_VARARGS,
+     "block_copy(src (rows, cols), out zeroed 4-row blocked array of its dtype): the blocked layout (all threads)"},
     {"layer_norm", py_layer_norm, METH_VARARGS,
      "layer_norm(x (R, n) f32, weight (n,), bias (n,), eps[, n_groups]) -> LayerNorm or GroupNorm rows"},
     {"wkv5", py_wkv5, METH_VARARGS, "wkv5(r, k, v (T,H,N), w, u (H,N), state (H,N,N), mode) -> (y, new_state)"},

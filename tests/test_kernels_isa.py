@@ -11,7 +11,7 @@ import pytest
 
 import rwkv5
 from rwkv5 import _model
-from rwkv5.model import _c_matrix, block_matrix, quantize_int8
+from rwkv5.model import _c_matrix, block_matrix, quantize_int8, quantize_int8_numpy
 from rwkv5.reference import ReferenceModel
 from rwkv5.testing import bf16_bits_to_float32, float32_to_bf16_bits, random_state_dict
 
@@ -243,6 +243,51 @@ def test_quantize_int8_rejects_bad_input():
         quantize_int8(np.ones(4, np.float32))
     with pytest.raises(ValueError, match="non-finite"):
         quantize_int8(np.array([[1.0, np.nan]], np.float32))
+
+
+@pytest.mark.parametrize("isa_name", list(ISAS))
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "fp64"])
+def test_quantize_int8_c_matches_numpy_twin(isa, isa_name, kind):
+    """The C quantiser (threaded, SIMD at this ISA) gives the NumPy definition's bits, row-major and
+    blocked, on odd sizes, zero rows, rows of subnormals, ties and values that round past 127."""
+    isa(isa_name)
+    rng = np.random.default_rng(3)
+    for rows, cols in [(1, 1), (5, 7), (13, 77), (9, 200), (130, 1000)]:
+        w = rng.standard_normal((rows, cols)) * rng.uniform(1e-3, 30, (rows, 1))
+        if rows > 4:
+            w[1] = 0.0
+            w[2] = 1e-41                                  # subnormal in fp32: scale 0 after / 127
+            w[3, :] = np.arange(cols) * 0.5 - 3           # ties: x.5 / scale
+        a = {"fp32": w.astype(np.float32), "fp16": w.astype(np.float16), "fp64": w,
+             "bf16": float32_to_bf16_bits(w.astype(np.float32))}[kind]
+        q0, s0 = quantize_int8_numpy(a, block_rows=8)
+        q, s = quantize_int8(a)
+        np.testing.assert_array_equal(q, q0)
+        np.testing.assert_array_equal(s.view(np.uint32), s0.view(np.uint32))
+        qb, sb = quantize_int8(a, blocked=True)
+        np.testing.assert_array_equal(qb, block_matrix(q0))
+        np.testing.assert_array_equal(sb, s0)
+        assert qb.ctypes.data % 64 == 0
+        if kind != "fp64":                               # the threaded blocked copy, any element size
+            np.testing.assert_array_equal(block_matrix(a)[..., :], _block_matrix_numpy(a))
+
+
+def _block_matrix_numpy(a):
+    rows, cols = a.shape
+    e = 64 // a.itemsize
+    g, c = -(-rows // 4), -(-cols // e)
+    p = np.zeros((g * 4, c * e), a.dtype)
+    p[:rows, :cols] = a
+    return p.reshape(g, 4, c, e).transpose(0, 2, 1, 3)
+
+
+def test_quantize_int8_names_the_non_finite_row():
+    w = np.ones((300, 64), np.float32)
+    w[217, 5], w[250, 1] = np.inf, np.nan
+    with pytest.raises(ValueError, match="row 217 "):
+        quantize_int8(w)
+    with pytest.raises(ValueError, match="row 217 "):
+        quantize_int8(w, blocked=True)
 
 
 def dequantised(sd):
