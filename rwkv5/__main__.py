@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from .formats.quantized import FORMS
 from .model import STORAGE_DTYPES   # the package is imported already (python -m rwkv5)
 
 
@@ -22,6 +23,9 @@ class CommandError(Exception):
 
 
 # -- convert -------------------------------------------------------------------------------------
+
+QUANTIZED = tuple(FORMS)     # the quantised types: saved in their own form (rwkv5.formats.quantized)
+CONVERT_DTYPES = ("bf16", "fp16", "fp32") + QUANTIZED
 
 def _is_matrix(name, a) -> bool:
     """The big weights that take the requested storage type: 2-D+ tensors that are not ``time_*``."""
@@ -45,11 +49,13 @@ def convert(src, dst, dtype, out=None) -> dict:
     from .loading import convert_array, read_checkpoint
 
     out = out or sys.stdout
-    if dtype not in ("fp32", "bf16", "fp16"):
-        raise CommandError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
+    if dtype not in CONVERT_DTYPES:
+        raise CommandError(f"--dtype must be one of {', '.join(CONVERT_DTYPES)}, got {dtype!r}")
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise CommandError(f"output {dst} is the input file")
     t0 = time.perf_counter()
+    if dtype in QUANTIZED:
+        return _convert_quantized(src, dst, dtype, out, t0)
     sd, info = read_checkpoint(src)
     tensors, dtypes = {}, {}
     counts = {}
@@ -87,6 +93,29 @@ def convert(src, dst, dtype, out=None) -> dict:
     return {"tensors": len(tensors), "bytes": nbytes}
 
 
+def _convert_quantized(src, dst, dtype, out, t0) -> dict:
+    """convert --dtype int8: the model quantised at load (all threads), saved in the quantised form
+    (rwkv5.formats.quantized) that rwkv5.load maps without quantising again."""
+    from . import __version__
+    from .loading import load, sniff_format
+    from .saving import save_model
+
+    try:
+        fmt = sniff_format(src)
+        model = load(src, dtype=dtype)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    t1 = time.perf_counter()
+    meta = {"source_format": fmt, "source": os.path.basename(src), "converted_by": f"rwkv5 {__version__}"}
+    nbytes = save_model(model, dst, metadata=meta)
+    n = sum(isinstance(w, tuple) for w in model._weights.values())
+    print(f"read {src} and quantised {n} matrices to {dtype} in {t1 - t0:.2f} s "
+          f"(the embedding and vectors kept as read)", file=out)
+    print(f"wrote {dst}: safetensors, {dtype} quantised form, {nbytes} bytes, gn_eps {model.config.gn_eps:g} "
+          f"recorded, {time.perf_counter() - t0:.2f} s", file=out)
+    return {"tensors": None, "bytes": nbytes}
+
+
 def _run_convert(args) -> int:
     convert(args.input, args.output, args.dtype)
     return 0
@@ -98,7 +127,9 @@ def add_convert(sub):
                                    "stored as --dtype, vectors and time_* tensors as fp32.")
     p.add_argument("input", help="checkpoint file (format detected from its content) or folder of shards")
     p.add_argument("output", help="safetensors file to write (atomically)")
-    p.add_argument("--dtype", required=True, choices=("bf16", "fp16", "fp32"), help="storage type of the matrices")
+    p.add_argument("--dtype", required=True, choices=CONVERT_DTYPES,
+                   help="storage type of the matrices; int8 writes the quantised form (scales beside the "
+                        "matrices, docs/formats.md) that loads without quantising again")
     p.set_defaults(func=_run_convert)
 
 

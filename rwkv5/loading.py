@@ -33,8 +33,11 @@ def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):
 
     ``dtype``: storage type of the big matrices — None keeps the type the file holds (read
     from the file's mmap; see ``layout`` for when it is copied; the matrices of a quantised rwkv.cpp
-    file, Q4_0 … Q8_0, are dequantized exactly to fp32), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
-    symmetrically per output row (see ``rwkv5.model.quantize_int8``; the embedding is kept). ``gn_eps``: GroupNorm epsilon;
+    file, Q4_0 … Q8_0, are dequantized exactly to fp32; those of a file saved in the quantised form
+    — ``rwkv5 convert --dtype int8``, ``Model.save`` of an int8 model — stay int8 and are mapped
+    zero copy), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
+    symmetrically per output row (see ``rwkv5.model.quantize_int8``, all threads; the embedding is
+    kept; a quantised file is used as stored). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
     ``layout``: "auto" (default) stores the fp16/bf16/int8 matrices (and fp32 ones converted
     from another type) in the 4-row blocked layout

@@ -19,6 +19,7 @@ import numpy as np
 from . import _model
 from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
                           float32_to_bf16_bits, model_params, native_order)
+from .formats.quantized import QuantizedMatrix, unblock
 
 GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
@@ -27,7 +28,8 @@ MAX_POSITIONS = 2**30 - 1   # B * T of one forward call (the C code's limit)
 # The storage types of the large matrices: the C table (_model.DTYPES: name, element bytes, row
 # scales) and the NumPy dtype each is held in here (bf16: its raw bits as uint16).
 _DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
-_NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16"}
+_NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16",
+            np.dtype(np.int8): "int8"}     # (a quantised matrix: the dtype of its elements, (q, scale)[0])
 assert [name for name, _, _ in _model.DTYPES] == list(_DTYPE_NAMES), "rwkv5._model.DTYPES and _DTYPE_NAMES differ"
 STORAGE_DTYPES = tuple(_DTYPE_NAMES)   # what Model.from_state_dict(dtype=...) takes besides None
 
@@ -218,6 +220,11 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
     copying only when needed. A matrix whose shape is not `shape` stays row-major, for the C
     checks to name it."""
     blocked = lambda m: layout != "rows" and m.shape == shape     # noqa: E731
+    if isinstance(a, QuantizedMatrix) and dtype in (None, a.form):   # a saved quantised form: as stored
+        q = a.q
+        if layout == "rows" and q.ndim == 4:
+            q = unblock(q, a.shape)
+        return (q,) + a.parts
     if dtype == "int8":
         src = np.asarray(a)                 # (an rwkv.cpp quantised matrix: its float32 values)
         out, copied = quantize_int8(src, blocked=layout != "rows" and src.shape == shape), True
@@ -235,9 +242,12 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
 def _c_matrix(m):
     """A matrix as the C binding takes it, tagged with its storage type: (name, array) for an
     fp32/fp16/bf16 array (bf16: uint16 bits), ("int8", q, scale) for a quantised (q, scale)."""
-    if isinstance(m, tuple):
-        return ("int8",) + tuple(m)
-    return (_NAME_OF[m.dtype], m)
+    return (_storage_name(m),) + (tuple(m) if isinstance(m, tuple) else (m,))
+
+
+def _storage_name(m):
+    """The storage type of a matrix as the model holds it (an array, or a quantised tuple (q, ...))."""
+    return _NAME_OF[(m[0] if isinstance(m, tuple) else m).dtype]
 
 
 def _as_row_major(a, dtype):
@@ -291,8 +301,10 @@ class Model:
 
         sd: name -> NumPy array of float32/float16/float64, or uint16 meaning raw bfloat16 bits.
         gn_eps: GroupNorm eps (default 64e-5 = RWKV-LM; use 1e-5 to reproduce rwkv.cpp).
-        dtype: None keeps each large matrix as given (float64 becomes fp32); "fp32", "fp16" or
-        "bf16" converts them; "int8" quantises them per output row (`quantize_int8`; the embedding
+        dtype: None keeps each large matrix as given (float64 becomes fp32; a `QuantizedMatrix` of a
+        saved quantised file stays quantised, as stored); "fp32", "fp16" or
+        "bf16" converts them; "int8" quantises them per output row (`quantize_int8`, in C on all
+        threads; a matrix already int8 is kept as it is; the embedding
         is kept as given, since only one of its rows is read per token). Small vectors are always fp32. Arrays already in the right dtype and
         layout are used in place (not copied), e.g. views of a memory-mapped file; the model keeps
         references to them. A view of a read-only file mmap that is copied has its pages released
@@ -333,10 +345,12 @@ class Model:
         # quantised), a view kept for the embedding or a vector would be all that holds the file
         # mapped (a SIGBUS if it is truncated on disk later; the whole file's copy in memory
         # with mmap=False): copy those too, so the mapping goes with the reader's objects.
-        if not any(_mmap_base(params[n]) is not None for n in matrices
-                   if n != "emb.weight" and isinstance(params[n], np.ndarray)):
+        if not any(_mmap_base(params[n][0] if isinstance(params[n], tuple) else params[n]) is not None
+                   for n in matrices if n != "emb.weight"):
             params = {n: _detach(a) for n, a in params.items()}
-        kinds = {_NAME_OF[params[n].dtype] for n in matrices} if dtype != "int8" else {"int8"}
+        # (a quantised model keeps its embedding as given: it is named by its matrices' type)
+        quantised = any(isinstance(params[n], tuple) for n in matrices)
+        kinds = {_storage_name(params[n]) for n in matrices if not (quantised and n == "emb.weight")}
         self = object.__new__(cls)
         self.config = ModelConfig(arch.version, arch.n_layer, arch.n_embd, arch.n_head, arch.head_size, arch.n_ffn,
                                   arch.vocab_size, gn_eps, kinds.pop() if len(kinds) == 1 else "mixed")
@@ -383,8 +397,9 @@ class Model:
 
     def save(self, path) -> int:
         """Write the model to `path` as a safetensors checkpoint that `rwkv5.load` reads back to
-        the same logits: RWKV-LM names, matrices in the storage type held (int8 ones as fp32
-        q * scale), the GroupNorm eps and a state-tuning initial state included (see
+        the same logits: RWKV-LM names, matrices in the storage type held (int8 ones in the
+        quantised form of `rwkv5.formats.quantized`, which loads zero copy without quantising
+        again), the GroupNorm eps and a state-tuning initial state included (see
         `rwkv5.saving`). Written atomically; returns the file size in bytes.
 
         >>> model.save("model.safetensors"); rwkv5.load("model.safetensors")  # doctest: +SKIP

@@ -4,9 +4,10 @@ The file has RWKV-LM names and raw values (docs/model.md §3), so ``rwkv5.load``
 that reads RWKV-LM safetensors) reads it back:
 
 * matrices in the storage type the model holds them (fp32, fp16, bf16); a blocked copy is written
-  row-major. An int8 model's matrices are written as fp32 ``q * scale`` (safetensors checkpoints
-  have no int8 form here): its logits then agree with the int8 model's to float32 rounding, not
-  to the bit;
+  row-major. A quantised (int8) model's matrices are written in the quantised form of
+  :mod:`rwkv5.formats.quantized` (q blocked, the scales beside it, docs/formats.md), which
+  ``rwkv5.load`` maps without quantising again: the same logits to the bit. Other readers see
+  ``I8`` tensors with ``.scale`` companions, not an RWKV-LM checkpoint;
 * vectors as float32, the ``time_mix`` ones in RWKV-LM's ``(1, 1, C)`` shape;
 * ``time_decay`` in float64 as ``ln(-ln w)`` from the ``ln w`` the model computes with, and the
   bonus as ``time_faaaa`` (a 5.0 ``time_first`` model is written as the same model with
@@ -32,23 +33,26 @@ def _row_major(a, shape):
 
 
 def _matrix(m, shape):
-    if isinstance(m, tuple):  # int8: (q, per-row scale)
-        q, scale = m
-        return _row_major(q, shape).astype(np.float32) * scale[:, None]
     return _row_major(m, shape)
 
 
 def model_tensors(model):
-    """(tensors, dtypes, metadata) for write_safetensors: everything `model` computes with."""
+    """(tensors, dtypes, metadata, first) for write_safetensors: everything `model` computes with."""
     from ._checkpoint import model_params
 
     a, c = model._arch, model.config
     H, N = c.n_head, c.head_size
     per_channel = c.version == "5.2"
-    t = {}
+    from .formats.quantized import flatten
+    from .model import _storage_name, block_matrix
+
+    t, quantised = {}, {}
     for name, layer, p in model_params(a):      # model._weights holds these names (the table PARAMS)
         w = model._weights[name]
-        if p.kind == "matrix":
+        if p.kind == "matrix" and isinstance(w, tuple):     # (q, *parts): written as held, q blocked
+            q = w[0] if w[0].ndim == 4 else block_matrix(w[0])
+            quantised[name] = (_storage_name(w), (q,) + tuple(w[1:]), p.shape(a))
+        elif p.kind == "matrix":
             t[name] = _matrix(w, p.shape(a))
         elif p.kind == "decay":                 # ln w -> time_decay = ln(-ln w)
             with np.errstate(divide="ignore"):  # ln w = 0 (w = 1) gives time_decay = -inf, as it came
@@ -67,12 +71,20 @@ def model_tensors(model):
     dtypes = {k: "BF16" for k, v in t.items() if v.dtype == np.uint16}
     meta = {"format": "rwkv5-checkpoint", "gn_eps": repr(float(c.gn_eps)), "dtype": c.dtype,
             "saved_by": "rwkv5 Model.save"}
-    return t, dtypes, meta
+    first = []
+    if quantised:
+        qt, qd, qm, first = flatten(quantised)
+        t.update(qt)
+        dtypes.update(qd)
+        meta.update(qm)
+    return t, dtypes, meta, first
 
 
-def save_model(model, path) -> int:
-    """Write `model` to `path` (safetensors, atomically); returns the file size in bytes."""
+def save_model(model, path, metadata=None) -> int:
+    """Write `model` to `path` (safetensors, atomically); returns the file size in bytes.
+    `metadata` (str -> str) is added to the file's metadata."""
     from .formats.safetensors import write_safetensors
 
-    tensors, dtypes, meta = model_tensors(model)
-    return write_safetensors(path, tensors, metadata=meta, dtypes=dtypes)
+    tensors, dtypes, meta, first = model_tensors(model)
+    meta.update(metadata or {})
+    return write_safetensors(path, tensors, metadata=meta, dtypes=dtypes, first=first)

@@ -149,6 +149,34 @@ def test_convert_cli(tmp_path, fixtures_dir, capsys, dtype):
             np.testing.assert_array_equal(t[k], v)
 
 
+@pytest.mark.parametrize("src_name", ["tiny-rwkv-5v2-730K-bf16.pth", "tiny-rwkv-5v2-730K-FP32.bin"])
+def test_convert_cli_int8_saves_the_quantised_form(tmp_path, fixtures_dir, capsys, src_name):
+    src = fixtures_dir / src_name
+    out = tmp_path / "m-int8.safetensors"
+    assert cli_main(["convert", str(src), str(out), "--dtype", "int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "quantised 97 matrices to int8" in printed and str(out) in printed
+    t, dts, meta = read_safetensors(out)
+    assert dts["blocks.3.ffn.key.weight"] == "I8" and dts["blocks.3.ffn.key.weight.scale"] == "F32"
+    assert meta["dtype"] == "int8" and meta["source_format"] == ("pth" if src.suffix == ".pth" else "rwkvcpp")
+    want = rwkv5.load(src, dtype="int8")
+    got = rwkv5.load(out)
+    assert got.config == want.config            # gn_eps of the source (1e-5 for rwkv.cpp) included
+    for mode in ("recurrent", "parallel"):
+        np.testing.assert_array_equal(got.forward(TOKENS, mode=mode)[0], want.forward(TOKENS, mode=mode)[0])
+    # converting the quantised form again keeps it as it is (no second rounding)
+    again = tmp_path / "again.safetensors"
+    assert cli_main(["convert", str(out), str(again), "--dtype", "int8"]) == 0
+    np.testing.assert_array_equal(rwkv5.load(again).forward(TOKENS)[0], want.forward(TOKENS)[0])
+    # and back to a float checkpoint: the dequantized values
+    back = tmp_path / "fp32.safetensors"
+    assert cli_main(["convert", str(out), str(back), "--dtype", "fp32"]) == 0
+    q, scale = want._weights["blocks.0.att.value.weight"]
+    rows = q.transpose(0, 2, 1, 3).reshape(-1, q.shape[1] * 64)[:64, :64]
+    np.testing.assert_array_equal(read_safetensors(back)[0]["blocks.0.att.value.weight"],
+                                  rows.astype(np.float32) * scale[:, None])
+
+
 def test_convert_cli_errors(tmp_path, capsys):
     bad = tmp_path / "junk.pth"
     bad.write_bytes(b"not a checkpoint at all")

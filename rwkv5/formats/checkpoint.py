@@ -27,6 +27,7 @@ import numpy as np
 
 from .._checkpoint import bf16_bits_to_float32, float32_to_bf16_bits
 from ._files import open_regular
+from .quantized import META_KEY, group_quantized
 
 __all__ = ["read_checkpoint", "time_state_to_att_kv", "sniff_format", "convert_array", "f32_to_bf16_bits", "bf16_bits_to_f32",
            "DTYPES", "DEFAULT_GN_EPS"]
@@ -67,6 +68,8 @@ def _read_one(path, fmt, mmap=True):
     if fmt == "safetensors":
         from .safetensors import read_safetensors
         tensors, dtypes, meta = read_safetensors(path, mmap=mmap)
+        if META_KEY in meta:        # the saved form of a quantised model (formats/quantized.py)
+            tensors, dtypes = group_quantized(tensors, dtypes, meta, path)
         kinds = {}
         for k, dt in dtypes.items():
             if dt not in _ST_KINDS:

@@ -160,12 +160,14 @@ def read_safetensors(path, mmap: bool = True):
     return f.tensors, f.dtypes, f.metadata
 
 
-def write_safetensors(path, tensors, metadata=None, dtypes=None):
+def write_safetensors(path, tensors, metadata=None, dtypes=None, first=()):
     """Write ``tensors`` (name -> ndarray) to ``path`` atomically.
 
     ``dtypes`` optionally names the safetensors dtype per tensor; it is needed only for bfloat16
     (``"BF16"``), which is passed as a uint16 array of raw bits. Other dtypes come from the
-    array. ``metadata`` must map str to str.
+    array. ``metadata`` must map str to str. ``first``: names laid out first, in that order, with
+    the data starting on a 64-byte boundary of the file (the header is padded for it): each of them
+    starts 64-byte aligned while the ones before it have sizes that are multiples of 64.
     """
     path = os.fspath(path)
     dtypes = dict(dtypes or {})
@@ -192,7 +194,10 @@ def write_safetensors(path, tensors, metadata=None, dtypes=None):
             raise TypeError(f"tensor {name!r}: array dtype {a.dtype} does not match safetensors dtype {dt} "
                             f"(expected {DTYPES[dt]})")
         items.append((name, a, dt))
-    items.sort(key=lambda t: (-DTYPES[t[2]].itemsize, t[0]))
+    rank = {name: i for i, name in enumerate(first)}
+    if set(rank) - set(tensors):
+        raise ValueError(f"first names tensors that are not given: {sorted(set(rank) - set(tensors))}")
+    items.sort(key=lambda t: (rank.get(t[0], len(rank)), -DTYPES[t[2]].itemsize, t[0]))
     header = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
@@ -201,7 +206,7 @@ def write_safetensors(path, tensors, metadata=None, dtypes=None):
         header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [pos, pos + a.nbytes]}
         pos += a.nbytes
     hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    hb += b" " * (-(8 + len(hb)) % 8)
+    hb += b" " * (-(8 + len(hb)) % (64 if first else 8))
     if len(hb) > MAX_HEADER:
         raise ValueError(f"safetensors header would be {len(hb)} bytes, above the {MAX_HEADER} limit")
     folder = os.path.dirname(os.path.abspath(path))

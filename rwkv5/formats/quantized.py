@@ -1,0 +1,159 @@
+"""The saved form of a quantised model: a safetensors file whose large matrices are stored as the
+kernels read them, so that ``rwkv5.load`` maps them (zero copy) instead of quantising again.
+
+Written by ``rwkv5 convert --dtype int8`` and by ``Model.save`` of a quantised model; the layout is
+specified in docs/formats.md ("Quantised safetensors"). For each quantised matrix ``NAME`` of
+logical shape (rows, cols):
+
+* ``NAME``: its elements in the 4-row blocked layout (``rwkv5.model.block_matrix``: shape
+  (ceil(rows/4), ceil(cols/E), 4, E) with E elements per 64-byte line, zero padded);
+* ``NAME.<part>``: the type's other arrays (int8: ``NAME.scale``, float32 (rows,));
+* the metadata key ``rwkv5_quantized``: JSON ``{"version": 1, "dtype": "int8", "layout":
+  "blocked4", "matrices": {NAME: [rows, cols], ...}}``.
+
+The writer places the blocked matrices first, from a 64-byte aligned start of the data, so every
+one starts on a cache line. Everything else (embedding, vectors, ``time_*``) is as in any
+checkpoint. ``FORMS`` is the one table of the quantised types: a new one is a row (its stored
+element type, bytes per element and the shapes of its parts), plus its kernels.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FORMS", "META_KEY", "QuantizedMatrix", "group_quantized", "flatten", "unblock"]
+
+META_KEY = "rwkv5_quantized"
+VERSION = 1
+LAYOUT = "blocked4"
+
+
+@dataclass(frozen=True)
+class QuantForm:
+    st_dtype: str           # safetensors dtype of the stored elements
+    np_dtype: np.dtype      # the NumPy dtype they are held in
+    parts: tuple            # ((suffix, safetensors dtype, shape(rows, cols)), ...) after the elements
+
+    def blocked_shape(self, rows, cols):
+        e = 64 // self.np_dtype.itemsize
+        return (-(-rows // 4), -(-cols // e), 4, e)
+
+
+FORMS = {
+    # W[o][i] = q[o][i] * scale[o]
+    "int8": QuantForm("I8", np.dtype(np.int8), (("scale", "F32", lambda rows, cols: (rows,)),)),
+}
+
+
+def unblock(a, shape):
+    """A blocked array (ceil(rows/4), ceil(cols/E), 4, E) -> its (rows, cols) row-major copy."""
+    g, c, four, e = a.shape
+    return np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(g * four, c * e)[:shape[0], :shape[1]])
+
+
+class QuantizedMatrix:
+    """A matrix stored in a quantised type: ``q`` (the elements, blocked) and ``parts`` (int8: the
+    per-row scales), as the model holds them. ``np.asarray(m)`` gives its float32 values (computed
+    afresh, not kept), so code that wants floats (``convert --dtype bf16``) reads it as any tensor."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, form, q, parts, shape):
+        self.form, self.q, self.parts, self.shape = form, q, tuple(parts), tuple(shape)
+
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: math.prod(self.shape))
+
+    @property
+    def held(self):
+        """(q, *parts): what Model.from_state_dict keeps for this matrix."""
+        return (self.q,) + self.parts
+
+    def dequantize(self) -> np.ndarray:
+        q = unblock(self.q, self.shape) if self.q.ndim == 4 else self.q
+        if self.form == "int8":
+            return q.astype(np.float32) * self.parts[0][:, None]
+        raise AssertionError(self.form)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.dequantize()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self):
+        return f"QuantizedMatrix({self.form}, shape={self.shape})"
+
+
+def group_quantized(tensors, dtypes, meta, path):
+    """The tensors of a quantised file with each quantised matrix and its parts made one
+    QuantizedMatrix; returns (state_dict, dtypes: name -> safetensors dtype, "F32" for a quantised
+    matrix, which reads as float32). Validates the
+    metadata and every matrix's arrays against FORMS, naming the file and tensor."""
+    try:
+        info = json.loads(meta[META_KEY])
+    except ValueError as e:
+        raise ValueError(f"{path}: metadata {META_KEY} is not JSON: {e}") from None
+    if not isinstance(info, dict) or info.get("version") != VERSION:
+        raise ValueError(f"{path}: metadata {META_KEY}: expected an object with version {VERSION}, got "
+                         f"{str(info)[:80]}")
+    form_name, layout, mats = info.get("dtype"), info.get("layout"), info.get("matrices")
+    if form_name not in FORMS:
+        raise ValueError(f"{path}: metadata {META_KEY}: dtype {form_name!r} is not one of {', '.join(FORMS)}")
+    if layout != LAYOUT:
+        raise ValueError(f"{path}: metadata {META_KEY}: layout {layout!r} is not {LAYOUT!r}")
+    if not isinstance(mats, dict):
+        raise ValueError(f"{path}: metadata {META_KEY}: 'matrices' must map names to [rows, cols]")
+    form = FORMS[form_name]
+    sd, taken = {}, set()
+    for name, shape in mats.items():
+        where = f"{path}: tensor {name!r}"
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d > 0 for d in shape)):
+            raise ValueError(f"{where}: metadata shape {str(shape)[:40]} is not [rows, cols]")
+        rows, cols = shape
+        arrays = []
+        for suffix, st, shp in (("", form.st_dtype, form.blocked_shape),) + form.parts:
+            key = name + ("." + suffix if suffix else "")
+            if key not in tensors:
+                raise ValueError(f"{path}: tensor {key!r} of the {form_name} matrix {name!r} is missing")
+            if dtypes[key] != st or tuple(tensors[key].shape) != tuple(shp(rows, cols)):
+                raise ValueError(f"{path}: tensor {key!r}: expected {st} {tuple(shp(rows, cols))} for a "
+                                 f"{form_name} matrix of shape ({rows}, {cols}), got {dtypes[key]} "
+                                 f"{tuple(tensors[key].shape)}")
+            arrays.append(tensors[key])
+            taken.add(key)
+        if form.parts and form.parts[0][0] == "scale" and not np.all(np.isfinite(arrays[1])):
+            raise ValueError(f"{path}: tensor {name + '.scale'!r} has non-finite values")
+        sd[name] = QuantizedMatrix(form_name, arrays[0], arrays[1:], (rows, cols))
+    kinds = {}
+    for key, a in tensors.items():
+        if key not in taken:
+            sd[key] = a
+            kinds[key] = dtypes[key]
+    for name in mats:
+        kinds[name] = "F32"      # read as floats by whatever does not take the quantised form
+    return sd, kinds
+
+
+def flatten(matrices):
+    """{name: (form name, (q blocked, *parts), (rows, cols))} -> (tensors, safetensors dtypes,
+    metadata, the names to lay out first (64-byte aligned)), for write_safetensors."""
+    out, dts, shapes, first = {}, {}, {}, []
+    forms = {f for f, _, _ in matrices.values()}
+    if len(forms) > 1:
+        raise ValueError(f"a quantised file holds one quantised type, got {sorted(forms)}")
+    for name, (form_name, held, shape) in matrices.items():
+        form = FORMS[form_name]
+        q = held[0]
+        if tuple(q.shape) != form.blocked_shape(*shape):
+            raise ValueError(f"{name}: a {form_name} matrix is written blocked, {form.blocked_shape(*shape)}; "
+                             f"got shape {q.shape}")
+        out[name], dts[name] = q, form.st_dtype
+        first.append(name)
+        for (suffix, st, _), a in zip(form.parts, held[1:]):
+            out[f"{name}.{suffix}"], dts[f"{name}.{suffix}"] = a, st
+        shapes[name] = [int(shape[0]), int(shape[1])]
+    meta = {META_KEY: json.dumps({"version": VERSION, "dtype": forms.pop() if forms else None,
+                                  "layout": LAYOUT, "matrices": shapes}, separators=(",", ":"))}
+    return out, dts, meta, first
