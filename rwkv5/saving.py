@@ -43,15 +43,14 @@ def model_tensors(model):
     a, c = model._arch, model.config
     H, N = c.n_head, c.head_size
     per_channel = c.version == "5.2"
-    from .formats.quantized import flatten
-    from .model import _storage_name, block_matrix
+    from .formats.quantized import block, flatten, form_of
 
     t, quantised = {}, {}
     for name, layer, p in model_params(a):      # model._weights holds these names (the table PARAMS)
         w = model._weights[name]
         if p.kind == "matrix" and isinstance(w, tuple):     # (q, *parts): written as held, q blocked
-            q = w[0] if w[0].ndim == 4 else block_matrix(w[0])
-            quantised[name] = (_storage_name(w), (q,) + tuple(w[1:]), p.shape(a))
+            q = w[0] if w[0].ndim == 4 else block(w[0])
+            quantised[name] = (form_of(w), (q,) + tuple(w[1:]), p.shape(a))
         elif p.kind == "matrix":
             t[name] = _matrix(w, p.shape(a))
         elif p.kind == "decay":                 # ln w -> time_decay = ln(-ln w)

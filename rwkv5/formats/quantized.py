@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FORMS", "META_KEY", "QuantizedMatrix", "group_quantized", "flatten", "unblock"]
+__all__ = ["FORMS", "META_KEY", "QuantizedMatrix", "group_quantized", "flatten", "block", "unblock", "form_of"]
 
 META_KEY = "rwkv5_quantized"
 VERSION = 1
@@ -52,6 +52,25 @@ def unblock(a, shape):
     """A blocked array (ceil(rows/4), ceil(cols/E), 4, E) -> its (rows, cols) row-major copy."""
     g, c, four, e = a.shape
     return np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(g * four, c * e)[:shape[0], :shape[1]])
+
+
+def block(a):
+    """A (rows, cols) array -> the 4-row blocked layout (zero padded), in NumPy (for saving a model
+    built with layout="rows"; loading uses rwkv5.model.block_matrix, threaded in C)."""
+    rows, cols = a.shape
+    e = 64 // a.itemsize
+    g, c = -(-rows // 4), -(-cols // e)
+    p = np.zeros((g * 4, c * e), a.dtype)
+    p[:rows, :cols] = a
+    return np.ascontiguousarray(p.reshape(g, 4, c, e).transpose(0, 2, 1, 3))
+
+
+def form_of(held):
+    """The name of the quantised type a model's (q, *parts) is in (by q's element type)."""
+    for name, form in FORMS.items():
+        if held[0].dtype == form.np_dtype and len(held) == 1 + len(form.parts):
+            return name
+    raise ValueError(f"no quantised type stores {held[0].dtype} with {len(held) - 1} parts")
 
 
 class QuantizedMatrix:
