@@ -91,11 +91,25 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--out", required=True, metavar="PREFIX", help="prefix of the binidx set to write (PREFIX.bin, PREFIX.idx)")
     u.add_argument("--ctx-len", type=int, default=None,
                    help="also print RWKV-LM's --my_exit_tokens/--magic_prime for this ctx_len")
+    for cmd in sub.choices.values():
+        cmd.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="an fsspec option for s3://, gs://, hf://, https:// ... paths (repeatable; e.g. "
+                              "endpoint_url=http://host:9000, anon=true; values true/false/numbers are parsed); "
+                              "the store's own environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...) applies too")
     return p
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    storage_options = None
+    if args.storage_option:
+        from .. import storage
+        try:
+            storage_options = storage.parse_storage_options(args.storage_option)
+        except ValueError as e:
+            parser.error(str(e))
+        storage.set_default_options(storage_options)
     from .build import DataprepError, build, magic_prime_line
     from .formats import FormatError
     from . import tools
@@ -113,7 +127,9 @@ def main(argv=None) -> int:
                       txt_mode=args.txt_mode, task_size=args.task_size, zst_level=args.zst_level,
                       mix_temperature=args.mix_temperature, mix_weights=args.mix_weights,
                       mix_default_weight=args.mix_default_weight, mix_tokens=args.mix_tokens,
-                      mix_max_epochs=args.mix_max_epochs)
+                      mix_max_epochs=args.mix_max_epochs,
+                      # also handed to the tasks, which may run in other processes (--engine ray)
+                      storage_options=storage_options or None)
             if executor is not None:
                 executor.shutdown()
             t = m["totals"]

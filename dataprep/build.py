@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import storage
 from . import _dataprep, columnar
 from .formats import sha256_file, write_idx, write_zst_shard
 from .errors import DataprepError, printable_path
@@ -69,8 +70,10 @@ _FOLDER_SUFFIXES = tuple(rs + c["suffix"] for rs, _, folder in RECORD_SUFFIXES
                          if folder or c["suffix"]) + COLUMNAR_SUFFIXES
 
 
-def read_head(path: str) -> bytes:
-    """The first bytes of a file, as many as codec detection looks at."""
+def read_head(path: str, storage_options: dict = None) -> bytes:
+    """The first bytes of a file (or object), as many as codec detection looks at."""
+    if storage.is_url(path):
+        return storage.cat(path, 0, _dataprep.CODEC_HEAD, storage_options=storage_options)
     with open(path, "rb") as f:
         return f.read(_dataprep.CODEC_HEAD)
 
@@ -110,13 +113,37 @@ def _check_utf8_name(path: str, what: str) -> None:
                             f"names as UTF-8 text); rename it") from None
 
 
-def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None) -> list:
+def _expand_url(arg: str, storage_options: dict, ours, unread: list) -> list:
+    """One URL input: an object, a glob over objects, or a prefix ("folder") searched for the
+    suffixes _FOLDER_SUFFIXES lists (the other objects under it go to `unread`)."""
+    if any(c in arg.split("://", 1)[1] for c in "*?["):
+        hits = [h for h in storage.glob(arg, storage_options) if not ours(h)]
+        if not hits:
+            raise DataprepError(f"input {arg!r}: the pattern matches no object")
+        return hits
+    if storage.isdir(arg, storage_options):
+        out = []
+        for u in storage.find(arg, storage_options):
+            if ours(u) or u.rsplit("/", 1)[-1] == columnar.DATASET_DICT_META:
+                continue
+            if u.lower().endswith(_FOLDER_SUFFIXES):
+                out.append(u)
+            elif unread is not None:
+                unread.append(u)
+        return out
+    if not storage.exists(arg, storage_options):
+        raise DataprepError(f"input {arg}: no such object or prefix")
+    return [arg]
+
+
+def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None, storage_options: dict = None) -> list:
     """Files, globs and folders -> sorted unique real paths (symlinks resolved, a file reached by
     two paths read once). Folders are searched recursively, following symlinked folders and never
     entering one twice (loops), for the suffixes _FOLDER_SUFFIXES lists; every other file found there
     is appended to `unread` (when given) so the caller can report it. Folder and glob hits that
     belong to the output set (exclude_prefix*, its work folder) are left out. A single str or
-    path is one input."""
+    path is one input. URLs (s3://, gs://, hf://, https://, ...; rwkv5/storage.py) name an object,
+    a glob over objects or a prefix searched like a folder; they are kept as given."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
         inputs = [inputs]
     out = set()
@@ -126,6 +153,10 @@ def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None) -> li
     ours_res = [re.compile(re.escape(x) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") for x in prefixes]
 
     def ours(path):
+        if storage.is_url(path) or storage.is_url(exclude_prefix):
+            return exclude_prefix is not None and (
+                re.match(re.escape(str(exclude_prefix)) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$", path) is not None
+                or path.startswith(str(exclude_prefix) + ".work/"))
         for p in {os.path.abspath(path), os.path.realpath(path)}:
             for x, rx in zip(prefixes, ours_res):
                 if rx.match(p) or p.startswith(x + ".work" + os.sep):
@@ -141,6 +172,12 @@ def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None) -> li
         arg = os.fsdecode(os.fspath(arg))
         if arg == "":
             raise DataprepError("input '': an empty path")
+        if storage.is_url(arg):
+            for u in _expand_url(arg, storage_options, ours, unread):
+                _check_utf8_name(u, "input")
+                out.add(u)
+            continue
+        arg = storage.local_path(arg)
         if os.path.isdir(arg):
             visited = {(st.st_dev, st.st_ino) for st in [os.stat(arg)]}
             for root, dirs, files in os.walk(arg, followlinks=True):
@@ -185,11 +222,32 @@ def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None) -> li
     return sorted(out)
 
 
-def _cut_points(path: str, size: int, task_size: int) -> list:
+class _ObjectSeeker:
+    """seek/read over an object by ranged reads (for _cut_points, which reads a little at each cut)."""
+
+    def __init__(self, url: str, storage_options: dict):
+        self.url, self.opts, self.pos = url, storage_options, 0
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def read(self, n: int) -> bytes:
+        data = storage.cat(self.url, self.pos, self.pos + n, storage_options=self.opts)
+        self.pos += len(data)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def _cut_points(path: str, size: int, task_size: int, storage_options: dict = None) -> list:
     """Byte offsets that split a text file into ranges of about task_size, each cut right after a
     newline (so every range holds whole lines)."""
     cuts = [0]
-    with open(path, "rb") as f:
+    with (_ObjectSeeker(path, storage_options) if storage.is_url(path) else open(path, "rb")) as f:
         target = task_size
         while target < size:
             f.seek(target)
@@ -234,28 +292,37 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
                           "bytes": path["bytes"], "sha256": path["sha256"], "label": "records"})
             continue
         lang = lang_of_path(path, options.get("lang_from_path"))
-        fmt = columnar.sniff(path)
+        so = options.get("storage_options")
+        # the input's size and mtime (an object's size and ETag) when planned: checked again when a
+        # task has read it (tasks.check_unchanged)
+        version = _input_version(path, so)
+        fmt = columnar.sniff(path, so)
         if fmt is not None:   # Parquet (cut by row groups) or Arrow IPC
-            st = os.stat(path)
             for part, (a, b, first, nbytes) in enumerate(columnar.plan(path, fmt, options)):
                 tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": "plain", **lang,
-                              "part": part, "start": a, "end": b, "first_row": first, "bytes": nbytes,
-                              "input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns})
+                              "part": part, "start": a, "end": b, "first_row": first, "bytes": nbytes, **version})
             continue
-        fmt, codec = input_type(path, options["txt_mode"], read_head(path))
-        st = os.stat(path)
-        size = st.st_size
+        fmt, codec = input_type(path, options["txt_mode"], read_head(path, so))
+        size = version["input_bytes"]
         if RECORD_FORMATS[fmt]["splittable"] and codec == "plain" and size > options["task_size"]:
-            cuts = _cut_points(path, size, options["task_size"])
+            cuts = _cut_points(path, size, options["task_size"], so)
         else:
             cuts = [0, size]
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             whole = len(cuts) == 2
-            # the input's size and mtime when planned: checked again when the task has read it
             tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": codec, **lang, "part": part,
-                          "start": 0 if whole else a, "end": -1 if whole else b,
-                          "input_bytes": size, "input_mtime_ns": st.st_mtime_ns})
+                          "start": 0 if whole else a, "end": -1 if whole else b, **version})
     return tasks
+
+
+def _input_version(path: str, storage_options: dict = None) -> dict:
+    """What identifies the version of an input a task reads: its size and mtime, or for an object
+    its size and ETag (or modification time when the store has no ETag)."""
+    if storage.is_url(path):
+        fp = storage.fingerprint(path, storage_options)
+        return {"input_bytes": fp["bytes"], "input_etag": fp.get("etag") or fp.get("mtime") or ""}
+    st = os.stat(path)
+    return {"input_bytes": st.st_size, "input_mtime_ns": st.st_mtime_ns}
 
 
 # ----------------------------------------------------------------------------- one task
@@ -342,7 +409,10 @@ def magic_prime_line(n_tokens: int, ctx_len: int) -> str:
     return f"--my_exit_tokens {n_tokens} --magic_prime {p} --ctx_len {ctx_len}"
 
 
-def _file_fingerprint(path: str) -> dict:
+def _file_fingerprint(path: str, storage_options: dict = None) -> dict:
+    if storage.is_url(path):   # {"path": URL, "bytes", "etag" and/or "mtime"}
+        fp = storage.fingerprint(path, storage_options)
+        return {"path": path, **{k: v for k, v in fp.items() if k != "url"}}
     st = os.stat(path)
     return {"path": path, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -352,6 +422,7 @@ def _file_fingerprint(path: str) -> dict:
 DEFAULTS = dict(text_field="text", lang_field=None, lang_from_path=None, format="binidx", shard_size=None, ctx_len=None,
                 shuffle=False, seed=0, epochs=1, dedup=None, on_error="fail", txt_mode="file",
                 repair_utf8=False, task_size=64 << 20, zst_level=3, frame_tokens=1 << 20, batch_bytes=0,
+                storage_options=None,
                 **MIX_DEFAULTS)
 
 
@@ -401,6 +472,8 @@ def _check_options(o: dict) -> None:
         if o[k] and "\0" in o[k]:
             raise DataprepError(f"--{k.replace('_', '-')}: a field name cannot hold a NUL character")
     check_mix_options(o)
+    if o["storage_options"] is not None and not isinstance(o["storage_options"], dict):
+        raise DataprepError(f"storage_options: expected a dict of fsspec options, got {type(o['storage_options']).__name__}")
 
 
 
@@ -478,6 +551,8 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
                              allow_empty, log)
 
 
+# options never written to the plan or the manifest (storage options may hold credentials)
+_UNRECORDED = ("storage_options",)
 # the options a task's parts depend on (besides the task itself, its input file and the vocab);
 # on_error is handled apart: a task that met no bad record has the same parts under fail and skip
 _TASK_OPTIONS = ("text_field", "lang_field", "lang_from_path", "repair_utf8", "txt_mode")
@@ -575,17 +650,17 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
             files.append({"path": final, "bytes": os.path.getsize(p), "sha256": sha256_file(p),
                           "first_record": first, "records": n})
     else:
-        files = expand_inputs(inputs, exclude_prefix=out, unread=unread)
+        files = expand_inputs(inputs, exclude_prefix=out, unread=unread, storage_options=options["storage_options"])
     if unread:
         shown = ", ".join(unread[:5]) + (", ..." if len(unread) > 5 else "")
         log(f"warning: {len(unread)} file(s) under the input folders are not read (not "
             f"{', '.join(_FOLDER_SUFFIXES)}): {shown} (listed in the manifest as inputs_not_read)")
     tasks = plan_tasks(files, options)
     vocab_sha = sha256_file(options["vocab"])
-    plan = {"plan_version": PLAN_VERSION, "options": {k: v for k, v in options.items()},
+    plan = {"plan_version": PLAN_VERSION, "options": {k: v for k, v in options.items() if k not in _UNRECORDED},
             "vocab_sha256": vocab_sha, "tasks": tasks,
-            "inputs": [_file_fingerprint(p) if isinstance(p, str) else {k: p[k] for k in ("path", "bytes", "sha256")}
-                       for p in files]}
+            "inputs": [_file_fingerprint(p, options["storage_options"]) if isinstance(p, str)
+                       else {k: p[k] for k in ("path", "bytes", "sha256")} for p in files]}
     _prepare_workdir(lock, plan, restart, log)
     if spilled is not None:
         columnar.replace_folder(os.path.join(workdir, RECORDS_NEW), os.path.join(workdir, RECORDS_DIR))
@@ -856,13 +931,14 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
 
     total_tokens = int(sizes[order].sum()) if n else 0
     planned_bytes = {t["path"]: t.get("input_bytes", t.get("bytes")) for t in tasks}
-    opts_out = {k: v for k, v in options.items() if k not in ("vocab",)}
+    etags = {t["path"]: t["input_etag"] for t in tasks if t.get("input_etag")}   # objects: their version
+    opts_out = {k: v for k, v in options.items() if k not in ("vocab",) + _UNRECORDED}
     manifest = {
         "format": "rwkv5-dataprep-manifest",
         "version": 1,
         "output": {"prefix": os.path.basename(out), "format": options["format"], "sharded": bool(shard_tokens),
                    "dtype": "uint16", "eot_token": 0},
-        "inputs": [{"path": p, "bytes": planned_bytes[p]} for p in files],
+        "inputs": [{"path": p, "bytes": planned_bytes[p], **({"etag": etags[p]} if p in etags else {})} for p in files],
         "options": opts_out,
         "tokenizer": {"vocab": options["vocab"], "vocab_sha256": vocab_sha, "n_vocab": n_vocab},
         "totals": {"documents": int(len(order)), "unique_documents": n, "tokens": total_tokens,

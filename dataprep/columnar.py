@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import storage
 from . import _dataprep
 from .errors import DataprepError
 
@@ -51,14 +52,30 @@ def pyarrow_modules(what: str):
     return pa, pc, pq, ipc
 
 
-def sniff(path: str):
+def _open_input(path: str, options: dict = None, read_ahead: int = None):
+    """A local path as it is, or an object (URL) as a seekable file object of ranged reads
+    (rwkv5/storage.py) that pyarrow reads like a file."""
+    if not storage.is_url(path):
+        return path
+    so = (options or {}).get("storage_options")
+    return storage.open_read(path, so) if read_ahead is None else storage.open_read(path, so, read_ahead=read_ahead)
+
+
+def sniff(path: str, storage_options: dict = None):
     """'parquet' or 'arrow' when the file is one (by its magic bytes; an IPC stream by its
     .arrow name), else None. A .parquet name without the magic is an error."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise DataprepError(f"{path}: cannot open: {e.strerror}") from None
+    if storage.is_url(path):
+        head = storage.cat(path, 0, 8, storage_options=storage_options)
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            raise DataprepError(f"{path}: cannot open: {e.strerror}") from None
+    return _sniff_head(path, head)
+
+
+def _sniff_head(path: str, head: bytes):
     low = path.lower()
     if head[:4] == PARQUET_MAGIC:
         return "parquet"
@@ -97,9 +114,16 @@ def plan(path: str, fmt: str, options: dict) -> list:
     file (start 0, end -1)."""
     pa, pc, pq, ipc = pyarrow_modules(path)
     if fmt == "arrow":
-        return [(0, -1, 0, os.path.getsize(path))]
+        nbytes = storage.size(path, options.get("storage_options")) if storage.is_url(path) else os.path.getsize(path)
+        return [(0, -1, 0, nbytes)]
     try:
-        md = pq.ParquetFile(path).metadata
+        # an object: only its footer is read (read_ahead 0: no blocks fetched past it)
+        src = _open_input(path, options, read_ahead=0)
+        try:
+            md = pq.ParquetFile(src).metadata
+        finally:
+            if src is not path:
+                src.close()
     except (OSError, pa.ArrowException) as e:
         raise DataprepError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
     ranges, a, acc, row, first = [], 0, 0, 0, 0
@@ -349,7 +373,7 @@ def _add_batch(enc, batch, schema, text_path, lang_path, options, where):
 def _tokenize_parquet(task, options, enc, pa, pq):
     # buffered reads: a column chunk is streamed page by page, not read whole (memory does not
     # grow with the row group)
-    pf = pq.ParquetFile(task["path"], memory_map=False, buffer_size=4 << 20, pre_buffer=False)
+    pf = pq.ParquetFile(_open_input(task["path"], options), memory_map=False, buffer_size=4 << 20, pre_buffer=False)
     schema = pf.schema_arrow
     text_path, lang_path = _fields(schema, options, task["path"])
     columns = [".".join(p) for p in (text_path, lang_path) if p]
@@ -392,10 +416,16 @@ class _EmptyBatch:
 
 
 def _tokenize_ipc(task, options, enc, pa, ipc):
-    source = pa.memory_map(task["path"], "r")
+    if storage.is_url(task["path"]):
+        source = _open_input(task["path"], options)
+        is_file = source.read(6) == ARROW_FILE_MAGIC
+        source.seek(0)
+    else:
+        source = pa.memory_map(task["path"], "r")
     try:
-        with open(task["path"], "rb") as f:
-            is_file = f.read(6) == ARROW_FILE_MAGIC
+        if not storage.is_url(task["path"]):
+            with open(task["path"], "rb") as f:
+                is_file = f.read(6) == ARROW_FILE_MAGIC
         reader = ipc.open_file(source) if is_file else ipc.open_stream(source)
         schema = reader.schema
         records = task["format"] == "records"

@@ -20,6 +20,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
+from .. import storage
 from ..tokenizer.world import VOCAB_NAME, default_vocab_path  # noqa: F401 (one lookup, re-exported)
 from . import _dataprep, columnar
 from ..tokenizer.world import WorldTokenizer
@@ -122,10 +123,12 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
     try:
         if columnar_task:
             res = columnar.tokenize(task, options, stem, tok.capsule, n_threads)
+        elif storage.is_url(task["path"]):
+            res = _run_c_task_on_object(task, options, stem, tok.capsule, n_threads, helper)
         else:
             res = _run_c_task(task, options, stem, tok.capsule, n_threads, helper)
         res["seconds"] = round(time.perf_counter() - t0, 3)
-        check_unchanged(task)
+        check_unchanged(task, options.get("storage_options"))
     except BaseException:
         _remove_tmp_parts(stem)
         raise
@@ -174,12 +177,80 @@ def _run_c_task(task: dict, options: dict, stem: str, tok, n_threads: int, helpe
             ex.shutdown(wait=True)
 
 
-def check_unchanged(task: dict) -> None:
-    """Raise DataprepError when the task's input no longer has the size and mtime it had when the
-    build was planned (it was written to, truncated or replaced while the build read it)."""
+PIPE_BYTES = 1 << 20   # the pipe between the fetch thread and the C reader (F_SETPIPE_SZ; Linux)
+
+
+def _run_c_task_on_object(task: dict, options: dict, stem: str, tok, n_threads: int, helper: Executor) -> dict:
+    """The C reader/tokenizer on an object-store input (s3://, gs://, ...): a fetch thread reads the
+    task's bytes (the whole object, or the byte range of a range task, which the plan cut right
+    after a newline) with storage.open_read's ranged reads and read-ahead, and writes them into a
+    pipe; the C task reads the pipe as its input file (/dev/fd/N), the same code path as a local
+    file. The network and the tokenizer overlap, memory is bounded by the read-ahead blocks and the
+    pipe, and the local-file path is untouched. Errors of the C reader name the URL; a failed fetch
+    raises (the C reader's end-of-input then is not taken for the end of the object)."""
+    url = task["path"]
+    reader = storage.open_read(url, options.get("storage_options"), start=task["start"],
+                               end=None if task["end"] < 0 else task["end"], size=task.get("input_bytes"))
+    r, w = os.pipe()
+    try:
+        import fcntl
+        fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass   # the default pipe size works too (more, smaller writes)
+    failure = []
+
+    def feed():
+        try:
+            with reader:
+                buf = bytearray(PIPE_BYTES)
+                while True:
+                    n = reader.readinto(buf)
+                    if n == 0:
+                        break
+                    view = memoryview(buf)[:n]
+                    while view:
+                        view = view[os.write(w, view):]
+        except BrokenPipeError:
+            pass   # the C reader stopped early (a bad record, an error, Ctrl-C): it says why
+        except BaseException as e:   # noqa: BLE001 (raised by the caller below)
+            failure.append(e)
+        finally:
+            os.close(w)
+
+    feeder = threading.Thread(target=feed, name="rwkv5-dataprep-fetch", daemon=True)
+    feeder.start()
+    fd_path = f"/dev/fd/{r}"
+    try:
+        res = _run_c_task(dict(task, path=fd_path, start=0, end=-1), options, stem, tok, n_threads, helper)
+    finally:
+        os.close(r)   # a feeder blocked on a full pipe gets EPIPE and ends
+        feeder.join()
+    if failure:
+        raise failure[0]
+    if res.get("error"):
+        res["error"] = res["error"].replace(fd_path, url)
+    return res
+
+
+def check_unchanged(task: dict, storage_options: dict = None) -> None:
+    """Raise DataprepError when the task's input no longer has the size and mtime (an object: size
+    and ETag) it had when the build was planned (it was written to, truncated or replaced while the
+    build read it)."""
     if "input_bytes" not in task:
         return
     path = task["path"]
+    if storage.is_url(path):
+        try:
+            fp = storage.fingerprint(path, storage_options)
+        except FileNotFoundError:
+            raise DataprepError(f"{path}: the input disappeared during the build") from None
+        now = fp.get("etag") or fp.get("mtime") or ""
+        if fp["bytes"] != task["input_bytes"] or now != task.get("input_etag", now):
+            what = (f"{task['input_bytes']} bytes when the build started, {fp['bytes']} now"
+                    if fp["bytes"] != task["input_bytes"] else "its ETag changed")
+            raise DataprepError(f"{path}: the input changed during the build ({what}); "
+                                f"its documents may be incomplete; rerun when it no longer changes")
+        return
     try:
         st = os.stat(path)
     except OSError as e:

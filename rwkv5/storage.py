@@ -360,15 +360,15 @@ class RangeReader(io.RawIOBase):
     """
 
     def __init__(self, url: str, storage_options: dict = None, *, start: int = 0, end: int = None,
-                 block_size: int = BLOCK_SIZE, read_ahead: int = READ_AHEAD, counter: dict = None, size: int = None):
+                 block_size: int = None, read_ahead: int = None, counter: dict = None, size: int = None):
         super().__init__()
         self.url = url
         self._fs, self._path = filesystem(url, storage_options)
         self._size = int(size) if size is not None else int(retry(self._fs.size, self._path, url=url, what="stat"))
         self._end = self._size if end is None or end < 0 else min(int(end), self._size)
         self._start = max(0, min(int(start), self._end))
-        self._block = max(1 << 12, int(block_size))
-        self._ahead = max(0, int(read_ahead))
+        self._block = max(1 << 12, int(BLOCK_SIZE if block_size is None else block_size))
+        self._ahead = max(0, int(READ_AHEAD if read_ahead is None else read_ahead))
         self._counter = counter
         self._pos = self._start
         self._buf = b""          # the block at hand, covering [self._buf_at, self._buf_at + len)
@@ -496,9 +496,10 @@ class RangeReader(io.RawIOBase):
 
 
 def open_read(url: str, storage_options: dict = None, *, start: int = 0, end: int = None,
-              block_size: int = BLOCK_SIZE, read_ahead: int = READ_AHEAD, counter: dict = None,
+              block_size: int = None, read_ahead: int = None, counter: dict = None,
               size: int = None) -> RangeReader:
     """A binary file object reading ``url`` (optionally only bytes ``start:end``) in ranged reads
-    of ``block_size`` with ``read_ahead`` blocks fetched ahead by a thread (``RangeReader``)."""
+    of ``block_size`` (default BLOCK_SIZE) with ``read_ahead`` (default READ_AHEAD) blocks fetched
+    ahead by a thread (``RangeReader``)."""
     return RangeReader(url, storage_options, start=start, end=end, block_size=block_size,
                        read_ahead=read_ahead, counter=counter, size=size)
