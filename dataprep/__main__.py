@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                          help="an fsspec option for s3://, gs://, hf://, https:// ... paths (repeatable; e.g. "
                               "endpoint_url=http://host:9000, anon=true; values true/false/numbers are parsed); "
-                              "the store's own environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...) applies too")
+                              "the store's own environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...) applies too (default: none)")
     return p
 
 

@@ -89,7 +89,7 @@ def test_glob_over_objects_equals_local_glob(s3, tmp_path):
     files = _corpus(tmp_path / "in")
     _upload(s3, files)
     s3.put("in/notes.md", b"not an input")
-    local = _build([str(tmp_path / "in" / "*.json*")], tmp_path / "local")
+    _build([str(tmp_path / "in" / "*.json*")], tmp_path / "local")
     remote = _build([s3.url("in/*.json*")], tmp_path / "remote")
     assert _outputs(tmp_path / "remote") == _outputs(tmp_path / "local")
     assert len(remote["inputs"]) == 3
