@@ -2,15 +2,19 @@
 merge (binidx sets), unpack (zst -> binidx)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from .. import storage
 from .build import magic_prime, magic_prime_line
 from .errors import DataprepError
 from .formats import BinIdx, FormatError, ZstShard, sha256_file, write_idx
-from .sets import (PrefixLock, manifest_path, parse_manifest, publish, read_manifest,
+from .sets import (MANIFEST_SUFFIX, _SET_FILE_SUFFIX, PrefixLock, manifest_path, parse_manifest, publish, read_manifest,
                    read_manifest_bytes, shard_paths, unlisted_files)
 from .tasks import default_vocab, load_tokenizer
 
@@ -120,6 +124,9 @@ class ShardSet:
         for s in self.shards:
             if hasattr(s, "close"):
                 s.close()
+        if getattr(self, "_staged", None):   # the local copy of a set read from a URL
+            shutil.rmtree(self._staged, ignore_errors=True)
+            self._staged = None
 
     def __enter__(self):
         return self
@@ -145,7 +152,61 @@ def open_shards(prefix: str, bare_binidx: bool = False) -> ShardSet:
         for doc in rwkv5.dataprep.open_shards("out/train"):
             ...   # doc: np.ndarray of uint16, the document's tokens followed by 0
     """
-    return ShardSet(prefix, bare_binidx)
+    if not storage.is_url(prefix):
+        return ShardSet(prefix, bare_binidx)
+    tmp = tempfile.mkdtemp(prefix="rwkv5-set-")
+    try:
+        with _from_url(prefix, tmp):
+            s = ShardSet(_stage_set(prefix, tmp), bare_binidx)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    s._staged, s.url = tmp, prefix
+    return s
+
+
+# ----------------------------------------------------------------------------- sets at a URL
+
+def _stage_set(prefix: str, tmp: str, manifest_only: bool = False) -> str:
+    """Copy the set at the URL prefix (its manifest and the files at the prefix that a set could
+    own: PREFIX.bin/.idx/.zst, PREFIX_NNNNN.*) into the folder tmp, streamed in ranged reads;
+    returns the local prefix. The readers then run on the copy exactly as on a local set."""
+    base = prefix.rstrip("/").rsplit("/", 1)[-1]
+    if not base or prefix.endswith("/"):
+        raise DataprepError(f"{prefix}: is a prefix of objects ending in '/'; give the set's PREFIX "
+                            f"(the --out of its build, e.g. {prefix.rstrip('/')}/train)")
+    for url in storage.glob(prefix + "*"):
+        rest = url[len(prefix):]
+        if rest == MANIFEST_SUFFIX or (not manifest_only and _SET_FILE_SUFFIX.fullmatch(rest)):
+            with storage.open_read(url) as src, open(os.path.join(tmp, base + rest), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    return os.path.join(tmp, base)
+
+
+@contextlib.contextmanager
+def _from_url(prefix: str, tmp: str):
+    """Errors about the local copy in tmp name the URL instead."""
+    parent = prefix.rstrip("/").rsplit("/", 1)[0] + "/"
+    try:
+        yield
+    except DataprepError as e:
+        raise DataprepError(str(e).replace(tmp + os.sep, parent)) from None
+
+
+@contextlib.contextmanager
+def _url_set(prefix: str, manifest_only: bool = False):
+    """(local prefix, a function that spells local paths in text as the URL) for a set that may be
+    at a URL; the local copy is removed at the end."""
+    if not storage.is_url(prefix):
+        yield prefix, (lambda text: text)
+        return
+    tmp = tempfile.mkdtemp(prefix="rwkv5-set-")
+    parent = prefix.rstrip("/").rsplit("/", 1)[0] + "/"
+    try:
+        with _from_url(prefix, tmp):
+            yield _stage_set(prefix, tmp, manifest_only), (lambda text: text.replace(tmp + os.sep, parent))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -155,7 +216,11 @@ def verify(prefix: str, vocab: str = None) -> list:
     every token < n_vocab, every document non-empty and ending in 0 with no other 0, counts, and
     that no file at the prefix is left over from another set (PREFIX_NNNNN.* the manifest does
     not list). The files checked are the ones at `prefix` (the manifest's names are relative to
-    its own prefix). Returns a list of OK lines; raises DataprepError with the first problem found."""
+    its own prefix). Returns a list of OK lines; raises DataprepError with the first problem found.
+    A URL prefix is checked on a local copy of its files (open_shards)."""
+    if storage.is_url(prefix):
+        with _url_set(prefix) as (local, spell):
+            return [spell(line) for line in verify(local, vocab)]
     m = read_manifest(prefix)
     n_vocab = m["tokenizer"]["n_vocab"]
     stray = unlisted_files(prefix, m)
@@ -224,6 +289,9 @@ def verify(prefix: str, vocab: str = None) -> list:
 # ----------------------------------------------------------------------------- stats
 
 def stats_table(prefix: str) -> str:
+    if storage.is_url(prefix):   # only the manifest is read
+        with _url_set(prefix, manifest_only=True) as (local, spell):
+            return spell(stats_table(local)).replace(local, prefix)
     m = read_manifest(prefix)
     try:
         return _stats_table(prefix, m)
@@ -295,7 +363,7 @@ def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -
     whichever has the recorded SHA-256)."""
     out = []
     with open_shards(prefix, bare_binidx=True) as s:
-        tok = load_tokenizer(vocab or _vocab_of(prefix, s.manifest))
+        tok = load_tokenizer(vocab or _vocab_of(s.prefix, s.manifest))
         n = len(s)
         if n and not 0 <= doc < n:
             raise DataprepError(f"--doc {doc}: out of range (the set has {n} documents)")
@@ -345,7 +413,7 @@ def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
     opened = []
     try:
         for p in prefixes:
-            s = ShardSet(p)
+            s = open_shards(p)
             opened.append(s)
             if s.format != "binidx":
                 raise DataprepError(f"{p}: merge takes binidx sets (use unpack for zst shards first)")
@@ -356,7 +424,7 @@ def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
         ranges = np.array([[i, 0, 2 * int(sz.sum())] for i, sz in enumerate(all_sizes)], dtype=np.int64).reshape(-1, 3)
         with PrefixLock(out) as lock:
             m = _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer,
-                               {"merged_from": [os.path.abspath(p) for p in prefixes]}, opened)
+                               {"merged_from": [p if storage.is_url(p) else os.path.abspath(p) for p in prefixes]}, opened)
             lock.remove_workdir()
         return m
     finally:
@@ -367,7 +435,7 @@ def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
 def unpack(prefix: str, out: str) -> dict:
     """Write the documents of a zst shard set as one binidx PREFIX.bin/.idx (recording its vocab)."""
     out = _check_output_prefix(out, [prefix])
-    s = ShardSet(prefix)
+    s = open_shards(prefix)
     try:
         if s.format != "zst":
             raise DataprepError(f"{prefix}: not a zst shard set")
@@ -383,7 +451,7 @@ def unpack(prefix: str, out: str) -> dict:
             sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
             ranges = np.array([[0, 0, os.path.getsize(tmp_stream)]], dtype=np.int64)
             m = _finish_binidx(lock, out, [tmp_stream], ranges, sizes, tokenizer,
-                               {"unpacked_from": os.path.abspath(prefix)}, [])
+                               {"unpacked_from": prefix if storage.is_url(prefix) else os.path.abspath(prefix)}, [])
             lock.remove_workdir()
         return m
     finally:

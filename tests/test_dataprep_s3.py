@@ -179,3 +179,42 @@ def test_a_task_reads_its_object_in_bounded_ranged_reads(s3, tmp_path, monkeypat
     reads = [(a, b) for a, b in gets if a is not None and b - a > 1024]   # (not the codec sniff)
     assert len(reads) == -(-len(data) // (1 << 16)) and max(b - a for a, b in reads) == 1 << 16
     assert all(a is not None for a, b in gets)   # no whole-object GET
+
+
+def _upload_set(s3, prefix, key_prefix):
+    """The files of the local set `prefix` uploaded under key_prefix (as a build with --out URL
+    leaves them); returns the set's URL."""
+    d, base = os.path.split(str(prefix))
+    for name in sorted(os.listdir(d)):
+        if name.startswith((base + ".", base + "_")) and os.path.isfile(os.path.join(d, name)):
+            s3.put_file(key_prefix + name[len(base):], os.path.join(d, name))
+    return s3.url(key_prefix)
+
+
+def test_read_tools_on_a_set_at_a_url(s3, tmp_path):
+    from rwkv5.dataprep import inspect_docs, open_shards, stats_table
+    from rwkv5.dataprep.tools import merge_binidx, unpack
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(b"".join(b'{"text": "doc %d", "lang": "en"}\n' % i for i in range(300)))
+    build([str(src)], str(tmp_path / "bi"), log=lambda s: None, lang_field="lang")
+    build([str(src)], str(tmp_path / "zs"), log=lambda s: None, format="zst", shard_size=400)
+    bi = _upload_set(s3, tmp_path / "bi", "sets/bi")
+    zs = _upload_set(s3, tmp_path / "zs", "sets/zs")
+    lines = verify(bi)
+    assert lines[-1] == verify(str(tmp_path / "bi"))[-1].replace(str(tmp_path / "bi"), bi)
+    assert all(str(tmp_path) not in line for line in verify(zs))
+    assert stats_table(bi) == stats_table(str(tmp_path / "bi")).replace(str(tmp_path / "bi"), bi)
+    assert inspect_docs(bi, 5, 2) == inspect_docs(str(tmp_path / "bi"), 5, 2)
+    with open_shards(zs) as remote_set, open_shards(str(tmp_path / "zs")) as local_set:
+        assert len(remote_set) == 300 and all((a == b).all() for a, b in zip(remote_set, local_set))
+        staged = remote_set._staged
+    assert not os.path.exists(staged)   # the local copy goes with close()
+    merge_binidx([bi, str(tmp_path / "bi")], str(tmp_path / "merged"))
+    assert json.load(open(tmp_path / "merged.manifest.json"))["merged_from"][0] == bi
+    unpack(zs, str(tmp_path / "unpacked"))
+    assert _outputs(tmp_path / "unpacked") == _outputs(tmp_path / "bi")
+    s3.put("sets/bi.bin", b"\0" * 10)   # damaged: one line naming the URL
+    with pytest.raises(DataprepError, match=rf"^{s3.url('sets/bi.bin')}: 10 bytes, the manifest says"):
+        verify(bi)
+    with pytest.raises(DataprepError, match=rf"^{s3.url('sets/none.manifest.json')}: no manifest"):
+        verify(s3.url("sets/none"))
