@@ -134,6 +134,10 @@ class ShardSet:
     def __exit__(self, *exc):
         self.close()
 
+    def __del__(self):
+        if getattr(self, "_staged", None):   # a set from a URL not closed: its local copy still goes
+            shutil.rmtree(self._staged, ignore_errors=True)
+
 
 def _manifest_unchanged(prefix: str, data: bytes) -> bool:
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numbers
 import os
 
+from . import storage
 from .formats.checkpoint import (DEFAULT_GN_EPS, DTYPES, bf16_bits_to_f32, convert_array, f32_to_bf16_bits,
                                  read_checkpoint, sniff_format)
 from .model import STORAGE_DTYPES, Model
@@ -55,7 +56,15 @@ def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):
     old one (``os.replace``) is safe: the mapping keeps the old file's data. ``mmap=False`` reads the whole file into private memory (its size in RAM, at
     load time) and closes it: nothing that later happens to the file can affect the model.
     Only regular files are read: a FIFO or a device raises ``ValueError`` before any read.
+
+    ``path`` may be a URL (``s3://``, ``gs://``, ``hf://``, ``https://``, ...; needs the store's
+    extra, e.g. ``pip install 'rwkv5[s3]'``): the object (or every object under a prefix, for a
+    folder of shards) is copied to a temporary local folder in ranged reads, loaded from there as
+    above, and the copy is removed when ``load`` returns (see ``rwkv5.storage.local_copy``).
     """
+    if storage.is_url(path):
+        with storage.local_copy(path) as local:
+            return load(local, dtype=dtype, gn_eps=gn_eps, layout=layout, mmap=mmap)
     _check_dtype(dtype)
     if not isinstance(mmap, bool):
         raise TypeError(f"mmap must be True or False, got {mmap!r}")

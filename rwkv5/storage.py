@@ -20,13 +20,16 @@ the standard environment of each store (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_I
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 
-__all__ = ["StorageError", "is_url", "parse_storage_options", "set_default_options", "filesystem",
+__all__ = ["StorageError", "is_url", "local_copy", "download", "parse_storage_options", "set_default_options", "filesystem",
            "open_read", "glob", "find", "exists", "isdir", "size", "info", "fingerprint", "cat",
            "retry", "retry_counts", "BLOCK_SIZE", "READ_AHEAD"]
 
@@ -503,3 +506,33 @@ def open_read(url: str, storage_options: dict = None, *, start: int = 0, end: in
     ahead by a thread (``RangeReader``)."""
     return RangeReader(url, storage_options, start=start, end=end, block_size=block_size,
                        read_ahead=read_ahead, counter=counter, size=size)
+
+
+def download(url: str, local: str, storage_options: dict = None) -> None:
+    """Copy the object ``url`` into the local file ``local``, streamed in ranged reads (bounded
+    memory, each read retried as ``retry`` says)."""
+    with open_read(url, storage_options) as src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+@contextlib.contextmanager
+def local_copy(url: str, storage_options: dict = None):
+    """A local copy of an object (or of every object under a prefix, keeping their relative names)
+    in a temporary folder (``TMPDIR``), for readers that need a local file (a checkpoint that is
+    memory-mapped): yields its local path; the folder is removed at the end (a mapping made
+    meanwhile stays valid: the pages outlive the name)."""
+    tmp = tempfile.mkdtemp(prefix="rwkv5-copy-")
+    try:
+        if isdir(url, storage_options):
+            root = url.rstrip("/") + "/"
+            for u in find(url, storage_options):
+                dst = os.path.join(tmp, *u[len(root):].split("/"))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                download(u, dst, storage_options)
+            yield tmp
+        else:
+            dst = os.path.join(tmp, url.rstrip("/").rsplit("/", 1)[-1] or "object")
+            download(url, dst, storage_options)
+            yield dst
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

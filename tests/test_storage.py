@@ -175,3 +175,24 @@ def test_local_paths_never_import_fsspec(tmp_path):
             "bad = [m for m in sys.modules if m.split('.')[0] in ('fsspec', 's3fs', 'botocore', 'aiohttp')]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out")], check=True, timeout=300)
+
+
+def test_load_a_checkpoint_from_a_url(s3, tiny_model_path):
+    import numpy as np
+
+    import rwkv5
+    url = s3.put_file("models/tiny.safetensors", tiny_model_path)
+    remote, local = rwkv5.load(url), rwkv5.load(str(tiny_model_path))
+    tokens = [1, 2, 3, 10, 20]
+    assert np.array_equal(remote.forward(tokens)[0], local.forward(tokens)[0])
+    with pytest.raises(FileNotFoundError, match=rf"^{s3.url('models/none.pth')}: not found"):
+        rwkv5.load(s3.url("models/none.pth"))
+
+
+def test_local_copy_of_a_prefix_keeps_relative_names(s3):
+    s3.put("m/a.bin", b"a")
+    s3.put("m/sub/b.bin", b"bb")
+    with storage.local_copy(s3.url("m/")) as d:
+        got = {os.path.relpath(os.path.join(r, f), d): open(os.path.join(r, f), "rb").read()
+               for r, _, fs in os.walk(d) for f in fs}
+    assert got == {"a.bin": b"a", os.path.join("sub", "b.bin"): b"bb"} and not os.path.exists(d)
