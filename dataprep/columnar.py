@@ -187,6 +187,31 @@ def _as_text(arr):
     return None
 
 
+# Arrays are read through their buffers with NumPy, not with Array.to_numpy()/fill_null(): those
+# import pandas on first use (over a second of CPU for every task process, more than tokenizing a
+# 40 MB input), and neither is needed to read a bitmap or fixed-width values.
+
+def _nulls(arr) -> np.ndarray:
+    """bool per element of an Arrow array: True where null (read from its validity bitmap)."""
+    n = len(arr)
+    if not arr.null_count:
+        return np.zeros(n, bool)
+    bitmap = arr.buffers()[0]
+    if bitmap is None:   # a null-typed array has no bitmap: all null
+        return np.ones(n, bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+    return bits[arr.offset:arr.offset + n] == 0
+
+
+def _values(arr, dtype) -> np.ndarray:
+    """The fixed-width values of an Arrow array as a NumPy view (null slots hold any value)."""
+    n = len(arr)
+    buf = arr.buffers()[1]
+    if buf is None or n == 0:
+        return np.zeros(n, dtype)
+    return np.frombuffer(buf, dtype)[arr.offset:arr.offset + n]
+
+
 class Encoder:
     """One task's part files and counters; each add() tokenizes one batch of texts."""
 
@@ -238,7 +263,8 @@ class Encoder:
                     self.lang_ids[v] = i
             table.append(i)
         table.append(0)
-        idx = enc.indices.fill_null(len(table) - 1).to_numpy(zero_copy_only=False)
+        idx = _values(enc.indices, np.dtype(f"int{enc.indices.type.bit_width}")).astype(np.int64)
+        idx[_nulls(enc.indices)] = len(table) - 1
         return np.asarray(table, np.uint16)[idx]
 
     def add(self, text, lang, n: int, status=None, reason_of=None, where=None):
@@ -250,7 +276,7 @@ class Encoder:
         data, offsets = None, np.zeros(n + 1, np.int64)
         if text is not None:
             if text.null_count:
-                nulls = text.is_null().to_numpy(zero_copy_only=False)
+                nulls = _nulls(text)
                 status[nulls & (status == 0)] = STATUS["field_not_string"]
             bufs = text.buffers()
             width = np.int64 if text.type.id == _large_string_id() else np.int32
@@ -442,8 +468,7 @@ def _tokenize_ipc(task, options, enc, pa, ipc):
             if records:
                 def where(i, row=row):
                     return i + 1, f"record {row + i} (counting from 0)"
-                st = batch.column(batch.schema.get_field_index("status")).to_numpy(zero_copy_only=False)
-                status = np.array(st, dtype=np.uint8)
+                status = np.array(_values(batch.column(batch.schema.get_field_index("status")), np.uint8))
                 text = batch.column(batch.schema.get_field_index("text"))
                 lang = batch.column(batch.schema.get_field_index("lang")) if lang_path else None
                 fail = enc.add(text, lang, batch.num_rows, status, None, where)
@@ -513,7 +538,9 @@ def spill(source, folder: str, options: dict) -> list:
         n = len(status)
         if n == 0:
             return
-        lens = pc.binary_length(text).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        offsets = text.buffers()[1]   # text is a large_string array
+        lens = np.diff(np.frombuffer(offsets, np.int64)[text.offset:text.offset + n + 1]) if offsets else np.zeros(n, np.int64)
+        lens[_nulls(text)] = 0
         ends = np.cumsum(lens)
         a = 0
         while a < n:
@@ -616,7 +643,7 @@ def _batch_fields(pa, batch, tf, lf):
         if text is None:
             status[:] = STATUS["field_not_string"]
         elif text.null_count:
-            status[text.is_null().to_numpy(zero_copy_only=False)] = STATUS["field_not_string"]
+            status[_nulls(text)] = STATUS["field_not_string"]
     if text is None:
         text = pa.nulls(n, pa.large_string())
     else:

@@ -341,3 +341,23 @@ def test_lone_surrogates_in_python_strings_repair_as_json_does(ref, tmp_path):
     quiet([str(tmp_path / "s.jsonl")], tmp_path / "j", repair_utf8=True)
     quiet(iter(texts), tmp_path / "p", repair_utf8=True)
     assert outputs(tmp_path / "j") == outputs(tmp_path / "p")
+
+
+def test_parquet_build_does_not_import_pandas(ref, tmp_path):
+    """pyarrow's Array.to_numpy()/fill_null() import pandas (over a second of CPU per process, more
+    than tokenizing tens of MB): the Parquet path reads bitmaps and values through buffers. Null
+    texts and null languages both take that path; the bytes still equal the .jsonl's."""
+    import subprocess
+    pytest.importorskip("pandas")
+    recs = [dict(r, lang=None if i % 9 == 4 else r["lang"]) for i, r in enumerate(ref[1])]
+    write_jsonl(tmp_path / "n.jsonl", recs)
+    quiet([str(tmp_path / "n.jsonl")], tmp_path / "nj", lang_field="lang", on_error="skip")
+    pq.write_table(table(recs), tmp_path / "n.parquet", row_group_size=100)
+    child = ("import sys\nfrom rwkv5.dataprep.__main__ import main\nrc = main(sys.argv[1:])\n"
+             "print('PANDAS', 'pandas' in sys.modules)\nsys.exit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", child, "build", str(tmp_path / "n.parquet"), "--out",
+                        str(tmp_path / "np"), "--lang-field", "lang", "--on-error", "skip", "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "PANDAS False" in r.stdout
+    assert outputs(tmp_path / "np") == outputs(tmp_path / "nj")
