@@ -99,6 +99,9 @@ PACKERS = {
     "multi-stream.jsonl.bz2": lambda d: bz2.compress(d[:1000]) + bz2.compress(d[1000:]),
     "x.jsonl.xz": lzma.compress,
     "multi-stream.jsonl.xz": lambda d: lzma.compress(d[:999]) + lzma.compress(d[999:]),
+    # stream padding (zero bytes, a multiple of 4) between streams and after the last
+    "padded-multi-stream.jsonl.xz": lambda d: (lzma.compress(d[:500]) + b"\0" * 4 + lzma.compress(d[500:2000])
+                                               + b"\0" * 8 + lzma.compress(d[2000:]) + b"\0" * 4),
     "x.ndjson.zst": zstd,
 }
 
@@ -198,6 +201,44 @@ def test_truncated_and_corrupted_files_name_file_and_offset(tmp_path, corpus, su
             assert str(p) in msg and "\n" not in msg and "byte" in msg, msg
         else:
             assert set_bytes(tmp_path / "flip") == set_bytes(tmp_path / "plain"), off
+
+
+def test_xz_trailing_garbage_and_bad_padding_are_named_at_their_offset(tmp_path, corpus):
+    """Bytes after an xz stream that are neither stream padding nor another stream: "trailing
+    garbage" at the offset where they begin (it was reported as a truncated stream, at the end of
+    the file). Swept over every stream boundary of a three-stream file, with padding of 0..9 zero
+    bytes before the garbage (not a multiple of 4: bad padding, named where it ends)."""
+    a, b = corpus.index(b"\n", 700) + 1, corpus.index(b"\n", 1900) + 1   # whole lines in each stream
+    parts = [lzma.compress(corpus[:a]), lzma.compress(corpus[a:b]), lzma.compress(corpus[b:])]
+    p = tmp_path / "in.jsonl.xz"
+    for k in range(1, 4):
+        head = b"".join(parts[:k])
+        for npad in range(10):
+            for garbage in (b"garbage!", b"x", b"\x01" * 40, b"\xfd7zXY" + bytes(20)):
+                p.write_bytes(head + b"\0" * npad + garbage + b"".join(parts[k:]))
+                with pytest.raises(OSError) as e:
+                    quiet([str(p)], tmp_path / "o")
+                msg = str(e.value)
+                assert msg.startswith(f"{p}: corrupt xz data") and "\n" not in msg and "truncated" not in msg, msg
+                if npad % 4:
+                    assert msg.endswith(f"(stream padding of {npad} bytes, not a multiple of 4) ending at byte "
+                                        f"offset {len(head) + npad}"), msg
+                else:
+                    assert msg.endswith(f"(not an xz stream: trailing garbage after the last stream) at byte "
+                                        f"offset {len(head) + npad}"), msg
+            # the same padding at the end of the file, nothing after it
+            p.write_bytes(head + b"\0" * npad)
+            if npad % 4:
+                with pytest.raises(OSError, match=rf"stream padding of {npad} bytes, not a multiple of 4\) ending "
+                                                  rf"at byte offset {len(head) + npad}$"):
+                    quiet([str(p)], tmp_path / "o")
+            else:
+                quiet([str(p)], tmp_path / "o")
+    # a stream cut short, then garbage: damage inside that stream, named with where it starts
+    for cut in (13, len(parts[1]) // 2, len(parts[1]) - 3):
+        p.write_bytes(parts[0] + parts[1][:cut] + b"garbage!")
+        with pytest.raises(OSError, match=rf"stream starting at byte offset {len(parts[0])}\b"):
+            quiet([str(p)], tmp_path / "o")
 
 
 def test_cli_one_line_error_for_a_truncated_gzip(tmp_path, corpus):

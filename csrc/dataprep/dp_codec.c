@@ -1,6 +1,6 @@
 /* Codecs: how an input file's bytes are stored. Each is a row of dp_codecs (name, suffix, magic,
  * open/read/close); dp_source_* run whichever a task names. Errors name the file and byte offsets
- * in the (compressed) file: where the damaged unit (zstd frame, gzip member, bzip2 stream) begins
+ * in the (compressed) file: where the damaged unit (zstd frame, gzip member, bzip2 or xz stream) begins
  * and where the damage was seen, or where the file ends.
  *
  * Decoders: libzstd, zlib (gzip), libbz2, liblzma (xz), all streamed through one input buffer,
@@ -29,7 +29,7 @@ struct dp_source {
     int file_eof;
     uint64_t unit_start;    /* file offset where the current frame / member / stream began */
     int in_unit;            /* a unit has begun and not ended */
-    int finished;           /* the decoder saw the end of its data (xz) */
+    uint64_t n_pad;         /* zero bytes since the last unit ended (xz stream padding) */
     uint64_t n_units;       /* units ended so far */
     void *state;            /* the decoder's own state */
 };
@@ -247,12 +247,16 @@ static void bzip2_close(dp_source *s) {
 /* The decoder refuses a file whose dictionary would need more memory than this. */
 #define XZ_MEMLIMIT ((uint64_t)1 << 30)
 
+/* One stream at a time (not LZMA_CONCATENATED), so that the file offset where each stream begins is
+ * known: bytes after a stream that are neither stream padding nor another stream are reported as
+ * what they are, at their offset, not as a truncated stream. */
+static int xz_init(lzma_stream *x) { return lzma_stream_decoder(x, XZ_MEMLIMIT, 0) == LZMA_OK; }
+
 static int xz_open(dp_source *s, char *err, size_t errlen) {
     lzma_stream *x = malloc(sizeof *x);
     if (!x) { snprintf(err, errlen, "out of memory"); return -1; }
     *x = (lzma_stream)LZMA_STREAM_INIT;
-    /* LZMA_CONCATENATED: streams one after another (xz's own rule), with stream padding */
-    if (lzma_stream_decoder(x, XZ_MEMLIMIT, LZMA_CONCATENATED) != LZMA_OK) {
+    if (!xz_init(x)) {
         free(x);
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -273,17 +277,42 @@ static const char *xz_error(lzma_ret r) {
     }
 }
 
+/* The xz format's stream padding: zero bytes after a stream, a multiple of 4 in all. */
+static int xz_padding_error(const dp_source *s, char *err, size_t errlen) {
+    snprintf(err, errlen, "%s: corrupt xz data (stream padding of %llu bytes, not a multiple of 4) ending at byte offset %llu",
+             s->path, (unsigned long long)s->n_pad, (unsigned long long)in_offset(s));
+    return -1;
+}
+
 static int xz_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen) {
     lzma_stream *x = s->state;
+    static const uint8_t magic[6] = {0xfd, '7', 'z', 'X', 'Z', 0};
     size_t pos = 0;
     *got = 0;
-    if (s->finished) return 0; /* the decoder said LZMA_STREAM_END: nothing follows */
     for (;;) {
         if (fill_input(s, err, errlen)) return -1;
         int at_end = s->zin_pos == s->zin_len && s->file_eof;
-        if (at_end && s->zin_off == 0) {
-            snprintf(err, errlen, "%s: 0 bytes, not an xz stream", s->path);
-            return -1;
+        if (at_end && !s->in_unit) {
+            if (s->n_pad % 4) return xz_padding_error(s, err, errlen);
+            if (s->zin_off == 0) { snprintf(err, errlen, "%s: 0 bytes, not an xz stream", s->path); return -1; }
+            *got = pos;
+            return 0;
+        }
+        if (!s->in_unit) {
+            while (s->n_units && s->zin_pos < s->zin_len && s->zin[s->zin_pos] == 0) { s->zin_pos++; s->n_pad++; }
+            if (s->zin_pos == s->zin_len) continue;
+            if (s->n_pad % 4) return xz_padding_error(s, err, errlen);
+            s->unit_start = in_offset(s);
+            size_t k = s->zin_len - s->zin_pos < sizeof magic ? s->zin_len - s->zin_pos : sizeof magic;
+            if (memcmp(s->zin + s->zin_pos, magic, k) != 0) {
+                snprintf(err, errlen, "%s: corrupt xz data (%s) at byte offset %llu", s->path,
+                         s->n_units ? "not an xz stream: trailing garbage after the last stream" : "not an xz stream",
+                         (unsigned long long)s->unit_start);
+                return -1;
+            }
+            if (s->n_units && !xz_init(x)) { snprintf(err, errlen, "out of memory"); return -1; }
+            s->in_unit = 1;
+            s->n_pad = 0;
         }
         x->next_in = s->zin + s->zin_pos;
         x->avail_in = s->zin_len - s->zin_pos;
@@ -292,14 +321,16 @@ static int xz_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *er
         lzma_ret ret = lzma_code(x, at_end ? LZMA_FINISH : LZMA_RUN);
         s->zin_pos = s->zin_len - x->avail_in;
         pos = cap - x->avail_out;
-        if (ret == LZMA_STREAM_END) { s->finished = 1; *got = pos; return 0; }
-        if (ret != LZMA_OK) {
+        if (ret == LZMA_STREAM_END) { /* a stream ended (its index and checks verified); padding or another may follow */
+            s->in_unit = 0;
+            s->n_units++;
+        } else if (ret != LZMA_OK) {
             if (at_end && (ret == LZMA_BUF_ERROR || ret == LZMA_DATA_ERROR))
-                snprintf(err, errlen, "%s: truncated xz stream (the file ends at byte %llu)", s->path,
-                         (unsigned long long)s->zin_off);
+                snprintf(err, errlen, "%s: truncated xz stream starting at byte offset %llu (the file ends at byte %llu)",
+                         s->path, (unsigned long long)s->unit_start, (unsigned long long)s->zin_off);
             else
-                snprintf(err, errlen, "%s: corrupt xz data (%s) at byte offset %llu", s->path, xz_error(ret),
-                         (unsigned long long)in_offset(s));
+                snprintf(err, errlen, "%s: corrupt xz data (%s) at byte offset %llu, in the stream starting at byte offset %llu",
+                         s->path, xz_error(ret), (unsigned long long)in_offset(s), (unsigned long long)s->unit_start);
             return -1;
         }
         if (pos == cap || (pos > 0 && s->zin_pos == s->zin_len)) { *got = pos; return 0; }
