@@ -8,13 +8,16 @@ like a plain-text record of the line readers (UTF-8 checked or repaired, empty t
 tokens followed by 0), so the same documents give the same bytes whichever container holds them.
 
 Only the text column and the language column are read (column projection); Parquet files are read
-one row group at a time and large files are cut into tasks of whole row groups.
+one row group at a time and large files are cut into tasks of whole row groups, Arrow IPC files
+and streams into tasks of whole record batches.
 
 pyarrow is imported only when one of these inputs is met (`pip install 'rwkv5[parquet]'`);
 `datasets` only when such an object is passed in.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -109,34 +112,68 @@ def saved_dataset_files(folder: str, names) -> tuple:
 # ----------------------------------------------------------------------------- plan
 
 def plan(path: str, fmt: str, options: dict) -> list:
-    """Task ranges of one Parquet or Arrow file: [(start, end, first_row, bytes)].
-    Parquet: row groups [start, end) of about task_size uncompressed bytes each; Arrow: the whole
-    file (start 0, end -1)."""
+    """Task ranges of one Parquet or Arrow IPC file: [(start, end, first_row, bytes)], units
+    [start, end) of about task_size uncompressed bytes each. The units are Parquet row groups, or
+    Arrow record batches (an IPC stream, as datasets' save_to_disk writes, is scanned for them:
+    memory-mapped, only the batches' metadata is read)."""
     pa, pc, pq, ipc = pyarrow_modules(path)
     if fmt == "arrow":
-        nbytes = storage.size(path, options.get("storage_options")) if storage.is_url(path) else os.path.getsize(path)
-        return [(0, -1, 0, nbytes)]
-    try:
-        # an object: only its footer is read (read_ahead 0: no blocks fetched past it)
-        src = _open_input(path, options, read_ahead=0)
+        if storage.is_url(path):   # an object: one task (scanning a stream for its batches would fetch it all)
+            nbytes = storage.size(path, options.get("storage_options"))
+            return [(0, -1, 0, nbytes)]
         try:
-            md = pq.ParquetFile(src).metadata
-        finally:
-            if src is not path:
-                src.close()
-    except (OSError, pa.ArrowException) as e:
-        raise DataprepError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
+            with _open_ipc(path, options, pa, ipc) as (reader, batches):
+                units = [(b.num_rows, b.nbytes) for b in batches]
+        except (OSError, pa.ArrowException) as e:
+            raise DataprepError(f"{path}: not a readable Arrow IPC file or stream ({_one_line(e)})") from None
+    else:
+        try:
+            # an object: only its footer is read (read_ahead 0: no blocks fetched past it)
+            src = _open_input(path, options, read_ahead=0)
+            try:
+                md = pq.ParquetFile(src).metadata
+            finally:
+                if src is not path:
+                    src.close()
+        except (OSError, pa.ArrowException) as e:
+            raise DataprepError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
+        units = [(md.row_group(g).num_rows, md.row_group(g).total_byte_size) for g in range(md.num_row_groups)]
     ranges, a, acc, row, first = [], 0, 0, 0, 0
-    for g in range(md.num_row_groups):
-        rg = md.row_group(g)
-        acc += rg.total_byte_size
-        row += rg.num_rows
+    for g, (rows, nbytes) in enumerate(units):
+        acc += nbytes
+        row += rows
         if acc >= options["task_size"]:
             ranges.append((a, g + 1, first, acc))
             a, acc, first = g + 1, 0, row
-    if a < md.num_row_groups or not ranges:
-        ranges.append((a, md.num_row_groups, first, acc))
+    if a < len(units) or not ranges:
+        ranges.append((a, len(units), first, acc))
     return ranges
+
+
+@contextlib.contextmanager
+def _open_ipc(path, options, pa, ipc, start=0, end=-1):
+    """(reader, an iterator over its record batches [start, end)) of an Arrow IPC file or stream
+    (end -1: to the last), memory-mapped (an object: read through ranged reads). A file's batches
+    are reached directly; a stream's earlier ones are skipped (memory-mapped, zero-copy: only their
+    metadata is read)."""
+    if storage.is_url(path):
+        source = _open_input(path, options)
+        is_file = source.read(6) == ARROW_FILE_MAGIC
+        source.seek(0)
+    else:
+        source = pa.memory_map(path, "r")
+    try:
+        if not storage.is_url(path):
+            with open(path, "rb") as f:
+                is_file = f.read(6) == ARROW_FILE_MAGIC
+        reader = ipc.open_file(source) if is_file else ipc.open_stream(source)
+        if is_file:
+            stop = reader.num_record_batches if end < 0 else min(end, reader.num_record_batches)
+            yield reader, (reader.get_batch(i) for i in range(start, stop))
+        else:
+            yield reader, itertools.islice(reader, start, None if end < 0 else end)
+    finally:
+        source.close()
 
 
 def _one_line(e) -> str:
@@ -442,27 +479,13 @@ class _EmptyBatch:
 
 
 def _tokenize_ipc(task, options, enc, pa, ipc):
-    if storage.is_url(task["path"]):
-        source = _open_input(task["path"], options)
-        is_file = source.read(6) == ARROW_FILE_MAGIC
-        source.seek(0)
-    else:
-        source = pa.memory_map(task["path"], "r")
-    try:
-        if not storage.is_url(task["path"]):
-            with open(task["path"], "rb") as f:
-                is_file = f.read(6) == ARROW_FILE_MAGIC
-        reader = ipc.open_file(source) if is_file else ipc.open_stream(source)
+    with _open_ipc(task["path"], options, pa, ipc, task["start"], task["end"]) as (reader, it):
         schema = reader.schema
         records = task["format"] == "records"
         if records:
             enc.line0 = task["first_row"]
         text_path, lang_path = (["text"], ["lang"] if "lang" in schema.names else None) if records \
             else _fields(schema, options, task["path"])
-        if is_file:
-            it = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        else:
-            it = iter(reader)
         row = task.get("first_row", 0)
         for batch in it:
             if records:
@@ -479,8 +502,6 @@ def _tokenize_ipc(task, options, enc, pa, ipc):
             if fail is not None:
                 return fail
             row += batch.num_rows
-    finally:
-        source.close()
     return None
 
 

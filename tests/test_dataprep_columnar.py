@@ -361,3 +361,32 @@ def test_parquet_build_does_not_import_pandas(ref, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "PANDAS False" in r.stdout
     assert outputs(tmp_path / "np") == outputs(tmp_path / "nj")
+
+
+@pytest.mark.parametrize("kind", ["file", "saved_dataset_streams"])
+def test_arrow_ipc_split_into_tasks_by_record_batch_equals_jsonl(ref, monkeypatch, kind):
+    """A big Arrow IPC file, or the streams of a saved dataset, is cut into tasks of whole record
+    batches (as Parquet is by row group); the output bytes are those of the .jsonl."""
+    d = ref[0]
+    if kind == "file":
+        t = table(ref[1])
+        with ipc.new_file(str(d / "split.arrow"), t.schema) as w:
+            for b in t.to_batches(max_chunksize=30):
+                w.write_batch(b)
+        inputs, n_batches = [str(d / "split.arrow")], [-(-len(ref[1]) // 30)]
+    else:
+        write_saved_dataset(str(d / "saved_split"), ref[1], n_files=2)
+        inputs, n_batches = [str(d / "saved_split")], [-(-300 // 40), -(-300 // 40)]
+    seen = []
+    real = columnar.tokenize
+    monkeypatch.setattr(columnar, "tokenize", lambda task, *a: seen.append((task["path"], task["start"], task["end"]))
+                        or real(task, *a))
+    m = quiet(inputs, d / f"split_{kind}", lang_field="lang", on_error="skip", task_size=20000)
+    same_as_ref(ref, m, d / f"split_{kind}")
+    # per file: several tasks of whole batches, covering every batch once, in order
+    paths = sorted({p for p, _, _ in seen})
+    assert len(paths) == len(n_batches)
+    for path, n in zip(paths, n_batches):
+        mine = [(a, b) for p, a, b in seen if p == path]
+        assert len(mine) > 2 and mine[0][0] == 0 and all(x[1] == y[0] for x, y in zip(mine, mine[1:])), mine
+        assert mine[-1][1] == n
