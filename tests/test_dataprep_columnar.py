@@ -390,3 +390,33 @@ def test_arrow_ipc_split_into_tasks_by_record_batch_equals_jsonl(ref, monkeypatc
         mine = [(a, b) for p, a, b in seen if p == path]
         assert len(mine) > 2 and mine[0][0] == 0 and all(x[1] == y[0] for x, y in zip(mine, mine[1:])), mine
         assert mine[-1][1] == n
+
+
+_HWM_CHILD = """
+import sys
+from rwkv5.dataprep.__main__ import main
+rc = main(sys.argv[1:])
+print("VMHWM_KB", [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")][0])
+sys.exit(rc)
+"""
+
+
+@pytest.mark.slow
+def test_parquet_build_peak_rss_does_not_grow_with_the_input(tmp_path):
+    """Peak RSS of a build (a new process) from a 6 MB and from a 60 MB Parquet file of the same
+    documents (4 KB each, 1024-row groups): pyarrow holds a data page and a few batches, whatever
+    the file's size, so the larger input may not cost more than a generous 40 MiB more (holding
+    its text would cost over 54 MB)."""
+    import subprocess
+    keys = sorted(SAMPLES)
+    pool = [(" ".join([SAMPLES[k][0]] * 60))[:4000] for k in keys]
+    peaks = {}
+    for n in (1500, 15000):
+        texts = pa.array([f"{pool[i % len(pool)]} #{i}" for i in range(n)], pa.string())
+        path = tmp_path / f"{n}.parquet"
+        pq.write_table(pa.table({"text": texts}), path, row_group_size=1024)
+        r = subprocess.run([sys.executable, "-c", _HWM_CHILD, "build", str(path), "--out", str(tmp_path / f"o{n}"),
+                            "--workers", "2", "--no-progress"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        peaks[n] = int(r.stdout.split("VMHWM_KB")[1].split()[0]) / 1024
+    assert peaks[15000] < peaks[1500] + 40 and peaks[15000] < 1024, peaks
