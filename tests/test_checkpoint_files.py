@@ -17,7 +17,6 @@ from rwkv5.formats._files import map_or_read, open_regular
 from rwkv5.formats.pth import read_pth
 from rwkv5.formats.safetensors import read_safetensors, write_safetensors
 from rwkv5.formats.state_io import load_state
-from rwkv5.loading import read_checkpoint
 
 from _loaders_util import write_pth
 
@@ -31,14 +30,10 @@ def _run(script, *args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(fixtures_dir, tmp_path_factory):
-    """The three fixture formats the issue names, plus a safetensors file written from the fp32 .pth."""
-    d = tmp_path_factory.mktemp("ckpt")
-    files = {n: fixtures_dir / f"tiny-rwkv-5v2-730K-{n}" for n in ("FP32.bin", "fp32.pth", "bf16.pth")}
-    sd, _info = read_checkpoint(files["fp32.pth"])
-    write_safetensors(d / "fp32.safetensors", {k: np.array(v) for k, v in sd.items()})
-    files["fp32.safetensors"] = d / "fp32.safetensors"
-    return files
+def checkpoints(tiny_files):
+    """The shipped trained model in the three formats the issue names (rwkv.cpp .bin, fp32 and bf16
+    RWKV-LM .pth), plus a safetensors file, written at test time (conftest.TinyFiles)."""
+    return {n: tiny_files[n] for n in ("FP32.bin", "fp32.pth", "bf16.pth", "fp32.safetensors")}
 
 
 # -- item 2: a checkpoint truncated or rewritten on disk after loading ---------------------------
@@ -249,7 +244,7 @@ def test_pickle_that_builds_far_more_than_the_file_is_stopped(tmp_path, body):
     assert growth < 6 * size + (32 << 20), (growth, size)
 
 
-def test_real_pickles_stay_far_below_the_object_budget(fixtures_dir):
+def test_real_pickles_stay_far_below_the_object_budget(tiny_files):
     from rwkv5.formats import pth as pthmod
     seen = []
     orig = pthmod._Interpreter.run
@@ -260,7 +255,7 @@ def test_real_pickles_stay_far_below_the_object_budget(fixtures_dir):
         return out
     pthmod._Interpreter.run = run
     try:
-        read_pth(fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth")
+        read_pth(tiny_files["bf16.pth"])        # as torch.save writes it
     finally:
         pthmod._Interpreter.run = orig
     (used, budget), = seen

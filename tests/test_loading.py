@@ -24,24 +24,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -- format detection and names ----------------------------------------------------------------
 
-def test_format_from_content_not_extension(tmp_path, fixtures_dir):
+def test_format_from_content_not_extension(tmp_path, tiny_files):
     pth = tmp_path / "model.safetensors"          # a .pth with the wrong extension
-    pth.write_bytes((fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth").read_bytes())
+    pth.write_bytes(tiny_files["bf16.pth"].read_bytes())
     st = tmp_path / "model.pth"                   # a safetensors with the wrong extension
     write_safetensors(st, {"emb.weight": np.ones((4, 4), np.float32)})
     cpp = tmp_path / "model.json"
-    cpp.write_bytes((fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin").read_bytes()[:64])
+    cpp.write_bytes(tiny_files["FP32.bin"].read_bytes()[:64])
     assert sniff_format(pth) == "pth"
     assert sniff_format(st) == "safetensors"
     assert sniff_format(cpp) == "rwkvcpp"
     assert sniff_format(tmp_path) == "dir"
     sd, info = read_checkpoint(pth)
-    assert info["format"] == "pth" and info["gn_eps"] == 64e-5 and len(sd) == 270
+    assert info["format"] == "pth" and info["gn_eps"] == 64e-5 and len(sd) == len(tiny_files.state_dict()) == 72
     assert set(info["kinds"].values()) == {"bf16"}
 
 
-def test_hf_names_map_to_rwkvlm(tmp_path, fixtures_dir):
-    sd = torch_load_np(fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth")
+def test_hf_names_map_to_rwkvlm(tmp_path, tiny_files):
+    sd = torch_load_np(tiny_files["fp32.pth"])
     # Rename exactly as the HF conversion script does (docs/model.md §7.2), written independently here.
     def to_hf(n):
         n = n.replace("emb.", "embeddings.", 1) if n.startswith("emb.") else n
@@ -52,7 +52,7 @@ def test_hf_names_map_to_rwkvlm(tmp_path, fixtures_dir):
                 n = n[: -len(short)] + long
         return n if n == "head.weight" else "rwkv." + n
     hf = {to_hf(k): v for k, v in sd.items()}
-    assert "rwkv.blocks.3.attention.time_mix_gate" in hf and "rwkv.blocks.0.pre_ln.weight" in hf
+    assert "rwkv.blocks.2.attention.time_mix_gate" in hf and "rwkv.blocks.0.pre_ln.weight" in hf
     assert "rwkv.blocks.1.feed_forward.time_mix_receptance" in hf
     p = tmp_path / "hf.safetensors"
     write_safetensors(p, hf)
@@ -64,11 +64,11 @@ def test_hf_names_map_to_rwkvlm(tmp_path, fixtures_dir):
     assert hf_name_to_rwkvlm("rwkv.blocks.12.attention.time_mix_value") == "blocks.12.att.time_mix_v"
 
 
-def test_sharded_folder(tmp_path, fixtures_dir):
-    sd = torch_load_np(fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth")
+def test_sharded_folder(tmp_path, tiny_files):
+    sd = torch_load_np(tiny_files["fp32.pth"])
     keys = list(sd)
-    write_safetensors(tmp_path / "model-00001-of-00002.safetensors", {k: sd[k] for k in keys[:100]})
-    write_safetensors(tmp_path / "model-00002-of-00002.safetensors", {k: sd[k] for k in keys[100:]})
+    write_safetensors(tmp_path / "model-00001-of-00002.safetensors", {k: sd[k] for k in keys[:40]})
+    write_safetensors(tmp_path / "model-00002-of-00002.safetensors", {k: sd[k] for k in keys[40:]})
     (tmp_path / "config.json").write_text("{}")
     got, info = read_checkpoint(tmp_path)
     assert info["format"] == "safetensors" and len(info["files"]) == 2
@@ -128,12 +128,12 @@ def test_convert_array_paths():
 # -- convert CLI -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-def test_convert_cli(tmp_path, fixtures_dir, capsys, dtype):
-    src = fixtures_dir / "tiny-rwkv-5v2-730K-fp32.pth"
+def test_convert_cli(tmp_path, tiny_files, capsys, dtype):
+    src = tiny_files["fp32.pth"]
     out = tmp_path / f"m-{dtype}.safetensors"
     assert cli_main(["convert", str(src), str(out), "--dtype", dtype]) == 0
     printed = capsys.readouterr().out
-    assert "270 tensors" in printed and str(out) in printed
+    assert "72 tensors" in printed and str(out) in printed
     t, dts, meta = read_safetensors(out)
     assert meta["source_format"] == "pth" and float(meta["gn_eps"]) == 64e-5 and meta["dtype"] == dtype
     ref = torch_load_np(src)
@@ -198,14 +198,14 @@ def test_convert_cli_errors(tmp_path, capsys):
 
 # -- loading never imports torch ----------------------------------------------------------------------
 
-def test_loading_does_not_import_torch(tmp_path, fixtures_dir):
+def test_loading_does_not_import_torch(tmp_path, tiny_files):
     script = textwrap.dedent(f"""
         import sys
         from rwkv5.loading import read_checkpoint
-        sd, info = read_checkpoint({str(fixtures_dir / 'tiny-rwkv-5v2-730K-bf16.pth')!r})
-        assert len(sd) == 270
+        sd, info = read_checkpoint({str(tiny_files['bf16.pth'])!r})
+        assert len(sd) == 72
         from rwkv5.__main__ import main
-        assert main(["convert", {str(fixtures_dir / 'tiny-rwkv-5v2-730K-bf16.pth')!r},
+        assert main(["convert", {str(tiny_files['bf16.pth'])!r},
                      {str(tmp_path / 'o.safetensors')!r}, "--dtype", "fp32"]) == 0
         read_checkpoint({str(tmp_path / 'o.safetensors')!r})
         print("torch" in sys.modules, "safetensors" in sys.modules)
@@ -259,9 +259,36 @@ def test_fixture_formats_give_the_same_logits(tmp_path, fixtures_dir, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
-    p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
-    expected = np.fromfile(fixtures_dir / "expected-logits-5v2-730K.bin", dtype="<f4")
+def test_tiny_formats_give_the_same_logits(tmp_path, tiny_files, mode):
+    """The checks of test_fixture_formats_give_the_same_logits on the shipped model, written at test
+    time as rwkv.cpp .bin and RWKV-LM .pth, against logits of rwkv5/reference.py (float64)."""
+    expected = tiny_files.expected_logits(gn_eps=1e-5)
+    bin_path = tiny_files["FP32.bin"]
+    pth_path = tiny_files["fp32.pth"]
+    st_from_pth = tmp_path / "from-pth.safetensors"
+    st_from_bin = tmp_path / "from-bin.safetensors"
+    assert cli_main(["convert", str(pth_path), str(st_from_pth), "--dtype", "fp32"]) == 0
+    assert cli_main(["convert", str(bin_path), str(st_from_bin), "--dtype", "fp32"]) == 0
+    m_bin = rwkv5.load(bin_path)                       # rwkv.cpp default eps 1e-5
+    assert m_bin.config.gn_eps == 1e-5
+    m_st_bin = rwkv5.load(st_from_bin)                 # eps recorded by convert
+    assert m_st_bin.config.gn_eps == 1e-5
+    m_pth = rwkv5.load(pth_path, gn_eps=1e-5)          # the eps of the .bin, to compare the two
+    assert rwkv5.load(pth_path).config.gn_eps == 64e-5
+    m_st_pth = rwkv5.load(st_from_pth, gn_eps=1e-5)
+    lb, lsb, lp, lsp = (_logits(m, mode) for m in (m_bin, m_st_bin, m_pth, m_st_pth))
+    np.testing.assert_array_equal(lb, lsb)             # same values, same eps -> identical
+    np.testing.assert_array_equal(lp, lsp)
+    np.testing.assert_allclose(lb, expected, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(lp, expected, atol=2e-5, rtol=0)
+    # .bin and .pth differ only by the rounding of time_decay stored as d vs w
+    np.testing.assert_allclose(lb, lp, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_pth_in_bf16_and_fp32(tiny_files, mode):
+    p = tiny_files["bf16.pth"]
+    expected = tiny_files.expected_logits(gn_eps=1e-5)
     m16 = rwkv5.load(p, dtype="bf16", gn_eps=1e-5)
     m32 = rwkv5.load(p, dtype="fp32", gn_eps=1e-5)
     assert m16.config.dtype == "bf16" and m32.config.dtype == "fp32"
@@ -273,11 +300,11 @@ def test_bf16_pth_in_bf16_and_fp32(fixtures_dir, mode):
     assert rwkv5.load(p).config.dtype == "bf16"
 
 
-def test_model_weights_are_file_views(tmp_path, fixtures_dir):
+def test_model_weights_are_file_views(tmp_path, tiny_files):
     """dtype equal to the stored type (or None) and layout="rows": the model's matrices are the
     file's mmap pages. When the matrices are copied (blocked by layout="auto", or converted), the
     embedding is copied too: no stray view keeps the file mapped."""
-    p = fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"
+    p = tiny_files["bf16.pth"]
     st = tmp_path / "bf16.safetensors"
     assert cli_main(["convert", str(p), str(st), "--dtype", "bf16"]) == 0
     for path in (p, st):
@@ -291,8 +318,8 @@ def test_model_weights_are_file_views(tmp_path, fixtures_dir):
         assert emb32.dtype == np.float32 and not mmap_backed(emb32)
 
 
-def test_convert_rwkvcpp_fp16(tmp_path, fixtures_dir):
-    src = fixtures_dir / "tiny-rwkv-5v2-730K-FP16.bin"
+def test_convert_rwkvcpp_fp16(tmp_path, tiny_files):
+    src = tiny_files["FP16.bin"]
     out = tmp_path / "cpp16.safetensors"
     assert cli_main(["convert", str(src), str(out), "--dtype", "fp16"]) == 0
     a, b = rwkv5.load(src), rwkv5.load(out)
@@ -390,7 +417,7 @@ print(json.dumps({"before": before, "after": after, "load_s": t_load, "first_tok
 
 
 @pytest.mark.slow
-def test_zero_copy_rss(tmp_path, fixtures_dir, record_property):
+def test_zero_copy_rss(tmp_path, tiny_files, record_property):
     # emb + head of 65536 x 768 in bf16 = 201 MB, plus 2 small layers
     sd = random_rwkv5_torch_sd(version="5.2", n_layer=2, n_embd=768, head_size=64, vocab=65536, seed=3)
     p = tmp_path / "big-bf16.pth"
@@ -400,7 +427,7 @@ def test_zero_copy_rss(tmp_path, fixtures_dir, record_property):
     results = {}
     for dtype, layout in (("bf16", "rows"), ("bf16", "auto"), ("fp32", "auto")):
         r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(p), dtype,
-                            str(fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"), layout], capture_output=True, text=True)
+                            str(tiny_files["bf16.pth"]), layout], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         import json
         res = json.loads(r.stdout.strip().splitlines()[-1])

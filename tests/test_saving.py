@@ -143,8 +143,8 @@ def test_a_bad_quantised_file_is_named(tmp_path, change, message):
         rwkv5.load(tmp_path / "bad.safetensors")
 
 
-def test_rwkvcpp_fixture_round_trip(tmp_path, fixtures_dir):
-    model = rwkv5.load(fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin")
+def test_rwkvcpp_file_round_trip(tmp_path, tiny_files):
+    model = rwkv5.load(tiny_files["FP32.bin"])
     model.save(tmp_path / "m.safetensors")
     back = rwkv5.load(tmp_path / "m.safetensors")
     assert back.config == model.config            # including gn_eps 1e-5

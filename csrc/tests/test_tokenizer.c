@@ -1,8 +1,9 @@
 // SOURCES: csrc/tokenizer/world_tokenizer.c csrc/tokenizer/wt_threads.c
 /* Unit test of the tokenizer core, no Python.
  *
- * Loads the World vocab from ../shared/fixtures (or $RWKV5_FIXTURES) when present, else a
- * generated vocab (all 256 bytes plus random multi-byte tokens), and checks wt_encode against a
+ * Checks a generated vocab (all 256 bytes plus random multi-byte tokens) and the World vocab: the
+ * file named by $RWKV5_VOCAB (`make test-c` passes the one the Python package reads), else
+ * $RWKV5_FIXTURES or ../shared/fixtures/rwkv_vocab_v20230424.txt; it checks wt_encode against a
  * naive greedy longest match (binary search over the sorted token list, no trie) on random
  * bytes and on random concatenations of tokens; wt_encode_u16, wt_encode_batch and
  * wt_encode_parallel against wt_encode; the vocab parser's escapes and its error messages.
@@ -425,9 +426,13 @@ int main(void) {
     }
     free(data);
 
+    const char *vocab = getenv("RWKV5_VOCAB");
     const char *dir = getenv("RWKV5_FIXTURES");
     char path[1024];
-    snprintf(path, sizeof path, "%s/rwkv_vocab_v20230424.txt", dir ? dir : "../shared/fixtures");
+    if (vocab && *vocab)
+        snprintf(path, sizeof path, "%s", vocab);
+    else
+        snprintf(path, sizeof path, "%s/rwkv_vocab_v20230424.txt", dir ? dir : "../shared/fixtures");
     data = read_file(path, &len);
     if (!data) {
         printf("test_tokenizer: %s absent, World vocab part skipped\n", path);
@@ -445,6 +450,7 @@ int main(void) {
             k = wt_encode(tok, (const uint8_t *)"\xe6", 1, out);
             CHECK(k == 1 && out[0] == 231, "byte 0xE6");
             check_random(tok, "World vocab");
+            printf("test_tokenizer: World vocab %s checked\n", path);
             wt_free(tok);
         }
         free(data);
