@@ -20,6 +20,6 @@ __all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "g
 # `rwkv5.ops` is; those not imported above are imported on first use (module __getattr__), so
 # `import rwkv5` stays as cheap as it was.
 SUBMODULES = ("dataprep", "demo", "formats", "generation", "loading", "model", "ops", "reference", "saving",
-              "scoring", "testing", "tiny", "tokenizer")
+              "scoring", "storage", "testing", "tiny", "tokenizer")
 
 __getattr__, __dir__ = lazy_submodules(globals(), SUBMODULES)
