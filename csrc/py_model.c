@@ -171,7 +171,8 @@ static const void *take(PyObject *owner, PyObject *obj, const char *name, int ty
  * either layout of rwkv5_mat:
  *  - row-major: (rows, cols);
  *  - 4-row blocked: 4-d (ceil(rows/4), ceil(cols/E), 4, E), E = 64 / element size
- *    (rwkv5.model.block_matrix makes one).
+ *    (rwkv5.model.block_matrix makes one);
+ *  - a block type (int4): uint8 (rows, ceil(cols / block) * block_bytes), row-major only.
  * scale: float32 (rows,), present exactly for a type with row scales (int8: W[o][i] = q[o][i] * scale[o]). */
 static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, int cols, rwkv5_mat *out) {
     npy_intp dr[1] = {rows};
@@ -217,12 +218,18 @@ static int take_mat(PyObject *owner, PyObject *obj, const char *name, int rows, 
     out->rows = rows;
     out->cols = cols;
     out->blocked = PyArray_NDIM(a) == 4;
+    if (out->blocked && info->block) {
+        PyErr_Format(PyExc_ValueError, "%s: a %s matrix has only the row-major layout (a 2-d array of its blocks)", name,
+                     info->name);
+        return -1;
+    }
     if (out->blocked) {
         npy_intp e = 64 / (npy_intp)rwkv5_esz(dt);
         npy_intp d4[4] = {((npy_intp)rows + 3) / 4, ((npy_intp)cols + e - 1) / e, 4, e};
         out->data = take_flags(owner, data, name, t, 4, d4, UNALIGNED_OK);
     } else {
-        npy_intp d[2] = {rows, cols};
+        /* a block type: (rows, bytes per row) */
+        npy_intp d[2] = {rows, info->block ? (npy_intp)rwkv5_row_bytes(dt, (size_t)cols) : cols};
         out->data = take_flags(owner, data, name, t, 2, d, UNALIGNED_OK);
     }
     if (!out->data) return -1;

@@ -20,6 +20,7 @@ from . import _model
 from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
                           float32_to_bf16_bits, model_params, native_order)
 from .formats.quantized import QuantizedMatrix, unblock
+from ._int4 import dequantize_int4, quantize_int4  # noqa: F401  (re-exported: rwkv5.model.quantize_int4)
 
 GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
 AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
@@ -27,9 +28,10 @@ CHUNK = _model.CHUNK        # positions per chunk in parallel mode
 MAX_POSITIONS = 2**30 - 1   # B * T of one forward call (the C code's limit)
 # The storage types of the large matrices: the C table (_model.DTYPES: name, element bytes, row
 # scales) and the NumPy dtype each is held in here (bf16: its raw bits as uint16).
-_DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8}
+_DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8, "int4": np.uint8}
 _NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16",
-            np.dtype(np.int8): "int8"}     # (a quantised matrix: the dtype of its elements, (q, scale)[0])
+            np.dtype(np.int8): "int8",     # (a quantised matrix: the dtype of its elements, (q, scale)[0])
+            np.dtype(np.uint8): "int4"}    # (int4: a 1-tuple (blocks,), the blocks holding their scales)
 assert [name for name, _, _ in _model.DTYPES] == list(_DTYPE_NAMES), "rwkv5._model.DTYPES and _DTYPE_NAMES differ"
 STORAGE_DTYPES = tuple(_DTYPE_NAMES)   # what Model.from_state_dict(dtype=...) takes besides None
 
@@ -228,6 +230,8 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
     if dtype == "int8":
         src = np.asarray(a)                 # (an rwkv.cpp quantised matrix: its float32 values)
         out, copied = quantize_int8(src, blocked=layout != "rows" and src.shape == shape), True
+    elif dtype == "int4":     # blocks of 64 weights with their scales: row-major only
+        out, copied = (quantize_int4(np.asarray(a)),), True
     else:
         out = _as_row_major(a, dtype)
         copied = not (isinstance(a, np.ndarray) and np.may_share_memory(out, a))
@@ -330,7 +334,7 @@ class Model:
         params, matrices = {}, []       # full name -> what the C code reads (the table PARAMS)
         for name, layer, p in model_params(arch):
             if name == "emb.weight":    # one row per token is gathered: row-major, never quantised
-                params[name] = _as_row_major(sd[name], None if dtype == "int8" else dtype)
+                params[name] = _as_row_major(sd[name], None if dtype in ("int8", "int4") else dtype)
             elif p.kind == "matrix":
                 params[name] = _as_matrix(sd[name], dtype, layout, p.shape(arch))
             elif p.kind == "vector":
@@ -638,4 +642,5 @@ def _is_ragged(tokens):
     return len({len(s) for s in tokens}) > 1
 
 
-__all__ = ["Model", "State", "ModelConfig", "quantize_int8", "quantize_int8_numpy", "block_matrix"]
+__all__ = ["Model", "State", "ModelConfig", "quantize_int8", "quantize_int8_numpy", "quantize_int4", "dequantize_int4",
+           "block_matrix"]

@@ -11,7 +11,7 @@ import pytest
 
 import rwkv5
 from rwkv5 import _model
-from rwkv5.model import _c_matrix, block_matrix, quantize_int8, quantize_int8_numpy
+from rwkv5.model import _c_matrix, block_matrix, dequantize_int4, quantize_int4, quantize_int8, quantize_int8_numpy
 from rwkv5.reference import ReferenceModel
 from rwkv5.testing import bf16_bits_to_float32, float32_to_bf16_bits, random_state_dict
 
@@ -47,6 +47,9 @@ def storage(w32, kind):
     if kind == "int8":
         q, s = quantize_int8(w32)
         return ("int8", q, s), q.astype(np.float64) * s.astype(np.float64)[:, None]
+    if kind == "int4":
+        b = quantize_int4(w32)
+        return ("int4", b), dequantize_int4(b, w32.shape[1]).astype(np.float64)
     w = {"fp32": w32, "fp16": w32.astype(np.float16), "bf16": float32_to_bf16_bits(w32)}[kind]
     wf = bf16_bits_to_float32(w) if kind == "bf16" else w.astype(np.float32)
     return (kind, w), wf.astype(np.float64)
@@ -65,14 +68,34 @@ def x_split_bound(x, wf, kind, isa_name):
     """Extra error of the avx512_vnni and neon_dotprod int8 row kernels, which multiply x quantised to 24-bit
     integers, q = round(x / s), s = max|x row| / 8355711 (|error| <= s / 2, plus the float32
     rounding of x / s), instead of widening the weights. Bound per output, with headroom 2."""
+    if kind == "int4":
+        return int4_x_bound(x, wf) if isa_name in INT4_QUANT_X else 0.0
     if isa_name not in QUANT_X or kind != "int8":
         return 0.0
     s = np.abs(x.astype(np.float64)).max(axis=1, keepdims=True) / 8355711
     return 2 * (s * np.abs(wf).sum(axis=1)[None, :]).max()
 
 
+#: the int4 row kernels that multiply x quantised per group of 32 (the x86 SIMD levels; NEON uses the
+#: portable kernel)
+INT4_QUANT_X = {"avx2", "avx512", "avx512_vnni"}
+
+
+def int4_x_bound(x, wf):
+    """Extra error of the x86 int4 row kernels (matmul.c): x is rounded per group of 32 inputs to
+    xq = round(x / t), t = max|x of the group| / 8191, so each output moves by at most
+    sum_g t_g / 2 * sum_{i in g} |w_i| (plus the float32 rounding of x / t). Bound per output,
+    with headroom 2."""
+    M, n = x.shape
+    ng = -(-n // 32)
+    xp = np.zeros((M, ng * 32)); xp[:, :n] = np.abs(x)
+    wp = np.zeros((wf.shape[0], ng * 32)); wp[:, :n] = np.abs(wf)
+    t = xp.reshape(M, ng, 32).max(axis=2) / 8191                       # (M, groups)
+    return 2 * (t / 2 @ wp.reshape(-1, ng, 32).sum(axis=2).T).max()
+
+
 @pytest.mark.parametrize("isa_name", list(ISAS))
-@pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8", "int4"])
 @pytest.mark.parametrize("gemm", [False, True])
 @pytest.mark.parametrize("M,n,d", SIZES)
 def test_matmul_every_path_matches_float64(isa, isa_name, kind, gemm, M, n, d):
@@ -84,8 +107,9 @@ def test_matmul_every_path_matches_float64(isa, isa_name, kind, gemm, M, n, d):
     got = _model._matmul(x, w, ISAS[isa_name], gemm)
     fp_tol = 2e-6 * n * max(1.0, np.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=0, atol=fp_tol + (0 if gemm else x_split_bound(x, wf, kind, isa_name)))
-    # the 4-row blocked layout: the same sums in the same order, so the same bits
-    np.testing.assert_array_equal(_model._matmul(x, blocked(w), ISAS[isa_name], gemm, d), got)
+    # the 4-row blocked layout: the same sums in the same order, so the same bits (int4 has none)
+    if kind != "int4":
+        np.testing.assert_array_equal(_model._matmul(x, blocked(w), ISAS[isa_name], gemm, d), got)
     # the threaded entry point (current ISA, GEMM from 16 rows on)
     cur = _model.get_isa()[0]
     np.testing.assert_allclose(_model._matmul(x, w, -1), want, rtol=0,
@@ -176,7 +200,7 @@ def test_matmul_takes_the_storage_type_from_its_tag():
     assert _model._matmul(x, ("fp16", bits), 0)[0, 0] == np.float32(2.875)
     assert _model._matmul(x, ("bf16", bits), 0)[0, 0] == np.float32(1.0078125)
     assert _model._matmul(x, ("fp16", bits.view(np.float16)), 0)[0, 0] == np.float32(2.875)
-    with pytest.raises(ValueError, match=r"w: unknown storage type 'q4' \(one of fp32, fp16, bf16, int8\)"):
+    with pytest.raises(ValueError, match=r"w: unknown storage type 'q4' \(one of fp32, fp16, bf16, int8, int4\)"):
         _model._matmul(x, ("q4", bits), 0)
     with pytest.raises(TypeError, match="w: a fp32 matrix has 4-byte numeric elements, got dtype .*uint16"):
         _model._matmul(x, ("fp32", bits), 0)
@@ -335,7 +359,7 @@ def test_int8_dtype_name_and_errors():
     m = rwkv5.Model.from_state_dict(sd, dtype="int8")
     assert m.config.dtype == "int8" and "int8" in repr(m)
     with pytest.raises(ValueError, match="dtype must be"):
-        rwkv5.Model.from_state_dict(sd, dtype="int4")
+        rwkv5.Model.from_state_dict(sd, dtype="int3")
 
 
 # ---------------------------------------------------------------------------------------------

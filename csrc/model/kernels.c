@@ -18,6 +18,10 @@ void rwkv5_mat_row(float *out, const rwkv5_mat *m, size_t r) {
         memcpy(out, p, n * sizeof(float));
         return;
     }
+    if (rwkv5_dtypes[m->dtype].block) {   /* int4: q times its group's scale */
+        for (size_t i = 0; i < n; i++) out[i] = (float)rwkv5_i4_q(p, i) * rwkv5_i4_scale(p, i / 32);
+        return;
+    }
     float s = m->scale ? m->scale[r] : 1.0f;
     for (size_t i = 0; i < n; i++) {
         float v = rwkv5_load(m->dtype, p + RWKV5_COL_OFF(i, esz, cs));

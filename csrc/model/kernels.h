@@ -29,7 +29,7 @@ static inline size_t rwkv5_padded_cols(const rwkv5_mat *m) {
 static inline const unsigned char *rwkv5_row_ptr(const rwkv5_mat *m, size_t o) {
     const unsigned char *p = (const unsigned char *)m->data;
     size_t esz = rwkv5_esz(m->dtype);
-    if (!m->blocked) return p + o * (size_t)m->cols * esz;
+    if (!m->blocked) return p + o * rwkv5_row_bytes(m->dtype, (size_t)m->cols);
     return p + (o / 4) * 4 * rwkv5_padded_cols(m) * esz + (o % 4) * 64;
 }
 
@@ -72,6 +72,9 @@ typedef struct {
     rwkv5_pack_fn pack[RWKV5_N_DTYPES];
     rwkv5_gemm_fn gemm;
 } rwkv5_isa_kernels;
+/* The portable int4 (RWKV5_I4) kernels, also in the rows of levels without their own (NEON). */
+void rwkv5_rows_i4_scalar(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1);
+void rwkv5_pack_i4_scalar(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc);
 /* out = x @ W^T with the workspace ws (NULL or too small: the row kernels). isa < 0: the current
  * ISA; the GEMM runs for M >= RWKV5_GEMM_MIN_M (or force_gemm) on AVX2/AVX-512. Threaded.
  * Returns as rwkv5_matmul. */

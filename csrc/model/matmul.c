@@ -21,6 +21,7 @@
 #include "kernels.h"
 #include "neon.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -85,6 +86,43 @@ PACK_FN(pack_scalar_f32, NO_ATTR, pack_scalar, RWKV5_F32)
 PACK_FN(pack_scalar_f16, NO_ATTR, pack_scalar, RWKV5_F16)
 PACK_FN(pack_scalar_bf16, NO_ATTR, pack_scalar, RWKV5_BF16)
 PACK_FN(pack_scalar_i8, NO_ATTR, pack_scalar, RWKV5_I8)
+
+/* int4 (RWKV5_I4, blocks of dtypes.h): per output, in input order, one fp32 sum per group of 32
+ * times the group's scale:  out[m][o] = sum_g s[o][g] * (sum_{i in g} x[m][i] * q[o][i]).
+ * The portable kernel of every ISA level without its own (and the fallback of the AVX2 one). */
+void rwkv5_rows_i4_scalar(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+    size_t n = (size_t)w->cols, d = (size_t)w->rows;
+    for (int o = o0; o < o1; o++) {
+        const unsigned char *wr = rwkv5_row_ptr(w, (size_t)o);
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + (size_t)m * n;
+            float acc = 0.0f;
+            for (size_t g = 0; g * 32 < n; g++) {
+                size_t e = g * 32 + 32 < n ? g * 32 + 32 : n;
+                float a = 0.0f;
+                for (size_t i = g * 32; i < e; i++) a += xm[i] * (float)rwkv5_i4_q(wr, i);
+                acc += a * rwkv5_i4_scale(wr, g);
+            }
+            out[(size_t)m * d + o] = acc;
+        }
+    }
+}
+
+/* Bp (NR, kc) = rows [o, o+NR) x inputs [k0, k0+kc) as fp32 q * s; rows past w->rows are 0. */
+void rwkv5_pack_i4_scalar(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {
+    for (int r = 0; r < RWKV5_GEMM_NR; r++) {
+        float *dst = Bp + (size_t)r * kc;
+        if (o + r >= w->rows) {
+            for (int i = 0; i < kc; i++) dst[i] = 0.0f;
+            continue;
+        }
+        const unsigned char *row = rwkv5_row_ptr(w, (size_t)(o + r));
+        for (int i = 0; i < kc; i++) {
+            size_t c = k0 + (size_t)i;
+            dst[i] = (float)rwkv5_i4_q(row, c) * rwkv5_i4_scale(row, c / 32);
+        }
+    }
+}
 
 #if defined(__x86_64__)
 /* ---------------- prefetching (the x86 row kernels) ---------------- */
@@ -480,6 +518,95 @@ T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, 
 #undef ROWP
 }
 
+/* ---------------- int4 on AVX2: integer products, no widening to fp32 ----------------
+ * Per block of 64 weights (two groups of 32, dtypes.h) and row: one 32-byte load of the nibbles;
+ * four shifts/masks put each of the 4 nibbles of every 16-bit lane at its top (4096 q, exact
+ * int16), and vpmaddwd multiplies them with x quantised per group of 32 to 14-bit integers
+ * xq = round(x / t), t = max|x of the group| / 8191, |xq| <= 8191, in the matching order (x is
+ * permuted once per call piece, as xp below). The four products sum to exact int32 lanes
+ * (|sum| <= 8 * 32768 * 8191 < 2^31), four lanes per group; then one conversion and
+ *     acc += (lanes * t / 4096) * s        (s the group's weight scale).
+ * The only rounding besides fp32 sums: x's, |x - t xq| <= t/2, so the error of one output is at
+ * most sum_g t_g/2 * s_g * sum_{i in g} |q_i| plus fp32 rounding (tests/test_int4.py checks this
+ * bound). Per 64 weights and row ~20 instructions, against ~32 for widening int8 to fp32.
+ * Rows longer than XP_MAX, and x rows with inf/nan, use the portable kernel. Every output depends
+ * only on its own x row and weight row. */
+#define I4_XQ 8191
+
+T256 static void mm_avx2_i4(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+    size_t n = (size_t)w->cols, d = (size_t)w->rows, nb = (n + 63) / 64;
+    if (n > XP_MAX) {
+        rwkv5_rows_i4_scalar(out, x, w, M, o0, o1);
+        return;
+    }
+    /* xp[b][V][h][j]: block b, vector V = A, B, C, D, half h (group 2b + h), lane j: x[64b + 32h + off_V + 2j]
+     * with off = 0, 16, 1, 17 (the nibbles of 16-bit lane j: bits 0-3, 4-7, 8-11, 12-15) */
+    int16_t xp[XP_MAX + 64] __attribute__((aligned(32)));
+    float ts[XP_MAX / 64 * 8 + 8] __attribute__((aligned(32)));   /* ts[b][h*4 + l] = t / 4096 */
+    static const int off[4] = {0, 16, 1, 17};
+    const __m256i top = _mm256_set1_epi16((short)0xf000);
+    const __m256i dup = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * n;
+        float xg[32];
+        int finite = 1;
+        for (size_t g = 0; g < 2 * nb; g++) {
+            size_t c0 = g * 32;
+            float amax = 0.0f;
+            for (int i = 0; i < 32; i++) {
+                xg[i] = c0 + (size_t)i < n ? xm[c0 + i] : 0.0f;
+                float a = fabsf(xg[i]);
+                if (!(a <= FLT_MAX)) finite = 0;   /* inf or nan */
+                if (a > amax) amax = a;
+            }
+            if (!finite || (amax > 0.0f && amax < 0x1p-100f)) finite = 0;   /* (8191 / max would overflow) */
+            float t = amax > 0.0f ? amax / (float)I4_XQ : 0.0f, inv = amax > 0.0f ? (float)I4_XQ / amax : 0.0f;
+            size_t b = g / 2, h = g % 2;
+            for (int l = 0; l < 4; l++) ts[b * 8 + h * 4 + (size_t)l] = t * (1.0f / 4096.0f);
+            for (int v = 0; v < 4; v++)
+                for (int j = 0; j < 8; j++) {
+                    float q = rintf(xg[off[v] + 2 * j] * inv);
+                    q = q > I4_XQ ? I4_XQ : q < -I4_XQ ? -I4_XQ : q;
+                    xp[b * 64 + (size_t)v * 16 + h * 8 + (size_t)j] = finite ? (int16_t)q : 0;
+                }
+        }
+        if (!finite) {   /* inf/nan (or |x| < 2^-100): the IEEE result of the portable kernel */
+            rwkv5_rows_i4_scalar(out + (size_t)m * d, xm, w, 1, o0, o1);
+            continue;
+        }
+        for (int o = o0; o < o1; o += 4) {
+            int nr = o1 - o < 4 ? o1 - o : 4;
+            const unsigned char *wr[4];
+            for (int k = 0; k < 4; k++) wr[k] = rwkv5_row_ptr(w, (size_t)(o + (k < nr ? k : 0)));
+            const unsigned char *nx = next_block(w, o, o1);
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (size_t b = 0; b < nb; b++) {
+                size_t boff = b * RWKV5_I4_BLOCK_BYTES;
+                if (boff / 64 != (boff + RWKV5_I4_BLOCK_BYTES) / 64) pf_next(nx, boff & ~(size_t)63);
+                const __m256i *xb = (const __m256i *)(xp + b * 64);
+                __m256i xa = _mm256_load_si256(xb), xbv = _mm256_load_si256(xb + 1), xc = _mm256_load_si256(xb + 2),
+                        xd = _mm256_load_si256(xb + 3);
+                __m256 tv = _mm256_load_ps(ts + b * 8);
+                for (int k = 0; k < 4; k++) {
+                    const unsigned char *blk = wr[k] + boff;
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 4));
+                    __m256i pa = _mm256_slli_epi16(v, 12);
+                    __m256i pb = _mm256_and_si256(_mm256_slli_epi16(v, 8), top);
+                    __m256i pc = _mm256_and_si256(_mm256_slli_epi16(v, 4), top);
+                    __m256i pd = _mm256_and_si256(v, top);
+                    __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(pa, xa), _mm256_madd_epi16(pb, xbv)),
+                                                   _mm256_add_epi32(_mm256_madd_epi16(pc, xc), _mm256_madd_epi16(pd, xd)));
+                    int32_t sc;
+                    memcpy(&sc, blk, 4);
+                    __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(sc))), dup);
+                    acc[k] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), tv), s, acc[k]);
+                }
+            }
+            for (int k = 0; k < nr; k++) out[(size_t)m * d + o + k] = hsum256(acc[k]);
+        }
+    }
+}
+
 ROWS_FN(mm_avx2_f32, T256, rows_avx2, RWKV5_F32)
 ROWS_FN(mm_avx2_f16, T256, rows_avx2, RWKV5_F16)
 ROWS_FN(mm_avx2_bf16, T256, rows_avx2, RWKV5_BF16)
@@ -661,32 +788,33 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
 
 static const rwkv5_isa_kernels scalar_kernels = {
     .rows = {[RWKV5_F32] = mm_scalar_f32, [RWKV5_F16] = mm_scalar_f16, [RWKV5_BF16] = mm_scalar_bf16,
-             [RWKV5_I8] = mm_scalar_i8},
+             [RWKV5_I8] = mm_scalar_i8, [RWKV5_I4] = rwkv5_rows_i4_scalar},
     .pack = {[RWKV5_F32] = pack_scalar_f32, [RWKV5_F16] = pack_scalar_f16, [RWKV5_BF16] = pack_scalar_bf16,
-             [RWKV5_I8] = pack_scalar_i8},
+             [RWKV5_I8] = pack_scalar_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = NULL,   /* no GEMM: the row kernels at any M */
 };
 #if defined(__x86_64__)
 static const rwkv5_isa_kernels avx2_kernels = {
-    .rows = {[RWKV5_F32] = mm_avx2_f32, [RWKV5_F16] = mm_avx2_f16, [RWKV5_BF16] = mm_avx2_bf16, [RWKV5_I8] = mm_avx2_i8},
+    .rows = {[RWKV5_F32] = mm_avx2_f32, [RWKV5_F16] = mm_avx2_f16, [RWKV5_BF16] = mm_avx2_bf16, [RWKV5_I8] = mm_avx2_i8,
+             [RWKV5_I4] = mm_avx2_i4},
     .pack = {[RWKV5_F32] = pack_scalar_f32, [RWKV5_F16] = pack_scalar_f16, [RWKV5_BF16] = pack_scalar_bf16,
-             [RWKV5_I8] = pack_scalar_i8},
+             [RWKV5_I8] = pack_scalar_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = ukernel_avx2,
 };
 static const rwkv5_isa_kernels avx512_kernels = {
     .rows = {[RWKV5_F32] = mm_avx512_f32, [RWKV5_F16] = mm_avx512_f16, [RWKV5_BF16] = mm_avx512p_bf16,
-             [RWKV5_I8] = mm_avx512_i8},
+             [RWKV5_I8] = mm_avx512_i8, [RWKV5_I4] = mm_avx2_i4},
     .pack = {[RWKV5_F32] = pack_avx512_f32, [RWKV5_F16] = pack_avx512_f16, [RWKV5_BF16] = pack_avx512_bf16,
-             [RWKV5_I8] = pack_avx512_i8},
+             [RWKV5_I8] = pack_avx512_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = ukernel_avx512,
 };
 /* bf16 stays on the widening kernel: x split into two bf16 for vdpbf16ps ran faster but moved a
  * test model's logits by 2.4e-4 (16-bit x), above the 1e-4 the model is held to */
 static const rwkv5_isa_kernels avx512_vnni_kernels = {
     .rows = {[RWKV5_F32] = mm_avx512_f32, [RWKV5_F16] = mm_avx512_f16, [RWKV5_BF16] = mm_avx512p_bf16,
-             [RWKV5_I8] = mm_avx512v_i8},
+             [RWKV5_I8] = mm_avx512v_i8, [RWKV5_I4] = mm_avx2_i4},
     .pack = {[RWKV5_F32] = pack_avx512_f32, [RWKV5_F16] = pack_avx512_f16, [RWKV5_BF16] = pack_avx512_bf16,
-             [RWKV5_I8] = pack_avx512_i8},
+             [RWKV5_I8] = pack_avx512_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = ukernel_avx512,
 };
 static const rwkv5_isa_kernels *const LEVELS[] = {
@@ -712,8 +840,13 @@ static const rwkv5_isa_kernels *kernels_of(int isa) {
     return LEVELS[isa < n ? isa : n - 1];
 }
 
+/* a storage type of the table, in a layout it has (block types are row-major only) */
+static int mat_valid(const rwkv5_mat *w) {
+    return rwkv5_dtype_valid(w->dtype) && !(w->blocked && rwkv5_dtypes[w->dtype].block);
+}
+
 int rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
-    if (!rwkv5_dtype_valid(w->dtype)) return RWKV5_EINVAL;
+    if (!mat_valid(w)) return RWKV5_EINVAL;
     kernels_of(isa)->rows[w->dtype](out, x, w, M, o0, o1);
     return RWKV5_OK;
 }
@@ -736,7 +869,7 @@ static void mm_range(void *ctx, int64_t b, int64_t e) {
 
 int rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
                     size_t ws_floats) {
-    if (!rwkv5_dtype_valid(w->dtype)) return RWKV5_EINVAL;
+    if (!mat_valid(w)) return RWKV5_EINVAL;
     if (M <= 0) return RWKV5_OK;
     const rwkv5_isa_kernels *k = kernels_of(isa);
     int n = w->cols, d = w->rows, nt = rwkv5_get_num_threads();
@@ -772,7 +905,7 @@ int rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const r
 }
 
 int rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M) {
-    if (!rwkv5_dtype_valid(w->dtype)) return RWKV5_EINVAL;
+    if (!mat_valid(w)) return RWKV5_EINVAL;
     float *ws = NULL;
     size_t need = 0;
     if (M >= RWKV5_GEMM_MIN_M) {   /* callers without a workspace (ops, tests): allocate one */

@@ -292,16 +292,17 @@ static void gemm_ukernel(float *C, size_t ldc, const float *X, const float *B, s
 /* ---------------- the dispatch rows (kernels.h) ---------------- */
 
 const rwkv5_isa_kernels rwkv5_neon_kernels = {
-    .rows = {[RWKV5_F32] = mm_neon_f32, [RWKV5_F16] = mm_neon_f16, [RWKV5_BF16] = mm_neon_bf16, [RWKV5_I8] = mm_neon_i8},
+    .rows = {[RWKV5_F32] = mm_neon_f32, [RWKV5_F16] = mm_neon_f16, [RWKV5_BF16] = mm_neon_bf16, [RWKV5_I8] = mm_neon_i8,
+             [RWKV5_I4] = rwkv5_rows_i4_scalar},
     .pack = {[RWKV5_F32] = pack_neon_f32, [RWKV5_F16] = pack_neon_f16, [RWKV5_BF16] = pack_neon_bf16,
-             [RWKV5_I8] = pack_neon_i8},
+             [RWKV5_I8] = pack_neon_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = gemm_ukernel,
 };
 const rwkv5_isa_kernels rwkv5_neon_dotprod_kernels = {
     .rows = {[RWKV5_F32] = mm_neon_f32, [RWKV5_F16] = mm_neon_f16, [RWKV5_BF16] = mm_neon_bf16,
-             [RWKV5_I8] = mm_neon_dot_i8},
+             [RWKV5_I8] = mm_neon_dot_i8, [RWKV5_I4] = rwkv5_rows_i4_scalar},
     .pack = {[RWKV5_F32] = pack_neon_f32, [RWKV5_F16] = pack_neon_f16, [RWKV5_BF16] = pack_neon_bf16,
-             [RWKV5_I8] = pack_neon_i8},
+             [RWKV5_I8] = pack_neon_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = gemm_ukernel,
 };
 

@@ -57,6 +57,25 @@ static void *block_copy(const rwkv5_mat *m) {
     return b;
 }
 
+/* The extra error of the x86 SIMD int4 row kernels (matmul.c), which round x per group of 32 to
+ * xq = round(x / t), t = max|x of the group| / 8191: sum_g t_g / 2 * sum_{i in g} |w_i|, headroom 2.
+ * (NEON runs the portable kernel, within the bound as well.) */
+static float i4_x_bound(const float *x, const rwkv5_mat *w, int m, int o) {
+    size_t n = (size_t)w->cols;
+    const float *xm = x + (size_t)m * n;
+    const unsigned char *row = (const unsigned char *)w->data + (size_t)o * rwkv5_row_bytes(w->dtype, n);
+    double b = 0;
+    for (size_t g = 0; g * 32 < n; g++) {
+        double t = 0, sw = 0;
+        for (size_t i = g * 32; i < n && i < g * 32 + 32; i++) {
+            t = fmax(t, fabs(xm[i]));
+            sw += fabs((double)rwkv5_i4_q(row, i) * rwkv5_i4_scale(row, g));
+        }
+        b += t / 8191 / 2 * sw;
+    }
+    return (float)(2 * b);
+}
+
 /* Every storage type (int8 with per-row scales) x every ISA, row kernels and the blocked GEMM,
  * against a double-precision product of the widened weights; odd sizes cover every tail (k not a
  * multiple of 16 or KC, rows not a multiple of 4 or NR, M not a multiple of the 64-row panel). */
@@ -72,15 +91,25 @@ static void test_matmul(void) {
               *row = malloc(sizeof(float) * n);
         size_t wsn = rwkv5_gemm_ws_floats(M, n, d);
         float *ws = malloc(sizeof(float) * wsn);
-        void *w = malloc(sizeof(float) * d * n);
+        size_t wcap = sizeof(float) * d * n, i4b = (size_t)d * rwkv5_row_bytes(RWKV5_I4, (size_t)n);
+        void *w = malloc(wcap > i4b ? wcap : i4b);
         for (int i = 0; i < M * n; i++) x[i] = frand();
         for (int o = 0; o < d; o++) scale[o] = (0.5f + (float)(rnd() % 100) / 100.0f) / 127.0f;
         for (int dt = 0; dt < RWKV5_N_DTYPES; dt++) {
             for (int i = 0; i < d * n; i++) {
                 if (dt == RWKV5_F32) ((float *)w)[i] = frand();
                 else if (dt == RWKV5_I8) ((int8_t *)w)[i] = (int8_t)(rnd() % 255 - 127);
-                else ((uint16_t *)w)[i] = dt == RWKV5_F16 ? rand_f16() : rand_bf16();
+                else if (dt != RWKV5_I4) ((uint16_t *)w)[i] = dt == RWKV5_F16 ? rand_f16() : rand_bf16();
             }
+            if (dt == RWKV5_I4) {   /* random nibbles, and each block's two fp16 scales in [1/32, 1/16) */
+                for (size_t i = 0; i < i4b; i++) ((unsigned char *)w)[i] = (unsigned char)rnd();
+                for (size_t b = 0; b < i4b; b += RWKV5_I4_BLOCK_BYTES)
+                    for (int g = 0; g < 2; g++) {
+                        uint16_t h = (uint16_t)((rnd() & 1) << 15 | 10 << 10 | (rnd() & 0x3ff));
+                        memcpy((unsigned char *)w + b + 2 * g, &h, 2);
+                    }
+            }
+            int block = rwkv5_dtypes[dt].block != 0;
             rwkv5_mat mat = {w, rwkv5_dtypes[dt].row_scale ? scale : NULL, dt, d, n, 0};
             /* double-precision truth */
             for (int o = 0; o < d; o++) {
@@ -92,15 +121,21 @@ static void test_matmul(void) {
                 }
             }
             /* the same storage one byte past an aligned address (as in rwkv.cpp files) */
-            size_t wbytes = (size_t)d * n * rwkv5_esz(dt);
+            size_t wbytes = (size_t)d * rwkv5_row_bytes(dt, (size_t)n);
             unsigned char *odd = malloc(wbytes + 1);
             memcpy(odd + 1, w, wbytes);
             rwkv5_mat omat = {odd + 1, mat.scale, dt, d, n, 0};
             /* and in the 4-row blocked layout: the same values and the same bits from every kernel */
-            void *blk = block_copy(&mat);
+            void *blk = block ? NULL : block_copy(&mat);
             rwkv5_mat bmat = {blk, mat.scale, dt, d, n, 1};
             float *row_b = malloc(sizeof(float) * n);
-            for (int o = 0; o < d; o++) {
+            if (block) {   /* a block type has only the row-major layout */
+                bmat.data = w;
+                CHECK(rwkv5_matmul_rows_isa(0, out, x, &bmat, M, 0, d) == RWKV5_EINVAL, "blocked %s refused",
+                      rwkv5_dtypes[dt].name);
+                CHECK(rwkv5_matmul(out, x, &bmat, M) == RWKV5_EINVAL, "blocked %s refused", rwkv5_dtypes[dt].name);
+            }
+            for (int o = 0; o < d && !block; o++) {
                 rwkv5_mat_row(row, &mat, (size_t)o);
                 rwkv5_mat_row(row_b, &bmat, (size_t)o);
                 CHECK(!memcmp(row, row_b, sizeof(float) * n), "blocked mat_row dtype=%d o=%d", dt, o);
@@ -111,13 +146,15 @@ static void test_matmul(void) {
                 memset(out, 0xff, sizeof(float) * M * d);   /* NaN: every output must be written */
                 rwkv5_matmul_rows_isa(isa, out, x, &mat, M, 0, d);
                 for (int i = 0; i < M * d; i++)
-                    CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n, "matmul isa=%d dtype=%d M=%d n=%d d=%d [%d]: %g vs %g",
-                          isa, dt, M, n, d, i, out[i], ref[i]);
+                    CHECK(fabsf(out[i] - ref[i]) <= 1e-5f * n + (dt == RWKV5_I4 && isa ? i4_x_bound(x, &mat, i / d, i % d) : 0),
+                          "matmul isa=%d dtype=%d M=%d n=%d d=%d [%d]: %g vs %g", isa, dt, M, n, d, i, out[i], ref[i]);
                 rwkv5_matmul_rows_isa(isa, out2, x, &omat, M, 0, d);
                 CHECK(!memcmp(out, out2, sizeof(float) * M * d), "unaligned storage isa=%d dtype=%d", isa, dt);
-                rwkv5_matmul_rows_isa(isa, out2, x, &bmat, M, 0, d);
-                CHECK(!memcmp(out, out2, sizeof(float) * M * d), "blocked storage isa=%d dtype=%d M=%d n=%d d=%d",
-                      isa, dt, M, n, d);
+                if (!block) {
+                    rwkv5_matmul_rows_isa(isa, out2, x, &bmat, M, 0, d);
+                    CHECK(!memcmp(out, out2, sizeof(float) * M * d), "blocked storage isa=%d dtype=%d M=%d n=%d d=%d",
+                          isa, dt, M, n, d);
+                }
                 if (isa == 0) continue;
                 /* the GEMM, forced even for small M (threaded); aligned and unaligned storage agree */
                 memset(out, 0xff, sizeof(float) * M * d);
@@ -127,8 +164,10 @@ static void test_matmul(void) {
                           isa, dt, M, n, d, i, out[i], ref[i]);
                 rwkv5_matmul_ws(isa, 1, out2, x, &omat, M, ws, wsn);
                 CHECK(!memcmp(out, out2, sizeof(float) * M * d), "gemm unaligned storage isa=%d dtype=%d", isa, dt);
-                rwkv5_matmul_ws(isa, 1, out2, x, &bmat, M, ws, wsn);
-                CHECK(!memcmp(out, out2, sizeof(float) * M * d), "gemm blocked storage isa=%d dtype=%d", isa, dt);
+                if (!block) {
+                    rwkv5_matmul_ws(isa, 1, out2, x, &bmat, M, ws, wsn);
+                    CHECK(!memcmp(out, out2, sizeof(float) * M * d), "gemm blocked storage isa=%d dtype=%d", isa, dt);
+                }
                 /* row m of a GEMM does not depend on the other rows (batch == alone) */
                 if (M > 1) {
                     rwkv5_matmul_ws(isa, 1, out2, x + (size_t)(M - 1) * n, &mat, 1, ws, wsn);

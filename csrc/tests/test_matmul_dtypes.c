@@ -33,13 +33,15 @@ static void table_rows_are_consistent(void) {
         CHECK(d->elem_bytes > 0 && 64 % d->elem_bytes == 0, "dtype %s: element size %d does not divide 64",
               d->name, d->elem_bytes);
         CHECK(rwkv5_esz(t) == (size_t)d->elem_bytes, "rwkv5_esz(%s)", d->name);
+        CHECK(d->block ? d->block_bytes > 0 && !d->row_scale && rwkv5_row_bytes(t, 1) == (size_t)d->block_bytes
+                       : rwkv5_row_bytes(t, 3) == 3 * (size_t)d->elem_bytes, "dtype %s: block fields", d->name);
         for (int u = 0; u < t; u++) CHECK(strcmp(d->name, rwkv5_dtypes[u].name) != 0, "name %s twice", d->name);
     }
     CHECK(!rwkv5_dtype_valid(-1) && !rwkv5_dtype_valid(RWKV5_N_DTYPES) && rwkv5_dtype_valid(0), "rwkv5_dtype_valid");
 }
 
-/* W = all elements 1 (stored as each type: fp32 1.0, fp16 0x3c00, bf16 0x3f80, int8 1 with scale 1),
- * so out = sum of x's row, exact for these x */
+/* W = all elements 1 (stored as each type: fp32 1.0, fp16 0x3c00, bf16 0x3f80, int8 1 with scale 1,
+ * int4 nibbles 1 with fp16 scales 1.0), so out = sum of x's row, exact for these x */
 static void every_type_computes(void) {
     static unsigned char w[D * N * 4];
     float x[M * N], out[M * D], scale[D], ws_buf[4096];
@@ -53,8 +55,16 @@ static void every_type_computes(void) {
         float one = 1.0f;
         uint16_t h = t == RWKV5_F16 ? 0x3c00 : 0x3f80;
         int8_t q = 1;
-        for (int i = 0; i < D * N; i++)
-            memcpy(w + i * esz, esz == 4 ? (const void *)&one : esz == 2 ? (const void *)&h : (const void *)&q, esz);
+        if (t == RWKV5_I4) {   /* blocks: two scales 1.0, then q = 1 in every nibble (0x11 per byte) */
+            size_t rb = rwkv5_row_bytes(t, N);
+            for (size_t b = 0; b < D * rb; b += RWKV5_I4_BLOCK_BYTES) {
+                const uint16_t s1[2] = {0x3c00, 0x3c00};
+                memcpy(w + b, s1, 4);
+                memset(w + b + 4, 0x11, RWKV5_I4_BLOCK_BYTES - 4);
+            }
+        } else
+            for (int i = 0; i < D * N; i++)
+                memcpy(w + i * esz, esz == 4 ? (const void *)&one : esz == 2 ? (const void *)&h : (const void *)&q, esz);
         rwkv5_mat mat = {w, rwkv5_dtypes[t].row_scale ? scale : NULL, t, D, N, 0};
         for (int isa = -1; isa <= best; isa++) {
             for (int path = 0; path < 3; path++) {
@@ -66,7 +76,10 @@ static void every_type_computes(void) {
                     float want = 0.0f;
                     for (int i = 0; i < N; i++) want += x[m * N + i];
                     for (int o = 0; o < D; o++)
-                        CHECK(out[m * D + o] == want, "%s isa=%d path=%d [%d][%d]: %g, want %g", rwkv5_dtypes[t].name,
+                        /* (the x86 SIMD int4 row kernels round x to t = max|x| / 8191 per group of 32 (matmul.c):
+                         * off by at most N * t / 2, here max|x| = 3; headroom 2) */
+                        CHECK(fabsf(out[m * D + o] - want) <= (t == RWKV5_I4 ? N * 3.0f / 8191 : 0.0f),
+                              "%s isa=%d path=%d [%d][%d]: %g, want %g", rwkv5_dtypes[t].name,
                               isa, path, m, o, out[m * D + o], want);
                 }
             }
