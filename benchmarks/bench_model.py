@@ -36,8 +36,9 @@ from .probes import MODEL_SHAPES, T_PARALLEL, fma_limit, limits, n_ffn, numpy_mo
 VOCAB = 65536
 HEAD_SIZE = 64
 WKV_CHUNK = 64
-DTYPES = ["fp32", "bf16", "fp16", "int8"]
-BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
+DTYPES = ["fp32", "bf16", "fp16", "int8", "int4"]
+BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1,
+                    "int4": 36 / 64}   # blocks of 64 weights in 36 bytes, their fp16 group scales inside
 SHAPES = {name: (L, C) for name, L, C in MODEL_SHAPES}
 DESIGN_L3_BYTES = 260 << 20
 
@@ -107,8 +108,8 @@ def random_state_dict(L: int, C: int, V: int = VOCAB, storage: str = "fp32", see
 
 
 def _storage_for(dtype: str) -> str:
-    # int8 is quantised by the model from a bf16 checkpoint, as a user would load a released file.
-    return {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8": "bf16"}[dtype]
+    # int8 and int4 are quantised by the model from a bf16 checkpoint, as a user would load a released file.
+    return {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8": "bf16", "int4": "bf16"}[dtype]
 
 
 # ------------------------------------------------------------------------------ workers (subprocess)
