@@ -38,7 +38,8 @@ def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):
     — ``rwkv5 convert --dtype int8``, ``Model.save`` of an int8 model — stay int8 and are mapped
     zero copy), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
     symmetrically per output row (see ``rwkv5.model.quantize_int8``, all threads; the embedding is
-    kept; a quantised file is used as stored). ``gn_eps``: GroupNorm epsilon;
+    kept; a quantised file is used as stored), "int4" to 4 bits in groups of 32 with an fp16 scale
+    each (``rwkv5.model.quantize_int4``; docs/formats.md). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
     ``layout``: "auto" (default) stores the fp16/bf16/int8 matrices (and fp32 ones converted
     from another type) in the 4-row blocked layout

@@ -46,7 +46,7 @@ class ModelConfig:
     n_ffn: int
     vocab_size: int
     gn_eps: float       # GroupNorm (ln_x) epsilon
-    dtype: str          # storage of the large matrices: "fp32", "fp16", "bf16", "int8" (or "mixed")
+    dtype: str          # storage of the large matrices: "fp32", "fp16", "bf16", "int8", "int4" (or "mixed")
 
 
 class State:
@@ -309,7 +309,9 @@ class Model:
         saved quantised file stays quantised, as stored); "fp32", "fp16" or
         "bf16" converts them; "int8" quantises them per output row (`quantize_int8`, in C on all
         threads; a matrix already int8 is kept as it is; the embedding
-        is kept as given, since only one of its rows is read per token). Small vectors are always fp32. Arrays already in the right dtype and
+        is kept as given, since only one of its rows is read per token); "int4" quantises them to
+        4 bits in groups of 32 with an fp16 scale each (`quantize_int4`, NumPy; row-major whatever
+        `layout` says; docs/formats.md). Small vectors are always fp32. Arrays already in the right dtype and
         layout are used in place (not copied), e.g. views of a memory-mapped file; the model keeps
         references to them. A view of a read-only file mmap that is copied has its pages released
         from the process afterwards (madvise), so the copy does not double the resident size. When
