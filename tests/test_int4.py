@@ -137,3 +137,16 @@ def test_saved_int4_model_loads_back_to_the_same_blocks(tmp_path):
             np.testing.assert_array_equal(again._weights[name][0], held[0], err_msg=name)
     toks = [1, 5, 9, 100]
     np.testing.assert_array_equal(again.forward(toks)[0], model.forward(toks)[0])
+
+
+@pytest.mark.parametrize("isa_name", list(ISAS))
+@pytest.mark.parametrize("n", [100, 8000])     # 8000: 2 x rows per chunk of the AVX2 kernel's buffers
+def test_rows_of_a_batch_do_not_depend_on_each_other(isa, isa_name, n):
+    isa(isa_name)
+    rng = np.random.default_rng(n)
+    w = ("int4", quantize_int4(rng.standard_normal((13, n)).astype(np.float32)))
+    x = rng.standard_normal((7, n)).astype(np.float32)
+    x[3, 1] = np.nan                                     # one row on the portable path, mid-batch
+    full = _model._matmul(x, w, ISAS[isa_name])
+    for m in range(7):
+        np.testing.assert_array_equal(_model._matmul(np.ascontiguousarray(x[m:m + 1]), w, ISAS[isa_name])[0], full[m])

@@ -529,80 +529,99 @@ T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, 
  * The only rounding besides fp32 sums: x's, |x - t xq| <= t/2, so the error of one output is at
  * most sum_g t_g/2 * s_g * sum_{i in g} |q_i| plus fp32 rounding (tests/test_int4.py checks this
  * bound). Per 64 weights and row ~20 instructions, against ~32 for widening int8 to fp32.
- * Rows longer than XP_MAX, and x rows with inf/nan, use the portable kernel. Every output depends
- * only on its own x row and weight row. */
+ * Rows longer than XP_MAX, and x rows with inf/nan, use the portable kernel. Several x rows (a
+ * batch) are taken in chunks that fit the buffers, so the weights stream from memory once per
+ * chunk. Every output depends only on its own x row and weight row. */
 #define I4_XQ 8191
+
+/* x row m (n inputs, nb blocks) rounded per group for the int4 kernel: xp[b][V][h][j] (block b,
+ * vector V = A, B, C, D, half h = group 2b + h, lane j) = xq of input 64b + 32h + off_V + 2j with
+ * off = 0, 16, 1, 17 (the nibbles of 16-bit lane j: bits 0-3, 4-7, 8-11, 12-15), and ts[b][h*4 + l]
+ * = t / 4096. Returns 0 when the row has inf/nan or a group whose largest |x| is below 2^-100
+ * (8191 / max would overflow): those rows take the portable kernel. */
+T256 static int i4_prepare_x(int16_t *xp, float *ts, const float *xm, size_t n, size_t nb) {
+    static const int off[4] = {0, 16, 1, 17};
+    float xg[32];
+    for (size_t g = 0; g < 2 * nb; g++) {
+        size_t c0 = g * 32;
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) {
+            xg[i] = c0 + (size_t)i < n ? xm[c0 + i] : 0.0f;
+            float a = fabsf(xg[i]);
+            if (!(a <= FLT_MAX)) return 0;   /* inf or nan */
+            if (a > amax) amax = a;
+        }
+        if (amax > 0.0f && amax < 0x1p-100f) return 0;
+        float t = amax > 0.0f ? amax / (float)I4_XQ : 0.0f, inv = amax > 0.0f ? (float)I4_XQ / amax : 0.0f;
+        size_t b = g / 2, h = g % 2;
+        for (int l = 0; l < 4; l++) ts[b * 8 + h * 4 + (size_t)l] = t * (1.0f / 4096.0f);
+        for (int v = 0; v < 4; v++)
+            for (int j = 0; j < 8; j++) {
+                float q = rintf(xg[off[v] + 2 * j] * inv);
+                q = q > I4_XQ ? I4_XQ : q < -I4_XQ ? -I4_XQ : q;
+                xp[b * 64 + (size_t)v * 16 + h * 8 + (size_t)j] = (int16_t)q;
+            }
+    }
+    return 1;
+}
 
 T256 static void mm_avx2_i4(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
     size_t n = (size_t)w->cols, d = (size_t)w->rows, nb = (n + 63) / 64;
-    if (n > XP_MAX) {
+    if (n > XP_MAX || nb == 0) {
         rwkv5_rows_i4_scalar(out, x, w, M, o0, o1);
         return;
     }
-    /* xp[b][V][h][j]: block b, vector V = A, B, C, D, half h (group 2b + h), lane j: x[64b + 32h + off_V + 2j]
-     * with off = 0, 16, 1, 17 (the nibbles of 16-bit lane j: bits 0-3, 4-7, 8-11, 12-15) */
     int16_t xp[XP_MAX + 64] __attribute__((aligned(32)));
-    float ts[XP_MAX / 64 * 8 + 8] __attribute__((aligned(32)));   /* ts[b][h*4 + l] = t / 4096 */
-    static const int off[4] = {0, 16, 1, 17};
+    float ts[XP_MAX / 64 * 8 + 8] __attribute__((aligned(32)));
     const __m256i top = _mm256_set1_epi16((short)0xf000);
     const __m256i dup = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    for (int m = 0; m < M; m++) {
-        const float *xm = x + (size_t)m * n;
-        float xg[32];
-        int finite = 1;
-        for (size_t g = 0; g < 2 * nb; g++) {
-            size_t c0 = g * 32;
-            float amax = 0.0f;
-            for (int i = 0; i < 32; i++) {
-                xg[i] = c0 + (size_t)i < n ? xm[c0 + i] : 0.0f;
-                float a = fabsf(xg[i]);
-                if (!(a <= FLT_MAX)) finite = 0;   /* inf or nan */
-                if (a > amax) amax = a;
-            }
-            if (!finite || (amax > 0.0f && amax < 0x1p-100f)) finite = 0;   /* (8191 / max would overflow) */
-            float t = amax > 0.0f ? amax / (float)I4_XQ : 0.0f, inv = amax > 0.0f ? (float)I4_XQ / amax : 0.0f;
-            size_t b = g / 2, h = g % 2;
-            for (int l = 0; l < 4; l++) ts[b * 8 + h * 4 + (size_t)l] = t * (1.0f / 4096.0f);
-            for (int v = 0; v < 4; v++)
-                for (int j = 0; j < 8; j++) {
-                    float q = rintf(xg[off[v] + 2 * j] * inv);
-                    q = q > I4_XQ ? I4_XQ : q < -I4_XQ ? -I4_XQ : q;
-                    xp[b * 64 + (size_t)v * 16 + h * 8 + (size_t)j] = finite ? (int16_t)q : 0;
-                }
-        }
-        if (!finite) {   /* inf/nan (or |x| < 2^-100): the IEEE result of the portable kernel */
-            rwkv5_rows_i4_scalar(out + (size_t)m * d, xm, w, 1, o0, o1);
-            continue;
+    /* x rows in chunks of as many as the buffers hold (weights stream once per chunk, from L1/L2 for
+     * the other rows of the chunk: each 4-row block is swept once per x row) */
+    int mc = (int)((XP_MAX + 64) / (nb * 64));
+    for (int m0 = 0; m0 < M; m0 += mc) {
+        int me = m0 + mc < M ? m0 + mc : M;
+        int ok[XP_MAX / 64 + 1];
+        for (int m = m0; m < me; m++) {
+            size_t r = (size_t)(m - m0);
+            ok[r] = i4_prepare_x(xp + r * nb * 64, ts + r * nb * 8, x + (size_t)m * n, n, nb);
+            if (!ok[r]) rwkv5_rows_i4_scalar(out + (size_t)m * d, x + (size_t)m * n, w, 1, o0, o1);
         }
         for (int o = o0; o < o1; o += 4) {
             int nr = o1 - o < 4 ? o1 - o : 4;
             const unsigned char *wr[4];
             for (int k = 0; k < 4; k++) wr[k] = rwkv5_row_ptr(w, (size_t)(o + (k < nr ? k : 0)));
             const unsigned char *nx = next_block(w, o, o1);
-            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            for (size_t b = 0; b < nb; b++) {
-                size_t boff = b * RWKV5_I4_BLOCK_BYTES;
-                if (boff / 64 != (boff + RWKV5_I4_BLOCK_BYTES) / 64) pf_next(nx, boff & ~(size_t)63);
-                const __m256i *xb = (const __m256i *)(xp + b * 64);
-                __m256i xa = _mm256_load_si256(xb), xbv = _mm256_load_si256(xb + 1), xc = _mm256_load_si256(xb + 2),
-                        xd = _mm256_load_si256(xb + 3);
-                __m256 tv = _mm256_load_ps(ts + b * 8);
-                for (int k = 0; k < 4; k++) {
-                    const unsigned char *blk = wr[k] + boff;
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 4));
-                    __m256i pa = _mm256_slli_epi16(v, 12);
-                    __m256i pb = _mm256_and_si256(_mm256_slli_epi16(v, 8), top);
-                    __m256i pc = _mm256_and_si256(_mm256_slli_epi16(v, 4), top);
-                    __m256i pd = _mm256_and_si256(v, top);
-                    __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(pa, xa), _mm256_madd_epi16(pb, xbv)),
-                                                   _mm256_add_epi32(_mm256_madd_epi16(pc, xc), _mm256_madd_epi16(pd, xd)));
-                    int32_t sc;
-                    memcpy(&sc, blk, 4);
-                    __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(sc))), dup);
-                    acc[k] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), tv), s, acc[k]);
+            for (int m = m0; m < me; m++) {
+                size_t r = (size_t)(m - m0);
+                if (!ok[r]) continue;
+                const int16_t *xr = xp + r * nb * 64;
+                const float *tr = ts + r * nb * 8;
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (size_t b = 0; b < nb; b++) {
+                    size_t boff = b * RWKV5_I4_BLOCK_BYTES;
+                    if (m == m0 && boff / 64 != (boff + RWKV5_I4_BLOCK_BYTES) / 64) pf_next(nx, boff & ~(size_t)63);
+                    const __m256i *xb = (const __m256i *)(xr + b * 64);
+                    __m256i xa = _mm256_load_si256(xb), xbv = _mm256_load_si256(xb + 1),
+                            xc = _mm256_load_si256(xb + 2), xd = _mm256_load_si256(xb + 3);
+                    __m256 tv = _mm256_load_ps(tr + b * 8);
+                    for (int k = 0; k < 4; k++) {
+                        const unsigned char *blk = wr[k] + boff;
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 4));
+                        __m256i pa = _mm256_slli_epi16(v, 12);
+                        __m256i pb = _mm256_and_si256(_mm256_slli_epi16(v, 8), top);
+                        __m256i pc = _mm256_and_si256(_mm256_slli_epi16(v, 4), top);
+                        __m256i pd = _mm256_and_si256(v, top);
+                        __m256i sum = _mm256_add_epi32(
+                            _mm256_add_epi32(_mm256_madd_epi16(pa, xa), _mm256_madd_epi16(pb, xbv)),
+                            _mm256_add_epi32(_mm256_madd_epi16(pc, xc), _mm256_madd_epi16(pd, xd)));
+                        int32_t sc;
+                        memcpy(&sc, blk, 4);
+                        __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(sc))), dup);
+                        acc[k] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), tv), s, acc[k]);
+                    }
                 }
+                for (int k = 0; k < nr; k++) out[(size_t)m * d + o + k] = hsum256(acc[k]);
             }
-            for (int k = 0; k < nr; k++) out[(size_t)m * d + o + k] = hsum256(acc[k]);
         }
     }
 }
