@@ -330,7 +330,7 @@ def test_convert_rwkvcpp_fp16(tmp_path, tiny_files):
 def test_load_argument_errors(tiny_model_path, tmp_path):
     p = tiny_model_path      # the shipped model: this test needs only *a* checkpoint
     with pytest.raises(ValueError, match="dtype must be"):
-        rwkv5.load(p, dtype="int4")
+        rwkv5.load(p, dtype="int3")
     with pytest.raises(ValueError, match="gn_eps must be"):
         rwkv5.load(p, gn_eps=-1.0)
     with pytest.raises(OSError):

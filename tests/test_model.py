@@ -341,7 +341,7 @@ def test_input_dtypes_float64_float16_bf16_bits():
     m16 = rwkv5.Model.from_state_dict(sdbf, dtype="fp16")
     assert m16.config.dtype == "fp16"
     with pytest.raises(ValueError, match="dtype"):
-        rwkv5.Model.from_state_dict(sd32, dtype="int4")
+        rwkv5.Model.from_state_dict(sd32, dtype="int3")
 
 
 def test_missing_and_misshaped_tensors():
