@@ -91,3 +91,28 @@ def test_the_graph_reader_sees_imports_inside_functions():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph(package_modules()))
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# the object-store packages: imported only by rwkv5/storage.py, and there only inside the functions
+# that a URL reaches (a local path never imports them; tests/test_storage.py runs a local build and
+# checks sys.modules)
+STORE_PACKAGES = ("fsspec", "s3fs", "gcsfs", "huggingface_hub", "aiohttp", "botocore", "boto3", "aiobotocore")
+
+
+def test_object_store_packages_only_lazily_in_storage():
+    for name, (path, _pkg) in package_modules().items():
+        if path is None:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                mods = [node.module or ""]
+            else:
+                continue
+            for mod in mods:
+                if mod.split(".")[0] in STORE_PACKAGES:
+                    assert name == "rwkv5.storage", f"{name} imports {mod}: go through rwkv5.storage"
+                    assert id(node) not in top_level, f"rwkv5.storage imports {mod} at module level"
