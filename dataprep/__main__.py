@@ -10,7 +10,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     b = sub.add_parser("build", help="tokenize inputs into PREFIX.bin/.idx (or zst shards) + PREFIX.manifest.json")
-    b.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl, .jsonl.zst, .txt, .parquet, .arrow files, globs or folders (saved datasets folders too)")
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl, .jsonl.zst, .txt, .parquet, .arrow files, globs or folders (saved datasets folders too); "
+                        "local or URLs: s3://bucket/corpus/*.parquet, gs://, hf://, https:// (see --storage-option)")
     b.add_argument("--out", required=True, metavar="PREFIX", help="output prefix (PREFIX.bin, PREFIX.idx, ...)")
     b.add_argument("--text-field", default="text", help="JSON field or Parquet/Arrow column holding the document text; a dotted name reaches into a struct column (default: text)")
     b.add_argument("--lang-field", default=None, help="JSON field or Parquet/Arrow column holding a language tag, for per-language statistics")
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
     i = sub.add_parser("inspect", help="decode documents of an output set")
-    i.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
+    i.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out; a URL such as s3://bucket/out/train too)")
     i.add_argument("--doc", type=int, default=0, help="index of the first document to show (default: 0)")
     i.add_argument("--count", type=int, default=3, help="number of documents to show (default: 3)")
     i.add_argument("--vocab", default=None,
@@ -75,10 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check sizes, checksums, token range and counts against the manifest, "
                                       "and that the prefix holds no set file the manifest does not list")
-    v.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
+    v.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out; a URL such as s3://bucket/out/train too)")
 
     s = sub.add_parser("stats", help="print the statistics table of an output set")
-    s.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out)")
+    s.add_argument("prefix", help="output prefix of the set (the PREFIX given to build --out; a URL such as s3://bucket/out/train too)")
 
     m = sub.add_parser("merge", help="concatenate binidx sets built with the same vocab into one")
     m.add_argument("prefixes", nargs="+", metavar="PREFIX", help="binidx sets to concatenate, in this order")
