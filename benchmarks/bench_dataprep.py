@@ -7,7 +7,8 @@ run(quick) -> {"title", "columns", "rows", "notes"}; every ratio is measured in 
 * `rwkv5-prep build` end to end (a subprocess: Python start, planning, tasks, merge, SHA-256,
   manifest) on the .jsonl and on the same data as .jsonl.zst, .jsonl.gz (and, in full mode,
   .jsonl.xz and .jsonl.bz2: slow to write and to read) and as .parquet (pyarrow, row groups of 8192
-  rows, the id column too), with 1 and 2 worker threads; its peak RSS from wait4();
+  rows, the id column too), with 1 and 2 worker threads; its peak RSS from wait4(); and once more
+  on a .parquet of the same documents four times over (peak RSS must not grow with the input);
 * RWKV-LM's make_data.py approach (json.loads + rwkv's Python TRIE_TOKENIZER + a Python binidx
   writer) on a slice of the same file.
 
@@ -395,7 +396,24 @@ def run(quick: bool = False) -> dict:
         if psrc:
             notes.append(f"the .parquet input is {os.path.getsize(psrc) / 1e6:.0f} MB (zstd, 8192-row groups); "
                          f"its peak RSS should stay flat in the input size (target < 1 GiB for a 2 GB file): "
-                         f"a task holds one row group's text column and ~4 MiB batches")
+                         f"a task holds one data page of the text column (pyarrow's writer closes a page every "
+                         f"1024 rows at most) and ~4 MiB batches")
+            # the same documents four times over: peak RSS must not follow the input's size
+            p4 = os.path.join(tmp, "corpus-x4.parquet")
+            import pyarrow.parquet as pq
+            with pq.ParquetWriter(p4, pq.read_schema(psrc), compression="zstd") as w:
+                for _ in range(4):
+                    pf = pq.ParquetFile(psrc)
+                    for g in range(pf.num_row_groups):
+                        w.write_table(pf.read_row_group(g))
+            out = os.path.join(tmp, "out_parquet_x4")
+            dt, _cpu, rss = run_build([p4], out, 2)
+            rows.append(["rwkv5-prep build .parquet, the same documents 4 times (peak RSS vs input size)", 2,
+                         round(4 * nbytes / dt / 1e6, 1), None, None, round(rss / 2**20) if rss else None, None])
+            for ext in (".bin", ".idx", ".manifest.json"):
+                if os.path.exists(out + ext):
+                    os.remove(out + ext)
+            os.remove(p4)
 
         # local vs s3:// on a loopback server (issue 16): a cut of the corpus, and the Parquet file
         cut = os.path.join(tmp, "s3cut.jsonl")
