@@ -41,13 +41,15 @@ def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):
     kept; a quantised file is used as stored), "int4" to 4 bits in groups of 32 with an fp16 scale
     each (``rwkv5.model.quantize_int4``; docs/formats.md). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
-    ``layout``: "auto" (default) stores the fp16/bf16/int8 matrices (and fp32 ones converted
-    from another type) in the 4-row blocked layout
-    that one-token decoding reads fastest (a copy; the file's pages of a copied matrix are
-    released from the process), "rows" keeps them as in the file (zero copy), "blocked" blocks
-    fp32 too; see ``Model.from_state_dict``. When every large matrix ends up copied (converted,
-    blocked or quantised), the embedding and the vectors are copied too, so the model keeps no
-    view of the file and the file is unmapped once ``load`` returns.
+    ``layout``: "auto" (default) stores the large matrices of every dtype (fp32 included) in the 4-row
+    blocked layout that one-token decoding reads fastest (a copy made at load on all threads; the
+    file's pages of a copied matrix are released from the process, so memory stays one copy),
+    "rows" keeps them as in the file (zero copy: instant load, pages shared with other processes
+    mapping the file, slower decoding), "blocked" is "auto"; see ``Model.from_state_dict``. When
+    every large matrix ends up copied (converted, blocked or quantised), the embedding and the
+    vectors are copied too, so the model keeps no view of the file and the file is unmapped once
+    ``load`` returns. A quantised safetensors file (``rwkv5 convert --dtype int8``) is stored
+    blocked already: it is mapped, not copied.
 
     ``mmap``: True (default) maps the file read-only; the model then reads the weights it did
     not copy straight from the mapping. **Risk**: if the file is truncated or rewritten in

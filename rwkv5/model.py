@@ -99,6 +99,20 @@ class State:
                 f"ffn_x={np.shape(self.ffn_x)})")
 
 
+CHUNK_BYTES = 16 << 20   # conversions of a file's matrix go this many source bytes at a time (see _chunks)
+
+
+def _chunks(a):
+    """Row ranges [r0, r1) of matrix `a`, each about CHUNK_BYTES of it and a multiple of 4 rows (a
+    group of the blocked layout). After each range is converted, the caller releases its pages if
+    `a` is a view of a read-only file mapping (`_drop_file_pages`): then the source of a copy is
+    resident one chunk at a time, not the whole matrix on top of its copy, and the peak RSS of a
+    load stays near the size of the weights."""
+    rows = a.shape[0]
+    step = max(4, CHUNK_BYTES // max(1, a.itemsize * (a.shape[1] if a.ndim > 1 else 1)) // 4 * 4)
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)] or [(0, 0)]
+
+
 def quantize_int8(a, blocked=False, block_rows=None):
     """Symmetric per-row int8 quantisation: (q int8 (rows, cols), scale float32 (rows,)) with
     W[o] ~= q[o] * scale[o], scale[o] = max|W[o]| / 127 and q = round(W / scale) in [-127, 127].
@@ -107,7 +121,8 @@ def quantize_int8(a, blocked=False, block_rows=None):
     pool (`rwkv5.set_num_threads`) with the GIL released; Ctrl-C interrupts it. The result is the
     same to the bit as `quantize_int8_numpy`, its readable NumPy twin. blocked=True returns q in the
     4-row blocked layout (as `block_matrix(q)`, written directly, without a row-major copy).
-    block_rows: ignored (the NumPy version's block size; kept for callers that pass it).
+    block_rows: ignored (the NumPy version's block size; kept for callers that pass it). A view of a
+    read-only file mapping has its pages released as it is read (`_chunks`).
     Symmetric rather than asymmetric (per-row zero point): measured on the trained 730K fixture over
     4 KB of English, both change perplexity by under 0.05% (sym -0.037%, asym -0.022%); the largest
     logit change is 0.69 (sym) vs 0.45 (asym) of a range of 12.4, and 0.17 vs 0.14 of 5.2 on a random
@@ -123,9 +138,13 @@ def quantize_int8(a, blocked=False, block_rows=None):
     rows, cols = a.shape
     q = _zeros_aligned(_blocked_shape(rows, cols, 1), np.int8) if blocked else np.empty((rows, cols), np.int8)
     scale = np.empty(rows, np.float32)
-    bad = _model.quantize_int8(a, q, scale)
-    if bad >= 0:
-        raise ValueError(f"quantize_int8: row {bad} of the matrix has non-finite values")
+    for r0, r1 in _chunks(a):
+        part = a[r0:r1]
+        qpart = q[r0 // 4:-(-r1 // 4)] if blocked else q[r0:r1]
+        bad = _model.quantize_int8(part, qpart, scale[r0:r1])
+        if bad >= 0:
+            raise ValueError(f"quantize_int8: row {r0 + bad} of the matrix has non-finite values")
+        _drop_file_pages(part)
     return q, scale
 
 
@@ -174,12 +193,17 @@ def block_matrix(a, block_rows=None):
     (ceil(rows/4), ceil(cols/E), 4, E), E = 64 // itemsize, zero padded, holding a[o, i] at
     [o // 4, i // E, o % 4, i % E]. The 4 rows of a group are one sequential stream of 64-byte
     lines, which the one-token (matrix x vector) kernels read faster than 4 separate rows (see
-    docs/performance.md). Copied in C on all threads (GIL released); block_rows is ignored."""
+    docs/performance.md). Copied in C on all threads (GIL released), CHUNK_BYTES of `a` at a time;
+    when `a` is a view of a read-only file mapping, its pages are released as they are copied
+    (`_chunks`). block_rows is ignored."""
     a = np.asarray(a)
     if a.ndim != 2:
         raise ValueError(f"block_matrix: expected a 2-D matrix, got shape {a.shape}")
     out = _zeros_aligned(_blocked_shape(*a.shape, a.itemsize), a.dtype)
-    _model.block_copy(np.ascontiguousarray(a), out)
+    a = np.ascontiguousarray(a)
+    for r0, r1 in _chunks(a):
+        _model.block_copy(a[r0:r1], out[r0 // 4:-(-r1 // 4)])
+        _drop_file_pages(a[r0:r1])
     return out
 
 
@@ -232,11 +256,21 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
         out, copied = quantize_int8(src, blocked=layout != "rows" and src.shape == shape), True
     elif dtype == "int4":     # blocks of 64 weights with their scales: row-major only
         out, copied = (quantize_int4(np.asarray(a)),), True
+    elif isinstance(a, np.ndarray) and a.ndim == 2 and blocked(a):
+        # "auto" and "blocked": every type, fp32 included, converted and blocked a chunk at a time
+        src = native_order(a)
+        out = None
+        for r0, r1 in _chunks(src):
+            part = _as_row_major(src[r0:r1], dtype)
+            if out is None:
+                out = _zeros_aligned(_blocked_shape(*src.shape, part.itemsize), part.dtype)
+            _model.block_copy(part, out[r0 // 4:-(-r1 // 4)])
+            _drop_file_pages(src[r0:r1])
+        copied = True
     else:
         out = _as_row_major(a, dtype)
         copied = not (isinstance(a, np.ndarray) and np.may_share_memory(out, a))
-        # "auto" leaves fp32 in place, but blocks an fp32 matrix that had to be copied anyway
-        if blocked(out) and (layout == "blocked" or out.dtype != np.float32 or copied):
+        if blocked(out):        # (a matrix that is not an array: an rwkv.cpp quantised one)
             out, copied = block_matrix(out), True
     if copied:    # (a quantised rwkv.cpp matrix releases the file's blocks it was dequantized from)
         _drop_file_pages(getattr(a, "blocks", a))
@@ -280,8 +314,12 @@ def _detach(x):
     if isinstance(x, tuple):
         return tuple(_detach(a) for a in x)
     if isinstance(x, np.ndarray) and _mmap_base(x) is not None:
-        out = np.array(x, order="C", copy=True)
-        _drop_file_pages(x)
+        out = np.empty(x.shape, x.dtype)
+        if x.ndim == 0:
+            out[()] = x
+        for r0, r1 in _chunks(x) if x.ndim else ():    # the source resident one chunk at a time
+            out[r0:r1] = x[r0:r1]
+            _drop_file_pages(x[r0:r1])
         return out
     return x
 
@@ -317,12 +355,15 @@ class Model:
         from the process afterwards (madvise), so the copy does not double the resident size. When
         every large matrix is copied, the embedding and vectors that are views of a checkpoint's
         mmap are copied too, so the model keeps no mapping of the file alive.
-        layout: how the large matrices other than the embedding are stored. "rows": row-major as
-        given (in place when the dtype matches). "blocked": a 4-row blocked copy (`block_matrix`),
-        which one-token decoding streams closer to the memory bandwidth (bf16: ~15-20% more tokens/s
-        than "rows" on one thread; same results to the bit). "auto" (default): blocked for fp16, bf16
-        and int8, and for fp32 matrices converted from another type (a copy either way); fp32 arrays
-        given as fp32 stay row-major and are used in place.
+        layout: how the large matrices other than the embedding are stored. "auto" (default) and
+        "blocked": a 4-row blocked copy (`block_matrix`, made on all threads), which one-token
+        decoding streams closer to the memory bandwidth (bf16: ~15-20% more tokens/s than "rows" on
+        one thread, fp32 ~5-30% depending on the machine; same results to the bit). "rows": row-major
+        as given, in place (zero copy, nothing to do at load) when the dtype matches. Cost of the
+        copy: the time to read the weights once at load; memory stays one copy, since the file's
+        pages of each copied matrix are released (peak RSS about the weights' size plus one matrix).
+        The model keeps no mapping of the file then, so "rows" is the choice for a quick start on
+        a file already in the page cache, or to share its pages between processes.
         Raises ValueError naming a missing or mis-shaped tensor.
         """
         if dtype is not None and dtype not in _DTYPE_NAMES:
@@ -337,6 +378,8 @@ class Model:
         for name, layer, p in model_params(arch):
             if name == "emb.weight":    # one row per token is gathered: row-major, never quantised
                 params[name] = _as_row_major(sd[name], None if dtype in ("int8", "int4") else dtype)
+                if isinstance(sd[name], np.ndarray) and not np.may_share_memory(params[name], sd[name]):
+                    _drop_file_pages(sd[name])      # converted: the file's pages are not needed
             elif p.kind == "matrix":
                 params[name] = _as_matrix(sd[name], dtype, layout, p.shape(arch))
             elif p.kind == "vector":

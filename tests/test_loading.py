@@ -449,6 +449,52 @@ def test_zero_copy_rss(tmp_path, tiny_files, record_property):
     assert results["fp32", "auto"][0] > 1.5 * size
 
 
+_PEAK_SCRIPT = """
+import json, sys
+import numpy as np, rwkv5
+def status(key):         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+    return [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":")][0]
+rwkv5.load(sys.argv[3])            # warm imports and the C extension on a tiny file first
+before = status("VmRSS")
+model = rwkv5.load(sys.argv[1], dtype=None if sys.argv[2] == "None" else sys.argv[2], layout=sys.argv[4])
+held = 0
+for w in model._weights.values():          # read every byte the model holds: all of it resident
+    for a in (w if isinstance(w, tuple) else (w,)):
+        held += a.nbytes
+        a.view(np.uint8).sum(dtype=np.uint64)
+print(json.dumps({"held": held, "grow": status("VmHWM") - before, "dtype": model.config.dtype}))
+"""
+
+
+@pytest.mark.slow
+def test_peak_rss_of_a_load_is_the_weights(tmp_path, fixtures_dir):
+    """Loading stays within 1.1x the bytes the model holds (+ 32 MB of interpreter and scratch) for
+    every dtype, whether the matrices are used in place, blocked, converted or quantised: a copy
+    releases the file's pages chunk by chunk (rwkv5.model._chunks), so the source of a copy is never
+    resident beside the whole copy. Peak = VmHWM of a fresh process after touching every weight."""
+    from rwkv5.testing import random_state_dict
+    files = {}
+    for kind, dt in (("bf16", "bf16"), ("fp32", np.float32)):
+        sd = random_state_dict("5.2", n_layer=4, n_embd=512, head_size=64, vocab_size=65536, dtype=dt, tiled=True)
+        files[kind] = tmp_path / f"m-{kind}.safetensors"             # 162 MB bf16, 323 MB fp32
+        write_safetensors(files[kind], sd, dtypes={k: "BF16" for k, v in sd.items() if v.dtype == np.uint16})
+        del sd
+    files["int8"] = tmp_path / "m-int8.safetensors"
+    assert cli_main(["convert", str(files["bf16"]), str(files["int8"]), "--dtype", "int8"]) == 0
+    import json
+    for src, dtype, layout, want in [("bf16", "None", "auto", "bf16"), ("bf16", "int8", "auto", "int8"),
+                                     ("bf16", "fp32", "auto", "fp32"), ("bf16", "None", "rows", "bf16"),
+                                     ("fp32", "None", "auto", "fp32"), ("fp32", "int8", "auto", "int8"),
+                                     ("int8", "None", "auto", "int8")]:
+        r = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(files[src]), dtype,
+                            str(fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"), layout], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["dtype"] == want
+        assert res["grow"] <= 1.1 * res["held"] + (32 << 20), (src, dtype, layout, res)
+        assert res["grow"] >= 0.8 * res["held"], (src, dtype, layout, res)   # the measurement sees the weights
+
+
 def test_sniff_safetensors_whose_header_length_starts_with_0x80(tmp_path):
     p = tmp_path / "x"
     hb = b'{"__metadata__":{"pad":"' + b"x" * (0x80 - 27) + b'"}}'

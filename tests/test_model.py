@@ -257,13 +257,17 @@ def test_zero_copy_and_memmap(tmp_path):
     model = rwkv5.Model.from_state_dict(sd)
     emb = model._weights["emb.weight"]
     assert emb is sd["emb.weight"] or np.shares_memory(emb, sd["emb.weight"])
-    # weights from np.memmap files are used in place, and outlive the caller's references
+    # weights from np.memmap files are used in place with layout="rows" (under "auto" every matrix
+    # is a blocked copy, fp32 included), and outlive the caller's references
     mm = {}
     for k, v in sd.items():
         np.save(tmp_path / (k + ".npy"), v)
         mm[k] = np.load(tmp_path / (k + ".npy"), mmap_mode="r")
     want, _ = model.forward([1, 2, 3])
-    m2 = rwkv5.Model.from_state_dict(mm)
+    blocked = rwkv5.Model.from_state_dict(mm)
+    assert blocked._weights["blocks.0.att.receptance.weight"].ndim == 4
+    assert not np.shares_memory(blocked._weights["blocks.0.att.receptance.weight"], mm["blocks.0.att.receptance.weight"])
+    m2 = rwkv5.Model.from_state_dict(mm, layout="rows")
     assert np.shares_memory(m2._weights["blocks.0.att.receptance.weight"], mm["blocks.0.att.receptance.weight"])
     del mm
     gc.collect()
@@ -296,14 +300,14 @@ def test_unaligned_matrices_are_used_in_place(isa, isa_name, dtype):
 def test_layouts_give_the_same_bits(dtype):
     """Row-major and 4-row blocked matrices give bit-identical logits and states in both modes, on
     sizes where no matrix has a multiple of 4 rows or of a 64-byte line of columns; "auto" blocks
-    exactly the 16-bit and int8 matrices (never the embedding)."""
+    every matrix of every type, fp32 included (never the embedding)."""
     sd = random_state_dict("5.2", n_layer=2, n_embd=40, head_size=8, n_ffn=150, vocab_size=51, seed=31)
     toks = np.arange(140) % 51
     models = {lay: rwkv5.Model.from_state_dict(sd, dtype=dtype, layout=lay) for lay in ("rows", "blocked", "auto")}
     for lay, m in models.items():
         head = m._weights["head.weight"]
         head = head[0] if isinstance(head, tuple) else head
-        assert head.ndim == (2 if lay == "rows" or (lay == "auto" and dtype == "fp32") else 4), lay
+        assert head.ndim == (2 if lay == "rows" else 4), lay
         assert m._weights["emb.weight"].ndim == 2                      # the embedding: rows are gathered
     for mode in ("recurrent", "parallel"):
         want, ws = models["rows"].forward(toks, mode=mode, full_output=True)

@@ -181,14 +181,14 @@ def test_converted_files_round_trip(tmp_path, version, time_first, ftype):
 @pytest.mark.parametrize("source, n_matrices", [("shipped", 26), ("rwkv.cpp", 98)])
 def test_fixture_matrices_are_used_in_place(request, source, n_matrices):
     """Zero copy end to end: every matrix the model reads is the reader's view into the file,
-    even those at unaligned offsets. Files: the shipped model written as rwkv.cpp does
-    (write_rwkvcpp), and rwkv.cpp's own file of ../shared/fixtures."""
+    even those at unaligned offsets, with layout="rows" (the default blocks them: a copy). Files: the
+    shipped model written as rwkv.cpp does (write_rwkvcpp), and rwkv.cpp's own file of ../shared/fixtures."""
     if source == "shipped":
         path = request.getfixturevalue("tiny_files")["FP32.bin"]
     else:
         path = request.getfixturevalue("fixtures_dir") / "tiny-rwkv-5v2-730K-FP32.bin"
     sd, _ = read_rwkvcpp(path)
-    model = rwkv5.Model.from_state_dict(sd, gn_eps=1e-5)
+    model = rwkv5.Model.from_state_dict(sd, gn_eps=1e-5, layout="rows")
     used = [a for a in model._weights.values() if a.ndim == 2]
     mats = [k for k, v in sd.items() if v.ndim == 2 and ".time_" not in k]
     assert len(used) == len(mats) == n_matrices
