@@ -77,7 +77,7 @@ test-c: sysdeps
 
 bench: EXTRAS = test,bench
 bench: install
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 # A few minutes: fewer shapes, dtypes and repeats (see docs/performance.md).
 bench-quick: EXTRAS = test,bench

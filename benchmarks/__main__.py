@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only NAME[,NAME...]] [--out DIR]  |  --render RESULT.json
+"""python -m benchmarks [--quick] [--big] [--only NAME[,NAME...]] [--out DIR]  |  --render RESULT.json
 
 Runs the physical-limit probes, then every benchmarks/bench_*.py module's ``run(quick)``, prints
 one aligned table per section and writes all results as JSON to DIR/bench-<UTC timestamp>.json and
@@ -6,6 +6,7 @@ DIR/latest.json (DIR defaults to ./bench-results). A module that fails to import
 reported as a section with the error and skipped; the others still run.
 
 NAME is "probes" or a module name without its "bench_" prefix ("model", "tokenizer", "dataprep").
+--big adds the section "big" (benchmarks/big.py: the Eagle 7B shape from a cached random file).
 """
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few minutes: fewer shapes, dtypes and repeats")
     ap.add_argument("--only", default=None,
                     help="comma-separated sections to run: probes, " + ", ".join(discover()))
+    ap.add_argument("--big", action="store_true",
+                    help="also run the Eagle 7B shape (benchmarks/big.py: a random 15 GB bf16 file made once "
+                         "under $RWKV5_BENCH_CACHE or ~/.cache/rwkv5/bench; needs ~17 GB of free memory)")
     ap.add_argument("--out", default="bench-results", help="folder for the JSON results (default: bench-results)")
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="print the tables of a saved result file as Markdown and exit (runs nothing)")
@@ -75,7 +79,7 @@ def main(argv=None) -> int:
     if args.render:
         return render(args.render)
 
-    available = ["probes"] + discover()
+    available = ["probes"] + discover() + (["big"] if args.big else [])
     only = None
     if args.only:
         only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         try:
-            mod = importlib.import_module(".probes" if name == "probes" else f".bench_{name}", __package__)
+            mod = importlib.import_module({"probes": ".probes", "big": ".big"}.get(name, f".bench_{name}"), __package__)
         except Exception as e:  # an optional dependency missing, a module still being written...
             msg = f"skipped: could not import benchmarks.bench_{name}: {type(e).__name__}: {e}"
             results["errors"][name] = msg

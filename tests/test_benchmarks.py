@@ -3,6 +3,7 @@ ratios rest on, the table and subprocess helpers, and the harness's handling of 
 No timing is asserted: only that the figures exist and the arithmetic behind them is right."""
 import json
 import math
+import os
 import pathlib
 import sys
 import tempfile
@@ -160,3 +161,23 @@ def test_fma_limit_is_threads_times_best_per_thread_figure():
     lim = {"fma_gflops": {1: 100.0, 2: 150.0}}          # a contended 2-thread probe
     assert probes.fma_limit(lim, 2) == 200.0
     assert probes.fma_limit(lim, 1, extra_per_thread=[120.0]) == 120.0
+
+
+@pytest.mark.slow
+def test_big_model_section_through_the_same_code_on_a_small_shape(tmp_path):
+    """`--big` (benchmarks/big.py) on a small shape: the random file is made once and then reused,
+    its int8 saved form loads as int8, and every row has a load time, a peak RSS ratio and a
+    decode rate."""
+    from benchmarks import big
+    shape = {"n_layer": 2, "n_embd": 128, "n_ffn": 448, "vocab": 512}
+    path = big.random_bf16_file(shape, str(tmp_path))
+    stamp = os.path.getmtime(path)
+    assert big.random_bf16_file(shape, str(tmp_path)) == path and os.path.getmtime(path) == stamp
+    (sec,) = big.run(quick=True, shape=shape, folder=str(tmp_path), threads=(1,))
+    assert os.path.getmtime(path) == stamp                      # cached, not made again
+    assert [r[0] for r in sec["rows"]] == ["bf16", "int8 (quantised at load)", "int8 (saved form)"]
+    for row in sec["rows"]:
+        load_s, ratio, tok_s = row[2], row[4], row[5]
+        assert load_s > 0 and tok_s > 0 and 0.5 < ratio < 5
+    import rwkv5
+    assert rwkv5.load(big.int8_file(path, shape)).config.dtype == "int8"
