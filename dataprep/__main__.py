@@ -12,7 +12,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="tokenize inputs into PREFIX.bin/.idx (or zst shards) + PREFIX.manifest.json")
     b.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl, .jsonl.zst, .txt, .parquet, .arrow files, globs or folders (saved datasets folders too); "
                         "local or URLs: s3://bucket/corpus/*.parquet, gs://, hf://, https:// (see --storage-option)")
-    b.add_argument("--out", required=True, metavar="PREFIX", help="output prefix (PREFIX.bin, PREFIX.idx, ...)")
+    b.add_argument("--out", required=True, metavar="PREFIX",
+                   help="output prefix (PREFIX.bin, PREFIX.idx, ...); a URL such as s3://bucket/out/train "
+                        "uploads the set when it is complete, its manifest last")
     b.add_argument("--text-field", default="text", help="JSON field or Parquet/Arrow column holding the document text; a dotted name reaches into a struct column (default: text)")
     b.add_argument("--lang-field", default=None, help="JSON field or Parquet/Arrow column holding a language tag, for per-language statistics")
     b.add_argument("--lang-from-path", default=None, metavar="REGEX",
@@ -54,13 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab", default=None, help="World vocab file (default: the one in the rwkv package)")
     b.add_argument("--restart", action="store_true", help="discard an unfinished run with other options instead of failing")
     b.add_argument("--keep-work", action="store_true", help="keep PREFIX.work/ (task parts) after success")
+    b.add_argument("--work-dir", default=None, metavar="DIR_OR_URL",
+                   help="where the work area (task parts and completion records, for resuming) lives instead of "
+                        "PREFIX.work: a URL (s3://...; what --engine ray needs without a shared filesystem) or, "
+                        "for an --out URL, a local folder (default: PREFIX.work, next to the output)")
     b.add_argument("--allow-empty", action="store_true",
                    help="write an empty set when the inputs hold no document (default: that is an error)")
     b.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="run the tasks here (local) or as Ray tasks (ray; pip install 'rwkv5[ray]', see docs/ray.md) (default: local)")
     b.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="--engine ray: 'auto' (the cluster `ray start` runs on this node), HOST:PORT, or unset "
-                        "to start a local Ray instance; the output folder must be shared by all nodes")
+                        "to start a local Ray instance; the work area must be in a folder shared by all nodes "
+                        "or on an object store (an --out URL, or --work-dir URL)")
     b.add_argument("--max-retries", type=int, default=3,
                    help="--engine ray: re-runs of a task after an exception or the death of its worker (default 3)")
     b.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -83,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merge", help="concatenate binidx sets built with the same vocab into one")
     m.add_argument("prefixes", nargs="+", metavar="PREFIX", help="binidx sets to concatenate, in this order")
-    m.add_argument("--out", required=True, metavar="PREFIX", help="prefix of the merged set (PREFIX.bin, PREFIX.idx)")
+    m.add_argument("--out", required=True, metavar="PREFIX",
+                   help="prefix of the merged set (PREFIX.bin, PREFIX.idx); a URL uploads it when complete")
     m.add_argument("--ctx-len", type=int, default=None,
                    help="also print RWKV-LM's --my_exit_tokens/--magic_prime for this ctx_len")
 
@@ -121,7 +129,7 @@ def main(argv=None) -> int:
             executor, workers = executor_for_cli(args)
             m = build(args.inputs, args.out, workers=workers, progress=progress, restart=args.restart,
                       executor=executor, allow_empty=args.allow_empty,
-                      keep_work=args.keep_work, vocab=args.vocab, text_field=args.text_field,
+                      keep_work=args.keep_work, work_dir=args.work_dir, vocab=args.vocab, text_field=args.text_field,
                       lang_field=args.lang_field, lang_from_path=args.lang_from_path, format=args.format, shard_size=args.shard_size,
                       ctx_len=args.ctx_len, shuffle=args.shuffle, seed=args.seed, epochs=args.epochs,
                       dedup=args.dedup, on_error=args.on_error, repair_utf8=args.repair_utf8,

@@ -9,7 +9,9 @@
 
 Nothing is ever written under a final name except by rename from a complete temporary file; a
 build holds an exclusive lock on PREFIX.work/ and publishes its set in the order sets.publish
-gives (old manifest out, stale files out, new files in, new manifest last).
+gives (old manifest out, stale files out, new files in, new manifest last). An --out URL, or a
+work area on an object store, goes through remote.py: the build runs against a local staging
+folder, mirrors its task records to the store, and uploads the set in the same order.
 """
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ from typing import Sequence
 import numpy as np
 
 from .. import storage
-from . import _dataprep, columnar
+from . import _dataprep, columnar, remote
 from .formats import sha256_file, write_idx, write_zst_shard
 from .errors import DataprepError, printable_path
 from .mixing import MIX_DEFAULTS, check_mix_options, mixing, plan_mix
-from .sets import PrefixLock, publish
+from .remote import publish_set
 from .tasks import (MAX_WORKERS, VOCAB_NAME, _int_option, _task_stem, _write_json_atomic,  # noqa: F401
                     check_workers, collect_resumed, default_vocab, default_vocab_path, finish_task,
                     load_done, load_tokenizer, run_task, tokenize_task)
@@ -478,12 +480,15 @@ def _check_options(o: dict) -> None:
 
 
 
-def check_out_prefix(out, option: str = "--out") -> str:
+def check_out_prefix(out, option: str = "--out", storage_options: dict = None) -> str:
     """An output prefix (PREFIX.bin, PREFIX.idx, ...) as an absolute path, refused with one line
     when it is empty, names a folder (ends in a separator, or is an existing folder), is not valid
     UTF-8 (the manifest records names as text) or lies in a folder that does not exist."""
     if not isinstance(out, (str, bytes, os.PathLike)):
         raise DataprepError(f"{option}: expected a path, got {type(out).__name__}")
+    if storage.is_url(out):   # s3://bucket/out/train: uploaded when complete (remote.py)
+        return remote.check_out_url(out, option, storage_options)
+    out = storage.local_path(out)
     raw = os.fsdecode(os.fspath(out))
     if raw == "":
         raise DataprepError(f"{option} '': expected a file prefix such as data/train")
@@ -509,7 +514,7 @@ def output_names(prefix: str, fmt: str, n_shards, sharded: bool) -> list:
 
 def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Executor = None,
           progress: bool = False, restart: bool = False, keep_work: bool = False, vocab: str = None,
-          allow_empty: bool = False, log=None, **opts) -> dict:
+          allow_empty: bool = False, log=None, work_dir: str = None, **opts) -> dict:
     """Build PREFIX outputs from the inputs; returns the manifest (also written to PREFIX.manifest.json).
 
     Example::
@@ -528,8 +533,13 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     workers: C threads per task, 1..1024 (None: the CPUs this process may use).
 
     executor: any concurrent.futures.Executor; each task then runs as executor.submit(run_task, ...)
-    (the work directory must be visible to the workers). Without one, tasks run here one after
-    another, each on `workers` C threads.
+    (the work directory must be visible to the workers: a shared folder, or a work area on an
+    object store). Without one, tasks run here one after another, each on `workers` C threads.
+
+    out may be a URL (``s3://bucket/out/train``): the set is uploaded when complete, its manifest
+    last, and the work area is ``PREFIX.work/`` on the store unless work_dir names another place.
+    work_dir: a URL (the work area on an object store, e.g. for Ray without a shared filesystem),
+    or a local folder for a URL out.
     """
     log = log or (lambda s: print(s, file=sys.stderr))
     unknown = set(opts) - set(DEFAULTS)
@@ -540,15 +550,18 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     options["shard_size"] = parse_size(options["shard_size"]) if options["shard_size"] is not None else None
     _check_options(options)
     n_threads = check_workers(workers)
-    out = check_out_prefix(out)
+    storage_options = options["storage_options"]
+    out = check_out_prefix(out, storage_options=storage_options)
+    work_dir = remote.check_work_dir(out, work_dir)
     vocab = vocab or default_vocab()
     if not os.path.isfile(vocab):
         raise DataprepError(f"--vocab {printable_path(vocab)}: no such file")
     options["vocab"] = os.path.abspath(vocab)
     # one writer per prefix: a second build of it fails here, at once, before reading any input
-    with PrefixLock(out) as lock:
+    # (a local prefix or work folder; on an object store that is up to the user)
+    with remote.work_area(out, work_dir, storage_options) as lock:
         return _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work,
-                             allow_empty, log)
+                             allow_empty, log, storage_options)
 
 
 # options never written to the plan or the manifest (storage options may hold credentials)
@@ -630,10 +643,14 @@ def _prepare_workdir(lock, plan: dict, restart: bool, log) -> None:
 
 
 def _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work, allow_empty,
-                  log) -> dict:
+                  log, storage_options=None) -> dict:
     workdir = lock.workdir
+    store = lock if isinstance(lock, remote.StoreWorkArea) else None
     unread = []
     spilled = None
+    if columnar.is_record_source(inputs) and store is not None:
+        raise DataprepError("Python records are spilled into a local work area that only this machine sees: "
+                            "pass a local work_dir instead of a work area on an object store")
     if columnar.is_record_source(inputs):
         if options.get("lang_from_path"):
             raise DataprepError("lang_from_path: the input is Python records, which have no path; give each "
@@ -661,28 +678,45 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
             "vocab_sha256": vocab_sha, "tasks": tasks,
             "inputs": [_file_fingerprint(p, options["storage_options"]) if isinstance(p, str)
                        else {k: p[k] for k in ("path", "bytes", "sha256")} for p in files]}
+    if store is not None:
+        store.pull_records()   # the plan and completion records of an earlier run, from the store
     _prepare_workdir(lock, plan, restart, log)
+    if store is not None:
+        store.push_plan()
+        store.pull_parts(tasks)
     if spilled is not None:
         columnar.replace_folder(os.path.join(workdir, RECORDS_NEW), os.path.join(workdir, RECORDS_DIR))
         files = [p["path"] for p in files]
     try:
         manifest = _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress,
-                                  allow_empty, unread, log, records_input=spilled is not None)
+                                  allow_empty, unread, log, records_input=spilled is not None, store=store,
+                                  storage_options=storage_options)
     except Exception as e:
         # a run that ended in an error (not an interrupted one) does not block a corrected rerun
-        _write_json_atomic(os.path.join(workdir, ENDED_NAME), {"status": "error", "error": str(e)})
+        _write_ended(lock, {"status": "error", "error": str(e)})
         raise
     if keep_work:
-        _write_json_atomic(os.path.join(workdir, ENDED_NAME), {"status": "done"})
+        _write_ended(lock, {"status": "done"})
     else:
         lock.remove_workdir()
     return manifest
 
 
+def _write_ended(lock, obj) -> None:
+    if isinstance(lock, remote.StoreWorkArea):
+        try:
+            lock.write_ended(obj)
+        except OSError:   # the store is what failed: the error being raised says so
+            pass
+    else:
+        _write_json_atomic(os.path.join(lock.workdir, ENDED_NAME), obj)
+
+
 def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, allow_empty,
-                   unread, log, records_input=False) -> dict:
+                   unread, log, records_input=False, store=None, storage_options=None) -> dict:
     # --- run the tasks
     t0 = time.perf_counter()
+    retries0 = storage.retry_counts()["retries"]
     records = [None] * len(tasks)
     total_in = sum(t.get("input_bytes", t.get("bytes", 0)) for t in tasks if t["part"] == 0)
     done_bytes = 0
@@ -701,6 +735,11 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
                 f"{rec.get('docs', 0)} docs, {rec.get('tokens', 0)} tokens{tag}; "
                 f"{done_bytes / 1e6:.1f} of {total_in / 1e6:.1f} MB, {done_bytes / dt / 1e6:.1f} MB/s")
 
+    if store is None:
+        finish = finish_task
+    else:   # and uploads task i's parts and record to the work area on the store
+        def finish(task, res, workdir):
+            return store.push_task(finish_task(task, res, workdir))
     if executor is None:
         # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
         with ThreadPoolExecutor(1) as finisher, ThreadPoolExecutor(1) as helper:
@@ -713,7 +752,7 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
                 if res.get("error"):
                     records[i] = res
                     break
-                pending.append((i, finisher.submit(finish_task, task, res, workdir)))
+                pending.append((i, finisher.submit(finish, task, res, workdir)))
                 while pending and pending[0][1].done():
                     j, fut = pending.pop(0)
                     records[j] = fut.result()
@@ -725,7 +764,7 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
         # any concurrent.futures.Executor (process pool, Dask, engines.RayExecutor): completed tasks
         # are skipped, each returned completion record is verified against its parts (engines.py)
         from .engines import run_tasks
-        records = run_tasks(executor, tasks, options, workdir, n_threads, report)
+        records = run_tasks(executor, tasks, options, workdir, n_threads, report, store=store)
 
     # line numbers: tasks of one file are consecutive ranges; each starts after the lines of the earlier ones
     line_base = [0] * len(tasks)
@@ -755,7 +794,11 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
     manifest["inputs_not_read"] = {"count": len(unread), "first": unread[:MAX_LISTED]}
     manifest["timing"] = {"tokenize_seconds": round(elapsed_tasks, 3),
                           "total_seconds": round(time.perf_counter() - t0, 3), "workers": n_threads}
-    removed = publish(out, renames, manifest, workdir)
+    if store is not None or storage.is_url(out) or any(storage.is_url(p) for p in files if isinstance(p, str)):
+        # transient store errors retried so far: here, and in the tasks run elsewhere
+        manifest["storage"] = {"retries": storage.retry_counts()["retries"] - retries0
+                               + sum(r.get("storage_retries", 0) for r in records if r is not None)}
+    removed = publish_set(out, renames, manifest, workdir, storage_options)
     if removed:
         more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
         log(f"removed {len(removed)} file(s) of the earlier set at {out}: "

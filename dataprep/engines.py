@@ -18,7 +18,9 @@ So a task may run anywhere and any number of times (Ray retries it after an exce
 death of its worker) without losing or duplicating a document. The work directory
 ``PREFIX.work/`` must be on a filesystem that every node sees at the same path (NFS, a cluster
 filesystem, or one machine) -- the driver checks the parts it is told about and says so when it
-cannot see them.
+cannot see them -- or on an object store (remote.StoreWorkArea): each task then runs in a private
+local folder and uploads its parts and record (remote.run_task_on_store), and the driver pulls and
+checks them (remote.pull_task).
 
 :class:`RayExecutor` is a ``concurrent.futures.Executor`` whose ``submit`` runs the function as a
 Ray remote task (``max_retries`` on worker death, ``retry_exceptions`` on exceptions) and returns
@@ -35,9 +37,11 @@ import threading
 import time
 import uuid
 
+from .. import storage
+from . import remote
 from .errors import DataprepError
 from .formats import sha256_file
-from .tasks import check_workers, collect_resumed, run_task
+from .tasks import check_record_task, check_workers, collect_resumed, run_task
 
 RAY_INSTALL_HINT = "the Ray engine needs Ray: pip install 'rwkv5[ray]' (or pip install 'ray>=2.9')"
 FAULT_ENV = "RWKV5_DATAPREP_FAULT"
@@ -65,9 +69,7 @@ def verify_record(workdir: str, task: dict, rec) -> dict:
     Raises DataprepError (naming the task and file) when the record is not for this task, or a
     part is missing or differs in size or SHA-256 -- typically because the work directory is not
     on a filesystem shared by all nodes."""
-    if not isinstance(rec, dict) or rec.get("task") != task:
-        raise _error(f"task {task['id']}: the worker returned a completion record for another task "
-                     f"(expected task {task['id']} of {task['path']})")
+    check_record_task(task, rec)
     if rec.get("error"):
         return rec  # a bad input record under --on-error fail: build() reports it with its line
     stem = os.path.join(workdir, f"task-{task['id']:06d}")
@@ -76,7 +78,8 @@ def verify_record(workdir: str, task: dict, rec) -> dict:
         want = rec["parts"][ext]
         if not os.path.exists(path):
             raise _error(f"task {task['id']}: part {path} does not exist on the driver although the worker "
-                         f"reported it done; the output folder must be on a filesystem shared by all nodes")
+                         f"reported it done; the output folder must be on a filesystem shared by all nodes "
+                         f"(or put the work area on an object store: --work-dir URL)")
         size = os.path.getsize(path)
         if size != want["bytes"]:
             raise _error(f"task {task['id']}: part {path} has {size} bytes, the worker wrote {want['bytes']}; "
@@ -107,18 +110,37 @@ def run_task_isolated(task: dict, options: dict, workdir: str, n_threads: int = 
         shutil.rmtree(private, ignore_errors=True)
 
 
-def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n_threads: int, report) -> list:
+def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n_threads: int, report,
+              store=None) -> list:
     """Run the tasks in `executor`; return their verified completion records in task order.
 
     Tasks whose valid completion record already exists (a resumed run) are not submitted.
-    `report(i, rec)` is called on the driver as each task finishes, in completion order."""
+    `report(i, rec)` is called on the driver as each task finishes, in completion order.
+
+    store: a remote.StoreWorkArea when the work area is on an object store: each task then runs
+    remote.run_task_on_store (its parts and record uploaded by the worker), and the driver pulls
+    the parts into `workdir` and checks them (remote.pull_task) instead of reading a shared folder."""
     records = [None] * len(tasks)
     pending = {}
     collect_resumed(tasks, workdir, records, report)
+    if store is not None:
+        so = {**storage.default_options(), **store.storage_options}
+
+        def submit(task):
+            return executor.submit(remote.run_task_on_store, task, options, store.url, n_threads, so)
+
+        def verify(task, rec):
+            return remote.pull_task(store.url, workdir, task, rec, so)
+    else:
+        def submit(task):
+            return executor.submit(run_task_isolated, task, options, workdir, n_threads)
+
+        def verify(task, rec):
+            return verify_record(workdir, task, rec)
     try:
         for i, task in enumerate(tasks):
             if records[i] is None:
-                pending[executor.submit(run_task_isolated, task, options, workdir, n_threads)] = i
+                pending[submit(task)] = i
         for fut in cf.as_completed(list(pending)):
             i = pending.pop(fut)
             try:
@@ -129,7 +151,7 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
                 t = tasks[i]
                 raise DataprepError(f"task {t['id']} ({t['path']} part {t['part']}) failed: "
                                     f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
-            records[i] = verify_record(workdir, tasks[i], rec)
+            records[i] = verify(tasks[i], rec)
             report(i, records[i])
     finally:
         # on an error (or ^C): cancel what has not started and let the running tasks settle, so that no

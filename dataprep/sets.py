@@ -234,9 +234,9 @@ class PrefixLock:
             lock.remove_workdir()             # optional, at the end: the work area goes, the lock with it
     """
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, workdir: str = None):
         self.prefix = prefix
-        self.workdir = prefix + ".work"
+        self.workdir = workdir or prefix + ".work"   # another folder: --work-dir of a URL --out
         self.path = os.path.join(self.workdir, "lock")
         self.fd = -1
 

@@ -95,6 +95,13 @@ def load_done(workdir: str, task: dict):
     return rec
 
 
+def check_record_task(task: dict, rec) -> None:
+    """DataprepError when what a worker returned is not a completion record of this task."""
+    if not isinstance(rec, dict) or rec.get("task") != task:
+        raise DataprepError(f"task {task['id']}: the worker returned a completion record for another task "
+                            f"(expected task {task['id']} of {task['path']})")
+
+
 def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
     """Tokenize one task into its part files and completion record; return the record.
 

@@ -11,10 +11,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .. import storage
+from . import remote
 from .build import magic_prime, magic_prime_line
 from .errors import DataprepError
 from .formats import BinIdx, FormatError, ZstShard, sha256_file, write_idx
-from .sets import (MANIFEST_SUFFIX, _SET_FILE_SUFFIX, PrefixLock, manifest_path, parse_manifest, publish, read_manifest,
+from .sets import (MANIFEST_SUFFIX, _SET_FILE_SUFFIX, manifest_path, parse_manifest, read_manifest,
                    read_manifest_bytes, shard_paths, unlisted_files)
 from .tasks import default_vocab, load_tokenizer
 
@@ -386,7 +387,10 @@ def _check_output_prefix(out, inputs: Sequence[str]) -> str:
     from .build import check_out_prefix
     out = check_out_prefix(out)
     for p in inputs:
-        if any(form(os.fspath(p)) == form(out) for form in (os.path.abspath, os.path.realpath)):
+        if storage.is_url(out) or storage.is_url(os.fspath(p)):
+            if os.fspath(p).rstrip("/") == out:
+                raise DataprepError(f"--out {out}: is also an input; write to another prefix")
+        elif any(form(os.fspath(p)) == form(out) for form in (os.path.abspath, os.path.realpath)):
             raise DataprepError(f"--out {out}: is also an input; write to another prefix")
     return out
 
@@ -426,7 +430,7 @@ def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
         all_sizes = [b.sizes.astype(np.int64) for s in opened for b in s.shards]
         sizes = np.concatenate(all_sizes) if all_sizes else np.zeros(0, np.int64)
         ranges = np.array([[i, 0, 2 * int(sz.sum())] for i, sz in enumerate(all_sizes)], dtype=np.int64).reshape(-1, 3)
-        with PrefixLock(out) as lock:
+        with remote.staging(out) as lock:
             m = _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer,
                                {"merged_from": [p if storage.is_url(p) else os.path.abspath(p) for p in prefixes]}, opened)
             lock.remove_workdir()
@@ -444,7 +448,7 @@ def unpack(prefix: str, out: str) -> dict:
         if s.format != "zst":
             raise DataprepError(f"{prefix}: not a zst shard set")
         tokenizer = _tokenizer_of([(prefix, s.manifest)])
-        with PrefixLock(out) as lock:
+        with remote.staging(out) as lock:
             tmp_stream = os.path.join(lock.workdir, "unpack.stream.tmp")
             sizes = []
             with open(tmp_stream, "wb") as f:
@@ -487,7 +491,7 @@ def _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer, extra, inputs) -> 
          "shards": [{"name": name, "documents": int(len(sizes)), "tokens": ntok, "files": files}],
          "statistics": {"per_script": {}, "per_language": {}}, "skipped": {"counts": {}, "total": 0, "first": []},
          **extra}
-    publish(out, [(tmp[ext], out + ext) for ext in (".bin", ".idx")], m, lock.workdir)
+    remote.publish_set(out, [(tmp[ext], out + ext) for ext in (".bin", ".idx")], m, lock.workdir)
     return m
 
 
