@@ -692,8 +692,10 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
                                   allow_empty, unread, log, records_input=spilled is not None, store=store,
                                   storage_options=storage_options)
     except Exception as e:
-        # a run that ended in an error (not an interrupted one) does not block a corrected rerun
-        _write_ended(lock, {"status": "error", "error": str(e)})
+        # a run that ended in an error (not an interrupted one) does not block a corrected rerun; when
+        # the store itself failed, the rerun is the same command (it resumes without this record)
+        if not (store is not None and isinstance(e, OSError)):
+            _write_ended(lock, {"status": "error", "error": str(e)})
         raise
     if keep_work:
         _write_ended(lock, {"status": "done"})

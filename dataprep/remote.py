@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -41,6 +42,8 @@ PART_SIZE_ENV = "RWKV5_STORAGE_PART_SIZE"
 PART_SIZE = 64 << 20   # bytes per part of a multipart upload (S3 needs >= 5 MiB but the last)
 PUBLISH_DIR = "publish"
 _TASK_EXTS = ("tok", "meta", "done.json")
+# the names a work area on a store holds (nothing else is ever deleted there)
+_WORK_NAME = re.compile(r"(plan|ended)\.json|task-[0-9]{6}\.(tok|meta|done\.json)|" + PUBLISH_DIR)
 
 
 def _part_size() -> int:
@@ -105,7 +108,8 @@ def list_names(url: str, storage_options: dict = None) -> dict:
 
 
 def remove_tree(url: str, storage_options: dict = None) -> None:
-    """Delete every object under the "folder" ``url``."""
+    """Delete every object under the "folder" ``url`` (only ever a work area's own publish/ folder,
+    or a work area that check_store_work_area accepted)."""
     fs, path = storage.filesystem(url, storage_options)
     try:
         found = storage.retry(fs.find, path, url=url, what="list")
@@ -143,7 +147,30 @@ def check_work_dir(out: str, work_dir):
     full = os.path.abspath(work_dir)
     if not os.path.isdir(os.path.dirname(full)):
         raise DataprepError(f"--work-dir {full}: folder {os.path.dirname(full)} does not exist")
+    # the work area's files are cleared and the folder removed at the end: never a folder of other files
+    if os.path.isdir(full) and os.listdir(full) and not {"plan.json", "lock"} & set(os.listdir(full)):
+        raise DataprepError(f"--work-dir {full}: holds files and is not a work area of a build (it is "
+                            f"cleared and removed after the build); give a new or empty folder")
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise DataprepError(f"--work-dir {full}: is a file; give a new or empty folder")
     return full
+
+
+def check_store_work_area(url: str, storage_options: dict = None) -> None:
+    """A work area on a store is cleared and deleted after the build: refuse a prefix that holds
+    anything a work area does not (``--work-dir s3://bucket/data`` must not delete data/)."""
+    fs, path = storage.filesystem(url, storage_options)
+    try:
+        entries = storage.retry(fs.ls, path, detail=True, refresh=True, url=url, what="list")
+    except FileNotFoundError:
+        return
+    foreign = sorted(n for n in (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries)
+                     if not _WORK_NAME.fullmatch(n))
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise DataprepError(f"--work-dir {url}: holds objects that are not a build's work area "
+                            f"({', '.join(foreign[:3])}{more}); it is cleared and deleted after the build: "
+                            f"give a new prefix")
 
 
 # ----------------------------------------------------------------------------- the work area
@@ -209,6 +236,7 @@ class StoreWorkArea:
     def pull_records(self) -> None:
         """Download plan.json, ended.json and every task-N.done.json of the store's work area into
         the staging folder (replacing what is there), and drop local ones the store lacks."""
+        check_store_work_area(self.url, self.storage_options)
         names = list_names(self.url, self.storage_options)
         want = [n for n in names if n in ("plan.json", "ended.json") or n.endswith(".done.json")]
         for n in os.listdir(self.workdir):
@@ -264,11 +292,13 @@ class StoreWorkArea:
     def clear(self, keep=lambda name: False) -> int:
         n = self._staging.clear(keep)
         names = list_names(self.url, self.storage_options)
-        remove([self.object(x) for x in names if not keep(x)], self.storage_options)
+        remove([self.object(x) for x in names if not keep(x) and _WORK_NAME.fullmatch(x)], self.storage_options)
         return n
 
     def remove_workdir(self) -> None:
-        remove_tree(self.url, self.storage_options)
+        remove([self.object(x) for x in list_names(self.url, self.storage_options) if _WORK_NAME.fullmatch(x)],
+               self.storage_options)
+        remove_tree(self.object(PUBLISH_DIR), self.storage_options)
         self._staging.remove_workdir()
 
 

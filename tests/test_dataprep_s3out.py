@@ -12,12 +12,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import pytest
 
 from dataprep_helpers import gen_corpus, write_jsonl
-from s3server import s3, s3server, subprocess_env  # noqa: F401 (fixtures)
+from s3server import subprocess_env   # the fixtures s3 and s3server come from conftest.py
 from rwkv5.dataprep import build, merge_binidx
 
 OPTS = dict(on_error="skip", lang_field="lang", shuffle=True, seed=7, task_size=30_000, ctx_len=64)
@@ -163,6 +162,23 @@ def test_work_dir_checks(corpus, tmp_path, s3):
         quiet(inputs=[str(corpus)], out=s3.url("out/"), **OPTS)
     with pytest.raises(DataprepError, match=r"Python records .* pass a local work_dir"):
         quiet(inputs=iter(["a text", "another"]), out=s3.url("out/r"))
+
+
+def test_work_dir_holding_other_files_is_refused_and_left_alone(corpus, tmp_path, s3):
+    """The work area is cleared and deleted after a build: --work-dir never takes a folder or a
+    prefix of other files (a work area on s3://bucket/data would have deleted data/)."""
+    from rwkv5.dataprep import DataprepError
+    s3.put("data/keep.txt", b"mine")
+    s3.put("data/sub/keep2.txt", b"mine too")
+    with pytest.raises(DataprepError, match=rf"--work-dir s3://{s3.name}/data: holds objects that are not a "
+                                            rf"build's work area \(keep.txt, sub\)"):
+        quiet(inputs=[str(corpus / "part2.jsonl")], out=s3.url("out/o"), work_dir=s3.url("data"), **OPTS)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "notes.txt").write_text("mine")
+    with pytest.raises(DataprepError, match=r"--work-dir .*/w: holds files and is not a work area of a build"):
+        quiet(inputs=[str(corpus / "part2.jsonl")], out=s3.url("out/o"), work_dir=str(tmp_path / "w"), **OPTS)
+    assert s3.keys() == ["data/keep.txt", "data/sub/keep2.txt"]
+    assert os.listdir(tmp_path / "w") == ["notes.txt"]
 
 
 def test_merge_out_url(corpus, tmp_path, s3):
