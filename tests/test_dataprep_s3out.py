@@ -348,7 +348,12 @@ def test_ray_two_nodes_with_private_folders_and_the_work_area_on_s3(corpus, tmp_
                "--format", "zst", "--shard-size", "20000", "--dedup", "exact", "--epochs", "2"]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
-        assert {k: v for k, v in store_outputs(s3, "out/o").items() if not k.startswith("o.work/")} == ref
+        got = {k: v for k, v in store_outputs(s3, "out/o").items() if not k.startswith("o.work/")}
+        # the manifest names the inputs where they were read: their URLs (with an ETag), not paths
+        m = got["o.manifest.json"]
+        assert [i.pop("etag") and i["path"] for i in m["inputs"]] == [s3.url(f"in/{n}") for n in sorted(os.listdir(corpus))]
+        got["o.manifest.json"] = json.loads(json.dumps(m).replace(s3.url("in/"), str(corpus) + "/"))
+        assert got == ref
         done = [k for k in s3.keys("out/o.work/") if k.endswith(".done.json")]
         assert len(done) >= 10
         # every private folder is left as it was found: empty
