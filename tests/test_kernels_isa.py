@@ -178,6 +178,28 @@ def test_row_kernels_do_not_depend_on_the_batch(isa, kind):
     assert np.isnan(bad[6]).all() and not np.isfinite(bad[2]).any()
 
 
+@pytest.mark.parametrize("isa_name", list(ISAS))
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("M,n,d", [(4, 7, 5), (7, 333, 23), (25, 1031, 9), (29, 520, 14), (13, 64, 4)])
+def test_row_kernels_batch_tiles_equal_one_row(isa, isa_name, kind, M, n, d):
+    """The row kernels at M >= 4 input rows (a recurrent step of a batch: register tiles over the
+    rows, swept 24 at a time, columns in passes of 256) give every row the bits of the same row
+    alone, in both layouts, on every ISA level; odd M, n, d exercise the partial tiles, the
+    8-lane and 64-byte-line tails and the rows past the last 4-row block."""
+    isa(isa_name)
+    rng = np.random.default_rng(M * 7 + n + d)
+    x = rng.standard_normal((M, n)).astype(np.float32)
+    w, wf = storage(rng.standard_normal((d, n)).astype(np.float32), kind)
+    want = x.astype(np.float64) @ wf.T
+    for mat, extra in ((w, ()), (blocked(w), (d,))):
+        got = _model._matmul(x, mat, ISAS[isa_name], False, *extra)
+        for r in range(M):
+            np.testing.assert_array_equal(_model._matmul(np.ascontiguousarray(x[r:r + 1]), mat, ISAS[isa_name], False,
+                                                         *extra), got[r:r + 1], err_msg=f"row {r}")
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * n * max(1.0, np.abs(want).max())
+                                   + x_split_bound(x, wf, kind, isa_name))
+
+
 def test_matmul_rejects_bad_int8_tuples():
     x = np.ones((2, 4), np.float32)
     q = np.ones((3, 4), np.int8)
@@ -366,6 +388,7 @@ def test_int8_dtype_name_and_errors():
 # The model under each RWKV5_ISA, in fresh processes (the ISA is read once from the environment)
 
 SUBSET = ("test_parallel_equals_recurrent_logits_and_state or test_unbatched_state_is_shared_by_a_batch or "
+          "test_batched_step_equals_each_sequence_alone or "
           "test_threads_do_not_change_results or test_acceptance_4_layers or test_continuation")
 
 

@@ -464,6 +464,108 @@ T256 INL float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* ---- AVX2 row kernels for a batch: the same sums, register-tiled over the input rows ----
+ * A recurrent step of B sequences multiplies every weight by B input rows. The one-row loop of
+ * rows_avx2 widens each weight vector once per input row, so a step of B rows costs about B one-row
+ * steps of widening work (the weights come from memory once, but the core is busy converting them).
+ * Here a widened weight vector feeds TILE_M input rows: 2 weight rows x 6 input rows = 12
+ * accumulators, 2 widenings and 6 x loads per 12 FMAs, the proportions of the GEMM micro-kernel.
+ * Columns go in passes of TILE_KC, so a pass's x rows (TILE_ROWS x 1 KiB) and the block's weight
+ * lines sit in L1 while the tiles sweep them; the accumulators are parked in memory between passes.
+ * Each output still accumulates its products lane by lane in input order, then hsum256, then the
+ * scalar tail, then the row scale: the one-row loop's exact operations, so a sequence gets the same
+ * bits alone or in a batch of any size. */
+#define TILE_M 6        /* input rows per register tile */
+#define TILE_ROWS 24    /* input rows per sweep (a multiple of TILE_M): their pass of x is 24 KiB */
+#define TILE_KC 256     /* columns per pass; a multiple of 64, so whole lines of every storage type */
+#define TILE_MIN_M 4    /* fewer input rows than this: the one-row loop (memory-bound anyway) */
+
+/* acc[2r + b] += sum over 8-column steps i in [i0, i1) of x_r[i..i+8) * W_b[i..i+8) (lane-wise FMAs)
+ * for the MB (<= TILE_M) input rows x_r = x + r*n and the 2 weight rows W_0 = wa, W_1 = wb; i0 is
+ * a multiple of 64, so the loop runs over whole 64-byte lines of the weight rows (addressed once per
+ * line) and then the steps of a last partial line. */
+T256 INL void tile_pass_avx2(int dt, int MB, __m256 *acc, const float *x, size_t n, const unsigned char *wa,
+                             const unsigned char *wb, size_t i0, size_t i1, size_t cs) {
+    const size_t esz = rwkv5_esz(dt), E = 64 / esz;   /* elements per line */
+    __m256 a[TILE_M][2];
+    for (int r = 0; r < MB; r++) {
+        a[r][0] = acc[2 * r];
+        a[r][1] = acc[2 * r + 1];
+    }
+    size_t i = i0;
+    for (; i + E <= i1; i += E) {
+        const unsigned char *pa = wa + i / E * cs, *pb = wb + i / E * cs;
+        for (size_t v = 0; v < E; v += 8) {
+            __m256 v0 = ld256(dt, pa + v * esz), v1 = ld256(dt, pb + v * esz);
+            for (int r = 0; r < MB; r++) {
+                __m256 xv = _mm256_loadu_ps(x + (size_t)r * n + i + v);
+                a[r][0] = _mm256_fmadd_ps(xv, v0, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(xv, v1, a[r][1]);
+            }
+        }
+    }
+    for (; i < i1; i += 8) {
+        __m256 v0 = ld256(dt, wa + RWKV5_COL_OFF(i, esz, cs)), v1 = ld256(dt, wb + RWKV5_COL_OFF(i, esz, cs));
+        for (int r = 0; r < MB; r++) {
+            __m256 xv = _mm256_loadu_ps(x + (size_t)r * n + i);
+            a[r][0] = _mm256_fmadd_ps(xv, v0, a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(xv, v1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < MB; r++) {
+        acc[2 * r] = a[r][0];
+        acc[2 * r + 1] = a[r][1];
+    }
+}
+
+/* tile_pass_avx2 with the row count as a constant (each case compiles to its own register tile) */
+T256 INL void tile_pass_any_avx2(int dt, int MB, __m256 *acc, const float *x, size_t n, const unsigned char *wa,
+                                 const unsigned char *wb, size_t i0, size_t i1, size_t cs) {
+    switch (MB) {
+    case 1: tile_pass_avx2(dt, 1, acc, x, n, wa, wb, i0, i1, cs); break;
+    case 2: tile_pass_avx2(dt, 2, acc, x, n, wa, wb, i0, i1, cs); break;
+    case 3: tile_pass_avx2(dt, 3, acc, x, n, wa, wb, i0, i1, cs); break;
+    case 4: tile_pass_avx2(dt, 4, acc, x, n, wa, wb, i0, i1, cs); break;
+    case 5: tile_pass_avx2(dt, 5, acc, x, n, wa, wb, i0, i1, cs); break;
+    default: tile_pass_avx2(dt, TILE_M, acc, x, n, wa, wb, i0, i1, cs); break;
+    }
+}
+
+/* out rows [m0, m0 + mr) (mr <= TILE_ROWS) x the 4 weight rows w4[0..4) = outputs [o, o+4).
+ * nx, pf_blocked: prefetch as the one-row loop does (the next block / the blocked stream ahead). */
+T256 INL void tile_block_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, int m0, int mr, int o,
+                              const unsigned char *const w4[4], const unsigned char *nx, int pf_blocked) {
+    size_t n = (size_t)w->cols, d = (size_t)w->rows, nfull = n & ~(size_t)7, cs = RWKV5_LINE_STRIDE(w);
+    const size_t esz = rwkv5_esz(dt);
+    /* acc[pair][row][2]: the accumulator of input row m0 + row and weight row 2*pair + b */
+    __m256 acc[2][TILE_ROWS * 2];
+    for (int p = 0; p < 2; p++)
+        for (int r = 0; r < 2 * mr; r++) acc[p][r] = _mm256_setzero_ps();
+    for (size_t i0 = 0; i0 < nfull; i0 += TILE_KC) {
+        size_t i1 = i0 + TILE_KC < nfull ? i0 + TILE_KC : nfull;
+        /* the prefetches of the one-row loop for these columns, ahead of the tiles */
+        for (size_t i = i0; i < i1; i += 8) {
+            pf_next_at(nx, i, esz);
+            if (pf_blocked && i % (64 / esz) == 0) pf_ahead(w4[0] + RWKV5_COL_OFF(i, esz, cs), PF_AHEAD_BYTES);
+        }
+        for (int r0 = 0; r0 < mr; r0 += TILE_M) {
+            int mb = mr - r0 < TILE_M ? mr - r0 : TILE_M;
+            const float *xr = x + (size_t)(m0 + r0) * n;
+            for (int p = 0; p < 2; p++)
+                tile_pass_any_avx2(dt, mb, acc[p] + 2 * r0, xr, n, w4[2 * p], w4[2 * p + 1], i0, i1, cs);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        const float *xm = x + (size_t)(m0 + r) * n;
+        float *om = out + (size_t)(m0 + r) * d + o;
+        for (int b = 0; b < 4; b++) {
+            float s = hsum256(acc[b / 2][2 * r + b % 2]);
+            for (size_t i = nfull; i < n; i++) s += xm[i] * rwkv5_load(dt, w4[b] + RWKV5_COL_OFF(i, esz, cs));
+            om[b] = s * rwkv5_row_scale(w, o + b);
+        }
+    }
+}
+
 T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
     size_t n = (size_t)w->cols, d = (size_t)w->rows;
     size_t nfull = n & ~(size_t)7;
@@ -472,6 +574,15 @@ T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, 
 #define OFF(i) RWKV5_COL_OFF(i, esz, cs)
 #define ROWP(o) rwkv5_row_ptr(w, (size_t)(o))
     int o = o0;
+    if (M >= TILE_MIN_M) {   /* a batch: register tiles over the input rows (above), same bits */
+        for (; o + 4 <= o1; o += 4) {
+            const unsigned char *w4[4] = {ROWP(o), ROWP(o + 1), ROWP(o + 2), ROWP(o + 3)};
+            const unsigned char *nx = next_block(w, o, o1);
+            for (int m0 = 0; m0 < M; m0 += TILE_ROWS)
+                tile_block_avx2(dt, out, x, w, m0, M - m0 < TILE_ROWS ? M - m0 : TILE_ROWS, o, w4,
+                                m0 == 0 ? nx : NULL, m0 == 0 && w->blocked);
+        }
+    }
     for (; o + 4 <= o1; o += 4) {
         const unsigned char *w0 = ROWP(o), *w1 = ROWP(o + 1), *w2 = ROWP(o + 2), *w3 = ROWP(o + 3);
         const unsigned char *nx = next_block(w, o, o1);
