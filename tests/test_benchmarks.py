@@ -181,3 +181,13 @@ def test_big_model_section_through_the_same_code_on_a_small_shape(tmp_path):
         assert load_s > 0 and tok_s > 0 and 0.5 < ratio < 5
     import rwkv5
     assert rwkv5.load(big.int8_file(path, shape)).config.dtype == "int8"
+
+
+def test_batched_decode_times_each_batch_size():
+    """bench_model.batched_decode steps B = 1, 4, 16 sequences from one prompt state (shared at the
+    first step) and reports a positive median step time for each B."""
+    import rwkv5
+    model = rwkv5.Model.from_state_dict(bm.random_state_dict(1, 64, V=97, storage="fp32"), dtype="fp32")
+    _, state = model.forward([1, 2, 3], None, mode="parallel")
+    got = bm.batched_decode(model, state, np.random.default_rng(0), quick=True)
+    assert sorted(got, key=int) == [str(B) for B in bm.BATCHES] and all(t > 0 for t in got.values())
