@@ -336,6 +336,30 @@ def test_quantize_int8_names_the_non_finite_row():
         quantize_int8(w, blocked=True)
 
 
+_INTERRUPT_SCRIPT = """
+import os, signal, threading
+import numpy as np, rwkv5
+from rwkv5.model import quantize_int8
+rwkv5.set_num_threads(1)
+a = np.ones((8192, 16384), np.float32)           # 512 MiB: seconds of work on one thread
+threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    quantize_int8(a)
+    print("finished")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.slow
+def test_quantize_int8_stops_on_ctrl_c():
+    """SIGINT during a long quantisation raises KeyboardInterrupt from it (the C loop checks the
+    cancel flag every row; the GIL is released meanwhile, so the handler runs)."""
+    r = subprocess.run([sys.executable, "-c", _INTERRUPT_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["interrupted"]
+
+
 def dequantised(sd):
     """The state dict as an int8 model sees it: large matrices (not emb) as q * scale, float64."""
     out = {}

@@ -170,6 +170,10 @@ static void quant_range(void *ctx, int64_t r0, int64_t r1) {
     }
     const size_t rb = (size_t)job->cols * (size_t)rwkv5_src_bytes(job->t);
     for (int64_t o = r0; o < r1; o++) {
+        if (job->cancel && *job->cancel) {   /* per row: a piece may be the whole matrix (one thread) */
+            atomic_store(&job->cancelled, 1);
+            break;
+        }
         const unsigned char *row = job->src + (size_t)o * rb;
         int bad;
 #if defined(__x86_64__)
@@ -216,6 +220,10 @@ static void block_range(void *ctx, int64_t g0, int64_t g1) {
     }
     const int64_t rb = job->cols * job->esz, lines = (rb + LINE - 1) / LINE;
     for (int64_t o = 4 * g0; o < 4 * g1; o++) {
+        if (o % 64 == 0 && job->cancel && *job->cancel) {
+            atomic_store(&job->cancelled, 1);
+            return;
+        }
         const unsigned char *row = job->src + o * rb;
         unsigned char *d = job->dst + ((o / 4) * lines * 4 + o % 4) * LINE;
         for (int64_t b = 0; b < rb; b += LINE, d += 4 * LINE) memcpy(d, row + b, (size_t)(rb - b < LINE ? rb - b : LINE));
