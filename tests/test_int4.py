@@ -11,7 +11,8 @@ from rwkv5.model import dequantize_int4, quantize_int4
 from rwkv5.reference import ReferenceModel
 from rwkv5.testing import random_state_dict
 
-from test_kernels_isa import BIG, INT4_QUANT_X, ISAS, isa  # noqa: F401  (isa: the fixture)
+from test_kernels_isa import BIG, INT4_QUANT_X, ISAS
+from test_kernels_isa import isa as isa  # noqa: F401  (the fixture, by its name)
 
 
 def test_block_layout_is_the_documented_one():
@@ -29,7 +30,8 @@ def test_block_layout_is_the_documented_one():
     for g in range(2):
         want = nib[32 * g:32 * g + 16] | (nib[32 * g + 16:32 * g + 32] << 4)
         assert blk[0, 4 + 16 * g:20 + 16 * g].tolist() == want.tolist()
-    tail = np.zeros(32, np.int64); tail[:6] = nib[64:]
+    tail = np.zeros(32, np.int64)
+    tail[:6] = nib[64:]
     assert blk[1, 4:20].tolist() == (tail[:16] | (tail[16:] << 4)).tolist()
     assert blk[1, 20:].tolist() == [0] * 16
     np.testing.assert_array_equal(dequantize_int4(b, 70), w)
@@ -43,7 +45,8 @@ def test_quantisation_error_is_at_most_one_step_per_group(rows, cols):
     w = np.random.default_rng(cols).standard_normal((rows, cols)).astype(np.float32) * 3
     wd = dequantize_int4(quantize_int4(w), cols)
     ng = -(-cols // 32)
-    wp = np.zeros((rows, ng * 32), np.float32); wp[:, :cols] = w
+    wp = np.zeros((rows, ng * 32), np.float32)
+    wp[:, :cols] = w
     g = wp.reshape(rows, ng, 32)
     m = np.abs(g).max(axis=2)
     s = np.repeat(m / 8, 32, axis=1)[:, :cols]

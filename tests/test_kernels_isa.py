@@ -88,8 +88,10 @@ def int4_x_bound(x, wf):
     with headroom 2."""
     M, n = x.shape
     ng = -(-n // 32)
-    xp = np.zeros((M, ng * 32)); xp[:, :n] = np.abs(x)
-    wp = np.zeros((wf.shape[0], ng * 32)); wp[:, :n] = np.abs(wf)
+    xp = np.zeros((M, ng * 32))
+    xp[:, :n] = np.abs(x)
+    wp = np.zeros((wf.shape[0], ng * 32))
+    wp[:, :n] = np.abs(wf)
     t = xp.reshape(M, ng, 32).max(axis=2) / 8191                       # (M, groups)
     return 2 * (t / 2 @ wp.reshape(-1, ng, 32).sum(axis=2).T).max()
 
