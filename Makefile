@@ -103,6 +103,8 @@ LINT_PY := rwkv5 tokenizer dataprep tests tools benchmarks csrc/fuzz setup.py
 lint:
 	$(PY) -m ruff --version >/dev/null 2>&1 || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore "ruff>=0.6"
 	$(PY) -m ruff check $(LINT_PY)
+	@command -v clang-format >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-format >/dev/null; }
+	clang-format --dry-run --Werror $$(git ls-files 'csrc/*.c' 'csrc/*.h' 2>/dev/null || find csrc -name '*.[ch]')
 
 clean:
 	rm -rf build dist wheelhouse *.egg-info csrc/tests/bin csrc/tests/bin-arm64 csrc/fuzz/bin .pytest_cache

@@ -12,7 +12,10 @@
 #include "tokenizer/world_tokenizer.h"
 
 #if PY_VERSION_HEX < 0x030A0000
-static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
+static inline PyObject *Py_NewRef(PyObject *o) {
+    Py_INCREF(o);
+    return o;
+}
 #endif
 
 /* The tokenizer: the capsule of an rwkv5.tokenizer WorldTokenizer (its `capsule` attribute), which
@@ -21,11 +24,14 @@ static wt_tokenizer *get_tok(PyObject *cap) {
     wt_tokenizer *t = PyCapsule_GetPointer(cap, WT_CAPSULE_NAME);
     if (!t) {
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "tokenizer: expected WorldTokenizer.capsule, got %s", Py_TYPE(cap)->tp_name);
+        PyErr_Format(PyExc_TypeError, "tokenizer: expected WorldTokenizer.capsule, got %s",
+                     Py_TYPE(cap)->tp_name);
         return NULL;
     }
     if (wt_n_vocab(t) > 65536) {
-        PyErr_Format(PyExc_ValueError, "vocab: ids must fit uint16 (n_vocab <= 65536), got n_vocab %u", wt_n_vocab(t));
+        PyErr_Format(PyExc_ValueError,
+                     "vocab: ids must fit uint16 (n_vocab <= 65536), got n_vocab %u",
+                     wt_n_vocab(t));
         return NULL;
     }
     return t;
@@ -37,7 +43,8 @@ static wt_tokenizer *get_tok(PyObject *cap) {
 static PyObject *bytes_arg(PyObject *o, const char *name) {
     if (PyBytes_Check(o)) return Py_NewRef(o);
     if (PyUnicode_Check(o) || !PyObject_CheckBuffer(o))
-        return PyErr_Format(PyExc_TypeError, "%s: expected a bytes-like object, got %s", name, Py_TYPE(o)->tp_name);
+        return PyErr_Format(PyExc_TypeError, "%s: expected a bytes-like object, got %s", name,
+                            Py_TYPE(o)->tp_name);
     return PyBytes_FromObject(o);
 }
 
@@ -57,40 +64,53 @@ static PyObject *py_encode_batch_count(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOi:encode_batch_count", &cap, &list, &n_threads)) return NULL;
     wt_tokenizer *t = get_tok(cap);
     if (!t) return NULL;
-    if (n_threads < 1 || n_threads > 1024) return PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads);
-    seq = PySequence_Tuple(list);   /* holds a reference to every text while the GIL is released */
+    if (n_threads < 1 || n_threads > 1024)
+        return PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads);
+    seq = PySequence_Tuple(list); /* holds a reference to every text while the GIL is released */
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     texts = PyMem_Calloc((size_t)n + 1, sizeof *texts);
     lens = PyMem_Calloc((size_t)n + 1, sizeof *lens);
     offs = PyMem_Calloc((size_t)n + 1, sizeof *offs);
     nout = PyMem_Calloc((size_t)n + 1, sizeof *nout);
-    if (!texts || !lens || !offs || !nout) { PyErr_NoMemory(); goto done; }
+    if (!texts || !lens || !offs || !nout) {
+        PyErr_NoMemory();
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyBytes_Check(b)) { PyErr_Format(PyExc_TypeError, "texts[%zd]: expected bytes", i); goto done; }
+        if (!PyBytes_Check(b)) {
+            PyErr_Format(PyExc_TypeError, "texts[%zd]: expected bytes", i);
+            goto done;
+        }
         texts[i] = (const uint8_t *)PyBytes_AS_STRING(b);
         lens[i] = (size_t)PyBytes_GET_SIZE(b);
         offs[i] = total;
         total += lens[i];
     }
     out = PyMem_Malloc((total + 1) * sizeof *out);
-    if (!out) { PyErr_NoMemory(); goto done; }
+    if (!out) {
+        PyErr_NoMemory();
+        goto done;
+    }
     size_t count = 0;
-    Py_BEGIN_ALLOW_THREADS
-    wt_encode_batch(t, (size_t)n, texts, lens, out, offs, nout, n_threads);
+    Py_BEGIN_ALLOW_THREADS wt_encode_batch(t, (size_t)n, texts, lens, out, offs, nout, n_threads);
     for (Py_ssize_t i = 0; i < n; i++) count += nout[i];
-    Py_END_ALLOW_THREADS
-    res = PyLong_FromSize_t(count);
+    Py_END_ALLOW_THREADS res = PyLong_FromSize_t(count);
 done:
-    PyMem_Free(texts); PyMem_Free(lens); PyMem_Free(offs); PyMem_Free(nout); PyMem_Free(out);
+    PyMem_Free(texts);
+    PyMem_Free(lens);
+    PyMem_Free(offs);
+    PyMem_Free(nout);
+    PyMem_Free(out);
     Py_XDECREF(seq);
     return res;
 }
 
-static const char *kw_run_task[] = {"tokenizer", "path", "record_format", "start", "end", "text_field", "lang_field",
-                                    "repair_utf8", "fail_fast", "n_threads", "tok_path", "meta_path",
-                                    "batch_bytes", "fsync", "cancel", "codec", "lang", NULL};
+static const char *kw_run_task[] = {
+    "tokenizer",   "path",        "record_format", "start",     "end",      "text_field",
+    "lang_field",  "repair_utf8", "fail_fast",     "n_threads", "tok_path", "meta_path",
+    "batch_bytes", "fsync",       "cancel",        "codec",     "lang",     NULL};
 
 /* The row of a table of named things (codecs, record formats) called `name`, or -1 with a
  * ValueError that lists the names. */
@@ -127,7 +147,8 @@ static int get_cancel(PyObject *cancel_o, Py_buffer *view, int *have) {
     if (PyObject_GetBuffer(cancel_o, view, PyBUF_WRITABLE) < 0) return -1;
     *have = 1;
     if (view->len < (Py_ssize_t)sizeof(int) || ((uintptr_t)view->buf % sizeof(int))) {
-        PyErr_SetString(PyExc_ValueError, "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
+        PyErr_SetString(PyExc_ValueError,
+                        "cancel: expected a writable, int-aligned buffer of at least 4 bytes");
         return -1;
     }
     return 0;
@@ -148,18 +169,34 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     dp_task_result res;
     int rc;
     memset(&res, 0, sizeof res);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&sKKszppiO&O&|npOsz:run_task", (char **)kw_run_task, &cap,
-                                     PyUnicode_FSConverter, &path_o, &format_name, &start, &end, &text_field, &lang_field,
-                                     &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o,
-                                     PyUnicode_FSConverter, &metap_o, &batch, &do_fsync, &cancel_o, &codec_name, &lang))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kw, "OO&sKKszppiO&O&|npOsz:run_task", (char **)kw_run_task, &cap,
+            PyUnicode_FSConverter, &path_o, &format_name, &start, &end, &text_field, &lang_field,
+            &repair, &fail_fast, &n_threads, PyUnicode_FSConverter, &tokp_o, PyUnicode_FSConverter,
+            &metap_o, &batch, &do_fsync, &cancel_o, &codec_name, &lang))
         goto fail;
     wt_tokenizer *t = get_tok(cap);
     if (!t) goto fail;
-    if (n_threads < 1 || n_threads > 1024) { PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads); goto fail; }
-    if ((record_format = record_format_index(format_name)) < 0 || (codec = codec_index(codec_name)) < 0) goto fail;
-    if (lang && strlen(lang) > DP_LANG_MAX) { PyErr_Format(PyExc_ValueError, "lang: at most %d bytes of UTF-8, got %zu", DP_LANG_MAX, strlen(lang)); goto fail; }
-    if (batch < 0) { PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch); goto fail; }
-    if (start > end) { PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end); goto fail; }
+    if (n_threads < 1 || n_threads > 1024) {
+        PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads);
+        goto fail;
+    }
+    if ((record_format = record_format_index(format_name)) < 0 ||
+        (codec = codec_index(codec_name)) < 0)
+        goto fail;
+    if (lang && strlen(lang) > DP_LANG_MAX) {
+        PyErr_Format(PyExc_ValueError, "lang: at most %d bytes of UTF-8, got %zu", DP_LANG_MAX,
+                     strlen(lang));
+        goto fail;
+    }
+    if (batch < 0) {
+        PyErr_Format(PyExc_ValueError, "batch_bytes: expected >= 0, got %zd", batch);
+        goto fail;
+    }
+    if (start > end) {
+        PyErr_Format(PyExc_ValueError, "start (%llu) > end (%llu)", start, end);
+        goto fail;
+    }
     if (get_cancel(cancel_o, &cancel_buf, &have_cancel) < 0) goto fail;
     memset(&o, 0, sizeof o);
     o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
@@ -180,17 +217,16 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
     o.encode_ctx = t;
     o.tok_path = PyBytes_AS_STRING(tokp_o);
     o.meta_path = PyBytes_AS_STRING(metap_o);
-    Py_BEGIN_ALLOW_THREADS
-    rc = dp_run_task(&o, &res);
+    Py_BEGIN_ALLOW_THREADS rc = dp_run_task(&o, &res);
     Py_END_ALLOW_THREADS
 
-    out = PyDict_New();
+        out = PyDict_New();
     if (!out) goto fail;
-#define SET(key, val)                                                   \
-    do {                                                                \
-        tmp = (val);                                                    \
-        if (!tmp || PyDict_SetItemString(out, key, tmp)) goto fail;     \
-        Py_CLEAR(tmp);                                                  \
+#define SET(key, val)                                                                              \
+    do {                                                                                           \
+        tmp = (val);                                                                               \
+        if (!tmp || PyDict_SetItemString(out, key, tmp)) goto fail;                                \
+        Py_CLEAR(tmp);                                                                             \
     } while (0)
     SET("lines", PyLong_FromUnsignedLongLong(res.lines));
     SET("docs", PyLong_FromUnsignedLongLong(res.docs));
@@ -227,8 +263,10 @@ static PyObject *py_run_task(PyObject *self, PyObject *args, PyObject *kw) {
             Py_CLEAR(tmp);
         }
     }
-    if (rc) SET("error", PyUnicode_DecodeFSDefault(res.err));
-    else SET("error", Py_NewRef(Py_None));
+    if (rc)
+        SET("error", PyUnicode_DecodeFSDefault(res.err));
+    else
+        SET("error", Py_NewRef(Py_None));
 #undef SET
     if (have_cancel) PyBuffer_Release(&cancel_buf);
     dp_task_result_free(&res);
@@ -247,13 +285,15 @@ fail:
     return NULL;
 }
 
-/* encode_texts(tokenizer, data, offsets, status, lang, repair_utf8, n_threads, tok_fd, meta_fd, cancel=None)
+/* encode_texts(tokenizer, data, offsets, status, lang, repair_utf8, n_threads, tok_fd, meta_fd,
+ * cancel=None)
  * -> dict (dp_encode_texts; GIL released). data: any bytes-like buffer (e.g. an Arrow string
  * column's data buffer; it must not change during the call), offsets: int64 array of n + 1,
  * status: writable uint8 array of n (DP_OK for the texts to tokenize; updated), lang: uint16 array
  * of n or None. */
-static const char *kw_encode_texts[] = {"tokenizer", "data", "offsets", "status", "lang", "repair_utf8",
-                                        "n_threads", "tok_fd", "meta_fd", "cancel", NULL};
+static const char *kw_encode_texts[] = {"tokenizer", "data",        "offsets",   "status",
+                                        "lang",      "repair_utf8", "n_threads", "tok_fd",
+                                        "meta_fd",   "cancel",      NULL};
 
 static PyObject *py_encode_texts(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -264,39 +304,47 @@ static PyObject *py_encode_texts(PyObject *self, PyObject *args, PyObject *kw) {
     dp_texts_opts o;
     dp_texts_result res;
     char err[512] = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOpiii|O:encode_texts", (char **)kw_encode_texts, &cap, &data_o,
-                                     &off_o, &status_o, &lang_o, &repair, &n_threads, &tok_fd, &meta_fd, &cancel_o))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOpiii|O:encode_texts", (char **)kw_encode_texts,
+                                     &cap, &data_o, &off_o, &status_o, &lang_o, &repair, &n_threads,
+                                     &tok_fd, &meta_fd, &cancel_o))
         return NULL;
     wt_tokenizer *t = get_tok(cap);
     if (!t) return NULL;
-    if (n_threads < 1 || n_threads > 1024) return PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads);
+    if (n_threads < 1 || n_threads > 1024)
+        return PyErr_Format(PyExc_ValueError, "n_threads: expected 1..1024, got %d", n_threads);
     if (data_o != Py_None) {
-        if (PyUnicode_Check(data_o)) return PyErr_Format(PyExc_TypeError, "data: expected a bytes-like object, got str");
+        if (PyUnicode_Check(data_o))
+            return PyErr_Format(PyExc_TypeError, "data: expected a bytes-like object, got str");
         if (PyObject_GetBuffer(data_o, &data, PyBUF_SIMPLE) < 0) return NULL;
         have_data = 1;
     }
-    off = (PyArrayObject *)PyArray_FROM_OTF(off_o, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
+    off = (PyArrayObject *)PyArray_FROM_OTF(off_o, NPY_INT64,
+                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
     if (!off) goto fail;
     if (!PyArray_Check(status_o) || PyArray_TYPE((PyArrayObject *)status_o) != NPY_UINT8 ||
-        PyArray_NDIM((PyArrayObject *)status_o) != 1 || !PyArray_ISCARRAY((PyArrayObject *)status_o)) {
+        PyArray_NDIM((PyArrayObject *)status_o) != 1 ||
+        !PyArray_ISCARRAY((PyArrayObject *)status_o)) {
         PyErr_SetString(PyExc_TypeError, "status: expected a writable, contiguous 1-D uint8 array");
         goto fail;
     }
     status = (PyArrayObject *)status_o;
     npy_intp n = PyArray_DIM(status, 0);
     if (PyArray_NDIM(off) != 1 || PyArray_DIM(off, 0) != n + 1) {
-        PyErr_Format(PyExc_ValueError, "offsets: expected %zd values (one more than status), got %zd", (Py_ssize_t)(n + 1),
+        PyErr_Format(PyExc_ValueError,
+                     "offsets: expected %zd values (one more than status), got %zd",
+                     (Py_ssize_t)(n + 1),
                      PyArray_NDIM(off) == 1 ? (Py_ssize_t)PyArray_DIM(off, 0) : (Py_ssize_t)-1);
         goto fail;
     }
     const int64_t *po = PyArray_DATA(off);
     if (po[0] < 0 || po[n] > (have_data ? (int64_t)data.len : 0)) {
-        PyErr_Format(PyExc_ValueError, "offsets: [%lld, %lld] lie outside the %zd bytes of data", (long long)po[0],
-                     (long long)po[n], have_data ? data.len : (Py_ssize_t)0);
+        PyErr_Format(PyExc_ValueError, "offsets: [%lld, %lld] lie outside the %zd bytes of data",
+                     (long long)po[0], (long long)po[n], have_data ? data.len : (Py_ssize_t)0);
         goto fail;
     }
     if (lang_o != Py_None) {
-        lang = (PyArrayObject *)PyArray_FROM_OTF(lang_o, NPY_UINT16, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
+        lang = (PyArrayObject *)PyArray_FROM_OTF(lang_o, NPY_UINT16,
+                                                 NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY);
         if (!lang) goto fail;
         if (PyArray_NDIM(lang) != 1 || PyArray_DIM(lang, 0) != n) {
             PyErr_Format(PyExc_ValueError, "lang: expected %zd values", (Py_ssize_t)n);
@@ -316,15 +364,15 @@ static PyObject *py_encode_texts(PyObject *self, PyObject *args, PyObject *kw) {
     o.tok_fd = tok_fd;
     o.meta_fd = meta_fd;
     o.cancel = have_cancel ? (volatile int *)cancel_buf.buf : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    rc = dp_encode_texts(&o, PyArray_DATA(status), &res, err, sizeof err);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        PyErr_SetString(strcmp(err, "cancelled") == 0 ? PyExc_KeyboardInterrupt : PyExc_OSError, err);
+    Py_BEGIN_ALLOW_THREADS rc = dp_encode_texts(&o, PyArray_DATA(status), &res, err, sizeof err);
+    Py_END_ALLOW_THREADS if (rc) {
+        PyErr_SetString(strcmp(err, "cancelled") == 0 ? PyExc_KeyboardInterrupt : PyExc_OSError,
+                        err);
         goto fail;
     }
-    out = Py_BuildValue("{sKsKsKsK}", "docs", (unsigned long long)res.docs, "tokens", (unsigned long long)res.tokens,
-                        "text_bytes", (unsigned long long)res.text_bytes, "repaired_docs",
+    out = Py_BuildValue("{sKsKsKsK}", "docs", (unsigned long long)res.docs, "tokens",
+                        (unsigned long long)res.tokens, "text_bytes",
+                        (unsigned long long)res.text_bytes, "repaired_docs",
                         (unsigned long long)res.repaired_docs);
 fail:
     if (have_data) PyBuffer_Release(&data);
@@ -351,7 +399,10 @@ static PyObject *py_copy_ranges(PyObject *self, PyObject *args) {
     n = PySequence_Fast_GET_SIZE(seq);
     enc = PyMem_Calloc((size_t)n + 1, sizeof(PyObject *));
     cpaths = PyMem_Calloc((size_t)n + 1, sizeof(char *));
-    if (!enc || !cpaths) { PyErr_NoMemory(); goto done; }
+    if (!enc || !cpaths) {
+        PyErr_NoMemory();
+        goto done;
+    }
     for (i = 0; i < n; i++) {
         if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &enc[i])) goto done;
         cpaths[i] = PyBytes_AS_STRING(enc[i]);
@@ -362,10 +413,12 @@ static PyObject *py_copy_ranges(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "ranges: expected an int64 array of shape (k, 3)");
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = dp_copy_ranges(fd, cpaths, (int)n, PyArray_DATA(r), (size_t)PyArray_DIM(r, 0), err, sizeof err);
-    Py_END_ALLOW_THREADS
-    if (rc) { PyErr_Format(PyExc_OSError, "copy_ranges: %s", err); goto done; }
+    Py_BEGIN_ALLOW_THREADS rc = dp_copy_ranges(fd, cpaths, (int)n, PyArray_DATA(r),
+                                               (size_t)PyArray_DIM(r, 0), err, sizeof err);
+    Py_END_ALLOW_THREADS if (rc) {
+        PyErr_Format(PyExc_OSError, "copy_ranges: %s", err);
+        goto done;
+    }
     res = Py_NewRef(Py_None);
 done:
     if (enc)
@@ -382,16 +435,21 @@ static PyObject *py_zstd_compress(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *arg, *data;
     int level;
-    if (!PyArg_ParseTuple(args, "Oi:zstd_compress", &arg, &level) || !(data = bytes_arg(arg, "data"))) return NULL;
+    if (!PyArg_ParseTuple(args, "Oi:zstd_compress", &arg, &level) ||
+        !(data = bytes_arg(arg, "data")))
+        return NULL;
     const char *src = PyBytes_AS_STRING(data);
     size_t src_len = (size_t)PyBytes_GET_SIZE(data);
     size_t cap = ZSTD_compressBound(src_len);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
-    if (!out) { Py_DECREF(data); return NULL; }
+    if (!out) {
+        Py_DECREF(data);
+        return NULL;
+    }
     size_t r;
-    Py_BEGIN_ALLOW_THREADS
-    ZSTD_CCtx *cc = ZSTD_createCCtx();
-    if (!cc) r = (size_t)-1;
+    Py_BEGIN_ALLOW_THREADS ZSTD_CCtx *cc = ZSTD_createCCtx();
+    if (!cc)
+        r = (size_t)-1;
     else {
         ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, level);
         ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1);
@@ -399,10 +457,15 @@ static PyObject *py_zstd_compress(PyObject *self, PyObject *args) {
         r = ZSTD_compress2(cc, PyBytes_AS_STRING(out), cap, src, src_len);
         ZSTD_freeCCtx(cc);
     }
-    Py_END_ALLOW_THREADS
-    Py_DECREF(data);
-    if (r == (size_t)-1) { Py_DECREF(out); return PyErr_NoMemory(); }
-    if (ZSTD_isError(r)) { Py_DECREF(out); return PyErr_Format(PyExc_ValueError, "zstd: %s", ZSTD_getErrorName(r)); }
+    Py_END_ALLOW_THREADS Py_DECREF(data);
+    if (r == (size_t)-1) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    if (ZSTD_isError(r)) {
+        Py_DECREF(out);
+        return PyErr_Format(PyExc_ValueError, "zstd: %s", ZSTD_getErrorName(r));
+    }
     if (_PyBytes_Resize(&out, (Py_ssize_t)r)) return NULL;
     return out;
 }
@@ -425,20 +488,28 @@ static PyObject *py_zstd_decompress(PyObject *self, PyObject *args) {
         if (fcs == ZSTD_CONTENTSIZE_ERROR)
             return PyErr_Format(PyExc_ValueError, "corrupt zstd frame: bad frame header");
         if (fcs == ZSTD_CONTENTSIZE_UNKNOWN)
-            return PyErr_Format(PyExc_ValueError, "zstd frame does not record its content size (expected %zd bytes)", size);
-        return PyErr_Format(PyExc_ValueError, "zstd frame decompresses to %llu bytes, expected %zd", fcs, size);
+            return PyErr_Format(PyExc_ValueError,
+                                "zstd frame does not record its content size (expected %zd bytes)",
+                                size);
+        return PyErr_Format(PyExc_ValueError, "zstd frame decompresses to %llu bytes, expected %zd",
+                            fcs, size);
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
-    if (!out) { Py_DECREF(data); return NULL; }
+    if (!out) {
+        Py_DECREF(data);
+        return NULL;
+    }
     size_t r;
-    Py_BEGIN_ALLOW_THREADS
-    r = ZSTD_decompress(PyBytes_AS_STRING(out), (size_t)size, src, src_len);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(data);
-    if (ZSTD_isError(r)) { Py_DECREF(out); return PyErr_Format(PyExc_ValueError, "corrupt zstd frame: %s", ZSTD_getErrorName(r)); }
+    Py_BEGIN_ALLOW_THREADS r = ZSTD_decompress(PyBytes_AS_STRING(out), (size_t)size, src, src_len);
+    Py_END_ALLOW_THREADS Py_DECREF(data);
+    if (ZSTD_isError(r)) {
+        Py_DECREF(out);
+        return PyErr_Format(PyExc_ValueError, "corrupt zstd frame: %s", ZSTD_getErrorName(r));
+    }
     if ((Py_ssize_t)r != size) {
         Py_DECREF(out);
-        return PyErr_Format(PyExc_ValueError, "zstd frame decompressed to %zu bytes, expected %zd", r, size);
+        return PyErr_Format(PyExc_ValueError, "zstd frame decompressed to %zu bytes, expected %zd",
+                            r, size);
     }
     return out;
 }
@@ -449,30 +520,37 @@ static PyObject *py_crc32c(PyObject *self, PyObject *args) {
     unsigned int crc = 0;
     if (!PyArg_ParseTuple(args, "y*|I:crc32c", &buf, &crc)) return NULL;
     uint32_t r;
-    Py_BEGIN_ALLOW_THREADS
-    r = dp_crc32c(crc, buf.buf, (size_t)buf.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&buf);
+    Py_BEGIN_ALLOW_THREADS r = dp_crc32c(crc, buf.buf, (size_t)buf.len);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&buf);
     return PyLong_FromUnsignedLong(r);
 }
 
-/* json_extract(line, field, lang_field=None, repair=False) -> (status, text|None, lang, n_repaired) */
+/* json_extract(line, field, lang_field=None, repair=False) -> (status, text|None, lang, n_repaired)
+ */
 static PyObject *py_json_extract(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer buf;
     const char *field, *lang_field = NULL;
     int repair = 0;
-    if (!PyArg_ParseTuple(args, "y*s|zp:json_extract", &buf, &field, &lang_field, &repair)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*s|zp:json_extract", &buf, &field, &lang_field, &repair))
+        return NULL;
     uint8_t *out = PyMem_Malloc(3 * (size_t)buf.len + 1);
-    if (!out) { PyBuffer_Release(&buf); return PyErr_NoMemory(); }
+    if (!out) {
+        PyBuffer_Release(&buf);
+        return PyErr_NoMemory();
+    }
     size_t len = 0;
     char lang[64];
     uint64_t nrep = 0;
-    int st = dp_json_extract(buf.buf, (size_t)buf.len, field, lang_field, repair, out, &len, lang, &nrep, NULL);
+    int st = dp_json_extract(buf.buf, (size_t)buf.len, field, lang_field, repair, out, &len, lang,
+                             &nrep, NULL);
     PyBuffer_Release(&buf);
     PyObject *r;
-    if (st == DP_OK) r = Py_BuildValue("(sy#sK)", dp_status_names[st], (const char *)out, (Py_ssize_t)len, lang, nrep);
-    else r = Py_BuildValue("(sOsK)", dp_status_names[st], Py_None, lang, nrep);
+    if (st == DP_OK)
+        r = Py_BuildValue("(sy#sK)", dp_status_names[st], (const char *)out, (Py_ssize_t)len, lang,
+                          nrep);
+    else
+        r = Py_BuildValue("(sOsK)", dp_status_names[st], Py_None, lang, nrep);
     PyMem_Free(out);
     return r;
 }
@@ -484,10 +562,14 @@ static PyObject *py_utf8_copy(PyObject *self, PyObject *args) {
     int repair;
     if (!PyArg_ParseTuple(args, "y*p:utf8_copy", &buf, &repair)) return NULL;
     uint8_t *out = PyMem_Malloc(3 * (size_t)buf.len + 1);
-    if (!out) { PyBuffer_Release(&buf); return PyErr_NoMemory(); }
+    if (!out) {
+        PyBuffer_Release(&buf);
+        return PyErr_NoMemory();
+    }
     size_t n = dp_utf8_copy(out, buf.buf, (size_t)buf.len, repair, NULL);
     PyBuffer_Release(&buf);
-    PyObject *r = n == (size_t)-1 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+    PyObject *r = n == (size_t)-1 ? Py_NewRef(Py_None)
+                                  : PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
     PyMem_Free(out);
     return r;
 }
@@ -496,7 +578,8 @@ static PyObject *py_script_of(PyObject *self, PyObject *arg) {
     (void)self;
     unsigned long cp = PyLong_AsUnsignedLong(arg);
     if (PyErr_Occurred()) return NULL;
-    if (cp > 0x10FFFF) return PyErr_Format(PyExc_ValueError, "code point: expected <= 0x10FFFF, got %lu", cp);
+    if (cp > 0x10FFFF)
+        return PyErr_Format(PyExc_ValueError, "code point: expected <= 0x10FFFF, got %lu", cp);
     return PyLong_FromLong(dp_script_of((uint32_t)cp));
 }
 
@@ -514,7 +597,10 @@ static PyObject *names_tuple(const char *const *names, int n) {
     if (!t) return NULL;
     for (int i = 0; i < n; i++) {
         PyObject *s = PyUnicode_FromString(names[i]);
-        if (!s) { Py_DECREF(t); return NULL; }
+        if (!s) {
+            Py_DECREF(t);
+            return NULL;
+        }
         PyTuple_SET_ITEM(t, i, s);
     }
     return t;
@@ -534,22 +620,32 @@ static PyObject *py_detect_codec(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"encode_batch_count", py_encode_batch_count, METH_VARARGS,
-     "encode_batch_count(tokenizer, texts: list[bytes], n_threads) -> total ids (wt_encode_batch; benchmarks)"},
+     "encode_batch_count(tokenizer, texts: list[bytes], n_threads) -> total ids (wt_encode_batch; "
+     "benchmarks)"},
     {"run_task", (PyCFunction)(void (*)(void))py_run_task, METH_VARARGS | METH_KEYWORDS,
-     "run_task(tokenizer, path, record_format, start, end, text_field, lang_field, repair_utf8, fail_fast, "
-     "n_threads, tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None, codec='plain', lang=None) -> dict (GIL "
-     "released; record_format / codec: a name from RECORD_FORMATS / CODECS; cancel: a writable int-aligned "
-     "buffer, non-zero first int stops the task; lang: the language of every document, replacing lang_field's)"},
+     "run_task(tokenizer, path, record_format, start, end, text_field, lang_field, repair_utf8, "
+     "fail_fast, "
+     "n_threads, tok_path, meta_path, batch_bytes=0, fsync=False, cancel=None, codec='plain', "
+     "lang=None) -> dict (GIL "
+     "released; record_format / codec: a name from RECORD_FORMATS / CODECS; cancel: a writable "
+     "int-aligned "
+     "buffer, non-zero first int stops the task; lang: the language of every document, replacing "
+     "lang_field's)"},
     {"encode_texts", (PyCFunction)(void (*)(void))py_encode_texts, METH_VARARGS | METH_KEYWORDS,
-     "encode_texts(tokenizer, data, offsets int64[n+1], status uint8[n] (in/out), lang uint16[n] | None, repair_utf8, "
+     "encode_texts(tokenizer, data, offsets int64[n+1], status uint8[n] (in/out), lang uint16[n] | "
+     "None, repair_utf8, "
      "n_threads, tok_fd, meta_fd, cancel=None) -> dict (appends the parts; GIL released)"},
     {"detect_codec", py_detect_codec, METH_O,
-     "detect_codec(head: bytes) -> the codec whose magic begins a file's first bytes (CODEC_HEAD of them), or None"},
-    {"copy_ranges", py_copy_ranges, METH_VARARGS, "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
-    {"zstd_compress", py_zstd_compress, METH_VARARGS, "zstd_compress(data, level) -> one checksummed frame"},
+     "detect_codec(head: bytes) -> the codec whose magic begins a file's first bytes (CODEC_HEAD "
+     "of them), or None"},
+    {"copy_ranges", py_copy_ranges, METH_VARARGS,
+     "copy_ranges(out_fd, src_paths, ranges int64 (k,3))"},
+    {"zstd_compress", py_zstd_compress, METH_VARARGS,
+     "zstd_compress(data, level) -> one checksummed frame"},
     {"zstd_decompress", py_zstd_decompress, METH_VARARGS, "zstd_decompress(frame, size) -> bytes"},
     {"crc32c", py_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int"},
-    {"json_extract", py_json_extract, METH_VARARGS, "json_extract(line, field, lang_field=None, repair=False)"},
+    {"json_extract", py_json_extract, METH_VARARGS,
+     "json_extract(line, field, lang_field=None, repair=False)"},
     {"utf8_copy", py_utf8_copy, METH_VARARGS, "utf8_copy(data, repair) -> bytes | None"},
     {"script_of", py_script_of, METH_O, "script_of(code_point) -> script id"},
     {"dominant_script", py_dominant_script, METH_O, "dominant_script(text) -> script id"},
@@ -557,18 +653,29 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "rwkv5.dataprep._dataprep", "rwkv5 dataprep core (C).", -1, methods,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    "rwkv5.dataprep._dataprep",
+    "rwkv5 dataprep core (C).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
-/* CODECS: a tuple of {"name", "suffix", "magic"} dicts, one per row of dp_codecs (new reference). */
+/* CODECS: a tuple of {"name", "suffix", "magic"} dicts, one per row of dp_codecs (new reference).
+ */
 static PyObject *codecs_tuple(void) {
     PyObject *t = PyTuple_New(DP_N_CODECS);
     for (int i = 0; t && i < DP_N_CODECS; i++) {
         const dp_codec *c = &dp_codecs[i];
-        PyObject *d = Py_BuildValue("{s:s,s:s,s:y#}", "name", c->name, "suffix", c->suffix, "magic", c->magic,
-                                    (Py_ssize_t)c->magic_len);
-        if (!d) { Py_CLEAR(t); break; }
+        PyObject *d = Py_BuildValue("{s:s,s:s,s:y#}", "name", c->name, "suffix", c->suffix, "magic",
+                                    c->magic, (Py_ssize_t)c->magic_len);
+        if (!d) {
+            Py_CLEAR(t);
+            break;
+        }
         PyTuple_SET_ITEM(t, i, d); /* steals d */
     }
     return t;
@@ -580,9 +687,13 @@ static PyObject *record_formats_tuple(void) {
     PyObject *t = PyTuple_New(DP_N_RECORD_FORMATS);
     for (int i = 0; t && i < DP_N_RECORD_FORMATS; i++) {
         const dp_record_format *f = &dp_record_formats[i];
-        PyObject *d = Py_BuildValue("{s:s,s:O,s:O}", "name", f->name, "json", f->json ? Py_True : Py_False,
-                                    "splittable", f->splittable ? Py_True : Py_False);
-        if (!d) { Py_CLEAR(t); break; }
+        PyObject *d =
+            Py_BuildValue("{s:s,s:O,s:O}", "name", f->name, "json", f->json ? Py_True : Py_False,
+                          "splittable", f->splittable ? Py_True : Py_False);
+        if (!d) {
+            Py_CLEAR(t);
+            break;
+        }
         PyTuple_SET_ITEM(t, i, d);
     }
     return t;
@@ -594,14 +705,40 @@ PyMODINIT_FUNC PyInit__dataprep(void) {
     if (!m) return NULL;
     PyObject *scripts = names_tuple(dp_script_names, DP_N_SCRIPTS);
     PyObject *statuses = names_tuple(dp_status_names, DP_N_STATUS);
-    if (!scripts || PyModule_AddObject(m, "SCRIPT_NAMES", scripts)) { Py_XDECREF(scripts); Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
-    if (!statuses || PyModule_AddObject(m, "STATUS_NAMES", statuses)) { Py_XDECREF(statuses); Py_DECREF(m); return NULL; }
-    if (PyModule_AddIntConstant(m, "META_RECORD_SIZE", (long)sizeof(dp_doc_meta))) { Py_DECREF(m); return NULL; }
-    if (PyModule_AddIntConstant(m, "CODEC_HEAD", DP_CODEC_HEAD)) { Py_DECREF(m); return NULL; }
-    if (PyModule_AddIntConstant(m, "LANG_MAX", DP_LANG_MAX)) { Py_DECREF(m); return NULL; }
+    if (!scripts || PyModule_AddObject(m, "SCRIPT_NAMES", scripts)) {
+        Py_XDECREF(scripts);
+        Py_XDECREF(statuses);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (!statuses || PyModule_AddObject(m, "STATUS_NAMES", statuses)) {
+        Py_XDECREF(statuses);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "META_RECORD_SIZE", (long)sizeof(dp_doc_meta))) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "CODEC_HEAD", DP_CODEC_HEAD)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "LANG_MAX", DP_LANG_MAX)) {
+        Py_DECREF(m);
+        return NULL;
+    }
     PyObject *codecs = codecs_tuple();
-    if (!codecs || PyModule_AddObject(m, "CODECS", codecs)) { Py_XDECREF(codecs); Py_DECREF(m); return NULL; }
+    if (!codecs || PyModule_AddObject(m, "CODECS", codecs)) {
+        Py_XDECREF(codecs);
+        Py_DECREF(m);
+        return NULL;
+    }
     PyObject *formats = record_formats_tuple();
-    if (!formats || PyModule_AddObject(m, "RECORD_FORMATS", formats)) { Py_XDECREF(formats); Py_DECREF(m); return NULL; }
+    if (!formats || PyModule_AddObject(m, "RECORD_FORMATS", formats)) {
+        Py_XDECREF(formats);
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -21,18 +21,17 @@
 
 #include "tokenizer/world_tokenizer.h"
 
-#define INT_CACHE_MAX (1u << 20) /* cache Python ints for vocabs up to this many ids */
+#define INT_CACHE_MAX     (1u << 20)         /* cache Python ints for vocabs up to this many ids */
 #define BATCH_CHUNK_BYTES ((size_t)4 << 20)  /* input bytes per round of encode_batch */
 #define SMALL_ROUND_BYTES ((size_t)64 << 10) /* below this a round runs on the calling thread */
-#define BIG_TEXT_BYTES ((size_t)4 << 20)     /* texts this large are split across threads */
+#define BIG_TEXT_BYTES    ((size_t)4 << 20)  /* texts this large are split across threads */
 
 enum { ERR_STRICT = 0, ERR_REPLACE = 1, ERR_IGNORE = 2 };
 static const uint8_t REPLACEMENT_UTF8[3] = {0xEF, 0xBF, 0xBD}; /* U+FFFD */
 
 typedef struct {
-    PyObject_HEAD
-    wt_tokenizer *tok;  /* owned */
-    PyObject **ints;    /* owned refs to ints 0..n_vocab-1, or NULL (large custom vocab) */
+    PyObject_HEAD wt_tokenizer *tok; /* owned */
+    PyObject **ints; /* owned refs to ints 0..n_vocab-1, or NULL (large custom vocab) */
     uint32_t n_ints;
 } CoreObject;
 
@@ -54,9 +53,12 @@ typedef struct {
 
 static int not_text(PyObject *o, const char *what, Py_ssize_t index, const char *detail) {
     char where[64];
-    if (index >= 0) snprintf(where, sizeof where, "%s[%zd]", what, index);
-    else snprintf(where, sizeof where, "%s", what);
-    PyErr_Format(PyExc_TypeError, "%s must be str or bytes-like, not %.100s%s", where, Py_TYPE(o)->tp_name, detail);
+    if (index >= 0)
+        snprintf(where, sizeof where, "%s[%zd]", what, index);
+    else
+        snprintf(where, sizeof where, "%s", what);
+    PyErr_Format(PyExc_TypeError, "%s must be str or bytes-like, not %.100s%s", where,
+                 Py_TYPE(o)->tp_name, detail);
     return -1;
 }
 
@@ -78,15 +80,17 @@ static int text_get(PyObject *o, text_ref *t, const char *what, Py_ssize_t index
         if (PyObject_GetBuffer(o, &v, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return -1;
         const char *f = v.format ? v.format : "B";
         if (*f == '@' || *f == '=' || *f == '<' || *f == '>' || *f == '!') f++;
-        int bytes_like = v.itemsize == 1 && (strcmp(f, "B") == 0 || strcmp(f, "b") == 0 || strcmp(f, "c") == 0);
+        int bytes_like =
+            v.itemsize == 1 && (strcmp(f, "B") == 0 || strcmp(f, "b") == 0 || strcmp(f, "c") == 0);
         if (!bytes_like) {
             char detail[64];
-            snprintf(detail, sizeof detail, " (items of format '%.20s'; token ids are decoded with decode())",
+            snprintf(detail, sizeof detail,
+                     " (items of format '%.20s'; token ids are decoded with decode())",
                      v.format ? v.format : "?");
             PyBuffer_Release(&v);
             return not_text(o, what, index, detail);
         }
-        t->owner = PyBytes_FromStringAndSize(v.buf, v.len);   /* a private copy: see above */
+        t->owner = PyBytes_FromStringAndSize(v.buf, v.len); /* a private copy: see above */
         PyBuffer_Release(&v);
         if (!t->owner) return -1;
         t->p = (const uint8_t *)PyBytes_AS_STRING(t->owner);
@@ -97,9 +101,7 @@ static int text_get(PyObject *o, text_ref *t, const char *what, Py_ssize_t index
     return 0;
 }
 
-static void text_release(text_ref *t) {
-    Py_CLEAR(t->owner);
-}
+static void text_release(text_ref *t) { Py_CLEAR(t->owner); }
 
 /* ---- ids -> Python ------------------------------------------------------------------------ */
 
@@ -115,7 +117,10 @@ static PyObject *ids_to_list(CoreObject *self, const uint32_t *ids, size_t n) {
     } else {
         for (size_t i = 0; i < n; i++) {
             PyObject *v = PyLong_FromUnsignedLong(ids[i]);
-            if (!v) { Py_DECREF(list); return NULL; }
+            if (!v) {
+                Py_DECREF(list);
+                return NULL;
+            }
             PyList_SET_ITEM(list, (Py_ssize_t)i, v);
         }
     }
@@ -137,9 +142,13 @@ static int default_threads(void) {
 }
 
 static int parse_threads(PyObject *arg, int *out) {
-    if (arg == NULL || arg == Py_None) { *out = default_threads(); return 0; }
+    if (arg == NULL || arg == Py_None) {
+        *out = default_threads();
+        return 0;
+    }
     if (!PyLong_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "num_threads must be an int or None, not %.100s", Py_TYPE(arg)->tp_name);
+        PyErr_Format(PyExc_TypeError, "num_threads must be an int or None, not %.100s",
+                     Py_TYPE(arg)->tp_name);
         return -1;
     }
     long v = PyLong_AsLong(arg);
@@ -165,7 +174,7 @@ static void Core_dealloc(CoreObject *self) {
 
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"data", NULL};
-    PyObject *arg, *data = NULL;   /* data: bytes (new reference), parsed with the GIL released */
+    PyObject *arg, *data = NULL; /* data: bytes (new reference), parsed with the GIL released */
     CoreObject *self = NULL;
     char err[512] = "";
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Core", kwlist, &arg)) return NULL;
@@ -173,28 +182,32 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         data = arg;
         Py_INCREF(data);
     } else if (PyObject_CheckBuffer(arg) && !PyUnicode_Check(arg)) {
-        data = PyBytes_FromObject(arg);   /* a copy: another thread cannot change it while we parse */
+        data = PyBytes_FromObject(arg); /* a copy: another thread cannot change it while we parse */
         if (!data) return NULL;
     } else {
-        PyErr_Format(PyExc_TypeError, "Core() argument must be a bytes-like object, not %.100s", Py_TYPE(arg)->tp_name);
+        PyErr_Format(PyExc_TypeError, "Core() argument must be a bytes-like object, not %.100s",
+                     Py_TYPE(arg)->tp_name);
         return NULL;
     }
     self = (CoreObject *)type->tp_alloc(type, 0);
     if (!self) goto fail;
     const char *buf = PyBytes_AS_STRING(data);
     size_t len = (size_t)PyBytes_GET_SIZE(data);
-    Py_BEGIN_ALLOW_THREADS
-    self->tok = wt_load(buf, len, err, sizeof err);
-    Py_END_ALLOW_THREADS
-    if (!self->tok) {
-        if (strstr(err, "out of memory")) PyErr_NoMemory();
-        else PyErr_SetString(PyExc_ValueError, err);
+    Py_BEGIN_ALLOW_THREADS self->tok = wt_load(buf, len, err, sizeof err);
+    Py_END_ALLOW_THREADS if (!self->tok) {
+        if (strstr(err, "out of memory"))
+            PyErr_NoMemory();
+        else
+            PyErr_SetString(PyExc_ValueError, err);
         goto fail;
     }
     uint32_t nv = wt_n_vocab(self->tok);
     if (nv <= INT_CACHE_MAX) {
         self->ints = PyMem_Calloc(nv, sizeof *self->ints);
-        if (!self->ints) { PyErr_NoMemory(); goto fail; }
+        if (!self->ints) {
+            PyErr_NoMemory();
+            goto fail;
+        }
         self->n_ints = nv;
         for (uint32_t i = 0; i < nv; i++)
             if (!(self->ints[i] = PyLong_FromUnsignedLong(i))) goto fail;
@@ -215,20 +228,30 @@ fail:
  * the GIL: it is private to the calling thread. */
 #define SCRATCH_KEEP ((BATCH_CHUNK_BYTES + 1) * 4) /* one batch round of uint32 ids */
 
-typedef struct { void *p; size_t cap; int busy; } scratch_buf;
+typedef struct {
+    void *p;
+    size_t cap;
+    int busy;
+} scratch_buf;
 static pthread_key_t scratch_key;
 static int scratch_key_ok = 0;
 
 static void scratch_destroy(void *v) {
     scratch_buf *b = v;
-    if (b) { free(b->p); free(b); }
+    if (b) {
+        free(b->p);
+        free(b);
+    }
 }
 
 static void *scratch_get(size_t bytes) {
     scratch_buf *b = scratch_key_ok ? pthread_getspecific(scratch_key) : NULL;
     if (!b && scratch_key_ok) {
         b = calloc(1, sizeof *b);
-        if (b && pthread_setspecific(scratch_key, b) != 0) { free(b); b = NULL; }
+        if (b && pthread_setspecific(scratch_key, b) != 0) {
+            free(b);
+            b = NULL;
+        }
     }
     /* No key, or the buffer is in use by an outer call on this thread (building a list may run
      * a finalizer that encodes again): a plain allocation, freed by scratch_put. */
@@ -244,12 +267,20 @@ static void *scratch_get(size_t bytes) {
 
 static void scratch_put(void *p) {
     scratch_buf *b = scratch_key_ok ? pthread_getspecific(scratch_key) : NULL;
-    if (!b || b->p != p) { free(p); return; }
+    if (!b || b->p != p) {
+        free(p);
+        return;
+    }
     b->busy = 0;
-    if (b->cap > SCRATCH_KEEP) { free(b->p); b->p = NULL; b->cap = 0; }
+    if (b->cap > SCRATCH_KEEP) {
+        free(b->p);
+        b->p = NULL;
+        b->cap = 0;
+    }
 }
 
-PyDoc_STRVAR(encode_doc, "encode(text) -> list[int]: greedy longest-match ids of str (as UTF-8) or bytes.");
+PyDoc_STRVAR(encode_doc,
+             "encode(text) -> list[int]: greedy longest-match ids of str (as UTF-8) or bytes.");
 static PyObject *Core_encode(CoreObject *self, PyObject *text) {
     text_ref t;
     void *ids = NULL;
@@ -258,13 +289,17 @@ static PyObject *Core_encode(CoreObject *self, PyObject *text) {
     int narrow = self->ints != NULL && wt_n_vocab(self->tok) <= 65536;
     if (text_get(text, &t, "text", -1) < 0) return NULL;
     ids = scratch_get(((size_t)t.n + 1) * (narrow ? 2 : 4));
-    if (!ids) { PyErr_NoMemory(); goto done; }
+    if (!ids) {
+        PyErr_NoMemory();
+        goto done;
+    }
     if (t.n > 4096) {
-        Py_BEGIN_ALLOW_THREADS
-        k = narrow ? wt_encode_u16(self->tok, t.p, (size_t)t.n, ids) : wt_encode(self->tok, t.p, (size_t)t.n, ids);
+        Py_BEGIN_ALLOW_THREADS k = narrow ? wt_encode_u16(self->tok, t.p, (size_t)t.n, ids)
+                                          : wt_encode(self->tok, t.p, (size_t)t.n, ids);
         Py_END_ALLOW_THREADS
     } else {
-        k = narrow ? wt_encode_u16(self->tok, t.p, (size_t)t.n, ids) : wt_encode(self->tok, t.p, (size_t)t.n, ids);
+        k = narrow ? wt_encode_u16(self->tok, t.p, (size_t)t.n, ids)
+                   : wt_encode(self->tok, t.p, (size_t)t.n, ids);
     }
     if (narrow) { /* ids_to_list for uint16 ids (always < n_vocab <= 65536, all cached) */
         const uint16_t *v = ids;
@@ -284,10 +319,12 @@ done:
     return res;
 }
 
-PyDoc_STRVAR(encode_numpy_doc,
-             "encode_numpy(text, num_threads=1) -> numpy array of ids (uint16 when n_vocab <= 65536, else uint32).\n"
-             "With num_threads > 1 a long text is cut into pieces encoded concurrently and re-joined\n"
-             "exactly (the result does not depend on num_threads).");
+PyDoc_STRVAR(
+    encode_numpy_doc,
+    "encode_numpy(text, num_threads=1) -> numpy array of ids (uint16 when n_vocab <= 65536, else "
+    "uint32).\n"
+    "With num_threads > 1 a long text is cut into pieces encoded concurrently and re-joined\n"
+    "exactly (the result does not depend on num_threads).");
 static PyObject *Core_encode_numpy(CoreObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"text", "num_threads", NULL};
     PyObject *text, *threads_arg = NULL, *arr = NULL;
@@ -296,28 +333,37 @@ static PyObject *Core_encode_numpy(CoreObject *self, PyObject *args, PyObject *k
     int nthreads;
     size_t k = 0;
     int narrow = wt_n_vocab(self->tok) <= 65536;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_numpy", kwlist, &text, &threads_arg)) return NULL;
-    if (threads_arg == NULL || threads_arg == Py_None) nthreads = 1;
-    else if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_numpy", kwlist, &text, &threads_arg))
+        return NULL;
+    if (threads_arg == NULL || threads_arg == Py_None)
+        nthreads = 1;
+    else if (parse_threads(threads_arg, &nthreads) < 0)
+        return NULL;
     if (text_get(text, &t, "text", -1) < 0) return NULL;
     size_t n = (size_t)t.n;
     buf = scratch_get((n + 1) * (nthreads > 1 || !narrow ? 4 : 2));
-    if (!buf) { PyErr_NoMemory(); goto done; }
-    Py_BEGIN_ALLOW_THREADS
-    if (nthreads > 1) {
+    if (!buf) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS if (nthreads > 1) {
         k = wt_encode_parallel(self->tok, t.p, n, buf, nthreads);
         if (narrow && k != (size_t)-1) { /* in place: element i moves from byte 4i to byte 2i */
             const uint32_t *s32 = buf;
             uint16_t *d16 = buf;
             for (size_t i = 0; i < k; i++) d16[i] = (uint16_t)s32[i];
         }
-    } else if (narrow) {
+    }
+    else if (narrow) {
         k = wt_encode_u16(self->tok, t.p, n, buf);
-    } else {
+    }
+    else {
         k = wt_encode(self->tok, t.p, n, buf);
     }
-    Py_END_ALLOW_THREADS
-    if (k == (size_t)-1) { PyErr_NoMemory(); goto done; }
+    Py_END_ALLOW_THREADS if (k == (size_t)-1) {
+        PyErr_NoMemory();
+        goto done;
+    }
     npy_intp dim = (npy_intp)k;
     arr = PyArray_SimpleNew(1, &dim, narrow ? NPY_UINT16 : NPY_UINT32);
     if (!arr) goto done;
@@ -328,9 +374,9 @@ done:
     return arr;
 }
 
-PyDoc_STRVAR(encode_batch_doc,
-             "encode_batch(texts, num_threads=None) -> list[list[int]]. The GIL is released while C threads\n"
-             "encode; results do not depend on num_threads.");
+PyDoc_STRVAR(encode_batch_doc, "encode_batch(texts, num_threads=None) -> list[list[int]]. The GIL "
+                               "is released while C threads\n"
+                               "encode; results do not depend on num_threads.");
 
 /* encode_batch works in rounds of about BATCH_CHUNK_BYTES of input (bounded memory: 4 bytes of
  * ids per input byte), pipelined: while the worker threads encode round r, this thread (with
@@ -359,7 +405,9 @@ typedef struct {
 static int batch_texts_get(PyObject *texts_arg, batch_texts *b) {
     memset(b, 0, sizeof *b);
     if (PyUnicode_Check(texts_arg) || PyBytes_Check(texts_arg)) {
-        PyErr_SetString(PyExc_TypeError, "texts must be a list of str or bytes, not a single str/bytes (use encode())");
+        PyErr_SetString(
+            PyExc_TypeError,
+            "texts must be a list of str or bytes, not a single str/bytes (use encode())");
         return -1;
     }
     b->seq = PySequence_Fast(texts_arg, "texts must be a list (or other iterable) of str or bytes");
@@ -372,9 +420,14 @@ static int batch_texts_get(PyObject *texts_arg, batch_texts *b) {
     b->offs = PyMem_Malloc(cnt * sizeof *b->offs);
     b->nout = PyMem_Malloc(cnt * sizeof *b->nout);
     b->rounds = PyMem_Malloc(cnt * sizeof *b->rounds);
-    if (!b->refs || !b->ptrs || !b->lens || !b->offs || !b->nout || !b->rounds) { PyErr_NoMemory(); return -1; }
+    if (!b->refs || !b->ptrs || !b->lens || !b->offs || !b->nout || !b->rounds) {
+        PyErr_NoMemory();
+        return -1;
+    }
     for (b->got = 0; b->got < b->count; b->got++) {
-        if (text_get(PySequence_Fast_GET_ITEM(b->seq, b->got), &b->refs[b->got], "texts", b->got) < 0) return -1;
+        if (text_get(PySequence_Fast_GET_ITEM(b->seq, b->got), &b->refs[b->got], "texts", b->got) <
+            0)
+            return -1;
         b->ptrs[b->got] = b->refs[b->got].p;
         b->lens[b->got] = (size_t)b->refs[b->got].n;
     }
@@ -419,7 +472,9 @@ static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *k
     size_t cap[2] = {0, 0};
     wt_batch_run *running = NULL; /* must be waited for before anything it reads is released */
     int nthreads;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch", kwlist, &texts_arg, &threads_arg)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch", kwlist, &texts_arg,
+                                     &threads_arg))
+        return NULL;
     if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
     if (batch_texts_get(texts_arg, &bt) < 0) goto done;
     const uint8_t **ptrs = bt.ptrs;
@@ -429,38 +484,44 @@ static PyObject *Core_encode_batch(CoreObject *self, PyObject *args, PyObject *k
     Py_ssize_t n_rounds = bt.n_rounds;
     res = PyList_New(bt.count);
     if (!res) goto done;
-    Py_ssize_t prev = -1; /* round whose ids are ready (or being made by `running`) but not yet listed */
+    Py_ssize_t prev =
+        -1; /* round whose ids are ready (or being made by `running`) but not yet listed */
     for (Py_ssize_t q = 0; q <= n_rounds; q++) {
         int b = (int)(q & 1);
         if (q < n_rounds && rounds[q].total + 1 > cap[b]) {
             if (buf[b]) scratch_put(buf[b]);
             cap[b] = rounds[q].total + 1;
             buf[b] = scratch_get(cap[b] * sizeof(uint32_t));
-            if (!buf[b]) { cap[b] = 0; PyErr_NoMemory(); goto fail_res; }
+            if (!buf[b]) {
+                cap[b] = 0;
+                PyErr_NoMemory();
+                goto fail_res;
+            }
         }
         if (running) { /* round prev is being encoded: let it finish */
-            Py_BEGIN_ALLOW_THREADS
-            wt_encode_batch_wait(running);
-            Py_END_ALLOW_THREADS
-            running = NULL;
+            Py_BEGIN_ALLOW_THREADS wt_encode_batch_wait(running);
+            Py_END_ALLOW_THREADS running = NULL;
         }
         if (q < n_rounds) {
             const batch_round *r = &rounds[q];
             /* Start round q in the background; a big text, a small round (threads cost more than
              * they save) or no thread available: run it here and now. */
             if (!r->big && r->total >= SMALL_ROUND_BYTES)
-                running = wt_encode_batch_start(self->tok, (size_t)(r->j - r->i), ptrs + r->i, lens + r->i,
-                                                buf[b], offs + r->i, nout + r->i, nthreads);
+                running =
+                    wt_encode_batch_start(self->tok, (size_t)(r->j - r->i), ptrs + r->i,
+                                          lens + r->i, buf[b], offs + r->i, nout + r->i, nthreads);
             if (!running) {
                 size_t k_big = 0;
                 int nt = r->total >= SMALL_ROUND_BYTES ? nthreads : 1;
-                Py_BEGIN_ALLOW_THREADS
-                if (r->big) k_big = wt_encode_parallel(self->tok, ptrs[r->i], lens[r->i], buf[b], nt);
-                else wt_encode_batch(self->tok, (size_t)(r->j - r->i), ptrs + r->i, lens + r->i, buf[b],
-                                     offs + r->i, nout + r->i, nt);
-                Py_END_ALLOW_THREADS
-                if (r->big) {
-                    if (k_big == (size_t)-1) { PyErr_NoMemory(); goto fail_res; }
+                Py_BEGIN_ALLOW_THREADS if (r->big) k_big =
+                    wt_encode_parallel(self->tok, ptrs[r->i], lens[r->i], buf[b], nt);
+                else wt_encode_batch(self->tok, (size_t)(r->j - r->i), ptrs + r->i, lens + r->i,
+                                     buf[b], offs + r->i, nout + r->i, nt);
+                Py_END_ALLOW_THREADS if (r->big) {
+                    if (k_big == (size_t)-1) {
+                        PyErr_NoMemory();
+                        goto fail_res;
+                    }
                     nout[r->i] = k_big;
                 }
             }
@@ -485,8 +546,7 @@ fail_res:
     Py_CLEAR(res);
 done:
     if (running) {
-        Py_BEGIN_ALLOW_THREADS
-        wt_encode_batch_wait(running);
+        Py_BEGIN_ALLOW_THREADS wt_encode_batch_wait(running);
         Py_END_ALLOW_THREADS
     }
     batch_texts_release(&bt);
@@ -495,11 +555,13 @@ done:
     return res;
 }
 
-PyDoc_STRVAR(encode_batch_numpy_doc,
-             "encode_batch_numpy(texts, num_threads=None) -> (ids, offsets): the ids of every text joined in\n"
-             "one array (uint16 when n_vocab <= 65536, else uint32) and int64 offsets of len(texts) + 1;\n"
-             "text i's ids are ids[offsets[i]:offsets[i+1]]. Same ids as encode_batch, without a Python\n"
-             "object per text or per id. The GIL is released while C threads encode.");
+PyDoc_STRVAR(
+    encode_batch_numpy_doc,
+    "encode_batch_numpy(texts, num_threads=None) -> (ids, offsets): the ids of every text joined "
+    "in\n"
+    "one array (uint16 when n_vocab <= 65536, else uint32) and int64 offsets of len(texts) + 1;\n"
+    "text i's ids are ids[offsets[i]:offsets[i+1]]. Same ids as encode_batch, without a Python\n"
+    "object per text or per id. The GIL is released while C threads encode.");
 
 /* Rounds as in encode_batch, each encoded into a uint32 scratch buffer and then appended (narrowed
  * to uint16 when the vocab fits) to one growing output buffer, with the GIL released; only the two
@@ -510,18 +572,22 @@ static PyObject *Core_encode_batch_numpy(CoreObject *self, PyObject *args, PyObj
     batch_texts bt;
     uint32_t *scratch = NULL;
     size_t scratch_cap = 0;
-    uint8_t *out = NULL;   /* owned (malloc): ids so far, `width` bytes each */
+    uint8_t *out = NULL; /* owned (malloc): ids so far, `width` bytes each */
     size_t out_cap = 0, n_ids = 0;
-    int64_t *doc_off = NULL;   /* owned (PyMem): count + 1 */
+    int64_t *doc_off = NULL; /* owned (PyMem): count + 1 */
     int nthreads, oom = 0;
     const int narrow = wt_n_vocab(self->tok) <= 65536;
     const size_t width = narrow ? 2 : 4;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch_numpy", kwlist, &texts_arg, &threads_arg))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:encode_batch_numpy", kwlist, &texts_arg,
+                                     &threads_arg))
         return NULL;
     if (parse_threads(threads_arg, &nthreads) < 0) return NULL;
     if (batch_texts_get(texts_arg, &bt) < 0) goto done;
     doc_off = PyMem_Malloc(((size_t)bt.count + 1) * sizeof *doc_off);
-    if (!doc_off) { PyErr_NoMemory(); goto done; }
+    if (!doc_off) {
+        PyErr_NoMemory();
+        goto done;
+    }
     doc_off[0] = 0;
     for (Py_ssize_t q = 0; q < bt.n_rounds; q++) {
         const batch_round *r = &bt.rounds[q];
@@ -529,43 +595,56 @@ static PyObject *Core_encode_batch_numpy(CoreObject *self, PyObject *args, PyObj
             if (scratch) scratch_put(scratch);
             scratch_cap = r->total + 1;
             scratch = scratch_get(scratch_cap * sizeof(uint32_t));
-            if (!scratch) { scratch_cap = 0; PyErr_NoMemory(); goto done; }
+            if (!scratch) {
+                scratch_cap = 0;
+                PyErr_NoMemory();
+                goto done;
+            }
         }
-        Py_BEGIN_ALLOW_THREADS
-        int nt = r->total >= SMALL_ROUND_BYTES ? nthreads : 1;
+        Py_BEGIN_ALLOW_THREADS int nt = r->total >= SMALL_ROUND_BYTES ? nthreads : 1;
         size_t k_round = 0;
         if (r->big) {
             size_t k = wt_encode_parallel(self->tok, bt.ptrs[r->i], bt.lens[r->i], scratch, nt);
-            if (k == (size_t)-1) oom = 1;
-            else bt.nout[r->i] = k_round = k;
+            if (k == (size_t)-1)
+                oom = 1;
+            else
+                bt.nout[r->i] = k_round = k;
         } else {
-            wt_encode_batch(self->tok, (size_t)(r->j - r->i), bt.ptrs + r->i, bt.lens + r->i, scratch,
-                            bt.offs + r->i, bt.nout + r->i, nt);
+            wt_encode_batch(self->tok, (size_t)(r->j - r->i), bt.ptrs + r->i, bt.lens + r->i,
+                            scratch, bt.offs + r->i, bt.nout + r->i, nt);
             for (Py_ssize_t m = r->i; m < r->j; m++) k_round += bt.nout[m];
         }
-        if (!oom && n_ids + k_round > out_cap) {   /* grow by at least half: amortised O(total) */
+        if (!oom && n_ids + k_round > out_cap) { /* grow by at least half: amortised O(total) */
             size_t want = n_ids + k_round, cap = out_cap + out_cap / 2;
             if (cap < want) cap = want;
             uint8_t *p = realloc(out, (cap ? cap : 1) * width);
-            if (!p) oom = 1;
-            else { out = p; out_cap = cap; }
+            if (!p)
+                oom = 1;
+            else {
+                out = p;
+                out_cap = cap;
+            }
         }
         if (!oom)
-            for (Py_ssize_t m = r->i; m < r->j; m++) {   /* append text m's ids; offsets are prefix sums */
+            for (Py_ssize_t m = r->i; m < r->j;
+                 m++) { /* append text m's ids; offsets are prefix sums */
                 const uint32_t *src = scratch + (r->big ? 0 : bt.offs[m]);
                 size_t k = bt.nout[m];
                 if (narrow) {
                     uint16_t *d = (uint16_t *)out + n_ids;
-                    for (size_t t = 0; t < k; t++) d[t] = (uint16_t)src[t];   /* ids < n_vocab <= 65536 */
+                    for (size_t t = 0; t < k; t++)
+                        d[t] = (uint16_t)src[t]; /* ids < n_vocab <= 65536 */
                 } else {
                     memcpy((uint32_t *)out + n_ids, src, k * sizeof(uint32_t));
                 }
                 n_ids += k;
                 doc_off[m + 1] = (int64_t)n_ids;
             }
-        Py_END_ALLOW_THREADS
-        if (oom) { PyErr_NoMemory(); goto done; }
-        if (PyErr_CheckSignals() < 0) goto done;   /* Ctrl-C between rounds */
+        Py_END_ALLOW_THREADS if (oom) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        if (PyErr_CheckSignals() < 0) goto done; /* Ctrl-C between rounds */
     }
     npy_intp dim_ids = (npy_intp)n_ids, dim_offs = (npy_intp)bt.count + 1;
     ids_arr = PyArray_SimpleNew(1, &dim_ids, narrow ? NPY_UINT16 : NPY_UINT32);
@@ -592,21 +671,24 @@ static int64_t *ids_get(PyObject *obj, Py_ssize_t *n_out) {
     int64_t *ids = NULL;
     PyObject *seq = NULL;
     if (PyUnicode_Check(obj) || PyBytes_Check(obj) || PyByteArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "ids must be a sequence of ints, not %.100s", Py_TYPE(obj)->tp_name);
+        PyErr_Format(PyExc_TypeError, "ids must be a sequence of ints, not %.100s",
+                     Py_TYPE(obj)->tp_name);
         return NULL;
     }
     if (PyObject_CheckBuffer(obj)) {
         Py_buffer v;
         if (PyObject_GetBuffer(obj, &v, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) == 0) {
             const char *f = v.format ? v.format : "B";
-            /* '<' and '=' mean standard sizes, little-endian: the native layout on the targets we build for */
-            if (*f == '@' || *f == '=' || *f == '<') f++;
+            /* '<' and '=' mean standard sizes, little-endian: the native layout on the targets we
+             * build for */
+            if (*f == '@' || *f == '=' || *f == '<')
+                f++;
             else if (*f == '>' || *f == '!') {
                 PyBuffer_Release(&v);
                 PyErr_SetString(PyExc_TypeError, "ids array must be in native byte order");
                 return NULL;
             }
-            if (f[0] == 'O' && f[1] == 0) {   /* an object array: its items one by one, as a list's */
+            if (f[0] == 'O' && f[1] == 0) { /* an object array: its items one by one, as a list's */
                 PyBuffer_Release(&v);
                 goto as_sequence;
             }
@@ -615,32 +697,64 @@ static int64_t *ids_get(PyObject *obj, Py_ssize_t *n_out) {
             int is_float = f[1] == 0 && strchr("efd", c) != NULL;
             if (!ok_fmt || v.ndim > 1) {
                 PyBuffer_Release(&v);
-                if (is_float) PyErr_SetString(PyExc_TypeError, "ids must be integers, got an array of floats");
-                else if (v.ndim > 1) PyErr_Format(PyExc_ValueError, "ids must be one-dimensional, got %d dimensions", v.ndim);
-                else PyErr_Format(PyExc_TypeError, "ids must be integers, got an array of format '%s'", v.format ? v.format : "?");
+                if (is_float)
+                    PyErr_SetString(PyExc_TypeError,
+                                    "ids must be integers, got an array of floats");
+                else if (v.ndim > 1)
+                    PyErr_Format(PyExc_ValueError, "ids must be one-dimensional, got %d dimensions",
+                                 v.ndim);
+                else
+                    PyErr_Format(PyExc_TypeError,
+                                 "ids must be integers, got an array of format '%s'",
+                                 v.format ? v.format : "?");
                 return NULL;
             }
             Py_ssize_t n = v.itemsize ? v.len / v.itemsize : 0;
             ids = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *ids);
-            if (!ids) { PyBuffer_Release(&v); PyErr_NoMemory(); return NULL; }
+            if (!ids) {
+                PyBuffer_Release(&v);
+                PyErr_NoMemory();
+                return NULL;
+            }
             const char *b = v.buf;
             int is_signed = strchr("bhilqn", c) != NULL;
             for (Py_ssize_t i = 0; i < n; i++) {
                 const char *e = b + i * v.itemsize;
                 int64_t x;
                 switch (v.itemsize) {
-                case 1: x = is_signed ? (int64_t)*(const int8_t *)e : (int64_t)*(const uint8_t *)e; break;
-                case 2: { int16_t s; uint16_t u; memcpy(&s, e, 2); memcpy(&u, e, 2); x = is_signed ? s : u; break; }
-                case 4: { int32_t s; uint32_t u; memcpy(&s, e, 4); memcpy(&u, e, 4); x = is_signed ? s : (int64_t)u; break; }
+                case 1:
+                    x = is_signed ? (int64_t) * (const int8_t *)e : (int64_t) * (const uint8_t *)e;
+                    break;
+                case 2: {
+                    int16_t s;
+                    uint16_t u;
+                    memcpy(&s, e, 2);
+                    memcpy(&u, e, 2);
+                    x = is_signed ? s : u;
+                    break;
+                }
+                case 4: {
+                    int32_t s;
+                    uint32_t u;
+                    memcpy(&s, e, 4);
+                    memcpy(&u, e, 4);
+                    x = is_signed ? s : (int64_t)u;
+                    break;
+                }
                 default: {
-                    int64_t s; uint64_t u; memcpy(&s, e, 8); memcpy(&u, e, 8);
+                    int64_t s;
+                    uint64_t u;
+                    memcpy(&s, e, 8);
+                    memcpy(&u, e, 8);
                     x = is_signed ? s : (u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)u);
                 }
                 }
                 if (x < 0) {
                     PyBuffer_Release(&v);
                     PyMem_Free(ids);
-                    PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is negative; ids are 0..n_vocab-1", i, (long long)x);
+                    PyErr_Format(PyExc_ValueError,
+                                 "ids[%zd] = %lld is negative; ids are 0..n_vocab-1", i,
+                                 (long long)x);
                     return NULL;
                 }
                 ids[i] = x;
@@ -656,7 +770,10 @@ as_sequence:
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     ids = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *ids);
-    if (!ids) { PyErr_NoMemory(); goto fail; }
+    if (!ids) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *it = PySequence_Fast_GET_ITEM(seq, i), *idx = NULL;
         if (PyLong_Check(it)) {
@@ -668,7 +785,8 @@ as_sequence:
         } else {
             idx = PyNumber_Index(it); /* numpy integer scalars */
             if (!idx) {
-                PyErr_Format(PyExc_TypeError, "ids[%zd] must be an int, not %.100s", i, Py_TYPE(it)->tp_name);
+                PyErr_Format(PyExc_TypeError, "ids[%zd] must be an int, not %.100s", i,
+                             Py_TYPE(it)->tp_name);
                 goto fail;
             }
         }
@@ -678,7 +796,8 @@ as_sequence:
         if (x == -1 && PyErr_Occurred()) goto fail;
         if (overflow > 0) x = INT64_MAX;
         if (overflow < 0 || x < 0) {
-            PyErr_Format(PyExc_ValueError, "ids[%zd] = %R is negative; ids are 0..n_vocab-1", i, it);
+            PyErr_Format(PyExc_ValueError, "ids[%zd] = %R is negative; ids are 0..n_vocab-1", i,
+                         it);
             goto fail;
         }
         ids[i] = x;
@@ -693,32 +812,40 @@ fail:
 }
 
 static int errors_code(const char *errors, int *code) {
-    if (!errors || strcmp(errors, "strict") == 0) *code = ERR_STRICT;
-    else if (strcmp(errors, "replace") == 0) *code = ERR_REPLACE;
-    else if (strcmp(errors, "ignore") == 0) *code = ERR_IGNORE;
+    if (!errors || strcmp(errors, "strict") == 0)
+        *code = ERR_STRICT;
+    else if (strcmp(errors, "replace") == 0)
+        *code = ERR_REPLACE;
+    else if (strcmp(errors, "ignore") == 0)
+        *code = ERR_IGNORE;
     else {
-        PyErr_Format(PyExc_ValueError, "errors must be 'strict', 'replace' or 'ignore', got '%s'", errors);
+        PyErr_Format(PyExc_ValueError, "errors must be 'strict', 'replace' or 'ignore', got '%s'",
+                     errors);
         return -1;
     }
     return 0;
 }
 
-/* ValueError for ids[i], which is 2**63 or more (ids_get keeps INT64_MAX for it), with its value. */
+/* ValueError for ids[i], which is 2**63 or more (ids_get keeps INT64_MAX for it), with its value.
+ */
 static void out_of_range_big(PyObject *ids_arg, Py_ssize_t i, uint32_t nv) {
     PyObject *item = PySequence_Check(ids_arg) ? PySequence_GetItem(ids_arg, i) : NULL;
     PyObject *idx = item ? PyNumber_Index(item) : NULL;
     Py_XDECREF(item);
     PyErr_Clear();
     if (idx)
-        PyErr_Format(PyExc_ValueError, "ids[%zd] = %S is out of range, not in the vocab (n_vocab = %u)", i, idx, nv);
+        PyErr_Format(PyExc_ValueError,
+                     "ids[%zd] = %S is out of range, not in the vocab (n_vocab = %u)", i, idx, nv);
     else
-        PyErr_Format(PyExc_ValueError, "ids[%zd] is out of range (2**63 or more), not in the vocab (n_vocab = %u)",
-                     i, nv);
+        PyErr_Format(PyExc_ValueError,
+                     "ids[%zd] is out of range (2**63 or more), not in the vocab (n_vocab = %u)", i,
+                     nv);
     Py_XDECREF(idx);
 }
 
 /* Concatenated token bytes into a PyMem buffer. An id without an entry (0 = end-of-text, gaps,
- * >= n_vocab): strict raises ValueError naming it, replace writes U+FFFD (EF BF BD), ignore skips. */
+ * >= n_vocab): strict raises ValueError naming it, replace writes U+FFFD (EF BF BD), ignore skips.
+ */
 static uint8_t *join_tokens(CoreObject *self, PyObject *ids_arg, int code, size_t *len_out) {
     Py_ssize_t n = 0;
     int64_t *ids = ids_get(ids_arg, &n);
@@ -728,29 +855,44 @@ static uint8_t *join_tokens(CoreObject *self, PyObject *ids_arg, int code, size_
     uint32_t nv = wt_n_vocab(self->tok);
     for (Py_ssize_t i = 0; i < n; i++) {
         size_t len = 0;
-        const uint8_t *b = ids[i] < (int64_t)nv ? wt_token_bytes(self->tok, (uint32_t)ids[i], &len) : NULL;
-        if (b) { total += len; continue; }
+        const uint8_t *b =
+            ids[i] < (int64_t)nv ? wt_token_bytes(self->tok, (uint32_t)ids[i], &len) : NULL;
+        if (b) {
+            total += len;
+            continue;
+        }
         if (code == ERR_STRICT) {
             if (ids[i] == 0)
-                PyErr_Format(PyExc_ValueError, "ids[%zd] = 0 is the end-of-text token, which has no text "
-                             "(use errors='replace' or 'ignore')", i);
-            else if (ids[i] == INT64_MAX)   /* 2**63 or more: the value as given */
+                PyErr_Format(PyExc_ValueError,
+                             "ids[%zd] = 0 is the end-of-text token, which has no text "
+                             "(use errors='replace' or 'ignore')",
+                             i);
+            else if (ids[i] == INT64_MAX) /* 2**63 or more: the value as given */
                 out_of_range_big(ids_arg, i, nv);
             else
-                PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is not in the vocab (n_vocab = %u)", i,
-                             (long long)ids[i], nv);
+                PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is not in the vocab (n_vocab = %u)",
+                             i, (long long)ids[i], nv);
             goto fail;
         }
         if (code == ERR_REPLACE) total += 3;
     }
     buf = PyMem_Malloc(total ? total : 1);
-    if (!buf) { PyErr_NoMemory(); goto fail; }
+    if (!buf) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     size_t o = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         size_t len = 0;
-        const uint8_t *b = ids[i] < (int64_t)nv ? wt_token_bytes(self->tok, (uint32_t)ids[i], &len) : NULL;
-        if (b) { memcpy(buf + o, b, len); o += len; }
-        else if (code == ERR_REPLACE) { memcpy(buf + o, REPLACEMENT_UTF8, 3); o += 3; }
+        const uint8_t *b =
+            ids[i] < (int64_t)nv ? wt_token_bytes(self->tok, (uint32_t)ids[i], &len) : NULL;
+        if (b) {
+            memcpy(buf + o, b, len);
+            o += len;
+        } else if (code == ERR_REPLACE) {
+            memcpy(buf + o, REPLACEMENT_UTF8, 3);
+            o += 3;
+        }
     }
     PyMem_Free(ids);
     *len_out = o;
@@ -767,7 +909,8 @@ static PyObject *Core_decode_bytes(CoreObject *self, PyObject *args, PyObject *k
     const char *errors = "strict";
     int code;
     size_t n;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:decode_bytes", kwlist, &ids, &errors)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:decode_bytes", kwlist, &ids, &errors))
+        return NULL;
     if (errors_code(errors, &code) < 0) return NULL;
     uint8_t *buf = join_tokens(self, ids, code, &n);
     if (!buf) return NULL;
@@ -776,7 +919,8 @@ static PyObject *Core_decode_bytes(CoreObject *self, PyObject *args, PyObject *k
     return res;
 }
 
-PyDoc_STRVAR(decode_doc, "decode(ids, errors='replace') -> str (UTF-8 with the same errors policy)");
+PyDoc_STRVAR(decode_doc,
+             "decode(ids, errors='replace') -> str (UTF-8 with the same errors policy)");
 static PyObject *Core_decode(CoreObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"ids", "errors", NULL};
     PyObject *ids;
@@ -809,12 +953,15 @@ static PyObject *Core_token_bytes(CoreObject *self, PyObject *arg) {
         return NULL;
     }
     size_t len = 0;
-    const uint8_t *b = (overflow == 0 && x < (long long)wt_n_vocab(self->tok)) ? wt_token_bytes(self->tok, (uint32_t)x, &len) : NULL;
+    const uint8_t *b = (overflow == 0 && x < (long long)wt_n_vocab(self->tok))
+                           ? wt_token_bytes(self->tok, (uint32_t)x, &len)
+                           : NULL;
     if (!b) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)b, (Py_ssize_t)len);
 }
 
-PyDoc_STRVAR(token_to_id_doc, "token_to_id(token: str | bytes) -> int, or None when it is not a token");
+PyDoc_STRVAR(token_to_id_doc,
+             "token_to_id(token: str | bytes) -> int, or None when it is not a token");
 static PyObject *Core_token_to_id(CoreObject *self, PyObject *arg) {
     text_ref t;
     if (text_get(arg, &t, "token", -1) < 0) return NULL;
@@ -833,7 +980,7 @@ static PyObject *Core_get_capsule(CoreObject *self, void *c) {
     PyObject *cap = PyCapsule_New(self->tok, WT_CAPSULE_NAME, capsule_release);
     if (!cap) return NULL;
     Py_INCREF(self);
-    if (PyCapsule_SetContext(cap, self) < 0) {   /* cannot fail for a valid capsule; kept honest */
+    if (PyCapsule_SetContext(cap, self) < 0) { /* cannot fail for a valid capsule; kept honest */
         Py_DECREF(self);
         Py_DECREF(cap);
         return NULL;
@@ -841,18 +988,30 @@ static PyObject *Core_get_capsule(CoreObject *self, void *c) {
     return cap;
 }
 
-static PyObject *Core_get_n_vocab(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_n_vocab(self->tok)); }
-static PyObject *Core_get_n_tokens(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_n_tokens(self->tok)); }
-static PyObject *Core_get_max_len(CoreObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(wt_max_token_len(self->tok)); }
+static PyObject *Core_get_n_vocab(CoreObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(wt_n_vocab(self->tok));
+}
+static PyObject *Core_get_n_tokens(CoreObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(wt_n_tokens(self->tok));
+}
+static PyObject *Core_get_max_len(CoreObject *self, void *c) {
+    (void)c;
+    return PyLong_FromUnsignedLong(wt_max_token_len(self->tok));
+}
 
 static PyMethodDef Core_methods[] = {
     {"encode", (PyCFunction)Core_encode, METH_O, encode_doc},
-    {"encode_numpy", (PyCFunction)(void (*)(void))Core_encode_numpy, METH_VARARGS | METH_KEYWORDS, encode_numpy_doc},
-    {"encode_batch", (PyCFunction)(void (*)(void))Core_encode_batch, METH_VARARGS | METH_KEYWORDS, encode_batch_doc},
-    {"encode_batch_numpy", (PyCFunction)(void (*)(void))Core_encode_batch_numpy, METH_VARARGS | METH_KEYWORDS,
-     encode_batch_numpy_doc},
+    {"encode_numpy", (PyCFunction)(void (*)(void))Core_encode_numpy, METH_VARARGS | METH_KEYWORDS,
+     encode_numpy_doc},
+    {"encode_batch", (PyCFunction)(void (*)(void))Core_encode_batch, METH_VARARGS | METH_KEYWORDS,
+     encode_batch_doc},
+    {"encode_batch_numpy", (PyCFunction)(void (*)(void))Core_encode_batch_numpy,
+     METH_VARARGS | METH_KEYWORDS, encode_batch_numpy_doc},
     {"decode", (PyCFunction)(void (*)(void))Core_decode, METH_VARARGS | METH_KEYWORDS, decode_doc},
-    {"decode_bytes", (PyCFunction)(void (*)(void))Core_decode_bytes, METH_VARARGS | METH_KEYWORDS, decode_bytes_doc},
+    {"decode_bytes", (PyCFunction)(void (*)(void))Core_decode_bytes, METH_VARARGS | METH_KEYWORDS,
+     decode_bytes_doc},
     {"token_bytes", (PyCFunction)Core_token_bytes, METH_O, token_bytes_doc},
     {"token_to_id", (PyCFunction)Core_token_to_id, METH_O, token_to_id_doc},
     {NULL, NULL, 0, NULL},
@@ -862,14 +1021,15 @@ static PyGetSetDef Core_getset[] = {
     {"n_vocab", (getter)Core_get_n_vocab, NULL, "max id + 1", NULL},
     {"n_tokens", (getter)Core_get_n_tokens, NULL, "number of vocab entries", NULL},
     {"max_token_len", (getter)Core_get_max_len, NULL, "longest token in bytes", NULL},
-    {"capsule", (getter)Core_get_capsule, NULL, "the tokenizer as a PyCapsule named " WT_CAPSULE_NAME
-     " (for rwkv5.dataprep); it keeps this Core alive", NULL},
+    {"capsule", (getter)Core_get_capsule, NULL,
+     "the tokenizer as a PyCapsule named " WT_CAPSULE_NAME
+     " (for rwkv5.dataprep); it keeps this Core alive",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject CoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "rwkv5.tokenizer._tokenizer.Core",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rwkv5.tokenizer._tokenizer.Core",
     .tp_basicsize = sizeof(CoreObject),
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -884,8 +1044,15 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "rwkv5.tokenizer._tokenizer", "rwkv5 tokenizer core (C).", -1, methods,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    "rwkv5.tokenizer._tokenizer",
+    "rwkv5 tokenizer core (C).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC PyInit__tokenizer(void) {

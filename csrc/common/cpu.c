@@ -19,13 +19,13 @@ static int has_f16c(void) { return __builtin_cpu_supports("f16c"); }
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
-#define HWCAP_ASIMDDP (1 << 20)   /* arch/arm64/include/uapi/asm/hwcap.h */
+#define HWCAP_ASIMDDP (1 << 20) /* arch/arm64/include/uapi/asm/hwcap.h */
 #endif
 #elif defined(__aarch64__) && defined(__APPLE__)
 #include <sys/sysctl.h>
 #endif
 
-static atomic_int current = -1;   /* -1: not yet decided */
+static atomic_int current = -1; /* -1: not yet decided */
 
 /* The names of the levels on this architecture, indexed by level. */
 #if defined(__x86_64__) || defined(__i386__)
@@ -42,8 +42,7 @@ rwkv5_isa rwkv5_cpu_isa_supported(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-        if (__builtin_cpu_supports("avx512vnni"))
-            return RWKV5_ISA_AVX512_VNNI;
+        if (__builtin_cpu_supports("avx512vnni")) return RWKV5_ISA_AVX512_VNNI;
         return RWKV5_ISA_AVX512;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())
@@ -57,7 +56,8 @@ rwkv5_isa rwkv5_cpu_isa_supported(void) {
 #elif defined(__APPLE__)
     int has = 0;
     size_t len = sizeof has;
-    if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &has, &len, NULL, 0) == 0 && has) return RWKV5_ISA_NEON_DOTPROD;
+    if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &has, &len, NULL, 0) == 0 && has)
+        return RWKV5_ISA_NEON_DOTPROD;
 #endif
     return RWKV5_ISA_NEON;
 #endif

@@ -7,7 +7,7 @@
 typedef struct {
     void (*work)(void *);
     void *arg;
-    int done;                 /* guarded by mu */
+    int done; /* guarded by mu */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } polled_job;
@@ -22,7 +22,8 @@ static void *polled_main(void *p) {
     return NULL;
 }
 
-int rwkv5_run_polled(void (*work)(void *), void *arg, int (*poll)(void *), void *poll_arg, int interval_ms) {
+int rwkv5_run_polled(void (*work)(void *), void *arg, int (*poll)(void *), void *poll_arg,
+                     int interval_ms) {
     polled_job j = {.work = work, .arg = arg, .done = 0};
     pthread_t th;
     int asked = 0;
@@ -44,7 +45,7 @@ int rwkv5_run_polled(void (*work)(void *), void *arg, int (*poll)(void *), void 
         int rc = pthread_cond_timedwait(&j.cv, &j.mu, &ts);
         if (rc == ETIMEDOUT && !j.done && !asked) {
             pthread_mutex_unlock(&j.mu);
-            asked = poll(poll_arg);      /* after a nonzero answer, just wait for work to stop */
+            asked = poll(poll_arg); /* after a nonzero answer, just wait for work to stop */
             pthread_mutex_lock(&j.mu);
         }
     }

@@ -9,7 +9,9 @@
 #define RWKV5_POLLED_H
 
 /* Returns 0 when work finished without the poll asking to stop, the poll's nonzero value when it
- * asked, or -1 when no helper thread could be started (then work ran on the calling thread, unpolled). */
-int rwkv5_run_polled(void (*work)(void *), void *arg, int (*poll)(void *), void *poll_arg, int interval_ms);
+ * asked, or -1 when no helper thread could be started (then work ran on the calling thread,
+ * unpolled). */
+int rwkv5_run_polled(void (*work)(void *), void *arg, int (*poll)(void *), void *poll_arg,
+                     int interval_ms);
 
 #endif

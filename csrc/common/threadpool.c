@@ -28,28 +28,31 @@
 #define MAX_THREADS 256
 
 typedef struct {
-    pthread_mutex_t lock;      /* with the condition variables, for sleeping and waking */
-    pthread_cond_t wake;       /* workers sleep here until the generation changes */
-    pthread_cond_t done;       /* the caller sleeps here until pending == 0 */
+    pthread_mutex_t lock; /* with the condition variables, for sleeping and waking */
+    pthread_cond_t wake;  /* workers sleep here until the generation changes */
+    pthread_cond_t done;  /* the caller sleeps here until pending == 0 */
     pthread_t threads[MAX_THREADS];
     int n_workers;
     atomic_int stop;
     atomic_uint_fast64_t generation;
-    atomic_int pending;        /* workers that have not finished the current job */
+    atomic_int pending; /* workers that have not finished the current job */
     /* current job */
     rwkv5_range_fn fn;
     void *ctx;
     int64_t n, piece;
-    atomic_int_fast64_t next;  /* first index not yet claimed */
+    atomic_int_fast64_t next; /* first index not yet claimed */
 } pool_t;
 
 static pthread_mutex_t job_lock = PTHREAD_MUTEX_INITIALIZER;
 static pool_t pool = {
-    .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+    .done = PTHREAD_COND_INITIALIZER,
 };
-static int configured = 0;     /* under job_lock: has the pool been sized at least once */
+static int configured = 0; /* under job_lock: has the pool been sized at least once */
 
-static int64_t spin_ns = -1;   /* read once from RWKV5_SPIN_US (under job_lock, before workers start) */
+static int64_t spin_ns =
+    -1; /* read once from RWKV5_SPIN_US (under job_lock, before workers start) */
 
 static void read_spin_setting(void) {
     if (spin_ns >= 0) return;
@@ -102,7 +105,7 @@ static int all_reported(uint64_t unused) {
 
 int rwkv5_available_cpus(void) {
 #ifdef __linux__
-    cpu_set_t set;   /* the CPUs this process may run on (taskset, cgroups cpusets) */
+    cpu_set_t set; /* the CPUs this process may run on (taskset, cgroups cpusets) */
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
         int n = CPU_COUNT(&set);
         if (n > 0) return n;
@@ -127,7 +130,8 @@ static void *worker_main(void *arg) {
     uint64_t seen = (uint64_t)(uintptr_t)arg;
     for (;;) {
         if (!spin_until(new_generation, seen)) {
-            pthread_mutex_lock(&pool.lock);   /* the publisher broadcasts under this lock: no lost wake */
+            pthread_mutex_lock(
+                &pool.lock); /* the publisher broadcasts under this lock: no lost wake */
             while (!new_generation(seen)) pthread_cond_wait(&pool.wake, &pool.lock);
             pthread_mutex_unlock(&pool.lock);
         }
@@ -135,7 +139,7 @@ static void *worker_main(void *arg) {
         seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
         run_pieces();
         if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&pool.lock);   /* the caller may be asleep: wake it */
+            pthread_mutex_lock(&pool.lock); /* the caller may be asleep: wake it */
             pthread_cond_signal(&pool.done);
             pthread_mutex_unlock(&pool.lock);
         }
@@ -159,7 +163,10 @@ static int start_workers(int n_threads) {
     read_spin_setting();
     uintptr_t gen = (uintptr_t)atomic_load(&pool.generation);
     for (int i = 0; i < n_threads - 1; i++) {
-        if (pthread_create(&pool.threads[i], NULL, worker_main, (void *)gen) != 0) { rc = -1; break; }
+        if (pthread_create(&pool.threads[i], NULL, worker_main, (void *)gen) != 0) {
+            rc = -1;
+            break;
+        }
         pool.n_workers++;
     }
     return rc;
@@ -219,7 +226,7 @@ void rwkv5_parallel_for(int64_t n, int64_t grain, rwkv5_range_fn fn, void *ctx) 
     int64_t piece = (n + 4 * (int64_t)nt - 1) / (4 * (int64_t)nt);
     if (piece < grain) piece = grain;
     if (nt == 1 || piece >= n) {
-        pthread_mutex_unlock(&job_lock);   /* inline: nothing shared is touched */
+        pthread_mutex_unlock(&job_lock); /* inline: nothing shared is touched */
         fn(ctx, 0, n);
         return;
     }
@@ -229,8 +236,8 @@ void rwkv5_parallel_for(int64_t n, int64_t grain, rwkv5_range_fn fn, void *ctx) 
     pool.piece = piece;
     atomic_store(&pool.next, 0);
     atomic_store(&pool.pending, pool.n_workers);
-    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_acq_rel);   /* publish */
-    pthread_mutex_lock(&pool.lock);   /* wake the workers that went to sleep */
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_acq_rel); /* publish */
+    pthread_mutex_lock(&pool.lock); /* wake the workers that went to sleep */
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     run_pieces();

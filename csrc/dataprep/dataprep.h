@@ -15,8 +15,8 @@
 /* ---------------------------------------------------------------- record status / skip reasons */
 enum {
     DP_OK = 0,
-    DP_MALFORMED_JSON,   /* the line is not one JSON object (syntax, nesting > 512, trailing data) */
-    DP_MISSING_FIELD,    /* the object has no top-level text field */
+    DP_MALFORMED_JSON, /* the line is not one JSON object (syntax, nesting > 512, trailing data) */
+    DP_MISSING_FIELD,  /* the object has no top-level text field */
     DP_FIELD_NOT_STRING, /* the text field is a number/object/array/null/bool */
     DP_INVALID_UTF8,     /* the text has bytes that are not UTF-8 (and repair is off) */
     DP_LONE_SURROGATE,   /* a \uD800-\uDFFF escape without its pair (and repair is off) */
@@ -38,10 +38,21 @@ int dp_utf8_seq(const uint8_t *s, size_t n, size_t *sub);
 /* ---------------------------------------------------------------- scripts */
 enum {
     DP_SCRIPT_COMMON = 0, /* no letters at all (digits, punctuation, symbols, emoji) */
-    DP_SCRIPT_LATIN, DP_SCRIPT_GREEK, DP_SCRIPT_CYRILLIC, DP_SCRIPT_ARMENIAN, DP_SCRIPT_HEBREW,
-    DP_SCRIPT_ARABIC, DP_SCRIPT_DEVANAGARI, DP_SCRIPT_BENGALI, DP_SCRIPT_TAMIL, DP_SCRIPT_THAI,
-    DP_SCRIPT_GEORGIAN, DP_SCRIPT_HANGUL, DP_SCRIPT_KANA, DP_SCRIPT_HAN,
-    DP_SCRIPT_OTHER,      /* letters of any other script */
+    DP_SCRIPT_LATIN,
+    DP_SCRIPT_GREEK,
+    DP_SCRIPT_CYRILLIC,
+    DP_SCRIPT_ARMENIAN,
+    DP_SCRIPT_HEBREW,
+    DP_SCRIPT_ARABIC,
+    DP_SCRIPT_DEVANAGARI,
+    DP_SCRIPT_BENGALI,
+    DP_SCRIPT_TAMIL,
+    DP_SCRIPT_THAI,
+    DP_SCRIPT_GEORGIAN,
+    DP_SCRIPT_HANGUL,
+    DP_SCRIPT_KANA,
+    DP_SCRIPT_HAN,
+    DP_SCRIPT_OTHER, /* letters of any other script */
     DP_N_SCRIPTS
 };
 extern const char *const dp_script_names[DP_N_SCRIPTS];
@@ -68,10 +79,10 @@ uint32_t dp_crc32c(uint32_t crc, const uint8_t *buf, size_t n);
 /* Extract the decoded top-level string member `field` (last occurrence wins, like Python's json)
  * of the JSON object in line[0..n). Text goes to out (room for 3*n bytes); *out_len receives its
  * length. If lang_field is not NULL its decoded string value goes to lang (NUL-terminated; "" when
- * absent or not a string), cut to at most DP_LANG_MAX bytes at a UTF-8 character boundary. *n_repaired counts U+FFFD
- * substitutions. The whole line is checked to be exactly one well-formed JSON object; a syntax
- * error anywhere wins over a missing/non-string field, which wins over bad UTF-8 in the text.
- * *script (if not NULL) receives the text's dominant script (dp_text_scan).
+ * absent or not a string), cut to at most DP_LANG_MAX bytes at a UTF-8 character boundary.
+ * *n_repaired counts U+FFFD substitutions. The whole line is checked to be exactly one well-formed
+ * JSON object; a syntax error anywhere wins over a missing/non-string field, which wins over bad
+ * UTF-8 in the text. *script (if not NULL) receives the text's dominant script (dp_text_scan).
  * Returns DP_OK or one of the status codes above. */
 int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char *lang_field,
                     int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired,
@@ -92,9 +103,9 @@ size_t dp_json_keys(const uint8_t *line, size_t n, char *out, size_t cap);
 typedef struct dp_source dp_source; /* an open input file and its decoder state (dp_codec.c) */
 
 typedef struct {
-    const char *name;        /* "plain", "zstd", ... (what options and the manifest say) */
-    const char *suffix;      /* the file-name suffix, e.g. ".zst" ("" for plain) */
-    const char *magic;       /* the first bytes of every file of this codec ("" for plain) */
+    const char *name;   /* "plain", "zstd", ... (what options and the manifest say) */
+    const char *suffix; /* the file-name suffix, e.g. ".zst" ("" for plain) */
+    const char *magic;  /* the first bytes of every file of this codec ("" for plain) */
     size_t magic_len;
     /* NULL, or a further check of a file's first bytes (n of them) that begin with the magic:
      * 1 when they are this codec's (for a magic that text may also begin with) */
@@ -119,18 +130,20 @@ int dp_codec_detect(const uint8_t *head, size_t n);
 /* Open path through codec `codec`. A plain file may be read as the byte range [start, end)
  * (end = UINT64_MAX: to EOF); a compressed one only whole (start = 0, end = UINT64_MAX).
  * Returns NULL with err set on failure. */
-dp_source *dp_source_open(const char *path, int codec, uint64_t start, uint64_t end, char *err, size_t errlen);
+dp_source *dp_source_open(const char *path, int codec, uint64_t start, uint64_t end, char *err,
+                          size_t errlen);
 /* Read up to cap decoded bytes; *got = 0 means the end of the input. 0, or -1 with err. */
 int dp_source_read(dp_source *s, uint8_t *dst, size_t cap, size_t *got, char *err, size_t errlen);
 void dp_source_close(dp_source *s);
 
 struct dp_task_opts;
-typedef struct dp_records dp_records; /* the record being assembled and the batch it goes to (dp_task.c) */
+typedef struct dp_records
+    dp_records; /* the record being assembled and the batch it goes to (dp_task.c) */
 
 typedef struct {
-    const char *name;   /* "jsonl", "txt-file", "txt-blank" */
-    int json;           /* 1: records are JSON objects (text_field / lang_field apply) */
-    int splittable;     /* 1: a plain file may be cut into byte ranges right after a '\n' */
+    const char *name; /* "jsonl", "txt-file", "txt-blank" */
+    int json;         /* 1: records are JSON objects (text_field / lang_field apply) */
+    int splittable;   /* 1: a plain file may be cut into byte ranges right after a '\n' */
     /* One input line (1-based number lineno, without its '\n'): add records to r. 0, or -1
      * (out of memory). */
     int (*line)(dp_records *r, const uint8_t *line, size_t n, uint64_t lineno);
@@ -141,8 +154,8 @@ typedef struct {
      * "" for none; *line_add: how many lines into the record the problem is (for a bad record).
      * Returns DP_OK or a status. */
     int (*text)(const struct dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch,
-                const uint8_t **text, size_t *text_len, char *lang, uint64_t *n_repaired, int *script,
-                uint64_t *line_add);
+                const uint8_t **text, size_t *text_len, char *lang, uint64_t *n_repaired,
+                int *script, uint64_t *line_add);
 } dp_record_format;
 
 enum { DP_REC_JSONL = 0, DP_REC_TXT_FILE, DP_REC_TXT_BLANK, DP_N_RECORD_FORMATS };
@@ -155,34 +168,35 @@ typedef size_t (*dp_encode_fn)(const void *ctx, const uint8_t *text, size_t n, u
 
 /* One record of the metadata part file, 32 bytes, little-endian, one per kept document. */
 typedef struct {
-    uint64_t n_bytes;   /* UTF-8 bytes of the document text */
-    uint64_t hash[2];   /* dp_hash128 of the text */
-    uint32_t n_tokens;  /* tokens written for it, including the trailing 0 */
-    uint16_t lang;      /* index into the task's language table (0 = "" / none) */
-    uint8_t script;     /* dominant script */
-    uint8_t repaired;   /* 1 if U+FFFD substitutions were made */
+    uint64_t n_bytes;  /* UTF-8 bytes of the document text */
+    uint64_t hash[2];  /* dp_hash128 of the text */
+    uint32_t n_tokens; /* tokens written for it, including the trailing 0 */
+    uint16_t lang;     /* index into the task's language table (0 = "" / none) */
+    uint8_t script;    /* dominant script */
+    uint8_t repaired;  /* 1 if U+FFFD substitutions were made */
 } dp_doc_meta;
 
 typedef struct dp_task_opts {
     const char *path;
-    int codec;               /* index into dp_codecs */
-    int record_format;       /* index into dp_record_formats */
-    uint64_t start, end;     /* byte range of a plain file (lines starting in it); end = UINT64_MAX: to EOF */
-    const char *text_field;  /* JSONL only */
-    const char *lang_field;  /* JSONL only; NULL = none */
-    const char *lang;        /* NULL, or the language of every document (e.g. from the file's path),
-                              * at most DP_LANG_MAX bytes; it replaces lang_field's values */
-    int repair_utf8;         /* 1: replace invalid UTF-8 / lone surrogates with U+FFFD and keep */
-    int fail_fast;           /* 1: the first bad record ends the task with an error */
-    int n_threads;           /* tokenizer worker threads, >= 1 */
-    size_t batch_bytes;      /* input bytes per batch handed to a worker (0: 1 MiB) */
+    int codec;         /* index into dp_codecs */
+    int record_format; /* index into dp_record_formats */
+    uint64_t start,
+        end; /* byte range of a plain file (lines starting in it); end = UINT64_MAX: to EOF */
+    const char *text_field; /* JSONL only */
+    const char *lang_field; /* JSONL only; NULL = none */
+    const char *lang;       /* NULL, or the language of every document (e.g. from the file's path),
+                             * at most DP_LANG_MAX bytes; it replaces lang_field's values */
+    int repair_utf8;        /* 1: replace invalid UTF-8 / lone surrogates with U+FFFD and keep */
+    int fail_fast;          /* 1: the first bad record ends the task with an error */
+    int n_threads;          /* tokenizer worker threads, >= 1 */
+    size_t batch_bytes;     /* input bytes per batch handed to a worker (0: 1 MiB) */
     dp_encode_fn encode;
     const void *encode_ctx;
-    const char *tok_path;    /* uint16 tokens of kept documents, each followed by 0 */
-    const char *meta_path;   /* dp_doc_meta records */
-    int fsync;               /* 1: fsync the parts before returning (not needed for resume: the
-                              * driver re-checks part sizes and SHA-256 against the record) */
-    volatile int *cancel;    /* optional: set non-zero from outside to stop early */
+    const char *tok_path;  /* uint16 tokens of kept documents, each followed by 0 */
+    const char *meta_path; /* dp_doc_meta records */
+    int fsync;             /* 1: fsync the parts before returning (not needed for resume: the
+                            * driver re-checks part sizes and SHA-256 against the record) */
+    volatile int *cancel;  /* optional: set non-zero from outside to stop early */
 } dp_task_opts;
 
 /* Room for an error message: a path of up to PATH_MAX (4096) bytes and the reason after it. */
@@ -194,20 +208,20 @@ typedef struct dp_task_opts {
 #define DP_MAX_LANGS 65536
 
 typedef struct {
-    uint64_t lines;          /* input lines seen (JSONL/TXT) */
-    uint64_t docs;           /* documents kept */
-    uint64_t tokens;         /* tokens written, including the 0 per document */
-    uint64_t text_bytes;     /* UTF-8 bytes of kept texts */
-    uint64_t input_bytes;    /* bytes read (decompressed bytes for .zst) */
-    uint64_t blank_lines;    /* whitespace-only JSONL lines (no record there) */
-    uint64_t repaired_docs;  /* documents kept with U+FFFD substitutions */
+    uint64_t lines;         /* input lines seen (JSONL/TXT) */
+    uint64_t docs;          /* documents kept */
+    uint64_t tokens;        /* tokens written, including the 0 per document */
+    uint64_t text_bytes;    /* UTF-8 bytes of kept texts */
+    uint64_t input_bytes;   /* bytes read (decompressed bytes for .zst) */
+    uint64_t blank_lines;   /* whitespace-only JSONL lines (no record there) */
+    uint64_t repaired_docs; /* documents kept with U+FFFD substitutions */
     uint64_t skipped[DP_N_STATUS];
-    int n_listed;            /* first skipped records: local 1-based line and status */
+    int n_listed; /* first skipped records: local 1-based line and status */
     uint64_t listed_line[DP_MAX_LISTED];
     int listed_status[DP_MAX_LISTED];
-    int n_langs;             /* language table, in order of first appearance; langs[0] = "" */
+    int n_langs; /* language table, in order of first appearance; langs[0] = "" */
     char (*langs)[DP_LANG_MAX + 1];
-    char err[DP_ERR_LEN];    /* message when dp_run_task returns non-zero */
+    char err[DP_ERR_LEN]; /* message when dp_run_task returns non-zero */
 } dp_task_result;
 
 /* Run one task. Returns 0, or -1 with result->err set (I/O error, zstd error, bad record in
@@ -223,16 +237,17 @@ int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const in
 
 /* ---------------------------------------------------------------- in-memory texts (dp_texts.c) */
 typedef struct {
-    const uint8_t *data;      /* the texts' bytes */
-    const int64_t *offsets;   /* n + 1 non-decreasing offsets: text i is data[offsets[i], offsets[i+1]) */
+    const uint8_t *data; /* the texts' bytes */
+    const int64_t
+        *offsets; /* n + 1 non-decreasing offsets: text i is data[offsets[i], offsets[i+1]) */
     size_t n;
-    const uint16_t *lang;     /* per text: language id in the caller's table; NULL = all 0 */
-    int repair_utf8;          /* as dp_task_opts */
-    int n_threads;            /* 1..1024, the calling thread included */
+    const uint16_t *lang; /* per text: language id in the caller's table; NULL = all 0 */
+    int repair_utf8;      /* as dp_task_opts */
+    int n_threads;        /* 1..1024, the calling thread included */
     dp_encode_fn encode;
     const void *encode_ctx;
-    int tok_fd, meta_fd;      /* the parts are appended here (tokens + 0 per document; dp_doc_meta) */
-    volatile int *cancel;     /* optional: non-zero stops the batch ("cancelled") */
+    int tok_fd, meta_fd;  /* the parts are appended here (tokens + 0 per document; dp_doc_meta) */
+    volatile int *cancel; /* optional: non-zero stops the batch ("cancelled") */
 } dp_texts_opts;
 
 typedef struct {
@@ -243,6 +258,7 @@ typedef struct {
  * found bad) exactly as a plain-text record of dp_run_task: texts that are not UTF-8 get
  * DP_INVALID_UTF8 (unless repaired), empty ones DP_EMPTY; the others are appended to the parts in
  * index order. Returns 0, or -1 with err set (write error, out of memory, cancelled). */
-int dp_encode_texts(const dp_texts_opts *o, uint8_t *status, dp_texts_result *res, char *err, size_t errlen);
+int dp_encode_texts(const dp_texts_opts *o, uint8_t *status, dp_texts_result *res, char *err,
+                    size_t errlen);
 
 #endif

@@ -16,12 +16,13 @@ typedef struct {
     const uint8_t *p, *end;
     int repair;
     uint64_t n_repaired;
-    int content_err;    /* first DP_INVALID_UTF8 / DP_LONE_SURROGATE met (repair off); parsing goes on
-                         * so that a syntax error later in the line still wins, as in Python */
+    int content_err; /* first DP_INVALID_UTF8 / DP_LONE_SURROGATE met (repair off); parsing goes on
+                      * so that a syntax error later in the line still wins, as in Python */
 } cursor;
 
 static inline void skip_ws(cursor *c) {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
 }
 
 static int hex4(const uint8_t *p, uint32_t *v) {
@@ -29,23 +30,37 @@ static int hex4(const uint8_t *p, uint32_t *v) {
     for (int i = 0; i < 4; i++) {
         uint8_t h = p[i];
         x <<= 4;
-        if (h >= '0' && h <= '9') x |= (uint32_t)(h - '0');
-        else if ((h | 0x20) >= 'a' && (h | 0x20) <= 'f') x |= (uint32_t)((h | 0x20) - 'a' + 10);
-        else return -1;
+        if (h >= '0' && h <= '9')
+            x |= (uint32_t)(h - '0');
+        else if ((h | 0x20) >= 'a' && (h | 0x20) <= 'f')
+            x |= (uint32_t)((h | 0x20) - 'a' + 10);
+        else
+            return -1;
     }
     *v = x;
     return 0;
 }
 
 static inline size_t put_utf8(uint8_t *o, uint32_t cp) {
-    if (cp < 0x80) { o[0] = (uint8_t)cp; return 1; }
-    if (cp < 0x800) { o[0] = (uint8_t)(0xC0 | cp >> 6); o[1] = (uint8_t)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x80) {
+        o[0] = (uint8_t)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (uint8_t)(0xC0 | cp >> 6);
+        o[1] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 2;
+    }
     if (cp < 0x10000) {
-        o[0] = (uint8_t)(0xE0 | cp >> 12); o[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F)); o[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        o[0] = (uint8_t)(0xE0 | cp >> 12);
+        o[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (uint8_t)(0x80 | (cp & 0x3F));
         return 3;
     }
-    o[0] = (uint8_t)(0xF0 | cp >> 18); o[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (uint8_t)(0x80 | (cp & 0x3F));
+    o[0] = (uint8_t)(0xF0 | cp >> 18);
+    o[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (uint8_t)(0x80 | (cp & 0x3F));
     return 4;
 }
 
@@ -77,35 +92,66 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int te
             uint64_t w;
             memcpy(&w, p, 8);
             uint64_t m = special8(w);
-            if (m) { p += __builtin_ctzll(m) >> 3; goto run_end; }
+            if (m) {
+                p += __builtin_ctzll(m) >> 3;
+                goto run_end;
+            }
             p += 8;
         }
         while (p < end && *p != '"' && *p != '\\' && *p >= 0x20) p++;
     run_end:
         if (out && p > run && !overflow) {
             size_t k = (size_t)(p - run), c = k <= cap - o ? k : cap - o;
-            memcpy(out + o, run, c); /* fill up to cap: a caller that cuts a long value reads out[0..cap) */
+            memcpy(out + o, run,
+                   c); /* fill up to cap: a caller that cuts a long value reads out[0..cap) */
             o += c;
             overflow = c < k;
         }
         if (p >= end) return DP_MALFORMED_JSON; /* unterminated */
         uint8_t ch = *p;
-        if (ch == '"') { p++; break; }
+        if (ch == '"') {
+            p++;
+            break;
+        }
         if (ch < 0x20) return DP_MALFORMED_JSON; /* raw control character */
-        size_t w = 0; /* bytes to emit from tmp */
+        size_t w = 0;                            /* bytes to emit from tmp */
         {
             if (p + 1 >= end) return DP_MALFORMED_JSON;
             uint8_t e = p[1];
             p += 2;
             switch (e) {
-            case '"': tmp[0] = '"'; w = 1; break;
-            case '\\': tmp[0] = '\\'; w = 1; break;
-            case '/': tmp[0] = '/'; w = 1; break;
-            case 'b': tmp[0] = '\b'; w = 1; break;
-            case 'f': tmp[0] = '\f'; w = 1; break;
-            case 'n': tmp[0] = '\n'; w = 1; break;
-            case 'r': tmp[0] = '\r'; w = 1; break;
-            case 't': tmp[0] = '\t'; w = 1; break;
+            case '"':
+                tmp[0] = '"';
+                w = 1;
+                break;
+            case '\\':
+                tmp[0] = '\\';
+                w = 1;
+                break;
+            case '/':
+                tmp[0] = '/';
+                w = 1;
+                break;
+            case 'b':
+                tmp[0] = '\b';
+                w = 1;
+                break;
+            case 'f':
+                tmp[0] = '\f';
+                w = 1;
+                break;
+            case 'n':
+                tmp[0] = '\n';
+                w = 1;
+                break;
+            case 'r':
+                tmp[0] = '\r';
+                w = 1;
+                break;
+            case 't':
+                tmp[0] = '\t';
+                w = 1;
+                break;
             case 'u': {
                 uint32_t cp, lo;
                 if (end - p < 4 || hex4(p, &cp)) return DP_MALFORMED_JSON;
@@ -115,14 +161,17 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int te
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00); /* surrogate pair */
                     p += 6;
                 } else if (cp >= 0xD800 && cp <= 0xDFFF) {
-                    if (text && !c->repair) { if (!c->content_err) c->content_err = DP_LONE_SURROGATE; }
-                    else if (text) c->n_repaired++;
+                    if (text && !c->repair) {
+                        if (!c->content_err) c->content_err = DP_LONE_SURROGATE;
+                    } else if (text)
+                        c->n_repaired++;
                     cp = 0xFFFD;
                 }
                 w = put_utf8(tmp, cp);
                 break;
             }
-            default: return DP_MALFORMED_JSON;
+            default:
+                return DP_MALFORMED_JSON;
             }
         }
         if (out && !overflow) {
@@ -140,11 +189,17 @@ static int parse_string(cursor *c, uint8_t *out, size_t cap, size_t *len, int te
 static int skip_number(cursor *c) {
     const uint8_t *p = c->p, *end = c->end;
     if (p < end && *p == '-') p++;
-    if (end - p >= 8 && memcmp(p, "Infinity", 8) == 0) { c->p = p + 8; return DP_OK; }
+    if (end - p >= 8 && memcmp(p, "Infinity", 8) == 0) {
+        c->p = p + 8;
+        return DP_OK;
+    }
     if (p >= end) return DP_MALFORMED_JSON;
-    if (*p == '0') p++;
-    else if (*p >= '1' && *p <= '9') while (p < end && *p >= '0' && *p <= '9') p++;
-    else return DP_MALFORMED_JSON;
+    if (*p == '0')
+        p++;
+    else if (*p >= '1' && *p <= '9')
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    else
+        return DP_MALFORMED_JSON;
     if (p < end && *p == '.') {
         p++;
         if (p >= end || *p < '0' || *p > '9') return DP_MALFORMED_JSON;
@@ -176,7 +231,10 @@ static int skip_container(cursor *c, int depth) {
     if (depth >= MAX_DEPTH) return DP_MALFORMED_JSON;
     c->p++;
     skip_ws(c);
-    if (c->p < c->end && *c->p == close) { c->p++; return DP_OK; }
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        return DP_OK;
+    }
     for (;;) {
         int st;
         if (is_obj) {
@@ -190,8 +248,15 @@ static int skip_container(cursor *c, int depth) {
         if ((st = skip_value(c, depth + 1))) return st;
         skip_ws(c);
         if (c->p >= c->end) return DP_MALFORMED_JSON;
-        if (*c->p == ',') { c->p++; skip_ws(c); continue; }
-        if (*c->p == close) { c->p++; return DP_OK; }
+        if (*c->p == ',') {
+            c->p++;
+            skip_ws(c);
+            continue;
+        }
+        if (*c->p == close) {
+            c->p++;
+            return DP_OK;
+        }
         return DP_MALFORMED_JSON;
     }
 }
@@ -199,19 +264,29 @@ static int skip_container(cursor *c, int depth) {
 static int skip_value(cursor *c, int depth) {
     if (c->p >= c->end) return DP_MALFORMED_JSON;
     switch (*c->p) {
-    case '"': return parse_string(c, NULL, 0, NULL, 0);
-    case '{': case '[': return skip_container(c, depth);
-    case 't': return skip_literal(c, "true");
-    case 'f': return skip_literal(c, "false");
-    case 'n': return skip_literal(c, "null");
-    case 'N': return skip_literal(c, "NaN");
-    case 'I': return skip_literal(c, "Infinity");
-    default: return skip_number(c);
+    case '"':
+        return parse_string(c, NULL, 0, NULL, 0);
+    case '{':
+    case '[':
+        return skip_container(c, depth);
+    case 't':
+        return skip_literal(c, "true");
+    case 'f':
+        return skip_literal(c, "false");
+    case 'n':
+        return skip_literal(c, "null");
+    case 'N':
+        return skip_literal(c, "NaN");
+    case 'I':
+        return skip_literal(c, "Infinity");
+    default:
+        return skip_number(c);
     }
 }
 
 int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char *lang_field,
-                    int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired, int *script) {
+                    int repair, uint8_t *out, size_t *out_len, char lang[64], uint64_t *n_repaired,
+                    int *script) {
     cursor c = {line, line + n, repair, 0, 0};
     size_t flen = strlen(field), llen = lang_field ? strlen(lang_field) : 0;
     uint8_t key[256];
@@ -224,7 +299,10 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
     if (c.p >= c.end || *c.p != '{') return DP_MALFORMED_JSON;
     c.p++;
     skip_ws(&c);
-    if (c.p < c.end && *c.p == '}') { c.p++; goto done; }
+    if (c.p < c.end && *c.p == '}') {
+        c.p++;
+        goto done;
+    }
     for (;;) {
         size_t klen = 0;
         if (c.p >= c.end || *c.p != '"') return DP_MALFORMED_JSON;
@@ -251,15 +329,18 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
                 if ((st = skip_value(&c, 1))) return st;
                 not_string = 1;
             }
-        } else if (lang && lang_field && klen == llen && memcmp(key, lang_field, llen) == 0 && *c.p == '"') {
-            uint8_t buf[DP_LANG_MAX + 1]; /* one byte more than kept: tells where a cut character begins */
+        } else if (lang && lang_field && klen == llen && memcmp(key, lang_field, llen) == 0 &&
+                   *c.p == '"') {
+            uint8_t buf[DP_LANG_MAX +
+                        1]; /* one byte more than kept: tells where a cut character begins */
             size_t blen = 0;
             cursor lc = c;
             lc.repair = 1;
             lc.n_repaired = 0;
             if ((st = parse_string(&lc, buf, sizeof buf, &blen, 1))) return st;
             c.p = lc.p;
-            if (blen > DP_LANG_MAX) { /* cut at a character boundary: drop a character cut in half */
+            if (blen >
+                DP_LANG_MAX) { /* cut at a character boundary: drop a character cut in half */
                 blen = DP_LANG_MAX;
                 while (blen > 0 && (buf[blen] & 0xC0) == 0x80) blen--;
             }
@@ -270,8 +351,15 @@ int dp_json_extract(const uint8_t *line, size_t n, const char *field, const char
         }
         skip_ws(&c);
         if (c.p >= c.end) return DP_MALFORMED_JSON;
-        if (*c.p == ',') { c.p++; skip_ws(&c); continue; }
-        if (*c.p == '}') { c.p++; break; }
+        if (*c.p == ',') {
+            c.p++;
+            skip_ws(&c);
+            continue;
+        }
+        if (*c.p == '}') {
+            c.p++;
+            break;
+        }
         return DP_MALFORMED_JSON;
     }
 done:
@@ -312,11 +400,13 @@ size_t dp_json_keys(const uint8_t *line, size_t n, char *out, size_t cap) {
         if (parse_string(&c, NULL, 0, NULL, 0)) break;
         /* the key as written, quotes and escapes included; long keys cut to 40 bytes */
         size_t klen = (size_t)(c.p - k0), shown = klen > 40 ? 40 : klen;
-        while (shown < klen && shown > 1 && (k0[shown] & 0xC0) == 0x80) shown--; /* whole characters */
+        while (shown < klen && shown > 1 && (k0[shown] & 0xC0) == 0x80)
+            shown--; /* whole characters */
         const char *sep = count ? ", " : "";
         size_t need = strlen(sep) + shown + (shown < klen ? 4 : 0);
         if (!full && o + need + 1 <= cap) {
-            o += (size_t)snprintf(out + o, cap - o, "%s%.*s%s", sep, (int)shown, (const char *)k0, shown < klen ? "...\"" : "");
+            o += (size_t)snprintf(out + o, cap - o, "%s%.*s%s", sep, (int)shown, (const char *)k0,
+                                  shown < klen ? "...\"" : "");
         } else if (!full) {
             full = 1;
             if (o + 5 <= cap) o += (size_t)snprintf(out + o, cap - o, ", ...");

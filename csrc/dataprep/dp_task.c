@@ -24,9 +24,9 @@ typedef struct {
     uint8_t *buf;
     size_t cap, pos, len;
     int eof;
-    int last_nl;        /* the last line returned ended with '\n' */
-    uint64_t total;     /* bytes read from the source */
-    uint64_t lineno;    /* 1-based number of the last line returned */
+    int last_nl;     /* the last line returned ended with '\n' */
+    uint64_t total;  /* bytes read from the source */
+    uint64_t lineno; /* 1-based number of the last line returned */
 } line_reader;
 
 /* Next line without its '\n' (valid until the next call). Returns 1, 0 at end, -1 on error. */
@@ -60,7 +60,10 @@ static int next_line(line_reader *r, const uint8_t **line, size_t *n, char *err,
         if (r->cap - r->len < (1u << 16)) { /* a long line: grow (bounded by the longest line) */
             size_t nc = r->cap * 2;
             uint8_t *nb = realloc(r->buf, nc);
-            if (!nb) { snprintf(err, errlen, "out of memory (a line longer than %zu bytes)", r->cap); return -1; }
+            if (!nb) {
+                snprintf(err, errlen, "out of memory (a line longer than %zu bytes)", r->cap);
+                return -1;
+            }
             r->buf = nb;
             r->cap = nc;
         }
@@ -75,8 +78,8 @@ static int next_line(line_reader *r, const uint8_t **line, size_t *n, char *err,
 /* ------------------------------------------------------------------ batches */
 
 typedef struct {
-    size_t off, len;      /* the record's bytes in slot->raw */
-    uint64_t line;        /* local 1-based line number */
+    size_t off, len; /* the record's bytes in slot->raw */
+    uint64_t line;   /* local 1-based line number */
     int status;
     char lang[64];
 } item;
@@ -86,10 +89,14 @@ enum { FREE = 0, FILLED, WORKING, DONE };
 typedef struct {
     int state;
     uint64_t seq;
-    uint8_t *raw; size_t raw_len, raw_cap;
-    item *items; size_t n_items, items_cap;
-    uint16_t *tok; size_t tok_len, tok_cap;
-    dp_doc_meta *meta; size_t n_meta, meta_cap;
+    uint8_t *raw;
+    size_t raw_len, raw_cap;
+    item *items;
+    size_t n_items, items_cap;
+    uint16_t *tok;
+    size_t tok_len, tok_cap;
+    dp_doc_meta *meta;
+    size_t n_meta, meta_cap;
     uint64_t repaired_docs;
     int oom;
 } slot;
@@ -126,18 +133,24 @@ static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, si
         /* decoded/repaired text never exceeds 3x its source; valid plain text needs no copy */
         size_t need = (fmt->json || opt->repair_utf8) ? 3 * it->len + 1 : 1, tlen = 0;
         uint64_t nrep = 0, line_add = 0;
-        if (grow((void **)scratch, scratch_cap, need, 1)) { s->oom = 1; return; }
+        if (grow((void **)scratch, scratch_cap, need, 1)) {
+            s->oom = 1;
+            return;
+        }
         it->lang[0] = 0;
         const uint8_t *text = NULL;
         int script = 0;
-        it->status = fmt->text(opt, s->raw + it->off, it->len, *scratch, &text, &tlen, it->lang, &nrep, &script,
-                               &line_add);
+        it->status = fmt->text(opt, s->raw + it->off, it->len, *scratch, &text, &tlen, it->lang,
+                               &nrep, &script, &line_add);
         it->line += line_add;
         if (opt->lang) snprintf(it->lang, sizeof it->lang, "%s", opt->lang);
         if (it->status == DP_OK && tlen == 0) it->status = DP_EMPTY;
         if (it->status != DP_OK) continue;
         if (grow((void **)&s->tok, &s->tok_cap, s->tok_len + tlen + 1, sizeof(uint16_t)) ||
-            grow((void **)&s->meta, &s->meta_cap, s->n_meta + 1, sizeof(dp_doc_meta))) { s->oom = 1; return; }
+            grow((void **)&s->meta, &s->meta_cap, s->n_meta + 1, sizeof(dp_doc_meta))) {
+            s->oom = 1;
+            return;
+        }
         size_t n = opt->encode(opt->encode_ctx, text, tlen, s->tok + s->tok_len);
         s->tok[s->tok_len + n] = 0; /* end of document */
         s->tok_len += n + 1;
@@ -154,7 +167,9 @@ static void process_slot(const dp_task_opts *opt, slot *s, uint8_t **scratch, si
     }
 }
 
-typedef struct { pipeline *pl; } worker_arg;
+typedef struct {
+    pipeline *pl;
+} worker_arg;
 
 static void *worker_main(void *arg) {
     pipeline *pl = ((worker_arg *)arg)->pl;
@@ -245,10 +260,14 @@ static int write_all(FILE *f, const void *p, size_t n, const char *path, char *e
     return 0;
 }
 
-/* Write one finished slot. Returns 0, or -1 (error in res->err, or a bad record in fail-fast mode). */
+/* Write one finished slot. Returns 0, or -1 (error in res->err, or a bad record in fail-fast mode).
+ */
 static int write_slot(writer *w, slot *s) {
     dp_task_result *res = w->res;
-    if (s->oom) { snprintf(res->err, sizeof res->err, "out of memory while tokenizing"); return -1; }
+    if (s->oom) {
+        snprintf(res->err, sizeof res->err, "out of memory while tokenizing");
+        return -1;
+    }
     for (size_t i = 0; i < s->n_items; i++) {
         item *it = &s->items[i];
         if (it->status == DP_OK) continue;
@@ -258,12 +277,13 @@ static int write_slot(writer *w, slot *s) {
             if (it->status == DP_MISSING_FIELD) { /* say what was looked for and what is there */
                 char keys[320];
                 size_t nk = dp_json_keys(s->raw + it->off, it->len, keys, sizeof keys);
-                snprintf(res->err, sizeof res->err, "%s:%llu: %s: no member \"%.100s\" (the record has %s%s)",
-                         w->opt->path, (unsigned long long)it->line, dp_status_names[it->status],
+                snprintf(res->err, sizeof res->err,
+                         "%s:%llu: %s: no member \"%.100s\" (the record has %s%s)", w->opt->path,
+                         (unsigned long long)it->line, dp_status_names[it->status],
                          w->opt->text_field, nk ? "" : "no members", keys);
             } else {
-                snprintf(res->err, sizeof res->err, "%s:%llu: %s", w->opt->path, (unsigned long long)it->line,
-                         dp_status_names[it->status]);
+                snprintf(res->err, sizeof res->err, "%s:%llu: %s", w->opt->path,
+                         (unsigned long long)it->line, dp_status_names[it->status]);
             }
             return -1;
         }
@@ -277,15 +297,22 @@ static int write_slot(writer *w, slot *s) {
     for (size_t j = 0; j < s->n_meta; j++) {
         dp_doc_meta *m = &s->meta[j];
         int id = lang_id(w, s->items[m->lang].lang);
-        if (id < 0) { snprintf(res->err, sizeof res->err, "out of memory (language table)"); return -1; }
+        if (id < 0) {
+            snprintf(res->err, sizeof res->err, "out of memory (language table)");
+            return -1;
+        }
         m->lang = (uint16_t)id;
         res->docs++;
         res->tokens += m->n_tokens;
         res->text_bytes += m->n_bytes;
     }
     res->repaired_docs += s->repaired_docs;
-    if (write_all(w->tok, s->tok, s->tok_len * sizeof(uint16_t), w->opt->tok_path, res->err, sizeof res->err)) return -1;
-    if (write_all(w->meta, s->meta, s->n_meta * sizeof(dp_doc_meta), w->opt->meta_path, res->err, sizeof res->err)) return -1;
+    if (write_all(w->tok, s->tok, s->tok_len * sizeof(uint16_t), w->opt->tok_path, res->err,
+                  sizeof res->err))
+        return -1;
+    if (write_all(w->meta, s->meta, s->n_meta * sizeof(dp_doc_meta), w->opt->meta_path, res->err,
+                  sizeof res->err))
+        return -1;
     return 0;
 }
 
@@ -294,10 +321,19 @@ static int write_slot(writer *w, slot *s) {
 static int close_file(FILE **f, int sync, const char *path, char *err, size_t errlen) {
     int bad = fflush(*f) != 0 || ferror(*f);
     int e = errno;
-    if (!bad && sync && fsync(fileno(*f)) != 0 && errno != EINVAL) { bad = 1; e = errno; }
-    if (fclose(*f) != 0 && !bad) { bad = 1; e = errno; }
+    if (!bad && sync && fsync(fileno(*f)) != 0 && errno != EINVAL) {
+        bad = 1;
+        e = errno;
+    }
+    if (fclose(*f) != 0 && !bad) {
+        bad = 1;
+        e = errno;
+    }
     *f = NULL;
-    if (bad) { snprintf(err, errlen, "%s: write failed: %s", path, strerror(e ? e : EIO)); return -1; }
+    if (bad) {
+        snprintf(err, errlen, "%s: write failed: %s", path, strerror(e ? e : EIO));
+        return -1;
+    }
     return 0;
 }
 
@@ -314,7 +350,8 @@ static int submit_and_next(pipeline *pl, writer *w, slot **cur) {
     *cur = NULL;
     for (;;) {
         /* write whatever is done, in order */
-        while (pl->write_seq < pl->fill_seq && pl->slots[pl->write_seq % (uint64_t)pl->k].state == DONE) {
+        while (pl->write_seq < pl->fill_seq &&
+               pl->slots[pl->write_seq % (uint64_t)pl->k].state == DONE) {
             slot *s = &pl->slots[pl->write_seq % (uint64_t)pl->k];
             pthread_mutex_unlock(&pl->mu);
             rc = write_slot(w, s);
@@ -342,7 +379,10 @@ static int drain(pipeline *pl, writer *w) {
     pthread_mutex_lock(&pl->mu);
     while (pl->write_seq < pl->fill_seq) {
         slot *s = &pl->slots[pl->write_seq % (uint64_t)pl->k];
-        if (s->state != DONE) { pthread_cond_wait(&pl->done_cv, &pl->mu); continue; }
+        if (s->state != DONE) {
+            pthread_cond_wait(&pl->done_cv, &pl->mu);
+            continue;
+        }
         pthread_mutex_unlock(&pl->mu);
         rc = write_slot(w, s);
         pthread_mutex_lock(&pl->mu);
@@ -377,27 +417,35 @@ static int is_blank(const uint8_t *p, size_t n) {
 /* ------------------------------------------------------------------ record formats */
 
 struct dp_records {
-    slot *cur;              /* the batch records go to */
-    uint8_t *para;          /* text formats: the document being assembled */
+    slot *cur;     /* the batch records go to */
+    uint8_t *para; /* text formats: the document being assembled */
     size_t para_len, para_cap;
-    uint64_t para_line;     /* its first line */
-    uint64_t blank_lines;   /* JSONL: whitespace-only lines */
+    uint64_t para_line;   /* its first line */
+    uint64_t blank_lines; /* JSONL: whitespace-only lines */
 };
 
 /* JSON lines: each non-blank line is one record. */
 static int jsonl_line(dp_records *r, const uint8_t *line, size_t n, uint64_t lineno) {
-    if (is_blank(line, n)) { r->blank_lines++; return 0; }
+    if (is_blank(line, n)) {
+        r->blank_lines++;
+        return 0;
+    }
     return add_item(r->cur, line, n, lineno);
 }
 
-static int jsonl_end(dp_records *r, int last_nl) { (void)r; (void)last_nl; return 0; }
+static int jsonl_end(dp_records *r, int last_nl) {
+    (void)r;
+    (void)last_nl;
+    return 0;
+}
 
-static int jsonl_text(const dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch, const uint8_t **text,
-                      size_t *text_len, char *lang, uint64_t *n_repaired, int *script, uint64_t *line_add) {
+static int jsonl_text(const dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch,
+                      const uint8_t **text, size_t *text_len, char *lang, uint64_t *n_repaired,
+                      int *script, uint64_t *line_add) {
     *text = scratch;
     *line_add = 0;
-    return dp_json_extract(rec, n, opt->text_field, opt->lang_field, opt->repair_utf8, scratch, text_len, lang,
-                           n_repaired, script);
+    return dp_json_extract(rec, n, opt->text_field, opt->lang_field, opt->repair_utf8, scratch,
+                           text_len, lang, n_repaired, script);
 }
 
 static int para_append(dp_records *r, const uint8_t *line, size_t n, int sep) {
@@ -439,8 +487,9 @@ static int txt_blank_end(dp_records *r, int last_nl) {
 
 /* Plain text: tokenized in place when valid UTF-8, else repaired into scratch (or reported at the
  * line holding the first invalid byte). */
-static int txt_text(const dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch, const uint8_t **text,
-                    size_t *text_len, char *lang, uint64_t *n_repaired, int *script, uint64_t *line_add) {
+static int txt_text(const dp_task_opts *opt, const uint8_t *rec, size_t n, uint8_t *scratch,
+                    const uint8_t **text, size_t *text_len, char *lang, uint64_t *n_repaired,
+                    int *script, uint64_t *line_add) {
     (void)lang;
     *text = rec;
     *text_len = n;
@@ -494,31 +543,60 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     memset(&recs, 0, sizeof recs);
     w.langs_cap = 64;
     res->langs = calloc((size_t)w.langs_cap, sizeof *res->langs);
-    if (!res->langs) { snprintf(res->err, sizeof res->err, "out of memory"); return -1; }
+    if (!res->langs) {
+        snprintf(res->err, sizeof res->err, "out of memory");
+        return -1;
+    }
     res->n_langs = 1; /* id 0 = no language */
-    if (opt->n_threads < 1 || opt->n_threads > 1024) { snprintf(res->err, sizeof res->err, "n_threads must be in 1..1024, got %d", opt->n_threads); return -1; }
-    if (opt->record_format < 0 || opt->record_format >= DP_N_RECORD_FORMATS) { snprintf(res->err, sizeof res->err, "unknown record format %d", opt->record_format); return -1; }
-    if (opt->codec < 0 || opt->codec >= DP_N_CODECS) { snprintf(res->err, sizeof res->err, "unknown codec %d", opt->codec); return -1; }
+    if (opt->n_threads < 1 || opt->n_threads > 1024) {
+        snprintf(res->err, sizeof res->err, "n_threads must be in 1..1024, got %d", opt->n_threads);
+        return -1;
+    }
+    if (opt->record_format < 0 || opt->record_format >= DP_N_RECORD_FORMATS) {
+        snprintf(res->err, sizeof res->err, "unknown record format %d", opt->record_format);
+        return -1;
+    }
+    if (opt->codec < 0 || opt->codec >= DP_N_CODECS) {
+        snprintf(res->err, sizeof res->err, "unknown codec %d", opt->codec);
+        return -1;
+    }
     fmt = &dp_record_formats[opt->record_format];
-    if (fmt->json && (!opt->text_field || !opt->text_field[0])) { snprintf(res->err, sizeof res->err, "text_field must be a non-empty string"); return -1; }
+    if (fmt->json && (!opt->text_field || !opt->text_field[0])) {
+        snprintf(res->err, sizeof res->err, "text_field must be a non-empty string");
+        return -1;
+    }
 
     w.opt = opt;
     w.res = res;
     w.tok = fopen(opt->tok_path, "wb");
-    if (!w.tok) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->tok_path, strerror(errno)); goto done; }
+    if (!w.tok) {
+        snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->tok_path,
+                 strerror(errno));
+        goto done;
+    }
     w.meta = fopen(opt->meta_path, "wb");
-    if (!w.meta) { snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->meta_path, strerror(errno)); goto done; }
+    if (!w.meta) {
+        snprintf(res->err, sizeof res->err, "%s: cannot create: %s", opt->meta_path,
+                 strerror(errno));
+        goto done;
+    }
     rd.src = dp_source_open(opt->path, opt->codec, opt->start, opt->end, res->err, sizeof res->err);
     if (!rd.src) goto done;
     rd.cap = 1u << 20;
     rd.buf = malloc(rd.cap);
-    if (!rd.buf) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+    if (!rd.buf) {
+        snprintf(res->err, sizeof res->err, "out of memory");
+        goto done;
+    }
 
     pl.opt = opt;
     pl.k = 2 * opt->n_threads + 2;
     pl.slots = calloc((size_t)pl.k, sizeof(slot));
     threads = calloc((size_t)opt->n_threads, sizeof(pthread_t));
-    if (!pl.slots || !threads) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+    if (!pl.slots || !threads) {
+        snprintf(res->err, sizeof res->err, "out of memory");
+        goto done;
+    }
     pthread_mutex_init(&pl.mu, NULL);
     pthread_cond_init(&pl.work_cv, NULL);
     pthread_cond_init(&pl.done_cv, NULL);
@@ -535,19 +613,29 @@ int dp_run_task(const dp_task_opts *opt, dp_task_result *res) {
     size_t n;
     int got;
     while ((got = next_line(&rd, &line, &n, res->err, sizeof res->err)) == 1) {
-        if (opt->cancel && *opt->cancel) { snprintf(res->err, sizeof res->err, "cancelled"); goto done; }
+        if (opt->cancel && *opt->cancel) {
+            snprintf(res->err, sizeof res->err, "cancelled");
+            goto done;
+        }
         res->lines++;
-        if (rd.lineno == 1 && opt->start == 0 && n >= 3 && line[0] == 0xEF && line[1] == 0xBB && line[2] == 0xBF) {
+        if (rd.lineno == 1 && opt->start == 0 && n >= 3 && line[0] == 0xEF && line[1] == 0xBB &&
+            line[2] == 0xBF) {
             line += 3; /* UTF-8 byte order mark */
             n -= 3;
         }
-        if (fmt->line(&recs, line, n, rd.lineno)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+        if (fmt->line(&recs, line, n, rd.lineno)) {
+            snprintf(res->err, sizeof res->err, "out of memory");
+            goto done;
+        }
         if (recs.cur->raw_len >= batch || recs.cur->n_items >= 16384)
             if (submit_and_next(&pl, &w, &recs.cur)) goto done;
     }
     if (got < 0) goto done;
     res->input_bytes = rd.total;
-    if (fmt->end(&recs, rd.last_nl)) { snprintf(res->err, sizeof res->err, "out of memory"); goto done; }
+    if (fmt->end(&recs, rd.last_nl)) {
+        snprintf(res->err, sizeof res->err, "out of memory");
+        goto done;
+    }
     res->blank_lines = recs.blank_lines;
     if (recs.cur->n_items) {
         pthread_mutex_lock(&pl.mu);
@@ -601,17 +689,27 @@ done:
  * ranges reopen a source only when another one took its slot. */
 #define DP_COPY_OPEN 32
 
-int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const int64_t *ranges, size_t k,
-                   char *err, size_t errlen) {
-    int fds[DP_COPY_OPEN], owner[DP_COPY_OPEN]; /* owner[slot]: source index whose fd sits there, -1 none */
+int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const int64_t *ranges,
+                   size_t k, char *err, size_t errlen) {
+    int fds[DP_COPY_OPEN],
+        owner[DP_COPY_OPEN]; /* owner[slot]: source index whose fd sits there, -1 none */
     size_t bufcap = 1u << 20;
     uint8_t *buf = malloc(bufcap);
     int rc = -1;
-    for (int i = 0; i < DP_COPY_OPEN; i++) { fds[i] = -1; owner[i] = -1; }
-    if (!buf) { snprintf(err, errlen, "out of memory"); goto done; }
+    for (int i = 0; i < DP_COPY_OPEN; i++) {
+        fds[i] = -1;
+        owner[i] = -1;
+    }
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
     for (size_t r = 0; r < k; r++) {
         int64_t si = ranges[3 * r], off = ranges[3 * r + 1], len = ranges[3 * r + 2];
-        if (si < 0 || si >= n_src || off < 0 || len < 0) { snprintf(err, errlen, "bad range row %zu", r); goto done; }
+        if (si < 0 || si >= n_src || off < 0 || len < 0) {
+            snprintf(err, errlen, "bad range row %zu", r);
+            goto done;
+        }
         int slot = (int)(si % DP_COPY_OPEN);
         if (owner[slot] != (int)si) {
             if (fds[slot] >= 0) close(fds[slot]);
@@ -629,7 +727,8 @@ int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const in
             loff_t in_off = (loff_t)off;
             while (len > 0) {
                 ssize_t c = copy_file_range(in, &in_off, out_fd, NULL, (size_t)len, 0);
-                if (c <= 0) break; /* unsupported here, or EOF: the read/write loop below takes over */
+                if (c <= 0)
+                    break; /* unsupported here, or EOF: the read/write loop below takes over */
                 len -= c;
                 off += c;
             }
@@ -639,15 +738,18 @@ int dp_copy_ranges(int out_fd, const char *const *src_paths, int n_src, const in
             ssize_t got = pread(in, buf, want, (off_t)off);
             if (got < 0 && errno == EINTR) continue;
             if (got <= 0) {
-                snprintf(err, errlen, "%s: short read at byte %lld%s%s", src_paths[si], (long long)off,
-                         got < 0 ? ": " : "", got < 0 ? strerror(errno) : "");
+                snprintf(err, errlen, "%s: short read at byte %lld%s%s", src_paths[si],
+                         (long long)off, got < 0 ? ": " : "", got < 0 ? strerror(errno) : "");
                 goto done;
             }
             size_t done_w = 0;
             while (done_w < (size_t)got) {
                 ssize_t wr = write(out_fd, buf + done_w, (size_t)got - done_w);
                 if (wr < 0 && errno == EINTR) continue;
-                if (wr <= 0) { snprintf(err, errlen, "write failed: %s", strerror(wr < 0 ? errno : ENOSPC)); goto done; }
+                if (wr <= 0) {
+                    snprintf(err, errlen, "write failed: %s", strerror(wr < 0 ? errno : ENOSPC));
+                    goto done;
+                }
                 done_w += (size_t)wr;
             }
             len -= (int64_t)got;

@@ -20,9 +20,11 @@
 #include "dataprep/dataprep.h"
 
 typedef struct {
-    size_t a, b;            /* texts [a, b) */
-    uint16_t *tok; size_t n_tok;
-    dp_doc_meta *meta; size_t n_meta;
+    size_t a, b; /* texts [a, b) */
+    uint16_t *tok;
+    size_t n_tok;
+    dp_doc_meta *meta;
+    size_t n_meta;
     uint64_t repaired;
     int oom;
 } piece;
@@ -35,7 +37,8 @@ typedef struct {
     pthread_mutex_t mu;
 } texts_job;
 
-static void encode_piece(const dp_texts_opts *o, uint8_t *status, piece *p, uint8_t **scratch, size_t *scap) {
+static void encode_piece(const dp_texts_opts *o, uint8_t *status, piece *p, uint8_t **scratch,
+                         size_t *scap) {
     size_t max_tok = 0, n_ok = 0;
     for (size_t i = p->a; i < p->b; i++)
         if (status[i] == DP_OK) {
@@ -45,19 +48,31 @@ static void encode_piece(const dp_texts_opts *o, uint8_t *status, piece *p, uint
         }
     p->tok = malloc((max_tok ? max_tok : 1) * sizeof *p->tok);
     p->meta = malloc((n_ok ? n_ok : 1) * sizeof *p->meta);
-    if (!p->tok || !p->meta) { p->oom = 1; return; }
+    if (!p->tok || !p->meta) {
+        p->oom = 1;
+        return;
+    }
     for (size_t i = p->a; i < p->b; i++) {
         if (status[i] != DP_OK) continue;
-        if (o->cancel && *o->cancel) { p->oom = 2; return; }
+        if (o->cancel && *o->cancel) {
+            p->oom = 2;
+            return;
+        }
         const uint8_t *text = o->data + o->offsets[i];
         size_t tlen = (size_t)(o->offsets[i + 1] - o->offsets[i]);
         uint64_t nrep = 0;
         int script = dp_text_scan(text, tlen);
         if (script < 0) {
-            if (!o->repair_utf8) { status[i] = DP_INVALID_UTF8; continue; }
+            if (!o->repair_utf8) {
+                status[i] = DP_INVALID_UTF8;
+                continue;
+            }
             if (*scap < 3 * tlen + 1) {
                 uint8_t *ns = realloc(*scratch, 3 * tlen + 1);
-                if (!ns) { p->oom = 1; return; }
+                if (!ns) {
+                    p->oom = 1;
+                    return;
+                }
                 *scratch = ns;
                 *scap = 3 * tlen + 1;
             }
@@ -65,7 +80,10 @@ static void encode_piece(const dp_texts_opts *o, uint8_t *status, piece *p, uint
             text = *scratch;
             script = dp_text_scan(text, tlen);
         }
-        if (tlen == 0) { status[i] = DP_EMPTY; continue; }
+        if (tlen == 0) {
+            status[i] = DP_EMPTY;
+            continue;
+        }
         size_t n = o->encode(o->encode_ctx, text, tlen, p->tok + p->n_tok);
         p->tok[p->n_tok + n] = 0; /* end of document */
         p->n_tok += n + 1;
@@ -101,28 +119,45 @@ static int write_fd(int fd, const void *p, size_t n, char *err, size_t errlen) {
     while (n) {
         ssize_t w = write(fd, b, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) { snprintf(err, errlen, "write failed: %s", strerror(w < 0 ? errno : ENOSPC)); return -1; }
+        if (w <= 0) {
+            snprintf(err, errlen, "write failed: %s", strerror(w < 0 ? errno : ENOSPC));
+            return -1;
+        }
         b += w;
         n -= (size_t)w;
     }
     return 0;
 }
 
-int dp_encode_texts(const dp_texts_opts *o, uint8_t *status, dp_texts_result *res, char *err, size_t errlen) {
+int dp_encode_texts(const dp_texts_opts *o, uint8_t *status, dp_texts_result *res, char *err,
+                    size_t errlen) {
     memset(res, 0, sizeof *res);
-    if (o->n_threads < 1 || o->n_threads > 1024) { snprintf(err, errlen, "n_threads must be in 1..1024, got %d", o->n_threads); return -1; }
+    if (o->n_threads < 1 || o->n_threads > 1024) {
+        snprintf(err, errlen, "n_threads must be in 1..1024, got %d", o->n_threads);
+        return -1;
+    }
     for (size_t i = 0; i < o->n; i++)
-        if (o->offsets[i + 1] < o->offsets[i]) { snprintf(err, errlen, "offsets decrease at text %zu", i); return -1; }
+        if (o->offsets[i + 1] < o->offsets[i]) {
+            snprintf(err, errlen, "offsets decrease at text %zu", i);
+            return -1;
+        }
     /* pieces of about 1 MiB of text (or 4096 texts), in order */
     size_t cap = 16, n_pieces = 0;
     piece *pieces = calloc(cap, sizeof *pieces);
-    if (!pieces) { snprintf(err, errlen, "out of memory"); return -1; }
+    if (!pieces) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     for (size_t a = 0; a < o->n;) {
         size_t b = a;
         while (b < o->n && b - a < 4096 && o->offsets[b] - o->offsets[a] < (1 << 20)) b++;
         if (n_pieces == cap) {
             piece *np = realloc(pieces, 2 * cap * sizeof *np);
-            if (!np) { free(pieces); snprintf(err, errlen, "out of memory"); return -1; }
+            if (!np) {
+                free(pieces);
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
             memset(np + cap, 0, cap * sizeof *np);
             pieces = np;
             cap *= 2;
@@ -143,7 +178,8 @@ int dp_encode_texts(const dp_texts_opts *o, uint8_t *status, dp_texts_result *re
     pthread_mutex_destroy(&job.mu);
     for (size_t k = 0; k < n_pieces; k++)
         if (pieces[k].oom) {
-            snprintf(err, errlen, pieces[k].oom == 2 ? "cancelled" : "out of memory while tokenizing");
+            snprintf(err, errlen,
+                     pieces[k].oom == 2 ? "cancelled" : "out of memory while tokenizing");
             goto done;
         }
     for (size_t k = 0; k < n_pieces; k++) {

@@ -21,7 +21,11 @@ static char *slurp(const char *path, size_t *n) {
         if (len + 65536 > cap) {
             cap = cap ? 2 * cap : 1 << 20;
             char *nb = realloc(buf, cap);
-            if (!nb) { free(buf); fclose(f); return NULL; }
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
             buf = nb;
         }
         got = fread(buf + len, 1, 65536, f);
@@ -38,12 +42,14 @@ static char *generated_vocab(size_t *n) {
     size_t cap = 1 << 16, len = 0;
     char *v = malloc(cap);
     int id = 1;
-    for (int b = 0; b < 256; b++) len += (size_t)snprintf(v + len, cap - len, "%d b'\\x%02x' 1\n", id++, b);
+    for (int b = 0; b < 256; b++)
+        len += (size_t)snprintf(v + len, cap - len, "%d b'\\x%02x' 1\n", id++, b);
     const char *alpha[] = {"a", "b", "\\xe4"};
     for (int L = 2; L <= 6; L++) {
         for (int m = 0; m < (1 << L) && m < 40; m++) {
             char lit[64] = "";
-            for (int k = 0; k < L; k++) strcat(lit, alpha[((m >> k) & 1) + (k == L - 1 && (m & 4))]);
+            for (int k = 0; k < L; k++)
+                strcat(lit, alpha[((m >> k) & 1) + (k == L - 1 && (m & 4))]);
             len += (size_t)snprintf(v + len, cap - len, "%d b'%s' %d\n", id++, lit, L);
         }
     }
@@ -52,14 +58,18 @@ static char *generated_vocab(size_t *n) {
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     size_t n = 0;
     const char *path = getenv("RWKV5_VOCAB");
     char *v = slurp(path ? path : "../shared/fixtures/rwkv_vocab_v20230424.txt", &n);
     if (!v) v = generated_vocab(&n);
     char err[256];
     tok = wt_load(v, n, err, sizeof err);
-    if (!tok) { fprintf(stderr, "vocab refused: %s\n", err); abort(); }
+    if (!tok) {
+        fprintf(stderr, "vocab refused: %s\n", err);
+        abort();
+    }
     free(v);
     return 0;
 }
@@ -93,7 +103,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_ASSERT(nc == na && memcmp(a, c, na * sizeof *a) == 0);
     /* batch: the input cut in three texts at positions taken from its first bytes */
     size_t cut1 = size ? data[0] % (size + 1) : 0, cut2 = size > 1 ? data[1] % (size + 1) : 0;
-    if (cut1 > cut2) { size_t t = cut1; cut1 = cut2; cut2 = t; }
+    if (cut1 > cut2) {
+        size_t t = cut1;
+        cut1 = cut2;
+        cut2 = t;
+    }
     const uint8_t *texts[3] = {data, data + cut1, data + cut2};
     size_t lens[3] = {cut1, cut2 - cut1, size - cut2}, off[3] = {0, cut1, cut2}, nout[3];
     wt_encode_batch(tok, 3, texts, lens, c, off, nout, 2);
@@ -101,6 +115,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t nk = wt_encode(tok, texts[k], lens[k], a);
         FUZZ_ASSERT(nout[k] == nk && memcmp(a, c + off[k], nk * sizeof *a) == 0);
     }
-    free(a); free(b); free(c);
+    free(a);
+    free(b);
+    free(c);
     return 0;
 }

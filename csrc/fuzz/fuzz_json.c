@@ -28,7 +28,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memset(lang, 'x', sizeof lang);
     uint64_t n_rep = 0;
     int script = -7;
-    int st = dp_json_extract(in, n, field, lang_field, repair, out, &out_len, lang, &n_rep, &script);
+    int st =
+        dp_json_extract(in, n, field, lang_field, repair, out, &out_len, lang, &n_rep, &script);
     FUZZ_ASSERT(st >= 0 && st < DP_N_STATUS);
     if (st == DP_OK) {
         FUZZ_ASSERT(out_len <= cap); /* 0 is DP_OK here: the task runner makes it DP_EMPTY */

@@ -1,5 +1,5 @@
-// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
-// LIBS: -lzstd -lz -lbz2 -llzma
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c
+// csrc/dataprep/dp_task.c LIBS: -lzstd -lz -lbz2 -llzma
 /* Fuzz target: the task runner (dp_run_task) reading a fuzzed input file: every record format
  * (dp_record_formats) behind every codec (dp_codecs), the file being either the raw fuzzed bytes
  * (so the decoders see garbage) or the fuzzed bytes properly compressed by that codec (so the
@@ -34,7 +34,8 @@ static size_t byte_encode(const void *ctx, const uint8_t *t, size_t n, uint16_t 
 static void remove_input(void) { unlink(in_path); }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc; (void)argv;
+    (void)argc;
+    (void)argv;
     atexit(remove_input);
     const char *dir = getenv("TMPDIR");
     if (!dir) dir = "/tmp";
@@ -70,7 +71,8 @@ static uint8_t *compress_body(int codec, const uint8_t *body, size_t n, size_t *
     case DP_CODEC_GZIP: {
         z_stream zs;
         memset(&zs, 0, sizeof zs);
-        FUZZ_ASSERT(deflateInit2(&zs, 1, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+        FUZZ_ASSERT(deflateInit2(&zs, 1, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) ==
+                    Z_OK);
         size_t cap = deflateBound(&zs, (uLong)n) + 64;
         z = malloc(cap);
         zs.next_in = (Bytef *)body;
@@ -85,7 +87,8 @@ static uint8_t *compress_body(int codec, const uint8_t *body, size_t n, size_t *
     case DP_CODEC_BZIP2: {
         unsigned cap = (unsigned)(n + n / 100 + 601);
         z = malloc(cap);
-        FUZZ_ASSERT(BZ2_bzBuffToBuffCompress((char *)z, &cap, (char *)body, (unsigned)n, 1, 0, 0) == BZ_OK);
+        FUZZ_ASSERT(BZ2_bzBuffToBuffCompress((char *)z, &cap, (char *)body, (unsigned)n, 1, 0, 0) ==
+                    BZ_OK);
         *zn = cap;
         break;
     }
@@ -93,7 +96,8 @@ static uint8_t *compress_body(int codec, const uint8_t *body, size_t n, size_t *
         size_t cap = lzma_stream_buffer_bound(n);
         z = malloc(cap);
         *zn = 0;
-        FUZZ_ASSERT(lzma_easy_buffer_encode(0, LZMA_CHECK_CRC32, NULL, body, n, z, zn, cap) == LZMA_OK);
+        FUZZ_ASSERT(lzma_easy_buffer_encode(0, LZMA_CHECK_CRC32, NULL, body, n, z, zn, cap) ==
+                    LZMA_OK);
         break;
     }
     default:
@@ -152,7 +156,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         dp_doc_meta m;
         uint64_t sum = 0, bytes = 0;
         while (fread(&m, sizeof m, 1, f) == 1) {
-            sum += m.n_tokens; bytes += m.n_bytes;
+            sum += m.n_tokens;
+            bytes += m.n_bytes;
             FUZZ_ASSERT(m.lang < res.n_langs && m.script < DP_N_SCRIPTS);
             FUZZ_ASSERT(m.n_tokens == m.n_bytes + 1); /* byte-level encoder plus the 0 */
         }

@@ -24,8 +24,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
         size_t sub = 0;
         int L = dp_utf8_seq(in + i, n - i, &sub);
         FUZZ_ASSERT(L >= 0 && L <= 4);
-        if (L > 0) { FUZZ_ASSERT((size_t)L <= n - i); i += (size_t)L; }
-        else { FUZZ_ASSERT(sub >= 1 && sub <= 3 && sub <= n - i); subparts++; i += sub; }
+        if (L > 0) {
+            FUZZ_ASSERT((size_t)L <= n - i);
+            i += (size_t)L;
+        } else {
+            FUZZ_ASSERT(sub >= 1 && sub <= 3 && sub <= n - i);
+            subparts++;
+            i += sub;
+        }
     }
     int valid = subparts == 0;
     if (valid) {
@@ -49,6 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
     dp_hash128(in, n, h1);
     dp_hash128(data, n, h2);
     FUZZ_ASSERT(h1[0] == h2[0] && h1[1] == h2[1]);
-    free(in); free(dst); free(rep);
+    free(in);
+    free(dst);
+    free(rep);
     return 0;
 }

@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     wt_tokenizer *tok = wt_load((const char *)data, size, err, sizeof err);
     if (!tok) {
         FUZZ_ASSERT(memchr(err, 0, sizeof err) != NULL); /* message NUL-terminated in bounds */
-        FUZZ_ASSERT(err[0] != 0);                         /* and not empty */
+        FUZZ_ASSERT(err[0] != 0);                        /* and not empty */
         return 0;
     }
     uint32_t nv = wt_n_vocab(tok);
@@ -23,7 +23,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (uint32_t id = 0; id < nv + 2; id++) {
         size_t len = 7;
         const uint8_t *b = wt_token_bytes(tok, id, &len);
-        if (!b) { FUZZ_ASSERT(len == 0); continue; }
+        if (!b) {
+            FUZZ_ASSERT(len == 0);
+            continue;
+        }
         FUZZ_ASSERT(len >= 1 && len <= maxlen);
         uint32_t back = 0;
         FUZZ_ASSERT(wt_token_to_id(tok, b, len, &back) == 1);

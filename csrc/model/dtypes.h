@@ -1,6 +1,7 @@
 /* Storage types of the large matrices ("weight dtypes"): the one table of their facts, and the
  * portable decoding of one element. Pure C. docs/adding-a-dtype.md says what else a new one needs
- * (a decode per SIMD target in matmul.c and neon.c, and the Python conversion in rwkv5/model.py). */
+ * (a decode per SIMD target in matmul.c and neon.c, and the Python conversion in rwkv5/model.py).
+ */
 #ifndef RWKV5_DTYPES_H
 #define RWKV5_DTYPES_H
 
@@ -11,24 +12,24 @@
 /* Storage type of a matrix (rwkv5_mat.dtype). Kernels widen to fp32 on the fly. */
 typedef enum {
     RWKV5_F32 = 0,
-    RWKV5_F16 = 1,   /* IEEE half */
-    RWKV5_BF16 = 2,  /* top 16 bits of an fp32 */
-    RWKV5_I8 = 3,    /* int8 q with one fp32 scale per row (`scale`): W[o][i] = q[o][i] * scale[o] */
-    RWKV5_I4 = 4,    /* 4-bit q in blocks of 64 weights carrying their own scales (below):
-                        W[o][i] = q * (scale of the group of 32 that i is in) */
-    RWKV5_N_DTYPES   /* the number of storage types */
+    RWKV5_F16 = 1,  /* IEEE half */
+    RWKV5_BF16 = 2, /* top 16 bits of an fp32 */
+    RWKV5_I8 = 3,   /* int8 q with one fp32 scale per row (`scale`): W[o][i] = q[o][i] * scale[o] */
+    RWKV5_I4 = 4,   /* 4-bit q in blocks of 64 weights carrying their own scales (below):
+                       W[o][i] = q * (scale of the group of 32 that i is in) */
+    RWKV5_N_DTYPES  /* the number of storage types */
 } rwkv5_dtype;
 
 typedef struct {
-    const char *name;  /* the name Python uses (Model.from_state_dict(dtype=...), _model.DTYPES) */
-    int elem_bytes;    /* bytes per element of the array holding it; divides 64 (a line of the
-                          blocked layout holds 64 / elem_bytes elements). A block type: 1 (bytes) */
-    int row_scale;     /* 1: each row has an fp32 scale (rwkv5_mat.scale) its dot products are
-                          multiplied by; 0: scale is NULL */
-    int block;         /* 0: an element type. > 0: a block type: each row is ceil(cols / block)
-                          blocks of block_bytes bytes holding `block` weights and their scales
-                          (row-major layout only; the row kernels and the GEMM packing are the
-                          type's own functions) */
+    const char *name; /* the name Python uses (Model.from_state_dict(dtype=...), _model.DTYPES) */
+    int elem_bytes;   /* bytes per element of the array holding it; divides 64 (a line of the
+                         blocked layout holds 64 / elem_bytes elements). A block type: 1 (bytes) */
+    int row_scale;    /* 1: each row has an fp32 scale (rwkv5_mat.scale) its dot products are
+                         multiplied by; 0: scale is NULL */
+    int block;        /* 0: an element type. > 0: a block type: each row is ceil(cols / block)
+                         blocks of block_bytes bytes holding `block` weights and their scales
+                         (row-major layout only; the row kernels and the GEMM packing are the
+                         type's own functions) */
     int block_bytes;
 } rwkv5_dtype_info;
 
@@ -38,7 +39,7 @@ typedef struct {
  *   the low nibble and weight b + 16 in the high one, each a 4-bit two's complement q in [-8, 7].
  * W = q * s. This is ggml's Q4_0 (there the nibble is q + 8 and one block is one group). Weights
  * past the row's end are 0. 0.5625 bytes per weight. */
-#define RWKV5_I4_BLOCK 64
+#define RWKV5_I4_BLOCK       64
 #define RWKV5_I4_BLOCK_BYTES 36
 
 /* Indexed by rwkv5_dtype. `static` so that a lookup with a constant index folds to a constant in
@@ -73,12 +74,14 @@ static inline float rwkv5_bf16_to_f32(uint16_t h) {
 static inline float rwkv5_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
     float f;
-    if (e == 0) {                       /* zero or subnormal: mant * 2^-24, exact in fp32 */
+    if (e == 0) { /* zero or subnormal: mant * 2^-24, exact in fp32 */
         f = (float)mant * 5.9604644775390625e-8f;
         return sign ? -f : f;
     }
-    if (e == 31) u = sign | 0x7f800000u | (mant << 13);          /* inf / nan */
-    else u = sign | ((e - 15 + 127) << 23) | (mant << 13);
+    if (e == 31)
+        u = sign | 0x7f800000u | (mant << 13); /* inf / nan */
+    else
+        u = sign | ((e - 15 + 127) << 23) | (mant << 13);
     memcpy(&f, &u, 4);
     return f;
 }
@@ -103,9 +106,11 @@ static inline float rwkv5_ld_bf16(const void *p, size_t i) {
 }
 static inline float rwkv5_ld_i8(const void *p, size_t i) { return (float)((const int8_t *)p)[i]; }
 
-/* int4 (RWKV5_I4): q of weight i of a row starting at `row`, and the scale of its group g = i / 32 */
+/* int4 (RWKV5_I4): q of weight i of a row starting at `row`, and the scale of its group g = i / 32
+ */
 static inline int rwkv5_i4_q(const void *row, size_t i) {
-    const unsigned char *g = (const unsigned char *)row + i / 64 * RWKV5_I4_BLOCK_BYTES + 4 + i % 64 / 32 * 16;
+    const unsigned char *g =
+        (const unsigned char *)row + i / 64 * RWKV5_I4_BLOCK_BYTES + 4 + i % 64 / 32 * 16;
     size_t k = i % 32;
     int v = k < 16 ? g[k] & 15 : g[k - 16] >> 4;
     return (v ^ 8) - 8;
@@ -120,10 +125,14 @@ static inline float rwkv5_i4_scale(const void *row, size_t g) {
  * constant dtype inside the kernels, where the switch disappears. */
 static inline __attribute__((always_inline)) float rwkv5_load(int dtype, const void *p) {
     switch (dtype) {
-    case RWKV5_F16: return rwkv5_ld_f16(p, 0);
-    case RWKV5_BF16: return rwkv5_ld_bf16(p, 0);
-    case RWKV5_I8: return rwkv5_ld_i8(p, 0);
-    default: return rwkv5_ld_f32(p, 0);
+    case RWKV5_F16:
+        return rwkv5_ld_f16(p, 0);
+    case RWKV5_BF16:
+        return rwkv5_ld_bf16(p, 0);
+    case RWKV5_I8:
+        return rwkv5_ld_i8(p, 0);
+    default:
+        return rwkv5_ld_f32(p, 0);
     }
 }
 

@@ -10,12 +10,18 @@
 
 int rwkv5_ggml_block_bytes(int kind) {
     switch (kind) {
-        case RWKV5_Q4_0: return 18;
-        case RWKV5_Q4_1: return 20;
-        case RWKV5_Q5_0: return 22;
-        case RWKV5_Q5_1: return 24;
-        case RWKV5_Q8_0: return 34;
-        default: return 0;
+    case RWKV5_Q4_0:
+        return 18;
+    case RWKV5_Q4_1:
+        return 20;
+    case RWKV5_Q5_0:
+        return 22;
+    case RWKV5_Q5_1:
+        return 24;
+    case RWKV5_Q8_0:
+        return 34;
+    default:
+        return 0;
     }
 }
 
@@ -43,7 +49,7 @@ static void unpack4(float *q, const unsigned char *qs, int zero) {
 
 /* q[32] <- the 4-bit values of qs[16] with the fifth bits of qh, minus zero */
 static void unpack5(float *q, const unsigned char *qs, uint32_t qh, int zero) {
-    unsigned char hb[RWKV5_QK];   /* hb[j] = 16 if bit j of qh is set, else 0 */
+    unsigned char hb[RWKV5_QK]; /* hb[j] = 16 if bit j of qh is set, else 0 */
     for (int i = 0; i < 4; i++) {
         uint64_t v = fifth_bits8(qh >> (8 * i));
         for (int k = 0; k < 8; k++) hb[8 * i + k] = (unsigned char)(v >> (8 * k));
@@ -55,8 +61,8 @@ static void unpack5(float *q, const unsigned char *qs, uint32_t qh, int zero) {
 }
 
 /* The loop for one kind: called with a constant kind, so each copy keeps only its own branches. */
-static inline __attribute__((always_inline)) int64_t dequantize_kind(float *out, const void *blocks,
-                                                                      int64_t nblocks, const int kind) {
+static inline __attribute__((always_inline)) int64_t
+dequantize_kind(float *out, const void *blocks, int64_t nblocks, const int kind) {
     const int bytes = rwkv5_ggml_block_bytes(kind);
     const int has_m = kind == RWKV5_Q4_1 || kind == RWKV5_Q5_1;
     const int has_qh = kind == RWKV5_Q5_0 || kind == RWKV5_Q5_1;
@@ -70,7 +76,8 @@ static inline __attribute__((always_inline)) int64_t dequantize_kind(float *out,
         if (kind == RWKV5_Q8_0) {
             for (int j = 0; j < RWKV5_QK; j++) q[j] = (float)(int8_t)p[j];
         } else if (has_qh) {
-            const uint32_t qh = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            const uint32_t qh =
+                (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
             unpack5(q, p + 4, qh, zero);
         } else {
             unpack4(q, p, zero);
@@ -86,12 +93,18 @@ static inline __attribute__((always_inline)) int64_t dequantize_kind(float *out,
 
 int64_t rwkv5_ggml_dequantize(float *out, const void *blocks, int64_t nblocks, int kind) {
     switch (kind) {
-        case RWKV5_Q4_0: return dequantize_kind(out, blocks, nblocks, RWKV5_Q4_0);
-        case RWKV5_Q4_1: return dequantize_kind(out, blocks, nblocks, RWKV5_Q4_1);
-        case RWKV5_Q5_0: return dequantize_kind(out, blocks, nblocks, RWKV5_Q5_0);
-        case RWKV5_Q5_1: return dequantize_kind(out, blocks, nblocks, RWKV5_Q5_1);
-        case RWKV5_Q8_0: return dequantize_kind(out, blocks, nblocks, RWKV5_Q8_0);
-        default: return -2;
+    case RWKV5_Q4_0:
+        return dequantize_kind(out, blocks, nblocks, RWKV5_Q4_0);
+    case RWKV5_Q4_1:
+        return dequantize_kind(out, blocks, nblocks, RWKV5_Q4_1);
+    case RWKV5_Q5_0:
+        return dequantize_kind(out, blocks, nblocks, RWKV5_Q5_0);
+    case RWKV5_Q5_1:
+        return dequantize_kind(out, blocks, nblocks, RWKV5_Q5_1);
+    case RWKV5_Q8_0:
+        return dequantize_kind(out, blocks, nblocks, RWKV5_Q8_0);
+    default:
+        return -2;
     }
 }
 
@@ -101,12 +114,13 @@ typedef struct {
     float *out;
     const unsigned char *blocks;
     int kind, bytes;
-    _Atomic int64_t bad;   /* the first bad block found so far, -1 while none */
+    _Atomic int64_t bad; /* the first bad block found so far, -1 while none */
 } dequant_job;
 
 static void dequant_range(void *ctx, int64_t b0, int64_t b1) {
     dequant_job *job = (dequant_job *)ctx;
-    int64_t r = rwkv5_ggml_dequantize(job->out + b0 * RWKV5_QK, job->blocks + b0 * job->bytes, b1 - b0, job->kind);
+    int64_t r = rwkv5_ggml_dequantize(job->out + b0 * RWKV5_QK, job->blocks + b0 * job->bytes,
+                                      b1 - b0, job->kind);
     if (r < 0) return;
     int64_t want = b0 + r, cur = atomic_load(&job->bad);
     while ((cur < 0 || want < cur) && !atomic_compare_exchange_weak(&job->bad, &cur, want)) {
@@ -117,6 +131,6 @@ int64_t rwkv5_ggml_dequantize_threads(float *out, const void *blocks, int64_t nb
     const int bytes = rwkv5_ggml_block_bytes(kind);
     if (!bytes) return -2;
     dequant_job job = {out, (const unsigned char *)blocks, kind, bytes, -1};
-    rwkv5_parallel_for(nblocks, 1 << 13, dequant_range, &job);   /* pieces of >= 256K weights */
+    rwkv5_parallel_for(nblocks, 1 << 13, dequant_range, &job); /* pieces of >= 256K weights */
     return atomic_load(&job.bad);
 }

@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#define RWKV5_QK 32   /* weights per block */
+#define RWKV5_QK 32 /* weights per block */
 
 /* rwkv.cpp's data type ids of the block formats */
 enum { RWKV5_Q4_0 = 2, RWKV5_Q4_1 = 3, RWKV5_Q5_0 = 7, RWKV5_Q5_1 = 8, RWKV5_Q8_0 = 9 };
@@ -23,9 +23,9 @@ enum { RWKV5_Q4_0 = 2, RWKV5_Q4_1 = 3, RWKV5_Q5_0 = 7, RWKV5_Q5_1 = 8, RWKV5_Q8_
 /* Bytes per block of `kind`, 0 for an unknown kind. */
 int rwkv5_ggml_block_bytes(int kind);
 
-/* out (nblocks * 32 floats) <- the weights of `nblocks` blocks of `kind` at `blocks` (any alignment).
- * Returns -1 when done; the index of the first block whose d or m is not finite (inf/NaN; out is
- * filled up to that block); -2 for an unknown kind. */
+/* out (nblocks * 32 floats) <- the weights of `nblocks` blocks of `kind` at `blocks` (any
+ * alignment). Returns -1 when done; the index of the first block whose d or m is not finite
+ * (inf/NaN; out is filled up to that block); -2 for an unknown kind. */
 int64_t rwkv5_ggml_dequantize(float *out, const void *blocks, int64_t nblocks, int kind);
 
 /* The same split over the thread pool (rwkv5_parallel_for); on a bad block, returns the first one

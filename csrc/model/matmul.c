@@ -1,5 +1,5 @@
-/* out = x @ W^T with W stored in any of the storage types of rwkv5_dtypes (dtypes.h), widened to fp32
- * in registers. Two families, at the ISA level chosen at run time (rwkv5_cpu_isa):
+/* out = x @ W^T with W stored in any of the storage types of rwkv5_dtypes (dtypes.h), widened to
+ * fp32 in registers. Two families, at the ISA level chosen at run time (rwkv5_cpu_isa):
  *  - row kernels (recurrent mode, small M): each output is one dot product of length n, 4 weight
  *    rows at a time so every widened weight vector feeds up to 4x4 FMAs; threads take contiguous
  *    blocks of rows, so the weights stream from memory once per call. Every kernel reads both
@@ -32,7 +32,8 @@
 /* out[m][o] = scale[o] * sum_i x[m][i] W[o][i] for o in [o0, o1), one dot product at a time, in
  * input order. Weight rows are addressed in bytes (`const unsigned char *`): storage may be
  * unaligned. `dt` is a constant in every caller (the per-dtype functions below). */
-INL void rows_scalar(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+INL void rows_scalar(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0,
+                     int o1) {
     size_t n = (size_t)w->cols, d = (size_t)w->rows, cs = RWKV5_LINE_STRIDE(w);
     const size_t esz = rwkv5_esz(dt);
     for (int o = o0; o < o1; o++) {
@@ -41,7 +42,8 @@ INL void rows_scalar(int dt, float *out, const float *x, const rwkv5_mat *w, int
             const float *xm = x + (size_t)m * n;
             /* out[m][o] = sum_i x[m][i] * W[o][i] */
             float acc = 0.0f;
-            for (size_t i = 0; i < n; i++) acc += xm[i] * rwkv5_load(dt, wr + RWKV5_COL_OFF(i, esz, cs));
+            for (size_t i = 0; i < n; i++)
+                acc += xm[i] * rwkv5_load(dt, wr + RWKV5_COL_OFF(i, esz, cs));
             out[(size_t)m * d + o] = acc * rwkv5_row_scale(w, o);
         }
     }
@@ -60,21 +62,23 @@ INL void pack_scalar(int dt, float *Bp, const rwkv5_mat *w, int o, size_t k0, in
         const unsigned char *row = rwkv5_row_ptr(w, (size_t)(o + r));
         float s = rwkv5_row_scale(w, o + r);
         if (rwkv5_dtypes[dt].row_scale)
-            for (int i = 0; i < kc; i++) dst[i] = rwkv5_load(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs)) * s;
+            for (int i = 0; i < kc; i++)
+                dst[i] = rwkv5_load(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs)) * s;
         else
-            for (int i = 0; i < kc; i++) dst[i] = rwkv5_load(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs));
+            for (int i = 0; i < kc; i++)
+                dst[i] = rwkv5_load(dt, row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs));
     }
 }
 
 /* The per-dtype instances that the dispatch table (end of file) holds: each calls an always-inline
  * body with a constant dtype, compiled for the target ATTR. */
-#define ROWS_FN(NAME, ATTR, BODY, DT)                                                               \
+#define ROWS_FN(NAME, ATTR, BODY, DT)                                                              \
     ATTR static void NAME(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) { \
-        BODY(DT, out, x, w, M, o0, o1);                                                             \
+        BODY(DT, out, x, w, M, o0, o1);                                                            \
     }
-#define PACK_FN(NAME, ATTR, BODY, DT)                                                               \
-    ATTR static void NAME(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {              \
-        BODY(DT, Bp, w, o, k0, kc);                                                                 \
+#define PACK_FN(NAME, ATTR, BODY, DT)                                                              \
+    ATTR static void NAME(float *Bp, const rwkv5_mat *w, int o, size_t k0, int kc) {               \
+        BODY(DT, Bp, w, o, k0, kc);                                                                \
     }
 #define NO_ATTR
 
@@ -146,7 +150,8 @@ INL void pf_next(const unsigned char *nx, size_t byte_off) {
     if (nx) prefetch_256(nx + 4 * byte_off);
 }
 /* pf_next at element i of a row of esz-byte elements: the loops consume 4 rows x i*esz bytes, so
- * the next block's bytes [4*i*esz, +256) are prefetched each time that offset reaches a multiple of 256 */
+ * the next block's bytes [4*i*esz, +256) are prefetched each time that offset reaches a multiple of
+ * 256 */
 INL void pf_next_at(const unsigned char *nx, size_t i, size_t esz) {
     if ((4 * i * esz) % 256 == 0) pf_next(nx, i * esz);
 }
@@ -159,7 +164,7 @@ static inline const unsigned char *next_block(const rwkv5_mat *w, int o, int o1)
  * prefetcher alone keeps fewer misses in flight than one thread needs (4 KB ahead; 8 KB for int8:
  * docs/performance.md). */
 #define PF_AHEAD_BYTES 4096
-#define PF_AHEAD_I8 8192
+#define PF_AHEAD_I8    8192
 INL void pf_ahead(const unsigned char *p, size_t dist) { prefetch_256(p + dist); }
 
 /* ---------------- AVX-512: 16 lanes, 4 output rows at a time, masked tail ---------------- */
@@ -168,23 +173,27 @@ INL void pf_ahead(const unsigned char *p, size_t dist) { prefetch_256(p + dist);
 /* the (masked, unaligned) 16 elements stored from byte p as fp32 */
 T512 INL __m512 ld512(int dt, const unsigned char *p, __mmask16 k) {
     switch (dt) {
-    case RWKV5_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+    case RWKV5_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
     case RWKV5_BF16: {
         __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
         return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
     }
-    case RWKV5_I8: return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p)));
-    default: return _mm512_maskz_loadu_ps(k, p);
+    case RWKV5_I8:
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p)));
+    default:
+        return _mm512_maskz_loadu_ps(k, p);
     }
 }
 
-T512 INL void rows_avx512(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+T512 INL void rows_avx512(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0,
+                          int o1) {
     size_t n = (size_t)w->cols, d = (size_t)w->rows;
     size_t nfull = n & ~(size_t)15;
     __mmask16 tail = (__mmask16)((1u << (n - nfull)) - 1u);
     size_t cs = RWKV5_LINE_STRIDE(w);
     const size_t esz = rwkv5_esz(dt);
-#define OFF(i) RWKV5_COL_OFF(i, esz, cs)
+#define OFF(i)  RWKV5_COL_OFF(i, esz, cs)
 #define ROWP(o) rwkv5_row_ptr(w, (size_t)(o))
     int o = o0;
     for (; o + 4 <= o1; o += 4) {
@@ -198,16 +207,18 @@ T512 INL void rows_avx512(int dt, float *out, const float *x, const rwkv5_mat *w
                 for (int b = 0; b < 4; b++) acc[a][b] = _mm512_setzero_ps();
             for (size_t i = 0; i < n; i += 16) {
                 __mmask16 k = i < nfull ? (__mmask16)0xffff : tail;
-                __m512 wv[4] = {ld512(dt, w0 + OFF(i), k), ld512(dt, w1 + OFF(i), k), ld512(dt, w2 + OFF(i), k),
-                                ld512(dt, w3 + OFF(i), k)};
+                __m512 wv[4] = {ld512(dt, w0 + OFF(i), k), ld512(dt, w1 + OFF(i), k),
+                                ld512(dt, w2 + OFF(i), k), ld512(dt, w3 + OFF(i), k)};
                 __m512 xv[4] = {_mm512_maskz_loadu_ps(k, x0 + i), _mm512_maskz_loadu_ps(k, x1 + i),
                                 _mm512_maskz_loadu_ps(k, x2 + i), _mm512_maskz_loadu_ps(k, x3 + i)};
                 for (int a = 0; a < 4; a++)
-                    for (int b = 0; b < 4; b++) acc[a][b] = _mm512_fmadd_ps(xv[a], wv[b], acc[a][b]);
+                    for (int b = 0; b < 4; b++)
+                        acc[a][b] = _mm512_fmadd_ps(xv[a], wv[b], acc[a][b]);
             }
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 4; b++)
-                    out[(size_t)(m + a) * d + o + b] = _mm512_reduce_add_ps(acc[a][b]) * rwkv5_row_scale(w, o + b);
+                    out[(size_t)(m + a) * d + o + b] =
+                        _mm512_reduce_add_ps(acc[a][b]) * rwkv5_row_scale(w, o + b);
         }
         const unsigned char *nx = next_block(w, o, o1);
         for (; m < M; m++) {
@@ -243,8 +254,11 @@ T512 INL void rows_avx512(int dt, float *out, const float *x, const rwkv5_mat *w
             const float *xm = x + (size_t)m * n;
             __m512 a0 = _mm512_setzero_ps();
             size_t i = 0;
-            for (; i < nfull; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + i), ld512(dt, w0 + OFF(i), 0xffff), a0);
-            if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + i), ld512(dt, w0 + OFF(i), tail), a0);
+            for (; i < nfull; i += 16)
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xm + i), ld512(dt, w0 + OFF(i), 0xffff), a0);
+            if (tail)
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xm + i),
+                                     ld512(dt, w0 + OFF(i), tail), a0);
             out[(size_t)m * d + o] = _mm512_reduce_add_ps(a0) * rwkv5_row_scale(w, o);
         }
     }
@@ -271,11 +285,13 @@ ROWS_FN(mm_avx512_i8, T512, rows_avx512, RWKV5_I8)
 
 T512 INL void widen_bf16x32(const unsigned char *p, __m512 *w) {
     __m512i v = _mm512_loadu_si512((const void *)p);
-    w[0] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                               /* even i */
-    w[1] = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));  /* odd i */
+    w[0] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)); /* even i */
+    w[1] =
+        _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u))); /* odd i */
 }
 
-T512 static void mm_avx512p_bf16(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+T512 static void mm_avx512p_bf16(float *out, const float *x, const rwkv5_mat *w, int M, int o0,
+                                 int o1) {
     enum { E = 2 };
     size_t n = (size_t)w->cols, d = (size_t)w->rows, blk = 16 * E;
     if (n > XP_MAX) {
@@ -309,39 +325,43 @@ T512 static void mm_avx512p_bf16(float *out, const float *x, const rwkv5_mat *w,
                 for (int k = 0; k < 4; k++) {
                     __m512 wv[E];
                     widen_bf16x32(wr[k] + RWKV5_COL_OFF(b, esz, cs), wv);
-                    for (int e = 0; e < E; e++) acc[k][e] = _mm512_fmadd_ps(xv[e], wv[e], acc[k][e]);
+                    for (int e = 0; e < E; e++)
+                        acc[k][e] = _mm512_fmadd_ps(xv[e], wv[e], acc[k][e]);
                 }
             }
             for (int k = 0; k < nr; k++) {
                 __m512 a = acc[k][0];
                 for (int e = 1; e < E; e++) a = _mm512_add_ps(a, acc[k][e]);
                 float sum = _mm512_reduce_add_ps(a);
-                for (size_t i = nfull; i < n; i++) sum += xm[i] * rwkv5_ld_bf16(wr[k] + RWKV5_COL_OFF(i, esz, cs), 0);
+                for (size_t i = nfull; i < n; i++)
+                    sum += xm[i] * rwkv5_ld_bf16(wr[k] + RWKV5_COL_OFF(i, esz, cs), 0);
                 out[(size_t)m * d + o + k] = sum * rwkv5_row_scale(w, o + k);
             }
         }
     }
 }
-/* ---------------- AVX-512 VNNI: int8 rows by dot-product instructions, no widening ----------------
- * Widening each weight to fp32 costs more instructions than the multiply itself and bounds one
- * thread below the memory bandwidth (docs/performance.md). Here x is turned once per call piece
- * into narrow integer parts that vpdpbusd multiplies with the stored weight bytes directly:
- * x is quantised per input row to integers q = round(x / s), |q| <= XQ (24 bits), s = max|x| / XQ,
- * written as XQ_PARTS = 3 balanced base-256 digits q = 65536*d2 + 256*d1 + d0, each a signed byte.
- * vpdpbusd multiplies unsigned by signed bytes, so the weight byte w is fed as the unsigned byte
- * w + 128 (one xor): sum (w+128)*d = sum w*d + 128*sum(d), and the second term is a constant of the
- * x row. All sums are exact integers (|partial| < 2^31 for n <= XP_MAX); the result is
- * s * scale[o] * sum_p 256^p (acc_p - 128*sum d_p). The only rounding is the quantisation of x,
+/* ---------------- AVX-512 VNNI: int8 rows by dot-product instructions, no widening
+ * ---------------- Widening each weight to fp32 costs more instructions than the multiply itself
+ * and bounds one thread below the memory bandwidth (docs/performance.md). Here x is turned once per
+ * call piece into narrow integer parts that vpdpbusd multiplies with the stored weight bytes
+ * directly: x is quantised per input row to integers q = round(x / s), |q| <= XQ (24 bits), s =
+ * max|x| / XQ, written as XQ_PARTS = 3 balanced base-256 digits q = 65536*d2 + 256*d1 + d0, each a
+ * signed byte. vpdpbusd multiplies unsigned by signed bytes, so the weight byte w is fed as the
+ * unsigned byte w + 128 (one xor): sum (w+128)*d = sum w*d + 128*sum(d), and the second term is a
+ * constant of the x row. All sums are exact integers (|partial| < 2^31 for n <= XP_MAX); the result
+ * is s * scale[o] * sum_p 256^p (acc_p - 128*sum d_p). The only rounding is the quantisation of x,
  * |error| <= s/2 * sum|w|: a 24-bit x against 8-bit weights. Per 64 weights and row: an xor and 3
  * vpdpbusd instead of 12 (sign-extend, convert, FMA per 16). Measured: 16-bit x (two digits) ran
  * 11% faster but moved a test model's logits by 1.6e-3, above the 1e-4 the model is held to.
  * Tails (n not a multiple of 64) use masked weight loads and zero-padded x parts. Every result
  * depends only on its own x row and weight row: the same bits alone or in a batch. */
-#define T512V __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
-#define XQ_PARTS 3          /* base-256 digits of the quantised x (the main loop is written out for 3) */
-#define XQ 8355711         /* 127 * (65536 + 256 + 1): the largest |q| with XQ_PARTS balanced digits */
+#define T512V    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
+#define XQ_PARTS 3 /* base-256 digits of the quantised x (the main loop is written out for 3) */
+/* XQ = 127 * (65536 + 256 + 1): the largest |q| with XQ_PARTS balanced digits */
+#define XQ 8355711
 
-T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, int M, int o0,
+                                int o1) {
     size_t n = (size_t)w->cols, d = (size_t)w->rows;
     if (n > XP_MAX) {
         mm_avx512_i8(out, x, w, M, o0, o1);
@@ -365,7 +385,8 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
             vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
         }
         float amax = _mm512_reduce_max_ps(vmax);
-        if (nan || !isfinite(amax)) {   /* inf/nan: the IEEE result of the widening kernel, as elsewhere */
+        if (nan ||
+            !isfinite(amax)) { /* inf/nan: the IEEE result of the widening kernel, as elsewhere */
             mm_avx512_i8(out + (size_t)m * d, xm, w, 1, o0, o1);
             continue;
         }
@@ -377,9 +398,12 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
         __m512i vsum[XQ_PARTS];
         for (int p = 0; p < XQ_PARTS; p++) vsum[p] = _mm512_setzero_si512();
         for (size_t i = 0; i < np; i += 16) {
-            __mmask16 k = i + 16 <= n ? (__mmask16)0xffff : i < n ? (__mmask16)((1u << (n - i)) - 1u) : 0;
+            __mmask16 k = i + 16 <= n ? (__mmask16)0xffff
+                          : i < n     ? (__mmask16)((1u << (n - i)) - 1u)
+                                      : 0;
             __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, xm + i), vinv));
-            q = _mm512_max_epi32(_mm512_min_epi32(q, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim));
+            q = _mm512_max_epi32(_mm512_min_epi32(q, lim),
+                                 _mm512_sub_epi32(_mm512_setzero_si512(), lim));
             for (int p = 0; p < XQ_PARTS - 1; p++) {
                 __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(q, c128), 8);
                 __m512i dg = _mm512_sub_epi32(q, _mm512_slli_epi32(hi, 8));
@@ -401,12 +425,14 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
                 for (int p = 0; p < XQ_PARTS; p++) acc[k][p] = _mm512_setzero_si512();
             size_t i = 0;
             const unsigned char *nx = next_block(w, o, o1);
-            {   /* named accumulators: GCC copies registers around arrays of them (measured 25% slower) */
+            { /* named accumulators: GCC copies registers around arrays of them (measured 25%
+                 slower) */
                 __m512i a00 = acc[0][0], a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
                 __m512i a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
-                for (; i + 64 <= n; i += 64) {   /* plain loads: masked ones are slower on some CPUs */
+                for (; i + 64 <= n;
+                     i += 64) { /* plain loads: masked ones are slower on some CPUs */
                     pf_next(nx, i);
-                    size_t off = RWKV5_COL_OFF(i, 1, cs);   /* one 64-byte line of each row */
+                    size_t off = RWKV5_COL_OFF(i, 1, cs); /* one 64-byte line of each row */
                     if (blocked) pf_ahead(wr[0] + off, PF_AHEAD_I8);
                     __m512i x0 = _mm512_load_si512(xp[0] + i), x1 = _mm512_load_si512(xp[1] + i),
                             x2 = _mm512_load_si512(xp[2] + i);
@@ -414,29 +440,48 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
                     __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wr[1] + off), flip);
                     __m512i w2 = _mm512_xor_si512(_mm512_loadu_si512(wr[2] + off), flip);
                     __m512i w3 = _mm512_xor_si512(_mm512_loadu_si512(wr[3] + off), flip);
-                    a00 = _mm512_dpbusd_epi32(a00, w0, x0); a01 = _mm512_dpbusd_epi32(a01, w0, x1);
-                    a02 = _mm512_dpbusd_epi32(a02, w0, x2); a10 = _mm512_dpbusd_epi32(a10, w1, x0);
-                    a11 = _mm512_dpbusd_epi32(a11, w1, x1); a12 = _mm512_dpbusd_epi32(a12, w1, x2);
-                    a20 = _mm512_dpbusd_epi32(a20, w2, x0); a21 = _mm512_dpbusd_epi32(a21, w2, x1);
-                    a22 = _mm512_dpbusd_epi32(a22, w2, x2); a30 = _mm512_dpbusd_epi32(a30, w3, x0);
-                    a31 = _mm512_dpbusd_epi32(a31, w3, x1); a32 = _mm512_dpbusd_epi32(a32, w3, x2);
+                    a00 = _mm512_dpbusd_epi32(a00, w0, x0);
+                    a01 = _mm512_dpbusd_epi32(a01, w0, x1);
+                    a02 = _mm512_dpbusd_epi32(a02, w0, x2);
+                    a10 = _mm512_dpbusd_epi32(a10, w1, x0);
+                    a11 = _mm512_dpbusd_epi32(a11, w1, x1);
+                    a12 = _mm512_dpbusd_epi32(a12, w1, x2);
+                    a20 = _mm512_dpbusd_epi32(a20, w2, x0);
+                    a21 = _mm512_dpbusd_epi32(a21, w2, x1);
+                    a22 = _mm512_dpbusd_epi32(a22, w2, x2);
+                    a30 = _mm512_dpbusd_epi32(a30, w3, x0);
+                    a31 = _mm512_dpbusd_epi32(a31, w3, x1);
+                    a32 = _mm512_dpbusd_epi32(a32, w3, x2);
                 }
-                acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02; acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12;
-                acc[2][0] = a20; acc[2][1] = a21; acc[2][2] = a22; acc[3][0] = a30; acc[3][1] = a31; acc[3][2] = a32;
+                acc[0][0] = a00;
+                acc[0][1] = a01;
+                acc[0][2] = a02;
+                acc[1][0] = a10;
+                acc[1][1] = a11;
+                acc[1][2] = a12;
+                acc[2][0] = a20;
+                acc[2][1] = a21;
+                acc[2][2] = a22;
+                acc[3][0] = a30;
+                acc[3][1] = a31;
+                acc[3][2] = a32;
             }
             if (i < n) {
                 __m512i xv[XQ_PARTS];
                 for (int p = 0; p < XQ_PARTS; p++) xv[p] = _mm512_load_si512(xp[p] + i);
                 for (int k = 0; k < 4; k++) {
-                    __m512i wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(tail, wr[k] + RWKV5_COL_OFF(i, 1, cs)), flip);
-                    for (int p = 0; p < XQ_PARTS; p++) acc[k][p] = _mm512_dpbusd_epi32(acc[k][p], wv, xv[p]);
+                    __m512i wv = _mm512_xor_si512(
+                        _mm512_maskz_loadu_epi8(tail, wr[k] + RWKV5_COL_OFF(i, 1, cs)), flip);
+                    for (int p = 0; p < XQ_PARTS; p++)
+                        acc[k][p] = _mm512_dpbusd_epi32(acc[k][p], wv, xv[p]);
                 }
             }
             for (int k = 0; k < nr; k++) {
                 int64_t dot = 0;
                 for (int p = XQ_PARTS - 1; p >= 0; p--)
                     dot = 256 * dot + ((int64_t)_mm512_reduce_add_epi32(acc[k][p]) - 128 * sum[p]);
-                out[(size_t)m * d + o + k] = (float)((double)dot * (double)s) * rwkv5_row_scale(w, o + k);
+                out[(size_t)m * d + o + k] =
+                    (float)((double)dot * (double)s) * rwkv5_row_scale(w, o + k);
             }
         }
     }
@@ -448,13 +493,16 @@ T512V static void mm_avx512v_i8(float *out, const float *x, const rwkv5_mat *w, 
 /* the 8 elements stored (unaligned) from byte p as fp32 */
 T256 INL __m256 ld256(int dt, const unsigned char *p) {
     switch (dt) {
-    case RWKV5_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    case RWKV5_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
     case RWKV5_BF16: {
         __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
         return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
     }
-    case RWKV5_I8: return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-    default: return _mm256_loadu_ps((const float *)p);
+    case RWKV5_I8:
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    default:
+        return _mm256_loadu_ps((const float *)p);
     }
 }
 T256 INL float hsum256(__m256 v) {
@@ -475,18 +523,19 @@ T256 INL float hsum256(__m256 v) {
  * Each output still accumulates its products lane by lane in input order, then hsum256, then the
  * scalar tail, then the row scale: the one-row loop's exact operations, so a sequence gets the same
  * bits alone or in a batch of any size. */
-#define TILE_M 6        /* input rows per register tile */
-#define TILE_ROWS 24    /* input rows per sweep (a multiple of TILE_M): their pass of x is 24 KiB */
-#define TILE_KC 256     /* columns per pass; a multiple of 64, so whole lines of every storage type */
-#define TILE_MIN_M 4    /* fewer input rows than this: the one-row loop (memory-bound anyway) */
+#define TILE_M     6   /* input rows per register tile */
+#define TILE_ROWS  24  /* input rows per sweep (a multiple of TILE_M): their pass of x is 24 KiB */
+#define TILE_KC    256 /* columns per pass; a multiple of 64: whole lines of every storage type */
+#define TILE_MIN_M 4   /* fewer input rows than this: the one-row loop (memory-bound anyway) */
 
-/* acc[2r + b] += sum over 8-column steps i in [i0, i1) of x_r[i..i+8) * W_b[i..i+8) (lane-wise FMAs)
- * for the MB (<= TILE_M) input rows x_r = x + r*n and the 2 weight rows W_0 = wa, W_1 = wb; i0 is
- * a multiple of 64, so the loop runs over whole 64-byte lines of the weight rows (addressed once per
- * line) and then the steps of a last partial line. */
-T256 INL void tile_pass_avx2(int dt, int MB, __m256 *acc, const float *x, size_t n, const unsigned char *wa,
-                             const unsigned char *wb, size_t i0, size_t i1, size_t cs) {
-    const size_t esz = rwkv5_esz(dt), E = 64 / esz;   /* elements per line */
+/* acc[2r + b] += sum over 8-column steps i in [i0, i1) of x_r[i..i+8) * W_b[i..i+8) (lane-wise
+ * FMAs) for the MB (<= TILE_M) input rows x_r = x + r*n and the 2 weight rows W_0 = wa, W_1 = wb;
+ * i0 is a multiple of 64, so the loop runs over whole 64-byte lines of the weight rows (addressed
+ * once per line) and then the steps of a last partial line. */
+T256 INL void tile_pass_avx2(int dt, int MB, __m256 *acc, const float *x, size_t n,
+                             const unsigned char *wa, const unsigned char *wb, size_t i0, size_t i1,
+                             size_t cs) {
+    const size_t esz = rwkv5_esz(dt), E = 64 / esz; /* elements per line */
     __m256 a[TILE_M][2];
     for (int r = 0; r < MB; r++) {
         a[r][0] = acc[2 * r];
@@ -505,7 +554,8 @@ T256 INL void tile_pass_avx2(int dt, int MB, __m256 *acc, const float *x, size_t
         }
     }
     for (; i < i1; i += 8) {
-        __m256 v0 = ld256(dt, wa + RWKV5_COL_OFF(i, esz, cs)), v1 = ld256(dt, wb + RWKV5_COL_OFF(i, esz, cs));
+        __m256 v0 = ld256(dt, wa + RWKV5_COL_OFF(i, esz, cs)),
+               v1 = ld256(dt, wb + RWKV5_COL_OFF(i, esz, cs));
         for (int r = 0; r < MB; r++) {
             __m256 xv = _mm256_loadu_ps(x + (size_t)r * n + i);
             a[r][0] = _mm256_fmadd_ps(xv, v0, a[r][0]);
@@ -519,23 +569,38 @@ T256 INL void tile_pass_avx2(int dt, int MB, __m256 *acc, const float *x, size_t
 }
 
 /* tile_pass_avx2 with the row count as a constant (each case compiles to its own register tile) */
-T256 INL void tile_pass_any_avx2(int dt, int MB, __m256 *acc, const float *x, size_t n, const unsigned char *wa,
-                                 const unsigned char *wb, size_t i0, size_t i1, size_t cs) {
+T256 INL void tile_pass_any_avx2(int dt, int MB, __m256 *acc, const float *x, size_t n,
+                                 const unsigned char *wa, const unsigned char *wb, size_t i0,
+                                 size_t i1, size_t cs) {
     switch (MB) {
-    case 1: tile_pass_avx2(dt, 1, acc, x, n, wa, wb, i0, i1, cs); break;
-    case 2: tile_pass_avx2(dt, 2, acc, x, n, wa, wb, i0, i1, cs); break;
-    case 3: tile_pass_avx2(dt, 3, acc, x, n, wa, wb, i0, i1, cs); break;
-    case 4: tile_pass_avx2(dt, 4, acc, x, n, wa, wb, i0, i1, cs); break;
-    case 5: tile_pass_avx2(dt, 5, acc, x, n, wa, wb, i0, i1, cs); break;
-    default: tile_pass_avx2(dt, TILE_M, acc, x, n, wa, wb, i0, i1, cs); break;
+    case 1:
+        tile_pass_avx2(dt, 1, acc, x, n, wa, wb, i0, i1, cs);
+        break;
+    case 2:
+        tile_pass_avx2(dt, 2, acc, x, n, wa, wb, i0, i1, cs);
+        break;
+    case 3:
+        tile_pass_avx2(dt, 3, acc, x, n, wa, wb, i0, i1, cs);
+        break;
+    case 4:
+        tile_pass_avx2(dt, 4, acc, x, n, wa, wb, i0, i1, cs);
+        break;
+    case 5:
+        tile_pass_avx2(dt, 5, acc, x, n, wa, wb, i0, i1, cs);
+        break;
+    default:
+        tile_pass_avx2(dt, TILE_M, acc, x, n, wa, wb, i0, i1, cs);
+        break;
     }
 }
 
 /* out rows [m0, m0 + mr) (mr <= TILE_ROWS) x the 4 weight rows w4[0..4) = outputs [o, o+4).
  * nx, pf_blocked: prefetch as the one-row loop does (the next block / the blocked stream ahead). */
-T256 INL void tile_block_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, int m0, int mr, int o,
-                              const unsigned char *const w4[4], const unsigned char *nx, int pf_blocked) {
-    size_t n = (size_t)w->cols, d = (size_t)w->rows, nfull = n & ~(size_t)7, cs = RWKV5_LINE_STRIDE(w);
+T256 INL void tile_block_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, int m0,
+                              int mr, int o, const unsigned char *const w4[4],
+                              const unsigned char *nx, int pf_blocked) {
+    size_t n = (size_t)w->cols, d = (size_t)w->rows, nfull = n & ~(size_t)7,
+           cs = RWKV5_LINE_STRIDE(w);
     const size_t esz = rwkv5_esz(dt);
     /* acc[pair][row][2]: the accumulator of input row m0 + row and weight row 2*pair + b */
     __m256 acc[2][TILE_ROWS * 2];
@@ -546,13 +611,15 @@ T256 INL void tile_block_avx2(int dt, float *out, const float *x, const rwkv5_ma
         /* the prefetches of the one-row loop for these columns, ahead of the tiles */
         for (size_t i = i0; i < i1; i += 8) {
             pf_next_at(nx, i, esz);
-            if (pf_blocked && i % (64 / esz) == 0) pf_ahead(w4[0] + RWKV5_COL_OFF(i, esz, cs), PF_AHEAD_BYTES);
+            if (pf_blocked && i % (64 / esz) == 0)
+                pf_ahead(w4[0] + RWKV5_COL_OFF(i, esz, cs), PF_AHEAD_BYTES);
         }
         for (int r0 = 0; r0 < mr; r0 += TILE_M) {
             int mb = mr - r0 < TILE_M ? mr - r0 : TILE_M;
             const float *xr = x + (size_t)(m0 + r0) * n;
             for (int p = 0; p < 2; p++)
-                tile_pass_any_avx2(dt, mb, acc[p] + 2 * r0, xr, n, w4[2 * p], w4[2 * p + 1], i0, i1, cs);
+                tile_pass_any_avx2(dt, mb, acc[p] + 2 * r0, xr, n, w4[2 * p], w4[2 * p + 1], i0, i1,
+                                   cs);
         }
     }
     for (int r = 0; r < mr; r++) {
@@ -560,21 +627,23 @@ T256 INL void tile_block_avx2(int dt, float *out, const float *x, const rwkv5_ma
         float *om = out + (size_t)(m0 + r) * d + o;
         for (int b = 0; b < 4; b++) {
             float s = hsum256(acc[b / 2][2 * r + b % 2]);
-            for (size_t i = nfull; i < n; i++) s += xm[i] * rwkv5_load(dt, w4[b] + RWKV5_COL_OFF(i, esz, cs));
+            for (size_t i = nfull; i < n; i++)
+                s += xm[i] * rwkv5_load(dt, w4[b] + RWKV5_COL_OFF(i, esz, cs));
             om[b] = s * rwkv5_row_scale(w, o + b);
         }
     }
 }
 
-T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, int M, int o0,
+                        int o1) {
     size_t n = (size_t)w->cols, d = (size_t)w->rows;
     size_t nfull = n & ~(size_t)7;
     size_t cs = RWKV5_LINE_STRIDE(w);
     const size_t esz = rwkv5_esz(dt);
-#define OFF(i) RWKV5_COL_OFF(i, esz, cs)
+#define OFF(i)  RWKV5_COL_OFF(i, esz, cs)
 #define ROWP(o) rwkv5_row_ptr(w, (size_t)(o))
     int o = o0;
-    if (M >= TILE_MIN_M) {   /* a batch: register tiles over the input rows (above), same bits */
+    if (M >= TILE_MIN_M) { /* a batch: register tiles over the input rows (above), same bits */
         for (; o + 4 <= o1; o += 4) {
             const unsigned char *w4[4] = {ROWP(o), ROWP(o + 1), ROWP(o + 2), ROWP(o + 3)};
             const unsigned char *nx = next_block(w, o, o1);
@@ -619,7 +688,8 @@ T256 INL void rows_avx2(int dt, float *out, const float *x, const rwkv5_mat *w, 
             const float *xm = x + (size_t)m * n;
             __m256 a0 = _mm256_setzero_ps();
             size_t i = 0;
-            for (; i < nfull; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), ld256(dt, w0 + OFF(i)), a0);
+            for (; i < nfull; i += 8)
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), ld256(dt, w0 + OFF(i)), a0);
             float s0 = hsum256(a0);
             for (; i < n; i++) s0 += xm[i] * rwkv5_load(dt, w0 + OFF(i));
             out[(size_t)m * d + o] = s0 * rwkv5_row_scale(w, o);
@@ -659,11 +729,12 @@ T256 static int i4_prepare_x(int16_t *xp, float *ts, const float *xm, size_t n, 
         for (int i = 0; i < 32; i++) {
             xg[i] = c0 + (size_t)i < n ? xm[c0 + i] : 0.0f;
             float a = fabsf(xg[i]);
-            if (!(a <= FLT_MAX)) return 0;   /* inf or nan */
+            if (!(a <= FLT_MAX)) return 0; /* inf or nan */
             if (a > amax) amax = a;
         }
         if (amax > 0.0f && amax < 0x1p-100f) return 0;
-        float t = amax > 0.0f ? amax / (float)I4_XQ : 0.0f, inv = amax > 0.0f ? (float)I4_XQ / amax : 0.0f;
+        float t = amax > 0.0f ? amax / (float)I4_XQ : 0.0f,
+              inv = amax > 0.0f ? (float)I4_XQ / amax : 0.0f;
         size_t b = g / 2, h = g % 2;
         for (int l = 0; l < 4; l++) ts[b * 8 + h * 4 + (size_t)l] = t * (1.0f / 4096.0f);
         for (int v = 0; v < 4; v++)
@@ -686,8 +757,8 @@ T256 static void mm_avx2_i4(float *out, const float *x, const rwkv5_mat *w, int 
     float ts[XP_MAX / 64 * 8 + 8] __attribute__((aligned(32)));
     const __m256i top = _mm256_set1_epi16((short)0xf000);
     const __m256i dup = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    /* x rows in chunks of as many as the buffers hold (weights stream once per chunk, from L1/L2 for
-     * the other rows of the chunk: each 4-row block is swept once per x row) */
+    /* x rows in chunks of as many as the buffers hold (weights stream once per chunk, from L1/L2
+     * for the other rows of the chunk: each 4-row block is swept once per x row) */
     int mc = (int)((XP_MAX + 64) / (nb * 64));
     for (int m0 = 0; m0 < M; m0 += mc) {
         int me = m0 + mc < M ? m0 + mc : M;
@@ -707,10 +778,12 @@ T256 static void mm_avx2_i4(float *out, const float *x, const rwkv5_mat *w, int 
                 if (!ok[r]) continue;
                 const int16_t *xr = xp + r * nb * 64;
                 const float *tr = ts + r * nb * 8;
-                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                                 _mm256_setzero_ps()};
                 for (size_t b = 0; b < nb; b++) {
                     size_t boff = b * RWKV5_I4_BLOCK_BYTES;
-                    if (m == m0 && boff / 64 != (boff + RWKV5_I4_BLOCK_BYTES) / 64) pf_next(nx, boff & ~(size_t)63);
+                    if (m == m0 && boff / 64 != (boff + RWKV5_I4_BLOCK_BYTES) / 64)
+                        pf_next(nx, boff & ~(size_t)63);
                     const __m256i *xb = (const __m256i *)(xr + b * 64);
                     __m256i xa = _mm256_load_si256(xb), xbv = _mm256_load_si256(xb + 1),
                             xc = _mm256_load_si256(xb + 2), xd = _mm256_load_si256(xb + 3);
@@ -727,8 +800,10 @@ T256 static void mm_avx2_i4(float *out, const float *x, const rwkv5_mat *w, int 
                             _mm256_add_epi32(_mm256_madd_epi16(pc, xc), _mm256_madd_epi16(pd, xd)));
                         int32_t sc;
                         memcpy(&sc, blk, 4);
-                        __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(sc))), dup);
-                        acc[k] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), tv), s, acc[k]);
+                        __m256 s = _mm256_permutevar8x32_ps(
+                            _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(sc))), dup);
+                        acc[k] =
+                            _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), tv), s, acc[k]);
                     }
                 }
                 for (int k = 0; k < nr; k++) out[(size_t)m * d + o + k] = hsum256(acc[k]);
@@ -744,14 +819,14 @@ ROWS_FN(mm_avx2_i8, T256, rows_avx2, RWKV5_I8)
 #endif
 
 /* ---------------- GEMM (parallel mode) ----------------
- * out (M, d) = x (M, n) @ W^T.  Workspace: XP, x packed into panels of MR = 64 rows, panel p holding
- * XP[p][k][r] = x[64p + r][k] (rows past M are 0), then OT = out^T, (ceil(d/NR)*NR, Mp).
+ * out (M, d) = x (M, n) @ W^T.  Workspace: XP, x packed into panels of MR = 64 rows, panel p
+ * holding XP[p][k][r] = x[64p + r][k] (rows past M are 0), then OT = out^T, (ceil(d/NR)*NR, Mp).
  * Work is split over blocks of NR = 6 output rows (weight rows) in contiguous pieces claimed by
- * the threads, so every weight is read from memory once per call. Within a range the loop runs over k-blocks of
- * KC inputs outermost so that the k-block of XP (Mp x KC floats) stays in L2 for all the weight
- * panels; each weight panel (NR x KC, widened to fp32 and scaled for int8, or used in place for
- * aligned fp32) sits in L1 while the micro-kernel sweeps the 64-row panels:
- *     OT[o][m] += sum_{k in block} W[o][k] * x[m][k]   for 6 o's x 64 m's in registers. */
+ * the threads, so every weight is read from memory once per call. Within a range the loop runs over
+ * k-blocks of KC inputs outermost so that the k-block of XP (Mp x KC floats) stays in L2 for all
+ * the weight panels; each weight panel (NR x KC, widened to fp32 and scaled for int8, or used in
+ * place for aligned fp32) sits in L1 while the micro-kernel sweeps the 64-row panels: OT[o][m] +=
+ * sum_{k in block} W[o][k] * x[m][k]   for 6 o's x 64 m's in registers. */
 #define MR RWKV5_GEMM_MR
 #define KC RWKV5_GEMM_KC
 
@@ -762,7 +837,7 @@ static size_t round_up(size_t a, size_t b) { return (a + b - 1) / b * b; }
 
 size_t rwkv5_gemm_ws_floats(int M, int n, int d) {
     size_t Mp = round_up((size_t)M, MR), db = d < D_BLOCK ? (size_t)d : D_BLOCK;
-    return Mp * (size_t)n + round_up(db, NR) * Mp + 16;   /* +16: room to align to 64 bytes */
+    return Mp * (size_t)n + round_up(db, NR) * Mp + 16; /* +16: room to align to 64 bytes */
 }
 
 typedef struct {
@@ -770,8 +845,8 @@ typedef struct {
     float *out;
     const float *x;
     const rwkv5_mat *w;
-    int M, Mp, n, d;   /* d: rows of w (a block of the matrix) */
-    size_t ldo;        /* out row stride */
+    int M, Mp, n, d; /* d: rows of w (a block of the matrix) */
+    size_t ldo;      /* out row stride */
     float *XP, *OT;
 } gemm_job;
 
@@ -810,7 +885,8 @@ T512 INL void pack_avx512(int dt, float *Bp, const rwkv5_mat *w, int o, size_t k
         }
         const unsigned char *row = rwkv5_row_ptr(w, (size_t)(o + r));
         __m512 s = _mm512_set1_ps(rwkv5_row_scale(w, o + r));
-        for (int i = 0; i < kc; i += 16) {   /* k0 and i are multiples of 16: inside one 64-byte line */
+        for (int i = 0; i < kc;
+             i += 16) { /* k0 and i are multiples of 16: inside one 64-byte line */
             __mmask16 k = kc - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - i)) - 1u);
             const unsigned char *p = row + RWKV5_COL_OFF(k0 + (size_t)i, esz, cs);
             __m512 v = ld512(dt, p, k);
@@ -825,23 +901,26 @@ PACK_FN(pack_avx512_bf16, T512, pack_avx512, RWKV5_BF16)
 PACK_FN(pack_avx512_i8, T512, pack_avx512, RWKV5_I8)
 
 /* C[r][0..64) (rows ldc apart) (+)= sum_k B[r*ldb + k] * X[k][0..64), r < 6: 24 accumulators. */
-T512 static void ukernel_avx512(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc, int acc_in) {
+T512 static void ukernel_avx512(float *C, size_t ldc, const float *X, const float *B, size_t ldb,
+                                int kc, int acc_in) {
     __m512 c[NR][4];
     for (int r = 0; r < NR; r++)
-        for (int q = 0; q < 4; q++) c[r][q] = acc_in ? _mm512_loadu_ps(C + r * ldc + 16 * q) : _mm512_setzero_ps();
-    const float *B0 = B, *B1 = B + ldb, *B2 = B1 + ldb, *B3 = B2 + ldb, *B4 = B3 + ldb, *B5 = B4 + ldb;
+        for (int q = 0; q < 4; q++)
+            c[r][q] = acc_in ? _mm512_loadu_ps(C + r * ldc + 16 * q) : _mm512_setzero_ps();
+    const float *B0 = B, *B1 = B + ldb, *B2 = B1 + ldb, *B3 = B2 + ldb, *B4 = B3 + ldb,
+                *B5 = B4 + ldb;
     for (int k = 0; k < kc; k++) {
         const float *xk = X + (size_t)k * MR;
         __m512 x0 = _mm512_load_ps(xk), x1 = _mm512_load_ps(xk + 16), x2 = _mm512_load_ps(xk + 32),
                x3 = _mm512_load_ps(xk + 48);
-#define ROW(r, Bp)                                                       \
-        {                                                                \
-            __m512 b = _mm512_set1_ps(Bp[k]);                            \
-            c[r][0] = _mm512_fmadd_ps(x0, b, c[r][0]);                   \
-            c[r][1] = _mm512_fmadd_ps(x1, b, c[r][1]);                   \
-            c[r][2] = _mm512_fmadd_ps(x2, b, c[r][2]);                   \
-            c[r][3] = _mm512_fmadd_ps(x3, b, c[r][3]);                   \
-        }
+#define ROW(r, Bp)                                                                                 \
+    {                                                                                              \
+        __m512 b = _mm512_set1_ps(Bp[k]);                                                          \
+        c[r][0] = _mm512_fmadd_ps(x0, b, c[r][0]);                                                 \
+        c[r][1] = _mm512_fmadd_ps(x1, b, c[r][1]);                                                 \
+        c[r][2] = _mm512_fmadd_ps(x2, b, c[r][2]);                                                 \
+        c[r][3] = _mm512_fmadd_ps(x3, b, c[r][3]);                                                 \
+    }
         ROW(0, B0) ROW(1, B1) ROW(2, B2) ROW(3, B3) ROW(4, B4) ROW(5, B5)
 #undef ROW
     }
@@ -850,7 +929,8 @@ T512 static void ukernel_avx512(float *C, size_t ldc, const float *X, const floa
 }
 
 /* The same with 8 lanes: the 64 rows in 4 passes of 16 (12 accumulators). */
-T256 static void ukernel_avx2(float *C, size_t ldc, const float *X, const float *B, size_t ldb, int kc, int acc_in) {
+T256 static void ukernel_avx2(float *C, size_t ldc, const float *X, const float *B, size_t ldb,
+                              int kc, int acc_in) {
     for (int q0 = 0; q0 < MR; q0 += 16) {
         __m256 c[NR][2];
         for (int r = 0; r < NR; r++)
@@ -884,7 +964,7 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
             int o = (int)ob * NR;
             const float *B;
             size_t ldb;
-            if (direct && o + NR <= w->rows) {   /* aligned fp32: read the weights in place */
+            if (direct && o + NR <= w->rows) { /* aligned fp32: read the weights in place */
                 B = (const float *)w->data + (size_t)o * n + k0;
                 ldb = n;
             } else {
@@ -901,7 +981,7 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
     }
     /* out[m][o] = OT[o][m] for this range's rows */
     int o0 = (int)b * NR, o1 = (int)e * NR < j->d ? (int)e * NR : j->d;
-    for (int mb = 0; mb < j->M; mb += 16)   /* tiles of 16 rows x 16 outputs */
+    for (int mb = 0; mb < j->M; mb += 16) /* tiles of 16 rows x 16 outputs */
         for (int ob = o0; ob < o1; ob += 16) {
             int me = mb + 16 < j->M ? mb + 16 : j->M, oe = ob + 16 < o1 ? ob + 16 : o1;
             for (int m = mb; m < me; m++) {
@@ -914,37 +994,62 @@ static void gemm_range(void *ctx, int64_t b, int64_t e) {
 #undef MR
 #undef KC
 
-/* ---------------- dispatch: one row of kernels per ISA level, indexed by storage type ---------------- */
+/* ---------------- dispatch: one row of kernels per ISA level, indexed by storage type
+ * ---------------- */
 
 static const rwkv5_isa_kernels scalar_kernels = {
-    .rows = {[RWKV5_F32] = mm_scalar_f32, [RWKV5_F16] = mm_scalar_f16, [RWKV5_BF16] = mm_scalar_bf16,
-             [RWKV5_I8] = mm_scalar_i8, [RWKV5_I4] = rwkv5_rows_i4_scalar},
-    .pack = {[RWKV5_F32] = pack_scalar_f32, [RWKV5_F16] = pack_scalar_f16, [RWKV5_BF16] = pack_scalar_bf16,
-             [RWKV5_I8] = pack_scalar_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
-    .gemm = NULL,   /* no GEMM: the row kernels at any M */
+    .rows = {[RWKV5_F32] = mm_scalar_f32,
+             [RWKV5_F16] = mm_scalar_f16,
+             [RWKV5_BF16] = mm_scalar_bf16,
+             [RWKV5_I8] = mm_scalar_i8,
+             [RWKV5_I4] = rwkv5_rows_i4_scalar},
+    .pack = {[RWKV5_F32] = pack_scalar_f32,
+             [RWKV5_F16] = pack_scalar_f16,
+             [RWKV5_BF16] = pack_scalar_bf16,
+             [RWKV5_I8] = pack_scalar_i8,
+             [RWKV5_I4] = rwkv5_pack_i4_scalar},
+    .gemm = NULL, /* no GEMM: the row kernels at any M */
 };
 #if defined(__x86_64__)
 static const rwkv5_isa_kernels avx2_kernels = {
-    .rows = {[RWKV5_F32] = mm_avx2_f32, [RWKV5_F16] = mm_avx2_f16, [RWKV5_BF16] = mm_avx2_bf16, [RWKV5_I8] = mm_avx2_i8,
+    .rows = {[RWKV5_F32] = mm_avx2_f32,
+             [RWKV5_F16] = mm_avx2_f16,
+             [RWKV5_BF16] = mm_avx2_bf16,
+             [RWKV5_I8] = mm_avx2_i8,
              [RWKV5_I4] = mm_avx2_i4},
-    .pack = {[RWKV5_F32] = pack_scalar_f32, [RWKV5_F16] = pack_scalar_f16, [RWKV5_BF16] = pack_scalar_bf16,
-             [RWKV5_I8] = pack_scalar_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
+    .pack = {[RWKV5_F32] = pack_scalar_f32,
+             [RWKV5_F16] = pack_scalar_f16,
+             [RWKV5_BF16] = pack_scalar_bf16,
+             [RWKV5_I8] = pack_scalar_i8,
+             [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = ukernel_avx2,
 };
 static const rwkv5_isa_kernels avx512_kernels = {
-    .rows = {[RWKV5_F32] = mm_avx512_f32, [RWKV5_F16] = mm_avx512_f16, [RWKV5_BF16] = mm_avx512p_bf16,
-             [RWKV5_I8] = mm_avx512_i8, [RWKV5_I4] = mm_avx2_i4},
-    .pack = {[RWKV5_F32] = pack_avx512_f32, [RWKV5_F16] = pack_avx512_f16, [RWKV5_BF16] = pack_avx512_bf16,
-             [RWKV5_I8] = pack_avx512_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
+    .rows = {[RWKV5_F32] = mm_avx512_f32,
+             [RWKV5_F16] = mm_avx512_f16,
+             [RWKV5_BF16] = mm_avx512p_bf16,
+             [RWKV5_I8] = mm_avx512_i8,
+             [RWKV5_I4] = mm_avx2_i4},
+    .pack = {[RWKV5_F32] = pack_avx512_f32,
+             [RWKV5_F16] = pack_avx512_f16,
+             [RWKV5_BF16] = pack_avx512_bf16,
+             [RWKV5_I8] = pack_avx512_i8,
+             [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = ukernel_avx512,
 };
 /* bf16 stays on the widening kernel: x split into two bf16 for vdpbf16ps ran faster but moved a
  * test model's logits by 2.4e-4 (16-bit x), above the 1e-4 the model is held to */
 static const rwkv5_isa_kernels avx512_vnni_kernels = {
-    .rows = {[RWKV5_F32] = mm_avx512_f32, [RWKV5_F16] = mm_avx512_f16, [RWKV5_BF16] = mm_avx512p_bf16,
-             [RWKV5_I8] = mm_avx512v_i8, [RWKV5_I4] = mm_avx2_i4},
-    .pack = {[RWKV5_F32] = pack_avx512_f32, [RWKV5_F16] = pack_avx512_f16, [RWKV5_BF16] = pack_avx512_bf16,
-             [RWKV5_I8] = pack_avx512_i8, [RWKV5_I4] = rwkv5_pack_i4_scalar},
+    .rows = {[RWKV5_F32] = mm_avx512_f32,
+             [RWKV5_F16] = mm_avx512_f16,
+             [RWKV5_BF16] = mm_avx512p_bf16,
+             [RWKV5_I8] = mm_avx512v_i8,
+             [RWKV5_I4] = mm_avx2_i4},
+    .pack = {[RWKV5_F32] = pack_avx512_f32,
+             [RWKV5_F16] = pack_avx512_f16,
+             [RWKV5_BF16] = pack_avx512_bf16,
+             [RWKV5_I8] = pack_avx512_i8,
+             [RWKV5_I4] = rwkv5_pack_i4_scalar},
     .gemm = ukernel_avx512,
 };
 static const rwkv5_isa_kernels *const LEVELS[] = {
@@ -963,7 +1068,8 @@ static const rwkv5_isa_kernels *const LEVELS[] = {
 static const rwkv5_isa_kernels *const LEVELS[] = {[RWKV5_ISA_SCALAR] = &scalar_kernels};
 #endif
 
-/* The kernels of ISA level isa (< 0: the current one; above this architecture's levels: the top). */
+/* The kernels of ISA level isa (< 0: the current one; above this architecture's levels: the top).
+ */
 static const rwkv5_isa_kernels *kernels_of(int isa) {
     int n = (int)(sizeof LEVELS / sizeof LEVELS[0]);
     if (isa < 0) isa = (int)rwkv5_cpu_isa();
@@ -975,7 +1081,8 @@ static int mat_valid(const rwkv5_mat *w) {
     return rwkv5_dtype_valid(w->dtype) && !(w->blocked && rwkv5_dtypes[w->dtype].block);
 }
 
-int rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0, int o1) {
+int rwkv5_matmul_rows_isa(int isa, float *out, const float *x, const rwkv5_mat *w, int M, int o0,
+                          int o1) {
     if (!mat_valid(w)) return RWKV5_EINVAL;
     kernels_of(isa)->rows[w->dtype](out, x, w, M, o0, o1);
     return RWKV5_OK;
@@ -997,26 +1104,33 @@ static void mm_range(void *ctx, int64_t b, int64_t e) {
     j->f(j->out, j->x, j->w, j->M, o0, o1);
 }
 
-int rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M, float *ws,
-                    size_t ws_floats) {
+int rwkv5_matmul_ws(int isa, int force_gemm, float *out, const float *x, const rwkv5_mat *w, int M,
+                    float *ws, size_t ws_floats) {
     if (!mat_valid(w)) return RWKV5_EINVAL;
     if (M <= 0) return RWKV5_OK;
     const rwkv5_isa_kernels *k = kernels_of(isa);
     int n = w->cols, d = w->rows, nt = rwkv5_get_num_threads();
-    if (k->gemm && (M >= RWKV5_GEMM_MIN_M || force_gemm) && ws && ws_floats >= rwkv5_gemm_ws_floats(M, n, d)) {
+    if (k->gemm && (M >= RWKV5_GEMM_MIN_M || force_gemm) && ws &&
+        ws_floats >= rwkv5_gemm_ws_floats(M, n, d)) {
         int Mp = (int)round_up((size_t)M, RWKV5_GEMM_MR);
-        float *XP = (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);   /* aligned panels */
+        float *XP = (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63); /* aligned panels */
         gemm_job g = {k, out, x, w, M, Mp, n, d, (size_t)d, XP, XP + (size_t)Mp * n};
         rwkv5_parallel_for(((int64_t)n + 63) / 64, 4, gemm_pack_x, &g);
-        for (int o = 0; o < d; o += D_BLOCK) {   /* a view of rows [o, o + db) of w (o: a multiple of 4) */
+        for (int o = 0; o < d;
+             o += D_BLOCK) { /* a view of rows [o, o + db) of w (o: a multiple of 4) */
             int db = d - o < D_BLOCK ? d - o : D_BLOCK;
-            rwkv5_mat sub = {rwkv5_row_ptr(w, (size_t)o), w->scale ? w->scale + o : NULL, w->dtype, db, n, w->blocked};
+            rwkv5_mat sub = {rwkv5_row_ptr(w, (size_t)o),
+                             w->scale ? w->scale + o : NULL,
+                             w->dtype,
+                             db,
+                             n,
+                             w->blocked};
             g.w = &sub;
             g.out = out + o;
             g.d = db;
             int64_t nob = ((int64_t)db + RWKV5_GEMM_NR - 1) / RWKV5_GEMM_NR;
-            /* pieces of >= 16 panels (96 rows: the x k-block is reused from L2 across them), about 4
-             * per thread so that a thread slowed by other load does not hold up the call */
+            /* pieces of >= 16 panels (96 rows: the x k-block is reused from L2 across them), about
+             * 4 per thread so that a thread slowed by other load does not hold up the call */
             int64_t grain = (nob + 4 * nt - 1) / (4 * nt);
             rwkv5_parallel_for(nob, grain < 16 ? 16 : grain, gemm_range, &g);
         }
@@ -1038,7 +1152,7 @@ int rwkv5_matmul(float *out, const float *x, const rwkv5_mat *w, int M) {
     if (!mat_valid(w)) return RWKV5_EINVAL;
     float *ws = NULL;
     size_t need = 0;
-    if (M >= RWKV5_GEMM_MIN_M) {   /* callers without a workspace (ops, tests): allocate one */
+    if (M >= RWKV5_GEMM_MIN_M) { /* callers without a workspace (ops, tests): allocate one */
         need = rwkv5_gemm_ws_floats(M, w->cols, w->rows);
         ws = (float *)malloc(need * sizeof(float));
     }

@@ -16,14 +16,19 @@
 #include <stdatomic.h>
 #include <string.h>
 
-#define LINE 64   /* bytes per line of the blocked layout */
+#define LINE 64 /* bytes per line of the blocked layout */
 
 int rwkv5_src_bytes(int src_type) {
     switch (src_type) {
-    case RWKV5_SRC_F32: return 4;
-    case RWKV5_SRC_F16: case RWKV5_SRC_BF16: return 2;
-    case RWKV5_SRC_F64: return 8;
-    default: return 0;
+    case RWKV5_SRC_F32:
+        return 4;
+    case RWKV5_SRC_F16:
+    case RWKV5_SRC_BF16:
+        return 2;
+    case RWKV5_SRC_F64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
@@ -52,8 +57,8 @@ static inline int8_t q_of(float w, float s) {
 }
 
 /* One row, portable: 1 if it holds a non-finite value. `buf` gets the row as fp32 (cols floats). */
-static int quant_row_scalar(int8_t *q, float *scale, const unsigned char *row, int t, int64_t o, int64_t cols,
-                            int blocked, float *buf) {
+static int quant_row_scalar(int8_t *q, float *scale, const unsigned char *row, int t, int64_t o,
+                            int64_t cols, int blocked, float *buf) {
     float amax = 0.0f;
     for (int64_t i = 0; i < cols; i++) {
         float w = src_load(t, row, i);
@@ -84,24 +89,28 @@ static int quant_row_scalar(int8_t *q, float *scale, const unsigned char *row, i
 static inline T256 __m256 ld8(int t, const unsigned char *p) {
     switch (t) {
     case RWKV5_SRC_BF16:
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-    case RWKV5_SRC_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    case RWKV5_SRC_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
     case RWKV5_SRC_F64:
         return _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd((const double *)p + 4)),
                                _mm256_cvtpd_ps(_mm256_loadu_pd((const double *)p)));
-    default: return _mm256_loadu_ps((const float *)p);
+    default:
+        return _mm256_loadu_ps((const float *)p);
     }
 }
 
-static T256 int quant_row_avx2(int8_t *q, float *scale, const unsigned char *row, int t, int64_t o, int64_t cols,
-                               int blocked, float *buf) {
+static T256 int quant_row_avx2(int8_t *q, float *scale, const unsigned char *row, int t, int64_t o,
+                               int64_t cols, int blocked, float *buf) {
     const int64_t esz = rwkv5_src_bytes(t), n8 = cols / 8 * 8;
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), inf = _mm256_set1_ps(INFINITY);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)),
+                 inf = _mm256_set1_ps(INFINITY);
     __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i < n8; i += 8) {
         __m256 w = ld8(t, row + i * esz), a = _mm256_and_ps(w, absmask);
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));   /* inf or NaN */
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ)); /* inf or NaN */
         vmax = _mm256_max_ps(vmax, a);
         _mm256_storeu_ps(buf + i, w);
     }
@@ -119,7 +128,8 @@ static T256 int quant_row_avx2(int8_t *q, float *scale, const unsigned char *row
     float s = amax / 127.0f;
     scale[o] = s;
     const float safe = s > 0.0f ? s : 1.0f;
-    const __m256 vs = _mm256_set1_ps(safe), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256 vs = _mm256_set1_ps(safe), lo = _mm256_set1_ps(-127.0f),
+                 hi = _mm256_set1_ps(127.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     /* 32 at a time: the 32 elements of a half line (blocked) or of a row-major run */
     int64_t i0 = 0;
@@ -130,8 +140,10 @@ static T256 int quant_row_avx2(int8_t *q, float *scale, const unsigned char *row
                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             v[k] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y, lo), hi));
         }
-        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
-        _mm256_storeu_si256((__m256i *)q_ptr(q, o, i0, cols, blocked), _mm256_permutevar8x32_epi32(p, perm));
+        __m256i p =
+            _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)q_ptr(q, o, i0, cols, blocked),
+                            _mm256_permutevar8x32_epi32(p, perm));
     }
     for (; i0 < cols; i0++) *q_ptr(q, o, i0, cols, blocked) = q_of(buf[i0], safe);
     return 0;
@@ -147,7 +159,7 @@ typedef struct {
     int t, blocked, avx2;
     int64_t cols;
     const volatile int *cancel;
-    _Atomic int64_t bad;   /* lowest non-finite row found so far, -1 while none */
+    _Atomic int64_t bad; /* lowest non-finite row found so far, -1 while none */
     _Atomic int cancelled, nomem;
 } quant_job;
 
@@ -170,7 +182,8 @@ static void quant_range(void *ctx, int64_t r0, int64_t r1) {
     }
     const size_t rb = (size_t)job->cols * (size_t)rwkv5_src_bytes(job->t);
     for (int64_t o = r0; o < r1; o++) {
-        if (job->cancel && *job->cancel) {   /* per row: a piece may be the whole matrix (one thread) */
+        if (job->cancel &&
+            *job->cancel) { /* per row: a piece may be the whole matrix (one thread) */
             atomic_store(&job->cancelled, 1);
             break;
         }
@@ -181,7 +194,8 @@ static void quant_range(void *ctx, int64_t r0, int64_t r1) {
             bad = quant_row_avx2(job->q, job->scale, row, job->t, o, job->cols, job->blocked, buf);
         else
 #endif
-            bad = quant_row_scalar(job->q, job->scale, row, job->t, o, job->cols, job->blocked, buf);
+            bad =
+                quant_row_scalar(job->q, job->scale, row, job->t, o, job->cols, job->blocked, buf);
         if (bad) {
             note_bad(job, o);
             break;
@@ -190,13 +204,14 @@ static void quant_range(void *ctx, int64_t r0, int64_t r1) {
     free(buf);
 }
 
-int64_t rwkv5_quantize_int8(int8_t *q, float *scale, const void *src, int src_type, int64_t rows, int64_t cols,
-                            int blocked, const volatile int *cancel) {
-    quant_job job = {q, scale, (const unsigned char *)src, src_type, blocked != 0, 0, cols, cancel, -1, 0, 0};
+int64_t rwkv5_quantize_int8(int8_t *q, float *scale, const void *src, int src_type, int64_t rows,
+                            int64_t cols, int blocked, const volatile int *cancel) {
+    quant_job job = {
+        q, scale, (const unsigned char *)src, src_type, blocked != 0, 0, cols, cancel, -1, 0, 0};
 #if defined(__x86_64__)
     job.avx2 = rwkv5_cpu_isa() >= RWKV5_ISA_AVX2;
 #endif
-    int64_t grain = cols > 0 ? (1 << 18) / cols : rows;   /* pieces of >= 256K weights */
+    int64_t grain = cols > 0 ? (1 << 18) / cols : rows; /* pieces of >= 256K weights */
     rwkv5_parallel_for(rows, grain < 4 ? 4 : grain, quant_range, &job);
     if (atomic_load(&job.cancelled)) return -2;
     if (atomic_load(&job.nomem)) return -3;
@@ -226,11 +241,13 @@ static void block_range(void *ctx, int64_t g0, int64_t g1) {
         }
         const unsigned char *row = job->src + o * rb;
         unsigned char *d = job->dst + ((o / 4) * lines * 4 + o % 4) * LINE;
-        for (int64_t b = 0; b < rb; b += LINE, d += 4 * LINE) memcpy(d, row + b, (size_t)(rb - b < LINE ? rb - b : LINE));
+        for (int64_t b = 0; b < rb; b += LINE, d += 4 * LINE)
+            memcpy(d, row + b, (size_t)(rb - b < LINE ? rb - b : LINE));
     }
 }
 
-int rwkv5_block_copy(void *dst, const void *src, int esz, int64_t rows, int64_t cols, const volatile int *cancel) {
+int rwkv5_block_copy(void *dst, const void *src, int esz, int64_t rows, int64_t cols,
+                     const volatile int *cancel) {
     block_job job = {(unsigned char *)dst, (const unsigned char *)src, esz, cols, cancel, 0};
     int64_t full = rows / 4, grain = cols > 0 ? (1 << 20) / (4 * cols * esz) : full;
     rwkv5_parallel_for(full, grain < 1 ? 1 : grain, block_range, &job);
@@ -239,7 +256,8 @@ int rwkv5_block_copy(void *dst, const void *src, int esz, int64_t rows, int64_t 
     for (int64_t o = 4 * full; o < rows; o++) {
         const unsigned char *row = (const unsigned char *)src + o * rb;
         unsigned char *d = (unsigned char *)dst + ((o / 4) * lines * 4 + o % 4) * LINE;
-        for (int64_t b = 0; b < rb; b += LINE, d += 4 * LINE) memcpy(d, row + b, (size_t)(rb - b < LINE ? rb - b : LINE));
+        for (int64_t b = 0; b < rb; b += LINE, d += 4 * LINE)
+            memcpy(d, row + b, (size_t)(rb - b < LINE ? rb - b : LINE));
     }
     return atomic_load(&job.cancelled) ? -2 : 0;
 }

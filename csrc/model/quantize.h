@@ -22,12 +22,13 @@ int rwkv5_src_bytes(int src_type);
  * (may be NULL) is polled between pieces of rows.
  * Returns -1 when done, the first row (lowest index) holding a NaN or an infinity (q and scale
  * are then incomplete), -2 when cancelled, -3 when out of memory (a row's fp32 buffer). */
-int64_t rwkv5_quantize_int8(int8_t *q, float *scale, const void *src, int src_type, int64_t rows, int64_t cols,
-                            int blocked, const volatile int *cancel);
+int64_t rwkv5_quantize_int8(int8_t *q, float *scale, const void *src, int src_type, int64_t rows,
+                            int64_t cols, int blocked, const volatile int *cancel);
 
 /* dst <- src (rows, cols) of `esz`-byte elements (row-major, any alignment) in the 4-row blocked
  * layout, E = 64 / esz elements per line (esz 1, 2 or 4). Runs on the thread pool. Returns 0,
  * or -2 when cancelled. */
-int rwkv5_block_copy(void *dst, const void *src, int esz, int64_t rows, int64_t cols, const volatile int *cancel);
+int rwkv5_block_copy(void *dst, const void *src, int esz, int64_t rows, int64_t cols,
+                     const volatile int *cancel);
 
 #endif

@@ -1,5 +1,5 @@
-// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
-// LIBS: -lzstd -lz -lbz2 -llzma
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c
+// csrc/dataprep/dp_task.c LIBS: -lzstd -lz -lbz2 -llzma
 /* Unit test of the data-prep core, no Python: JSON extraction, UTF-8 repair, CRC-32C, scripts,
  * and dp_run_task end to end with a byte-level tokenizer (id = byte + 1) on .jsonl, multi-frame
  * .jsonl.zst and .txt inputs: expected tokens, independence from the thread count, errors for
@@ -26,9 +26,12 @@ static int extract(const char *line, const char *want_text, int want_status, int
     uint8_t *out = malloc(3 * n + 1);
     char lang[64];
     uint64_t rep = 0;
-    int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", repair, out, &len, lang, &rep, NULL);
-    int ok = st == want_status && (st != DP_OK || (len == strlen(want_text) && memcmp(out, want_text, len) == 0));
-    CHECK(ok, "json %s -> status %d (want %d), text '%.*s'", line, st, want_status, (int)len, (char *)out);
+    int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", repair, out, &len, lang,
+                             &rep, NULL);
+    int ok = st == want_status &&
+             (st != DP_OK || (len == strlen(want_text) && memcmp(out, want_text, len) == 0));
+    CHECK(ok, "json %s -> status %d (want %d), text '%.*s'", line, st, want_status, (int)len,
+          (char *)out);
     free(out);
     return ok;
 }
@@ -61,15 +64,18 @@ static void test_json(void) {
         size_t len;
         char lang[64];
         uint64_t rep;
-        int st = dp_json_extract((const uint8_t *)line, strlen(line), "text", "lang", 0, out, &len, lang, &rep, NULL);
+        int st = dp_json_extract((const uint8_t *)line, strlen(line), "text", "lang", 0, out, &len,
+                                 lang, &rep, NULL);
         CHECK(st == DP_OK && strcmp(lang, "zh-Hant") == 0, "lang '%s'", lang);
     }
     /* lang values longer than the buffers: the first DP_LANG_MAX bytes, cut at a character
      * boundary (a value of 200+ bytes in one plain run used to leave the buffer unfilled) */
     {
         /* JSON source of one unit, and its decoded UTF-8 */
-        static const char *unit[] = {"x", "\\u00e9", "\\u4e2d", "\\ud83d\\ude00", "\xc3\xa9", "ab\\\\"};
-        static const char *dec[] = {"x", "\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\xc3\xa9", "ab\\"};
+        static const char *unit[] = {"x",        "\\u00e9", "\\u4e2d", "\\ud83d\\ude00",
+                                     "\xc3\xa9", "ab\\\\"};
+        static const char *dec[] = {"x",        "\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80",
+                                    "\xc3\xa9", "ab\\"};
         for (int u = 0; u < 6; u++)
             for (int reps = 1; reps <= 400; reps += 57) {
                 static char line[8192], want[8192];
@@ -87,8 +93,10 @@ static void test_json(void) {
                 while (cut < wn && cut > 0 && ((uint8_t)want[cut] & 0xC0) == 0x80) cut--;
                 want[cut] = 0;
                 memset(lang, 0x10, sizeof lang);
-                int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", 0, out, &len, lang, &rep, NULL);
-                CHECK(st == DP_OK && strcmp(lang, want) == 0, "long lang unit %d x%d: '%s', want '%s'", u, reps, lang, want);
+                int st = dp_json_extract((const uint8_t *)line, n, "text", "lang", 0, out, &len,
+                                         lang, &rep, NULL);
+                CHECK(st == DP_OK && strcmp(lang, want) == 0,
+                      "long lang unit %d x%d: '%s', want '%s'", u, reps, lang, want);
             }
     }
 }
@@ -97,20 +105,29 @@ static void test_utf8_crc_scripts(void) {
     uint8_t out[64];
     uint64_t bad = 0;
     size_t n = dp_utf8_copy(out, (const uint8_t *)"a\xe2\x82z\xed\xa0\x80", 7, 1, &bad);
-    /* Python: b"a\xe2\x82z\xed\xa0\x80".decode("utf-8","replace") == "a\ufffdz\ufffd\ufffd\ufffd" */
+    /* Python: b"a\xe2\x82z\xed\xa0\x80".decode("utf-8","replace") == "a\ufffdz\ufffd\ufffd\ufffd"
+     */
     CHECK(n == 1 + 3 + 1 + 9 && bad == 4, "utf8 repair n=%zu bad=%llu", n, (unsigned long long)bad);
     CHECK(dp_utf8_copy(out, (const uint8_t *)"ok\xc3\xa9", 4, 0, NULL) == 4, "valid utf8");
-    CHECK(dp_utf8_copy(out, (const uint8_t *)"\xc0\xaf", 2, 0, NULL) == (size_t)-1, "overlong rejected");
+    CHECK(dp_utf8_copy(out, (const uint8_t *)"\xc0\xaf", 2, 0, NULL) == (size_t)-1,
+          "overlong rejected");
     CHECK(dp_crc32c(0, (const uint8_t *)"123456789", 9) == 0xE3069283u, "crc32c check value");
-    CHECK(dp_crc32c(dp_crc32c(0, (const uint8_t *)"1234", 4), (const uint8_t *)"56789", 5) == 0xE3069283u, "crc32c chaining");
-    CHECK(dp_script_of('a') == DP_SCRIPT_LATIN && dp_script_of('1') == DP_SCRIPT_COMMON, "ascii scripts");
+    CHECK(dp_crc32c(dp_crc32c(0, (const uint8_t *)"1234", 4), (const uint8_t *)"56789", 5) ==
+              0xE3069283u,
+          "crc32c chaining");
+    CHECK(dp_script_of('a') == DP_SCRIPT_LATIN && dp_script_of('1') == DP_SCRIPT_COMMON,
+          "ascii scripts");
     CHECK(dp_script_of(0x0416) == DP_SCRIPT_CYRILLIC && dp_script_of(0x4E2D) == DP_SCRIPT_HAN &&
-          dp_script_of(0x3042) == DP_SCRIPT_KANA && dp_script_of(0xD55C) == DP_SCRIPT_HANGUL &&
-          dp_script_of(0x0E01) == DP_SCRIPT_THAI && dp_script_of(0x13A0) == DP_SCRIPT_OTHER &&
-          dp_script_of(0x1F600) == DP_SCRIPT_COMMON, "scripts");
+              dp_script_of(0x3042) == DP_SCRIPT_KANA && dp_script_of(0xD55C) == DP_SCRIPT_HANGUL &&
+              dp_script_of(0x0E01) == DP_SCRIPT_THAI && dp_script_of(0x13A0) == DP_SCRIPT_OTHER &&
+              dp_script_of(0x1F600) == DP_SCRIPT_COMMON,
+          "scripts");
     for (uint32_t cp = 0; cp <= 0x10FFFF; cp++) { /* every code point classifies without crashing */
         int s = dp_script_of(cp);
-        if (s < 0 || s >= DP_N_SCRIPTS) { CHECK(0, "script of %x = %d", cp, s); break; }
+        if (s < 0 || s >= DP_N_SCRIPTS) {
+            CHECK(0, "script of %x = %d", cp, s);
+            break;
+        }
     }
     uint64_t h1[2], h2[2];
     dp_hash128((const uint8_t *)"abc", 3, h1);
@@ -128,7 +145,10 @@ static size_t byte_encode(const void *ctx, const uint8_t *t, size_t n, uint16_t 
 
 static uint8_t *read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
-    if (!f) { *n = 0; return NULL; }
+    if (!f) {
+        *n = 0;
+        return NULL;
+    }
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -144,8 +164,8 @@ static void write_file(const char *path, const void *p, size_t n) {
     fclose(f);
 }
 
-static int run(const char *path, int format, int codec, int threads, size_t batch, int fail_fast, const char *tok, const char *meta,
-               dp_task_result *res) {
+static int run(const char *path, int format, int codec, int threads, size_t batch, int fail_fast,
+               const char *tok, const char *meta, dp_task_result *res) {
     dp_task_opts o;
     memset(&o, 0, sizeof o);
     o.path = path;
@@ -182,10 +202,16 @@ static void test_task(const char *dir) {
     int n_docs = 0, n_bad = 0;
     for (int i = 0; i < N; i++) {
         char text[128];
-        snprintf(text, sizeof text, "doc %d %s", i, (i % 3) ? "alpha" : "\xce\xb2\xce\xb7\xcf\x84\xce\xb1");
-        if (i % 7 == 3) { len += (size_t)snprintf(corpus + len, cap - len, "{\"text\": oops}\n"); n_bad++; continue; }
-        len += (size_t)snprintf(corpus + len, cap - len, "{\"text\": \"%s\", \"lang\": \"l%d\"}%s\n", text, i % 3,
-                                (i % 5) ? "" : "\r");
+        snprintf(text, sizeof text, "doc %d %s", i,
+                 (i % 3) ? "alpha" : "\xce\xb2\xce\xb7\xcf\x84\xce\xb1");
+        if (i % 7 == 3) {
+            len += (size_t)snprintf(corpus + len, cap - len, "{\"text\": oops}\n");
+            n_bad++;
+            continue;
+        }
+        len +=
+            (size_t)snprintf(corpus + len, cap - len, "{\"text\": \"%s\", \"lang\": \"l%d\"}%s\n",
+                             text, i % 3, (i % 5) ? "" : "\r");
         for (size_t k = 0; k < strlen(text); k++) expect[elen++] = (uint16_t)((uint8_t)text[k] + 1);
         expect[elen++] = 0;
         n_docs++;
@@ -195,12 +221,16 @@ static void test_task(const char *dir) {
     dp_task_result r1, r2;
     int rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 1, 0, 0, tok1, meta1, &r1);
     CHECK(rc == 0, "run: %s", r1.err);
-    CHECK(r1.docs == (uint64_t)n_docs && r1.skipped[DP_MALFORMED_JSON] == (uint64_t)n_bad && r1.n_langs == 4,
-          "docs %llu bad %llu langs %d", (unsigned long long)r1.docs, (unsigned long long)r1.skipped[DP_MALFORMED_JSON], r1.n_langs);
-    CHECK(r1.n_listed > 0 && r1.listed_line[0] == 4 && r1.listed_status[0] == DP_MALFORMED_JSON, "first listed line");
+    CHECK(r1.docs == (uint64_t)n_docs && r1.skipped[DP_MALFORMED_JSON] == (uint64_t)n_bad &&
+              r1.n_langs == 4,
+          "docs %llu bad %llu langs %d", (unsigned long long)r1.docs,
+          (unsigned long long)r1.skipped[DP_MALFORMED_JSON], r1.n_langs);
+    CHECK(r1.n_listed > 0 && r1.listed_line[0] == 4 && r1.listed_status[0] == DP_MALFORMED_JSON,
+          "first listed line");
     size_t n1, n2, m1, m2;
     uint8_t *b1 = read_file(tok1, &n1), *mm1 = read_file(meta1, &m1);
-    CHECK(n1 == elen * 2 && memcmp(b1, expect, n1) == 0, "tokens differ from expectation (%zu vs %zu bytes)", n1, elen * 2);
+    CHECK(n1 == elen * 2 && memcmp(b1, expect, n1) == 0,
+          "tokens differ from expectation (%zu vs %zu bytes)", n1, elen * 2);
     CHECK(m1 == (size_t)n_docs * sizeof(dp_doc_meta), "meta size");
     /* many threads, tiny batches: same bytes */
     rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 3, 100, 0, tok2, meta2, &r2);
@@ -208,14 +238,16 @@ static void test_task(const char *dir) {
     uint8_t *b2 = read_file(tok2, &n2), *mm2 = read_file(meta2, &m2);
     CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "3 threads: tokens differ");
     CHECK(m1 == m2 && memcmp(mm1, mm2, m1) == 0, "3 threads: meta differs");
-    free(b2); free(mm2);
+    free(b2);
+    free(mm2);
     dp_task_result_free(&r2);
 
     /* multi-frame zstd with frames cut mid-line: same bytes */
     size_t zcap = ZSTD_compressBound(len) + 1024, zlen = 0;
     uint8_t *z = malloc(zcap);
     size_t cuts[4] = {0, len / 3, len / 3 + 1, len};
-    for (int k = 0; k < 3; k++) zlen += ZSTD_compress(z + zlen, zcap - zlen, corpus + cuts[k], cuts[k + 1] - cuts[k], 3);
+    for (int k = 0; k < 3; k++)
+        zlen += ZSTD_compress(z + zlen, zcap - zlen, corpus + cuts[k], cuts[k + 1] - cuts[k], 3);
     write_file(zst, z, zlen);
     rc = run(zst, DP_REC_JSONL, DP_CODEC_ZSTD, 2, 0, 0, tok2, meta2, &r2);
     CHECK(rc == 0, "zst run: %s", r2.err);
@@ -226,7 +258,8 @@ static void test_task(const char *dir) {
     /* truncated */
     write_file(zst, z, zlen - 5);
     rc = run(zst, DP_REC_JSONL, DP_CODEC_ZSTD, 2, 0, 0, tok2, meta2, &r2);
-    CHECK(rc != 0 && strstr(r2.err, "truncated zstd frame starting at byte offset"), "truncated: rc %d '%s'", rc, r2.err);
+    CHECK(rc != 0 && strstr(r2.err, "truncated zstd frame starting at byte offset"),
+          "truncated: rc %d '%s'", rc, r2.err);
     dp_task_result_free(&r2);
     /* trailing garbage */
     memcpy(z + zlen, "JUNKJUNK", 8);
@@ -238,7 +271,8 @@ static void test_task(const char *dir) {
     /* a 0-byte file is not a zstd stream (zstd -t rejects it too) */
     write_file(zst, "", 0);
     rc = run(zst, DP_REC_JSONL, DP_CODEC_ZSTD, 1, 0, 0, tok2, meta2, &r2);
-    CHECK(rc != 0 && strstr(r2.err, "0 bytes, not a zstd stream"), "empty zst: rc %d '%s'", rc, r2.err);
+    CHECK(rc != 0 && strstr(r2.err, "0 bytes, not a zstd stream"), "empty zst: rc %d '%s'", rc,
+          r2.err);
     dp_task_result_free(&r2);
     /* text in a zstd stream (any record format behind any codec) */
     {
@@ -248,7 +282,8 @@ static void test_task(const char *dir) {
         rc = run(zst, DP_REC_TXT_FILE, DP_CODEC_ZSTD, 1, 0, 0, tok2, meta2, &r2);
         b2 = read_file(tok2, &n2);
         int okz = rc == 0 && r2.docs == 1 && n2 == 2 * (strlen(doc) + 1);
-        for (size_t c = 0; okz && c < strlen(doc); c++) okz = ((uint16_t *)b2)[c] == (uint8_t)doc[c] + 1;
+        for (size_t c = 0; okz && c < strlen(doc); c++)
+            okz = ((uint16_t *)b2)[c] == (uint8_t)doc[c] + 1;
         CHECK(okz, "txt in zstd: rc %d '%s' docs %llu", rc, r2.err, (unsigned long long)r2.docs);
         free(b2);
         dp_task_result_free(&r2);
@@ -262,7 +297,8 @@ static void test_task(const char *dir) {
         dp_task_result_free(&r2);
         write_file(txt, bad_block, strlen(bad_block));
         rc = run(txt, DP_REC_TXT_BLANK, DP_CODEC_PLAIN, 1, 0, 1, tok2, meta2, &r2);
-        CHECK(rc != 0 && strstr(r2.err, "in.txt:4: invalid_utf8"), "txt block bad line: '%s'", r2.err);
+        CHECK(rc != 0 && strstr(r2.err, "in.txt:4: invalid_utf8"), "txt block bad line: '%s'",
+              r2.err);
         dp_task_result_free(&r2);
         rc = run(txt, DP_REC_TXT_BLANK, DP_CODEC_PLAIN, 1, 0, 0, tok2, meta2, &r2);
         CHECK(rc == 0 && r2.n_listed == 1 && r2.listed_line[0] == 4, "txt block listed line %llu",
@@ -274,13 +310,15 @@ static void test_task(const char *dir) {
         const int NL = 70000;
         size_t lcap = (size_t)NL * 40, ll = 0;
         char *lc = malloc(lcap);
-        for (int i = 0; i < NL; i++) ll += (size_t)snprintf(lc + ll, lcap - ll, "{\"text\": \"x\", \"lang\": \"n%d\"}\n", i);
+        for (int i = 0; i < NL; i++)
+            ll += (size_t)snprintf(lc + ll, lcap - ll, "{\"text\": \"x\", \"lang\": \"n%d\"}\n", i);
         write_file(jsonl, lc, ll);
         rc = run(jsonl, DP_REC_JSONL, DP_CODEC_PLAIN, 2, 0, 0, tok2, meta2, &r2);
         uint8_t *mb = read_file(meta2, &n2);
         const dp_doc_meta *md = (const dp_doc_meta *)mb;
         int okl = rc == 0 && r2.n_langs == DP_MAX_LANGS && n2 == (size_t)NL * sizeof(dp_doc_meta) &&
-                  strcmp(r2.langs[DP_MAX_LANGS - 1], "(more languages)") == 0 && strcmp(r2.langs[5001], "n5000") == 0;
+                  strcmp(r2.langs[DP_MAX_LANGS - 1], "(more languages)") == 0 &&
+                  strcmp(r2.langs[5001], "n5000") == 0;
         for (int i = 0; okl && i < NL; i++)
             okl = md[i].lang == (i < DP_MAX_LANGS - 2 ? i + 1 : DP_MAX_LANGS - 1);
         CHECK(okl, "many languages: rc %d n_langs %d", rc, r2.n_langs);
@@ -304,7 +342,8 @@ static void test_task(const char *dir) {
     size_t pos = 0;
     int okt = rc == 0 && r2.docs == 2;
     for (int k = 0; k < 2 && okt; k++) {
-        for (size_t c = 0; c < strlen(want[k]); c++) okt &= ((uint16_t *)b2)[pos++] == (uint8_t)want[k][c] + 1;
+        for (size_t c = 0; c < strlen(want[k]); c++)
+            okt &= ((uint16_t *)b2)[pos++] == (uint8_t)want[k][c] + 1;
         okt &= ((uint16_t *)b2)[pos++] == 0;
     }
     CHECK(okt && pos * 2 == n2, "txt blocks");
@@ -326,8 +365,18 @@ static void test_task(const char *dir) {
     }
 
     dp_task_result_free(&r1);
-    free(b1); free(mm1); free(z); free(corpus); free(expect);
-    remove(jsonl); remove(zst); remove(txt); remove(tok1); remove(tok2); remove(meta1); remove(meta2);
+    free(b1);
+    free(mm1);
+    free(z);
+    free(corpus);
+    free(expect);
+    remove(jsonl);
+    remove(zst);
+    remove(txt);
+    remove(tok1);
+    remove(tok2);
+    remove(meta1);
+    remove(meta2);
 }
 
 /* The codec and record-format tables: names unique and non-empty, every codec with a magic is
@@ -335,17 +384,24 @@ static void test_task(const char *dir) {
 static void test_tables(void) {
     for (int i = 0; i < DP_N_CODECS; i++) {
         const dp_codec *c = &dp_codecs[i];
-        CHECK(c->name && c->name[0] && c->suffix && c->open && c->read && c->close, "codec %d: incomplete row", i);
-        CHECK((c->magic_len == 0) == (i == DP_CODEC_PLAIN), "codec %s: magic only for compressed codecs", c->name);
+        CHECK(c->name && c->name[0] && c->suffix && c->open && c->read && c->close,
+              "codec %d: incomplete row", i);
+        CHECK((c->magic_len == 0) == (i == DP_CODEC_PLAIN),
+              "codec %s: magic only for compressed codecs", c->name);
         if (c->magic_len && !c->sniff) /* the others: by real files in test_codecs */
-            CHECK(dp_codec_detect((const uint8_t *)c->magic, c->magic_len) == i, "codec %s: not detected by its magic", c->name);
-        for (int j = 0; j < i; j++) CHECK(strcmp(c->name, dp_codecs[j].name), "codec name %s twice", c->name);
+            CHECK(dp_codec_detect((const uint8_t *)c->magic, c->magic_len) == i,
+                  "codec %s: not detected by its magic", c->name);
+        for (int j = 0; j < i; j++)
+            CHECK(strcmp(c->name, dp_codecs[j].name), "codec name %s twice", c->name);
     }
-    CHECK(dp_codec_detect((const uint8_t *)"{\"text\"", 7) == -1 && dp_codec_detect(NULL, 0) == -1, "plain detected as a codec");
+    CHECK(dp_codec_detect((const uint8_t *)"{\"text\"", 7) == -1 && dp_codec_detect(NULL, 0) == -1,
+          "plain detected as a codec");
     for (int i = 0; i < DP_N_RECORD_FORMATS; i++) {
         const dp_record_format *f = &dp_record_formats[i];
-        CHECK(f->name && f->name[0] && f->line && f->end && f->text, "record format %d: incomplete row", i);
-        for (int j = 0; j < i; j++) CHECK(strcmp(f->name, dp_record_formats[j].name), "record format %s twice", f->name);
+        CHECK(f->name && f->name[0] && f->line && f->end && f->text,
+              "record format %d: incomplete row", i);
+        for (int j = 0; j < i; j++)
+            CHECK(strcmp(f->name, dp_record_formats[j].name), "record format %s twice", f->name);
     }
 }
 
@@ -391,7 +447,8 @@ static void test_codecs(const char *dir) {
     size_t cap = 1 << 16, len = 0;
     char *corpus = malloc(cap);
     for (int i = 0; i < 300; i++)
-        len += (size_t)snprintf(corpus + len, cap - len, "{\"text\": \"doc %d \\u00e9t\u00e9 %d\"}\n", i, i * i);
+        len += (size_t)snprintf(corpus + len, cap - len,
+                                "{\"text\": \"doc %d \\u00e9t\u00e9 %d\"}\n", i, i * i);
     write_file(plain, corpus, len);
     dp_task_result r;
     int rc = run(plain, DP_REC_JSONL, DP_CODEC_PLAIN, 1, 0, 0, tok, meta, &r);
@@ -405,7 +462,8 @@ static void test_codecs(const char *dir) {
         size_t cuts[4] = {0, len / 3, len / 3 + 1, len}, zlen = 0, k;
         uint8_t *all = malloc(2 * len + 3 * 4096);
         for (int u = 0; u < 3; u++) {
-            uint8_t *z = compress_unit(codec, (const uint8_t *)corpus + cuts[u], cuts[u + 1] - cuts[u], &k);
+            uint8_t *z =
+                compress_unit(codec, (const uint8_t *)corpus + cuts[u], cuts[u + 1] - cuts[u], &k);
             memcpy(all + zlen, z, k);
             zlen += k;
             free(z);
@@ -415,7 +473,8 @@ static void test_codecs(const char *dir) {
         rc = run(comp, DP_REC_JSONL, codec, 2, 0, 0, tok, meta, &r);
         size_t n_got;
         uint8_t *got = read_file(tok, &n_got);
-        CHECK(rc == 0 && n_got == n_want && memcmp(got, want, n_want) == 0, "%s, 3 units: rc %d '%s'", name, rc, r.err);
+        CHECK(rc == 0 && n_got == n_want && memcmp(got, want, n_want) == 0,
+              "%s, 3 units: rc %d '%s'", name, rc, r.err);
         free(got);
         dp_task_result_free(&r);
         free(all);
@@ -427,8 +486,9 @@ static void test_codecs(const char *dir) {
         for (size_t off = 0; off < zlen; off += 1 + zlen / 41) {
             write_file(comp, z, off);
             rc = run(comp, DP_REC_JSONL, codec, 1, 0, 0, tok, meta, &r);
-            CHECK(rc != 0 && strstr(r.err, comp) && (strstr(r.err, "truncated") || strstr(r.err, "0 bytes")) &&
-                  strstr(r.err, "byte") && !strchr(r.err, '\n'),
+            CHECK(rc != 0 && strstr(r.err, comp) &&
+                      (strstr(r.err, "truncated") || strstr(r.err, "0 bytes")) &&
+                      strstr(r.err, "byte") && !strchr(r.err, '\n'),
                   "%s cut at %zu of %zu: rc %d '%s'", name, off, zlen, rc, r.err);
             dp_task_result_free(&r);
             n_cut++;
@@ -440,8 +500,8 @@ static void test_codecs(const char *dir) {
             rc = run(comp, DP_REC_JSONL, codec, 1, 0, 0, tok, meta, &r);
             if (rc == 0) {
                 got = read_file(tok, &n_got);
-                CHECK(n_got == n_want && memcmp(got, want, n_want) == 0, "%s byte %zu changed: other tokens, no error",
-                      name, off);
+                CHECK(n_got == n_want && memcmp(got, want, n_want) == 0,
+                      "%s byte %zu changed: other tokens, no error", name, off);
                 free(got);
                 n_same++;
             } else {
@@ -451,8 +511,9 @@ static void test_codecs(const char *dir) {
             dp_task_result_free(&r);
             n_flip++;
         }
-        CHECK(n_cut > 30 && n_same < n_flip / 4, "%s: %d cuts, %d changed bytes of which %d read the same", name, n_cut,
-              n_flip, n_same);
+        CHECK(n_cut > 30 && n_same < n_flip / 4,
+              "%s: %d cuts, %d changed bytes of which %d read the same", name, n_cut, n_flip,
+              n_same);
         free(z);
     }
     /* gzip: zero bytes after the last member are padding (as gzip and Python read them) */
@@ -474,30 +535,40 @@ static void test_codecs(const char *dir) {
         for (int codec = DP_CODEC_ZSTD; codec < DP_N_CODECS; codec++) {
             write_file(comp, "", 0);
             rc = run(comp, DP_REC_JSONL, codec, 1, 0, 0, tok, meta, &r);
-            CHECK(rc != 0 && strstr(r.err, "0 bytes, not a"), "%s, empty file: rc %d '%s'", dp_codecs[codec].name, rc,
-                  r.err);
+            CHECK(rc != 0 && strstr(r.err, "0 bytes, not a"), "%s, empty file: rc %d '%s'",
+                  dp_codecs[codec].name, rc, r.err);
             dp_task_result_free(&r);
         }
         free(zz);
         free(z);
     }
     /* bzip2 is detected by more than "BZh": a text beginning with it stays text */
-    CHECK(dp_codec_detect((const uint8_t *)"BZh9 is a text line\n", 20) == -1, "text starting with BZh9");
+    CHECK(dp_codec_detect((const uint8_t *)"BZh9 is a text line\n", 20) == -1,
+          "text starting with BZh9");
     free(want);
     free(corpus);
-    remove(plain); remove(comp); remove(tok); remove(meta);
+    remove(plain);
+    remove(comp);
+    remove(tok);
+    remove(meta);
 }
 
 int main(void) {
     char dir[] = "/tmp/rwkv5_test_dataprep_XXXXXX";
-    if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
     test_json();
     test_utf8_crc_scripts();
     test_tables();
     test_task(dir);
     test_codecs(dir);
     rmdir(dir);
-    if (failures) { fprintf(stderr, "test_dataprep: %d failure(s)\n", failures); return 1; }
+    if (failures) {
+        fprintf(stderr, "test_dataprep: %d failure(s)\n", failures);
+        return 1;
+    }
     printf("test_dataprep: ok\n");
     return 0;
 }

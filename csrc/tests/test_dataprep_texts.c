@@ -23,7 +23,10 @@ static size_t byte_encode(const void *ctx, const uint8_t *text, size_t n, uint16
 
 static uint8_t *slurp(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
-    if (!f) { *n = 0; return NULL; }
+    if (!f) {
+        *n = 0;
+        return NULL;
+    }
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -34,8 +37,9 @@ static uint8_t *slurp(const char *path, size_t *n) {
 }
 
 /* Encode the texts into tok/meta files; returns rc. */
-static int run(const char *dir, const char *data, const int64_t *off, size_t n, uint8_t *status, const uint16_t *lang,
-               int repair, int threads, dp_texts_result *res, char *err, const char *tag) {
+static int run(const char *dir, const char *data, const int64_t *off, size_t n, uint8_t *status,
+               const uint16_t *lang, int repair, int threads, dp_texts_result *res, char *err,
+               const char *tag) {
     char tok[512], meta[512];
     snprintf(tok, sizeof tok, "%s/%s.tok", dir, tag);
     snprintf(meta, sizeof meta, "%s/%s.meta", dir, tag);
@@ -69,7 +73,8 @@ static void test_small(const char *dir) {
     CHECK(status[0] == DP_OK && status[1] == DP_FIELD_NOT_STRING && status[2] == DP_EMPTY &&
               status[3] == DP_INVALID_UTF8 && status[4] == DP_OK,
           "statuses %d %d %d %d %d", status[0], status[1], status[2], status[3], status[4]);
-    CHECK(r.docs == 2 && r.tokens == 6 && r.text_bytes == 4 && r.repaired_docs == 0, "small counts");
+    CHECK(r.docs == 2 && r.tokens == 6 && r.text_bytes == 4 && r.repaired_docs == 0,
+          "small counts");
     char p[512];
     size_t nt, nm;
     snprintf(p, sizeof p, "%s/s.tok", dir);
@@ -90,7 +95,8 @@ static void test_small(const char *dir) {
     /* repair: the invalid text is kept with U+FFFD */
     uint8_t st2[5] = {DP_OK, DP_FIELD_NOT_STRING, DP_OK, DP_OK, DP_OK};
     rc = run(dir, data, off, 5, st2, NULL, 1, 1, &r, err, "r");
-    CHECK(rc == 0 && st2[3] == DP_OK && r.docs == 3 && r.repaired_docs == 1 && r.text_bytes == 2 + 4 + 2,
+    CHECK(rc == 0 && st2[3] == DP_OK && r.docs == 3 && r.repaired_docs == 1 &&
+              r.text_bytes == 2 + 4 + 2,
           "repair: rc %d status %d docs %llu", rc, st2[3], (unsigned long long)r.docs);
 }
 
@@ -112,7 +118,8 @@ static void test_threads(const char *dir) {
     char err[256] = {0};
     CHECK(run(dir, data, off, n, s1, NULL, 0, 1, &r1, err, "t1") == 0, "1 thread: %s", err);
     CHECK(run(dir, data, off, n, s2, NULL, 0, 3, &r2, err, "t3") == 0, "3 threads: %s", err);
-    CHECK(r1.docs == n && r2.docs == n && r1.tokens == pos + n && r2.tokens == r1.tokens, "thread counts");
+    CHECK(r1.docs == n && r2.docs == n && r1.tokens == pos + n && r2.tokens == r1.tokens,
+          "thread counts");
     char p[512];
     size_t a, b;
     snprintf(p, sizeof p, "%s/t1.tok", dir);
@@ -142,7 +149,9 @@ static void test_threads(const char *dir) {
     /* offsets that decrease are refused */
     int64_t bad[3] = {0, 5, 2};
     uint8_t st[2] = {0, 0};
-    CHECK(run(dir, data, bad, 2, st, NULL, 0, 1, &r1, err, "b") != 0 && strstr(err, "offsets decrease"), "bad offsets");
+    CHECK(run(dir, data, bad, 2, st, NULL, 0, 1, &r1, err, "b") != 0 &&
+              strstr(err, "offsets decrease"),
+          "bad offsets");
     free(off);
     free(data);
     free(s1);
@@ -151,7 +160,10 @@ static void test_threads(const char *dir) {
 
 int main(void) {
     char dir[] = "/tmp/rwkv5_test_dataprep_texts_XXXXXX";
-    if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
     test_small(dir);
     test_threads(dir);
     const char *names[] = {"s", "r", "t1", "t3", "b"};
@@ -163,7 +175,10 @@ int main(void) {
         remove(p);
     }
     rmdir(dir);
-    if (failures) { fprintf(stderr, "test_dataprep_texts: %d failure(s)\n", failures); return 1; }
+    if (failures) {
+        fprintf(stderr, "test_dataprep_texts: %d failure(s)\n", failures);
+        return 1;
+    }
     printf("test_dataprep_texts: ok\n");
     return 0;
 }

@@ -11,7 +11,8 @@
 #include "check.h"
 
 /* block `kind` with d (and m) given as half bits, the 32 integers q (before the zero point) packed
- * as ggml does: weight j < 16 low nibble of byte j, weight j + 16 its high nibble, fifth bits in qh */
+ * as ggml does: weight j < 16 low nibble of byte j, weight j + 16 its high nibble, fifth bits in qh
+ */
 static int make_block(unsigned char *p, int kind, uint16_t d, uint16_t m, const int *q) {
     int n = 0;
     p[n++] = (unsigned char)(d & 0xff);
@@ -42,7 +43,9 @@ int main(void) {
     for (int k = 0; k < 5; k++) {
         const int kind = kinds[k];
         CHECK(rwkv5_ggml_block_bytes(kind) == sizes[k], "block bytes of kind %d", kind);
-        const int bits = kind == RWKV5_Q8_0 ? 8 : (kind == RWKV5_Q5_0 || kind == RWKV5_Q5_1) ? 5 : 4;
+        const int bits = kind == RWKV5_Q8_0                           ? 8
+                         : (kind == RWKV5_Q5_0 || kind == RWKV5_Q5_1) ? 5
+                                                                      : 4;
         const int zero = kind == RWKV5_Q4_0 ? 8 : kind == RWKV5_Q5_0 ? 16 : 0;
         for (int j = 0; j < 32; j++) q[j] = bits == 8 ? j * 7 - 100 : (j * 5 + 3) % (1 << bits);
         /* three blocks at an odd address: d = 0.5, 1, -2; m = 0.25 (the _1 kinds) */
@@ -56,21 +59,24 @@ int main(void) {
         for (int b = 0; b < 3; b++)
             for (int j = 0; j < 32; j++) {
                 const float want = dv[b] * (float)(q[j] - zero) + m;
-                CHECK(out[b * 32 + j] == want, "kind %d block %d weight %d: %g, want %g", kind, b, j,
-                      out[b * 32 + j], want);
+                CHECK(out[b * 32 + j] == want, "kind %d block %d weight %d: %g, want %g", kind, b,
+                      j, out[b * 32 + j], want);
             }
         /* an infinite d in block 1 stops there */
         make_block(buf + 1 + sizes[k], kind, 0x7C00, 0x3400, q);
-        CHECK(rwkv5_ggml_dequantize(out, buf + 1, 3, kind) == 1, "kind %d: inf d not reported", kind);
+        CHECK(rwkv5_ggml_dequantize(out, buf + 1, 3, kind) == 1, "kind %d: inf d not reported",
+              kind);
         if (kind == RWKV5_Q4_1 || kind == RWKV5_Q5_1) {
-            make_block(buf + 1 + sizes[k], kind, 0x3C00, 0x7E00, q);    /* NaN m */
-            CHECK(rwkv5_ggml_dequantize(out, buf + 1, 3, kind) == 1, "kind %d: NaN m not reported", kind);
+            make_block(buf + 1 + sizes[k], kind, 0x3C00, 0x7E00, q); /* NaN m */
+            CHECK(rwkv5_ggml_dequantize(out, buf + 1, 3, kind) == 1, "kind %d: NaN m not reported",
+                  kind);
         }
     }
     /* the threaded version on many blocks: the same floats, and the first of two bad blocks */
     const int64_t nb = 100003;
     unsigned char *big = malloc((size_t)nb * 22);
-    float *o1 = malloc((size_t)nb * 32 * sizeof(float)), *o2 = malloc((size_t)nb * 32 * sizeof(float));
+    float *o1 = malloc((size_t)nb * 32 * sizeof(float)),
+          *o2 = malloc((size_t)nb * 32 * sizeof(float));
     if (!big || !o1 || !o2) return 2;
     for (int64_t b = 0; b < nb; b++) {
         for (int j = 0; j < 32; j++) q[j] = (int)((b * 31 + j * 7) % 32);
@@ -82,15 +88,19 @@ int main(void) {
     CHECK(memcmp(o1, o2, (size_t)nb * 32 * sizeof(float)) == 0, "threaded result differs");
     make_block(big + 90001 * 22, RWKV5_Q5_0, 0xFC00, 0, q);
     make_block(big + 12345 * 22, RWKV5_Q5_0, 0x7E00, 0, q);
-    CHECK(rwkv5_ggml_dequantize_threads(o2, big, nb, RWKV5_Q5_0) == 12345, "first bad block, threads");
+    CHECK(rwkv5_ggml_dequantize_threads(o2, big, nb, RWKV5_Q5_0) == 12345,
+          "first bad block, threads");
     CHECK(rwkv5_ggml_dequantize_threads(o2, big, nb, 5) == -2, "unknown kind, threads");
-    rwkv5_set_num_threads(1);   /* join the workers so leak checkers see a clean exit */
+    rwkv5_set_num_threads(1); /* join the workers so leak checkers see a clean exit */
     free(big);
     free(o1);
     free(o2);
-    CHECK(rwkv5_ggml_block_bytes(4) == 0 && rwkv5_ggml_dequantize(out, buf, 1, 4) == -2, "unknown kind");
+    CHECK(rwkv5_ggml_block_bytes(4) == 0 && rwkv5_ggml_dequantize(out, buf, 1, 4) == -2,
+          "unknown kind");
     CHECK(rwkv5_ggml_dequantize(out, buf, 0, RWKV5_Q4_0) == -1, "zero blocks");
-    if (failures) fprintf(stderr, "test_ggml_blocks: %d failure(s)\n", failures);
-    else printf("test_ggml_blocks: ok\n");
+    if (failures)
+        fprintf(stderr, "test_ggml_blocks: %d failure(s)\n", failures);
+    else
+        printf("test_ggml_blocks: ok\n");
     return failures != 0;
 }

@@ -18,7 +18,9 @@
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint64_t rng(void) { /* xorshift64* */
-    rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
     return rng_state * 2685821657736338717ull;
 }
 
@@ -29,7 +31,10 @@ static char *read_file(const char *path, size_t *len) {
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
     char *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
     fclose(f);
     *len = (size_t)n;
     return buf;
@@ -46,7 +51,9 @@ static char *generated_vocab(int extra, int max_extra_len, size_t *len) {
         int L = 2 + (int)(rng() % 11);
         if (max_extra_len > 12 && k % 50 == 0) L = 2 + (int)(rng() % (unsigned)(max_extra_len - 1));
         n += (size_t)sprintf(s + n, "%d b'", id++);
-        for (int i = 0; i < L; i++) n += (size_t)sprintf(s + n, "\\x%02x", (unsigned)("abcde \xc3\xa9\xff"[rng() % 9]) & 0xFF);
+        for (int i = 0; i < L; i++)
+            n += (size_t)sprintf(s + n, "\\x%02x",
+                                 (unsigned)("abcde \xc3\xa9\xff"[rng() % 9]) & 0xFF);
         n += (size_t)sprintf(s + n, "' %d\n", L);
         if (n + 4 * (size_t)max_extra_len + 256 > cap) break;
     }
@@ -55,7 +62,11 @@ static char *generated_vocab(int extra, int max_extra_len, size_t *len) {
 }
 
 /* ---- the naive matcher: tokens sorted by bytes, longest prefix found by binary search ---- */
-typedef struct { const uint8_t *b; size_t n; uint32_t id; } tokref;
+typedef struct {
+    const uint8_t *b;
+    size_t n;
+    uint32_t id;
+} tokref;
 static tokref *refs;
 static size_t n_refs, ref_max_len;
 
@@ -78,7 +89,8 @@ static int cmp_bytes(const void *pa, const void *pb) {
 
 static void naive_init(const wt_tokenizer *tok) {
     refs = malloc(wt_n_vocab(tok) * sizeof *refs);
-    n_refs = 0; ref_max_len = 0;
+    n_refs = 0;
+    ref_max_len = 0;
     for (uint32_t id = 0; id < wt_n_vocab(tok); id++) {
         size_t n;
         const uint8_t *b = wt_token_bytes(tok, id, &n);
@@ -91,8 +103,10 @@ static void naive_init(const wt_tokenizer *tok) {
      * larger id, ids follow file order) is the token, as in the reference tokenizer. */
     size_t w = 0;
     for (size_t i = 0; i < n_refs; i++) {
-        if (w > 0 && cmp_bytes(&refs[w - 1], &refs[i]) == 0) refs[w - 1] = refs[i];
-        else refs[w++] = refs[i];
+        if (w > 0 && cmp_bytes(&refs[w - 1], &refs[i]) == 0)
+            refs[w - 1] = refs[i];
+        else
+            refs[w++] = refs[i];
     }
     n_refs = w;
 }
@@ -104,7 +118,11 @@ static size_t naive_encode(const uint8_t *t, size_t n, uint32_t *out) {
         for (; L >= 1; L--) {
             tokref key = {t + p, L, 0};
             tokref *hit = bsearch(&key, refs, n_refs, sizeof *refs, cmp_bytes);
-            if (hit) { out[k++] = hit->id; p += L; break; }
+            if (hit) {
+                out[k++] = hit->id;
+                p += L;
+                break;
+            }
         }
         if (L == 0) return (size_t)-1; /* a byte without a token: impossible for a valid vocab */
     }
@@ -128,7 +146,9 @@ static void check_encode(const wt_tokenizer *tok, const uint8_t *t, size_t n, co
         for (size_t i = 0; same && i < na; i++) same = c[i] == a[i];
         CHECK(same, "%s: wt_encode_u16 differs from wt_encode", what);
     }
-    free(a); free(b); free(c);
+    free(a);
+    free(b);
+    free(c);
 }
 
 static void check_parallel(const wt_tokenizer *tok, const uint8_t *t, size_t n, const char *what) {
@@ -137,9 +157,11 @@ static void check_parallel(const wt_tokenizer *tok, const uint8_t *t, size_t n, 
     for (int th = 2; th <= 5; th++) {
         memset(b, 0xAB, (n + 1) * sizeof *b);
         size_t nb = wt_encode_parallel(tok, t, n, b, th);
-        CHECK(nb == na && memcmp(a, b, na * sizeof *a) == 0, "%s: wt_encode_parallel(%d threads) differs (%zu vs %zu ids)", what, th, nb, na);
+        CHECK(nb == na && memcmp(a, b, na * sizeof *a) == 0,
+              "%s: wt_encode_parallel(%d threads) differs (%zu vs %zu ids)", what, th, nb, na);
     }
-    free(a); free(b);
+    free(a);
+    free(b);
 }
 
 static void check_batch(const wt_tokenizer *tok) {
@@ -150,7 +172,8 @@ static void check_batch(const wt_tokenizer *tok) {
     for (int i = 0; i < K; i++) {
         lens[i] = (size_t)(rng() % 3000);
         bufs[i] = malloc(lens[i] + 1);
-        for (size_t j = 0; j < lens[i]; j++) bufs[i][j] = (uint8_t)("hello world, \xe4\xb8\xad\xe6\x96\x87 \n\n"[rng() % 21]);
+        for (size_t j = 0; j < lens[i]; j++)
+            bufs[i][j] = (uint8_t)("hello world, \xe4\xb8\xad\xe6\x96\x87 \n\n"[rng() % 21]);
         texts[i] = bufs[i];
         off[i] = total;
         total += lens[i];
@@ -161,21 +184,26 @@ static void check_batch(const wt_tokenizer *tok) {
         wt_encode_batch(tok, K, texts, lens, out, off, nout, th);
         for (int i = 0; i < K; i++) {
             size_t n1 = wt_encode(tok, texts[i], lens[i], one);
-            CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0, "batch(%d threads): text %d differs", th, i);
+            CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0,
+                  "batch(%d threads): text %d differs", th, i);
         }
     }
     for (int th = 1; th <= 3; th++) { /* in the background */
         memset(nout, 0, sizeof nout);
         wt_batch_run *run = wt_encode_batch_start(tok, K, texts, lens, out, off, nout, th);
-        if (run) wt_encode_batch_wait(run);
-        else wt_encode_batch(tok, K, texts, lens, out, off, nout, th);
+        if (run)
+            wt_encode_batch_wait(run);
+        else
+            wt_encode_batch(tok, K, texts, lens, out, off, nout, th);
         for (int i = 0; i < K; i++) {
             size_t n1 = wt_encode(tok, texts[i], lens[i], one);
-            CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0, "batch start/wait(%d threads): text %d differs", th, i);
+            CHECK(n1 == nout[i] && memcmp(one, out + off[i], n1 * sizeof *one) == 0,
+                  "batch start/wait(%d threads): text %d differs", th, i);
         }
     }
     for (int i = 0; i < K; i++) free(bufs[i]);
-    free(out); free(one);
+    free(out);
+    free(one);
 }
 
 static void check_random(const wt_tokenizer *tok, const char *label) {
@@ -204,7 +232,10 @@ static void check_random(const wt_tokenizer *tok, const char *label) {
         }
         snprintf(what, sizeof what, "%s token soup #%d", label, r);
         check_encode(tok, t, n, what);
-        if (big_n + n <= big_cap) { memcpy(big + big_n, t, n); big_n += n; }
+        if (big_n + n <= big_cap) {
+            memcpy(big + big_n, t, n);
+            big_n += n;
+        }
     }
     /* long texts: wt_encode cuts them in two streams re-joined at a shared token start */
     for (int r = 0; r < 6; r++) {
@@ -222,7 +253,10 @@ static void check_random(const wt_tokenizer *tok, const char *label) {
         check_encode(tok, t, n, what);
         free(t);
     }
-    while (big_n < big_cap) { big[big_n] = (uint8_t)(rng() % 7 == 0 ? rng() : ' '); big_n++; }
+    while (big_n < big_cap) {
+        big[big_n] = (uint8_t)(rng() % 7 == 0 ? rng() : ' ');
+        big_n++;
+    }
     snprintf(what, sizeof what, "%s 4 MiB", label);
     check_parallel(tok, big, big_n, what);
     /* a long run of one byte: every piece boundary falls inside a run of equal tokens */
@@ -237,7 +271,8 @@ static void check_random(const wt_tokenizer *tok, const char *label) {
 static void expect_error(const char *vocab, const char *needle) {
     char err[256] = "";
     wt_tokenizer *t = wt_load(vocab, strlen(vocab), err, sizeof err);
-    CHECK(t == NULL, "vocab %.40s... was accepted, expected an error containing '%s'", vocab, needle);
+    CHECK(t == NULL, "vocab %.40s... was accepted, expected an error containing '%s'", vocab,
+          needle);
     CHECK(strstr(err, needle) != NULL, "error '%s' does not contain '%s'", err, needle);
     wt_free(t);
 }
@@ -254,8 +289,9 @@ static char *bytes_vocab(const char *extra) {
 static void check_parser(void) {
     char err[256];
     /* escapes: str literal \x and \u are code points (UTF-8 encoded), bytes \x are raw bytes */
-    char *v = bytes_vocab("300 '\\x80' 2\r\n301 '\\u2002a' 4\r\n302 \"it's\" 4\n303 '\\\\\\'\\\"\\n\\r\\t' 6\n"
-                          "304 '\xc3\xa9t\xc3\xa9' 5\n305 '  ' 2\n70000 b'\\xff\\xfe' 2\n");
+    char *v = bytes_vocab(
+        "300 '\\x80' 2\r\n301 '\\u2002a' 4\r\n302 \"it's\" 4\n303 '\\\\\\'\\\"\\n\\r\\t' 6\n"
+        "304 '\xc3\xa9t\xc3\xa9' 5\n305 '  ' 2\n70000 b'\\xff\\xfe' 2\n");
     wt_tokenizer *t = wt_load(v, strlen(v), err, sizeof err);
     CHECK(t != NULL, "small vocab rejected: %s", err);
     if (t) {
@@ -264,7 +300,12 @@ static void check_parser(void) {
         b = wt_token_bytes(t, 300, &n);
         CHECK(b && n == 2 && b[0] == 0xC2 && b[1] == 0x80, "'\\x80' is not C2 80");
         b = wt_token_bytes(t, 301, &n);
-        CHECK(b && n == 4 && memcmp(b, "\xe2\x80\x82" "a", 4) == 0, "'\\u2002a' wrong");
+        CHECK(b && n == 4 &&
+                  memcmp(b,
+                         "\xe2\x80\x82"
+                         "a",
+                         4) == 0,
+              "'\\u2002a' wrong");
         b = wt_token_bytes(t, 302, &n);
         CHECK(b && n == 4 && memcmp(b, "it's", 4) == 0, "\"it's\" wrong");
         b = wt_token_bytes(t, 303, &n);
@@ -278,11 +319,13 @@ static void check_parser(void) {
         CHECK(wt_token_bytes(t, 70001, &n) == NULL, "id past the end has bytes");
         CHECK(wt_n_vocab(t) == 70001, "n_vocab %u", wt_n_vocab(t));
         uint32_t id = 0;
-        CHECK(wt_token_to_id(t, (const uint8_t *)"it's", 4, &id) && id == 302, "token_to_id(it's) = %u", id);
+        CHECK(wt_token_to_id(t, (const uint8_t *)"it's", 4, &id) && id == 302,
+              "token_to_id(it's) = %u", id);
         CHECK(!wt_token_to_id(t, (const uint8_t *)"it", 2, &id), "token_to_id(it) found");
         uint32_t out[8];
         size_t k = wt_encode(t, (const uint8_t *)"it's  \xff\xfe!", 9, out);
-        CHECK(k == 4 && out[0] == 302 && out[1] == 305 && out[2] == 70000 && out[3] == '!' + 1, "small encode wrong (%zu ids)", k);
+        CHECK(k == 4 && out[0] == 302 && out[1] == 305 && out[2] == 70000 && out[3] == '!' + 1,
+              "small encode wrong (%zu ids)", k);
         wt_free(t);
     }
     free(v);
@@ -292,13 +335,19 @@ static void check_parser(void) {
     CHECK(t != NULL, "duplicate-bytes vocab rejected: %s", err);
     if (t) {
         uint32_t out[2];
-        CHECK(wt_encode(t, (const uint8_t *)"ab", 2, out) == 1 && out[0] == 301, "duplicate bytes: got %u", out[0]);
+        CHECK(wt_encode(t, (const uint8_t *)"ab", 2, out) == 1 && out[0] == 301,
+              "duplicate bytes: got %u", out[0]);
         wt_free(t);
     }
     free(v);
 
     char *bad;
-#define BAD(extra, needle) do { bad = bytes_vocab(extra); expect_error(bad, needle); free(bad); } while (0)
+#define BAD(extra, needle)                                                                         \
+    do {                                                                                           \
+        bad = bytes_vocab(extra);                                                                  \
+        expect_error(bad, needle);                                                                 \
+        free(bad);                                                                                 \
+    } while (0)
     BAD("300 'ab' 3\n", "line 257: token is 2 bytes but the length column says 3");
     BAD("300 'ab 2\n", "line 257: literal is not closed");
     BAD("300 ab 2\n", "line 257: expected a quoted");
@@ -357,7 +406,8 @@ static void check_never_sync(void) {
  * either refuse with a message or give a tokenizer that encodes anything. Run under ASan
  * (`make test-c CSAN=1`) this is a small fuzzer for the parser. */
 static void fuzz_parser(void) {
-    char *base = bytes_vocab("300 'ab' 2\n301 '\\x80\\u2002' 5\n302 b'\\xff\\xfe' 2\n303 \"it's\" 4\n");
+    char *base =
+        bytes_vocab("300 'ab' 2\n301 '\\x80\\u2002' 5\n302 b'\\xff\\xfe' 2\n303 \"it's\" 4\n");
     size_t bn = strlen(base);
     char *m = malloc(bn + 64);
     char err[256];
@@ -368,12 +418,30 @@ static void fuzz_parser(void) {
         int edits = rng() % 2 ? 1 : 1 + (int)(rng() % 4);
         for (int e = 0; e < edits; e++) {
             size_t at = (size_t)(rng() % (n ? n : 1));
-            if (rng() % 4 && n > 100) at = n - 100 + (size_t)(rng() % 100); /* mostly the non-byte lines */
+            if (rng() % 4 && n > 100)
+                at = n - 100 + (size_t)(rng() % 100); /* mostly the non-byte lines */
             switch (rng() % 4) {
-            case 0: m[at] = (char)rng(); break;
-            case 1: { static const char special[] = "'\"\\ \nbx0u\r"; m[at] = special[rng() % (sizeof special - 1)]; break; }
-            case 2: if (n + 1 < bn + 64) { memmove(m + at + 1, m + at, n - at); m[at] = (char)rng(); n++; } break;
-            default: if (n) { memmove(m + at, m + at + 1, n - at - 1); n--; } break;
+            case 0:
+                m[at] = (char)rng();
+                break;
+            case 1: {
+                static const char special[] = "'\"\\ \nbx0u\r";
+                m[at] = special[rng() % (sizeof special - 1)];
+                break;
+            }
+            case 2:
+                if (n + 1 < bn + 64) {
+                    memmove(m + at + 1, m + at, n - at);
+                    m[at] = (char)rng();
+                    n++;
+                }
+                break;
+            default:
+                if (n) {
+                    memmove(m + at, m + at + 1, n - at - 1);
+                    n--;
+                }
+                break;
             }
         }
         if (rng() % 8 == 0) n = (size_t)(rng() % (n + 1)); /* truncated file */
@@ -391,13 +459,16 @@ static void fuzz_parser(void) {
         size_t total = 0;
         for (size_t i = 0; i < k; i++) {
             size_t len = 0;
-            CHECK(wt_token_bytes(t, out[i], &len) != NULL, "mutation %d: id %u has no bytes", r, out[i]);
+            CHECK(wt_token_bytes(t, out[i], &len) != NULL, "mutation %d: id %u has no bytes", r,
+                  out[i]);
             total += len;
         }
-        CHECK(total == sizeof text, "mutation %d: ids cover %zu of %zu bytes", r, total, sizeof text);
+        CHECK(total == sizeof text, "mutation %d: ids cover %zu of %zu bytes", r, total,
+              sizeof text);
         wt_free(t);
     }
-    CHECK(loaded >= 20, "only %d mutated vocabs loaded: the fuzzer is not reaching the encoder", loaded);
+    CHECK(loaded >= 20, "only %d mutated vocabs loaded: the fuzzer is not reaching the encoder",
+          loaded);
     printf("test_tokenizer: parser fuzz: 3000 mutated vocabs, %d loaded and encoded\n", loaded);
     free(m);
     free(base);
@@ -413,7 +484,10 @@ int main(void) {
     char *data = generated_vocab(6000, 12, &len);
     wt_tokenizer *tok = wt_load(data, len, err, sizeof err);
     CHECK(tok != NULL, "generated vocab rejected: %s", err);
-    if (tok) { check_random(tok, "generated vocab"); wt_free(tok); }
+    if (tok) {
+        check_random(tok, "generated vocab");
+        wt_free(tok);
+    }
     free(data);
     /* tokens longer than 255 bytes: the encoder uses its wide node layout */
     data = generated_vocab(3000, 400, &len);
@@ -432,7 +506,8 @@ int main(void) {
     if (vocab && *vocab)
         snprintf(path, sizeof path, "%s", vocab);
     else
-        snprintf(path, sizeof path, "%s/rwkv_vocab_v20230424.txt", dir ? dir : "../shared/fixtures");
+        snprintf(path, sizeof path, "%s/rwkv_vocab_v20230424.txt",
+                 dir ? dir : "../shared/fixtures");
     data = read_file(path, &len);
     if (!data) {
         printf("test_tokenizer: %s absent, World vocab part skipped\n", path);
@@ -440,13 +515,16 @@ int main(void) {
         tok = wt_load(data, len, err, sizeof err);
         CHECK(tok != NULL, "World vocab rejected: %s", err);
         if (tok) {
-            CHECK(wt_n_vocab(tok) == 65530 && wt_n_tokens(tok) == 65529 && wt_max_token_len(tok) == 128,
-                  "World vocab: n_vocab %u, tokens %u, max len %u", wt_n_vocab(tok), wt_n_tokens(tok), wt_max_token_len(tok));
+            CHECK(wt_n_vocab(tok) == 65530 && wt_n_tokens(tok) == 65529 &&
+                      wt_max_token_len(tok) == 128,
+                  "World vocab: n_vocab %u, tokens %u, max len %u", wt_n_vocab(tok),
+                  wt_n_tokens(tok), wt_max_token_len(tok));
             uint32_t out[16];
             size_t k = wt_encode(tok, (const uint8_t *)"Hello world", 11, out);
             CHECK(k == 2 && out[0] == 33155 && out[1] == 40213, "Hello world");
             k = wt_encode(tok, (const uint8_t *)"\n\nUser: hi", 10, out);
-            CHECK(k == 4 && out[0] == 261 && out[1] == 24281 && out[2] == 59 && out[3] == 4571, "\\n\\nUser: hi");
+            CHECK(k == 4 && out[0] == 261 && out[1] == 24281 && out[2] == 59 && out[3] == 4571,
+                  "\\n\\nUser: hi");
             k = wt_encode(tok, (const uint8_t *)"\xe6", 1, out);
             CHECK(k == 1 && out[0] == 231, "byte 0xE6");
             check_random(tok, "World vocab");
@@ -455,7 +533,10 @@ int main(void) {
         }
         free(data);
     }
-    if (failures) { fprintf(stderr, "test_tokenizer: %d failure(s)\n", failures); return 1; }
+    if (failures) {
+        fprintf(stderr, "test_tokenizer: %d failure(s)\n", failures);
+        return 1;
+    }
     printf("test_tokenizer: ok\n");
     return 0;
 }

@@ -26,9 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define WT_MAX_ID ((1u << 24) - 1)      /* ids above this are refused (bounded id table) */
-#define WT_MAX_TOKEN_LEN 65535u         /* node.len is a byte count of one token */
-#define WT_NO_PARENT 0xFFFFFFFFu        /* check value of free slots and of the root */
+#define WT_MAX_ID        ((1u << 24) - 1) /* ids above this are refused (bounded id table) */
+#define WT_MAX_TOKEN_LEN 65535u           /* node.len is a byte count of one token */
+#define WT_NO_PARENT     0xFFFFFFFFu      /* check value of free slots and of the root */
 
 typedef struct {
     uint32_t check; /* parent state, or WT_NO_PARENT for a free slot / the root */
@@ -38,18 +38,19 @@ typedef struct {
 } wt_node;
 
 struct wt_tokenizer {
-    wt_node *nodes;        /* (n_slots,) double array; n_slots >= max base + 256 */
+    wt_node *nodes; /* (n_slots,) double array; n_slots >= max base + 256 */
     size_t n_slots;
-    uint64_t *hot;         /* (n_slots,) compact copy of nodes for the encoder, or NULL (see below) */
-    uint32_t *best_tok;    /* (n_slots,) nodes[s].tok, beside `hot` */
-    uint32_t *first2;      /* (65536,) state after the first 1 or 2 bytes: state << 1 | (consumed == 2) */
-    uint64_t *first2w;     /* (65536,) the same for the compact layout, with the state's hot word */
-    uint8_t *blob;         /* all token bytes, concatenated */
-    uint64_t *tok_off;     /* (n_vocab,) offset of id's bytes in blob */
-    uint32_t *tok_len;     /* (n_vocab,) byte length; 0 = no entry */
-    uint32_t n_vocab;      /* max id + 1 */
-    uint32_t n_tokens;     /* number of entries */
-    uint32_t max_len;      /* longest token in bytes */
+    uint64_t *hot;      /* (n_slots,) compact copy of nodes for the encoder, or NULL (see below) */
+    uint32_t *best_tok; /* (n_slots,) nodes[s].tok, beside `hot` */
+    uint32_t
+        *first2; /* (65536,) state after the first 1 or 2 bytes: state << 1 | (consumed == 2) */
+    uint64_t *first2w; /* (65536,) the same for the compact layout, with the state's hot word */
+    uint8_t *blob;     /* all token bytes, concatenated */
+    uint64_t *tok_off; /* (n_vocab,) offset of id's bytes in blob */
+    uint32_t *tok_len; /* (n_vocab,) byte length; 0 = no entry */
+    uint32_t n_vocab;  /* max id + 1 */
+    uint32_t n_tokens; /* number of entries */
+    uint32_t max_len;  /* longest token in bytes */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -72,14 +73,26 @@ static int hexval(int c) {
 
 /* Append the UTF-8 encoding of code point cp (< 0x110000, not a surrogate) to dst. */
 static size_t utf8_put(uint8_t *dst, uint32_t cp) {
-    if (cp < 0x80) { dst[0] = (uint8_t)cp; return 1; }
-    if (cp < 0x800) { dst[0] = (uint8_t)(0xC0 | (cp >> 6)); dst[1] = (uint8_t)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        dst[0] = (uint8_t)(0xE0 | (cp >> 12)); dst[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-        dst[2] = (uint8_t)(0x80 | (cp & 0x3F)); return 3;
+    if (cp < 0x80) {
+        dst[0] = (uint8_t)cp;
+        return 1;
     }
-    dst[0] = (uint8_t)(0xF0 | (cp >> 18)); dst[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
-    dst[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F)); dst[3] = (uint8_t)(0x80 | (cp & 0x3F)); return 4;
+    if (cp < 0x800) {
+        dst[0] = (uint8_t)(0xC0 | (cp >> 6));
+        dst[1] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        dst[0] = (uint8_t)(0xE0 | (cp >> 12));
+        dst[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        dst[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    dst[0] = (uint8_t)(0xF0 | (cp >> 18));
+    dst[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+    dst[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+    dst[3] = (uint8_t)(0x80 | (cp & 0x3F));
+    return 4;
 }
 
 /* Length of the valid UTF-8 sequence starting at s (strict: no overlongs, no surrogates,
@@ -91,12 +104,13 @@ static size_t utf8_valid_len(const uint8_t *s, const uint8_t *e) {
     if (c >= 0xC2 && c <= 0xDF) return (n >= 2 && (s[1] & 0xC0) == 0x80) ? 2 : 0;
     if (c >= 0xE0 && c <= 0xEF) {
         if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
-        if (c == 0xE0 && s[1] < 0xA0) return 0; /* overlong */
+        if (c == 0xE0 && s[1] < 0xA0) return 0;  /* overlong */
         if (c == 0xED && s[1] >= 0xA0) return 0; /* surrogate */
         return 3;
     }
     if (c >= 0xF0 && c <= 0xF4) {
-        if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80) return 0;
+        if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
+            return 0;
         if (c == 0xF0 && s[1] < 0x90) return 0;
         if (c == 0xF4 && s[1] >= 0x90) return 0;
         return 4;
@@ -111,39 +125,73 @@ static const char *parse_literal(const uint8_t *s, const uint8_t *e, uint8_t *ds
     while (s < e && (*s == ' ' || *s == '\t')) s++;
     while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
     int is_bytes = 0;
-    if (s < e && (*s == 'b' || *s == 'B')) { is_bytes = 1; s++; }
-    if (e - s < 2 || (*s != '\'' && *s != '"')) return "expected a quoted Python str or bytes literal";
+    if (s < e && (*s == 'b' || *s == 'B')) {
+        is_bytes = 1;
+        s++;
+    }
+    if (e - s < 2 || (*s != '\'' && *s != '"'))
+        return "expected a quoted Python str or bytes literal";
     uint8_t q = *s;
     if (e[-1] != q) return "literal is not closed by its opening quote";
-    s++; e--;
+    s++;
+    e--;
     size_t o = 0;
     while (s < e) {
         uint8_t c = *s;
-        if (c == q) return "unescaped quote inside the literal (only one literal per line is allowed)";
+        if (c == q)
+            return "unescaped quote inside the literal (only one literal per line is allowed)";
         if (c == '\r' || c == '\n') return "raw line break inside the literal";
         if (c != '\\') {
-            if (c < 0x80) { dst[o++] = c; s++; continue; }
+            if (c < 0x80) {
+                dst[o++] = c;
+                s++;
+                continue;
+            }
             if (is_bytes) return "non-ASCII character in a bytes literal";
             size_t n = utf8_valid_len(s, e);
             if (n == 0) return "invalid UTF-8 in the literal";
-            memcpy(dst + o, s, n); o += n; s += n;
+            memcpy(dst + o, s, n);
+            o += n;
+            s += n;
             continue;
         }
         if (s + 1 >= e) return "backslash at the end of the literal";
         uint8_t x = s[1];
         s += 2;
         switch (x) {
-        case '\\': dst[o++] = '\\'; break;
-        case '\'': dst[o++] = '\''; break;
-        case '"': dst[o++] = '"'; break;
-        case 'n': dst[o++] = '\n'; break;
-        case 'r': dst[o++] = '\r'; break;
-        case 't': dst[o++] = '\t'; break;
-        case 'a': dst[o++] = '\a'; break;
-        case 'b': dst[o++] = '\b'; break;
-        case 'f': dst[o++] = '\f'; break;
-        case 'v': dst[o++] = '\v'; break;
-        case 'x': case 'u': case 'U': {
+        case '\\':
+            dst[o++] = '\\';
+            break;
+        case '\'':
+            dst[o++] = '\'';
+            break;
+        case '"':
+            dst[o++] = '"';
+            break;
+        case 'n':
+            dst[o++] = '\n';
+            break;
+        case 'r':
+            dst[o++] = '\r';
+            break;
+        case 't':
+            dst[o++] = '\t';
+            break;
+        case 'a':
+            dst[o++] = '\a';
+            break;
+        case 'b':
+            dst[o++] = '\b';
+            break;
+        case 'f':
+            dst[o++] = '\f';
+            break;
+        case 'v':
+            dst[o++] = '\v';
+            break;
+        case 'x':
+        case 'u':
+        case 'U': {
             int nd = x == 'x' ? 2 : x == 'u' ? 4 : 8;
             if (x != 'x' && is_bytes) return "\\u or \\U escape in a bytes literal";
             if (e - s < nd) return "truncated \\x/\\u/\\U escape";
@@ -154,19 +202,28 @@ static const char *parse_literal(const uint8_t *s, const uint8_t *e, uint8_t *ds
                 cp = cp << 4 | (uint32_t)h;
             }
             s += nd;
-            if (is_bytes) { dst[o++] = (uint8_t)cp; break; }
-            /* In a str literal the escape is a code point, stored UTF-8 encoded (docs/tokenizer.md, "Vocab files"). */
+            if (is_bytes) {
+                dst[o++] = (uint8_t)cp;
+                break;
+            }
+            /* In a str literal the escape is a code point, stored UTF-8 encoded (docs/tokenizer.md,
+             * "Vocab files"). */
             if (cp > 0x10FFFF) return "\\U escape beyond U+10FFFF";
-            if (cp >= 0xD800 && cp <= 0xDFFF) return "surrogate code point (not encodable as UTF-8)";
+            if (cp >= 0xD800 && cp <= 0xDFFF)
+                return "surrogate code point (not encodable as UTF-8)";
             o += utf8_put(dst + o, cp);
             break;
         }
         default:
             if (x >= '0' && x <= '7') { /* octal \o, \oo, \ooo */
                 uint32_t v = x - '0';
-                for (int i = 0; i < 2 && s < e && *s >= '0' && *s <= '7'; i++) v = v * 8 + (*s++ - '0');
-                if (is_bytes) { if (v > 255) return "octal escape above 0o377 in a bytes literal"; dst[o++] = (uint8_t)v; }
-                else o += utf8_put(dst + o, v);
+                for (int i = 0; i < 2 && s < e && *s >= '0' && *s <= '7'; i++)
+                    v = v * 8 + (*s++ - '0');
+                if (is_bytes) {
+                    if (v > 255) return "octal escape above 0o377 in a bytes literal";
+                    dst[o++] = (uint8_t)v;
+                } else
+                    o += utf8_put(dst + o, v);
                 break;
             }
             return "unsupported escape sequence";
@@ -218,7 +275,10 @@ static int da_reserve(da_builder *b, size_t need) {
     if (!nu) return -1;
     b->used = nu;
     for (size_t i = b->cap; i < cap; i++) {
-        nn[i].check = WT_NO_PARENT; nn[i].base = 0; nn[i].tok = 0; nn[i].len = 0;
+        nn[i].check = WT_NO_PARENT;
+        nn[i].base = 0;
+        nn[i].tok = 0;
+        nn[i].len = 0;
         nu[i] = 0;
     }
     b->cap = cap;
@@ -234,12 +294,20 @@ static int da_find_base(da_builder *b, const uint8_t *labels, int k, size_t *out
         size_t base = pos - labels[0];
         int ok = 1;
         for (int i = 1; i < k; i++)
-            if (b->used[base + labels[i]]) { ok = 0; break; }
-        if (ok) { *out = base; return 0; }
+            if (b->used[base + labels[i]]) {
+                ok = 0;
+                break;
+            }
+        if (ok) {
+            *out = base;
+            return 0;
+        }
     }
 }
 
-typedef struct { uint32_t state, lo, hi, depth; } build_item;
+typedef struct {
+    uint32_t state, lo, hi, depth;
+} build_item;
 
 static int cmp_entries(const void *pa, const void *pb) {
     const entry *a = pa, *b = pb;
@@ -247,7 +315,8 @@ static int cmp_entries(const void *pa, const void *pb) {
     int c = memcmp(a->bytes, b->bytes, n);
     if (c) return c;
     if (a->len != b->len) return a->len < b->len ? -1 : 1;
-    return a->line < b->line ? -1 : a->line > b->line; /* duplicates: file order, the last one wins */
+    return a->line < b->line ? -1
+                             : a->line > b->line; /* duplicates: file order, the last one wins */
 }
 
 /* Build the double array over entries sorted by bytes. Returns 0 or -1 (out of memory). */
@@ -272,13 +341,20 @@ static int da_build(wt_tokenizer *tok, const entry *ents, uint32_t n) {
             nd->len = d;
             lo++;
         }
-        if (lo == it.hi) { nd->base = 0; continue; } /* leaf: no slot t has check == state */
+        if (lo == it.hi) {
+            nd->base = 0;
+            continue;
+        } /* leaf: no slot t has check == state */
         uint8_t labels[256];
         uint32_t starts[257];
         int k = 0;
         for (uint32_t i = lo; i < it.hi; i++) {
             uint8_t c = ents[i].bytes[d];
-            if (k == 0 || labels[k - 1] != c) { labels[k] = c; starts[k] = i; k++; }
+            if (k == 0 || labels[k - 1] != c) {
+                labels[k] = c;
+                starts[k] = i;
+                k++;
+            }
         }
         starts[k] = it.hi;
         size_t base;
@@ -287,7 +363,11 @@ static int da_build(wt_tokenizer *tok, const entry *ents, uint32_t n) {
         nd->base = (uint32_t)base;
         if (qtail + (size_t)k > qcap) {
             size_t live = qtail - qhead;
-            if (qhead > 0) { memmove(queue, queue + qhead, live * sizeof *queue); qtail = live; qhead = 0; }
+            if (qhead > 0) {
+                memmove(queue, queue + qhead, live * sizeof *queue);
+                qtail = live;
+                qhead = 0;
+            }
             while (qtail + (size_t)k > qcap) qcap *= 2;
             build_item *nq = realloc(queue, qcap * sizeof *nq);
             if (!nq) goto done;
@@ -297,7 +377,8 @@ static int da_build(wt_tokenizer *tok, const entry *ents, uint32_t n) {
             size_t t = base + labels[i];
             b.used[t] = 1;
             b.nodes[t].check = it.state;
-            b.nodes[t].tok = nd->tok; /* inherit the best token so far; overridden if t is a token */
+            b.nodes[t].tok =
+                nd->tok; /* inherit the best token so far; overridden if t is a token */
             b.nodes[t].len = nd->len;
             if (t + 1 > b.hi) b.hi = t + 1;
             queue[qtail++] = (build_item){(uint32_t)t, starts[i], starts[i + 1], d + 1};
@@ -331,18 +412,25 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
     const uint8_t *p = (const uint8_t *)data, *end = p + len;
     uint32_t line = 0;
 
-    if (!data && len) { set_err(err, errlen, "vocab: no data"); goto fail; }
+    if (!data && len) {
+        set_err(err, errlen, "vocab: no data");
+        goto fail;
+    }
     if (len >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) p += 3; /* UTF-8 BOM */
     while (p < end) {
         const uint8_t *nl = memchr(p, '\n', end - p);
         const uint8_t *le = nl ? nl : end;
         const uint8_t *next = nl ? nl + 1 : end;
         line++;
-        if (le > p && le[-1] == '\r') le--;      /* CRLF */
+        if (le > p && le[-1] == '\r') le--; /* CRLF */
         const uint8_t *s = p;
         p = next;
         int blank = 1;
-        for (const uint8_t *c = s; c < le; c++) if (*c != ' ' && *c != '\t') { blank = 0; break; }
+        for (const uint8_t *c = s; c < le; c++)
+            if (*c != ' ' && *c != '\t') {
+                blank = 0;
+                break;
+            }
         if (blank) continue;
         const uint8_t *sp1 = memchr(s, ' ', le - s);
         const uint8_t *sp2 = le;
@@ -353,54 +441,99 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
         }
         sp2--; /* the last space */
         uint64_t id, want;
-        if (parse_uint(s, sp1, &id) < 0) { set_err(err, errlen, "vocab line %u: the id is not a decimal number", line); goto fail; }
-        if (id > WT_MAX_ID) { set_err(err, errlen, "vocab line %u: id %llu is out of range (max %u)", line, (unsigned long long)id, WT_MAX_ID); goto fail; }
-        if (parse_uint(sp2 + 1, le, &want) < 0) { set_err(err, errlen, "vocab line %u: the byte length (last column) is not a decimal number", line); goto fail; }
+        if (parse_uint(s, sp1, &id) < 0) {
+            set_err(err, errlen, "vocab line %u: the id is not a decimal number", line);
+            goto fail;
+        }
+        if (id > WT_MAX_ID) {
+            set_err(err, errlen, "vocab line %u: id %llu is out of range (max %u)", line,
+                    (unsigned long long)id, WT_MAX_ID);
+            goto fail;
+        }
+        if (parse_uint(sp2 + 1, le, &want) < 0) {
+            set_err(err, errlen,
+                    "vocab line %u: the byte length (last column) is not a decimal number", line);
+            goto fail;
+        }
         size_t litlen = sp2 - (sp1 + 1);
         if (!blob || blob_len + litlen > blob_cap) { /* !blob: never form NULL + 0 (UB) */
             size_t nc = blob_cap ? blob_cap : 1 << 20;
             while (nc < blob_len + litlen) nc *= 2;
             uint8_t *nb = realloc(blob, nc);
-            if (!nb) { set_err(err, errlen, "vocab: out of memory"); goto fail; }
-            blob = nb; blob_cap = nc;
+            if (!nb) {
+                set_err(err, errlen, "vocab: out of memory");
+                goto fail;
+            }
+            blob = nb;
+            blob_cap = nc;
         }
         size_t dlen = 0;
         const char *why = parse_literal(sp1 + 1, sp2, blob + blob_len, &dlen);
-        if (why) { set_err(err, errlen, "vocab line %u: %s", line, why); goto fail; }
-        if (dlen != want) {
-            set_err(err, errlen, "vocab line %u: token is %zu bytes but the length column says %llu", line, dlen, (unsigned long long)want);
+        if (why) {
+            set_err(err, errlen, "vocab line %u: %s", line, why);
             goto fail;
         }
-        if (dlen == 0) { set_err(err, errlen, "vocab line %u: empty token", line); goto fail; }
-        if (dlen > WT_MAX_TOKEN_LEN) { set_err(err, errlen, "vocab line %u: token longer than %u bytes", line, WT_MAX_TOKEN_LEN); goto fail; }
+        if (dlen != want) {
+            set_err(err, errlen,
+                    "vocab line %u: token is %zu bytes but the length column says %llu", line, dlen,
+                    (unsigned long long)want);
+            goto fail;
+        }
+        if (dlen == 0) {
+            set_err(err, errlen, "vocab line %u: empty token", line);
+            goto fail;
+        }
+        if (dlen > WT_MAX_TOKEN_LEN) {
+            set_err(err, errlen, "vocab line %u: token longer than %u bytes", line,
+                    WT_MAX_TOKEN_LEN);
+            goto fail;
+        }
         if (n_ents == cap_ents) {
             size_t nc = cap_ents ? cap_ents * 2 : 65536;
             entry *ne = realloc(ents, nc * sizeof *ne);
-            if (!ne) { set_err(err, errlen, "vocab: out of memory"); goto fail; }
-            ents = ne; cap_ents = nc;
+            if (!ne) {
+                set_err(err, errlen, "vocab: out of memory");
+                goto fail;
+            }
+            ents = ne;
+            cap_ents = nc;
         }
         ents[n_ents++] = (entry){(uint32_t)id, line, blob_len, (uint32_t)dlen, NULL};
         blob_len += dlen;
         if (id > max_id) max_id = (uint32_t)id;
         if (dlen > max_len) max_len = (uint32_t)dlen;
     }
-    if (n_ents == 0) { set_err(err, errlen, "vocab: no tokens (empty file)"); goto fail; }
+    if (n_ents == 0) {
+        set_err(err, errlen, "vocab: no tokens (empty file)");
+        goto fail;
+    }
 
     tok = calloc(1, sizeof *tok);
-    if (!tok) { set_err(err, errlen, "vocab: out of memory"); goto fail; }
+    if (!tok) {
+        set_err(err, errlen, "vocab: out of memory");
+        goto fail;
+    }
     tok->n_vocab = max_id + 1;
     tok->n_tokens = (uint32_t)n_ents;
     tok->max_len = max_len;
     tok->tok_off = calloc(tok->n_vocab, sizeof *tok->tok_off);
     tok->tok_len = calloc(tok->n_vocab, sizeof *tok->tok_len);
     tok->first2 = malloc(65536 * sizeof *tok->first2);
-    if (!tok->tok_off || !tok->tok_len || !tok->first2) { set_err(err, errlen, "vocab: out of memory"); goto fail; }
+    if (!tok->tok_off || !tok->tok_len || !tok->first2) {
+        set_err(err, errlen, "vocab: out of memory");
+        goto fail;
+    }
     for (size_t i = 0; i < n_ents; i++) {
         uint32_t id = ents[i].id;
         if (tok->tok_len[id]) {
             uint32_t prev = 0;
-            for (size_t j = 0; j < i; j++) if (ents[j].id == id) { prev = ents[j].line; break; }
-            set_err(err, errlen, "vocab line %u: id %u is already defined on line %u", ents[i].line, id, prev);
+            for (size_t j = 0; j < i; j++)
+                if (ents[j].id == id) {
+                    prev = ents[j].line;
+                    break;
+                }
+            set_err(err, errlen, "vocab line %u: id %u is already defined on line %u", ents[i].line,
+                    id, prev);
             goto fail;
         }
         tok->tok_off[id] = ents[i].off;
@@ -408,7 +541,10 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
     }
     for (size_t i = 0; i < n_ents; i++) ents[i].bytes = blob + ents[i].off;
     qsort(ents, n_ents, sizeof *ents, cmp_entries);
-    if (da_build(tok, ents, (uint32_t)n_ents) < 0) { set_err(err, errlen, "vocab: out of memory"); goto fail; }
+    if (da_build(tok, ents, (uint32_t)n_ents) < 0) {
+        set_err(err, errlen, "vocab: out of memory");
+        goto fail;
+    }
 
     /* Every byte must be a token (so every input is encodable); then fill first2. */
     const wt_node *nd = tok->nodes;
@@ -416,7 +552,9 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
     for (uint32_t c = 0; c < 256; c++) {
         uint32_t s = rb + c;
         if (nd[s].check != 0 || nd[s].len != 1) {
-            set_err(err, errlen, "vocab: no token for the single byte 0x%02X; every byte value must be a token", c);
+            set_err(err, errlen,
+                    "vocab: no token for the single byte 0x%02X; every byte value must be a token",
+                    c);
             goto fail;
         }
     }
@@ -434,7 +572,10 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
         tok->hot = malloc(tok->n_slots * sizeof *tok->hot);
         tok->best_tok = malloc(tok->n_slots * sizeof *tok->best_tok);
         tok->first2w = malloc(65536 * sizeof *tok->first2w);
-        if (!tok->hot || !tok->best_tok || !tok->first2w) { set_err(err, errlen, "vocab: out of memory"); goto fail; }
+        if (!tok->hot || !tok->best_tok || !tok->first2w) {
+            set_err(err, errlen, "vocab: out of memory");
+            goto fail;
+        }
         for (size_t s = 0; s < tok->n_slots; s++) {
             uint32_t check = nd[s].check == WT_NO_PARENT ? 0xFFFFFFu : nd[s].check;
             tok->hot[s] = (uint64_t)nd[s].base | (uint64_t)(check | nd[s].len << 24) << 32;
@@ -442,7 +583,8 @@ wt_tokenizer *wt_load(const char *data, size_t len, char *err, size_t errlen) {
         }
         for (uint32_t i = 0; i < 65536; i++) {
             uint32_t st = tok->first2[i] >> 1, two = tok->first2[i] & 1;
-            tok->first2w[i] = (uint64_t)nd[st].base | (uint64_t)(st | two << 23 | nd[st].len << 24) << 32;
+            tok->first2w[i] = (uint64_t)nd[st].base | (uint64_t)(st | two << 23 | nd[st].len << 24)
+                                                          << 32;
         }
     }
     tok->blob = blob;
@@ -474,7 +616,10 @@ uint32_t wt_n_tokens(const wt_tokenizer *tok) { return tok->n_tokens; }
 uint32_t wt_max_token_len(const wt_tokenizer *tok) { return tok->max_len; }
 
 const uint8_t *wt_token_bytes(const wt_tokenizer *tok, uint32_t id, size_t *len) {
-    if (id >= tok->n_vocab || tok->tok_len[id] == 0) { *len = 0; return NULL; }
+    if (id >= tok->n_vocab || tok->tok_len[id] == 0) {
+        *len = 0;
+        return NULL;
+    }
     *len = tok->tok_len[id];
     return tok->blob + tok->tok_off[id];
 }
@@ -549,10 +694,10 @@ int wt_token_to_id(const wt_tokenizer *tok, const uint8_t *bytes, size_t n, uint
     return (size_t)(o - out);
 
 /* Compact layout: one uint64 per slot, base | (check | len << 24) << 32; ids in best_tok[]. */
-#define C_LOAD(s) (hot[(s)])
-#define C_BASE(w) ((uint32_t)(w))
-#define C_CHECK(w) ((uint32_t)((w) >> 32) & 0xFFFFFFu)
-#define C_LEN(w) ((uint32_t)((w) >> 56))
+#define C_LOAD(s)   (hot[(s)])
+#define C_BASE(w)   ((uint32_t)(w))
+#define C_CHECK(w)  ((uint32_t)((w) >> 32) & 0xFFFFFFu)
+#define C_LEN(w)    ((uint32_t)((w) >> 56))
 #define C_TOK(s, w) (best_tok[(s)])
 /* first2w[b0 | b1 << 8] = the state's hot word with its own index (and the consumed-2 flag) in
  * place of the check field: base | (s | two << 23 | len << 24) << 32, saving one load a token. */
@@ -564,10 +709,10 @@ int wt_token_to_id(const wt_tokenizer *tok, const uint8_t *bytes, size_t n, uint
         (w) = e_;                                                                                  \
     } while (0)
 /* Wide layout: the 16-byte wt_node, for vocabs beyond the compact limits. */
-#define N_LOAD(s) (&nd[(s)])
-#define N_BASE(w) ((w)->base)
-#define N_CHECK(w) ((w)->check)
-#define N_LEN(w) ((w)->len)
+#define N_LOAD(s)   (&nd[(s)])
+#define N_BASE(w)   ((w)->base)
+#define N_CHECK(w)  ((w)->check)
+#define N_LEN(w)    ((w)->len)
 #define N_TOK(s, w) ((w)->tok)
 #define N_START(p, s, q, w)                                                                        \
     do {                                                                                           \
@@ -613,7 +758,7 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
  * small stack buffer; if they do not meet B within TWO_TMP tokens (a pathological vocab), B is
  * dropped and the true encoding simply continues to the end. Never allocates, never fails. */
 #define TWO_MIN_BYTES 8192
-#define TWO_TMP 512
+#define TWO_TMP       512
 
 /* The two-stream loop: walks A (from pa, while pa < la) and B (from pb, while pb < lb) advance
  * one byte each per iteration; stops as soon as one of them reaches its limit, leaving both at a
@@ -630,7 +775,9 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
             uint32_t ta = C_BASE(wa) + *qa, tb = C_BASE(wb) + *qb;                                 \
             uint64_t xa = hot[ta], xb = hot[tb];                                                   \
             if (C_CHECK(xa) == sa) {                                                               \
-                sa = ta; wa = xa; qa++;                                                            \
+                sa = ta;                                                                           \
+                wa = xa;                                                                           \
+                qa++;                                                                              \
             } else {                                                                               \
                 *oa++ = (OUT_T)best_tok[sa];                                                       \
                 pa += C_LEN(wa);                                                                   \
@@ -638,7 +785,9 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
                 C_START(pa, sa, qa, wa);                                                           \
             }                                                                                      \
             if (C_CHECK(xb) == sb) {                                                               \
-                sb = tb; wb = xb; qb++;                                                            \
+                sb = tb;                                                                           \
+                wb = xb;                                                                           \
+                qb++;                                                                              \
             } else {                                                                               \
                 *ob++ = (OUT_T)best_tok[sb];                                                       \
                 pb += C_LEN(wb);                                                                   \
@@ -656,13 +805,13 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
         const uint64_t *f2w = tok->first2w;                                                        \
         size_t h = p0 + (stop - p0) / 2;                                                           \
         const uint8_t *end = text + n;                                                             \
-        const uint8_t *safe = end - tok->max_len - 1; /* unchecked walks start before this */       \
+        const uint8_t *safe = end - tok->max_len - 1; /* unchecked walks start before this */      \
         const uint8_t *pa = text + p0, *pb = text + h;                                             \
         const uint8_t *la = text + h < safe ? text + h : safe;                                     \
         const uint8_t *lb = text + stop < safe ? text + stop : safe;                               \
         OUT_T *oa = out, *ob = out + (h - p0);                                                     \
         WT_DUAL_LOOP(OUT_T);                                                                       \
-        /* Finish each half alone from its current token start (a walk in progress is redone). */ \
+        /* Finish each half alone from its current token start (a walk in progress is redone). */  \
         size_t ea, eb;                                                                             \
         size_t ka = (size_t)(oa - out) + SPAN(tok, text, n, (size_t)(pa - text), h, oa, &ea);      \
         OUT_T *bout = out + (h - p0);                                                              \
@@ -670,7 +819,10 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
         /* Join: r = where the true encoding stands; b walks B's token starts. */                  \
         OUT_T tmp[TWO_TMP];                                                                        \
         size_t f = 0, r = ea, b = h, i = 0;                                                        \
-        if (r >= eb) { *p_end = ea; return ka; } /* A already covered all of B */                  \
+        if (r >= eb) {                                                                             \
+            *p_end = ea;                                                                           \
+            return ka;                                                                             \
+        } /* A already covered all of B */                                                         \
         for (;;) {                                                                                 \
             while (i < kb && b < r) b += tok->tok_len[bout[i++]];                                  \
             if (b == r) {                                                                          \
@@ -679,7 +831,8 @@ WT_ENCODE_SPAN(encode_span_u16, uint16_t)
                 *p_end = eb;                                                                       \
                 return ka + f + (kb - i);                                                          \
             }                                                                                      \
-            if (f == TWO_TMP || b < r) { /* no meeting point: drop B, continue the true encoding */ \
+            if (f == TWO_TMP ||                                                                    \
+                b < r) { /* no meeting point: drop B, continue the true encoding */                \
                 memcpy(out + ka, tmp, f * sizeof *out);                                            \
                 return ka + f + SPAN(tok, text, n, r, stop, out + ka + f, p_end);                  \
             }                                                                                      \
@@ -700,9 +853,10 @@ static int use_two(const wt_tokenizer *tok, size_t n, size_t p0, size_t stop) {
     return tok->hot && stop - p0 >= TWO_MIN_BYTES && h + (size_t)tok->max_len + 1 + 64 < n;
 }
 
-size_t wt_encode_span(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0, size_t stop,
-                      uint32_t *out, size_t *p_end) {
-    if (p0 < stop && use_two(tok, n, p0, stop)) return encode_two_u32(tok, text, n, p0, stop, out, p_end);
+size_t wt_encode_span(const wt_tokenizer *tok, const uint8_t *text, size_t n, size_t p0,
+                      size_t stop, uint32_t *out, size_t *p_end) {
+    if (p0 < stop && use_two(tok, n, p0, stop))
+        return encode_two_u32(tok, text, n, p0, stop, out, p_end);
     return encode_span_u32(tok, text, n, p0, stop, out, p_end);
 }
 
@@ -720,8 +874,8 @@ size_t wt_encode_u16(const wt_tokenizer *tok, const uint8_t *text, size_t n, uin
 /* Two independent texts on one thread (wt_encode_batch): the same two-stream loop, and since the
  * texts are independent no join is needed. What is left of either text afterwards goes through
  * wt_encode_span (which may split it in two streams again). */
-void wt_encode_pair(const wt_tokenizer *tok, const uint8_t *ta, size_t na, uint32_t *outa, size_t *ka,
-                    const uint8_t *tb, size_t nb, uint32_t *outb, size_t *kb) {
+void wt_encode_pair(const wt_tokenizer *tok, const uint8_t *ta, size_t na, uint32_t *outa,
+                    size_t *ka, const uint8_t *tb, size_t nb, uint32_t *outb, size_t *kb) {
     size_t m = (size_t)tok->max_len + 1, e;
     if (!tok->hot || na <= m || nb <= m) {
         *ka = wt_encode(tok, ta, na, outa);

@@ -4,9 +4,9 @@
  * (csrc/dataprep/). A wt_tokenizer is immutable after wt_load and may be used from any number
  * of threads at once.
  *
- * Vocab file format (docs/tokenizer.md, "Vocab files"): one token per line, `<id> <python literal> <byte length>`,
- * LF or CRLF; str literals with \\ \' \" \n \r \t \xHH \uHHHH escapes (code points, UTF-8 encoded),
- * bytes literals b'...' (raw bytes). Id 0 is not in the file: it is end-of-text.
+ * Vocab file format (docs/tokenizer.md, "Vocab files"): one token per line, `<id> <python literal>
+ * <byte length>`, LF or CRLF; str literals with \\ \' \" \n \r \t \xHH \uHHHH escapes (code points,
+ * UTF-8 encoded), bytes literals b'...' (raw bytes). Id 0 is not in the file: it is end-of-text.
  */
 #ifndef RWKV5_WORLD_TOKENIZER_H
 #define RWKV5_WORLD_TOKENIZER_H
@@ -54,17 +54,18 @@ int wt_token_to_id(const wt_tokenizer *tok, const uint8_t *bytes, size_t n, uint
  * out + out_off[i] (room for lens[i] ids) and their number to n_out[i]. The result does not
  * depend on n_threads. Never fails: if threads cannot be started the caller's thread does the work.
  * Returns the number of threads that took part. */
-int wt_encode_batch(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts, const size_t *lens,
-                    uint32_t *out, const size_t *out_off, size_t *n_out, int n_threads);
+int wt_encode_batch(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts,
+                    const size_t *lens, uint32_t *out, const size_t *out_off, size_t *n_out,
+                    int n_threads);
 
 /* The same in the background: starts n_threads worker threads (the caller is not one of them)
  * and returns at once; wt_encode_batch_wait joins them, after which the outputs are complete.
  * Returns NULL when no thread could be started (then call wt_encode_batch). The caller must
  * keep every argument alive and unchanged until the wait. */
 typedef struct wt_batch_run wt_batch_run;
-wt_batch_run *wt_encode_batch_start(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts,
-                                    const size_t *lens, uint32_t *out, const size_t *out_off, size_t *n_out,
-                                    int n_threads);
+wt_batch_run *wt_encode_batch_start(const wt_tokenizer *tok, size_t count,
+                                    const uint8_t *const *texts, const size_t *lens, uint32_t *out,
+                                    const size_t *out_off, size_t *n_out, int n_threads);
 void wt_encode_batch_wait(wt_batch_run *run);
 
 /* Encode one text with up to n_threads threads: the text is cut into pieces that are encoded
@@ -72,6 +73,7 @@ void wt_encode_batch_wait(wt_batch_run *run);
  * the piece before it (greedy matching from a given position is deterministic, so once two
  * encodings share a token start they agree from there on). Output identical to wt_encode;
  * `out` needs room for n ids. Returns the number of ids, or (size_t)-1 when out of memory. */
-size_t wt_encode_parallel(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint32_t *out, int n_threads);
+size_t wt_encode_parallel(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint32_t *out,
+                          int n_threads);
 
 #endif

@@ -31,16 +31,19 @@ static void *batch_worker(void *arg) {
         size_t i = atomic_fetch_add_explicit(&job->next, 2, memory_order_relaxed);
         if (i >= job->count) break;
         if (i + 1 < job->count)
-            wt_encode_pair(job->tok, job->texts[i], job->lens[i], job->out + job->out_off[i], &job->n_out[i],
-                           job->texts[i + 1], job->lens[i + 1], job->out + job->out_off[i + 1], &job->n_out[i + 1]);
+            wt_encode_pair(job->tok, job->texts[i], job->lens[i], job->out + job->out_off[i],
+                           &job->n_out[i], job->texts[i + 1], job->lens[i + 1],
+                           job->out + job->out_off[i + 1], &job->n_out[i + 1]);
         else
-            job->n_out[i] = wt_encode(job->tok, job->texts[i], job->lens[i], job->out + job->out_off[i]);
+            job->n_out[i] =
+                wt_encode(job->tok, job->texts[i], job->lens[i], job->out + job->out_off[i]);
     }
     return NULL;
 }
 
-int wt_encode_batch(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts, const size_t *lens,
-                    uint32_t *out, const size_t *out_off, size_t *n_out, int n_threads) {
+int wt_encode_batch(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts,
+                    const size_t *lens, uint32_t *out, const size_t *out_off, size_t *n_out,
+                    int n_threads) {
     batch_job job = {tok, count, texts, lens, out, out_off, n_out, 0};
     if (n_threads > WT_MAX_THREADS) n_threads = WT_MAX_THREADS;
     if ((size_t)n_threads > count) n_threads = (int)count;
@@ -63,9 +66,9 @@ struct wt_batch_run {
     int started;
 };
 
-wt_batch_run *wt_encode_batch_start(const wt_tokenizer *tok, size_t count, const uint8_t *const *texts,
-                                    const size_t *lens, uint32_t *out, const size_t *out_off, size_t *n_out,
-                                    int n_threads) {
+wt_batch_run *wt_encode_batch_start(const wt_tokenizer *tok, size_t count,
+                                    const uint8_t *const *texts, const size_t *lens, uint32_t *out,
+                                    const size_t *out_off, size_t *n_out, int n_threads) {
     wt_batch_run *r = malloc(sizeof *r);
     if (!r) return NULL;
     r->job = (batch_job){tok, count, texts, lens, out, out_off, n_out, 0};
@@ -77,7 +80,10 @@ wt_batch_run *wt_encode_batch_start(const wt_tokenizer *tok, size_t count, const
         if (pthread_create(&r->th[r->started], NULL, batch_worker, &r->job) != 0) break;
         r->started++;
     }
-    if (r->started == 0) { free(r); return NULL; }
+    if (r->started == 0) {
+        free(r);
+        return NULL;
+    }
     return r;
 }
 
@@ -109,7 +115,8 @@ static void *piece_worker(void *arg) {
  * piece's tokens are the true ones. Invariant: out[0..w) ++ tmp[0..f) is the true encoding of
  * text[0..r). Moves never overwrite a later piece: the true tokens that start before stop_k
  * number at most stop_k = start_{k+1}. */
-size_t wt_encode_parallel(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint32_t *out, int n_threads) {
+size_t wt_encode_parallel(const wt_tokenizer *tok, const uint8_t *text, size_t n, uint32_t *out,
+                          int n_threads) {
     /* Below ~256 KiB per thread the start-up cost outweighs the work. */
     size_t max_pieces = n / (256u << 10);
     if (n_threads > WT_MAX_THREADS) n_threads = WT_MAX_THREADS;
@@ -124,11 +131,14 @@ size_t wt_encode_parallel(const wt_tokenizer *tok, const uint8_t *text, size_t n
         size_t a = n / T * k, b = k == T - 1 ? n : n / T * (k + 1);
         jobs[k] = (piece_job){tok, text, n, a, b, out + a, 0, 0};
     }
-    for (int k = 1; k < T; k++) created[k] = pthread_create(&th[k], NULL, piece_worker, &jobs[k]) == 0;
+    for (int k = 1; k < T; k++)
+        created[k] = pthread_create(&th[k], NULL, piece_worker, &jobs[k]) == 0;
     piece_worker(&jobs[0]);
     for (int k = 1; k < T; k++) {
-        if (created[k]) pthread_join(th[k], NULL);
-        else piece_worker(&jobs[k]);
+        if (created[k])
+            pthread_join(th[k], NULL);
+        else
+            piece_worker(&jobs[k]);
     }
 
     size_t cap = 4096, f = 0, w = jobs[0].count, r = jobs[0].end;
@@ -156,7 +166,10 @@ size_t wt_encode_parallel(const wt_tokenizer *tok, const uint8_t *text, size_t n
             if (b < r) break; /* ran past the piece without meeting: carry tmp to the next piece */
             if (f == cap) {
                 uint32_t *nt = realloc(tmp, 2 * cap * sizeof *tmp);
-                if (!nt) { free(tmp); return (size_t)-1; }
+                if (!nt) {
+                    free(tmp);
+                    return (size_t)-1;
+                }
                 tmp = nt;
                 cap *= 2;
             }
