@@ -1,5 +1,5 @@
-// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c
-// csrc/dataprep/dp_task.c LIBS: -lzstd -lz -lbz2 -llzma
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
+// LIBS: -lzstd -lz -lbz2 -llzma
 /* Fuzz target: the task runner (dp_run_task) reading a fuzzed input file: every record format
  * (dp_record_formats) behind every codec (dp_codecs), the file being either the raw fuzzed bytes
  * (so the decoders see garbage) or the fuzzed bytes properly compressed by that codec (so the

@@ -1,5 +1,5 @@
-// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c
-// csrc/dataprep/dp_task.c LIBS: -lzstd -lz -lbz2 -llzma
+// SOURCES: csrc/dataprep/dp_text.c csrc/dataprep/dp_json.c csrc/dataprep/dp_codec.c csrc/dataprep/dp_task.c
+// LIBS: -lzstd -lz -lbz2 -llzma
 /* Unit test of the data-prep core, no Python: JSON extraction, UTF-8 repair, CRC-32C, scripts,
  * and dp_run_task end to end with a byte-level tokenizer (id = byte + 1) on .jsonl, multi-frame
  * .jsonl.zst and .txt inputs: expected tokens, independence from the thread count, errors for

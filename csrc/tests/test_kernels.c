@@ -1,5 +1,4 @@
-// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/kernels.c
-// csrc/model/matmul.c csrc/model/forward.c csrc/model/params.c csrc/model/neon.c
+// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/kernels.c csrc/model/matmul.c csrc/model/forward.c csrc/model/params.c csrc/model/neon.c
 /* Kernel tests without Python: every ISA's matmul against scalar on odd sizes and all storage
  * types, the chunked WKV against the one-token recurrence, the thread pool's coverage, and a small
  * random model run in both modes (recurrent vs parallel) including its error paths. */

@@ -1,5 +1,4 @@
-// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/matmul.c
-// csrc/model/neon.c
+// SOURCES: csrc/common/threadpool.c csrc/common/cpu.c csrc/common/polled.c csrc/model/matmul.c csrc/model/neon.c
 /* The storage-type table (dtypes.h) and the matmul entry points' handling of storage types: the
  * table's rows are consistent; every entry point computes for every type at every ISA level this
  * CPU has, and refuses a type outside the table with RWKV5_EINVAL, leaving `out` unwritten. */
