@@ -149,15 +149,18 @@ def test_convert_cli(tmp_path, tiny_files, capsys, dtype):
             np.testing.assert_array_equal(t[k], v)
 
 
-@pytest.mark.parametrize("src_name", ["tiny-rwkv-5v2-730K-bf16.pth", "tiny-rwkv-5v2-730K-FP32.bin"])
-def test_convert_cli_int8_saves_the_quantised_form(tmp_path, fixtures_dir, capsys, src_name):
-    src = fixtures_dir / src_name
+@pytest.mark.parametrize("src_name", ["bf16.pth", "FP32.bin"])
+def test_convert_cli_int8_saves_the_quantised_form(tmp_path, tiny_files, capsys, src_name):
+    src = tiny_files[src_name]          # the shipped trained model as a BlinkDL .pth / rwkv.cpp .bin
     out = tmp_path / "m-int8.safetensors"
     assert cli_main(["convert", str(src), str(out), "--dtype", "int8"]) == 0
     printed = capsys.readouterr().out
-    assert "quantised 97 matrices to int8" in printed and str(out) in printed
+    n_layer = rwkv5.load(src).config.n_layer
+    # 8 matrices per layer (att receptance/key/value/gate/output, ffn key/value/receptance) + head
+    assert f"quantised {8 * n_layer + 1} matrices to int8" in printed and str(out) in printed
     t, dts, meta = read_safetensors(out)
-    assert dts["blocks.3.ffn.key.weight"] == "I8" and dts["blocks.3.ffn.key.weight.scale"] == "F32"
+    last = f"blocks.{n_layer - 1}.ffn.key.weight"
+    assert dts[last] == "I8" and dts[last + ".scale"] == "F32"
     assert meta["dtype"] == "int8" and meta["source_format"] == ("pth" if src.suffix == ".pth" else "rwkvcpp")
     want = rwkv5.load(src, dtype="int8")
     got = rwkv5.load(out)
@@ -172,7 +175,8 @@ def test_convert_cli_int8_saves_the_quantised_form(tmp_path, fixtures_dir, capsy
     back = tmp_path / "fp32.safetensors"
     assert cli_main(["convert", str(out), str(back), "--dtype", "fp32"]) == 0
     q, scale = want._weights["blocks.0.att.value.weight"]
-    rows = q.transpose(0, 2, 1, 3).reshape(-1, q.shape[1] * 64)[:64, :64]
+    C = want.config.n_embd
+    rows = q.transpose(0, 2, 1, 3).reshape(-1, q.shape[1] * 64)[:C, :C]   # the blocked layout undone
     np.testing.assert_array_equal(read_safetensors(back)[0]["blocks.0.att.value.weight"],
                                   rows.astype(np.float32) * scale[:, None])
 
@@ -467,7 +471,7 @@ print(json.dumps({"held": held, "grow": status("VmHWM") - before, "dtype": model
 
 
 @pytest.mark.slow
-def test_peak_rss_of_a_load_is_the_weights(tmp_path, fixtures_dir):
+def test_peak_rss_of_a_load_is_the_weights(tmp_path, tiny_model_path):
     """Loading stays within 1.1x the bytes the model holds (+ 32 MB of interpreter and scratch) for
     every dtype, whether the matrices are used in place, blocked, converted or quantised: a copy
     releases the file's pages chunk by chunk (rwkv5.model._chunks), so the source of a copy is never
@@ -487,7 +491,7 @@ def test_peak_rss_of_a_load_is_the_weights(tmp_path, fixtures_dir):
                                      ("fp32", "None", "auto", "fp32"), ("fp32", "int8", "auto", "int8"),
                                      ("int8", "None", "auto", "int8")]:
         r = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(files[src]), dtype,
-                            str(fixtures_dir / "tiny-rwkv-5v2-730K-bf16.pth"), layout], capture_output=True, text=True)
+                            str(tiny_model_path), layout], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads(r.stdout.strip().splitlines()[-1])
         assert res["dtype"] == want
