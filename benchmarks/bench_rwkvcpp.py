@@ -8,7 +8,7 @@ side"). The binding is our own ctypes declaration of rwkv.h's API (benchmarks/rw
 Per shape: random RWKV-5.2 weights (benchmarks/bench_model.py's generator, vocab 65536) written once
 as rwkv.cpp FP32 and FP16 files (rwkv5.formats.rwkvcpp.write_rwkvcpp); Q8_0, Q5_1 and Q4_0 made
 from the FP16 file by rwkv.cpp's own quantizer. rwkv.cpp runs every file; rwkv5 loads the FP32 file
-as fp32 and the FP16 file as fp16, bf16 and int8 (rwkv5.load(path, dtype=...), default layout).
+as fp32 and the FP16 file as fp16, bf16, int8 and int4 (rwkv5.load(path, dtype=...), default layout).
 Every configuration runs in its own subprocess. Recurrent: one token per call from the state of a
 512-token prompt, median of the steps after warm-up. Sequence: the 512-token prompt from a fresh
 state (rwkv.cpp: rwkv_eval_sequence_in_chunks, best of chunk 16 and 64; rwkv5: parallel mode).
@@ -30,7 +30,7 @@ from .rwkvcpp_peer import ENV, Library, library_path
 VOCAB = 65536
 CPP_KINDS = ["FP32", "FP16", "Q8_0", "Q5_1", "Q4_0"]
 # rwkv5 dtype -> the rwkv.cpp file it loads
-OURS = [("fp32", "FP32"), ("fp16", "FP16"), ("bf16", "FP16"), ("int8", "FP16")]
+OURS = [("fp32", "FP32"), ("fp16", "FP16"), ("bf16", "FP16"), ("int8", "FP16"), ("int4", "FP16")]
 BATCH = 8
 
 
@@ -168,14 +168,15 @@ def run(quick: bool = False, shapes=None, threads=None) -> list:
                 rows.append([shape, nt, *[cpp[k] for k in CPP_KINDS], *[ours[d] for d, _ in OURS], b8, cseq, oseq,
                              _ratio(ours["fp32"], cpp["FP32"]), _ratio(ours["fp16"], cpp["FP16"]),
                              _ratio(ours["bf16"], cpp["FP16"]), _ratio(ours["int8"], cpp["Q8_0"]),
+                             _ratio(ours["int4"], cpp["Q4_0"]),
                              _ratio(oseq, cseq)])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     cols = ["shape", "thr", *[f"cpp {k}" for k in CPP_KINDS], *[f"rwkv5 {d}" for d, _ in OURS],
             f"rwkv5 int8 B={BATCH} (aggregate)", f"seq cpp FP32 T={T_PARALLEL}", "seq rwkv5 fp32",
-            "fp32/FP32 x", "fp16/FP16 x", "bf16/FP16 x", "int8/Q8_0 x", "seq x"]
+            "fp32/FP32 x", "fp16/FP16 x", "bf16/FP16 x", "int8/Q8_0 x", "int4/Q4_0 x", "seq x"]
     return [section("rwkv.cpp side by side: recurrent tok/s on the same files, same run", cols, rows, [
         f"rwkv.cpp: {lib} ({info})",
-        "recurrent = one token per call, median after warm-up; rwkv5 fp16/bf16/int8 load the FP16 file; "
+        "recurrent = one token per call, median after warm-up; rwkv5 fp16/bf16/int8/int4 load the FP16 file; "
         "Q* made from the FP16 file by rwkv.cpp's quantizer",
         "files: " + "; ".join(sizes)] + notes)]
