@@ -54,6 +54,12 @@ def tiny_model_path():
 TINY_PROMPT = [34, 105, 110]        # '"', 'i', 'n': the prompt of the expected-logits checks
 
 
+# Under ASan (make test-asan: libasan preloaded, inherited by subprocesses) resident memory includes
+# its shadow memory and the quarantine of freed blocks, so a bound on peak RSS says nothing there.
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+plain_rss = pytest.mark.skipif(UNDER_ASAN, reason="peak RSS under ASan includes its shadow memory and quarantine")
+
+
 class TinyFiles:
     """``tiny_files["fp32.pth"]`` etc.: each file is written on first use, then reused."""
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import bench_model as bm
 from benchmarks import common, probes
 from benchmarks import __main__ as harness  # noqa: E402
+from conftest import UNDER_ASAN  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -178,7 +179,8 @@ def test_big_model_section_through_the_same_code_on_a_small_shape(tmp_path):
     assert [r[0] for r in sec["rows"]] == ["bf16", "int8 (quantised at load)", "int8 (saved form)"]
     for row in sec["rows"]:
         load_s, ratio, tok_s = row[2], row[4], row[5]
-        assert load_s > 0 and tok_s > 0 and 0.5 < ratio < 5
+        assert load_s > 0 and tok_s > 0 and ratio > 0.5
+        assert UNDER_ASAN or ratio < 5                              # (ASan's shadow memory counts)
     import rwkv5
     assert rwkv5.load(big.int8_file(path, shape)).config.dtype == "int8"
 

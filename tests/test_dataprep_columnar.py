@@ -15,6 +15,7 @@ import pyarrow.ipc as ipc  # noqa: E402
 from dataprep_helpers import SAMPLES  # noqa: E402
 from rwkv5.dataprep import DataprepError, build, verify  # noqa: E402
 import rwkv5.dataprep.columnar as columnar  # noqa: E402
+from conftest import plain_rss  # noqa: E402
 
 
 def quiet(inputs, out, **kw):
@@ -402,6 +403,7 @@ sys.exit(rc)
 
 
 @pytest.mark.slow
+@plain_rss
 def test_parquet_build_peak_rss_does_not_grow_with_the_input(tmp_path):
     """Peak RSS of a build (a new process) from a 6 MB and from a 60 MB Parquet file of the same
     documents (4 KB each, 1024-row groups): pyarrow holds a data page and a few batches, whatever

@@ -16,6 +16,7 @@ from rwkv5.loading import (bf16_bits_to_f32, convert_array, f32_to_bf16_bits, re
                            sniff_format)
 
 from _loaders_util import mmap_backed, random_rwkv5_torch_sd, torch_load_np, torch_to_np
+from conftest import plain_rss
 
 torch = pytest.importorskip("torch", reason="torch (test extra) writes the reference checkpoints")
 
@@ -471,6 +472,7 @@ print(json.dumps({"held": held, "grow": status("VmHWM") - before, "dtype": model
 
 
 @pytest.mark.slow
+@plain_rss
 def test_peak_rss_of_a_load_is_the_weights(tmp_path, tiny_model_path):
     """Loading stays within 1.1x the bytes the model holds (+ 32 MB of interpreter and scratch) for
     every dtype, whether the matrices are used in place, blocked, converted or quantised: a copy
