@@ -56,17 +56,25 @@ static inline int8_t q_of(float w, float s) {
     return (int8_t)v;
 }
 
-/* One row, portable: 1 if it holds a non-finite value. `buf` gets the row as fp32 (cols floats). */
-static int quant_row_scalar(int8_t *q, float *scale, const unsigned char *row, int t, int64_t o,
-                            int64_t cols, int blocked, float *buf) {
-    float amax = 0.0f;
-    for (int64_t i = 0; i < cols; i++) {
+/* Elements [i, cols) of a row: each as fp32 into buf, *amax raised to the largest |w|; 1 if one is
+ * not finite. The whole row of the portable path, the tail of the vector path. */
+static inline int scan_row(const unsigned char *row, int t, int64_t i, int64_t cols, float *buf,
+                           float *amax) {
+    for (; i < cols; i++) {
         float w = src_load(t, row, i);
         if (!isfinite(w)) return 1;
         buf[i] = w;
         float a = fabsf(w);
-        if (a > amax) amax = a;
+        if (a > *amax) *amax = a;
     }
+    return 0;
+}
+
+/* One row, portable: 1 if it holds a non-finite value. `buf` gets the row as fp32 (cols floats). */
+static int quant_row_scalar(int8_t *q, float *scale, const unsigned char *row, int t, int64_t o,
+                            int64_t cols, int blocked, float *buf) {
+    float amax = 0.0f;
+    if (scan_row(row, t, 0, cols, buf, &amax)) return 1;
     float s = amax / 127.0f;
     scale[o] = s;
     float safe = s > 0.0f ? s : 1.0f;
@@ -118,13 +126,7 @@ static T256 int quant_row_avx2(int8_t *q, float *scale, const unsigned char *row
     float lanes[8], amax = 0.0f;
     _mm256_storeu_ps(lanes, vmax);
     for (int k = 0; k < 8; k++) amax = lanes[k] > amax ? lanes[k] : amax;
-    for (; i < cols; i++) {
-        float w = src_load(t, row, i);
-        if (!isfinite(w)) return 1;
-        buf[i] = w;
-        float a = fabsf(w);
-        if (a > amax) amax = a;
-    }
+    if (scan_row(row, t, i, cols, buf, &amax)) return 1;
     float s = amax / 127.0f;
     scale[o] = s;
     const float safe = s > 0.0f ? s : 1.0f;
