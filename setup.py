@@ -14,6 +14,7 @@ Environment knobs:
   RWKV5_NATIVE=1      add -march=native (never the default: wheels must run on any x86-64)
   RWKV5_EXTENSIONS    comma list restricting which extensions are built (model,tokenizer,dataprep)
 """
+
 import glob
 import os
 import shutil
@@ -63,28 +64,46 @@ def library_flags():
     for name, pc, header, lib, *packages in LIBRARIES:
         if shutil.which("pkg-config"):
             try:
-                c = subprocess.check_output(["pkg-config", "--cflags", pc], text=True, stderr=subprocess.DEVNULL).split()
-                ls = subprocess.check_output(["pkg-config", "--libs", pc], text=True, stderr=subprocess.DEVNULL).split()
+                c = subprocess.check_output(
+                    ["pkg-config", "--cflags", pc], text=True, stderr=subprocess.DEVNULL
+                ).split()
+                ls = subprocess.check_output(
+                    ["pkg-config", "--libs", pc], text=True, stderr=subprocess.DEVNULL
+                ).split()
                 cflags += [f for f in c if f not in cflags]
                 libs += ls
                 continue
             except subprocess.CalledProcessError:
                 pass
         try:
-            probe = subprocess.run(cc.split() + ["-E", "-x", "c", "-"], input=f"#include <{header}>\n",
-                                   capture_output=True, text=True)
+            probe = subprocess.run(
+                cc.split() + ["-E", "-x", "c", "-"],
+                input=f"#include <{header}>\n",
+                capture_output=True,
+                text=True,
+            )
         except OSError:
-            sys.exit(f"rwkv5: cannot build from source: no C compiler ({cc!r} not found).\n"
-                     f"  Install one (Debian/Ubuntu: apt-get install gcc), or install a binary wheel:\n"
-                     f"  pip install --only-binary rwkv5 rwkv5")
+            sys.exit(
+                f"rwkv5: cannot build from source: no C compiler ({cc!r} not found).\n"
+                f"  Install one (Debian/Ubuntu: apt-get install gcc), or install a binary wheel:\n"
+                f"  pip install --only-binary rwkv5 rwkv5"
+            )
         if probe.returncode == 0:
             libs.append("-l" + lib)
         else:
             missing.append((name, header, lib, packages))
     if missing:
-        sys.exit(LIBS_MISSING.format(
-            names=", ".join(m[0] for m in missing), files=", ".join(f"{m[1]}, lib{m[2]}.so" for m in missing),
-            cc=cc, **{k: " ".join(m[3][i] for m in missing) for i, k in enumerate(("deb", "rpm", "apk", "brew"))}))
+        sys.exit(
+            LIBS_MISSING.format(
+                names=", ".join(m[0] for m in missing),
+                files=", ".join(f"{m[1]}, lib{m[2]}.so" for m in missing),
+                cc=cc,
+                **{
+                    k: " ".join(m[3][i] for m in missing)
+                    for i, k in enumerate(("deb", "rpm", "apk", "brew"))
+                },
+            )
+        )
     return cflags, libs
 
 
@@ -110,27 +129,40 @@ define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 wanted = os.environ.get("RWKV5_EXTENSIONS", "model,tokenizer,dataprep").split(",")
 extensions = []
 if "model" in wanted:
-    extensions.append(Extension(
-        "rwkv5._model",
-        sources=["csrc/py_model.c"] + c_sources("common", "model"),
-        include_dirs=include_dirs, define_macros=define_macros,
-        extra_compile_args=cflags, extra_link_args=ldflags,
-    ))
+    extensions.append(
+        Extension(
+            "rwkv5._model",
+            sources=["csrc/py_model.c"] + c_sources("common", "model"),
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+    )
 if "tokenizer" in wanted:
-    extensions.append(Extension(
-        "rwkv5.tokenizer._tokenizer",
-        sources=["csrc/py_tokenizer.c"] + c_sources("tokenizer"),   # csrc/common: the model's only
-        include_dirs=include_dirs, define_macros=define_macros,
-        extra_compile_args=cflags, extra_link_args=ldflags,
-    ))
+    extensions.append(
+        Extension(
+            "rwkv5.tokenizer._tokenizer",
+            sources=["csrc/py_tokenizer.c"]
+            + c_sources("tokenizer"),  # csrc/common: the model's only
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+    )
 if "dataprep" in wanted:
     zc, zl = library_flags()
-    extensions.append(Extension(
-        "rwkv5.dataprep._dataprep",
-        sources=["csrc/py_dataprep.c"] + c_sources("tokenizer", "dataprep"),
-        include_dirs=include_dirs, define_macros=define_macros,
-        extra_compile_args=cflags + zc, extra_link_args=ldflags + zl,
-    ))
+    extensions.append(
+        Extension(
+            "rwkv5.dataprep._dataprep",
+            sources=["csrc/py_dataprep.c"] + c_sources("tokenizer", "dataprep"),
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args=cflags + zc,
+            extra_link_args=ldflags + zl,
+        )
+    )
 
 setup(
     ext_modules=extensions,
@@ -140,5 +172,9 @@ setup(
         "rwkv5.dataprep": "dataprep",
     },
     packages=["rwkv5", "rwkv5.formats", "rwkv5.tokenizer", "rwkv5.dataprep"],
-    package_data={"rwkv5": ["py.typed", "data/*", "*.pyi"], "rwkv5.tokenizer": ["*.pyi"], "rwkv5.dataprep": ["*.pyi"]},
+    package_data={
+        "rwkv5": ["py.typed", "data/*", "*.pyi"],
+        "rwkv5.tokenizer": ["*.pyi"],
+        "rwkv5.dataprep": ["*.pyi"],
+    },
 )

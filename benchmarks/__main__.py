@@ -8,6 +8,7 @@ reported as a section with the error and skipped; the others still run.
 NAME is "probes" or a module name without its "bench_" prefix ("model", "tokenizer", "dataprep").
 --big adds the section "big" (benchmarks/big.py: the Eagle 7B shape from a cached random file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def discover() -> list:
     """Names of the bench modules present, model first, then alphabetical."""
-    names = sorted(os.path.basename(p)[len("bench_"):-3] for p in glob.glob(os.path.join(HERE, "bench_*.py")))
+    names = sorted(
+        os.path.basename(p)[len("bench_") : -3] for p in glob.glob(os.path.join(HERE, "bench_*.py"))
+    )
     return sorted(names, key=lambda n: (n != "model", n))
 
 
@@ -40,8 +43,14 @@ def _as_sections(name: str, res) -> list:
             s.setdefault("notes", [])
             out.append(s)
         else:
-            out.append(section(f"{name}: malformed result", [], [],
-                               [f"run() returned {type(s).__name__}, expected a section dict"]))
+            out.append(
+                section(
+                    f"{name}: malformed result",
+                    [],
+                    [],
+                    [f"run() returned {type(s).__name__}, expected a section dict"],
+                )
+            )
     return out
 
 
@@ -54,8 +63,10 @@ def render(path: str) -> int:
         print(f"--render: cannot read {path}: {e}", file=sys.stderr)
         return 2
     m = data.get("machine", {})
-    print(f"Run {data.get('started_utc')} ({'quick' if data.get('quick') else 'full'}), "
-          f"{m.get('cpu_model')}, {m.get('usable_cpus')} CPUs, commit {m.get('git_commit')}\n")
+    print(
+        f"Run {data.get('started_utc')} ({'quick' if data.get('quick') else 'full'}), "
+        f"{m.get('cpu_model')}, {m.get('usable_cpus')} CPUs, commit {m.get('git_commit')}\n"
+    )
     for name, sec in data.get("sections", {}).items():
         for t in sec.get("tables", []):
             print(format_markdown(t), "\n")
@@ -66,15 +77,31 @@ def render(path: str) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a few minutes: fewer shapes, dtypes and repeats")
-    ap.add_argument("--only", default=None,
-                    help="comma-separated sections to run: probes, " + ", ".join(discover()))
-    ap.add_argument("--big", action="store_true",
-                    help="also run the Eagle 7B shape (benchmarks/big.py: a random 15 GB bf16 file made once "
-                         "under $RWKV5_BENCH_CACHE or ~/.cache/rwkv5/bench; needs ~17 GB of free memory)")
-    ap.add_argument("--out", default="bench-results", help="folder for the JSON results (default: bench-results)")
-    ap.add_argument("--render", metavar="JSON", default=None,
-                    help="print the tables of a saved result file as Markdown and exit (runs nothing)")
+    ap.add_argument(
+        "--quick", action="store_true", help="a few minutes: fewer shapes, dtypes and repeats"
+    )
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated sections to run: probes, " + ", ".join(discover()),
+    )
+    ap.add_argument(
+        "--big",
+        action="store_true",
+        help="also run the Eagle 7B shape (benchmarks/big.py: a random 15 GB bf16 file made once "
+        "under $RWKV5_BENCH_CACHE or ~/.cache/rwkv5/bench; needs ~17 GB of free memory)",
+    )
+    ap.add_argument(
+        "--out",
+        default="bench-results",
+        help="folder for the JSON results (default: bench-results)",
+    )
+    ap.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="print the tables of a saved result file as Markdown and exit (runs nothing)",
+    )
     args = ap.parse_args(argv)
     if args.render:
         return render(args.render)
@@ -87,11 +114,17 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"--only: unknown section(s) {unknown}; available: {available}")
 
-    failed = []   # modules that imported but raised: the exit status reports them
+    failed = []  # modules that imported but raised: the exit status reports them
     started = _dt.datetime.now(_dt.timezone.utc)
     facts = machine_facts()
-    results = {"started_utc": started.isoformat(timespec="seconds"), "quick": args.quick,
-               "argv": sys.argv[1:], "machine": facts, "sections": {}, "errors": {}}
+    results = {
+        "started_utc": started.isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "argv": sys.argv[1:],
+        "machine": facts,
+        "sections": {},
+        "errors": {},
+    }
     print(format_table(facts_section(facts)), "\n", flush=True)
 
     for name in available:
@@ -99,7 +132,9 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         try:
-            mod = importlib.import_module({"probes": ".probes", "big": ".big"}.get(name, f".bench_{name}"), __package__)
+            mod = importlib.import_module(
+                {"probes": ".probes", "big": ".big"}.get(name, f".bench_{name}"), __package__
+            )
         except Exception as e:  # an optional dependency missing, a module still being written...
             msg = f"skipped: could not import benchmarks.bench_{name}: {type(e).__name__}: {e}"
             results["errors"][name] = msg

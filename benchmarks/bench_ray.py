@@ -9,6 +9,7 @@ and the manifest without its timing). Ray's fixed costs are measured separately:
 fresh local instance, the first build (worker processes start on demand) and the round trip of an
 empty remote task.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -67,6 +68,7 @@ def _digest(prefix: str) -> str:
 
 def _build_once(corpus: str, out_dir: str, name: str, task_size: int, **kw):
     from rwkv5.dataprep import build
+
     prefix = os.path.join(out_dir, name)
     t0 = time.perf_counter()
     m = build([corpus], prefix, task_size=task_size, log=lambda s: None, **kw)
@@ -79,7 +81,13 @@ def _build_once(corpus: str, out_dir: str, name: str, task_size: int, **kw):
 
 def run(quick: bool = False) -> dict:
     import ray
-    from rwkv5.dataprep.build import DEFAULTS, default_vocab_path, expand_inputs, load_tokenizer, plan_tasks
+    from rwkv5.dataprep.build import (
+        DEFAULTS,
+        default_vocab_path,
+        expand_inputs,
+        load_tokenizer,
+        plan_tasks,
+    )
     from rwkv5.dataprep.engines import RayExecutor
 
     n_files, mb = (4, 1.0) if quick else (8, 8.0)
@@ -98,8 +106,19 @@ def run(quick: bool = False) -> dict:
 
         def row(engine, workers, t, extra=""):
             task_s, total_s = t
-            rows.append([engine, workers, n_tasks, round(total / 1e6, 1), round(task_s, 3),
-                         round(n_tasks / task_s, 1), round(total / 1e6 / task_s, 1), round(total_s, 3), extra])
+            rows.append(
+                [
+                    engine,
+                    workers,
+                    n_tasks,
+                    round(total / 1e6, 1),
+                    round(task_s, 3),
+                    round(n_tasks / task_s, 1),
+                    round(total / 1e6 / task_s, 1),
+                    round(total_s, 3),
+                    extra,
+                ]
+            )
 
         def best(label, **kw):
             times = []
@@ -110,7 +129,9 @@ def run(quick: bool = False) -> dict:
             return min(times), m
 
         t0 = time.perf_counter()
-        load_tokenizer(default_vocab_path())  # each process loads the vocab once; not part of the rate
+        load_tokenizer(
+            default_vocab_path()
+        )  # each process loads the vocab once; not part of the rate
         t_vocab = time.perf_counter() - t0
         dt, m = best("local-1", workers=1)
         row("local", "1 thread", dt)
@@ -124,16 +145,27 @@ def run(quick: bool = False) -> dict:
 
         for ncpu in (1, 2):
             t0 = time.perf_counter()
-            ray.init(address="local", num_cpus=ncpu, include_dashboard=False, object_store_memory=100 << 20,
-                     logging_level="ERROR", log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=ncpu,
+                include_dashboard=False,
+                object_store_memory=100 << 20,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
             t_init = time.perf_counter() - t0
             try:
                 ex = RayExecutor(num_cpus=1)
-                first, _, digests[f"ray-{ncpu}-first"] = _build_once(corpus, out, "o", task_size, executor=ex,
-                                                                      workers=1)
+                first, _, digests[f"ray-{ncpu}-first"] = _build_once(
+                    corpus, out, "o", task_size, executor=ex, workers=1
+                )
                 dt, _ = best(f"ray-{ncpu}", executor=ex, workers=1)
-                row("ray", f"{ncpu} worker{'s' if ncpu > 1 else ''}", dt,
-                    f"ray.init {t_init:.2f} s; first build {first:.2f} s")
+                row(
+                    "ray",
+                    f"{ncpu} worker{'s' if ncpu > 1 else ''}",
+                    dt,
+                    f"ray.init {t_init:.2f} s; first build {first:.2f} s",
+                )
                 if ncpu == 2:
                     noop = ray.remote(lambda: None)
                     ray.get([noop.remote() for _ in range(20)])
@@ -145,29 +177,48 @@ def run(quick: bool = False) -> dict:
                     for _ in range(50):
                         ray.get(noop.remote())
                     serial = (time.perf_counter() - t0) / 50
-                    notes.append(f"Ray fixed costs: ray.init of a local instance {t_init:.2f} s; empty remote task "
-                                 f"{per_task * 1e3:.2f} ms each when {k} are in flight, {serial * 1e3:.2f} ms "
-                                 f"round trip one at a time")
+                    notes.append(
+                        f"Ray fixed costs: ray.init of a local instance {t_init:.2f} s; empty remote task "
+                        f"{per_task * 1e3:.2f} ms each when {k} are in flight, {serial * 1e3:.2f} ms "
+                        f"round trip one at a time"
+                    )
             finally:
                 ray.shutdown()
 
         same = len(set(digests.values())) == 1
         if not same:
             raise AssertionError(f"outputs differ between engines: {digests}")
-        notes.insert(0, f"corpus: {n_files} JSONL files, {total / 1e6:.1f} MB, {tokens} tokens, {n_tasks} tasks "
-                        f"(--task-size {task_size}); best of {reps} run(s) each; every engine wrote byte-identical "
-                        f"outputs (SHA-256 of .bin/.idx and the manifest without timing)")
-        notes.append(f"machine: {os.cpu_count()} CPUs; times include the driver's merge and the SHA-256 check "
-                     f"of each completion record (task phase = planning to the last verified record; total adds "
-                     f"the driver's merge, which is the same for every engine); loading the vocab takes {t_vocab:.2f} s once per process "
-                     f"(done before timing here; inside 'first build' for Ray); 1-minute load average "
-                     f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other processes share the CPUs)")
+        notes.insert(
+            0,
+            f"corpus: {n_files} JSONL files, {total / 1e6:.1f} MB, {tokens} tokens, {n_tasks} tasks "
+            f"(--task-size {task_size}); best of {reps} run(s) each; every engine wrote byte-identical "
+            f"outputs (SHA-256 of .bin/.idx and the manifest without timing)",
+        )
+        notes.append(
+            f"machine: {os.cpu_count()} CPUs; times include the driver's merge and the SHA-256 check "
+            f"of each completion record (task phase = planning to the last verified record; total adds "
+            f"the driver's merge, which is the same for every engine); loading the vocab takes {t_vocab:.2f} s once per process "
+            f"(done before timing here; inside 'first build' for Ray); 1-minute load average "
+            f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other processes share the CPUs)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"title": "rwkv5.dataprep: Ray engine vs local engine (same corpus, same outputs)",
-            "columns": ["engine", "workers", "tasks", "input MB", "task phase s", "tasks/s", "MB/s",
-                        "total s (with merge)", "notes"],
-            "rows": rows, "notes": notes}
+    return {
+        "title": "rwkv5.dataprep: Ray engine vs local engine (same corpus, same outputs)",
+        "columns": [
+            "engine",
+            "workers",
+            "tasks",
+            "input MB",
+            "task phase s",
+            "tasks/s",
+            "MB/s",
+            "total s (with merge)",
+            "notes",
+        ],
+        "rows": rows,
+        "notes": notes,
+    }
 
 
 def _print(res: dict) -> None:
@@ -183,6 +234,7 @@ def _print(res: dict) -> None:
 
 if __name__ == "__main__":
     import argparse
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)

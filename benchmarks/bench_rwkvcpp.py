@@ -14,6 +14,7 @@ Every configuration runs in its own subprocess. Recurrent: one token per call fr
 state (rwkv.cpp: rwkv_eval_sequence_in_chunks, best of chunk 16 and 64; rwkv5: parallel mode).
 "B=8": rwkv5 decoding 8 sequences per call, aggregate tok/s.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,10 @@ def make_files(shape: str, folder: str, lib: str, seed: int = 0) -> dict:
     from rwkv5.formats.rwkvcpp import write_rwkvcpp
 
     from .bench_model import SHAPES, random_state_dict
-    L, C = SHAPES[shape] if shape in SHAPES else (int(x) for x in shape.split("x"))   # "0.4B" or "LxC"
+
+    L, C = (
+        SHAPES[shape] if shape in SHAPES else (int(x) for x in shape.split("x"))
+    )  # "0.4B" or "LxC"
     sd = random_state_dict(L, C, V=VOCAB, storage="fp32", seed=seed)
     files = {k: os.path.join(folder, f"{shape}-{k}.bin") for k in CPP_KINDS}
     write_rwkvcpp(files["FP32"], sd, "FP32")
@@ -54,12 +58,14 @@ def _steps(quick):
     return (10, 3) if quick else (24, 4)
 
 
-def cpp_worker(path: str, lib: str, threads: int, quick: bool, sequence: bool, seed: int = 1) -> dict:
+def cpp_worker(
+    path: str, lib: str, threads: int, quick: bool, sequence: bool, seed: int = 1
+) -> dict:
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, VOCAB, T_PARALLEL)
     with Library(lib).load(path, threads) as ctx:
         state = ctx.new_state()
-        ctx.eval_sequence(prompt[:16], None, state, chunk=16)   # warm-up: builds its graph
+        ctx.eval_sequence(prompt[:16], None, state, chunk=16)  # warm-up: builds its graph
         seq = {}
         if sequence:
             for chunk in (16, 64):
@@ -80,12 +86,18 @@ def cpp_worker(path: str, lib: str, threads: int, quick: bool, sequence: bool, s
             if i >= warm:
                 rec.append(time.perf_counter() - t0)
             state, nxt = nxt, state
-    return {"recurrent_s": median(rec), "sequence_s": min(seq.values()) if seq else None, "sequence_by_chunk": seq}
+    return {
+        "recurrent_s": median(rec),
+        "sequence_s": min(seq.values()) if seq else None,
+        "sequence_by_chunk": seq,
+    }
 
 
-def ours_worker(path: str, dtype: str, threads: int, quick: bool, sequence: bool, batch: int = 0,
-                seed: int = 1) -> dict:
+def ours_worker(
+    path: str, dtype: str, threads: int, quick: bool, sequence: bool, batch: int = 0, seed: int = 1
+) -> dict:
     import rwkv5
+
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, VOCAB, T_PARALLEL).tolist()
     t0 = time.perf_counter()
@@ -128,9 +140,17 @@ def run(quick: bool = False, shapes=None, threads=None) -> list:
     except FileNotFoundError as e:
         return [section("rwkv.cpp side by side", [], [], [f"skipped: {e}"])]
     if lib is None:
-        return [section("rwkv.cpp side by side", [], [], [
-            f"skipped: set {ENV}=/path/to/librwkv.so (rwkv.cpp built by hand, docs/performance.md) to run "
-            "rwkv.cpp and rwkv5 on the same files in this run"])]
+        return [
+            section(
+                "rwkv.cpp side by side",
+                [],
+                [],
+                [
+                    f"skipped: set {ENV}=/path/to/librwkv.so (rwkv.cpp built by hand, docs/performance.md) to run "
+                    "rwkv.cpp and rwkv5 on the same files in this run"
+                ],
+            )
+        ]
     shapes = shapes or (["0.1B", "0.4B"] if quick else ["0.1B", "0.4B", "1.5B"])
     threads = threads or thread_counts()
     rows, notes, sizes = [], [], []
@@ -138,26 +158,50 @@ def run(quick: bool = False, shapes=None, threads=None) -> list:
     for shape in shapes:
         folder = tempfile.mkdtemp(prefix=f"rwkv5-bench-cpp-{shape}-")
         try:
-            made = run_in_subprocess("benchmarks.bench_rwkvcpp:make_files",
-                                     {"shape": shape, "folder": folder, "lib": lib}, timeout=3600)
+            made = run_in_subprocess(
+                "benchmarks.bench_rwkvcpp:make_files",
+                {"shape": shape, "folder": folder, "lib": lib},
+                timeout=3600,
+            )
             files = made["files"]
-            sizes.append(f"{shape}: " + ", ".join(f"{k} {b / 1e9:.2f} GB" for k, b in made["bytes"].items()))
+            sizes.append(
+                f"{shape}: " + ", ".join(f"{k} {b / 1e9:.2f} GB" for k, b in made["bytes"].items())
+            )
             for nt in threads:
                 r = {}
                 for k in CPP_KINDS:
                     try:
-                        r["cpp", k] = run_in_subprocess("benchmarks.bench_rwkvcpp:cpp_worker", {
-                            "path": files[k], "lib": lib, "threads": nt, "quick": quick,
-                            "sequence": k == "FP32"}, timeout=3600)
+                        r["cpp", k] = run_in_subprocess(
+                            "benchmarks.bench_rwkvcpp:cpp_worker",
+                            {
+                                "path": files[k],
+                                "lib": lib,
+                                "threads": nt,
+                                "quick": quick,
+                                "sequence": k == "FP32",
+                            },
+                            timeout=3600,
+                        )
                     except Exception as e:
                         notes.append(f"rwkv.cpp {shape} {k} {nt} threads failed: {e}")
                 for dt, k, batch in [(d, k, 0) for d, k in OURS] + [("int8", "FP16", BATCH)]:
                     try:
-                        r["ours", dt, batch] = run_in_subprocess("benchmarks.bench_rwkvcpp:ours_worker", {
-                            "path": files[k], "dtype": dt, "threads": nt, "quick": quick,
-                            "sequence": dt == "fp32", "batch": batch}, timeout=3600)
+                        r["ours", dt, batch] = run_in_subprocess(
+                            "benchmarks.bench_rwkvcpp:ours_worker",
+                            {
+                                "path": files[k],
+                                "dtype": dt,
+                                "threads": nt,
+                                "quick": quick,
+                                "sequence": dt == "fp32",
+                                "batch": batch,
+                            },
+                            timeout=3600,
+                        )
                     except Exception as e:
-                        notes.append(f"rwkv5 {shape} {dt}{f' B={batch}' if batch else ''} {nt} threads failed: {e}")
+                        notes.append(
+                            f"rwkv5 {shape} {dt}{f' B={batch}' if batch else ''} {nt} threads failed: {e}"
+                        )
                 cpp = {k: _tps(r.get(("cpp", k))) for k in CPP_KINDS}
                 ours = {dt: _tps(r.get(("ours", dt, 0))) for dt, _ in OURS}
                 b8 = _tps(r.get(("ours", "int8", BATCH)), BATCH)
@@ -165,18 +209,51 @@ def run(quick: bool = False, shapes=None, threads=None) -> list:
                 oseq = (r.get(("ours", "fp32", 0)) or {}).get("sequence_s")
                 cseq = None if cseq is None else T_PARALLEL / cseq
                 oseq = None if oseq is None else T_PARALLEL / oseq
-                rows.append([shape, nt, *[cpp[k] for k in CPP_KINDS], *[ours[d] for d, _ in OURS], b8, cseq, oseq,
-                             _ratio(ours["fp32"], cpp["FP32"]), _ratio(ours["fp16"], cpp["FP16"]),
-                             _ratio(ours["bf16"], cpp["FP16"]), _ratio(ours["int8"], cpp["Q8_0"]),
-                             _ratio(ours["int4"], cpp["Q4_0"]),
-                             _ratio(oseq, cseq)])
+                rows.append(
+                    [
+                        shape,
+                        nt,
+                        *[cpp[k] for k in CPP_KINDS],
+                        *[ours[d] for d, _ in OURS],
+                        b8,
+                        cseq,
+                        oseq,
+                        _ratio(ours["fp32"], cpp["FP32"]),
+                        _ratio(ours["fp16"], cpp["FP16"]),
+                        _ratio(ours["bf16"], cpp["FP16"]),
+                        _ratio(ours["int8"], cpp["Q8_0"]),
+                        _ratio(ours["int4"], cpp["Q4_0"]),
+                        _ratio(oseq, cseq),
+                    ]
+                )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    cols = ["shape", "thr", *[f"cpp {k}" for k in CPP_KINDS], *[f"rwkv5 {d}" for d, _ in OURS],
-            f"rwkv5 int8 B={BATCH} (aggregate)", f"seq cpp FP32 T={T_PARALLEL}", "seq rwkv5 fp32",
-            "fp32/FP32 x", "fp16/FP16 x", "bf16/FP16 x", "int8/Q8_0 x", "int4/Q4_0 x", "seq x"]
-    return [section("rwkv.cpp side by side: recurrent tok/s on the same files, same run", cols, rows, [
-        f"rwkv.cpp: {lib} ({info})",
-        "recurrent = one token per call, median after warm-up; rwkv5 fp16/bf16/int8/int4 load the FP16 file; "
-        "Q* made from the FP16 file by rwkv.cpp's quantizer",
-        "files: " + "; ".join(sizes)] + notes)]
+    cols = [
+        "shape",
+        "thr",
+        *[f"cpp {k}" for k in CPP_KINDS],
+        *[f"rwkv5 {d}" for d, _ in OURS],
+        f"rwkv5 int8 B={BATCH} (aggregate)",
+        f"seq cpp FP32 T={T_PARALLEL}",
+        "seq rwkv5 fp32",
+        "fp32/FP32 x",
+        "fp16/FP16 x",
+        "bf16/FP16 x",
+        "int8/Q8_0 x",
+        "int4/Q4_0 x",
+        "seq x",
+    ]
+    return [
+        section(
+            "rwkv.cpp side by side: recurrent tok/s on the same files, same run",
+            cols,
+            rows,
+            [
+                f"rwkv.cpp: {lib} ({info})",
+                "recurrent = one token per call, median after warm-up; rwkv5 fp16/bf16/int8/int4 load the FP16 file; "
+                "Q* made from the FP16 file by rwkv.cpp's quantizer",
+                "files: " + "; ".join(sizes),
+            ]
+            + notes,
+        )
+    ]

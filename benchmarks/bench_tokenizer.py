@@ -16,6 +16,7 @@ encode_batch are the corpus cut at line ends into pieces of 1-8 KB.
 
     python -m benchmarks.bench_tokenizer [--quick]
 """
+
 from __future__ import annotations
 
 import gc
@@ -112,13 +113,17 @@ def _peers(notes: list) -> dict:
 
         peers["rwkv-tokenizer"] = rwkv_tokenizer.RWKVTokenizer()
     except Exception as e:  # pragma: no cover - depends on the bench extra
-        notes.append(f"rwkv-tokenizer unavailable ({type(e).__name__}: {e}); pip install rwkv-tokenizer")
+        notes.append(
+            f"rwkv-tokenizer unavailable ({type(e).__name__}: {e}); pip install rwkv-tokenizer"
+        )
     try:
         import pyrwkv_tokenizer
 
         peers["pyrwkv-tokenizer"] = pyrwkv_tokenizer.RWKVTokenizer()
     except Exception as e:  # pragma: no cover
-        notes.append(f"pyrwkv-tokenizer unavailable ({type(e).__name__}: {e}); pip install pyrwkv-tokenizer")
+        notes.append(
+            f"pyrwkv-tokenizer unavailable ({type(e).__name__}: {e}); pip install pyrwkv-tokenizer"
+        )
     try:
         from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
 
@@ -152,10 +157,21 @@ def run(quick: bool = False) -> dict:
     tok = WorldTokenizer()
     peers = _peers(notes)
 
-    peer_names = [p for p in ("rwkv-tokenizer", "pyrwkv-tokenizer", "TRIE_TOKENIZER", "tiktoken") if p in peers]
-    columns = ["language", "MB", "bytes/token",
-               "ours 1T MB/s", "ours 1T Mtok/s", "ours numpy 1T MB/s",
-               f"ours batch {nthreads}T MB/s", "batch scaling"]
+    peer_names = [
+        p
+        for p in ("rwkv-tokenizer", "pyrwkv-tokenizer", "TRIE_TOKENIZER", "tiktoken")
+        if p in peers
+    ]
+    columns = [
+        "language",
+        "MB",
+        "bytes/token",
+        "ours 1T MB/s",
+        "ours 1T Mtok/s",
+        "ours numpy 1T MB/s",
+        f"ours batch {nthreads}T MB/s",
+        "batch scaling",
+    ]
     columns += [f"{p} MB/s" for p in peer_names]
     if "TRIE_TOKENIZER" in peers:
         columns.append("TRIE_TOKENIZER gc off MB/s")
@@ -201,9 +217,16 @@ def run(quick: bool = False) -> dict:
                 if name != "tiktoken" and list(p.encode(text)) != ids:
                     mismatches.append(f"{name}/{lang}")
                 peer_mbs[name] = mb / t
-        row = [lang, round(mb, 3), round(len(data) / ntok, 2),
-               round(mb / t_list, 1), round(ntok / t_list / 1e6, 2), round(mb / t_np, 1),
-               round(mb / t_bn, 1), round(t_b1 / t_bn, 2)]
+        row = [
+            lang,
+            round(mb, 3),
+            round(len(data) / ntok, 2),
+            round(mb / t_list, 1),
+            round(ntok / t_list / 1e6, 2),
+            round(mb / t_np, 1),
+            round(mb / t_bn, 1),
+            round(t_b1 / t_bn, 2),
+        ]
         row += [round(peer_mbs[n], 2) for n in peer_names]
         if "TRIE_TOKENIZER" in peers:
             row.append(round(trie_off, 2))
@@ -221,14 +244,22 @@ def run(quick: bool = False) -> dict:
         for k, v in (("ours", mb / t_list), *peer_mbs.items()):
             totals.setdefault(k, []).append(v)
 
-    notes.append(f"1-minute load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end "
-                 "(a shared machine: other processes' CPU time lowers every figure, the peers' too).")
-    notes.append(f"{nthreads} threads available; 'batch scaling' = encode_batch time on 1 thread ÷ on {nthreads}.")
-    notes.append("ours 1T = WorldTokenizer.encode(str) -> list[int] (same call shape as the peers' encode); "
-                 "numpy = encode_to_numpy (uint16, no Python ints).")
-    notes.append(f"TRIE_TOKENIZER measured on the first {trie_bytes >> 10} KiB of each text (pure Python, slow); "
-                 "'gc off' = with Python's garbage collector disabled during the call (its collections walk "
-                 "the ~116k-node trie; users normally run with gc on).")
+    notes.append(
+        f"1-minute load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+        "(a shared machine: other processes' CPU time lowers every figure, the peers' too)."
+    )
+    notes.append(
+        f"{nthreads} threads available; 'batch scaling' = encode_batch time on 1 thread ÷ on {nthreads}."
+    )
+    notes.append(
+        "ours 1T = WorldTokenizer.encode(str) -> list[int] (same call shape as the peers' encode); "
+        "numpy = encode_to_numpy (uint16, no Python ints)."
+    )
+    notes.append(
+        f"TRIE_TOKENIZER measured on the first {trie_bytes >> 10} KiB of each text (pure Python, slow); "
+        "'gc off' = with Python's garbage collector disabled during the call (its collections walk "
+        "the ~116k-node trie; users normally run with gc on)."
+    )
     if mismatches:
         notes.append("OUTPUT MISMATCH vs ours: " + ", ".join(mismatches))
     else:
@@ -236,9 +267,15 @@ def run(quick: bool = False) -> dict:
     for k, v in totals.items():
         if k != "ours":
             ratios = [a / b for a, b in zip(totals["ours"], v)]
-            notes.append(f"ours ÷ {k}: min {min(ratios):.1f}×, max {max(ratios):.1f}× over {len(ratios)} languages")
-    return {"title": "World tokenizer: UTF-8 MB/s and tokens/s per language (same run, same texts)",
-            "columns": columns, "rows": rows, "notes": notes}
+            notes.append(
+                f"ours ÷ {k}: min {min(ratios):.1f}×, max {max(ratios):.1f}× over {len(ratios)} languages"
+            )
+    return {
+        "title": "World tokenizer: UTF-8 MB/s and tokens/s per language (same run, same texts)",
+        "columns": columns,
+        "rows": rows,
+        "notes": notes,
+    }
 
 
 def _print(res: dict) -> None:

@@ -21,6 +21,7 @@ The whole API, kept deliberately tiny:
 - ``machine_facts() -> dict``: CPU model, cores, ISA flags, caches, memory, library versions,
   BLAS kernel (threadpoolctl), relevant environment variables.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,20 +35,31 @@ import time
 from typing import Callable, Iterable, Sequence
 
 __all__ = [
-    "section", "format_table", "format_markdown", "timeit", "median", "peak_rss_mib", "reset_peak_rss",
-    "run_in_subprocess", "machine_facts",
+    "section",
+    "format_table",
+    "format_markdown",
+    "timeit",
+    "median",
+    "peak_rss_mib",
+    "reset_peak_rss",
+    "run_in_subprocess",
+    "machine_facts",
 ]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def section(title: str, columns: Sequence[str], rows: Iterable[Sequence], notes: Iterable[str] = ()) -> dict:
+def section(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence], notes: Iterable[str] = ()
+) -> dict:
     """The result shape of every benchmark module's run()."""
     columns = list(columns)
     rows = [list(r) for r in rows]
     for r in rows:
         if len(r) != len(columns):
-            raise ValueError(f"row {r!r} has {len(r)} cells, expected {len(columns)} (columns {columns})")
+            raise ValueError(
+                f"row {r!r} has {len(r)} cells, expected {len(columns)} (columns {columns})"
+            )
     return {"title": str(title), "columns": columns, "rows": rows, "notes": [str(n) for n in notes]}
 
 
@@ -82,8 +94,10 @@ def format_table(sec: dict) -> str:
     """An aligned text table: title, header, rule, rows (numbers right-aligned), notes."""
     cols = [str(c) for c in sec.get("columns", [])]
     cells = [[_fmt(v) for v in row] for row in sec.get("rows", [])]
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in sec.get("rows", []))
-               for i in range(len(cols))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in sec.get("rows", []))
+        for i in range(len(cols))
+    ]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
 
     def line(vals):
@@ -109,9 +123,16 @@ def format_markdown(sec: dict) -> str:
     out = [f"**{sec.get('title', '')}**", ""]
     if cols:
         out.append("| " + " | ".join(cols) + " |")
-        out.append("|" + "|".join("---:" if all(isinstance(r[i], (int, float)) or r[i] is None
-                                                for r in sec.get("rows", [])) else "---"
-                                   for i in range(len(cols))) + "|")
+        out.append(
+            "|"
+            + "|".join(
+                "---:"
+                if all(isinstance(r[i], (int, float)) or r[i] is None for r in sec.get("rows", []))
+                else "---"
+                for i in range(len(cols))
+            )
+            + "|"
+        )
         out.extend("| " + " | ".join(_fmt(v) for v in r) + " |" for r in sec.get("rows", []))
     notes = list(sec.get("notes", []))
     if notes:
@@ -157,6 +178,7 @@ def peak_rss_mib():
     if kib is None:
         try:
             import resource
+
             kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         except Exception:
             return None
@@ -179,17 +201,28 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def run_in_subprocess(func: str, kwargs: dict, timeout: float = 1800, env: dict | None = None) -> dict:
+def run_in_subprocess(
+    func: str, kwargs: dict, timeout: float = 1800, env: dict | None = None
+) -> dict:
     """Run func(**kwargs) ("pkg.module:function") in a fresh interpreter; return its dict result
     plus "peak_rss_mib" (the child's VmHWM when the function returned)."""
     with tempfile.TemporaryDirectory(prefix="rwkv5-bench-") as tmp:
         out = os.path.join(tmp, "result.json")
         cmd = [sys.executable, "-m", "benchmarks.common", func, json.dumps(kwargs), out]
         penv = dict(os.environ if env is None else env)
-        penv["PYTHONPATH"] = REPO_ROOT + (os.pathsep + penv["PYTHONPATH"] if penv.get("PYTHONPATH") else "")
+        penv["PYTHONPATH"] = REPO_ROOT + (
+            os.pathsep + penv["PYTHONPATH"] if penv.get("PYTHONPATH") else ""
+        )
         try:
-            p = subprocess.run(cmd, cwd=REPO_ROOT, env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, timeout=timeout)
+            p = subprocess.run(
+                cmd,
+                cwd=REPO_ROOT,
+                env=penv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired as e:
             raise RuntimeError(f"{func} timed out after {timeout:.0f} s") from e
         if p.returncode != 0 or not os.path.exists(out):
@@ -203,6 +236,7 @@ def _child_main(argv: list) -> int:
     func, kwargs_json, out = argv
     modname, _, fname = func.partition(":")
     import importlib
+
     fn = getattr(importlib.import_module(modname), fname)
     res = fn(**json.loads(kwargs_json))
     if not isinstance(res, dict):
@@ -217,8 +251,22 @@ def _child_main(argv: list) -> int:
 
 # ------------------------------------------------------------------------------ machine facts
 
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-              "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile")
+_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+)
 
 
 def _read(path: str):
@@ -256,31 +304,64 @@ def machine_facts() -> dict:
         if ln.startswith("MemTotal"):
             facts["mem_total_gib"] = round(int(ln.split()[1]) / 2**20, 1)
     from importlib import metadata
+
     versions = {}
-    for pkg in ("numpy", "torch", "rwkv", "rwkv5", "threadpoolctl", "rwkv-tokenizer", "pyrwkv-tokenizer",
-                "tiktoken"):
+    for pkg in (
+        "numpy",
+        "torch",
+        "rwkv",
+        "rwkv5",
+        "threadpoolctl",
+        "rwkv-tokenizer",
+        "pyrwkv-tokenizer",
+        "tiktoken",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     facts["versions"] = versions
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if rev.returncode == 0:
             facts["git_commit"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    facts["env"] = {k: v for k, v in os.environ.items()
-                    if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "RWKV")) or k == "GOTO_NUM_THREADS"}
+    facts["env"] = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "RWKV")) or k == "GOTO_NUM_THREADS"
+    }
     try:
         import numpy  # noqa: F401  (loads its BLAS so threadpoolctl can see it)
         import threadpoolctl
-        facts["blas"] = [{k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
-                                                     "threading_layer")}
-                         for info in threadpoolctl.threadpool_info()]
+
+        facts["blas"] = [
+            {
+                k: info.get(k)
+                for k in (
+                    "internal_api",
+                    "version",
+                    "architecture",
+                    "num_threads",
+                    "threading_layer",
+                )
+            }
+            for info in threadpoolctl.threadpool_info()
+        ]
     except ImportError:
         facts["blas"] = "threadpoolctl not installed"
     return facts
@@ -289,8 +370,19 @@ def machine_facts() -> dict:
 def facts_section(facts: dict) -> dict:
     """The machine facts as a two-column table."""
     rows = []
-    for k in ("cpu_model", "logical_cpus", "usable_cpus", "isa_flags", "caches_reported_by_os", "mem_total_gib",
-              "python", "versions", "git_commit", "blas", "env"):
+    for k in (
+        "cpu_model",
+        "logical_cpus",
+        "usable_cpus",
+        "isa_flags",
+        "caches_reported_by_os",
+        "mem_total_gib",
+        "python",
+        "versions",
+        "git_commit",
+        "blas",
+        "env",
+    ):
         if k in facts:
             v = facts[k]
             if isinstance(v, dict):

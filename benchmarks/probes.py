@@ -14,6 +14,7 @@ benchmarks so every figure can be given as a fraction of it.
 
 ``limits(quick)`` measures once per process and caches; bench_model uses it for its ratios.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,7 +34,7 @@ from .common import run_in_subprocess, section
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "probes.c")
 ISA_NAMES = {0: "scalar", 1: "AVX2+FMA", 2: "AVX-512F"}
-BUFFER_BYTES = 1 << 30          # 1 GiB, far larger than any L3 of this machine kind
+BUFFER_BYTES = 1 << 30  # 1 GiB, far larger than any L3 of this machine kind
 T_PARALLEL = 512
 
 # The released RWKV-5 World shapes benchmarked (name, n_layer, n_embd).
@@ -71,15 +72,24 @@ def load_library():
         if not cc:
             raise OSError("no C compiler (cc/gcc) found to build benchmarks/probes.c")
         tmp = so + f".{os.getpid()}.tmp"
-        p = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-pthread", SOURCE, "-o", tmp],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-pthread", SOURCE, "-o", tmp],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             raise OSError(f"compiling {SOURCE} failed:\n{p.stderr}")
         os.replace(tmp, so)
     lib = ctypes.CDLL(so)
     lib.probe_best_isa.restype = ctypes.c_int
     lib.probe_read_bw.restype = ctypes.c_double
-    lib.probe_read_bw.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.probe_read_bw.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     lib.probe_read_sum.restype = ctypes.c_double
     lib.probe_read_sum.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     lib.probe_fma_peak.restype = ctypes.c_double
@@ -95,7 +105,9 @@ def best_isa() -> int:
 def read_bandwidth(buf: np.ndarray, threads: int, passes: int, isa: int | None = None) -> float:
     """Best-pass read bandwidth of the C probe over buf (float32, contiguous), GB/s."""
     if buf.dtype != np.float32 or not buf.flags.c_contiguous:
-        raise ValueError(f"buf must be a contiguous float32 array, got {buf.dtype} contiguous={buf.flags.c_contiguous}")
+        raise ValueError(
+            f"buf must be a contiguous float32 array, got {buf.dtype} contiguous={buf.flags.c_contiguous}"
+        )
     lib = load_library()
     isa = lib.probe_best_isa() if isa is None else isa
     r = lib.probe_read_bw(buf.ctypes.data, buf.size, threads, passes, isa)
@@ -107,7 +119,9 @@ def read_bandwidth(buf: np.ndarray, threads: int, passes: int, isa: int | None =
 def read_sum(buf: np.ndarray, isa: int) -> float:
     """What the probe's read kernel for `isa` computes over buf: its float32 sum (for testing)."""
     if buf.dtype != np.float32 or not buf.flags.c_contiguous:
-        raise ValueError(f"buf must be a contiguous float32 array, got {buf.dtype} contiguous={buf.flags.c_contiguous}")
+        raise ValueError(
+            f"buf must be a contiguous float32 array, got {buf.dtype} contiguous={buf.flags.c_contiguous}"
+        )
     lib = load_library()
     if not 0 <= isa <= lib.probe_best_isa():
         raise ValueError(f"isa must be 0..{lib.probe_best_isa()} on this CPU, got {isa}")
@@ -176,15 +190,21 @@ def matmul_shapes(c: int, t: int = T_PARALLEL) -> list:
 def numpy_matmul_child(widths: list, threads: list, repeat: int) -> dict:
     """Runs in a subprocess (env prepared by numpy_matmul): float32 x @ W.T GFLOP/s per shape."""
     import threadpoolctl
-    info = [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-            for i in threadpoolctl.threadpool_info()]
+
+    info = [
+        {k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+        for i in threadpoolctl.threadpool_info()
+    ]
     rng = np.random.default_rng(0)
-    out: dict = {"blas": info, "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
-                 "results": {}}
+    out: dict = {
+        "blas": info,
+        "env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
+        "results": {},
+    }
     for c in widths:
         for label, m, k, n in matmul_shapes(c):
             x = rng.standard_normal((m, k), dtype=np.float32)
-            w = rng.standard_normal((n, k), dtype=np.float32)   # stored [out, in] like the model
+            w = rng.standard_normal((n, k), dtype=np.float32)  # stored [out, in] like the model
             y = np.empty((m, n), np.float32)
             for nt in threads:
                 with threadpoolctl.threadpool_limits(limits=nt, user_api="blas"):
@@ -201,15 +221,25 @@ def numpy_matmul_child(widths: list, threads: list, repeat: int) -> dict:
                 best, med = ts[0], ts[len(ts) // 2]
                 flops = 2.0 * m * k * n
                 # "seconds"/"gflops" are the best call: the limit, least affected by other load.
-                out["results"][f"{c}:{label}:{nt}"] = {"seconds": best, "gflops": flops / best / 1e9,
-                                                       "median_seconds": med, "median_gflops": flops / med / 1e9}
+                out["results"][f"{c}:{label}:{nt}"] = {
+                    "seconds": best,
+                    "gflops": flops / best / 1e9,
+                    "median_seconds": med,
+                    "median_gflops": flops / med / 1e9,
+                }
     return out
 
 
 def numpy_matmul(widths: list, threads: list, repeat: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    res = run_in_subprocess("benchmarks.probes:numpy_matmul_child",
-                            {"widths": widths, "threads": threads, "repeat": repeat}, timeout=900, env=env)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    }
+    res = run_in_subprocess(
+        "benchmarks.probes:numpy_matmul_child",
+        {"widths": widths, "threads": threads, "repeat": repeat},
+        timeout=900,
+        env=env,
+    )
     res["unset_env"] = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
     return res
 
@@ -238,9 +268,16 @@ def limits(quick: bool = False) -> dict:
     threads = thread_counts()
     passes = 5 if quick else 10
     lib_isa = best_isa()
-    res: dict = {"threads": threads, "isa": ISA_NAMES[lib_isa], "buffer_bytes": BUFFER_BYTES,
-                 "read_bw_gbs": {}, "read_bw_gbs_avx2": {}, "fma_gflops": {}, "numpy_sum_gbs": {}}
-    buf = np.full(BUFFER_BYTES // 4, 1.0, dtype=np.float32)   # touches every page
+    res: dict = {
+        "threads": threads,
+        "isa": ISA_NAMES[lib_isa],
+        "buffer_bytes": BUFFER_BYTES,
+        "read_bw_gbs": {},
+        "read_bw_gbs_avx2": {},
+        "fma_gflops": {},
+        "numpy_sum_gbs": {},
+    }
+    buf = np.full(BUFFER_BYTES // 4, 1.0, dtype=np.float32)  # touches every page
     try:
         for nt in threads:
             res["read_bw_gbs"][nt] = read_bandwidth(buf, nt, passes)
@@ -250,7 +287,9 @@ def limits(quick: bool = False) -> dict:
     finally:
         del buf
     for nt in threads:
-        res["fma_gflops"][nt] = fma_peak(nt, passes=3 if quick else 7, seconds=0.1 if quick else 0.25)
+        res["fma_gflops"][nt] = fma_peak(
+            nt, passes=3 if quick else 7, seconds=0.1 if quick else 0.25
+        )
     widths = [c for _, _, c in (MODEL_SHAPES[:2] if quick else MODEL_SHAPES)]
     try:
         res["numpy_matmul"] = numpy_matmul(widths, threads, repeat=5 if quick else 9)
@@ -272,9 +311,17 @@ def run(quick: bool = False) -> list:
     L = limits(quick)
     rows = []
     for nt in L["threads"]:
-        rows.append([nt, L["read_bw_gbs"][nt], L["read_bw_gbs_avx2"].get(nt), L["numpy_sum_gbs"][nt],
-                     L["numpy_sum_gbs"][nt] / L["read_bw_gbs"][nt], L["fma_gflops"][nt],
-                     L["fma_gflops"][nt] / nt])
+        rows.append(
+            [
+                nt,
+                L["read_bw_gbs"][nt],
+                L["read_bw_gbs_avx2"].get(nt),
+                L["numpy_sum_gbs"][nt],
+                L["numpy_sum_gbs"][nt] / L["read_bw_gbs"][nt],
+                L["fma_gflops"][nt],
+                L["fma_gflops"][nt] / nt,
+            ]
+        )
     notes = [
         f"C probe: {L['isa']} loads, 8 accumulators, one pinned pthread per thread, "
         f"{L['buffer_bytes'] >> 20} MiB buffer, best of several passes; GB/s = 1e9 bytes/s",
@@ -283,33 +330,61 @@ def run(quick: bool = False) -> list:
         "the machine is shared: figures are best-of passes and may still be depressed by other load "
         f"(1-minute load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs when printed)",
     ]
-    probes = section("Limits: memory read bandwidth and FMA peak",
-                     ["threads", "read GB/s (C)", "read GB/s (C, AVX2)", "np.sum GB/s", "np.sum / C x",
-                      "FMA GFLOP/s", "FMA GFLOP/s per thread"], rows, notes)
+    probes = section(
+        "Limits: memory read bandwidth and FMA peak",
+        [
+            "threads",
+            "read GB/s (C)",
+            "read GB/s (C, AVX2)",
+            "np.sum GB/s",
+            "np.sum / C x",
+            "FMA GFLOP/s",
+            "FMA GFLOP/s per thread",
+        ],
+        rows,
+        notes,
+    )
     mm = L["numpy_matmul"]
     rows = []
     for key, r in mm.get("results", {}).items():
         c, label, nt = key.split(":")
         m, k, n = next((m, k, n) for lb, m, k, n in matmul_shapes(int(c)) if lb == label)
-        rows.append([int(c), f"({m},{k})x({k},{n})", int(nt), r["seconds"] * 1e3, r["gflops"],
-                     r["gflops"] / fma_limit(L, int(nt))])
+        rows.append(
+            [
+                int(c),
+                f"({m},{k})x({k},{n})",
+                int(nt),
+                r["seconds"] * 1e3,
+                r["gflops"],
+                r["gflops"] / fma_limit(L, int(nt)),
+            ]
+        )
     blas = mm.get("blas") or []
-    kernel = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')}" for b in blas)
-    notes = [f"BLAS used: {kernel or 'unknown'}",
-             f"run in a subprocess with {', '.join(mm.get('unset_env') or ['(none)'])} unset "
-             "(the test environment is not changed)",
-             "best of several calls after a warm-up (the limit; medians are in the JSON); FMA peak = "
-             "threads x best per-thread FMA figure; "
-             "x = W.T with W stored [out, in] as in the model"]
+    kernel = ", ".join(
+        f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')}" for b in blas
+    )
+    notes = [
+        f"BLAS used: {kernel or 'unknown'}",
+        f"run in a subprocess with {', '.join(mm.get('unset_env') or ['(none)'])} unset "
+        "(the test environment is not changed)",
+        "best of several calls after a warm-up (the limit; medians are in the JSON); FMA peak = "
+        "threads x best per-thread FMA figure; "
+        "x = W.T with W stored [out, in] as in the model",
+    ]
     if "error" in mm:
         notes.insert(0, f"NumPy matmul probe failed: {mm['error']}")
-    gemm = section("Limits: NumPy float32 matmul on the parallel-mode shapes (T = 512)",
-                   ["C", "product", "threads", "ms", "GFLOP/s", "of FMA peak x"], rows, notes)
+    gemm = section(
+        "Limits: NumPy float32 matmul on the parallel-mode shapes (T = 512)",
+        ["C", "product", "threads", "ms", "GFLOP/s", "of FMA peak x"],
+        rows,
+        notes,
+    )
     return [probes, gemm]
 
 
 if __name__ == "__main__":
     from .common import format_table
+
     for sec in run(quick="--quick" in sys.argv):
         print(format_table(sec))
         print()

@@ -11,6 +11,7 @@ declared, from the API's documented signatures:
     rwkv_quantize_model_file(path_in, path_out, format_name) -> bool
     rwkv_set_print_errors(ctx | NULL, bool), rwkv_get_system_info_string() -> char *, rwkv_free(ctx)
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -44,8 +45,15 @@ class Library:
         lib.rwkv_init_from_file.restype = ctx
         lib.rwkv_eval.argtypes = [ctx, ctypes.c_uint32, _f32p, _f32p, _f32p]
         lib.rwkv_eval.restype = ctypes.c_bool
-        lib.rwkv_eval_sequence_in_chunks.argtypes = [ctx, ctypes.POINTER(ctypes.c_uint32), ctypes.c_size_t,
-                                                     ctypes.c_size_t, _f32p, _f32p, _f32p]
+        lib.rwkv_eval_sequence_in_chunks.argtypes = [
+            ctx,
+            ctypes.POINTER(ctypes.c_uint32),
+            ctypes.c_size_t,
+            ctypes.c_size_t,
+            _f32p,
+            _f32p,
+            _f32p,
+        ]
         lib.rwkv_eval_sequence_in_chunks.restype = ctypes.c_bool
         lib.rwkv_get_state_len.argtypes = [ctx]
         lib.rwkv_get_state_len.restype = ctypes.c_size_t
@@ -109,7 +117,14 @@ class Context:
         """A sequence (in rwkv.cpp's chunks); returns the last token's logits."""
         toks = np.ascontiguousarray(tokens, dtype=np.uint32)
         out = np.empty(self.n_vocab, np.float32)
-        if not self.lib.rwkv_eval_sequence_in_chunks(self.ctx, toks.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
-                                                     toks.size, chunk, _ptr(state_in), _ptr(state_out), _ptr(out)):
+        if not self.lib.rwkv_eval_sequence_in_chunks(
+            self.ctx,
+            toks.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+            toks.size,
+            chunk,
+            _ptr(state_in),
+            _ptr(state_out),
+            _ptr(out),
+        ):
             raise RuntimeError("rwkv_eval_sequence_in_chunks failed")
         return out

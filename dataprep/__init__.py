@@ -8,13 +8,29 @@
 The command line is `python -m rwkv5.dataprep build INPUT... --out PREFIX` (also `rwkv5-prep`);
 see docs/dataprep.md.
 """
+
 from .build import DataprepError, build, magic_prime, magic_prime_line, plan_tasks, run_task
 from .formats import BinIdx, FormatError, ZstShard
 from .tools import ShardSet, inspect_docs, merge_binidx, open_shards, stats_table, unpack, verify
 
-__all__ = ["build", "run_task", "plan_tasks", "open_shards", "ShardSet", "BinIdx", "ZstShard", "verify",
-           "stats_table", "inspect_docs", "merge_binidx", "unpack", "magic_prime", "magic_prime_line",
-           "DataprepError", "FormatError"]
+__all__ = [
+    "build",
+    "run_task",
+    "plan_tasks",
+    "open_shards",
+    "ShardSet",
+    "BinIdx",
+    "ZstShard",
+    "verify",
+    "stats_table",
+    "inspect_docs",
+    "merge_binidx",
+    "unpack",
+    "magic_prime",
+    "magic_prime_line",
+    "DataprepError",
+    "FormatError",
+]
 
 
 def __getattr__(name):

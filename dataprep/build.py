@@ -13,6 +13,7 @@ gives (old manifest out, stale files out, new files in, new manifest last). An -
 work area on an object store, goes through remote.py: the build runs against a local staging
 folder, mirrors its task records to the store, and uploads the set in the same order.
 """
+
 from __future__ import annotations
 
 import glob as _glob
@@ -33,12 +34,34 @@ from .formats import sha256_file, write_idx, write_zst_shard
 from .errors import DataprepError, printable_path
 from .mixing import MIX_DEFAULTS, check_mix_options, mixing, plan_mix
 from .remote import publish_set
-from .tasks import (MAX_WORKERS, VOCAB_NAME, _int_option, _task_stem, _write_json_atomic,  # noqa: F401
-                    check_workers, collect_resumed, default_vocab, default_vocab_path, finish_task,
-                    load_done, load_tokenizer, run_task, tokenize_task)
+from .tasks import (  # noqa: F401 (re-exported for the engines and tests)
+    MAX_WORKERS,
+    VOCAB_NAME,
+    _int_option,
+    _task_stem,
+    _write_json_atomic,
+    check_workers,
+    collect_resumed,
+    default_vocab,
+    default_vocab_path,
+    finish_task,
+    load_done,
+    load_tokenizer,
+    run_task,
+    tokenize_task,
+)
 
-META_DTYPE = np.dtype([("n_bytes", "<u8"), ("h1", "<u8"), ("h2", "<u8"), ("n_tokens", "<u4"),
-                       ("lang", "<u2"), ("script", "u1"), ("repaired", "u1")])
+META_DTYPE = np.dtype(
+    [
+        ("n_bytes", "<u8"),
+        ("h1", "<u8"),
+        ("h2", "<u8"),
+        ("n_tokens", "<u4"),
+        ("lang", "<u2"),
+        ("script", "u1"),
+        ("repaired", "u1"),
+    ]
+)
 assert META_DTYPE.itemsize == _dataprep.META_RECORD_SIZE
 SCRIPT_NAMES = _dataprep.SCRIPT_NAMES
 PLAN_VERSION = 2
@@ -63,13 +86,23 @@ RECORD_FORMATS = {f["name"]: f for f in _dataprep.RECORD_FORMATS}
 # picked up by a folder search). "txt" is read as txt-file or txt-blank by --txt-mode. Plain .json
 # is read only when named explicitly (a folder may hold our own manifests), and so is a bare
 # compressed file (.zst alone: a folder may hold our own zst shards), which is read as JSON lines.
-RECORD_SUFFIXES = ((".jsonl", "jsonl", True), (".ndjson", "jsonl", True), (".json", "jsonl", False),
-                   (".txt", "txt", True))
+RECORD_SUFFIXES = (
+    (".jsonl", "jsonl", True),
+    (".ndjson", "jsonl", True),
+    (".json", "jsonl", False),
+    (".txt", "txt", True),
+)
 # a folder search picks up every record suffix marked True, plain or compressed, and compressed .json
 # (.json.gz: MADLAD-400, mC4)
-_FOLDER_SUFFIXES = tuple(rs + c["suffix"] for rs, _, folder in RECORD_SUFFIXES
-                         for c in sorted(CODECS.values(), key=lambda c: c["suffix"], reverse=True)
-                         if folder or c["suffix"]) + COLUMNAR_SUFFIXES
+_FOLDER_SUFFIXES = (
+    tuple(
+        rs + c["suffix"]
+        for rs, _, folder in RECORD_SUFFIXES
+        for c in sorted(CODECS.values(), key=lambda c: c["suffix"], reverse=True)
+        if folder or c["suffix"]
+    )
+    + COLUMNAR_SUFFIXES
+)
 
 
 def read_head(path: str, storage_options: dict = None) -> bytes:
@@ -88,7 +121,7 @@ def input_type(path: str, txt_mode: str, head: bytes = None) -> tuple:
     codec = "plain"
     for c in CODECS.values():
         if c["suffix"] and p.endswith(c["suffix"]):
-            codec, p = c["name"], p[:-len(c["suffix"])]
+            codec, p = c["name"], p[: -len(c["suffix"])]
             break
     if head is not None:
         codec = _dataprep.detect_codec(head) or codec
@@ -98,9 +131,11 @@ def input_type(path: str, txt_mode: str, head: bytes = None) -> tuple:
     else:
         if codec == "plain":
             codec_suffixes = ", ".join(c["suffix"] for c in CODECS.values() if c["suffix"])
-            raise DataprepError(f"{path}: unsupported input type (expected "
-                                f"{', '.join(s for s, _, _ in RECORD_SUFFIXES)}, each optionally compressed: "
-                                f"{codec_suffixes}; or .parquet, .arrow)")
+            raise DataprepError(
+                f"{path}: unsupported input type (expected "
+                f"{', '.join(s for s, _, _ in RECORD_SUFFIXES)}, each optionally compressed: "
+                f"{codec_suffixes}; or .parquet, .arrow)"
+            )
         fmt = "jsonl"
     if fmt == "txt":
         fmt = "txt-file" if txt_mode == "file" else "txt-blank"
@@ -111,8 +146,10 @@ def _check_utf8_name(path: str, what: str) -> None:
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        raise DataprepError(f"{what} {printable_path(path)}: the name is not valid UTF-8 (the manifest records "
-                            f"names as UTF-8 text); rename it") from None
+        raise DataprepError(
+            f"{what} {printable_path(path)}: the name is not valid UTF-8 (the manifest records "
+            f"names as UTF-8 text); rename it"
+        ) from None
 
 
 def _expand_url(arg: str, storage_options: dict, ours, unread: list) -> list:
@@ -138,7 +175,9 @@ def _expand_url(arg: str, storage_options: dict, ours, unread: list) -> list:
     return [arg]
 
 
-def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None, storage_options: dict = None) -> list:
+def expand_inputs(
+    inputs, exclude_prefix: str = None, unread: list = None, storage_options: dict = None
+) -> list:
     """Files, globs and folders -> sorted unique real paths (symlinks resolved, a file reached by
     two paths read once). Folders are searched recursively, following symlinked folders and never
     entering one twice (loops), for the suffixes _FOLDER_SUFFIXES lists; every other file found there
@@ -152,13 +191,20 @@ def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None, stora
     prefixes = []
     if exclude_prefix is not None:
         prefixes = sorted({os.path.abspath(exclude_prefix), os.path.realpath(exclude_prefix)})
-    ours_res = [re.compile(re.escape(x) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") for x in prefixes]
+    ours_res = [
+        re.compile(re.escape(x) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$") for x in prefixes
+    ]
 
     def ours(path):
         if storage.is_url(path) or storage.is_url(exclude_prefix):
             return exclude_prefix is not None and (
-                re.match(re.escape(str(exclude_prefix)) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$", path) is not None
-                or path.startswith(str(exclude_prefix) + ".work/"))
+                re.match(
+                    re.escape(str(exclude_prefix)) + r"(_\d{5})?\.(bin|idx|zst|manifest\.json)$",
+                    path,
+                )
+                is not None
+                or path.startswith(str(exclude_prefix) + ".work/")
+            )
         for p in {os.path.abspath(path), os.path.realpath(path)}:
             for x, rx in zip(prefixes, ours_res):
                 if rx.match(p) or p.startswith(x + ".work" + os.sep):
@@ -189,16 +235,23 @@ def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None, stora
                         st = os.stat(os.path.join(root, d))
                     except OSError:
                         continue  # a dangling symlink: nothing to read
-                    if (st.st_dev, st.st_ino) not in visited:  # a symlink loop, or a folder seen already
+                    if (
+                        st.st_dev,
+                        st.st_ino,
+                    ) not in visited:  # a symlink loop, or a folder seen already
                         visited.add((st.st_dev, st.st_ino))
                         keep.append(d)
                 dirs[:] = keep
                 saved = columnar.saved_dataset_files(root, files)
-                if saved is not None:   # a datasets save_to_disk folder: its listed data files
+                if saved is not None:  # a datasets save_to_disk folder: its listed data files
                     for p in saved[0]:
                         if not ours(p):
                             add(p)
-                    files = [f for f in files if f not in saved[1] and os.path.join(root, f) not in saved[0]]
+                    files = [
+                        f
+                        for f in files
+                        if f not in saved[1] and os.path.join(root, f) not in saved[0]
+                    ]
                 for name in sorted(files):
                     p = os.path.join(root, name)
                     if ours(p):
@@ -220,7 +273,9 @@ def expand_inputs(inputs, exclude_prefix: str = None, unread: list = None, stora
         else:
             raise DataprepError(f"input {printable_path(arg)!r}: no such file or folder")
     if not out:
-        raise DataprepError("no input files (folders are searched for " + ", ".join(_FOLDER_SUFFIXES) + ")")
+        raise DataprepError(
+            "no input files (folders are searched for " + ", ".join(_FOLDER_SUFFIXES) + ")"
+        )
     return sorted(out)
 
 
@@ -249,7 +304,7 @@ def _cut_points(path: str, size: int, task_size: int, storage_options: dict = No
     """Byte offsets that split a text file into ranges of about task_size, each cut right after a
     newline (so every range holds whole lines)."""
     cuts = [0]
-    with (_ObjectSeeker(path, storage_options) if storage.is_url(path) else open(path, "rb")) as f:
+    with _ObjectSeeker(path, storage_options) if storage.is_url(path) else open(path, "rb") as f:
         target = task_size
         while target < size:
             f.seek(target)
@@ -280,18 +335,35 @@ def lang_of_path(path: str, regex) -> dict:
         return {}
     m = re.search(regex, path)
     if m is None:
-        raise DataprepError(f"{printable_path(path)}: --lang-from-path {regex!r} does not match the path")
-    lang = (m.group(1) or "").encode("utf-8", "surrogateescape")[:LANG_MAX].decode("utf-8", "ignore")
+        raise DataprepError(
+            f"{printable_path(path)}: --lang-from-path {regex!r} does not match the path"
+        )
+    lang = (
+        (m.group(1) or "").encode("utf-8", "surrogateescape")[:LANG_MAX].decode("utf-8", "ignore")
+    )
     return {"lang": lang}
 
 
 def plan_tasks(files: Sequence[str], options: dict) -> list:
     tasks = []
     for fi, path in enumerate(files):
-        if isinstance(path, dict):   # a file of records spilled from a Python iterable
-            tasks.append({"id": len(tasks), "file": fi, "path": path["path"], "format": "records", "codec": "plain",
-                          "part": 0, "start": 0, "end": -1, "first_row": path["first_record"],
-                          "bytes": path["bytes"], "sha256": path["sha256"], "label": "records"})
+        if isinstance(path, dict):  # a file of records spilled from a Python iterable
+            tasks.append(
+                {
+                    "id": len(tasks),
+                    "file": fi,
+                    "path": path["path"],
+                    "format": "records",
+                    "codec": "plain",
+                    "part": 0,
+                    "start": 0,
+                    "end": -1,
+                    "first_row": path["first_record"],
+                    "bytes": path["bytes"],
+                    "sha256": path["sha256"],
+                    "label": "records",
+                }
+            )
             continue
         lang = lang_of_path(path, options.get("lang_from_path"))
         so = options.get("storage_options")
@@ -299,10 +371,24 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
         # task has read it (tasks.check_unchanged)
         version = _input_version(path, so)
         fmt = columnar.sniff(path, so)
-        if fmt is not None:   # Parquet (cut by row groups) or Arrow IPC
+        if fmt is not None:  # Parquet (cut by row groups) or Arrow IPC
             for part, (a, b, first, nbytes) in enumerate(columnar.plan(path, fmt, options)):
-                tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": "plain", **lang,
-                              "part": part, "start": a, "end": b, "first_row": first, "bytes": nbytes, **version})
+                tasks.append(
+                    {
+                        "id": len(tasks),
+                        "file": fi,
+                        "path": path,
+                        "format": fmt,
+                        "codec": "plain",
+                        **lang,
+                        "part": part,
+                        "start": a,
+                        "end": b,
+                        "first_row": first,
+                        "bytes": nbytes,
+                        **version,
+                    }
+                )
             continue
         fmt, codec = input_type(path, options["txt_mode"], read_head(path, so))
         size = version["input_bytes"]
@@ -312,8 +398,20 @@ def plan_tasks(files: Sequence[str], options: dict) -> list:
             cuts = [0, size]
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             whole = len(cuts) == 2
-            tasks.append({"id": len(tasks), "file": fi, "path": path, "format": fmt, "codec": codec, **lang, "part": part,
-                          "start": 0 if whole else a, "end": -1 if whole else b, **version})
+            tasks.append(
+                {
+                    "id": len(tasks),
+                    "file": fi,
+                    "path": path,
+                    "format": fmt,
+                    "codec": codec,
+                    **lang,
+                    "part": part,
+                    "start": 0 if whole else a,
+                    "end": -1 if whole else b,
+                    **version,
+                }
+            )
     return tasks
 
 
@@ -330,22 +428,8 @@ def _input_version(path: str, storage_options: dict = None) -> dict:
 # ----------------------------------------------------------------------------- one task
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ----------------------------------------------------------------------------- helpers
+
 
 def parse_size(text) -> tuple:
     """--shard-size: '1000000' (tokens), '500M' tokens? no: plain numbers are tokens; a unit
@@ -353,23 +437,38 @@ def parse_size(text) -> tuple:
     if text is None:
         return None
     s = str(text).strip().lower().replace("_", "")
-    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    units = {
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
     for u in sorted(units, key=len, reverse=True):
         if s.endswith(u):
             num = s[: -len(u)]
             try:
                 n = int(float(num) * units[u]) // 2
             except (ValueError, OverflowError):  # not a number, or inf / nan
-                raise DataprepError(f"--shard-size {text!r}: expected a finite size such as 512MB or 1GiB") from None
+                raise DataprepError(
+                    f"--shard-size {text!r}: expected a finite size such as 512MB or 1GiB"
+                ) from None
             if n < 1:
-                raise DataprepError(f"--shard-size {text!r}: must hold at least one token (2 bytes)")
+                raise DataprepError(
+                    f"--shard-size {text!r}: must hold at least one token (2 bytes)"
+                )
             return n
     try:
         n = int(s)
     except ValueError:
-        raise DataprepError(f"--shard-size {text!r}: expected a token count (e.g. 100000000) "
-                            f"or a size with a unit (e.g. 512MB, 1GiB)") from None
+        raise DataprepError(
+            f"--shard-size {text!r}: expected a token count (e.g. 100000000) "
+            f"or a size with a unit (e.g. 512MB, 1GiB)"
+        ) from None
     if n < 1:
         raise DataprepError(f"--shard-size {text!r}: must be >= 1 token")
     return n
@@ -406,13 +505,15 @@ def magic_prime(data_size: int, ctx_len: int):
 def magic_prime_line(n_tokens: int, ctx_len: int) -> str:
     p = magic_prime(n_tokens, ctx_len)
     if p is None:
-        return (f"warning: {n_tokens} tokens is less than 3 x ctx_len ({3 * ctx_len}); "
-                f"RWKV-LM cannot train on this data with --ctx_len {ctx_len}")
+        return (
+            f"warning: {n_tokens} tokens is less than 3 x ctx_len ({3 * ctx_len}); "
+            f"RWKV-LM cannot train on this data with --ctx_len {ctx_len}"
+        )
     return f"--my_exit_tokens {n_tokens} --magic_prime {p} --ctx_len {ctx_len}"
 
 
 def _file_fingerprint(path: str, storage_options: dict = None) -> dict:
-    if storage.is_url(path):   # {"path": URL, "bytes", "etag" and/or "mtime"}
+    if storage.is_url(path):  # {"path": URL, "bytes", "etag" and/or "mtime"}
         fp = storage.fingerprint(path, storage_options)
         return {"path": path, **{k: v for k, v in fp.items() if k != "url"}}
     st = os.stat(path)
@@ -421,15 +522,27 @@ def _file_fingerprint(path: str, storage_options: dict = None) -> dict:
 
 # ----------------------------------------------------------------------------- build
 
-DEFAULTS = dict(text_field="text", lang_field=None, lang_from_path=None, format="binidx", shard_size=None, ctx_len=None,
-                shuffle=False, seed=0, epochs=1, dedup=None, on_error="fail", txt_mode="file",
-                repair_utf8=False, task_size=64 << 20, zst_level=3, frame_tokens=1 << 20, batch_bytes=0,
-                storage_options=None,
-                **MIX_DEFAULTS)
-
-
-
-
+DEFAULTS = dict(
+    text_field="text",
+    lang_field=None,
+    lang_from_path=None,
+    format="binidx",
+    shard_size=None,
+    ctx_len=None,
+    shuffle=False,
+    seed=0,
+    epochs=1,
+    dedup=None,
+    on_error="fail",
+    txt_mode="file",
+    repair_utf8=False,
+    task_size=64 << 20,
+    zst_level=3,
+    frame_tokens=1 << 20,
+    batch_bytes=0,
+    storage_options=None,
+    **MIX_DEFAULTS,
+)
 
 
 def _check_options(o: dict) -> None:
@@ -455,29 +568,41 @@ def _check_options(o: dict) -> None:
             raise DataprepError(f"--{k.replace('_', '-')}: expected True or False, got {o[k]!r}")
         o[k] = bool(o[k])
     if not isinstance(o["text_field"], str) or not o["text_field"]:
-        raise DataprepError(f"--text-field: expected a non-empty field name, got {o['text_field']!r}")
+        raise DataprepError(
+            f"--text-field: expected a non-empty field name, got {o['text_field']!r}"
+        )
     if o["lang_field"] is not None and not isinstance(o["lang_field"], str):
         raise DataprepError(f"--lang-field: expected a field name, got {o['lang_field']!r}")
     if o["lang_from_path"] is not None:
         if o["lang_field"]:
-            raise DataprepError("--lang-from-path and --lang-field: give one of them (a document has one language)")
+            raise DataprepError(
+                "--lang-from-path and --lang-field: give one of them (a document has one language)"
+            )
         if not isinstance(o["lang_from_path"], str) or not o["lang_from_path"]:
-            raise DataprepError(f"--lang-from-path: expected a regular expression, got {o['lang_from_path']!r}")
+            raise DataprepError(
+                f"--lang-from-path: expected a regular expression, got {o['lang_from_path']!r}"
+            )
         try:
             groups = re.compile(o["lang_from_path"]).groups
         except re.error as e:
-            raise DataprepError(f"--lang-from-path {o['lang_from_path']!r}: not a regular expression ({e})") from None
+            raise DataprepError(
+                f"--lang-from-path {o['lang_from_path']!r}: not a regular expression ({e})"
+            ) from None
         if groups != 1:
-            raise DataprepError(f"--lang-from-path {o['lang_from_path']!r}: expected exactly one group (...) "
-                                f"around the language, got {groups}")
+            raise DataprepError(
+                f"--lang-from-path {o['lang_from_path']!r}: expected exactly one group (...) "
+                f"around the language, got {groups}"
+            )
     for k in ("text_field", "lang_field"):
         if o[k] and "\0" in o[k]:
-            raise DataprepError(f"--{k.replace('_', '-')}: a field name cannot hold a NUL character")
+            raise DataprepError(
+                f"--{k.replace('_', '-')}: a field name cannot hold a NUL character"
+            )
     check_mix_options(o)
     if o["storage_options"] is not None and not isinstance(o["storage_options"], dict):
-        raise DataprepError(f"storage_options: expected a dict of fsspec options, got {type(o['storage_options']).__name__}")
-
-
+        raise DataprepError(
+            f"storage_options: expected a dict of fsspec options, got {type(o['storage_options']).__name__}"
+        )
 
 
 def check_out_prefix(out, option: str = "--out", storage_options: dict = None) -> str:
@@ -486,15 +611,17 @@ def check_out_prefix(out, option: str = "--out", storage_options: dict = None) -
     UTF-8 (the manifest records names as text) or lies in a folder that does not exist."""
     if not isinstance(out, (str, bytes, os.PathLike)):
         raise DataprepError(f"{option}: expected a path, got {type(out).__name__}")
-    if storage.is_url(out):   # s3://bucket/out/train: uploaded when complete (remote.py)
+    if storage.is_url(out):  # s3://bucket/out/train: uploaded when complete (remote.py)
         return remote.check_out_url(out, option, storage_options)
     out = storage.local_path(out)
     raw = os.fsdecode(os.fspath(out))
     if raw == "":
         raise DataprepError(f"{option} '': expected a file prefix such as data/train")
     if raw.endswith(("/", os.sep)) or os.path.isdir(raw):
-        raise DataprepError(f"{option} {printable_path(raw)}: is a folder; give a file prefix inside it "
-                            f"(e.g. {printable_path(os.path.join(raw, 'train'))})")
+        raise DataprepError(
+            f"{option} {printable_path(raw)}: is a folder; give a file prefix inside it "
+            f"(e.g. {printable_path(os.path.join(raw, 'train'))})"
+        )
     _check_utf8_name(raw, option)
     full = os.path.abspath(raw)
     out_dir = os.path.dirname(full)
@@ -510,11 +637,21 @@ def output_names(prefix: str, fmt: str, n_shards, sharded: bool) -> list:
     return [f"{prefix}_{i:05d}" for i in range(n_shards)]
 
 
-
-
-def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Executor = None,
-          progress: bool = False, restart: bool = False, keep_work: bool = False, vocab: str = None,
-          allow_empty: bool = False, log=None, work_dir: str = None, **opts) -> dict:
+def build(
+    inputs: Sequence[str],
+    out: str,
+    *,
+    workers: int = None,
+    executor: Executor = None,
+    progress: bool = False,
+    restart: bool = False,
+    keep_work: bool = False,
+    vocab: str = None,
+    allow_empty: bool = False,
+    log=None,
+    work_dir: str = None,
+    **opts,
+) -> dict:
     """Build PREFIX outputs from the inputs; returns the manifest (also written to PREFIX.manifest.json).
 
     Example::
@@ -547,7 +684,9 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
         raise TypeError(f"build() got unknown options: {sorted(unknown)}")
     # every option and the output prefix are checked before any input is read
     options = {**DEFAULTS, **opts}
-    options["shard_size"] = parse_size(options["shard_size"]) if options["shard_size"] is not None else None
+    options["shard_size"] = (
+        parse_size(options["shard_size"]) if options["shard_size"] is not None else None
+    )
     _check_options(options)
     n_threads = check_workers(workers)
     storage_options = options["storage_options"]
@@ -560,8 +699,20 @@ def build(inputs: Sequence[str], out: str, *, workers: int = None, executor: Exe
     # one writer per prefix: a second build of it fails here, at once, before reading any input
     # (a local prefix or work folder; on an object store that is up to the user)
     with remote.work_area(out, work_dir, storage_options) as lock:
-        return _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work,
-                             allow_empty, log, storage_options)
+        return _build_locked(
+            lock,
+            inputs,
+            out,
+            options,
+            n_threads,
+            executor,
+            progress,
+            restart,
+            keep_work,
+            allow_empty,
+            log,
+            storage_options,
+        )
 
 
 # options never written to the plan or the manifest (storage options may hold credentials)
@@ -569,8 +720,11 @@ _UNRECORDED = ("storage_options",)
 # the options a task's parts depend on (besides the task itself, its input file and the vocab);
 # on_error is handled apart: a task that met no bad record has the same parts under fail and skip
 _TASK_OPTIONS = ("text_field", "lang_field", "lang_from_path", "repair_utf8", "txt_mode")
-ENDED_NAME = "ended.json"   # {"status": "error", "error": ...} or {"status": "done"} (--keep-work)
-RECORDS_DIR, RECORDS_NEW = "records", "records.new"   # Python records spilled as Arrow files (columnar.spill)
+ENDED_NAME = "ended.json"  # {"status": "error", "error": ...} or {"status": "done"} (--keep-work)
+RECORDS_DIR, RECORDS_NEW = (
+    "records",
+    "records.new",
+)  # Python records spilled as Arrow files (columnar.spill)
 
 
 def _reusable_tasks(old: dict, new: dict, workdir: str) -> set:
@@ -578,7 +732,10 @@ def _reusable_tasks(old: dict, new: dict, workdir: str) -> set:
     `new` would write: same task, same input file (size and mtime), same vocab, same task options,
     and under another --on-error only when the task met no bad record."""
     try:
-        if old.get("plan_version") != new["plan_version"] or old.get("vocab_sha256") != new["vocab_sha256"]:
+        if (
+            old.get("plan_version") != new["plan_version"]
+            or old.get("vocab_sha256") != new["vocab_sha256"]
+        ):
             return set()
         oo, no = old["options"], new["options"]
         if any(oo.get(k) != no[k] for k in _TASK_OPTIONS):
@@ -627,8 +784,10 @@ def _prepare_workdir(lock, plan: dict, restart: bool, log) -> None:
             os.remove(ended_path)
         return
     if old is not None and ended is None and not restart:
-        raise DataprepError(f"{workdir} holds an unfinished run with different inputs or options; "
-                            f"rerun that command to resume it, or pass --restart to discard it")
+        raise DataprepError(
+            f"{workdir} holds an unfinished run with different inputs or options; "
+            f"rerun that command to resume it, or pass --restart to discard it"
+        )
     keep = set()
     if old is not None and ended is not None and not restart:
         keep = _reusable_tasks(old, plan, workdir)
@@ -637,24 +796,42 @@ def _prepare_workdir(lock, plan: dict, restart: bool, log) -> None:
     lock.clear(keep=lambda name: name in names or name == RECORDS_NEW)
     if old is not None and ended is not None and not restart:
         how = "ended in an error" if ended == "error" else "was kept (--keep-work)"
-        log(f"{workdir}: the last run {how}; this run has other inputs or options: "
-            f"keeping {len(keep)} completed task(s) it can reuse, discarding {max(0, n_done_old - len(keep))} it cannot")
+        log(
+            f"{workdir}: the last run {how}; this run has other inputs or options: "
+            f"keeping {len(keep)} completed task(s) it can reuse, discarding {max(0, n_done_old - len(keep))} it cannot"
+        )
     _write_json_atomic(plan_path, plan)
 
 
-def _build_locked(lock, inputs, out, options, n_threads, executor, progress, restart, keep_work, allow_empty,
-                  log, storage_options=None) -> dict:
+def _build_locked(
+    lock,
+    inputs,
+    out,
+    options,
+    n_threads,
+    executor,
+    progress,
+    restart,
+    keep_work,
+    allow_empty,
+    log,
+    storage_options=None,
+) -> dict:
     workdir = lock.workdir
     store = lock if isinstance(lock, remote.StoreWorkArea) else None
     unread = []
     spilled = None
     if columnar.is_record_source(inputs) and store is not None:
-        raise DataprepError("Python records are spilled into a local work area that only this machine sees: "
-                            "pass a local work_dir instead of a work area on an object store")
+        raise DataprepError(
+            "Python records are spilled into a local work area that only this machine sees: "
+            "pass a local work_dir instead of a work area on an object store"
+        )
     if columnar.is_record_source(inputs):
         if options.get("lang_from_path"):
-            raise DataprepError("lang_from_path: the input is Python records, which have no path; give each "
-                                "record its language in a field and pass lang_field")
+            raise DataprepError(
+                "lang_from_path: the input is Python records, which have no path; give each "
+                "record its language in a field and pass lang_field"
+            )
         # Python records: written as Arrow files of about task_size text bytes into the work
         # folder (fingerprinted by content, so a rerun with the same records resumes)
         new = os.path.join(workdir, RECORDS_NEW)
@@ -664,33 +841,68 @@ def _build_locked(lock, inputs, out, options, n_threads, executor, progress, res
         files = []
         for p, n, first in spilled:
             final = os.path.join(workdir, RECORDS_DIR, os.path.basename(p))
-            files.append({"path": final, "bytes": os.path.getsize(p), "sha256": sha256_file(p),
-                          "first_record": first, "records": n})
+            files.append(
+                {
+                    "path": final,
+                    "bytes": os.path.getsize(p),
+                    "sha256": sha256_file(p),
+                    "first_record": first,
+                    "records": n,
+                }
+            )
     else:
-        files = expand_inputs(inputs, exclude_prefix=out, unread=unread, storage_options=options["storage_options"])
+        files = expand_inputs(
+            inputs, exclude_prefix=out, unread=unread, storage_options=options["storage_options"]
+        )
     if unread:
         shown = ", ".join(unread[:5]) + (", ..." if len(unread) > 5 else "")
-        log(f"warning: {len(unread)} file(s) under the input folders are not read (not "
-            f"{', '.join(_FOLDER_SUFFIXES)}): {shown} (listed in the manifest as inputs_not_read)")
+        log(
+            f"warning: {len(unread)} file(s) under the input folders are not read (not "
+            f"{', '.join(_FOLDER_SUFFIXES)}): {shown} (listed in the manifest as inputs_not_read)"
+        )
     tasks = plan_tasks(files, options)
     vocab_sha = sha256_file(options["vocab"])
-    plan = {"plan_version": PLAN_VERSION, "options": {k: v for k, v in options.items() if k not in _UNRECORDED},
-            "vocab_sha256": vocab_sha, "tasks": tasks,
-            "inputs": [_file_fingerprint(p, options["storage_options"]) if isinstance(p, str)
-                       else {k: p[k] for k in ("path", "bytes", "sha256")} for p in files]}
+    plan = {
+        "plan_version": PLAN_VERSION,
+        "options": {k: v for k, v in options.items() if k not in _UNRECORDED},
+        "vocab_sha256": vocab_sha,
+        "tasks": tasks,
+        "inputs": [
+            _file_fingerprint(p, options["storage_options"])
+            if isinstance(p, str)
+            else {k: p[k] for k in ("path", "bytes", "sha256")}
+            for p in files
+        ],
+    }
     if store is not None:
-        store.pull_records()   # the plan and completion records of an earlier run, from the store
+        store.pull_records()  # the plan and completion records of an earlier run, from the store
     _prepare_workdir(lock, plan, restart, log)
     if store is not None:
         store.push_plan()
         store.pull_parts(tasks)
     if spilled is not None:
-        columnar.replace_folder(os.path.join(workdir, RECORDS_NEW), os.path.join(workdir, RECORDS_DIR))
+        columnar.replace_folder(
+            os.path.join(workdir, RECORDS_NEW), os.path.join(workdir, RECORDS_DIR)
+        )
         files = [p["path"] for p in files]
     try:
-        manifest = _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress,
-                                  allow_empty, unread, log, records_input=spilled is not None, store=store,
-                                  storage_options=storage_options)
+        manifest = _run_and_merge(
+            tasks,
+            options,
+            files,
+            vocab_sha,
+            out,
+            workdir,
+            n_threads,
+            executor,
+            progress,
+            allow_empty,
+            unread,
+            log,
+            records_input=spilled is not None,
+            store=store,
+            storage_options=storage_options,
+        )
     except Exception as e:
         # a run that ended in an error (not an interrupted one) does not block a corrected rerun; when
         # the store itself failed, the rerun is the same command (it resumes without this record)
@@ -708,14 +920,29 @@ def _write_ended(lock, obj) -> None:
     if isinstance(lock, remote.StoreWorkArea):
         try:
             lock.write_ended(obj)
-        except OSError:   # the store is what failed: the error being raised says so
+        except OSError:  # the store is what failed: the error being raised says so
             pass
     else:
         _write_json_atomic(os.path.join(lock.workdir, ENDED_NAME), obj)
 
 
-def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, executor, progress, allow_empty,
-                   unread, log, records_input=False, store=None, storage_options=None) -> dict:
+def _run_and_merge(
+    tasks,
+    options,
+    files,
+    vocab_sha,
+    out,
+    workdir,
+    n_threads,
+    executor,
+    progress,
+    allow_empty,
+    unread,
+    log,
+    records_input=False,
+    store=None,
+    storage_options=None,
+) -> dict:
     # --- run the tasks
     t0 = time.perf_counter()
     retries0 = storage.retry_counts()["retries"]
@@ -729,19 +956,29 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
         nonlocal done_bytes, n_finished
         t = tasks[i]
         n_finished += 1
-        done_bytes += t["bytes"] if "bytes" in t else t["input_bytes"] if t["end"] < 0 else t["end"] - t["start"]
+        done_bytes += (
+            t["bytes"]
+            if "bytes" in t
+            else t["input_bytes"]
+            if t["end"] < 0
+            else t["end"] - t["start"]
+        )
         if progress:
             dt = max(time.perf_counter() - t0, 1e-9)
             tag = " (resumed)" if rec.get("resumed") else ""
-            log(f"[{n_finished}/{len(tasks)}] task {t['id']} {os.path.basename(t['path'])} part {t['part']}: "
+            log(
+                f"[{n_finished}/{len(tasks)}] task {t['id']} {os.path.basename(t['path'])} part {t['part']}: "
                 f"{rec.get('docs', 0)} docs, {rec.get('tokens', 0)} tokens{tag}; "
-                f"{done_bytes / 1e6:.1f} of {total_in / 1e6:.1f} MB, {done_bytes / dt / 1e6:.1f} MB/s")
+                f"{done_bytes / 1e6:.1f} of {total_in / 1e6:.1f} MB, {done_bytes / dt / 1e6:.1f} MB/s"
+            )
 
     if store is None:
         finish = finish_task
-    else:   # and uploads task i's parts and record to the work area on the store
+    else:  # and uploads task i's parts and record to the work area on the store
+
         def finish(task, res, workdir):
             return store.push_task(finish_task(task, res, workdir))
+
     if executor is None:
         # tokenize task i+1 while a helper thread hashes and records task i (both release the GIL)
         with ThreadPoolExecutor(1) as finisher, ThreadPoolExecutor(1) as helper:
@@ -766,6 +1003,7 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
         # any concurrent.futures.Executor (process pool, Dask, engines.RayExecutor): completed tasks
         # are skipped, each returned completion record is verified against its parts (engines.py)
         from .engines import run_tasks
+
         records = run_tasks(executor, tasks, options, workdir, n_threads, report, store=store)
 
     # line numbers: tasks of one file are consecutive ranges; each starts after the lines of the earlier ones
@@ -777,41 +1015,60 @@ def _run_and_merge(tasks, options, files, vocab_sha, out, workdir, n_threads, ex
             line_base[i] = line_base[i - 1] + records[i - 1]["lines"]
         if records[i].get("error"):
             where = f"{task['path']}:{line_base[i] + records[i]['fail_line']}"
-            if records[i].get("location"):   # Parquet / Arrow / Python records: no line numbers
+            if records[i].get("location"):  # Parquet / Arrow / Python records: no line numbers
                 where = f"{task.get('label', task['path'])}: {records[i]['location']}"
-            raise DataprepError(f"{where}: {records[i]['reason']} ({_bad_record_hint(records[i]['reason'])})")
+            raise DataprepError(
+                f"{where}: {records[i]['reason']} ({_bad_record_hint(records[i]['reason'])})"
+            )
     if not allow_empty and not any(r is not None and r["docs"] for r in records):
         n_skipped = sum(sum(r["skipped"].values()) for r in records)
         why = f"{n_skipped} record(s) skipped as bad or empty" if n_skipped else "no records"
-        raise DataprepError(f"no documents: the {len(files)} input file(s) hold {why}"
-                            f"{f'; {len(unread)} file(s) of other types were not read' if unread else ''}; "
-                            f"pass --allow-empty to write an empty set")
+        raise DataprepError(
+            f"no documents: the {len(files)} input file(s) hold {why}"
+            f"{f'; {len(unread)} file(s) of other types were not read' if unread else ''}; "
+            f"pass --allow-empty to write an empty set"
+        )
     elapsed_tasks = time.perf_counter() - t0
     manifest, renames = _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir)
-    if records_input:   # the spilled files live in the work folder only
-        manifest["inputs"] = [{"records": sum(r["lines"] for r in records),
-                               "bytes": sum(t["bytes"] for t in tasks)}]
+    if records_input:  # the spilled files live in the work folder only
+        manifest["inputs"] = [
+            {"records": sum(r["lines"] for r in records), "bytes": sum(t["bytes"] for t in tasks)}
+        ]
     for w in (manifest.get("mix") or {}).get("warnings", []):
         log(f"warning: {w}")
     manifest["inputs_not_read"] = {"count": len(unread), "first": unread[:MAX_LISTED]}
-    manifest["timing"] = {"tokenize_seconds": round(elapsed_tasks, 3),
-                          "total_seconds": round(time.perf_counter() - t0, 3), "workers": n_threads}
-    if store is not None or storage.is_url(out) or any(storage.is_url(p) for p in files if isinstance(p, str)):
+    manifest["timing"] = {
+        "tokenize_seconds": round(elapsed_tasks, 3),
+        "total_seconds": round(time.perf_counter() - t0, 3),
+        "workers": n_threads,
+    }
+    if (
+        store is not None
+        or storage.is_url(out)
+        or any(storage.is_url(p) for p in files if isinstance(p, str))
+    ):
         # transient store errors retried so far: here, and in the tasks run elsewhere
-        manifest["storage"] = {"retries": storage.retry_counts()["retries"] - retries0
-                               + sum(r.get("storage_retries", 0) for r in records if r is not None)}
+        manifest["storage"] = {
+            "retries": storage.retry_counts()["retries"]
+            - retries0
+            + sum(r.get("storage_retries", 0) for r in records if r is not None)
+        }
     removed = publish_set(out, renames, manifest, workdir, storage_options)
     if removed:
         more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
-        log(f"removed {len(removed)} file(s) of the earlier set at {out}: "
-            f"{', '.join(os.path.basename(p) for p in removed[:5])}{more}")
+        log(
+            f"removed {len(removed)} file(s) of the earlier set at {out}: "
+            f"{', '.join(os.path.basename(p) for p in removed[:5])}{more}"
+        )
     return manifest
 
 
 def _bad_record_hint(reason: str) -> str:
     """What to do about a bad record that stopped a run under --on-error fail."""
     if reason.startswith("missing_field") or reason.startswith("field_not_string"):
-        return "use --text-field NAME to read another member, or --on-error skip to skip bad records"
+        return (
+            "use --text-field NAME to read another member, or --on-error skip to skip bad records"
+        )
     if "utf8" in reason or "surrogate" in reason:
         return "use --on-error skip to skip bad records, or --repair-utf8"
     return "use --on-error skip to skip bad records"
@@ -843,9 +1100,9 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         keys = np.empty(n_docs_total, dtype=[("h1", "<u8"), ("h2", "<u8"), ("n", "<u8")])
         o = 0
         for m in metas:
-            keys["h1"][o:o + len(m)] = m["h1"]
-            keys["h2"][o:o + len(m)] = m["h2"]
-            keys["n"][o:o + len(m)] = m["n_bytes"]
+            keys["h1"][o : o + len(m)] = m["h1"]
+            keys["h2"][o : o + len(m)] = m["h2"]
+            keys["n"][o : o + len(m)] = m["n_bytes"]
             o += len(m)
         _, first = np.unique(keys, return_index=True)
         mask_all = np.zeros(n_docs_total, dtype=bool)
@@ -857,7 +1114,11 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
 
     stats_lang, stats_script = {}, {}
     task_ids, offsets, sizes = [], [], []
-    lang_names, lang_codes, doc_langs = [], {}, []   # the language of each kept document (for the mix)
+    lang_names, lang_codes, doc_langs = (
+        [],
+        {},
+        [],
+    )  # the language of each kept document (for the mix)
     o = 0
     dup_stats = {"documents": 0, "bytes": 0, "tokens": 0}
     for ti, m in enumerate(metas):
@@ -865,7 +1126,7 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         off = np.zeros(len(m), dtype=np.int64)
         if len(m) > 1:
             np.cumsum(m["n_tokens"][:-1].astype(np.int64) * 2, out=off[1:])
-        mask = mask_all[o:o + len(m)] if mask_all is not None else np.ones(len(m), dtype=bool)
+        mask = mask_all[o : o + len(m)] if mask_all is not None else np.ones(len(m), dtype=bool)
         o += len(m)
         if mask_all is not None:
             dup_stats["documents"] += int((~mask).sum())
@@ -874,16 +1135,32 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
         mk = m[mask]
         for s in np.unique(mk["script"]):
             sel = mk[mk["script"] == s]
-            _stats_add(stats_script, SCRIPT_NAMES[s], len(sel), sel["n_bytes"].sum(), sel["n_tokens"].astype(np.int64).sum())
+            _stats_add(
+                stats_script,
+                SCRIPT_NAMES[s],
+                len(sel),
+                sel["n_bytes"].sum(),
+                sel["n_tokens"].astype(np.int64).sum(),
+            )
         if options["lang_field"] or options["lang_from_path"]:
             for li in np.unique(mk["lang"]):
                 sel = mk[mk["lang"] == li]
                 name = langs[li] if langs[li] else "(none)"
-                _stats_add(stats_lang, name, len(sel), sel["n_bytes"].sum(), sel["n_tokens"].astype(np.int64).sum())
+                _stats_add(
+                    stats_lang,
+                    name,
+                    len(sel),
+                    sel["n_bytes"].sum(),
+                    sel["n_tokens"].astype(np.int64).sum(),
+                )
         if mixing(options):
-            names = np.array([lang_codes.setdefault(x or "(none)", len(lang_codes)) for x in (langs or [""])],
-                             dtype=np.int64)
-            doc_langs.append(names[mk["lang"].astype(np.int64)] if len(mk) else np.zeros(0, np.int64))
+            names = np.array(
+                [lang_codes.setdefault(x or "(none)", len(lang_codes)) for x in (langs or [""])],
+                dtype=np.int64,
+            )
+            doc_langs.append(
+                names[mk["lang"].astype(np.int64)] if len(mk) else np.zeros(0, np.int64)
+            )
         task_ids.append(np.full(int(mask.sum()), ti, dtype=np.int64))
         offsets.append(off[mask])
         sizes.append(mk["n_tokens"].astype(np.int64))
@@ -928,8 +1205,12 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
     shards = []
     n_vocab = load_tokenizer(options["vocab"]).n_vocab
     for si, stem in enumerate(stems):
-        sel = order[bounds[si]:bounds[si + 1]]
-        ranges = np.stack([task_ids[sel], offsets[sel], sizes[sel] * 2], axis=1) if len(sel) else np.zeros((0, 3), np.int64)
+        sel = order[bounds[si] : bounds[si + 1]]
+        ranges = (
+            np.stack([task_ids[sel], offsets[sel], sizes[sel] * 2], axis=1)
+            if len(sel)
+            else np.zeros((0, 3), np.int64)
+        )
         ranges = _coalesce(ranges)
         shard_sizes = sizes[sel]
         if options["format"] == "binidx":
@@ -944,20 +1225,37 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
             _assemble(tmp_stream, workdir_tok, ranges, records)
             known_sha = None
             tmp_zst = os.path.join(workdir, os.path.basename(stem) + ".zst.tmp")
-            write_zst_shard(tmp_zst, tmp_stream, shard_sizes, n_vocab, options["zst_level"], options["frame_tokens"])
+            write_zst_shard(
+                tmp_zst,
+                tmp_stream,
+                shard_sizes,
+                n_vocab,
+                options["zst_level"],
+                options["frame_tokens"],
+            )
             os.remove(tmp_stream)
             files_out = {".zst": tmp_zst}
         ntok = int(shard_sizes.sum())
-        entry = {"name": os.path.basename(stem), "documents": int(len(sel)), "tokens": ntok, "files": {}}
+        entry = {
+            "name": os.path.basename(stem),
+            "documents": int(len(sel)),
+            "tokens": ntok,
+            "files": {},
+        }
         for ext, tmp in files_out.items():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             sha = known_sha if ext == ".bin" and known_sha else sha256_file(tmp)
-            entry["files"][os.path.basename(stem) + ext] = {"bytes": os.path.getsize(tmp), "sha256": sha}
+            entry["files"][os.path.basename(stem) + ext] = {
+                "bytes": os.path.getsize(tmp),
+                "sha256": sha,
+            }
         if options["ctx_len"]:
             entry["magic_prime"] = magic_prime(ntok, int(options["ctx_len"]))
         shards.append((entry, files_out, stem))
-    renames = [(tmp, stem + ext) for _entry, files_out, stem in shards for ext, tmp in files_out.items()]
+    renames = [
+        (tmp, stem + ext) for _entry, files_out, stem in shards for ext, tmp in files_out.items()
+    ]
 
     # skipped records: counts by reason, the first ones as file:line:reason
     skipped, listed = {}, []
@@ -967,7 +1265,9 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
             skipped[k] = skipped.get(k, 0) + v
         for line, reason in rec["listed"]:
             if len(listed) < MAX_LISTED:
-                listed.append(f"{tasks[ti].get('label', tasks[ti]['path'])}:{line_base[ti] + line}:{reason}")
+                listed.append(
+                    f"{tasks[ti].get('label', tasks[ti]['path'])}:{line_base[ti] + line}:{reason}"
+                )
         lines += rec["lines"]
         blank += rec["blank_lines"]
         repaired += rec["repaired_docs"]
@@ -976,24 +1276,47 @@ def _merge(tasks, records, line_base, options, files, vocab_sha, out, workdir) -
 
     total_tokens = int(sizes[order].sum()) if n else 0
     planned_bytes = {t["path"]: t.get("input_bytes", t.get("bytes")) for t in tasks}
-    etags = {t["path"]: t["input_etag"] for t in tasks if t.get("input_etag")}   # objects: their version
+    etags = {
+        t["path"]: t["input_etag"] for t in tasks if t.get("input_etag")
+    }  # objects: their version
     opts_out = {k: v for k, v in options.items() if k not in ("vocab",) + _UNRECORDED}
     manifest = {
         "format": "rwkv5-dataprep-manifest",
         "version": 1,
-        "output": {"prefix": os.path.basename(out), "format": options["format"], "sharded": bool(shard_tokens),
-                   "dtype": "uint16", "eot_token": 0},
-        "inputs": [{"path": p, "bytes": planned_bytes[p], **({"etag": etags[p]} if p in etags else {})} for p in files],
+        "output": {
+            "prefix": os.path.basename(out),
+            "format": options["format"],
+            "sharded": bool(shard_tokens),
+            "dtype": "uint16",
+            "eot_token": 0,
+        },
+        "inputs": [
+            {"path": p, "bytes": planned_bytes[p], **({"etag": etags[p]} if p in etags else {})}
+            for p in files
+        ],
         "options": opts_out,
         "tokenizer": {"vocab": options["vocab"], "vocab_sha256": vocab_sha, "n_vocab": n_vocab},
-        "totals": {"documents": int(len(order)), "unique_documents": n, "tokens": total_tokens,
-                   "text_bytes": int(sum(r["text_bytes"] for r in records)),
-                   "input_lines": lines, "blank_lines": blank, "repaired_documents": repaired,
-                   "epochs": int(options["epochs"])},
+        "totals": {
+            "documents": int(len(order)),
+            "unique_documents": n,
+            "tokens": total_tokens,
+            "text_bytes": int(sum(r["text_bytes"] for r in records)),
+            "input_lines": lines,
+            "blank_lines": blank,
+            "repaired_documents": repaired,
+            "epochs": int(options["epochs"]),
+        },
         "shards": [e for e, _, _ in shards],
-        "statistics": {"per_script": _finish_stats(stats_script), "per_language": _finish_stats(stats_lang),
-                       "note": "statistics count each unique document once (before epochs)"},
-        "skipped": {"counts": dict(sorted(skipped.items())), "total": int(sum(skipped.values())), "first": listed},
+        "statistics": {
+            "per_script": _finish_stats(stats_script),
+            "per_language": _finish_stats(stats_lang),
+            "note": "statistics count each unique document once (before epochs)",
+        },
+        "skipped": {
+            "counts": dict(sorted(skipped.items())),
+            "total": int(sum(skipped.values())),
+            "first": listed,
+        },
         "duplicates": dup_stats if options["dedup"] else None,
     }
     if mix_report is not None:

@@ -14,6 +14,7 @@ and streams into tasks of whole record batches.
 pyarrow is imported only when one of these inputs is met (`pip install 'rwkv5[parquet]'`);
 `datasets` only when such an object is passed in.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,14 +32,17 @@ from .errors import DataprepError
 
 PARQUET_MAGIC = b"PAR1"
 ARROW_FILE_MAGIC = b"ARROW1"
-ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"   # an IPC stream starts with a continuation marker
-DATASET_META = ("state.json", "dataset_info.json")   # what save_to_disk writes next to its .arrow files
+ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"  # an IPC stream starts with a continuation marker
+DATASET_META = (
+    "state.json",
+    "dataset_info.json",
+)  # what save_to_disk writes next to its .arrow files
 DATASET_DICT_META = "dataset_dict.json"
 KINDS = ("parquet", "arrow", "records")
 STATUS = {name: i for i, name in enumerate(_dataprep.STATUS_NAMES)}
-LANG_MAX = 63            # = DP_LANG_MAX: longer language values are cut at a character boundary
-MAX_LANGS = 65536        # = DP_MAX_LANGS
-BATCH_BYTES = 4 << 20   # text bytes per batch handed to the C tokenizer
+LANG_MAX = 63  # = DP_LANG_MAX: longer language values are cut at a character boundary
+MAX_LANGS = 65536  # = DP_MAX_LANGS
+BATCH_BYTES = 4 << 20  # text bytes per batch handed to the C tokenizer
 INSTALL_HINT = "pip install 'rwkv5[parquet]' (or pip install pyarrow)"
 
 
@@ -51,7 +55,9 @@ def pyarrow_modules(what: str):
         import pyarrow.ipc as ipc
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataprepError(f"{what}: reading Parquet and Arrow inputs needs pyarrow: {INSTALL_HINT}") from None
+        raise DataprepError(
+            f"{what}: reading Parquet and Arrow inputs needs pyarrow: {INSTALL_HINT}"
+        ) from None
     return pa, pc, pq, ipc
 
 
@@ -61,7 +67,11 @@ def _open_input(path: str, options: dict = None, read_ahead: int = None):
     if not storage.is_url(path):
         return path
     so = (options or {}).get("storage_options")
-    return storage.open_read(path, so) if read_ahead is None else storage.open_read(path, so, read_ahead=read_ahead)
+    return (
+        storage.open_read(path, so)
+        if read_ahead is None
+        else storage.open_read(path, so, read_ahead=read_ahead)
+    )
 
 
 def sniff(path: str, storage_options: dict = None):
@@ -87,7 +97,9 @@ def _sniff_head(path: str, head: bytes):
     if low.endswith(".parquet"):
         raise DataprepError(f"{path}: not a Parquet file (it does not start with the PAR1 magic)")
     if low.endswith(".arrow"):
-        raise DataprepError(f"{path}: not an Arrow IPC file or stream (no ARROW1 magic or stream marker)")
+        raise DataprepError(
+            f"{path}: not an Arrow IPC file or stream (no ARROW1 magic or stream marker)"
+        )
     return None
 
 
@@ -111,6 +123,7 @@ def saved_dataset_files(folder: str, names) -> tuple:
 
 # ----------------------------------------------------------------------------- plan
 
+
 def plan(path: str, fmt: str, options: dict) -> list:
     """Task ranges of one Parquet or Arrow IPC file: [(start, end, first_row, bytes)], units
     [start, end) of about task_size uncompressed bytes each. The units are Parquet row groups, or
@@ -118,14 +131,18 @@ def plan(path: str, fmt: str, options: dict) -> list:
     memory-mapped, only the batches' metadata is read)."""
     pa, pc, pq, ipc = pyarrow_modules(path)
     if fmt == "arrow":
-        if storage.is_url(path):   # an object: one task (scanning a stream for its batches would fetch it all)
+        if storage.is_url(
+            path
+        ):  # an object: one task (scanning a stream for its batches would fetch it all)
             nbytes = storage.size(path, options.get("storage_options"))
             return [(0, -1, 0, nbytes)]
         try:
             with _open_ipc(path, options, pa, ipc) as (reader, batches):
                 units = [(b.num_rows, b.nbytes) for b in batches]
         except (OSError, pa.ArrowException) as e:
-            raise DataprepError(f"{path}: not a readable Arrow IPC file or stream ({_one_line(e)})") from None
+            raise DataprepError(
+                f"{path}: not a readable Arrow IPC file or stream ({_one_line(e)})"
+            ) from None
     else:
         try:
             # an object: only its footer is read (read_ahead 0: no blocks fetched past it)
@@ -137,7 +154,10 @@ def plan(path: str, fmt: str, options: dict) -> list:
                     src.close()
         except (OSError, pa.ArrowException) as e:
             raise DataprepError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
-        units = [(md.row_group(g).num_rows, md.row_group(g).total_byte_size) for g in range(md.num_row_groups)]
+        units = [
+            (md.row_group(g).num_rows, md.row_group(g).total_byte_size)
+            for g in range(md.num_row_groups)
+        ]
     ranges, a, acc, row, first = [], 0, 0, 0, 0
     for g, (rows, nbytes) in enumerate(units):
         acc += nbytes
@@ -182,10 +202,12 @@ def _one_line(e) -> str:
 
 # ----------------------------------------------------------------------------- columns
 
+
 def _resolve(schema, field: str):
     """The path of `field` in the schema: [name] for a top-level column of that name, else the
     dotted path through struct columns ("meta.text" -> ["meta", "text"]); None when absent."""
     import pyarrow as pa
+
     if field in schema.names:
         return [field]
     parts = field.split(".")
@@ -202,6 +224,7 @@ def _resolve(schema, field: str):
 def _column(batch, path):
     """The column at a resolved path of a record batch (a struct's nulls make its children null)."""
     import pyarrow.compute as pc
+
     col = batch.column(batch.schema.get_field_index(path[0]))
     for p in path[1:]:
         col = pc.struct_field(col, [col.type.get_field_index(p)])
@@ -211,6 +234,7 @@ def _column(batch, path):
 def _as_text(arr):
     """A string/large_string array, or None when the column does not hold strings."""
     import pyarrow as pa
+
     t = arr.type
     if pa.types.is_dictionary(t):
         if not (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
@@ -228,16 +252,17 @@ def _as_text(arr):
 # import pandas on first use (over a second of CPU for every task process, more than tokenizing a
 # 40 MB input), and neither is needed to read a bitmap or fixed-width values.
 
+
 def _nulls(arr) -> np.ndarray:
     """bool per element of an Arrow array: True where null (read from its validity bitmap)."""
     n = len(arr)
     if not arr.null_count:
         return np.zeros(n, bool)
     bitmap = arr.buffers()[0]
-    if bitmap is None:   # a null-typed array has no bitmap: all null
+    if bitmap is None:  # a null-typed array has no bitmap: all null
         return np.ones(n, bool)
     bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
-    return bits[arr.offset:arr.offset + n] == 0
+    return bits[arr.offset : arr.offset + n] == 0
 
 
 def _values(arr, dtype) -> np.ndarray:
@@ -246,7 +271,7 @@ def _values(arr, dtype) -> np.ndarray:
     buf = arr.buffers()[1]
     if buf is None or n == 0:
         return np.zeros(n, dtype)
-    return np.frombuffer(buf, dtype)[arr.offset:arr.offset + n]
+    return np.frombuffer(buf, dtype)[arr.offset : arr.offset + n]
 
 
 class Encoder:
@@ -261,10 +286,21 @@ class Encoder:
         self.tok_f = open(stem + ".tok.tmp", "wb")
         self.meta_f = open(stem + ".meta.tmp", "wb")
         self.langs, self.lang_ids = [""], {"": 0}
-        self.path_lang = None   # the language of every row, from the file's path (--lang-from-path)
-        self.line0 = 0   # records before this task's first one (Python records: each file counts on)
-        self.res = {"lines": 0, "docs": 0, "tokens": 0, "text_bytes": 0, "input_bytes": 0, "blank_lines": 0,
-                    "repaired_docs": 0, "skipped": {}, "listed": [], "langs": self.langs, "error": None}
+        self.path_lang = None  # the language of every row, from the file's path (--lang-from-path)
+        self.line0 = 0  # records before this task's first one (Python records: each file counts on)
+        self.res = {
+            "lines": 0,
+            "docs": 0,
+            "tokens": 0,
+            "text_bytes": 0,
+            "input_bytes": 0,
+            "blank_lines": 0,
+            "repaired_docs": 0,
+            "skipped": {},
+            "listed": [],
+            "langs": self.langs,
+            "error": None,
+        }
 
     def close(self):
         for f in (self.tok_f, self.meta_f):
@@ -285,8 +321,8 @@ class Encoder:
         enc = lang.dictionary_encode()
         table = []
         for v in enc.dictionary.to_pylist():
-            v = v.encode("utf-8", "surrogatepass")[:LANG_MAX + 1]
-            if len(v) > LANG_MAX:   # cut at a character boundary (as the JSON reader does)
+            v = v.encode("utf-8", "surrogatepass")[: LANG_MAX + 1]
+            if len(v) > LANG_MAX:  # cut at a character boundary (as the JSON reader does)
                 v = v[:LANG_MAX].decode("utf-8", "ignore").encode("utf-8")
             v = v.split(b"\0", 1)[0].decode("utf-8", "replace")
             i = self.lang_ids.get(v)
@@ -309,7 +345,9 @@ class Encoder:
         status[i] set), lang an array or None, status a uint8 array of the statuses already known
         (null or non-string text...). where(i) -> (local record number, location text) of record
         i for errors. Returns None, or a fail record (on_error=fail and a bad record)."""
-        status = np.zeros(n, np.uint8) if status is None else np.require(status, np.uint8, ["C", "W"])
+        status = (
+            np.zeros(n, np.uint8) if status is None else np.require(status, np.uint8, ["C", "W"])
+        )
         data, offsets = None, np.zeros(n + 1, np.int64)
         if text is not None:
             if text.null_count:
@@ -318,14 +356,25 @@ class Encoder:
             bufs = text.buffers()
             width = np.int64 if text.type.id == _large_string_id() else np.int32
             if bufs[1] is not None and n:
-                offsets = np.frombuffer(bufs[1], width)[text.offset:text.offset + n + 1].astype(np.int64)
+                offsets = np.frombuffer(bufs[1], width)[text.offset : text.offset + n + 1].astype(
+                    np.int64
+                )
             data = bufs[2]
         if self.fail and n:
             pre = np.flatnonzero((status != 0) & (status != STATUS["empty"]))
             if len(pre):
                 return self._fail(int(pre[0]), status, reason_of, where)
-        r = _dataprep.encode_texts(self.tok, data, offsets, status, self._lang_ids(lang, n), self.repair,
-                                   self.n_threads, self.tok_f.fileno(), self.meta_f.fileno())
+        r = _dataprep.encode_texts(
+            self.tok,
+            data,
+            offsets,
+            status,
+            self._lang_ids(lang, n),
+            self.repair,
+            self.n_threads,
+            self.tok_f.fileno(),
+            self.meta_f.fileno(),
+        )
         bad = np.flatnonzero(status)
         if self.fail:
             hard = bad[status[bad] != STATUS["empty"]]
@@ -339,8 +388,13 @@ class Encoder:
                 name = _dataprep.STATUS_NAMES[s]
                 sk[name] = sk.get(name, 0) + int(c)
             room = 100 - len(self.res["listed"])
-            for i in bad[:max(room, 0)].tolist():
-                self.res["listed"].append((self.line0 + self.res["lines"] + where(i)[0], _dataprep.STATUS_NAMES[status[i]]))
+            for i in bad[: max(room, 0)].tolist():
+                self.res["listed"].append(
+                    (
+                        self.line0 + self.res["lines"] + where(i)[0],
+                        _dataprep.STATUS_NAMES[status[i]],
+                    )
+                )
         self.res["lines"] += n
         return None
 
@@ -348,8 +402,13 @@ class Encoder:
         line, location = where(i)
         reason = _dataprep.STATUS_NAMES[status[i]]
         detail = reason_of(i, status[i]) if reason_of else None
-        return {"error": "bad_record", "fail_line": self.line0 + self.res["lines"] + line, "location": location,
-                "reason": f"{reason}: {detail}" if detail else reason, "lines": self.res["lines"] + line}
+        return {
+            "error": "bad_record",
+            "fail_line": self.line0 + self.res["lines"] + line,
+            "location": location,
+            "reason": f"{reason}: {detail}" if detail else reason,
+            "lines": self.res["lines"] + line,
+        }
 
 
 _LARGE_STRING_ID = None
@@ -359,6 +418,7 @@ def _large_string_id():
     global _LARGE_STRING_ID
     if _LARGE_STRING_ID is None:
         import pyarrow as pa
+
         _LARGE_STRING_ID = pa.large_string().id
     return _LARGE_STRING_ID
 
@@ -377,6 +437,7 @@ def _prefetch(it):
 
 
 # ----------------------------------------------------------------------------- one task
+
 
 def tokenize(task: dict, options: dict, stem: str, tok, n_threads: int) -> dict:
     """Tokenize one Parquet/Arrow/records task into stem.tok.tmp / stem.meta.tmp; returns the
@@ -409,7 +470,7 @@ def _fields(schema, options, path):
 
 def _missing(options, schema):
     cols = ", ".join(schema.names[:20]) + (", ..." if len(schema.names) > 20 else "")
-    return f"no column \"{options['text_field']}\" (the columns are: {cols or 'none'})"
+    return f'no column "{options["text_field"]}" (the columns are: {cols or "none"})'
 
 
 def _add_batch(enc, batch, schema, text_path, lang_path, options, where):
@@ -425,10 +486,15 @@ def _add_batch(enc, batch, schema, text_path, lang_path, options, where):
         text = _as_text(col)
         if text is None:
             status[:] = STATUS["field_not_string"]
-            reason_of = lambda i, s: f"column \"{options['text_field']}\" holds {col.type}, not strings"  # noqa: E731
+            reason_of = lambda i, s: (  # noqa: E731
+                f'column "{options["text_field"]}" holds {col.type}, not strings'
+            )
         else:
-            reason_of = lambda i, s: (f"column \"{options['text_field']}\" is null"  # noqa: E731
-                                      if s == STATUS["field_not_string"] else None)
+            reason_of = lambda i, s: (  # noqa: E731
+                f'column "{options["text_field"]}" is null'
+                if s == STATUS["field_not_string"]
+                else None
+            )
     lang = _column(batch, lang_path) if lang_path else None
     return enc.add(text, lang, n, status, reason_of, where)
 
@@ -436,7 +502,9 @@ def _add_batch(enc, batch, schema, text_path, lang_path, options, where):
 def _tokenize_parquet(task, options, enc, pa, pq):
     # buffered reads: a column chunk is streamed page by page, not read whole (memory does not
     # grow with the row group)
-    pf = pq.ParquetFile(_open_input(task["path"], options), memory_map=False, buffer_size=4 << 20, pre_buffer=False)
+    pf = pq.ParquetFile(
+        _open_input(task["path"], options), memory_map=False, buffer_size=4 << 20, pre_buffer=False
+    )
     schema = pf.schema_arrow
     text_path, lang_path = _fields(schema, options, task["path"])
     columns = [".".join(p) for p in (text_path, lang_path) if p]
@@ -449,13 +517,15 @@ def _tokenize_parquet(task, options, enc, pa, pq):
             rg = md.row_group(g)
             per_row = max(1, rg.total_byte_size // max(1, rg.num_rows))
             size = max(1, min(65536, BATCH_BYTES // per_row))
-            if not columns:   # no text column: only the row counts are needed
+            if not columns:  # no text column: only the row counts are needed
                 for a in range(0, rg.num_rows, size):
                     yield g, row, a, _EmptyBatch(min(size, rg.num_rows - a), pa)
                     row += min(size, rg.num_rows - a)
                 continue
             a = 0
-            for b in pf.iter_batches(batch_size=size, row_groups=[g], columns=columns, use_threads=False):
+            for b in pf.iter_batches(
+                batch_size=size, row_groups=[g], columns=columns, use_threads=False
+            ):
                 yield g, row, a, b
                 row += b.num_rows
                 a += b.num_rows
@@ -464,6 +534,7 @@ def _tokenize_parquet(task, options, enc, pa, pq):
         # after pyarrow selected columns, a dotted path is still a path through the struct column
         def where(i, g=g, row=row, a=a):
             return i + 1, f"row group {g}, row {a + i} (row {row + i} of the file; counting from 0)"
+
         fail = _add_batch(enc, batch, schema, text_path, lang_path, options, where)
         if fail is not None:
             return fail
@@ -484,20 +555,29 @@ def _tokenize_ipc(task, options, enc, pa, ipc):
         records = task["format"] == "records"
         if records:
             enc.line0 = task["first_row"]
-        text_path, lang_path = (["text"], ["lang"] if "lang" in schema.names else None) if records \
+        text_path, lang_path = (
+            (["text"], ["lang"] if "lang" in schema.names else None)
+            if records
             else _fields(schema, options, task["path"])
+        )
         row = task.get("first_row", 0)
         for batch in it:
             if records:
+
                 def where(i, row=row):
                     return i + 1, f"record {row + i} (counting from 0)"
-                status = np.array(_values(batch.column(batch.schema.get_field_index("status")), np.uint8))
+
+                status = np.array(
+                    _values(batch.column(batch.schema.get_field_index("status")), np.uint8)
+                )
                 text = batch.column(batch.schema.get_field_index("text"))
                 lang = batch.column(batch.schema.get_field_index("lang")) if lang_path else None
                 fail = enc.add(text, lang, batch.num_rows, status, None, where)
             else:
+
                 def where(i, row=row):
                     return i + 1, f"row {row + i} (counting from 0)"
+
                 fail = _add_batch(enc, batch, schema, text_path, lang_path, options, where)
             if fail is not None:
                 return fail
@@ -506,6 +586,7 @@ def _tokenize_ipc(task, options, enc, pa, ipc):
 
 
 # ----------------------------------------------------------------------------- Python iterables
+
 
 def is_record_source(inputs) -> bool:
     """True when build() was given records rather than paths: a datasets object, or any iterable
@@ -559,8 +640,12 @@ def spill(source, folder: str, options: dict) -> list:
         n = len(status)
         if n == 0:
             return
-        offsets = text.buffers()[1]   # text is a large_string array
-        lens = np.diff(np.frombuffer(offsets, np.int64)[text.offset:text.offset + n + 1]) if offsets else np.zeros(n, np.int64)
+        offsets = text.buffers()[1]  # text is a large_string array
+        lens = (
+            np.diff(np.frombuffer(offsets, np.int64)[text.offset : text.offset + n + 1])
+            if offsets
+            else np.zeros(n, np.int64)
+        )
         lens[_nulls(text)] = 0
         ends = np.cumsum(lens)
         a = 0
@@ -572,11 +657,17 @@ def spill(source, folder: str, options: dict) -> list:
                 state["first"] = state["total"]
             room = options["task_size"] - state["bytes"]
             base = ends[a - 1] if a else 0
-            b = int(np.searchsorted(ends, base + room, side="left")) + 1   # the record reaching the size ends the file
+            b = (
+                int(np.searchsorted(ends, base + room, side="left")) + 1
+            )  # the record reaching the size ends the file
             b = min(max(b, a + 1), n)
             sl = slice(a, b)
-            state["writer"].write_batch(pa.record_batch(
-                [text[sl], lang[sl], pa.array(np.asarray(status[sl], np.uint8), pa.uint8())], schema=schema))
+            state["writer"].write_batch(
+                pa.record_batch(
+                    [text[sl], lang[sl], pa.array(np.asarray(status[sl], np.uint8), pa.uint8())],
+                    schema=schema,
+                )
+            )
             state["rows"] += b - a
             state["total"] += b - a
             state["bytes"] += int(ends[b - 1] - base)
@@ -585,10 +676,12 @@ def spill(source, folder: str, options: dict) -> list:
             a = b
 
     tf, lf = options["text_field"], options["lang_field"]
-    if hasattr(source, "with_format") and hasattr(source, "features"):   # datasets objects
+    if hasattr(source, "with_format") and hasattr(source, "features"):  # datasets objects
         cols = [c for c in (tf, lf) if c]
         ds = source
-        names = set(ds.column_names or []) if getattr(ds, "column_names", None) is not None else None
+        names = (
+            set(ds.column_names or []) if getattr(ds, "column_names", None) is not None else None
+        )
         if names is not None:
             top = [c.split(".")[0] if c not in names else c for c in cols]
             keep = sorted({c for c in top if c in names})
@@ -606,7 +699,13 @@ def spill(source, folder: str, options: dict) -> list:
                 t, lg, s = item, None, 0
             elif isinstance(item, dict):
                 found, t = _get(item, tf)
-                s = 0 if found and isinstance(t, str) else STATUS["missing_field"] if not found else STATUS["field_not_string"]
+                s = (
+                    0
+                    if found and isinstance(t, str)
+                    else STATUS["missing_field"]
+                    if not found
+                    else STATUS["field_not_string"]
+                )
                 if s:
                     t = None
                 lg = None
@@ -648,7 +747,10 @@ def _python_batch(pa, texts, langs, status, options):
                         t, status[i] = None, STATUS["lone_surrogate"]
             fixed.append(t)
         text = pa.array(fixed, pa.large_string())
-    lang = pa.array([x if x is None else x.encode("utf-8", "replace").decode("utf-8") for x in langs], pa.string())
+    lang = pa.array(
+        [x if x is None else x.encode("utf-8", "replace").decode("utf-8") for x in langs],
+        pa.string(),
+    )
     return text, lang, status
 
 

@@ -27,6 +27,7 @@ Ray remote task (``max_retries`` on worker death, ``retry_exceptions`` on except
 a ``concurrent.futures.Future`` of its result, so ``build(..., executor=RayExecutor(...))`` uses
 the same code path as a process pool or ``dask.distributed.Client.get_executor()``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -63,6 +64,7 @@ def import_ray():
 
 # ----------------------------------------------------------------------------- driver side
 
+
 def verify_record(workdir: str, task: dict, rec) -> dict:
     """Check a completion record returned by a worker against the part files the driver sees.
 
@@ -77,15 +79,21 @@ def verify_record(workdir: str, task: dict, rec) -> dict:
         path = f"{stem}.{ext}"
         want = rec["parts"][ext]
         if not os.path.exists(path):
-            raise _error(f"task {task['id']}: part {path} does not exist on the driver although the worker "
-                         f"reported it done; the output folder must be on a filesystem shared by all nodes "
-                         f"(or put the work area on an object store: --work-dir URL)")
+            raise _error(
+                f"task {task['id']}: part {path} does not exist on the driver although the worker "
+                f"reported it done; the output folder must be on a filesystem shared by all nodes "
+                f"(or put the work area on an object store: --work-dir URL)"
+            )
         size = os.path.getsize(path)
         if size != want["bytes"]:
-            raise _error(f"task {task['id']}: part {path} has {size} bytes, the worker wrote {want['bytes']}; "
-                         f"the output folder must be on a filesystem shared by all nodes")
+            raise _error(
+                f"task {task['id']}: part {path} has {size} bytes, the worker wrote {want['bytes']}; "
+                f"the output folder must be on a filesystem shared by all nodes"
+            )
         if sha256_file(path) != want["sha256"]:
-            raise _error(f"task {task['id']}: part {path} does not match the SHA-256 of its completion record")
+            raise _error(
+                f"task {task['id']}: part {path} does not match the SHA-256 of its completion record"
+            )
     return rec
 
 
@@ -104,14 +112,23 @@ def run_task_isolated(task: dict, options: dict, workdir: str, n_threads: int = 
         if not rec.get("error"):
             stem = f"task-{task['id']:06d}"
             for ext in ("tok", "meta", "done.json"):
-                os.replace(os.path.join(private, f"{stem}.{ext}"), os.path.join(workdir, f"{stem}.{ext}"))
+                os.replace(
+                    os.path.join(private, f"{stem}.{ext}"), os.path.join(workdir, f"{stem}.{ext}")
+                )
         return rec
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n_threads: int, report,
-              store=None) -> list:
+def run_tasks(
+    executor: cf.Executor,
+    tasks: list,
+    options: dict,
+    workdir: str,
+    n_threads: int,
+    report,
+    store=None,
+) -> list:
     """Run the tasks in `executor`; return their verified completion records in task order.
 
     Tasks whose valid completion record already exists (a resumed run) are not submitted.
@@ -127,16 +144,20 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
         so = {**storage.default_options(), **store.storage_options}
 
         def submit(task):
-            return executor.submit(remote.run_task_on_store, task, options, store.url, n_threads, so)
+            return executor.submit(
+                remote.run_task_on_store, task, options, store.url, n_threads, so
+            )
 
         def verify(task, rec):
             return remote.pull_task(store.url, workdir, task, rec, so)
     else:
+
         def submit(task):
             return executor.submit(run_task_isolated, task, options, workdir, n_threads)
 
         def verify(task, rec):
             return verify_record(workdir, task, rec)
+
     try:
         for i, task in enumerate(tasks):
             if records[i] is None:
@@ -149,8 +170,10 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
                 raise
             except Exception as e:  # retries exhausted, worker lost, broken pool...
                 t = tasks[i]
-                raise DataprepError(f"task {t['id']} ({t['path']} part {t['part']}) failed: "
-                                    f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
+                raise DataprepError(
+                    f"task {t['id']} ({t['path']} part {t['part']}) failed: "
+                    f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                ) from e
             records[i] = verify(tasks[i], rec)
             report(i, records[i])
     finally:
@@ -164,6 +187,7 @@ def run_tasks(executor: cf.Executor, tasks: list, options: dict, workdir: str, n
 
 # ----------------------------------------------------------------------------- fault injection (tests)
 
+
 def parse_fault(spec):
     """'MODE:TASK[:SECONDS][,...]' -> {task_id: (mode, seconds)}; MODE is raise, exit, kill or sleep.
 
@@ -175,9 +199,15 @@ def parse_fault(spec):
         return out
     for item in str(spec).split(","):
         bits = item.strip().split(":")
-        if len(bits) not in (2, 3) or bits[0] not in ("raise", "exit", "kill", "sleep") or not bits[1].isdigit():
-            raise ValueError(f"{FAULT_ENV}={spec!r}: expected MODE:TASK[:SECONDS] with MODE raise, exit, kill "
-                             f"or sleep, got {item!r}")
+        if (
+            len(bits) not in (2, 3)
+            or bits[0] not in ("raise", "exit", "kill", "sleep")
+            or not bits[1].isdigit()
+        ):
+            raise ValueError(
+                f"{FAULT_ENV}={spec!r}: expected MODE:TASK[:SECONDS] with MODE raise, exit, kill "
+                f"or sleep, got {item!r}"
+            )
         out[int(bits[1])] = (bits[0], float(bits[2]) if len(bits) == 3 else 0.0)
     return out
 
@@ -217,6 +247,7 @@ def call_with_faults(fault: dict, fn, args, kwargs):
 
 # ----------------------------------------------------------------------------- Ray
 
+
 def check_reachable(address, timeout: float = 5.0) -> None:
     """For a HOST:PORT address, fail fast with a clear error when nothing listens there (ray.init
     itself retries such an address for a very long time). 'auto', 'local', ray:// and None pass."""
@@ -224,14 +255,19 @@ def check_reachable(address, timeout: float = 5.0) -> None:
         return
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise _error(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT")
+        raise _error(
+            f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT"
+        )
     import socket
+
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as e:
-        raise _error(f"--ray-address {address!r}: no Ray head answers there ({e.strerror or e}); start one with "
-                     f"`ray start --head --port {port}` or check the address") from None
+        raise _error(
+            f"--ray-address {address!r}: no Ray head answers there ({e.strerror or e}); start one with "
+            f"`ray start --head --port {port}` or check the address"
+        ) from None
 
 
 def check_cluster_cpus(ray, num_cpus: float) -> None:
@@ -241,11 +277,17 @@ def check_cluster_cpus(ray, num_cpus: float) -> None:
     cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
     biggest = max(cpus, default=0.0)
     if biggest < num_cpus:
-        fix = (f"use --workers {int(biggest)} or less (the threads of each task; tasks run in parallel "
-               f"on the cluster's CPUs)" if biggest >= 1 else "add nodes with CPUs to the cluster")
-        raise _error(f"--workers {num_cpus:g}: each Ray task reserves that many CPUs on one node, but the "
-                     f"largest of the cluster's {len(nodes)} node(s) has {biggest:g} (the cluster has "
-                     f"{sum(cpus):g} in all); {fix}")
+        fix = (
+            f"use --workers {int(biggest)} or less (the threads of each task; tasks run in parallel "
+            f"on the cluster's CPUs)"
+            if biggest >= 1
+            else "add nodes with CPUs to the cluster"
+        )
+        raise _error(
+            f"--workers {num_cpus:g}: each Ray task reserves that many CPUs on one node, but the "
+            f"largest of the cluster's {len(nodes)} node(s) has {biggest:g} (the cluster has "
+            f"{sum(cpus):g} in all); {fix}"
+        )
 
 
 class RayExecutor(cf.Executor):
@@ -260,8 +302,15 @@ class RayExecutor(cf.Executor):
     ``shutdown()``.
     """
 
-    def __init__(self, address=None, *, max_retries: int = 3, num_cpus: float = 1, fault=None,
-                 init_kwargs: dict = None):
+    def __init__(
+        self,
+        address=None,
+        *,
+        max_retries: int = 3,
+        num_cpus: float = 1,
+        fault=None,
+        init_kwargs: dict = None,
+    ):
         ray = import_ray()
         if int(max_retries) < 0:
             raise ValueError(f"max_retries: expected >= 0, got {max_retries}")
@@ -273,14 +322,18 @@ class RayExecutor(cf.Executor):
             check_reachable(address)
             kw = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
             kw.update(init_kwargs or {})
-            if address is None:  # RAY_ADDRESS if set, else a new local instance (never a stale cluster file)
+            if (
+                address is None
+            ):  # RAY_ADDRESS if set, else a new local instance (never a stale cluster file)
                 address = os.environ.get("RAY_ADDRESS") or "local"
             try:
                 ray.init(address=address, **kw)
             except ConnectionError as e:
-                raise _error(f"--ray-address {address!r}: cannot connect to a Ray cluster ({e}); if the cluster "
-                             f"uses token authentication (Ray >= 2.59 `ray start`), set RAY_AUTH_MODE=token and "
-                             f"the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here too") from None
+                raise _error(
+                    f"--ray-address {address!r}: cannot connect to a Ray cluster ({e}); if the cluster "
+                    f"uses token authentication (Ray >= 2.59 `ray start`), set RAY_AUTH_MODE=token and "
+                    f"the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token) here too"
+                ) from None
             self._owned = True
         try:
             check_cluster_cpus(ray, float(num_cpus))
@@ -294,7 +347,8 @@ class RayExecutor(cf.Executor):
             return call_with_faults(fault, fn, args, kwargs)
 
         self._remote = ray.remote(_remote_call).options(
-            max_retries=int(max_retries), retry_exceptions=True, num_cpus=float(num_cpus))
+            max_retries=int(max_retries), retry_exceptions=True, num_cpus=float(num_cpus)
+        )
         self._shutdown = False
         self._lock = threading.Lock()
 

@@ -2,6 +2,7 @@
 
 Each format has a writer, a reader that validates everything it reads, and is used by `verify`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,9 @@ def read_idx(path: str):
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < _IDX_HEADER.size:
-        raise FormatError(f"{path}: {len(data)} bytes, shorter than the {_IDX_HEADER.size}-byte binidx header")
+        raise FormatError(
+            f"{path}: {len(data)} bytes, shorter than the {_IDX_HEADER.size}-byte binidx header"
+        )
     magic, version, code, n, doc_count = _IDX_HEADER.unpack_from(data)
     if magic != IDX_MAGIC:
         raise FormatError(f"{path}: magic {magic!r}, expected {IDX_MAGIC!r}")
@@ -60,7 +63,9 @@ def read_idx(path: str):
         raise FormatError(f"{path}: dtype code {code}, expected {DTYPE_CODE_U16} (uint16)")
     want = _IDX_HEADER.size + 4 * n + 8 * n + 8 * doc_count
     if len(data) != want:
-        raise FormatError(f"{path}: {len(data)} bytes, expected {want} for {n} items and {doc_count} doc_idx entries")
+        raise FormatError(
+            f"{path}: {len(data)} bytes, expected {want} for {n} items and {doc_count} doc_idx entries"
+        )
     o = _IDX_HEADER.size
     sizes = np.frombuffer(data, "<i4", n, o)
     pointers = np.frombuffer(data, "<i8", n, o + 4 * n)
@@ -85,9 +90,13 @@ class BinIdx:
         bin_size = os.path.getsize(prefix + ".bin")
         total = int(self.sizes.astype(np.int64).sum())
         if bin_size != 2 * total:
-            raise FormatError(f"{prefix}.bin: {bin_size} bytes, the .idx says {2 * total} ({total} tokens)")
+            raise FormatError(
+                f"{prefix}.bin: {bin_size} bytes, the .idx says {2 * total} ({total} tokens)"
+            )
         self.n_tokens = total
-        self.tokens = np.memmap(prefix + ".bin", dtype="<u2", mode="r") if total else np.zeros(0, "<u2")
+        self.tokens = (
+            np.memmap(prefix + ".bin", dtype="<u2", mode="r") if total else np.zeros(0, "<u2")
+        )
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -98,7 +107,7 @@ class BinIdx:
             raise IndexError(f"document {i} out of range (0..{n - 1})")
         i %= n
         start = int(self.pointers[i]) // 2
-        return np.asarray(self.tokens[start:start + int(self.sizes[i])])
+        return np.asarray(self.tokens[start : start + int(self.sizes[i])])
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
@@ -114,14 +123,22 @@ ZST_HEADER_SIZE = 64
 DEFAULT_FRAME_TOKENS = 1 << 20
 
 
-def write_zst_shard(path: str, token_file: str, sizes: np.ndarray, n_vocab: int,
-                    level: int = 3, frame_tokens: int = DEFAULT_FRAME_TOKENS) -> None:
+def write_zst_shard(
+    path: str,
+    token_file: str,
+    sizes: np.ndarray,
+    n_vocab: int,
+    level: int = 3,
+    frame_tokens: int = DEFAULT_FRAME_TOKENS,
+) -> None:
     """Compress the uint16 token stream in token_file (documents of the given sizes, back to back)
     into one zst shard at path (see docs/zst-shards.md)."""
     sizes = np.asarray(sizes, dtype=np.int64)
     n_tokens = int(sizes.sum())
     if os.path.getsize(token_file) != 2 * n_tokens:
-        raise ValueError(f"{token_file}: {os.path.getsize(token_file)} bytes, expected {2 * n_tokens}")
+        raise ValueError(
+            f"{token_file}: {os.path.getsize(token_file)} bytes, expected {2 * n_tokens}"
+        )
     n_frames = (n_tokens + frame_tokens - 1) // frame_tokens
     frames = np.zeros((n_frames, 2), dtype="<u8")
     with open(path, "wb") as out, open(token_file, "rb") as src:
@@ -139,8 +156,17 @@ def write_zst_shard(path: str, token_file: str, sizes: np.ndarray, n_vocab: int,
         index = frames.tobytes() + doc_offsets.tobytes()
         out.write(index)
         out.write(struct.pack("<I", _dataprep.crc32c(index)))
-        head = _ZST_HEADER.pack(ZST_MAGIC, ZST_VERSION, DTYPE_CODE_U16, len(sizes), n_tokens, n_frames,
-                                index_offset, frame_tokens, n_vocab)
+        head = _ZST_HEADER.pack(
+            ZST_MAGIC,
+            ZST_VERSION,
+            DTYPE_CODE_U16,
+            len(sizes),
+            n_tokens,
+            n_frames,
+            index_offset,
+            frame_tokens,
+            n_vocab,
+        )
         out.seek(0)
         out.write(head + struct.pack("<I", _dataprep.crc32c(head)))
 
@@ -164,9 +190,12 @@ class ZstShard:
         size = os.fstat(f.fileno()).st_size
         head = f.read(ZST_HEADER_SIZE)
         if len(head) < ZST_HEADER_SIZE:
-            raise FormatError(f"{path}: {size} bytes, shorter than the {ZST_HEADER_SIZE}-byte header")
-        (magic, version, code, n_docs, n_tokens, n_frames, index_offset, frame_tokens,
-         n_vocab) = _ZST_HEADER.unpack_from(head)
+            raise FormatError(
+                f"{path}: {size} bytes, shorter than the {ZST_HEADER_SIZE}-byte header"
+            )
+        (magic, version, code, n_docs, n_tokens, n_frames, index_offset, frame_tokens, n_vocab) = (
+            _ZST_HEADER.unpack_from(head)
+        )
         (crc,) = struct.unpack_from("<I", head, 60)
         if magic != ZST_MAGIC:
             raise FormatError(f"{path}: magic {magic!r}, expected {ZST_MAGIC!r}")
@@ -175,9 +204,13 @@ class ZstShard:
         if crc != _dataprep.crc32c(head[:60]):
             raise FormatError(f"{path}: header checksum mismatch")
         if code != DTYPE_CODE_U16 or frame_tokens < 1:
-            raise FormatError(f"{path}: dtype code {code} / frame_tokens {frame_tokens} not supported")
+            raise FormatError(
+                f"{path}: dtype code {code} / frame_tokens {frame_tokens} not supported"
+            )
         if n_frames != (n_tokens + frame_tokens - 1) // frame_tokens:
-            raise FormatError(f"{path}: {n_frames} frames cannot hold {n_tokens} tokens of {frame_tokens} per frame")
+            raise FormatError(
+                f"{path}: {n_frames} frames cannot hold {n_tokens} tokens of {frame_tokens} per frame"
+            )
         want = index_offset + 16 * n_frames + 8 * (n_docs + 1) + 4
         if size != want:
             raise FormatError(f"{path}: {size} bytes, expected {want} from the header counts")
@@ -186,15 +219,31 @@ class ZstShard:
         (icrc,) = struct.unpack("<I", f.read(4))
         if icrc != _dataprep.crc32c(index):
             raise FormatError(f"{path}: index checksum mismatch")
-        self.frames = np.frombuffer(index, "<u8", 2 * n_frames).reshape(n_frames, 2).astype(np.int64)
+        self.frames = (
+            np.frombuffer(index, "<u8", 2 * n_frames).reshape(n_frames, 2).astype(np.int64)
+        )
         self.doc_offsets = np.frombuffer(index, "<u8", n_docs + 1, 16 * n_frames).astype(np.int64)
-        if self.doc_offsets[0] != 0 or self.doc_offsets[-1] != n_tokens or np.any(np.diff(self.doc_offsets) < 1):
+        if (
+            self.doc_offsets[0] != 0
+            or self.doc_offsets[-1] != n_tokens
+            or np.any(np.diff(self.doc_offsets) < 1)
+        ):
             raise FormatError(f"{path}: document offsets are not increasing from 0 to {n_tokens}")
         ends = self.frames[:, 0] + self.frames[:, 1]
-        if n_frames and (self.frames[0, 0] != ZST_HEADER_SIZE or ends[-1] != index_offset
-                         or np.any(self.frames[1:, 0] != ends[:-1])):
-            raise FormatError(f"{path}: frame table does not tile the bytes between header and index")
-        self.n_docs, self.n_tokens, self.n_vocab, self.frame_tokens = n_docs, n_tokens, n_vocab, frame_tokens
+        if n_frames and (
+            self.frames[0, 0] != ZST_HEADER_SIZE
+            or ends[-1] != index_offset
+            or np.any(self.frames[1:, 0] != ends[:-1])
+        ):
+            raise FormatError(
+                f"{path}: frame table does not tile the bytes between header and index"
+            )
+        self.n_docs, self.n_tokens, self.n_vocab, self.frame_tokens = (
+            n_docs,
+            n_tokens,
+            n_vocab,
+            frame_tokens,
+        )
         self.sizes = np.diff(self.doc_offsets)
 
     def frame(self, i: int) -> np.ndarray:

@@ -16,6 +16,7 @@ whole passes over its documents, then the shortest prefix of a seeded permutatio
 whose tokens come nearest to the remainder. Everything depends only on the documents, the options
 and the seed: not on the number of workers, the engine, or an interruption.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,13 @@ import numpy as np
 
 from .errors import DataprepError
 
-MIX_DEFAULTS = dict(mix_temperature=None, mix_weights=None, mix_default_weight=None, mix_tokens=None,
-                    mix_max_epochs=10)
+MIX_DEFAULTS = dict(
+    mix_temperature=None,
+    mix_weights=None,
+    mix_default_weight=None,
+    mix_tokens=None,
+    mix_max_epochs=10,
+)
 
 
 def mixing(options: dict) -> bool:
@@ -43,7 +49,9 @@ def _number(name: str, value, lo: float, lo_open: bool = False) -> float:
     except (TypeError, ValueError):
         raise DataprepError(f"{name}: expected a number, got {value!r}") from None
     if not math.isfinite(x) or x < lo or (lo_open and x == lo):
-        raise DataprepError(f"{name}: expected a finite number {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+        raise DataprepError(
+            f"{name}: expected a finite number {'>' if lo_open else '>='} {lo:g}, got {value!r}"
+        )
     return x
 
 
@@ -59,11 +67,15 @@ def parse_weights(value) -> dict:
                 continue
             lang, eq, w = part.partition("=")
             if not eq:
-                raise DataprepError(f"--mix-weights: expected LANG=WEIGHT pairs separated by commas "
-                                    f"(e.g. en=0.3,fr=0.2), got {part!r}")
+                raise DataprepError(
+                    f"--mix-weights: expected LANG=WEIGHT pairs separated by commas "
+                    f"(e.g. en=0.3,fr=0.2), got {part!r}"
+                )
             items.append((lang.strip(), w.strip()))
     else:
-        raise DataprepError(f"--mix-weights: expected 'LANG=WEIGHT,...' or a dict, got {type(value).__name__}")
+        raise DataprepError(
+            f"--mix-weights: expected 'LANG=WEIGHT,...' or a dict, got {type(value).__name__}"
+        )
     out = {}
     for lang, w in items:
         if not isinstance(lang, str) or not lang:
@@ -96,18 +108,24 @@ def check_mix_options(o: dict) -> None:
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise DataprepError(f"--mix-tokens: expected a token count >= 1, got {o['mix_tokens']!r}")
+            raise DataprepError(
+                f"--mix-tokens: expected a token count >= 1, got {o['mix_tokens']!r}"
+            )
         o["mix_tokens"] = int(v)
     o["mix_max_epochs"] = _number("--mix-max-epochs", o.get("mix_max_epochs", 10), 1.0)
     if (o.get("mix_tokens") is not None) and not mixing(o):
         raise DataprepError("--mix-tokens needs --mix-temperature or --mix-weights")
     if mixing(o):
         if int(o.get("epochs", 1)) != 1:
-            raise DataprepError("--epochs cannot be combined with --mix-temperature/--mix-weights: the mix "
-                                "decides how often each document repeats (use --mix-tokens)")
+            raise DataprepError(
+                "--epochs cannot be combined with --mix-temperature/--mix-weights: the mix "
+                "decides how often each document repeats (use --mix-tokens)"
+            )
         if not o.get("lang_field") and not o.get("lang_from_path"):
-            raise DataprepError("--mix-temperature/--mix-weights need the language of each document: "
-                                "pass --lang-field NAME (or --lang-from-path REGEX)")
+            raise DataprepError(
+                "--mix-temperature/--mix-weights need the language of each document: "
+                "pass --lang-field NAME (or --lang-from-path REGEX)"
+            )
 
 
 def _lang_rng(seed: int, lang: str) -> np.random.Generator:
@@ -123,7 +141,7 @@ def _subsample(tokens: np.ndarray, target: int, rng: np.random.Generator) -> np.
         return np.zeros(0, np.int64)
     perm = rng.permutation(len(tokens))
     cum = np.concatenate([[0], np.cumsum(tokens[perm])])
-    m = int(np.searchsorted(cum, target))          # first prefix with cum >= target
+    m = int(np.searchsorted(cum, target))  # first prefix with cum >= target
     if m > len(tokens):
         m = len(tokens)
     elif m > 0 and target - cum[m - 1] <= cum[m] - target:
@@ -141,8 +159,11 @@ def plan_mix(names: list, doc_lang: np.ndarray, doc_tokens: np.ndarray, options:
     languages named but absent) are in report["warnings"]."""
     doc_tokens = np.asarray(doc_tokens, dtype=np.int64)
     doc_lang = np.asarray(doc_lang, dtype=np.int64)
-    n_in = np.bincount(doc_lang, weights=doc_tokens, minlength=len(names)).astype(np.int64) if len(names) else \
-        np.zeros(0, np.int64)
+    n_in = (
+        np.bincount(doc_lang, weights=doc_tokens, minlength=len(names)).astype(np.int64)
+        if len(names)
+        else np.zeros(0, np.int64)
+    )
     d_in = np.bincount(doc_lang, minlength=len(names)) if len(names) else np.zeros(0, np.int64)
     present = [i for i in range(len(names)) if d_in[i] > 0]
     total_in = int(n_in.sum())
@@ -164,12 +185,16 @@ def plan_mix(names: list, doc_lang: np.ndarray, doc_tokens: np.ndarray, options:
             raw[i] = 0.0 if w is None else float(w)
         absent = sorted(k for k in weights if k not in {names[i] for i in present})
         if absent:
-            warnings.append(f"mix: --mix-weights names language(s) with no document in the input: "
-                            f"{', '.join(absent)} (their weight is left out)")
+            warnings.append(
+                f"mix: --mix-weights names language(s) with no document in the input: "
+                f"{', '.join(absent)} (their weight is left out)"
+            )
     wsum = sum(raw.values())
     if present and wsum <= 0:
-        raise DataprepError(f"--mix-weights: none of the input's languages ({', '.join(names[i] for i in present)}) "
-                            f"has a weight above 0; name them or pass --mix-default-weight")
+        raise DataprepError(
+            f"--mix-weights: none of the input's languages ({', '.join(names[i] for i in present)}) "
+            f"has a weight above 0; name them or pass --mix-default-weight"
+        )
     total_req = int(options["mix_tokens"]) if options.get("mix_tokens") is not None else total_in
     max_ep = float(options["mix_max_epochs"])
     seed = int(options.get("seed", 0))
@@ -193,20 +218,31 @@ def plan_mix(names: list, doc_lang: np.ndarray, doc_tokens: np.ndarray, options:
         parts_doc.append(sub)
         got = passes * int(n_in[i]) + int(doc_tokens[sub].sum())
         out_tokens[i] = got
-        entry = {"input_documents": int(d_in[i]), "input_tokens": int(n_in[i]),
-                 "input_share": round(int(n_in[i]) / total_in, 6) if total_in else 0.0,
-                 "weight": round(raw[i], 6), "target_share": round(share, 6), "target_tokens": int(round(target)),
-                 "output_documents": int(passes * len(idx) + len(sub)), "output_tokens": got,
-                 "epochs": round(got / int(n_in[i]), 4), "shortfall_tokens": 0}
+        entry = {
+            "input_documents": int(d_in[i]),
+            "input_tokens": int(n_in[i]),
+            "input_share": round(int(n_in[i]) / total_in, 6) if total_in else 0.0,
+            "weight": round(raw[i], 6),
+            "target_share": round(share, 6),
+            "target_tokens": int(round(target)),
+            "output_documents": int(passes * len(idx) + len(sub)),
+            "output_tokens": got,
+            "epochs": round(got / int(n_in[i]), 4),
+            "shortfall_tokens": 0,
+        }
         if target > cap:
             entry["shortfall_tokens"] = int(round(target - cap))
-            warnings.append(f"mix: language {names[i]} needs {target / n_in[i]:.2f} epochs of its "
-                            f"{int(n_in[i])} tokens for its share {share:.4f}; capped at --mix-max-epochs "
-                            f"{max_ep:g}: {entry['shortfall_tokens']} tokens short")
+            warnings.append(
+                f"mix: language {names[i]} needs {target / n_in[i]:.2f} epochs of its "
+                f"{int(n_in[i])} tokens for its share {share:.4f}; capped at --mix-max-epochs "
+                f"{max_ep:g}: {entry['shortfall_tokens']} tokens short"
+            )
         langs_out[names[i]] = entry
     total_out = sum(out_tokens.values())
     for i in present:
-        langs_out[names[i]]["realized_share"] = round(out_tokens[i] / total_out, 6) if total_out else 0.0
+        langs_out[names[i]]["realized_share"] = (
+            round(out_tokens[i] / total_out, 6) if total_out else 0.0
+        )
     if parts_doc:
         k_all, d_all = np.concatenate(parts_pass), np.concatenate(parts_doc)
         order = d_all[np.lexsort((d_all, k_all))]

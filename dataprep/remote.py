@@ -24,6 +24,7 @@ there and the merge writes the new set's files there, exactly as for a local --o
 Every store operation goes through ``storage.retry`` (transient errors retried with backoff and
 counted; a missing object or a refused permission fails at once with one line naming the URL).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ from .sets import MANIFEST_SUFFIX, PrefixLock, _SET_FILE_SUFFIX, publish
 from .tasks import _task_stem, _write_json_atomic, check_record_task, load_done, run_task
 
 PART_SIZE_ENV = "RWKV5_STORAGE_PART_SIZE"
-PART_SIZE = 64 << 20   # bytes per part of a multipart upload (S3 needs >= 5 MiB but the last)
+PART_SIZE = 64 << 20  # bytes per part of a multipart upload (S3 needs >= 5 MiB but the last)
 PUBLISH_DIR = "publish"
 _TASK_EXTS = ("tok", "meta", "done.json")
 # the names a work area on a store holds (nothing else is ever deleted there)
@@ -103,8 +104,11 @@ def list_names(url: str, storage_options: dict = None) -> dict:
         entries = storage.retry(fs.ls, path, detail=True, refresh=True, url=url, what="list")
     except FileNotFoundError:
         return {}
-    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
-            for e in entries if e.get("type") != "directory"}
+    return {
+        e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+        for e in entries
+        if e.get("type") != "directory"
+    }
 
 
 def remove_tree(url: str, storage_options: dict = None) -> None:
@@ -120,12 +124,15 @@ def remove_tree(url: str, storage_options: dict = None) -> None:
 
 # ----------------------------------------------------------------------------- output prefixes
 
+
 def check_out_url(out: str, option: str = "--out", storage_options: dict = None) -> str:
     """A URL output prefix (s3://bucket/out/train), refused with one line when it names a folder
     or has no name; fsspec and the protocol's package are checked here (before any input is read)."""
     if out.endswith("/") or out.rstrip("/").split("://", 1)[1].count("/") < 1:
-        raise DataprepError(f"{option} {out}: is a folder or a bucket; give a file prefix inside it "
-                            f"(e.g. {out.rstrip('/')}/train)")
+        raise DataprepError(
+            f"{option} {out}: is a folder or a bucket; give a file prefix inside it "
+            f"(e.g. {out.rstrip('/')}/train)"
+        )
     storage.filesystem(out, storage_options)
     return out
 
@@ -141,16 +148,24 @@ def check_work_dir(out: str, work_dir):
     if storage.is_url(work_dir):
         return work_dir.rstrip("/")
     if not storage.is_url(out):
-        raise DataprepError(f"--work-dir {work_dir}: a local --out keeps its work area at PREFIX.work "
-                            f"(the new files are renamed into place from there); --work-dir takes a URL "
-                            f"(a work area on an object store) or, for an --out URL, a local folder")
+        raise DataprepError(
+            f"--work-dir {work_dir}: a local --out keeps its work area at PREFIX.work "
+            f"(the new files are renamed into place from there); --work-dir takes a URL "
+            f"(a work area on an object store) or, for an --out URL, a local folder"
+        )
     full = os.path.abspath(work_dir)
     if not os.path.isdir(os.path.dirname(full)):
         raise DataprepError(f"--work-dir {full}: folder {os.path.dirname(full)} does not exist")
     # the work area's files are cleared and the folder removed at the end: never a folder of other files
-    if os.path.isdir(full) and os.listdir(full) and not {"plan.json", "lock"} & set(os.listdir(full)):
-        raise DataprepError(f"--work-dir {full}: holds files and is not a work area of a build (it is "
-                            f"cleared and removed after the build); give a new or empty folder")
+    if (
+        os.path.isdir(full)
+        and os.listdir(full)
+        and not {"plan.json", "lock"} & set(os.listdir(full))
+    ):
+        raise DataprepError(
+            f"--work-dir {full}: holds files and is not a work area of a build (it is "
+            f"cleared and removed after the build); give a new or empty folder"
+        )
     if os.path.exists(full) and not os.path.isdir(full):
         raise DataprepError(f"--work-dir {full}: is a file; give a new or empty folder")
     return full
@@ -164,16 +179,22 @@ def check_store_work_area(url: str, storage_options: dict = None) -> None:
         entries = storage.retry(fs.ls, path, detail=True, refresh=True, url=url, what="list")
     except FileNotFoundError:
         return
-    foreign = sorted(n for n in (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries)
-                     if not _WORK_NAME.fullmatch(n))
+    foreign = sorted(
+        n
+        for n in (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        if not _WORK_NAME.fullmatch(n)
+    )
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise DataprepError(f"--work-dir {url}: holds objects that are not a build's work area "
-                            f"({', '.join(foreign[:3])}{more}); it is cleared and deleted after the build: "
-                            f"give a new prefix")
+        raise DataprepError(
+            f"--work-dir {url}: holds objects that are not a build's work area "
+            f"({', '.join(foreign[:3])}{more}); it is cleared and deleted after the build: "
+            f"give a new prefix"
+        )
 
 
 # ----------------------------------------------------------------------------- the work area
+
 
 class _TempStaging:
     """A private local staging folder (for a work area that lives on a store): removed on exit,
@@ -245,7 +266,9 @@ class StoreWorkArea:
         if want:
             fs, _ = storage.filesystem(self.url, self.storage_options)
             paths = [fs._strip_protocol(self.object(n)) for n in want]
-            data = storage.retry(fs.cat, paths, url=self.url, what="read of the work area's records")
+            data = storage.retry(
+                fs.cat, paths, url=self.url, what="read of the work area's records"
+            )
             for n, p in zip(want, paths):
                 with open(os.path.join(self.workdir, n), "wb") as f:
                     f.write(data[p])
@@ -256,7 +279,9 @@ class StoreWorkArea:
         store in clear()."""
         if not os.path.exists(os.path.join(self.workdir, "ended.json")):
             remove([self.object("ended.json")], self.storage_options)
-        upload(os.path.join(self.workdir, "plan.json"), self.object("plan.json"), self.storage_options)
+        upload(
+            os.path.join(self.workdir, "plan.json"), self.object("plan.json"), self.storage_options
+        )
 
     def pull_parts(self, tasks: list) -> None:
         """Download the parts of every task whose completion record was pulled; a record whose
@@ -268,7 +293,11 @@ class StoreWorkArea:
                 continue
             try:
                 for ext in ("tok", "meta"):
-                    download(self.object(f"task-{task['id']:06d}.{ext}"), f"{stem}.{ext}", self.storage_options)
+                    download(
+                        self.object(f"task-{task['id']:06d}.{ext}"),
+                        f"{stem}.{ext}",
+                        self.storage_options,
+                    )
             except FileNotFoundError:
                 pass
             if load_done(self.workdir, task) is None:
@@ -286,18 +315,31 @@ class StoreWorkArea:
 
     def write_ended(self, obj) -> None:
         _write_json_atomic(os.path.join(self.workdir, "ended.json"), obj)
-        upload(os.path.join(self.workdir, "ended.json"), self.object("ended.json"), self.storage_options)
+        upload(
+            os.path.join(self.workdir, "ended.json"),
+            self.object("ended.json"),
+            self.storage_options,
+        )
 
     # --- the interface of sets.PrefixLock
     def clear(self, keep=lambda name: False) -> int:
         n = self._staging.clear(keep)
         names = list_names(self.url, self.storage_options)
-        remove([self.object(x) for x in names if not keep(x) and _WORK_NAME.fullmatch(x)], self.storage_options)
+        remove(
+            [self.object(x) for x in names if not keep(x) and _WORK_NAME.fullmatch(x)],
+            self.storage_options,
+        )
         return n
 
     def remove_workdir(self) -> None:
-        remove([self.object(x) for x in list_names(self.url, self.storage_options) if _WORK_NAME.fullmatch(x)],
-               self.storage_options)
+        remove(
+            [
+                self.object(x)
+                for x in list_names(self.url, self.storage_options)
+                if _WORK_NAME.fullmatch(x)
+            ],
+            self.storage_options,
+        )
         remove_tree(self.object(PUBLISH_DIR), self.storage_options)
         self._staging.remove_workdir()
 
@@ -328,11 +370,16 @@ def push_task(work_url: str, local_dir: str, task: dict, storage_options: dict =
     task-N.done.json (last: a record on the store vouches for its parts)."""
     name = f"task-{task['id']:06d}"
     for ext in _TASK_EXTS:
-        upload(os.path.join(local_dir, f"{name}.{ext}"), _join(work_url, f"{name}.{ext}"), storage_options)
+        upload(
+            os.path.join(local_dir, f"{name}.{ext}"),
+            _join(work_url, f"{name}.{ext}"),
+            storage_options,
+        )
 
 
-def run_task_on_store(task: dict, options: dict, work_url: str, n_threads: int = 1,
-                      storage_options: dict = None) -> dict:
+def run_task_on_store(
+    task: dict, options: dict, work_url: str, n_threads: int = 1, storage_options: dict = None
+) -> dict:
     """What an executor runs when the work area is on a store (no shared filesystem): run_task in
     a private temporary folder on the worker's own disk, upload its parts and then its completion
     record to the store, return the record (with the retries this task met, "storage_retries")."""
@@ -358,13 +405,17 @@ def pull_task(work_url: str, workdir: str, task: dict, rec, storage_options: dic
         try:
             download(url, f"{stem}.{ext}", storage_options)
         except FileNotFoundError:
-            raise DataprepError(f"task {task['id']}: part {url} is not on the store although the worker "
-                                f"reported it done") from None
+            raise DataprepError(
+                f"task {task['id']}: part {url} is not on the store although the worker "
+                f"reported it done"
+            ) from None
         want = rec["parts"][ext]
         size = os.path.getsize(f"{stem}.{ext}")
         if size != want["bytes"] or sha256_file(f"{stem}.{ext}") != want["sha256"]:
-            raise DataprepError(f"task {task['id']}: part {url} ({size} bytes) does not match the size and "
-                                f"SHA-256 of its completion record ({want['bytes']} bytes)")
+            raise DataprepError(
+                f"task {task['id']}: part {url} ({size} bytes) does not match the size and "
+                f"SHA-256 of its completion record ({want['bytes']} bytes)"
+            )
     local = {k: v for k, v in rec.items() if k != "storage_retries"}
     _write_json_atomic(stem + ".done.json", local, sync=False)
     return rec
@@ -372,14 +423,19 @@ def pull_task(work_url: str, workdir: str, task: dict, rec, storage_options: dic
 
 # ----------------------------------------------------------------------------- publication
 
-def publish_set(prefix: str, renames: list, manifest: dict, tmpdir: str, storage_options: dict = None) -> list:
+
+def publish_set(
+    prefix: str, renames: list, manifest: dict, tmpdir: str, storage_options: dict = None
+) -> list:
     """sets.publish for a local prefix, publish_url for a URL."""
     if storage.is_url(prefix):
         return publish_url(prefix, renames, manifest, tmpdir, storage_options)
     return publish(prefix, renames, manifest, tmpdir)
 
 
-def publish_url(prefix: str, renames: list, manifest: dict, tmpdir: str, storage_options: dict = None) -> list:
+def publish_url(
+    prefix: str, renames: list, manifest: dict, tmpdir: str, storage_options: dict = None
+) -> list:
     """Put a new set in place at the URL prefix (see the module docstring for the order): renames
     is [(complete local file, final URL)]. Returns the URLs of an earlier set's files removed."""
     name = prefix.rstrip("/").rsplit("/", 1)[1]
@@ -398,19 +454,27 @@ def publish_url(prefix: str, renames: list, manifest: dict, tmpdir: str, storage
     for key, _final, want in staged:
         got = sizes.get(key.rsplit("/", 1)[1])
         if got != want:
-            raise DataprepError(f"{key}: the store holds {'no object' if got is None else f'{got} bytes'} after "
-                                f"the upload of {want} bytes; nothing was published")
+            raise DataprepError(
+                f"{key}: the store holds {'no object' if got is None else f'{got} bytes'} after "
+                f"the upload of {want} bytes; nothing was published"
+            )
     # 2. without a manifest nobody reads the set while its files are replaced
     remove([prefix + MANIFEST_SUFFIX], storage_options)
     # 3. files of an earlier set that the new set does not have
     parent, base = prefix.rsplit("/", 1)
     finals = {final for _key, final, _size in staged}
-    stale = [_join(parent, n) for n in sorted(list_names(parent, storage_options))
-             if n.startswith(base) and _SET_FILE_SUFFIX.fullmatch(n[len(base):]) and _join(parent, n) not in finals]
+    stale = [
+        _join(parent, n)
+        for n in sorted(list_names(parent, storage_options))
+        if n.startswith(base)
+        and _SET_FILE_SUFFIX.fullmatch(n[len(base) :])
+        and _join(parent, n) not in finals
+    ]
     remove(stale, storage_options)
     # 4., 5. server-side copies to the final names, the manifest last
     for key, final, _size in staged:
-        storage.retry(fs.copy, fs._strip_protocol(key), fs._strip_protocol(final), url=final, what="copy")
+        storage.retry(
+            fs.copy, fs._strip_protocol(key), fs._strip_protocol(final), url=final, what="copy"
+        )
     remove_tree(staged_dir, storage_options)
     return stale
-

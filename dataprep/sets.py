@@ -23,6 +23,7 @@ its contents when a later rename replaces its name). Otherwise it starts over.
 Writers of a prefix (build, merge, unpack) hold `PrefixLock`, an exclusive `flock` on
 PREFIX.work/lock, for their whole run: a second writer fails at once with one line.
 """
+
 from __future__ import annotations
 
 import errno
@@ -50,16 +51,22 @@ def manifest_path(prefix: str) -> str:
 
 # ----------------------------------------------------------------------------- reading a manifest
 
+
 def read_manifest_bytes(prefix: str) -> bytes:
     path = manifest_path(prefix)
     try:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        work = " (PREFIX.work/ exists: a build of it is running or did not finish)" \
-            if os.path.isdir(prefix + ".work") else ""
-        raise DataprepError(f"{path}: no manifest (is {prefix!r} the --out PREFIX of a finished build? "
-                            f"a set is read only through its manifest, which is written last){work}") from None
+        work = (
+            " (PREFIX.work/ exists: a build of it is running or did not finish)"
+            if os.path.isdir(prefix + ".work")
+            else ""
+        )
+        raise DataprepError(
+            f"{path}: no manifest (is {prefix!r} the --out PREFIX of a finished build? "
+            f"a set is read only through its manifest, which is written last){work}"
+        ) from None
     except OSError as e:
         raise DataprepError(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -85,17 +92,33 @@ def parse_manifest(data: bytes, path: str) -> dict:
     if not isinstance(out, dict):
         raise bad('"output" is not an object')
     mprefix, fmt = out.get("prefix"), out.get("format")
-    if not isinstance(mprefix, str) or not mprefix or "/" in mprefix or "\0" in mprefix or mprefix in (".", ".."):
+    if (
+        not isinstance(mprefix, str)
+        or not mprefix
+        or "/" in mprefix
+        or "\0" in mprefix
+        or mprefix in (".", "..")
+    ):
         raise bad('"output.prefix" is not a file name')
     if fmt not in FORMAT_EXTS:
         raise bad(f'"output.format" is {fmt!r}, expected one of {sorted(FORMAT_EXTS)}')
     tk = m.get("tokenizer")
-    if not isinstance(tk, dict) or not _is_count(tk.get("n_vocab")) or not 1 <= tk["n_vocab"] <= 65536:
+    if (
+        not isinstance(tk, dict)
+        or not _is_count(tk.get("n_vocab"))
+        or not 1 <= tk["n_vocab"] <= 65536
+    ):
         raise bad('"tokenizer.n_vocab" is not a number in 1..65536')
-    if "vocab_sha256" in tk and not (isinstance(tk["vocab_sha256"], str) and _SHA256.fullmatch(tk["vocab_sha256"])):
+    if "vocab_sha256" in tk and not (
+        isinstance(tk["vocab_sha256"], str) and _SHA256.fullmatch(tk["vocab_sha256"])
+    ):
         raise bad('"tokenizer.vocab_sha256" is not a SHA-256')
     tot = m.get("totals")
-    if not isinstance(tot, dict) or not _is_count(tot.get("documents")) or not _is_count(tot.get("tokens")):
+    if (
+        not isinstance(tot, dict)
+        or not _is_count(tot.get("documents"))
+        or not _is_count(tot.get("tokens"))
+    ):
         raise bad('"totals" has no document and token counts')
     shards = m.get("shards")
     if not isinstance(shards, list):
@@ -107,17 +130,22 @@ def parse_manifest(data: bytes, path: str) -> dict:
             raise bad(f"shard {k} is not an object")
         name = s.get("name")
         if not isinstance(name, str) or not name_re.fullmatch(name) or name in seen:
-            raise bad(f"shard {k}: name {name!r} is not {mprefix!r} or {mprefix!r}_NNNNN (or is repeated)")
+            raise bad(
+                f"shard {k}: name {name!r} is not {mprefix!r} or {mprefix!r}_NNNNN (or is repeated)"
+            )
         seen.add(name)
         if not _is_count(s.get("documents")) or not _is_count(s.get("tokens")):
             raise bad(f"shard {name}: no document and token counts")
         files = s.get("files")
         want = {name + ext for ext in FORMAT_EXTS[fmt]}
         if not isinstance(files, dict) or set(files) != want:
-            raise bad(f"shard {name}: \"files\" must list exactly {sorted(want)}")
+            raise bad(f'shard {name}: "files" must list exactly {sorted(want)}')
         for fname, info in files.items():
-            if not isinstance(info, dict) or not _is_count(info.get("bytes")) \
-                    or not (isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"])):
+            if (
+                not isinstance(info, dict)
+                or not _is_count(info.get("bytes"))
+                or not (isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"]))
+            ):
                 raise bad(f"shard {name}: file {fname}: no byte count and SHA-256")
     # what `stats` prints (optional: sets written by merge/unpack have empty tables)
     st = m.get("statistics", {})
@@ -128,13 +156,23 @@ def parse_manifest(data: bytes, path: str) -> dict:
         if not isinstance(rows, dict):
             raise bad(f'"statistics.{table}" is not an object')
         for key, e in rows.items():
-            if not isinstance(e, dict) or not all(_is_count(e.get(c)) for c in ("documents", "bytes", "tokens")) \
-                    or not isinstance(e.get("bytes_per_token"), (int, float, type(None))) \
-                    or isinstance(e.get("bytes_per_token"), bool):
-                raise bad(f'"statistics.{table}" entry {key!r} has no document, byte and token counts')
+            if (
+                not isinstance(e, dict)
+                or not all(_is_count(e.get(c)) for c in ("documents", "bytes", "tokens"))
+                or not isinstance(e.get("bytes_per_token"), (int, float, type(None)))
+                or isinstance(e.get("bytes_per_token"), bool)
+            ):
+                raise bad(
+                    f'"statistics.{table}" entry {key!r} has no document, byte and token counts'
+                )
     sk = m.get("skipped", {"counts": {}, "total": 0, "first": []})
-    if not isinstance(sk, dict) or not isinstance(sk.get("counts"), dict) or not _is_count(sk.get("total")) \
-            or not isinstance(sk.get("first"), list) or not all(_is_count(v) for v in sk["counts"].values()):
+    if (
+        not isinstance(sk, dict)
+        or not isinstance(sk.get("counts"), dict)
+        or not _is_count(sk.get("total"))
+        or not isinstance(sk.get("first"), list)
+        or not all(_is_count(v) for v in sk["counts"].values())
+    ):
         raise bad('"skipped" has no counts, total and first records')
     if not isinstance(m.get("rwkv_lm_args", ""), (str, type(None))):
         raise bad('"rwkv_lm_args" is not text')
@@ -152,8 +190,11 @@ def shard_paths(prefix: str, m: dict) -> list:
     mprefix = m["output"]["prefix"]
     out = []
     for s in m["shards"]:
-        stem = prefix + s["name"][len(mprefix):]
-        files = {fname[len(s["name"]):]: (stem + fname[len(s["name"]):], info) for fname, info in s["files"].items()}
+        stem = prefix + s["name"][len(mprefix) :]
+        files = {
+            fname[len(s["name"]) :]: (stem + fname[len(s["name"]) :], info)
+            for fname, info in s["files"].items()
+        }
         out.append((stem, files, s))
     return out
 
@@ -166,8 +207,11 @@ def files_at(prefix: str) -> list:
         names = os.listdir(d or ".")
     except OSError:
         return []
-    return sorted(prefix + n[len(base):] for n in names
-                  if n.startswith(base) and _SET_FILE_SUFFIX.fullmatch(n[len(base):]))
+    return sorted(
+        prefix + n[len(base) :]
+        for n in names
+        if n.startswith(base) and _SET_FILE_SUFFIX.fullmatch(n[len(base) :])
+    )
 
 
 def unlisted_files(prefix: str, m: dict) -> list:
@@ -177,6 +221,7 @@ def unlisted_files(prefix: str, m: dict) -> list:
 
 
 # ----------------------------------------------------------------------------- writing a set
+
 
 def fsync_dir(path: str) -> None:
     try:
@@ -224,6 +269,7 @@ def publish(prefix: str, renames: list, manifest: dict, tmpdir: str) -> list:
 
 # ----------------------------------------------------------------------------- one writer per prefix
 
+
 class PrefixLock:
     """Exclusive lock of a prefix's work area PREFIX.work/ (`flock` on PREFIX.work/lock), held by a
     build (or merge/unpack) from before it plans until its set is published. A second writer of
@@ -236,7 +282,7 @@ class PrefixLock:
 
     def __init__(self, prefix: str, workdir: str = None):
         self.prefix = prefix
-        self.workdir = workdir or prefix + ".work"   # another folder: --work-dir of a URL --out
+        self.workdir = workdir or prefix + ".work"  # another folder: --work-dir of a URL --out
         self.path = os.path.join(self.workdir, "lock")
         self.fd = -1
 
@@ -247,13 +293,17 @@ class PrefixLock:
             except FileExistsError:
                 pass
             except OSError as e:
-                raise DataprepError(f"{self.workdir}: cannot create the work area: {e.strerror or e}") from None
+                raise DataprepError(
+                    f"{self.workdir}: cannot create the work area: {e.strerror or e}"
+                ) from None
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except FileNotFoundError:       # the work area was just removed by a writer that finished
+            except FileNotFoundError:  # the work area was just removed by a writer that finished
                 continue
             except OSError as e:
-                raise DataprepError(f"{self.path}: cannot create the lock of the work area: {e.strerror or e}") from None
+                raise DataprepError(
+                    f"{self.path}: cannot create the lock of the work area: {e.strerror or e}"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -265,9 +315,13 @@ class PrefixLock:
                     pass
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise DataprepError(f"{self.prefix}: another build, merge or unpack is writing this prefix "
-                                        f"({self.path} is locked{holder}); wait for it to end") from None
-                raise DataprepError(f"{self.path}: cannot lock the work area: {e.strerror or e}") from None
+                    raise DataprepError(
+                        f"{self.prefix}: another build, merge or unpack is writing this prefix "
+                        f"({self.path} is locked{holder}); wait for it to end"
+                    ) from None
+                raise DataprepError(
+                    f"{self.path}: cannot lock the work area: {e.strerror or e}"
+                ) from None
             # a writer that finishes renames its work area away before it unlocks: make sure the
             # file locked is still the one at the path
             try:
@@ -322,7 +376,7 @@ class PrefixLock:
     def __exit__(self, exc_type, exc, tb):
         if self.fd >= 0:
             if self.is_empty():
-                self.remove_workdir()       # nothing left here: leave no trace
+                self.remove_workdir()  # nothing left here: leave no trace
             os.close(self.fd)
             self.fd = -1
         return False

@@ -10,6 +10,7 @@
 This module sits below build.py (the pipeline) and engines.py (where tasks run); both import it,
 it imports neither.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,10 @@ def load_tokenizer(vocab_path: str) -> WorldTokenizer:
         except (OSError, ValueError) as e:
             raise DataprepError(f"--vocab {printable_path(vocab_path)}: {e}") from None
         if tok.n_vocab > 65536:
-            raise DataprepError(f"--vocab {printable_path(vocab_path)}: ids must fit uint16 "
-                                f"(n_vocab <= 65536), got n_vocab {tok.n_vocab}")
+            raise DataprepError(
+                f"--vocab {printable_path(vocab_path)}: ids must fit uint16 "
+                f"(n_vocab <= 65536), got n_vocab {tok.n_vocab}"
+            )
         _TOKENIZERS[key] = tok
     return tok
 
@@ -98,8 +101,10 @@ def load_done(workdir: str, task: dict):
 def check_record_task(task: dict, rec) -> None:
     """DataprepError when what a worker returned is not a completion record of this task."""
     if not isinstance(rec, dict) or rec.get("task") != task:
-        raise DataprepError(f"task {task['id']}: the worker returned a completion record for another task "
-                            f"(expected task {task['id']} of {task['path']})")
+        raise DataprepError(
+            f"task {task['id']}: the worker returned a completion record for another task "
+            f"(expected task {task['id']} of {task['path']})"
+        )
 
 
 def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dict:
@@ -118,7 +123,9 @@ def run_task(task: dict, options: dict, workdir: str, n_threads: int = 1) -> dic
     return res if res.get("error") else finish_task(task, res, workdir)
 
 
-def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, helper: Executor = None) -> dict:
+def tokenize_task(
+    task: dict, options: dict, workdir: str, n_threads: int = 1, helper: Executor = None
+) -> dict:
     """First half of run_task: the C pipeline writes task-N.tok.tmp / .meta.tmp.
 
     helper: a one-thread executor that runs the C call when called from the main thread (build()
@@ -126,7 +133,7 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
     stem = _task_stem(workdir, task)
     tok = load_tokenizer(options["vocab"])
     t0 = time.perf_counter()
-    columnar_task = task["format"] not in _C_RECORD_FORMATS   # Parquet, Arrow, records: columnar.py
+    columnar_task = task["format"] not in _C_RECORD_FORMATS  # Parquet, Arrow, records: columnar.py
     try:
         if columnar_task:
             res = columnar.tokenize(task, options, stem, tok.capsule, n_threads)
@@ -143,23 +150,44 @@ def tokenize_task(task: dict, options: dict, workdir: str, n_threads: int = 1, h
         return res
     _remove_tmp_parts(stem)
     if columnar_task:
-        return {"task": task, **{k: res[k] for k in ("error", "fail_line", "reason", "lines", "location")}}
+        return {
+            "task": task,
+            **{k: res[k] for k in ("error", "fail_line", "reason", "lines", "location")},
+        }
     if res["error"].startswith(task["path"] + ":"):
         # "path:LOCAL_LINE: reason" -> the caller turns the local line into a file line
-        rest = res["error"][len(task["path"]) + 1:]
+        rest = res["error"][len(task["path"]) + 1 :]
         line, _, reason = rest.partition(": ")
         if line.isdigit():
-            return {"task": task, "error": "bad_record", "fail_line": int(line), "reason": reason,
-                    "lines": res["lines"]}
+            return {
+                "task": task,
+                "error": "bad_record",
+                "fail_line": int(line),
+                "reason": reason,
+                "lines": res["lines"],
+            }
     raise OSError(res["error"])
 
 
-def _run_c_task(task: dict, options: dict, stem: str, tok, n_threads: int, helper: Executor) -> dict:
+def _run_c_task(
+    task: dict, options: dict, stem: str, tok, n_threads: int, helper: Executor
+) -> dict:
     """The C reader/tokenizer on a text input (dp_task.c) writing stem.tok.tmp / stem.meta.tmp."""
-    args = (tok, task["path"], task["format"], task["start"], 2**64 - 1 if task["end"] < 0 else task["end"],
-            options["text_field"], options["lang_field"] or None, options["repair_utf8"],
-            options["on_error"] == "fail", max(1, int(n_threads)), stem + ".tok.tmp", stem + ".meta.tmp",
-            options.get("batch_bytes", 0))
+    args = (
+        tok,
+        task["path"],
+        task["format"],
+        task["start"],
+        2**64 - 1 if task["end"] < 0 else task["end"],
+        options["text_field"],
+        options["lang_field"] or None,
+        options["repair_utf8"],
+        options["on_error"] == "fail",
+        max(1, int(n_threads)),
+        stem + ".tok.tmp",
+        stem + ".meta.tmp",
+        options.get("batch_bytes", 0),
+    )
     kwargs = {"codec": task["codec"], "lang": task.get("lang")}
     if threading.current_thread() is not threading.main_thread():
         return _dataprep.run_task(*args, **kwargs)
@@ -184,10 +212,12 @@ def _run_c_task(task: dict, options: dict, stem: str, tok, n_threads: int, helpe
             ex.shutdown(wait=True)
 
 
-PIPE_BYTES = 1 << 20   # the pipe between the fetch thread and the C reader (F_SETPIPE_SZ; Linux)
+PIPE_BYTES = 1 << 20  # the pipe between the fetch thread and the C reader (F_SETPIPE_SZ; Linux)
 
 
-def _run_c_task_on_object(task: dict, options: dict, stem: str, tok, n_threads: int, helper: Executor) -> dict:
+def _run_c_task_on_object(
+    task: dict, options: dict, stem: str, tok, n_threads: int, helper: Executor
+) -> dict:
     """The C reader/tokenizer on an object-store input (s3://, gs://, ...): a fetch thread reads the
     task's bytes (the whole object, or the byte range of a range task, which the plan cut right
     after a newline) with storage.open_read's ranged reads and read-ahead, and writes them into a
@@ -196,14 +226,20 @@ def _run_c_task_on_object(task: dict, options: dict, stem: str, tok, n_threads: 
     pipe, and the local-file path is untouched. Errors of the C reader name the URL; a failed fetch
     raises (the C reader's end-of-input then is not taken for the end of the object)."""
     url = task["path"]
-    reader = storage.open_read(url, options.get("storage_options"), start=task["start"],
-                               end=None if task["end"] < 0 else task["end"], size=task.get("input_bytes"))
+    reader = storage.open_read(
+        url,
+        options.get("storage_options"),
+        start=task["start"],
+        end=None if task["end"] < 0 else task["end"],
+        size=task.get("input_bytes"),
+    )
     r, w = os.pipe()
     try:
         import fcntl
+
         fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
     except (ImportError, OSError):
-        pass   # the default pipe size works too (more, smaller writes)
+        pass  # the default pipe size works too (more, smaller writes)
     failure = []
 
     def feed():
@@ -216,10 +252,10 @@ def _run_c_task_on_object(task: dict, options: dict, stem: str, tok, n_threads: 
                         break
                     view = memoryview(buf)[:n]
                     while view:
-                        view = view[os.write(w, view):]
+                        view = view[os.write(w, view) :]
         except BrokenPipeError:
-            pass   # the C reader stopped early (a bad record, an error, Ctrl-C): it says why
-        except BaseException as e:   # noqa: BLE001 (raised by the caller below)
+            pass  # the C reader stopped early (a bad record, an error, Ctrl-C): it says why
+        except BaseException as e:  # noqa: BLE001 (raised by the caller below)
             failure.append(e)
         finally:
             os.close(w)
@@ -228,9 +264,11 @@ def _run_c_task_on_object(task: dict, options: dict, stem: str, tok, n_threads: 
     feeder.start()
     fd_path = f"/dev/fd/{r}"
     try:
-        res = _run_c_task(dict(task, path=fd_path, start=0, end=-1), options, stem, tok, n_threads, helper)
+        res = _run_c_task(
+            dict(task, path=fd_path, start=0, end=-1), options, stem, tok, n_threads, helper
+        )
     finally:
-        os.close(r)   # a feeder blocked on a full pipe gets EPIPE and ends
+        os.close(r)  # a feeder blocked on a full pipe gets EPIPE and ends
         feeder.join()
     if failure:
         raise failure[0]
@@ -253,20 +291,32 @@ def check_unchanged(task: dict, storage_options: dict = None) -> None:
             raise DataprepError(f"{path}: the input disappeared during the build") from None
         now = fp.get("etag") or fp.get("mtime") or ""
         if fp["bytes"] != task["input_bytes"] or now != task.get("input_etag", now):
-            what = (f"{task['input_bytes']} bytes when the build started, {fp['bytes']} now"
-                    if fp["bytes"] != task["input_bytes"] else "its ETag changed")
-            raise DataprepError(f"{path}: the input changed during the build ({what}); "
-                                f"its documents may be incomplete; rerun when it no longer changes")
+            what = (
+                f"{task['input_bytes']} bytes when the build started, {fp['bytes']} now"
+                if fp["bytes"] != task["input_bytes"]
+                else "its ETag changed"
+            )
+            raise DataprepError(
+                f"{path}: the input changed during the build ({what}); "
+                f"its documents may be incomplete; rerun when it no longer changes"
+            )
         return
     try:
         st = os.stat(path)
     except OSError as e:
-        raise DataprepError(f"{path}: the input disappeared during the build ({e.strerror})") from None
+        raise DataprepError(
+            f"{path}: the input disappeared during the build ({e.strerror})"
+        ) from None
     if st.st_size != task["input_bytes"] or st.st_mtime_ns != task["input_mtime_ns"]:
-        what = (f"{task['input_bytes']} bytes when the build started, {st.st_size} now"
-                if st.st_size != task["input_bytes"] else "its modification time changed")
-        raise DataprepError(f"{path}: the input changed during the build ({what}); "
-                            f"its documents may be incomplete; rerun when it no longer changes")
+        what = (
+            f"{task['input_bytes']} bytes when the build started, {st.st_size} now"
+            if st.st_size != task["input_bytes"]
+            else "its modification time changed"
+        )
+        raise DataprepError(
+            f"{path}: the input changed during the build ({what}); "
+            f"its documents may be incomplete; rerun when it no longer changes"
+        )
 
 
 def _remove_tmp_parts(stem: str) -> None:
@@ -288,9 +338,26 @@ def finish_task(task: dict, res: dict, workdir: str) -> dict:
         tmp = f"{stem}.{ext}.tmp"
         parts[ext] = {"bytes": os.path.getsize(tmp), "sha256": sha256_file(tmp)}
         os.replace(tmp, f"{stem}.{ext}")
-    rec = {"task": task, "parts": parts, "seconds": res["seconds"],
-           **{k: res[k] for k in ("lines", "docs", "tokens", "text_bytes", "input_bytes", "blank_lines",
-                                  "repaired_docs", "skipped", "listed", "langs")}}
+    rec = {
+        "task": task,
+        "parts": parts,
+        "seconds": res["seconds"],
+        **{
+            k: res[k]
+            for k in (
+                "lines",
+                "docs",
+                "tokens",
+                "text_bytes",
+                "input_bytes",
+                "blank_lines",
+                "repaired_docs",
+                "skipped",
+                "listed",
+                "langs",
+            )
+        },
+    }
     _write_json_atomic(stem + ".done.json", rec, sync=False)
     return rec
 
@@ -316,7 +383,11 @@ def check_workers(workers) -> int:
     """--workers: None means the CPUs this process may use; otherwise 1..MAX_WORKERS (0 is refused:
     omit the option for all CPUs)."""
     if workers is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
     return _int_option("--workers", workers, 1, MAX_WORKERS)
 
 

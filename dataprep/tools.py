@@ -1,5 +1,6 @@
 """Readers and maintenance commands for data-prep outputs: open_shards, inspect, verify, stats,
 merge (binidx sets), unpack (zst -> binidx)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,16 @@ from . import remote
 from .build import magic_prime, magic_prime_line
 from .errors import DataprepError
 from .formats import BinIdx, FormatError, ZstShard, sha256_file, write_idx
-from .sets import (MANIFEST_SUFFIX, _SET_FILE_SUFFIX, manifest_path, parse_manifest, read_manifest,
-                   read_manifest_bytes, shard_paths, unlisted_files)
+from .sets import (
+    MANIFEST_SUFFIX,
+    _SET_FILE_SUFFIX,
+    manifest_path,
+    parse_manifest,
+    read_manifest,
+    read_manifest_bytes,
+    shard_paths,
+    unlisted_files,
+)
 from .tasks import default_vocab, load_tokenizer
 
 
@@ -43,8 +52,10 @@ def _open_shard(stem: str, files: dict, entry: dict, fmt: str):
             if have[ext] != info["bytes"]:
                 raise DataprepError(f"{path}: {have[ext]} bytes, the manifest says {info['bytes']}")
         if len(sh) != entry["documents"] or sh.n_tokens != entry["tokens"]:
-            raise DataprepError(f"{stem}: {len(sh)} documents / {sh.n_tokens} tokens, the manifest says "
-                                f"{entry['documents']} / {entry['tokens']}")
+            raise DataprepError(
+                f"{stem}: {len(sh)} documents / {sh.n_tokens} tokens, the manifest says "
+                f"{entry['documents']} / {entry['tokens']}"
+            )
     except BaseException:
         if hasattr(sh, "close"):
             sh.close()
@@ -66,8 +77,12 @@ class ShardSet:
 
     def __init__(self, prefix: str, bare_binidx: bool = False):
         self.prefix = prefix
-        if bare_binidx and not os.path.exists(manifest_path(prefix)) and os.path.exists(prefix + ".idx") \
-                and not os.path.isdir(prefix + ".work"):
+        if (
+            bare_binidx
+            and not os.path.exists(manifest_path(prefix))
+            and os.path.exists(prefix + ".idx")
+            and not os.path.isdir(prefix + ".work")
+        ):
             self.manifest, self._manifest_bytes, self.format = None, None, "binidx"
             self.shards, self.stems = [BinIdx(prefix)], [prefix]
             self._starts = np.cumsum([0, len(self.shards[0])])
@@ -86,7 +101,9 @@ class ShardSet:
                         sh.close()
                 if _manifest_unchanged(prefix, data):
                     if isinstance(e, FileNotFoundError):
-                        raise DataprepError(f"{e.filename}: missing (listed in {manifest_path(prefix)})") from None
+                        raise DataprepError(
+                            f"{e.filename}: missing (listed in {manifest_path(prefix)})"
+                        ) from None
                     if isinstance(e, OSError):
                         raise DataprepError(f"{e.filename}: {e.strerror or e}") from None
                     raise
@@ -97,8 +114,10 @@ class ShardSet:
                 if hasattr(sh, "close"):
                     sh.close()
         else:
-            raise DataprepError(f"{prefix}: the set was replaced {_OPEN_ATTEMPTS} times while it was being opened "
-                                f"(a build is rewriting it); try again when it ends")
+            raise DataprepError(
+                f"{prefix}: the set was replaced {_OPEN_ATTEMPTS} times while it was being opened "
+                f"(a build is rewriting it); try again when it ends"
+            )
         self.manifest = m
         self._manifest_bytes = data
         self.format = fmt
@@ -125,7 +144,7 @@ class ShardSet:
         for s in self.shards:
             if hasattr(s, "close"):
                 s.close()
-        if getattr(self, "_staged", None):   # the local copy of a set read from a URL
+        if getattr(self, "_staged", None):  # the local copy of a set read from a URL
             shutil.rmtree(self._staged, ignore_errors=True)
             self._staged = None
 
@@ -136,7 +155,7 @@ class ShardSet:
         self.close()
 
     def __del__(self):
-        if getattr(self, "_staged", None):   # a set from a URL not closed: its local copy still goes
+        if getattr(self, "_staged", None):  # a set from a URL not closed: its local copy still goes
             shutil.rmtree(self._staged, ignore_errors=True)
 
 
@@ -172,16 +191,19 @@ def open_shards(prefix: str, bare_binidx: bool = False) -> ShardSet:
 
 # ----------------------------------------------------------------------------- sets at a URL
 
+
 def _stage_set(prefix: str, tmp: str, manifest_only: bool = False) -> str:
     """Copy the set at the URL prefix (its manifest and the files at the prefix that a set could
     own: PREFIX.bin/.idx/.zst, PREFIX_NNNNN.*) into the folder tmp, streamed in ranged reads;
     returns the local prefix. The readers then run on the copy exactly as on a local set."""
     base = prefix.rstrip("/").rsplit("/", 1)[-1]
     if not base or prefix.endswith("/"):
-        raise DataprepError(f"{prefix}: is a prefix of objects ending in '/'; give the set's PREFIX "
-                            f"(the --out of its build, e.g. {prefix.rstrip('/')}/train)")
+        raise DataprepError(
+            f"{prefix}: is a prefix of objects ending in '/'; give the set's PREFIX "
+            f"(the --out of its build, e.g. {prefix.rstrip('/')}/train)"
+        )
     for url in storage.glob(prefix + "*"):
-        rest = url[len(prefix):]
+        rest = url[len(prefix) :]
         if rest == MANIFEST_SUFFIX or (not manifest_only and _SET_FILE_SUFFIX.fullmatch(rest)):
             with storage.open_read(url) as src, open(os.path.join(tmp, base + rest), "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -209,12 +231,16 @@ def _url_set(prefix: str, manifest_only: bool = False):
     parent = prefix.rstrip("/").rsplit("/", 1)[0] + "/"
     try:
         with _from_url(prefix, tmp):
-            yield _stage_set(prefix, tmp, manifest_only), (lambda text: text.replace(tmp + os.sep, parent))
+            yield (
+                _stage_set(prefix, tmp, manifest_only),
+                (lambda text: text.replace(tmp + os.sep, parent)),
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- verify
+
 
 def verify(prefix: str, vocab: str = None) -> list:
     """Check an output set against its manifest: file sizes and SHA-256, format structure,
@@ -231,8 +257,10 @@ def verify(prefix: str, vocab: str = None) -> list:
     stray = unlisted_files(prefix, m)
     if stray:
         more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
-        raise DataprepError(f"{prefix}: {len(stray)} file(s) at the prefix that its manifest does not list "
-                            f"(left from another set? remove them): {', '.join(stray[:5])}{more}")
+        raise DataprepError(
+            f"{prefix}: {len(stray)} file(s) at the prefix that its manifest does not list "
+            f"(left from another set? remove them): {', '.join(stray[:5])}{more}"
+        )
     report = []
     tot_docs = tot_tokens = 0
     for stem, files, s in shard_paths(prefix, m):
@@ -240,7 +268,9 @@ def verify(prefix: str, vocab: str = None) -> list:
             if not os.path.exists(p):
                 raise DataprepError(f"{p}: missing")
             if os.path.getsize(p) != info["bytes"]:
-                raise DataprepError(f"{p}: {os.path.getsize(p)} bytes, the manifest says {info['bytes']}")
+                raise DataprepError(
+                    f"{p}: {os.path.getsize(p)} bytes, the manifest says {info['bytes']}"
+                )
             if sha256_file(p) != info["sha256"]:
                 raise DataprepError(f"{p}: SHA-256 differs from the manifest")
         try:
@@ -249,7 +279,9 @@ def verify(prefix: str, vocab: str = None) -> list:
             raise DataprepError(str(e)) from None
         try:
             if len(shard) != s["documents"]:
-                raise DataprepError(f"{stem}: {len(shard)} documents, the manifest says {s['documents']}")
+                raise DataprepError(
+                    f"{stem}: {len(shard)} documents, the manifest says {s['documents']}"
+                )
             if isinstance(shard, BinIdx):
                 if not np.array_equal(shard.doc_idx, np.arange(len(shard) + 1)):
                     raise DataprepError(f"{stem}.idx: doc_idx is not [0, 1, ..., {len(shard)}]")
@@ -263,7 +295,9 @@ def verify(prefix: str, vocab: str = None) -> list:
             if ntok != s["tokens"]:
                 raise DataprepError(f"{stem}: {ntok} tokens, the manifest says {s['tokens']}")
             if len(sizes) and sizes.min() < 1:
-                raise DataprepError(f"{stem}: an empty document (every document has at least its 0)")
+                raise DataprepError(
+                    f"{stem}: an empty document (every document has at least its 0)"
+                )
             ends = np.cumsum(sizes) - 1
             # stream the tokens in blocks: max id, the 0 positions must be exactly the document ends
             block = 1 << 24
@@ -273,7 +307,9 @@ def verify(prefix: str, vocab: str = None) -> list:
                 t = np.asarray(toks[a:b]) if toks is not None else shard.tokens(a, b)
                 if len(t) and int(t.max()) >= n_vocab:
                     bad = a + int(np.argmax(t >= n_vocab))
-                    raise DataprepError(f"{stem}: token {int(t[bad - a])} at position {bad} is >= n_vocab {n_vocab}")
+                    raise DataprepError(
+                        f"{stem}: token {int(t[bad - a])} at position {bad} is >= n_vocab {n_vocab}"
+                    )
                 zero_pos.append(np.flatnonzero(t == 0) + a)
             zero_pos = np.concatenate(zero_pos) if zero_pos else np.zeros(0, np.int64)
             if not np.array_equal(zero_pos, ends):
@@ -283,53 +319,85 @@ def verify(prefix: str, vocab: str = None) -> list:
                 shard.close()
         tot_docs += s["documents"]
         tot_tokens += s["tokens"]
-        report.append(f"ok {os.path.basename(stem)}: {s['documents']} documents, {s['tokens']} tokens")
+        report.append(
+            f"ok {os.path.basename(stem)}: {s['documents']} documents, {s['tokens']} tokens"
+        )
     if tot_docs != m["totals"]["documents"] or tot_tokens != m["totals"]["tokens"]:
-        raise DataprepError(f"{prefix}: shards hold {tot_docs} documents / {tot_tokens} tokens, the manifest "
-                            f"totals say {m['totals']['documents']} / {m['totals']['tokens']}")
-    report.append(f"ok {prefix}: {tot_docs} documents, {tot_tokens} tokens in {len(m['shards'])} shard(s)")
+        raise DataprepError(
+            f"{prefix}: shards hold {tot_docs} documents / {tot_tokens} tokens, the manifest "
+            f"totals say {m['totals']['documents']} / {m['totals']['tokens']}"
+        )
+    report.append(
+        f"ok {prefix}: {tot_docs} documents, {tot_tokens} tokens in {len(m['shards'])} shard(s)"
+    )
     return report
 
 
 # ----------------------------------------------------------------------------- stats
 
+
 def stats_table(prefix: str) -> str:
-    if storage.is_url(prefix):   # only the manifest is read
+    if storage.is_url(prefix):  # only the manifest is read
         with _url_set(prefix, manifest_only=True) as (local, spell):
             return spell(stats_table(local)).replace(local, prefix)
     m = read_manifest(prefix)
     try:
         return _stats_table(prefix, m)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise DataprepError(f"{manifest_path(prefix)}: malformed statistics or skipped records ({type(e).__name__}: {e})") from None
+        raise DataprepError(
+            f"{manifest_path(prefix)}: malformed statistics or skipped records ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _stats_table(prefix: str, m: dict) -> str:
     lines = []
     t = m["totals"]
-    lines.append(f"{prefix}: {t['documents']} documents, {t['tokens']} tokens, format {m['output']['format']}, "
-                 f"{len(m['shards'])} shard(s)")
-    for title, table in (("script", m["statistics"]["per_script"]), ("language", m["statistics"]["per_language"])):
+    lines.append(
+        f"{prefix}: {t['documents']} documents, {t['tokens']} tokens, format {m['output']['format']}, "
+        f"{len(m['shards'])} shard(s)"
+    )
+    for title, table in (
+        ("script", m["statistics"]["per_script"]),
+        ("language", m["statistics"]["per_language"]),
+    ):
         if not table:
             continue
         lines.append("")
-        lines.append(f"{title:<18} {'documents':>12} {'bytes':>15} {'tokens':>15} {'bytes/token':>12}")
+        lines.append(
+            f"{title:<18} {'documents':>12} {'bytes':>15} {'tokens':>15} {'bytes/token':>12}"
+        )
         for k, e in sorted(table.items(), key=lambda kv: -kv[1]["tokens"]):
             bpt = f"{e['bytes_per_token']:.3f}" if e["bytes_per_token"] is not None else "-"
-            lines.append(f"{k[:18]:<18} {e['documents']:>12} {e['bytes']:>15} {e['tokens']:>15} {bpt:>12}")
+            lines.append(
+                f"{k[:18]:<18} {e['documents']:>12} {e['bytes']:>15} {e['tokens']:>15} {bpt:>12}"
+            )
     mix = m.get("mix")
     if mix:
-        how = (f"temperature {mix['temperature']:g}" if mix["method"] == "temperature"
-               else "weights " + ",".join(f"{k}={v:g}" for k, v in mix["weights"].items())
-               + (f", others {mix['default_weight']:g}" if mix.get("default_weight") is not None else ", others dropped"))
+        how = (
+            f"temperature {mix['temperature']:g}"
+            if mix["method"] == "temperature"
+            else "weights "
+            + ",".join(f"{k}={v:g}" for k, v in mix["weights"].items())
+            + (
+                f", others {mix['default_weight']:g}"
+                if mix.get("default_weight") is not None
+                else ", others dropped"
+            )
+        )
         lines.append("")
-        lines.append(f"mix ({how}; {mix['output_tokens']} of {mix['requested_tokens']} tokens requested, "
-                     f"max {mix['max_epochs']:g} epochs, seed {mix['seed']})")
-        lines.append(f"{'language':<18} {'input tokens':>15} {'input share':>12} {'target share':>13} "
-                     f"{'realized share':>15} {'epochs':>8} {'shortfall':>11}")
+        lines.append(
+            f"mix ({how}; {mix['output_tokens']} of {mix['requested_tokens']} tokens requested, "
+            f"max {mix['max_epochs']:g} epochs, seed {mix['seed']})"
+        )
+        lines.append(
+            f"{'language':<18} {'input tokens':>15} {'input share':>12} {'target share':>13} "
+            f"{'realized share':>15} {'epochs':>8} {'shortfall':>11}"
+        )
         for k, e in mix["languages"].items():
-            lines.append(f"{k[:18]:<18} {e['input_tokens']:>15} {e['input_share']:>12.4f} {e['target_share']:>13.4f} "
-                         f"{e['realized_share']:>15.4f} {e['epochs']:>8.2f} {e['shortfall_tokens']:>11}")
+            lines.append(
+                f"{k[:18]:<18} {e['input_tokens']:>15} {e['input_share']:>12.4f} {e['target_share']:>13.4f} "
+                f"{e['realized_share']:>15.4f} {e['epochs']:>8.2f} {e['shortfall_tokens']:>11}"
+            )
     sk = m["skipped"]
     if sk["total"]:
         lines.append("")
@@ -343,6 +411,7 @@ def _stats_table(prefix: str, m: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- inspect
+
 
 def _vocab_of(prefix: str, m) -> str:
     """The vocab file a set's ids belong to: the manifest's vocab path or the default vocab, the one
@@ -358,8 +427,10 @@ def _vocab_of(prefix: str, m) -> str:
             continue
         if isinstance(path, str) and os.path.isfile(path) and sha256_file(path) == want:
             return path
-    raise DataprepError(f"{prefix}: built with a vocab (SHA-256 {want[:12]}...) found neither at {recorded} nor "
-                        f"as the default World vocab; pass --vocab PATH")
+    raise DataprepError(
+        f"{prefix}: built with a vocab (SHA-256 {want[:12]}...) found neither at {recorded} nor "
+        f"as the default World vocab; pass --vocab PATH"
+    )
 
 
 def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -> list:
@@ -374,17 +445,21 @@ def inspect_docs(prefix: str, doc: int = 0, count: int = 3, vocab: str = None) -
             raise DataprepError(f"--doc {doc}: out of range (the set has {n} documents)")
         for i in range(doc, min(n, doc + count)):
             ids = s[i]
-            text = tok.decode_bytes(ids[ids != 0]).decode("utf-8", errors="replace")   # 0 ends a document
+            text = tok.decode_bytes(ids[ids != 0]).decode(
+                "utf-8", errors="replace"
+            )  # 0 ends a document
             out.append((i, len(ids), text))
     return out
 
 
 # ----------------------------------------------------------------------------- merge / unpack
 
+
 def _check_output_prefix(out, inputs: Sequence[str]) -> str:
     """The --out prefix of merge/unpack: a valid prefix (build.check_out_prefix) that is none of
     the sets it reads (writing there would replace a set, and its manifest, while it is read)."""
     from .build import check_out_prefix
+
     out = check_out_prefix(out)
     for p in inputs:
         if storage.is_url(out) or storage.is_url(os.fspath(p)):
@@ -401,12 +476,16 @@ def _tokenizer_of(sets: list) -> dict:
     first_p, first = sets[0]
     for p, m in sets:
         if not m["tokenizer"].get("vocab_sha256"):
-            raise DataprepError(f"{p}: its manifest records no vocab SHA-256; cannot tell which vocab its ids belong to")
+            raise DataprepError(
+                f"{p}: its manifest records no vocab SHA-256; cannot tell which vocab its ids belong to"
+            )
     for p, m in sets[1:]:
         if m["tokenizer"]["vocab_sha256"] != first["tokenizer"]["vocab_sha256"]:
-            raise DataprepError(f"{p}: built with another vocab than {first_p} (vocab SHA-256 "
-                                f"{m['tokenizer']['vocab_sha256'][:12]}... vs {first['tokenizer']['vocab_sha256'][:12]}...); "
-                                f"sets of different vocabs cannot be merged")
+            raise DataprepError(
+                f"{p}: built with another vocab than {first_p} (vocab SHA-256 "
+                f"{m['tokenizer']['vocab_sha256'][:12]}... vs {first['tokenizer']['vocab_sha256'][:12]}...); "
+                f"sets of different vocabs cannot be merged"
+            )
     return dict(first["tokenizer"])
 
 
@@ -424,15 +503,27 @@ def merge_binidx(prefixes: Sequence[str], out: str) -> dict:
             s = open_shards(p)
             opened.append(s)
             if s.format != "binidx":
-                raise DataprepError(f"{p}: merge takes binidx sets (use unpack for zst shards first)")
+                raise DataprepError(
+                    f"{p}: merge takes binidx sets (use unpack for zst shards first)"
+                )
         tokenizer = _tokenizer_of([(s.prefix, s.manifest) for s in opened])
         srcs = [st + ".bin" for s in opened for st in s.stems]
         all_sizes = [b.sizes.astype(np.int64) for s in opened for b in s.shards]
         sizes = np.concatenate(all_sizes) if all_sizes else np.zeros(0, np.int64)
-        ranges = np.array([[i, 0, 2 * int(sz.sum())] for i, sz in enumerate(all_sizes)], dtype=np.int64).reshape(-1, 3)
+        ranges = np.array(
+            [[i, 0, 2 * int(sz.sum())] for i, sz in enumerate(all_sizes)], dtype=np.int64
+        ).reshape(-1, 3)
         with remote.staging(out) as lock:
-            m = _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer,
-                               {"merged_from": [p if storage.is_url(p) else os.path.abspath(p) for p in prefixes]}, opened)
+            m = _finish_binidx(
+                lock,
+                out,
+                srcs,
+                ranges,
+                sizes,
+                tokenizer,
+                {"merged_from": [p if storage.is_url(p) else os.path.abspath(p) for p in prefixes]},
+                opened,
+            )
             lock.remove_workdir()
         return m
     finally:
@@ -458,8 +549,16 @@ def unpack(prefix: str, out: str) -> dict:
                     sizes.append(sh.sizes)
             sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
             ranges = np.array([[0, 0, os.path.getsize(tmp_stream)]], dtype=np.int64)
-            m = _finish_binidx(lock, out, [tmp_stream], ranges, sizes, tokenizer,
-                               {"unpacked_from": prefix if storage.is_url(prefix) else os.path.abspath(prefix)}, [])
+            m = _finish_binidx(
+                lock,
+                out,
+                [tmp_stream],
+                ranges,
+                sizes,
+                tokenizer,
+                {"unpacked_from": prefix if storage.is_url(prefix) else os.path.abspath(prefix)},
+                [],
+            )
             lock.remove_workdir()
         return m
     finally:
@@ -471,12 +570,15 @@ def _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer, extra, inputs) -> 
     their manifest. `inputs` (ShardSets whose files srcs name) must not have been replaced
     while they were copied."""
     from .build import _copy
+
     name = os.path.basename(out)
     tmp = {ext: os.path.join(lock.workdir, name + ext + ".tmp") for ext in (".bin", ".idx")}
     _copy(tmp[".bin"], srcs, ranges)
     for s in inputs:
         if not _manifest_unchanged(s.prefix, s._manifest_bytes):
-            raise DataprepError(f"{s.prefix}: the set was rewritten while it was being read; run again")
+            raise DataprepError(
+                f"{s.prefix}: the set was rewritten while it was being read; run again"
+            )
     write_idx(tmp[".idx"], sizes)
     files = {}
     for ext in (".bin", ".idx"):
@@ -484,16 +586,35 @@ def _finish_binidx(lock, out, srcs, ranges, sizes, tokenizer, extra, inputs) -> 
             os.fsync(f.fileno())
         files[name + ext] = {"bytes": os.path.getsize(tmp[ext]), "sha256": sha256_file(tmp[ext])}
     ntok = int(sizes.sum())
-    m = {"format": "rwkv5-dataprep-manifest", "version": 1,
-         "output": {"prefix": name, "format": "binidx", "sharded": False, "dtype": "uint16", "eot_token": 0},
-         "tokenizer": tokenizer,
-         "totals": {"documents": int(len(sizes)), "tokens": ntok},
-         "shards": [{"name": name, "documents": int(len(sizes)), "tokens": ntok, "files": files}],
-         "statistics": {"per_script": {}, "per_language": {}}, "skipped": {"counts": {}, "total": 0, "first": []},
-         **extra}
+    m = {
+        "format": "rwkv5-dataprep-manifest",
+        "version": 1,
+        "output": {
+            "prefix": name,
+            "format": "binidx",
+            "sharded": False,
+            "dtype": "uint16",
+            "eot_token": 0,
+        },
+        "tokenizer": tokenizer,
+        "totals": {"documents": int(len(sizes)), "tokens": ntok},
+        "shards": [{"name": name, "documents": int(len(sizes)), "tokens": ntok, "files": files}],
+        "statistics": {"per_script": {}, "per_language": {}},
+        "skipped": {"counts": {}, "total": 0, "first": []},
+        **extra,
+    }
     remote.publish_set(out, [(tmp[ext], out + ext) for ext in (".bin", ".idx")], m, lock.workdir)
     return m
 
 
-__all__ = ["open_shards", "ShardSet", "verify", "stats_table", "inspect_docs", "merge_binidx", "unpack",
-           "magic_prime", "magic_prime_line"]
+__all__ = [
+    "open_shards",
+    "ShardSet",
+    "verify",
+    "stats_table",
+    "inspect_docs",
+    "merge_binidx",
+    "unpack",
+    "magic_prime",
+    "magic_prime_line",
+]

@@ -6,6 +6,7 @@ multilingual training-data preparation, with a C core.
     >>> tok = rwkv5.tokenizer.WorldTokenizer()
     >>> logits, state = model.forward(tok.encode("The capital of France is"))
 """
+
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
@@ -19,7 +20,21 @@ __all__ = ["Model", "State", "ModelConfig", "load", "ops", "set_num_threads", "g
 # Every public submodule is reachable as an attribute after a bare `import rwkv5`, the way
 # `rwkv5.ops` is; those not imported above are imported on first use (module __getattr__), so
 # `import rwkv5` stays as cheap as it was.
-SUBMODULES = ("dataprep", "demo", "formats", "generation", "loading", "model", "ops", "reference", "saving",
-              "scoring", "storage", "testing", "tiny", "tokenizer")
+SUBMODULES = (
+    "dataprep",
+    "demo",
+    "formats",
+    "generation",
+    "loading",
+    "model",
+    "ops",
+    "reference",
+    "saving",
+    "scoring",
+    "storage",
+    "testing",
+    "tiny",
+    "tokenizer",
+)
 
 __getattr__, __dir__ = lazy_submodules(globals(), SUBMODULES)

@@ -7,6 +7,7 @@ Values are raw as RWKV-LM stores them: `time_decay` is d (w = exp(-exp(d))), `ti
 bonus u used as is, `time_first` is ln u (5.0 only). Arrays may be float16/float32/float64 or
 uint16 holding raw bfloat16 bits (NumPy has no bfloat16).
 """
+
 from __future__ import annotations
 
 import re
@@ -22,14 +23,14 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 @dataclass(frozen=True)
 class Architecture:
-    version: str          # "5.0", "5.1", "5.2"
+    version: str  # "5.0", "5.1", "5.2"
     n_layer: int
-    n_embd: int           # C
-    n_head: int           # H
-    head_size: int        # N  (A = H*N)
-    n_ffn: int            # F
-    vocab_size: int       # V
-    bonus: str            # "time_faaaa" (u raw) or "time_first" (u = exp(time_first))
+    n_embd: int  # C
+    n_head: int  # H
+    head_size: int  # N  (A = H*N)
+    n_ffn: int  # F
+    vocab_size: int  # V
+    bonus: str  # "time_faaaa" (u raw) or "time_first" (u = exp(time_first))
 
     @property
     def dim_att(self) -> int:
@@ -38,11 +39,12 @@ class Architecture:
 
 class Param(NamedTuple):
     """One row of the C parameter table (`rwkv5._model.PARAMS`, csrc/model/params.c)."""
-    name: str           # RWKV-LM name; for a per-layer one the part after "blocks.{i}."
+
+    name: str  # RWKV-LM name; for a per-layer one the part after "blocks.{i}."
     per_layer: bool
-    kind: str           # "matrix"; "vector" (float32); "decay" (ln w per channel, float64); "bonus" (u per channel)
-    dims: tuple         # the shape in the model, in terms of "C", "A", "F", "V"
-    gate_only: bool     # only in gated models (5.1, 5.2)
+    kind: str  # "matrix"; "vector" (float32); "decay" (ln w per channel, float64); "bonus" (u per channel)
+    dims: tuple  # the shape in the model, in terms of "C", "A", "F", "V"
+    gate_only: bool  # only in gated models (5.1, 5.2)
 
     def shape(self, arch: Architecture) -> tuple:
         size = {"C": arch.n_embd, "A": arch.dim_att, "F": arch.n_ffn, "V": arch.vocab_size}
@@ -79,7 +81,9 @@ def float32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
     rounded = ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
     nan = np.isnan(np.asarray(a, np.float32))
     if nan.any():
-        rounded[nan] = ((u[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)   # keep sign, force quiet NaN
+        rounded[nan] = ((u[nan] >> 16) | np.uint32(0x0040)).astype(
+            np.uint16
+        )  # keep sign, force quiet NaN
     return rounded
 
 
@@ -99,7 +103,9 @@ def as_float(a, dtype=np.float64) -> np.ndarray:
     if a.dtype == np.uint16:
         return bf16_bits_to_float32(a).astype(dtype, copy=False)
     if a.dtype not in (np.float16, np.float32, np.float64):
-        raise TypeError(f"tensor dtype must be float16, float32, float64 or uint16 (bf16 bits), got {a.dtype}")
+        raise TypeError(
+            f"tensor dtype must be float16, float32, float64 or uint16 (bf16 bits), got {a.dtype}"
+        )
     return a.astype(dtype, copy=False)
 
 
@@ -142,10 +148,17 @@ def detect_architecture(sd) -> Architecture:
         raise ValueError(f"tensor 'emb.weight': expected shape (V, C), got {es}")
     V, C = es
     ks = _shape(sd, "blocks.0.att.key.weight")
-    if len(ks) == 2 and ks[1] != C and "blocks.0.ln1.weight" in sd and _squeezed(_shape(sd, "blocks.0.ln1.weight")) == (ks[1],):
+    if (
+        len(ks) == 2
+        and ks[1] != C
+        and "blocks.0.ln1.weight" in sd
+        and _squeezed(_shape(sd, "blocks.0.ln1.weight")) == (ks[1],)
+    ):
         # two tensors say n_embd = ks[1]: the embedding is the odd one out (e.g. stored transposed)
-        raise ValueError(f"tensor 'emb.weight': expected shape (V, {ks[1]}) (n_embd {ks[1]} from "
-                         f"'blocks.0.att.key.weight' and 'blocks.0.ln1.weight'), got {es}")
+        raise ValueError(
+            f"tensor 'emb.weight': expected shape (V, {ks[1]}) (n_embd {ks[1]} from "
+            f"'blocks.0.att.key.weight' and 'blocks.0.ln1.weight'), got {es}"
+        )
     if len(ks) != 2 or ks[1] != C:
         raise ValueError(f"tensor 'blocks.0.att.key.weight': expected shape (A, {C}), got {ks}")
     A = ks[0]
@@ -154,7 +167,9 @@ def detect_architecture(sd) -> Architecture:
         raise ValueError(f"tensor 'blocks.0.ffn.key.weight': expected shape (F, {C}), got {fs}")
     F = fs[0]
     if "blocks.0.att.ln_x.weight" not in sd:
-        raise ValueError("state dict is missing tensor 'blocks.0.att.ln_x.weight' (not an RWKV-5 checkpoint?)")
+        raise ValueError(
+            "state dict is missing tensor 'blocks.0.att.ln_x.weight' (not an RWKV-5 checkpoint?)"
+        )
     if any(".time_maa" in k for k in sd.keys()):
         raise ValueError("state dict has 'time_maa' tensors: an RWKV-6 checkpoint, not RWKV-5")
 
@@ -162,32 +177,40 @@ def detect_architecture(sd) -> Architecture:
     # Only trailing unit dims are dropped (pip/rwkv.cpp add them): a single-head 5.2 model has
     # time_decay (1, N), which full squeezing would misread as N heads.
     ds = _strip_trailing_ones(_shape(sd, "blocks.0.att.time_decay"))
-    if len(ds) == 1:                 # one decay per head
+    if len(ds) == 1:  # one decay per head
         H = ds[0]
         per_channel = False
-    elif len(ds) == 2:               # (H, N): one decay per channel
+    elif len(ds) == 2:  # (H, N): one decay per channel
         H = ds[0]
         per_channel = True
         if ds[0] * ds[1] != A:
-            raise ValueError(f"tensor 'blocks.0.att.time_decay': expected shape (H, N) with H*N = {A}, got {ds}")
-    elif len(ds) == 0:               # a 0-d scalar: one head
+            raise ValueError(
+                f"tensor 'blocks.0.att.time_decay': expected shape (H, N) with H*N = {A}, got {ds}"
+            )
+    elif len(ds) == 0:  # a 0-d scalar: one head
         H = 1
         per_channel = False
     else:
-        raise ValueError(f"tensor 'blocks.0.att.time_decay': expected shape (H,) or (H, N), got {_shape(sd, 'blocks.0.att.time_decay')}")
+        raise ValueError(
+            f"tensor 'blocks.0.att.time_decay': expected shape (H,) or (H, N), got {_shape(sd, 'blocks.0.att.time_decay')}"
+        )
     if H <= 0 or A % H != 0:
         raise ValueError(f"tensor 'blocks.0.att.time_decay': {H} heads do not divide dim_att {A}")
     N = A // H
     if per_channel and not gated:
-        raise ValueError("per-channel time_decay (H, N) without 'att.gate.weight': not a known RWKV-5 variant")
+        raise ValueError(
+            "per-channel time_decay (H, N) without 'att.gate.weight': not a known RWKV-5 variant"
+        )
     version = "5.2" if per_channel else ("5.1" if gated else "5.0")
     if "blocks.0.att.time_faaaa" in sd:
         bonus = "time_faaaa"
     elif "blocks.0.att.time_first" in sd and version == "5.0":
         bonus = "time_first"
     else:
-        raise ValueError("state dict is missing tensor 'blocks.0.att.time_faaaa'"
-                         + (" (or 'blocks.0.att.time_first')" if version == "5.0" else ""))
+        raise ValueError(
+            "state dict is missing tensor 'blocks.0.att.time_faaaa'"
+            + (" (or 'blocks.0.att.time_first')" if version == "5.0" else "")
+        )
 
     arch = Architecture(version, n_layer, C, H, N, F, V, bonus)
     for name, shape, squeeze in expected_shapes(arch):

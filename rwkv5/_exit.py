@@ -10,6 +10,7 @@
 - 130 (128 + SIGINT, the shell's convention) with one line ``NAME: interrupted`` on stderr if a
   Ctrl-C reached ``main`` and ``main`` did not handle it itself — no traceback.
 """
+
 from __future__ import annotations
 
 import signal

@@ -1,5 +1,6 @@
 """int4 weights (``dtype="int4"``): symmetric 4-bit quantisation in groups of 32 weights, stored as
 the blocks the C kernels read (csrc/model/dtypes.h), and back to float32. NumPy only."""
+
 import numpy as np
 
 from ._checkpoint import as_float
@@ -35,7 +36,7 @@ def quantize_int4(a, block_rows=1024):
     out = np.zeros((rows, nb * INT4_BLOCK_BYTES), np.uint8)
     view = out.reshape(rows, nb, INT4_BLOCK_BYTES)
     for r0 in range(0, rows, block_rows):
-        w = as_float(a[r0:r0 + block_rows], np.float32)
+        w = as_float(a[r0 : r0 + block_rows], np.float32)
         if not np.all(np.isfinite(w)):
             raise ValueError("quantize_int4: the matrix has non-finite values")
         n = len(w)
@@ -46,13 +47,15 @@ def quantize_int4(a, block_rows=1024):
         with np.errstate(over="ignore"):
             s = (m / np.float32(-8)).astype(np.float16)
         if not np.all(np.isfinite(s)):
-            raise ValueError("quantize_int4: a weight is too large for an fp16 group scale (|w| > 524032)")
+            raise ValueError(
+                "quantize_int4: a weight is too large for an fp16 group scale (|w| > 524032)"
+            )
         sf = s.astype(np.float32)
         safe = np.where(sf != 0, sf, np.float32(1))
         q = np.clip(np.rint(g / safe[..., None]), -8, 7).astype(np.int8)
         q[sf == 0] = 0
-        nib = (q & 15).astype(np.uint8).reshape(n, nb, 2, 2, 16)      # (block, group, half, byte)
-        blk = view[r0:r0 + n]
+        nib = (q & 15).astype(np.uint8).reshape(n, nb, 2, 2, 16)  # (block, group, half, byte)
+        blk = view[r0 : r0 + n]
         blk[:, :, 0:4] = s.reshape(n, nb, 2).view(np.uint8).reshape(n, nb, 4)
         blk[:, :, 4:] = (nib[:, :, :, 0] | (nib[:, :, :, 1] << 4)).reshape(n, nb, 32)
     return out
@@ -64,11 +67,18 @@ def dequantize_int4(blocks, cols):
     rows = blocks.shape[0]
     nb = -(-cols // INT4_BLOCK)
     if blocks.ndim != 2 or blocks.shape[1] != nb * INT4_BLOCK_BYTES:
-        raise ValueError(f"dequantize_int4: expected ({rows}, {nb * INT4_BLOCK_BYTES}) blocks for {cols} "
-                         f"columns, got {blocks.shape}")
+        raise ValueError(
+            f"dequantize_int4: expected ({rows}, {nb * INT4_BLOCK_BYTES}) blocks for {cols} "
+            f"columns, got {blocks.shape}"
+        )
     b = blocks.reshape(rows, nb, INT4_BLOCK_BYTES)
-    s = np.ascontiguousarray(b[:, :, :4]).view(np.float16).astype(np.float32).reshape(rows, nb, 2, 1)
+    s = (
+        np.ascontiguousarray(b[:, :, :4])
+        .view(np.float16)
+        .astype(np.float32)
+        .reshape(rows, nb, 2, 1)
+    )
     nib = b[:, :, 4:].reshape(rows, nb, 2, 16)
-    q = np.stack([nib & 15, nib >> 4], axis=3).astype(np.int8)             # (rows, nb, group, half, byte)
+    q = np.stack([nib & 15, nib >> 4], axis=3).astype(np.int8)  # (rows, nb, group, half, byte)
     q = ((q ^ 8) - 8).reshape(rows, nb, 2, 32)
     return (q * s).reshape(rows, nb * INT4_BLOCK)[:, :cols].astype(np.float32)

@@ -18,6 +18,7 @@
     python -m rwkv5.demo --model RWKV-5-World-0.4B-v2-20231113-ctx4096.pth --dtype bf16
     python -m rwkv5.demo --model https://huggingface.co/BlinkDL/rwkv-5-world/resolve/main/RWKV-5-World-0.4B-v2-20231113-ctx4096.pth
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,19 @@ def _section(title):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m rwkv5.demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", help="a checkpoint (.pth, .safetensors, rwkv.cpp .bin, HF folder) with the "
-                    f"{WORLD_VOCAB}-token World vocabulary or 256 byte tokens; default: the shipped tiny model")
+    ap.add_argument(
+        "--model",
+        help="a checkpoint (.pth, .safetensors, rwkv.cpp .bin, HF folder) with the "
+        f"{WORLD_VOCAB}-token World vocabulary or 256 byte tokens; default: the shipped tiny model",
+    )
     ap.add_argument("--dtype", choices=STORAGE_DTYPES, help="weight type (default: as stored)")
     ap.add_argument("--gn-eps", type=float, help="GroupNorm epsilon (default: the file format's)")
-    ap.add_argument("--prompt", default="The weather today is", help="generation prompt (default: %(default)r)")
-    ap.add_argument("--max-tokens", type=int, default=80, help="tokens to generate (default: %(default)s)")
+    ap.add_argument(
+        "--prompt", default="The weather today is", help="generation prompt (default: %(default)r)"
+    )
+    ap.add_argument(
+        "--max-tokens", type=int, default=80, help="tokens to generate (default: %(default)s)"
+    )
     args = ap.parse_args(argv)
     if args.model is not None and not is_url(args.model) and not os.path.exists(args.model):
         ap.error(f"--model {args.model}: no such file or folder")
@@ -117,7 +125,9 @@ def fetch_model(url: str, log=print) -> pathlib.Path:
         except FileNotFoundError:
             pass
         if isinstance(e, urllib.error.HTTPError):
-            raise SystemExit(f"rwkv5.demo: error: --model {url}: HTTP {e.code} {e.reason}") from None
+            raise SystemExit(
+                f"rwkv5.demo: error: --model {url}: HTTP {e.code} {e.reason}"
+            ) from None
         if isinstance(e, urllib.error.URLError):
             raise SystemExit(f"rwkv5.demo: error: --model {url}: {e.reason}") from None
         if isinstance(e, (OSError, ValueError, http.client.HTTPException)):
@@ -133,18 +143,26 @@ def load_model(args):
 
     if args.model is None:
         import rwkv5.tiny
+
         model = rwkv5.tiny.load(dtype=args.dtype, gn_eps=args.gn_eps)
-        what = (f"{rwkv5.tiny.PATH.name}: the small TRAINED byte-level RWKV-5.2 model that ships with rwkv5 "
-                "(trained on faker text in 16 languages, see docs/tiny-model.md)")
+        what = (
+            f"{rwkv5.tiny.PATH.name}: the small TRAINED byte-level RWKV-5.2 model that ships with rwkv5 "
+            "(trained on faker text in 16 languages, see docs/tiny-model.md)"
+        )
     else:
         path = fetch_model(args.model) if is_url(args.model) else args.model
         model = rwkv5.load(path, dtype=args.dtype, gn_eps=args.gn_eps)
         vocab = model.config.vocab_size
-        what = f"{args.model}: " + ("World vocabulary, World tokenizer" if vocab == WORLD_VOCAB else
-                                    "256-token vocabulary, bytes as tokens")
+        what = f"{args.model}: " + (
+            "World vocabulary, World tokenizer"
+            if vocab == WORLD_VOCAB
+            else "256-token vocabulary, bytes as tokens"
+        )
     if model.config.vocab_size not in (256, WORLD_VOCAB):
-        raise SystemExit(f"rwkv5.demo: error: {args.model}: the model's vocabulary has {model.config.vocab_size} "
-                         f"tokens; the demo knows the World vocabulary ({WORLD_VOCAB}) and bytes (256)")
+        raise SystemExit(
+            f"rwkv5.demo: error: {args.model}: the model's vocabulary has {model.config.vocab_size} "
+            f"tokens; the demo knows the World vocabulary ({WORLD_VOCAB}) and bytes (256)"
+        )
     return model, what
 
 
@@ -155,8 +173,10 @@ def main(argv=None):
     from rwkv5.scoring import log_softmax
     from rwkv5.tokenizer import WorldTokenizer
 
-    print(f"rwkv5 {rwkv5.__version__} demo: {rwkv5.get_num_threads()} threads, "
-          f"kernels {rwkv5._model.get_isa()[0]}")
+    print(
+        f"rwkv5 {rwkv5.__version__} demo: {rwkv5.get_num_threads()} threads, "
+        f"kernels {rwkv5._model.get_isa()[0]}"
+    )
     work = tempfile.mkdtemp(prefix="rwkv5-demo-")
     prefix = os.path.join(work, "sample")
 
@@ -164,9 +184,11 @@ def main(argv=None):
     print(f"input: {CORPUS} ({CORPUS.stat().st_size:,} bytes)")
     t0 = time.perf_counter()
     build([str(CORPUS)], prefix, lang_field="lang", ctx_len=CTX_LEN, workers=2, log=lambda s: None)
-    print(f"built {prefix}.bin/.idx + .manifest.json in {time.perf_counter() - t0:.2f} s "
-          f"(World tokenizer, token 0 after each document)\n")
-    print(stats_table(prefix))             # ends with the --my_exit_tokens/--magic_prime line for train.py
+    print(
+        f"built {prefix}.bin/.idx + .manifest.json in {time.perf_counter() - t0:.2f} s "
+        f"(World tokenizer, token 0 after each document)\n"
+    )
+    print(stats_table(prefix))  # ends with the --my_exit_tokens/--magic_prime line for train.py
 
     _section("2. Model")
     model, what = load_model(args)
@@ -183,7 +205,7 @@ def main(argv=None):
     t_par = t_rec = 0.0
     n_tokens_total = 0
     for i in range(len(data)):
-        world_ids = np.asarray(data[i][:-1], dtype=np.int64)        # drop the end-of-document 0
+        world_ids = np.asarray(data[i][:-1], dtype=np.int64)  # drop the end-of-document 0
         raw = tok.decode_bytes(world_ids)
         ids = world_ids if world else np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
         t0 = time.perf_counter()
@@ -201,15 +223,21 @@ def main(argv=None):
         per_lang[langs[i]][0] += nll
         per_lang[langs[i]][1] += len(raw) - first
         n_tokens_total += len(ids)
-    print(f"{len(data)} documents, {n_tokens_total:,} tokens: max |logit(parallel) - logit(recurrent)| = {worst:.2e} "
-          f"(relative to the largest |logit|, {largest:.1f}: {worst / largest:.1e} - float32 rounding)")
-    print(f"speed: parallel {n_tokens_total / t_par:,.0f} tok/s, recurrent {n_tokens_total / t_rec:,.0f} tok/s\n")
+    print(
+        f"{len(data)} documents, {n_tokens_total:,} tokens: max |logit(parallel) - logit(recurrent)| = {worst:.2e} "
+        f"(relative to the largest |logit|, {largest:.1f}: {worst / largest:.1e} - float32 rounding)"
+    )
+    print(
+        f"speed: parallel {n_tokens_total / t_par:,.0f} tok/s, recurrent {n_tokens_total / t_rec:,.0f} tok/s\n"
+    )
     print(f"{'language':10s} {'bytes':>7s} {'bits/byte':>10s}")
     for lang, (nll, n) in sorted(per_lang.items(), key=lambda kv: kv[1][0] / kv[1][1]):
         print(f"{lang:10s} {n:7d} {nll / n / np.log(2):10.3f}")
     if args.model is None:
-        print("(none of these documents was trained on; 'code' and 'emoji' are not among the model's\n"
-              " training languages, so they stay near the 8 bits/byte of a uniform guess)")
+        print(
+            "(none of these documents was trained on; 'code' and 'emoji' are not among the model's\n"
+            " training languages, so they stay near the 8 bits/byte of a uniform guess)"
+        )
 
     _section("4. Generation (streaming, temperature 1.0, top_p 0.85, seed 0)")
     sys.stdout.write(args.prompt)
@@ -223,6 +251,7 @@ def main(argv=None):
 
 def corpus_languages(corpus):
     import json
+
     with open(corpus, encoding="utf-8") as f:
         return [json.loads(line)["lang"] for line in f if line.strip()]
 

@@ -22,6 +22,7 @@ Text is produced through an incremental UTF-8 decoder, so a piece never ends ins
 Every sampling argument is checked before anything runs (finite numbers in range, integers where an
 integer is meant); a bad one raises ValueError or TypeError naming it.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -44,8 +45,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def sample_logits(logits: np.ndarray, temperature: float = 1.0, top_p: float = 0.85, top_k: int = 0,
-                  rng: np.random.Generator | None = None) -> int:
+def sample_logits(
+    logits: np.ndarray,
+    temperature: float = 1.0,
+    top_p: float = 0.85,
+    top_k: int = 0,
+    rng: np.random.Generator | None = None,
+) -> int:
     """Draw one token id from ``logits`` (1-D) as ChatRWKV's ``sample_logits`` does.
 
     >>> sample_logits(np.array([0.0, 5.0, 1.0]), temperature=0)
@@ -84,8 +90,11 @@ def _real(name, value, lo=None, hi=None):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
     v = float(value)
     if not np.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-        want = ("a finite number" + (f" >= {lo:g}" if lo is not None and hi is None else "")
-                + (f" in [{lo:g}, {hi:g}]" if lo is not None and hi is not None else ""))
+        want = (
+            "a finite number"
+            + (f" >= {lo:g}" if lo is not None and hi is None else "")
+            + (f" in [{lo:g}, {hi:g}]" if lo is not None and hi is not None else "")
+        )
         raise ValueError(f"{name}: expected {want}, got {value!r}")
     return v
 
@@ -93,18 +102,25 @@ def _real(name, value, lo=None, hi=None):
 def _count(name, value, lo=0):
     """``value`` as an int, checked: an integer (not a bool or a float), >= lo."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= {lo}, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name}: expected an integer >= {lo}, got {type(value).__name__} {value!r}"
+        )
     if value < lo:
         raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
     return int(value)
 
 
 def _check_sampler_args(temperature, top_p, top_k):
-    return _real("temperature", temperature, 0.0), _real("top_p", top_p, 0.0, 1.0), _count("top_k", top_k)
+    return (
+        _real("temperature", temperature, 0.0),
+        _real("top_p", top_p, 0.0, 1.0),
+        _count("top_k", top_k),
+    )
 
 
-def _check_generation_args(max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty,
-                           penalty_decay):
+def _check_generation_args(
+    max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty, penalty_decay
+):
     """Every numeric argument of generate/generate_batch, checked before any work (see the module doc)."""
     _count("max_tokens", max_tokens)
     _check_sampler_args(temperature, top_p, top_k)
@@ -136,6 +152,7 @@ def default_tokenizer(model):
     if model.config.vocab_size <= 256:
         return ByteTokenizer()
     from rwkv5.tokenizer import WorldTokenizer
+
     return WorldTokenizer()
 
 
@@ -173,7 +190,7 @@ def as_tokens(prompt, tokenizer) -> list[int]:
     return [int(t) for t in prompt]
 
 
-_UNDECODABLE = weakref.WeakKeyDictionary()   # tokenizer -> {rows: ids}, computed once per pair
+_UNDECODABLE = weakref.WeakKeyDictionary()  # tokenizer -> {rows: ids}, computed once per pair
 
 
 def undecodable_ids(tokenizer, vocab_size: int) -> np.ndarray:
@@ -182,7 +199,7 @@ def undecodable_ids(tokenizer, vocab_size: int) -> np.ndarray:
     tokenizer has ``decode_single_token_bytes``). Generation masks them so it never draws one."""
     try:
         cache = _UNDECODABLE.setdefault(tokenizer, {})
-    except TypeError:                        # not weak-referenceable: compute every time
+    except TypeError:  # not weak-referenceable: compute every time
         cache = {}
     if vocab_size in cache:
         return cache[vocab_size]
@@ -197,10 +214,13 @@ def undecodable_ids(tokenizer, vocab_size: int) -> np.ndarray:
             return True
         except KeyError:
             return False
+
     # n_tokens entries below n_vocab: no gap when they fill every id but (at most) the end-of-text one
     # (the World vocab: 65,529 entries, ids 1..65,529), which spares 65,530 lookups
     missing = n - getattr(tokenizer, "n_tokens", 0)
-    if single is not None and not (missing <= 0 or (missing == 1 and eot is not None and not has_text(eot))):
+    if single is not None and not (
+        missing <= 0 or (missing == 1 and eot is not None and not has_text(eot))
+    ):
         bad += [i for i in range(min(n, vocab_size)) if i != eot and not has_text(i)]
     out = np.array(sorted(bad), np.int64)
     cache[vocab_size] = out
@@ -225,11 +245,24 @@ def _stop_conditions(stop, stop_tokens, tokenizer):
     return stops, stop_ids
 
 
-def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top_p: float = 0.85,
-             top_k: int = 0, presence_penalty: float = 0.2, frequency_penalty: float = 0.2,
-             penalty_decay: float = 0.996, stop: str | Sequence[str] | None = None, stop_tokens=None,
-             seed: int | None = None, state=None, tokenizer=None, chunk_len: int = 256,
-             on_state=None) -> Iterator[str]:
+def generate(
+    model,
+    prompt,
+    max_tokens: int = 200,
+    temperature: float = 1.0,
+    top_p: float = 0.85,
+    top_k: int = 0,
+    presence_penalty: float = 0.2,
+    frequency_penalty: float = 0.2,
+    penalty_decay: float = 0.996,
+    stop: str | Sequence[str] | None = None,
+    stop_tokens=None,
+    seed: int | None = None,
+    state=None,
+    tokenizer=None,
+    chunk_len: int = 256,
+    on_state=None,
+) -> Iterator[str]:
     """Generate text after ``prompt`` (str, bytes or token ids), yielding text pieces as they complete.
 
     Stops after ``max_tokens`` tokens, at the end-of-text token (id 0 of the World vocab; add more with
@@ -240,8 +273,9 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
     >>> for piece in model.generate("The capital of France is", max_tokens=20, seed=0):  # doctest: +SKIP
     ...     print(piece, end="", flush=True)
     """
-    _check_generation_args(max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty,
-                           penalty_decay)
+    _check_generation_args(
+        max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty, penalty_decay
+    )
     _count("chunk_len", chunk_len, 1)
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
     bad = undecodable_ids(tokenizer, model.config.vocab_size)
@@ -255,8 +289,8 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
 
     logits = None
     for start in range(0, len(tokens), chunk_len):
-        logits, state = model.forward(tokens[start:start + chunk_len], state)
-    pending = ""       # decoded text held back while it could be the start of a stop string
+        logits, state = model.forward(tokens[start : start + chunk_len], state)
+    pending = ""  # decoded text held back while it could be the start of a stop string
     for _ in range(max_tokens):
         token = sample_logits(_masked(penalties.apply(logits), bad), temperature, top_p, top_k, rng)
         if token in stop_ids:
@@ -273,9 +307,16 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
                 pending = ""
                 break
             # keep back the longest tail that is a prefix of some stop string
-            keep = max((k for s in stops for k in range(1, min(len(s), len(pending)) + 1)
-                        if s.startswith(pending[-k:])), default=0)
-            emit, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+            keep = max(
+                (
+                    k
+                    for s in stops
+                    for k in range(1, min(len(s), len(pending)) + 1)
+                    if s.startswith(pending[-k:])
+                ),
+                default=0,
+            )
+            emit, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
         else:
             emit, pending = pending, ""
         if emit:
@@ -288,20 +329,34 @@ def generate(model, prompt, max_tokens: int = 200, temperature: float = 1.0, top
         on_state(state)
 
 
-def generate_batch(model, prompts, max_tokens: int = 200, temperature: float = 1.0, top_p: float = 0.85,
-                   top_k: int = 0, presence_penalty: float = 0.2, frequency_penalty: float = 0.2,
-                   penalty_decay: float = 0.996, stop: str | Sequence[str] | None = None, stop_tokens=None,
-                   seed: int | None = None, tokenizer=None) -> list[str]:
+def generate_batch(
+    model,
+    prompts,
+    max_tokens: int = 200,
+    temperature: float = 1.0,
+    top_p: float = 0.85,
+    top_k: int = 0,
+    presence_penalty: float = 0.2,
+    frequency_penalty: float = 0.2,
+    penalty_decay: float = 0.996,
+    stop: str | Sequence[str] | None = None,
+    stop_tokens=None,
+    seed: int | None = None,
+    tokenizer=None,
+) -> list[str]:
     """Complete every prompt; all unfinished sequences advance together as one (B, 1) recurrent step.
 
     Sequence b draws from its own generator seeded with ``(seed, b)``, so a completion does not depend on
     which other prompts share the batch.
     """
-    _check_generation_args(max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty,
-                           penalty_decay)
+    _check_generation_args(
+        max_tokens, temperature, top_p, top_k, presence_penalty, frequency_penalty, penalty_decay
+    )
     if isinstance(prompts, _TEXT):
-        raise TypeError(f"prompts: expected a list of prompts, got a single {type(prompts).__name__} "
-                        "(wrap it in a list)")
+        raise TypeError(
+            f"prompts: expected a list of prompts, got a single {type(prompts).__name__} "
+            "(wrap it in a list)"
+        )
     tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
     bad = undecodable_ids(tokenizer, model.config.vocab_size)
     seqs = [as_tokens(p, tokenizer) for p in prompts]
@@ -315,13 +370,15 @@ def generate_batch(model, prompts, max_tokens: int = 200, temperature: float = 1
     rngs = [np.random.default_rng(None if seed is None else [seed, b]) for b in range(B)]
     pens = [Penalties(presence_penalty, frequency_penalty, penalty_decay) for _ in range(B)]
     out = [bytearray() for _ in range(B)]
-    logits, state = model.forward(seqs, None)          # ragged prompts: each state stops at its own length
+    logits, state = model.forward(seqs, None)  # ragged prompts: each state stops at its own length
     logits = np.asarray(logits).reshape(B, -1)
     active = list(range(B))
     for _ in range(max_tokens):
         nxt, still = [], []
         for row, b in enumerate(active):
-            tok = sample_logits(_masked(pens[b].apply(logits[row]), bad), temperature, top_p, top_k, rngs[b])
+            tok = sample_logits(
+                _masked(pens[b].apply(logits[row]), bad), temperature, top_p, top_k, rngs[b]
+            )
             if tok in stop_ids:
                 continue
             piece = tokenizer.decode_bytes([tok])

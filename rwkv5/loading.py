@@ -3,18 +3,34 @@
 Reading the file (format detection, Hugging Face names, state-tuning tensors, default GroupNorm
 epsilon per format) is :mod:`rwkv5.formats.checkpoint`; its names are re-exported here.
 """
+
 from __future__ import annotations
 
 import numbers
 import os
 
 from . import storage
-from .formats.checkpoint import (DEFAULT_GN_EPS, DTYPES, bf16_bits_to_f32, convert_array, f32_to_bf16_bits,
-                                 read_checkpoint, sniff_format)
+from .formats.checkpoint import (
+    DEFAULT_GN_EPS,
+    DTYPES,
+    bf16_bits_to_f32,
+    convert_array,
+    f32_to_bf16_bits,
+    read_checkpoint,
+    sniff_format,
+)
 from .model import STORAGE_DTYPES, Model
 
-__all__ = ["load", "read_checkpoint", "sniff_format", "convert_array", "f32_to_bf16_bits", "bf16_bits_to_f32",
-           "DTYPES", "DEFAULT_GN_EPS"]
+__all__ = [
+    "load",
+    "read_checkpoint",
+    "sniff_format",
+    "convert_array",
+    "f32_to_bf16_bits",
+    "bf16_bits_to_f32",
+    "DTYPES",
+    "DEFAULT_GN_EPS",
+]
 
 
 #: what rwkv5.load accepts: None (as stored) and every storage type of the model's matrices (int8
@@ -71,8 +87,11 @@ def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):
     _check_dtype(dtype)
     if not isinstance(mmap, bool):
         raise TypeError(f"mmap must be True or False, got {mmap!r}")
-    if gn_eps is not None and (isinstance(gn_eps, bool) or not isinstance(gn_eps, numbers.Real)
-                               or not (0 < float(gn_eps) < float("inf"))):
+    if gn_eps is not None and (
+        isinstance(gn_eps, bool)
+        or not isinstance(gn_eps, numbers.Real)
+        or not (0 < float(gn_eps) < float("inf"))
+    ):
         raise ValueError(f"gn_eps must be a positive finite number, got {gn_eps!r}")
     sd, info = read_checkpoint(path, mmap=mmap)
     eps = info["gn_eps"] if gn_eps is None else float(gn_eps)

@@ -9,6 +9,7 @@
 Thread contract: a Model is immutable after construction and may be shared between Python threads
 (forward releases the GIL); a State belongs to one caller.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,36 +18,57 @@ from typing import Optional
 import numpy as np
 
 from . import _model
-from ._checkpoint import (Architecture, as_float, decay_and_bonus, detect_architecture,
-                          float32_to_bf16_bits, model_params, native_order)
+from ._checkpoint import (
+    Architecture,
+    as_float,
+    decay_and_bonus,
+    detect_architecture,
+    float32_to_bf16_bits,
+    model_params,
+    native_order,
+)
 from .formats.quantized import QuantizedMatrix, unblock
 from ._int4 import dequantize_int4, quantize_int4  # noqa: F401  (re-exported: rwkv5.model.quantize_int4)
 
-GN_EPS_DEFAULT = 64e-5      # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
-AUTO_PARALLEL_MIN_T = 2     # mode="auto": parallel from this many tokens on
-CHUNK = _model.CHUNK        # positions per chunk in parallel mode
-MAX_POSITIONS = 2**30 - 1   # B * T of one forward call (the C code's limit)
+GN_EPS_DEFAULT = (
+    64e-5  # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
+)
+AUTO_PARALLEL_MIN_T = 2  # mode="auto": parallel from this many tokens on
+CHUNK = _model.CHUNK  # positions per chunk in parallel mode
+MAX_POSITIONS = 2**30 - 1  # B * T of one forward call (the C code's limit)
 # The storage types of the large matrices: the C table (_model.DTYPES: name, element bytes, row
 # scales) and the NumPy dtype each is held in here (bf16: its raw bits as uint16).
-_DTYPE_NAMES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16, "int8": np.int8, "int4": np.uint8}
-_NAME_OF = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.uint16): "bf16",
-            np.dtype(np.int8): "int8",     # (a quantised matrix: the dtype of its elements, (q, scale)[0])
-            np.dtype(np.uint8): "int4"}    # (int4: a 1-tuple (blocks,), the blocks holding their scales)
-assert [name for name, _, _ in _model.DTYPES] == list(_DTYPE_NAMES), "rwkv5._model.DTYPES and _DTYPE_NAMES differ"
-STORAGE_DTYPES = tuple(_DTYPE_NAMES)   # what Model.from_state_dict(dtype=...) takes besides None
+_DTYPE_NAMES = {
+    "fp32": np.float32,
+    "fp16": np.float16,
+    "bf16": np.uint16,
+    "int8": np.int8,
+    "int4": np.uint8,
+}
+_NAME_OF = {
+    np.dtype(np.float32): "fp32",
+    np.dtype(np.float16): "fp16",
+    np.dtype(np.uint16): "bf16",
+    np.dtype(np.int8): "int8",  # (a quantised matrix: the dtype of its elements, (q, scale)[0])
+    np.dtype(np.uint8): "int4",
+}  # (int4: a 1-tuple (blocks,), the blocks holding their scales)
+assert [name for name, _, _ in _model.DTYPES] == list(_DTYPE_NAMES), (
+    "rwkv5._model.DTYPES and _DTYPE_NAMES differ"
+)
+STORAGE_DTYPES = tuple(_DTYPE_NAMES)  # what Model.from_state_dict(dtype=...) takes besides None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    version: str        # "5.0", "5.1", "5.2"
+    version: str  # "5.0", "5.1", "5.2"
     n_layer: int
     n_embd: int
     n_head: int
     head_size: int
     n_ffn: int
     vocab_size: int
-    gn_eps: float       # GroupNorm (ln_x) epsilon
-    dtype: str          # storage of the large matrices: "fp32", "fp16", "bf16", "int8", "int4" (or "mixed")
+    gn_eps: float  # GroupNorm (ln_x) epsilon
+    dtype: str  # storage of the large matrices: "fp32", "fp16", "bf16", "int8", "int4" (or "mixed")
 
 
 class State:
@@ -67,8 +89,11 @@ class State:
         return self.att_x.shape[0] if np.ndim(self.att_x) == 3 else None
 
     def copy(self) -> "State":
-        return State(np.array(self.att_x, copy=True), np.array(self.att_kv, copy=True),
-                     np.array(self.ffn_x, copy=True))
+        return State(
+            np.array(self.att_x, copy=True),
+            np.array(self.att_kv, copy=True),
+            np.array(self.ffn_x, copy=True),
+        )
 
     def __getitem__(self, b) -> "State":
         """Sequence b of a batched state (a copy)."""
@@ -80,26 +105,35 @@ class State:
     def stack(states) -> "State":
         """A batched State from unbatched ones."""
         states = list(states)
-        return State(np.stack([s.att_x for s in states]), np.stack([s.att_kv for s in states]),
-                     np.stack([s.ffn_x for s in states]))
+        return State(
+            np.stack([s.att_x for s in states]),
+            np.stack([s.att_kv for s in states]),
+            np.stack([s.ffn_x for s in states]),
+        )
 
     def save(self, path):
         """Write the state to `path` (format of rwkv5.formats.state_io)."""
         from .formats.state_io import save_state
+
         return save_state(self, path)
 
     @classmethod
     def load(cls, path) -> "State":
         """A state written by :meth:`save` (checked as rwkv5.formats.state_io.load_state says)."""
         from .formats.state_io import load_state
+
         return cls(*load_state(path))
 
     def __repr__(self):
-        return (f"State(att_x={np.shape(self.att_x)}, att_kv={np.shape(self.att_kv)}, "
-                f"ffn_x={np.shape(self.ffn_x)})")
+        return (
+            f"State(att_x={np.shape(self.att_x)}, att_kv={np.shape(self.att_kv)}, "
+            f"ffn_x={np.shape(self.ffn_x)})"
+        )
 
 
-CHUNK_BYTES = 16 << 20   # conversions of a file's matrix go this many source bytes at a time (see _chunks)
+CHUNK_BYTES = (
+    16 << 20
+)  # conversions of a file's matrix go this many source bytes at a time (see _chunks)
 
 
 def _chunks(a):
@@ -133,14 +167,20 @@ def quantize_int8(a, blocked=False, block_rows=None):
     if a.ndim != 2:
         raise ValueError(f"quantize_int8: expected a 2-D matrix, got shape {a.shape}")
     if a.dtype not in (np.float16, np.float32, np.float64, np.uint16):
-        raise TypeError(f"quantize_int8: matrix dtype must be float16/float32/float64/uint16(bf16), got {a.dtype}")
+        raise TypeError(
+            f"quantize_int8: matrix dtype must be float16/float32/float64/uint16(bf16), got {a.dtype}"
+        )
     a = np.ascontiguousarray(a)
     rows, cols = a.shape
-    q = _zeros_aligned(_blocked_shape(rows, cols, 1), np.int8) if blocked else np.empty((rows, cols), np.int8)
+    q = (
+        _zeros_aligned(_blocked_shape(rows, cols, 1), np.int8)
+        if blocked
+        else np.empty((rows, cols), np.int8)
+    )
     scale = np.empty(rows, np.float32)
     for r0, r1 in _chunks(a):
         part = a[r0:r1]
-        qpart = q[r0 // 4:-(-r1 // 4)] if blocked else q[r0:r1]
+        qpart = q[r0 // 4 : -(-r1 // 4)] if blocked else q[r0:r1]
         bad = _model.quantize_int8(part, qpart, scale[r0:r1])
         if bad >= 0:
             raise ValueError(f"quantize_int8: row {r0 + bad} of the matrix has non-finite values")
@@ -159,14 +199,14 @@ def quantize_int8_numpy(a, block_rows=4096):
     q = np.empty((rows, cols), np.int8)
     scale = np.empty(rows, np.float32)
     for r0 in range(0, rows, block_rows):
-        w = as_float(a[r0:r0 + block_rows], np.float32)
+        w = as_float(a[r0 : r0 + block_rows], np.float32)
         if not np.all(np.isfinite(w)):
             raise ValueError("quantize_int8: the matrix has non-finite values")
         amax = np.abs(w).max(axis=1) if cols else np.zeros(len(w), np.float32)
         s = (amax / np.float32(127.0)).astype(np.float32)
         safe = np.where(s > 0, s, np.float32(1))
-        q[r0:r0 + block_rows] = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
-        scale[r0:r0 + block_rows] = s
+        q[r0 : r0 + block_rows] = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+        scale[r0 : r0 + block_rows] = s
     return q, scale
 
 
@@ -182,7 +222,7 @@ def _zeros_aligned(shape, dtype):
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.zeros(nbytes + 64, np.uint8)
     off = (-raw.ctypes.data) % 64
-    return raw[off:off + nbytes].view(dtype).reshape(shape)
+    return raw[off : off + nbytes].view(dtype).reshape(shape)
 
 
 LAYOUTS = ("auto", "rows", "blocked")
@@ -202,7 +242,7 @@ def block_matrix(a, block_rows=None):
     out = _zeros_aligned(_blocked_shape(*a.shape, a.itemsize), a.dtype)
     a = np.ascontiguousarray(a)
     for r0, r1 in _chunks(a):
-        _model.block_copy(a[r0:r1], out[r0 // 4:-(-r1 // 4)])
+        _model.block_copy(a[r0:r1], out[r0 // 4 : -(-r1 // 4)])
         _drop_file_pages(a[r0:r1])
     return out
 
@@ -211,6 +251,7 @@ def _mmap_base(a):
     """The `mmap.mmap` that array `a` is a view of (a checkpoint reader's mapping of its file, or
     its private copy with `mmap=False`), else None."""
     import mmap
+
     base = a
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
@@ -226,6 +267,7 @@ def _drop_file_pages(a):
     of its own copy. Nothing can be lost: the mapping is read-only, and pages touched again come
     back from the page cache. Anything else is left alone."""
     import mmap
+
     base = _mmap_base(a) if isinstance(a, np.ndarray) else None
     if base is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
@@ -237,7 +279,7 @@ def _drop_file_pages(a):
         lo, hi = -(-off // page) * page, (off + a.nbytes) // page * page
         if 0 <= lo < hi <= len(base):
             base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-    except (ValueError, OSError, BufferError):    # closed, or the platform refuses: keep the pages
+    except (ValueError, OSError, BufferError):  # closed, or the platform refuses: keep the pages
         pass
 
 
@@ -245,16 +287,19 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
     """A large matrix in the storage the C kernels read (see `Model.from_state_dict` for layout),
     copying only when needed. A matrix whose shape is not `shape` stays row-major, for the C
     checks to name it."""
-    blocked = lambda m: layout != "rows" and m.shape == shape     # noqa: E731
-    if isinstance(a, QuantizedMatrix) and dtype in (None, a.form):   # a saved quantised form: as stored
+    blocked = lambda m: layout != "rows" and m.shape == shape  # noqa: E731
+    if isinstance(a, QuantizedMatrix) and dtype in (
+        None,
+        a.form,
+    ):  # a saved quantised form: as stored
         q = a.q
         if layout == "rows" and q.ndim == 4:
             q = unblock(q, a.shape)
         return (q,) + a.parts
     if dtype == "int8":
-        src = np.asarray(a)                 # (an rwkv.cpp quantised matrix: its float32 values)
+        src = np.asarray(a)  # (an rwkv.cpp quantised matrix: its float32 values)
         out, copied = quantize_int8(src, blocked=layout != "rows" and src.shape == shape), True
-    elif dtype == "int4":     # blocks of 64 weights with their scales: row-major only
+    elif dtype == "int4":  # blocks of 64 weights with their scales: row-major only
         out, copied = (quantize_int4(np.asarray(a)),), True
     elif isinstance(a, np.ndarray) and a.ndim == 2 and blocked(a):
         # "auto" and "blocked": every type, fp32 included, converted and blocked a chunk at a time
@@ -264,15 +309,15 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
             part = _as_row_major(src[r0:r1], dtype)
             if out is None:
                 out = _zeros_aligned(_blocked_shape(*src.shape, part.itemsize), part.dtype)
-            _model.block_copy(part, out[r0 // 4:-(-r1 // 4)])
+            _model.block_copy(part, out[r0 // 4 : -(-r1 // 4)])
             _drop_file_pages(src[r0:r1])
         copied = True
     else:
         out = _as_row_major(a, dtype)
         copied = not (isinstance(a, np.ndarray) and np.may_share_memory(out, a))
-        if blocked(out):        # (a matrix that is not an array: an rwkv.cpp quantised one)
+        if blocked(out):  # (a matrix that is not an array: an rwkv.cpp quantised one)
             out, copied = block_matrix(out), True
-    if copied:    # (a quantised rwkv.cpp matrix releases the file's blocks it was dequantized from)
+    if copied:  # (a quantised rwkv.cpp matrix releases the file's blocks it was dequantized from)
         _drop_file_pages(getattr(a, "blocks", a))
     return out
 
@@ -317,7 +362,7 @@ def _detach(x):
         out = np.empty(x.shape, x.dtype)
         if x.ndim == 0:
             out[()] = x
-        for r0, r1 in _chunks(x) if x.ndim else ():    # the source resident one chunk at a time
+        for r0, r1 in _chunks(x) if x.ndim else ():  # the source resident one chunk at a time
             out[r0:r1] = x[r0:r1]
             _drop_file_pages(x[r0:r1])
         return out
@@ -367,55 +412,85 @@ class Model:
         Raises ValueError naming a missing or mis-shaped tensor.
         """
         if dtype is not None and dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype must be None or one of {', '.join(map(repr, STORAGE_DTYPES))}, got {dtype!r}")
+            raise ValueError(
+                f"dtype must be None or one of {', '.join(map(repr, STORAGE_DTYPES))}, got {dtype!r}"
+            )
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be 'auto', 'rows' or 'blocked', got {layout!r}")
         gn_eps = GN_EPS_DEFAULT if gn_eps is None else float(gn_eps)
         if not (gn_eps > 0 and np.isfinite(gn_eps)):
             raise ValueError(f"gn_eps must be a positive finite number, got {gn_eps}")
         arch = detect_architecture(sd)
-        params, matrices = {}, []       # full name -> what the C code reads (the table PARAMS)
+        params, matrices = {}, []  # full name -> what the C code reads (the table PARAMS)
         for name, layer, p in model_params(arch):
-            if name == "emb.weight":    # one row per token is gathered: row-major, never quantised
+            if name == "emb.weight":  # one row per token is gathered: row-major, never quantised
                 params[name] = _as_row_major(sd[name], None if dtype in ("int8", "int4") else dtype)
-                if isinstance(sd[name], np.ndarray) and not np.may_share_memory(params[name], sd[name]):
-                    _drop_file_pages(sd[name])      # converted: the file's pages are not needed
+                if isinstance(sd[name], np.ndarray) and not np.may_share_memory(
+                    params[name], sd[name]
+                ):
+                    _drop_file_pages(sd[name])  # converted: the file's pages are not needed
             elif p.kind == "matrix":
                 params[name] = _as_matrix(sd[name], dtype, layout, p.shape(arch))
             elif p.kind == "vector":
                 params[name] = _as_vector(sd[name], *p.shape(arch))
-            else:       # decay (ln w = -exp(time_decay)) and bonus u, per channel (docs/model.md §4.3)
+            else:  # decay (ln w = -exp(time_decay)) and bonus u, per channel (docs/model.md §4.3)
                 logw, _, u = decay_and_bonus(sd, arch, layer)
-                params[name] = np.require((logw if p.kind == "decay" else u).reshape(-1),
-                                          np.float64 if p.kind == "decay" else np.float32, ["C", "A"])
+                params[name] = np.require(
+                    (logw if p.kind == "decay" else u).reshape(-1),
+                    np.float64 if p.kind == "decay" else np.float32,
+                    ["C", "A"],
+                )
             if p.kind == "matrix":
                 matrices.append(name)
         # Once no large matrix is a view of the checkpoint's mmap (all converted, blocked or
         # quantised), a view kept for the embedding or a vector would be all that holds the file
         # mapped (a SIGBUS if it is truncated on disk later; the whole file's copy in memory
         # with mmap=False): copy those too, so the mapping goes with the reader's objects.
-        if not any(_mmap_base(params[n][0] if isinstance(params[n], tuple) else params[n]) is not None
-                   for n in matrices if n != "emb.weight"):
+        if not any(
+            _mmap_base(params[n][0] if isinstance(params[n], tuple) else params[n]) is not None
+            for n in matrices
+            if n != "emb.weight"
+        ):
             params = {n: _detach(a) for n, a in params.items()}
         # (a quantised model keeps its embedding as given: it is named by its matrices' type)
         quantised = any(isinstance(params[n], tuple) for n in matrices)
-        kinds = {_storage_name(params[n]) for n in matrices if not (quantised and n == "emb.weight")}
+        kinds = {
+            _storage_name(params[n]) for n in matrices if not (quantised and n == "emb.weight")
+        }
         self = object.__new__(cls)
-        self.config = ModelConfig(arch.version, arch.n_layer, arch.n_embd, arch.n_head, arch.head_size, arch.n_ffn,
-                                  arch.vocab_size, gn_eps, kinds.pop() if len(kinds) == 1 else "mixed")
+        self.config = ModelConfig(
+            arch.version,
+            arch.n_layer,
+            arch.n_embd,
+            arch.n_head,
+            arch.head_size,
+            arch.n_ffn,
+            arch.vocab_size,
+            gn_eps,
+            kinds.pop() if len(kinds) == 1 else "mixed",
+        )
         self._arch: Architecture = arch
-        cfg = (arch.n_layer, arch.n_embd, arch.n_head, arch.head_size, arch.n_ffn, arch.vocab_size,
-               int(arch.version != "5.0"), gn_eps)
+        cfg = (
+            arch.n_layer,
+            arch.n_embd,
+            arch.n_head,
+            arch.head_size,
+            arch.n_ffn,
+            arch.vocab_size,
+            int(arch.version != "5.0"),
+            gn_eps,
+        )
         c_params = {n: _c_matrix(a) if n in matrices else a for n, a in params.items()}
-        self._c = _model.CModel(cfg, c_params)     # holds references to every array it reads
-        self._weights = params                   # full name -> array, or (q, scale) for int8
-        self._initial_state = None   # a State from state-tuning (set by rwkv5.load: _set_time_state)
+        self._c = _model.CModel(cfg, c_params)  # holds references to every array it reads
+        self._weights = params  # full name -> array, or (q, scale) for int8
+        self._initial_state = None  # a State from state-tuning (set by rwkv5.load: _set_time_state)
         return self
 
     def _set_time_state(self, att_kv, where="checkpoint"):
         """Start every new_state() from the initial state of a state-tuning checkpoint: its (L, H, N, N)
         ``att_kv`` (rwkv5.formats.checkpoint.time_state_to_att_kv), zero att_x and ffn_x."""
         from .formats.state_io import state_from_time_state
+
         self._initial_state = State(*state_from_time_state(att_kv, self.config, where))
 
     # ------------------------------------------------------------------------------------------
@@ -431,6 +506,7 @@ class Model:
         if from_file is not None or self._initial_state is not None:
             if from_file is not None:
                 from .formats.state_io import initial_state_from_file
+
                 base = initial_state_from_file(from_file, self.config)
             else:
                 base = self._initial_state
@@ -440,9 +516,11 @@ class Model:
             return State(*arrays)
         c = self.config
         lead = () if batch is None else (batch,)
-        return State(np.zeros(lead + (c.n_layer, c.n_embd), np.float32),
-                     np.zeros(lead + (c.n_layer, c.n_head, c.head_size, c.head_size), np.float32),
-                     np.zeros(lead + (c.n_layer, c.n_embd), np.float32))
+        return State(
+            np.zeros(lead + (c.n_layer, c.n_embd), np.float32),
+            np.zeros(lead + (c.n_layer, c.n_head, c.head_size, c.head_size), np.float32),
+            np.zeros(lead + (c.n_layer, c.n_embd), np.float32),
+        )
 
     def save(self, path) -> int:
         """Write the model to `path` as a safetensors checkpoint that `rwkv5.load` reads back to
@@ -454,11 +532,16 @@ class Model:
         >>> model.save("model.safetensors"); rwkv5.load("model.safetensors")  # doctest: +SKIP
         """
         from .saving import save_model
+
         return save_model(self, path)
 
     @staticmethod
     def _check_batch(batch):
-        if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        if (
+            isinstance(batch, (bool, np.bool_))
+            or not isinstance(batch, (int, np.integer))
+            or batch < 1
+        ):
             raise ValueError(f"batch must be a positive int or None, got {batch!r}")
         return int(batch)
 
@@ -471,9 +554,15 @@ class Model:
             try:
                 a = np.asarray(tokens)
             except ValueError as e:
-                raise ValueError(f"tokens: expected a sequence of token ids or a list of sequences ({e})") from None
-            if a.dtype == object or a.dtype.kind == "f":   # Python ints beyond int64/uint64, or mixed
-                self._check_int_objects(a if a.dtype == object else np.asarray(tokens, dtype=object))
+                raise ValueError(
+                    f"tokens: expected a sequence of token ids or a list of sequences ({e})"
+                ) from None
+            if (
+                a.dtype == object or a.dtype.kind == "f"
+            ):  # Python ints beyond int64/uint64, or mixed
+                self._check_int_objects(
+                    a if a.dtype == object else np.asarray(tokens, dtype=object)
+                )
         if a.dtype == object:
             raise TypeError("tokens: expected integers, got objects of mixed types")
         if a.dtype.kind == "b":
@@ -487,8 +576,10 @@ class Model:
         if a.size == 0:
             raise ValueError(f"tokens: empty token list (shape {a.shape})")
         if a.size > MAX_POSITIONS:
-            raise ValueError(f"tokens: shape {a.shape} has {a.size} positions, more than the {MAX_POSITIONS} "
-                             "(2**30 - 1) one call can take (split the batch or the sequence)")
+            raise ValueError(
+                f"tokens: shape {a.shape} has {a.size} positions, more than the {MAX_POSITIONS} "
+                "(2**30 - 1) one call can take (split the batch or the sequence)"
+            )
         V = self.config.vocab_size
         lo, hi = a.min(), a.max()
         if lo < 0 or hi >= V:
@@ -499,11 +590,13 @@ class Model:
     def _raise_outside(self, a):
         V = self.config.vocab_size
         bad = np.argwhere((a < 0) | (a >= V))
-        if len(bad) == 0:      # changed by another thread since min/max: the C code checks its own copy
+        if len(bad) == 0:  # changed by another thread since min/max: the C code checks its own copy
             return
         bad = tuple(int(i) for i in bad[0])
         where = ", ".join(map(str, bad))
-        raise ValueError(f"tokens[{where}] = {int(a[bad])} is outside the vocabulary [0, {self.config.vocab_size})")
+        raise ValueError(
+            f"tokens[{where}] = {int(a[bad])} is outside the vocabulary [0, {self.config.vocab_size})"
+        )
 
     def _check_int_objects(self, a):
         """A list of Python ints NumPy could not hold in one integer dtype (beyond 2**64, or
@@ -513,20 +606,29 @@ class Model:
         V = self.config.vocab_size
         for where, x in np.ndenumerate(a):
             if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-                return          # not all integers: the dtype checks below say so
+                return  # not all integers: the dtype checks below say so
             if not 0 <= x < V:
-                raise ValueError(f"tokens[{', '.join(map(str, where))}] = {int(x)} is outside the vocabulary [0, {V})")
+                raise ValueError(
+                    f"tokens[{', '.join(map(str, where))}] = {int(x)} is outside the vocabulary [0, {V})"
+                )
 
     def _state_arrays(self, state, B, single):
         """(att_x, att_kv, ffn_x) float32 (B, ...) arrays for the C code to write the new state into,
         and None or the caller's state arrays to read it from (the C code copies each layer's part
         as it first uses it; the caller's state is never modified)."""
         c = self.config
-        shapes = {"att_x": (c.n_layer, c.n_embd), "att_kv": (c.n_layer, c.n_head, c.head_size, c.head_size),
-                  "ffn_x": (c.n_layer, c.n_embd)}
+        shapes = {
+            "att_x": (c.n_layer, c.n_embd),
+            "att_kv": (c.n_layer, c.n_head, c.head_size, c.head_size),
+            "ffn_x": (c.n_layer, c.n_embd),
+        }
         if state is None:
             s = self.new_state(B)
-            return (s.att_x, s.att_kv, s.ffn_x), None   # fresh arrays: the C code may write into them
+            return (
+                s.att_x,
+                s.att_kv,
+                s.ffn_x,
+            ), None  # fresh arrays: the C code may write into them
         if not isinstance(state, State):
             raise TypeError(f"state: expected rwkv5.State or None, got {type(state).__name__}")
         src = []
@@ -536,19 +638,29 @@ class Model:
                 raise TypeError(f"state.{name}: expected a numpy array, got {type(a).__name__}")
             if a.dtype.kind != "f" or a.dtype.itemsize != 4:
                 raise TypeError(f"state.{name}: expected dtype float32, got {a.dtype}")
-            if a.shape != shp and a.shape != (B,) + shp:   # (shp): one sequence's state, for every sequence
+            if (
+                a.shape != shp and a.shape != (B,) + shp
+            ):  # (shp): one sequence's state, for every sequence
                 want = f"{shp}" if single else f"{(B,) + shp} or {shp}"
-                raise ValueError(f"state.{name}: expected shape {want} for this model and batch, got {a.shape}")
+                raise ValueError(
+                    f"state.{name}: expected shape {want} for this model and batch, got {a.shape}"
+                )
             # read in place when native-order, C-contiguous and aligned; else an aligned copy (a
             # big-endian state is converted, a view at an odd byte offset is copied)
             src.append(np.require(a, np.float32, ["C", "A"]))
-        if len({x.ndim - len(shp) for x, shp in zip(src, shapes.values())}) > 1:   # all batched or none
-            src = [np.require(np.broadcast_to(x, (B,) + shp), np.float32, ["C", "A"])
-                   for x, shp in zip(src, shapes.values())]
+        if (
+            len({x.ndim - len(shp) for x, shp in zip(src, shapes.values())}) > 1
+        ):  # all batched or none
+            src = [
+                np.require(np.broadcast_to(x, (B,) + shp), np.float32, ["C", "A"])
+                for x, shp in zip(src, shapes.values())
+            ]
         out = tuple(np.empty((B,) + shp, np.float32) for shp in shapes.values())
         return out, tuple(src)
 
-    def forward(self, tokens, state: Optional[State] = None, mode: str = "auto", full_output: bool = False):
+    def forward(
+        self, tokens, state: Optional[State] = None, mode: str = "auto", full_output: bool = False
+    ):
         """Run tokens through the model; returns (logits, new_state).
 
         tokens: a list or 1-D int array (T,) -> logits (V,), or (T, V) with full_output;
@@ -566,7 +678,9 @@ class Model:
         """
         return self._run(tokens, state, mode, full_output, False)
 
-    def hidden_states(self, tokens, state: Optional[State] = None, mode: str = "auto", full_output: bool = False):
+    def hidden_states(
+        self, tokens, state: Optional[State] = None, mode: str = "auto", full_output: bool = False
+    ):
         """Like :meth:`forward`, but returns the final hidden states LN(x; ln_out) — what the head
         reads — instead of logits: (C,) for the last position, (T, C) with full_output, with a
         leading B axis for a batch. Returns (hidden, new_state)."""
@@ -579,13 +693,28 @@ class Model:
             return self._forward_ragged(tokens, state, mode, full_output, hidden)
         tok, single = self._tokens(tokens)
         B, T = tok.shape
-        if single and state is not None and isinstance(state, State) and state.batch_size is not None:
-            raise ValueError(f"state: a batched state (B={state.batch_size}) was given for a single sequence")
+        if (
+            single
+            and state is not None
+            and isinstance(state, State)
+            and state.batch_size is not None
+        ):
+            raise ValueError(
+                f"state: a batched state (B={state.batch_size}) was given for a single sequence"
+            )
         (att_x, att_kv, ffn_x), src = self._state_arrays(state, B, single)
         if mode == "auto":
             mode = "parallel" if T >= AUTO_PARALLEL_MIN_T else "recurrent"
-        logits = self._c.forward(tok, att_x, att_kv, ffn_x, 1 if mode == "parallel" else 0, bool(full_output),
-                                 bool(hidden), src)
+        logits = self._c.forward(
+            tok,
+            att_x,
+            att_kv,
+            ffn_x,
+            1 if mode == "parallel" else 0,
+            bool(full_output),
+            bool(hidden),
+            src,
+        )
         if single:
             return logits[0], State(att_x[0], att_kv[0], ffn_x[0])
         return logits, State(att_x, att_kv, ffn_x)
@@ -594,13 +723,24 @@ class Model:
         seqs = list(seqs)
         B = len(seqs)
         if state is not None and isinstance(state, State) and state.batch_size not in (None, B):
-            raise ValueError(f"state: expected batch {B} (one per sequence), got {state.batch_size}")
+            raise ValueError(
+                f"state: expected batch {B} (one per sequence), got {state.batch_size}"
+            )
         outs, states = [], []
         for b, seq in enumerate(seqs):
-            sb = state[b] if (state is not None and isinstance(state, State) and state.batch_size) else state
+            sb = (
+                state[b]
+                if (state is not None and isinstance(state, State) and state.batch_size)
+                else state
+            )
             try:
-                lg, st = self._run(np.asarray(seq) if not isinstance(seq, np.ndarray) else seq, sb, mode,
-                                   full_output, hidden)
+                lg, st = self._run(
+                    np.asarray(seq) if not isinstance(seq, np.ndarray) else seq,
+                    sb,
+                    mode,
+                    full_output,
+                    hidden,
+                )
             except (ValueError, TypeError) as e:
                 raise type(e)(f"sequence {b}: {e}") from None
             if np.ndim(lg) != (2 if full_output else 1):
@@ -621,11 +761,13 @@ class Model:
         >>> print("".join(model.generate("Once upon a time", max_tokens=50, seed=0)))  # doctest: +SKIP
         """
         from .generation import generate
+
         return generate(self, prompt, max_tokens=max_tokens, **kwargs)
 
     def generate_batch(self, prompts, max_tokens: int = 200, **kwargs):
         """Generate a completion for each prompt, stepping all of them as one batch; returns a list of str."""
         from .generation import generate_batch
+
         return generate_batch(self, prompts, max_tokens=max_tokens, **kwargs)
 
     def embed(self, texts, pool: str = "last", tokenizer=None, chunk_len: int = 1024) -> np.ndarray:
@@ -638,11 +780,14 @@ class Model:
         >>> vecs = model.embed(["a cat", "a dog"], pool="mean")   # doctest: +SKIP
         """
         from .generation import as_tokens, default_tokenizer
+
         if pool not in ("last", "mean"):
             raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
         if isinstance(texts, (str, bytes)):
-            raise TypeError("texts: expected a list of texts or token lists, got a single "
-                            f"{type(texts).__name__} (wrap it in a list)")
+            raise TypeError(
+                "texts: expected a list of texts or token lists, got a single "
+                f"{type(texts).__name__} (wrap it in a list)"
+            )
         tok = tokenizer or default_tokenizer(self)
         out = np.empty((len(texts), self.config.n_embd), np.float32)
         for i, text in enumerate(texts):
@@ -651,7 +796,9 @@ class Model:
                 raise ValueError(f"texts[{i}]: expected at least one token, got an empty text")
             state, total = None, np.zeros(self.config.n_embd, np.float64)
             for start in range(0, len(ids), chunk_len):
-                h, state = self.hidden_states(ids[start:start + chunk_len], state, full_output=(pool == "mean"))
+                h, state = self.hidden_states(
+                    ids[start : start + chunk_len], state, full_output=(pool == "mean")
+                )
                 if pool == "mean":
                     total += h.sum(axis=0, dtype=np.float64)
                 else:
@@ -664,18 +811,23 @@ class Model:
         """Loss (nats/token), perplexity and next-token accuracy of a text (rwkv5.scoring.Score)."""
         from .generation import as_tokens, default_tokenizer
         from .scoring import score
+
         tokens = as_tokens(text_or_tokens, tokenizer or default_tokenizer(self))
         return score(self, tokens, state=state, chunk_len=chunk_len)
 
     def perplexity(self, text_or_tokens, tokenizer=None, state=None, chunk_len: int = 256) -> float:
         """exp(mean negative log-likelihood) of each token given the ones before it (parallel mode,
         chunk by chunk so memory stays bounded)."""
-        return self.score(text_or_tokens, tokenizer=tokenizer, state=state, chunk_len=chunk_len).perplexity
+        return self.score(
+            text_or_tokens, tokenizer=tokenizer, state=state, chunk_len=chunk_len
+        ).perplexity
 
     def __repr__(self):
         c = self.config
-        return (f"<rwkv5.Model {c.version} L{c.n_layer} C{c.n_embd} H{c.n_head}x{c.head_size} F{c.n_ffn} "
-                f"V{c.vocab_size} {c.dtype} gn_eps={c.gn_eps:g}>")
+        return (
+            f"<rwkv5.Model {c.version} L{c.n_layer} C{c.n_embd} H{c.n_head}x{c.head_size} F{c.n_ffn} "
+            f"V{c.vocab_size} {c.dtype} gn_eps={c.gn_eps:g}>"
+        )
 
 
 def _is_ragged(tokens):
@@ -687,5 +839,13 @@ def _is_ragged(tokens):
     return len({len(s) for s in tokens}) > 1
 
 
-__all__ = ["Model", "State", "ModelConfig", "quantize_int8", "quantize_int8_numpy", "quantize_int4", "dequantize_int4",
-           "block_matrix"]
+__all__ = [
+    "Model",
+    "State",
+    "ModelConfig",
+    "quantize_int8",
+    "quantize_int8_numpy",
+    "quantize_int4",
+    "dequantize_int4",
+    "block_matrix",
+]

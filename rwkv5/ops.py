@@ -1,13 +1,14 @@
 """The model's C kernels as NumPy functions (float32 in, float32 out; the GIL is released).
 
-    >>> import numpy as np, rwkv5
-    >>> T, H, N = 5, 2, 8
-    >>> r, k, v = (np.random.rand(T, H, N).astype(np.float32) for _ in range(3))
-    >>> w = np.full((H, N), 0.9, np.float32); u = np.zeros((H, N), np.float32)
-    >>> y, S = rwkv5.ops.wkv5(r, k, v, w, u, None, mode="parallel")
-    >>> y.shape, S.shape
-    ((5, 2, 8), (2, 8, 8))
+>>> import numpy as np, rwkv5
+>>> T, H, N = 5, 2, 8
+>>> r, k, v = (np.random.rand(T, H, N).astype(np.float32) for _ in range(3))
+>>> w = np.full((H, N), 0.9, np.float32); u = np.zeros((H, N), np.float32)
+>>> y, S = rwkv5.ops.wkv5(r, k, v, w, u, None, mode="parallel")
+>>> y.shape, S.shape
+((5, 2, 8), (2, 8, 8))
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,7 +60,9 @@ def wkv5(r, k, v, w, u, state=None, mode="recurrent"):
             raise ValueError(f"{name}: expected shape {r.shape} (same as r), got {a.shape}")
     w, u = _per_channel(w, "w", H, N), _per_channel(u, "u", H, N)
     if not np.all((w >= 0) & (w <= 1)):
-        raise ValueError("w: the decay must lie in [0, 1] (pass exp(-exp(time_decay)), not time_decay)")
+        raise ValueError(
+            "w: the decay must lie in [0, 1] (pass exp(-exp(time_decay)), not time_decay)"
+        )
     if state is None:
         state = np.zeros((H, N, N), np.float32)
     else:

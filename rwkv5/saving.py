@@ -18,6 +18,7 @@ that reads RWKV-LM safetensors) reads it back:
   ``[h][value][key]`` (docs/model.md §5);
 * the GroupNorm epsilon in the metadata (``gn_eps``), so the file computes what the model did.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,11 +27,12 @@ from ._int4 import dequantize_int4
 
 __all__ = ["model_tensors", "save_model"]
 
+
 def _row_major(a, shape):
     """A matrix as the model holds it -> (rows, cols) row-major; undoes `block_matrix`."""
-    if a.ndim == 4:          # (ceil(rows/4), ceil(cols/E), 4, E) blocked, zero padded
+    if a.ndim == 4:  # (ceil(rows/4), ceil(cols/E), 4, E) blocked, zero padded
         g, c, four, e = a.shape
-        a = a.transpose(0, 2, 1, 3).reshape(g * four, c * e)[:shape[0], :shape[1]]
+        a = a.transpose(0, 2, 1, 3).reshape(g * four, c * e)[: shape[0], : shape[1]]
     if a.shape != shape:
         raise AssertionError(f"matrix of shape {a.shape}, expected {shape}")
     return np.ascontiguousarray(a)
@@ -50,20 +52,24 @@ def model_tensors(model):
     from .formats.quantized import block, flatten, form_of
 
     t, quantised = {}, {}
-    for name, layer, p in model_params(a):      # model._weights holds these names (the table PARAMS)
+    for name, layer, p in model_params(a):  # model._weights holds these names (the table PARAMS)
         w = model._weights[name]
-        if p.kind == "matrix" and isinstance(w, tuple) and w[0].dtype == np.uint8:   # int4 blocks: fp32 q * s
+        if (
+            p.kind == "matrix" and isinstance(w, tuple) and w[0].dtype == np.uint8
+        ):  # int4 blocks: fp32 q * s
             t[name] = dequantize_int4(w[0], p.shape(a)[1])
-        elif p.kind == "matrix" and isinstance(w, tuple):     # (q, *parts): written as held, q blocked
+        elif p.kind == "matrix" and isinstance(w, tuple):  # (q, *parts): written as held, q blocked
             q = w[0] if w[0].ndim == 4 else block(w[0])
             quantised[name] = (form_of(w), (q,) + tuple(w[1:]), p.shape(a))
         elif p.kind == "matrix":
             t[name] = _matrix(w, p.shape(a))
-        elif p.kind == "decay":                 # ln w -> time_decay = ln(-ln w)
-            with np.errstate(divide="ignore"):  # ln w = 0 (w = 1) gives time_decay = -inf, as it came
+        elif p.kind == "decay":  # ln w -> time_decay = ln(-ln w)
+            with np.errstate(
+                divide="ignore"
+            ):  # ln w = 0 (w = 1) gives time_decay = -inf, as it came
                 d = np.log(-w.reshape(H, N))
             t[name] = d if per_channel else np.ascontiguousarray(d[:, 0])
-        elif p.kind == "bonus":                 # u, written as time_faaaa whatever the file had
+        elif p.kind == "bonus":  # u, written as time_faaaa whatever the file had
             u = w.reshape(H, N)
             t[name] = u if per_channel else np.ascontiguousarray(u[:, 0])
         elif ".time_mix_" in name:
@@ -74,8 +80,12 @@ def model_tensors(model):
         for i, kv in enumerate(np.asarray(model._initial_state.att_kv)):
             t[f"blocks.{i}.att.time_state"] = np.ascontiguousarray(kv.transpose(0, 2, 1))
     dtypes = {k: "BF16" for k, v in t.items() if v.dtype == np.uint16}
-    meta = {"format": "rwkv5-checkpoint", "gn_eps": repr(float(c.gn_eps)), "dtype": c.dtype,
-            "saved_by": "rwkv5 Model.save"}
+    meta = {
+        "format": "rwkv5-checkpoint",
+        "gn_eps": repr(float(c.gn_eps)),
+        "dtype": c.dtype,
+        "saved_by": "rwkv5 Model.save",
+    }
     first = []
     if quantised:
         qt, qd, qm, first = flatten(quantised)

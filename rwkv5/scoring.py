@@ -3,6 +3,7 @@
 Logits are computed in parallel mode, one slice of ``chunk_len`` positions at a time with the state
 carried between slices, so memory stays at one slice's (chunk_len, V) logits whatever the length.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,11 +14,12 @@ import numpy as np
 @dataclass(frozen=True)
 class Score:
     """Result of :func:`score`: ``loss`` is the mean negative log-likelihood in nats per predicted token."""
-    n_tokens: int          # predicted tokens (len(tokens) - 1 when scoring from a fresh state)
-    nll_sum: float         # total negative log-likelihood, nats
-    loss: float            # nll_sum / n_tokens
-    perplexity: float      # exp(loss)
-    n_correct: int         # positions where the arg-max logit was the actual next token
+
+    n_tokens: int  # predicted tokens (len(tokens) - 1 when scoring from a fresh state)
+    nll_sum: float  # total negative log-likelihood, nats
+    loss: float  # nll_sum / n_tokens
+    perplexity: float  # exp(loss)
+    n_correct: int  # positions where the arg-max logit was the actual next token
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -30,16 +32,18 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def _logprobs_and_hits(model, tokens, state, chunk_len):
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or tokens.size < 2:
-        raise ValueError(f"tokens: expected a 1-D sequence of at least 2 tokens, got shape {tokens.shape}")
+        raise ValueError(
+            f"tokens: expected a 1-D sequence of at least 2 tokens, got shape {tokens.shape}"
+        )
     if chunk_len < 1:
         raise ValueError(f"chunk_len: expected >= 1, got {chunk_len}")
     parts, correct = [], 0
     for start in range(0, tokens.size - 1, chunk_len):
-        piece = tokens[start:start + chunk_len]
+        piece = tokens[start : start + chunk_len]
         logits, state = model.forward(piece, state, mode="parallel", full_output=True)
         logits = logits.reshape(len(piece), -1)
-        targets = tokens[start + 1:start + 1 + len(piece)]
-        rows = logits[:len(targets)]
+        targets = tokens[start + 1 : start + 1 + len(piece)]
+        rows = logits[: len(targets)]
         parts.append(log_softmax(rows)[np.arange(len(targets)), targets])
         correct += int((rows.argmax(axis=-1) == targets).sum())
     return np.concatenate(parts), correct

@@ -18,6 +18,7 @@ e.g. from the command line's ``--storage-option KEY=VALUE``) are passed to the f
 the standard environment of each store (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``, ...) is read by its own client.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,22 +30,44 @@ import tempfile
 import threading
 import time
 
-__all__ = ["StorageError", "is_url", "local_copy", "download", "parse_storage_options", "set_default_options", "filesystem",
-           "open_read", "glob", "find", "exists", "isdir", "size", "info", "fingerprint", "cat",
-           "retry", "retry_counts", "BLOCK_SIZE", "READ_AHEAD"]
+__all__ = [
+    "StorageError",
+    "is_url",
+    "local_copy",
+    "download",
+    "parse_storage_options",
+    "set_default_options",
+    "filesystem",
+    "open_read",
+    "glob",
+    "find",
+    "exists",
+    "isdir",
+    "size",
+    "info",
+    "fingerprint",
+    "cat",
+    "retry",
+    "retry_counts",
+    "BLOCK_SIZE",
+    "READ_AHEAD",
+]
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 # protocol -> (the package fsspec needs for it, the extra of rwkv5 that installs it)
 PROTOCOL_PACKAGES = {
-    "s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"),
-    "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
     "hf": ("huggingface_hub", "hf"),
-    "http": ("aiohttp", "http"), "https": ("aiohttp", "http"),
+    "http": ("aiohttp", "http"),
+    "https": ("aiohttp", "http"),
 }
 
-BLOCK_SIZE = 8 << 20   # bytes per ranged GET: large enough that per-request latency is amortized
-READ_AHEAD = 2         # blocks fetched ahead of the reader by its fetch thread
+BLOCK_SIZE = 8 << 20  # bytes per ranged GET: large enough that per-request latency is amortized
+READ_AHEAD = 2  # blocks fetched ahead of the reader by its fetch thread
 
 
 class StorageError(OSError):
@@ -102,7 +125,9 @@ def parse_storage_options(items) -> dict:
         for p in parents:
             d = d.setdefault(p, {})
             if not isinstance(d, dict):
-                raise ValueError(f"--storage-option: {key!r} sets a field of {p!r}, which is a value")
+                raise ValueError(
+                    f"--storage-option: {key!r} sets a field of {p!r}, which is a value"
+                )
         d[leaf] = _parse_value(value)
     return out
 
@@ -152,16 +177,18 @@ def filesystem(url: str, storage_options: dict = None):
     try:
         fs, path = fsspec.core.url_to_fs(url, **opts)
         if proto in ("s3", "s3a"):
-            fs.retries = 1   # s3fs's own retry loop (a class attribute, default 5)
+            fs.retries = 1  # s3fs's own retry loop (a class attribute, default 5)
         return fs, path
     except ImportError as e:
-        raise StorageError(f"{url}: the {proto}:// protocol needs a package that is not installed "
-                           f"({_one_line(e)}): {_install_hint(proto)}") from None
+        raise StorageError(
+            f"{url}: the {proto}:// protocol needs a package that is not installed "
+            f"({_one_line(e)}): {_install_hint(proto)}"
+        ) from None
     except ValueError as e:
         if "protocol" in str(e).lower():
             raise StorageError(f"{url}: unknown protocol {proto}:// ({_one_line(e)})") from None
         raise StorageError(f"{url}: {_one_line(e)}") from None
-    except TypeError as e:   # an option the filesystem does not take
+    except TypeError as e:  # an option the filesystem does not take
         raise StorageError(f"{url}: bad storage option ({_one_line(e)})") from None
 
 
@@ -171,16 +198,36 @@ _counts_lock = threading.Lock()
 _counts = {"retries": 0, "failures": 0}
 
 # names of exception classes (anywhere in the cause chain) that mean "try again"
-_TRANSIENT_NAMES = frozenset((
-    "ConnectionError", "ConnectionResetError", "ConnectionRefusedError", "ConnectionAbortedError",
-    "BrokenPipeError", "TimeoutError", "IncompleteReadError", "EndpointConnectionError",
-    "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError", "ResponseStreamingError",
-    "ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "ClientPayloadError",
-    "ServerTimeoutError", "IncompleteRead", "ProtocolError", "RemoteDisconnected"))
+_TRANSIENT_NAMES = frozenset(
+    (
+        "ConnectionError",
+        "ConnectionResetError",
+        "ConnectionRefusedError",
+        "ConnectionAbortedError",
+        "BrokenPipeError",
+        "TimeoutError",
+        "IncompleteReadError",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ResponseStreamingError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "ServerTimeoutError",
+        "IncompleteRead",
+        "ProtocolError",
+        "RemoteDisconnected",
+    )
+)
 # error codes / phrases of the stores that mean "try again"
-_TRANSIENT_TEXT = re.compile(r"SlowDown|Throttl|TooManyRequests|RequestTimeout|InternalError|"
-                             r"ServiceUnavailable|Service Unavailable|Bad Gateway|Gateway Timeout|"
-                             r"\b(429|500|502|503|504)\b|rateLimitExceeded|backendError")
+_TRANSIENT_TEXT = re.compile(
+    r"SlowDown|Throttl|TooManyRequests|RequestTimeout|InternalError|"
+    r"ServiceUnavailable|Service Unavailable|Bad Gateway|Gateway Timeout|"
+    r"\b(429|500|502|503|504)\b|rateLimitExceeded|backendError"
+)
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -252,10 +299,18 @@ def retry(fn, *args, url: str = "", what: str = "read", counter: dict = None, **
                 if is_transient(e):
                     with _counts_lock:
                         _counts["failures"] += 1
-                    raise StorageError(f"{url}: {what} failed after {attempts} attempts: "
-                                       f"{type(e).__name__}: {_one_line(e)}") from None
-                if isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiohttp", "fsspec",
-                                                                                  "s3fs", "gcsfs", "huggingface_hub"):
+                    raise StorageError(
+                        f"{url}: {what} failed after {attempts} attempts: "
+                        f"{type(e).__name__}: {_one_line(e)}"
+                    ) from None
+                if isinstance(e, OSError) or type(e).__module__.split(".")[0] in (
+                    "botocore",
+                    "aiohttp",
+                    "fsspec",
+                    "s3fs",
+                    "gcsfs",
+                    "huggingface_hub",
+                ):
                     raise _named(e, url, what) from None
                 raise
             with _counts_lock:
@@ -279,6 +334,7 @@ def reset_retry_counts() -> None:
 
 
 # ---- metadata and listing ----------------------------------------------------------------------
+
 
 def info(url: str, storage_options: dict = None) -> dict:
     """The store's metadata of one object (``size``, ``type``, and an ETag / mtime when it has
@@ -351,6 +407,7 @@ def cat(url: str, start: int = None, end: int = None, storage_options: dict = No
 
 # ---- streamed reading --------------------------------------------------------------------------
 
+
 class RangeReader(io.RawIOBase):
     """A read-only binary file over one object, read in ranged GETs of ``block_size`` bytes by a
     fetch thread that keeps ``read_ahead`` blocks ahead of the reader (so the network and the
@@ -362,25 +419,39 @@ class RangeReader(io.RawIOBase):
     object); each GET is retried as ``retry`` says.
     """
 
-    def __init__(self, url: str, storage_options: dict = None, *, start: int = 0, end: int = None,
-                 block_size: int = None, read_ahead: int = None, counter: dict = None, size: int = None):
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict = None,
+        *,
+        start: int = 0,
+        end: int = None,
+        block_size: int = None,
+        read_ahead: int = None,
+        counter: dict = None,
+        size: int = None,
+    ):
         super().__init__()
         self.url = url
         self._fs, self._path = filesystem(url, storage_options)
-        self._size = int(size) if size is not None else int(retry(self._fs.size, self._path, url=url, what="stat"))
+        self._size = (
+            int(size)
+            if size is not None
+            else int(retry(self._fs.size, self._path, url=url, what="stat"))
+        )
         self._end = self._size if end is None or end < 0 else min(int(end), self._size)
         self._start = max(0, min(int(start), self._end))
         self._block = max(1 << 12, int(BLOCK_SIZE if block_size is None else block_size))
         self._ahead = max(0, int(READ_AHEAD if read_ahead is None else read_ahead))
         self._counter = counter
         self._pos = self._start
-        self._buf = b""          # the block at hand, covering [self._buf_at, self._buf_at + len)
+        self._buf = b""  # the block at hand, covering [self._buf_at, self._buf_at + len)
         self._buf_at = self._start
         self._cond = threading.Condition()
-        self._ready: dict = {}   # block offset -> bytes or an exception
+        self._ready: dict = {}  # block offset -> bytes or an exception
         self._next_fetch = self._start
         self._expect = self._start
-        self._gen = 0            # bumped on every restart: a stale fetch thread stops
+        self._gen = 0  # bumped on every restart: a stale fetch thread stops
         self._thread = None
         self._closed_flag = False
 
@@ -388,8 +459,12 @@ class RangeReader(io.RawIOBase):
     def _fetch_loop(self, gen: int) -> None:
         while True:
             with self._cond:
-                while (gen == self._gen and not self._closed_flag and self._next_fetch < self._end
-                       and len(self._ready) > self._ahead):
+                while (
+                    gen == self._gen
+                    and not self._closed_flag
+                    and self._next_fetch < self._end
+                    and len(self._ready) > self._ahead
+                ):
                     self._cond.wait()
                 if gen != self._gen or self._closed_flag or self._next_fetch >= self._end:
                     return
@@ -397,11 +472,20 @@ class RangeReader(io.RawIOBase):
                 self._next_fetch = min(self._end, at + self._block)
                 stop = self._next_fetch
             try:
-                data = retry(self._fs.cat_file, self._path, start=at, end=stop, url=self.url,
-                             what=f"read of bytes {at}..{stop}", counter=self._counter)
+                data = retry(
+                    self._fs.cat_file,
+                    self._path,
+                    start=at,
+                    end=stop,
+                    url=self.url,
+                    what=f"read of bytes {at}..{stop}",
+                    counter=self._counter,
+                )
                 if len(data) != stop - at:
-                    data = StorageError(f"{self.url}: read of bytes {at}..{stop} returned {len(data)} bytes "
-                                        f"(the object changed or was truncated while being read)")
+                    data = StorageError(
+                        f"{self.url}: read of bytes {at}..{stop} returned {len(data)} bytes "
+                        f"(the object changed or was truncated while being read)"
+                    )
             except BaseException as e:  # handed to the reader, which raises it
                 data = e
             with self._cond:
@@ -420,8 +504,9 @@ class RangeReader(io.RawIOBase):
             self._next_fetch = at
             self._cond.notify_all()
         self._expect = at
-        self._thread = threading.Thread(target=self._fetch_loop, args=(self._gen,), daemon=True,
-                                        name="rwkv5-storage-fetch")
+        self._thread = threading.Thread(
+            target=self._fetch_loop, args=(self._gen,), daemon=True, name="rwkv5-storage-fetch"
+        )
         self._thread.start()
 
     def _next_block(self) -> bool:
@@ -429,7 +514,7 @@ class RangeReader(io.RawIOBase):
         if self._pos >= self._end:
             return False
         want = self._pos - (self._pos - self._start) % self._block
-        if self._thread is None or want != self._expect:   # first read, or a seek: fetch from here
+        if self._thread is None or want != self._expect:  # first read, or a seek: fetch from here
             self._restart(want)
         with self._cond:
             while want not in self._ready:
@@ -461,7 +546,7 @@ class RangeReader(io.RawIOBase):
                     break
                 off = self._pos - self._buf_at
             k = min(len(mv) - n, len(self._buf) - off)
-            mv[n:n + k] = self._buf[off:off + k]
+            mv[n : n + k] = self._buf[off : off + k]
             n += k
             self._pos += k
         return n
@@ -498,14 +583,30 @@ class RangeReader(io.RawIOBase):
         super().close()
 
 
-def open_read(url: str, storage_options: dict = None, *, start: int = 0, end: int = None,
-              block_size: int = None, read_ahead: int = None, counter: dict = None,
-              size: int = None) -> RangeReader:
+def open_read(
+    url: str,
+    storage_options: dict = None,
+    *,
+    start: int = 0,
+    end: int = None,
+    block_size: int = None,
+    read_ahead: int = None,
+    counter: dict = None,
+    size: int = None,
+) -> RangeReader:
     """A binary file object reading ``url`` (optionally only bytes ``start:end``) in ranged reads
     of ``block_size`` (default BLOCK_SIZE) with ``read_ahead`` (default READ_AHEAD) blocks fetched
     ahead by a thread (``RangeReader``)."""
-    return RangeReader(url, storage_options, start=start, end=end, block_size=block_size,
-                       read_ahead=read_ahead, counter=counter, size=size)
+    return RangeReader(
+        url,
+        storage_options,
+        start=start,
+        end=end,
+        block_size=block_size,
+        read_ahead=read_ahead,
+        counter=counter,
+        size=size,
+    )
 
 
 def download(url: str, local: str, storage_options: dict = None) -> None:
@@ -526,7 +627,7 @@ def local_copy(url: str, storage_options: dict = None):
         if isdir(url, storage_options):
             root = url.rstrip("/") + "/"
             for u in find(url, storage_options):
-                dst = os.path.join(tmp, *u[len(root):].split("/"))
+                dst = os.path.join(tmp, *u[len(root) :].split("/"))
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 download(u, dst, storage_options)
             yield tmp

@@ -1,10 +1,11 @@
 """Helpers for tests and benchmarks: random RWKV-5 models with realistic value ranges.
 
-    >>> from rwkv5.testing import random_state_dict
-    >>> sd = random_state_dict("5.2", n_layer=2, n_embd=128, head_size=64)
-    >>> sd["blocks.0.att.time_decay"].shape
-    (2, 64)
+>>> from rwkv5.testing import random_state_dict
+>>> sd = random_state_dict("5.2", n_layer=2, n_embd=128, head_size=64)
+>>> sd["blocks.0.att.time_decay"].shape
+(2, 64)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,18 @@ from ._checkpoint import Architecture, model_params
 from ._checkpoint import bf16_bits_to_float32, float32_to_bf16_bits  # noqa: F401  (re-exported)
 
 
-def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_size=256,
-                      n_ffn=None, seed=0, dtype=np.float32, time_first=False, tiled=False):
+def random_state_dict(
+    version="5.2",
+    n_layer=2,
+    n_embd=128,
+    head_size=64,
+    vocab_size=256,
+    n_ffn=None,
+    seed=0,
+    dtype=np.float32,
+    time_first=False,
+    tiled=False,
+):
     """A random RWKV-LM state dict (names and raw values as in docs/model.md §3).
 
     version: "5.0", "5.1" or "5.2"; time_first=True (5.0 only) stores the bonus as `time_first`
@@ -44,7 +55,7 @@ def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_
     bf16 = isinstance(dtype, str) and dtype == "bf16"
     block = rng.standard_normal(1 << 22, dtype=np.float32) if tiled else None
 
-    def mat(rows, cols):   # drawn in float32: large models stay cheap to generate
+    def mat(rows, cols):  # drawn in float32: large models stay cheap to generate
         if tiled:
             return _tiled_matrix(rng, block, rows, cols, np.float32(1 / np.sqrt(cols)), bf16, dtype)
         m = rng.standard_normal((rows, cols), dtype=np.float32)
@@ -55,7 +66,9 @@ def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_
         return val + s * rng.standard_normal(n)
 
     dshape = (H, N) if version == "5.2" else (H,)
-    arch = Architecture(version, n_layer, C, H, N, F, V, "time_first" if time_first else "time_faaaa")
+    arch = Architecture(
+        version, n_layer, C, H, N, F, V, "time_first" if time_first else "time_faaaa"
+    )
 
     def draw(name, p):
         if name == "emb.weight":
@@ -70,16 +83,20 @@ def random_state_dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_
             return rng.normal(0.0, 0.5, dshape)
         if ".time_mix_" in name:
             return rng.uniform(0.05, 0.95, (1, 1, C))
-        return near(1.0 if name.endswith(".weight") else 0.0, p.shape(arch)[0])   # LayerNorm / GroupNorm
+        return near(
+            1.0 if name.endswith(".weight") else 0.0, p.shape(arch)[0]
+        )  # LayerNorm / GroupNorm
 
     sd = {}
-    for name, layer, p in model_params(arch):      # every parameter of the C table, in its order
+    for name, layer, p in model_params(arch):  # every parameter of the C table, in its order
         if p.kind == "bonus":
             name = f"blocks.{layer}.att.{arch.bonus}"
         sd[name] = draw(name, p)
     if bf16:
-        return {k: v if v.dtype == np.uint16 else float32_to_bf16_bits(v.astype(np.float32))
-                for k, v in sd.items()}
+        return {
+            k: v if v.dtype == np.uint16 else float32_to_bf16_bits(v.astype(np.float32))
+            for k, v in sd.items()
+        }
     return {k: v.astype(dtype, copy=False) for k, v in sd.items()}
 
 
@@ -93,8 +110,8 @@ def _tiled_matrix(rng, block, rows, cols, scale, bf16, dtype):
     for s in range(0, flat.size, step):
         e = min(flat.size, s + step)
         off = int(rng.integers(0, block.size - step))
-        np.multiply(block[off:off + e - s], scale, out=tmp[:e - s])
-        flat[s:e] = float32_to_bf16_bits(tmp[:e - s]) if bf16 else tmp[:e - s]
+        np.multiply(block[off : off + e - s], scale, out=tmp[: e - s])
+        flat[s:e] = float32_to_bf16_bits(tmp[: e - s]) if bf16 else tmp[: e - s]
     return out
 
 
@@ -113,6 +130,6 @@ def round_weights(sd, dtype):
             elif dtype == "bf16":
                 f = bf16_bits_to_float32(float32_to_bf16_bits(f))
         elif not k.endswith(("time_decay", "time_faaaa", "time_first")):
-            f = np.asarray(f, np.float32)      # small vectors are fp32 in the model
+            f = np.asarray(f, np.float32)  # small vectors are fp32 in the model
         out[k] = np.asarray(f, np.float64)
     return out

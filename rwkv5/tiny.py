@@ -13,6 +13,7 @@ text, load an RWKV-5 World checkpoint with :func:`rwkv5.load`.
     256
     >>> text = "".join(model.generate("Der Zug", max_tokens=20, seed=0))
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -25,6 +26,8 @@ def load(**kwargs):
     from .loading import load as load_checkpoint
 
     if not PATH.is_file():
-        raise OSError(f"{PATH}: the shipped model is missing from this installation of rwkv5 "
-                      "(reinstall the package, or run tools/train_tiny.py in a source checkout)")
+        raise OSError(
+            f"{PATH}: the shipped model is missing from this installation of rwkv5 "
+            "(reinstall the package, or run tools/train_tiny.py in a source checkout)"
+        )
     return load_checkpoint(PATH, **kwargs)

@@ -28,8 +28,10 @@ def fixtures_dir():
     tests that need it skip (tests that need *a* trained model use tiny_model_path / tiny_files).
     """
     if not FIXTURES.is_dir():
-        pytest.skip(f"compares with rwkv.cpp's own files or logits (or the developers' copy of the World vocab) "
-                    f"in {FIXTURES}, which is absent (it ships beside the project checkout, not in it)")
+        pytest.skip(
+            f"compares with rwkv.cpp's own files or logits (or the developers' copy of the World vocab) "
+            f"in {FIXTURES}, which is absent (it ships beside the project checkout, not in it)"
+        )
     return FIXTURES
 
 
@@ -51,13 +53,15 @@ def tiny_model_path():
 # rwkv.cpp `.bin` files in FP32 and FP16 (rwkv5.formats.rwkvcpp.write_rwkvcpp) and a safetensors
 # file. Tests that need *a* trained model in some format use these, so they run without
 # ../shared/fixtures; only the rwkv.cpp-compatibility tests (rwkv.cpp's own files and logits) do not.
-TINY_PROMPT = [34, 105, 110]        # '"', 'i', 'n': the prompt of the expected-logits checks
+TINY_PROMPT = [34, 105, 110]  # '"', 'i', 'n': the prompt of the expected-logits checks
 
 
 # Under ASan (make test-asan: libasan preloaded, inherited by subprocesses) resident memory includes
 # its shadow memory and the quarantine of freed blocks, so a bound on peak RSS says nothing there.
 UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
-plain_rss = pytest.mark.skipif(UNDER_ASAN, reason="peak RSS under ASan includes its shadow memory and quarantine")
+plain_rss = pytest.mark.skipif(
+    UNDER_ASAN, reason="peak RSS under ASan includes its shadow memory and quarantine"
+)
 
 
 class TinyFiles:
@@ -80,6 +84,7 @@ class TinyFiles:
                 if name.startswith("blocks."):
                     return (1, int(name.split(".")[1]), name)
                 return (0 if name.startswith("emb.") else 2, 0, name)
+
             self._sd = {k: np.array(sd[k], np.float32) for k in sorted(sd, key=order)}
         return {k: v.copy() for k, v in self._sd.items()}
 
@@ -88,7 +93,9 @@ class TinyFiles:
         NumPy twin of the C model), independently of the C code and of every file format."""
         from rwkv5.reference import ReferenceModel
 
-        return ReferenceModel(self.state_dict(), gn_eps=gn_eps).forward(list(tokens), mode="recurrent")[0]
+        return ReferenceModel(self.state_dict(), gn_eps=gn_eps).forward(
+            list(tokens), mode="recurrent"
+        )[0]
 
     def __getitem__(self, kind: str) -> pathlib.Path:
         if kind not in self.KINDS:
@@ -98,7 +105,9 @@ class TinyFiles:
         path = self.folder / f"tiny-5v2-{kind}"
         sd = self.state_dict()
         if kind.endswith(".pth"):
-            torch = pytest.importorskip("torch", reason="torch (test extra) writes the RWKV-LM .pth files")
+            torch = pytest.importorskip(
+                "torch", reason="torch (test extra) writes the RWKV-LM .pth files"
+            )
             tt = {k: torch.from_numpy(v) for k, v in sd.items()}
             if kind == "bf16.pth":
                 tt = {k: v.to(torch.bfloat16) for k, v in tt.items()}

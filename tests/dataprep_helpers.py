@@ -1,5 +1,6 @@
 """Shared helpers for the dataprep tests: corpus generators that know what they wrote, an
 independent binidx reader written from docs/dataprep.md ("Outputs"), and the reference tokenizer."""
+
 import functools
 import json
 import os
@@ -29,8 +30,11 @@ def ref_tokenizer():
     """RWKV's own Python TRIE_TOKENIZER (the reference; only that submodule is imported)."""
     import importlib.util
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+
     spec = importlib.util.find_spec("rwkv")
-    return TRIE_TOKENIZER(os.path.join(list(spec.submodule_search_locations)[0], "rwkv_vocab_v20230424.txt"))
+    return TRIE_TOKENIZER(
+        os.path.join(list(spec.submodule_search_locations)[0], "rwkv_vocab_v20230424.txt")
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,7 +59,7 @@ def read_binidx_independent(prefix):
     doc_idx = np.frombuffer(idx, dtype="<i8", count=doc_count, offset=off)
     assert off + 8 * doc_count == len(idx)
     tokens = np.fromfile(prefix + ".bin", dtype="<u2")
-    docs = [tokens[p // 2:p // 2 + s] for p, s in zip(pointers.tolist(), sizes.tolist())]
+    docs = [tokens[p // 2 : p // 2 + s] for p, s in zip(pointers.tolist(), sizes.tolist())]
     return docs, doc_idx
 
 
@@ -70,23 +74,39 @@ def gen_corpus(seed, n_records, bad=True):
     for i in range(n_records):
         r = rng.random()
         if bad and r < 0.03:
-            lines.append(b'{"text": "unterminated'); expected.append(("malformed_json", None)); continue
+            lines.append(b'{"text": "unterminated')
+            expected.append(("malformed_json", None))
+            continue
         if bad and r < 0.05:
-            lines.append(b'{"title": "no text here"}'); expected.append(("missing_field", None)); continue
+            lines.append(b'{"title": "no text here"}')
+            expected.append(("missing_field", None))
+            continue
         if bad and r < 0.06:
-            lines.append(b'{"text": 12}'); expected.append(("field_not_string", None)); continue
+            lines.append(b'{"text": 12}')
+            expected.append(("field_not_string", None))
+            continue
         if bad and r < 0.07:
-            lines.append(b'{"text": ""}'); expected.append(("empty", None)); continue
+            lines.append(b'{"text": ""}')
+            expected.append(("empty", None))
+            continue
         if bad and r < 0.08:
-            lines.append(b'{"text": "bad \xff\xfe bytes"}'); expected.append(("invalid_utf8", None)); continue
+            lines.append(b'{"text": "bad \xff\xfe bytes"}')
+            expected.append(("invalid_utf8", None))
+            continue
         if bad and r < 0.09:
-            lines.append(b'{"text": "lone \\ud800 surrogate"}'); expected.append(("lone_surrogate", None)); continue
+            lines.append(b'{"text": "lone \\ud800 surrogate"}')
+            expected.append(("lone_surrogate", None))
+            continue
         if bad and r < 0.10:
-            lines.append(b"   "); expected.append(("blank", None)); continue
+            lines.append(b"   ")
+            expected.append(("blank", None))
+            continue
         lang = rng.choice(langs)
         base = SAMPLES[lang][0]
         k = rng.randint(1, 6)
-        parts = [base[rng.randint(0, len(base) - 1):] if rng.random() < 0.3 else base for _ in range(k)]
+        parts = [
+            base[rng.randint(0, len(base) - 1) :] if rng.random() < 0.3 else base for _ in range(k)
+        ]
         text = rng.choice([" ", "\n", "\t", "\n\n", ' "q" ', " \\ "]).join(parts)
         rec = {"id": i, "text": text, "lang": lang, "meta": {"n": [1, 2.5, None, True]}}
         line = json.dumps(rec, ensure_ascii=rng.random() < 0.4).encode("utf-8")

@@ -17,6 +17,7 @@ Fixtures (conftest.py imports them):
 Nothing here reaches an address other than 127.0.0.1: the endpoint is always the loopback server,
 the instance-metadata lookup is disabled and no shared config or credentials file is read.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,9 +31,17 @@ HOST = "127.0.0.1"
 REGION = "us-east-1"
 FAKE_KEY_ID, FAKE_SECRET = "testing", "testing"
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-_AWS_VARS_CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                     "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                     "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL_S3")
+_AWS_VARS_CLEARED = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_ENDPOINT_URL_S3",
+)
 
 
 def _free_port() -> int:
@@ -44,10 +53,18 @@ def _free_port() -> int:
 def s3_env(endpoint: str, key_id: str = FAKE_KEY_ID, secret: str = FAKE_SECRET) -> dict:
     """The environment that points botocore (boto3, s3fs) at ``endpoint`` only: set these, and
     remove _PROXY_VARS and _AWS_VARS_CLEARED."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": key_id,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
 
 
 def apply_env(monkeypatch, endpoint: str, **kw) -> None:
@@ -82,7 +99,9 @@ class S3Server:
     connection refused); ``start`` opens it again on the same port; the objects persist."""
 
     def __init__(self, port: int = None):
-        moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (the test extra)")
+        moto_server = pytest.importorskip(
+            "moto.server", reason="the S3 tests need moto[server] (the test extra)"
+        )
         self._cls = moto_server.ThreadedMotoServer
         self.port = port or _free_port()
         self.endpoint = f"http://{HOST}:{self.port}"
@@ -97,10 +116,10 @@ class S3Server:
 
     def stop(self) -> None:
         if self._server is not None:
-            inner = getattr(self._server, "_server", None)   # werkzeug's server
+            inner = getattr(self._server, "_server", None)  # werkzeug's server
             self._server.stop()
             if inner is not None:
-                inner.server_close()   # stop() leaves the socket listening: connections would hang
+                inner.server_close()  # stop() leaves the socket listening: connections would hang
             self._server = None
 
     def restart(self) -> None:
@@ -113,8 +132,14 @@ class S3Server:
 
     def client(self, key_id: str = FAKE_KEY_ID, secret: str = FAKE_SECRET, service: str = "s3"):
         import boto3
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
-                            aws_access_key_id=key_id, aws_secret_access_key=secret)
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+        )
 
     def restricted_user(self, monkeypatch, readable_buckets) -> tuple:
         """(key id, secret) of an IAM user that may only list and read ``readable_buckets``, and
@@ -122,12 +147,21 @@ class S3Server:
         INITIAL_NO_AUTH_ACTION_COUNT is used up: every request then needs a known key)."""
         import json
         import moto.settings
+
         iam = self.client(service="iam")
         name = f"reader{next(_bucket_ids)}"
         iam.create_user(UserName=name)
         arns = [a for b in readable_buckets for a in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")]
-        policy = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": arns}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
+                    "Resource": arns,
+                }
+            ],
+        }
         iam.put_user_policy(UserName=name, PolicyName="read", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=name)["AccessKey"]
         monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
@@ -163,7 +197,9 @@ class S3Bucket:
         return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
 
     def keys(self, prefix: str = "") -> list:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Prefix=prefix
+        )
         return sorted(o["Key"] for page in pages for o in page.get("Contents", ()))
 
 
@@ -180,7 +216,7 @@ def s3server():
 @pytest.fixture
 def s3(s3server, monkeypatch):
     """A fresh bucket on the session's server, with the S3 environment set for this test."""
-    if not s3server.running:   # a test that stopped it without starting it again
+    if not s3server.running:  # a test that stopped it without starting it again
         s3server.start()
     apply_env(monkeypatch, s3server.endpoint)
     bucket = S3Bucket(s3server, f"test-{os.getpid()}-{next(_bucket_ids)}")

@@ -1,6 +1,7 @@
 """Unusual inputs at the C bindings: states and state dicts in another byte order or at an odd
 address, ids beyond 2**64, too many positions, non-text given to the tokenizer, and the release
 of everything on the error paths."""
+
 import gc
 import sys
 import tracemalloc
@@ -35,7 +36,7 @@ def _misaligned_like(a):
     """A C-contiguous float32 copy of `a` whose data starts 1 byte past an aligned address."""
     raw = np.zeros(a.nbytes + 8, np.uint8)
     off = (-raw.ctypes.data) % 8 + 1
-    out = raw[off:off + a.nbytes].view(np.float32).reshape(a.shape)
+    out = raw[off : off + a.nbytes].view(np.float32).reshape(a.shape)
     out[...] = a
     assert not out.flags.aligned and out.flags.c_contiguous
     return out
@@ -44,11 +45,16 @@ def _misaligned_like(a):
 def _some_state(model, seed=0):
     s = model.new_state()
     rng = np.random.default_rng(seed)
-    return rwkv5.State(*(rng.standard_normal(a.shape).astype(np.float32) * 0.1
-                         for a in (s.att_x, s.att_kv, s.ffn_x)))
+    return rwkv5.State(
+        *(
+            rng.standard_normal(a.shape).astype(np.float32) * 0.1
+            for a in (s.att_x, s.att_kv, s.ffn_x)
+        )
+    )
 
 
 # -- states: alignment and byte order ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("full", [False, True])
 def test_misaligned_state_is_copied_not_refused(model, full):
@@ -58,7 +64,7 @@ def test_misaligned_state_is_copied_not_refused(model, full):
     got, got_st = model.forward([5, 6, 7], odd, full_output=full)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_st.att_kv, want_st.att_kv)
-    np.testing.assert_array_equal(odd.att_kv, st.att_kv)      # the state passed in is untouched
+    np.testing.assert_array_equal(odd.att_kv, st.att_kv)  # the state passed in is untouched
 
 
 def test_big_endian_state_is_converted(model):
@@ -82,21 +88,29 @@ def test_big_endian_state_dict_is_converted(sd, model):
 def test_transposed_embedding_is_the_one_blamed(sd):
     bad = dict(sd)
     bad["emb.weight"] = sd["emb.weight"].T
-    with pytest.raises(ValueError, match=r"tensor 'emb.weight': expected shape \(V, 64\).*got \(64, 300\)"):
+    with pytest.raises(
+        ValueError, match=r"tensor 'emb.weight': expected shape \(V, 64\).*got \(64, 300\)"
+    ):
         rwkv5.Model.from_state_dict(bad)
 
 
 # -- token ids ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ids, where, value", [
-    ([2**64], "0", 2**64),
-    ([1, 2**64 + 5], "1", 2**64 + 5),
-    ([[1, 2], [3, 2**70]], "1, 1", 2**70),
-    ([-1, 2**63], "0", -1),
-    ([5, 2**63], "1", 2**63),
-])
+
+@pytest.mark.parametrize(
+    "ids, where, value",
+    [
+        ([2**64], "0", 2**64),
+        ([1, 2**64 + 5], "1", 2**64 + 5),
+        ([[1, 2], [3, 2**70]], "1, 1", 2**70),
+        ([-1, 2**63], "0", -1),
+        ([5, 2**63], "1", 2**63),
+    ],
+)
 def test_ids_beyond_int64_are_out_of_range(model, ids, where, value):
-    with pytest.raises(ValueError, match=rf"tokens\[{where}\] = {value} is outside the vocabulary \[0, {V}\)"):
+    with pytest.raises(
+        ValueError, match=rf"tokens\[{where}\] = {value} is outside the vocabulary \[0, {V}\)"
+    ):
         model.forward(ids)
 
 
@@ -108,28 +122,37 @@ def test_mixed_non_integers_are_still_type_errors(model):
 
 
 def test_too_many_positions_names_the_limit(model):
-    huge = np.broadcast_to(np.int32(1), (40000, 30000))      # no memory behind it
-    with pytest.raises(ValueError, match=r"1200000000 positions, more than the 1073741823 \(2\*\*30 - 1\)"):
+    huge = np.broadcast_to(np.int32(1), (40000, 30000))  # no memory behind it
+    with pytest.raises(
+        ValueError, match=r"1200000000 positions, more than the 1073741823 \(2\*\*30 - 1\)"
+    ):
         model.forward(huge)
     # the C check says the same when called directly
     st = model.new_state(2)
     with pytest.raises(ValueError, match=r"positions, more than the 1073741823 \(2\*\*30 - 1\)"):
-        model._c.forward(np.broadcast_to(np.int32(1), (2, 2**29 + 1)), st.att_x, st.att_kv, st.ffn_x, 1, False)
+        model._c.forward(
+            np.broadcast_to(np.int32(1), (2, 2**29 + 1)), st.att_x, st.att_kv, st.ffn_x, 1, False
+        )
 
 
 def test_c_forward_checks_its_own_copy_of_the_ids(model):
     st = model.new_state(1)
     for bad in (-5, V, 2**30):
         toks = np.array([[1, 2, bad, 3]], np.int32)
-        with pytest.raises(ValueError, match=rf"tokens\[0, 2\] = {bad} is outside the vocabulary \[0, {V}\)"):
+        with pytest.raises(
+            ValueError, match=rf"tokens\[0, 2\] = {bad} is outside the vocabulary \[0, {V}\)"
+        ):
             model._c.forward(toks, st.att_x, st.att_kv, st.ffn_x, 0, True)
 
 
 # -- the tokenizer takes text only --------------------------------------------------------------
 
+
 def test_encode_refuses_arrays_of_ids(tok):
     for call in (tok.encode, tok.encode_to_numpy, lambda x: tok.encode_batch(["a", x])):
-        with pytest.raises(TypeError, match=r"must be str or bytes-like, not numpy.ndarray \(items of format 'i'"):
+        with pytest.raises(
+            TypeError, match=r"must be str or bytes-like, not numpy.ndarray \(items of format 'i'"
+        ):
             call(np.array([72, 101], np.int32))
     with pytest.raises(TypeError, match=r"must be str or bytes-like, not float"):
         tok.encode(1.5)
@@ -140,12 +163,17 @@ def test_encode_accepts_bytes_like_text(tok):
     assert tok.encode(bytearray(b"Hello world")) == want
     assert tok.encode(memoryview(b"xHello world")[1:]) == want
     assert tok.encode(np.frombuffer(b"Hello world", np.uint8)) == want
-    assert tok.encode_batch([bytearray(b"Hello world"), "Hello world"], num_threads=2) == [want, want]
+    assert tok.encode_batch([bytearray(b"Hello world"), "Hello world"], num_threads=2) == [
+        want,
+        want,
+    ]
     assert tok.encode_to_numpy(bytearray(b"Hello world")).tolist() == want
 
 
 def test_decode_ids_beyond_int64(tok):
-    with pytest.raises(ValueError, match=r"ids\[1\] = 18446744073709551616 is out of range, not in the vocab"):
+    with pytest.raises(
+        ValueError, match=r"ids\[1\] = 18446744073709551616 is out of range, not in the vocab"
+    ):
         tok.decode_bytes([33155, 2**64])
     with pytest.raises(ValueError, match=r"ids\[0\] = 18446744073709551616 is out of range"):
         tok.decode(np.array([2**64], object), errors="strict")
@@ -153,7 +181,7 @@ def test_decode_ids_beyond_int64(tok):
     with pytest.raises(KeyError, match="18446744073709551616 has no token bytes"):
         tok.decode_single_token_bytes(2**64)
     with pytest.raises(ValueError, match="is negative"):
-        tok.decode_single_token_bytes(-2**64)
+        tok.decode_single_token_bytes(-(2**64))
 
 
 def test_dataprep_helpers_take_bytes_like_and_refuse_text():
@@ -168,6 +196,7 @@ def test_dataprep_helpers_take_bytes_like_and_refuse_text():
 
 
 # -- nothing leaks on the error paths -------------------------------------------------------------
+
 
 def _traced_growth(fn, iters=200):
     for _ in range(20):
@@ -194,7 +223,7 @@ def test_forward_error_paths_release_everything(model):
     bad_toks = toks.copy()
     bad_toks[0, -1] = V
 
-    def misaligned_src():       # the C check of the caller's state, reached directly
+    def misaligned_src():  # the C check of the caller's state, reached directly
         with pytest.raises(ValueError, match=r"state.att_x: expected a C-contiguous aligned array"):
             model._c.forward(toks, st.att_x, st.att_kv, st.ffn_x, 1, True, False, odd_src)
 
@@ -209,7 +238,12 @@ def test_forward_error_paths_release_everything(model):
     one = model.new_state()
     odd = rwkv5.State(*(_misaligned_like(a) for a in (one.att_x, one.att_kv, one.ffn_x)))
     refs = sys.getrefcount(toks), sys.getrefcount(odd_src[1]), sys.getrefcount(odd.att_kv)
-    for fn in (misaligned_src, bad_id, bad_src_tuple, lambda: model.forward(toks[0], odd, full_output=True)):
+    for fn in (
+        misaligned_src,
+        bad_id,
+        bad_src_tuple,
+        lambda: model.forward(toks[0], odd, full_output=True),
+    ):
         grew = _traced_growth(fn)
         assert grew < 64 * 1024, f"{fn.__name__}: traced memory grew by {grew} bytes over 200 calls"
     assert (sys.getrefcount(toks), sys.getrefcount(odd_src[1]), sys.getrefcount(odd.att_kv)) == refs
@@ -223,6 +257,7 @@ def test_dataprep_takes_the_tokenizers_capsule():
     import types
 
     from rwkv5.dataprep.tasks import load_tokenizer
+
     tok = WorldTokenizer()
     assert isinstance(load_tokenizer(tok.vocab_path), WorldTokenizer)
     cap = tok.capsule
@@ -231,8 +266,12 @@ def test_dataprep_takes_the_tokenizers_capsule():
     gc.collect()
     assert _dataprep.encode_batch_count(cap, [b"Hello world, bonjour le monde"], 1) == want
     import ctypes
+
     other = ctypes.pythonapi.PyCapsule_New
-    other.restype, other.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    other.restype, other.argtypes = (
+        ctypes.py_object,
+        [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p],
+    )
     for bad in (other(1, b"some.other.capsule", None), types.SimpleNamespace(), b"vocab"):
         with pytest.raises(TypeError, match="tokenizer: expected WorldTokenizer.capsule"):
             _dataprep.encode_batch_count(bad, [b"x"], 1)

@@ -3,6 +3,7 @@ files that try to make a reader use far more memory or stack than the file's siz
 
 The crash cases run in a subprocess: before the fixes they killed the interpreter (SIGBUS) or
 blocked forever (a FIFO), which a test in this process could not report."""
+
 import os
 import struct
 import subprocess
@@ -21,12 +22,19 @@ from rwkv5.formats.state_io import load_state
 from _loaders_util import write_pth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+linux_only = pytest.mark.skipif(
+    not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps"
+)
 
 
 def _run(script, *args, timeout=300):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +81,17 @@ def test_mmap_false_model_survives_truncation_of_its_file(checkpoints, tmp_path,
 
 
 @linux_only
-@pytest.mark.parametrize("name, cases", [
-    ("FP32.bin", [{"layout": "blocked"}, {"dtype": "bf16"}, {"dtype": "int8"}]),
-    ("fp32.pth", [{"dtype": "fp16"}, {"layout": "blocked"}]),
-    ("bf16.pth", [{}, {"dtype": "bf16"}, {"dtype": "int8"}]),    # bf16 -> blocked copies by default
-])
+@pytest.mark.parametrize(
+    "name, cases",
+    [
+        ("FP32.bin", [{"layout": "blocked"}, {"dtype": "bf16"}, {"dtype": "int8"}]),
+        ("fp32.pth", [{"dtype": "fp16"}, {"layout": "blocked"}]),
+        (
+            "bf16.pth",
+            [{}, {"dtype": "bf16"}, {"dtype": "int8"}],
+        ),  # bf16 -> blocked copies by default
+    ],
+)
 def test_a_fully_converted_model_keeps_no_view_of_its_file(checkpoints, tmp_path, name, cases):
     """With the default mmap=True, a load whose dtype/layout copies every matrix used to keep the
     embedding (and fp32 vectors) as views of the mapping: the file stayed mapped and truncating it
@@ -114,7 +128,7 @@ def test_a_file_that_shrinks_while_being_read_is_an_error(tmp_path):
     p.write_bytes(b"x" * 1000)
     with open_regular(p) as f:
         with pytest.raises(ValueError, match="shrank to 1000 bytes while being read"):
-            map_or_read(f, 5000, p, mmap=False)   # as if it had 5000 bytes when its size was taken
+            map_or_read(f, 5000, p, mmap=False)  # as if it had 5000 bytes when its size was taken
 
 
 # -- item 6: things that are not regular files ---------------------------------------------------
@@ -144,7 +158,7 @@ def test_a_named_pipe_is_refused_at_once(tmp_path):
     now refuses it (and anything else that is not a regular file) before reading."""
     fifo = tmp_path / "model.pth"
     os.mkfifo(fifo)
-    p = _run(_OPEN_FIFO, fifo, timeout=60)     # before the fix: subprocess.TimeoutExpired
+    p = _run(_OPEN_FIFO, fifo, timeout=60)  # before the fix: subprocess.TimeoutExpired
     assert p.returncode == 0, p.stderr[-2000:]
     lines = p.stdout.splitlines()
     assert len(lines) == 6, p.stdout
@@ -155,7 +169,9 @@ def test_a_named_pipe_is_refused_at_once(tmp_path):
     shards.mkdir()
     os.mkfifo(shards / "model-00001.safetensors")
     p = _run(_OPEN_FIFO, shards, timeout=60)
-    assert "load ValueError" in p.stdout and "model-00001.safetensors: is a named pipe" in p.stdout, p.stdout
+    assert (
+        "load ValueError" in p.stdout and "model-00001.safetensors: is a named pipe" in p.stdout
+    ), p.stdout
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
@@ -166,13 +182,20 @@ def test_a_device_is_refused():
 
 # -- item 6: JSON nested deeper than the recursion limit -------------------------------------------
 
+
 def _safetensors_with_header(path, header: bytes, data=b""):
     path.write_bytes(struct.pack("<Q", len(header)) + header + data)
     return path
 
 
-@pytest.mark.parametrize("template", [b'{"a": %s}', b'{"__metadata__": %s}',
-                                      b'{"a": {"dtype": "F32", "shape": %s, "data_offsets": [0, 0]}}'])
+@pytest.mark.parametrize(
+    "template",
+    [
+        b'{"a": %s}',
+        b'{"__metadata__": %s}',
+        b'{"a": {"dtype": "F32", "shape": %s, "data_offsets": [0, 0]}}',
+    ],
+)
 def test_safetensors_header_nested_200000_deep(tmp_path, template):
     deep = b"[" * 200_000 + b"]" * 200_000
     p = _safetensors_with_header(tmp_path / "deep.safetensors", template % deep)
@@ -187,25 +210,37 @@ def test_safetensors_values_quoted_in_errors_are_bounded(tmp_path):
     recurse nor print a megabyte. A non-string dtype is a ValueError (it used to be TypeError)."""
     depth = sys.getrecursionlimit() - 60
     nested = b"[" * depth + b"]" * depth
-    for field, msg in ((b'{"a": %s}', "entry must be an object"),
-                       (b'{"a": {"dtype": "F32", "shape": %s, "data_offsets": [0, 0]}}', "shape"),
-                       (b'{"a": {"dtype": %s, "shape": [], "data_offsets": [0, 0]}}', "unknown dtype")):
+    for field, msg in (
+        (b'{"a": %s}', "entry must be an object"),
+        (b'{"a": {"dtype": "F32", "shape": %s, "data_offsets": [0, 0]}}', "shape"),
+        (b'{"a": {"dtype": %s, "shape": [], "data_offsets": [0, 0]}}', "unknown dtype"),
+    ):
         p = _safetensors_with_header(tmp_path / "n.safetensors", field % nested)
         with pytest.raises(ValueError, match=msg) as e:
             read_safetensors(p)
         assert len(str(e.value)) < 400
-    p = _safetensors_with_header(tmp_path / "d.safetensors",
-                                 b'{"a": {"dtype": {"F32": 1}, "shape": [], "data_offsets": [0, 0]}}')
+    p = _safetensors_with_header(
+        tmp_path / "d.safetensors",
+        b'{"a": {"dtype": {"F32": 1}, "shape": [], "data_offsets": [0, 0]}}',
+    )
     with pytest.raises(ValueError, match="unknown dtype"):
         read_safetensors(p)
 
 
 def test_state_file_with_deeply_nested_shapes_metadata(tmp_path):
     p = tmp_path / "s.safetensors"
-    write_safetensors(p, {"att_x": np.zeros((1, 4), np.float32), "att_kv": np.zeros((1, 1, 2, 2), np.float32),
-                          "ffn_x": np.zeros((1, 4), np.float32)},
-                      metadata={"format": "rwkv5-state", "version": "1", "shapes": "[" * 200_000 + "]" * 200_000})
-    with pytest.raises(ValueError, match="s.safetensors: metadata 'shapes' is missing or malformed"):
+    write_safetensors(
+        p,
+        {
+            "att_x": np.zeros((1, 4), np.float32),
+            "att_kv": np.zeros((1, 1, 2, 2), np.float32),
+            "ffn_x": np.zeros((1, 4), np.float32),
+        },
+        metadata={"format": "rwkv5-state", "version": "1", "shapes": "[" * 200_000 + "]" * 200_000},
+    )
+    with pytest.raises(
+        ValueError, match="s.safetensors: metadata 'shapes' is missing or malformed"
+    ):
         load_state(p)
 
 
@@ -223,22 +258,31 @@ _PICKLE_PEAK = """
     print("GROWTH_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
 
-_N = 4 << 20     # 4 M opcodes: before the fix each of these built 250-600 MiB of objects
+_N = 4 << 20  # 4 M opcodes: before the fix each of these built 250-600 MiB of objects
 
 
-@pytest.mark.parametrize("body", [
-    b"}" * _N,                                        # 4 M empty dicts on the stack
-    b"(" * _N,                                        # 4 M MARKs: a list each on the meta-stack
-    b"]" + b"}a" * (_N // 2),                         # one list of 2 M dicts: the stack stays small
-    b"]" + b"".join(b"}r" + struct.pack("<I", i) + b"a" for i in range(_N // 7)),   # 600 K memo entries
-], ids=["dicts", "marks", "list", "memo"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"}" * _N,  # 4 M empty dicts on the stack
+        b"(" * _N,  # 4 M MARKs: a list each on the meta-stack
+        b"]" + b"}a" * (_N // 2),  # one list of 2 M dicts: the stack stays small
+        b"]"
+        + b"".join(
+            b"}r" + struct.pack("<I", i) + b"a" for i in range(_N // 7)
+        ),  # 600 K memo entries
+    ],
+    ids=["dicts", "marks", "list", "memo"],
+)
 def test_pickle_that_builds_far_more_than_the_file_is_stopped(tmp_path, body):
     p = tmp_path / "bomb.pth"
     write_pth(p, b"\x80\x02" + body + b".", {"0": np.zeros(4, np.float32).tobytes()})
     size = os.path.getsize(p)
     r = _run(_PICKLE_PEAK, p)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "REFUSED" in r.stdout and "bytes of objects" in r.stdout and "bomb.pth" in r.stdout, r.stdout
+    assert "REFUSED" in r.stdout and "bytes of objects" in r.stdout and "bomb.pth" in r.stdout, (
+        r.stdout
+    )
     growth = int(r.stdout.split("GROWTH_KIB")[1]) * 1024
     # the pickle itself is read into memory (and mapped): allow 2x the file for that, 4x for objects
     assert growth < 6 * size + (32 << 20), (growth, size)
@@ -246,6 +290,7 @@ def test_pickle_that_builds_far_more_than_the_file_is_stopped(tmp_path, body):
 
 def test_real_pickles_stay_far_below_the_object_budget(tiny_files):
     from rwkv5.formats import pth as pthmod
+
     seen = []
     orig = pthmod._Interpreter.run
 
@@ -253,12 +298,13 @@ def test_real_pickles_stay_far_below_the_object_budget(tiny_files):
         out = orig(self)
         seen.append((self.used, self.budget))
         return out
+
     pthmod._Interpreter.run = run
     try:
-        read_pth(tiny_files["bf16.pth"])        # as torch.save writes it
+        read_pth(tiny_files["bf16.pth"])  # as torch.save writes it
     finally:
         pthmod._Interpreter.run = orig
-    (used, budget), = seen
+    ((used, budget),) = seen
     assert 0 < used < budget / 10
 
 
@@ -266,13 +312,20 @@ def test_real_pickles_stay_far_below_the_object_budget(tiny_files):
 def test_a_named_pipe_as_vocab_is_refused(tmp_path):
     fifo = tmp_path / "vocab.txt"
     os.mkfifo(fifo)
-    p = _run("""
+    p = _run(
+        """
         import sys
         from rwkv5.tokenizer import WorldTokenizer
         try:
             WorldTokenizer(sys.argv[1])
         except ValueError as e:
             print("ValueError", e)
-    """, fifo, timeout=60)
+    """,
+        fifo,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "ValueError" in p.stdout and "named pipe (FIFO); a vocab file must be a regular file" in p.stdout
+    assert (
+        "ValueError" in p.stdout
+        and "named pipe (FIFO); a vocab file must be a regular file" in p.stdout
+    )

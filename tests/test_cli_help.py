@@ -1,4 +1,5 @@
 """Every option of the command lines says what it does, and its default when it has one."""
+
 import argparse
 
 import pytest
@@ -44,8 +45,16 @@ def test_dataprep_help_describes_every_option(cmd):
     assert _undocumented(sub) == []
 
 
-@pytest.mark.parametrize("option, default", [("--format", "binidx"), ("--seed", "0"), ("--epochs", "1"),
-                                             ("--task-size", "67108864"), ("--zst-level", "3")])
+@pytest.mark.parametrize(
+    "option, default",
+    [
+        ("--format", "binidx"),
+        ("--seed", "0"),
+        ("--epochs", "1"),
+        ("--task-size", "67108864"),
+        ("--zst-level", "3"),
+    ],
+)
 def test_build_help_shows_defaults(option, default):
     p = _subparsers(dataprep_parser())["build"]
     action = next(a for a in p._actions if option in a.option_strings)
@@ -59,5 +68,6 @@ RWKV5_COMMANDS = ["convert", "info", "generate", "chat", "bench"]
 @pytest.mark.parametrize("cmd", RWKV5_COMMANDS)
 def test_rwkv5_help_describes_every_option(cmd):
     from rwkv5.__main__ import build_parser
+
     sub = _subparsers(build_parser())[cmd]
     assert _undocumented(sub) == []

@@ -1,4 +1,5 @@
 """`rwkv5 info` states the parameter count in a unit that fits the model."""
+
 import re
 
 import pytest
@@ -8,9 +9,21 @@ from rwkv5.__main__ import count_with_unit, main
 from rwkv5.testing import random_state_dict
 
 
-@pytest.mark.parametrize("n, text", [(0, "0"), (9_999, "9,999"), (10_000, "0.01 M"), (495_616, "0.50 M"),
-                                     (730_000, "0.73 M"), (12_345_678, "12.3 M"), (169_000_000, "169 M"),
-                                     (999_999_999, "1.00 B"), (1_578_000_000, "1.58 B"), (7_000_000_000, "7.00 B")])
+@pytest.mark.parametrize(
+    "n, text",
+    [
+        (0, "0"),
+        (9_999, "9,999"),
+        (10_000, "0.01 M"),
+        (495_616, "0.50 M"),
+        (730_000, "0.73 M"),
+        (12_345_678, "12.3 M"),
+        (169_000_000, "169 M"),
+        (999_999_999, "1.00 B"),
+        (1_578_000_000, "1.58 B"),
+        (7_000_000_000, "7.00 B"),
+    ],
+)
 def test_count_with_unit(n, text):
     assert count_with_unit(n) == text
 

@@ -1,6 +1,7 @@
 """Many Python threads sharing one Model / one WorldTokenizer get exactly the serial results;
 the GIL is released while C computes; Ctrl-C during long calls ends in KeyboardInterrupt with a
 clean exit and no half-written output."""
+
 import os
 import subprocess
 import sys
@@ -20,7 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def model():
-    return rwkv5.Model.from_state_dict(random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=300, seed=3))
+    return rwkv5.Model.from_state_dict(
+        random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=300, seed=3)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def test_threads_share_one_model_with_states(model):
         st = model.new_state()
         outs = []
         for k in range(0, 40, 10):
-            out, st = model.forward(s[k:k + 10], st)
+            out, st = model.forward(s[k : k + 10], st)
             outs.append(out)
         return np.stack(outs), st.att_kv.copy()
 
@@ -73,7 +76,9 @@ def test_threads_share_one_tokenizer(tok):
     assert serial_batch == serial
     with ThreadPoolExecutor(8) as ex:
         par = list(ex.map(tok.encode, texts))
-        batches = list(ex.map(lambda k: tok.encode_batch(texts[k:k + 16], num_threads=2), range(0, 64, 16)))
+        batches = list(
+            ex.map(lambda k: tok.encode_batch(texts[k : k + 16], num_threads=2), range(0, 64, 16))
+        )
         dec = list(ex.map(tok.decode, serial))
     assert par == serial
     assert sum(batches, []) == serial
@@ -127,12 +132,15 @@ def test_gil_released_by_encode_batch(tok):
 
 def test_gil_released_by_dataprep_build(tmp_path):
     from rwkv5.dataprep import build
+
     src = tmp_path / "in.jsonl"
     with open(src, "w") as f:
         for i, t in enumerate(_texts(3000, seed=7)):
             f.write('{"text": %s}\n' % __import__("json").dumps(t))
     (tmp_path / "out").mkdir()
-    assert _gil_released_during(lambda: build([str(src)], str(tmp_path / "out" / "train"), workers=1))
+    assert _gil_released_during(
+        lambda: build([str(src)], str(tmp_path / "out" / "train"), workers=1)
+    )
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------
@@ -189,8 +197,13 @@ _CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("what", ["forward", "encode_batch", "build"])
 def test_ctrl_c_raises_keyboard_interrupt(tmp_path, what):
     # The work loops far longer than any test timeout, so FINISHED would mean the signal was lost.
-    p = subprocess.run([sys.executable, "-c", _CHILD, what, str(tmp_path)], capture_output=True, text=True,
-                       timeout=240, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-c", _CHILD, what, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr[-2000:])
     assert "INTERRUPTED" in p.stdout
     if what == "encode_batch":
@@ -238,11 +251,17 @@ _CHILD_ONE_CALL = textwrap.dedent("""
 def test_ctrl_c_interrupts_one_long_forward_call():
     """SIGINT during a single ~30 s forward call ends it (between layers) with KeyboardInterrupt,
     within seconds rather than at the end of the call, and leaves the model usable."""
-    p = subprocess.run([sys.executable, "-c", _CHILD_ONE_CALL], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-c", _CHILD_ONE_CALL],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr[-2000:])
     words = p.stdout.split()
     assert words[0] == "INTERRUPTED" and words[2] == "OK", p.stdout
-    assert float(words[1]) < 10.0, p.stdout     # the uninterrupted call would run ~30 s more
+    assert float(words[1]) < 10.0, p.stdout  # the uninterrupted call would run ~30 s more
 
 
 _CHILD_SIGNAL_AFTER_LAST_CHECK = textwrap.dedent("""
@@ -283,12 +302,17 @@ def test_ctrl_c_after_the_last_cancel_check_raises_keyboard_interrupt():
     cancel check (the head GEMM of full_output) must raise it, never return logits with the
     exception set (SystemError). A test hook makes that timing certain on every call; each
     interrupted call releases its logits and leaves the state passed in untouched."""
-    p = subprocess.run([sys.executable, "-c", _CHILD_SIGNAL_AFTER_LAST_CHECK], capture_output=True, text=True,
-                       timeout=240, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-c", _CHILD_SIGNAL_AFTER_LAST_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, (p.stdout, p.stderr[-2000:])
     outcomes, grew, untouched, same = p.stdout.rsplit(None, 3)
     assert outcomes == "[('KeyboardInterrupt', 60)]", p.stdout
-    assert int(grew) < 256 * 1024, p.stdout         # 50 calls x 64 x 2000 floats if the logits leaked
+    assert int(grew) < 256 * 1024, p.stdout  # 50 calls x 64 x 2000 floats if the logits leaked
     assert untouched == "True" and same == "True", p.stdout
 
 
@@ -379,8 +403,13 @@ def test_threads_mutating_tokens_and_states_during_forward():
     C-contiguous int32 token arrays and shared states, 4 writing into them meanwhile: ids outside
     the vocabulary (2**30, -5, V) while a call is under way, NaN/inf into the states. Every call ends in a result or a clean ValueError; the
     interpreter never crashes and never reads past the embedding. Bounded: 48 forwards."""
-    p = subprocess.run([sys.executable, "-c", _CHILD_MUTATORS], capture_output=True, text=True, timeout=240,
-                       cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-c", _CHILD_MUTATORS],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-2000:])
     words = p.stdout.split()
     assert words[words.index("FAILURES") + 1] == "0", p.stdout

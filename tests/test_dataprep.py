@@ -1,5 +1,6 @@
 """rwkv5.dataprep: end-to-end builds checked against the reference tokenizer and an independent
 binidx reader, plus the format, option and error paths."""
+
 import json
 import os
 import random
@@ -11,8 +12,13 @@ import pytest
 
 zstandard = pytest.importorskip("zstandard")
 
-from dataprep_helpers import (SAMPLES, gen_corpus, read_binidx_independent, ref_encode,  # noqa: E402
-                              write_jsonl)
+from dataprep_helpers import (  # noqa: E402
+    SAMPLES,
+    gen_corpus,
+    read_binidx_independent,
+    ref_encode,
+    write_jsonl,
+)
 from rwkv5 import dataprep  # noqa: E402
 from rwkv5.dataprep import DataprepError, build, magic_prime, open_shards, verify  # noqa: E402
 
@@ -38,6 +44,7 @@ def expected_skips(expected):
 
 # ----------------------------------------------------------------------------- RWKV-LM numbers
 
+
 def test_magic_prime_matches_spec_examples():
     # RWKV-LM's make_data.py example (docs/dataprep.md): minipile, 1,498,226,207 tokens
     assert magic_prime(1_498_226_207, 512) == 2_926_181
@@ -48,23 +55,32 @@ def test_magic_prime_matches_spec_examples():
 def _magic_prime_bruteforce(data_size, ctx):
     n_chunk = data_size // ctx - 1
     for p in range(n_chunk, 1, -1):
-        if p % 3 == 2 and all(p % d for d in range(2, int(p ** 0.5) + 1)):
+        if p % 3 == 2 and all(p % d for d in range(2, int(p**0.5) + 1)):
             return p
     return None
 
 
-@pytest.mark.parametrize("size,ctx", [(1536, 512), (10_000, 7), (123_457, 100), (99, 33), (5000, 4)])
+@pytest.mark.parametrize(
+    "size,ctx", [(1536, 512), (10_000, 7), (123_457, 100), (99, 33), (5000, 4)]
+)
 def test_magic_prime_matches_bruteforce(size, ctx):
     assert magic_prime(size, ctx) == _magic_prime_bruteforce(size, ctx)
 
 
 # ----------------------------------------------------------------------------- end to end
 
+
 def test_build_binidx_matches_reference(tmp_path):
     lines, expected = gen_corpus(1, 300)
     write_jsonl(tmp_path / "a.jsonl", lines, bom=True)
-    m = quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "o"), on_error="skip", lang_field="lang",
-              ctx_len=64, workers=2)
+    m = quiet(
+        inputs=[str(tmp_path / "a.jsonl")],
+        out=str(tmp_path / "o"),
+        on_error="skip",
+        lang_field="lang",
+        ctx_len=64,
+        workers=2,
+    )
     docs, doc_idx = read_binidx_independent(str(tmp_path / "o"))
     want = expected_docs(expected)
     assert len(docs) == len(want)
@@ -73,7 +89,9 @@ def test_build_binidx_matches_reference(tmp_path):
         assert tuple(d.tolist()) == ref_encode(text)
     try:
         from rwkv5.tokenizer import WorldTokenizer
-    except ImportError:  # the tokenizer binding is a sibling part; the reference check above stands alone
+    except (
+        ImportError
+    ):  # the tokenizer binding is a sibling part; the reference check above stands alone
         WorldTokenizer = None
     if WorldTokenizer is not None and hasattr(WorldTokenizer, "encode"):
         wt = WorldTokenizer()
@@ -107,7 +125,9 @@ def test_build_binidx_matches_reference(tmp_path):
 def test_scripts_are_the_dominant_script(tmp_path):
     lines = [json.dumps({"text": t, "lang": k}).encode() for k, (t, _) in SAMPLES.items()]
     write_jsonl(tmp_path / "s.jsonl", lines)
-    m = quiet(inputs=[str(tmp_path / "s.jsonl")], out=str(tmp_path / "o"), lang_field="lang", workers=1)
+    m = quiet(
+        inputs=[str(tmp_path / "s.jsonl")], out=str(tmp_path / "o"), lang_field="lang", workers=1
+    )
     per_script = m["statistics"]["per_script"]
     want = {}
     for _, script in SAMPLES.values():
@@ -119,12 +139,30 @@ def test_output_independent_of_workers_and_batches(tmp_path):
     lines, _ = gen_corpus(2, 400)
     write_jsonl(tmp_path / "a.jsonl", lines)
     outs = []
-    for workers, batch, task_size in [(1, 0, 64 << 20), (2, 4096, 64 << 20), (2, 1000, 5000), (3, 300, 7777)]:
+    for workers, batch, task_size in [
+        (1, 0, 64 << 20),
+        (2, 4096, 64 << 20),
+        (2, 1000, 5000),
+        (3, 300, 7777),
+    ]:
         o = tmp_path / f"o{workers}_{batch}_{task_size}"
-        m = quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(o), on_error="skip", workers=workers,
-                  batch_bytes=batch, task_size=task_size, lang_field="lang")
-        outs.append((open(str(o) + ".bin", "rb").read(),
-                     open(str(o) + ".idx", "rb").read(), m["statistics"], m["skipped"]))
+        m = quiet(
+            inputs=[str(tmp_path / "a.jsonl")],
+            out=str(o),
+            on_error="skip",
+            workers=workers,
+            batch_bytes=batch,
+            task_size=task_size,
+            lang_field="lang",
+        )
+        outs.append(
+            (
+                open(str(o) + ".bin", "rb").read(),
+                open(str(o) + ".idx", "rb").read(),
+                m["statistics"],
+                m["skipped"],
+            )
+        )
     for other in outs[1:]:
         assert other[0] == outs[0][0]
         assert other[1] == outs[0][1]
@@ -133,13 +171,23 @@ def test_output_independent_of_workers_and_batches(tmp_path):
 
 
 def test_split_tasks_keep_file_line_numbers(tmp_path):
-    lines = [json.dumps({"text": f"doc {i}"}).encode() if i % 37 else b"{bad json" for i in range(1, 2001)]
+    lines = [
+        json.dumps({"text": f"doc {i}"}).encode() if i % 37 else b"{bad json"
+        for i in range(1, 2001)
+    ]
     write_jsonl(tmp_path / "a.jsonl", lines)
-    m = quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "o"), on_error="skip", task_size=3000)
+    m = quiet(
+        inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "o"), on_error="skip", task_size=3000
+    )
     want = [f"{tmp_path / 'a.jsonl'}:{i}:malformed_json" for i in range(1, 2001) if i % 37 == 0]
     assert m["skipped"]["first"] == want[:100]
     with pytest.raises(DataprepError, match=r"a\.jsonl:37: malformed_json"):
-        quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "f"), task_size=3000, restart=True)
+        quiet(
+            inputs=[str(tmp_path / "a.jsonl")],
+            out=str(tmp_path / "f"),
+            task_size=3000,
+            restart=True,
+        )
     # a failing run leaves no final output
     assert not os.path.exists(str(tmp_path / "f") + ".bin")
     assert not os.path.exists(str(tmp_path / "f") + ".manifest.json")
@@ -151,7 +199,9 @@ def test_zst_and_txt_inputs(tmp_path):
     # three frames, one line split across frames
     cut1, cut2 = len(data) // 3, 2 * len(data) // 3
     c = zstandard.ZstdCompressor(write_checksum=True)
-    (tmp_path / "b.jsonl.zst").write_bytes(c.compress(data[:cut1]) + c.compress(data[cut1:cut2]) + c.compress(data[cut2:]))
+    (tmp_path / "b.jsonl.zst").write_bytes(
+        c.compress(data[:cut1]) + c.compress(data[cut1:cut2]) + c.compress(data[cut2:])
+    )
     (tmp_path / "c.txt").write_bytes(b"\xef\xbb\xbfFirst line\r\nsecond\n\n\nThird para\n  \nlast")
     m = quiet(inputs=[str(tmp_path)], out=str(tmp_path / "o1"), on_error="skip", txt_mode="blank")
     docs, _ = read_binidx_independent(str(tmp_path / "o1"))
@@ -161,15 +211,25 @@ def test_zst_and_txt_inputs(tmp_path):
     # one document per file keeps the file as it is (minus the BOM)
     quiet(inputs=[str(tmp_path / "c.txt")], out=str(tmp_path / "o2"))
     docs, _ = read_binidx_independent(str(tmp_path / "o2"))
-    assert [tuple(d.tolist()) for d in docs] == [ref_encode("First line\r\nsecond\n\n\nThird para\n  \nlast")]
+    assert [tuple(d.tolist()) for d in docs] == [
+        ref_encode("First line\r\nsecond\n\n\nThird para\n  \nlast")
+    ]
 
 
 def test_repair_utf8(tmp_path):
-    lines = [b'{"text": "bad \xff\xe2\x82 bytes"}', b'{"text": "lone \\ud800 and \\udc00x"}', b'{"text": "fine \\ud83d\\ude00"}']
+    lines = [
+        b'{"text": "bad \xff\xe2\x82 bytes"}',
+        b'{"text": "lone \\ud800 and \\udc00x"}',
+        b'{"text": "fine \\ud83d\\ude00"}',
+    ]
     write_jsonl(tmp_path / "a.jsonl", lines)
     m = quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "o"), repair_utf8=True)
     docs, _ = read_binidx_independent(str(tmp_path / "o"))
-    want = [b"bad \xff\xe2\x82 bytes".decode("utf-8", "replace"), "lone \ufffd and \ufffdx", "fine \U0001F600"]
+    want = [
+        b"bad \xff\xe2\x82 bytes".decode("utf-8", "replace"),
+        "lone \ufffd and \ufffdx",
+        "fine \U0001f600",
+    ]
     assert [tuple(d.tolist()) for d in docs] == [ref_encode(t) for t in want]
     assert m["totals"]["repaired_documents"] == 2
     with pytest.raises(DataprepError, match=r"a\.jsonl:1: invalid_utf8"):
@@ -237,18 +297,25 @@ def test_sharding_binidx_and_zst(tmp_path):
     verify(str(tmp_path / "z"))
     dataprep.unpack(str(tmp_path / "z"), str(tmp_path / "u"))
     for ext in (".bin", ".idx"):
-        assert open(str(tmp_path / "u") + ext, "rb").read() == open(str(tmp_path / "one") + ext, "rb").read()
+        assert (
+            open(str(tmp_path / "u") + ext, "rb").read()
+            == open(str(tmp_path / "one") + ext, "rb").read()
+        )
     verify(str(tmp_path / "u"))
 
 
 def test_zst_shard_corruption_detected(tmp_path):
     lines, _ = gen_corpus(5, 100, bad=False)
     write_jsonl(tmp_path / "a.jsonl", lines)
-    quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "z"), format="zst", frame_tokens=256)
+    quiet(
+        inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "z"), format="zst", frame_tokens=256
+    )
     p = str(tmp_path / "z") + ".zst"
     good = open(p, "rb").read()
     rng = random.Random(0)
-    for pos in [0, 10, 63, 64, 100, len(good) // 2, len(good) - 30, len(good) - 1] + [rng.randrange(len(good)) for _ in range(5)]:
+    for pos in [0, 10, 63, 64, 100, len(good) // 2, len(good) - 30, len(good) - 1] + [
+        rng.randrange(len(good)) for _ in range(5)
+    ]:
         bad = bytearray(good)
         bad[pos] ^= 0x40
         open(p, "wb").write(bytes(bad))
@@ -272,7 +339,10 @@ def test_merge(tmp_path):
     quiet(inputs=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], out=str(tmp_path / "AB"))
     dataprep.merge_binidx([str(tmp_path / "A"), str(tmp_path / "B")], str(tmp_path / "M"))
     for ext in (".bin", ".idx"):
-        assert open(str(tmp_path / "M") + ext, "rb").read() == open(str(tmp_path / "AB") + ext, "rb").read()
+        assert (
+            open(str(tmp_path / "M") + ext, "rb").read()
+            == open(str(tmp_path / "AB") + ext, "rb").read()
+        )
     verify(str(tmp_path / "M"))
 
 
@@ -290,11 +360,12 @@ def test_verify_catches_tampering(tmp_path):
 
 # ----------------------------------------------------------------------------- zstd input errors
 
+
 def _zst_input(tmp_path):
     lines, _ = gen_corpus(9, 120, bad=False)
     data = b"\n".join(lines) + b"\n"
     c = zstandard.ZstdCompressor(write_checksum=True)
-    frames = [c.compress(data[:len(data) // 2]), c.compress(data[len(data) // 2:])]
+    frames = [c.compress(data[: len(data) // 2]), c.compress(data[len(data) // 2 :])]
     return frames
 
 
@@ -303,12 +374,18 @@ def test_truncated_zst_is_an_error_naming_file_and_offset(tmp_path):
     full = b"".join(frames)
     boundaries = {0, len(frames[0]), len(full)}
     p = tmp_path / "t.jsonl.zst"
-    offsets = sorted(set(range(1, len(full), max(1, len(full) // 40))) | {1, len(frames[0]) - 1, len(frames[0]) + 1, len(full) - 1})
+    offsets = sorted(
+        set(range(1, len(full), max(1, len(full) // 40)))
+        | {1, len(frames[0]) - 1, len(frames[0]) + 1, len(full) - 1}
+    )
     for cut in offsets:
         if cut in boundaries:
             continue
         p.write_bytes(full[:cut])
-        with pytest.raises((DataprepError, OSError), match=r"t\.jsonl\.zst: (truncated zstd frame|corrupt zstd data).*byte offset \d+"):
+        with pytest.raises(
+            (DataprepError, OSError),
+            match=r"t\.jsonl\.zst: (truncated zstd frame|corrupt zstd data).*byte offset \d+",
+        ):
             quiet(inputs=[str(p)], out=str(tmp_path / "o"), restart=True)
         assert not os.path.exists(str(tmp_path / "o") + ".bin")
     # cut exactly at the frame boundary: a valid, shorter stream
@@ -324,7 +401,9 @@ def test_corrupt_zst_and_trailing_garbage(tmp_path):
     with pytest.raises(OSError, match=r"corrupt zstd data .* byte offset %d" % len(full)):
         quiet(inputs=[str(p)], out=str(tmp_path / "o"))
     rng = random.Random(1)
-    for pos in [0, 5, len(frames[0]) // 2, len(frames[0]) + 7, len(full) - 2] + [rng.randrange(len(full)) for _ in range(5)]:
+    for pos in [0, 5, len(frames[0]) // 2, len(frames[0]) + 7, len(full) - 2] + [
+        rng.randrange(len(full)) for _ in range(5)
+    ]:
         bad = bytearray(full)
         bad[pos] ^= 0x10
         p.write_bytes(bytes(bad))
@@ -334,8 +413,14 @@ def test_corrupt_zst_and_trailing_garbage(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def run_cli(*args, cwd=None, check=True):
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkv5.dataprep", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -344,10 +429,26 @@ def run_cli(*args, cwd=None, check=True):
 def test_cli_build_inspect_stats_verify(tmp_path):
     lines, expected = gen_corpus(10, 80)
     write_jsonl(tmp_path / "a.jsonl", lines)
-    r = run_cli("build", tmp_path / "*.jsonl", "--out", tmp_path / "o", "--ctx-len", "16", "--on-error", "skip",
-                "--lang-field", "lang", "--workers", "2", "--no-progress")
+    r = run_cli(
+        "build",
+        tmp_path / "*.jsonl",
+        "--out",
+        tmp_path / "o",
+        "--ctx-len",
+        "16",
+        "--on-error",
+        "skip",
+        "--lang-field",
+        "lang",
+        "--workers",
+        "2",
+        "--no-progress",
+    )
     m = json.load(open(str(tmp_path / "o") + ".manifest.json"))
-    assert f"--my_exit_tokens {m['totals']['tokens']} --magic_prime {m['magic_prime']} --ctx_len 16" in r.stdout
+    assert (
+        f"--my_exit_tokens {m['totals']['tokens']} --magic_prime {m['magic_prime']} --ctx_len 16"
+        in r.stdout
+    )
     assert "verify" not in r.stderr
     r = run_cli("inspect", tmp_path / "o", "--doc", "1", "--count", "1")
     assert expected_docs(expected)[1] in r.stdout
@@ -357,7 +458,11 @@ def test_cli_build_inspect_stats_verify(tmp_path):
     assert r.stdout.strip().splitlines()[-1].startswith("ok ")
     import hashlib
     from rwkv5.dataprep.build import default_vocab_path
-    assert m["tokenizer"]["vocab_sha256"] == hashlib.sha256(open(default_vocab_path(), "rb").read()).hexdigest()
+
+    assert (
+        m["tokenizer"]["vocab_sha256"]
+        == hashlib.sha256(open(default_vocab_path(), "rb").read()).hexdigest()
+    )
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -368,10 +473,16 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode != 0 and "unsupported input type" in r.stderr and r.stderr.count("\n") == 1
     write_jsonl(tmp_path / "a.jsonl", [b'{"text": "ok"}', b'{"text": 3}'])
     r = run_cli("build", tmp_path / "a.jsonl", "--out", tmp_path / "o", check=False)
-    assert r.returncode != 0 and "a.jsonl:2: field_not_string" in r.stderr and r.stderr.count("\n") == 1
+    assert (
+        r.returncode != 0
+        and "a.jsonl:2: field_not_string" in r.stderr
+        and r.stderr.count("\n") == 1
+    )
     r = run_cli("build", tmp_path / "a.jsonl", "--out", tmp_path / "nodir" / "o", check=False)
     assert r.returncode != 0 and "does not exist" in r.stderr
-    r = run_cli("build", tmp_path / "a.jsonl", "--out", tmp_path / "o", "--shard-size", "lots", check=False)
+    r = run_cli(
+        "build", tmp_path / "a.jsonl", "--out", tmp_path / "o", "--shard-size", "lots", check=False
+    )
     assert r.returncode != 0 and "--shard-size" in r.stderr
     r = run_cli("verify", tmp_path / "nothing", check=False)
     assert r.returncode != 0 and "no manifest" in r.stderr
@@ -381,7 +492,7 @@ def test_changed_options_need_restart(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [b'{"text": "ok"}'])
     inp = [str(tmp_path / "a.jsonl")]
     quiet(inputs=inp, out=str(tmp_path / "o"), keep_work=True)
-    os.remove(str(tmp_path / "o") + ".work/ended.json")     # as if it had been interrupted
+    os.remove(str(tmp_path / "o") + ".work/ended.json")  # as if it had been interrupted
     with pytest.raises(DataprepError, match="--restart"):
         quiet(inputs=inp, out=str(tmp_path / "o"), shuffle=True)
     quiet(inputs=inp, out=str(tmp_path / "o"), shuffle=True, restart=True)
@@ -389,14 +500,25 @@ def test_changed_options_need_restart(tmp_path):
 
 def test_executor(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
+
     lines, _ = gen_corpus(11, 200)
     write_jsonl(tmp_path / "a.jsonl", lines)
     inp = [str(tmp_path / "a.jsonl")]
     quiet(inputs=inp, out=str(tmp_path / "a"), on_error="skip", task_size=4000)
     with ThreadPoolExecutor(2) as ex:
-        quiet(inputs=inp, out=str(tmp_path / "b"), on_error="skip", task_size=4000, executor=ex, workers=1)
+        quiet(
+            inputs=inp,
+            out=str(tmp_path / "b"),
+            on_error="skip",
+            task_size=4000,
+            executor=ex,
+            workers=1,
+        )
     for ext in (".bin", ".idx"):
-        assert open(str(tmp_path / "a") + ext, "rb").read() == open(str(tmp_path / "b") + ext, "rb").read()
+        assert (
+            open(str(tmp_path / "a") + ext, "rb").read()
+            == open(str(tmp_path / "b") + ext, "rb").read()
+        )
 
 
 def test_empty_inputs_warn_small_data(tmp_path):
@@ -408,6 +530,7 @@ def test_empty_inputs_warn_small_data(tmp_path):
 
 
 # ----------------------------------------------------------------------------- large documents
+
 
 @pytest.mark.slow
 def test_50mb_single_document(tmp_path):
@@ -438,6 +561,9 @@ def test_folder_inputs_skip_our_outputs(tmp_path):
     m1 = quiet(inputs=[str(tmp_path)], out=str(tmp_path / "train"), format="zst", shard_size=1)
     # a second build into the same folder must not read train_0000N.zst or train.manifest.json
     m2 = quiet(inputs=[str(tmp_path)], out=str(tmp_path / "train"), format="zst", shard_size=1)
-    assert [i["path"] for i in m1["inputs"]] == [i["path"] for i in m2["inputs"]] == [
-        str(tmp_path / "a.jsonl"), str(tmp_path / "train_extra.jsonl")]
+    assert (
+        [i["path"] for i in m1["inputs"]]
+        == [i["path"] for i in m2["inputs"]]
+        == [str(tmp_path / "a.jsonl"), str(tmp_path / "train_extra.jsonl")]
+    )
     verify(str(tmp_path / "train"))

@@ -3,6 +3,7 @@ copy of their names or numbers in Python); every codec (gzip from the `gzip` com
 Python, multi-member gzip, bzip2, xz, zstd) gives the same output bytes as the plain file of the
 same documents; damaged files give one line naming the file and an offset; the language of a
 document from its path (--lang-from-path)."""
+
 import bz2
 import gzip
 import importlib
@@ -30,11 +31,17 @@ def test_tables_are_read_from_c():
         assert isinstance(c["magic"], bytes) and (c["magic"] == b"") == (c["name"] == "plain")
 
 
-@pytest.mark.parametrize("name,txt_mode,want", [
-    ("a.jsonl", "file", ("jsonl", "plain")), ("a.NDJSON.zst", "file", ("jsonl", "zstd")),
-    ("a.json.zst", "file", ("jsonl", "zstd")), ("a.zst", "file", ("jsonl", "zstd")),
-    ("a.txt", "file", ("txt-file", "plain")), ("a.txt.zst", "blank", ("txt-blank", "zstd")),
-])
+@pytest.mark.parametrize(
+    "name,txt_mode,want",
+    [
+        ("a.jsonl", "file", ("jsonl", "plain")),
+        ("a.NDJSON.zst", "file", ("jsonl", "zstd")),
+        ("a.json.zst", "file", ("jsonl", "zstd")),
+        ("a.zst", "file", ("jsonl", "zstd")),
+        ("a.txt", "file", ("txt-file", "plain")),
+        ("a.txt.zst", "blank", ("txt-blank", "zstd")),
+    ],
+)
 def test_input_type_from_name(name, txt_mode, want):
     assert build_mod.input_type(name, txt_mode) == want
 
@@ -45,20 +52,40 @@ def test_run_task_names_its_table_rows(tmp_path):
     tok = build_mod.load_tokenizer(build_mod.default_vocab_path()).capsule
     p = tmp_path / "a.jsonl"
     p.write_bytes(b'{"text": "x"}\n')
-    args = (tok, str(p), "jsonl", 0, 2**64 - 1, "text", None, False, True, 1, str(tmp_path / "t"), str(tmp_path / "m"))
+    args = (
+        tok,
+        str(p),
+        "jsonl",
+        0,
+        2**64 - 1,
+        "text",
+        None,
+        False,
+        True,
+        1,
+        str(tmp_path / "t"),
+        str(tmp_path / "m"),
+    )
     assert _dataprep.run_task(*args)["docs"] == 1
-    with pytest.raises(ValueError, match="record_format: expected one of jsonl, txt-file, txt-blank, got 'csv'"):
+    with pytest.raises(
+        ValueError, match="record_format: expected one of jsonl, txt-file, txt-blank, got 'csv'"
+    ):
         _dataprep.run_task(*(args[:2] + ("csv",) + args[3:]))
     with pytest.raises(ValueError, match="codec: expected one of plain, zstd.*got 'rar'"):
         _dataprep.run_task(*args, codec="rar")
     # the cancel flag: None or a writable, int-aligned buffer of at least 4 bytes
     assert _dataprep.run_task(*args, cancel=bytearray(4))["docs"] == 1
-    for bad, err in ((bytearray(2), ValueError), (memoryview(bytearray(8))[1:5], ValueError), (bytes(4), BufferError)):
+    for bad, err in (
+        (bytearray(2), ValueError),
+        (memoryview(bytearray(8))[1:5], ValueError),
+        (bytes(4), BufferError),
+    ):
         with pytest.raises(err):
             _dataprep.run_task(*args, cancel=bad)
 
 
 # ----------------------------------------------------------------------------- same bytes from every codec
+
 
 def quiet(inputs, out, **kw):
     m = build(inputs, str(out), log=lambda s: None, **kw)
@@ -87,7 +114,9 @@ def multi_member_gzip(data: bytes) -> bytes:
 
 
 def zstd(data: bytes) -> bytes:
-    return _dataprep.zstd_compress(data[:len(data) // 2], 3) + _dataprep.zstd_compress(data[len(data) // 2:], 5)
+    return _dataprep.zstd_compress(data[: len(data) // 2], 3) + _dataprep.zstd_compress(
+        data[len(data) // 2 :], 5
+    )
 
 
 PACKERS = {
@@ -100,8 +129,14 @@ PACKERS = {
     "x.jsonl.xz": lzma.compress,
     "multi-stream.jsonl.xz": lambda d: lzma.compress(d[:999]) + lzma.compress(d[999:]),
     # stream padding (zero bytes, a multiple of 4) between streams and after the last
-    "padded-multi-stream.jsonl.xz": lambda d: (lzma.compress(d[:500]) + b"\0" * 4 + lzma.compress(d[500:2000])
-                                               + b"\0" * 8 + lzma.compress(d[2000:]) + b"\0" * 4),
+    "padded-multi-stream.jsonl.xz": lambda d: (
+        lzma.compress(d[:500])
+        + b"\0" * 4
+        + lzma.compress(d[500:2000])
+        + b"\0" * 8
+        + lzma.compress(d[2000:])
+        + b"\0" * 4
+    ),
     "x.ndjson.zst": zstd,
 }
 
@@ -118,9 +153,15 @@ def test_every_codec_gives_the_plain_files_bytes(tmp_path, corpus, name):
     assert m0["statistics"] == m1["statistics"] and m0["totals"] == m1["totals"]
 
 
-@pytest.mark.parametrize("suffix,pack", [(".txt.zst", lambda d: _dataprep.zstd_compress(d, 3)),
-                                         (".txt.gz", gzip.compress), (".txt.xz", lzma.compress),
-                                         (".txt.bz2", bz2.compress)])
+@pytest.mark.parametrize(
+    "suffix,pack",
+    [
+        (".txt.zst", lambda d: _dataprep.zstd_compress(d, 3)),
+        (".txt.gz", gzip.compress),
+        (".txt.xz", lzma.compress),
+        (".txt.bz2", bz2.compress),
+    ],
+)
 @pytest.mark.parametrize("txt_mode", ["file", "blank"])
 def test_compressed_text_reads_as_text(tmp_path, suffix, pack, txt_mode):
     text = "Erste Zeile\r\nzweite Zeile\n\n  \nNächster Absatz, 狐狸\nEnde\n\n".encode() * 50
@@ -143,7 +184,7 @@ def test_folder_search_reads_every_codec(tmp_path, corpus):
     packs = [gzip.compress, gzip.compress, bz2.compress, lzma.compress, zstd, lambda x: x]
     k = len(lines) // len(names) + 1
     for i, (n, p) in enumerate(zip(names, packs)):
-        (d / n).write_bytes(p(b"".join(lines[i * k:(i + 1) * k])))
+        (d / n).write_bytes(p(b"".join(lines[i * k : (i + 1) * k])))
     (d / "notes.json").write_text("{}")
     (tmp_path / "all.jsonl").write_bytes(corpus)
     m = quiet([str(d)], tmp_path / "folder")
@@ -164,15 +205,22 @@ def test_codec_from_magic_bytes_before_the_name(tmp_path, corpus):
         quiet([str(tmp_path / n)], tmp_path / "x")
         assert set_bytes(tmp_path / "x") == set_bytes(tmp_path / "plain")
     (tmp_path / "not-gzip.jsonl.gz").write_bytes(corpus)
-    with pytest.raises(OSError, match=r"not-gzip\.jsonl\.gz: corrupt gzip data \(incorrect header check\) at byte "
-                                      r"offset \d+, in the member starting at byte offset 0$"):
+    with pytest.raises(
+        OSError,
+        match=r"not-gzip\.jsonl\.gz: corrupt gzip data \(incorrect header check\) at byte "
+        r"offset \d+, in the member starting at byte offset 0$",
+    ):
         quiet([str(tmp_path / "not-gzip.jsonl.gz")], tmp_path / "y")
 
 
 # ----------------------------------------------------------------------------- damaged files
 
-DAMAGE_PACKERS = {".jsonl.gz": gzip.compress, ".jsonl.bz2": bz2.compress, ".jsonl.xz": lzma.compress,
-                  ".jsonl.zst": lambda d: _dataprep.zstd_compress(d, 3)}
+DAMAGE_PACKERS = {
+    ".jsonl.gz": gzip.compress,
+    ".jsonl.bz2": bz2.compress,
+    ".jsonl.xz": lzma.compress,
+    ".jsonl.zst": lambda d: _dataprep.zstd_compress(d, 3),
+}
 
 
 @pytest.mark.parametrize("suffix", sorted(DAMAGE_PACKERS))
@@ -189,7 +237,11 @@ def test_truncated_and_corrupted_files_name_file_and_offset(tmp_path, corpus, su
         with pytest.raises(OSError) as e:
             quiet([str(p)], tmp_path / "cut")
         msg = str(e.value)
-        assert msg.startswith(str(p) + ": ") and "\n" not in msg and ("truncated" in msg or "0 bytes" in msg), msg
+        assert (
+            msg.startswith(str(p) + ": ")
+            and "\n" not in msg
+            and ("truncated" in msg or "0 bytes" in msg)
+        ), msg
         assert "byte" in msg
         bad = bytearray(z)
         bad[off] ^= 0x55
@@ -208,7 +260,7 @@ def test_xz_trailing_garbage_and_bad_padding_are_named_at_their_offset(tmp_path,
     garbage" at the offset where they begin (it was reported as a truncated stream, at the end of
     the file). Swept over every stream boundary of a three-stream file, with padding of 0..9 zero
     bytes before the garbage (not a multiple of 4: bad padding, named where it ends)."""
-    a, b = corpus.index(b"\n", 700) + 1, corpus.index(b"\n", 1900) + 1   # whole lines in each stream
+    a, b = corpus.index(b"\n", 700) + 1, corpus.index(b"\n", 1900) + 1  # whole lines in each stream
     parts = [lzma.compress(corpus[:a]), lzma.compress(corpus[a:b]), lzma.compress(corpus[b:])]
     p = tmp_path / "in.jsonl.xz"
     for k in range(1, 4):
@@ -219,18 +271,29 @@ def test_xz_trailing_garbage_and_bad_padding_are_named_at_their_offset(tmp_path,
                 with pytest.raises(OSError) as e:
                     quiet([str(p)], tmp_path / "o")
                 msg = str(e.value)
-                assert msg.startswith(f"{p}: corrupt xz data") and "\n" not in msg and "truncated" not in msg, msg
+                assert (
+                    msg.startswith(f"{p}: corrupt xz data")
+                    and "\n" not in msg
+                    and "truncated" not in msg
+                ), msg
                 if npad % 4:
-                    assert msg.endswith(f"(stream padding of {npad} bytes, not a multiple of 4) ending at byte "
-                                        f"offset {len(head) + npad}"), msg
+                    assert msg.endswith(
+                        f"(stream padding of {npad} bytes, not a multiple of 4) ending at byte "
+                        f"offset {len(head) + npad}"
+                    ), msg
                 else:
-                    assert msg.endswith(f"(not an xz stream: trailing garbage after the last stream) at byte "
-                                        f"offset {len(head) + npad}"), msg
+                    assert msg.endswith(
+                        f"(not an xz stream: trailing garbage after the last stream) at byte "
+                        f"offset {len(head) + npad}"
+                    ), msg
             # the same padding at the end of the file, nothing after it
             p.write_bytes(head + b"\0" * npad)
             if npad % 4:
-                with pytest.raises(OSError, match=rf"stream padding of {npad} bytes, not a multiple of 4\) ending "
-                                                  rf"at byte offset {len(head) + npad}$"):
+                with pytest.raises(
+                    OSError,
+                    match=rf"stream padding of {npad} bytes, not a multiple of 4\) ending "
+                    rf"at byte offset {len(head) + npad}$",
+                ):
                     quiet([str(p)], tmp_path / "o")
             else:
                 quiet([str(p)], tmp_path / "o")
@@ -244,14 +307,30 @@ def test_xz_trailing_garbage_and_bad_padding_are_named_at_their_offset(tmp_path,
 def test_cli_one_line_error_for_a_truncated_gzip(tmp_path, corpus):
     p = tmp_path / "in.jsonl.gz"
     z = gzip.compress(corpus)
-    p.write_bytes(z[:len(z) - 9])
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "build", str(p), "--out", str(tmp_path / "o"),
-                        "--no-progress"], capture_output=True, text=True)
+    p.write_bytes(z[: len(z) - 9])
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv5.dataprep",
+            "build",
+            str(p),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
-    assert f"{p}: truncated gzip member starting at byte offset 0 (the file ends at byte {len(z) - 9})" in r.stderr
+    assert (
+        f"{p}: truncated gzip member starting at byte offset 0 (the file ends at byte {len(z) - 9})"
+        in r.stderr
+    )
 
 
 # ----------------------------------------------------------------------------- language from the path
+
 
 def test_lang_from_path(tmp_path, corpus):
     """--lang-from-path REGEX: the group names the language of every document of the file; the
@@ -262,7 +341,9 @@ def test_lang_from_path(tmp_path, corpus):
     for lang, ls in langs.items():
         (root / lang / "train").mkdir(parents=True)
         (root / lang / "train" / "000.jsonl.gz").write_bytes(gzip.compress(b"".join(ls)))
-    m = quiet([str(root)], tmp_path / "bylang", lang_from_path=r"/([a-z]{3}_[A-Z][a-z]{3})/", workers=2)
+    m = quiet(
+        [str(root)], tmp_path / "bylang", lang_from_path=r"/([a-z]{3}_[A-Z][a-z]{3})/", workers=2
+    )
     stats = m["statistics"]["per_language"]
     assert {k: v["documents"] for k, v in stats.items()} == {k: len(v) for k, v in langs.items()}
     assert m["options"]["lang_from_path"] == r"/([a-z]{3}_[A-Z][a-z]{3})/"
@@ -271,20 +352,45 @@ def test_lang_from_path(tmp_path, corpus):
     assert set_bytes(tmp_path / "bylang") == set_bytes(tmp_path / "nolang")
     assert m2["statistics"]["per_language"] == {}
     # the CLI option, and a stats table naming the languages
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "build", str(root), "--out", str(tmp_path / "cli"),
-                        "--lang-from-path", r"/(...)_[A-Z]", "--no-progress"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv5.dataprep",
+            "build",
+            str(root),
+            "--out",
+            str(tmp_path / "cli"),
+            "--lang-from-path",
+            r"/(...)_[A-Z]",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "stats", str(tmp_path / "cli")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and "fra" in r.stdout and "deu" in r.stdout and "rus" in r.stdout, r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkv5.dataprep", "stats", str(tmp_path / "cli")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "fra" in r.stdout and "deu" in r.stdout and "rus" in r.stdout, (
+        r.stdout
+    )
 
 
-@pytest.mark.parametrize("opts,msg", [
-    ({"lang_from_path": r"/zzz_(\w+)/"}, r"does not match the path"),
-    ({"lang_from_path": r"/(\w+)/(\w+)/"}, r"expected exactly one group \(\.\.\.\) around the language, got 2"),
-    ({"lang_from_path": r"/(\w+/"}, r"not a regular expression"),
-    ({"lang_from_path": r"/(\w+)/", "lang_field": "lang"}, r"give one of them"),
-])
+@pytest.mark.parametrize(
+    "opts,msg",
+    [
+        ({"lang_from_path": r"/zzz_(\w+)/"}, r"does not match the path"),
+        (
+            {"lang_from_path": r"/(\w+)/(\w+)/"},
+            r"expected exactly one group \(\.\.\.\) around the language, got 2",
+        ),
+        ({"lang_from_path": r"/(\w+/"}, r"not a regular expression"),
+        ({"lang_from_path": r"/(\w+)/", "lang_field": "lang"}, r"give one of them"),
+    ],
+)
 def test_lang_from_path_errors(tmp_path, corpus, opts, msg):
     (tmp_path / "a.jsonl").write_bytes(corpus)
     with pytest.raises(DataprepError, match=msg):

@@ -2,6 +2,7 @@
 The same documents must give byte-identical outputs whichever container holds them; bad records
 are counted (or stop the run naming file, row group and row); only the needed columns are read;
 a run interrupted part-way resumes."""
+
 import json
 import os
 import sys
@@ -37,9 +38,9 @@ def corpus(n=600):
         lang = keys[i % len(keys)]
         text = " ".join([SAMPLES[lang][0]] * (1 + (i * 7) % 13)) + f" #{i}"
         if i % 50 == 7:
-            text = None          # a null text: a bad record
+            text = None  # a null text: a bad record
         elif i % 61 == 3:
-            text = ""            # empty: skipped always
+            text = ""  # empty: skipped always
         recs.append({"id": i, "text": text, "lang": lang, "score": i / 3})
     return recs
 
@@ -51,13 +52,16 @@ def write_jsonl(path, recs):
 
 
 def table(recs, struct=False):
-    cols = {"id": pa.array([r["id"] for r in recs], pa.int64()),
-            "score": pa.array([r["score"] for r in recs], pa.float64())}
+    cols = {
+        "id": pa.array([r["id"] for r in recs], pa.int64()),
+        "score": pa.array([r["score"] for r in recs], pa.float64()),
+    }
     text = pa.array([r["text"] for r in recs], pa.string())
     lang = pa.array([r["lang"] for r in recs], pa.string())
-    if struct:   # text and language inside a struct column, next to another struct member
-        cols["meta"] = pa.StructArray.from_arrays([pa.array([f"u{r['id']}" for r in recs]), text, lang],
-                                                  ["url", "body", "lang"])
+    if struct:  # text and language inside a struct column, next to another struct member
+        cols["meta"] = pa.StructArray.from_arrays(
+            [pa.array([f"u{r['id']}" for r in recs]), text, lang], ["url", "body", "lang"]
+        )
     else:
         cols["text"] = text
         cols["lang"] = lang
@@ -93,8 +97,14 @@ def test_parquet_split_into_tasks_by_row_group_equals_jsonl(ref, monkeypatch):
     pq.write_table(table(ref[1]), d / "split.parquet", row_group_size=50)
     seen = []
     real = columnar.tokenize
-    monkeypatch.setattr(columnar, "tokenize", lambda task, *a: seen.append((task["start"], task["end"])) or real(task, *a))
-    m = quiet([str(d / "split.parquet")], d / "split", lang_field="lang", on_error="skip", task_size=20000)
+    monkeypatch.setattr(
+        columnar,
+        "tokenize",
+        lambda task, *a: seen.append((task["start"], task["end"])) or real(task, *a),
+    )
+    m = quiet(
+        [str(d / "split.parquet")], d / "split", lang_field="lang", on_error="skip", task_size=20000
+    )
     same_as_ref(ref, m, d / "split")
     # several tasks of whole row groups, covering every row group once, in order
     assert len(seen) > 2 and seen[0][0] == 0 and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
@@ -104,7 +114,13 @@ def test_parquet_split_into_tasks_by_row_group_equals_jsonl(ref, monkeypatch):
 def test_struct_columns_by_dotted_path_equal_jsonl(ref):
     d = ref[0]
     pq.write_table(table(ref[1], struct=True), d / "s.parquet", row_group_size=100)
-    m = quiet([str(d / "s.parquet")], d / "s", text_field="meta.body", lang_field="meta.lang", on_error="skip")
+    m = quiet(
+        [str(d / "s.parquet")],
+        d / "s",
+        text_field="meta.body",
+        lang_field="meta.lang",
+        on_error="skip",
+    )
     same_as_ref(ref, m, d / "s")
 
 
@@ -120,8 +136,16 @@ def test_only_the_text_and_language_columns_are_read_one_row_group_at_a_time(ref
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     for name in ("read_row_group", "read", "read_row_groups"):
-        monkeypatch.setattr(pq.ParquetFile, name, lambda *a, **k: pytest.fail("a whole row group / file was read"))
-    quiet([str(d / "proj.parquet")], d / "proj", text_field="meta.body", lang_field="meta.lang", on_error="skip")
+        monkeypatch.setattr(
+            pq.ParquetFile, name, lambda *a, **k: pytest.fail("a whole row group / file was read")
+        )
+    quiet(
+        [str(d / "proj.parquet")],
+        d / "proj",
+        text_field="meta.body",
+        lang_field="meta.lang",
+        on_error="skip",
+    )
     assert calls and all(c == (["meta.body", "meta.lang"], [i]) for i, c in enumerate(calls))
 
 
@@ -139,7 +163,10 @@ def write_saved_dataset(folder, recs, n_files=3):
                 w.write_batch(b)
         names.append(name)
     with open(os.path.join(folder, "state.json"), "w") as f:
-        json.dump({"_data_files": [{"filename": n} for n in names], "_fingerprint": "x", "_split": None}, f)
+        json.dump(
+            {"_data_files": [{"filename": n} for n in names], "_fingerprint": "x", "_split": None},
+            f,
+        )
     with open(os.path.join(folder, "dataset_info.json"), "w") as f:
         json.dump({"features": {}}, f)
 
@@ -148,9 +175,13 @@ def test_saved_dataset_folder_equals_jsonl(ref):
     d = ref[0]
     write_saved_dataset(str(d / "saved"), ref[1])
     logs = []
-    m = build([str(d / "saved")], str(d / "sv"), lang_field="lang", on_error="skip", log=logs.append)
+    m = build(
+        [str(d / "saved")], str(d / "sv"), lang_field="lang", on_error="skip", log=logs.append
+    )
     same_as_ref(ref, m, d / "sv")
-    assert len(m["inputs"]) == 3 and not logs   # state.json / dataset_info.json are not "files not read"
+    assert (
+        len(m["inputs"]) == 3 and not logs
+    )  # state.json / dataset_info.json are not "files not read"
 
 
 def test_arrow_ipc_file_equals_jsonl(ref):
@@ -166,7 +197,7 @@ def test_arrow_ipc_file_equals_jsonl(ref):
 @pytest.mark.parametrize("kind", ["generator", "list_of_dicts", "strings"])
 def test_python_iterables_equal_jsonl(ref, kind):
     d, recs = ref[0], ref[1]
-    if kind == "strings":   # texts only: compare with a .jsonl of the good records, no language
+    if kind == "strings":  # texts only: compare with a .jsonl of the good records, no language
         good = [r["text"] for r in recs if r["text"] is not None]
         write_jsonl(d / "good.jsonl", [{"text": t} for t in good])
         quiet([str(d / "good.jsonl")], d / "good")
@@ -197,14 +228,19 @@ def test_null_text_under_fail_names_file_row_group_and_row(ref):
 
 
 def test_null_in_an_iterable_under_fail_names_the_record(ref):
-    with pytest.raises(DataprepError, match=r"^records: record 7 \(counting from 0\): field_not_string"):
+    with pytest.raises(
+        DataprepError, match=r"^records: record 7 \(counting from 0\): field_not_string"
+    ):
         quiet(iter(ref[1]), ref[0] / "fi")
 
 
-@pytest.mark.parametrize("column,needle", [
-    ("nope", 'missing_field: no column "nope" (the columns are: id, score, text, lang)'),
-    ("id", 'field_not_string: column "id" holds int64, not strings'),
-])
+@pytest.mark.parametrize(
+    "column,needle",
+    [
+        ("nope", 'missing_field: no column "nope" (the columns are: id, score, text, lang)'),
+        ("id", 'field_not_string: column "id" holds int64, not strings'),
+    ],
+)
 def test_missing_or_non_string_text_column(ref, column, needle):
     d = ref[0]
     pq.write_table(table(ref[1]), d / "m.parquet", row_group_size=100)
@@ -235,8 +271,11 @@ def test_without_pyarrow_the_error_says_what_to_install(ref, monkeypatch):
     pq.write_table(table(ref[1][:10]), d / "np.parquet")
     for name in ("pyarrow", "pyarrow.parquet", "pyarrow.compute", "pyarrow.ipc"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(DataprepError, match=r"np\.parquet: reading Parquet and Arrow inputs needs pyarrow: "
-                                            r"pip install 'rwkv5\[parquet\]'"):
+    with pytest.raises(
+        DataprepError,
+        match=r"np\.parquet: reading Parquet and Arrow inputs needs pyarrow: "
+        r"pip install 'rwkv5\[parquet\]'",
+    ):
         quiet([str(d / "np.parquet")], d / "np")
 
 
@@ -253,7 +292,9 @@ def test_folders_are_searched_for_parquet_files(ref):
 @pytest.mark.parametrize("source", ["parquet", "iterable"])
 def test_an_interrupted_build_resumes_byte_identically(ref, monkeypatch, source, tmp_path):
     pq.write_table(table(ref[1]), tmp_path / "r.parquet", row_group_size=40)
-    inputs = (lambda: [str(tmp_path / "r.parquet")]) if source == "parquet" else (lambda: iter(ref[1]))
+    inputs = (
+        (lambda: [str(tmp_path / "r.parquet")]) if source == "parquet" else (lambda: iter(ref[1]))
+    )
     opts = dict(lang_field="lang", on_error="skip", task_size=8000, keep_work=False)
     real = columnar.tokenize
     calls = []
@@ -268,13 +309,16 @@ def test_an_interrupted_build_resumes_byte_identically(ref, monkeypatch, source,
     with pytest.raises(KeyboardInterrupt):
         build(inputs(), str(tmp_path / "o"), log=lambda s: None, **opts)
     calls.clear()
-    monkeypatch.setattr(columnar, "tokenize", lambda task, *a: calls.append(task["id"]) or real(task, *a))
+    monkeypatch.setattr(
+        columnar, "tokenize", lambda task, *a: calls.append(task["id"]) or real(task, *a)
+    )
     m = quiet(inputs(), tmp_path / "o", **opts)
     same_as_ref(ref, m, tmp_path / "o")
-    assert len(m["shards"]) == 1 and calls and calls[0] == 2   # tasks 0 and 1 were not run again
+    assert len(m["shards"]) == 1 and calls and calls[0] == 2  # tasks 0 and 1 were not run again
 
 
 # ----------------------------------------------------------------------------- the datasets package
+
 
 def test_datasets_objects_equal_jsonl(ref):
     datasets = pytest.importorskip("datasets")
@@ -298,7 +342,11 @@ def test_large_and_dictionary_string_columns_equal_jsonl(ref, typ):
     d = ref[0]
     t = table(ref[1])
     i = t.schema.get_field_index("text")
-    col = t.column("text").cast(pa.large_string()) if typ == "large_string" else t.column("text").dictionary_encode()
+    col = (
+        t.column("text").cast(pa.large_string())
+        if typ == "large_string"
+        else t.column("text").dictionary_encode()
+    )
     t = t.set_column(i, "text", col)
     pq.write_table(t, d / f"{typ}.parquet", row_group_size=128)
     assert str(pq.read_schema(d / f"{typ}.parquet").field("text").type).startswith(typ)
@@ -308,11 +356,29 @@ def test_large_and_dictionary_string_columns_equal_jsonl(ref, typ):
 
 def test_cli_reads_a_struct_column_by_dotted_name(ref, tmp_path):
     import subprocess
+
     d = ref[0]
     pq.write_table(table(ref[1], struct=True), tmp_path / "cli.parquet", row_group_size=100)
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "build", str(tmp_path / "cli.parquet"), "--out",
-                        str(tmp_path / "cli"), "--text-field", "meta.body", "--lang-field", "meta.lang",
-                        "--on-error", "skip", "--no-progress"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv5.dataprep",
+            "build",
+            str(tmp_path / "cli.parquet"),
+            "--out",
+            str(tmp_path / "cli"),
+            "--text-field",
+            "meta.body",
+            "--lang-field",
+            "meta.lang",
+            "--on-error",
+            "skip",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert outputs(tmp_path / "cli") == ref[2]
     assert d.exists()
@@ -338,7 +404,7 @@ def test_lone_surrogates_in_python_strings_repair_as_json_does(ref, tmp_path):
     texts = ["a\ud800b", "x\ud83d\ude00y", "\udfff"]
     with open(tmp_path / "s.jsonl", "w") as f:
         for t in texts:
-            f.write(json.dumps({"text": t}) + "\n")   # json.dumps writes the \uXXXX escapes
+            f.write(json.dumps({"text": t}) + "\n")  # json.dumps writes the \uXXXX escapes
     quiet([str(tmp_path / "s.jsonl")], tmp_path / "j", repair_utf8=True)
     quiet(iter(texts), tmp_path / "p", repair_utf8=True)
     assert outputs(tmp_path / "j") == outputs(tmp_path / "p")
@@ -349,16 +415,34 @@ def test_parquet_build_does_not_import_pandas(ref, tmp_path):
     than tokenizing tens of MB): the Parquet path reads bitmaps and values through buffers. Null
     texts and null languages both take that path; the bytes still equal the .jsonl's."""
     import subprocess
+
     pytest.importorskip("pandas")
     recs = [dict(r, lang=None if i % 9 == 4 else r["lang"]) for i, r in enumerate(ref[1])]
     write_jsonl(tmp_path / "n.jsonl", recs)
     quiet([str(tmp_path / "n.jsonl")], tmp_path / "nj", lang_field="lang", on_error="skip")
     pq.write_table(table(recs), tmp_path / "n.parquet", row_group_size=100)
-    child = ("import sys\nfrom rwkv5.dataprep.__main__ import main\nrc = main(sys.argv[1:])\n"
-             "print('PANDAS', 'pandas' in sys.modules)\nsys.exit(rc)\n")
-    r = subprocess.run([sys.executable, "-c", child, "build", str(tmp_path / "n.parquet"), "--out",
-                        str(tmp_path / "np"), "--lang-field", "lang", "--on-error", "skip", "--no-progress"],
-                       capture_output=True, text=True)
+    child = (
+        "import sys\nfrom rwkv5.dataprep.__main__ import main\nrc = main(sys.argv[1:])\n"
+        "print('PANDAS', 'pandas' in sys.modules)\nsys.exit(rc)\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            child,
+            "build",
+            str(tmp_path / "n.parquet"),
+            "--out",
+            str(tmp_path / "np"),
+            "--lang-field",
+            "lang",
+            "--on-error",
+            "skip",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "PANDAS False" in r.stdout
     assert outputs(tmp_path / "np") == outputs(tmp_path / "nj")
@@ -380,8 +464,11 @@ def test_arrow_ipc_split_into_tasks_by_record_batch_equals_jsonl(ref, monkeypatc
         inputs, n_batches = [str(d / "saved_split")], [-(-300 // 40), -(-300 // 40)]
     seen = []
     real = columnar.tokenize
-    monkeypatch.setattr(columnar, "tokenize", lambda task, *a: seen.append((task["path"], task["start"], task["end"]))
-                        or real(task, *a))
+    monkeypatch.setattr(
+        columnar,
+        "tokenize",
+        lambda task, *a: seen.append((task["path"], task["start"], task["end"])) or real(task, *a),
+    )
     m = quiet(inputs, d / f"split_{kind}", lang_field="lang", on_error="skip", task_size=20000)
     same_as_ref(ref, m, d / f"split_{kind}")
     # per file: several tasks of whole batches, covering every batch once, in order
@@ -389,7 +476,9 @@ def test_arrow_ipc_split_into_tasks_by_record_batch_equals_jsonl(ref, monkeypatc
     assert len(paths) == len(n_batches)
     for path, n in zip(paths, n_batches):
         mine = [(a, b) for p, a, b in seen if p == path]
-        assert len(mine) > 2 and mine[0][0] == 0 and all(x[1] == y[0] for x, y in zip(mine, mine[1:])), mine
+        assert (
+            len(mine) > 2 and mine[0][0] == 0 and all(x[1] == y[0] for x, y in zip(mine, mine[1:]))
+        ), mine
         assert mine[-1][1] == n
 
 
@@ -410,6 +499,7 @@ def test_parquet_build_peak_rss_does_not_grow_with_the_input(tmp_path):
     the file's size, so the larger input may not cost more than a generous 40 MiB more (holding
     its text would cost over 54 MB)."""
     import subprocess
+
     keys = sorted(SAMPLES)
     pool = [(" ".join([SAMPLES[k][0]] * 60))[:4000] for k in keys]
     peaks = {}
@@ -417,8 +507,22 @@ def test_parquet_build_peak_rss_does_not_grow_with_the_input(tmp_path):
         texts = pa.array([f"{pool[i % len(pool)]} #{i}" for i in range(n)], pa.string())
         path = tmp_path / f"{n}.parquet"
         pq.write_table(pa.table({"text": texts}), path, row_group_size=1024)
-        r = subprocess.run([sys.executable, "-c", _HWM_CHILD, "build", str(path), "--out", str(tmp_path / f"o{n}"),
-                            "--workers", "2", "--no-progress"], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _HWM_CHILD,
+                "build",
+                str(path),
+                "--out",
+                str(tmp_path / f"o{n}"),
+                "--workers",
+                "2",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         peaks[n] = int(r.stdout.split("VMHWM_KB")[1].split()[0]) / 1024
     assert peaks[15000] < peaks[1500] + 40 and peaks[15000] < 1024, peaks

@@ -1,4 +1,5 @@
 """The C pieces of rwkv5.dataprep against Python's own json / UTF-8 decoder / unicodedata."""
+
 import collections
 import json
 import random
@@ -24,13 +25,26 @@ def test_utf8_repair_matches_python_replace(data):
     assert C.utf8_copy(data, False) == want
 
 
-@pytest.mark.parametrize("data", [b"\xed\xa0\x80", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xf4\x90\x80\x80", b"\xf0\x9f\x98",
-                                  b"a\xe2\x82", b"\xff", b"\x80abc", b"\xf0\x9f\x98\x80"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xed\xa0\x80",
+        b"\xc0\xaf",
+        b"\xe0\x80\xaf",
+        b"\xf4\x90\x80\x80",
+        b"\xf0\x9f\x98",
+        b"a\xe2\x82",
+        b"\xff",
+        b"\x80abc",
+        b"\xf0\x9f\x98\x80",
+    ],
+)
 def test_utf8_edge_cases(data):
     assert C.utf8_copy(data, True) == data.decode("utf-8", "replace").encode("utf-8")
 
 
 # ----------------------------------------------------------------------------- JSON
+
 
 def python_extract(line: bytes, field="text"):
     """What Python's json makes of a line: (status, text bytes)."""
@@ -62,11 +76,16 @@ def python_extract(line: bytes, field="text"):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda ch: st.lists(ch, max_size=3) | st.dictionaries(st.text(max_size=5), ch, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
-@given(st.dictionaries(st.text(max_size=6), json_values, max_size=4), st.one_of(st.text(max_size=40), json_values),
-       st.booleans(), st.booleans())
+@given(
+    st.dictionaries(st.text(max_size=6), json_values, max_size=4),
+    st.one_of(st.text(max_size=40), json_values),
+    st.booleans(),
+    st.booleans(),
+)
 @settings(max_examples=400, deadline=None)
 def test_json_extract_matches_python(obj, text, ensure_ascii, present):
     if present:
@@ -105,29 +124,55 @@ def test_json_specifics():
     line = rb'{"text": "a\u00e9\ud83d\ude00\n\t\"\\\/", "lang": "fr", "text": "second"}'
     assert C.json_extract(line, "text", "lang") == ("ok", b"second", "fr", 0)
     line = rb'{"text": "a\u00e9\ud83d\ude00\n\t\"\\\/"}'
-    assert C.json_extract(line, "text")[1] == "a\u00e9\U0001F600\n\t\"\\/".encode()
+    assert C.json_extract(line, "text")[1] == 'a\u00e9\U0001f600\n\t"\\/'.encode()
     assert C.json_extract(rb'{"text": "x\ud800"}', "text")[0] == "lone_surrogate"
-    assert C.json_extract(rb'{"text": "x\ud800\u0041"}', "text", None, True)[1] == "x\ufffdA".encode()
-    assert C.json_extract(rb'{"text": "x\udc00\ud800"}', "text", None, True)[1:] == ("x\ufffd\ufffd".encode(), "", 2)
-    assert C.json_extract(b'{"text": "tab\there"}', "text")[0] == "malformed_json"  # raw control char
+    assert (
+        C.json_extract(rb'{"text": "x\ud800\u0041"}', "text", None, True)[1] == "x\ufffdA".encode()
+    )
+    assert C.json_extract(rb'{"text": "x\udc00\ud800"}', "text", None, True)[1:] == (
+        "x\ufffd\ufffd".encode(),
+        "",
+        2,
+    )
+    assert (
+        C.json_extract(b'{"text": "tab\there"}', "text")[0] == "malformed_json"
+    )  # raw control char
     assert C.json_extract(b'{"text": "x"} {"text": "y"}', "text")[0] == "malformed_json"
     assert C.json_extract(b'["text"]', "text")[0] == "malformed_json"
     assert C.json_extract(b'{"text": "x", "n": NaN, "m": -Infinity}', "text")[0] == "ok"
-    assert C.json_extract(b'  {"t\\u0065xt" : "escaped key"}\r', "text")[:2] == ("ok", b"escaped key")
+    assert C.json_extract(b'  {"t\\u0065xt" : "escaped key"}\r', "text")[:2] == (
+        "ok",
+        b"escaped key",
+    )
     deep = b'{"a": ' + b"[" * 600 + b"]" * 600 + b', "text": "x"}'
     assert C.json_extract(deep, "text")[0] == "malformed_json"  # nesting limit 512
     ok = b'{"a": ' + b"[" * 500 + b"]" * 500 + b', "text": "x"}'
     assert C.json_extract(ok, "text")[0] == "ok"
     long_lang = '{"text": "x", "lang": "' + "é" * 40 + '"}'
-    assert C.json_extract(long_lang.encode(), "text", "lang")[2] == "é" * 31  # 62 bytes, cut at a character
+    assert (
+        C.json_extract(long_lang.encode(), "text", "lang")[2] == "é" * 31
+    )  # 62 bytes, cut at a character
 
 
 # ----------------------------------------------------------------------------- scripts
 
-UNICODE_PREFIX = {"LATIN": "Latin", "GREEK": "Greek", "CYRILLIC": "Cyrillic", "ARMENIAN": "Armenian",
-                  "HEBREW": "Hebrew", "ARABIC": "Arabic", "DEVANAGARI": "Devanagari", "BENGALI": "Bengali",
-                  "TAMIL": "Tamil", "THAI": "Thai", "GEORGIAN": "Georgian", "HANGUL": "Hangul",
-                  "HIRAGANA": "Kana", "KATAKANA": "Kana", "CJK": "Han"}
+UNICODE_PREFIX = {
+    "LATIN": "Latin",
+    "GREEK": "Greek",
+    "CYRILLIC": "Cyrillic",
+    "ARMENIAN": "Armenian",
+    "HEBREW": "Hebrew",
+    "ARABIC": "Arabic",
+    "DEVANAGARI": "Devanagari",
+    "BENGALI": "Bengali",
+    "TAMIL": "Tamil",
+    "THAI": "Thai",
+    "GEORGIAN": "Georgian",
+    "HANGUL": "Hangul",
+    "HIRAGANA": "Kana",
+    "KATAKANA": "Kana",
+    "CJK": "Han",
+}
 
 
 def test_script_of_letters_matches_unicode_names():
@@ -149,7 +194,9 @@ def test_script_of_letters_matches_unicode_names():
                 continue
             assert got == UNICODE_PREFIX[first], (hex(cp), name, got)
             checked += 1
-        elif first in ("MODIFIER", "IPA") or unicodedata.category(ch) != "Lo" and not first.isalpha():
+        elif (
+            first in ("MODIFIER", "IPA") or unicodedata.category(ch) != "Lo" and not first.isalpha()
+        ):
             continue
         else:
             assert got != "Common", (hex(cp), name)
@@ -169,10 +216,12 @@ def test_dominant_script():
 
 # ----------------------------------------------------------------------------- readers on bad files
 
+
 def test_readers_reject_garbage(tmp_path):
     import numpy as np
     from rwkv5.dataprep import BinIdx, FormatError, ZstShard
     from rwkv5.dataprep.formats import write_idx, write_zst_shard
+
     sizes = np.array([3, 5, 1], dtype=np.int64)
     toks = np.array([5, 6, 0, 7, 8, 9, 10, 0, 0], dtype="<u2")
     (tmp_path / "s.tok").write_bytes(toks.tobytes())
@@ -192,7 +241,7 @@ def test_readers_reject_garbage(tmp_path):
             data = bytearray(good)
             op = trial % 3
             if op == 0:
-                data = data[:rng.randrange(len(data))]
+                data = data[: rng.randrange(len(data))]
             elif op == 1:
                 data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
             else:

@@ -1,6 +1,7 @@
 """rwkv5.dataprep: hostile and unusual INPUTS and OPTIONS -- folders holding files the build does
 not read, many input files under a low open-file limit, long language tags, inputs that change
 during a build, odd paths and option values. Each test is the regression test of one defect."""
+
 import importlib
 import json
 import os
@@ -21,8 +22,13 @@ def quiet(**kw):
 
 
 def run_cli(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "rwkv5.dataprep", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rwkv5.dataprep", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def one_line_error(r, *needles):
@@ -33,6 +39,7 @@ def one_line_error(r, *needles):
 
 
 # ----------------------------------------------------------------------------- many files, few fds
+
 
 def test_3000_files_under_ulimit_256(tmp_path):
     """More input files (tasks) than open-file descriptors: the merge opens the parts in bounded
@@ -46,9 +53,9 @@ def test_3000_files_under_ulimit_256(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
         from rwkv5.dataprep import build, open_shards
         # shuffled: the copy ranges jump between the 3,000 parts
-        m = build([{str(src)!r}], {str(tmp_path / 'o')!r}, workers=1, shuffle=True, seed=3, log=lambda s: None)
+        m = build([{str(src)!r}], {str(tmp_path / "o")!r}, workers=1, shuffle=True, seed=3, log=lambda s: None)
         assert m["totals"]["documents"] == 3000, m["totals"]
-        with open_shards({str(tmp_path / 'o')!r}) as s:
+        with open_shards({str(tmp_path / "o")!r}) as s:
             assert len(s) == 3000
         print("built")
     """)
@@ -58,6 +65,7 @@ def test_3000_files_under_ulimit_256(tmp_path):
 
 
 # ----------------------------------------------------------------------------- language tags
+
 
 @pytest.mark.parametrize("unit", ["x", "é", "中", "😀", "ab\\"])
 def test_long_lang_field_is_cut_at_63_bytes_on_a_character_boundary(tmp_path, unit):
@@ -80,6 +88,7 @@ def test_long_lang_field_is_cut_at_63_bytes_on_a_character_boundary(tmp_path, un
 
 # ----------------------------------------------------------------------------- long paths
 
+
 def test_error_naming_a_long_path_keeps_its_reason(tmp_path):
     """A path over ~1,020 characters cut the C error message off before the reason."""
     d = tmp_path
@@ -95,6 +104,7 @@ def test_error_naming_a_long_path_keeps_its_reason(tmp_path):
 
 
 # ----------------------------------------------------------------------------- inputs that change
+
 
 @pytest.mark.parametrize("change", ["truncate", "append", "touch"])
 def test_input_changed_during_the_build_is_an_error(tmp_path, monkeypatch, change):
@@ -129,6 +139,7 @@ def test_input_changed_during_the_build_is_an_error(tmp_path, monkeypatch, chang
 
 # ----------------------------------------------------------------------------- files a folder holds
 
+
 def test_files_of_other_types_under_a_folder_are_reported(tmp_path):
     """A folder holding .lz4 / .csv files (.gz before gzip inputs) printed 'skipped 0' and exited 0:
     every file found is now read or listed in a warning and in the manifest."""
@@ -142,11 +153,17 @@ def test_files_of_other_types_under_a_folder_are_reported(tmp_path):
     m = build([str(d)], str(tmp_path / "o"), log=logs.append)
     assert m["totals"]["documents"] == 1
     nr = m["inputs_not_read"]
-    assert nr["count"] == 3 and sorted(os.path.basename(p) for p in nr["first"]) == ["b.jsonl.lz4", "c.csv", "notes.md"]
+    assert nr["count"] == 3 and sorted(os.path.basename(p) for p in nr["first"]) == [
+        "b.jsonl.lz4",
+        "c.csv",
+        "notes.md",
+    ]
     warn = [line for line in logs if line.startswith("warning: 3 file(s)")]
     assert len(warn) == 1 and "b.jsonl.lz4" in warn[0] and "c.csv" in warn[0]
     r = run_cli("build", d, "--out", tmp_path / "o2", "--no-progress")
-    assert r.returncode == 0 and "warning: 3 file(s) under the input folders are not read" in r.stderr
+    assert (
+        r.returncode == 0 and "warning: 3 file(s) under the input folders are not read" in r.stderr
+    )
 
 
 def test_zero_documents_is_an_error_unless_allow_empty(tmp_path):
@@ -166,8 +183,10 @@ def test_zero_documents_is_an_error_unless_allow_empty(tmp_path):
 
 def test_workers_zero_is_refused(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [b'{"text": "alpha"}'])
-    one_line_error(run_cli("build", tmp_path / "a.jsonl", "--out", tmp_path / "o", "--workers", "0"),
-                   "--workers: expected 1..1024, got 0")
+    one_line_error(
+        run_cli("build", tmp_path / "a.jsonl", "--out", tmp_path / "o", "--workers", "0"),
+        "--workers: expected 1..1024, got 0",
+    )
     with pytest.raises(DataprepError, match="--workers"):
         build([str(tmp_path / "a.jsonl")], str(tmp_path / "o"), workers=0, log=lambda s: None)
 
@@ -181,13 +200,17 @@ def test_txt_zst_is_read_as_text(tmp_path):
     quiet(inputs=[str(tmp_path / "a.txt")], out=str(tmp_path / "t"))
     assert m1["totals"]["documents"] == 1
     for ext in (".bin", ".idx"):
-        assert open(str(tmp_path / "z") + ext, "rb").read() == open(str(tmp_path / "t") + ext, "rb").read()
+        assert (
+            open(str(tmp_path / "z") + ext, "rb").read()
+            == open(str(tmp_path / "t") + ext, "rb").read()
+        )
     # and a folder search picks it up
     m3 = quiet(inputs=[str(tmp_path)], out=str(tmp_path / "f"))
     assert sorted(os.path.basename(i["path"]) for i in m3["inputs"]) == ["a.txt", "a.txt.zst"]
 
 
 # ----------------------------------------------------------------------------- paths and options
+
 
 def test_non_utf8_input_name_is_one_line_naming_the_file(tmp_path):
     d = tmp_path / "corpus"
@@ -204,22 +227,37 @@ def test_non_utf8_input_name_is_one_line_naming_the_file(tmp_path):
 def test_non_utf8_out_is_refused_before_any_work(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [b'{"text": "alpha"}'])
     out = os.path.join(os.fsencode(tmp_path), b"o\xff")
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "build", os.fsencode(tmp_path / "a.jsonl"),
-                        b"--out", out], capture_output=True)
-    assert r.returncode != 0 and r.stderr.count(b"\n") == 1 and b"not valid UTF-8" in r.stderr, r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv5.dataprep",
+            "build",
+            os.fsencode(tmp_path / "a.jsonl"),
+            b"--out",
+            out,
+        ],
+        capture_output=True,
+    )
+    assert r.returncode != 0 and r.stderr.count(b"\n") == 1 and b"not valid UTF-8" in r.stderr, (
+        r.stderr
+    )
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl"]
 
 
-@pytest.mark.parametrize("opt, needle", [
-    (["--seed", "-1"], "--seed: expected 0..18446744073709551615, got -1"),
-    (["--workers", "2000"], "--workers: expected 1..1024, got 2000"),
-    (["--shard-size", "infMB"], "--shard-size 'infMB': expected a finite size"),
-    (["--shard-size", "nanGB"], "--shard-size 'nanGB': expected a finite size"),
-    (["--zst-level", "99"], "--zst-level: expected 1..22, got 99"),
-    (["--epochs", "0"], "--epochs: expected >= 1, got 0"),
-    (["--ctx-len", "0"], "--ctx-len: expected >= 1, got 0"),
-    (["--vocab", "/nonexistent/vocab.txt"], "--vocab /nonexistent/vocab.txt: no such file"),
-])
+@pytest.mark.parametrize(
+    "opt, needle",
+    [
+        (["--seed", "-1"], "--seed: expected 0..18446744073709551615, got -1"),
+        (["--workers", "2000"], "--workers: expected 1..1024, got 2000"),
+        (["--shard-size", "infMB"], "--shard-size 'infMB': expected a finite size"),
+        (["--shard-size", "nanGB"], "--shard-size 'nanGB': expected a finite size"),
+        (["--zst-level", "99"], "--zst-level: expected 1..22, got 99"),
+        (["--epochs", "0"], "--epochs: expected >= 1, got 0"),
+        (["--ctx-len", "0"], "--ctx-len: expected >= 1, got 0"),
+        (["--vocab", "/nonexistent/vocab.txt"], "--vocab /nonexistent/vocab.txt: no such file"),
+    ],
+)
 def test_options_are_validated_before_reading_input(tmp_path, opt, needle):
     """Every bad option value is one line before any input is read or any file is written (a
     missing input would otherwise be reported first)."""
@@ -248,13 +286,20 @@ def test_symlinks_loops_and_two_paths_to_one_file(tmp_path):
     elsewhere.mkdir()
     write_jsonl(root / "a" / "one.jsonl", [b'{"text": "one"}'])
     write_jsonl(elsewhere / "two.jsonl", [b'{"text": "two"}'])
-    os.symlink(root, root / "a" / "loop")              # a loop back to the top
-    os.symlink(elsewhere, root / "linked")             # a symlinked folder
+    os.symlink(root, root / "a" / "loop")  # a loop back to the top
+    os.symlink(elsewhere, root / "linked")  # a symlinked folder
     os.symlink(root / "a" / "one.jsonl", root / "alias.jsonl")  # the same file by a second path
-    for inputs in ([str(root)], [str(root / "**" / "*.jsonl")], [str(root), str(root / "a" / "one.jsonl")]):
+    for inputs in (
+        [str(root)],
+        [str(root / "**" / "*.jsonl")],
+        [str(root), str(root / "a" / "one.jsonl")],
+    ):
         m = quiet(inputs=inputs, out=str(tmp_path / "o"))
         assert m["totals"]["documents"] == 2, inputs
-        assert sorted(os.path.basename(i["path"]) for i in m["inputs"]) == ["one.jsonl", "two.jsonl"]
+        assert sorted(os.path.basename(i["path"]) for i in m["inputs"]) == [
+            "one.jsonl",
+            "two.jsonl",
+        ]
 
 
 def test_zero_byte_jsonl_zst_is_an_error(tmp_path):
@@ -266,7 +311,9 @@ def test_zero_byte_jsonl_zst_is_an_error(tmp_path):
 def test_build_accepts_one_string_as_one_input(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [b'{"text": "alpha"}', b'{"text": "beta"}'])
     m = quiet(inputs=str(tmp_path / "x.jsonl"), out=str(tmp_path / "o"))
-    assert m["totals"]["documents"] == 2 and [i["path"] for i in m["inputs"]] == [str(tmp_path / "x.jsonl")]
+    assert m["totals"]["documents"] == 2 and [i["path"] for i in m["inputs"]] == [
+        str(tmp_path / "x.jsonl")
+    ]
 
 
 @pytest.mark.parametrize("txt_mode", ["file", "blank"])
@@ -283,13 +330,19 @@ def test_language_statistics_do_not_depend_on_task_size(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", lines)
     stats = []
     for ts in (1 << 20, 20_000):
-        m = quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / f"o{ts}"), lang_field="lang", task_size=ts)
+        m = quiet(
+            inputs=[str(tmp_path / "a.jsonl")],
+            out=str(tmp_path / f"o{ts}"),
+            lang_field="lang",
+            task_size=ts,
+        )
         stats.append(m["statistics"]["per_language"])
     assert len(stats[0]) == 5000 and "(more languages)" not in stats[0]
     assert stats[0] == stats[1]
 
 
 # ----------------------------------------------------------------------------- manifests, merge, unpack
+
 
 @pytest.fixture
 def small_set(tmp_path):
@@ -298,22 +351,30 @@ def small_set(tmp_path):
     return tmp_path / "s"
 
 
-@pytest.mark.parametrize("damage", [
-    lambda m: [],
-    lambda m: {**m, "shards": {"a": 1}},
-    lambda m: {**m, "shards": [{**m["shards"][0], "documents": "2"}]},
-    lambda m: {**m, "shards": [{**m["shards"][0], "name": "../../etc/passwd"}]},
-    lambda m: {**m, "totals": None},
-    lambda m: {**m, "statistics": {"per_script": [], "per_language": {}}},
-    lambda m: {k: v for k, v in m.items() if k != "tokenizer"},
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: [],
+        lambda m: {**m, "shards": {"a": 1}},
+        lambda m: {**m, "shards": [{**m["shards"][0], "documents": "2"}]},
+        lambda m: {**m, "shards": [{**m["shards"][0], "name": "../../etc/passwd"}]},
+        lambda m: {**m, "totals": None},
+        lambda m: {**m, "statistics": {"per_script": [], "per_language": {}}},
+        lambda m: {k: v for k, v in m.items() if k != "tokenizer"},
+    ],
+)
 def test_manifest_of_the_wrong_shape_is_one_line_everywhere(small_set, damage):
     path = str(small_set) + ".manifest.json"
     m = json.load(open(path))
     with open(path, "w") as f:
         json.dump(damage(m), f)
-    for cmd in (["verify", small_set], ["stats", small_set], ["inspect", small_set],
-                ["merge", small_set, "--out", small_set.parent / "m"], ["unpack", small_set, "--out", small_set.parent / "u"]):
+    for cmd in (
+        ["verify", small_set],
+        ["stats", small_set],
+        ["inspect", small_set],
+        ["merge", small_set, "--out", small_set.parent / "m"],
+        ["unpack", small_set, "--out", small_set.parent / "u"],
+    ):
         r = run_cli(*cmd)
         one_line_error(r, "not a data-prep manifest")
         assert "Traceback" not in r.stderr
@@ -331,19 +392,33 @@ def test_unpack_and_merge_refuse_to_overwrite_their_input(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [b'{"text": "alpha"}'])
     quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "z"), format="zst")
     quiet(inputs=[str(tmp_path / "a.jsonl")], out=str(tmp_path / "b"))
-    before = {p: open(tmp_path / p, "rb").read() for p in os.listdir(tmp_path) if p.startswith(("z.", "b."))}
+    before = {
+        p: open(tmp_path / p, "rb").read()
+        for p in os.listdir(tmp_path)
+        if p.startswith(("z.", "b."))
+    }
     one_line_error(run_cli("unpack", tmp_path / "z", "--out", tmp_path / "z"), "is also an input")
     one_line_error(run_cli("merge", tmp_path / "b", "--out", tmp_path / "b"), "is also an input")
-    after = {p: open(tmp_path / p, "rb").read() for p in os.listdir(tmp_path) if p.startswith(("z.", "b."))}
+    after = {
+        p: open(tmp_path / p, "rb").read()
+        for p in os.listdir(tmp_path)
+        if p.startswith(("z.", "b."))
+    }
     assert after == before
     verify(str(tmp_path / "z"))
 
 
-@pytest.mark.parametrize("damage", [
-    lambda m: {**m, "statistics": {"per_script": {"Latin": {"documents": "x"}}, "per_language": {}}},
-    lambda m: {**m, "skipped": {"counts": {"empty": 1}, "total": None, "first": []}},
-    lambda m: {**m, "rwkv_lm_args": 5},
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: {
+            **m,
+            "statistics": {"per_script": {"Latin": {"documents": "x"}}, "per_language": {}},
+        },
+        lambda m: {**m, "skipped": {"counts": {"empty": 1}, "total": None, "first": []}},
+        lambda m: {**m, "rwkv_lm_args": 5},
+    ],
+)
 def test_stats_refuses_a_manifest_of_the_wrong_shape(small_set, damage):
     path = str(small_set) + ".manifest.json"
     m = json.load(open(path))

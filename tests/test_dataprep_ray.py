@@ -1,6 +1,7 @@
 """rwkv5.dataprep on Ray and other executors: byte-identical to the local engine, whatever the
 engine, the number of workers or nodes, and through task exceptions, killed workers and a killed
 driver (then resumed). Ray is started by these tests on this machine (one instance per module)."""
+
 import concurrent.futures as cf
 import json
 import multiprocessing
@@ -85,10 +86,17 @@ def local_reference(corpus, tmp_path_factory, opts_name):
     """The --engine local output (tasks run here, one after another, 2 threads each)."""
     if opts_name not in _REFS:
         d = tmp_path_factory.mktemp(f"local-{opts_name}")
-        quiet(inputs=[str(corpus)], out=str(d / "o"), workers=2, **{"binidx": OPTS, "zst": ZST_OPTS}[opts_name])
+        quiet(
+            inputs=[str(corpus)],
+            out=str(d / "o"),
+            workers=2,
+            **{"binidx": OPTS, "zst": ZST_OPTS}[opts_name],
+        )
         ref = outputs(d / "o")
         # the comparisons with it would pass on two empty folders: it must hold a real set
-        assert "o.manifest.json" in ref and ref["o.manifest.json"]["totals"]["tokens"] > 0, sorted(ref)
+        assert "o.manifest.json" in ref and ref["o.manifest.json"]["totals"]["tokens"] > 0, sorted(
+            ref
+        )
         assert any(n.endswith((".bin", ".zst")) for n in ref), sorted(ref)
         _REFS[opts_name] = ref
     return _REFS[opts_name]
@@ -96,6 +104,7 @@ def local_reference(corpus, tmp_path_factory, opts_name):
 
 def n_tasks(corpus):
     from rwkv5.dataprep.build import DEFAULTS, expand_inputs, plan_tasks
+
     return len(plan_tasks(expand_inputs([str(corpus)]), {**DEFAULTS, **OPTS}))
 
 
@@ -105,6 +114,7 @@ def attempts(workdir, task_id):
 
 
 # ----------------------------------------------------------------------------- without Ray
+
 
 def test_reference_has_many_tasks_and_shards(corpus, tmp_path_factory):
     assert n_tasks(corpus) >= 10
@@ -116,7 +126,9 @@ def test_process_pool_executor_matches_local(corpus, tmp_path, tmp_path_factory)
     for fmt, opts in (("binidx", OPTS), ("zst", ZST_OPTS)):
         os.makedirs(tmp_path / fmt)
         with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-            m = quiet(inputs=[str(corpus)], out=str(tmp_path / fmt / "o"), executor=ex, workers=1, **opts)
+            m = quiet(
+                inputs=[str(corpus)], out=str(tmp_path / fmt / "o"), executor=ex, workers=1, **opts
+            )
         assert m["totals"]["documents"] > 0
         assert outputs(tmp_path / fmt / "o") == local_reference(corpus, tmp_path_factory, fmt)
 
@@ -141,7 +153,14 @@ def test_driver_rejects_parts_it_cannot_see(corpus, tmp_path):
 
 
 def test_verify_record_checks_size_and_sha(corpus, tmp_path):
-    from rwkv5.dataprep.build import DEFAULTS, default_vocab_path, expand_inputs, plan_tasks, run_task
+    from rwkv5.dataprep.build import (
+        DEFAULTS,
+        default_vocab_path,
+        expand_inputs,
+        plan_tasks,
+        run_task,
+    )
+
     opts = {**DEFAULTS, **OPTS, "vocab": default_vocab_path()}
     task = plan_tasks(expand_inputs([str(corpus)]), opts)[0]
     rec = run_task(task, opts, str(tmp_path))
@@ -162,16 +181,27 @@ def test_verify_record_checks_size_and_sha(corpus, tmp_path):
 
 def test_overlapping_attempts_of_one_task_do_not_collide(corpus, tmp_path):
     # a retry may start while a cut-off first attempt still writes to the shared folder
-    from rwkv5.dataprep.build import DEFAULTS, default_vocab_path, expand_inputs, load_done, plan_tasks
+    from rwkv5.dataprep.build import (
+        DEFAULTS,
+        default_vocab_path,
+        expand_inputs,
+        load_done,
+        plan_tasks,
+    )
+
     opts = {**DEFAULTS, **OPTS, "task_size": 1 << 30, "vocab": default_vocab_path()}
     task = plan_tasks(expand_inputs([str(corpus)]), opts)[0]  # the largest file, whole
     with cf.ThreadPoolExecutor(4) as ex:
-        recs = list(ex.map(lambda _: engines.run_task_isolated(task, opts, str(tmp_path), 1), range(8)))
+        recs = list(
+            ex.map(lambda _: engines.run_task_isolated(task, opts, str(tmp_path), 1), range(8))
+        )
     for rec in recs:
         assert engines.verify_record(str(tmp_path), task, rec) is rec
         assert rec["parts"] == recs[0]["parts"]
     assert load_done(str(tmp_path), task)["parts"] == recs[0]["parts"]
-    assert sorted(os.listdir(tmp_path)) == [f"task-{task['id']:06d}.{e}" for e in ("done.json", "meta", "tok")]
+    assert sorted(os.listdir(tmp_path)) == [
+        f"task-{task['id']:06d}.{e}" for e in ("done.json", "meta", "tok")
+    ]
 
 
 def test_fault_spec_parsing():
@@ -184,18 +214,33 @@ def test_fault_spec_parsing():
 
 def test_engine_ray_without_ray_says_how_to_install(corpus, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    rc = cli_main(["build", str(corpus), "--out", str(tmp_path / "o"), "--engine", "ray", "--no-progress"])
+    rc = cli_main(
+        ["build", str(corpus), "--out", str(tmp_path / "o"), "--engine", "ray", "--no-progress"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "pip install 'rwkv5[ray]'" in err[0]
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("address,msg", [("127.0.0.1:1", "no Ray head answers"), ("nonsense", "HOST:PORT")])
+@pytest.mark.parametrize(
+    "address,msg", [("127.0.0.1:1", "no Ray head answers"), ("nonsense", "HOST:PORT")]
+)
 def test_bad_ray_address_is_one_clear_line(corpus, tmp_path, capsys, address, msg):
     pytest.importorskip("ray")
-    rc = cli_main(["build", str(corpus), "--out", str(tmp_path / "o"), "--engine", "ray", "--ray-address", address,
-                   "--no-progress"])
+    rc = cli_main(
+        [
+            "build",
+            str(corpus),
+            "--out",
+            str(tmp_path / "o"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            address,
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and msg in err[0] and address in err[0]
@@ -203,8 +248,19 @@ def test_bad_ray_address_is_one_clear_line(corpus, tmp_path, capsys, address, ms
 
 
 def test_cli_rejects_negative_retries(corpus, tmp_path, capsys):
-    rc = cli_main(["build", str(corpus), "--out", str(tmp_path / "o"), "--engine", "ray", "--max-retries", "-1",
-                   "--no-progress"])
+    rc = cli_main(
+        [
+            "build",
+            str(corpus),
+            "--out",
+            str(tmp_path / "o"),
+            "--engine",
+            "ray",
+            "--max-retries",
+            "-1",
+            "--no-progress",
+        ]
+    )
     assert rc == 1 and "--max-retries" in capsys.readouterr().err
 
 
@@ -234,7 +290,9 @@ def _ray_children():
                     cmd = f.read()
             except OSError:
                 continue
-            args = cmd.split(b"\0")  # a "ray::" worker, or a Ray binary or script (not a forked pytest)
+            args = cmd.split(
+                b"\0"
+            )  # a "ray::" worker, or a Ray binary or script (not a forked pytest)
             if args[0].startswith(b"ray::") or any(b"/ray/" in a for a in args[:2]):
                 pids.append(int(name))
     return pids
@@ -271,8 +329,16 @@ def _retry_ray_start(start, cleanup, tries=3):
 def ray_session():
     if ray is None:
         pytest.skip("Ray is not installed: pip install 'rwkv5[ray]'")
-    _retry_ray_start(lambda: ray.init(address="local", num_cpus=2, include_dashboard=False,
-                                      object_store_memory=100 << 20, logging_level="WARNING"), ray.shutdown)
+    _retry_ray_start(
+        lambda: ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=100 << 20,
+            logging_level="WARNING",
+        ),
+        ray.shutdown,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -289,8 +355,13 @@ def ray_local(ray_session):
 @pytest.mark.parametrize("fmt", ["binidx", "zst"])
 def test_ray_matches_local(corpus, tmp_path, tmp_path_factory, ray_local, fmt):
     ex = engines.RayExecutor()
-    m = quiet(inputs=[str(corpus)], out=str(tmp_path / "o"), executor=ex, workers=1,
-              **{"binidx": OPTS, "zst": ZST_OPTS}[fmt])
+    m = quiet(
+        inputs=[str(corpus)],
+        out=str(tmp_path / "o"),
+        executor=ex,
+        workers=1,
+        **{"binidx": OPTS, "zst": ZST_OPTS}[fmt],
+    )
     ex.shutdown()
     assert ray.is_initialized()  # not ours to stop
     assert m["totals"]["documents"] > 0
@@ -300,8 +371,11 @@ def test_ray_matches_local(corpus, tmp_path, tmp_path_factory, ray_local, fmt):
 
 def test_more_cpus_per_task_than_a_node_has_fails_at_once(ray_local):
     """--engine ray --workers 4 on a 2-CPU cluster hung with no message (tasks pending forever)."""
-    with pytest.raises(DataprepError, match=r"--workers 4: each Ray task reserves that many CPUs on one node, "
-                                            r"but the largest of the cluster's 1 node\(s\) has 2 .*--workers 2 or less"):
+    with pytest.raises(
+        DataprepError,
+        match=r"--workers 4: each Ray task reserves that many CPUs on one node, "
+        r"but the largest of the cluster's 1 node\(s\) has 2 .*--workers 2 or less",
+    ):
         engines.RayExecutor(num_cpus=4)
     assert ray.is_initialized()  # the module's instance is not ours to stop
     ex = engines.RayExecutor(num_cpus=2)  # what the cluster has is fine
@@ -310,7 +384,14 @@ def test_more_cpus_per_task_than_a_node_has_fails_at_once(ray_local):
 
 def test_task_raising_once_is_retried(corpus, tmp_path, tmp_path_factory, ray_local):
     ex = engines.RayExecutor(max_retries=2, fault="raise:3,raise:7")
-    quiet(inputs=[str(corpus)], out=str(tmp_path / "o"), executor=ex, workers=1, keep_work=True, **OPTS)
+    quiet(
+        inputs=[str(corpus)],
+        out=str(tmp_path / "o"),
+        executor=ex,
+        workers=1,
+        keep_work=True,
+        **OPTS,
+    )
     for k in (3, 7):
         assert len(attempts(tmp_path / "o.work", k)) == 2
     assert not os.path.exists(tmp_path / "o.work" / "fault-task-000004.attempts")
@@ -320,14 +401,23 @@ def test_task_raising_once_is_retried(corpus, tmp_path, tmp_path_factory, ray_lo
 def test_killed_workers_are_retried(corpus, tmp_path, tmp_path_factory, ray_local):
     # task 2: SIGKILL of the worker mid-task (after a half-written part); task 5: os._exit
     ex = engines.RayExecutor(max_retries=2, fault="kill:2:0.2,exit:5")
-    quiet(inputs=[str(corpus)], out=str(tmp_path / "o"), executor=ex, workers=1, keep_work=True, **ZST_OPTS)
+    quiet(
+        inputs=[str(corpus)],
+        out=str(tmp_path / "o"),
+        executor=ex,
+        workers=1,
+        keep_work=True,
+        **ZST_OPTS,
+    )
     for k in (2, 5):
         pids = attempts(tmp_path / "o.work", k)
         assert len(pids) == 2 and pids[0] != pids[1]  # the first worker died; another ran it again
     assert outputs(tmp_path / "o") == local_reference(corpus, tmp_path_factory, "zst")
 
 
-def test_retries_exhausted_is_a_clear_error_then_rerun_resumes(corpus, tmp_path, tmp_path_factory, ray_local):
+def test_retries_exhausted_is_a_clear_error_then_rerun_resumes(
+    corpus, tmp_path, tmp_path_factory, ray_local
+):
     ex = engines.RayExecutor(max_retries=0, fault="raise:4")
     with pytest.raises(DataprepError, match=r"task 4 .*injected failure"):
         quiet(inputs=[str(corpus)], out=str(tmp_path / "o"), executor=ex, workers=1, **OPTS)
@@ -336,8 +426,15 @@ def test_retries_exhausted_is_a_clear_error_then_rerun_resumes(corpus, tmp_path,
     done_before = {n for n in os.listdir(tmp_path / "o.work") if n.endswith(".done.json")}
     assert "task-000004.done.json" not in done_before
     log = []
-    build(inputs=[str(corpus)], out=str(tmp_path / "o"), executor=engines.RayExecutor(), workers=1,
-          progress=True, log=log.append, **OPTS)
+    build(
+        inputs=[str(corpus)],
+        out=str(tmp_path / "o"),
+        executor=engines.RayExecutor(),
+        workers=1,
+        progress=True,
+        log=log.append,
+        **OPTS,
+    )
     resumed = {int(re.search(r"task (\d+) ", s).group(1)) for s in log if "(resumed)" in s}
     assert resumed == {int(n[5:11]) for n in done_before}
     assert outputs(tmp_path / "o") == local_reference(corpus, tmp_path_factory, "binidx")
@@ -348,8 +445,13 @@ def test_bad_record_under_fail_gives_the_local_error(corpus, tmp_path, ray_local
     errs = []
     for name, ex in (("local", None), ("ray", engines.RayExecutor(max_retries=2))):
         with pytest.raises(DataprepError) as e:
-            quiet(inputs=[str(corpus)], out=str(tmp_path / name), executor=ex, workers=1,
-                  **dict(OPTS, on_error="fail"))
+            quiet(
+                inputs=[str(corpus)],
+                out=str(tmp_path / name),
+                executor=ex,
+                workers=1,
+                **dict(OPTS, on_error="fail"),
+            )
         errs.append(str(e.value))
         assert not (tmp_path / f"{name}.manifest.json").exists()
     assert errs[0] == errs[1]
@@ -357,9 +459,27 @@ def test_bad_record_under_fail_gives_the_local_error(corpus, tmp_path, ray_local
 
 
 def _cli(corpus, out, *extra):
-    return [sys.executable, "-m", "rwkv5.dataprep", "build", str(corpus), "--out", str(out),
-            "--on-error", "skip", "--lang-field", "lang", "--shuffle", "--seed", "7", "--task-size", "30000",
-            "--ctx-len", "64", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "rwkv5.dataprep",
+        "build",
+        str(corpus),
+        "--out",
+        str(out),
+        "--on-error",
+        "skip",
+        "--lang-field",
+        "lang",
+        "--shuffle",
+        "--seed",
+        "7",
+        "--task-size",
+        "30000",
+        "--ctx-len",
+        "64",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -376,8 +496,9 @@ def test_killed_driver_then_rerun_resumes(corpus, tmp_path, tmp_path_factory, ra
     try:
         while time.monotonic() < deadline:
             names = set(os.listdir(work)) if work.is_dir() else set()
-            if {f"task-{k:06d}.done.json" for k in range(3)} <= names and \
-                    any(n.startswith("fault-task-") for n in names):
+            if {f"task-{k:06d}.done.json" for k in range(3)} <= names and any(
+                n.startswith("fault-task-") for n in names
+            ):
                 break
             assert proc.poll() is None, "the driver ended before it was killed"
             time.sleep(0.1)
@@ -393,26 +514,41 @@ def test_killed_driver_then_rerun_resumes(corpus, tmp_path, tmp_path_factory, ra
     env.pop(engines.FAULT_ENV)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    resumed = sorted(int(x) for x in re.findall(r"task (\d+) \S+ part \d+: [^\n]*\(resumed\)", r.stderr))
+    resumed = sorted(
+        int(x) for x in re.findall(r"task (\d+) \S+ part \d+: [^\n]*\(resumed\)", r.stderr)
+    )
     assert resumed == [0, 1, 2]
     assert outputs(out) == local_reference(corpus, tmp_path_factory, "binidx")
     # and the CLI's --engine local gives the same bytes as build() did
     os.makedirs(tmp_path / "local")
-    r = subprocess.run(_cli(corpus, tmp_path / "local" / "o", "--no-progress"), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        _cli(corpus, tmp_path / "local" / "o", "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert outputs(tmp_path / "local" / "o") == local_reference(corpus, tmp_path_factory, "binidx")
 
 
 # ----------------------------------------------------------------------------- two nodes (runs last)
 
+
 def _start_cluster(Cluster):
     """A head node and one worker node (one CPU each)."""
     made = []
 
     def start():
-        made.append(Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False}))
+        made.append(
+            Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 1,
+                    "object_store_memory": 80 << 20,
+                    "include_dashboard": False,
+                },
+            )
+        )
         return made[-1], made[-1].add_node(num_cpus=1, object_store_memory=80 << 20)
 
     return _retry_ray_start(start, lambda: made and made[-1].shutdown())
@@ -421,6 +557,7 @@ def _start_cluster(Cluster):
 @pytest.mark.slow
 def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_session):
     from ray.cluster_utils import Cluster
+
     for fmt in ("binidx", "zst"):
         local_reference(corpus, tmp_path_factory, fmt)
     ray.shutdown()  # the module's one-node instance; this test is the last one of the module
@@ -432,8 +569,14 @@ def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_
             # task 1 hangs 1 s so that the other node takes some of the other tasks; task 6 dies once
             ex = engines.RayExecutor(fault="sleep:1:1,exit:6")
             os.makedirs(tmp_path / fmt)
-            quiet(inputs=[str(corpus)], out=str(tmp_path / fmt / "o"), executor=ex, workers=1, keep_work=True,
-                  **{"binidx": OPTS, "zst": ZST_OPTS}[fmt])
+            quiet(
+                inputs=[str(corpus)],
+                out=str(tmp_path / fmt / "o"),
+                executor=ex,
+                workers=1,
+                keep_work=True,
+                **{"binidx": OPTS, "zst": ZST_OPTS}[fmt],
+            )
             assert len(attempts(tmp_path / fmt / "o.work", 6)) == 2
             assert outputs(tmp_path / fmt / "o") == local_reference(corpus, tmp_path_factory, fmt)
 
@@ -442,13 +585,25 @@ def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_
         ex = engines.RayExecutor(fault=",".join(f"sleep:{k}:2" for k in range(8)))
         work, result = tmp_path / "dies" / "o.work", []
         os.makedirs(tmp_path / "dies")
-        th = threading.Thread(target=lambda: result.append(quiet(
-            inputs=[str(corpus)], out=str(tmp_path / "dies" / "o"), executor=ex, workers=1, keep_work=True, **OPTS)))
+        th = threading.Thread(
+            target=lambda: result.append(
+                quiet(
+                    inputs=[str(corpus)],
+                    out=str(tmp_path / "dies" / "o"),
+                    executor=ex,
+                    workers=1,
+                    keep_work=True,
+                    **OPTS,
+                )
+            )
+        )
         th.start()
         victim, deadline = None, time.monotonic() + 60
         while victim is None and time.monotonic() < deadline:  # a task starts on the worker node
             for k in range(8):
-                for pid in attempts(work, k) if (work / f"fault-task-{k:06d}.attempts").exists() else []:
+                for pid in (
+                    attempts(work, k) if (work / f"fault-task-{k:06d}.attempts").exists() else []
+                ):
                     if _parent_pid(pid) == raylet:
                         victim = k
             time.sleep(0.05)
@@ -457,7 +612,9 @@ def test_two_node_cluster_matches_local(corpus, tmp_path, tmp_path_factory, ray_
         th.join(180)
         assert result, "the build did not finish"
         assert len(attempts(work, victim)) == 2  # run again after its node died
-        assert outputs(tmp_path / "dies" / "o") == local_reference(corpus, tmp_path_factory, "binidx")
+        assert outputs(tmp_path / "dies" / "o") == local_reference(
+            corpus, tmp_path_factory, "binidx"
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL at random moments then rerun gives byte-identical output; a short write
 (file size limit, like a full disk) is an error that leaves no completion record and no output."""
+
 import glob
 import json
 import os
@@ -31,9 +32,30 @@ def make_inputs(d):
 
 
 def cmd(inputs, out, *extra):
-    return [sys.executable, "-m", "rwkv5.dataprep", "build", *inputs, "--out", out, "--on-error", "skip",
-            "--task-size", "150000", "--workers", "2", "--shuffle", "--seed", "3", "--dedup", "exact",
-            "--lang-field", "lang", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "rwkv5.dataprep",
+        "build",
+        *inputs,
+        "--out",
+        out,
+        "--on-error",
+        "skip",
+        "--task-size",
+        "150000",
+        "--workers",
+        "2",
+        "--shuffle",
+        "--seed",
+        "3",
+        "--dedup",
+        "exact",
+        "--lang-field",
+        "lang",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def outputs(prefix):
@@ -60,7 +82,9 @@ def corpus(tmp_path_factory):
     subprocess.run(cmd(inputs, ref), check=True, capture_output=True)
     ref_out = outputs(ref)
     # the comparisons below would pass on two empty folders: the reference must hold a real set
-    assert "o.manifest.json" in ref_out and ref_out["o.manifest.json"]["totals"]["tokens"] > 0, sorted(ref_out)
+    assert "o.manifest.json" in ref_out and ref_out["o.manifest.json"]["totals"]["tokens"] > 0, (
+        sorted(ref_out)
+    )
     assert any(n.endswith((".bin", ".zst")) for n in ref_out), sorted(ref_out)
     return d, inputs, ref_out, time.perf_counter() - t0
 
@@ -73,7 +97,9 @@ def test_kill_and_resume_is_byte_identical(corpus):
         os.makedirs(os.path.dirname(out))
         kills = 0
         for attempt in range(4):
-            p = subprocess.Popen(cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            p = subprocess.Popen(
+                cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             if attempt < 3:
                 time.sleep(rng.uniform(0.05, seconds * 1.1))
                 if p.poll() is None:
@@ -141,7 +167,9 @@ def test_ctrl_c_then_resume(corpus):
     d, inputs, ref, seconds = corpus
     out = os.path.join(d, "sigint", "o")
     os.makedirs(os.path.dirname(out))
-    p = subprocess.Popen(cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     # interrupt once the build is under way (a Ctrl-C during interpreter start-up is Python's business)
     while p.poll() is None and not os.path.exists(out + ".work/plan.json"):
         time.sleep(0.01)

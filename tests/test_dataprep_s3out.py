@@ -4,6 +4,7 @@ names before the set is complete, a build SIGKILLed mid-upload or cut off from t
 from its work area on the store, refused permissions are one line, and Ray tasks on nodes that
 share no folder exchange their parts through the store. The S3 server is moto's, on loopback,
 started by these tests (tests/s3server.py)."""
+
 import json
 import os
 import re
@@ -16,13 +17,24 @@ import threading
 import pytest
 
 from dataprep_helpers import gen_corpus, write_jsonl
-from s3server import subprocess_env   # the fixtures s3 and s3server come from conftest.py
+from s3server import subprocess_env  # the fixtures s3 and s3server come from conftest.py
 from rwkv5.dataprep import build, merge_binidx
 
 OPTS = dict(on_error="skip", lang_field="lang", shuffle=True, seed=7, task_size=30_000, ctx_len=64)
 ZST_OPTS = dict(OPTS, format="zst", shard_size=20_000, dedup="exact", epochs=2)
-CLI_OPTS = ["--on-error", "skip", "--lang-field", "lang", "--shuffle", "--seed", "7", "--task-size", "30000",
-            "--ctx-len", "64"]
+CLI_OPTS = [
+    "--on-error",
+    "skip",
+    "--lang-field",
+    "lang",
+    "--shuffle",
+    "--seed",
+    "7",
+    "--task-size",
+    "30000",
+    "--ctx-len",
+    "64",
+]
 
 
 def quiet(**kw):
@@ -62,7 +74,7 @@ def store_outputs(bucket, key_prefix) -> dict:
     folder, base = key_prefix.rsplit("/", 1)
     out = {}
     for key in bucket.keys(folder + "/"):
-        name = key[len(folder) + 1:]
+        name = key[len(folder) + 1 :]
         if name.startswith(base):
             out[name] = bucket.get(key)
     return _comparable(out)
@@ -81,7 +93,12 @@ def _comparable(files: dict) -> dict:
 def reference(corpus, tmp_path_factory, fmt):
     if fmt not in _REFS:
         d = tmp_path_factory.mktemp(f"local-{fmt}")
-        quiet(inputs=[str(corpus)], out=str(d / "o"), workers=1, **{"binidx": OPTS, "zst": ZST_OPTS}[fmt])
+        quiet(
+            inputs=[str(corpus)],
+            out=str(d / "o"),
+            workers=1,
+            **{"binidx": OPTS, "zst": ZST_OPTS}[fmt],
+        )
         ref = local_outputs(d / "o")
         assert ref["o.manifest.json"]["totals"]["tokens"] > 0 and len(ref) >= 3, sorted(ref)
         _REFS[fmt] = ref
@@ -94,14 +111,22 @@ def manifest_of(bucket, key_prefix) -> dict:
 
 # ----------------------------------------------------------------------------- --out s3://...
 
+
 @pytest.mark.parametrize("fmt", ["binidx", "zst"])
 def test_out_url_is_byte_identical_to_a_local_build(corpus, tmp_path_factory, s3, fmt):
-    m = quiet(inputs=[str(corpus)], out=s3.url("out/o"), workers=2, **{"binidx": OPTS, "zst": ZST_OPTS}[fmt])
+    m = quiet(
+        inputs=[str(corpus)],
+        out=s3.url("out/o"),
+        workers=2,
+        **{"binidx": OPTS, "zst": ZST_OPTS}[fmt],
+    )
     assert store_outputs(s3, "out/o") == reference(corpus, tmp_path_factory, fmt)
     assert m["storage"] == {"retries": 0} == manifest_of(s3, "out/o")["storage"]
     assert m["output"]["prefix"] == "o"
     # the set and nothing else: no work area, no temporary key left on the store
-    assert all(re.fullmatch(r"out/o(_\d{5})?\.(bin|idx|zst|manifest\.json)", k) for k in s3.keys()), s3.keys()
+    assert all(
+        re.fullmatch(r"out/o(_\d{5})?\.(bin|idx|zst|manifest\.json)", k) for k in s3.keys()
+    ), s3.keys()
 
 
 @pytest.mark.slow
@@ -109,13 +134,36 @@ def test_cli_out_url_and_rebuild_replaces_the_earlier_set(corpus, tmp_path_facto
     """Through the command line; a second build of the prefix with fewer shards removes the shards
     of the first that the new set does not have."""
     env = subprocess_env(s3.server.endpoint)
-    cmd = [sys.executable, "-m", "rwkv5.dataprep", "build", str(corpus), "--out", s3.url("out/o"), "--workers", "1",
-           *CLI_OPTS, "--format", "zst", "--shard-size", "5000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rwkv5.dataprep",
+        "build",
+        str(corpus),
+        "--out",
+        s3.url("out/o"),
+        "--workers",
+        "1",
+        *CLI_OPTS,
+        "--format",
+        "zst",
+        "--shard-size",
+        "5000",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"manifest {s3.url('out/o')}.manifest.json" in r.stdout
     many = [k for k in s3.keys() if k.endswith(".zst")]
-    cmd = cmd[:-4] + ["--format", "zst", "--shard-size", "20000", "--dedup", "exact", "--epochs", "2"]
+    cmd = cmd[:-4] + [
+        "--format",
+        "zst",
+        "--shard-size",
+        "20000",
+        "--dedup",
+        "exact",
+        "--epochs",
+        "2",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     ref = reference(corpus, tmp_path_factory, "zst")
@@ -129,11 +177,15 @@ def test_work_area_on_the_store_is_kept_with_keep_work(corpus, tmp_path_factory,
     n = len([k for k in work if k.endswith(".done.json")])
     assert n >= 10 and m["totals"]["documents"] > 0
     for k in work:
-        assert re.fullmatch(r"out/o\.work/(plan\.json|ended\.json|task-\d{6}\.(tok|meta|done\.json))", k), k
+        assert re.fullmatch(
+            r"out/o\.work/(plan\.json|ended\.json|task-\d{6}\.(tok|meta|done\.json))", k
+        ), k
     assert json.loads(s3.get("out/o.work/ended.json")) == {"status": "done"}
     # a rerun of the same build uses every record on the store and writes the same set
     log = []
-    build(inputs=[str(corpus)], out=s3.url("out/o"), workers=1, progress=True, log=log.append, **OPTS)
+    build(
+        inputs=[str(corpus)], out=s3.url("out/o"), workers=1, progress=True, log=log.append, **OPTS
+    )
     assert sum("(resumed)" in s for s in log) == n
     assert store_outputs(s3, "out/o") == reference(corpus, tmp_path_factory, "binidx")
     assert s3.keys("out/o.work/") == []
@@ -141,24 +193,42 @@ def test_work_area_on_the_store_is_kept_with_keep_work(corpus, tmp_path_factory,
 
 def test_local_work_dir_for_an_out_url(corpus, tmp_path, tmp_path_factory, s3):
     work = tmp_path / "w"
-    quiet(inputs=[str(corpus)], out=s3.url("out/o"), workers=1, work_dir=str(work), keep_work=True, **ZST_OPTS)
+    quiet(
+        inputs=[str(corpus)],
+        out=s3.url("out/o"),
+        workers=1,
+        work_dir=str(work),
+        keep_work=True,
+        **ZST_OPTS,
+    )
     assert store_outputs(s3, "out/o") == reference(corpus, tmp_path_factory, "zst")
     assert (work / "plan.json").exists() and any(n.endswith(".done.json") for n in os.listdir(work))
-    assert s3.keys("out/o.work/") == []   # the work area is the local folder
+    assert s3.keys("out/o.work/") == []  # the work area is the local folder
 
 
 def test_work_dir_url_for_a_local_out(corpus, tmp_path, tmp_path_factory, s3):
-    quiet(inputs=[str(corpus)], out=str(tmp_path / "o"), workers=1, work_dir=s3.url("scratch/w"),
-          keep_work=True, **OPTS)
+    quiet(
+        inputs=[str(corpus)],
+        out=str(tmp_path / "o"),
+        workers=1,
+        work_dir=s3.url("scratch/w"),
+        keep_work=True,
+        **OPTS,
+    )
     assert local_outputs(tmp_path / "o") == reference(corpus, tmp_path_factory, "binidx")
     assert any(k.endswith(".done.json") for k in s3.keys("scratch/w/"))
 
 
 def test_work_dir_checks(corpus, tmp_path, s3):
     from rwkv5.dataprep import DataprepError
-    with pytest.raises(DataprepError, match=r"--work-dir .*: a local --out keeps its work area at PREFIX.work"):
+
+    with pytest.raises(
+        DataprepError, match=r"--work-dir .*: a local --out keeps its work area at PREFIX.work"
+    ):
         quiet(inputs=[str(corpus)], out=str(tmp_path / "o"), work_dir=str(tmp_path / "w"), **OPTS)
-    with pytest.raises(DataprepError, match=r"--out s3://.*/out/: is a folder or a bucket; give a file prefix"):
+    with pytest.raises(
+        DataprepError, match=r"--out s3://.*/out/: is a folder or a bucket; give a file prefix"
+    ):
         quiet(inputs=[str(corpus)], out=s3.url("out/"), **OPTS)
     with pytest.raises(DataprepError, match=r"Python records .* pass a local work_dir"):
         quiet(inputs=iter(["a text", "another"]), out=s3.url("out/r"))
@@ -168,15 +238,31 @@ def test_work_dir_holding_other_files_is_refused_and_left_alone(corpus, tmp_path
     """The work area is cleared and deleted after a build: --work-dir never takes a folder or a
     prefix of other files (a work area on s3://bucket/data would have deleted data/)."""
     from rwkv5.dataprep import DataprepError
+
     s3.put("data/keep.txt", b"mine")
     s3.put("data/sub/keep2.txt", b"mine too")
-    with pytest.raises(DataprepError, match=rf"--work-dir s3://{s3.name}/data: holds objects that are not a "
-                                            rf"build's work area \(keep.txt, sub\)"):
-        quiet(inputs=[str(corpus / "part2.jsonl")], out=s3.url("out/o"), work_dir=s3.url("data"), **OPTS)
+    with pytest.raises(
+        DataprepError,
+        match=rf"--work-dir s3://{s3.name}/data: holds objects that are not a "
+        rf"build's work area \(keep.txt, sub\)",
+    ):
+        quiet(
+            inputs=[str(corpus / "part2.jsonl")],
+            out=s3.url("out/o"),
+            work_dir=s3.url("data"),
+            **OPTS,
+        )
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "notes.txt").write_text("mine")
-    with pytest.raises(DataprepError, match=r"--work-dir .*/w: holds files and is not a work area of a build"):
-        quiet(inputs=[str(corpus / "part2.jsonl")], out=s3.url("out/o"), work_dir=str(tmp_path / "w"), **OPTS)
+    with pytest.raises(
+        DataprepError, match=r"--work-dir .*/w: holds files and is not a work area of a build"
+    ):
+        quiet(
+            inputs=[str(corpus / "part2.jsonl")],
+            out=s3.url("out/o"),
+            work_dir=str(tmp_path / "w"),
+            **OPTS,
+        )
     assert s3.keys() == ["data/keep.txt", "data/sub/keep2.txt"]
     assert os.listdir(tmp_path / "w") == ["notes.txt"]
 
@@ -187,11 +273,14 @@ def test_merge_out_url(corpus, tmp_path, s3):
     quiet(inputs=[str(corpus / "part2.jsonl")], out=str(b), workers=1, **OPTS)
     merge_binidx([str(a), str(b)], str(tmp_path / "m"))
     m = merge_binidx([str(a), str(b)], s3.url("out/m"))
-    assert store_outputs(s3, "out/m") == local_outputs(tmp_path / "m") and m["totals"]["documents"] > 0
+    assert (
+        store_outputs(s3, "out/m") == local_outputs(tmp_path / "m") and m["totals"]["documents"] > 0
+    )
     assert s3.keys() == ["out/m.bin", "out/m.idx", "out/m.manifest.json"]
 
 
 # ----------------------------------------------------------------------------- faults
+
 
 def test_permission_denied_is_one_line_at_once(corpus, tmp_path, s3, monkeypatch):
     """A user who may read the bucket but not write to it. (The work area is a local folder here:
@@ -199,27 +288,58 @@ def test_permission_denied_is_one_line_at_once(corpus, tmp_path, s3, monkeypatch
     on the store starts with, when it checks credentials; the first request is then the upload.)"""
     key, secret = s3.server.restricted_user(monkeypatch, [s3.name])
     env = subprocess_env(s3.server.endpoint, key_id=key, secret=secret)
-    env["RWKV5_STORAGE_BACKOFF"] = "600"   # a retry would outlast the timeout: there must be none
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "build", str(corpus / "part2.jsonl"),
-                        "--out", s3.url("out/o"), "--work-dir", str(tmp_path / "w"), *CLI_OPTS],
-                       env=env, capture_output=True, text=True, timeout=120)
+    env["RWKV5_STORAGE_BACKOFF"] = "600"  # a retry would outlast the timeout: there must be none
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv5.dataprep",
+            "build",
+            str(corpus / "part2.jsonl"),
+            "--out",
+            s3.url("out/o"),
+            "--work-dir",
+            str(tmp_path / "w"),
+            *CLI_OPTS,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert re.match(rf"rwkv5-prep build: error: s3://{s3.name}/out/o\.work/publish/o\.bin: permission denied",
-                    lines[0]), lines
+    assert re.match(
+        rf"rwkv5-prep build: error: s3://{s3.name}/out/o\.work/publish/o\.bin: permission denied",
+        lines[0],
+    ), lines
     assert s3.server.client(key, secret).list_objects_v2(Bucket=s3.name)["KeyCount"] == 0
 
 
 def test_missing_bucket_is_one_line(corpus, s3):
     env = dict(subprocess_env(s3.server.endpoint), RWKV5_STORAGE_BACKOFF="600")
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", "build", str(corpus / "part2.jsonl"),
-                        "--out", "s3://no-such-bucket-here/out/o", *CLI_OPTS],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv5.dataprep",
+            "build",
+            str(corpus / "part2.jsonl"),
+            "--out",
+            "s3://no-such-bucket-here/out/o",
+            *CLI_OPTS,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and re.match(r"rwkv5-prep build: error: s3://no-such-bucket-here/out/o\.work\S*: not found",
-                                        lines[0]), r.stderr
+    assert len(lines) == 1 and re.match(
+        r"rwkv5-prep build: error: s3://no-such-bucket-here/out/o\.work\S*: not found", lines[0]
+    ), r.stderr
 
 
 # SIGKILL in the middle of the multipart upload of the first shard: the child process patches
@@ -244,12 +364,29 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.slow
 def test_sigkill_mid_upload_then_rerun_resumes(corpus, tmp_path_factory, s3, monkeypatch):
     import moto.s3.models
-    monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1024)   # small parts for a small set
+
+    monkeypatch.setattr(
+        moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1024
+    )  # small parts for a small set
     env = subprocess_env(s3.server.endpoint)
-    env["RWKV5_STORAGE_PART_SIZE"] = str(16 << 10)   # multipart above 32 KiB: every shard here
-    args = ["build", str(corpus), "--out", s3.url("out/o"), "--workers", "1", "--progress", *CLI_OPTS]
-    r = subprocess.run([sys.executable, "-c", _KILL_MID_UPLOAD, *args], env=env, capture_output=True, text=True,
-                       timeout=300)
+    env["RWKV5_STORAGE_PART_SIZE"] = str(16 << 10)  # multipart above 32 KiB: every shard here
+    args = [
+        "build",
+        str(corpus),
+        "--out",
+        s3.url("out/o"),
+        "--workers",
+        "1",
+        "--progress",
+        *CLI_OPTS,
+    ]
+    r = subprocess.run(
+        [sys.executable, "-c", _KILL_MID_UPLOAD, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == -9, r.stderr
     # nothing at the final names; every task's parts and record in the work area on the store
     keys = s3.keys()
@@ -258,8 +395,13 @@ def test_sigkill_mid_upload_then_rerun_resumes(corpus, tmp_path_factory, s3, mon
     assert len(done) >= 10
     assert s3.client.list_multipart_uploads(Bucket=s3.name).get("Uploads"), "not killed mid-upload"
 
-    r = subprocess.run([sys.executable, "-m", "rwkv5.dataprep", *args], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkv5.dataprep", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert len(re.findall(r"\(resumed\)", r.stderr)) == len(done)
     assert store_outputs(s3, "out/o") == reference(corpus, tmp_path_factory, "binidx")
@@ -270,6 +412,7 @@ def _stop_server_at(monkeypatch, server, task_id, down_seconds):
     """Stop the S3 server when the build first uploads a part of task `task_id`; start it again
     after down_seconds (None: leave it stopped). Returns the list the restart thread appends to."""
     from rwkv5.dataprep import remote
+
     orig, state = remote.upload, []
 
     def upload(local, url, storage_options=None):
@@ -277,7 +420,9 @@ def _stop_server_at(monkeypatch, server, task_id, down_seconds):
             server.stop()
             state.append("stopped")
             if down_seconds is not None:
-                threading.Timer(down_seconds, lambda: (server.start(), state.append("started"))).start()
+                threading.Timer(
+                    down_seconds, lambda: (server.start(), state.append("started"))
+                ).start()
         return orig(local, url, storage_options)
 
     monkeypatch.setattr(remote, "upload", upload)
@@ -285,7 +430,9 @@ def _stop_server_at(monkeypatch, server, task_id, down_seconds):
 
 
 def test_server_down_briefly_is_retried_and_counted(corpus, tmp_path_factory, s3, monkeypatch):
-    monkeypatch.setenv("RWKV5_STORAGE_BACKOFF", "0.2")   # 0.2, 0.4, 0.8, 1.6 ... s: back within 8 tries
+    monkeypatch.setenv(
+        "RWKV5_STORAGE_BACKOFF", "0.2"
+    )  # 0.2, 0.4, 0.8, 1.6 ... s: back within 8 tries
     state = _stop_server_at(monkeypatch, s3.server, 3, 1.0)
     m = quiet(inputs=[str(corpus)], out=s3.url("out/o"), workers=1, **OPTS)
     assert state == ["stopped", "started"]
@@ -299,8 +446,11 @@ def test_server_down_too_long_fails_then_rerun_resumes(corpus, tmp_path_factory,
     monkeypatch.setenv("RWKV5_STORAGE_BACKOFF", "0.05")
     monkeypatch.setenv("RWKV5_STORAGE_RETRIES", "3")
     state = _stop_server_at(monkeypatch, s3.server, 4, None)
-    with pytest.raises(OSError, match=rf"s3://{s3.name}/out/o\.work/task-000004\.tok: upload failed after 3 "
-                                      rf"attempts: .*(Connect|connect)"):
+    with pytest.raises(
+        OSError,
+        match=rf"s3://{s3.name}/out/o\.work/task-000004\.tok: upload failed after 3 "
+        rf"attempts: .*(Connect|connect)",
+    ):
         quiet(inputs=[str(corpus)], out=s3.url("out/o"), workers=1, **OPTS)
     assert state == ["stopped"]
     s3.server.start()
@@ -308,15 +458,22 @@ def test_server_down_too_long_fails_then_rerun_resumes(corpus, tmp_path_factory,
     done = sorted(int(k[-16:-10]) for k in s3.keys("out/o.work/") if k.endswith(".done.json"))
     assert done == [0, 1, 2, 3]
     log = []
-    build(inputs=[str(corpus)], out=s3.url("out/o"), workers=1, progress=True, log=log.append, **OPTS)
-    assert sorted(int(re.search(r"task (\d+) ", s).group(1)) for s in log if "(resumed)" in s) == done
+    build(
+        inputs=[str(corpus)], out=s3.url("out/o"), workers=1, progress=True, log=log.append, **OPTS
+    )
+    assert (
+        sorted(int(re.search(r"task (\d+) ", s).group(1)) for s in log if "(resumed)" in s) == done
+    )
     assert store_outputs(s3, "out/o") == reference(corpus, tmp_path_factory, "binidx")
 
 
 # ----------------------------------------------------------------------------- Ray, no shared folder
 
+
 @pytest.mark.slow
-def test_ray_two_nodes_with_private_folders_and_the_work_area_on_s3(corpus, tmp_path, tmp_path_factory, s3):
+def test_ray_two_nodes_with_private_folders_and_the_work_area_on_s3(
+    corpus, tmp_path, tmp_path_factory, s3
+):
     """Acceptance of issue 16: `build s3://.../in/ --out s3://.../out/train --engine ray` on a two-node
     cluster whose nodes each get a private local folder (their TMPDIR; the driver has a third)
     writes the bytes of a local build. The tasks find nothing of each other's or the driver's on
@@ -324,34 +481,67 @@ def test_ray_two_nodes_with_private_folders_and_the_work_area_on_s3(corpus, tmp_
     ray = pytest.importorskip("ray", reason="the Ray tests need Ray: pip install 'rwkv5[ray]'")
     from ray.cluster_utils import Cluster
     from test_dataprep_ray import _retry_ray_start
+
     for name in sorted(os.listdir(corpus)):
         s3.put_file(f"in/{name}", corpus / name)
     ref = reference(corpus, tmp_path_factory, "zst")
-    short = tempfile.mkdtemp(prefix="rwkv5-s3ray-")   # Ray's socket paths must be short
+    short = tempfile.mkdtemp(prefix="rwkv5-s3ray-")  # Ray's socket paths must be short
     private = {n: os.path.join(short, n) for n in ("head", "node", "driver")}
     for d in private.values():
         os.mkdir(d)
     made = []
 
     def start():
-        made.append(Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False,
-            "env_vars": {"TMPDIR": private["head"]}, "temp_dir": os.path.join(short, "ray")}))
-        return made[-1], made[-1].add_node(num_cpus=1, object_store_memory=80 << 20,
-                                           env_vars={"TMPDIR": private["node"]})
+        made.append(
+            Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 1,
+                    "object_store_memory": 80 << 20,
+                    "include_dashboard": False,
+                    "env_vars": {"TMPDIR": private["head"]},
+                    "temp_dir": os.path.join(short, "ray"),
+                },
+            )
+        )
+        return made[-1], made[-1].add_node(
+            num_cpus=1, object_store_memory=80 << 20, env_vars={"TMPDIR": private["node"]}
+        )
 
     cluster, _node = _retry_ray_start(start, lambda: made and made[-1].shutdown())
     try:
         env = dict(subprocess_env(s3.server.endpoint), TMPDIR=private["driver"])
-        cmd = [sys.executable, "-m", "rwkv5.dataprep", "build", s3.url("in/"), "--out", s3.url("out/o"),
-               "--engine", "ray", "--ray-address", cluster.address, "--keep-work", *CLI_OPTS,
-               "--format", "zst", "--shard-size", "20000", "--dedup", "exact", "--epochs", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rwkv5.dataprep",
+            "build",
+            s3.url("in/"),
+            "--out",
+            s3.url("out/o"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            cluster.address,
+            "--keep-work",
+            *CLI_OPTS,
+            "--format",
+            "zst",
+            "--shard-size",
+            "20000",
+            "--dedup",
+            "exact",
+            "--epochs",
+            "2",
+        ]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         got = {k: v for k, v in store_outputs(s3, "out/o").items() if not k.startswith("o.work/")}
         # the manifest names the inputs where they were read: their URLs (with an ETag), not paths
         m = got["o.manifest.json"]
-        assert [i.pop("etag") and i["path"] for i in m["inputs"]] == [s3.url(f"in/{n}") for n in sorted(os.listdir(corpus))]
+        assert [i.pop("etag") and i["path"] for i in m["inputs"]] == [
+            s3.url(f"in/{n}") for n in sorted(os.listdir(corpus))
+        ]
         got["o.manifest.json"] = json.loads(json.dumps(m).replace(s3.url("in/"), str(corpus) + "/"))
         assert got == ref
         done = [k for k in s3.keys("out/o.work/") if k.endswith(".done.json")]

@@ -2,6 +2,7 @@
 only through its complete manifest (readers during a rebuild); a build owns its prefix (stale
 files), one writer at a time (the lock), a failed run does not block the rerun its error suggests,
 and merge/unpack keep track of the vocab."""
+
 import json
 import os
 import shutil
@@ -22,7 +23,9 @@ def quiet(inputs, out, **kw):
 
 
 def run_cli(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "rwkv5.dataprep", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "rwkv5.dataprep", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def docs_of(prefix):
@@ -41,14 +44,18 @@ def copy_set(src_prefix, dst_prefix):
     """Copy every file of a set to a new prefix, renaming each the same way (what a user does)."""
     d, base = os.path.split(src_prefix)
     for n in os.listdir(d):
-        if n.startswith(base) and not n.endswith(".work") and (n[len(base):][:1] in ("_", ".")):
-            shutil.copy(os.path.join(d, n), dst_prefix + n[len(base):])
+        if n.startswith(base) and not n.endswith(".work") and (n[len(base) :][:1] in ("_", ".")):
+            shutil.copy(os.path.join(d, n), dst_prefix + n[len(base) :])
 
 
 # ----------------------------------------------------------------------------- renamed sets (issue 13 item 2)
 
-@pytest.mark.parametrize("kw", [{}, {"shard_size": 300}, {"format": "zst"}, {"format": "zst", "shard_size": 300}],
-                         ids=["binidx", "binidx-sharded", "zst", "zst-sharded"])
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"shard_size": 300}, {"format": "zst"}, {"format": "zst", "shard_size": 300}],
+    ids=["binidx", "binidx-sharded", "zst", "zst-sharded"],
+)
 def test_renamed_set_is_read_at_its_new_prefix(tmp_path, kw):
     inp = corpus(tmp_path)
     quiet([inp], str(tmp_path / "t16"), **kw)
@@ -76,7 +83,7 @@ def test_renamed_set_is_read_at_its_new_prefix(tmp_path, kw):
 def test_renamed_damaged_set_fails_naming_the_damaged_file(tmp_path):
     inp = corpus(tmp_path)
     os.mkdir(tmp_path / "ren")
-    quiet([inp], str(tmp_path / "ren" / "t16"))          # the original stays beside the copy
+    quiet([inp], str(tmp_path / "ren" / "t16"))  # the original stays beside the copy
     ren = str(tmp_path / "ren" / "renamed")
     copy_set(str(tmp_path / "ren" / "t16"), ren)
     with open(ren + ".bin", "r+b") as f:
@@ -105,6 +112,7 @@ def test_eval_reads_renamed_and_zst_sets(tmp_path):
     """`rwkv5 eval` reads a set through its manifest at the prefix given (zst too, issue 13 item 6)."""
     from rwkv5.formats.safetensors import write_safetensors
     from rwkv5.testing import random_state_dict
+
     sd = random_state_dict("5.2", n_layer=1, n_embd=32, head_size=16, vocab_size=65536, seed=2)
     model = str(tmp_path / "m.safetensors")
     write_safetensors(model, {k: np.ascontiguousarray(v) for k, v in sd.items()})
@@ -113,13 +121,16 @@ def test_eval_reads_renamed_and_zst_sets(tmp_path):
     quiet([inp], str(tmp_path / "z"), format="zst", shard_size=100)
 
     def ev(prefix):
-        r = subprocess.run([sys.executable, "-m", "rwkv5", "eval", prefix, "--model", model, "--max-docs", "3"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "rwkv5", "eval", prefix, "--model", model, "--max-docs", "3"],
+            capture_output=True,
+            text=True,
+        )
         return r
 
     rb, rz = ev(str(tmp_path / "b")), ev(str(tmp_path / "z"))
     assert rb.returncode == 0 and rz.returncode == 0, rb.stderr + rz.stderr
-    assert rb.stdout.split("(")[0] == rz.stdout.split("(")[0]       # same documents, same loss
+    assert rb.stdout.split("(")[0] == rz.stdout.split("(")[0]  # same documents, same loss
     os.mkdir(tmp_path / "ren")
     copy_set(str(tmp_path / "z"), str(tmp_path / "ren" / "r"))
     rr = ev(str(tmp_path / "ren" / "r"))
@@ -130,15 +141,23 @@ def test_eval_reads_renamed_and_zst_sets(tmp_path):
     assert rr.returncode != 0 and "r_00000.zst" in rr.stderr and rr.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("edit, what", [
-    (lambda m: m["shards"][0].update(name="../escape"), "name"),
-    (lambda m: m["shards"][0]["files"].update({"/etc/passwd": {"bytes": 1, "sha256": "0" * 64}}), "files"),
-    (lambda m: m["output"].update(prefix="../x"), "output.prefix"),
-    (lambda m: m.update(shards={"a": 1}), "shards"),
-    (lambda m: m["shards"][0].update(documents="many"), "counts"),
-    (lambda m: m.update(totals=None), "totals"),
-    (lambda m: m["tokenizer"].update(n_vocab=-1), "n_vocab"),
-])
+@pytest.mark.parametrize(
+    "edit, what",
+    [
+        (lambda m: m["shards"][0].update(name="../escape"), "name"),
+        (
+            lambda m: m["shards"][0]["files"].update(
+                {"/etc/passwd": {"bytes": 1, "sha256": "0" * 64}}
+            ),
+            "files",
+        ),
+        (lambda m: m["output"].update(prefix="../x"), "output.prefix"),
+        (lambda m: m.update(shards={"a": 1}), "shards"),
+        (lambda m: m["shards"][0].update(documents="many"), "counts"),
+        (lambda m: m.update(totals=None), "totals"),
+        (lambda m: m["tokenizer"].update(n_vocab=-1), "n_vocab"),
+    ],
+)
 def test_manifest_of_the_wrong_shape_is_one_line(tmp_path, edit, what):
     inp = corpus(tmp_path, n=5)
     p = str(tmp_path / "o")
@@ -151,10 +170,13 @@ def test_manifest_of_the_wrong_shape_is_one_line(tmp_path, edit, what):
             fn(p)
     for cmd in ("verify", "stats", "inspect"):
         r = run_cli(cmd, p)
-        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (
+            r.stderr
+        )
 
 
 # ----------------------------------------------------------------------------- a build owns its prefix (issue 20 item 10)
+
 
 def test_rebuild_removes_files_of_the_earlier_set(tmp_path):
     inp = corpus(tmp_path, n=80)
@@ -164,14 +186,26 @@ def test_rebuild_removes_files_of_the_earlier_set(tmp_path):
     assert len(m1["shards"]) >= 4
     m2 = build([inp], p, shard_size=600, workers=1, log=logs.append)
     names = sorted(os.listdir(tmp_path))
-    want = sorted([os.path.basename(inp), "o.manifest.json"] + [s["name"] + e for s in m2["shards"] for e in (".bin", ".idx")])
+    want = sorted(
+        [os.path.basename(inp), "o.manifest.json"]
+        + [s["name"] + e for s in m2["shards"] for e in (".bin", ".idx")]
+    )
     assert names == want
-    assert any(line.startswith(f"removed {2 * (len(m1['shards']) - len(m2['shards']))} file(s) of the earlier set") for line in logs)
+    assert any(
+        line.startswith(
+            f"removed {2 * (len(m1['shards']) - len(m2['shards']))} file(s) of the earlier set"
+        )
+        for line in logs
+    )
     verify(p)
-    quiet([inp], p, format="zst")                      # zst after binidx: no .bin/.idx stays
-    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(inp), "o.manifest.json", "o.zst"])
-    quiet([inp], p)                                    # binidx after zst
-    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(inp), "o.manifest.json", "o.bin", "o.idx"])
+    quiet([inp], p, format="zst")  # zst after binidx: no .bin/.idx stays
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [os.path.basename(inp), "o.manifest.json", "o.zst"]
+    )
+    quiet([inp], p)  # binidx after zst
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [os.path.basename(inp), "o.manifest.json", "o.bin", "o.idx"]
+    )
     # other prefixes in the folder are not touched
     open(tmp_path / "other_00001.bin", "wb").close()
     open(tmp_path / "o_extra.bin", "wb").close()
@@ -184,7 +218,10 @@ def test_verify_reports_files_its_manifest_does_not_list(tmp_path):
     p = str(tmp_path / "o")
     quiet([inp], p, shard_size=300)
     shutil.copy(p + "_00000.bin", p + "_00042.bin")
-    with pytest.raises(DataprepError, match=r"1 file\(s\) at the prefix that its manifest does not list.*o_00042\.bin"):
+    with pytest.raises(
+        DataprepError,
+        match=r"1 file\(s\) at the prefix that its manifest does not list.*o_00042\.bin",
+    ):
         verify(p)
     r = run_cli("verify", p)
     assert r.returncode == 1 and "o_00042.bin" in r.stderr and r.stderr.count("\n") == 1
@@ -196,16 +233,19 @@ def test_verify_reports_files_its_manifest_does_not_list(tmp_path):
 
 # ----------------------------------------------------------------------------- failed runs (issue 13 item 4)
 
+
 def test_the_rerun_a_failed_build_suggests_works(tmp_path):
     good = corpus(tmp_path, n=30, name="a.jsonl")
     bad = tmp_path / "bad.jsonl"
-    write_jsonl(bad, [b'{"text": "one"}', b'{"text": "two"}', b'{"text": "thr', b'{"text": "four"}'])
+    write_jsonl(
+        bad, [b'{"text": "one"}', b'{"text": "two"}', b'{"text": "thr', b'{"text": "four"}']
+    )
     out = str(tmp_path / "o")
     r = run_cli("build", good, bad, "--out", out, "--no-progress", "--keep-work")
     assert r.returncode == 1 and "bad.jsonl:3: malformed_json (use --on-error skip" in r.stderr
     r = run_cli("build", good, bad, "--out", out, "--no-progress", "--on-error", "skip")
     assert r.returncode == 0, r.stderr
-    assert "keeping 1 completed task(s) it can reuse" in r.stderr      # a.jsonl was done and is reused
+    assert "keeping 1 completed task(s) it can reuse" in r.stderr  # a.jsonl was done and is reused
     m = json.load(open(out + ".manifest.json"))
     assert m["skipped"]["counts"] == {"malformed_json": 1} and m["options"]["on_error"] == "skip"
     assert not os.path.exists(out + ".work")
@@ -236,7 +276,7 @@ def test_interrupted_run_still_resumes_and_guards_its_parts(tmp_path):
     with pytest.raises(DataprepError, match="unfinished run with different inputs or options"):
         quiet(inp, out, shuffle=True)
     logs = []
-    build(inp, out, workers=1, log=logs.append, progress=True)            # the same command resumes
+    build(inp, out, workers=1, log=logs.append, progress=True)  # the same command resumes
     assert any("(resumed)" in line for line in logs) and docs_of(out) == ref
 
 
@@ -244,12 +284,14 @@ def test_reused_parts_match_a_fresh_build(tmp_path):
     """Parts kept from a failed run are only those the new options would write identically."""
     a = corpus(tmp_path, 3, 50, "a.jsonl")
     b = tmp_path / "b.jsonl"
-    write_jsonl(b, [b'{"text": "x", "t2": "y"}', b'not json'])
+    write_jsonl(b, [b'{"text": "x", "t2": "y"}', b"not json"])
     out = str(tmp_path / "o")
     with pytest.raises(DataprepError):
         quiet([a, str(b)], out)
     logs = []
-    build([a, str(b)], out, workers=1, log=logs.append, on_error="skip", lang_field="lang")   # other task options
+    build(
+        [a, str(b)], out, workers=1, log=logs.append, on_error="skip", lang_field="lang"
+    )  # other task options
     assert any("keeping 0 completed task(s)" in line for line in logs)
     fresh = str(tmp_path / "f")
     quiet([a, str(b)], fresh, on_error="skip", lang_field="lang")
@@ -260,10 +302,12 @@ def test_reused_parts_match_a_fresh_build(tmp_path):
 
 # ----------------------------------------------------------------------------- merge and vocabularies (issue 20 item 11)
 
+
 def test_merge_refuses_sets_of_different_vocabs_and_records_the_vocab(tmp_path):
     from rwkv5.dataprep.build import default_vocab_path
+
     other = tmp_path / "other_vocab.txt"
-    other.write_bytes(open(default_vocab_path(), "rb").read() + b"\n")     # same ids, another file
+    other.write_bytes(open(default_vocab_path(), "rb").read() + b"\n")  # same ids, another file
     inp = corpus(tmp_path, n=20)
     quiet([inp], str(tmp_path / "A"))
     quiet([inp], str(tmp_path / "B"), vocab=str(other))
@@ -287,11 +331,13 @@ def test_merge_refuses_sets_of_different_vocabs_and_records_the_vocab(tmp_path):
 
 # ----------------------------------------------------------------------------- two writers, readers during a rebuild (issue 20 item 12)
 
+
 class _HeldExecutor:
     """An Executor whose tasks wait until released: keeps a build running (holding its lock)."""
 
     def __init__(self):
         from concurrent.futures import ThreadPoolExecutor
+
         self.started = threading.Event()
         self.release = threading.Event()
         self._ex = ThreadPoolExecutor(1)
@@ -301,6 +347,7 @@ class _HeldExecutor:
             self.started.set()
             assert self.release.wait(120)
             return fn(*a, **k)
+
         return self._ex.submit(run)
 
     def shutdown(self, wait=True):
@@ -316,7 +363,7 @@ def test_two_builds_of_one_prefix_one_fails_at_once_with_one_line(tmp_path):
     def first():
         try:
             res["m"] = quiet([inp], out, executor=ex)
-        except BaseException as e:   # reported by the assertion below
+        except BaseException as e:  # reported by the assertion below
             res["e"] = e
 
     t = threading.Thread(target=first)
@@ -331,10 +378,11 @@ def test_two_builds_of_one_prefix_one_fails_at_once_with_one_line(tmp_path):
         with pytest.raises(DataprepError, match="another build"):
             quiet([inp], out)
         from rwkv5.dataprep.sets import PrefixLock
+
         with pytest.raises(DataprepError, match="another build"):
             with PrefixLock(out):
                 pass
-        assert t.is_alive()                       # it failed while the first build still ran
+        assert t.is_alive()  # it failed while the first build still ran
     finally:
         ex.release.set()
         t.join()
@@ -342,7 +390,7 @@ def test_two_builds_of_one_prefix_one_fails_at_once_with_one_line(tmp_path):
     assert "e" not in res, res.get("e")
     verify(out)
     assert not os.path.exists(out + ".work")
-    quiet([inp], out)                             # the prefix is free again
+    quiet([inp], out)  # the prefix is free again
 
 
 def _two_sets(tmp_path):
@@ -400,6 +448,7 @@ def test_a_reader_that_races_a_rebuild_starts_over(tmp_path, monkeypatch):
     """The manifest changes after a reader read it and before it opened every file: the reader
     notices (it reads the manifest again) and opens the new set."""
     from rwkv5.dataprep import tools as dtools
+
     a, b, out, ref = _two_sets(tmp_path)
     quiet([a], out, shard_size=150)
     real_open = dtools._open_shard
@@ -407,7 +456,7 @@ def test_a_reader_that_races_a_rebuild_starts_over(tmp_path, monkeypatch):
 
     def open_one(*args):
         calls.append(1)
-        if len(calls) == 2:          # after the first shard of A is open: B replaces A
+        if len(calls) == 2:  # after the first shard of A is open: B replaces A
             quiet([b], out, shard_size=400)
         return real_open(*args)
 
@@ -442,17 +491,18 @@ def test_a_binidx_pair_without_manifest_is_read_only_when_asked_and_no_build_run
 
 def test_inspect_decodes_with_the_vocab_the_set_was_built_with(tmp_path):
     from rwkv5.dataprep.build import default_vocab_path
+
     lines = open(default_vocab_path(), "rb").read().splitlines(keepends=True)
     # a vocab whose id 34 ('!' in the World vocab) is 'Z' and the other way round
     i_bang = next(i for i, ln in enumerate(lines) if ln.startswith(b"34 "))
     i_z = next(i for i, ln in enumerate(lines) if ln.startswith(b"91 "))
-    eol = lines[i_bang][len(b"34 '!' 1"):]
+    eol = lines[i_bang][len(b"34 '!' 1") :]
     assert lines[i_bang] == b"34 '!' 1" + eol and lines[i_z] == b"91 'Z' 1" + eol
     lines[i_bang], lines[i_z] = b"34 'Z' 1" + eol, b"91 '!' 1" + eol
     other = tmp_path / "swapped_vocab.txt"
     other.write_bytes(b"".join(lines))
     src = tmp_path / "a.jsonl"
-    write_jsonl(src, [b'{"text": "Z"}', b'{"text": "!"}'])      # one byte each: one token each
+    write_jsonl(src, [b'{"text": "Z"}', b'{"text": "!"}'])  # one byte each: one token each
     out = str(tmp_path / "o")
     quiet([str(src)], out, vocab=str(other))
     assert [t for _, _, t in dataprep.inspect_docs(out)] == ["Z", "!"]
@@ -460,4 +510,7 @@ def test_inspect_decodes_with_the_vocab_the_set_was_built_with(tmp_path):
     os.rename(other, tmp_path / "moved.txt")
     with pytest.raises(DataprepError, match="pass --vocab PATH"):
         dataprep.inspect_docs(out)
-    assert [t for _, _, t in dataprep.inspect_docs(out, vocab=str(tmp_path / "moved.txt"))] == ["Z", "!"]
+    assert [t for _, _, t in dataprep.inspect_docs(out, vocab=str(tmp_path / "moved.txt"))] == [
+        "Z",
+        "!",
+    ]

@@ -1,5 +1,6 @@
 """`make demo` runs end to end (python -m rwkv5.demo) and shows what it promises, on the shipped
 trained model and on a user's World-vocabulary checkpoint given with --model."""
+
 import os
 import pathlib
 import re
@@ -16,19 +17,29 @@ from rwkv5.testing import random_state_dict
 def run_demo(tmp, *args):
     # the demo leaves its outputs for the user to look at; here they go to tmp, not /tmp
     env = dict(os.environ, TMPDIR=str(tmp))
-    r = subprocess.run([sys.executable, "-m", "rwkv5.demo", *map(str, args)], capture_output=True, text=True,
-                       timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkv5.demo", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert all(p.name.startswith("rwkv5-demo-") for p in pathlib.Path(tmp).iterdir())
     return r
 
 
 def bits_per_byte(out):
-    return {m.group(1): float(m.group(3)) for m in re.finditer(r"^(\w+) +(\d+) +([0-9.]+)$", out, re.M)}
+    return {
+        m.group(1): float(m.group(3)) for m in re.finditer(r"^(\w+) +(\d+) +([0-9.]+)$", out, re.M)
+    }
 
 
 def check_modes_agree(out):
-    m = re.search(r"max \|logit\(parallel\) - logit\(recurrent\)\| = ([0-9.e+-]+) "
-                  r"\(relative to the largest \|logit\|, [0-9.]+: ([0-9.e+-]+)", out)
+    m = re.search(
+        r"max \|logit\(parallel\) - logit\(recurrent\)\| = ([0-9.e+-]+) "
+        r"\(relative to the largest \|logit\|, [0-9.]+: ([0-9.e+-]+)",
+        out,
+    )
     assert m and float(m.group(1)) < 1e-3 and float(m.group(2)) < 1e-5, out
 
 
@@ -45,7 +56,7 @@ def test_demo_runs_on_the_shipped_trained_model(tmp_path):
     # trained languages: far below the 8 bits/byte of a uniform guess (a random model scores > 8)
     for lang in ("en", "de", "fr", "es", "ru", "el", "ar", "hi", "th"):
         assert bpb[lang] < 4.5, (lang, out)
-    assert bpb["code"] > 6          # not in its training text
+    assert bpb["code"] > 6  # not in its training text
     assert "== 4. Generation" in out
 
 
@@ -75,6 +86,7 @@ def test_demo_model_option_uses_the_world_tokenizer(world_checkpoint, tmp_path):
 def test_demo_pth_checkpoint(world_checkpoint, tmp_path):
     torch = pytest.importorskip("torch", reason="torch (test extra) writes the .pth")
     from rwkv5.formats.safetensors import read_safetensors
+
     sd, _, _ = read_safetensors(world_checkpoint)
     p = tmp_path / "world.pth"
     torch.save({k: torch.from_numpy(np.array(v)).to(torch.bfloat16) for k, v in sd.items()}, p)
@@ -99,6 +111,7 @@ def test_demo_bad_model_arguments(tmp_path):
 
 # -- --model URL: a loopback HTTP server in the test (nothing leaves this machine) -----------------
 
+
 @pytest.fixture
 def http_server(tmp_path):
     """(base URL, served folder, truncate set): http.server on 127.0.0.1; a file whose name is in
@@ -115,14 +128,16 @@ def http_server(tmp_path):
         def copyfile(self, source, outputfile):
             if pathlib.Path(self.path).name in truncate:
                 data = source.read()
-                outputfile.write(data[:len(data) // 2])
+                outputfile.write(data[: len(data) // 2])
                 return
             super().copyfile(source, outputfile)
 
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(served))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -132,7 +147,9 @@ def http_server(tmp_path):
         server.server_close()
 
 
-def test_demo_model_url_is_downloaded_once_into_the_cache(http_server, tmp_path, monkeypatch, capsys):
+def test_demo_model_url_is_downloaded_once_into_the_cache(
+    http_server, tmp_path, monkeypatch, capsys
+):
     import rwkv5.tiny
     from rwkv5 import demo
 
@@ -142,12 +159,16 @@ def test_demo_model_url_is_downloaded_once_into_the_cache(http_server, tmp_path,
     cache = tmp_path / "cache"
     monkeypatch.setenv("RWKV5_CACHE", str(cache))
     import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # the demo's work folder goes here
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the demo's work folder goes here
     assert demo.main(["--model", f"{base}/m.safetensors", "--max-tokens", "3"]) in (None, 0)
     out = capsys.readouterr().out
-    assert f"downloading {base}/m.safetensors ({len(data) / 1e6:,.1f} MB) -> {cache / 'm.safetensors'}" in out
+    assert (
+        f"downloading {base}/m.safetensors ({len(data) / 1e6:,.1f} MB) -> {cache / 'm.safetensors'}"
+        in out
+    )
     assert (cache / "m.safetensors").read_bytes() == data
-    assert sorted(p.name for p in cache.iterdir()) == ["m.safetensors"]          # no .part left
+    assert sorted(p.name for p in cache.iterdir()) == ["m.safetensors"]  # no .part left
     assert "256-token vocabulary" in out and "== 4. Generation" in out
     # the second run uses the cached file: the server no longer has it
     (served / "m.safetensors").unlink()
@@ -164,8 +185,11 @@ def test_demo_model_url_failures_leave_nothing_in_the_cache(http_server, tmp_pat
     truncate.add("cut.safetensors")
     cache = tmp_path / "cache"
     monkeypatch.setenv("RWKV5_CACHE", str(cache))
-    with pytest.raises(SystemExit, match=r"--model .*/cut.safetensors: download failed: the server sent 50,000 "
-                                         r"of 100,000 bytes"):
+    with pytest.raises(
+        SystemExit,
+        match=r"--model .*/cut.safetensors: download failed: the server sent 50,000 "
+        r"of 100,000 bytes",
+    ):
         demo.fetch_model(f"{base}/cut.safetensors", log=lambda s: None)
     with pytest.raises(SystemExit, match=r"--model .*/missing.pth: HTTP 404"):
         demo.fetch_model(f"{base}/missing.pth", log=lambda s: None)

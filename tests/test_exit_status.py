@@ -4,6 +4,7 @@ A Ctrl-C that arrives once a command has finished its work must not turn its sta
 "killed by SIGINT" (-2): tests/test_dataprep_resume.py::test_ctrl_c_then_resume saw exactly that
 when the interrupt landed while the interpreter was exiting after a complete build.
 """
+
 import os
 import subprocess
 import sys
@@ -20,8 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _python(code):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("module", ["rwkv5.__main__", "rwkv5.dataprep.__main__"])
@@ -40,7 +42,9 @@ def test_sigint_after_main_returned_keeps_its_status(module):
     assert "Traceback" not in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("module,name", [("rwkv5.__main__", "rwkv5"), ("rwkv5.dataprep.__main__", "rwkv5-prep")])
+@pytest.mark.parametrize(
+    "module,name", [("rwkv5.__main__", "rwkv5"), ("rwkv5.dataprep.__main__", "rwkv5-prep")]
+)
 def test_unhandled_ctrl_c_in_main_exits_130_with_one_line(module, name):
     p = _python(f"""
         import sys

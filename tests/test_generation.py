@@ -1,4 +1,5 @@
 """Sampling, generation, batch generation and scoring (rwkv5.generation, rwkv5.scoring)."""
+
 import numpy as np
 import pytest
 
@@ -10,13 +11,14 @@ from rwkv5.testing import random_state_dict
 
 @pytest.fixture(scope="module")
 def model(tiny_model_path):
-    return rwkv5.load(tiny_model_path)        # the shipped trained byte-level model
+    return rwkv5.load(tiny_model_path)  # the shipped trained byte-level model
 
 
 @pytest.fixture(scope="module")
 def random_model():
-    return rwkv5.Model.from_state_dict(random_state_dict("5.2", n_layer=2, n_embd=64, head_size=16,
-                                                         vocab_size=256, seed=5))
+    return rwkv5.Model.from_state_dict(
+        random_state_dict("5.2", n_layer=2, n_embd=64, head_size=16, vocab_size=256, seed=5)
+    )
 
 
 class ScriptedModel:
@@ -48,7 +50,7 @@ def test_top_p_keeps_only_the_nucleus():
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
     rng = np.random.default_rng(1)
     draws = {sample_logits(logits, top_p=0.7, rng=rng) for _ in range(400)}
-    assert draws == {0, 1}          # cumulative 0.5, 0.8 >= 0.7: tokens 2 and 3 are cut
+    assert draws == {0, 1}  # cumulative 0.5, 0.8 >= 0.7: tokens 2 and 3 are cut
 
 
 def test_unrestricted_sampling_follows_softmax():
@@ -64,10 +66,12 @@ def test_temperature_sharpens_after_the_cut():
     logits = np.array([0.0, 1.0])
     rng = np.random.default_rng(3)
     hot = np.mean([sample_logits(logits, temperature=2.0, top_p=1.0, rng=rng) for _ in range(4000)])
-    cold = np.mean([sample_logits(logits, temperature=0.25, top_p=1.0, rng=rng) for _ in range(4000)])
+    cold = np.mean(
+        [sample_logits(logits, temperature=0.25, top_p=1.0, rng=rng) for _ in range(4000)]
+    )
     p = softmax(logits)
-    assert abs(hot - p[1] ** 0.5 / (p ** 0.5).sum()) < 0.04
-    assert abs(cold - p[1] ** 4 / (p ** 4).sum()) < 0.03
+    assert abs(hot - p[1] ** 0.5 / (p**0.5).sum()) < 0.04
+    assert abs(cold - p[1] ** 4 / (p**4).sum()) < 0.03
 
 
 def test_sampler_arguments_are_checked():
@@ -89,7 +93,7 @@ def test_penalties_never_mutate_logits_and_skip_digits():
     assert np.all(logits == 0)
     # count[65]: 1, then 1*0.9 + 1 = 1.9, then decayed once more by the update for 49: 1.71
     assert out[65] == pytest.approx(-(0.5 + 1.71 * 0.25), rel=1e-6)
-    assert out[49] == pytest.approx(-0.5)     # counted with weight 0: presence only
+    assert out[49] == pytest.approx(-0.5)  # counted with weight 0: presence only
     assert out[66] == 0
 
 
@@ -97,8 +101,11 @@ def test_same_seed_same_text_and_greedy_equals_manual_argmax(model):
     a = "".join(model.generate("The quick brown", max_tokens=30, seed=7))
     b = "".join(model.generate("The quick brown", max_tokens=30, seed=7))
     assert a == b
-    greedy = "".join(model.generate("The quick brown", max_tokens=25, temperature=0,
-                                    presence_penalty=0, frequency_penalty=0))
+    greedy = "".join(
+        model.generate(
+            "The quick brown", max_tokens=25, temperature=0, presence_penalty=0, frequency_penalty=0
+        )
+    )
     logits, state = model.forward(list(b"The quick brown"))
     manual = bytearray()
     for _ in range(25):
@@ -110,8 +117,18 @@ def test_same_seed_same_text_and_greedy_equals_manual_argmax(model):
 
 def test_pieces_never_split_a_character_and_stop_strings_end_generation():
     text = "héllo ✓ wörld END more"
-    pieces = list(generate(ScriptedModel(text.encode()), "x", max_tokens=100, temperature=0,
-                           presence_penalty=0, frequency_penalty=0, stop="END", tokenizer=ByteTokenizer()))
+    pieces = list(
+        generate(
+            ScriptedModel(text.encode()),
+            "x",
+            max_tokens=100,
+            temperature=0,
+            presence_penalty=0,
+            frequency_penalty=0,
+            stop="END",
+            tokenizer=ByteTokenizer(),
+        )
+    )
     assert "".join(pieces) == "héllo ✓ wörld "
     for p in pieces:
         assert "\ufffd" not in p
@@ -172,6 +189,7 @@ def test_score_rejects_too_short_input(random_model):
 def test_hidden_states_are_what_the_head_reads(model, tiny_model_path):
     """logits == hidden @ head^T, for the last position and for every position, in both modes."""
     from rwkv5.formats.safetensors import read_safetensors
+
     sd, _, _ = read_safetensors(tiny_model_path)
     head = np.asarray(sd["head.weight"], np.float64)
     for mode in ("parallel", "recurrent"):
@@ -188,7 +206,7 @@ def test_hidden_states_are_what_the_head_reads(model, tiny_model_path):
 def test_embed_pooling(model):
     texts = ["The quick brown fox", "Once upon a time there was a king"]
     last = model.embed(texts, pool="last")
-    mean = model.embed(texts, pool="mean", chunk_len=5)      # slices must not change the result
+    mean = model.embed(texts, pool="mean", chunk_len=5)  # slices must not change the result
     assert last.shape == mean.shape == (2, model.config.n_embd) and last.dtype == np.float32
     for i, t in enumerate(texts):
         h, _ = model.hidden_states(list(t.encode()), full_output=True)
@@ -209,5 +227,9 @@ def test_resuming_a_conversation_from_a_saved_state_file(model, tmp_path):
     whole = "".join(model.generate("User: hi\n\nAssistant: hello\n\nUser: how are you?", **kw))
     _, state = model.forward(list(b"User: hi\n\nAssistant: hello\n\n"))
     state.save(tmp_path / "conv.safetensors")
-    resumed = "".join(model.generate("User: how are you?", state=rwkv5.State.load(tmp_path / "conv.safetensors"), **kw))
+    resumed = "".join(
+        model.generate(
+            "User: how are you?", state=rwkv5.State.load(tmp_path / "conv.safetensors"), **kw
+        )
+    )
     assert resumed == whole

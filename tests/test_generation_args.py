@@ -1,5 +1,6 @@
 """Generation with a World-sized head (ids the vocabulary cannot decode), argument checking for
 generate/generate_batch/sample_logits, and StreamDecoder's strict errors."""
+
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ def tok():
     """The World tokenizer on the vocab of the `rwkv` package (a test dependency): these tests need
     only *a* World vocab, not ../shared/fixtures (whose copy test_tokenizer compares with this one)."""
     from rwkv5.tokenizer import WorldTokenizer
+
     return WorldTokenizer()
 
 
@@ -24,9 +26,9 @@ def world_model():
     sd["ln_out.weight"] = np.zeros(64, np.float32)
     sd["ln_out.bias"] = np.ones(64, np.float32)
     head = np.zeros((65536, 64), np.float32)
-    head[65530:] = 1.0          # logit 64
-    head[300] = 0.25            # logit 16
-    head[301] = 0.2             # logit 12.8
+    head[65530:] = 1.0  # logit 64
+    head[300] = 0.25  # logit 16
+    head[301] = 0.2  # logit 12.8
     sd["head.weight"] = head
     return rwkv5.Model.from_state_dict(sd)
 
@@ -73,17 +75,27 @@ def test_a_bytearray_prompt_is_text_not_ids(world_model, tok):
 
 
 _BAD = [
-    ("temperature", float("nan"), ValueError), ("temperature", -1.0, ValueError),
-    ("temperature", float("inf"), ValueError), ("temperature", "1", TypeError),
-    ("top_p", float("nan"), ValueError), ("top_p", 1.5, ValueError), ("top_p", None, TypeError),
-    ("top_k", 2.5, TypeError), ("top_k", -1, ValueError), ("top_k", float("nan"), TypeError),
+    ("temperature", float("nan"), ValueError),
+    ("temperature", -1.0, ValueError),
+    ("temperature", float("inf"), ValueError),
+    ("temperature", "1", TypeError),
+    ("top_p", float("nan"), ValueError),
+    ("top_p", 1.5, ValueError),
+    ("top_p", None, TypeError),
+    ("top_k", 2.5, TypeError),
+    ("top_k", -1, ValueError),
+    ("top_k", float("nan"), TypeError),
     ("top_k", True, TypeError),
-    ("presence_penalty", float("nan"), ValueError), ("presence_penalty", float("inf"), ValueError),
+    ("presence_penalty", float("nan"), ValueError),
+    ("presence_penalty", float("inf"), ValueError),
     ("presence_penalty", "0.2", TypeError),
-    ("frequency_penalty", float("nan"), ValueError), ("frequency_penalty", -float("inf"), ValueError),
-    ("penalty_decay", float("nan"), ValueError), ("penalty_decay", 1.5, ValueError),
+    ("frequency_penalty", float("nan"), ValueError),
+    ("frequency_penalty", -float("inf"), ValueError),
+    ("penalty_decay", float("nan"), ValueError),
+    ("penalty_decay", 1.5, ValueError),
     ("penalty_decay", -0.1, ValueError),
-    ("max_tokens", 2.5, TypeError), ("max_tokens", -1, ValueError),
+    ("max_tokens", 2.5, TypeError),
+    ("max_tokens", -1, ValueError),
 ]
 
 
@@ -107,25 +119,35 @@ def test_chunk_len_is_checked(world_model, tok):
 
 
 def test_numpy_scalars_are_accepted(world_model, tok):
-    out = "".join(generate(world_model, "Hi", max_tokens=np.int64(2), temperature=np.float32(0),
-                           top_k=np.int32(3), top_p=np.float64(0.5), presence_penalty=np.float32(0.1),
-                           tokenizer=tok))
+    out = "".join(
+        generate(
+            world_model,
+            "Hi",
+            max_tokens=np.int64(2),
+            temperature=np.float32(0),
+            top_k=np.int32(3),
+            top_p=np.float64(0.5),
+            presence_penalty=np.float32(0.1),
+            tokenizer=tok,
+        )
+    )
     assert out == tok.decode([300, 300])
 
 
 # -- StreamDecoder, errors="strict" ------------------------------------------------------------
 
+
 def test_strict_flush_raises_once_and_drops_the_bad_bytes(tok):
     """Before: flush() raised but kept the incomplete bytes pending, so every later flush raised the
     same error again."""
     dec = tok.stream_decoder("strict")
-    euro = "€".encode()                          # 3 bytes
-    first = tok.token_to_id(euro[:1])            # a token holding just the first byte
+    euro = "€".encode()  # 3 bytes
+    first = tok.token_to_id(euro[:1])  # a token holding just the first byte
     assert dec.feed(first) == "" and dec.pending == euro[:1]
     with pytest.raises(UnicodeDecodeError):
         dec.flush()
     assert dec.pending == b""
-    assert dec.flush() == ""                     # the error is not raised again
+    assert dec.flush() == ""  # the error is not raised again
     assert dec.feed(tok.encode("ok")[0]) == "ok"  # and the decoder goes on
 
 
@@ -133,7 +155,7 @@ def test_strict_feed_error_drops_the_bad_bytes(tok):
     dec = tok.stream_decoder("strict")
     dec.feed(tok.token_to_id("€".encode()[:1]))
     with pytest.raises(UnicodeDecodeError):
-        dec.feed(tok.token_to_id(b"A"))          # not a continuation byte
+        dec.feed(tok.token_to_id(b"A"))  # not a continuation byte
     assert dec.pending == b""
     assert dec.feed(tok.token_to_id(b"B")) == "B"
     assert dec.flush() == ""

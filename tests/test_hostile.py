@@ -1,5 +1,6 @@
 """Malformed and malicious checkpoint files: each must raise a clear ValueError/OSError naming the
 problem — never execute anything, crash, hang or allocate far more than the file."""
+
 import json
 import os
 import pickle
@@ -18,19 +19,26 @@ from _loaders_util import G, I, S, dict_pkl, tensor_pkl, tup, write_pth, write_z
 
 def _good_pth(path):
     data = np.arange(24, dtype=np.float32)
-    pkl = dict_pkl([("a", tensor_pkl(numel=24, size=(4, 6), stride=(6, 1))),
-                    ("b", tensor_pkl(key="1", storage="HalfStorage", numel=8, size=(8,), stride=(1,)))])
+    pkl = dict_pkl(
+        [
+            ("a", tensor_pkl(numel=24, size=(4, 6), stride=(6, 1))),
+            ("b", tensor_pkl(key="1", storage="HalfStorage", numel=8, size=(8,), stride=(1,))),
+        ]
+    )
     write_pth(path, pkl, {"0": data.tobytes(), "1": np.ones(8, np.float16).tobytes()})
     return path
 
 
 def _pth_with(tmp_path, pkl, storages=None, name="h.pth"):
     p = tmp_path / name
-    write_pth(p, pkl, storages if storages is not None else {"0": np.zeros(4, np.float32).tobytes()})
+    write_pth(
+        p, pkl, storages if storages is not None else {"0": np.zeros(4, np.float32).tobytes()}
+    )
     return p
 
 
 # -- code execution attempts -----------------------------------------------------------------
+
 
 class _Evil:
     def __init__(self, func, arg):
@@ -40,22 +48,28 @@ class _Evil:
         return (self.func, (self.arg,))
 
 
-@pytest.mark.parametrize("which", ["os.system", "builtins.eval", "subprocess.Popen", "builtins.exec"])
+@pytest.mark.parametrize(
+    "which", ["os.system", "builtins.eval", "subprocess.Popen", "builtins.exec"]
+)
 def test_malicious_global_is_refused_and_nothing_runs(tmp_path, which):
     import builtins
     import subprocess
+
     marker = tmp_path / "PWNED"
     cmd_shell = f"touch {marker}"
     cmd_py = f"open({str(marker)!r}, 'w').close()"
-    func, arg = {"os.system": (os.system, cmd_shell), "builtins.eval": (builtins.eval, cmd_py),
-                 "builtins.exec": (builtins.exec, cmd_py),
-                 "subprocess.Popen": (subprocess.Popen, ["touch", str(marker)])}[which]
+    func, arg = {
+        "os.system": (os.system, cmd_shell),
+        "builtins.eval": (builtins.eval, cmd_py),
+        "builtins.exec": (builtins.exec, cmd_py),
+        "subprocess.Popen": (subprocess.Popen, ["touch", str(marker)]),
+    }[which]
     # The evil object is a state-dict value, the way a booby-trapped checkpoint would hide it.
     pkl = pickle.dumps({"emb.weight": _Evil(func, arg)}, protocol=2)
     p = _pth_with(tmp_path, pkl)
     with pytest.raises(ValueError, match="refusing global") as e:
         read_pth(p)
-    assert which.split(".")[1] in str(e.value)          # the message names the callable
+    assert which.split(".")[1] in str(e.value)  # the message names the callable
     with pytest.raises(ValueError, match="refusing global"):
         read_checkpoint(p)
     assert not marker.exists()
@@ -63,7 +77,7 @@ def test_malicious_global_is_refused_and_nothing_runs(tmp_path, which):
 
 def test_stack_global_protocol4_is_refused(tmp_path):
     marker = tmp_path / "PWNED"
-    pkl = pickle.dumps(_Evil(os.system, f"touch {marker}"), protocol=4)   # STACK_GLOBAL form
+    pkl = pickle.dumps(_Evil(os.system, f"touch {marker}"), protocol=4)  # STACK_GLOBAL form
     with pytest.raises(ValueError, match="refusing global .*system"):
         read_pth(_pth_with(tmp_path, pkl))
     assert not marker.exists()
@@ -74,7 +88,7 @@ def test_reduce_on_non_allowlisted_callable(tmp_path):
     pkl = b"\x80\x02}(" + S("x") + G("torch", "FloatStorage") + b")R" + b"u."
     with pytest.raises(ValueError, match="REDUCE on torch.FloatStorage"):
         read_pth(_pth_with(tmp_path, pkl))
-    pkl = b"\x80\x02}(" + S("x") + S("os.system") + b")R" + b"u."          # REDUCE on a string
+    pkl = b"\x80\x02}(" + S("x") + S("os.system") + b")R" + b"u."  # REDUCE on a string
     with pytest.raises(ValueError, match="REDUCE on 'os.system'"):
         read_pth(_pth_with(tmp_path, pkl))
     pkl = b"\x80\x02}(" + S("x") + G("collections", "OrderedDict") + tup(S("a")) + b"R" + b"u."
@@ -92,7 +106,9 @@ def test_setitems_on_a_list(tmp_path):
 def test_unknown_opcodes_are_refused(tmp_path, op):
     # BUILD, INST, BINFLOAT, OBJ, NEWOBJ, NEWOBJ_EX: not in a state dict; "c" with garbage name
     pkl = b"\x80\x02}" + op + b"\x00\x00\x00\x00\x00\x00\x00\x00\n\n."
-    with pytest.raises(ValueError, match=r"refusing pickle opcode|refusing global|unterminated|truncated"):
+    with pytest.raises(
+        ValueError, match=r"refusing pickle opcode|refusing global|unterminated|truncated"
+    ):
         read_pth(_pth_with(tmp_path, pkl))
 
 
@@ -107,21 +123,25 @@ def test_persistent_id_must_be_a_storage(tmp_path):
 
 # -- sizes, shapes, strides -------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(numel=10**6), "declares 1000000 elements"),                       # numel > member
-    (dict(numel=2**62), "invalid numel"),
-    (dict(numel=-1), "invalid numel"),
-    (dict(size=(-4,), stride=(1,)), "size"),                                 # negative shape
-    (dict(size=(2, 2), stride=(-1, 1)), "stride"),                           # negative stride
-    (dict(size=(2**40, 2**40), stride=(1, 1)), "past the end"),              # huge shape
-    (dict(size=(2,), stride=(2**62,)), "stride"),                            # overflowing stride
-    (dict(size=(2**70,), stride=(1,)), "LONG1|size"),                        # beyond int64
-    (dict(offset=-1), "storage_offset"),
-    (dict(offset=3, size=(2,), stride=(1,)), "past the end"),                # view past the end
-    (dict(size=(2, 2), stride=(1,)), "different lengths"),
-    (dict(key="../../etc/passwd"), "storage key"),
-    (dict(key="nope"), "has no member"),
-])
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(numel=10**6), "declares 1000000 elements"),  # numel > member
+        (dict(numel=2**62), "invalid numel"),
+        (dict(numel=-1), "invalid numel"),
+        (dict(size=(-4,), stride=(1,)), "size"),  # negative shape
+        (dict(size=(2, 2), stride=(-1, 1)), "stride"),  # negative stride
+        (dict(size=(2**40, 2**40), stride=(1, 1)), "past the end"),  # huge shape
+        (dict(size=(2,), stride=(2**62,)), "stride"),  # overflowing stride
+        (dict(size=(2**70,), stride=(1,)), "LONG1|size"),  # beyond int64
+        (dict(offset=-1), "storage_offset"),
+        (dict(offset=3, size=(2,), stride=(1,)), "past the end"),  # view past the end
+        (dict(size=(2, 2), stride=(1,)), "different lengths"),
+        (dict(key="../../etc/passwd"), "storage key"),
+        (dict(key="nope"), "has no member"),
+    ],
+)
 def test_bad_tensor_geometry(tmp_path, kw, msg):
     args = dict(numel=4, offset=0, size=(4,), stride=(1,))
     args.update(kw)
@@ -148,10 +168,16 @@ def test_top_level_must_be_a_dict_of_tensors(tmp_path):
 
 # -- the ZIP container --------------------------------------------------------------------------
 
+
 def test_truncation_at_many_offsets(tmp_path):
     good = _good_pth(tmp_path / "g.pth").read_bytes()
     read_pth(tmp_path / "g.pth")
-    cuts = sorted(set(list(range(0, len(good), max(1, len(good) // 60))) + list(range(len(good) - 30, len(good)))))
+    cuts = sorted(
+        set(
+            list(range(0, len(good), max(1, len(good) // 60)))
+            + list(range(len(good) - 30, len(good)))
+        )
+    )
     for cut in cuts:
         p = tmp_path / "t.pth"
         p.write_bytes(good[:cut])
@@ -179,7 +205,7 @@ def test_corrupted_bytes_never_crash(tmp_path):
         # the same tensors with the same shapes and dtypes, as plain arrays
         assert {k: (a.shape, a.dtype) for k, a in sd.items()} == want
         assert all(type(a) is np.ndarray for a in sd.values())
-    assert rejected > 250   # the pickle and ZIP structure are checked: most corruptions are refused
+    assert rejected > 250  # the pickle and ZIP structure are checked: most corruptions are refused
 
 
 def test_wrong_magic(tmp_path):
@@ -201,7 +227,9 @@ def test_legacy_torch_format_is_explained(tmp_path):
         read_checkpoint(p)
 
 
-@pytest.mark.parametrize("name", ["../evil.pkl", "/abs/data.pkl", "archive/../../x", "a\\b", "C:/x"])
+@pytest.mark.parametrize(
+    "name", ["../evil.pkl", "/abs/data.pkl", "archive/../../x", "a\\b", "C:/x"]
+)
 def test_path_traversal_member_names(tmp_path, name):
     p = tmp_path / "trav.pth"
     write_zip(p, {"archive/data.pkl": b"\x80\x02}.", name: b"x"}, raw_names=True)
@@ -214,7 +242,7 @@ def test_compressed_member_zip_bomb_refused(tmp_path):
     pkl = dict_pkl([("x", tensor_pkl(numel=50_000_000, size=(50_000_000,), stride=(1,)))])
     with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("archive/data.pkl", pkl)
-        z.writestr("archive/data/0", b"\0" * 50_000_000)      # 50 MB of zeros -> ~50 KB
+        z.writestr("archive/data/0", b"\0" * 50_000_000)  # 50 MB of zeros -> ~50 KB
     assert p.stat().st_size < 200_000
     with pytest.raises(ValueError, match="compressed"):
         read_pth(p)
@@ -258,18 +286,19 @@ def test_member_offset_out_of_range(tmp_path):
     raw = bytearray(p.read_bytes())
     eocd = raw.rfind(struct.pack("<I", 0x06054B50))
     cd_off = struct.unpack_from("<I", raw, eocd + 16)[0]
-    struct.pack_into("<I", raw, cd_off + 42, 0x7FFFFFF0)      # first member's local header offset
+    struct.pack_into("<I", raw, cd_off + 42, 0x7FFFFFF0)  # first member's local header offset
     p.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="out of range"):
         read_pth(p)
     raw2 = bytearray(p.read_bytes())
-    struct.pack_into("<I", raw2, eocd + 16, 0x7FFFFFF0)       # central directory offset
+    struct.pack_into("<I", raw2, eocd + 16, 0x7FFFFFF0)  # central directory offset
     p.write_bytes(bytes(raw2))
     with pytest.raises(ValueError, match="central directory"):
         read_pth(p)
 
 
 # -- safetensors --------------------------------------------------------------------------------
+
 
 def _st(tmp_path, header, data=b"", hlen=None, name="h.safetensors"):
     hb = json.dumps(header).encode() if not isinstance(header, bytes) else header
@@ -284,25 +313,50 @@ def test_safetensors_huge_header_length(tmp_path, hlen):
         read_safetensors(_st(tmp_path, {}, hlen=hlen))
 
 
-@pytest.mark.parametrize("header, data, msg", [
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "overlaps"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "hole"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "trailing bytes"),
-    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8, "truncated"),
-    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "span"),
-    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "shape"),
-    ({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8, "span"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "data_offsets"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 9]}}, b"\0" * 8, "data_offsets"),
-    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1}}, b"\0" * 8, "exactly"),
-    ({"__metadata__": {"k": 3}}, b"", "__metadata__"),
-    ([1, 2], b"", "expected an object"),
-    (b'{"a": 1, "a": 2}', b"", "duplicate key"),
-    (b"\xff\xfe{}", b"", "UTF-8 JSON"),
-    (b"{not json", b"", "UTF-8 JSON"),
-])
+@pytest.mark.parametrize(
+    "header, data, msg",
+    [
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+            "overlaps",
+        ),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "hole"),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            b"\0" * 12,
+            "trailing bytes",
+        ),
+        ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8, "truncated"),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "span"),
+        ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "shape"),
+        (
+            {"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            "span",
+        ),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "data_offsets"),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 9]}},
+            b"\0" * 8,
+            "data_offsets",
+        ),
+        ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1}},
+            b"\0" * 8,
+            "exactly",
+        ),
+        ({"__metadata__": {"k": 3}}, b"", "__metadata__"),
+        ([1, 2], b"", "expected an object"),
+        (b'{"a": 1, "a": 2}', b"", "duplicate key"),
+        (b"\xff\xfe{}", b"", "UTF-8 JSON"),
+        (b"{not json", b"", "UTF-8 JSON"),
+    ],
+)
 def test_safetensors_invalid_headers(tmp_path, header, data, msg):
     with pytest.raises(ValueError, match=msg):
         read_safetensors(_st(tmp_path, header, data))
@@ -327,7 +381,7 @@ def test_checkpoint_with_integer_tensor_refused(tmp_path):
 
 
 def test_deeply_nested_tuples_in_messages(tmp_path):
-    deep = b"(" * 50_000 + b"t" * 50_000          # a tuple nested 50,000 levels deep as "size"
+    deep = b"(" * 50_000 + b"t" * 50_000  # a tuple nested 50,000 levels deep as "size"
     pid = tup(S("storage"), G("torch", "FloatStorage"), S("0"), S("cpu"), I(4)) + b"Q"
     args = tup(pid, I(0), deep, tup(I(1)), b"\x89", G("collections", "OrderedDict") + b")R")
     pkl = b"\x80\x02}(" + S("x") + G("torch._utils", "_rebuild_tensor_v2") + args + b"R" + b"u."

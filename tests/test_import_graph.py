@@ -6,12 +6,21 @@ every module of ``rwkv5/``, ``tokenizer/`` (installed as ``rwkv5.tokenizer``) an
 (installed as ``rwkv5.dataprep``). ``from P import NAME`` counts as an import of ``P.NAME`` when that
 is a module, else of ``P``.
 """
+
 import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = {"rwkv5": ROOT / "rwkv5", "rwkv5.tokenizer": ROOT / "tokenizer", "rwkv5.dataprep": ROOT / "dataprep"}
-EXTENSIONS = ("rwkv5._model", "rwkv5.tokenizer._tokenizer", "rwkv5.dataprep._dataprep")  # C: import nothing
+PACKAGES = {
+    "rwkv5": ROOT / "rwkv5",
+    "rwkv5.tokenizer": ROOT / "tokenizer",
+    "rwkv5.dataprep": ROOT / "dataprep",
+}
+EXTENSIONS = (
+    "rwkv5._model",
+    "rwkv5.tokenizer._tokenizer",
+    "rwkv5.dataprep._dataprep",
+)  # C: import nothing
 
 
 def package_modules():
@@ -62,7 +71,7 @@ def find_cycle(graph):
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt, path)
                 if found:
@@ -96,7 +105,16 @@ def test_no_import_cycle():
 # the object-store packages: imported only by rwkv5/storage.py, and there only inside the functions
 # that a URL reaches (a local path never imports them; tests/test_storage.py runs a local build and
 # checks sys.modules)
-STORE_PACKAGES = ("fsspec", "s3fs", "gcsfs", "huggingface_hub", "aiohttp", "botocore", "boto3", "aiobotocore")
+STORE_PACKAGES = (
+    "fsspec",
+    "s3fs",
+    "gcsfs",
+    "huggingface_hub",
+    "aiohttp",
+    "botocore",
+    "boto3",
+    "aiobotocore",
+)
 
 
 def test_object_store_packages_only_lazily_in_storage():
@@ -114,5 +132,7 @@ def test_object_store_packages_only_lazily_in_storage():
                 continue
             for mod in mods:
                 if mod.split(".")[0] in STORE_PACKAGES:
-                    assert name == "rwkv5.storage", f"{name} imports {mod}: go through rwkv5.storage"
+                    assert name == "rwkv5.storage", (
+                        f"{name} imports {mod}: go through rwkv5.storage"
+                    )
                     assert id(node) not in top_level, f"rwkv5.storage imports {mod} at module level"

@@ -2,6 +2,7 @@
 fp16 scale each (csrc/model/dtypes.h). The kernels of every ISA level against the float64 product
 with the dequantised weights are in test_kernels_isa.py; here: the block layout, the quantiser's
 error bound, non-finite inputs, the refused layouts, and whole models against the float64 reference."""
+
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ from test_kernels_isa import isa as isa  # noqa: F401  (the fixture, by its name
 
 def test_block_layout_is_the_documented_one():
     # a row of 70 weights: block 0 (groups 0, 1) full, block 1 holds group 2 (6 weights) and an empty group 3
-    q = np.arange(70) % 16 - 8                                   # -8 .. 7 repeating
+    q = np.arange(70) % 16 - 8  # -8 .. 7 repeating
     scales = np.array([0.5, 2.0, 0.25], np.float32)
     w = (q * np.repeat(scales, 32)[:70]).astype(np.float32)[None, :]
     # each group's largest-magnitude weight is q = -8 (at index 0, 16 of a group): s = that / -8 exactly
@@ -28,8 +29,8 @@ def test_block_layout_is_the_documented_one():
     assert blk[1, :4].view(np.float16).tolist() == [0.25, 0.0]
     nib = q & 15
     for g in range(2):
-        want = nib[32 * g:32 * g + 16] | (nib[32 * g + 16:32 * g + 32] << 4)
-        assert blk[0, 4 + 16 * g:20 + 16 * g].tolist() == want.tolist()
+        want = nib[32 * g : 32 * g + 16] | (nib[32 * g + 16 : 32 * g + 32] << 4)
+        assert blk[0, 4 + 16 * g : 20 + 16 * g].tolist() == want.tolist()
     tail = np.zeros(32, np.int64)
     tail[:6] = nib[64:]
     assert blk[1, 4:20].tolist() == (tail[:16] | (tail[16:] << 4)).tolist()
@@ -50,9 +51,9 @@ def test_quantisation_error_is_at_most_one_step_per_group(rows, cols):
     g = wp.reshape(rows, ng, 32)
     m = np.abs(g).max(axis=2)
     s = np.repeat(m / 8, 32, axis=1)[:, :cols]
-    assert np.all(np.abs(w - wd) <= s * (1 + 8 * 2.0 ** -11) + 1e-30)
+    assert np.all(np.abs(w - wd) <= s * (1 + 8 * 2.0**-11) + 1e-30)
     # and most weights are within half a step (the clipped ones are rare)
-    assert np.mean(np.abs(w - wd) <= s / 2 * (1 + 8 * 2.0 ** -11)) > 0.95
+    assert np.mean(np.abs(w - wd) <= s / 2 * (1 + 8 * 2.0**-11)) > 0.95
 
 
 def test_quantiser_refuses_what_it_cannot_hold():
@@ -71,7 +72,7 @@ def test_nonfinite_inputs_give_the_portable_kernels_result(isa, isa_name):
     w = ("int4", quantize_int4(rng.standard_normal((9, 100)).astype(np.float32)))
     x = rng.standard_normal((3, 100)).astype(np.float32)
     x[0, 5], x[1, 70] = np.inf, np.nan
-    x[2, :32] *= np.float32(1e-39)       # a group whose largest |x| is subnormal: also the portable path
+    x[2, :32] *= np.float32(1e-39)  # a group whose largest |x| is subnormal: also the portable path
     got = _model._matmul(x, w, ISAS[isa_name])
     want = _model._matmul(x, w, 0)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
@@ -90,8 +91,14 @@ def test_int4_has_no_blocked_layout_and_checks_its_shape():
 
 def dequantised4(sd):
     """The state dict as an int4 model sees it: large matrices (not emb) as q * s, float64."""
-    return {k: (dequantize_int4(quantize_int4(v), v.shape[1]).astype(np.float64)
-                if k == "head.weight" or k.endswith(BIG) else np.asarray(v, np.float64)) for k, v in sd.items()}
+    return {
+        k: (
+            dequantize_int4(quantize_int4(v), v.shape[1]).astype(np.float64)
+            if k == "head.weight" or k.endswith(BIG)
+            else np.asarray(v, np.float64)
+        )
+        for k, v in sd.items()
+    }
 
 
 @pytest.mark.parametrize("isa_name", list(ISAS))
@@ -99,7 +106,9 @@ def dequantised4(sd):
 def test_int4_model_matches_reference_on_dequantised_weights(isa, isa_name, version):
     isa(isa_name)
     sd = random_state_dict(version, n_layer=2, n_embd=72, head_size=24, vocab_size=250, seed=11)
-    model = rwkv5.Model.from_state_dict(sd, dtype="int4", layout="blocked")   # (int4 stays row-major)
+    model = rwkv5.Model.from_state_dict(
+        sd, dtype="int4", layout="blocked"
+    )  # (int4 stays row-major)
     assert model.config.dtype == "int4" and "int4" in repr(model)
     toks = np.random.default_rng(2).integers(0, 250, (2, 70))
     ref = ReferenceModel(dequantised4(sd), gn_eps=64e-5)
@@ -143,13 +152,15 @@ def test_saved_int4_model_loads_back_to_the_same_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("isa_name", list(ISAS))
-@pytest.mark.parametrize("n", [100, 8000])     # 8000: 2 x rows per chunk of the AVX2 kernel's buffers
+@pytest.mark.parametrize("n", [100, 8000])  # 8000: 2 x rows per chunk of the AVX2 kernel's buffers
 def test_rows_of_a_batch_do_not_depend_on_each_other(isa, isa_name, n):
     isa(isa_name)
     rng = np.random.default_rng(n)
     w = ("int4", quantize_int4(rng.standard_normal((13, n)).astype(np.float32)))
     x = rng.standard_normal((7, n)).astype(np.float32)
-    x[3, 1] = np.nan                                     # one row on the portable path, mid-batch
+    x[3, 1] = np.nan  # one row on the portable path, mid-batch
     full = _model._matmul(x, w, ISAS[isa_name])
     for m in range(7):
-        np.testing.assert_array_equal(_model._matmul(np.ascontiguousarray(x[m:m + 1]), w, ISAS[isa_name])[0], full[m])
+        np.testing.assert_array_equal(
+            _model._matmul(np.ascontiguousarray(x[m : m + 1]), w, ISAS[isa_name])[0], full[m]
+        )

@@ -1,5 +1,6 @@
 """rwkv5.load / read_checkpoint: format sniffing, HF names, time_state, dtype conversion, the
 convert CLI, no torch import, and end-to-end logits across formats and against pip `rwkv`."""
+
 import os
 import subprocess
 import sys
@@ -12,8 +13,13 @@ import rwkv5
 from rwkv5.__main__ import main as cli_main
 from rwkv5.formats.hf import hf_name_to_rwkvlm
 from rwkv5.formats.safetensors import read_safetensors, write_safetensors
-from rwkv5.loading import (bf16_bits_to_f32, convert_array, f32_to_bf16_bits, read_checkpoint,
-                           sniff_format)
+from rwkv5.loading import (
+    bf16_bits_to_f32,
+    convert_array,
+    f32_to_bf16_bits,
+    read_checkpoint,
+    sniff_format,
+)
 
 from _loaders_util import mmap_backed, random_rwkv5_torch_sd, torch_load_np, torch_to_np
 from conftest import plain_rss
@@ -25,10 +31,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -- format detection and names ----------------------------------------------------------------
 
+
 def test_format_from_content_not_extension(tmp_path, tiny_files):
-    pth = tmp_path / "model.safetensors"          # a .pth with the wrong extension
+    pth = tmp_path / "model.safetensors"  # a .pth with the wrong extension
     pth.write_bytes(tiny_files["bf16.pth"].read_bytes())
-    st = tmp_path / "model.pth"                   # a safetensors with the wrong extension
+    st = tmp_path / "model.pth"  # a safetensors with the wrong extension
     write_safetensors(st, {"emb.weight": np.ones((4, 4), np.float32)})
     cpp = tmp_path / "model.json"
     cpp.write_bytes(tiny_files["FP32.bin"].read_bytes()[:64])
@@ -37,12 +44,17 @@ def test_format_from_content_not_extension(tmp_path, tiny_files):
     assert sniff_format(cpp) == "rwkvcpp"
     assert sniff_format(tmp_path) == "dir"
     sd, info = read_checkpoint(pth)
-    assert info["format"] == "pth" and info["gn_eps"] == 64e-5 and len(sd) == len(tiny_files.state_dict()) == 72
+    assert (
+        info["format"] == "pth"
+        and info["gn_eps"] == 64e-5
+        and len(sd) == len(tiny_files.state_dict()) == 72
+    )
     assert set(info["kinds"].values()) == {"bf16"}
 
 
 def test_hf_names_map_to_rwkvlm(tmp_path, tiny_files):
     sd = torch_load_np(tiny_files["fp32.pth"])
+
     # Rename exactly as the HF conversion script does (docs/model.md §7.2), written independently here.
     def to_hf(n):
         n = n.replace("emb.", "embeddings.", 1) if n.startswith("emb.") else n
@@ -52,6 +64,7 @@ def test_hf_names_map_to_rwkvlm(tmp_path, tiny_files):
             if n.endswith(f".time_mix_{short}"):
                 n = n[: -len(short)] + long
         return n if n == "head.weight" else "rwkv." + n
+
     hf = {to_hf(k): v for k, v in sd.items()}
     assert "rwkv.blocks.2.attention.time_mix_gate" in hf and "rwkv.blocks.0.pre_ln.weight" in hf
     assert "rwkv.blocks.1.feed_forward.time_mix_receptance" in hf
@@ -62,7 +75,9 @@ def test_hf_names_map_to_rwkvlm(tmp_path, tiny_files):
     assert sorted(got) == sorted(sd)
     for k in sd:
         np.testing.assert_array_equal(got[k], sd[k])
-    assert hf_name_to_rwkvlm("rwkv.blocks.12.attention.time_mix_value") == "blocks.12.att.time_mix_v"
+    assert (
+        hf_name_to_rwkvlm("rwkv.blocks.12.attention.time_mix_value") == "blocks.12.att.time_mix_v"
+    )
 
 
 def test_sharded_folder(tmp_path, tiny_files):
@@ -84,33 +99,45 @@ def test_time_state_kept_aside_and_transposed(tmp_path):
     p = tmp_path / "state-tuned.pth"
     torch.save(tsd, p)
     sd, info = read_checkpoint(p)
-    assert not any("time_state" in k for k in sd) and not any("time_state" in k for k in info["kinds"])
+    assert not any("time_state" in k for k in sd) and not any(
+        "time_state" in k for k in info["kinds"]
+    )
     kv = info["time_state"]
     assert kv.shape == (3, 4, 32, 32) and kv.dtype == np.float32
     for i in range(3):
         # pip rwkv: state[3i+1] = time_state.transpose(1, 2)
-        np.testing.assert_array_equal(kv[i], tsd[f"blocks.{i}.att.time_state"].transpose(1, 2).numpy())
+        np.testing.assert_array_equal(
+            kv[i], tsd[f"blocks.{i}.att.time_state"].transpose(1, 2).numpy()
+        )
 
 
 # -- dtype conversion ------------------------------------------------------------------------------
 
+
 def test_bf16_rounding_matches_torch():
     rng = np.random.default_rng(0)
-    x = np.concatenate([
-        rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-40, 38, 100_000),
-        # exact ties (low half 0x8000) with even and odd kept bits, and neighbours
-        (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x8000)).view(np.float32),
-        (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x7FFF)).view(np.float32),
-        (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x8001)).view(np.float32),
-        np.array([0.0, -0.0, np.inf, -np.inf, 3.3895314e38, -3.4028235e38, 1e-45, -1e-45], np.float32),
-    ]).astype(np.float32)
+    x = np.concatenate(
+        [
+            rng.standard_normal(100_000).astype(np.float32)
+            * 10.0 ** rng.integers(-40, 38, 100_000),
+            # exact ties (low half 0x8000) with even and odd kept bits, and neighbours
+            (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x8000)).view(np.float32),
+            (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x7FFF)).view(np.float32),
+            (np.arange(0, 4000, dtype=np.uint32) << 16 | np.uint32(0x8001)).view(np.float32),
+            np.array(
+                [0.0, -0.0, np.inf, -np.inf, 3.3895314e38, -3.4028235e38, 1e-45, -1e-45], np.float32
+            ),
+        ]
+    ).astype(np.float32)
     x = x[np.isfinite(x) | np.isinf(x)]
     ours = f32_to_bf16_bits(x)
     ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(ours, ref)
     nan = f32_to_bf16_bits(np.array([np.nan, -np.nan], np.float32))
     assert np.isnan(bf16_bits_to_f32(nan)).all()
-    np.testing.assert_array_equal(bf16_bits_to_f32(ours), torch.from_numpy(x).to(torch.bfloat16).float().numpy())
+    np.testing.assert_array_equal(
+        bf16_bits_to_f32(ours), torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    )
 
 
 def test_convert_array_paths():
@@ -119,7 +146,9 @@ def test_convert_array_paths():
     np.testing.assert_array_equal(convert_array(x, "fp32", "fp16"), x.astype(np.float16))
     b = convert_array(x, "fp32", "bf16")
     np.testing.assert_array_equal(convert_array(b, "bf16", "fp32"), bf16_bits_to_f32(b))
-    np.testing.assert_array_equal(convert_array(x.astype(np.float16), "fp16", "fp32"), x.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        convert_array(x.astype(np.float16), "fp16", "fp32"), x.astype(np.float16).astype(np.float32)
+    )
     with pytest.raises(ValueError, match="overflows float16"):
         convert_array(np.array([1e6], np.float32), "fp32", "fp16")
     with pytest.raises(ValueError, match="dtype must be"):
@@ -127,6 +156,7 @@ def test_convert_array_paths():
 
 
 # -- convert CLI -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_convert_cli(tmp_path, tiny_files, capsys, dtype):
@@ -136,7 +166,9 @@ def test_convert_cli(tmp_path, tiny_files, capsys, dtype):
     printed = capsys.readouterr().out
     assert "72 tensors" in printed and str(out) in printed
     t, dts, meta = read_safetensors(out)
-    assert meta["source_format"] == "pth" and float(meta["gn_eps"]) == 64e-5 and meta["dtype"] == dtype
+    assert (
+        meta["source_format"] == "pth" and float(meta["gn_eps"]) == 64e-5 and meta["dtype"] == dtype
+    )
     ref = torch_load_np(src)
     want = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}[dtype]
     tref = torch.load(src, weights_only=True)
@@ -152,7 +184,7 @@ def test_convert_cli(tmp_path, tiny_files, capsys, dtype):
 
 @pytest.mark.parametrize("src_name", ["bf16.pth", "FP32.bin"])
 def test_convert_cli_int8_saves_the_quantised_form(tmp_path, tiny_files, capsys, src_name):
-    src = tiny_files[src_name]          # the shipped trained model as a BlinkDL .pth / rwkv.cpp .bin
+    src = tiny_files[src_name]  # the shipped trained model as a BlinkDL .pth / rwkv.cpp .bin
     out = tmp_path / "m-int8.safetensors"
     assert cli_main(["convert", str(src), str(out), "--dtype", "int8"]) == 0
     printed = capsys.readouterr().out
@@ -162,12 +194,16 @@ def test_convert_cli_int8_saves_the_quantised_form(tmp_path, tiny_files, capsys,
     t, dts, meta = read_safetensors(out)
     last = f"blocks.{n_layer - 1}.ffn.key.weight"
     assert dts[last] == "I8" and dts[last + ".scale"] == "F32"
-    assert meta["dtype"] == "int8" and meta["source_format"] == ("pth" if src.suffix == ".pth" else "rwkvcpp")
+    assert meta["dtype"] == "int8" and meta["source_format"] == (
+        "pth" if src.suffix == ".pth" else "rwkvcpp"
+    )
     want = rwkv5.load(src, dtype="int8")
     got = rwkv5.load(out)
-    assert got.config == want.config            # gn_eps of the source (1e-5 for rwkv.cpp) included
+    assert got.config == want.config  # gn_eps of the source (1e-5 for rwkv.cpp) included
     for mode in ("recurrent", "parallel"):
-        np.testing.assert_array_equal(got.forward(TOKENS, mode=mode)[0], want.forward(TOKENS, mode=mode)[0])
+        np.testing.assert_array_equal(
+            got.forward(TOKENS, mode=mode)[0], want.forward(TOKENS, mode=mode)[0]
+        )
     # converting the quantised form again keeps it as it is (no second rounding)
     again = tmp_path / "again.safetensors"
     assert cli_main(["convert", str(out), str(again), "--dtype", "int8"]) == 0
@@ -177,9 +213,11 @@ def test_convert_cli_int8_saves_the_quantised_form(tmp_path, tiny_files, capsys,
     assert cli_main(["convert", str(out), str(back), "--dtype", "fp32"]) == 0
     q, scale = want._weights["blocks.0.att.value.weight"]
     C = want.config.n_embd
-    rows = q.transpose(0, 2, 1, 3).reshape(-1, q.shape[1] * 64)[:C, :C]   # the blocked layout undone
-    np.testing.assert_array_equal(read_safetensors(back)[0]["blocks.0.att.value.weight"],
-                                  rows.astype(np.float32) * scale[:, None])
+    rows = q.transpose(0, 2, 1, 3).reshape(-1, q.shape[1] * 64)[:C, :C]  # the blocked layout undone
+    np.testing.assert_array_equal(
+        read_safetensors(back)[0]["blocks.0.att.value.weight"],
+        rows.astype(np.float32) * scale[:, None],
+    )
 
 
 def test_convert_cli_errors(tmp_path, capsys):
@@ -196,23 +234,28 @@ def test_convert_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["convert", str(bad), str(out), "--dtype", "int4"])
     assert e.value.code == 2
-    r = subprocess.run([sys.executable, "-m", "rwkv5", "convert", str(bad), str(out), "--dtype", "fp16"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkv5", "convert", str(bad), str(out), "--dtype", "fp16"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "error" in r.stderr
 
 
 # -- loading never imports torch ----------------------------------------------------------------------
 
+
 def test_loading_does_not_import_torch(tmp_path, tiny_files):
     script = textwrap.dedent(f"""
         import sys
         from rwkv5.loading import read_checkpoint
-        sd, info = read_checkpoint({str(tiny_files['bf16.pth'])!r})
+        sd, info = read_checkpoint({str(tiny_files["bf16.pth"])!r})
         assert len(sd) == 72
         from rwkv5.__main__ import main
-        assert main(["convert", {str(tiny_files['bf16.pth'])!r},
-                     {str(tmp_path / 'o.safetensors')!r}, "--dtype", "fp32"]) == 0
-        read_checkpoint({str(tmp_path / 'o.safetensors')!r})
+        assert main(["convert", {str(tiny_files["bf16.pth"])!r},
+                     {str(tmp_path / "o.safetensors")!r}, "--dtype", "fp32"]) == 0
+        read_checkpoint({str(tmp_path / "o.safetensors")!r})
         print("torch" in sys.modules, "safetensors" in sys.modules)
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
@@ -222,11 +265,11 @@ def test_loading_does_not_import_torch(tmp_path, tiny_files):
 
 # -- end to end: logits -----------------------------------------------------------------------------
 
-TOKENS = [34, 105, 110]   # '"', 'i', 'n' — the fixture's expected-logit prompt
+TOKENS = [34, 105, 110]  # '"', 'i', 'n' — the fixture's expected-logit prompt
 
 
 def _logits(model, mode):
-    if mode == "recurrent-serial":       # one token per call, carrying the state
+    if mode == "recurrent-serial":  # one token per call, carrying the state
         state = model.new_state()
         for t in TOKENS:
             out, state = model.forward([t], state, mode="recurrent")
@@ -247,15 +290,15 @@ def test_fixture_formats_give_the_same_logits(tmp_path, fixtures_dir, mode):
     st_from_bin = tmp_path / "from-bin.safetensors"
     assert cli_main(["convert", str(pth_path), str(st_from_pth), "--dtype", "fp32"]) == 0
     assert cli_main(["convert", str(bin_path), str(st_from_bin), "--dtype", "fp32"]) == 0
-    m_bin = rwkv5.load(bin_path)                       # rwkv.cpp default eps 1e-5
+    m_bin = rwkv5.load(bin_path)  # rwkv.cpp default eps 1e-5
     assert m_bin.config.gn_eps == 1e-5
-    m_st_bin = rwkv5.load(st_from_bin)                 # eps recorded by convert
+    m_st_bin = rwkv5.load(st_from_bin)  # eps recorded by convert
     assert m_st_bin.config.gn_eps == 1e-5
-    m_pth = rwkv5.load(pth_path, gn_eps=1e-5)          # the fixture was made with rwkv.cpp's eps
+    m_pth = rwkv5.load(pth_path, gn_eps=1e-5)  # the fixture was made with rwkv.cpp's eps
     assert rwkv5.load(pth_path).config.gn_eps == 64e-5
     m_st_pth = rwkv5.load(st_from_pth, gn_eps=1e-5)
     lb, lsb, lp, lsp = (_logits(m, mode) for m in (m_bin, m_st_bin, m_pth, m_st_pth))
-    np.testing.assert_array_equal(lb, lsb)             # same values, same eps -> identical
+    np.testing.assert_array_equal(lb, lsb)  # same values, same eps -> identical
     np.testing.assert_array_equal(lp, lsp)
     np.testing.assert_allclose(lb, expected, atol=2e-5, rtol=0)
     np.testing.assert_allclose(lp, expected, atol=2e-5, rtol=0)
@@ -274,15 +317,15 @@ def test_tiny_formats_give_the_same_logits(tmp_path, tiny_files, mode):
     st_from_bin = tmp_path / "from-bin.safetensors"
     assert cli_main(["convert", str(pth_path), str(st_from_pth), "--dtype", "fp32"]) == 0
     assert cli_main(["convert", str(bin_path), str(st_from_bin), "--dtype", "fp32"]) == 0
-    m_bin = rwkv5.load(bin_path)                       # rwkv.cpp default eps 1e-5
+    m_bin = rwkv5.load(bin_path)  # rwkv.cpp default eps 1e-5
     assert m_bin.config.gn_eps == 1e-5
-    m_st_bin = rwkv5.load(st_from_bin)                 # eps recorded by convert
+    m_st_bin = rwkv5.load(st_from_bin)  # eps recorded by convert
     assert m_st_bin.config.gn_eps == 1e-5
-    m_pth = rwkv5.load(pth_path, gn_eps=1e-5)          # the eps of the .bin, to compare the two
+    m_pth = rwkv5.load(pth_path, gn_eps=1e-5)  # the eps of the .bin, to compare the two
     assert rwkv5.load(pth_path).config.gn_eps == 64e-5
     m_st_pth = rwkv5.load(st_from_pth, gn_eps=1e-5)
     lb, lsb, lp, lsp = (_logits(m, mode) for m in (m_bin, m_st_bin, m_pth, m_st_pth))
-    np.testing.assert_array_equal(lb, lsb)             # same values, same eps -> identical
+    np.testing.assert_array_equal(lb, lsb)  # same values, same eps -> identical
     np.testing.assert_array_equal(lp, lsp)
     np.testing.assert_allclose(lb, expected, atol=2e-5, rtol=0)
     np.testing.assert_allclose(lp, expected, atol=2e-5, rtol=0)
@@ -300,7 +343,7 @@ def test_bf16_pth_in_bf16_and_fp32(tiny_files, mode):
     a, b = _logits(m16, mode), _logits(m32, mode)
     # bf16 -> fp32 widening is exact, so both compute the same network; only summation order may differ
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-    assert np.abs(a - expected).max() < 0.1             # README: ~5e-2 from bf16 rounding of the weights
+    assert np.abs(a - expected).max() < 0.1  # README: ~5e-2 from bf16 rounding of the weights
     # dtype=None keeps the file's bf16
     assert rwkv5.load(p).config.dtype == "bf16"
 
@@ -315,9 +358,17 @@ def test_model_weights_are_file_views(tmp_path, tiny_files):
     for path in (p, st):
         for dtype in (None, "bf16"):
             w = rwkv5.load(path, dtype=dtype, layout="rows")._weights
-            assert w["emb.weight"].dtype == np.uint16 and mmap_backed(w["emb.weight"]), (path, dtype)
-            assert mmap_backed(w["head.weight"]) and mmap_backed(w["blocks.0.att.key.weight"]), (path, dtype)
-            emb = rwkv5.load(path, dtype=dtype)._weights["emb.weight"]      # layout="auto": blocked copies
+            assert w["emb.weight"].dtype == np.uint16 and mmap_backed(w["emb.weight"]), (
+                path,
+                dtype,
+            )
+            assert mmap_backed(w["head.weight"]) and mmap_backed(w["blocks.0.att.key.weight"]), (
+                path,
+                dtype,
+            )
+            emb = rwkv5.load(path, dtype=dtype)._weights[
+                "emb.weight"
+            ]  # layout="auto": blocked copies
             assert emb.dtype == np.uint16 and not mmap_backed(emb), (path, dtype)
         emb32 = rwkv5.load(path, dtype="fp32")._weights["emb.weight"]
         assert emb32.dtype == np.float32 and not mmap_backed(emb32)
@@ -333,7 +384,7 @@ def test_convert_rwkvcpp_fp16(tmp_path, tiny_files):
 
 
 def test_load_argument_errors(tiny_model_path, tmp_path):
-    p = tiny_model_path      # the shipped model: this test needs only *a* checkpoint
+    p = tiny_model_path  # the shipped model: this test needs only *a* checkpoint
     with pytest.raises(ValueError, match="dtype must be"):
         rwkv5.load(p, dtype="int3")
     with pytest.raises(ValueError, match="gn_eps must be"):
@@ -360,10 +411,17 @@ np.save(sys.argv[2], np.stack([a.float().numpy(), b.float().numpy()]))
 
 
 @pytest.mark.peers
-@pytest.mark.parametrize("version, kw", [
-    ("5.0", {"time_first": True}), ("5.0", {}), ("5.1", {}), ("5.2", {}),
-    ("5.2", {"time_state": True}), ("5.2", {"n_layer": 4, "n_embd": 256}),
-])
+@pytest.mark.parametrize(
+    "version, kw",
+    [
+        ("5.0", {"time_first": True}),
+        ("5.0", {}),
+        ("5.1", {}),
+        ("5.2", {}),
+        ("5.2", {"time_state": True}),
+        ("5.2", {"n_layer": 4, "n_embd": 256}),
+    ],
+)
 def test_logits_match_pip_rwkv(tmp_path, version, kw):
     pytest.importorskip("rwkv.model", reason="the rwkv package (peers extra)")
     args = dict(version=version, n_layer=2, n_embd=128, head_size=64, vocab=300, seed=7)
@@ -373,8 +431,11 @@ def test_logits_match_pip_rwkv(tmp_path, version, kw):
     torch.save(sd, p)
     toks = [int(t) for t in np.random.default_rng(1).integers(0, 300, 12)]
     out = tmp_path / "pip.npy"
-    r = subprocess.run([sys.executable, "-c", _PIP_SCRIPT, str(p), str(out), ",".join(map(str, toks))],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", _PIP_SCRIPT, str(p), str(out), ",".join(map(str, toks))],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     ref = np.load(out)
     model = rwkv5.load(p)
@@ -424,25 +485,33 @@ print(json.dumps({"before": before, "after": after, "load_s": t_load, "first_tok
 @pytest.mark.slow
 def test_zero_copy_rss(tmp_path, tiny_files, record_property):
     # emb + head of 65536 x 768 in bf16 = 201 MB, plus 2 small layers
-    sd = random_rwkv5_torch_sd(version="5.2", n_layer=2, n_embd=768, head_size=64, vocab=65536, seed=3)
+    sd = random_rwkv5_torch_sd(
+        version="5.2", n_layer=2, n_embd=768, head_size=64, vocab=65536, seed=3
+    )
     p = tmp_path / "big-bf16.pth"
     torch.save({k: v.to(torch.bfloat16) for k, v in sd.items()}, p)
     del sd
     size = p.stat().st_size
     results = {}
     for dtype, layout in (("bf16", "rows"), ("bf16", "auto"), ("fp32", "auto")):
-        r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(p), dtype,
-                            str(tiny_files["bf16.pth"]), layout], capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-c", _RSS_SCRIPT, str(p), dtype, str(tiny_files["bf16.pth"]), layout],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         import json
+
         res = json.loads(r.stdout.strip().splitlines()[-1])
         assert res["finite"]
         grow = res["after"]["VmHWM"] - res["before"]["VmRSS"]
         results[dtype, layout] = (grow, res["load_s"], res["first_token_s"])
         record_property(f"rss_growth_{dtype}_{layout}_MB", round(grow / 1e6, 1))
         record_property(f"load_s_{dtype}_{layout}", round(res["load_s"], 3))
-        print(f"[rss] file {size / 1e6:.1f} MB dtype={dtype} layout={layout}: peak RSS growth {grow / 1e6:.1f} MB, "
-              f"load {res['load_s']:.3f} s, first token {res['first_token_s']:.3f} s")
+        print(
+            f"[rss] file {size / 1e6:.1f} MB dtype={dtype} layout={layout}: peak RSS growth {grow / 1e6:.1f} MB, "
+            f"load {res['load_s']:.3f} s, first token {res['first_token_s']:.3f} s"
+        )
     # bf16 from a bf16 file, layout "rows": the weights are the file's pages, so RSS grows by about
     # the file size (a copy would add the file size again)
     assert 0.8 * size < results["bf16", "rows"][0] < 1.3 * size + 50e6
@@ -479,26 +548,53 @@ def test_peak_rss_of_a_load_is_the_weights(tmp_path, tiny_model_path):
     releases the file's pages chunk by chunk (rwkv5.model._chunks), so the source of a copy is never
     resident beside the whole copy. Peak = VmHWM of a fresh process after touching every weight."""
     from rwkv5.testing import random_state_dict
+
     files = {}
     for kind, dt in (("bf16", "bf16"), ("fp32", np.float32)):
-        sd = random_state_dict("5.2", n_layer=4, n_embd=512, head_size=64, vocab_size=65536, dtype=dt, tiled=True)
-        files[kind] = tmp_path / f"m-{kind}.safetensors"             # 162 MB bf16, 323 MB fp32
-        write_safetensors(files[kind], sd, dtypes={k: "BF16" for k, v in sd.items() if v.dtype == np.uint16})
+        sd = random_state_dict(
+            "5.2", n_layer=4, n_embd=512, head_size=64, vocab_size=65536, dtype=dt, tiled=True
+        )
+        files[kind] = tmp_path / f"m-{kind}.safetensors"  # 162 MB bf16, 323 MB fp32
+        write_safetensors(
+            files[kind], sd, dtypes={k: "BF16" for k, v in sd.items() if v.dtype == np.uint16}
+        )
         del sd
     files["int8"] = tmp_path / "m-int8.safetensors"
     assert cli_main(["convert", str(files["bf16"]), str(files["int8"]), "--dtype", "int8"]) == 0
     import json
-    for src, dtype, layout, want in [("bf16", "None", "auto", "bf16"), ("bf16", "int8", "auto", "int8"),
-                                     ("bf16", "fp32", "auto", "fp32"), ("bf16", "None", "rows", "bf16"),
-                                     ("fp32", "None", "auto", "fp32"), ("fp32", "int8", "auto", "int8"),
-                                     ("int8", "None", "auto", "int8")]:
-        r = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(files[src]), dtype,
-                            str(tiny_model_path), layout], capture_output=True, text=True)
+
+    for src, dtype, layout, want in [
+        ("bf16", "None", "auto", "bf16"),
+        ("bf16", "int8", "auto", "int8"),
+        ("bf16", "fp32", "auto", "fp32"),
+        ("bf16", "None", "rows", "bf16"),
+        ("fp32", "None", "auto", "fp32"),
+        ("fp32", "int8", "auto", "int8"),
+        ("int8", "None", "auto", "int8"),
+    ]:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _PEAK_SCRIPT,
+                str(files[src]),
+                dtype,
+                str(tiny_model_path),
+                layout,
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads(r.stdout.strip().splitlines()[-1])
         assert res["dtype"] == want
         assert res["grow"] <= 1.1 * res["held"] + (32 << 20), (src, dtype, layout, res)
-        assert res["grow"] >= 0.8 * res["held"], (src, dtype, layout, res)   # the measurement sees the weights
+        assert res["grow"] >= 0.8 * res["held"], (
+            src,
+            dtype,
+            layout,
+            res,
+        )  # the measurement sees the weights
 
 
 def test_sniff_safetensors_whose_header_length_starts_with_0x80(tmp_path):
@@ -513,6 +609,7 @@ def test_load_int8_quantises_the_matrices(tiny_model_path):
     """dtype="int8": matrices quantised per output row at load; logits stay close to fp32.
     (The shipped trained model, an fp32 safetensors file: the test needs only *a* trained model.)"""
     from rwkv5.model import quantize_int8
+
     src = tiny_model_path
     m32, m8 = rwkv5.load(src), rwkv5.load(src, dtype="int8")
     assert m8.config.dtype == "int8"

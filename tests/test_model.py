@@ -1,4 +1,5 @@
 """rwkv5.Model (C forward pass) against the float64 NumPy reference, and the API contract."""
+
 import dataclasses
 import gc
 import os
@@ -16,7 +17,7 @@ from test_kernels_isa import ISAS
 
 VARIANTS = [("5.0", False), ("5.0", True), ("5.1", False), ("5.2", False)]
 T_LIST = [1, 2, 3, 17, 64, 65, 200]
-ATOL = 1e-4      # fp32 C vs float64 reference on logits of magnitude ~5
+ATOL = 1e-4  # fp32 C vs float64 reference on logits of magnitude ~5
 
 
 def small_sd(version="5.2", time_first=False, seed=0, **kw):
@@ -62,12 +63,21 @@ def test_c_matches_reference_all_variants_dtypes_lengths_batches(version, time_f
                 logits, state = model.forward(toks[:B, :T], mode=mode, full_output=True)
                 assert logits.shape == (B, T, 256) and logits.dtype == np.float32
                 for b in range(B):
-                    np.testing.assert_allclose(logits[b], refs[b][0][:T], rtol=0, atol=ATOL,
-                                               err_msg=f"T={T} B={B} b={b} mode={mode}")
+                    np.testing.assert_allclose(
+                        logits[b],
+                        refs[b][0][:T],
+                        rtol=0,
+                        atol=ATOL,
+                        err_msg=f"T={T} B={B} b={b} mode={mode}",
+                    )
                 if T == max(T_LIST):
                     for b in range(B):
-                        for got, want in zip((state.att_x[b], state.att_kv[b], state.ffn_x[b]), refs[b][1]):
-                            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+                        for got, want in zip(
+                            (state.att_x[b], state.att_kv[b], state.ffn_x[b]), refs[b][1]
+                        ):
+                            np.testing.assert_allclose(
+                                got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max())
+                            )
 
 
 @pytest.mark.parametrize("layout", ["rows", "blocked"])
@@ -79,28 +89,35 @@ def test_batched_step_equals_each_sequence_alone(dtype, layout):
     kernels' 8-lane steps, 64-byte lines or 4-row blocks) and within ATOL of the float64 reference.
     Runs at the current ISA; test_model_subset_under_each_isa_environment runs it under each."""
     from test_kernels_isa import dequantised
+
     V, T = 203, 4
     sd = small_sd(n_embd=72, head_size=8, n_ffn=99, vocab_size=V, seed=5)
     model = rwkv5.Model.from_state_dict(sd, dtype=dtype, layout=layout)
-    ref = ReferenceModel(dequantised(sd) if dtype == "int8" else round_weights(sd, dtype), gn_eps=64e-5)
+    ref = ReferenceModel(
+        dequantised(sd) if dtype == "int8" else round_weights(sd, dtype), gn_eps=64e-5
+    )
     for B in (7, 29):
         toks = tokens_for(B, T, seed=B, V=V)
         state, steps = None, []
         for t in range(T):
-            logits, state = model.forward(toks[:, t:t + 1], state, mode="recurrent")
+            logits, state = model.forward(toks[:, t : t + 1], state, mode="recurrent")
             steps.append(logits)
         assert steps[-1].shape == (B, V)
         for b in range(B):
             alone = None
             for t in range(T):
-                one, alone = model.forward(toks[b, t:t + 1], alone, mode="recurrent")
+                one, alone = model.forward(toks[b, t : t + 1], alone, mode="recurrent")
                 np.testing.assert_array_equal(one, steps[t][b], err_msg=f"B={B} b={b} t={t}")
-            for got, want in zip((state.att_x[b], state.att_kv[b], state.ffn_x[b]),
-                                 (alone.att_x, alone.att_kv, alone.ffn_x)):
+            for got, want in zip(
+                (state.att_x[b], state.att_kv[b], state.ffn_x[b]),
+                (alone.att_x, alone.att_kv, alone.ffn_x),
+            ):
                 np.testing.assert_array_equal(got, want)
             if b in (0, B - 1):
                 want, _ = ref.forward(toks[b], mode="parallel", full_output=True, chunk_len=64)
-                np.testing.assert_allclose(steps[-1][b], want[-1], rtol=0, atol=ATOL, err_msg=f"B={B} b={b}")
+                np.testing.assert_allclose(
+                    steps[-1][b], want[-1], rtol=0, atol=ATOL, err_msg=f"B={B} b={b}"
+                )
 
 
 @pytest.mark.parametrize("isa_name", list(ISAS))
@@ -124,9 +141,15 @@ def test_isa_environment_variable_is_honoured():
     import os
     import subprocess
     import sys
+
     code = "import rwkv5._model as m; print(m.get_isa()[0])"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "RWKV5_ISA": "scalar"},
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "RWKV5_ISA": "scalar"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == "scalar"
 
 
@@ -138,7 +161,9 @@ def test_unusual_head_counts_match_reference(C, N):
     toks = tokens_for(1, 80, seed=2)[0]
     ref, _ = ReferenceModel(sd).forward(toks, full_output=True, mode="parallel")
     for mode in ("recurrent", "parallel"):
-        np.testing.assert_allclose(model.forward(toks, mode=mode, full_output=True)[0], ref, atol=ATOL)
+        np.testing.assert_allclose(
+            model.forward(toks, mode=mode, full_output=True)[0], ref, atol=ATOL
+        )
 
 
 def test_acceptance_4_layers_256_wide_200_tokens():
@@ -179,9 +204,11 @@ def test_continuation_and_state_not_mutated(mode):
     kept = s_a.copy()
     rest, s_b = model.forward(toks[37:], s_a, mode=mode, full_output=True)
     for a, b in zip((s_a.att_x, s_a.att_kv, s_a.ffn_x), (kept.att_x, kept.att_kv, kept.ffn_x)):
-        np.testing.assert_array_equal(a, b)          # the state passed in is untouched
+        np.testing.assert_array_equal(a, b)  # the state passed in is untouched
     np.testing.assert_allclose(rest, full[37:], rtol=0, atol=1e-5 * np.abs(full).max())
-    np.testing.assert_allclose(s_b.att_kv, s_full.att_kv, rtol=0, atol=1e-5 * np.abs(s_full.att_kv).max())
+    np.testing.assert_allclose(
+        s_b.att_kv, s_full.att_kv, rtol=0, atol=1e-5 * np.abs(s_full.att_kv).max()
+    )
 
 
 def test_unbatched_state_is_shared_by_a_batch():
@@ -212,7 +239,7 @@ def test_state_in_any_memory_layout_gives_the_same_results(mode):
     got, gs = model.forward(toks, rwkv5.State(*wide), mode=mode)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(gs.att_kv, ws.att_kv)
-    np.testing.assert_array_equal(wide[1], s.att_kv)            # untouched
+    np.testing.assert_array_equal(wide[1], s.att_kv)  # untouched
     # att_x shared by both sequences, the rest batched
     mixed = rwkv5.State(s.att_x[0], np.stack([s.att_kv[0]] * 2), np.stack([s.ffn_x[0]] * 2))
     got, gs = model.forward(toks, mixed, mode=mode)
@@ -248,7 +275,7 @@ def test_threads_do_not_change_results():
         three, _ = model.forward(toks, mode="parallel")
     finally:
         rwkv5.set_num_threads(n0)
-    np.testing.assert_array_equal(one, three)    # rows are split between threads, sums are not
+    np.testing.assert_array_equal(one, three)  # rows are split between threads, sums are not
 
 
 def test_concurrent_python_threads_share_a_model():
@@ -278,10 +305,21 @@ def test_config_and_detection():
     for version, tf in VARIANTS:
         m = rwkv5.Model.from_state_dict(small_sd(version, tf, n_layer=1))
         c = m.config
-        assert (c.version, c.n_layer, c.n_embd, c.n_head, c.head_size, c.vocab_size) == (version, 1, 64, 4, 16, 256)
-        assert c.n_ffn == (256 if version == "5.0" else 224) and c.gn_eps == 64e-5 and c.dtype == "fp32"
+        assert (c.version, c.n_layer, c.n_embd, c.n_head, c.head_size, c.vocab_size) == (
+            version,
+            1,
+            64,
+            4,
+            16,
+            256,
+        )
+        assert (
+            c.n_ffn == (256 if version == "5.0" else 224)
+            and c.gn_eps == 64e-5
+            and c.dtype == "fp32"
+        )
         with pytest.raises(dataclasses.FrozenInstanceError):
-            c.n_layer = 3                                   # frozen
+            c.n_layer = 3  # frozen
     assert rwkv5.Model.from_state_dict(small_sd(), gn_eps=1e-5).config.gn_eps == 1e-5
 
 
@@ -299,9 +337,13 @@ def test_zero_copy_and_memmap(tmp_path):
     want, _ = model.forward([1, 2, 3])
     blocked = rwkv5.Model.from_state_dict(mm)
     assert blocked._weights["blocks.0.att.receptance.weight"].ndim == 4
-    assert not np.shares_memory(blocked._weights["blocks.0.att.receptance.weight"], mm["blocks.0.att.receptance.weight"])
+    assert not np.shares_memory(
+        blocked._weights["blocks.0.att.receptance.weight"], mm["blocks.0.att.receptance.weight"]
+    )
     m2 = rwkv5.Model.from_state_dict(mm, layout="rows")
-    assert np.shares_memory(m2._weights["blocks.0.att.receptance.weight"], mm["blocks.0.att.receptance.weight"])
+    assert np.shares_memory(
+        m2._weights["blocks.0.att.receptance.weight"], mm["blocks.0.att.receptance.weight"]
+    )
     del mm
     gc.collect()
     got, _ = m2.forward([1, 2, 3])
@@ -313,16 +355,23 @@ def test_zero_copy_and_memmap(tmp_path):
 def test_unaligned_matrices_are_used_in_place(isa, isa_name, dtype):
     """Views at odd byte offsets (as in rwkv.cpp files) are read in place, with the same results."""
     isa(isa_name)
-    sd = random_state_dict("5.2", n_layer=1, n_embd=40, head_size=8, vocab_size=50, seed=23,
-                           dtype="bf16" if dtype == np.uint16 else dtype)
+    sd = random_state_dict(
+        "5.2",
+        n_layer=1,
+        n_embd=40,
+        head_size=8,
+        vocab_size=50,
+        seed=23,
+        dtype="bf16" if dtype == np.uint16 else dtype,
+    )
     want, _ = rwkv5.Model.from_state_dict(sd).forward(np.arange(70) % 50, full_output=True)
     odd = {}
     for k, v in sd.items():
         buf = np.zeros(v.nbytes + 1, np.uint8)
-        odd[k] = buf[1:].view(v.dtype).reshape(v.shape)     # starts 1 byte past an aligned address
+        odd[k] = buf[1:].view(v.dtype).reshape(v.shape)  # starts 1 byte past an aligned address
         odd[k][...] = v
     assert not odd["head.weight"].flags.aligned
-    m = rwkv5.Model.from_state_dict(odd, layout="rows")       # "auto" blocks 16-bit matrices (a copy)
+    m = rwkv5.Model.from_state_dict(odd, layout="rows")  # "auto" blocks 16-bit matrices (a copy)
     assert np.shares_memory(m._weights["head.weight"], odd["head.weight"])
     for mode in ("recurrent", "parallel"):
         got, _ = m.forward(np.arange(70) % 50, mode=mode, full_output=True)
@@ -334,14 +383,19 @@ def test_layouts_give_the_same_bits(dtype):
     """Row-major and 4-row blocked matrices give bit-identical logits and states in both modes, on
     sizes where no matrix has a multiple of 4 rows or of a 64-byte line of columns; "auto" blocks
     every matrix of every type, fp32 included (never the embedding)."""
-    sd = random_state_dict("5.2", n_layer=2, n_embd=40, head_size=8, n_ffn=150, vocab_size=51, seed=31)
+    sd = random_state_dict(
+        "5.2", n_layer=2, n_embd=40, head_size=8, n_ffn=150, vocab_size=51, seed=31
+    )
     toks = np.arange(140) % 51
-    models = {lay: rwkv5.Model.from_state_dict(sd, dtype=dtype, layout=lay) for lay in ("rows", "blocked", "auto")}
+    models = {
+        lay: rwkv5.Model.from_state_dict(sd, dtype=dtype, layout=lay)
+        for lay in ("rows", "blocked", "auto")
+    }
     for lay, m in models.items():
         head = m._weights["head.weight"]
         head = head[0] if isinstance(head, tuple) else head
         assert head.ndim == (2 if lay == "rows" else 4), lay
-        assert m._weights["emb.weight"].ndim == 2                      # the embedding: rows are gathered
+        assert m._weights["emb.weight"].ndim == 2  # the embedding: rows are gathered
     for mode in ("recurrent", "parallel"):
         want, ws = models["rows"].forward(toks, mode=mode, full_output=True)
         for lay in ("blocked", "auto"):
@@ -349,7 +403,9 @@ def test_layouts_give_the_same_bits(dtype):
             np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(gs.att_kv, ws.att_kv)
     # an fp32 matrix converted from another type is a copy anyway: "auto" blocks it too
-    m64 = rwkv5.Model.from_state_dict({k: v.astype(np.float64) for k, v in sd.items()}, dtype="fp32")
+    m64 = rwkv5.Model.from_state_dict(
+        {k: v.astype(np.float64) for k, v in sd.items()}, dtype="fp32"
+    )
     assert m64._weights["head.weight"].ndim == 4 and m64._weights["head.weight"].dtype == np.float32
     with pytest.raises(ValueError, match="layout"):
         rwkv5.Model.from_state_dict(sd, layout="columns")
@@ -410,20 +466,23 @@ def model():
     return rwkv5.Model.from_state_dict(small_sd(seed=16))
 
 
-@pytest.mark.parametrize("tokens,exc,msg", [
-    ([], ValueError, "empty"),
-    (np.zeros((2, 0), np.int64), ValueError, "empty"),
-    ([1, -1], ValueError, "outside the vocabulary"),
-    ([1, 256], ValueError, r"256.*\[0, 256\)"),
-    ([1.0, 2.0], TypeError, "float"),
-    ([True, False], TypeError, "bool"),
-    (np.zeros((1, 1, 2), np.int64), ValueError, "shape"),
-    ("abc", TypeError, "integer"),
-    ([[1, 2], [3, "x"]], TypeError, "integer"),
-    ([[1, 2], [3, 999]], ValueError, r"tokens\[1, 1\] = 999"),
-    ([[1, 2], [3, 4, 999]], ValueError, r"sequence 1: tokens\[2\] = 999"),
-    ([[1, 2], [3, 4.5, 9]], TypeError, "sequence 1"),
-])
+@pytest.mark.parametrize(
+    "tokens,exc,msg",
+    [
+        ([], ValueError, "empty"),
+        (np.zeros((2, 0), np.int64), ValueError, "empty"),
+        ([1, -1], ValueError, "outside the vocabulary"),
+        ([1, 256], ValueError, r"256.*\[0, 256\)"),
+        ([1.0, 2.0], TypeError, "float"),
+        ([True, False], TypeError, "bool"),
+        (np.zeros((1, 1, 2), np.int64), ValueError, "shape"),
+        ("abc", TypeError, "integer"),
+        ([[1, 2], [3, "x"]], TypeError, "integer"),
+        ([[1, 2], [3, 999]], ValueError, r"tokens\[1, 1\] = 999"),
+        ([[1, 2], [3, 4, 999]], ValueError, r"sequence 1: tokens\[2\] = 999"),
+        ([[1, 2], [3, 4.5, 9]], TypeError, "sequence 1"),
+    ],
+)
 def test_bad_tokens(model, tokens, exc, msg):
     with pytest.raises(exc, match=msg):
         model.forward(tokens)
@@ -479,7 +538,10 @@ def test_c_binding_rejects_bad_arrays(model):
 
 def test_demo_runs(capsys, tmp_path, monkeypatch):
     from rwkv5 import demo
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the demo leaves its outputs in a temp folder
+
+    monkeypatch.setattr(
+        tempfile, "tempdir", str(tmp_path)
+    )  # the demo leaves its outputs in a temp folder
     demo.main([])
     out = capsys.readouterr().out
     assert "parallel vs recurrent" in out and "tok/s" in out
@@ -489,6 +551,7 @@ def test_no_reference_leaks():
     import sys
     import tracemalloc
     import weakref
+
     sd = small_sd(seed=17)
     model = rwkv5.Model.from_state_dict(sd)
     s = model.new_state()
@@ -528,7 +591,9 @@ def test_underflowing_decays_match_reference():
         logits, state = model.forward(toks, mode=mode, full_output=True)
         assert np.all(np.isfinite(logits))
         np.testing.assert_allclose(logits, ref, atol=ATOL)
-        np.testing.assert_allclose(state.att_kv, ref_state[1], atol=1e-4 * np.abs(ref_state[1]).max())
+        np.testing.assert_allclose(
+            state.att_kv, ref_state[1], atol=1e-4 * np.abs(ref_state[1]).max()
+        )
 
 
 def test_state_save_load_roundtrip(tmp_path):
@@ -543,25 +608,40 @@ def test_state_save_load_roundtrip(tmp_path):
 try:
     from hypothesis import example, given, settings
     from hypothesis import strategies as st
-except ImportError:      # hypothesis is in the test extra
+except ImportError:  # hypothesis is in the test extra
     given = None
 
 if given is not None:
+
     @settings(max_examples=int(os.environ.get("HYP_N", 60)), deadline=None)
-    @given(version=st.sampled_from(["5.0", "5.1", "5.2"]), n_layer=st.integers(1, 2), H=st.integers(1, 4),
-           N=st.integers(1, 12), F=st.integers(1, 40), V=st.integers(1, 40), B=st.integers(1, 3),
-           T=st.integers(1, 80), dtype=st.sampled_from(["fp32", "fp16", "bf16"]), seed=st.integers(0, 2**31))
+    @given(
+        version=st.sampled_from(["5.0", "5.1", "5.2"]),
+        n_layer=st.integers(1, 2),
+        H=st.integers(1, 4),
+        N=st.integers(1, 12),
+        F=st.integers(1, 40),
+        V=st.integers(1, 40),
+        B=st.integers(1, 3),
+        T=st.integers(1, 80),
+        dtype=st.sampled_from(["fp32", "fp16", "bf16"]),
+        seed=st.integers(0, 2**31),
+    )
     # found by hypothesis: C = 2, the float64 reference moves by 1.9e-4 under one-ulp weight changes
     @example(version="5.1", n_layer=2, H=1, N=2, F=39, V=1, B=1, T=3, dtype="fp32", seed=22)
     @example(version="5.1", n_layer=2, H=4, N=2, F=31, V=22, B=2, T=36, dtype="bf16", seed=87953014)
-    def test_random_shapes_match_reference_hypothesis(version, n_layer, H, N, F, V, B, T, dtype, seed):
-        sd = random_state_dict(version, n_layer=n_layer, n_embd=H * N, head_size=N, vocab_size=V, n_ffn=F,
-                               seed=seed)
+    def test_random_shapes_match_reference_hypothesis(
+        version, n_layer, H, N, F, V, B, T, dtype, seed
+    ):
+        sd = random_state_dict(
+            version, n_layer=n_layer, n_embd=H * N, head_size=N, vocab_size=V, n_ffn=F, seed=seed
+        )
         model = rwkv5.Model.from_state_dict(sd, dtype=dtype)
         toks = np.random.default_rng(seed).integers(0, V, (B, T))
         rounded = round_weights(sd, dtype)
         ref = ReferenceModel(rounded)
-        want = np.stack([ref.forward(row, mode="parallel", full_output=True, chunk_len=64)[0] for row in toks])
+        want = np.stack(
+            [ref.forward(row, mode="parallel", full_output=True, chunk_len=64)[0] for row in toks]
+        )
         # Tiny random shapes can be ill-conditioned (a LayerNorm over C = 2 values that nearly agree
         # divides by a tiny deviation): there the float64 reference itself moves by more than ATOL
         # when the weights move by one float32 rounding, and no float32 implementation can match it
@@ -569,9 +649,18 @@ if given is not None:
         sens = 0.0
         rng = np.random.default_rng(seed)
         for _ in range(2):
-            nudged = ReferenceModel({k: np.asarray(a, np.float64) * (1 + rng.uniform(-6e-8, 6e-8, np.shape(a)))
-                                     for k, a in rounded.items()})
-            alt = np.stack([nudged.forward(row, mode="parallel", full_output=True, chunk_len=64)[0] for row in toks])
+            nudged = ReferenceModel(
+                {
+                    k: np.asarray(a, np.float64) * (1 + rng.uniform(-6e-8, 6e-8, np.shape(a)))
+                    for k, a in rounded.items()
+                }
+            )
+            alt = np.stack(
+                [
+                    nudged.forward(row, mode="parallel", full_output=True, chunk_len=64)[0]
+                    for row in toks
+                ]
+            )
             sens = max(sens, float(np.abs(alt - want).max()))
         atol = ATOL * max(1, np.abs(want).max() / 5) + 8 * sens
         for mode in ("recurrent", "parallel"):
@@ -608,6 +697,7 @@ def test_forked_child_can_compute():
     import os
     import subprocess
     import sys
+
     code = (
         "import os, numpy as np, rwkv5\n"
         "from rwkv5.testing import random_state_dict\n"
@@ -618,9 +708,15 @@ def test_forked_child_can_compute():
         "    b, _ = m.forward(np.arange(70) % 256, mode='parallel')\n"
         "    os._exit(0 if np.array_equal(a, b) else 3)\n"
         "_, status = os.waitpid(pid, 0)\n"
-        "print(os.waitstatus_to_exitcode(status))\n")
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
-                         timeout=120)
+        "print(os.waitstatus_to_exitcode(status))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
 
@@ -629,7 +725,16 @@ def test_default_threads_are_the_cpus_of_the_process():
     import os
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", "import os, rwkv5; print(rwkv5.get_num_threads(), "
-                          "len(os.sched_getaffinity(0)))"], env=dict(os.environ), capture_output=True,
-                         text=True, check=True).stdout.split()
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, rwkv5; print(rwkv5.get_num_threads(), len(os.sched_getaffinity(0)))",
+        ],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out[0] == out[1]

@@ -1,4 +1,5 @@
 """The Jupyter walkthroughs in notebooks/ execute without error and are committed without outputs."""
+
 import pathlib
 import tempfile
 
@@ -17,7 +18,9 @@ def test_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs committed"
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name} has outputs committed"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -28,13 +31,20 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     # the kernel (and what the notebooks create with tempfile) uses tmp_path, not /tmp
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
     # a first run prints no warnings either (e.g. tqdm.auto's "IProgress not found" without ipywidgets)
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                   if o.output_type == "stream")
+    text = "".join(
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "stream"
+    )
     assert "Warning" not in text, text[-2000:]
-

@@ -1,4 +1,5 @@
 """rwkv5.ops (C kernels as NumPy functions) against the float64 reference, and the matmul ISA paths."""
+
 import numpy as np
 import pytest
 
@@ -22,14 +23,20 @@ def test_wkv5_matches_reference(per_head, mode, T):
     rng = np.random.default_rng(T)
     H, N = 3, 16
     r, k, v = rand(rng, T, H, N), rand(rng, T, H, N), rand(rng, T, H, N)
-    d = rng.uniform(-6, 4.6, (H,) if per_head else (H, N))     # includes w that underflow fp32
+    d = rng.uniform(-6, 4.6, (H,) if per_head else (H, N))  # includes w that underflow fp32
     w = np.exp(-np.exp(d)).astype(np.float32)
     u, S0 = rand(rng, H, N), rand(rng, H, N, N)
     y, S = rwkv5.ops.wkv5(r, k, v, w, u, S0, mode=mode)
     assert y.shape == (T, H, N) and S.shape == (H, N, N) and y.dtype == np.float32
     wf = np.broadcast_to(w.reshape(H, -1), (H, N)).astype(np.float64)
-    yr, Sr = wkv_recurrent(r.astype(np.float64), k.astype(np.float64), v.astype(np.float64), wf,
-                           u.astype(np.float64), S0.astype(np.float64))
+    yr, Sr = wkv_recurrent(
+        r.astype(np.float64),
+        k.astype(np.float64),
+        v.astype(np.float64),
+        wf,
+        u.astype(np.float64),
+        S0.astype(np.float64),
+    )
     np.testing.assert_allclose(y, yr, rtol=0, atol=2e-5 * np.abs(yr).max())
     np.testing.assert_allclose(S, Sr, rtol=0, atol=2e-5 * np.abs(Sr).max())
 
@@ -68,8 +75,9 @@ def test_layer_norm_and_group_norm():
     rng = np.random.default_rng(1)
     x = rand(rng, 3, 5, 96) * 4 + 1
     w, b = rand(rng, 96), rand(rng, 96)
-    np.testing.assert_allclose(rwkv5.ops.layer_norm(x, w, b), ref_layer_norm(x.astype(np.float64), w, b, 1e-5),
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        rwkv5.ops.layer_norm(x, w, b), ref_layer_norm(x.astype(np.float64), w, b, 1e-5), atol=2e-5
+    )
     got = rwkv5.ops.group_norm(x, w, b, 6, eps=1e-5)
     np.testing.assert_allclose(got, ref_group_norm(x.astype(np.float64), w, b, 6, 1e-5), atol=2e-5)
     assert got.shape == x.shape and got.dtype == np.float32
@@ -94,9 +102,13 @@ def test_matmul_isa_matches_float64(isa, storage, M, n, d):
     wf = bf16_bits_to_float32(w) if storage == "bf16" else w.astype(np.float32)
     want = x.astype(np.float64) @ wf.astype(np.float64).T
     got = _model._matmul(x, (storage, w), isa)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.sqrt(n) * max(1, np.abs(want).max()))
+    np.testing.assert_allclose(
+        got, want, rtol=0, atol=1e-5 * np.sqrt(n) * max(1, np.abs(want).max())
+    )
     threaded = _model._matmul(x, (storage, w), -1)
-    np.testing.assert_allclose(threaded, want, rtol=0, atol=1e-5 * np.sqrt(n) * max(1, np.abs(want).max()))
+    np.testing.assert_allclose(
+        threaded, want, rtol=0, atol=1e-5 * np.sqrt(n) * max(1, np.abs(want).max())
+    )
 
 
 def test_isa_names():
@@ -109,8 +121,10 @@ def test_every_half_and_bf16_bit_pattern_widens_exactly(isa):
     """x = 1 times each of the 65536 fp16 / bf16 values gives the value back (subnormals, inf, nan)."""
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
     one = np.ones((1, 1), np.float32)
-    for w, want in ((("fp16", bits.view(np.float16).reshape(-1, 1)), bits.view(np.float16).astype(np.float32)),
-                    (("bf16", bits.reshape(-1, 1)), bf16_bits_to_float32(bits))):
+    for w, want in (
+        (("fp16", bits.view(np.float16).reshape(-1, 1)), bits.view(np.float16).astype(np.float32)),
+        (("bf16", bits.reshape(-1, 1)), bf16_bits_to_float32(bits)),
+    ):
         got = _model._matmul(one, w, isa)[0]
         nan = np.isnan(want)
         np.testing.assert_array_equal(np.isnan(got), nan)
@@ -120,21 +134,37 @@ def test_every_half_and_bf16_bit_pattern_widens_exactly(isa):
 try:
     from hypothesis import given, settings
     from hypothesis import strategies as st
-except ImportError:      # hypothesis is in the test extra; without it this one test is skipped
+except ImportError:  # hypothesis is in the test extra; without it this one test is skipped
     given = None
 
 if given is not None:
+
     @settings(max_examples=40, deadline=None)
-    @given(T=st.integers(1, 140), H=st.integers(1, 3), N=st.integers(1, 20), seed=st.integers(0, 2**31),
-           lo=st.floats(-9, 4.5), span=st.floats(0, 3), per_head=st.booleans())
+    @given(
+        T=st.integers(1, 140),
+        H=st.integers(1, 3),
+        N=st.integers(1, 20),
+        seed=st.integers(0, 2**31),
+        lo=st.floats(-9, 4.5),
+        span=st.floats(0, 3),
+        per_head=st.booleans(),
+    )
     def test_wkv5_both_modes_match_reference_hypothesis(T, H, N, seed, lo, span, per_head):
         rng = np.random.default_rng(seed)
         r, k, v = rand(rng, T, H, N), rand(rng, T, H, N), rand(rng, T, H, N)
-        w = np.exp(-np.exp(rng.uniform(lo, lo + span, (H,) if per_head else (H, N)))).astype(np.float32)
+        w = np.exp(-np.exp(rng.uniform(lo, lo + span, (H,) if per_head else (H, N)))).astype(
+            np.float32
+        )
         u, S0 = rand(rng, H, N), rand(rng, H, N, N)
         wf = np.broadcast_to(w.reshape(H, -1), (H, N)).astype(np.float64)
-        yr, Sr = wkv_recurrent(r.astype(np.float64), k.astype(np.float64), v.astype(np.float64), wf,
-                               u.astype(np.float64), S0.astype(np.float64))
+        yr, Sr = wkv_recurrent(
+            r.astype(np.float64),
+            k.astype(np.float64),
+            v.astype(np.float64),
+            wf,
+            u.astype(np.float64),
+            S0.astype(np.float64),
+        )
         for mode in ("recurrent", "parallel"):
             y, S = rwkv5.ops.wkv5(r, k, v, w, u, S0, mode=mode)
             assert np.abs(y - yr).max() <= 1e-5 * max(1, np.abs(yr).max()) * np.sqrt(N)
@@ -148,6 +178,7 @@ def test_docstring_examples():
     import rwkv5.ops
     import rwkv5.reference
     import rwkv5.testing
+
     for mod in (rwkv5.ops, rwkv5.model, rwkv5.reference, rwkv5.testing):
         res = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert res.failed == 0 and res.attempted > 0, mod.__name__

@@ -20,7 +20,9 @@ def test_one_version_source():
 
     pyproject = (pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     project = pyproject.split("[project]", 1)[1].split("\n[", 1)[0]
-    assert not re.search(r"^version\s*=", project, re.M) and re.search(r'dynamic\s*=\s*\["version"\]', project)
+    assert not re.search(r"^version\s*=", project, re.M) and re.search(
+        r'dynamic\s*=\s*\["version"\]', project
+    )
     assert 'version = {attr = "rwkv5.__version__"}' in pyproject
     assert re.fullmatch(r"\d+\.\d+\.\d+([ab]\d+|rc\d+|\.dev\d+)?", rwkv5.__version__)
     assert version("rwkv5") == rwkv5.__version__
@@ -43,16 +45,22 @@ def test_building_without_library_headers_says_what_to_install(tmp_path):
         pytest.skip("no C compiler: the probe for <zstd.h> needs one")
     root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path), CC="cc -nostdinc")
-    r = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 1
-    assert ("development files of libzstd, zlib, libbz2, liblzma (zstd.h, libzstd.so, zlib.h, libz.so, bzlib.h, "
-            "libbz2.so, lzma.h, liblzma.so) were not found") in r.stderr
+    assert (
+        "development files of libzstd, zlib, libbz2, liblzma (zstd.h, libzstd.so, zlib.h, libz.so, bzlib.h, "
+        "libbz2.so, lzma.h, liblzma.so) were not found"
+    ) in r.stderr
     assert "apt-get install libzstd-dev zlib1g-dev libbz2-dev liblzma-dev pkg-config" in r.stderr
     assert "dnf install libzstd-devel zlib-devel bzip2-devel xz-devel" in r.stderr
     assert "Traceback" not in r.stderr
     # and with the headers where the compiler looks, the same command goes through
     env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -84,8 +92,11 @@ def test_extension_stubs_name_what_the_extensions_define():
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    stubs = {"rwkv5._model": "rwkv5/_model.pyi", "rwkv5.tokenizer._tokenizer": "tokenizer/_tokenizer.pyi",
-             "rwkv5.dataprep._dataprep": "dataprep/_dataprep.pyi"}
+    stubs = {
+        "rwkv5._model": "rwkv5/_model.pyi",
+        "rwkv5.tokenizer._tokenizer": "tokenizer/_tokenizer.pyi",
+        "rwkv5.dataprep._dataprep": "dataprep/_dataprep.pyi",
+    }
     for name, rel in stubs.items():
         tree = ast.parse((root / rel).read_text(), rel)
         declared = set()
@@ -94,7 +105,11 @@ def test_extension_stubs_name_what_the_extensions_define():
                 declared.add(node.name)
             elif isinstance(node, ast.AnnAssign):
                 declared.add(node.target.id)
-        declared = {n for n in declared if not (n.startswith("_") and n[1:2].isupper())}   # stub-only aliases
+        declared = {
+            n for n in declared if not (n.startswith("_") and n[1:2].isupper())
+        }  # stub-only aliases
         module = importlib.import_module(name)
         defined = {n for n in dir(module) if not n.startswith("__")}
-        assert declared == defined, f"{rel}: missing {sorted(defined - declared)}, stale {sorted(declared - defined)}"
+        assert declared == defined, (
+            f"{rel}: missing {sorted(defined - declared)}, stale {sorted(declared - defined)}"
+        )

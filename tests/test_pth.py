@@ -1,4 +1,5 @@
 """The torch-free .pth reader against files written by real torch.save and read by torch.load."""
+
 import zipfile
 
 import numpy as np
@@ -8,7 +9,15 @@ from rwkv5.formats.pth import PthFile, read_pth
 from rwkv5.formats.zipfile_reader import StoredZip
 from rwkv5.testing import random_state_dict
 
-from _loaders_util import assert_same_arrays, mmap_backed, dict_pkl, tensor_pkl, torch_load_np, write_pth, write_zip64
+from _loaders_util import (
+    assert_same_arrays,
+    mmap_backed,
+    dict_pkl,
+    tensor_pkl,
+    torch_load_np,
+    write_pth,
+    write_zip64,
+)
 
 torch = pytest.importorskip("torch", reason="torch (test extra) writes the reference .pth files")
 
@@ -24,9 +33,14 @@ def test_random_state_dict_equals_torch(tmp_path, dtype):
     torch.save(_random_sd(dtype), p)
     sd, kinds = read_pth(p)
     assert_same_arrays(sd, torch_load_np(p))
-    expect = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
+    expect = {
+        torch.float32: "fp32",
+        torch.bfloat16: "bf16",
+        torch.float16: "fp16",
+        torch.float64: "fp64",
+    }[dtype]
     assert set(kinds.values()) == {expect}
-    for a in sd.values():   # contiguous tensors are read-only views of the file's mmap
+    for a in sd.values():  # contiguous tensors are read-only views of the file's mmap
         assert mmap_backed(a) and not a.flags.writeable
 
 
@@ -44,11 +58,11 @@ def test_views_offsets_strides_parameters(tmp_path):
     base = torch.arange(40, dtype=torch.float16)
     w = torch.randn(6, 5)
     sd = {
-        "transposed": w.t(),                              # non-contiguous: materialised
-        "slice_a": base[3:13],                            # shared storage, offset 3
-        "slice_b": base[13:40].view(3, 9),                # same storage, offset 13
-        "strided": torch.randn(8, 6)[:, ::2],             # stride 2 in the last axis
-        "param": torch.nn.Parameter(torch.randn(3, 2)),   # _rebuild_parameter
+        "transposed": w.t(),  # non-contiguous: materialised
+        "slice_a": base[3:13],  # shared storage, offset 3
+        "slice_b": base[13:40].view(3, 9),  # same storage, offset 13
+        "strided": torch.randn(8, 6)[:, ::2],  # stride 2 in the last axis
+        "param": torch.nn.Parameter(torch.randn(3, 2)),  # _rebuild_parameter
         "scalar": torch.tensor(2.5, dtype=torch.float64),
         "empty": torch.zeros(0, 4),
         "bf16_T": torch.randn(4, 3).to(torch.bfloat16).t(),
@@ -67,8 +81,9 @@ def test_views_offsets_strides_parameters(tmp_path):
 
 def test_ordered_dict_and_any_top_folder(tmp_path):
     import collections
+
     sd = collections.OrderedDict((f"t{i}", torch.randn(i + 1)) for i in range(5))
-    for stem in ("my-model_v2", "wéird"):     # torch names the folder after the stem, or "archive"
+    for stem in ("my-model_v2", "wéird"):  # torch names the folder after the stem, or "archive"
         p = tmp_path / f"{stem}.pth"
         torch.save(sd, p)
         top = zipfile.ZipFile(p).namelist()[0].split("/")[0]
@@ -86,21 +101,25 @@ def test_zip64_archive_equals_torch(tmp_path):
         members = {i.filename: z.read(i) for i in z.infolist()}
     dst = tmp_path / "z64.pth"
     write_zip64(dst, members)
-    zf = StoredZip(dst, verify_crc=True)      # our reader takes every value from the ZIP64 fields
+    zf = StoredZip(dst, verify_crc=True)  # our reader takes every value from the ZIP64 fields
     assert set(zf.members) == set(members)
     assert all(zf.read(n) == d for n, d in members.items())
-    with zipfile.ZipFile(dst) as z:           # Python's reader agrees it is a valid archive
+    with zipfile.ZipFile(dst) as z:  # Python's reader agrees it is a valid archive
         assert {i.filename: z.read(i) for i in z.infolist()} == members
     ours = read_pth(dst)[0]
     assert_same_arrays(ours, torch_load_np(src))
-    assert_same_arrays(ours, torch_load_np(dst))   # and torch reads the rewritten file the same
+    assert_same_arrays(ours, torch_load_np(dst))  # and torch reads the rewritten file the same
 
 
 def test_handmade_pickle_matches_torch(tmp_path):
     """The test helpers' pickle is what torch writes: torch loads it too (guards the hostile tests)."""
     data = np.arange(12, dtype=np.float32)
-    pkl = dict_pkl([("a", tensor_pkl(numel=12, offset=2, size=(2, 5), stride=(5, 1))),
-                    ("b", tensor_pkl(numel=12, offset=0, size=(3, 4), stride=(1, 3)))])
+    pkl = dict_pkl(
+        [
+            ("a", tensor_pkl(numel=12, offset=2, size=(2, 5), stride=(5, 1))),
+            ("b", tensor_pkl(numel=12, offset=0, size=(3, 4), stride=(1, 3))),
+        ]
+    )
     p = tmp_path / "h.pth"
     write_pth(p, pkl, {"0": data.tobytes()})
     ours = read_pth(p)[0]
@@ -119,8 +138,10 @@ def test_trained_model_pth_files_equal_torch(tiny_files):
 
 def test_crc_checked_on_request(tmp_path):
     p = tmp_path / "c.pth"
-    torch.save({"x": torch.zeros(300_000)}, p)   # 1.2 MB: above the always-checked size
-    info = zipfile.ZipFile(p).getinfo(next(n for n in zipfile.ZipFile(p).namelist() if n.endswith("data/0")))
+    torch.save({"x": torch.zeros(300_000)}, p)  # 1.2 MB: above the always-checked size
+    info = zipfile.ZipFile(p).getinfo(
+        next(n for n in zipfile.ZipFile(p).namelist() if n.endswith("data/0"))
+    )
     raw = bytearray(p.read_bytes())
     # flip a data byte in the storage member (after its local header)
     zf = StoredZip(p)
@@ -128,7 +149,7 @@ def test_crc_checked_on_request(tmp_path):
     del zf
     raw[off] ^= 0xFF
     p.write_bytes(bytes(raw))
-    StoredZip(p)   # big members are not CRC-checked by default (lazy mmap)
+    StoredZip(p)  # big members are not CRC-checked by default (lazy mmap)
     with pytest.raises(ValueError, match="CRC-32 mismatch"):
         StoredZip(p, verify_crc=True)
 

@@ -1,5 +1,6 @@
 """Resource behaviour of the bindings: no reference or memory growth over repeated calls, hostile
 sizes refused before any allocation, and bounded peak memory on hostile files."""
+
 import gc
 import json
 import os
@@ -33,7 +34,9 @@ def _rss_kib():
 
 @pytest.fixture(scope="module")
 def model():
-    return rwkv5.Model.from_state_dict(random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=300, seed=4))
+    return rwkv5.Model.from_state_dict(
+        random_state_dict(n_layer=2, n_embd=64, head_size=16, vocab_size=300, seed=4)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,7 @@ def _no_growth(fn, inputs, warm=30, iters=300, traced_tol=64 * 1024, rss_tol_kib
 
 # -- leak loops -------------------------------------------------------------------------------
 
+
 def test_model_calls_do_not_leak(model):
     toks = list(range(50))
     arr = np.arange(50, dtype=np.int64) % 300
@@ -77,11 +81,12 @@ def test_model_calls_do_not_leak(model):
     _no_growth(lambda: model.new_state(), [])
     _no_growth(lambda: model.new_state(batch=3), [])
     # errors on bad input release everything too
-    bad = [0, 1, 10 ** 6]
+    bad = [0, 1, 10**6]
 
     def bad_call():
         with pytest.raises(ValueError):
             model.forward(bad)
+
     _no_growth(bad_call, [bad])
 
 
@@ -100,15 +105,18 @@ def test_ops_do_not_leak():
         "group_norm": (lambda: rwkv5.ops.group_norm(x, wt, b, 4), [x, wt, b]),
         "wkv5": (lambda: rwkv5.ops.wkv5(r, k, v, w, u, S), [r, k, v, w, u, S]),
     }
-    assert sorted(calls) == sorted(rwkv5.ops.__all__), "a public op is not covered by this leak test"
+    assert sorted(calls) == sorted(rwkv5.ops.__all__), (
+        "a public op is not covered by this leak test"
+    )
     for fn, inputs in calls.values():
-        fn()   # a wrong call fails the test here instead of being skipped
+        fn()  # a wrong call fails the test here instead of being skipped
         _no_growth(fn, inputs)
     _no_growth(lambda: rwkv5.ops.wkv5(r, k, v, w, u, S, mode="parallel"), [r, k, v, w, u, S])
 
     def bad():
         with pytest.raises(ValueError):
             rwkv5.ops.layer_norm(x, wt[:3], b)
+
     _no_growth(bad, [x, wt, b])
 
 
@@ -127,17 +135,20 @@ def test_tokenizer_calls_do_not_leak(tok):
     def bad_batch():
         with pytest.raises(TypeError):
             tok.encode_batch(texts + [5], as_numpy=True)
+
     _no_growth(bad_batch, [texts] + texts)
 
     def stream():
         d = tok.stream_decoder()
         d.feed_many(ids)
         d.flush()
+
     _no_growth(stream, [ids])
 
     def bad():
         with pytest.raises((ValueError, TypeError, OverflowError)):
             tok.decode([1, -5])
+
     _no_growth(bad, [])
 
 
@@ -154,9 +165,11 @@ def test_dataprep_calls_do_not_leak(tmp_path):
     def bad_frame():
         with pytest.raises(ValueError):
             _dataprep.zstd_decompress(frame[:-3], len(data))
+
     _no_growth(bad_frame, [frame])
 
     from rwkv5.dataprep import build
+
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": f"doc {i} текст"}) + "\n" for i in range(50)))
     k = [0]
@@ -166,14 +179,26 @@ def test_dataprep_calls_do_not_leak(tmp_path):
         d = tmp_path / f"o{k[0]}"
         d.mkdir()
         build([str(src)], str(d / "train"))
+
     _no_growth(one_build, [], warm=3, iters=20, traced_tol=256 * 1024)
 
 
 # -- hostile sizes ----------------------------------------------------------------------------
 
+
 def _zst_header(n_docs, n_tokens, n_frames, index_offset, frame_tokens):
-    head = struct.pack("<8sIIQQQQQI", b"RWKV5ZST", 1, 8, n_docs, n_tokens, n_frames, index_offset,
-                       frame_tokens, 65536)
+    head = struct.pack(
+        "<8sIIQQQQQI",
+        b"RWKV5ZST",
+        1,
+        8,
+        n_docs,
+        n_tokens,
+        n_frames,
+        index_offset,
+        frame_tokens,
+        65536,
+    )
     return head + struct.pack("<I", _dataprep.crc32c(head))
 
 
@@ -184,8 +209,12 @@ def _hostile_zst(path, frame_tokens=1 << 40):
     index_offset = ZST_HEADER_SIZE + len(comp)
     index = struct.pack("<QQ", ZST_HEADER_SIZE, len(comp)) + struct.pack("<QQ", 0, n_tokens)
     with open(path, "wb") as f:
-        f.write(_zst_header(1, n_tokens, 1, index_offset, frame_tokens) + comp + index
-                + struct.pack("<I", _dataprep.crc32c(index)))
+        f.write(
+            _zst_header(1, n_tokens, 1, index_offset, frame_tokens)
+            + comp
+            + index
+            + struct.pack("<I", _dataprep.crc32c(index))
+        )
 
 
 def test_zst_shard_frame_claiming_huge_size_is_refused(tmp_path):
@@ -214,7 +243,7 @@ def test_binidx_header_with_huge_counts(tmp_path, n, docs):
         BinIdx(str(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("shape", [[2 ** 32, 2 ** 32], [2 ** 62, 4], [2 ** 64, 1], [3] * 40 + [2 ** 20]])
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [2**62, 4], [2**64, 1], [3] * 40 + [2**20]])
 def test_safetensors_shape_product_overflow(tmp_path, shape):
     hdr = json.dumps({"x": {"dtype": "F32", "shape": shape, "data_offsets": [0, 16]}}).encode()
     p = tmp_path / "o.safetensors"
@@ -224,20 +253,22 @@ def test_safetensors_shape_product_overflow(tmp_path, shape):
 
 
 def test_vocab_with_huge_length_column(tmp_path):
-    lines = [f"{i + 1} {bytes([i])!r} 1" for i in range(256)] + [f"257 'ab' {2 ** 40}"]
+    lines = [f"{i + 1} {bytes([i])!r} 1" for i in range(256)] + [f"257 'ab' {2**40}"]
     p = tmp_path / "v.txt"
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="byte length"):
         WorldTokenizer(p)
 
 
-@pytest.mark.parametrize("field,value", [(3, 2 ** 31 - 1), (2, 2 ** 31 - 1), (4, 2 ** 31 - 1), (3, -5)])
+@pytest.mark.parametrize("field,value", [(3, 2**31 - 1), (2, 2**31 - 1), (4, 2**31 - 1), (3, -5)])
 def test_rwkvcpp_header_with_huge_dims(tmp_path, field, value):
     hdr = [0x67676D66, 101, 256, 64, 2, 0]
     hdr[field] = value
     p = tmp_path / "h.bin"
     key = b"emb.weight"
-    p.write_bytes(struct.pack("<6i", *hdr) + struct.pack("<5i", 2, len(key), 0, 64, 256) + key + b"\0" * 64)
+    p.write_bytes(
+        struct.pack("<6i", *hdr) + struct.pack("<5i", 2, len(key), 0, 64, 256) + key + b"\0" * 64
+    )
     with pytest.raises(ValueError):
         read_rwkvcpp(p)
 
@@ -269,24 +300,36 @@ def test_hostile_files_peak_memory_is_bounded(tmp_path):
     files = {}
     _hostile_zst(tmp_path / "h.zst", frame_tokens=1 << 33)
     files["zst"] = tmp_path / "h.zst"
-    hdr = json.dumps({"x": {"dtype": "F32", "shape": [1 << 30, 1 << 30], "data_offsets": [0, 8]}}).encode()
+    hdr = json.dumps(
+        {"x": {"dtype": "F32", "shape": [1 << 30, 1 << 30], "data_offsets": [0, 8]}}
+    ).encode()
     (tmp_path / "h.safetensors").write_bytes(struct.pack("<Q", len(hdr)) + hdr + b"\0" * 8)
     files["safetensors"] = tmp_path / "h.safetensors"
     key = b"emb.weight"
-    (tmp_path / "h.bin").write_bytes(struct.pack("<6i", 0x67676D66, 101, 2 ** 31 - 1, 2 ** 31 - 1, 1, 0)
-                                     + struct.pack("<5i", 2, len(key), 0, 2 ** 31 - 1, 2 ** 31 - 1) + key)
+    (tmp_path / "h.bin").write_bytes(
+        struct.pack("<6i", 0x67676D66, 101, 2**31 - 1, 2**31 - 1, 1, 0)
+        + struct.pack("<5i", 2, len(key), 0, 2**31 - 1, 2**31 - 1)
+        + key
+    )
     files["rwkvcpp"] = tmp_path / "h.bin"
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from _loaders_util import dict_pkl, tensor_pkl, write_pth
+
     pkl = dict_pkl([("a", tensor_pkl(numel=1 << 40, size=(1 << 20, 1 << 20), stride=(1 << 20, 1)))])
     write_pth(tmp_path / "h.pth", pkl, {"0": b"\0" * 64})
     files["pth"] = tmp_path / "h.pth"
-    (tmp_path / "v.txt").write_text("".join(f"{i + 1} {bytes([i])!r} 1\n" for i in range(256))
-                                    + f"257 'ab' {2 ** 40}\n")
+    (tmp_path / "v.txt").write_text(
+        "".join(f"{i + 1} {bytes([i])!r} 1\n" for i in range(256)) + f"257 'ab' {2**40}\n"
+    )
     files["vocab"] = tmp_path / "v.txt"
     for kind, path in files.items():
-        p = subprocess.run([sys.executable, "-c", _PEAK, kind, str(path)], capture_output=True, text=True,
-                           cwd=ROOT, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-c", _PEAK, kind, str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
         assert p.returncode == 0, (kind, p.stderr[-2000:])
         assert "REFUSED" in p.stdout, (kind, p.stdout)
         growth = int(p.stdout.split("GROWTH_KIB")[1])

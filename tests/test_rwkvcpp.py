@@ -1,4 +1,5 @@
 """rwkv.cpp .bin reader (docs/model.md §7.3) and the trained tiny fixture end to end."""
+
 import struct
 
 import numpy as np
@@ -8,7 +9,7 @@ import rwkv5
 from rwkv5.formats.rwkvcpp import read_rwkvcpp
 from rwkv5.reference import ReferenceModel
 
-PROMPT = [34, 105, 110]   # '"', 'i', 'n'
+PROMPT = [34, 105, 110]  # '"', 'i', 'n'
 
 
 def expected(fixtures_dir):
@@ -20,7 +21,9 @@ def test_fp32_fixture_reproduces_expected_logits(fixtures_dir, mode):
     sd, info = read_rwkvcpp(fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin")
     assert info["gn_eps"] == 1e-5 and info["n_layer"] == 12 and info["data_type"] == "FP32"
     model = rwkv5.Model.from_state_dict(sd, gn_eps=info["gn_eps"])
-    assert model.config.version == "5.2" and model.config.head_size == 8 and model.config.n_head == 8
+    assert (
+        model.config.version == "5.2" and model.config.head_size == 8 and model.config.n_head == 8
+    )
     logits, _ = model.forward(PROMPT, mode=mode)
     assert logits.shape == (256,) and logits.dtype == np.float32
     assert np.abs(logits - expected(fixtures_dir)).max() <= 1e-4
@@ -72,7 +75,7 @@ def _raw_tensors(path):
         off += 12
         shape = struct.unpack_from(f"<{nd}i", data, off)[::-1]
         off += 4 * nd
-        key = data[off:off + kl].decode()
+        key = data[off : off + kl].decode()
         off += kl
         dt = np.float32 if tt == 0 else np.float16
         n = int(np.prod(shape))
@@ -107,7 +110,11 @@ def test_bad_magic_version_type_truncation(tmp_path):
     _write(p, good, [("emb.weight", 0, (5, 2), b"\0" * 40)])
     with pytest.raises(ValueError, match="header says"):
         read_rwkvcpp(p)
-    _write(p, good, [("emb.weight", 0, (4, 2), emb.tobytes()), ("emb.weight", 0, (4, 2), emb.tobytes())])
+    _write(
+        p,
+        good,
+        [("emb.weight", 0, (4, 2), emb.tobytes()), ("emb.weight", 0, (4, 2), emb.tobytes())],
+    )
     with pytest.raises(ValueError, match="twice"):
         read_rwkvcpp(p)
     _write(p, (0x67676D66, 99, 4, 2, 1, 0), [])
@@ -116,7 +123,9 @@ def test_bad_magic_version_type_truncation(tmp_path):
     _write(p, good, [("emb.weight", 5, (4, 2), b"\0" * 40)])
     with pytest.raises(ValueError, match=r"data type 5 \(Q4_2\)"):
         read_rwkvcpp(p)
-    _write(p, good, [("emb.weight", 9, (4, 2), b"\0" * 40)])   # Q8_0 rows must be whole 32-weight blocks
+    _write(
+        p, good, [("emb.weight", 9, (4, 2), b"\0" * 40)]
+    )  # Q8_0 rows must be whole 32-weight blocks
     with pytest.raises(ValueError, match="'emb.weight' is Q8_0 with shape"):
         read_rwkvcpp(p)
     _write(p, good, [("emb.weight", 0, (4, 2), emb.tobytes()[:20])])
@@ -125,7 +134,9 @@ def test_bad_magic_version_type_truncation(tmp_path):
     # 2^64 elements: the count must not wrap around to 0 (np.prod did), which made the read a bare
     # NumPy reshape error instead of this one
     _write(p, good, [("emb.weight", 0, (65536, 65536, 65536, 65536), emb.tobytes())])
-    with pytest.raises(ValueError, match=r"m\.bin.*truncated: tensor 'emb.weight' needs 73786976294838206464 bytes"):
+    with pytest.raises(
+        ValueError, match=r"m\.bin.*truncated: tensor 'emb.weight' needs 73786976294838206464 bytes"
+    ):
         read_rwkvcpp(p)
     p.write_bytes(b"\x66\x6d\x67\x67")
     with pytest.raises(ValueError, match="too short"):
@@ -161,16 +172,26 @@ def _to_rwkvcpp(path, sd, ftype=0):
     return "5v2" if gated else "5v1"
 
 
-@pytest.mark.parametrize("version,time_first,ftype", [("5.2", False, 0), ("5.2", False, 1), ("5.0", True, 0)])
+@pytest.mark.parametrize(
+    "version,time_first,ftype", [("5.2", False, 0), ("5.2", False, 1), ("5.0", True, 0)]
+)
 def test_converted_files_round_trip(tmp_path, version, time_first, ftype):
     from rwkv5.testing import random_state_dict
-    sd = random_state_dict(version, n_layer=2, n_embd=32, head_size=8, seed=4, time_first=time_first)
+
+    sd = random_state_dict(
+        version, n_layer=2, n_embd=32, head_size=8, seed=4, time_first=time_first
+    )
     kind = _to_rwkvcpp(tmp_path / "m.bin", sd, ftype)
     back, info = read_rwkvcpp(tmp_path / "m.bin")
     assert info["rwkvcpp_arch"] == kind and info["data_type"] == ("FP16" if ftype else "FP32")
-    assert "blocks.0.att.time_first" not in back and back["blocks.1.att.time_faaaa"].ndim == (2 if version == "5.2" else 1)
-    np.testing.assert_allclose(back["blocks.1.att.time_decay"], sd["blocks.1.att.time_decay"].reshape(
-        back["blocks.1.att.time_decay"].shape), atol=2e-5)
+    assert "blocks.0.att.time_first" not in back and back["blocks.1.att.time_faaaa"].ndim == (
+        2 if version == "5.2" else 1
+    )
+    np.testing.assert_allclose(
+        back["blocks.1.att.time_decay"],
+        sd["blocks.1.att.time_decay"].reshape(back["blocks.1.att.time_decay"].shape),
+        atol=2e-5,
+    )
     model = rwkv5.Model.from_state_dict(back)
     assert model.config.version == version
     want, _ = ReferenceModel(sd).forward([1, 2, 3, 4])
@@ -192,6 +213,6 @@ def test_fixture_matrices_are_used_in_place(request, source, n_matrices):
     used = [a for a in model._weights.values() if a.ndim == 2]
     mats = [k for k, v in sd.items() if v.ndim == 2 and ".time_" not in k]
     assert len(used) == len(mats) == n_matrices
-    assert any(not sd[k].flags.aligned for k in mats)      # the file really has unaligned tensors
+    assert any(not sd[k].flags.aligned for k in mats)  # the file really has unaligned tensors
     for k in mats:
         assert any(u is sd[k] for u in used), k

@@ -3,6 +3,7 @@
 Runs only when RWKV_CPP_LIB points at a build of rwkv.cpp's librwkv.so (docs/performance.md, "rwkv.cpp
 side by side"); rwkv.cpp is not a dependency and CI has no build of it.
 """
+
 import os
 
 import numpy as np
@@ -15,7 +16,9 @@ from benchmarks import bench_rwkvcpp  # noqa: E402
 from benchmarks.rwkvcpp_peer import ENV, Library, library_path  # noqa: E402
 
 LIB = library_path()
-needs_lib = pytest.mark.skipif(LIB is None, reason=f"{ENV} is not set (no rwkv.cpp build to compare with)")
+needs_lib = pytest.mark.skipif(
+    LIB is None, reason=f"{ENV} is not set (no rwkv.cpp build to compare with)"
+)
 TOKENS = list(range(1, 40))
 
 

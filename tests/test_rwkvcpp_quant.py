@@ -1,6 +1,7 @@
 """rwkv.cpp's quantised files (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): the block dequantizer on blocks built
 here with known values, the reader on synthetic and hostile files, and the trained fixture in all
 five kinds against the logits rwkv.cpp computes on them."""
+
 import math
 import struct
 
@@ -8,13 +9,19 @@ import numpy as np
 import pytest
 
 import rwkv5
-from rwkv5.formats.rwkvcpp import (BLOCK_FORMATS, QK, QuantizedTensor, dequantize_blocks,
-                                   dequantize_blocks_numpy, read_rwkvcpp)
+from rwkv5.formats.rwkvcpp import (
+    BLOCK_FORMATS,
+    QK,
+    QuantizedTensor,
+    dequantize_blocks,
+    dequantize_blocks_numpy,
+    read_rwkvcpp,
+)
 from rwkv5.reference import ReferenceModel
 
 KINDS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 TYPE_ID = {name: t for t, (name, _, _) in BLOCK_FORMATS.items()}
-PROMPT = [34, 105, 110]   # '"', 'i', 'n'
+PROMPT = [34, 105, 110]  # '"', 'i', 'n'
 DEQUANTIZERS = [dequantize_blocks, dequantize_blocks_numpy]
 
 
@@ -42,13 +49,14 @@ def _pack(kind, q):
 
 # -- the dequantizer on blocks with known values -----------------------------------------------------
 
+
 @pytest.mark.parametrize("deq", DEQUANTIZERS, ids=["C", "numpy"])
 def test_q4_0_known_block(deq):
     b = _blocks("Q4_0", 1)
-    b["d"] = _half(0x3800)                       # 0.5
-    q = np.arange(32) % 16                       # weights 0..15, then 0..15 again
+    b["d"] = _half(0x3800)  # 0.5
+    q = np.arange(32) % 16  # weights 0..15, then 0..15 again
     b["qs"] = _pack("Q4_0", q[None])["qs"]
-    assert b["qs"][0, 3] == 0x33                 # byte 3: weight 3 (low) and weight 19 (high)
+    assert b["qs"][0, 3] == 0x33  # byte 3: weight 3 (low) and weight 19 (high)
     np.testing.assert_array_equal(deq(b, "Q4_0"), 0.5 * (q - 8))
     assert deq(b, "Q4_0")[0] == -4.0 and deq(b, "Q4_0")[31] == 3.5
 
@@ -57,21 +65,21 @@ def test_q4_0_known_block(deq):
 def test_fp16_scales_convert_exactly(deq):
     """d read as IEEE half: normal, negative, subnormal (2^-24), the largest half, negative zero."""
     bits = [0x3C00, 0xC000, 0x3555, 0x0001, 0x7BFF, 0x8000]
-    want_d = [1.0, -2.0, 0.333251953125, 2.0 ** -24, 65504.0, -0.0]
+    want_d = [1.0, -2.0, 0.333251953125, 2.0**-24, 65504.0, -0.0]
     b = _blocks("Q8_0", len(bits))
     b["d"] = np.array(bits, np.uint16).view(np.float16)
     b["qs"] = np.tile(np.arange(-16, 16, dtype=np.int8), (len(bits), 1))
     w = deq(b, 9).reshape(len(bits), 32)
     for i, d in enumerate(want_d):
         np.testing.assert_array_equal(w[i], np.float32(d) * np.arange(-16, 16, dtype=np.float32))
-    assert w[0, 0] == -16.0 and w[3, 31] == 15 * 2.0 ** -24 and w[4, 0] == -16 * 65504.0
+    assert w[0, 0] == -16.0 and w[3, 31] == 15 * 2.0**-24 and w[4, 0] == -16 * 65504.0
 
 
 @pytest.mark.parametrize("deq", DEQUANTIZERS, ids=["C", "numpy"])
 def test_q4_1_scale_and_minimum(deq):
     b = _blocks("Q4_1", 2)
-    b["d"] = [_half(0x4000), _half(0x3400)]      # 2.0, 0.25
-    b["m"] = [_half(0xBC00), _half(0x3E00)]      # -1.0, 1.5
+    b["d"] = [_half(0x4000), _half(0x3400)]  # 2.0, 0.25
+    b["m"] = [_half(0xBC00), _half(0x3E00)]  # -1.0, 1.5
     q = np.stack([np.arange(32) % 16, 15 - np.arange(32) % 16])
     b["qs"] = _pack("Q4_1", q)["qs"]
     w = deq(b, "Q4_1").reshape(2, 32)
@@ -102,7 +110,7 @@ def test_q5_fifth_bit_packing(deq):
             b[k] = v
         want = d * (q - 16) if m is None else d * q + m
         np.testing.assert_array_equal(deq(b, kind).reshape(32, 32), want.astype(np.float32))
-    assert deq(b, "Q5_1").reshape(32, 32)[0, 5] == 2.0 * 3 + 0.25   # q = 35 % 32 = 3
+    assert deq(b, "Q5_1").reshape(32, 32)[0, 5] == 2.0 * 3 + 0.25  # q = 35 % 32 = 3
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -143,10 +151,13 @@ def test_non_finite_scale_is_refused(kind, deq):
     b = _blocks(kind, 40)
     b["d"] = 1.0
     field = "m" if "m" in b.dtype.names else "d"
-    b[field][37:38] = np.array([0x7C00], np.uint16).view(np.float16)   # +inf
-    with pytest.raises(ValueError, match=rf"where: {kind} block 37 has a non-finite scale {field} \(fp16 bits 0x7c00\)"):
+    b[field][37:38] = np.array([0x7C00], np.uint16).view(np.float16)  # +inf
+    with pytest.raises(
+        ValueError,
+        match=rf"where: {kind} block 37 has a non-finite scale {field} \(fp16 bits 0x7c00\)",
+    ):
         deq(b, kind, where="where")
-    b[field][37:38] = np.array([0x7E00], np.uint16).view(np.float16)   # NaN
+    b[field][37:38] = np.array([0x7E00], np.uint16).view(np.float16)  # NaN
     with pytest.raises(ValueError, match="block 37"):
         deq(b, kind)
 
@@ -165,6 +176,7 @@ def test_dequantizer_argument_errors():
 
 # -- synthetic files ----------------------------------------------------------------------------------
 
+
 def _quantize(w, kind):
     """A simple quantizer for tests (not rwkv.cpp's): blocks of 32 along rows."""
     x = np.asarray(w, np.float32).reshape(-1, QK)
@@ -174,7 +186,11 @@ def _quantize(w, kind):
         levels = 15 if kind == "Q4_1" else 31
         d = ((hi - lo) / levels).astype(np.float16)
         b["m"] = lo.astype(np.float16)
-        q = np.clip(np.rint((x - b["m"].astype(np.float32)[:, None]) / np.where(d == 0, 1, d)[:, None]), 0, levels)
+        q = np.clip(
+            np.rint((x - b["m"].astype(np.float32)[:, None]) / np.where(d == 0, 1, d)[:, None]),
+            0,
+            levels,
+        )
     else:
         half = {"Q4_0": 8, "Q5_0": 16, "Q8_0": 127}[kind]
         d = (np.abs(x).max(1) / (half - 1 if kind != "Q8_0" else half)).astype(np.float16)
@@ -193,7 +209,17 @@ def _write_file(path, sd, kind, version=101, header_type=None):
     V, C = sd["emb.weight"].shape
     L = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     with open(path, "wb") as f:
-        f.write(struct.pack("<6i", 0x67676D66, version, V, C, L, TYPE_ID[kind] if header_type is None else header_type))
+        f.write(
+            struct.pack(
+                "<6i",
+                0x67676D66,
+                version,
+                V,
+                C,
+                L,
+                TYPE_ID[kind] if header_type is None else header_type,
+            )
+        )
         for k, v in sd.items():
             v = np.asarray(v, np.float64)
             if k.endswith("time_decay"):
@@ -205,7 +231,11 @@ def _write_file(path, sd, kind, version=101, header_type=None):
             quant = v.ndim == 2 and k not in ("emb.weight", "head.weight")
             payload = _quantize(v, kind).tobytes() if quant else v.astype(np.float32).tobytes()
             kb = k.encode()
-            f.write(struct.pack(f"<3i{v.ndim}i", v.ndim, len(kb), TYPE_ID[kind] if quant else 0, *v.shape[::-1]))
+            f.write(
+                struct.pack(
+                    f"<3i{v.ndim}i", v.ndim, len(kb), TYPE_ID[kind] if quant else 0, *v.shape[::-1]
+                )
+            )
             f.write(kb + payload)
 
 
@@ -214,17 +244,26 @@ def test_synthetic_quantized_file_matches_reference(tmp_path, kind):
     """A random 5.2 model written as a quantised rwkv.cpp file: the model equals the float64
     reference fed the dequantized weights, in both modes, with no fixture needed."""
     from rwkv5.testing import random_state_dict
+
     sd = random_state_dict("5.2", n_layer=2, n_embd=64, head_size=16, seed=7)
     p = tmp_path / f"m-{kind}.bin"
     _write_file(p, sd, kind)
     back, info = read_rwkvcpp(p)
     assert info["quantized"] == [kind] and info["data_type"] == kind
     w = back["blocks.1.ffn.key.weight"]
-    assert isinstance(w, QuantizedTensor) and w.kind == kind and w.shape == sd["blocks.1.ffn.key.weight"].shape
+    assert (
+        isinstance(w, QuantizedTensor)
+        and w.kind == kind
+        and w.shape == sd["blocks.1.ffn.key.weight"].shape
+    )
     assert w.dtype == np.float32 and w.ndim == 2 and w.size == math.prod(w.shape)
     # the dequantized matrix is the test quantizer's blocks, and near the original weights
-    np.testing.assert_array_equal(np.asarray(w), dequantize_blocks_numpy(
-        _quantize(sd["blocks.1.ffn.key.weight"], kind), kind).reshape(w.shape))
+    np.testing.assert_array_equal(
+        np.asarray(w),
+        dequantize_blocks_numpy(_quantize(sd["blocks.1.ffn.key.weight"], kind), kind).reshape(
+            w.shape
+        ),
+    )
     assert np.abs(np.asarray(w) - sd["blocks.1.ffn.key.weight"]).max() < 0.2
     model = rwkv5.load(p, gn_eps=1e-5)
     assert model.config.dtype == "fp32"
@@ -238,7 +277,11 @@ def _one_tensor_file(path, key, ttype, shape, payload, version=101):
     """A file holding emb.weight (4, 64) in FP32, then tensor `key` (the reader requires emb)."""
     with open(path, "wb") as f:
         f.write(struct.pack("<6i", 0x67676D66, version, 4, 64, 1, ttype))
-        tensors = [("emb.weight", 0, (4, 64), np.zeros(256, np.float32).tobytes())] if key != "emb.weight" else []
+        tensors = (
+            [("emb.weight", 0, (4, 64), np.zeros(256, np.float32).tobytes())]
+            if key != "emb.weight"
+            else []
+        )
         for k, t, sh, data in tensors + [(key, ttype, shape, payload)]:
             kb = k.encode()
             f.write(struct.pack(f"<3i{len(sh)}i", len(sh), len(kb), t, *sh[::-1]) + kb + data)
@@ -256,18 +299,22 @@ def test_hostile_quantized_tensors(tmp_path, kind):
     # block data cut short, by one byte and by a whole block
     for cut in (1, bsize, len(good)):
         _one_tensor_file(p, key, t, (64, 64), good[:-cut])
-        with pytest.raises(ValueError, match=rf"{name}.*truncated: tensor '{key}' needs {len(good)} bytes"):
+        with pytest.raises(
+            ValueError, match=rf"{name}.*truncated: tensor '{key}' needs {len(good)} bytes"
+        ):
             read_rwkvcpp(p)
     # rows that are not whole blocks
-    _one_tensor_file(p, key, t, (64, 48), good[:64 * 48 // 32 * bsize])
-    with pytest.raises(ValueError, match=rf"{name}.*tensor '{key}' is {kind} with shape \(64, 48\): its rows of 48"):
+    _one_tensor_file(p, key, t, (64, 48), good[: 64 * 48 // 32 * bsize])
+    with pytest.raises(
+        ValueError, match=rf"{name}.*tensor '{key}' is {kind} with shape \(64, 48\): its rows of 48"
+    ):
         read_rwkvcpp(p)
     # a 1-D tensor of 31 weights
     _one_tensor_file(p, key, t, (31,), good[:bsize])
     with pytest.raises(ValueError, match="not a whole number of 32-weight blocks"):
         read_rwkvcpp(p)
     # sizes whose element count overflows 64 bits are "truncated", not a wrap-around
-    _one_tensor_file(p, key, t, (2 ** 31 - 1, 2 ** 31 - 1, 2 ** 31 - 1, 32 * 2 ** 20), good)
+    _one_tensor_file(p, key, t, (2**31 - 1, 2**31 - 1, 2**31 - 1, 32 * 2**20), good)
     with pytest.raises(ValueError, match="truncated"):
         read_rwkvcpp(p)
     # version 100 files used ggml's older block layouts
@@ -276,10 +323,12 @@ def test_hostile_quantized_tensors(tmp_path, kind):
         read_rwkvcpp(p)
     # a non-finite scale: the error names the file, the tensor and the block, when the tensor is used
     bad = bytearray(good)
-    bad[5 * bsize:5 * bsize + 2] = struct.pack("<H", 0xFC00)    # d of block 5 = -inf
+    bad[5 * bsize : 5 * bsize + 2] = struct.pack("<H", 0xFC00)  # d of block 5 = -inf
     _one_tensor_file(p, key, t, (64, 64), bytes(bad))
     sd, _ = read_rwkvcpp(p)
-    with pytest.raises(ValueError, match=rf"{name}.*tensor '{key}': {kind} block 5 has a non-finite scale d"):
+    with pytest.raises(
+        ValueError, match=rf"{name}.*tensor '{key}': {kind} block 5 has a non-finite scale d"
+    ):
         np.asarray(sd[key])
 
 
@@ -304,6 +353,7 @@ def test_quantized_vectors_are_dequantized_eagerly(tmp_path):
 
 # -- the trained fixture in all five kinds ------------------------------------------------------------
 
+
 def _fixture(fixtures_dir, kind):
     cpp = np.fromfile(fixtures_dir / f"rwkvcpp-logits-5v2-730K-{kind}.bin", dtype="<f4")
     fp32 = np.fromfile(fixtures_dir / "expected-logits-5v2-730K.bin", dtype="<f4")
@@ -318,7 +368,7 @@ def test_fixture_closer_to_rwkvcpp_than_its_quantization_error(fixtures_dir, kin
     path, cpp, fp32 = _fixture(fixtures_dir, kind)
     sd, info = read_rwkvcpp(path)
     assert info["data_type"] == kind and info["quantized"] == [kind]
-    assert sum(isinstance(a, QuantizedTensor) for a in sd.values()) == 96   # 12 layers x 8 matrices
+    assert sum(isinstance(a, QuantizedTensor) for a in sd.values()) == 96  # 12 layers x 8 matrices
     ref, _ = ReferenceModel(sd, gn_eps=1e-5).forward(PROMPT)
     model = rwkv5.load(path, gn_eps=1e-5)
     assert model.config.dtype == "fp32"
@@ -353,13 +403,17 @@ def test_fixture_converts_to_other_dtypes(fixtures_dir, dtype):
     """dtype= converts the dequantized weights as for any checkpoint: int8 re-quantizes per row."""
     from rwkv5.loading import convert_array
     from rwkv5.model import quantize_int8
+
     path, cpp, fp32 = _fixture(fixtures_dir, "Q5_1")
     sd, _ = read_rwkvcpp(path)
     model = rwkv5.load(path, dtype=dtype)
     assert model.config.dtype == dtype
     # the model converts every matrix (head and emb too, but int8 keeps emb as it is)
-    mats = {k: np.asarray(v) for k, v in sd.items() if np.ndim(v) == 2 and ".time_" not in k
-            and not (dtype == "int8" and k == "emb.weight")}
+    mats = {
+        k: np.asarray(v)
+        for k, v in sd.items()
+        if np.ndim(v) == 2 and ".time_" not in k and not (dtype == "int8" and k == "emb.weight")
+    }
     if dtype == "fp16":
         conv = {k: convert_array(v, "fp32", "fp16") for k, v in mats.items()}
     else:
@@ -375,6 +429,7 @@ def test_fixture_converts_to_other_dtypes(fixtures_dir, dtype):
 
 def test_fixture_convert_cli_keeps_the_dequantized_weights(tmp_path, fixtures_dir):
     from rwkv5.__main__ import main as cli_main
+
     src = fixtures_dir / "tiny-rwkv-5v2-730K-Q4_0.bin"
     out = tmp_path / "q4.safetensors"
     assert cli_main(["convert", str(src), str(out), "--dtype", "fp32"]) == 0
@@ -389,20 +444,25 @@ def _mapped_rss_kb(path):
     with open("/proc/self/smaps") as f:
         for line in f:
             head = line.split()
-            if head and "-" in head[0] and len(head[0]) > 8 and ":" not in head[0]:   # a mapping's first line
+            if (
+                head and "-" in head[0] and len(head[0]) > 8 and ":" not in head[0]
+            ):  # a mapping's first line
                 inside = line.rstrip().endswith(str(path))
             elif inside and line.startswith("Rss:"):
                 total += int(head[1])
     return total
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps (Linux)")
+@pytest.mark.skipif(
+    not __import__("os").path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps (Linux)"
+)
 @pytest.mark.parametrize("dtype", [None, "int8"])
 def test_dequantized_blocks_leave_the_process(tmp_path, dtype):
     """Once a quantised matrix is dequantized and converted, its blocks' pages of the file mmap are
     released (as for any copied matrix), so a model does not hold the file on top of its own
     weights. Matrices of 256 x 896 so that each spans whole pages."""
     from rwkv5.testing import random_state_dict
+
     sd = random_state_dict("5.2", n_layer=2, n_embd=256, head_size=64, vocab_size=64, seed=1)
     p = tmp_path / "q.bin"
     _write_file(p, sd, "Q8_0")
@@ -423,7 +483,18 @@ def test_fixture_loads_without_mmap(fixtures_dir):
 
 def test_convert_names_the_quantized_source_kind(fixtures_dir, tmp_path, capsys):
     from rwkv5.__main__ import main
-    assert main(["convert", str(fixtures_dir / "tiny-rwkv-5v2-730K-Q5_1.bin"), str(tmp_path / "o.safetensors"),
-                 "--dtype", "fp16"]) == 0
+
+    assert (
+        main(
+            [
+                "convert",
+                str(fixtures_dir / "tiny-rwkv-5v2-730K-Q5_1.bin"),
+                str(tmp_path / "o.safetensors"),
+                "--dtype",
+                "fp16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Q5_1 (dequantized) -> fp16" in out, out

@@ -1,4 +1,5 @@
 """write_rwkvcpp: an RWKV-5.2 state dict -> rwkv.cpp `.bin` (FP32/FP16), the inverse of read_rwkvcpp."""
+
 import numpy as np
 import pytest
 
@@ -22,13 +23,20 @@ def test_round_trip_of_a_random_model(tmp_path, kind):
     out = tmp_path / "m.bin"
     write_rwkvcpp(out, sd, kind)
     back, info = read_rwkvcpp(out)
-    assert (info["n_layer"], info["n_embd"], info["n_vocab"], info["data_type"]) == (2, 128, 300, kind)
+    assert (info["n_layer"], info["n_embd"], info["n_vocab"], info["data_type"]) == (
+        2,
+        128,
+        300,
+        kind,
+    )
     assert sorted(back) == sorted(sd)
     for k, a in sd.items():
         b = np.asarray(back[k])
         assert b.shape == np.shape(a), k
-        if k.endswith("time_decay"):   # stored as w = exp(-exp(d)) in float32
-            assert np.allclose(np.exp(-np.exp(b)), np.exp(-np.exp(np.asarray(a, np.float64))), rtol=1e-6), k
+        if k.endswith("time_decay"):  # stored as w = exp(-exp(d)) in float32
+            assert np.allclose(
+                np.exp(-np.exp(b)), np.exp(-np.exp(np.asarray(a, np.float64))), rtol=1e-6
+            ), k
         elif b.ndim == 2 and ".time_" not in k and kind == "FP16":
             assert np.array_equal(b, np.asarray(a).astype(np.float16)), k
         else:
@@ -47,4 +55,4 @@ def test_refuses_what_it_cannot_write(tmp_path):
     bad = dict(sd, **{"blocks.0.att.key.weight": np.zeros((64, 64), np.uint16)})
     with pytest.raises(ValueError, match="bfloat16"):
         write_rwkvcpp(tmp_path / "x.bin", bad)
-    assert not list(tmp_path.iterdir())   # nothing half-written left behind
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind

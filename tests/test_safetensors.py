@@ -1,5 +1,6 @@
 """Our safetensors reader/writer: round trips, strictness, atomic writes, and compatibility with
 the `safetensors` package in both directions."""
+
 import os
 
 import numpy as np
@@ -10,7 +11,9 @@ from rwkv5.formats.safetensors import SafetensorsFile, read_safetensors, write_s
 
 from _loaders_util import mmap_backed
 
-safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="the safetensors package (test extra)")
+safetensors_numpy = pytest.importorskip(
+    "safetensors.numpy", reason="the safetensors package (test extra)"
+)
 
 
 def _arrays(seed=0):
@@ -73,6 +76,7 @@ def test_package_reads_our_files(tmp_path):
     for k in arrays:
         np.testing.assert_array_equal(theirs[k], arrays[k])
     from safetensors import safe_open
+
     with safe_open(str(p), framework="numpy") as f:
         assert f.metadata() == {"format": "x"}
 
@@ -90,6 +94,7 @@ def test_we_read_package_files(tmp_path):
 def test_bf16_compat_with_package_via_torch(tmp_path):
     torch = pytest.importorskip("torch", reason="torch (test extra) makes bfloat16 tensors")
     from safetensors.torch import load_file, save_file
+
     x = torch.randn(5, 7).to(torch.bfloat16)
     p = tmp_path / "t.safetensors"
     save_file({"x": x}, str(p))
@@ -108,11 +113,12 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
     def boom(fd):
         raise OSError("disk full (simulated)")
+
     monkeypatch.setattr(st.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         write_safetensors(p, {"a": np.arange(1000, dtype=np.float32)})
-    assert p.read_bytes() == before                    # old file intact
-    assert sorted(os.listdir(tmp_path)) == ["keep.safetensors"]   # no temporary left behind
+    assert p.read_bytes() == before  # old file intact
+    assert sorted(os.listdir(tmp_path)) == ["keep.safetensors"]  # no temporary left behind
     with pytest.raises(OSError):
         write_safetensors(tmp_path / "new.safetensors", {"a": np.zeros(2, np.float32)})
     assert not (tmp_path / "new.safetensors").exists()

@@ -1,5 +1,6 @@
 """rwkv5.scoring against the float64 reference model (rwkv5.reference), which is independent of
 the C core: per-token log-probabilities, and the loss/perplexity/accuracy built from them."""
+
 import numpy as np
 import pytest
 
@@ -14,7 +15,9 @@ TOKENS = [5, 90, 3, 3, 41, 7, 0, 96, 12, 12, 33, 64, 1, 8]
 @pytest.fixture(scope="module")
 def pair():
     sd = random_state_dict("5.2", n_layer=2, n_embd=64, head_size=16, vocab_size=97, seed=4)
-    return rwkv5.Model.from_state_dict(sd, gn_eps=64e-5, dtype="fp32"), ReferenceModel(sd, gn_eps=64e-5)
+    return rwkv5.Model.from_state_dict(sd, gn_eps=64e-5, dtype="fp32"), ReferenceModel(
+        sd, gn_eps=64e-5
+    )
 
 
 def _reference_logprobs(ref, tokens, state=None):
@@ -28,7 +31,7 @@ def _reference_logprobs(ref, tokens, state=None):
 def test_token_logprobs_equal_the_reference(pair, chunk_len):
     model, ref = pair
     want, logits = _reference_logprobs(ref, TOKENS)
-    got = token_logprobs(model, TOKENS, chunk_len=chunk_len)   # slices carry the state across
+    got = token_logprobs(model, TOKENS, chunk_len=chunk_len)  # slices carry the state across
     assert got.dtype == np.float64 and got.shape == (len(TOKENS) - 1,)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
     assert (got < 0).all()
@@ -45,10 +48,16 @@ def test_token_logprobs_continue_from_a_state(pair):
     _, state = model.forward(head)
     _, ref_state = ref.forward(head)
     want, _ = _reference_logprobs(ref, tail, ref_state)
-    np.testing.assert_allclose(token_logprobs(model, tail, state=state, chunk_len=3), want, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(
+        token_logprobs(model, tail, state=state, chunk_len=3), want, rtol=0, atol=2e-4
+    )
     # and the same numbers as scoring the whole text, from position 6 on
-    np.testing.assert_allclose(token_logprobs(model, tail, state=state), token_logprobs(model, TOKENS)[6:],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        token_logprobs(model, tail, state=state),
+        token_logprobs(model, TOKENS)[6:],
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_token_logprobs_refuse_bad_input(pair):

@@ -1,4 +1,5 @@
 """Every public submodule of rwkv5 is reachable as an attribute after a bare `import rwkv5`."""
+
 import pkgutil
 import subprocess
 import sys
@@ -30,8 +31,12 @@ def test_reachable_after_a_bare_import(name):
 
 
 def test_testing_example_from_the_issue():
-    r = subprocess.run([sys.executable, "-c", "import rwkv5; print(len(rwkv5.testing.random_state_dict()))"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "import rwkv5; print(len(rwkv5.testing.random_state_dict()))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout) > 10
 
@@ -43,8 +48,10 @@ def test_unknown_attribute_still_raises():
 
 def test_bare_import_stays_light():
     # the lazily reached submodules are not imported by `import rwkv5` itself
-    code = ("import sys, rwkv5; heavy = [m for m in ('rwkv5.dataprep', 'rwkv5.reference', 'rwkv5.demo', "
-            "'rwkv5.testing', 'rwkv5.scoring') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, rwkv5; heavy = [m for m in ('rwkv5.dataprep', 'rwkv5.reference', 'rwkv5.demo', "
+        "'rwkv5.testing', 'rwkv5.scoring') if m in sys.modules]; print(heavy)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
 
@@ -52,15 +59,23 @@ def test_bare_import_stays_light():
 @pytest.mark.parametrize("package", ["formats", "tokenizer", "dataprep"])
 def test_modules_of_subpackages_reachable_after_a_bare_import(package):
     import importlib
+
     pkg = importlib.import_module(f"rwkv5.{package}")
-    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                   if not m.name.startswith("_") and m.name != "__main__")
+    names = sorted(
+        m.name
+        for m in pkgutil.iter_modules(pkg.__path__)
+        if not m.name.startswith("_") and m.name != "__main__"
+    )
     assert names
     # a module may share its name with the function it exports (rwkv5.dataprep.build is the function)
-    code = ("import rwkv5, types\n"
-            + "".join(f"m = rwkv5.{package}.{n}; assert (m.__name__ == 'rwkv5.{package}.{n}' "
-                      f"if isinstance(m, types.ModuleType) else '{n}' in rwkv5.{package}.__all__), '{n}'\n"
-                      for n in names)
-            + "print('ok')")
+    code = (
+        "import rwkv5, types\n"
+        + "".join(
+            f"m = rwkv5.{package}.{n}; assert (m.__name__ == 'rwkv5.{package}.{n}' "
+            f"if isinstance(m, types.ModuleType) else '{n}' in rwkv5.{package}.__all__), '{n}'\n"
+            for n in names
+        )
+        + "print('ok')"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -1,4 +1,5 @@
 """rwkv5.tokenizer.WorldTokenizer: compatibility with the reference, API, error policies."""
+
 import hashlib
 import pathlib
 import threading
@@ -39,6 +40,7 @@ def trie():
 
 # ---- the vocab we load by default ---------------------------------------------------------------
 
+
 def test_default_vocab_is_the_world_vocab(tok):
     data = pathlib.Path(default_vocab_path()).read_bytes()
     # the `rwkv` wheel ships the CRLF copy (SHA-256 8324476023347dec...); same content
@@ -57,7 +59,9 @@ def test_missing_rwkv_package_says_pip_install(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rwkv" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rwkv" else real(name, *a)
+    )
     with pytest.raises(FileNotFoundError, match="pip install rwkv"):
         WorldTokenizer()
 
@@ -74,7 +78,9 @@ def test_dataprep_finds_the_vocab_with_the_tokenizer_lookup(monkeypatch, tmp_pat
 
     assert build_mod.default_vocab_path is default_vocab_path
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rwkv" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rwkv" else real(name, *a)
+    )
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(DataprepError, match=r"run `pip install rwkv` \(or pass --vocab PATH\)"):
         build([str(tmp_path / "a.txt")], str(tmp_path / "out"))
@@ -82,6 +88,7 @@ def test_dataprep_finds_the_vocab_with_the_tokenizer_lookup(monkeypatch, tmp_pat
 
 
 # ---- compatibility with the reference encoders ----------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "text, ids",
@@ -102,10 +109,18 @@ def test_multilingual_sections_equal_trie_tokenizer(tok, trie):
 def test_whole_file_and_scripts_present(tok, trie):
     text = DATA.read_text(encoding="utf-8")
     # the scripts the task asks for are really in the sample
-    for lo, hi, script in [(0x0400, 0x04FF, "Cyrillic"), (0x0370, 0x03FF, "Greek"), (0x0600, 0x06FF, "Arabic"),
-                           (0x0590, 0x05FF, "Hebrew"), (0x0900, 0x097F, "Devanagari"), (0x0E00, 0x0E7F, "Thai"),
-                           (0x4E00, 0x9FFF, "CJK"), (0x3040, 0x30FF, "Kana"), (0xAC00, 0xD7AF, "Hangul"),
-                           (0x1F300, 0x1FAFF, "emoji")]:
+    for lo, hi, script in [
+        (0x0400, 0x04FF, "Cyrillic"),
+        (0x0370, 0x03FF, "Greek"),
+        (0x0600, 0x06FF, "Arabic"),
+        (0x0590, 0x05FF, "Hebrew"),
+        (0x0900, 0x097F, "Devanagari"),
+        (0x0E00, 0x0E7F, "Thai"),
+        (0x4E00, 0x9FFF, "CJK"),
+        (0x3040, 0x30FF, "Kana"),
+        (0xAC00, 0xD7AF, "Hangul"),
+        (0x1F300, 0x1FAFF, "emoji"),
+    ]:
         assert any(lo <= ord(c) <= hi for c in text), script
     assert " " * 64 in text and "\n\n\n\n" in text
     assert tok.encode(text) == trie.encode(text)
@@ -146,6 +161,7 @@ def test_invalid_utf8_bytes_roundtrip(tok, trie):
 
 # ---- bad input ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", [123, None, 1.5, ["a"], object()])
 def test_encode_rejects_non_text(tok, bad):
     with pytest.raises(TypeError, match="text must be str or bytes"):
@@ -161,7 +177,9 @@ def test_lone_surrogate_raises_naming_position(tok):
     with pytest.raises(UnicodeEncodeError):
         tok.encode_to_numpy("\ud83d")
     # the documented way to tokenize them anyway: surrogatepass bytes
-    assert tok.decode_bytes(tok.encode("a\ud800".encode("utf-8", "surrogatepass"))) == b"a\xed\xa0\x80"
+    assert (
+        tok.decode_bytes(tok.encode("a\ud800".encode("utf-8", "surrogatepass"))) == b"a\xed\xa0\x80"
+    )
 
 
 def test_encode_batch_type_errors(tok):
@@ -178,6 +196,7 @@ def test_encode_batch_type_errors(tok):
 
 
 # ---- numpy and batch ------------------------------------------------------------------------
+
 
 def test_encode_to_numpy(tok):
     text = DATA.read_text(encoding="utf-8")
@@ -222,7 +241,7 @@ def test_encode_batch_in_several_rounds(tok):
     """More than 4 MB of texts: encoded in rounds, the next round in worker threads while this
     thread builds the lists of the previous one."""
     unit = DATA.read_text(encoding="utf-8")
-    texts = [unit[i % 900:] + str(i) for i in range(1400)]  # ~10 MB, every text different
+    texts = [unit[i % 900 :] + str(i) for i in range(1400)]  # ~10 MB, every text different
     assert sum(len(t.encode("utf-8")) for t in texts) > 9_000_000
     expected = [tok.encode(t) for t in texts]
     for n in (1, 2, 3):
@@ -239,7 +258,11 @@ def test_encode_batch_as_numpy(tok):
     expected = tok.encode_batch(texts, num_threads=1)
     for n in (1, 2, None):
         ids, offsets = tok.encode_batch(texts, num_threads=n, as_numpy=True)
-        assert ids.dtype == np.uint16 and offsets.dtype == np.int64 and offsets.shape == (len(texts) + 1,)
+        assert (
+            ids.dtype == np.uint16
+            and offsets.dtype == np.int64
+            and offsets.shape == (len(texts) + 1,)
+        )
         assert offsets[0] == 0 and offsets[-1] == len(ids) == sum(len(e) for e in expected)
         assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == expected, n
     ids, offsets = tok.encode_batch(iter(["a", "b"]), as_numpy=True)
@@ -295,6 +318,7 @@ def test_100mb_string_encodes(tok):
 
 # ---- decoding -------------------------------------------------------------------------------
 
+
 def test_decode_roundtrip(tok):
     text = DATA.read_text(encoding="utf-8")
     ids = tok.encode(text)
@@ -317,7 +341,9 @@ def test_decode_errors_policy_for_ids_without_entry(tok):
         tok.decode_bytes([2**70])
     assert tok.decode(ids) == "Hello\ufffdHello\ufffdHello\ufffd"
     assert tok.decode(ids, errors="ignore") == "HelloHelloHello"
-    assert tok.decode_bytes(ids, errors="replace") == "Hello\ufffdHello\ufffdHello\ufffd".encode("utf-8")
+    assert tok.decode_bytes(ids, errors="replace") == "Hello\ufffdHello\ufffdHello\ufffd".encode(
+        "utf-8"
+    )
     assert tok.decode_bytes(ids, errors="ignore") == b"HelloHelloHello"
     with pytest.raises(ValueError, match="errors must be"):
         tok.decode(ids, errors="backslashreplace")
@@ -332,19 +358,22 @@ def test_decode_invalid_utf8_follows_errors(tok):
     assert tok.decode_bytes(ids) == b"ab\xe6cd"
 
 
-@pytest.mark.parametrize("bad, exc, msg", [
-    ([1, -1], ValueError, r"ids\[1\] = -1 is negative"),
-    ([-(2**80)], ValueError, "negative"),
-    ([1, 2.0], TypeError, r"ids\[1\] is a float"),
-    ([1, "a"], TypeError, r"ids\[1\] must be an int"),
-    ([None], TypeError, r"ids\[0\] must be an int"),
-    (5, TypeError, "sequence"),
-    ("abc", TypeError, "ids must be a sequence of ints"),
-    (b"abc", TypeError, "ids must be a sequence of ints"),
-    (np.array([1.0, 2.0]), TypeError, "floats"),
-    (np.array([[1, 2]]), ValueError, "one-dimensional"),
-    (np.array([5, -3], dtype=np.int32), ValueError, r"ids\[1\] = -3 is negative"),
-])
+@pytest.mark.parametrize(
+    "bad, exc, msg",
+    [
+        ([1, -1], ValueError, r"ids\[1\] = -1 is negative"),
+        ([-(2**80)], ValueError, "negative"),
+        ([1, 2.0], TypeError, r"ids\[1\] is a float"),
+        ([1, "a"], TypeError, r"ids\[1\] must be an int"),
+        ([None], TypeError, r"ids\[0\] must be an int"),
+        (5, TypeError, "sequence"),
+        ("abc", TypeError, "ids must be a sequence of ints"),
+        (b"abc", TypeError, "ids must be a sequence of ints"),
+        (np.array([1.0, 2.0]), TypeError, "floats"),
+        (np.array([[1, 2]]), ValueError, "one-dimensional"),
+        (np.array([5, -3], dtype=np.int32), ValueError, r"ids\[1\] = -3 is negative"),
+    ],
+)
 def test_decode_bad_ids(tok, bad, exc, msg):
     for errors in ("strict", "replace", "ignore"):
         with pytest.raises(exc, match=msg):
@@ -366,7 +395,10 @@ def test_token_lookup(tok):
         b = tok.decode_single_token_bytes(i)
         assert tok.token_to_id(b) == i
         assert tok.id_to_token(i) == b
-    assert tok.decode_single_token_bytes(1) == b"\x00" and tok.decode_single_token_bytes(231) == b"\xe6"
+    assert (
+        tok.decode_single_token_bytes(1) == b"\x00"
+        and tok.decode_single_token_bytes(231) == b"\xe6"
+    )
     assert tok.token_to_id(" world") == 40213
     for bad in (0, tok.n_vocab, 2**40):
         with pytest.raises(KeyError):
@@ -382,6 +414,7 @@ def test_token_lookup(tok):
 
 
 # ---- streaming decode -----------------------------------------------------------------------
+
 
 def test_stream_decoder_waits_for_complete_characters(tok):
     dec = tok.stream_decoder()

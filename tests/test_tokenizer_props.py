@@ -1,5 +1,6 @@
 """Property tests: the C tokenizer against the pure-Python twin (and the rwkv TRIE_TOKENIZER) on
 arbitrary str and bytes, round trips, and the stream decoder against decode."""
+
 import pathlib
 
 from hypothesis import HealthCheck, given, settings
@@ -16,13 +17,18 @@ _REF = ReferenceTokenizer()
 # mixed with any code point except lone surrogates (which UTF-8 cannot encode).
 sample_chars = st.sampled_from(sorted(set(SAMPLE)))
 any_char = st.characters(blacklist_categories=("Cs",))
-texts = st.lists(st.one_of(sample_chars, sample_chars, any_char, st.sampled_from([" " * 8, "\n\n", "the", " de"])),
-                 max_size=300).map("".join)
+texts = st.lists(
+    st.one_of(
+        sample_chars, sample_chars, any_char, st.sampled_from([" " * 8, "\n\n", "the", " de"])
+    ),
+    max_size=300,
+).map("".join)
 # byte strings: random bytes, and UTF-8 text cut at arbitrary byte positions
 raw_bytes = st.one_of(
     st.binary(max_size=600),
     st.tuples(texts, st.integers(0, 2000), st.integers(0, 2000)).map(
-        lambda t: t[0].encode("utf-8")[min(t[1], t[2]):max(t[1], t[2])]),
+        lambda t: t[0].encode("utf-8")[min(t[1], t[2]) : max(t[1], t[2])]
+    ),
 )
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,7 +72,9 @@ def test_batch_as_numpy_equals_list(batch, n):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 65540), max_size=60), st.sampled_from(["replace", "ignore", "strict"]))
+@given(
+    st.lists(st.integers(0, 65540), max_size=60), st.sampled_from(["replace", "ignore", "strict"])
+)
 def test_stream_decoder_equals_decode(ids, errors):
     try:
         expected = _TOK.decode(ids, errors=errors)
@@ -98,11 +106,15 @@ def test_str_equals_rwkv_trie_tokenizer(s):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(texts, raw_bytes.map(lambda b: b.decode("latin-1"))), min_size=1, max_size=8),
-       st.integers(9000, 30000))
+@given(
+    st.lists(
+        st.one_of(texts, raw_bytes.map(lambda b: b.decode("latin-1"))), min_size=1, max_size=8
+    ),
+    st.integers(9000, 30000),
+)
 def test_long_texts_equal_reference(parts, size):
     """Texts above 8 KiB take the two-stream path (two halves walked together, then re-joined)."""
     s = "".join(parts) or "x"
-    s = (s * (size // max(1, len(s.encode("utf-8"))) + 1))
+    s = s * (size // max(1, len(s.encode("utf-8"))) + 1)
     assert _TOK.encode(s) == _REF.encode(s)
     assert _TOK.encode_to_numpy(s).tolist() == _REF.encode(s)

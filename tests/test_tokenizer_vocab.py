@@ -1,4 +1,5 @@
 """The C vocab parser: World format, CRLF, escapes, custom vocabs, and errors that name the line."""
+
 import pytest
 
 from rwkv5.tokenizer import ReferenceTokenizer, WorldTokenizer, default_vocab_path
@@ -29,7 +30,11 @@ def test_crlf_equals_lf(tmp_path, world):
     a, b = WorldTokenizer(lf), WorldTokenizer(crlf)
     assert a.n_vocab == b.n_vocab == 65530
     for i in range(1, 65530):
-        assert a.decode_single_token_bytes(i) == b.decode_single_token_bytes(i) == world.decode_single_token_bytes(i)
+        assert (
+            a.decode_single_token_bytes(i)
+            == b.decode_single_token_bytes(i)
+            == world.decode_single_token_bytes(i)
+        )
     text = "CRLF or LF:\r\n the same tokens — 同じ トークン\n"
     assert a.encode(text) == b.encode(text) == world.encode(text)
 
@@ -44,19 +49,28 @@ def test_every_token_matches_the_python_parser(world):
 
 def test_escapes_and_literal_kinds(tmp_path):
     lines = byte_lines() + [
-        "300 '\\x80' 2",               # str \x is a code point: C2 80
+        "300 '\\x80' 2",  # str \x is a code point: C2 80
         "301 '\\u2002' 3",
-        "302 \"it's\" 4",
+        '302 "it\'s" 4',
         "303 '\\\\\\'\\\"\\n\\r\\t' 6",
-        "304 'été' 5",                  # raw UTF-8
-        "305 '   ' 3",                  # spaces inside the literal
-        "306 b'\\xe6\\x97' 2",          # bytes literal: raw bytes
+        "304 'été' 5",  # raw UTF-8
+        "305 '   ' 3",  # spaces inside the literal
+        "306 b'\\xe6\\x97' 2",  # bytes literal: raw bytes
         "307 'tab\\there' 8",
         "308 '\\U0001F600' 4",
     ]
     tok = WorldTokenizer(write_vocab(tmp_path, lines))
-    expect = {300: b"\xc2\x80", 301: "\u2002".encode(), 302: b"it's", 303: b"\\'\"\n\r\t", 304: "été".encode(),
-              305: b"   ", 306: b"\xe6\x97", 307: b"tab\there", 308: "\U0001F600".encode()}
+    expect = {
+        300: b"\xc2\x80",
+        301: "\u2002".encode(),
+        302: b"it's",
+        303: b"\\'\"\n\r\t",
+        304: "été".encode(),
+        305: b"   ",
+        306: b"\xe6\x97",
+        307: b"tab\there",
+        308: "\U0001f600".encode(),
+    }
     ref = ReferenceTokenizer(write_vocab(tmp_path, lines, "ref.txt"))
     for i, b in expect.items():
         assert tok.decode_single_token_bytes(i) == b == ref.decode_single_token_bytes(i), i
@@ -70,7 +84,9 @@ def test_custom_vocab_with_gaps(tmp_path):
     assert tok.encode("hello world") == [1000, 70000]
     arr = tok.encode_to_numpy("hello world")
     assert arr.dtype.name == "uint32" and arr.tolist() == [1000, 70000]
-    ids, offsets = tok.encode_batch(["hello world", "", " world"], as_numpy=True)  # wide ids: uint32
+    ids, offsets = tok.encode_batch(
+        ["hello world", "", " world"], as_numpy=True
+    )  # wide ids: uint32
     assert ids.dtype.name == "uint32" and ids.tolist() == [1000, 70000, 70000]
     assert offsets.tolist() == [0, 2, 2, 3]
     assert tok.decode([1000, 500, 70000]) == "hello\ufffd world"
@@ -99,24 +115,27 @@ def test_duplicate_bytes_later_line_wins_like_the_reference(tmp_path):
     assert WorldTokenizer(p).encode("abab") == TRIE_TOKENIZER(str(p)).encode("abab") == [301, 301]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("300 'ab' 3", "line 257: token is 2 bytes but the length column says 3"),
-    ("300 'ab 2", "line 257: literal is not closed"),
-    ("300 ab 2", "line 257: expected a quoted"),
-    ("300 'a\\qb' 3", "line 257: unsupported escape"),
-    ("300 '\\x4' 1", "line 257: truncated"),
-    ("300 '\\ud800' 3", "line 257: surrogate"),
-    ("300 b'é' 2", "line 257: non-ASCII character in a bytes literal"),
-    ("x300 'ab' 2", "line 257: the id is not a decimal number"),
-    ("-5 'ab' 2", "line 257: the id is not a decimal number"),
-    ("300 'ab' 2.0", "line 257: the byte length"),
-    ("300", "line 257: expected '<id> <literal> <byte length>'"),
-    ("300 '' 0", "line 257: empty token"),
-    ("12 'ab' 2", "line 257: id 12 is already defined on line 12"),
-    ("99999999 'ab' 2", "line 257: id 99999999 is out of range"),
-    ("300 'a' + 'b' 2", "line 257"),
-    ("300 __import__('os').system('true') 1", "line 257: expected a quoted"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("300 'ab' 3", "line 257: token is 2 bytes but the length column says 3"),
+        ("300 'ab 2", "line 257: literal is not closed"),
+        ("300 ab 2", "line 257: expected a quoted"),
+        ("300 'a\\qb' 3", "line 257: unsupported escape"),
+        ("300 '\\x4' 1", "line 257: truncated"),
+        ("300 '\\ud800' 3", "line 257: surrogate"),
+        ("300 b'é' 2", "line 257: non-ASCII character in a bytes literal"),
+        ("x300 'ab' 2", "line 257: the id is not a decimal number"),
+        ("-5 'ab' 2", "line 257: the id is not a decimal number"),
+        ("300 'ab' 2.0", "line 257: the byte length"),
+        ("300", "line 257: expected '<id> <literal> <byte length>'"),
+        ("300 '' 0", "line 257: empty token"),
+        ("12 'ab' 2", "line 257: id 12 is already defined on line 12"),
+        ("99999999 'ab' 2", "line 257: id 99999999 is out of range"),
+        ("300 'a' + 'b' 2", "line 257"),
+        ("300 __import__('os').system('true') 1", "line 257: expected a quoted"),
+    ],
+)
 def test_malformed_lines_name_the_line(tmp_path, line, message):
     p = write_vocab(tmp_path, byte_lines() + [line, "301 'ok' 2"])
     with pytest.raises(ValueError) as e:

@@ -7,6 +7,7 @@ and the encoder walks a trie of nested dicts. Tests compare the two on arbitrary
     >>> ref.encode("Hello world")
     [33155, 40213]
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,15 +31,17 @@ def parse_vocab(data: bytes) -> Dict[int, bytes]:
         if first < 0 or last <= first:
             raise ValueError(f"vocab line {lineno}: expected '<id> <literal> <byte length>'")
         try:
-            idx, length = int(line[:first]), int(line[last + 1:])
-            value = ast.literal_eval(line[first + 1:last].strip(" \t"))
+            idx, length = int(line[:first]), int(line[last + 1 :])
+            value = ast.literal_eval(line[first + 1 : last].strip(" \t"))
         except (ValueError, SyntaxError) as e:
             raise ValueError(f"vocab line {lineno}: {e}") from None
         token = value.encode("utf-8") if isinstance(value, str) else value
         if not isinstance(token, bytes):
             raise ValueError(f"vocab line {lineno}: not a str or bytes literal")
         if len(token) != length:
-            raise ValueError(f"vocab line {lineno}: token is {len(token)} bytes but the length column says {length}")
+            raise ValueError(
+                f"vocab line {lineno}: token is {len(token)} bytes but the length column says {length}"
+            )
         if idx in vocab:
             raise ValueError(f"vocab line {lineno}: id {idx} is already defined")
         vocab[idx] = token

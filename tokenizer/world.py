@@ -23,6 +23,7 @@ Policies (see docs/tokenizer.md):
   Python's UTF-8 codec. Negative ids raise ValueError and non-integers (floats) TypeError
   under every policy.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -88,7 +89,7 @@ class WorldTokenizer:
 
     def __init__(self, vocab_path: Optional[Union[str, os.PathLike]] = None):
         path = default_vocab_path() if vocab_path is None else os.fspath(vocab_path)
-        with open_regular(path, "a vocab file") as f:     # (a FIFO would block a plain open forever)
+        with open_regular(path, "a vocab file") as f:  # (a FIFO would block a plain open forever)
             data = f.read()
         try:
             self._core = Core(data)
@@ -140,7 +141,9 @@ class WorldTokenizer:
             num_threads = _default_threads()
         return self._core.encode_numpy(text, num_threads)
 
-    def encode_batch(self, texts: Iterable[TextLike], num_threads: Optional[int] = None, as_numpy: bool = False):
+    def encode_batch(
+        self, texts: Iterable[TextLike], num_threads: Optional[int] = None, as_numpy: bool = False
+    ):
         """encode() of every text, in order, using `num_threads` C threads (None = all CPUs) with the
         GIL released. Results do not depend on the thread count.
 
@@ -176,7 +179,9 @@ class WorldTokenizer:
         """Bytes of one token; KeyError when the id has no entry (0 = end-of-text, gaps, >= n_vocab)."""
         b = self._core.token_bytes(id)
         if b is None:
-            raise KeyError(f"id {id} has no token bytes (n_vocab = {self.n_vocab}; 0 is end-of-text)")
+            raise KeyError(
+                f"id {id} has no token bytes (n_vocab = {self.n_vocab}; 0 is end-of-text)"
+            )
         return b
 
     def id_to_token(self, id: int) -> bytes:
@@ -239,7 +244,7 @@ class StreamDecoder:
         try:
             return self._dec.decode(b)
         except UnicodeDecodeError:
-            self._dec.reset()        # strict: report the bad bytes once, then drop them
+            self._dec.reset()  # strict: report the bad bytes once, then drop them
             raise
 
     def feed_many(self, ids: Iterable[int]) -> str:

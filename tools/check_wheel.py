@@ -5,6 +5,7 @@ corpus), py.typed, the LICENSE and,
 in a repaired wheel, the grafted libzstd, libbz2 and liblzma (zlib is part of the manylinux policy); and nothing else: no tests, C sources, object files,
 caches or build leftovers. Prints the size and the files, one line per problem; exit 1 if any.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -12,17 +13,47 @@ import sys
 import zipfile
 
 REQUIRED = [
-    "rwkv5/__init__.py", "rwkv5/__main__.py", "rwkv5/tiny.py", "rwkv5/demo.py", "rwkv5/py.typed",
-    "rwkv5/data/tiny-5v2-bytes.safetensors", "rwkv5/data/sample_corpus.jsonl",
-    "rwkv5/_model.*.so", "rwkv5/tokenizer/__init__.py", "rwkv5/tokenizer/_tokenizer.*.so",
-    "rwkv5/dataprep/__init__.py", "rwkv5/dataprep/_dataprep.*.so", "rwkv5/formats/__init__.py",
-    "rwkv5-*.dist-info/METADATA", "rwkv5-*.dist-info/entry_points.txt", "rwkv5-*.dist-info/licenses/LICENSE",
-    "rwkv5/_model.pyi", "rwkv5/tokenizer/_tokenizer.pyi", "rwkv5/dataprep/_dataprep.pyi",
+    "rwkv5/__init__.py",
+    "rwkv5/__main__.py",
+    "rwkv5/tiny.py",
+    "rwkv5/demo.py",
+    "rwkv5/py.typed",
+    "rwkv5/data/tiny-5v2-bytes.safetensors",
+    "rwkv5/data/sample_corpus.jsonl",
+    "rwkv5/_model.*.so",
+    "rwkv5/tokenizer/__init__.py",
+    "rwkv5/tokenizer/_tokenizer.*.so",
+    "rwkv5/dataprep/__init__.py",
+    "rwkv5/dataprep/_dataprep.*.so",
+    "rwkv5/formats/__init__.py",
+    "rwkv5-*.dist-info/METADATA",
+    "rwkv5-*.dist-info/entry_points.txt",
+    "rwkv5-*.dist-info/licenses/LICENSE",
+    "rwkv5/_model.pyi",
+    "rwkv5/tokenizer/_tokenizer.pyi",
+    "rwkv5/dataprep/_dataprep.pyi",
 ]
 REPAIRED = ["rwkv5.libs/libzstd*.so*", "rwkv5.libs/libbz2*.so*", "rwkv5.libs/liblzma*.so*"]
-FORBIDDEN = ["tests/*", "*/tests/*", "csrc/*", "*.c", "*.h", "*.o", "*.a", "*.pyc", "*__pycache__*",
-             "build/*", "*.egg-info/*", ".pytest_cache/*", "benchmarks/*", "notebooks/*", "tools/*", "docs/*",
-             "*.tmp", "*~"]
+FORBIDDEN = [
+    "tests/*",
+    "*/tests/*",
+    "csrc/*",
+    "*.c",
+    "*.h",
+    "*.o",
+    "*.a",
+    "*.pyc",
+    "*__pycache__*",
+    "build/*",
+    "*.egg-info/*",
+    ".pytest_cache/*",
+    "benchmarks/*",
+    "notebooks/*",
+    "tools/*",
+    "docs/*",
+    "*.tmp",
+    "*~",
+]
 
 
 def problems(names, repaired):
@@ -49,11 +80,15 @@ def main(argv=None):
     repaired = "manylinux" in path or "musllinux" in path
     size = sum(i.file_size for i in infos)
     packed = sum(i.compress_size for i in infos)
-    print(f"{path}: {len(names)} files, {packed / 1e6:.2f} MB compressed, {size / 1e6:.2f} MB installed")
+    print(
+        f"{path}: {len(names)} files, {packed / 1e6:.2f} MB compressed, {size / 1e6:.2f} MB installed"
+    )
     for i in sorted(infos, key=lambda i: -i.file_size)[:8]:
         print(f"  {i.file_size:>10,}  {i.filename}")
     for field in ("Version", "License-Expression", "Requires-Python"):
-        line = next((ln for ln in meta.splitlines() if ln.startswith(field + ":")), f"{field}: (absent)")
+        line = next(
+            (ln for ln in meta.splitlines() if ln.startswith(field + ":")), f"{field}: (absent)"
+        )
         print("  " + line)
     found = problems(names, repaired)
     if "License-Expression: Apache-2.0" not in meta:

@@ -10,6 +10,7 @@ unchanged; a change that is meant to alter results re-records them, for every IS
 
 Without --record it prints the hashes of the active level and whether they match the file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,28 +29,43 @@ HASHES = ROOT / "tests" / "data" / "logits_hashes.json"
 # (name, random_state_dict kwargs): a regular shape and odd ones (n_ffn, vocab and C not multiples
 # of the SIMD widths; 5.0 without gate, 5.1 with per-head decay)
 RANDOM_MODELS = [
-    ("r52-C128-N64", dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_size=256, seed=1)),
-    ("r52-C48-N16-odd", dict(version="5.2", n_layer=2, n_embd=48, head_size=16, vocab_size=101, n_ffn=77,
-                             seed=2)),
-    ("r50-C40-N8-odd", dict(version="5.0", n_layer=1, n_embd=40, head_size=8, vocab_size=67, n_ffn=99, seed=3)),
-    ("r51-C64-N32", dict(version="5.1", n_layer=1, n_embd=64, head_size=32, vocab_size=130, seed=4)),
+    (
+        "r52-C128-N64",
+        dict(version="5.2", n_layer=2, n_embd=128, head_size=64, vocab_size=256, seed=1),
+    ),
+    (
+        "r52-C48-N16-odd",
+        dict(version="5.2", n_layer=2, n_embd=48, head_size=16, vocab_size=101, n_ffn=77, seed=2),
+    ),
+    (
+        "r50-C40-N8-odd",
+        dict(version="5.0", n_layer=1, n_embd=40, head_size=8, vocab_size=67, n_ffn=99, seed=3),
+    ),
+    (
+        "r51-C64-N32",
+        dict(version="5.1", n_layer=1, n_embd=64, head_size=32, vocab_size=130, seed=4),
+    ),
 ]
 MODELS = [name for name, _ in RANDOM_MODELS] + ["tiny"]
-DTYPES = tuple(name for name, _, _ in _model.DTYPES)   # every storage type of the C table
+DTYPES = tuple(name for name, _, _ in _model.DTYPES)  # every storage type of the C table
 LAYOUTS = ("rows", "blocked")
 MODES = ("parallel", "recurrent")
 THREADS = (1, 2)
-B, T = 2, 70            # B*T >= the GEMM's minimum M; T > one WKV chunk (64 positions)
+B, T = 2, 70  # B*T >= the GEMM's minimum M; T > one WKV chunk (64 positions)
 
 
 def build(name, dtype, layout):
     import rwkv5
+
     if name == "tiny":
         import rwkv5.tiny
+
         return rwkv5.tiny.load(dtype=dtype, layout=layout)
     from rwkv5.testing import random_state_dict
-    return rwkv5.Model.from_state_dict(random_state_dict(**dict(RANDOM_MODELS)[name]), dtype=dtype,
-                                       layout=layout)
+
+    return rwkv5.Model.from_state_dict(
+        random_state_dict(**dict(RANDOM_MODELS)[name]), dtype=dtype, layout=layout
+    )
 
 
 def tokens(vocab, seed):
@@ -65,12 +81,14 @@ def sha(*arrays):
 
 def active_isa():
     from rwkv5 import _model
+
     return _model.get_isa()[0]
 
 
 def compute(models=MODELS):
     """{key: {"logits": sha256, "state": sha256}} for the active ISA level."""
     import rwkv5
+
     keep = rwkv5.get_num_threads()
     out = {}
     try:
@@ -84,7 +102,9 @@ def compute(models=MODELS):
                         for mode in MODES:
                             logits, st = model.forward(tok, mode=mode, full_output=True)
                             out[f"{name}/{dtype}/{layout}/{mode}/t{threads}"] = {
-                                "logits": sha(logits), "state": sha(st.att_x, st.att_kv, st.ffn_x)}
+                                "logits": sha(logits),
+                                "state": sha(st.att_x, st.att_kv, st.ffn_x),
+                            }
     finally:
         rwkv5.set_num_threads(keep)
     return out
@@ -96,7 +116,9 @@ def load_file():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--record", action="store_true", help=f"write the active ISA's hashes into {HASHES}")
+    p.add_argument(
+        "--record", action="store_true", help=f"write the active ISA's hashes into {HASHES}"
+    )
     args = p.parse_args(argv)
     isa = active_isa()
     got = compute()

@@ -8,6 +8,7 @@ which exercise the libzstd inside the wheel) and from each compressed input (gzi
 the decoders inside the wheel), and prints one line per check, then a closing
 'N passed, N failed' line. Exit status 1 if any check failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,15 @@ def check(fn):
 @check
 def imports_from_site_packages():
     import rwkv5
-    import rwkv5.dataprep._dataprep   # noqa: F401
+    import rwkv5.dataprep._dataprep  # noqa: F401
     import rwkv5.tokenizer._tokenizer  # noqa: F401
-    from rwkv5 import _model          # noqa: F401
+    from rwkv5 import _model  # noqa: F401
 
     where = pathlib.Path(rwkv5.__file__).resolve()
     assert "site-packages" in where.parts, f"rwkv5 imported from {where}, not from an installation"
-    r = subprocess.run([sys.executable, "-m", "rwkv5", "--version"], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkv5", "--version"], capture_output=True, text=True, check=True
+    )
     assert r.stdout.strip() == f"rwkv5 {rwkv5.__version__}", r.stdout
     return f"rwkv5 {rwkv5.__version__} from {where.parent}"
 
@@ -78,7 +81,10 @@ def small_dataprep_build():
     from rwkv5.tokenizer import WorldTokenizer
 
     tok = WorldTokenizer()
-    docs = [{"text": f"Document {i}: the quick brown fox, der schnelle Fuchs, 狐狸.", "lang": "xx"} for i in range(50)]
+    docs = [
+        {"text": f"Document {i}: the quick brown fox, der schnelle Fuchs, 狐狸.", "lang": "xx"}
+        for i in range(50)
+    ]
     out = []
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "in.jsonl")
@@ -91,7 +97,9 @@ def small_dataprep_build():
             assert len(got) == len(docs)
             for doc, ids in zip(docs, got):
                 assert list(ids) == tok.encode(doc["text"]) + [0]
-            out.append(f"{fmt} {m['totals']['tokens'] if 'totals' in m else sum(len(x) for x in got)} tokens")
+            out.append(
+                f"{fmt} {m['totals']['tokens'] if 'totals' in m else sum(len(x) for x in got)} tokens"
+            )
     return f"{len(docs)} documents -> " + ", ".join(out) + " (read back equal)"
 
 
@@ -105,10 +113,17 @@ def compressed_inputs():
 
     from rwkv5.dataprep import _dataprep, build
 
-    text = "".join(json.dumps({"text": f"Dokument {i}: ünïcödé, 狐狸 {i * i}"}, ensure_ascii=False) + "\n"
-                   for i in range(200)).encode()
-    packs = {".jsonl": text, ".jsonl.gz": gzip.compress(text), ".jsonl.bz2": bz2.compress(text),
-             ".jsonl.xz": lzma.compress(text), ".jsonl.zst": _dataprep.zstd_compress(text, 3)}
+    text = "".join(
+        json.dumps({"text": f"Dokument {i}: ünïcödé, 狐狸 {i * i}"}, ensure_ascii=False) + "\n"
+        for i in range(200)
+    ).encode()
+    packs = {
+        ".jsonl": text,
+        ".jsonl.gz": gzip.compress(text),
+        ".jsonl.bz2": bz2.compress(text),
+        ".jsonl.xz": lzma.compress(text),
+        ".jsonl.zst": _dataprep.zstd_compress(text, 3),
+    }
     with tempfile.TemporaryDirectory() as d:
         bins = {}
         for suffix, data in packs.items():
@@ -125,14 +140,16 @@ def compressed_inputs():
 
 def main():
     if pathlib.Path.cwd().resolve() == pathlib.Path(__file__).resolve().parents[1]:
-        sys.exit("run this from outside the source tree (it would import ./rwkv5 instead of the installation)")
+        sys.exit(
+            "run this from outside the source tree (it would import ./rwkv5 instead of the installation)"
+        )
     passed = failed = 0
     for fn in CHECKS:
         try:
             what = fn()
             print(f"ok    {fn.__name__}: {what}")
             passed += 1
-        except Exception:                       # report every check, then fail at the end
+        except Exception:  # report every check, then fail at the end
             print(f"FAIL  {fn.__name__}:\n{traceback.format_exc()}")
             failed += 1
     print(f"wheel: {passed} passed, {failed} failed")

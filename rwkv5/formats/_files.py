@@ -14,6 +14,7 @@ Every checkpoint reader opens its file through :func:`open_regular` and gets its
   the readers do not change) and closes it: nothing done to the file afterwards can affect the
   arrays.
 """
+
 from __future__ import annotations
 
 import mmap as _mmap
@@ -26,9 +27,13 @@ _READ_CHUNK = 64 << 20
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -42,11 +47,16 @@ def open_regular(path, what="a checkpoint"):
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path}: is {_kind(st.st_mode)}; {what} must be a regular file")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-                 | getattr(os, "O_BINARY", 0))
+    fd = os.open(
+        path,
+        os.O_RDONLY
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0),
+    )
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):     # replaced between the stat and the open
+        if not stat.S_ISREG(st.st_mode):  # replaced between the stat and the open
             raise ValueError(f"{path}: is {_kind(st.st_mode)}; {what} must be a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
@@ -68,10 +78,12 @@ def map_or_read(f, size: int, path, mmap: bool = True):
         f.seek(0)
         pos = 0
         while pos < size:
-            n = f.readinto(view[pos:min(size, pos + _READ_CHUNK)])
+            n = f.readinto(view[pos : min(size, pos + _READ_CHUNK)])
             if not n:
-                raise ValueError(f"{os.fspath(path)}: file shrank to {pos} bytes while being read "
-                                 f"(it had {size}); was it rewritten during the load?")
+                raise ValueError(
+                    f"{os.fspath(path)}: file shrank to {pos} bytes while being read "
+                    f"(it had {size}); was it rewritten during the load?"
+                )
             pos += n
     finally:
         view.release()

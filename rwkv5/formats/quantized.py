@@ -16,6 +16,7 @@ one starts on a cache line. Everything else (embedding, vectors, ``time_*``) is 
 checkpoint. ``FORMS`` is the one table of the quantised types: a new one is a row (its stored
 element type, bytes per element and the shapes of its parts), plus its kernels.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FORMS", "META_KEY", "QuantizedMatrix", "group_quantized", "flatten", "block", "unblock", "form_of"]
+__all__ = [
+    "FORMS",
+    "META_KEY",
+    "QuantizedMatrix",
+    "group_quantized",
+    "flatten",
+    "block",
+    "unblock",
+    "form_of",
+]
 
 META_KEY = "rwkv5_quantized"
 VERSION = 1
@@ -33,9 +43,9 @@ LAYOUT = "blocked4"
 
 @dataclass(frozen=True)
 class QuantForm:
-    st_dtype: str           # safetensors dtype of the stored elements
-    np_dtype: np.dtype      # the NumPy dtype they are held in
-    parts: tuple            # ((suffix, safetensors dtype, shape(rows, cols)), ...) after the elements
+    st_dtype: str  # safetensors dtype of the stored elements
+    np_dtype: np.dtype  # the NumPy dtype they are held in
+    parts: tuple  # ((suffix, safetensors dtype, shape(rows, cols)), ...) after the elements
 
     def blocked_shape(self, rows, cols):
         e = 64 // self.np_dtype.itemsize
@@ -51,7 +61,9 @@ FORMS = {
 def unblock(a, shape):
     """A blocked array (ceil(rows/4), ceil(cols/E), 4, E) -> its (rows, cols) row-major copy."""
     g, c, four, e = a.shape
-    return np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(g * four, c * e)[:shape[0], :shape[1]])
+    return np.ascontiguousarray(
+        a.transpose(0, 2, 1, 3).reshape(g * four, c * e)[: shape[0], : shape[1]]
+    )
 
 
 def block(a):
@@ -115,11 +127,15 @@ def group_quantized(tensors, dtypes, meta, path):
     except ValueError as e:
         raise ValueError(f"{path}: metadata {META_KEY} is not JSON: {e}") from None
     if not isinstance(info, dict) or info.get("version") != VERSION:
-        raise ValueError(f"{path}: metadata {META_KEY}: expected an object with version {VERSION}, got "
-                         f"{str(info)[:80]}")
+        raise ValueError(
+            f"{path}: metadata {META_KEY}: expected an object with version {VERSION}, got "
+            f"{str(info)[:80]}"
+        )
     form_name, layout, mats = info.get("dtype"), info.get("layout"), info.get("matrices")
     if form_name not in FORMS:
-        raise ValueError(f"{path}: metadata {META_KEY}: dtype {form_name!r} is not one of {', '.join(FORMS)}")
+        raise ValueError(
+            f"{path}: metadata {META_KEY}: dtype {form_name!r} is not one of {', '.join(FORMS)}"
+        )
     if layout != LAYOUT:
         raise ValueError(f"{path}: metadata {META_KEY}: layout {layout!r} is not {LAYOUT!r}")
     if not isinstance(mats, dict):
@@ -128,18 +144,26 @@ def group_quantized(tensors, dtypes, meta, path):
     sd, taken = {}, set()
     for name, shape in mats.items():
         where = f"{path}: tensor {name!r}"
-        if not (isinstance(shape, list) and len(shape) == 2 and all(type(d) is int and d > 0 for d in shape)):
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(type(d) is int and d > 0 for d in shape)
+        ):
             raise ValueError(f"{where}: metadata shape {str(shape)[:40]} is not [rows, cols]")
         rows, cols = shape
         arrays = []
         for suffix, st, shp in (("", form.st_dtype, form.blocked_shape),) + form.parts:
             key = name + ("." + suffix if suffix else "")
             if key not in tensors:
-                raise ValueError(f"{path}: tensor {key!r} of the {form_name} matrix {name!r} is missing")
+                raise ValueError(
+                    f"{path}: tensor {key!r} of the {form_name} matrix {name!r} is missing"
+                )
             if dtypes[key] != st or tuple(tensors[key].shape) != tuple(shp(rows, cols)):
-                raise ValueError(f"{path}: tensor {key!r}: expected {st} {tuple(shp(rows, cols))} for a "
-                                 f"{form_name} matrix of shape ({rows}, {cols}), got {dtypes[key]} "
-                                 f"{tuple(tensors[key].shape)}")
+                raise ValueError(
+                    f"{path}: tensor {key!r}: expected {st} {tuple(shp(rows, cols))} for a "
+                    f"{form_name} matrix of shape ({rows}, {cols}), got {dtypes[key]} "
+                    f"{tuple(tensors[key].shape)}"
+                )
             arrays.append(tensors[key])
             taken.add(key)
         if form.parts and form.parts[0][0] == "scale" and not np.all(np.isfinite(arrays[1])):
@@ -151,7 +175,7 @@ def group_quantized(tensors, dtypes, meta, path):
             sd[key] = a
             kinds[key] = dtypes[key]
     for name in mats:
-        kinds[name] = "F32"      # read as floats by whatever does not take the quantised form
+        kinds[name] = "F32"  # read as floats by whatever does not take the quantised form
     return sd, kinds
 
 
@@ -166,13 +190,24 @@ def flatten(matrices):
         form = FORMS[form_name]
         q = held[0]
         if tuple(q.shape) != form.blocked_shape(*shape):
-            raise ValueError(f"{name}: a {form_name} matrix is written blocked, {form.blocked_shape(*shape)}; "
-                             f"got shape {q.shape}")
+            raise ValueError(
+                f"{name}: a {form_name} matrix is written blocked, {form.blocked_shape(*shape)}; "
+                f"got shape {q.shape}"
+            )
         out[name], dts[name] = q, form.st_dtype
         first.append(name)
         for (suffix, st, _), a in zip(form.parts, held[1:]):
             out[f"{name}.{suffix}"], dts[f"{name}.{suffix}"] = a, st
         shapes[name] = [int(shape[0]), int(shape[1])]
-    meta = {META_KEY: json.dumps({"version": VERSION, "dtype": forms.pop() if forms else None,
-                                  "layout": LAYOUT, "matrices": shapes}, separators=(",", ":"))}
+    meta = {
+        META_KEY: json.dumps(
+            {
+                "version": VERSION,
+                "dtype": forms.pop() if forms else None,
+                "layout": LAYOUT,
+                "matrices": shapes,
+            },
+            separators=(",", ":"),
+        )
+    }
     return out, dts, meta, first

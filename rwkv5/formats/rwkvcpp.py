@@ -30,6 +30,7 @@ kinds also an fp16 offset m) and 32 small integers q; w = d * (q - zero) or d * 
 `QuantizedTensor`s, dequantized exactly to float32 when used (only "+ m" rounds, once, as in ggml).
 File version 100 used older, incompatible block layouts: its quantised tensors are refused.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,10 +42,20 @@ from ._files import map_or_read, open_regular
 
 MAGIC = 0x67676D66
 VERSIONS = (100, 101)
-TYPE_NAMES = {0: "FP32", 1: "FP16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_O", 5: "Q4_2", 6: "Q4_3",
-              7: "Q5_0", 8: "Q5_1", 9: "Q8_0"}
+TYPE_NAMES = {
+    0: "FP32",
+    1: "FP16",
+    2: "Q4_0",
+    3: "Q4_1",
+    4: "Q4_1_O",
+    5: "Q4_2",
+    6: "Q4_3",
+    7: "Q5_0",
+    8: "Q5_1",
+    9: "Q8_0",
+}
 _DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
-QK = 32   # weights per quantised block
+QK = 32  # weights per quantised block
 # type id -> (name, packed block dtype, zero point subtracted from q); fields in file order
 BLOCK_FORMATS = {
     2: ("Q4_0", np.dtype([("d", "<f2"), ("qs", "u1", (16,))]), 8),
@@ -55,8 +66,8 @@ BLOCK_FORMATS = {
 }
 _BLOCK_IDS = {name: t for t, (name, _, _) in BLOCK_FORMATS.items()}
 _FIFTH_BIT = np.arange(QK, dtype=np.uint32)
-_CHUNK_BLOCKS = 1 << 15   # blocks dequantized per step: 1M weights, ~4 MB of float32 temporaries
-GN_EPS_RWKVCPP = 1e-5   # rwkv.cpp's rwkv_att_v5: ggml_norm(x, 1e-5) per head
+_CHUNK_BLOCKS = 1 << 15  # blocks dequantized per step: 1M weights, ~4 MB of float32 temporaries
+GN_EPS_RWKVCPP = 1e-5  # rwkv.cpp's rwkv_att_v5: ggml_norm(x, 1e-5) per head
 
 
 def _fail(path, msg):
@@ -67,17 +78,25 @@ def _block_format(blocks, kind, where):
     t = _BLOCK_IDS.get(kind, kind)
     if t not in BLOCK_FORMATS:
         raise ValueError(f"unknown block format {kind!r}; expected one of {', '.join(_BLOCK_IDS)}")
-    if not isinstance(blocks, np.ndarray) or blocks.dtype != BLOCK_FORMATS[t][1] or blocks.ndim != 1:
-        raise ValueError(f"{where}: expected a 1-D array of {BLOCK_FORMATS[t][0]} blocks "
-                         f"({BLOCK_FORMATS[t][1]}), got {getattr(blocks, 'dtype', type(blocks).__name__)}")
+    if (
+        not isinstance(blocks, np.ndarray)
+        or blocks.dtype != BLOCK_FORMATS[t][1]
+        or blocks.ndim != 1
+    ):
+        raise ValueError(
+            f"{where}: expected a 1-D array of {BLOCK_FORMATS[t][0]} blocks "
+            f"({BLOCK_FORMATS[t][1]}), got {getattr(blocks, 'dtype', type(blocks).__name__)}"
+        )
     return t
 
 
 def _non_finite(blocks, i, name, where):
     """The ValueError for block i, whose d or m is an fp16 inf or NaN."""
     field = "d" if not np.isfinite(blocks["d"][i]) else "m"
-    return ValueError(f"{where}: {name} block {i} has a non-finite scale {field} "
-                      f"(fp16 bits 0x{int(blocks[field][i:i + 1].view('<u2')[0]):04x})")
+    return ValueError(
+        f"{where}: {name} block {i} has a non-finite scale {field} "
+        f"(fp16 bits 0x{int(blocks[field][i : i + 1].view('<u2')[0]):04x})"
+    )
 
 
 def dequantize_blocks(blocks, kind, where="quantised blocks") -> np.ndarray:
@@ -91,6 +110,7 @@ def dequantize_blocks(blocks, kind, where="quantised blocks") -> np.ndarray:
     """
     t = _block_format(blocks, kind, where)
     from .. import _model
+
     out = np.empty(len(blocks) * QK, np.float32)
     raw = np.ascontiguousarray(blocks).view(np.uint8)
     bad = _model.dequantize_ggml(raw, t, out)
@@ -107,7 +127,7 @@ def dequantize_blocks_numpy(blocks, kind, where="quantised blocks") -> np.ndarra
     fields = bdt.names
     out = np.empty((len(blocks), QK), np.float32)
     for b0 in range(0, len(blocks), _CHUNK_BLOCKS):
-        b = blocks[b0:b0 + _CHUNK_BLOCKS]
+        b = blocks[b0 : b0 + _CHUNK_BLOCKS]
         d = b["d"].astype(np.float32)[:, None]
         m = b["m"].astype(np.float32)[:, None] if "m" in fields else None
         ok = np.isfinite(d[:, 0]) & (np.isfinite(m[:, 0]) if m is not None else True)
@@ -118,17 +138,17 @@ def dequantize_blocks_numpy(blocks, kind, where="quantised blocks") -> np.ndarra
         else:
             qs = b["qs"]
             qi = np.empty((len(b), QK), np.uint8)
-            np.bitwise_and(qs, 0x0F, out=qi[:, :QK // 2])     # weight j: low nibble of byte j
-            np.right_shift(qs, 4, out=qi[:, QK // 2:])         # weight j + 16: its high nibble
-            if "qh" in fields:                                  # bit j of qh: weight j's fifth bit
+            np.bitwise_and(qs, 0x0F, out=qi[:, : QK // 2])  # weight j: low nibble of byte j
+            np.right_shift(qs, 4, out=qi[:, QK // 2 :])  # weight j + 16: its high nibble
+            if "qh" in fields:  # bit j of qh: weight j's fifth bit
                 qi |= (((b["qh"][:, None] >> _FIFTH_BIT) & 1) << 4).astype(np.uint8)
             q = qi.astype(np.float32)
             if zero:
                 q -= np.float32(zero)
-        o = out[b0:b0 + len(b)]
-        np.multiply(q, d, out=o)          # exact: |q| < 2^8, d has 11 significant bits
+        o = out[b0 : b0 + len(b)]
+        np.multiply(q, d, out=o)  # exact: |q| < 2^8, d has 11 significant bits
         if m is not None:
-            o += m                        # the one rounding, as ggml's x*d + m
+            o += m  # the one rounding, as ggml's x*d + m
     return out.reshape(-1)
 
 
@@ -152,8 +172,10 @@ class QuantizedTensor:
     def __init__(self, blocks, kind, shape, where="quantised tensor"):
         self.blocks, self.kind, self.shape, self.where = blocks, kind, tuple(shape), where
         if math.prod(self.shape) != len(blocks) * QK:
-            raise ValueError(f"{where}: shape {self.shape} holds {math.prod(self.shape)} weights, "
-                             f"{len(blocks)} blocks hold {len(blocks) * QK}")
+            raise ValueError(
+                f"{where}: shape {self.shape} holds {math.prod(self.shape)} weights, "
+                f"{len(blocks)} blocks hold {len(blocks) * QK}"
+            )
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: math.prod(self.shape))
@@ -191,8 +213,14 @@ def read_rwkvcpp(path, mmap=True):
     buf = np.frombuffer(mm, dtype=np.uint8)
     hdr = buf[:24].view("<i4")
     magic, version, n_vocab, n_embd, n_layer, data_type = (int(x) for x in hdr)
-    if magic != MAGIC and int.from_bytes(int(magic & 0xFFFFFFFF).to_bytes(4, "little"), "big") == MAGIC:
-        _fail(path, "written on a big-endian machine (byte-swapped magic); only little-endian files are read")
+    if (
+        magic != MAGIC
+        and int.from_bytes(int(magic & 0xFFFFFFFF).to_bytes(4, "little"), "big") == MAGIC
+    ):
+        _fail(
+            path,
+            "written on a big-endian machine (byte-swapped magic); only little-endian files are read",
+        )
     if magic != MAGIC:
         _fail(path, f"bad magic 0x{magic & 0xFFFFFFFF:08x}, expected 0x{MAGIC:08x} ('ggmf')")
     if version not in VERSIONS:
@@ -205,22 +233,28 @@ def read_rwkvcpp(path, mmap=True):
     while off < size:
         if off + 12 > size:
             _fail(path, f"truncated tensor header at byte {off}")
-        dim_count, key_len, ttype = (int(x) for x in buf[off:off + 12].view("<i4"))
+        dim_count, key_len, ttype = (int(x) for x in buf[off : off + 12].view("<i4"))
         off += 12
         if not 1 <= dim_count <= 4 or not 0 < key_len <= 1024:
-            _fail(path, f"bad tensor header at byte {off - 12}: dim_count={dim_count} key_len={key_len}")
+            _fail(
+                path,
+                f"bad tensor header at byte {off - 12}: dim_count={dim_count} key_len={key_len}",
+            )
         if off + 4 * dim_count + key_len > size:
             _fail(path, f"truncated tensor header at byte {off - 12}")
-        shape = tuple(int(x) for x in buf[off:off + 4 * dim_count].view("<i4"))[::-1]
+        shape = tuple(int(x) for x in buf[off : off + 4 * dim_count].view("<i4"))[::-1]
         off += 4 * dim_count
         try:
-            key = bytes(buf[off:off + key_len]).decode("utf-8")
+            key = bytes(buf[off : off + key_len]).decode("utf-8")
         except UnicodeDecodeError:
             _fail(path, f"tensor name at byte {off} is not UTF-8")
         off += key_len
         if ttype not in _DTYPES and ttype not in BLOCK_FORMATS:
-            _fail(path, f"tensor {key!r} has data type {ttype} ({TYPE_NAMES.get(ttype, 'unknown')}); "
-                        "supported: FP32 (0), FP16 (1), Q4_0 (2), Q4_1 (3), Q5_0 (7), Q5_1 (8), Q8_0 (9)")
+            _fail(
+                path,
+                f"tensor {key!r} has data type {ttype} ({TYPE_NAMES.get(ttype, 'unknown')}); "
+                "supported: FP32 (0), FP16 (1), Q4_0 (2), Q4_1 (3), Q5_0 (7), Q5_1 (8), Q8_0 (9)",
+            )
         if any(s <= 0 for s in shape):
             _fail(path, f"tensor {key!r} has a non-positive dimension in shape {shape}")
         count = math.prod(shape)
@@ -229,29 +263,46 @@ def read_rwkvcpp(path, mmap=True):
         else:
             qname, bdt, _ = BLOCK_FORMATS[ttype]
             if version != 101:
-                _fail(path, f"tensor {key!r} is {qname} in file version {version}: ggml's block layouts "
-                            "before 2023-05 (version 100) are not read; quantize the FP32/FP16 file again "
-                            "with a current rwkv.cpp (version 101)")
+                _fail(
+                    path,
+                    f"tensor {key!r} is {qname} in file version {version}: ggml's block layouts "
+                    "before 2023-05 (version 100) are not read; quantize the FP32/FP16 file again "
+                    "with a current rwkv.cpp (version 101)",
+                )
             if shape[-1] % QK:
-                _fail(path, f"tensor {key!r} is {qname} with shape {shape}: its rows of {shape[-1]} weights "
-                            f"are not a whole number of {QK}-weight blocks")
+                _fail(
+                    path,
+                    f"tensor {key!r} is {qname} with shape {shape}: its rows of {shape[-1]} weights "
+                    f"are not a whole number of {QK}-weight blocks",
+                )
             nbytes = count // QK * bdt.itemsize
         if off + nbytes > size:
-            _fail(path, f"truncated: tensor {key!r} needs {nbytes} bytes at byte {off}, file has {size - off}")
+            _fail(
+                path,
+                f"truncated: tensor {key!r} needs {nbytes} bytes at byte {off}, file has {size - off}",
+            )
         if key in raw:
             _fail(path, f"tensor {key!r} appears twice")
         if ttype in _DTYPES:
-            raw[key] = np.frombuffer(mm, dtype=_DTYPES[ttype], count=count, offset=off).reshape(shape)
+            raw[key] = np.frombuffer(mm, dtype=_DTYPES[ttype], count=count, offset=off).reshape(
+                shape
+            )
         else:
-            raw[key] = QuantizedTensor(np.frombuffer(mm, dtype=bdt, count=count // QK, offset=off), qname,
-                                       shape, where=f"rwkv.cpp file {os.fspath(path)!r}: tensor {key!r}")
+            raw[key] = QuantizedTensor(
+                np.frombuffer(mm, dtype=bdt, count=count // QK, offset=off),
+                qname,
+                shape,
+                where=f"rwkv.cpp file {os.fspath(path)!r}: tensor {key!r}",
+            )
         off += nbytes
 
     gated = any(k.endswith("att.gate.weight") for k in raw)
     sd = {}
     for key, a in raw.items():
         if isinstance(a, QuantizedTensor) and (a.ndim != 2 or ".time_" in key):
-            a = a.dequantize()    # (rwkv.cpp quantizes matrices only; anything else is used as float32)
+            a = (
+                a.dequantize()
+            )  # (rwkv.cpp quantizes matrices only; anything else is used as float32)
         if key.endswith("att.time_decay"):
             # w = exp(-exp(d))  =>  d = log(-log(w)), in float64 (w in (0,1); w = 0 gives d = +inf
             # which maps back to w = 0; that only happens for d > ~4.6 in fp32).
@@ -273,12 +324,22 @@ def read_rwkvcpp(path, mmap=True):
     if "emb.weight" not in sd:
         _fail(path, "no 'emb.weight' tensor")
     if tuple(sd["emb.weight"].shape) != (n_vocab, n_embd):
-        _fail(path, f"'emb.weight' has shape {tuple(sd['emb.weight'].shape)}, header says "
-                    f"({n_vocab}, {n_embd})")
-    info = dict(format="rwkv.cpp", file_version=version, data_type=TYPE_NAMES.get(data_type, str(data_type)),
-                n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, gn_eps=GN_EPS_RWKVCPP,
-                rwkvcpp_arch="5v2" if gated else "5v1",
-                quantized=sorted({a.kind for a in sd.values() if isinstance(a, QuantizedTensor)}))
+        _fail(
+            path,
+            f"'emb.weight' has shape {tuple(sd['emb.weight'].shape)}, header says "
+            f"({n_vocab}, {n_embd})",
+        )
+    info = dict(
+        format="rwkv.cpp",
+        file_version=version,
+        data_type=TYPE_NAMES.get(data_type, str(data_type)),
+        n_vocab=n_vocab,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        gn_eps=GN_EPS_RWKVCPP,
+        rwkvcpp_arch="5v2" if gated else "5v1",
+        quantized=sorted({a.kind for a in sd.values() if isinstance(a, QuantizedTensor)}),
+    )
     return sd, info
 
 
@@ -295,8 +356,10 @@ def write_rwkvcpp(path, state_dict, data_type="FP32") -> int:
     name and renamed into place when complete.
     """
     if data_type not in ("FP32", "FP16"):
-        raise ValueError(f"data_type: expected 'FP32' or 'FP16', got {data_type!r} (rwkv.cpp's own quantizer "
-                         "makes the Q* kinds from these)")
+        raise ValueError(
+            f"data_type: expected 'FP32' or 'FP16', got {data_type!r} (rwkv.cpp's own quantizer "
+            "makes the Q* kinds from these)"
+        )
     if "emb.weight" not in state_dict:
         raise ValueError("state_dict has no 'emb.weight'")
     tid = 0 if data_type == "FP32" else 1
@@ -313,7 +376,9 @@ def write_rwkvcpp(path, state_dict, data_type="FP32") -> int:
                     a = a.dequantize()
                 a = np.asarray(a)
                 if a.dtype == np.uint16:
-                    raise ValueError(f"tensor {key!r}: raw bfloat16 bits (uint16); convert to float32 first")
+                    raise ValueError(
+                        f"tensor {key!r}: raw bfloat16 bits (uint16); convert to float32 first"
+                    )
                 if key.endswith("att.time_decay"):
                     with np.errstate(over="ignore"):
                         a = np.exp(-np.exp(a.astype(np.float64))).reshape(a.shape[0], -1, 1)

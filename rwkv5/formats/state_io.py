@@ -15,6 +15,7 @@ transpose of ours — see :func:`rwkv5.formats.checkpoint.time_state_to_att_kv`.
 This module works on arrays: readers return :class:`StateArrays` (att_x, att_kv, ffn_x), which
 :class:`rwkv5.State` wraps (``State.load``, ``Model.new_state(from_file=...)``).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,16 @@ import numpy as np
 from .checkpoint import read_checkpoint, sniff_format, time_state_to_att_kv  # noqa: F401 (re-exported)
 from .safetensors import SafetensorsFile, write_safetensors
 
-__all__ = ["save_state", "load_state", "time_state_to_att_kv", "initial_state_from_file",
-           "state_from_time_state", "StateArrays", "STATE_FORMAT", "STATE_VERSION"]
+__all__ = [
+    "save_state",
+    "load_state",
+    "time_state_to_att_kv",
+    "initial_state_from_file",
+    "state_from_time_state",
+    "StateArrays",
+    "STATE_FORMAT",
+    "STATE_VERSION",
+]
 
 STATE_FORMAT = "rwkv5-state"
 STATE_VERSION = "1"
@@ -36,6 +45,7 @@ _NAMES = ("att_x", "att_kv", "ffn_x")
 
 class StateArrays(NamedTuple):
     """The three float32 arrays of a recurrent state, as the readers here return them."""
+
     att_x: np.ndarray
     att_kv: np.ndarray
     ffn_x: np.ndarray
@@ -47,10 +57,12 @@ def _check_shapes(shapes: dict, where: str):
         raise ValueError(f"{where}: att_x has shape {tuple(ax)}, expected (L, C) or (B, L, C)")
     if tuple(fx) != tuple(ax):
         raise ValueError(f"{where}: ffn_x shape {tuple(fx)} differs from att_x shape {tuple(ax)}")
-    if len(kv) != len(ax) + 2 or tuple(kv[:len(ax) - 1]) != tuple(ax[:-1]) or kv[-1] != kv[-2]:
+    if len(kv) != len(ax) + 2 or tuple(kv[: len(ax) - 1]) != tuple(ax[:-1]) or kv[-1] != kv[-2]:
         lead = "(B, L" if len(ax) == 3 else "(L"
-        raise ValueError(f"{where}: att_kv has shape {tuple(kv)}, expected {lead}, H, N, N) matching "
-                         f"att_x {tuple(ax)}")
+        raise ValueError(
+            f"{where}: att_kv has shape {tuple(kv)}, expected {lead}, H, N, N) matching "
+            f"att_x {tuple(ax)}"
+        )
 
 
 def save_state(state, path) -> None:
@@ -66,17 +78,28 @@ def save_state(state, path) -> None:
         arrays[n] = a
     shapes = {n: list(a.shape) for n, a in arrays.items()}
     _check_shapes(shapes, "save_state")
-    write_safetensors(path, arrays, metadata={"format": STATE_FORMAT, "version": STATE_VERSION,
-                                              "shapes": json.dumps(shapes, sort_keys=True)})
+    write_safetensors(
+        path,
+        arrays,
+        metadata={
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "shapes": json.dumps(shapes, sort_keys=True),
+        },
+    )
 
 
 def _read_state_arrays(f: SafetensorsFile, where: str):
     meta = f.metadata
     if meta.get("format") != STATE_FORMAT:
-        raise ValueError(f"{where}: metadata format is {meta.get('format')!r}, expected {STATE_FORMAT!r}")
+        raise ValueError(
+            f"{where}: metadata format is {meta.get('format')!r}, expected {STATE_FORMAT!r}"
+        )
     if meta.get("version") != STATE_VERSION:
-        raise ValueError(f"{where}: state file version {meta.get('version')!r} is not supported "
-                         f"(expected {STATE_VERSION!r})")
+        raise ValueError(
+            f"{where}: state file version {meta.get('version')!r} is not supported "
+            f"(expected {STATE_VERSION!r})"
+        )
     if set(f.tensors) != set(_NAMES):
         raise ValueError(f"{where}: tensors {sorted(f.tensors)}, expected exactly {sorted(_NAMES)}")
     for n in _NAMES:
@@ -85,11 +108,18 @@ def _read_state_arrays(f: SafetensorsFile, where: str):
     try:
         recorded = json.loads(meta.get("shapes", ""))
         recorded = {n: list(recorded[n]) for n in _NAMES}
-    except (ValueError, KeyError, TypeError, RecursionError):   # (RecursionError: absurdly deep JSON)
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        RecursionError,
+    ):  # (RecursionError: absurdly deep JSON)
         raise ValueError(f"{where}: metadata 'shapes' is missing or malformed") from None
     actual = {n: list(f.tensors[n].shape) for n in _NAMES}
     if recorded != actual:
-        raise ValueError(f"{where}: tensor shapes {actual} differ from the recorded shapes {recorded}")
+        raise ValueError(
+            f"{where}: tensor shapes {actual} differ from the recorded shapes {recorded}"
+        )
     _check_shapes(actual, where)
     # Copies: a State belongs to its caller and must not keep the file mapped.
     return StateArrays(*(np.array(f.tensors[n], np.float32) for n in _NAMES))
@@ -118,13 +148,17 @@ def initial_state_from_file(path, config) -> StateArrays:
         if f.metadata.get("format") == STATE_FORMAT:
             att_x, att_kv, ffn_x = _read_state_arrays(f, path)
             if att_x.ndim != 2 or att_x.shape != (L, C) or att_kv.shape != (L, H, N, N):
-                raise ValueError(f"{path}: state shapes att_x {att_x.shape}, att_kv {att_kv.shape} do not fit "
-                                 f"the model: expected ({L}, {C}) and ({L}, {H}, {N}, {N})")
+                raise ValueError(
+                    f"{path}: state shapes att_x {att_x.shape}, att_kv {att_kv.shape} do not fit "
+                    f"the model: expected ({L}, {C}) and ({L}, {H}, {N}, {N})"
+                )
             return StateArrays(att_x, att_kv, ffn_x)
     _sd, info = read_checkpoint(path)
     if info["time_state"] is None:
-        raise ValueError(f"{path}: neither an rwkv5 state file nor a state-tuning file "
-                         "(no blocks.{i}.att.time_state tensors)")
+        raise ValueError(
+            f"{path}: neither an rwkv5 state file nor a state-tuning file "
+            "(no blocks.{i}.att.time_state tensors)"
+        )
     return state_from_time_state(info["time_state"], config, path)
 
 
@@ -133,6 +167,10 @@ def state_from_time_state(att_kv, config, where="checkpoint") -> StateArrays:
     ``time_state_to_att_kv``), checked against ``config``, with zero ``att_x`` and ``ffn_x``."""
     L, C, H, N = _config_shape(config)
     if att_kv.shape != (L, H, N, N):
-        raise ValueError(f"{where}: time_state gives att_kv of shape {att_kv.shape}, the model needs "
-                         f"({L}, {H}, {N}, {N})")
-    return StateArrays(np.zeros((L, C), np.float32), np.array(att_kv, np.float32), np.zeros((L, C), np.float32))
+        raise ValueError(
+            f"{where}: time_state gives att_kv of shape {att_kv.shape}, the model needs "
+            f"({L}, {H}, {N}, {N})"
+        )
+    return StateArrays(
+        np.zeros((L, C), np.float32), np.array(att_kv, np.float32), np.zeros((L, C), np.float32)
+    )

@@ -20,6 +20,7 @@ decompression bombs live. CRC-32 is checked for small members (the pickle); for 
 storage members it is not, because checking it means reading every byte of a multi-GB
 file at load time, defeating lazy mmap; ``verify_crc=True`` checks all of them.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,11 +38,11 @@ _ZIP64_EOCD_SIG = 0x06064B50
 _CENTRAL_SIG = 0x02014B50
 _LOCAL_SIG = 0x04034B50
 
-_EOCD = struct.Struct("<IHHHHIIH")            # 22 bytes
-_ZIP64_LOCATOR = struct.Struct("<IIQI")       # 20 bytes
-_ZIP64_EOCD = struct.Struct("<IQHHIIQQQQ")    # 56 bytes
+_EOCD = struct.Struct("<IHHHHIIH")  # 22 bytes
+_ZIP64_LOCATOR = struct.Struct("<IIQI")  # 20 bytes
+_ZIP64_EOCD = struct.Struct("<IQHHIIQQQQ")  # 56 bytes
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")  # 46 bytes
-_LOCAL = struct.Struct("<IHHHHHIIIHH")        # 30 bytes
+_LOCAL = struct.Struct("<IHHHHHIIIHH")  # 30 bytes
 
 # Members up to this size get their CRC checked even when verify_crc is False (the pickle,
 # version files): cheap, and it catches a corrupted data.pkl before we interpret it.
@@ -51,8 +52,8 @@ _SMALL_MEMBER = 1 << 20
 @dataclass(frozen=True)
 class ZipMember:
     name: str
-    data_offset: int   # absolute offset of the first data byte in the file
-    size: int          # bytes of data (STORED: compressed size == size)
+    data_offset: int  # absolute offset of the first data byte in the file
+    size: int  # bytes of data (STORED: compressed size == size)
     crc32: int
 
 
@@ -83,7 +84,9 @@ class StoredZip:
     def _find_eocd(self) -> int:
         mm, size = self.mm, self.size
         if size < _EOCD.size:
-            raise self._err(f"file is {size} bytes, shorter than an end-of-central-directory record (22)")
+            raise self._err(
+                f"file is {size} bytes, shorter than an end-of-central-directory record (22)"
+            )
         lo = max(0, size - (_EOCD.size + 0xFFFF))
         pos = size - _EOCD.size
         sig = struct.pack("<I", _EOCD_SIG)
@@ -111,15 +114,18 @@ class StoredZip:
                 raise self._err("multi-disk ZIP64 archives are not supported")
             if z64_off + _ZIP64_EOCD.size > loc:
                 raise self._err(f"ZIP64 end record offset {z64_off} is out of range")
-            (sig, _rec_size, _vm, _vn, disk, cd_disk, n_disk, n_total, cd_size, cd_offset) = \
+            (sig, _rec_size, _vm, _vn, disk, cd_disk, n_disk, n_total, cd_size, cd_offset) = (
                 _ZIP64_EOCD.unpack_from(mm, z64_off)
+            )
             if sig != _ZIP64_EOCD_SIG:
                 raise self._err("ZIP64 locator does not point at a ZIP64 end record")
             if disk != 0 or cd_disk != 0 or n_disk != n_total:
                 raise self._err("multi-disk archives are not supported")
             cd_end_limit = z64_off
         if cd_offset + cd_size > cd_end_limit:
-            raise self._err(f"central directory [{cd_offset}, +{cd_size}) runs past its end record at {cd_end_limit}")
+            raise self._err(
+                f"central directory [{cd_offset}, +{cd_size}) runs past its end record at {cd_end_limit}"
+            )
         if n_total > cd_size // _CENTRAL.size:
             raise self._err(f"{n_total} entries cannot fit in a {cd_size}-byte central directory")
 
@@ -128,41 +134,70 @@ class StoredZip:
         for _ in range(n_total):
             if pos + _CENTRAL.size > cd_offset + cd_size:
                 raise self._err("central directory entry runs past the directory")
-            (sig, _vm, _vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
-             disk_start, _ia, _ea, lho) = _CENTRAL.unpack_from(mm, pos)
+            (
+                sig,
+                _vm,
+                _vn,
+                flags,
+                method,
+                _t,
+                _d,
+                crc,
+                csize,
+                usize,
+                nlen,
+                xlen,
+                clen,
+                disk_start,
+                _ia,
+                _ea,
+                lho,
+            ) = _CENTRAL.unpack_from(mm, pos)
             if sig != _CENTRAL_SIG:
                 raise self._err(f"bad central directory signature at offset {pos}")
             end = pos + _CENTRAL.size + nlen + xlen + clen
             if end > cd_offset + cd_size:
                 raise self._err("central directory entry runs past the directory")
-            raw_name = bytes(mm[pos + _CENTRAL.size: pos + _CENTRAL.size + nlen])
-            extra = bytes(mm[pos + _CENTRAL.size + nlen: pos + _CENTRAL.size + nlen + xlen])
+            raw_name = bytes(mm[pos + _CENTRAL.size : pos + _CENTRAL.size + nlen])
+            extra = bytes(mm[pos + _CENTRAL.size + nlen : pos + _CENTRAL.size + nlen + xlen])
             pos = end
             name = self._check_name(raw_name, flags)
             usize, csize, lho = self._zip64_fields(name, extra, usize, csize, lho, disk_start)
             if flags & 0x1:
                 raise self._err(f"member {name!r} is encrypted")
             if method != 0:
-                raise self._err(f"member {name!r} is compressed (method {method}); only STORED members "
-                                "are accepted (torch never compresses; compressed members can be zip bombs)")
+                raise self._err(
+                    f"member {name!r} is compressed (method {method}); only STORED members "
+                    "are accepted (torch never compresses; compressed members can be zip bombs)"
+                )
             if csize != usize:
-                raise self._err(f"STORED member {name!r} has compressed size {csize} != size {usize}")
+                raise self._err(
+                    f"STORED member {name!r} has compressed size {csize} != size {usize}"
+                )
             if name in self.members:
                 raise self._err(f"duplicate member name {name!r}")
             # Local header: same name and method; the data follows its name and extra field.
             if lho + _LOCAL.size > cd_offset:
                 raise self._err(f"member {name!r}: local header offset {lho} is out of range")
-            (lsig, _v, _lflags, lmethod, _t2, _d2, _crc2, _cs2, _us2, lnlen, lxlen) = _LOCAL.unpack_from(mm, lho)
+            (lsig, _v, _lflags, lmethod, _t2, _d2, _crc2, _cs2, _us2, lnlen, lxlen) = (
+                _LOCAL.unpack_from(mm, lho)
+            )
             if lsig != _LOCAL_SIG:
                 raise self._err(f"member {name!r}: bad local header signature at offset {lho}")
             if lmethod != method:
-                raise self._err(f"member {name!r}: local header method {lmethod} != central {method}")
+                raise self._err(
+                    f"member {name!r}: local header method {lmethod} != central {method}"
+                )
             data_offset = lho + _LOCAL.size + lnlen + lxlen
-            if bytes(mm[lho + _LOCAL.size: lho + _LOCAL.size + lnlen]) != raw_name:
-                raise self._err(f"member {name!r}: local header name differs from the central directory")
+            if bytes(mm[lho + _LOCAL.size : lho + _LOCAL.size + lnlen]) != raw_name:
+                raise self._err(
+                    f"member {name!r}: local header name differs from the central directory"
+                )
             if data_offset + usize > cd_offset:
-                raise self._err(f"member {name!r}: data [{data_offset}, +{usize}) runs past the start of the "
-                                f"central directory at {cd_offset} (truncated or corrupt file)")
+                raise self._err(
+                    f"member {name!r}: data [{data_offset}, +{usize}) runs past the start of the "
+                    f"central directory at {cd_offset} (truncated or corrupt file)"
+                )
             spans.append((lho, data_offset + usize, name))
             self.members[name] = ZipMember(name, data_offset, usize, crc)
 
@@ -178,9 +213,17 @@ class StoredZip:
         # Flag bit 11 says UTF-8; without it the name is CP437 (torch writes ASCII names).
         name = raw.decode("utf-8", errors="replace") if flags & 0x800 else raw.decode("cp437")
         parts = name.split("/")
-        if (not name or name.startswith("/") or "\\" in name or "\x00" in name
-                or any(p in ("..", ".") for p in parts) or (len(name) > 1 and name[1] == ":")):
-            raise self._err(f"member name {name!r} escapes the archive or is not a plain relative path")
+        if (
+            not name
+            or name.startswith("/")
+            or "\\" in name
+            or "\x00" in name
+            or any(p in ("..", ".") for p in parts)
+            or (len(name) > 1 and name[1] == ":")
+        ):
+            raise self._err(
+                f"member name {name!r} escapes the archive or is not a plain relative path"
+            )
         return name
 
     def _zip64_fields(self, name, extra: bytes, usize, csize, lho, disk_start):
@@ -193,18 +236,20 @@ class StoredZip:
                 if p + 4 + hlen > len(extra):
                     raise self._err(f"member {name!r}: truncated extra field")
                 if hid == 0x0001:
-                    z64 = extra[p + 4: p + 4 + hlen]
+                    z64 = extra[p + 4 : p + 4 + hlen]
                     break
                 p += 4 + hlen
             if z64 is None:
-                raise self._err(f"member {name!r}: sizes are 0xFFFFFFFF but there is no ZIP64 extra field")
+                raise self._err(
+                    f"member {name!r}: sizes are 0xFFFFFFFF but there is no ZIP64 extra field"
+                )
             q = 0
             vals = []
             for flag, width in zip(need, (8, 8, 8, 4)):
                 if flag:
                     if q + width > len(z64):
                         raise self._err(f"member {name!r}: ZIP64 extra field too short")
-                    vals.append(int.from_bytes(z64[q:q + width], "little"))
+                    vals.append(int.from_bytes(z64[q : q + width], "little"))
                     q += width
                 else:
                     vals.append(None)
@@ -213,7 +258,9 @@ class StoredZip:
             lho = vals[2] if need[2] else lho
             disk_start = vals[3] if need[3] else disk_start
         if disk_start != 0:
-            raise self._err(f"member {name!r} starts on disk {disk_start}; multi-disk archives are not supported")
+            raise self._err(
+                f"member {name!r} starts on disk {disk_start}; multi-disk archives are not supported"
+            )
         return usize, csize, lho
 
     # -- access ----------------------------------------------------------------------------
@@ -223,14 +270,16 @@ class StoredZip:
         crc = 0
         step = 1 << 24
         for off in range(m.data_offset, m.data_offset + m.size, step):
-            crc = zlib.crc32(self.mm[off: min(off + step, m.data_offset + m.size)], crc)
+            crc = zlib.crc32(self.mm[off : min(off + step, m.data_offset + m.size)], crc)
         if crc != m.crc32:
-            raise self._err(f"member {name!r}: CRC-32 mismatch (stored {m.crc32:#010x}, computed {crc:#010x})")
+            raise self._err(
+                f"member {name!r}: CRC-32 mismatch (stored {m.crc32:#010x}, computed {crc:#010x})"
+            )
 
     def data(self, name: str) -> memoryview:
         m = self.members[name]
-        return memoryview(self.mm)[m.data_offset: m.data_offset + m.size]
+        return memoryview(self.mm)[m.data_offset : m.data_offset + m.size]
 
     def read(self, name: str) -> bytes:
         m = self.members[name]
-        return bytes(self.mm[m.data_offset: m.data_offset + m.size])
+        return bytes(self.mm[m.data_offset : m.data_offset + m.size])

@@ -9,6 +9,7 @@ document ValueError (malformed content, including dataprep's FormatError) and OS
 their only failures, plus IndexError for out-of-range document access; any other exception,
 a crash, or a hang is a finding.
 """
+
 import atexit
 import os
 import shutil
@@ -40,7 +41,9 @@ def _write(name, data):
 
 def _touch(arrays):
     for a in arrays:
-        np.asarray(a).sum(dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a).tobytes()
+        np.asarray(a).sum(dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(
+            a
+        ).tobytes()
 
 
 def t_pth(data):
@@ -75,8 +78,8 @@ def t_state(data):
 def t_binidx(data):
     # first 4 bytes: length of the .idx part; the rest is the .bin
     k = int.from_bytes(data[:4].ljust(4, b"\0"), "little") % (len(data) + 1)
-    _write("b.idx", data[4:4 + k])
-    _write("b.bin", data[4 + k:])
+    _write("b.idx", data[4 : 4 + k])
+    _write("b.bin", data[4 + k :])
     b = BinIdx(os.path.join(_DIR, "b"))
     for i in range(min(len(b), 64)):
         b[i].tobytes()
@@ -88,8 +91,15 @@ def t_zst(data):
             z[i].tobytes()
 
 
-TARGETS = {"pth": t_pth, "zip": t_zip, "safetensors": t_safetensors, "rwkvcpp": t_rwkvcpp,
-           "state": t_state, "binidx": t_binidx, "zst": t_zst}
+TARGETS = {
+    "pth": t_pth,
+    "zip": t_zip,
+    "safetensors": t_safetensors,
+    "rwkvcpp": t_rwkvcpp,
+    "state": t_state,
+    "binidx": t_binidx,
+    "zst": t_zst,
+}
 
 
 def main():

@@ -1,14 +1,19 @@
 """Replay the committed fuzz crash reproducers (csrc/fuzz/regressions/) through the Python bindings,
 so the default suite and `make test-asan` (ASan+UBSan build) cover them too; `make fuzz-smoke`
 replays them through the libFuzzer targets themselves."""
+
 import os
 
 import pytest
 
 from rwkv5.tokenizer import _tokenizer
 
-REG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                   "csrc", "fuzz", "regressions")
+REG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "csrc",
+    "fuzz",
+    "regressions",
+)
 
 
 def _inputs(target):
@@ -48,11 +53,12 @@ def test_task_regressions(tmp_path, path):
     # the first two bytes hold the options as in csrc/fuzz/fuzz_task.c; replay the rest as .txt and .jsonl
     from rwkv5.dataprep import BinIdx, build
     from rwkv5.dataprep.build import DataprepError
+
     expected = TASK_EXPECTED[os.path.basename(path)]
     body = open(path, "rb").read()[2:]
     for name in ("in.txt", "in.jsonl"):
         src = tmp_path / name
-        src.write_bytes(body + b"\n\n")   # an empty first record, as the crashing input had
+        src.write_bytes(body + b"\n\n")  # an empty first record, as the crashing input had
         out = tmp_path / ("o-" + name)
         out.mkdir()
         want = expected[name]
