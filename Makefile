@@ -99,10 +99,13 @@ test-wheel: wheel-deps
 
 # ruff with the rules of pyproject.toml ([tool.ruff]). The C side has a .clang-format, not checked here
 # yet: part of csrc/ is wider than its 100 columns until the one-time format commit.
+# one ruff version: its formatter's output is part of what make lint checks
+RUFF_VERSION := 0.17.6
 LINT_PY := rwkv5 tokenizer dataprep tests tools benchmarks csrc/fuzz setup.py
 lint:
-	$(PY) -m ruff --version >/dev/null 2>&1 || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore "ruff>=0.6"
+	$(PY) -m ruff --version 2>/dev/null | grep -qx 'ruff $(RUFF_VERSION)' || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore "ruff==$(RUFF_VERSION)"
 	$(PY) -m ruff check $(LINT_PY)
+	$(PY) -m ruff format --check $(LINT_PY)
 	@command -v clang-format >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-format >/dev/null; }
 	clang-format --dry-run --Werror $$(git ls-files 'csrc/*.c' 'csrc/*.h' 2>/dev/null || find csrc -name '*.[ch]')
 
