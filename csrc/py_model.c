@@ -758,20 +758,23 @@ static PyObject *py_dequantize_ggml(PyObject *self, PyObject *args) {
 /* quantize_int8 / block_copy: a conversion of one matrix run on the thread pool, from a helper
  * thread polled for Ctrl-C (common/polled.h) when it is large. */
 typedef struct {
-    int kind; /* 0: quantize_int8, 1: block_copy */
+    int kind; /* 0: quantize_int8, 1: block_copy, 2: quantize_int4 */
     void *dst;
     float *scale;
     const void *src;
     int src_type, esz, blocked;
     int64_t rows, cols, rc;
     volatile int cancel;
+    int why; /* quantize_int4: why row rc could not be quantised */
 } convert_call;
 
 static void convert_work(void *p) {
     convert_call *c = p;
-    c->rc = c->kind == 0 ? rwkv5_quantize_int8(c->dst, c->scale, c->src, c->src_type, c->rows,
-                                               c->cols, c->blocked, &c->cancel)
-                         : rwkv5_block_copy(c->dst, c->src, c->esz, c->rows, c->cols, &c->cancel);
+    c->rc = c->kind == 0   ? rwkv5_quantize_int8(c->dst, c->scale, c->src, c->src_type, c->rows,
+                                                 c->cols, c->blocked, &c->cancel)
+            : c->kind == 2 ? rwkv5_quantize_int4(c->dst, c->src, c->src_type, c->rows, c->cols,
+                                                 &c->why, &c->cancel)
+                           : rwkv5_block_copy(c->dst, c->src, c->esz, c->rows, c->cols, &c->cancel);
 }
 
 static int convert_poll(void *p) {
@@ -833,12 +836,35 @@ static PyObject *py_quantize_int8(PyObject *self, PyObject *args) {
     PyArrayObject *sc = q ? check_array(osc, "scale", NPY_FLOAT32, 1, dr, WRITE) : NULL;
     if (!sc) return NULL;
     convert_call c = {
-        0, PyArray_DATA(q), PyArray_DATA(sc), PyArray_DATA(src), st, 1, blocked, rows, cols, -1, 0};
+        0, PyArray_DATA(q), PyArray_DATA(sc), PyArray_DATA(src), st, 1, blocked, rows, cols, -1, 0,
+        0};
     convert_run(&c);
     if (PyErr_Occurred()) return NULL; /* KeyboardInterrupt from the poll */
     if (c.rc == -3) return PyErr_NoMemory();
     if (c.rc == -2) return PyErr_Format(PyExc_RuntimeError, "quantize_int8: cancelled");
     return PyLong_FromLongLong((long long)c.rc);
+}
+
+/* quantize_int4(src (rows, cols) float, blocks uint8 (rows, ceil(cols/64) * 36)) -> (-1, 0) when
+ * done, or (the first row that could not be quantised, 1: a non-finite value / 2: a group scale
+ * beyond fp16). */
+static PyObject *py_quantize_int4(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *os, *ob;
+    if (!PyArg_ParseTuple(args, "OO", &os, &ob)) return NULL;
+    int st;
+    PyArrayObject *src = check_source(os, &st);
+    if (!src) return NULL;
+    npy_intp rows = PyArray_DIM(src, 0), cols = PyArray_DIM(src, 1),
+             d2[2] = {rows, (npy_intp)rwkv5_row_bytes(RWKV5_I4, (size_t)cols)};
+    PyArrayObject *b = check_array(ob, "blocks", NPY_UINT8, 2, d2, WRITE);
+    if (!b) return NULL;
+    convert_call c = {2, PyArray_DATA(b), NULL, PyArray_DATA(src), st, 1, 0, rows, cols, -1, 0, 0};
+    convert_run(&c);
+    if (PyErr_Occurred()) return NULL;
+    if (c.rc == -3) return PyErr_NoMemory();
+    if (c.rc == -2) return PyErr_Format(PyExc_RuntimeError, "quantize_int4: cancelled");
+    return Py_BuildValue("(Li)", (long long)c.rc, c.why);
 }
 
 /* block_copy(src (rows, cols), out (ceil(rows/4), ceil(cols/E), 4, E) of the same dtype, zeroed) ->
@@ -871,6 +897,7 @@ static PyObject *py_block_copy(PyObject *self, PyObject *args) {
                       PyArray_DIM(src, 0),
                       PyArray_DIM(src, 1),
                       0,
+                      0,
                       0};
     convert_run(&c);
     if (PyErr_Occurred()) return NULL;
@@ -894,6 +921,11 @@ static PyMethodDef methods[] = {
      "quantize_int8(src (rows, cols) float, q int8 (rows, cols) or blocked, scale float32 (rows,)) "
      "-> -1, or the "
      "first row with a non-finite value (all threads, GIL released)"},
+    {"quantize_int4", py_quantize_int4, METH_VARARGS,
+     "quantize_int4(src (rows, cols) float, blocks uint8 (rows, ceil(cols/64) * 36)) -> (-1, 0), "
+     "or "
+     "(the first row that could not be quantised, 1: non-finite / 2: scale beyond fp16) (all "
+     "threads, GIL released)"},
     {"block_copy", py_block_copy, METH_VARARGS,
      "block_copy(src (rows, cols), out zeroed 4-row blocked array of its dtype): the blocked "
      "layout (all threads)"},

@@ -111,7 +111,7 @@ def convert(src, dst, dtype, out=None) -> dict:
 
 
 def _convert_quantized(src, dst, dtype, out, t0) -> dict:
-    """convert --dtype int8: the model quantised at load (all threads), saved in the quantised form
+    """convert --dtype int8|int4: the model quantised at load (all threads), saved in the quantised form
     (rwkv5.formats.quantized) that rwkv5.load maps without quantising again."""
     from . import __version__
     from .loading import load, sniff_format
@@ -163,8 +163,9 @@ def add_convert(sub):
         "--dtype",
         required=True,
         choices=CONVERT_DTYPES,
-        help="storage type of the matrices; int8 writes the quantised form (scales beside the "
-        "matrices, docs/formats.md) that loads without quantising again",
+        help="storage type of the matrices; int8 and int4 write the quantised form (int8: scales "
+        "beside the matrices; int4: blocks with their scales; docs/formats.md) that loads without "
+        "quantising again",
     )
     p.set_defaults(func=_run_convert)
 

@@ -51,11 +51,11 @@ def load(path, dtype=None, gn_eps=None, layout="auto", mmap=True):
     ``dtype``: storage type of the big matrices — None keeps the type the file holds (read
     from the file's mmap; see ``layout`` for when it is copied; the matrices of a quantised rwkv.cpp
     file, Q4_0 … Q8_0, are dequantized exactly to fp32; those of a file saved in the quantised form
-    — ``rwkv5 convert --dtype int8``, ``Model.save`` of an int8 model — stay int8 and are mapped
-    zero copy), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
+    — ``rwkv5 convert --dtype int8|int4``, ``Model.save`` of an int8/int4 model — stay in that type
+    and are mapped zero copy), "fp32", "bf16" or "fp16" converts, "int8" quantises the matrices
     symmetrically per output row (see ``rwkv5.model.quantize_int8``, all threads; the embedding is
     kept; a quantised file is used as stored), "int4" to 4 bits in groups of 32 with an fp16 scale
-    each (``rwkv5.model.quantize_int4``; docs/formats.md). ``gn_eps``: GroupNorm epsilon;
+    each (``rwkv5.model.quantize_int4``, all threads; docs/formats.md). ``gn_eps``: GroupNorm epsilon;
     None means the format's default (64e-5 for .pth/safetensors, 1e-5 for rwkv.cpp).
     ``layout``: "auto" (default) stores the large matrices of every dtype (fp32 included) in the 4-row
     blocked layout that one-token decoding reads fastest (a copy made at load on all threads; the

@@ -27,8 +27,11 @@ from ._checkpoint import (
     model_params,
     native_order,
 )
-from .formats.quantized import QuantizedMatrix, unblock
-from ._int4 import dequantize_int4, quantize_int4  # noqa: F401  (re-exported: rwkv5.model.quantize_int4)
+from .formats.quantized import (  # noqa: F401  (dequantize_int4: re-exported)
+    QuantizedMatrix,
+    dequantize_int4,
+    unblock,
+)
 
 GN_EPS_DEFAULT = (
     64e-5  # = GroupNorm(y / 8, eps=1e-5), RWKV-LM training (docs/model.md §2.1); rwkv.cpp uses 1e-5
@@ -210,6 +213,47 @@ def quantize_int8_numpy(a, block_rows=4096):
     return q, scale
 
 
+def quantize_int4(a):
+    """Symmetric 4-bit quantisation in groups of 32 weights: uint8 blocks (rows, ceil(cols/64) * 36),
+    the storage of dtype="int4" (docs/formats.md, csrc/model/dtypes.h).
+
+    Each group of 32 consecutive weights of a row gets one fp16 scale s = -m / 8, m its weight of
+    largest magnitude (sign kept, so m itself is exactly q = -8), and q = round(W / s) in [-8, 7]:
+    W ~= q * s. A block of 64 weights is 36 bytes: the two scales, then each group's 16 bytes, byte b
+    holding q of weight b (low nibble, two's complement) and of weight b + 16 (high nibble);
+    weights past the row's end are 0 (0.5625 bytes per weight). ggml's Q4_0 is the same up to the
+    nibble's offset and the pairing of the scales. `dequantize_int4(blocks, cols)` is the inverse.
+
+    a: float32/float16/float64 or uint16 (bfloat16 bits), 2-D. Runs in C on all threads of the pool
+    with the GIL released (Ctrl-C interrupts it), CHUNK_BYTES of `a` at a time, releasing the pages
+    of a read-only file mapping as it goes (`_chunks`). Raises ValueError naming the first row with
+    a non-finite value or a weight too large for an fp16 group scale (|w| >= 524160).
+    Group size 32 and symmetric were chosen by measurement (docs/formats.md has the table).
+    """
+    a = native_order(np.asarray(a))
+    if a.ndim != 2:
+        raise ValueError(f"quantize_int4: expected a 2-D matrix, got shape {a.shape}")
+    if a.dtype not in (np.float16, np.float32, np.float64, np.uint16):
+        raise TypeError(
+            f"quantize_int4: matrix dtype must be float16/float32/float64/uint16(bf16), got {a.dtype}"
+        )
+    a = np.ascontiguousarray(a)
+    rows, cols = a.shape
+    out = np.empty((rows, -(-cols // 64) * 36), np.uint8)  # (every byte is written)
+    for r0, r1 in _chunks(a):
+        part = a[r0:r1]
+        bad, why = _model.quantize_int4(part, out[r0:r1])
+        if bad >= 0:
+            what = (
+                "has non-finite values"
+                if why == 1
+                else "has a weight too large for an fp16 group scale (|w| >= 524160)"
+            )
+            raise ValueError(f"quantize_int4: row {r0 + bad} of the matrix {what}")
+        _drop_file_pages(part)
+    return out
+
+
 def _blocked_shape(rows, cols, itemsize):
     e = 64 // itemsize
     return (-(-rows // 4), -(-cols // e), 4, e)
@@ -300,7 +344,8 @@ def _as_matrix(a, dtype, layout="rows", shape=None):
         src = np.asarray(a)  # (an rwkv.cpp quantised matrix: its float32 values)
         out, copied = quantize_int8(src, blocked=layout != "rows" and src.shape == shape), True
     elif dtype == "int4":  # blocks of 64 weights with their scales: row-major only
-        out, copied = (quantize_int4(np.asarray(a)),), True
+        src = np.asarray(a)  # (an rwkv.cpp quantised matrix: its float32 values)
+        out, copied = (quantize_int4(src),), True
     elif isinstance(a, np.ndarray) and a.ndim == 2 and blocked(a):
         # "auto" and "blocked": every type, fp32 included, converted and blocked a chunk at a time
         src = native_order(a)
@@ -393,8 +438,8 @@ class Model:
         "bf16" converts them; "int8" quantises them per output row (`quantize_int8`, in C on all
         threads; a matrix already int8 is kept as it is; the embedding
         is kept as given, since only one of its rows is read per token); "int4" quantises them to
-        4 bits in groups of 32 with an fp16 scale each (`quantize_int4`, NumPy; row-major whatever
-        `layout` says; docs/formats.md). Small vectors are always fp32. Arrays already in the right dtype and
+        4 bits in groups of 32 with an fp16 scale each (`quantize_int4`, in C on all threads;
+        row-major whatever `layout` says; docs/formats.md). Small vectors are always fp32. Arrays already in the right dtype and
         layout are used in place (not copied), e.g. views of a memory-mapped file; the model keeps
         references to them. A view of a read-only file mmap that is copied has its pages released
         from the process afterwards (madvise), so the copy does not double the resident size. When
@@ -524,7 +569,7 @@ class Model:
 
     def save(self, path) -> int:
         """Write the model to `path` as a safetensors checkpoint that `rwkv5.load` reads back to
-        the same logits: RWKV-LM names, matrices in the storage type held (int8 ones in the
+        the same logits: RWKV-LM names, matrices in the storage type held (int8 and int4 ones in the
         quantised form of `rwkv5.formats.quantized`, which loads zero copy without quantising
         again), the GroupNorm eps and a state-tuning initial state included (see
         `rwkv5.saving`). Written atomically; returns the file size in bytes.

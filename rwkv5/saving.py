@@ -4,12 +4,11 @@ The file has RWKV-LM names and raw values (docs/model.md §3), so ``rwkv5.load``
 that reads RWKV-LM safetensors) reads it back:
 
 * matrices in the storage type the model holds them (fp32, fp16, bf16); a blocked copy is written
-  row-major. A quantised (int8) model's matrices are written in the quantised form of
-  :mod:`rwkv5.formats.quantized` (q blocked, the scales beside it, docs/formats.md), which
-  ``rwkv5.load`` maps without quantising again: the same logits to the bit. Other readers see
-  ``I8`` tensors with ``.scale`` companions, not an RWKV-LM checkpoint;
-  an int4 model's as fp32 ``q * s`` (no saved int4 form yet; loading that file with
-  ``dtype="int4"`` gives the same blocks back, since q * s re-quantises to q and s);
+  row-major. A quantised (int8, int4) model's matrices are written in the quantised form of
+  :mod:`rwkv5.formats.quantized` (int8: q blocked, the scales beside it; int4: its blocks, scales
+  inside; docs/formats.md), which ``rwkv5.load`` maps without quantising again: the same logits to
+  the bit. Other readers see ``I8`` tensors with ``.scale`` companions or ``U8`` blocks, not an
+  RWKV-LM checkpoint;
 * vectors as float32, the ``time_mix`` ones in RWKV-LM's ``(1, 1, C)`` shape;
 * ``time_decay`` in float64 as ``ln(-ln w)`` from the ``ln w`` the model computes with, and the
   bonus as ``time_faaaa`` (a 5.0 ``time_first`` model is written as the same model with
@@ -22,8 +21,6 @@ that reads RWKV-LM safetensors) reads it back:
 from __future__ import annotations
 
 import numpy as np
-
-from ._int4 import dequantize_int4
 
 __all__ = ["model_tensors", "save_model"]
 
@@ -49,18 +46,13 @@ def model_tensors(model):
     a, c = model._arch, model.config
     H, N = c.n_head, c.head_size
     per_channel = c.version == "5.2"
-    from .formats.quantized import block, flatten, form_of
+    from .formats.quantized import flatten, form_of
 
     t, quantised = {}, {}
     for name, layer, p in model_params(a):  # model._weights holds these names (the table PARAMS)
         w = model._weights[name]
-        if (
-            p.kind == "matrix" and isinstance(w, tuple) and w[0].dtype == np.uint8
-        ):  # int4 blocks: fp32 q * s
-            t[name] = dequantize_int4(w[0], p.shape(a)[1])
-        elif p.kind == "matrix" and isinstance(w, tuple):  # (q, *parts): written as held, q blocked
-            q = w[0] if w[0].ndim == 4 else block(w[0])
-            quantised[name] = (form_of(w), (q,) + tuple(w[1:]), p.shape(a))
+        if p.kind == "matrix" and isinstance(w, tuple):  # (q, *parts): in the quantised form
+            quantised[name] = (form_of(w), w, p.shape(a))
         elif p.kind == "matrix":
             t[name] = _matrix(w, p.shape(a))
         elif p.kind == "decay":  # ln w -> time_decay = ln(-ln w)

@@ -12,6 +12,7 @@ import pytest
 import rwkv5
 from rwkv5.__main__ import main as cli_main
 from rwkv5.formats.hf import hf_name_to_rwkvlm
+from rwkv5.formats.quantized import dequantize_int4
 from rwkv5.formats.safetensors import read_safetensors, write_safetensors
 from rwkv5.loading import (
     bf16_bits_to_f32,
@@ -183,41 +184,55 @@ def test_convert_cli(tmp_path, tiny_files, capsys, dtype):
 
 
 @pytest.mark.parametrize("src_name", ["bf16.pth", "FP32.bin"])
-def test_convert_cli_int8_saves_the_quantised_form(tmp_path, tiny_files, capsys, src_name):
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_convert_cli_saves_the_quantised_form(tmp_path, tiny_files, capsys, src_name, dtype):
     src = tiny_files[src_name]  # the shipped trained model as a BlinkDL .pth / rwkv.cpp .bin
-    out = tmp_path / "m-int8.safetensors"
-    assert cli_main(["convert", str(src), str(out), "--dtype", "int8"]) == 0
+    out = tmp_path / f"m-{dtype}.safetensors"
+    assert cli_main(["convert", str(src), str(out), "--dtype", dtype]) == 0
     printed = capsys.readouterr().out
     n_layer = rwkv5.load(src).config.n_layer
     # 8 matrices per layer (att receptance/key/value/gate/output, ffn key/value/receptance) + head
-    assert f"quantised {8 * n_layer + 1} matrices to int8" in printed and str(out) in printed
+    assert f"quantised {8 * n_layer + 1} matrices to {dtype}" in printed and str(out) in printed
     t, dts, meta = read_safetensors(out)
     last = f"blocks.{n_layer - 1}.ffn.key.weight"
-    assert dts[last] == "I8" and dts[last + ".scale"] == "F32"
-    assert meta["dtype"] == "int8" and meta["source_format"] == (
+    if dtype == "int8":
+        assert dts[last] == "I8" and dts[last + ".scale"] == "F32"
+    else:  # the blocks, row-major, scales inside
+        C, F = t["emb.weight"].shape[1], t[last].shape[0]
+        assert dts[last] == "U8" and t[last].shape == (F, -(-C // 64) * 36)
+        assert last + ".scale" not in t
+    assert meta["dtype"] == dtype and meta["source_format"] == (
         "pth" if src.suffix == ".pth" else "rwkvcpp"
     )
-    want = rwkv5.load(src, dtype="int8")
+    want = rwkv5.load(src, dtype=dtype)
     got = rwkv5.load(out)
     assert got.config == want.config  # gn_eps of the source (1e-5 for rwkv.cpp) included
     for mode in ("recurrent", "parallel"):
         np.testing.assert_array_equal(
             got.forward(TOKENS, mode=mode)[0], want.forward(TOKENS, mode=mode)[0]
         )
+    # loaded zero copy: the quantised matrices are views of the file's mapping, not new arrays
+    from rwkv5.model import _mmap_base
+
+    q = got._weights[last][0]
+    assert _mmap_base(q) is not None
+    np.testing.assert_array_equal(q.reshape(-1), want._weights[last][0].reshape(-1))
     # converting the quantised form again keeps it as it is (no second rounding)
     again = tmp_path / "again.safetensors"
-    assert cli_main(["convert", str(out), str(again), "--dtype", "int8"]) == 0
+    assert cli_main(["convert", str(out), str(again), "--dtype", dtype]) == 0
     np.testing.assert_array_equal(rwkv5.load(again).forward(TOKENS)[0], want.forward(TOKENS)[0])
     # and back to a float checkpoint: the dequantized values
     back = tmp_path / "fp32.safetensors"
     assert cli_main(["convert", str(out), str(back), "--dtype", "fp32"]) == 0
-    q, scale = want._weights["blocks.0.att.value.weight"]
     C = want.config.n_embd
-    rows = q.transpose(0, 2, 1, 3).reshape(-1, q.shape[1] * 64)[:C, :C]  # the blocked layout undone
-    np.testing.assert_array_equal(
-        read_safetensors(back)[0]["blocks.0.att.value.weight"],
-        rows.astype(np.float32) * scale[:, None],
-    )
+    held = want._weights["blocks.0.att.value.weight"]
+    if dtype == "int8":
+        q, scale = held
+        rows = q.transpose(0, 2, 1, 3).reshape(-1, q.shape[1] * 64)[:C, :C]  # blocked layout undone
+        values = rows.astype(np.float32) * scale[:, None]
+    else:
+        values = dequantize_int4(held[0], C)
+    np.testing.assert_array_equal(read_safetensors(back)[0]["blocks.0.att.value.weight"], values)
 
 
 def test_convert_cli_errors(tmp_path, capsys):
@@ -232,7 +247,7 @@ def test_convert_cli_errors(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "missing.pth"), str(out), "--dtype", "bf16"]) == 2
     assert "No such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        cli_main(["convert", str(bad), str(out), "--dtype", "int4"])
+        cli_main(["convert", str(bad), str(out), "--dtype", "int3"])
     assert e.value.code == 2
     r = subprocess.run(
         [sys.executable, "-m", "rwkv5", "convert", str(bad), str(out), "--dtype", "fp16"],
@@ -559,8 +574,9 @@ def test_peak_rss_of_a_load_is_the_weights(tmp_path, tiny_model_path):
             files[kind], sd, dtypes={k: "BF16" for k, v in sd.items() if v.dtype == np.uint16}
         )
         del sd
-    files["int8"] = tmp_path / "m-int8.safetensors"
-    assert cli_main(["convert", str(files["bf16"]), str(files["int8"]), "--dtype", "int8"]) == 0
+    for q in ("int8", "int4"):
+        files[q] = tmp_path / f"m-{q}.safetensors"
+        assert cli_main(["convert", str(files["bf16"]), str(files[q]), "--dtype", q]) == 0
     import json
 
     for src, dtype, layout, want in [
@@ -571,6 +587,9 @@ def test_peak_rss_of_a_load_is_the_weights(tmp_path, tiny_model_path):
         ("fp32", "None", "auto", "fp32"),
         ("fp32", "int8", "auto", "int8"),
         ("int8", "None", "auto", "int8"),
+        ("bf16", "int4", "auto", "int4"),
+        ("fp32", "int4", "auto", "int4"),
+        ("int4", "None", "auto", "int4"),
     ]:
         r = subprocess.run(
             [
@@ -595,6 +614,57 @@ def test_peak_rss_of_a_load_is_the_weights(tmp_path, tiny_model_path):
             layout,
             res,
         )  # the measurement sees the weights
+
+
+_CONVERT_PEAK_SCRIPT = """
+import json, sys
+import rwkv5
+from rwkv5.__main__ import main
+def status(key):
+    return [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":")][0]
+rwkv5.load(sys.argv[3])            # warm imports and the C extension on a tiny file first
+before = status("VmRSS")
+assert main(["convert", sys.argv[1], sys.argv[2], "--dtype", sys.argv[4]]) == 0
+print(json.dumps({"grow": status("VmHWM") - before}))
+"""
+
+
+@pytest.mark.slow
+@plain_rss
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_peak_rss_of_a_quantising_convert_is_the_weights(tmp_path, tiny_model_path, dtype):
+    """rwkv5 convert --dtype int8|int4 of a bf16 file: peak RSS within 1.1x the weights it writes
+    (+ 32 MB): the source is quantised a chunk at a time with its pages released, and the writer
+    streams each tensor to the file."""
+    from rwkv5.testing import random_state_dict
+    import json
+
+    sd = random_state_dict(
+        "5.2", n_layer=4, n_embd=512, head_size=64, vocab_size=65536, dtype="bf16", tiled=True
+    )
+    src, dst = tmp_path / "m-bf16.safetensors", tmp_path / f"m-{dtype}.safetensors"
+    write_safetensors(src, sd, dtypes={k: "BF16" for k, v in sd.items() if v.dtype == np.uint16})
+    del sd
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CONVERT_PEAK_SCRIPT,
+            str(src),
+            str(dst),
+            str(tiny_model_path),
+            dtype,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    grow, size = json.loads(r.stdout.strip().splitlines()[-1])["grow"], dst.stat().st_size
+    print(
+        f"[rss] convert --dtype {dtype}: peak RSS growth {grow / 1e6:.1f} MB, file {size / 1e6:.1f} MB"
+    )
+    assert grow <= 1.1 * size + (32 << 20), (dtype, grow, size)
+    assert grow >= 0.5 * size, (dtype, grow, size)  # the measurement sees the weights
 
 
 def test_sniff_safetensors_whose_header_length_starts_with_0x80(tmp_path):

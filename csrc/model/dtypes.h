@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 /* Storage type of a matrix (rwkv5_mat.dtype). Kernels widen to fp32 on the fly. */
@@ -84,6 +85,24 @@ static inline float rwkv5_f16_to_f32(uint16_t h) {
         u = sign | ((e - 15 + 127) << 23) | (mant << 13);
     memcpy(&f, &u, 4);
     return f;
+}
+
+/* fp32 -> IEEE half, rounded to nearest even (as F16C's vcvtps2ph and NumPy's astype(float16)):
+ * overflow to inf, subnormal halves included, NaN stays a (quiet) NaN. */
+static inline uint16_t rwkv5_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* nan */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: inf */
+    if (a >= 0x38800000u) {                                  /* a normal half, >= 2^-14 */
+        uint32_t r = a - 0x38000000u;                        /* exponent rebiased 127 -> 15 */
+        r += 0xfffu + ((r >> 13) & 1u);                      /* round the 13 bits dropped */
+        return (uint16_t)(sign | (r >> 13));
+    }
+    /* a subnormal half (or 0): units of 2^-24, rounded to even (the scaling is exact) */
+    float m = fabsf(f) * 16777216.0f;
+    return (uint16_t)(sign | (uint32_t)nearbyintf(m));
 }
 
 /* Element i of matrix storage at p. Matrices may be unaligned (views into a file such as an

@@ -1,6 +1,7 @@
-/* Per-row int8 quantisation and blocked copies of float weights, over the thread pool. See
- * quantize.h. The AVX2 path does the same fp32 operations as the scalar one (a division, not a
- * multiplication by the reciprocal; round half to even), so both give identical bits. */
+/* Per-row int8 and group-wise int4 quantisation and blocked copies of float weights, over the
+ * thread pool. See quantize.h. The AVX2 path does the same fp32 operations as the scalar one (a
+ * division, not a multiplication by the reciprocal; round half to even), so both give identical
+ * bits. */
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -90,6 +91,40 @@ static int quant_row_scalar(int8_t *q, float *scale, const unsigned char *row, i
     return 0;
 }
 
+/* One row to int4 blocks (RWKV5_I4, dtypes.h), portable: 0, 1 if it holds a non-finite value, 2 if
+ * a group's scale overflows fp16. Per group of 32 (zeros past the row's end): m its first weight of
+ * largest |w|, s = fp16(m / -8) (so m is q = -8), q = clamp(rint(w / s), -8, 7), or 0 where s is 0;
+ * every operation in fp32 as the NumPy twin in the tests does them (the same bits). */
+static int quant_row_i4(uint8_t *dst, const unsigned char *row, int t, int64_t cols, float *buf) {
+    float amax = 0.0f;
+    if (scan_row(row, t, 0, cols, buf, &amax)) return 1;
+    const int64_t nb = (cols + RWKV5_I4_BLOCK - 1) / RWKV5_I4_BLOCK;
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *blk = dst + b * RWKV5_I4_BLOCK_BYTES;
+        for (int h = 0; h < 2; h++) {
+            const int64_t c0 = b * RWKV5_I4_BLOCK + h * 32;
+            float g[32], m = 0.0f, am = 0.0f;
+            for (int i = 0; i < 32; i++) {
+                g[i] = c0 + i < cols ? buf[c0 + i] : 0.0f;
+                if (i == 0 || fabsf(g[i]) > am) m = g[i], am = fabsf(g[i]);
+            }
+            uint16_t sh = rwkv5_f32_to_f16(m / -8.0f);
+            if ((sh & 0x7fffu) == 0x7c00u) return 2;
+            memcpy(blk + 2 * h, &sh, 2);
+            const float s = rwkv5_f16_to_f32(sh), safe = s != 0.0f ? s : 1.0f;
+            int q[32];
+            for (int i = 0; i < 32; i++) {
+                float v = nearbyintf(g[i] / safe);
+                v = v < -8.0f ? -8.0f : v > 7.0f ? 7.0f : v;
+                q[i] = s != 0.0f ? (int)v : 0;
+            }
+            for (int i = 0; i < 16; i++)
+                blk[4 + 16 * h + i] = (uint8_t)((q[i] & 15) | (q[i + 16] & 15) << 4);
+        }
+    }
+    return 0;
+}
+
 #if defined(__x86_64__)
 #define T256 __attribute__((target("avx2,fma,f16c")))
 
@@ -155,19 +190,20 @@ static T256 int quant_row_avx2(int8_t *q, float *scale, const unsigned char *row
 /* ---- over the thread pool ---- */
 
 typedef struct {
-    int8_t *q;
+    int dtype; /* RWKV5_I8 or RWKV5_I4 */
+    void *q;   /* int8 q, or the int4 blocks */
     float *scale;
     const unsigned char *src;
     int t, blocked, avx2;
     int64_t cols;
     const volatile int *cancel;
-    _Atomic int64_t bad; /* lowest non-finite row found so far, -1 while none */
+    _Atomic int64_t bad; /* 2 * the lowest bad row found so far + (its reason - 1), -1 while none */
     _Atomic int cancelled, nomem;
 } quant_job;
 
-static void note_bad(quant_job *job, int64_t o) {
-    int64_t cur = atomic_load(&job->bad);
-    while ((cur < 0 || o < cur) && !atomic_compare_exchange_weak(&job->bad, &cur, o)) {
+static void note_bad(quant_job *job, int64_t o, int why) {
+    int64_t key = 2 * o + (why - 1), cur = atomic_load(&job->bad);
+    while ((cur < 0 || key < cur) && !atomic_compare_exchange_weak(&job->bad, &cur, key)) {
     }
 }
 
@@ -191,33 +227,52 @@ static void quant_range(void *ctx, int64_t r0, int64_t r1) {
         }
         const unsigned char *row = job->src + (size_t)o * rb;
         int bad;
+        if (job->dtype == RWKV5_I4)
+            bad = quant_row_i4((uint8_t *)job->q + (size_t)o * rwkv5_row_bytes(RWKV5_I4, job->cols),
+                               row, job->t, job->cols, buf);
+        else
 #if defined(__x86_64__)
-        if (job->avx2)
+            if (job->avx2)
             bad = quant_row_avx2(job->q, job->scale, row, job->t, o, job->cols, job->blocked, buf);
         else
 #endif
             bad =
                 quant_row_scalar(job->q, job->scale, row, job->t, o, job->cols, job->blocked, buf);
         if (bad) {
-            note_bad(job, o);
+            note_bad(job, o, bad);
             break;
         }
     }
     free(buf);
 }
 
+/* the threaded loop of both quantisers; returns as rwkv5_quantize_int4 */
+static int64_t quantize_rows(quant_job *job, int64_t rows, int *why) {
+#if defined(__x86_64__)
+    job->avx2 = rwkv5_cpu_isa() >= RWKV5_ISA_AVX2;
+#endif
+    int64_t grain = job->cols > 0 ? (1 << 18) / job->cols : rows; /* pieces of >= 256K weights */
+    rwkv5_parallel_for(rows, grain < 4 ? 4 : grain, quant_range, job);
+    if (atomic_load(&job->cancelled)) return -2;
+    if (atomic_load(&job->nomem)) return -3;
+    int64_t key = atomic_load(&job->bad);
+    if (why) *why = key < 0 ? 0 : (int)(key % 2) + 1;
+    return key < 0 ? -1 : key / 2;
+}
+
 int64_t rwkv5_quantize_int8(int8_t *q, float *scale, const void *src, int src_type, int64_t rows,
                             int64_t cols, int blocked, const volatile int *cancel) {
     quant_job job = {
-        q, scale, (const unsigned char *)src, src_type, blocked != 0, 0, cols, cancel, -1, 0, 0};
-#if defined(__x86_64__)
-    job.avx2 = rwkv5_cpu_isa() >= RWKV5_ISA_AVX2;
-#endif
-    int64_t grain = cols > 0 ? (1 << 18) / cols : rows; /* pieces of >= 256K weights */
-    rwkv5_parallel_for(rows, grain < 4 ? 4 : grain, quant_range, &job);
-    if (atomic_load(&job.cancelled)) return -2;
-    if (atomic_load(&job.nomem)) return -3;
-    return atomic_load(&job.bad);
+        RWKV5_I8, q, scale, (const unsigned char *)src, src_type, blocked != 0, 0, cols, cancel,
+        -1,       0, 0};
+    return quantize_rows(&job, rows, NULL);
+}
+
+int64_t rwkv5_quantize_int4(uint8_t *blocks, const void *src, int src_type, int64_t rows,
+                            int64_t cols, int *why, const volatile int *cancel) {
+    quant_job job = {
+        RWKV5_I4, blocks, NULL, (const unsigned char *)src, src_type, 0, 0, cols, cancel, -1, 0, 0};
+    return quantize_rows(&job, rows, why);
 }
 
 typedef struct {

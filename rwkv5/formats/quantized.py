@@ -1,20 +1,22 @@
 """The saved form of a quantised model: a safetensors file whose large matrices are stored as the
 kernels read them, so that ``rwkv5.load`` maps them (zero copy) instead of quantising again.
 
-Written by ``rwkv5 convert --dtype int8`` and by ``Model.save`` of a quantised model; the layout is
-specified in docs/formats.md ("Quantised safetensors"). For each quantised matrix ``NAME`` of
-logical shape (rows, cols):
+Written by ``rwkv5 convert --dtype int8|int4`` and by ``Model.save`` of a quantised model; the
+layout is specified in docs/formats.md ("Quantised safetensors"). For each quantised matrix ``NAME``
+of logical shape (rows, cols):
 
-* ``NAME``: its elements in the 4-row blocked layout (``rwkv5.model.block_matrix``: shape
-  (ceil(rows/4), ceil(cols/E), 4, E) with E elements per 64-byte line, zero padded);
-* ``NAME.<part>``: the type's other arrays (int8: ``NAME.scale``, float32 (rows,));
+* ``NAME``: its elements as the kernels read them: int8 in the 4-row blocked layout
+  (``rwkv5.model.block_matrix``: shape (ceil(rows/4), ceil(cols/E), 4, E) with E elements per
+  64-byte line, zero padded); int4 as its blocks, row-major (rows, ceil(cols/64) * 36) bytes;
+* ``NAME.<part>``: the type's other arrays (int8: ``NAME.scale``, float32 (rows,); int4: none, its
+  scales are inside the blocks);
 * the metadata key ``rwkv5_quantized``: JSON ``{"version": 1, "dtype": "int8", "layout":
-  "blocked4", "matrices": {NAME: [rows, cols], ...}}``.
+  "blocked4", "matrices": {NAME: [rows, cols], ...}}`` (int4: ``"layout": "rows"``).
 
-The writer places the blocked matrices first, from a 64-byte aligned start of the data, so every
+The writer places the quantised matrices first, from a 64-byte aligned start of the data, so every
 one starts on a cache line. Everything else (embedding, vectors, ``time_*``) is as in any
 checkpoint. ``FORMS`` is the one table of the quantised types: a new one is a row (its stored
-element type, bytes per element and the shapes of its parts), plus its kernels.
+element type, layout, the shapes of its parts and its dequantisation), plus its kernels.
 """
 
 from __future__ import annotations
@@ -34,27 +36,81 @@ __all__ = [
     "block",
     "unblock",
     "form_of",
+    "dequantize_int4",
+    "INT4_BLOCK",
+    "INT4_BLOCK_BYTES",
 ]
 
 META_KEY = "rwkv5_quantized"
 VERSION = 1
-LAYOUT = "blocked4"
+
+#: int4 blocks (RWKV5_I4, csrc/model/dtypes.h): 64 weights in 36 bytes, two groups of 32 with an
+#: fp16 scale each
+INT4_BLOCK, INT4_BLOCK_BYTES = 64, 36
+
+
+def dequantize_int4(blocks, cols):
+    """The float32 (rows, cols) matrix q * s that int4 blocks (rwkv5.model.quantize_int4) stand for."""
+    blocks = np.asarray(blocks, np.uint8)
+    rows = blocks.shape[0]
+    nb = -(-cols // INT4_BLOCK)
+    if blocks.ndim != 2 or blocks.shape[1] != nb * INT4_BLOCK_BYTES:
+        raise ValueError(
+            f"dequantize_int4: expected ({rows}, {nb * INT4_BLOCK_BYTES}) blocks for {cols} "
+            f"columns, got {blocks.shape}"
+        )
+    b = blocks.reshape(rows, nb, INT4_BLOCK_BYTES)
+    s = np.ascontiguousarray(b[:, :, :4]).view("<f2").astype(np.float32).reshape(rows, nb, 2, 1)
+    nib = b[:, :, 4:].reshape(rows, nb, 2, 16)
+    q = np.stack([nib & 15, nib >> 4], axis=3).astype(np.int8)  # (rows, nb, group, half, byte)
+    q = ((q ^ 8) - 8).reshape(rows, nb, 2, 32)
+    return (q * s).reshape(rows, nb * INT4_BLOCK)[:, :cols].astype(np.float32)
+
+
+def _blocked4(itemsize):
+    """The 4-row blocked layout's shape for elements of `itemsize` bytes."""
+    e = 64 // itemsize
+    return lambda rows, cols: (-(-rows // 4), -(-cols // e), 4, e)
+
+
+def _int4_nonfinite(q):
+    """Whether int4 blocks hold an fp16 scale that is inf or NaN (exponent bits all ones)."""
+    s = q.reshape(q.shape[0], -1, INT4_BLOCK_BYTES)[:, :, :4].view("<u2")
+    return bool(((s & 0x7C00) == 0x7C00).any())
 
 
 @dataclass(frozen=True)
 class QuantForm:
     st_dtype: str  # safetensors dtype of the stored elements
     np_dtype: np.dtype  # the NumPy dtype they are held in
+    layout: str  # the file's "layout": "blocked4" (4-row blocked elements) or "rows" (row-major)
+    shape: object  # (rows, cols) -> the stored shape of the elements
     parts: tuple  # ((suffix, safetensors dtype, shape(rows, cols)), ...) after the elements
-
-    def blocked_shape(self, rows, cols):
-        e = 64 // self.np_dtype.itemsize
-        return (-(-rows // 4), -(-cols // e), 4, e)
+    dequantize: object  # (q row-major, parts, (rows, cols)) -> float32 W
+    nonfinite: object  # (q, parts) -> None, or where a stored scale is inf/nan (a corrupt file)
 
 
 FORMS = {
     # W[o][i] = q[o][i] * scale[o]
-    "int8": QuantForm("I8", np.dtype(np.int8), (("scale", "F32", lambda rows, cols: (rows,)),)),
+    "int8": QuantForm(
+        "I8",
+        np.dtype(np.int8),
+        "blocked4",
+        _blocked4(1),
+        (("scale", "F32", lambda rows, cols: (rows,)),),
+        lambda q, parts, shape: q.astype(np.float32) * parts[0][:, None],
+        lambda q, parts: None if np.all(np.isfinite(parts[0])) else ".scale",
+    ),
+    # W[o][i] = q * the scale of i's group of 32, both inside the row's 36-byte blocks
+    "int4": QuantForm(
+        "U8",
+        np.dtype(np.uint8),
+        "rows",
+        lambda rows, cols: (rows, -(-cols // INT4_BLOCK) * INT4_BLOCK_BYTES),
+        (),
+        lambda q, parts, shape: dequantize_int4(q, shape[1]),
+        lambda q, parts: " (an fp16 scale of its blocks)" if _int4_nonfinite(q) else None,
+    ),
 }
 
 
@@ -105,9 +161,7 @@ class QuantizedMatrix:
 
     def dequantize(self) -> np.ndarray:
         q = unblock(self.q, self.shape) if self.q.ndim == 4 else self.q
-        if self.form == "int8":
-            return q.astype(np.float32) * self.parts[0][:, None]
-        raise AssertionError(self.form)
+        return FORMS[self.form].dequantize(q, self.parts, self.shape)
 
     def __array__(self, dtype=None, copy=None):
         a = self.dequantize()
@@ -132,15 +186,19 @@ def group_quantized(tensors, dtypes, meta, path):
             f"{str(info)[:80]}"
         )
     form_name, layout, mats = info.get("dtype"), info.get("layout"), info.get("matrices")
-    if form_name not in FORMS:
+    if not isinstance(form_name, str) or form_name not in FORMS:
         raise ValueError(
-            f"{path}: metadata {META_KEY}: dtype {form_name!r} is not one of {', '.join(FORMS)}"
+            f"{path}: metadata {META_KEY}: dtype {str(form_name)[:40]!r} is not one of "
+            f"{', '.join(FORMS)}"
         )
-    if layout != LAYOUT:
-        raise ValueError(f"{path}: metadata {META_KEY}: layout {layout!r} is not {LAYOUT!r}")
+    form = FORMS[form_name]
+    if layout != form.layout:
+        raise ValueError(
+            f"{path}: metadata {META_KEY}: layout {str(layout)[:40]!r} is not {form.layout!r} "
+            f"(the layout of {form_name})"
+        )
     if not isinstance(mats, dict):
         raise ValueError(f"{path}: metadata {META_KEY}: 'matrices' must map names to [rows, cols]")
-    form = FORMS[form_name]
     sd, taken = {}, set()
     for name, shape in mats.items():
         where = f"{path}: tensor {name!r}"
@@ -152,7 +210,7 @@ def group_quantized(tensors, dtypes, meta, path):
             raise ValueError(f"{where}: metadata shape {str(shape)[:40]} is not [rows, cols]")
         rows, cols = shape
         arrays = []
-        for suffix, st, shp in (("", form.st_dtype, form.blocked_shape),) + form.parts:
+        for suffix, st, shp in (("", form.st_dtype, form.shape),) + form.parts:
             key = name + ("." + suffix if suffix else "")
             if key not in tensors:
                 raise ValueError(
@@ -166,8 +224,10 @@ def group_quantized(tensors, dtypes, meta, path):
                 )
             arrays.append(tensors[key])
             taken.add(key)
-        if form.parts and form.parts[0][0] == "scale" and not np.all(np.isfinite(arrays[1])):
-            raise ValueError(f"{path}: tensor {name + '.scale'!r} has non-finite values")
+        where = form.nonfinite(arrays[0], arrays[1:])
+        if where is not None:  # ".scale": that tensor; " (...)": inside the matrix's own tensor
+            key, what = (name + where, "") if where.startswith(".") else (name, where)
+            raise ValueError(f"{path}: tensor {key!r} has non-finite values{what}")
         sd[name] = QuantizedMatrix(form_name, arrays[0], arrays[1:], (rows, cols))
     kinds = {}
     for key, a in tensors.items():
@@ -180,8 +240,9 @@ def group_quantized(tensors, dtypes, meta, path):
 
 
 def flatten(matrices):
-    """{name: (form name, (q blocked, *parts), (rows, cols))} -> (tensors, safetensors dtypes,
-    metadata, the names to lay out first (64-byte aligned)), for write_safetensors."""
+    """{name: (form name, (q, *parts) as the model holds them, (rows, cols))} -> (tensors,
+    safetensors dtypes, metadata, the names to lay out first (64-byte aligned)), for
+    write_safetensors. A row-major q of a blocked form is blocked here."""
     out, dts, shapes, first = {}, {}, {}, []
     forms = {f for f, _, _ in matrices.values()}
     if len(forms) > 1:
@@ -189,22 +250,25 @@ def flatten(matrices):
     for name, (form_name, held, shape) in matrices.items():
         form = FORMS[form_name]
         q = held[0]
-        if tuple(q.shape) != form.blocked_shape(*shape):
+        if form.layout == "blocked4" and q.ndim == 2:
+            q = block(q)
+        if tuple(q.shape) != form.shape(*shape):
             raise ValueError(
-                f"{name}: a {form_name} matrix is written blocked, {form.blocked_shape(*shape)}; "
-                f"got shape {q.shape}"
+                f"{name}: a {form_name} matrix is written as {form.shape(*shape)} "
+                f"({form.layout}); got shape {q.shape}"
             )
         out[name], dts[name] = q, form.st_dtype
         first.append(name)
         for (suffix, st, _), a in zip(form.parts, held[1:]):
             out[f"{name}.{suffix}"], dts[f"{name}.{suffix}"] = a, st
         shapes[name] = [int(shape[0]), int(shape[1])]
+    kind = forms.pop() if forms else None
     meta = {
         META_KEY: json.dumps(
             {
                 "version": VERSION,
-                "dtype": forms.pop() if forms else None,
-                "layout": LAYOUT,
+                "dtype": kind,
+                "layout": FORMS[kind].layout if kind else "blocked4",
                 "matrices": shapes,
             },
             separators=(",", ":"),
